@@ -1,0 +1,389 @@
+//! The StatsD line protocol, read exactly as Etsy statsd 0.9.0 reads it.
+//!
+//! `name:value|type[|@rate][|#tag:v,tag2][|T<unix ts>]`, several lines per packet separated by
+//! `\n`, several values per line (`name:1|c:2|c`). The parser borrows the packet and hands
+//! each metric to a [`MetricSink`]; it allocates nothing after its key buffers have grown.
+//!
+//! Differences from Etsy statsd, all on lines it mishandles:
+//! - `h` and `d` are timers (Etsy statsd counts them as counters), and accept negative values.
+//! - A `|T<unix ts>` field is accepted and ignored (Etsy statsd calls the line bad).
+//! - A sample rate that reads as zero, or whose digits Etsy statsd cannot extract (`@+1`),
+//!   makes the value bad (Etsy statsd would count infinity, or throw).
+//! - In the tag section anything from a following `|` on (DogStatsD extension fields) is
+//!   dropped rather than mangled into the last tag.
+
+use crate::number::{is_js_number, js_trim, leading_space_len, parse_js_number, utf8_len};
+
+/// The aggregate a value feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `c` (and any unknown type, as Etsy statsd does): summed, scaled by 1/rate.
+    Counter,
+    /// `g`: last value wins; a leading `+`/`-` is a delta.
+    Gauge,
+    /// `ms`, `h`, `d`: every value kept for percentiles.
+    Timer,
+    /// `s`: distinct members counted.
+    Set,
+}
+
+/// One parsed value, borrowed from the packet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Metric<'a> {
+    /// The sanitised series key, Graphite-style tags (`;k=v`) included.
+    pub key: &'a [u8],
+    /// Which aggregate it feeds.
+    pub kind: Kind,
+    /// Numeric value (counters, gauges, timers); 0 for sets.
+    pub value: f64,
+    /// `@rate`, 1 when absent.
+    pub sample_rate: f64,
+    /// For gauges: the value started with `+` or `-`.
+    pub gauge_delta: bool,
+    /// For sets: the member (`"0"` for an empty value, as Etsy statsd).
+    pub set_member: &'a [u8],
+}
+
+/// Receives what the parser reads.
+pub trait MetricSink {
+    /// A valid value.
+    fn metric(&mut self, metric: &Metric<'_>);
+    /// A line (or one value of a multi-value line) that could not be read.
+    fn bad_line(&mut self, line: &[u8]);
+}
+
+/// Counts from one [`Parser::parse_packet`] call.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PacketCounts {
+    /// Non-empty lines (Etsy's `metrics_received`).
+    pub lines: u64,
+    /// Bad values (Etsy's `bad_lines_seen`).
+    pub bad: u64,
+}
+
+/// A reusable StatsD parser: owns the scratch buffers used to build sanitised keys.
+#[derive(Debug, Clone)]
+pub struct Parser {
+    sanitize: bool,
+    raw_key: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl Parser {
+    /// A parser; `sanitize` mirrors Etsy's `keyNameSanitize`.
+    pub fn new(sanitize: bool) -> Self {
+        Parser { sanitize, raw_key: Vec::with_capacity(256), key: Vec::with_capacity(256) }
+    }
+
+    /// Parses every `\n`-separated line of a packet.
+    pub fn parse_packet<S: MetricSink>(&mut self, packet: &[u8], sink: &mut S) -> PacketCounts {
+        let mut counts = PacketCounts::default();
+        for line in packet.split(|b| *b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            counts.lines += 1;
+            counts.bad += self.parse_line(line, sink);
+        }
+        counts
+    }
+
+    /// Parses one line; returns how many of its values were bad.
+    pub fn parse_line<S: MetricSink>(&mut self, line: &[u8], sink: &mut S) -> u64 {
+        let (head, tags) = match find2(line, b'|', b'#') {
+            Some(i) => {
+                let rest = &line[i + 2..];
+                let section = match find2(rest, b'|', b'#') {
+                    Some(j) => &rest[..j],
+                    None => rest,
+                };
+                (&line[..i], cut_at(section, b'|'))
+            }
+            None => (line, &[][..]),
+        };
+        let mut parts = head.split(|b| *b == b':');
+        let name = parts.next().unwrap_or_default();
+        let key: &[u8] = if tags.is_empty() && (!self.sanitize || is_clean(name)) {
+            name
+        } else {
+            self.raw_key.clear();
+            self.raw_key.extend_from_slice(name);
+            if !tags.is_empty() {
+                for tag in tags.split(|b| *b == b',') {
+                    self.raw_key.push(b';');
+                    push_tag(&mut self.raw_key, tag);
+                }
+            }
+            if self.sanitize {
+                self.key.clear();
+                sanitize_into(&self.raw_key, &mut self.key);
+                &self.key
+            } else {
+                &self.raw_key
+            }
+        };
+        let mut bad = 0;
+        let mut any = false;
+        for part in parts {
+            any = true;
+            match parse_value(key, part) {
+                Some(metric) => sink.metric(&metric),
+                None => {
+                    bad += 1;
+                    sink.bad_line(line);
+                }
+            }
+        }
+        if !any {
+            // Etsy statsd reads a line without ':' as the value "1" with no type: bad.
+            sink.bad_line(line);
+            bad += 1;
+        }
+        bad
+    }
+}
+
+/// Position of the two-byte sequence `a b`.
+fn find2(s: &[u8], a: u8, b: u8) -> Option<usize> {
+    s.windows(2).position(|w| w[0] == a && w[1] == b)
+}
+
+fn cut_at(s: &[u8], sep: u8) -> &[u8] {
+    match s.iter().position(|b| *b == sep) {
+        Some(i) => &s[..i],
+        None => s,
+    }
+}
+
+/// A DogStatsD tag as Etsy statsd rewrites it: the first `;` becomes `_`, the first `:` `=`.
+fn push_tag(out: &mut Vec<u8>, tag: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(tag);
+    let t = &mut out[start..];
+    if let Some(i) = t.iter().position(|b| *b == b';') {
+        t[i] = b'_';
+    }
+    if let Some(i) = t.iter().position(|b| *b == b':') {
+        t[i] = b'=';
+    }
+}
+
+fn is_allowed(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b';' | b'=')
+}
+
+/// True when sanitising would not change the key.
+fn is_clean(key: &[u8]) -> bool {
+    key.iter().all(|b| is_allowed(*b))
+}
+
+/// Etsy statsd's key sanitiser: runs of white space become `_`, `/` becomes `-`, and anything
+/// outside `[a-zA-Z0-9_\-.;=]` is removed (after the first two steps, so a removed character
+/// splits a run of white space).
+pub fn sanitize_into(raw: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    let mut in_space = false;
+    while i < raw.len() {
+        let space = leading_space_len(&raw[i..]);
+        if space > 0 {
+            if !in_space {
+                out.push(b'_');
+                in_space = true;
+            }
+            i += space;
+            continue;
+        }
+        in_space = false;
+        let b = raw[i];
+        if b == b'/' {
+            out.push(b'-');
+        } else if is_allowed(b) {
+            out.push(b);
+        }
+        i += if b < 0x80 { 1 } else { utf8_len(b).min(raw.len() - i) };
+    }
+}
+
+/// Sanitises a whole key (convenience for callers outside the hot path).
+pub fn sanitize(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    sanitize_into(raw, &mut out);
+    out
+}
+
+/// One `value|type[|@rate]` part; `None` when Etsy statsd would call it bad (or see module docs).
+fn parse_value<'a>(key: &'a [u8], part: &'a [u8]) -> Option<Metric<'a>> {
+    let mut fields = part.split(|b| *b == b'|');
+    let value = fields.next()?;
+    let raw_type = fields.next()?;
+    let mut sample_rate = 1.0;
+    if let Some(extra) = fields.next() {
+        match extra.first() {
+            Some(b'@') if extra.len() > 1 && is_js_number(&extra[1..]) && extra[1] != b'-' => {
+                // Etsy: Number(field.match(/^@([\d\.]+)/)[1])
+                let digits = &extra[1..];
+                let run = digits.iter().take_while(|b| b.is_ascii_digit() || **b == b'.').count();
+                sample_rate = parse_js_number(&digits[..run]).filter(|_| run > 0)?;
+                if sample_rate == 0.0 || !sample_rate.is_finite() {
+                    return None;
+                }
+            }
+            Some(b'T') if extra.len() > 1 && extra[1..].iter().all(u8::is_ascii_digit) => {}
+            _ => return None,
+        }
+    }
+    let numeric = match raw_type {
+        b"s" => None,
+        b"g" => Some(parse_js_number(value).filter(|_| !value.is_empty())?),
+        b"ms" => Some(parse_js_number(value).filter(|v| !value.is_empty() && *v >= 0.0)?),
+        _ => Some(parse_js_number(value).filter(|_| !value.is_empty())?),
+    };
+    let kind = match js_trim(raw_type) {
+        b"ms" | b"h" | b"d" => Kind::Timer,
+        b"g" => Kind::Gauge,
+        b"s" => Kind::Set,
+        _ => Kind::Counter,
+    };
+    let gauge_delta = kind == Kind::Gauge && matches!(value.first(), Some(b'+' | b'-'));
+    let (value, set_member) = match kind {
+        // A set's value is not validated (type `s` exactly); a trimmed `s ` still is.
+        Kind::Set => (0.0, if value.is_empty() { &b"0"[..] } else { value }),
+        _ => (numeric?, &[][..]),
+    };
+    Some(Metric {
+        key,
+        kind,
+        value,
+        sample_rate,
+        gauge_delta,
+        set_member,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect {
+        metrics: Vec<(String, Kind, f64, f64, bool, String)>,
+        bad: usize,
+    }
+    impl MetricSink for Collect {
+        fn metric(&mut self, m: &Metric<'_>) {
+            self.metrics.push((
+                String::from_utf8_lossy(m.key).into_owned(),
+                m.kind,
+                m.value,
+                m.sample_rate,
+                m.gauge_delta,
+                String::from_utf8_lossy(m.set_member).into_owned(),
+            ));
+        }
+        fn bad_line(&mut self, _: &[u8]) {
+            self.bad += 1;
+        }
+    }
+
+    fn parse(s: &str) -> Collect {
+        let mut c = Collect::default();
+        Parser::new(true).parse_packet(s.as_bytes(), &mut c);
+        c
+    }
+
+    #[test]
+    fn reads_every_type() {
+        let c = parse("a:1|c\nb:2.5|g\nc:-3|g\nd:+4|g\ne:10|ms\nf:7|h\ng:8|d\nh:x|s\ni:5|c|@0.5");
+        assert_eq!(c.bad, 0);
+        let kinds: Vec<Kind> = c.metrics.iter().map(|m| m.1).collect();
+        use Kind::*;
+        assert_eq!(kinds, [Counter, Gauge, Gauge, Gauge, Timer, Timer, Timer, Set, Counter]);
+        assert!(!c.metrics[1].4 && c.metrics[2].4 && c.metrics[3].4);
+        assert_eq!(c.metrics[7].5, "x");
+        assert_eq!(c.metrics[8].3, 0.5);
+    }
+
+    #[test]
+    fn several_values_per_line_and_bad_ones_alone() {
+        let c = parse("a:1|c:2|c:x|c:3|ms");
+        assert_eq!(c.metrics.len(), 3);
+        assert_eq!(c.bad, 1);
+        assert_eq!(c.metrics[2].1, Kind::Timer);
+    }
+
+    #[test]
+    fn bad_lines_do_not_hide_good_ones() {
+        let c = parse("good:1|c\nnocolon\nnotype:1\n:|\nneg:-1|ms\nrate:1|c|@x\nrate2:1|c|@-1\nok:2|c\n\n");
+        assert_eq!(c.metrics.len(), 2);
+        assert_eq!(c.bad, 6);
+    }
+
+    #[test]
+    fn dogstatsd_and_graphite_tags() {
+        let c = parse("req:1|c|#env:prod,region:eu;1\nreq;env=prod:1|c");
+        assert_eq!(c.metrics[0].0, "req;env=prod;region=eu_1");
+        assert_eq!(c.metrics[1].0, "req;env=prod");
+        let c = parse("req:1|c|@0.5|#a:b|T1700000000");
+        assert_eq!(c.metrics[0].0, "req;a=b");
+        assert_eq!(c.metrics[0].3, 0.5);
+        let c = parse("req:1|c|T1700000000");
+        assert_eq!(c.bad, 0);
+    }
+
+    #[test]
+    fn sanitises_like_etsy() {
+        let mut out = Vec::new();
+        sanitize_into("a b\t\tc/d!é:e \u{a0}f é g".as_bytes(), &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "a_b_c-de_f__g");
+        let c = parse("my key/x:1|c");
+        assert_eq!(c.metrics[0].0, "my_key-x");
+        let mut unsanitised = Collect::default();
+        Parser::new(false).parse_packet(b"my key:1|c", &mut unsanitised);
+        assert_eq!(unsanitised.metrics[0].0, "my key");
+    }
+
+    #[test]
+    fn javascript_number_quirks() {
+        let c = parse("a:0x10|c\nb: 3 |g\nc:1e2|ms\nd:Infinity|c\ne:NaN|c\nf:|s\ng:|c\nh:1|c|@1e-3");
+        assert_eq!(c.bad, 2);
+        assert_eq!(c.metrics[0].2, 16.0);
+        assert_eq!(c.metrics[1].2, 3.0);
+        assert_eq!(c.metrics[2].2, 100.0);
+        assert_eq!(c.metrics[4].5, "0");
+        // Etsy extracts only the leading digits of a rate: "@1e-3" is rate 1.
+        assert_eq!(c.metrics[5].3, 1.0);
+    }
+
+    #[test]
+    fn zero_sample_rate_is_bad() {
+        assert_eq!(parse("a:1|c|@0").bad, 1);
+        assert_eq!(parse("a:1|c|@0x5").bad, 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_counts_lines(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let mut c = Collect::default();
+            let counts = Parser::new(true).parse_packet(&data, &mut c);
+            let lines = data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as u64;
+            proptest::prop_assert_eq!(counts.lines, lines);
+            proptest::prop_assert_eq!(counts.bad as usize, c.bad);
+        }
+
+        #[test]
+        fn valid_counters_always_parse(name in "[a-z][a-z0-9_.]{0,20}", v in -1e9f64..1e9, rate in 0.01f64..1.0) {
+            let line = format!("{name}:{v}|c|@{rate}");
+            let c = parse(&line);
+            proptest::prop_assert_eq!(c.bad, 0);
+            proptest::prop_assert_eq!(&c.metrics[0].0, &name);
+            proptest::prop_assert_eq!(c.metrics[0].2, v);
+        }
+
+        #[test]
+        fn sanitised_keys_are_clean(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..60)) {
+            let out = sanitize(&raw);
+            proptest::prop_assert!(is_clean(&out));
+            proptest::prop_assert_eq!(sanitize(&out), out);
+        }
+    }
+}

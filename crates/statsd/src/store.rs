@@ -1,0 +1,607 @@
+//! The aggregated state between flushes, with Etsy statsd 0.9.0's flush semantics.
+//!
+//! Shards are merged in at flush; [`Store::flush`] computes what Etsy statsd's
+//! `process_metrics` computes (counter rates, timer statistics, histograms), hands it to the
+//! caller's writers as a [`FlushView`], then clears the state the way Etsy statsd does
+//! (counters to 0, timers and sets emptied, gauges kept; or deleted with the `delete_*`
+//! options and `gauges_max_ttl`).
+
+use std::cmp::Ordering;
+use std::time::Instant;
+
+use crate::number::js_number;
+use crate::shard::{apply_gauge_delta, EntryRef, Key, Map, Members, Shard};
+
+/// One histogram rule (Etsy's `histogram` option): the first rule whose `metric` is a substring
+/// of a timer's key gives its bins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramRule {
+    /// Substring to match in the key.
+    pub metric: String,
+    /// Upper bounds, exclusive, ascending; `f64::INFINITY` for `"inf"`.
+    pub bins: Vec<f64>,
+}
+
+/// Aggregation options, mirroring Etsy statsd's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregationConfig {
+    /// `flushInterval`, in milliseconds (rates are per second of it).
+    pub flush_interval_ms: u64,
+    /// `percentThreshold`; negative means the lowest N%.
+    pub percentiles: Vec<f64>,
+    /// `histogram`.
+    pub histograms: Vec<HistogramRule>,
+    /// `deleteCounters`.
+    pub delete_counters: bool,
+    /// `deleteGauges`.
+    pub delete_gauges: bool,
+    /// `deleteTimers`.
+    pub delete_timers: bool,
+    /// `deleteSets`.
+    pub delete_sets: bool,
+    /// `gaugesMaxTTL` (forced to 1 unless an integer > 1, as Etsy does).
+    pub gauges_max_ttl: u32,
+    /// `prefixStats`.
+    pub prefix_stats: String,
+    /// `calculatedTimerMetrics`; empty = all.
+    pub calculated_timer_metrics: Vec<String>,
+    /// Series bound; new series beyond it are dropped and counted.
+    pub max_series: usize,
+}
+
+impl Default for AggregationConfig {
+    fn default() -> Self {
+        AggregationConfig {
+            flush_interval_ms: 10_000,
+            percentiles: vec![90.0],
+            histograms: Vec::new(),
+            delete_counters: false,
+            delete_gauges: false,
+            delete_timers: false,
+            delete_sets: false,
+            gauges_max_ttl: 1,
+            prefix_stats: "statsd".into(),
+            calculated_timer_metrics: Vec::new(),
+            max_series: 1_000_000,
+        }
+    }
+}
+
+/// A counter's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CounterEntry {
+    /// Sum this interval.
+    pub value: f64,
+    /// Sum since start (for Prometheus, whose counters are cumulative).
+    pub total: f64,
+}
+
+/// A gauge's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GaugeEntry {
+    /// Current value.
+    pub value: f64,
+    /// Stamp of the absolute value last applied (orders sets from different shards).
+    set_stamp: u64,
+    /// Flushes left before deletion (`delete_gauges`); `None` when not tracked.
+    ttl: Option<u32>,
+}
+
+/// A timer's state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TimerEntry {
+    /// Values this interval.
+    pub values: Vec<f64>,
+    /// Samples this interval (sum of 1/rate).
+    pub count: f64,
+    /// Samples since start (Prometheus summary `_count`).
+    pub total_count: f64,
+    /// Sum of values since start (Prometheus summary `_sum`).
+    pub total_sum: f64,
+    /// Percentile bounds of the last flush, one per configured percentile (`None` if skipped).
+    pub last_bounds: Vec<Option<f64>>,
+}
+
+/// A set's state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SetEntry {
+    /// Members this interval.
+    pub members: Members,
+    /// Distinct members at the last flush.
+    pub last_size: usize,
+}
+
+/// Names of one percentile's timer statistics (`count_90`, `mean_90`, `upper_90`, ...).
+#[derive(Debug, Clone)]
+struct PercentileNames {
+    pct: f64,
+    count: String,
+    mean: String,
+    bound: String,
+    sum: String,
+    sum_squares: String,
+}
+
+/// The aggregated state.
+#[derive(Debug)]
+pub struct Store {
+    cfg: AggregationConfig,
+    pct_names: Vec<PercentileNames>,
+    bin_names: Vec<Vec<String>>,
+    counters: Map<CounterEntry>,
+    gauges: Map<GaugeEntry>,
+    timers: Map<TimerEntry>,
+    sets: Map<SetEntry>,
+    key_bad_lines: Key,
+    key_packets: Key,
+    key_metrics: Key,
+    key_timestamp_lag: Key,
+    old_timestamp: i64,
+    /// Series refused by `max_series` since start (shards' refusals included).
+    pub dropped_max_series: u64,
+}
+
+/// What one flush computed, for the writers (Graphite, console); borrowed from the store.
+#[derive(Debug)]
+pub struct FlushView<'a> {
+    /// Flush time, Unix seconds.
+    pub timestamp: i64,
+    /// Flush interval in seconds (the divisor of rates).
+    pub interval_secs: f64,
+    /// Counters: key, value this interval.
+    pub counters: Vec<(&'a [u8], f64)>,
+    /// Timers: key and their statistics, Etsy names (`histogram.bin_X` for histogram bins).
+    pub timers: Vec<(&'a [u8], Vec<(&'a str, f64)>)>,
+    /// Gauges: key, value.
+    pub gauges: Vec<(&'a [u8], f64)>,
+    /// Sets: key, distinct members.
+    pub sets: Vec<(&'a [u8], usize)>,
+    /// Etsy's `numStats`: counters + timers + gauges + sets.
+    pub num_stats: usize,
+    /// Etsy's `processing_time` (ms spent computing).
+    pub processing_time_ms: u64,
+}
+
+impl Store {
+    /// An empty store with Etsy statsd's internal counters in place.
+    pub fn new(cfg: AggregationConfig) -> Self {
+        let prefix = cfg.prefix_stats.clone();
+        let k = |s: &str| -> Key { format!("{prefix}.{s}").into_bytes().into_boxed_slice() };
+        let mut store = Store {
+            pct_names: Vec::new(),
+            bin_names: Vec::new(),
+            counters: Map::default(),
+            gauges: Map::default(),
+            timers: Map::default(),
+            sets: Map::default(),
+            key_bad_lines: k("bad_lines_seen"),
+            key_packets: k("packets_received"),
+            key_metrics: k("metrics_received"),
+            key_timestamp_lag: k("timestamp_lag"),
+            old_timestamp: 0,
+            dropped_max_series: 0,
+            cfg: AggregationConfig::default(),
+        };
+        store.reconfigure(cfg);
+        for key in [&store.key_bad_lines, &store.key_packets, &store.key_metrics] {
+            store.counters.insert(key.clone(), CounterEntry::default());
+        }
+        store
+    }
+
+    /// Applies new options (reload); the aggregated data is kept.
+    pub fn reconfigure(&mut self, mut cfg: AggregationConfig) {
+        cfg.gauges_max_ttl = cfg.gauges_max_ttl.max(1);
+        self.pct_names = cfg.percentiles.iter().map(|&pct| percentile_names(pct)).collect();
+        self.bin_names = cfg
+            .histograms
+            .iter()
+            .map(|h| h.bins.iter().map(|b| format!("histogram.{}", bin_name(*b))).collect())
+            .collect();
+        self.cfg = cfg;
+    }
+
+    /// The options in force.
+    pub fn config(&self) -> &AggregationConfig {
+        &self.cfg
+    }
+
+    /// Series held (all types, internal ones included).
+    pub fn series(&self) -> usize {
+        self.counters.len() + self.gauges.len() + self.timers.len() + self.sets.len()
+    }
+
+    fn has_room(&mut self) -> bool {
+        if self.series() < self.cfg.max_series {
+            true
+        } else {
+            self.dropped_max_series += 1;
+            false
+        }
+    }
+
+    /// Merges a shard in, draining it (its maps keep their capacity for reuse).
+    pub fn merge(&mut self, shard: &mut Shard) {
+        self.add_counter_by_ref(Which::Packets, shard.packets as f64);
+        self.add_counter_by_ref(Which::Metrics, shard.lines as f64);
+        self.add_counter_by_ref(Which::BadLines, shard.bad_lines as f64);
+        self.dropped_max_series += shard.dropped_max_series;
+        for (key, add) in shard.counters.drain() {
+            if let Some(c) = self.counters.get_mut(&key) {
+                c.value += add;
+                c.total += add;
+            } else if self.series() < self.cfg.max_series {
+                self.counters.insert(key, CounterEntry { value: 0.0 + add, total: add });
+            } else {
+                self.dropped_max_series += 1;
+            }
+        }
+        let ttl = self.cfg.delete_gauges.then_some(self.cfg.gauges_max_ttl);
+        for (key, update) in shard.gauges.drain() {
+            if !self.gauges.contains_key(&key) && !self.has_room() {
+                continue;
+            }
+            let g = self.gauges.entry(key).or_insert(GaugeEntry { value: f64::NAN, ..Default::default() });
+            let mut current = (!g.value.is_nan()).then_some(g.value);
+            for d in update.pending_deltas {
+                current = Some(apply_gauge_delta(current, d));
+            }
+            if let Some((stamp, value)) = update.last_set {
+                if stamp >= g.set_stamp {
+                    current = Some(value);
+                    g.set_stamp = stamp;
+                }
+            }
+            g.value = current.unwrap_or(0.0);
+            g.ttl = ttl;
+        }
+        for (key, update) in shard.timers.drain() {
+            if !self.timers.contains_key(&key) && !self.has_room() {
+                continue;
+            }
+            let t = self.timers.entry(key).or_default();
+            if t.values.is_empty() {
+                t.values = update.values;
+            } else {
+                t.values.extend_from_slice(&update.values);
+            }
+            t.count += update.count;
+        }
+        for (key, members) in shard.sets.drain() {
+            if !self.sets.contains_key(&key) && !self.has_room() {
+                continue;
+            }
+            let s = self.sets.entry(key).or_default();
+            if s.members.is_empty() {
+                s.members = members;
+            } else {
+                s.members.extend(members);
+            }
+        }
+        shard.clear();
+    }
+
+    fn add_counter_by_ref(&mut self, which: Which, add: f64) {
+        let key = match which {
+            Which::Packets => &self.key_packets,
+            Which::Metrics => &self.key_metrics,
+            Which::BadLines => &self.key_bad_lines,
+        };
+        let c = self.counters.entry_ref_or_default(key);
+        c.value += add;
+        c.total += add;
+    }
+
+    /// Runs one flush at `timestamp` (Unix seconds): computes, hands the result to `write`,
+    /// then clears as Etsy statsd does.
+    pub fn flush<R>(&mut self, timestamp: i64, write: impl FnOnce(&FlushView<'_>) -> R) -> R {
+        let started = Instant::now();
+        let interval_secs = self.cfg.flush_interval_ms as f64 / 1000.0;
+        if self.old_timestamp > 0 {
+            let lag = (timestamp - self.old_timestamp) as f64 - interval_secs;
+            let g = self.gauges.entry(self.key_timestamp_lag.clone()).or_default();
+            g.value = lag;
+        }
+        self.old_timestamp = timestamp;
+
+        // Percentile bounds for Prometheus are recorded while computing.
+        for (key, t) in self.timers.iter_mut() {
+            sort_js(&mut t.values);
+            t.total_count += t.count;
+            t.total_sum += t.values.iter().sum::<f64>();
+            t.last_bounds = percentile_bounds(&t.values, &self.cfg.percentiles);
+            let _ = key;
+        }
+        let cfg = &self.cfg;
+        let pct_names = &self.pct_names;
+        let bin_names = &self.bin_names;
+        let timers: Vec<(&[u8], Vec<(&str, f64)>)> = self
+            .timers
+            .iter()
+            .map(|(key, t)| {
+                let mut stats = timer_stats(key, t, cfg, pct_names, bin_names, interval_secs);
+                if !cfg.calculated_timer_metrics.is_empty() {
+                    stats.retain(|(name, _)| keep_timer_metric(name, &cfg.calculated_timer_metrics));
+                }
+                (&key[..], stats)
+            })
+            .collect();
+        let view = FlushView {
+            timestamp,
+            interval_secs,
+            counters: self.counters.iter().map(|(k, c)| (&k[..], c.value)).collect(),
+            gauges: self.gauges.iter().map(|(k, g)| (&k[..], g.value)).collect(),
+            sets: self.sets.iter().map(|(k, s)| (&k[..], s.members.len())).collect(),
+            num_stats: self.series(),
+            processing_time_ms: started.elapsed().as_millis() as u64,
+            timers,
+        };
+        let result = write(&view);
+        drop(view);
+        self.clear_after_flush();
+        result
+    }
+
+    fn clear_after_flush(&mut self) {
+        if self.cfg.delete_counters {
+            let keep = |k: &[u8]| {
+                [&b"packets_received"[..], b"metrics_received", b"bad_lines_seen"]
+                    .iter()
+                    .any(|s| k.windows(s.len()).any(|w| w == *s))
+            };
+            self.counters.retain(|k, _| keep(k));
+        }
+        for c in self.counters.values_mut() {
+            c.value = 0.0;
+        }
+        if self.cfg.delete_timers {
+            self.timers.clear();
+        } else {
+            for t in self.timers.values_mut() {
+                t.values.clear();
+                t.count = 0.0;
+            }
+        }
+        if self.cfg.delete_sets {
+            self.sets.clear();
+        } else {
+            for s in self.sets.values_mut() {
+                s.last_size = s.members.len();
+                s.members = Members::default();
+            }
+        }
+        if self.cfg.delete_gauges {
+            self.gauges.retain(|_, g| match &mut g.ttl {
+                Some(ttl) => {
+                    *ttl -= 1;
+                    *ttl >= 1
+                }
+                None => true,
+            });
+        }
+    }
+
+    /// Counters (key, state).
+    pub fn counters(&self) -> impl Iterator<Item = (&[u8], &CounterEntry)> {
+        self.counters.iter().map(|(k, v)| (&k[..], v))
+    }
+    /// Gauges (key, state).
+    pub fn gauges(&self) -> impl Iterator<Item = (&[u8], &GaugeEntry)> {
+        self.gauges.iter().map(|(k, v)| (&k[..], v))
+    }
+    /// Timers (key, state).
+    pub fn timers(&self) -> impl Iterator<Item = (&[u8], &TimerEntry)> {
+        self.timers.iter().map(|(k, v)| (&k[..], v))
+    }
+    /// Sets (key, state).
+    pub fn sets(&self) -> impl Iterator<Item = (&[u8], &SetEntry)> {
+        self.sets.iter().map(|(k, v)| (&k[..], v))
+    }
+
+    /// Deletes counters named `pattern`, or starting with it when it ends in `.*` (statsd's
+    /// `delcounters`); returns the deleted keys.
+    pub fn delete_counters(&mut self, pattern: &str) -> Vec<String> {
+        delete_matching(&mut self.counters, pattern)
+    }
+    /// `delgauges`.
+    pub fn delete_gauges(&mut self, pattern: &str) -> Vec<String> {
+        delete_matching(&mut self.gauges, pattern)
+    }
+    /// `deltimers`.
+    pub fn delete_timers(&mut self, pattern: &str) -> Vec<String> {
+        delete_matching(&mut self.timers, pattern)
+    }
+}
+
+enum Which {
+    Packets,
+    Metrics,
+    BadLines,
+}
+
+fn delete_matching<V>(map: &mut Map<V>, pattern: &str) -> Vec<String> {
+    let mut deleted = Vec::new();
+    let p = pattern.as_bytes();
+    if map.remove(p).is_some() {
+        deleted.push(pattern.to_string());
+    }
+    if let Some(folder) = pattern.strip_suffix('*').filter(|_| pattern.ends_with(".*")) {
+        let folder = folder.as_bytes();
+        map.retain(|k, _| {
+            let hit = k.starts_with(folder);
+            if hit {
+                deleted.push(String::from_utf8_lossy(k).into_owned());
+            }
+            !hit
+        });
+    }
+    deleted
+}
+
+/// JavaScript's `values.sort((a, b) => a - b)`: numeric, stable (so -0 and 0 keep their order).
+fn sort_js(values: &mut [f64]) {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(Ordering::Equal));
+}
+
+/// `Math.round(Math.abs(pct) / 100 * count)` for non-negative arguments.
+fn num_in_threshold(pct: f64, count: usize) -> usize {
+    (pct.abs() / 100.0 * count as f64).round() as usize
+}
+
+fn percentile_bounds(sorted: &[f64], percentiles: &[f64]) -> Vec<Option<f64>> {
+    let count = sorted.len();
+    percentiles
+        .iter()
+        .map(|&pct| {
+            if count == 0 {
+                return None;
+            }
+            if count == 1 {
+                return Some(sorted[0]);
+            }
+            match num_in_threshold(pct, count) {
+                0 => None,
+                n if pct > 0.0 => Some(sorted[n - 1]),
+                n => Some(sorted[count - n]),
+            }
+        })
+        .collect()
+}
+
+/// The statistics Etsy statsd's `process_metrics` computes for one timer, in its order.
+fn timer_stats<'a>(
+    key: &[u8],
+    t: &TimerEntry,
+    cfg: &AggregationConfig,
+    pct_names: &'a [PercentileNames],
+    bin_names: &'a [Vec<String>],
+    interval_secs: f64,
+) -> Vec<(&'a str, f64)> {
+    let values = &t.values;
+    let count = values.len();
+    if count == 0 {
+        return vec![("count", 0.0), ("count_ps", 0.0)];
+    }
+    let mut out = Vec::with_capacity(9 + 5 * pct_names.len());
+    let min = values[0];
+    let max = values[count - 1];
+    let mut cumulative = Vec::with_capacity(count);
+    let mut cumulative_sq = Vec::with_capacity(count);
+    cumulative.push(min);
+    cumulative_sq.push(min * min);
+    for i in 1..count {
+        cumulative.push(values[i] + cumulative[i - 1]);
+        cumulative_sq.push(values[i] * values[i] + cumulative_sq[i - 1]);
+    }
+    // JavaScript reads past the start of an array as `undefined`, and arithmetic on it is NaN.
+    let at = |v: &[f64], i: isize| if i < 0 { f64::NAN } else { v[i as usize] };
+
+    let (mut sum, mut sum_squares, mut mean, mut bound) = (min, min * min, min, max);
+    for names in pct_names {
+        let pct = names.pct;
+        let mut n = count;
+        if count > 1 {
+            n = num_in_threshold(pct, count);
+            if n == 0 {
+                continue;
+            }
+            if pct > 0.0 {
+                bound = values[n - 1];
+                sum = cumulative[n - 1];
+                sum_squares = cumulative_sq[n - 1];
+            } else {
+                let before = count as isize - n as isize - 1;
+                bound = values[count - n];
+                sum = cumulative[count - 1] - at(&cumulative, before);
+                sum_squares = cumulative_sq[count - 1] - at(&cumulative_sq, before);
+            }
+            mean = sum / n as f64;
+        }
+        out.push((names.count.as_str(), n as f64));
+        out.push((names.mean.as_str(), mean));
+        out.push((names.bound.as_str(), bound));
+        out.push((names.sum.as_str(), sum));
+        out.push((names.sum_squares.as_str(), sum_squares));
+    }
+    let sum = cumulative[count - 1];
+    let sum_squares = cumulative_sq[count - 1];
+    let mean = sum / count as f64;
+    let mut sum_of_diffs = 0.0;
+    for v in values {
+        sum_of_diffs += (v - mean) * (v - mean);
+    }
+    let mid = count / 2;
+    let median = if count % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 };
+    out.push(("std", (sum_of_diffs / count as f64).sqrt()));
+    out.push(("upper", max));
+    out.push(("lower", min));
+    out.push(("count", t.count));
+    out.push(("count_ps", t.count / interval_secs));
+    out.push(("sum", sum));
+    out.push(("sum_squares", sum_squares));
+    out.push(("mean", mean));
+    out.push(("median", median));
+
+    let rule = cfg.histograms.iter().position(|h| contains(key, h.metric.as_bytes()));
+    if let Some(r) = rule {
+        let bins = &cfg.histograms[r].bins;
+        let mut i = 0;
+        for (b, bin) in bins.iter().enumerate() {
+            let mut freq = 0.0;
+            while i < count && (bin.is_infinite() || values[i] < *bin) {
+                freq += 1.0;
+                i += 1;
+            }
+            out.push((bin_names[r][b].as_str(), freq));
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `calculatedTimerMetrics` filter: `upper_90` matches `upper_percent`, `lower_top10`
+/// `lower_percent` (Etsy: `key.replace(/_(top)?\d+$/, "_percent")`), bins match `histogram`.
+fn keep_timer_metric(name: &str, wanted: &[String]) -> bool {
+    if name.starts_with("histogram.") {
+        return wanted.iter().any(|w| w == "histogram");
+    }
+    let digits = name.bytes().rev().take_while(u8::is_ascii_digit).count();
+    let stem = &name[..name.len() - digits];
+    let cleaned = if digits == 0 {
+        None
+    } else if let Some(s) = stem.strip_suffix("_top") {
+        Some(format!("{s}_percent"))
+    } else {
+        stem.strip_suffix('_').map(|s| format!("{s}_percent"))
+    };
+    let name = cleaned.as_deref().unwrap_or(name);
+    wanted.iter().any(|w| w == name)
+}
+
+/// Etsy: `('' + pct).replace('.', '_').replace('-', 'top')`.
+fn percentile_names(pct: f64) -> PercentileNames {
+    let clean = js_number(pct).replacen('.', "_", 1).replacen('-', "top", 1);
+    PercentileNames {
+        pct,
+        count: format!("count_{clean}"),
+        mean: format!("mean_{clean}"),
+        bound: format!("{}_{clean}", if pct > 0.0 { "upper" } else { "lower" }),
+        sum: format!("sum_{clean}"),
+        sum_squares: format!("sum_squares_{clean}"),
+    }
+}
+
+/// Etsy: `'bin_' + bin.toString().replace('.', '_')`.
+fn bin_name(bin: f64) -> String {
+    if bin.is_infinite() {
+        "bin_inf".into()
+    } else {
+        format!("bin_{}", js_number(bin).replacen('.', "_", 1))
+    }
+}
+
+#[cfg(test)]
+mod tests;

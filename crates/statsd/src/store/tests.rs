@@ -1,0 +1,203 @@
+use super::*;
+use crate::Parser;
+
+fn store_with(cfg: AggregationConfig) -> Store {
+    Store::new(cfg)
+}
+
+fn feed(store: &mut Store, text: &str) {
+    let mut shard = Shard::new(1_000_000);
+    let counts = Parser::new(true).parse_packet(text.as_bytes(), &mut shard);
+    shard.packets += 1;
+    shard.lines += counts.lines;
+    shard.bad_lines += counts.bad;
+    store.merge(&mut shard);
+}
+
+/// Flushes and returns every value by its name (`kind:key[.stat]`).
+fn flush(store: &mut Store, ts: i64) -> BTreeMap<String, f64> {
+    store.flush(ts, |v| {
+        let mut out = BTreeMap::new();
+        let s = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+        for (k, val) in &v.counters {
+            out.insert(format!("c:{}", s(k)), *val);
+        }
+        for (k, stats) in &v.timers {
+            for (name, val) in stats {
+                out.insert(format!("t:{}.{name}", s(k)), *val);
+            }
+        }
+        for (k, val) in &v.gauges {
+            out.insert(format!("g:{}", s(k)), *val);
+        }
+        for (k, n) in &v.sets {
+            out.insert(format!("s:{}", s(k)), *n as f64);
+        }
+        out.insert("numStats".into(), v.num_stats as f64);
+        out
+    })
+}
+use std::collections::BTreeMap;
+
+#[test]
+fn timer_statistics_match_etsy() {
+    let mut store = store_with(AggregationConfig { percentiles: vec![90.0, -10.0, 99.9], ..Default::default() });
+    let values: String = (1..=10).rev().map(|v| format!("t:{v}|ms\n")).collect();
+    feed(&mut store, &values);
+    let f = flush(&mut store, 100);
+    let t = |k: &str| f[&format!("t:t.{k}")];
+    assert_eq!(t("count_90"), 9.0);
+    assert_eq!(t("upper_90"), 9.0);
+    assert_eq!(t("sum_90"), 45.0);
+    assert_eq!(t("mean_90"), 5.0);
+    assert_eq!(t("sum_squares_90"), 285.0);
+    assert_eq!(t("count_top10"), 1.0);
+    assert_eq!(t("lower_top10"), 10.0);
+    assert_eq!(t("sum_top10"), 10.0);
+    assert_eq!(t("count_99_9"), 10.0);
+    assert_eq!(t("upper"), 10.0);
+    assert_eq!(t("lower"), 1.0);
+    assert_eq!(t("count"), 10.0);
+    assert_eq!(t("count_ps"), 1.0);
+    assert_eq!(t("sum"), 55.0);
+    assert_eq!(t("mean"), 5.5);
+    assert_eq!(t("median"), 5.5);
+    assert_eq!(t("std"), 8.25f64.sqrt());
+}
+
+#[test]
+fn negative_percentile_of_everything_is_nan_as_in_etsy() {
+    let mut store = store_with(AggregationConfig { percentiles: vec![-100.0], ..Default::default() });
+    feed(&mut store, "t:1|ms\nt:2|ms");
+    let f = flush(&mut store, 100);
+    assert!(f["t:t.sum_top100"].is_nan());
+    assert_eq!(f["t:t.lower_top100"], 1.0);
+}
+
+#[test]
+fn sampled_timers_count_by_rate_and_small_percentiles_are_skipped() {
+    let mut store = store_with(AggregationConfig { percentiles: vec![10.0], ..Default::default() });
+    feed(&mut store, "t:5|ms|@0.5\nt:7|ms|@0.5\nt:9|ms|@0.5");
+    let f = flush(&mut store, 100);
+    assert_eq!(f["t:t.count"], 6.0);
+    // round(0.1 * 3) = 0: Etsy skips the percentile.
+    assert!(!f.contains_key("t:t.count_10"));
+}
+
+#[test]
+fn histograms_with_inf_and_first_match() {
+    let cfg = AggregationConfig {
+        histograms: vec![
+            HistogramRule { metric: "foo".into(), bins: vec![] },
+            HistogramRule { metric: "render".into(), bins: vec![0.01, 0.1, 1.0, 10.0, f64::INFINITY] },
+        ],
+        ..Default::default()
+    };
+    let mut store = store_with(cfg);
+    feed(&mut store, "page.render:0.005|ms\npage.render:0.05|ms\npage.render:0.1|ms\npage.render:50|ms\nfoo.render:1|ms");
+    let f = flush(&mut store, 100);
+    assert_eq!(f["t:page.render.histogram.bin_0_01"], 1.0);
+    assert_eq!(f["t:page.render.histogram.bin_0_1"], 1.0);
+    assert_eq!(f["t:page.render.histogram.bin_1"], 1.0);
+    assert_eq!(f["t:page.render.histogram.bin_10"], 0.0);
+    assert_eq!(f["t:page.render.histogram.bin_inf"], 1.0);
+    assert!(!f.keys().any(|k| k.starts_with("t:foo.render.histogram")));
+}
+
+#[test]
+fn calculated_timer_metrics_filter() {
+    let cfg = AggregationConfig {
+        calculated_timer_metrics: vec!["count".into(), "upper_percent".into()],
+        percentiles: vec![90.0, -10.0],
+        ..Default::default()
+    };
+    let mut store = store_with(cfg);
+    feed(&mut store, "t:1|ms\nt:2|ms");
+    let f = flush(&mut store, 100);
+    let keys: Vec<&str> = f.keys().filter(|k| k.starts_with("t:")).map(|k| k.as_str()).collect();
+    assert_eq!(keys, ["t:t.count", "t:t.upper_90"]);
+}
+
+#[test]
+fn counters_persist_at_zero_and_internals_count() {
+    let mut store = store_with(AggregationConfig::default());
+    feed(&mut store, "a:1|c\na:2|c|@0.5\nbad\n");
+    let f = flush(&mut store, 100);
+    assert_eq!(f["c:a"], 5.0);
+    assert_eq!(f["c:statsd.metrics_received"], 3.0);
+    assert_eq!(f["c:statsd.bad_lines_seen"], 1.0);
+    assert_eq!(f["c:statsd.packets_received"], 1.0);
+    assert_eq!(f["numStats"], 4.0);
+    let f = flush(&mut store, 110);
+    assert_eq!(f["c:a"], 0.0);
+    // timestamp_lag appears from the second flush.
+    assert_eq!(f["g:statsd.timestamp_lag"], 0.0);
+    assert_eq!(f["numStats"], 5.0);
+}
+
+#[test]
+fn delete_idle_stats() {
+    let cfg = AggregationConfig {
+        delete_counters: true,
+        delete_timers: true,
+        delete_sets: true,
+        delete_gauges: true,
+        gauges_max_ttl: 2,
+        ..Default::default()
+    };
+    let mut store = store_with(cfg);
+    feed(&mut store, "a:1|c\nt:1|ms\ns:x|s\ng:4|g");
+    let f = flush(&mut store, 100);
+    assert_eq!(f["numStats"], 4.0 + 3.0);
+    let f = flush(&mut store, 110);
+    // Counters, timers and sets are gone; the gauge lives two flushes; internals stay.
+    assert!(!f.contains_key("c:a") && !f.contains_key("t:t.count") && !f.contains_key("s:s"));
+    assert_eq!(f["g:g"], 4.0);
+    assert_eq!(f["c:statsd.packets_received"], 0.0);
+    let f = flush(&mut store, 120);
+    assert!(!f.contains_key("g:g"));
+}
+
+#[test]
+fn gauges_set_and_delta_across_flushes() {
+    let mut store = store_with(AggregationConfig::default());
+    feed(&mut store, "g:10|g\ng:+5|g\ng:-2|g");
+    assert_eq!(flush(&mut store, 100)["g:g"], 13.0);
+    feed(&mut store, "g:+0.1|g\ng:+0.2|g");
+    assert_eq!(flush(&mut store, 110)["g:g"], 13.0 + 0.1 + 0.2);
+    feed(&mut store, "h:-3|g");
+    assert_eq!(flush(&mut store, 120)["g:h"], -3.0);
+}
+
+#[test]
+fn later_gauge_set_wins_across_shards() {
+    let mut store = store_with(AggregationConfig::default());
+    let mut a = Shard::new(10);
+    let mut b = Shard::new(10);
+    b.clock = 2;
+    Parser::new(true).parse_packet(b"g:2|g", &mut b);
+    a.clock = 1;
+    Parser::new(true).parse_packet(b"g:1|g", &mut a);
+    store.merge(&mut b);
+    store.merge(&mut a);
+    assert_eq!(flush(&mut store, 100)["g:g"], 2.0);
+}
+
+#[test]
+fn max_series_bounds_the_store() {
+    let mut store = store_with(AggregationConfig { max_series: 5, ..Default::default() });
+    feed(&mut store, "a:1|c\nb:1|c\nc:1|c\nd:1|c");
+    assert_eq!(store.series(), 5);
+    assert_eq!(store.dropped_max_series, 2);
+}
+
+#[test]
+fn delete_commands() {
+    let mut store = store_with(AggregationConfig::default());
+    feed(&mut store, "app.a:1|c\napp.b:1|c\nother:1|c");
+    let mut deleted = store.delete_counters("app.*");
+    deleted.sort();
+    assert_eq!(deleted, ["app.a", "app.b"]);
+    assert_eq!(store.delete_counters("other"), ["other"]);
+    assert!(store.delete_counters("nothing").is_empty());
+}

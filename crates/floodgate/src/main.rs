@@ -1,1 +1,96 @@
-fn main() {}
+//! The `floodgate` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use floodgate::config::Config;
+
+/// floodgate: a telemetry ingestion agent.
+///
+/// Receives StatsD over UDP and TCP, aggregates exactly as Etsy statsd 0.9 does, and flushes
+/// to Graphite/Carbon (plaintext or pickle) on a fixed schedule; exposes the aggregated series
+/// and its own metrics to Prometheus on /metrics. With no config file it runs on safe,
+/// loopback-only defaults: StatsD on 127.0.0.1:8125 (UDP and TCP), the management console on
+/// 127.0.0.1:8126, HTTP on 127.0.0.1:9318, no Graphite output.
+#[derive(Parser, Debug)]
+#[command(name = "floodgate", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file (every key optional; see the README).
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run (the default): bind every listener, aggregate, flush, until SIGTERM/SIGINT.
+    Run,
+    /// Validate the config, print the effective config, exit 1 on any error.
+    Check,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("floodgate: config error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => Config::default(),
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            if cli.config.is_none() {
+                eprintln!("floodgate check: no --config given; these are the built-in defaults");
+            }
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("floodgate: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(floodgate::app::run(config, cli.config.clone())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("floodgate: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOODGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

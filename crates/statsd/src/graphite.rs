@@ -311,7 +311,11 @@ mod tests {
 
     #[test]
     fn legacy_names() {
-        let out = lines(&flush_text("a:3|c\ng:5|g\nt:1|ms\nu:x|s\nr;env=p:1|c", &GraphiteNaming::default(), Protocol::Plaintext));
+        let out = lines(&flush_text(
+            "a:3|c\ng:5|g\nt:1|ms\nu:x|s\nr;env=p:1|c",
+            &GraphiteNaming::default(),
+            Protocol::Plaintext,
+        ));
         for want in [
             "stats.a 0.3 1700000000",
             "stats_counts.a 3 1700000000",

@@ -11,20 +11,8 @@ use std::fmt::Write as _;
 pub fn is_js_space(c: char) -> bool {
     matches!(
         c,
-        '\t' | '\n'
-            | '\u{b}'
-            | '\u{c}'
-            | '\r'
-            | ' '
-            | '\u{a0}'
-            | '\u{1680}'
-            | '\u{2000}'..='\u{200a}'
-            | '\u{2028}'
-            | '\u{2029}'
-            | '\u{202f}'
-            | '\u{205f}'
-            | '\u{3000}'
-            | '\u{feff}'
+        '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200a}' | '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}' | '\u{feff}'
     )
 }
 
@@ -168,9 +156,7 @@ fn parse_radix(digits: &[u8], radix: u32) -> Option<f64> {
     let mut exact: Option<u128> = Some(0);
     for &b in digits {
         let d = (b as char).to_digit(radix)?;
-        exact = exact
-            .and_then(|v| v.checked_mul(u128::from(radix)))
-            .and_then(|v| v.checked_add(u128::from(d)));
+        exact = exact.and_then(|v| v.checked_mul(u128::from(radix))).and_then(|v| v.checked_add(u128::from(d)));
         value = value * f64::from(radix) + f64::from(d);
     }
     Some(exact.map_or(value, |v| v as f64))

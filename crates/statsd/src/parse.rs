@@ -250,14 +250,7 @@ fn parse_value<'a>(key: &'a [u8], part: &'a [u8]) -> Option<Metric<'a>> {
         Kind::Set => (0.0, if value.is_empty() { &b"0"[..] } else { value }),
         _ => (numeric?, &[][..]),
     };
-    Some(Metric {
-        key,
-        kind,
-        value,
-        sample_rate,
-        gauge_delta,
-        set_member,
-    })
+    Some(Metric { key, kind, value, sample_rate, gauge_delta, set_member })
 }
 
 #[cfg(test)]

@@ -26,7 +26,12 @@ pub fn render(store: &Store, out: &mut String) -> usize {
     };
     for (key, c) in store.counters() {
         let (name, labels) = split_key(key);
-        add(format!("{name}_total"), "counter", "StatsD counter (sum since start).", format!("{name}_total{labels} {}", fmt(c.total)));
+        add(
+            format!("{name}_total"),
+            "counter",
+            "StatsD counter (sum since start).",
+            format!("{name}_total{labels} {}", fmt(c.total)),
+        );
     }
     for (key, g) in store.gauges() {
         let (name, labels) = split_key(key);
@@ -34,7 +39,12 @@ pub fn render(store: &Store, out: &mut String) -> usize {
     }
     for (key, s) in store.sets() {
         let (name, labels) = split_key(key);
-        add(name.clone(), "gauge", "StatsD set: distinct members in the last flush interval.", format!("{name}{labels} {}", s.last_size));
+        add(
+            name.clone(),
+            "gauge",
+            "StatsD set: distinct members in the last flush interval.",
+            format!("{name}{labels} {}", s.last_size),
+        );
     }
     let percentiles = &store.config().percentiles;
     for (key, t) in store.timers() {
@@ -117,7 +127,8 @@ fn with_label(labels: &str, k: &str, v: &str) -> String {
 }
 
 fn metric_name(s: &str) -> String {
-    let mut out: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }).collect();
+    let mut out: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }).collect();
     if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, '_');
     }
@@ -145,7 +156,10 @@ mod tests {
     fn renders_every_type() {
         let mut store = Store::new(AggregationConfig::default());
         let mut shard = Shard::new(100);
-        Parser::new(true).parse_packet(b"api.hits:2|c|#env:prod\napi.temp:3.5|g\napi.lat:10|ms\napi.lat:20|ms\nusers:a|s", &mut shard);
+        Parser::new(true).parse_packet(
+            b"api.hits:2|c|#env:prod\napi.temp:3.5|g\napi.lat:10|ms\napi.lat:20|ms\nusers:a|s",
+            &mut shard,
+        );
         store.merge(&mut shard);
         store.flush(1, |_| ());
         let mut out = String::new();

@@ -141,6 +141,9 @@ pub struct Store {
     pub dropped_max_series: u64,
 }
 
+/// One timer's statistics: Etsy's names (`upper_90`, `histogram.bin_0_1`, ...) and values.
+pub type TimerStats<'a> = Vec<(&'a str, f64)>;
+
 /// What one flush computed, for the writers (Graphite, console); borrowed from the store.
 #[derive(Debug)]
 pub struct FlushView<'a> {
@@ -151,7 +154,7 @@ pub struct FlushView<'a> {
     /// Counters: key, value this interval.
     pub counters: Vec<(&'a [u8], f64)>,
     /// Timers: key and their statistics, Etsy names (`histogram.bin_X` for histogram bins).
-    pub timers: Vec<(&'a [u8], Vec<(&'a str, f64)>)>,
+    pub timers: Vec<(&'a [u8], TimerStats<'a>)>,
     /// Gauges: key, value.
     pub gauges: Vec<(&'a [u8], f64)>,
     /// Sets: key, distinct members.
@@ -315,7 +318,7 @@ impl Store {
         let cfg = &self.cfg;
         let pct_names = &self.pct_names;
         let bin_names = &self.bin_names;
-        let timers: Vec<(&[u8], Vec<(&str, f64)>)> = self
+        let timers: Vec<(&[u8], TimerStats<'_>)> = self
             .timers
             .iter()
             .map(|(key, t)| {

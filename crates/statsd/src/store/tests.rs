@@ -94,7 +94,10 @@ fn histograms_with_inf_and_first_match() {
         ..Default::default()
     };
     let mut store = store_with(cfg);
-    feed(&mut store, "page.render:0.005|ms\npage.render:0.05|ms\npage.render:0.1|ms\npage.render:50|ms\nfoo.render:1|ms");
+    feed(
+        &mut store,
+        "page.render:0.005|ms\npage.render:0.05|ms\npage.render:0.1|ms\npage.render:50|ms\nfoo.render:1|ms",
+    );
     let f = flush(&mut store, 100);
     assert_eq!(f["t:page.render.histogram.bin_0_01"], 1.0);
     assert_eq!(f["t:page.render.histogram.bin_0_1"], 1.0);

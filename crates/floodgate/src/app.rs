@@ -1,0 +1,301 @@
+//! Wiring: bind every listener, start receive threads, the flusher, the sinks, the console and
+//! HTTP; report ready; then wait for signals (SIGTERM/SIGINT: stop and flush; SIGHUP: reload).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use floodgate_statsd::graphite::{GraphiteNaming, GraphiteStats, Protocol};
+use floodgate_statsd::{Shard, Store};
+use parking_lot::{Mutex, RwLock};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Health};
+use crate::sinks::graphite::{unix_now, GraphiteSink};
+use crate::sources::statsd::tcp::TcpOptions;
+use crate::sources::statsd::udp::UdpWorker;
+use crate::sources::statsd::SharedShard;
+use crate::sys::UdpReceiver;
+use crate::telemetry::{Listener, ListenerCounters, Telemetry};
+
+/// Settings the flusher reads at every flush (replaced on reload).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Flush interval.
+    pub flush_interval: Duration,
+    /// Graphite names.
+    pub naming: GraphiteNaming,
+    /// Graphite wire format.
+    pub protocol: Protocol,
+}
+
+impl Settings {
+    fn from_config(c: &Config) -> Settings {
+        Settings {
+            flush_interval: c.statsd.flush_interval,
+            naming: c.graphite_naming(),
+            protocol: c.graphite_protocol(),
+        }
+    }
+}
+
+/// State shared by every part of the running agent.
+pub struct Shared {
+    /// The configuration in force.
+    pub config: RwLock<Config>,
+    /// Where it came from (reloaded on SIGHUP).
+    pub config_path: Option<PathBuf>,
+    /// Flush settings.
+    pub settings: RwLock<Settings>,
+    /// Aggregated StatsD state.
+    pub store: Mutex<Store>,
+    /// Every receive shard (UDP threads, TCP listeners).
+    pub shards: Mutex<Vec<SharedShard>>,
+    /// Self-metrics.
+    pub telemetry: Arc<Telemetry>,
+    /// The Graphite backend's statistics (written into each payload).
+    pub graphite_stats: Arc<Mutex<GraphiteStats>>,
+    /// Operator health (`health up|down` on the console).
+    pub health_up: AtomicBool,
+    /// Every listener is bound.
+    pub ready: AtomicBool,
+    /// Start time, Unix seconds.
+    pub started_unix: i64,
+    /// Start instant (gauge ordering epoch).
+    pub epoch: Instant,
+    /// Last time a StatsD packet was seen, Unix seconds (console `stats`).
+    pub last_msg_seen: std::sync::atomic::AtomicI64,
+}
+
+impl Shared {
+    fn new(config: Config, config_path: Option<PathBuf>) -> Shared {
+        let started_unix = unix_now();
+        Shared {
+            settings: RwLock::new(Settings::from_config(&config)),
+            store: Mutex::new(Store::new(config.aggregation())),
+            shards: Mutex::new(Vec::new()),
+            telemetry: Arc::new(Telemetry::default()),
+            graphite_stats: Arc::new(Mutex::new(GraphiteStats { last_flush: started_unix, ..Default::default() })),
+            health_up: AtomicBool::new(config.admin.health == Health::Up),
+            ready: AtomicBool::new(false),
+            started_unix,
+            epoch: Instant::now(),
+            last_msg_seen: std::sync::atomic::AtomicI64::new(started_unix),
+            config: RwLock::new(config),
+            config_path,
+        }
+    }
+
+    fn new_shard(&self) -> SharedShard {
+        let shard = Arc::new(Mutex::new(Shard::new(self.config.read().statsd.max_series)));
+        self.shards.lock().push(shard.clone());
+        shard
+    }
+}
+
+/// Runs floodgate until SIGTERM or SIGINT.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
+    for addr in config.public_listeners() {
+        tracing::warn!(%addr, "listening on a non-loopback address with no allow-list");
+    }
+    let shared = Arc::new(Shared::new(config.clone(), config_path));
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let s = &config.statsd;
+
+    // Bind everything first: a listener that cannot bind is a start-up error.
+    let threads = match s.receive_threads {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    };
+    let mut udp_threads = Vec::new();
+    for addr in &s.udp {
+        let mut bound = *addr;
+        for t in 0..threads {
+            let socket = UdpReceiver::bind(bound, s.receive_buffer as usize, Duration::from_millis(200))
+                .with_context(|| format!("cannot bind statsd udp {addr}"))?;
+            bound = socket.local_addr()?;
+            if t == 0 {
+                tracing::info!(address = %bound, sockets = threads, receive_buffer = socket.granted_buffer, "statsd udp listening");
+                if (socket.granted_buffer as u64) < s.receive_buffer {
+                    tracing::warn!(
+                        asked = s.receive_buffer,
+                        granted = socket.granted_buffer,
+                        "kernel granted a smaller receive buffer (raise net.core.rmem_max or run as root)"
+                    );
+                }
+            }
+            let counters = Arc::new(ListenerCounters::default());
+            shared.telemetry.register(Listener {
+                kind: "statsd_udp",
+                address: bound.to_string(),
+                counters: counters.clone(),
+                receive_buffer: socket.granted_buffer,
+                udp_port: Some(bound.port()),
+            });
+            let worker = UdpWorker {
+                socket,
+                shard: shared.new_shard(),
+                counters,
+                sanitize: s.key_name_sanitize,
+                max_datagram: s.max_datagram as usize,
+                shutdown: shutdown.clone(),
+                epoch: shared.epoch,
+            };
+            udp_threads.push(worker);
+        }
+    }
+    let mut tcp_listeners = Vec::new();
+    for addr in &s.tcp {
+        let listener = bind_tcp(*addr).with_context(|| format!("cannot bind statsd tcp {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, "statsd tcp listening");
+        tcp_listeners.push(listener);
+    }
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some(bind_tcp(addr).with_context(|| format!("cannot bind admin console {addr}"))?),
+        None => None,
+    };
+    let http_listener = match config.http.listen {
+        Some(addr) => Some(bind_tcp(addr).with_context(|| format!("cannot bind http {addr}"))?),
+        None => None,
+    };
+
+    // Start.
+    let mut handles = Vec::new();
+    for (i, w) in udp_threads.into_iter().enumerate() {
+        handles.push(w.spawn(format!("statsd-udp-{i}"))?);
+    }
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    for listener in tcp_listeners {
+        let counters = Arc::new(ListenerCounters::default());
+        shared.telemetry.register(Listener {
+            kind: "statsd_tcp",
+            address: listener.local_addr()?.to_string(),
+            counters: counters.clone(),
+            receive_buffer: 0,
+            udp_port: None,
+        });
+        let opts = TcpOptions {
+            shard: shared.new_shard(),
+            counters,
+            sanitize: s.key_name_sanitize,
+            max_line_length: s.max_line_length as usize,
+            max_connections: s.tcp_max_connections,
+            idle_timeout: s.tcp_idle_timeout,
+            epoch: shared.epoch,
+        };
+        tasks.push(tokio::spawn(crate::sources::statsd::tcp::serve(listener, opts)));
+    }
+    if let Some(listener) = admin_listener {
+        tracing::info!(address = %listener.local_addr()?, "admin console listening");
+        tasks.push(tokio::spawn(crate::admin::serve(listener, shared.clone())));
+    }
+    if let Some(listener) = http_listener {
+        tracing::info!(address = %listener.local_addr()?, "http listening (/metrics, /healthz)");
+        tasks.push(tokio::spawn(crate::http::serve(listener, shared.clone())));
+    }
+    let (graphite_tx, sink_task) = match &config.graphite.address {
+        Some(address) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let sink = GraphiteSink {
+                address: address.clone(),
+                buffer: config.graphite.buffer,
+                timeout: config.graphite.timeout,
+                stats: shared.graphite_stats.clone(),
+                counters: shared.telemetry.clone(),
+            };
+            tracing::info!(%address, protocol = ?config.graphite.protocol, "graphite output on");
+            (Some(tx), Some(tokio::spawn(sink.run(rx, Duration::from_secs(10)))))
+        }
+        None => {
+            tracing::info!("graphite output off (set [graphite] address)");
+            (None, None)
+        }
+    };
+    let (stop_flush, stop_rx) = std::sync::mpsc::channel();
+    let flusher = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("flusher".into())
+            .spawn(move || crate::flush::run(shared, graphite_tx, stop_rx))?
+    };
+    shared.ready.store(true, Ordering::SeqCst);
+    tracing::info!(flush_interval = ?s.flush_interval, "ready");
+
+    // Wait for signals.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&shared),
+        }
+    }
+
+    // Stop receiving, flush everything held, deliver it, exit.
+    tracing::info!("stopping: no new input, flushing what is held");
+    shared.ready.store(false, Ordering::SeqCst);
+    shutdown.store(true, Ordering::SeqCst);
+    for t in &tasks {
+        t.abort();
+    }
+    tokio::task::spawn_blocking(move || {
+        for h in handles {
+            let _ = h.join();
+        }
+        let _ = stop_flush.send(());
+        let _ = flusher.join();
+    })
+    .await?;
+    if let Some(task) = sink_task {
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(tokio::net::TcpListener::from_std(socket.into())?)
+}
+
+/// SIGHUP: re-read the file and apply aggregation, naming and flush settings. Listener and
+/// sink address changes need a restart for now (logged).
+fn reload(shared: &Shared) {
+    let Some(path) = &shared.config_path else {
+        tracing::info!("SIGHUP: no config file to reload (running on defaults)");
+        return;
+    };
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: config refused; the running one stays");
+            return;
+        }
+    };
+    let old = shared.config.read().clone();
+    if new.statsd.udp != old.statsd.udp
+        || new.statsd.tcp != old.statsd.tcp
+        || new.graphite.address != old.graphite.address
+        || new.admin.listen != old.admin.listen
+        || new.http.listen != old.http.listen
+    {
+        tracing::warn!("SIGHUP: listener or sink address changes take effect at the next restart");
+    }
+    shared.store.lock().reconfigure(new.aggregation());
+    for shard in shared.shards.lock().iter() {
+        shard.lock().set_max_series(new.statsd.max_series);
+    }
+    *shared.settings.write() = Settings::from_config(&new);
+    *shared.config.write() = new;
+    tracing::info!(path = %path.display(), "SIGHUP: config reloaded");
+}

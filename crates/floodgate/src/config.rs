@@ -1,0 +1,581 @@
+//! The TOML configuration: every key optional, defaults safe (loopback only), unknown keys and
+//! bad values rejected with the file, line and key.
+//!
+//! Each section's struct mirrors the SPEC; conversions to the pure crates' option types live
+//! here so the rest of the runtime never re-reads raw config.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use floodgate_statsd::graphite::{GraphiteNaming, Protocol};
+use floodgate_statsd::{AggregationConfig, HistogramRule};
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[statsd]`
+    pub statsd: StatsdConfig,
+    /// `[graphite]`
+    pub graphite: GraphiteConfig,
+    /// `[admin]`
+    pub admin: AdminConfig,
+    /// `[http]`
+    pub http: HttpConfig,
+}
+
+/// `[statsd]`: listeners and Etsy statsd's aggregation options.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsdConfig {
+    /// UDP listen addresses (`[]` disables).
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses, newline-separated lines.
+    pub tcp: Vec<SocketAddr>,
+    /// Flush interval (statsd `flushInterval`).
+    #[serde(with = "duration")]
+    pub flush_interval: Duration,
+    /// Timer percentiles (statsd `percentThreshold`); negative = lowest N%.
+    pub percentiles: Vec<f64>,
+    /// Timer histograms (statsd `histogram`).
+    pub histograms: Vec<HistogramConfig>,
+    /// statsd `deleteIdleStats`: the default of the four `delete_*` below.
+    pub delete_idle_stats: bool,
+    /// statsd `deleteCounters`.
+    pub delete_counters: Option<bool>,
+    /// statsd `deleteGauges`.
+    pub delete_gauges: Option<bool>,
+    /// statsd `deleteTimers`.
+    pub delete_timers: Option<bool>,
+    /// statsd `deleteSets`.
+    pub delete_sets: Option<bool>,
+    /// statsd `gaugesMaxTTL`.
+    pub gauges_max_ttl: u32,
+    /// statsd `keyNameSanitize`.
+    pub key_name_sanitize: bool,
+    /// statsd `prefixStats`.
+    pub prefix_stats: String,
+    /// statsd `calculatedTimerMetrics` (`[]` = all).
+    pub calculated_timer_metrics: Vec<String>,
+    /// Series bound: new series beyond it are dropped and counted.
+    pub max_series: usize,
+    /// Receive threads (and `SO_REUSEPORT` sockets) per UDP address; 0 = one per core.
+    pub receive_threads: usize,
+    /// Socket receive buffer asked of the kernel (`SO_RCVBUFFORCE` as root, else up to
+    /// `net.core.rmem_max`).
+    #[serde(with = "size")]
+    pub receive_buffer: u64,
+    /// Largest datagram read whole; longer ones are truncated, counted, and their complete
+    /// lines kept.
+    #[serde(with = "size")]
+    pub max_datagram: u64,
+    /// Longest TCP line; longer lines are skipped and counted, the connection kept.
+    #[serde(with = "size")]
+    pub max_line_length: u64,
+    /// Open TCP connections accepted at once (per listener).
+    pub tcp_max_connections: usize,
+    /// A TCP connection silent this long is closed.
+    #[serde(with = "duration")]
+    pub tcp_idle_timeout: Duration,
+}
+
+impl Default for StatsdConfig {
+    fn default() -> Self {
+        StatsdConfig {
+            udp: vec![SocketAddr::from(([127, 0, 0, 1], 8125))],
+            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 8125))],
+            flush_interval: Duration::from_secs(10),
+            percentiles: vec![90.0],
+            histograms: Vec::new(),
+            delete_idle_stats: false,
+            delete_counters: None,
+            delete_gauges: None,
+            delete_timers: None,
+            delete_sets: None,
+            gauges_max_ttl: 1,
+            key_name_sanitize: true,
+            prefix_stats: "statsd".into(),
+            calculated_timer_metrics: Vec::new(),
+            max_series: 1_000_000,
+            receive_threads: 0,
+            receive_buffer: 32 << 20,
+            max_datagram: 65_536,
+            max_line_length: 65_536,
+            tcp_max_connections: 10_000,
+            tcp_idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One `histograms` entry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HistogramConfig {
+    /// Substring of the timer key.
+    pub metric: String,
+    /// Ascending exclusive upper bounds; `"inf"` for a catch-all last bin.
+    pub bins: Vec<Bin>,
+}
+
+/// A histogram bound: a number or `"inf"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bin(pub f64);
+
+impl<'de> Deserialize<'de> for Bin {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(v) if v.is_finite() => Ok(Bin(v)),
+            Raw::Text(s) if s == "inf" => Ok(Bin(f64::INFINITY)),
+            _ => Err(de::Error::custom("a histogram bin is a number or \"inf\"")),
+        }
+    }
+}
+
+impl Serialize for Bin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_infinite() {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_f64(self.0)
+        }
+    }
+}
+
+/// `[graphite]`: the Carbon output and Etsy's naming options.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphiteConfig {
+    /// `host:port` of Carbon; absent = no Graphite output.
+    pub address: Option<String>,
+    /// `"plaintext"` or `"pickle"`.
+    pub protocol: GraphiteProtocol,
+    /// statsd `graphite.legacyNamespace`.
+    pub legacy_namespace: bool,
+    /// statsd `graphite.globalPrefix`.
+    pub global_prefix: String,
+    /// statsd `graphite.prefixCounter`.
+    pub prefix_counter: String,
+    /// statsd `graphite.prefixTimer`.
+    pub prefix_timer: String,
+    /// statsd `graphite.prefixGauge`.
+    pub prefix_gauge: String,
+    /// statsd `graphite.prefixSet`.
+    pub prefix_set: String,
+    /// statsd `graphite.globalSuffix`.
+    pub global_suffix: String,
+    /// statsd `flush_counts`.
+    pub flush_counts: bool,
+    /// Payload bytes held while Carbon is unreachable; the oldest are dropped past it.
+    #[serde(with = "size")]
+    pub buffer: u64,
+    /// Connect and write timeout for one flush.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for GraphiteConfig {
+    fn default() -> Self {
+        GraphiteConfig {
+            address: None,
+            protocol: GraphiteProtocol::Plaintext,
+            legacy_namespace: true,
+            global_prefix: "stats".into(),
+            prefix_counter: "counters".into(),
+            prefix_timer: "timers".into(),
+            prefix_gauge: "gauges".into(),
+            prefix_set: "sets".into(),
+            global_suffix: String::new(),
+            flush_counts: true,
+            buffer: 64 << 20,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Graphite wire format.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphiteProtocol {
+    /// Line protocol.
+    Plaintext,
+    /// Pickle protocol.
+    Pickle,
+}
+
+/// `[admin]`: the statsd-compatible management console.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address; absent disables the console.
+    pub listen: Option<SocketAddr>,
+    /// Initial health (`"up"` or `"down"`, statsd `healthStatus`).
+    pub health: Health,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 8126))), health: Health::Up }
+    }
+}
+
+/// Health reported by the console and `/healthz`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Serving.
+    Up,
+    /// Marked down by an operator (load balancers drain it).
+    Down,
+}
+
+/// `[http]`: `/metrics`, `/healthz`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address; absent disables HTTP.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9318))) }
+    }
+}
+
+/// A configuration error, already phrased for the user.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1);
+            let message = e.message();
+            match line {
+                Some(line) => {
+                    let source = text.lines().nth(line - 1).unwrap_or("").trim();
+                    ConfigError(format!("{origin}:{line}: {message}\n    {line} | {source}"))
+                }
+                None => ConfigError(format!("{origin}: {message}")),
+            }
+        })?;
+        config.validate().map_err(|(key, why)| {
+            let line = find_key_line(text, key);
+            match line {
+                Some(line) => ConfigError(format!("{origin}:{line}: key `{key}`: {why}")),
+                None => ConfigError(format!("{origin}: key `{key}`: {why}")),
+            }
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let s = &self.statsd;
+        if s.flush_interval < Duration::from_millis(1) {
+            return Err(("statsd.flush_interval", "must be at least 1ms".into()));
+        }
+        for p in &s.percentiles {
+            if !(p.is_finite() && *p != 0.0 && p.abs() <= 100.0) {
+                return Err(("statsd.percentiles", format!("{p} is not a percentage in [-100, 0) or (0, 100]")));
+            }
+        }
+        for h in &s.histograms {
+            if h.bins.windows(2).any(|w| w[0].0 >= w[1].0) {
+                return Err(("statsd.histograms", format!("bins of `{}` must ascend", h.metric)));
+            }
+        }
+        if s.max_series == 0 {
+            return Err(("statsd.max_series", "must be at least 1".into()));
+        }
+        if !(512..=65_536).contains(&s.max_datagram) {
+            return Err(("statsd.max_datagram", "must be between 512 bytes and 64KiB".into()));
+        }
+        if s.max_line_length < 64 {
+            return Err(("statsd.max_line_length", "must be at least 64 bytes".into()));
+        }
+        if s.tcp_max_connections == 0 {
+            return Err(("statsd.tcp_max_connections", "must be at least 1".into()));
+        }
+        if let Some(address) = &self.graphite.address {
+            if address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(("graphite.address", format!("`{address}` is not host:port")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Etsy statsd's aggregation options.
+    pub fn aggregation(&self) -> AggregationConfig {
+        let s = &self.statsd;
+        let idle = s.delete_idle_stats;
+        AggregationConfig {
+            flush_interval_ms: s.flush_interval.as_millis() as u64,
+            percentiles: s.percentiles.clone(),
+            histograms: s
+                .histograms
+                .iter()
+                .map(|h| HistogramRule { metric: h.metric.clone(), bins: h.bins.iter().map(|b| b.0).collect() })
+                .collect(),
+            delete_counters: s.delete_counters.unwrap_or(idle),
+            delete_gauges: s.delete_gauges.unwrap_or(idle),
+            delete_timers: s.delete_timers.unwrap_or(idle),
+            delete_sets: s.delete_sets.unwrap_or(idle),
+            gauges_max_ttl: s.gauges_max_ttl.max(1),
+            prefix_stats: s.prefix_stats.clone(),
+            calculated_timer_metrics: s.calculated_timer_metrics.clone(),
+            max_series: s.max_series,
+        }
+    }
+
+    /// Etsy statsd's Graphite naming options.
+    pub fn graphite_naming(&self) -> GraphiteNaming {
+        let g = &self.graphite;
+        GraphiteNaming {
+            legacy_namespace: g.legacy_namespace,
+            global_prefix: g.global_prefix.clone(),
+            prefix_counter: g.prefix_counter.clone(),
+            prefix_timer: g.prefix_timer.clone(),
+            prefix_gauge: g.prefix_gauge.clone(),
+            prefix_set: g.prefix_set.clone(),
+            global_suffix: g.global_suffix.clone(),
+            prefix_stats: self.statsd.prefix_stats.clone(),
+            flush_counts: g.flush_counts,
+            sanitize_names: !self.statsd.key_name_sanitize,
+        }
+    }
+
+    /// The Graphite wire format.
+    pub fn graphite_protocol(&self) -> Protocol {
+        match self.graphite.protocol {
+            GraphiteProtocol::Plaintext => Protocol::Plaintext,
+            GraphiteProtocol::Pickle => Protocol::Pickle,
+        }
+    }
+
+    /// The effective configuration as TOML (for `floodgate check` and the console).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Listener addresses not on loopback (warned about at start).
+    pub fn public_listeners(&self) -> Vec<SocketAddr> {
+        let mut all: Vec<SocketAddr> = self.statsd.udp.iter().chain(&self.statsd.tcp).copied().collect();
+        all.extend(self.admin.listen);
+        all.extend(self.http.listen);
+        all.into_iter().filter(|a| !a.ip().is_loopback()).collect()
+    }
+}
+
+/// The line of `section.key` in the text, for errors found after parsing.
+fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
+    let (section, key) = dotted.split_once('.')?;
+    let mut in_section = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_section = t.trim_matches(|c| c == '[' || c == ']').trim() == section;
+        } else if in_section && t.split('=').next().map(str::trim) == Some(key) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// Parses `"200ms"`, `"10s"`, `"1.5s"`, `"5m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(n * scale).ok()
+}
+
+/// Parses `"64MiB"`, `"4KiB"`, `"1GiB"`, `"512B"`, `"10MB"` (decimal), or a byte count.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '_')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.replace('_', "").parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+/// Serde for durations written as strings (`"10s"`).
+mod duration {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        let ms = d.as_millis();
+        if ms.is_multiple_of(1000) {
+            s.serialize_str(&format!("{}s", ms / 1000))
+        } else {
+            s.serialize_str(&format!("{ms}ms"))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)
+            .map_err(|_| de::Error::custom("expected a duration string such as \"10s\" or \"200ms\""))?;
+        parse_duration(&text)
+            .ok_or_else(|| de::Error::custom(format!("`{text}` is not a duration such as \"10s\" or \"200ms\"")))
+    }
+}
+
+/// Serde for byte sizes written as strings (`"64MiB"`) or integers.
+mod size {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        let text = match *v {
+            v if v >= 1 << 30 && v % (1 << 30) == 0 => format!("{}GiB", v >> 30),
+            v if v >= 1 << 20 && v % (1 << 20) == 0 => format!("{}MiB", v >> 20),
+            v if v >= 1 << 10 && v % (1 << 10) == 0 => format!("{}KiB", v >> 10),
+            v => format!("{v}B"),
+        };
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d).map_err(|_| de::Error::custom("expected a size such as \"64MiB\""))? {
+            Raw::Int(v) => Ok(v),
+            Raw::Text(t) => {
+                parse_size(&t).ok_or_else(|| de::Error::custom(format!("`{t}` is not a size such as \"64MiB\"")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.statsd.udp, vec!["127.0.0.1:8125".parse().unwrap()]);
+        assert!(c.graphite.address.is_none());
+    }
+
+    #[test]
+    fn spec_example_parses() {
+        let text = r#"
+[statsd]
+udp = ["127.0.0.1:8125"]
+tcp = ["127.0.0.1:8125"]
+flush_interval = "10s"
+percentiles = [90.0, -10, 99.9]
+histograms = [{ metric = "render", bins = [0.01, 0.1, 1, 10, "inf"] }]
+delete_idle_stats = false
+gauges_max_ttl = 1
+key_name_sanitize = true
+prefix_stats = "statsd"
+calculated_timer_metrics = []
+max_series = 1_000_000
+
+[graphite]
+address = "127.0.0.1:2003"
+protocol = "pickle"
+legacy_namespace = true
+global_prefix = "stats"
+flush_counts = true
+buffer = "64MiB"
+
+[admin]
+listen = "127.0.0.1:8126"
+health = "up"
+
+[http]
+listen = "127.0.0.1:9318"
+"#;
+        let c = Config::parse(text, "t.toml").unwrap();
+        assert_eq!(c.statsd.histograms[0].bins[4].0, f64::INFINITY);
+        assert_eq!(c.graphite.buffer, 64 << 20);
+        assert_eq!(c.graphite_protocol(), Protocol::Pickle);
+        assert_eq!(c.aggregation().percentiles, vec![90.0, -10.0, 99.9]);
+        // The effective config reads back to itself.
+        assert_eq!(Config::parse(&c.to_toml(), "round-trip").unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = Config::parse("[statsd]\nflush_interval = \"1s\"\nflushInterval = 5\n", "f.toml").unwrap_err();
+        assert!(err.0.starts_with("f.toml:3:"), "{err}");
+        assert!(err.0.contains("flushInterval"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = Config::parse("[statsd]\n\nflush_interval = \"soon\"\n", "f.toml").unwrap_err();
+        assert!(err.0.starts_with("f.toml:3:") && err.0.contains("flush_interval"), "{err}");
+        let err = Config::parse("[statsd]\npercentiles = [150]\n", "f.toml").unwrap_err();
+        assert!(err.0.starts_with("f.toml:2: key `statsd.percentiles`"), "{err}");
+        let err = Config::parse("[graphite]\naddress = \"nohost\"\n", "f.toml").unwrap_err();
+        assert!(err.0.contains("graphite.address"), "{err}");
+        let err =
+            Config::parse("[statsd]\nhistograms = [{ metric = \"x\", bins = [1, \"big\"] }]\n", "f.toml").unwrap_err();
+        assert!(err.0.contains("inf"), "{err}");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("200ms"), Some(Duration::from_millis(200)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_size("1_000"), Some(1000));
+        assert_eq!(parse_size("3 KiB"), Some(3072));
+        assert_eq!(parse_size("lots"), None);
+    }
+}

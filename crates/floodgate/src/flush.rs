@@ -1,0 +1,73 @@
+//! The flusher: on a fixed schedule (start + k × interval, so flushes never drift), swap out
+//! every shard, merge into the store, compute Etsy statsd's flush and hand the Graphite payload
+//! to the sink. Runs on its own thread so a large merge never stalls the async runtime.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+use floodgate_statsd::graphite;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::app::Shared;
+use crate::sinks::graphite::{unix_now, Payload};
+
+/// Merges every shard into the store (the flusher does this each interval; the console does
+/// it before showing live values).
+pub fn merge_shards(shared: &Shared, store: &mut floodgate_statsd::Store) {
+    let shards = shared.shards.lock().clone();
+    for shard in shards {
+        // Swap under the lock (cheap), merge outside it so the receiver is not held up.
+        let mut taken = shard.lock().take();
+        if taken.packets > 0 {
+            shared.last_msg_seen.store(unix_now(), Relaxed);
+        }
+        store.merge(&mut taken);
+    }
+}
+
+/// One flush at `timestamp`.
+pub fn flush_once(shared: &Shared, graphite_tx: Option<&UnboundedSender<Payload>>, timestamp: i64) {
+    let started = Instant::now();
+    let settings = shared.settings.read().clone();
+    let gstats = *shared.graphite_stats.lock();
+    let mut store = shared.store.lock();
+    merge_shards(shared, &mut store);
+    let payload = store.flush(timestamp, |view| {
+        graphite_tx.map(|_| graphite::render(view, &settings.naming, settings.protocol, &gstats))
+    });
+    let t = &shared.telemetry.flush;
+    t.series.store(store.series() as u64, Relaxed);
+    t.dropped_max_series.store(store.dropped_max_series, Relaxed);
+    drop(store);
+    if let (Some(tx), Some(bytes)) = (graphite_tx, payload) {
+        let metrics = graphite::count_metrics(&bytes, settings.protocol);
+        let _ = tx.send(Payload { bytes, metrics });
+    }
+    t.flushes.fetch_add(1, Relaxed);
+    t.last_duration_us.store(started.elapsed().as_micros() as u64, Relaxed);
+}
+
+/// Runs flushes until `stop` fires (or its sender is dropped), then flushes once more.
+pub fn run(shared: std::sync::Arc<Shared>, graphite_tx: Option<UnboundedSender<Payload>>, stop: Receiver<()>) {
+    let start = Instant::now();
+    let mut k: u32 = 1;
+    loop {
+        let interval = shared.settings.read().flush_interval;
+        let deadline = start + interval * k;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match stop.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => {
+                flush_once(&shared, graphite_tx.as_ref(), unix_now());
+                // If a flush overran whole intervals, skip them rather than flush back to back.
+                let elapsed = start.elapsed();
+                k = (elapsed.as_nanos() / interval.as_nanos().max(1)) as u32 + 1;
+            }
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                flush_once(&shared, graphite_tx.as_ref(), unix_now());
+                tracing::info!("final flush done");
+                return;
+            }
+        }
+    }
+}

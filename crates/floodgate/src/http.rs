@@ -1,0 +1,53 @@
+//! HTTP: `/healthz` (200 once every listener is bound and health is up, 503 otherwise) and
+//! `/metrics` (floodgate's self-metrics and the aggregated StatsD series, Prometheus text).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::app::Shared;
+
+/// Serves until aborted.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/", get(index))
+        .with_state(shared);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "http server stopped");
+    }
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    if !shared.ready.load(Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    } else if !shared.health_up.load(Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "down\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let text = tokio::task::spawn_blocking(move || {
+        let mut out = String::with_capacity(64 * 1024);
+        shared.telemetry.render(&mut out);
+        let store = shared.store.lock();
+        floodgate_statsd::prometheus::render(&store, &mut out);
+        out
+    })
+    .await
+    .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
+
+async fn index() -> impl IntoResponse {
+    "floodgate: /metrics (Prometheus), /healthz\n"
+}

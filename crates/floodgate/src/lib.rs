@@ -1,0 +1,17 @@
+//! floodgate's runtime: listeners → decoders → per-thread aggregation → flush → sinks.
+//!
+//! The protocol and aggregation logic is in the IO-free `floodgate-statsd` crate; this crate
+//! binds sockets ([`sys`], [`sources`]), schedules flushes ([`flush`]), delivers them
+//! ([`sinks`]) and serves the console ([`admin`]) and HTTP ([`http`]).
+
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod flush;
+pub mod http;
+pub mod sinks;
+pub mod sources;
+pub mod sys;
+pub mod telemetry;

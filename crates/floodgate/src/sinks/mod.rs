@@ -1,0 +1,4 @@
+//! Outputs: each sink takes finished flush payloads and delivers them, buffering while its
+//! destination is down.
+
+pub mod graphite;

@@ -1,0 +1,3 @@
+//! Inputs: each source binds its listeners, decodes, and feeds aggregation.
+
+pub mod statsd;

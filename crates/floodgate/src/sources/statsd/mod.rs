@@ -1,0 +1,41 @@
+//! The StatsD source: UDP receive threads (one `SO_REUSEPORT` socket and one shard each) and
+//! TCP listeners, all parsing into [`Shard`]s that the flusher merges.
+
+pub mod tcp;
+pub mod udp;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use floodgate_statsd::{PacketCounts, Parser, Shard};
+use parking_lot::Mutex;
+
+use crate::telemetry::ListenerCounters;
+
+/// A shard shared between its one writer (a receive thread or the TCP tasks of a listener)
+/// and the flusher, which swaps it out once per interval.
+pub type SharedShard = Arc<Mutex<Shard>>;
+
+/// Parses a block of complete lines into the shard and counts it as one packet.
+pub fn ingest(parser: &mut Parser, shard: &mut Shard, data: &[u8], counters: &ListenerCounters) -> PacketCounts {
+    let counts = parser.parse_packet(data, shard);
+    shard.packets += 1;
+    shard.lines += counts.lines;
+    shard.bad_lines += counts.bad;
+    ListenerCounters::add(&counters.lines, counts.lines);
+    ListenerCounters::add(&counters.bad_lines, counts.bad);
+    counts
+}
+
+/// Monotonic nanoseconds since `epoch`: orders gauge sets across shards.
+pub fn clock(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// The part of `data` up to and including its last `\n` (nothing if there is none).
+pub fn complete_lines(data: &[u8]) -> &[u8] {
+    match data.iter().rposition(|b| *b == b'\n') {
+        Some(i) => &data[..=i],
+        None => &[],
+    }
+}

@@ -1,0 +1,136 @@
+//! StatsD over TCP: newline-separated lines, a maximum line length (longer lines are skipped
+//! and counted, the connection kept), an idle timeout and a cap on open connections.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use floodgate_statsd::Parser;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use super::{clock, ingest, SharedShard};
+use crate::telemetry::ListenerCounters;
+
+/// Options of one TCP listener.
+#[derive(Clone)]
+pub struct TcpOptions {
+    /// Where values go (one shard per listener, shared by its connections).
+    pub shard: SharedShard,
+    /// Self-metrics.
+    pub counters: Arc<ListenerCounters>,
+    /// Etsy `keyNameSanitize`.
+    pub sanitize: bool,
+    /// Longest line accepted.
+    pub max_line_length: usize,
+    /// Open connections at once.
+    pub max_connections: usize,
+    /// Close after this long without data.
+    pub idle_timeout: Duration,
+    /// Gauge ordering epoch.
+    pub epoch: Instant,
+}
+
+/// Accepts connections until the task is aborted.
+pub async fn serve(listener: TcpListener, opts: TcpOptions) {
+    let permits = Arc::new(Semaphore::new(opts.max_connections));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "statsd tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            opts.counters.connections_refused.fetch_add(1, Relaxed);
+            drop(stream);
+            continue;
+        };
+        opts.counters.connections.fetch_add(1, Relaxed);
+        let opts = opts.clone();
+        tokio::spawn(async move {
+            opts.counters.open_connections.fetch_add(1, Relaxed);
+            if let Err(e) = read_lines(stream, &opts).await {
+                tracing::debug!(%peer, error = %e, "statsd tcp connection ended with an error");
+            }
+            opts.counters.open_connections.fetch_sub(1, Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+/// Reads one connection to its end.
+async fn read_lines(mut stream: TcpStream, opts: &TcpOptions) -> std::io::Result<()> {
+    let max = opts.max_line_length;
+    let mut buf = vec![0u8; (max + 1).max(64 * 1024)];
+    let mut filled = 0;
+    // Inside a line longer than the buffer: skip until its end.
+    let mut skipping = false;
+    let mut parser = Parser::new(opts.sanitize);
+    loop {
+        if filled == buf.len() {
+            if !skipping {
+                opts.counters.oversize.fetch_add(1, Relaxed);
+            }
+            skipping = true;
+            filled = 0;
+        }
+        let n = match tokio::time::timeout(opts.idle_timeout, stream.read(&mut buf[filled..])).await {
+            Ok(r) => r?,
+            Err(_) => {
+                opts.counters.idle_closed.fetch_add(1, Relaxed);
+                return Ok(());
+            }
+        };
+        ListenerCounters::add(&opts.counters.bytes, n as u64);
+        if n == 0 {
+            // A last line without its newline is still a line.
+            if filled > 0 && !skipping {
+                consume(&mut parser, &buf[..filled], opts);
+            }
+            return Ok(());
+        }
+        let start_new = filled;
+        filled += n;
+        let Some(last_nl) = buf[start_new..filled].iter().rposition(|b| *b == b'\n').map(|i| i + start_new) else {
+            continue;
+        };
+        let mut start = 0;
+        if skipping {
+            // The first newline ends the oversize line.
+            let first_nl = buf[..=last_nl].iter().position(|b| *b == b'\n').unwrap_or(last_nl);
+            start = first_nl + 1;
+            skipping = false;
+        }
+        if start <= last_nl {
+            consume(&mut parser, &buf[start..=last_nl], opts);
+        }
+        buf.copy_within(last_nl + 1..filled, 0);
+        filled -= last_nl + 1;
+    }
+}
+
+/// Parses complete lines, skipping (and counting) those longer than the maximum.
+fn consume(parser: &mut Parser, block: &[u8], opts: &TcpOptions) {
+    let max = opts.max_line_length;
+    let mut shard = opts.shard.lock();
+    shard.clock = clock(opts.epoch);
+    if block.len() <= max || block.split(|b| *b == b'\n').all(|l| l.len() <= max) {
+        ingest(parser, &mut shard, block, &opts.counters);
+    } else {
+        for line in block.split(|b| *b == b'\n') {
+            if line.len() > max {
+                opts.counters.oversize.fetch_add(1, Relaxed);
+            } else if !line.is_empty() {
+                ingest(parser, &mut shard, line, &opts.counters);
+                shard.packets -= 1; // one read is one packet, counted below
+            }
+        }
+        shard.packets += 1;
+    }
+    drop(shard);
+    opts.counters.packets.fetch_add(1, Relaxed);
+}

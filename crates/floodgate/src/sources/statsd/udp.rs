@@ -1,0 +1,82 @@
+//! UDP receive threads: blocking `recvmmsg` batches, parsed straight into the thread's shard.
+//!
+//! The shard's mutex is taken once per batch and is only ever contended by the flusher's
+//! swap (a pointer exchange) once per interval, so receive threads share no lock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use floodgate_statsd::Parser;
+
+use super::{clock, complete_lines, ingest, SharedShard};
+use crate::sys::{RecvBatch, UdpReceiver};
+use crate::telemetry::ListenerCounters;
+
+/// Datagrams taken per `recvmmsg` call.
+const BATCH: usize = 64;
+
+/// Options of one receive thread.
+pub struct UdpWorker {
+    /// The bound socket.
+    pub socket: UdpReceiver,
+    /// Where values go.
+    pub shard: SharedShard,
+    /// Self-metrics.
+    pub counters: Arc<ListenerCounters>,
+    /// Etsy `keyNameSanitize`.
+    pub sanitize: bool,
+    /// Slot size: longer datagrams are truncated and counted.
+    pub max_datagram: usize,
+    /// Set to stop.
+    pub shutdown: Arc<AtomicBool>,
+    /// Gauge ordering epoch.
+    pub epoch: Instant,
+}
+
+impl UdpWorker {
+    /// Starts the thread.
+    pub fn spawn(self, name: String) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new().name(name).spawn(move || self.run())
+    }
+
+    fn run(self) {
+        let mut batch = RecvBatch::new(BATCH, self.max_datagram);
+        let mut parser = Parser::new(self.sanitize);
+        let fd = self.socket.fd();
+        while !self.shutdown.load(Ordering::Relaxed) {
+            let n = match batch.recv(fd) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {
+                    continue
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "statsd udp receive failed");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let mut bytes = 0;
+            let mut oversize = 0;
+            let mut shard = self.shard.lock();
+            shard.clock = clock(self.epoch);
+            for i in 0..n {
+                let (data, truncated) = batch.datagram(i);
+                bytes += data.len() as u64;
+                let data = if truncated {
+                    // Keep the complete lines; the cut one is lost and counted.
+                    oversize += 1;
+                    complete_lines(data)
+                } else {
+                    data
+                };
+                ingest(&mut parser, &mut shard, data, &self.counters);
+            }
+            drop(shard);
+            ListenerCounters::add(&self.counters.packets, n as u64);
+            ListenerCounters::add(&self.counters.bytes, bytes);
+            ListenerCounters::add(&self.counters.oversize, oversize);
+        }
+    }
+}

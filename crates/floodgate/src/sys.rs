@@ -1,0 +1,223 @@
+//! The syscall layer: UDP sockets with `SO_REUSEPORT` and a large receive buffer, and batched
+//! receive with `recvmmsg(2)`. All of floodgate's `unsafe` lives here.
+//!
+//! `recvmmsg` is written against libc directly: nix's wrapper allocates per call and hides the
+//! per-message truncation flag we count, and the loop is small.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// A bound UDP socket for one receive thread, with the receive buffer the kernel granted.
+pub struct UdpReceiver {
+    socket: Socket,
+    /// `SO_RCVBUF` as read back (the kernel reports twice what it accounts for).
+    pub granted_buffer: usize,
+}
+
+impl UdpReceiver {
+    /// Binds `addr` with `SO_REUSEPORT` (so several threads can each own a socket), asks for a
+    /// `buffer`-byte receive queue (forcing past `rmem_max` when privileged) and a read timeout
+    /// so the thread can notice shutdown.
+    pub fn bind(addr: SocketAddr, buffer: usize, timeout: Duration) -> io::Result<UdpReceiver> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_reuse_port(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        if set_int_opt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, buffer).is_err() {
+            // Unprivileged: the kernel caps this at net.core.rmem_max.
+            let _ = socket.set_recv_buffer_size(buffer);
+        }
+        socket.set_read_timeout(Some(timeout))?;
+        socket.bind(&addr.into())?;
+        let granted_buffer = socket.recv_buffer_size()?;
+        Ok(UdpReceiver { socket, granted_buffer })
+    }
+
+    /// The address actually bound (port 0 resolved).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an inet socket"))
+    }
+
+    /// The raw descriptor.
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fd` is an open socket owned by the caller; the option value is a c_int that
+    // lives for the duration of the call and its exact size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Preallocated buffers for one `recvmmsg` call of up to `slots` datagrams.
+///
+/// The message headers point into the boxed buffers, which never move, so the batch can be
+/// reused for every call without allocation. It is neither `Send` nor `Sync` (raw pointers):
+/// create it on the thread that uses it.
+pub struct RecvBatch {
+    slot_size: usize,
+    buf: Box<[u8]>,
+    _iov: Box<[libc::iovec]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    hdrs: Box<[libc::mmsghdr]>,
+    received: usize,
+}
+
+impl RecvBatch {
+    /// Room for `slots` datagrams of up to `slot_size` bytes.
+    pub fn new(slots: usize, slot_size: usize) -> RecvBatch {
+        let mut buf = vec![0u8; slots * slot_size].into_boxed_slice();
+        // SAFETY: sockaddr_storage and mmsghdr are plain C structs for which all-zero bytes
+        // are a valid value.
+        let mut addrs: Box<[libc::sockaddr_storage]> = (0..slots).map(|_| unsafe { std::mem::zeroed() }).collect();
+        let mut iov: Box<[libc::iovec]> = (0..slots)
+            .map(|i| libc::iovec {
+                // In bounds: i < slots and the buffer holds slots * slot_size bytes.
+                iov_base: buf[i * slot_size..].as_mut_ptr().cast(),
+                iov_len: slot_size,
+            })
+            .collect();
+        let hdrs: Box<[libc::mmsghdr]> = (0..slots)
+            .map(|i| {
+                // SAFETY: as above, zeroed mmsghdr is valid; the fields set below point into
+                // boxed slices owned by the returned RecvBatch.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+                h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                h.msg_hdr.msg_iov = &mut iov[i];
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        RecvBatch { slot_size, buf, _iov: iov, addrs, hdrs, received: 0 }
+    }
+
+    /// Blocks until at least one datagram is queued (or the socket's read timeout passes),
+    /// then takes as many as are queued, up to the batch size. Returns how many.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for h in self.hdrs.iter_mut() {
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        // SAFETY: every header points at a live iovec and sockaddr_storage inside `self`
+        // (boxed, never moved or freed while `self` lives), each iovec at `slot_size` bytes of
+        // `self.buf`; the count passed equals the number of headers. A null timeout is allowed.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                self.hdrs.len() as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            self.received = 0;
+            return Err(io::Error::last_os_error());
+        }
+        self.received = n as usize;
+        Ok(self.received)
+    }
+
+    /// Datagram `i` of the last call: its bytes (up to the slot size) and whether the kernel
+    /// truncated it.
+    pub fn datagram(&self, i: usize) -> (&[u8], bool) {
+        let h = &self.hdrs[i];
+        let len = (h.msg_len as usize).min(self.slot_size);
+        let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        (&self.buf[i * self.slot_size..i * self.slot_size + len], truncated)
+    }
+
+    /// Source address of datagram `i` of the last call.
+    pub fn source(&self, i: usize) -> Option<SocketAddr> {
+        let storage = &self.addrs[i];
+        let len = self.hdrs[i].msg_hdr.msg_namelen as usize;
+        match storage.ss_family as libc::c_int {
+            libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+                // SAFETY: the kernel wrote a sockaddr_in (family AF_INET, length checked) into
+                // this sockaddr_storage, which is large and aligned enough for any address.
+                let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+                let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+                Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
+            }
+            libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+                // SAFETY: as above, for a sockaddr_in6.
+                let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+                let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+                Some(SocketAddr::from((ip, u16::from_be(a.sin6_port))))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Datagrams the kernel dropped for want of receive-buffer room on sockets bound to `port`
+/// (the `drops` column of `/proc/net/udp` and `/proc/net/udp6`).
+pub fn kernel_udp_drops(port: u16) -> u64 {
+    let mut total = 0;
+    for file in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local_port =
+                cols.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                total += cols.last().and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    #[test]
+    fn receives_a_batch_with_sources_and_truncation() {
+        let rx = UdpReceiver::bind("127.0.0.1:0".parse().unwrap(), 1 << 20, Duration::from_millis(500)).unwrap();
+        let addr = rx.local_addr().unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"a:1|c", addr).unwrap();
+        tx.send_to(&[b'x'; 3000], addr).unwrap();
+        let mut batch = RecvBatch::new(8, 2048);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let n = batch.recv(rx.fd()).unwrap();
+            for i in 0..n {
+                let (data, truncated) = batch.datagram(i);
+                got.push((data.to_vec(), truncated, batch.source(i)));
+            }
+        }
+        assert_eq!(got[0].0, b"a:1|c");
+        assert!(!got[0].1);
+        assert_eq!(got[0].2, Some(tx.local_addr().unwrap()));
+        assert_eq!(got[1].0.len(), 2048);
+        assert!(got[1].1);
+        assert!(rx.granted_buffer >= 1 << 20);
+    }
+}

@@ -1,0 +1,284 @@
+//! floodgate's own metrics, written as Prometheus text (0.0.4) on `/metrics`.
+//!
+//! Each receive thread and connection task owns its [`ListenerCounters`] (relaxed atomics that
+//! only it writes), so counting costs no shared cache line on the hot path; a scrape sums them
+//! by listener. Written by hand rather than with prometheus-client because the same response
+//! also carries the aggregated StatsD series, and one writer keeps the whole exposition in one
+//! format that `promtool check metrics` accepts.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// Counters of one receive thread or one listener's connection tasks.
+#[derive(Debug, Default)]
+pub struct ListenerCounters {
+    /// Datagrams (UDP) or reads with complete lines (TCP).
+    pub packets: AtomicU64,
+    /// Bytes received.
+    pub bytes: AtomicU64,
+    /// Non-empty lines.
+    pub lines: AtomicU64,
+    /// Bad values.
+    pub bad_lines: AtomicU64,
+    /// Datagrams longer than `max_datagram`, or TCP lines longer than `max_line_length`.
+    pub oversize: AtomicU64,
+    /// TCP connections accepted.
+    pub connections: AtomicU64,
+    /// TCP connections refused at accept for `tcp_max_connections`.
+    pub connections_refused: AtomicU64,
+    /// TCP connections closed for idleness.
+    pub idle_closed: AtomicU64,
+    /// Open TCP connections.
+    pub open_connections: AtomicI64,
+}
+
+impl ListenerCounters {
+    /// Adds to a counter (relaxed: only totals matter).
+    pub fn add(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Relaxed);
+        }
+    }
+}
+
+/// A registered listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// `statsd_udp`, `statsd_tcp`, ...
+    pub kind: &'static str,
+    /// Bound address.
+    pub address: String,
+    /// Its counters.
+    pub counters: Arc<ListenerCounters>,
+    /// Receive buffer granted by the kernel (UDP), 0 otherwise.
+    pub receive_buffer: usize,
+    /// Local port, for reading the kernel's drop counters (UDP).
+    pub udp_port: Option<u16>,
+}
+
+/// The Graphite sink's figures.
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    /// Payloads (flushes) delivered.
+    pub sent_payloads: AtomicU64,
+    /// Bytes delivered.
+    pub sent_bytes: AtomicU64,
+    /// Metrics (lines) delivered.
+    pub sent_metrics: AtomicU64,
+    /// Failed connection or write attempts.
+    pub errors: AtomicU64,
+    /// Payloads dropped because the buffer was full.
+    pub dropped_payloads: AtomicU64,
+    /// Bytes dropped because the buffer was full.
+    pub dropped_bytes: AtomicU64,
+    /// Bytes waiting.
+    pub buffer_bytes: AtomicU64,
+    /// Payloads waiting.
+    pub buffer_payloads: AtomicU64,
+}
+
+/// Flush figures.
+#[derive(Debug, Default)]
+pub struct FlushCounters {
+    /// Flushes done.
+    pub flushes: AtomicU64,
+    /// Duration of the last flush (merge + compute + render), microseconds.
+    pub last_duration_us: AtomicU64,
+    /// Series held after the last flush.
+    pub series: AtomicU64,
+    /// New series refused by `max_series`, total.
+    pub dropped_max_series: AtomicU64,
+}
+
+/// Every self-metric.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    listeners: Mutex<Vec<Listener>>,
+    /// The Graphite sink.
+    pub graphite: SinkCounters,
+    /// Flushing.
+    pub flush: FlushCounters,
+}
+
+impl Telemetry {
+    /// Registers a listener (or one receive thread of it).
+    pub fn register(&self, listener: Listener) {
+        self.listeners.lock().push(listener);
+    }
+
+    /// Sums of `f` over all counters of each listener.
+    pub fn by_listener(&self, f: impl Fn(&ListenerCounters) -> u64) -> BTreeMap<(String, String), u64> {
+        let mut out = BTreeMap::new();
+        for l in self.listeners.lock().iter() {
+            *out.entry((l.kind.to_string(), l.address.clone())).or_insert(0) += f(&l.counters);
+        }
+        out
+    }
+
+    /// Writes the exposition text.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP floodgate_build_info floodgate version.");
+        let _ = writeln!(out, "# TYPE floodgate_build_info gauge");
+        let _ = writeln!(out, "floodgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+
+        let listeners = self.listeners.lock().clone();
+        for m in PER_LISTENER {
+            let _ = writeln!(out, "# HELP {} {}", m.name, m.help);
+            let _ = writeln!(out, "# TYPE {} {}", m.name, m.kind);
+            let mut sums: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+            for l in listeners.iter().filter(|l| (m.applies)(l)) {
+                *sums.entry((l.kind, l.address.as_str())).or_insert(0) += (m.value)(l);
+            }
+            for ((kind, address), v) in sums {
+                let _ = writeln!(out, "{}{{listener=\"{kind}\",address=\"{address}\"}} {v}", m.name);
+            }
+        }
+
+        let _ = writeln!(out, "# HELP floodgate_dropped_total Input dropped, by listener and reason.");
+        let _ = writeln!(out, "# TYPE floodgate_dropped_total counter");
+        let mut drops: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+        let mut kernel_ports: BTreeMap<(&str, &str), u16> = BTreeMap::new();
+        for l in &listeners {
+            let c = &l.counters;
+            *drops.entry((l.kind, &l.address, "oversize")).or_insert(0) += c.oversize.load(Relaxed);
+            if l.kind.ends_with("tcp") {
+                *drops.entry((l.kind, &l.address, "connection_limit")).or_insert(0) +=
+                    c.connections_refused.load(Relaxed);
+                *drops.entry((l.kind, &l.address, "idle_timeout")).or_insert(0) += c.idle_closed.load(Relaxed);
+            }
+            if let Some(port) = l.udp_port {
+                kernel_ports.insert((l.kind, &l.address), port);
+            }
+        }
+        for ((kind, address), port) in kernel_ports {
+            // The kernel counts per socket; every socket on the port is ours (SO_REUSEPORT).
+            drops.insert((kind, address, "kernel_receive_buffer"), crate::sys::kernel_udp_drops(port));
+        }
+        for ((kind, address, reason), v) in drops {
+            let _ = writeln!(
+                out,
+                "floodgate_dropped_total{{listener=\"{kind}\",address=\"{address}\",reason=\"{reason}\"}} {v}"
+            );
+        }
+        let f = &self.flush;
+        let _ = writeln!(out, "# HELP floodgate_statsd_dropped_series_total New StatsD series refused by max_series.");
+        let _ = writeln!(out, "# TYPE floodgate_statsd_dropped_series_total counter");
+        let _ = writeln!(out, "floodgate_statsd_dropped_series_total {}", f.dropped_max_series.load(Relaxed));
+        let _ = writeln!(out, "# HELP floodgate_statsd_series StatsD series held after the last flush.");
+        let _ = writeln!(out, "# TYPE floodgate_statsd_series gauge");
+        let _ = writeln!(out, "floodgate_statsd_series {}", f.series.load(Relaxed));
+        let _ = writeln!(out, "# HELP floodgate_flushes_total StatsD flushes done.");
+        let _ = writeln!(out, "# TYPE floodgate_flushes_total counter");
+        let _ = writeln!(out, "floodgate_flushes_total {}", f.flushes.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP floodgate_flush_duration_seconds Duration of the last flush (merge, compute, render)."
+        );
+        let _ = writeln!(out, "# TYPE floodgate_flush_duration_seconds gauge");
+        let _ = writeln!(out, "floodgate_flush_duration_seconds {}", f.last_duration_us.load(Relaxed) as f64 / 1e6);
+
+        let g = &self.graphite;
+        let sink: [(&str, &str, &str, &AtomicU64); 8] = [
+            ("floodgate_sink_sent_payloads_total", "counter", "Flush payloads delivered.", &g.sent_payloads),
+            ("floodgate_sink_sent_bytes_total", "counter", "Bytes delivered.", &g.sent_bytes),
+            ("floodgate_sink_sent_metrics_total", "counter", "Metrics delivered.", &g.sent_metrics),
+            ("floodgate_sink_errors_total", "counter", "Failed connection or write attempts.", &g.errors),
+            (
+                "floodgate_sink_dropped_payloads_total",
+                "counter",
+                "Payloads dropped because the buffer was full.",
+                &g.dropped_payloads,
+            ),
+            (
+                "floodgate_sink_dropped_bytes_total",
+                "counter",
+                "Bytes dropped because the buffer was full.",
+                &g.dropped_bytes,
+            ),
+            ("floodgate_sink_buffer_bytes", "gauge", "Bytes waiting to be delivered.", &g.buffer_bytes),
+            ("floodgate_sink_buffer_payloads", "gauge", "Payloads waiting to be delivered.", &g.buffer_payloads),
+        ];
+        for (name, kind, help, v) in sink {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name}{{sink=\"graphite\"}} {}", v.load(Relaxed));
+        }
+    }
+}
+
+/// One per-listener metric family.
+struct ListenerMetric {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    applies: fn(&Listener) -> bool,
+    value: fn(&Listener) -> u64,
+}
+
+fn any(_: &Listener) -> bool {
+    true
+}
+
+fn is_tcp(l: &Listener) -> bool {
+    l.udp_port.is_none()
+}
+
+fn is_udp(l: &Listener) -> bool {
+    l.udp_port.is_some()
+}
+
+const PER_LISTENER: [ListenerMetric; 7] = [
+    ListenerMetric {
+        name: "floodgate_received_packets_total",
+        kind: "counter",
+        help: "Datagrams, or TCP reads holding complete lines, received.",
+        applies: any,
+        value: |l| l.counters.packets.load(Relaxed),
+    },
+    ListenerMetric {
+        name: "floodgate_received_bytes_total",
+        kind: "counter",
+        help: "Bytes received.",
+        applies: any,
+        value: |l| l.counters.bytes.load(Relaxed),
+    },
+    ListenerMetric {
+        name: "floodgate_received_lines_total",
+        kind: "counter",
+        help: "Non-empty lines received.",
+        applies: any,
+        value: |l| l.counters.lines.load(Relaxed),
+    },
+    ListenerMetric {
+        name: "floodgate_bad_lines_total",
+        kind: "counter",
+        help: "Lines or values that could not be parsed.",
+        applies: any,
+        value: |l| l.counters.bad_lines.load(Relaxed),
+    },
+    ListenerMetric {
+        name: "floodgate_tcp_connections_total",
+        kind: "counter",
+        help: "TCP connections accepted.",
+        applies: is_tcp,
+        value: |l| l.counters.connections.load(Relaxed),
+    },
+    ListenerMetric {
+        name: "floodgate_tcp_open_connections",
+        kind: "gauge",
+        help: "TCP connections open now.",
+        applies: is_tcp,
+        value: |l| l.counters.open_connections.load(Relaxed).max(0) as u64,
+    },
+    ListenerMetric {
+        name: "floodgate_udp_receive_buffer_bytes",
+        kind: "gauge",
+        help: "Socket receive buffer granted by the kernel, summed over the listener's sockets.",
+        applies: is_udp,
+        value: |l| l.receive_buffer as u64,
+    },
+];

@@ -36,6 +36,11 @@ pub fn flush_once(shared: &Shared, graphite_tx: Option<&UnboundedSender<Payload>
     let payload = store.flush(timestamp, |view| {
         graphite_tx.map(|_| graphite::render(view, &settings.naming, settings.protocol, &gstats))
     });
+    if let Some(known) = store.known_series() {
+        for shard in shared.shards.lock().iter() {
+            shard.lock().set_known(known.clone());
+        }
+    }
     let t = &shared.telemetry.flush;
     t.series.store(store.series() as u64, Relaxed);
     t.dropped_max_series.store(store.dropped_max_series, Relaxed);

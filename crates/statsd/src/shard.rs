@@ -7,6 +7,8 @@
 //! percentiles and distinct counts need them.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use crate::parse::{Kind, Metric, MetricSink};
 
@@ -16,6 +18,46 @@ pub type Key = Box<[u8]>;
 pub type Map<V> = HashMap<Key, V, foldhash::fast::RandomState>;
 /// Set members.
 pub type Members = HashSet<Key, foldhash::fast::RandomState>;
+
+/// The series the store already holds, by hash, so a shard that is full (a flood of new
+/// names) still takes values for series that exist: `max_series` refuses new series only.
+#[derive(Debug, Clone, Default)]
+pub struct KnownSeries {
+    state: foldhash::fast::FixedState,
+    hashes: HashSet<u64, foldhash::fast::RandomState>,
+}
+
+impl KnownSeries {
+    /// An empty set hashing with `seed`.
+    pub fn new(seed: u64) -> Self {
+        KnownSeries { state: foldhash::fast::FixedState::with_seed(seed), hashes: HashSet::default() }
+    }
+
+    fn hash(&self, kind: Kind, key: &[u8]) -> u64 {
+        self.state.hash_one((kind as u8, key))
+    }
+
+    /// Adds a series.
+    pub fn insert(&mut self, kind: Kind, key: &[u8]) {
+        let h = self.hash(kind, key);
+        self.hashes.insert(h);
+    }
+
+    /// True if the series is (probably: 64-bit hashes) held.
+    pub fn contains(&self, kind: Kind, key: &[u8]) -> bool {
+        self.hashes.contains(&self.hash(kind, key))
+    }
+
+    /// Series in the set.
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+}
 
 /// Deltas kept one by one before they are folded, so their sum is added in arrival order
 /// (Etsy adds each delta to the gauge in turn; float addition is not associative).
@@ -47,6 +89,7 @@ pub struct Shard {
     pub(crate) timers: Map<TimerUpdate>,
     pub(crate) sets: Map<Members>,
     max_series: usize,
+    known: Option<Arc<KnownSeries>>,
     /// Ordering stamp for gauge sets (the runtime sets it, monotonic, per batch).
     pub clock: u64,
     /// Packets (datagrams, or TCP reads with complete lines) received.
@@ -77,7 +120,8 @@ impl Shard {
 
     /// Moves everything out, leaving an empty shard with the same limits and clock.
     pub fn take(&mut self) -> Shard {
-        let fresh = Shard { max_series: self.max_series, clock: self.clock, ..Shard::default() };
+        let fresh =
+            Shard { max_series: self.max_series, clock: self.clock, known: self.known.clone(), ..Shard::default() };
         std::mem::replace(self, fresh)
     }
 
@@ -98,8 +142,14 @@ impl Shard {
         self.max_series = max_series;
     }
 
-    fn has_room(&mut self) -> bool {
-        if self.series() < self.max_series {
+    /// Gives the shard the store's series, admitted even when the shard is full.
+    pub fn set_known(&mut self, known: Arc<KnownSeries>) {
+        self.known = Some(known);
+    }
+
+    #[inline]
+    fn has_room(&mut self, kind: Kind, key: &[u8]) -> bool {
+        if self.series() < self.max_series || self.known.as_ref().is_some_and(|k| k.contains(kind, key)) {
             true
         } else {
             self.dropped_max_series += 1;
@@ -115,12 +165,12 @@ impl Shard {
                 let add = m.value * (1.0 / m.sample_rate);
                 if let Some(v) = self.counters.get_mut(m.key) {
                     *v += add;
-                } else if self.has_room() {
+                } else if self.has_room(Kind::Counter, m.key) {
                     self.counters.insert(m.key.into(), 0.0 + add);
                 }
             }
             Kind::Timer => {
-                if !self.timers.contains_key(m.key) && !self.has_room() {
+                if !self.timers.contains_key(m.key) && !self.has_room(Kind::Timer, m.key) {
                     return;
                 }
                 let t = self.timers.entry_ref_or_default(m.key);
@@ -128,7 +178,7 @@ impl Shard {
                 t.count += 1.0 / m.sample_rate;
             }
             Kind::Gauge => {
-                if !self.gauges.contains_key(m.key) && !self.has_room() {
+                if !self.gauges.contains_key(m.key) && !self.has_room(Kind::Gauge, m.key) {
                     return;
                 }
                 let clock = self.clock;
@@ -146,7 +196,7 @@ impl Shard {
                 }
             }
             Kind::Set => {
-                if !self.sets.contains_key(m.key) && !self.has_room() {
+                if !self.sets.contains_key(m.key) && !self.has_room(Kind::Set, m.key) {
                     return;
                 }
                 let s = self.sets.entry_ref_or_default(m.key);
@@ -227,6 +277,13 @@ mod tests {
         assert_eq!(s.series(), 3);
         assert_eq!(s.dropped_max_series, 1);
         assert_eq!(s.counters[&b"a"[..]], 2.0);
+        // Series the store holds still get in when the shard is full.
+        let mut known = KnownSeries::new(1);
+        known.insert(Kind::Set, b"d");
+        s.set_known(Arc::new(known));
+        feed(&mut s, "d:1|s\ne:1|s");
+        assert_eq!(s.series(), 4);
+        assert_eq!(s.dropped_max_series, 2);
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::cmp::Ordering;
 use std::time::Instant;
 
 use crate::number::js_number;
-use crate::shard::{apply_gauge_delta, EntryRef, Key, Map, Members, Shard};
+use std::sync::Arc;
+
+use crate::parse::Kind;
+use crate::shard::{apply_gauge_delta, EntryRef, Key, KnownSeries, Map, Members, Shard};
 
 /// One histogram rule (Etsy's `histogram` option): the first rule whose `metric` is a substring
 /// of a timer's key gives its bins.
@@ -137,6 +140,8 @@ pub struct Store {
     key_metrics: Key,
     key_timestamp_lag: Key,
     old_timestamp: i64,
+    known_seed: u64,
+    keys_changed: bool,
     /// Series refused by `max_series` since start (shards' refusals included).
     pub dropped_max_series: u64,
 }
@@ -182,6 +187,11 @@ impl Store {
             key_metrics: k("metrics_received"),
             key_timestamp_lag: k("timestamp_lag"),
             old_timestamp: 0,
+            known_seed: {
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(0u8)
+            },
+            keys_changed: true,
             dropped_max_series: 0,
             cfg: AggregationConfig::default(),
         };
@@ -225,6 +235,34 @@ impl Store {
 
     /// Merges a shard in, draining it (its maps keep their capacity for reuse).
     pub fn merge(&mut self, shard: &mut Shard) {
+        let before = self.series();
+        self.merge_inner(shard);
+        self.keys_changed |= self.series() != before;
+    }
+
+    /// The series held, for shards (see [`KnownSeries`]); `None` when unchanged since the
+    /// last call.
+    pub fn known_series(&mut self) -> Option<Arc<KnownSeries>> {
+        if !std::mem::take(&mut self.keys_changed) {
+            return None;
+        }
+        let mut known = KnownSeries::new(self.known_seed);
+        for k in self.counters.keys() {
+            known.insert(Kind::Counter, k);
+        }
+        for k in self.gauges.keys() {
+            known.insert(Kind::Gauge, k);
+        }
+        for k in self.timers.keys() {
+            known.insert(Kind::Timer, k);
+        }
+        for k in self.sets.keys() {
+            known.insert(Kind::Set, k);
+        }
+        Some(Arc::new(known))
+    }
+
+    fn merge_inner(&mut self, shard: &mut Shard) {
         self.add_counter_by_ref(Which::Packets, shard.packets as f64);
         self.add_counter_by_ref(Which::Metrics, shard.lines as f64);
         self.add_counter_by_ref(Which::BadLines, shard.bad_lines as f64);
@@ -346,6 +384,12 @@ impl Store {
     }
 
     fn clear_after_flush(&mut self) {
+        let before = self.series();
+        self.clear_idle();
+        self.keys_changed |= self.series() != before;
+    }
+
+    fn clear_idle(&mut self) {
         if self.cfg.delete_counters {
             let keep = |k: &[u8]| {
                 [&b"packets_received"[..], b"metrics_received", b"bad_lines_seen"]
@@ -423,6 +467,8 @@ enum Which {
 }
 
 fn delete_matching<V>(map: &mut Map<V>, pattern: &str) -> Vec<String> {
+    // Deleting only shrinks the set; shards admitting a deleted series until the next
+    // flush is harmless.
     let mut deleted = Vec::new();
     let p = pattern.as_bytes();
     if map.remove(p).is_some() {

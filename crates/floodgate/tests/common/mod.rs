@@ -1,0 +1,241 @@
+//! Helpers shared by the integration tests: start the real `floodgate` binary on free
+//! loopback ports, wait for `/healthz`, capture what it writes to Graphite, and talk to it.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A port free for both TCP and UDP on 127.0.0.1.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A running floodgate.
+pub struct Floodgate {
+    pub child: Child,
+    pub statsd: u16,
+    pub admin: u16,
+    pub http: u16,
+    pub dir: tempfile::TempDir,
+    pub stderr_path: PathBuf,
+}
+
+impl Floodgate {
+    /// Starts floodgate with `extra` appended to a config that sets its ports (StatsD on UDP
+    /// and TCP, console, HTTP); `extra` may add keys to `[statsd]` (it is placed inside it)
+    /// and further sections.
+    pub fn start(statsd_extra: &str, sections: &str) -> Floodgate {
+        let (statsd, admin, http) = (free_port(), free_port(), free_port());
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[statsd]\nudp = [\"127.0.0.1:{statsd}\"]\ntcp = [\"127.0.0.1:{statsd}\"]\n{statsd_extra}\n\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n{sections}\n"
+        );
+        let path = dir.path().join("floodgate.toml");
+        std::fs::write(&path, config).unwrap();
+        let stderr_path = dir.path().join("stderr.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("start floodgate");
+        let mut fg = Floodgate { child, statsd, admin, http, dir, stderr_path };
+        fg.wait_ready();
+        fg
+    }
+
+    /// Polls `/healthz` until it answers 200 (the readiness signal), or panics with the log.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("floodgate exited with {status}: {}", self.stderr());
+            }
+            if http_get(self.http, "/healthz").map(|(code, _)| code == 200).unwrap_or(false) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("floodgate not ready: {}", self.stderr());
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn udp_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.statsd))
+    }
+
+    /// Sends one datagram from a fresh socket.
+    pub fn send_udp(&self, data: &[u8]) {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(data, self.udp_addr()).unwrap();
+    }
+
+    /// Runs console commands, returns everything the console wrote back.
+    pub fn admin(&self, commands: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.admin)).unwrap();
+        s.write_all(commands.as_bytes()).unwrap();
+        s.write_all(b"quit\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// SIGTERM, then waits for exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("floodgate did not stop: {}", self.stderr());
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Floodgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET: status and body.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// A TCP server that records each connection's bytes as one payload (how Etsy statsd and
+/// floodgate deliver a flush to Carbon). A test double for Carbon's line receiver, used to
+/// compare outputs byte for byte; the real Carbon is exercised in `carbon.rs`.
+pub struct Capture {
+    pub port: u16,
+    rx: mpsc::Receiver<Vec<u8>>,
+}
+
+impl Capture {
+    pub fn start() -> Capture {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    if stream.read_to_end(&mut buf).is_ok() {
+                        let _ = tx.send(buf);
+                    }
+                });
+            }
+        });
+        Capture { port, rx }
+    }
+
+    /// The next payload, waiting up to `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<Vec<u8>> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
+    /// Waits for a payload satisfying `pred` (earlier ones are discarded).
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(p) if pred(&p) => return p,
+                Ok(_) => continue,
+                Err(_) => panic!("no matching payload within {timeout:?}"),
+            }
+        }
+    }
+}
+
+/// Plaintext payload lines as (name, value, timestamp).
+pub fn parse_plaintext(payload: &[u8]) -> Vec<(String, String, String)> {
+    String::from_utf8_lossy(payload)
+        .lines()
+        .map(|l| {
+            let mut p = l.rsplitn(3, ' ');
+            let ts = p.next().unwrap_or_default().to_string();
+            let value = p.next().unwrap_or_default().to_string();
+            let name = p.next().unwrap_or_default().to_string();
+            (name, value, ts)
+        })
+        .collect()
+}
+
+/// Pickle payload (Etsy's protocol-0 list of `(name, (ts, value))`) as (name, value, timestamp).
+pub fn parse_pickle(payload: &[u8]) -> Vec<(String, String, String)> {
+    assert!(payload.len() >= 4, "short pickle payload");
+    let len = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) as usize;
+    assert_eq!(len, payload.len() - 4, "pickle length prefix");
+    let body = String::from_utf8_lossy(&payload[4..]).into_owned();
+    assert!(body.starts_with("(l") && body.ends_with('.'), "pickle framing: {body:.60}");
+    body[2..body.len() - 1]
+        .split("tta")
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            // (S'name'\n(L123L\nS'value'\n
+            let rest = item.strip_prefix("(S'").expect("item start");
+            let (name, rest) = rest.split_once("'\n(L").expect("name");
+            let (ts, rest) = rest.split_once("L\nS'").expect("ts");
+            let value = rest.strip_suffix("'\n").expect("value");
+            (name.to_string(), value.to_string(), ts.to_string())
+        })
+        .collect()
+}
+
+/// The value of `name` in parsed lines.
+pub fn value_of<'a>(lines: &'a [(String, String, String)], name: &str) -> Option<&'a str> {
+    lines.iter().find(|(n, _, _)| n == name).map(|(_, v, _)| v.as_str())
+}
+
+/// True when the plaintext payload has `name value`.
+pub fn has(payload: &[u8], name: &str, value: &str) -> bool {
+    value_of(&parse_plaintext(payload), name) == Some(value)
+}
+
+/// Path of a tool the README test command installs; panics with a hint when missing.
+pub fn require_tool(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("`{name}` not found: run ./scripts/test.sh, which installs the tools the tests use");
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}

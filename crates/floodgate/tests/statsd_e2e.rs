@@ -1,0 +1,328 @@
+//! End-to-end tests of the StatsD path through the real binary: UDP and TCP in, Graphite out,
+//! the console, /metrics, bad input, max_series, Carbon outages and shutdown.
+
+mod common;
+
+use std::io::Write;
+use std::net::{TcpStream, UdpSocket};
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn graphite_section(port: u16, extra: &str) -> String {
+    format!("[graphite]\naddress = \"127.0.0.1:{port}\"\n{extra}\n")
+}
+
+#[test]
+fn udp_and_tcp_lines_are_aggregated_and_flushed() {
+    let carbon = Capture::start();
+    let fg =
+        Floodgate::start("flush_interval = \"500ms\"\npercentiles = [90, -50]", &graphite_section(carbon.port, ""));
+    fg.send_udp(b"e2e.hits:1|c\ne2e.hits:2|c|@0.5\ne2e.temp:20|g\ne2e.temp:-5|g\ne2e.lat:10|ms\ne2e.lat:30|ms\ne2e.users:ann|s\ne2e.users:bob|s\ne2e.users:ann|s");
+    let mut tcp = TcpStream::connect(("127.0.0.1", fg.statsd)).unwrap();
+    tcp.write_all(b"e2e.hits:10|c\ne2e.tagged:1|c|#env:prod,az:1\n").unwrap();
+    tcp.write_all(b"e2e.partial:1").unwrap();
+    tcp.write_all(b"|c\n").unwrap();
+    drop(tcp);
+    let payload =
+        carbon.wait_for(WAIT, |p| has(p, "stats_counts.e2e.partial", "1") && has(p, "stats_counts.e2e.hits", "15"));
+    for (name, value) in [
+        ("stats.e2e.hits", "30"),
+        ("stats_counts.e2e.hits", "15"),
+        ("stats.gauges.e2e.temp", "15"),
+        ("stats.timers.e2e.lat.upper_90", "30"),
+        ("stats.timers.e2e.lat.lower_top50", "30"),
+        ("stats.timers.e2e.lat.mean", "20"),
+        ("stats.timers.e2e.lat.count", "2"),
+        ("stats.sets.e2e.users.count", "2"),
+        ("stats_counts.e2e.tagged;env=prod;az=1", "1"),
+    ] {
+        assert!(has(&payload, name, value), "{name} {value} missing in\n{}", String::from_utf8_lossy(&payload));
+    }
+}
+
+#[test]
+fn bad_input_is_counted_and_good_lines_around_it_are_kept() {
+    let carbon = Capture::start();
+    let fg =
+        Floodgate::start("flush_interval = \"500ms\"\nmax_datagram = \"8KiB\"", &graphite_section(carbon.port, ""));
+    let mut mixed = Vec::new();
+    mixed.extend_from_slice(b"good.a:1|c\nno_type:1\nno_value:|c\n\xff\xfe:1|c\nbad.rate:1|c|@abc\n");
+    mixed.extend_from_slice(
+        b"nan:NaN|c\ninf:Infinity|g\nhuge.rate:1|c|@1e308\nneg.timer:-1|ms\nbad\xc3(utf8:2|c\ngood.b:2|c\n",
+    );
+    fg.send_udp(&mixed);
+    // Random bytes.
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for _ in 0..50 {
+        let junk: Vec<u8> = (0..200)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fg.send_udp(&junk);
+    }
+    // An oversize datagram: its complete lines before the cut are kept.
+    let mut big = Vec::new();
+    for _ in 0..1000 {
+        big.extend_from_slice(b"good.big:1|c\n");
+    }
+    fg.send_udp(&big);
+    fg.send_udp(b"good.after:1|c");
+    let payload = carbon.wait_for(WAIT, |p| has(p, "stats_counts.good.after", "1"));
+    let lines = parse_plaintext(&payload);
+    assert_eq!(value_of(&lines, "stats_counts.good.a"), Some("1"));
+    assert_eq!(value_of(&lines, "stats_counts.good.b"), Some("2"));
+    // 8 KiB of 13-byte lines: 630 whole lines survive the cut.
+    assert_eq!(value_of(&lines, "stats_counts.good.big"), Some(&*(8192 / 13).to_string()));
+    assert_eq!(value_of(&lines, "stats.gauges.inf"), Some("Infinity"));
+    let bad: f64 = value_of(&lines, "stats_counts.statsd.bad_lines_seen").unwrap().parse().unwrap();
+    assert!(bad >= 5.0, "bad lines counted: {bad}");
+    let (_, metrics) = http_get(fg.http, "/metrics").unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("floodgate_dropped_total{listener=\"statsd_udp\"")
+            && l.contains("reason=\"oversize\"")
+            && l.ends_with(" 1")),
+        "oversize datagram counted:\n{metrics}"
+    );
+}
+
+#[test]
+fn max_series_bounds_memory_and_keeps_existing_series() {
+    let carbon = Capture::start();
+    let fg = Floodgate::start("flush_interval = \"1s\"\nmax_series = 1000", &graphite_section(carbon.port, ""));
+    fg.send_udp(b"kept.series:1|c");
+    // Make sure it is in before the flood.
+    carbon.wait_for(WAIT, |p| has(p, "stats_counts.kept.series", "1"));
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut line = String::new();
+    for batch in 0..50_000u32 {
+        line.clear();
+        for i in 0..20 {
+            line.push_str(&format!("flood.{}:1|c\n", batch * 20 + i));
+        }
+        sock.send_to(line.as_bytes(), fg.udp_addr()).unwrap();
+        if batch % 1000 == 0 {
+            // Let the receiver keep up; loss is not what this test measures.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    sock.send_to(b"kept.series:5|c", fg.udp_addr()).unwrap();
+    let payload = carbon.wait_for(Duration::from_secs(60), |p| has(p, "stats_counts.kept.series", "5"));
+    let lines = parse_plaintext(&payload);
+    let num_stats: usize = value_of(&lines, "statsd.numStats").unwrap().parse().unwrap();
+    // max_series, plus Etsy's timestamp_lag gauge, which the flush itself adds.
+    assert!(num_stats <= 1001, "numStats {num_stats} within max_series");
+    let (_, metrics) = http_get(fg.http, "/metrics").unwrap();
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("floodgate_statsd_dropped_series_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(dropped > 900_000.0, "dropped series counted: {dropped}");
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", fg.child.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(rss_kb < 200_000, "RSS {rss_kb} kB stays small past max_series");
+}
+
+#[test]
+fn tcp_skips_oversize_lines_and_keeps_the_connection() {
+    let carbon = Capture::start();
+    let fg = Floodgate::start("flush_interval = \"500ms\"\nmax_line_length = 100", &graphite_section(carbon.port, ""));
+    let mut conns: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(("127.0.0.1", fg.statsd)).unwrap()).collect();
+    for c in conns.iter_mut() {
+        c.write_all(b"tcp.many:1|c\n").unwrap();
+    }
+    let c = &mut conns[0];
+    c.write_all(b"tcp.before:1|c\n").unwrap();
+    c.write_all(format!("tcp.{}:1|c\n", "x".repeat(200)).as_bytes()).unwrap();
+    // Longer than the whole read buffer too.
+    c.write_all(format!("tcp.{}:1|c\n", "y".repeat(200_000)).as_bytes()).unwrap();
+    c.write_all(b"tcp.after:1|c\n").unwrap();
+    let payload =
+        carbon.wait_for(WAIT, |p| has(p, "stats_counts.tcp.after", "1") && has(p, "stats_counts.tcp.many", "50"));
+    assert!(has(&payload, "stats_counts.tcp.before", "1"));
+    assert!(!String::from_utf8_lossy(&payload).contains("xxxx"));
+    let (_, metrics) = http_get(fg.http, "/metrics").unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("floodgate_dropped_total{listener=\"statsd_tcp\"")
+            && l.contains("\"oversize\"")
+            && l.ends_with(" 2")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("floodgate_tcp_open_connections{listener=\"statsd_tcp\""));
+}
+
+#[test]
+fn flushes_are_buffered_while_carbon_is_down_and_sent_in_order() {
+    let port = free_port();
+    let fg = Floodgate::start("flush_interval = \"300ms\"", &graphite_section(port, ""));
+    for i in 1..=3 {
+        fg.send_udp(format!("outage.c{i}:1|c").as_bytes());
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let (_, metrics) = http_get(fg.http, "/metrics").unwrap();
+    let held: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("floodgate_sink_buffer_payloads{sink=\"graphite\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(held >= 2, "flushes held while Carbon is down: {held}\n{metrics}");
+    // Carbon comes back on the same port.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut payloads = Vec::new();
+    let mut stamps = Vec::new();
+    for stream in listener.incoming() {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stream.unwrap(), &mut buf).unwrap();
+        stamps.push(parse_plaintext(&buf)[0].2.parse::<i64>().unwrap());
+        payloads.push(buf);
+        if payloads.len() as u64 >= held + 1 {
+            break;
+        }
+    }
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "sent in order: {stamps:?}");
+    for i in 1..=3 {
+        let name = format!("stats_counts.outage.c{i}");
+        assert!(payloads.iter().any(|p| has(p, &name, "1")), "{name} delivered after the outage");
+    }
+}
+
+#[test]
+fn buffer_bound_drops_the_oldest_flushes_and_counts_them() {
+    let port = free_port();
+    let fg = Floodgate::start("flush_interval = \"100ms\"", &graphite_section(port, "buffer = \"2KiB\""));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = http_get(fg.http, "/metrics").unwrap();
+        let dropped = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("floodgate_sink_dropped_payloads_total{sink=\"graphite\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap();
+        let bytes = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("floodgate_sink_buffer_bytes{sink=\"graphite\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap();
+        assert!(bytes <= 2048 || metrics.contains("floodgate_sink_buffer_payloads{sink=\"graphite\"} 1"));
+        if dropped >= 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no flush dropped at the buffer bound:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigterm_flushes_what_is_held_and_exits_0() {
+    let carbon = Capture::start();
+    let mut fg = Floodgate::start("flush_interval = \"1h\"", &graphite_section(carbon.port, ""));
+    fg.send_udp(b"shutdown.held:7|c");
+    // Wait until the datagram is in (the console merges live values).
+    let deadline = std::time::Instant::now() + WAIT;
+    while !fg.admin("counters\n").contains("'shutdown.held': 7") {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fg.terminate(), Some(0));
+    let payload = carbon.next(WAIT).expect("final flush delivered");
+    assert!(has(&payload, "stats_counts.shutdown.held", "7"));
+}
+
+#[test]
+fn management_console_commands() {
+    let fg = Floodgate::start("", "");
+    fg.send_udp(b"con.a:1|c\ncon.b:2|c\ncon.t:5|ms\ncon.g:3|g");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !fg.admin("counters\n").contains("'con.b': 2") {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fg.admin("health\n"), "health: up\n");
+    assert_eq!(fg.admin("health down\n"), "health: down\n");
+    assert_eq!(http_get(fg.http, "/healthz").unwrap().0, 503);
+    assert_eq!(fg.admin("health up\n"), "health: up\n");
+    assert_eq!(http_get(fg.http, "/healthz").unwrap().0, 200);
+    assert!(fg.admin("timers\n").contains("'con.t': [ 5 ]"));
+    assert!(fg.admin("gauges\n").contains("'con.g': 3"));
+    assert_eq!(fg.admin("delcounters con.*\n").lines().filter(|l| l.starts_with("deleted: con.")).count(), 2);
+    assert!(fg.admin("delgauges nope\n").contains("metric nope not found"));
+    assert!(fg.admin("stats\n").starts_with("uptime: "));
+    assert!(fg.admin("config\n").contains("flush_interval = \"10s\""));
+    assert_eq!(fg.admin("bogus\n"), "ERROR\n");
+    assert!(fg.admin("help\n").starts_with("Commands:"));
+}
+
+#[test]
+fn metrics_exposition_passes_promtool() {
+    let promtool = require_tool("promtool");
+    let carbon = Capture::start();
+    let fg =
+        Floodgate::start("flush_interval = \"300ms\"\npercentiles = [90, 99, -10]", &graphite_section(carbon.port, ""));
+    fg.send_udp(b"api.req:1|c|#env:prod,code:200\napi.req:1|c|#env:dev\napi.lat:5|ms\napi.lat:7|ms\nq.depth:4|g\nq.users:a|s\nweird name/with:chars:1|c\n9starts.with.digit:1|c");
+    carbon.wait_for(WAIT, |p| has(p, "stats_counts.api.req;env=dev", "1"));
+    let (code, body) = http_get(fg.http, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for want in [
+        "api_req_total{env=\"prod\",code=\"200\"} 1",
+        "api_lat{quantile=\"0.9\"} 7",
+        "q_depth 4",
+        "floodgate_received_lines_total{",
+    ] {
+        assert!(body.contains(want), "{want} missing:\n{body}");
+    }
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn cli_check_help_and_version() {
+    let bin = env!("CARGO_BIN_EXE_floodgate");
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[statsd]\nflush_interval = \"2s\"\n").unwrap();
+    let out = std::process::Command::new(bin).args(["check", "--config"]).arg(&good).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("flush_interval = \"2s\""));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[statsd]\nflush_interval = \"2s\"\n\n[graphite]\nadress = \"x:1\"\n").unwrap();
+    let out = std::process::Command::new(bin).args(["check", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:5") && err.contains("adress"), "{err}");
+    let out = std::process::Command::new(bin).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("check"));
+    let out = std::process::Command::new(bin).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("floodgate "));
+    // A listener that cannot bind is a clear start-up error.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = dir.path().join("busy.toml");
+    std::fs::write(&cfg, format!("[statsd]\nudp = []\ntcp = [\"127.0.0.1:{port}\"]\n[admin]\n[http]\n")).unwrap();
+    let out = std::process::Command::new(bin).args(["run", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot bind statsd tcp 127.0.0.1:{port}")));
+}

@@ -186,7 +186,7 @@ fn flushes_are_buffered_while_carbon_is_down_and_sent_in_order() {
         std::io::Read::read_to_end(&mut stream.unwrap(), &mut buf).unwrap();
         stamps.push(parse_plaintext(&buf)[0].2.parse::<i64>().unwrap());
         payloads.push(buf);
-        if payloads.len() as u64 >= held + 1 {
+        if payloads.len() as u64 > held {
             break;
         }
     }

@@ -137,7 +137,8 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 /// compare outputs byte for byte; the real Carbon is exercised in `carbon.rs`.
 pub struct Capture {
     pub port: u16,
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<(Instant, Vec<u8>)>,
+    last_arrival: std::cell::Cell<Option<Instant>>,
 }
 
 impl Capture {
@@ -151,18 +152,26 @@ impl Capture {
                 let tx = tx.clone();
                 std::thread::spawn(move || {
                     let mut buf = Vec::new();
+                    let opened = Instant::now();
                     if stream.read_to_end(&mut buf).is_ok() {
-                        let _ = tx.send(buf);
+                        let _ = tx.send((opened, buf));
                     }
                 });
             }
         });
-        Capture { port, rx }
+        Capture { port, rx, last_arrival: std::cell::Cell::new(None) }
     }
 
     /// The next payload, waiting up to `timeout`.
     pub fn next(&self, timeout: Duration) -> Option<Vec<u8>> {
-        self.rx.recv_timeout(timeout).ok()
+        let (at, p) = self.rx.recv_timeout(timeout).ok()?;
+        self.last_arrival.set(Some(at));
+        Some(p)
+    }
+
+    /// When the connection of the payload last returned was opened.
+    pub fn last_arrival(&self) -> Option<Instant> {
+        self.last_arrival.get()
     }
 
     /// Waits for a payload satisfying `pred` (earlier ones are discarded).
@@ -171,7 +180,10 @@ impl Capture {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
-                Ok(p) if pred(&p) => return p,
+                Ok((at, p)) if pred(&p) => {
+                    self.last_arrival.set(Some(at));
+                    return p;
+                }
                 Ok(_) => continue,
                 Err(_) => panic!("no matching payload within {timeout:?}"),
             }

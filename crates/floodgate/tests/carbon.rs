@@ -54,7 +54,9 @@ impl Carbon {
             .expect("start carbon-cache");
         let carbon = Carbon { child, dir, line_port, pickle_port };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", pickle_port)).is_err() || TcpStream::connect(("127.0.0.1", line_port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", pickle_port)).is_err()
+            || TcpStream::connect(("127.0.0.1", line_port)).is_err()
+        {
             assert!(Instant::now() < deadline, "carbon-cache did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -76,7 +78,12 @@ impl Carbon {
         if !Path::new(&path).exists() {
             return Vec::new();
         }
-        let out = Command::new(require_tool("whisper-fetch")).arg("--from").arg((unix_now() - 600).to_string()).arg(&path).output().unwrap();
+        let out = Command::new(require_tool("whisper-fetch"))
+            .arg("--from")
+            .arg((unix_now() - 600).to_string())
+            .arg(&path)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())

@@ -191,6 +191,24 @@ impl Capture {
     }
 }
 
+impl Capture {
+    /// Waits until every `(name, value)` has appeared in some payload (values for one flush
+    /// may be split over several when a flush falls between sends). Panics with what is missing.
+    pub fn wait_seen(&self, timeout: Duration, want: &[(String, String)]) {
+        let deadline = Instant::now() + timeout;
+        let mut missing: Vec<&(String, String)> = want.iter().collect();
+        let mut last = String::new();
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(p) = self.next(left) else {
+                panic!("never seen: {missing:?}\nlast payload:\n{last}");
+            };
+            missing.retain(|(n, v)| !has(&p, n, v));
+            last = String::from_utf8_lossy(&p).into_owned();
+        }
+    }
+}
+
 /// Plaintext payload lines as (name, value, timestamp).
 pub fn parse_plaintext(payload: &[u8]) -> Vec<(String, String, String)> {
     String::from_utf8_lossy(payload)

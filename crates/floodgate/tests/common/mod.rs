@@ -95,6 +95,20 @@ impl Floodgate {
         out
     }
 
+    /// Polls the console until the live counter `name` has `value` (input received).
+    pub fn wait_counter(&self, name: &str, value: &str) {
+        let want = format!("'{name}': {value}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let counters = self.admin("counters\n");
+            if counters.lines().any(|l| l.trim().trim_end_matches(',') == want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "counter {want} never seen:\n{counters}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then waits for exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();

@@ -172,6 +172,59 @@ impl RecvBatch {
     }
 }
 
+/// Sends many datagrams to one destination with one `sendmmsg(2)` call (the load generator's
+/// sender; UDP outputs later).
+pub struct SendBatch {
+    dest: libc::sockaddr_storage,
+    dest_len: libc::socklen_t,
+    iov: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl SendBatch {
+    /// A batch sending to `dest`.
+    pub fn new(dest: SocketAddr) -> SendBatch {
+        let addr = socket2::SockAddr::from(dest);
+        // SAFETY: all-zero bytes are a valid sockaddr_storage; `addr` holds `addr.len()` valid
+        // bytes (at most the storage size), copied over it.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                addr.as_ptr().cast::<u8>(),
+                (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                addr.len() as usize,
+            );
+        }
+        SendBatch { dest: storage, dest_len: addr.len(), iov: Vec::new(), hdrs: Vec::new() }
+    }
+
+    /// Sends `datagrams` from `fd`; returns how many the kernel took.
+    pub fn send(&mut self, fd: RawFd, datagrams: &[&[u8]]) -> io::Result<usize> {
+        self.iov.clear();
+        self.iov.extend(datagrams.iter().map(|d| libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() }));
+        self.hdrs.clear();
+        for i in 0..self.iov.len() {
+            // SAFETY: zeroed mmsghdr is valid; the pointers set below stay valid for the call
+            // (the iovecs live in `self.iov`, not resized until the call returns; the
+            // destination lives in `self`; the kernel only reads them).
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = (&mut self.dest as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = self.dest_len;
+            h.msg_hdr.msg_iov = &mut self.iov[i];
+            h.msg_hdr.msg_iovlen = 1;
+            self.hdrs.push(h);
+        }
+        // SAFETY: `hdrs` holds `hdrs.len()` initialised headers whose buffers (the caller's
+        // datagrams) outlive the call.
+        let n = unsafe { libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), self.hdrs.len() as libc::c_uint, 0) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
 /// Datagrams the kernel dropped for want of receive-buffer room on sockets bound to `port`
 /// (the `drops` column of `/proc/net/udp` and `/proc/net/udp6`).
 pub fn kernel_udp_drops(port: u16) -> u64 {
@@ -196,6 +249,7 @@ pub fn kernel_udp_drops(port: u16) -> u64 {
 mod tests {
     use super::*;
     use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn receives_a_batch_with_sources_and_truncation() {
@@ -219,5 +273,21 @@ mod tests {
         assert_eq!(got[1].0.len(), 2048);
         assert!(got[1].1);
         assert!(rx.granted_buffer >= 1 << 20);
+    }
+
+    #[test]
+    fn sends_a_batch() {
+        let rx = UdpReceiver::bind("127.0.0.1:0".parse().unwrap(), 1 << 20, Duration::from_millis(500)).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut batch = SendBatch::new(rx.local_addr().unwrap());
+        let data: Vec<&[u8]> = vec![b"one", b"two", b"three"];
+        assert_eq!(batch.send(tx.as_raw_fd(), &data).unwrap(), 3);
+        let mut recv = RecvBatch::new(8, 64);
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let n = recv.recv(rx.fd()).unwrap();
+            got.extend((0..n).map(|i| recv.datagram(i).0.to_vec()));
+        }
+        assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
     }
 }

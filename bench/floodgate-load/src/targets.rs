@@ -1,0 +1,367 @@
+//! The benchmark runs: each target started fresh per trial, fed by the sender, its flushed
+//! counter sums read back from the Carbon stand-in.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::carbon::{CarbonStandIn, RawSink};
+use crate::sender::{self, Load, Sent};
+
+/// `bench` options.
+pub struct BenchOptions {
+    pub floodgate: PathBuf,
+    pub etsy: PathBuf,
+    pub trial: Duration,
+    pub only: Vec<String>,
+    pub lines: Vec<usize>,
+}
+
+/// Loss below this is "sustained".
+const MAX_LOSS: f64 = 0.001;
+const CARDINALITY: usize = 1000;
+const PREFIX: &str = "stats_counts.load.";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    Sink,
+    Floodgate,
+    Etsy,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Sink => "raw recvmmsg sink",
+            Target::Floodgate => "floodgate",
+            Target::Etsy => "Etsy statsd 0.9.0",
+        }
+    }
+}
+
+/// One trial's outcome.
+#[derive(Debug, Clone, Copy)]
+struct Trial {
+    sent: Sent,
+    received_lines: f64,
+}
+
+impl Trial {
+    fn loss(&self) -> f64 {
+        if self.sent.lines == 0 {
+            return 1.0;
+        }
+        1.0 - self.received_lines / self.sent.lines as f64
+    }
+    fn rate(&self) -> f64 {
+        self.sent.lines as f64 / self.sent.elapsed.as_secs_f64()
+    }
+}
+
+fn free_port() -> u16 {
+    loop {
+        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = t.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct Running {
+    child: Child,
+    port: u16,
+    http: Option<u16>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_floodgate(opts: &BenchOptions, carbon: u16, statsd_extra: &str) -> Running {
+    let (port, admin, http) = (free_port(), free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("floodgate-bench-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("floodgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[statsd]\nudp = [\"127.0.0.1:{port}\"]\ntcp = []\nflush_interval = \"1s\"\n{statsd_extra}\n\
+             [graphite]\naddress = \"127.0.0.1:{carbon}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(&opts.floodgate)
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e} (cargo build --release first)", opts.floodgate.display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(http, "/healthz").map(|(c, _)| c != 200).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "floodgate did not become ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Running { child, port, http: Some(http) }
+}
+
+fn start_etsy(opts: &BenchOptions, carbon: u16) -> Running {
+    let (port, mgmt) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("etsy-bench-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("config.js");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{{ port: {port}, address: \"127.0.0.1\", mgmt_port: {mgmt}, mgmt_address: \"127.0.0.1\", graphiteHost: \"127.0.0.1\", \
+             graphitePort: {carbon}, flushInterval: 1000, automaticConfigReload: false }}\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("node")
+        .arg(opts.etsy.join("stats.js"))
+        .arg(&cfg)
+        .current_dir(&opts.etsy)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start node (Etsy statsd)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "Etsy statsd did not bind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Running { child, port, http: None }
+}
+
+fn terminate(r: &mut Running) {
+    let _ = Command::new("kill").arg("-TERM").arg(r.child.id().to_string()).status();
+    let _ = r.child.wait();
+}
+
+/// Waits until the stand-in's sum stops changing for `quiet` (two flushes).
+fn settle(carbon: &CarbonStandIn, want: f64, quiet: Duration) {
+    let mut last = (carbon.sum(), carbon.payloads(), Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = (carbon.sum(), carbon.payloads());
+        if now.0 >= want {
+            return;
+        }
+        if now != (last.0, last.1) {
+            last = (now.0, now.1, Instant::now());
+        } else if last.2.elapsed() >= quiet {
+            return;
+        }
+    }
+}
+
+fn trial(opts: &BenchOptions, target: Target, lines: usize, rate: u64) -> Trial {
+    let load = Load { rate, lines, cardinality: CARDINALITY, sources: 1, prefix: "load".into() };
+    let label = format!("{} {} line(s)/datagram, rate {}", target.name(), lines, if rate == 0 { "max".into() } else { rate.to_string() });
+    match target {
+        Target::Sink => {
+            let sink = RawSink::start();
+            let sent = sender::send(sink.addr, &load, opts.trial, &label);
+            let got = sink.finish();
+            Trial { sent, received_lines: (got * lines as u64) as f64 }
+        }
+        Target::Floodgate | Target::Etsy => {
+            let carbon = CarbonStandIn::start(PREFIX);
+            let mut running = if target == Target::Floodgate {
+                start_floodgate(opts, carbon.port, "")
+            } else {
+                start_etsy(opts, carbon.port)
+            };
+            let dest = SocketAddr::from(([127, 0, 0, 1], running.port));
+            let sent = sender::send(dest, &load, opts.trial, &label);
+            if target == Target::Floodgate {
+                // SIGTERM flushes everything held and delivers it before exit.
+                terminate(&mut running);
+                settle(&carbon, sent.lines as f64, Duration::from_millis(500));
+            } else {
+                settle(&carbon, sent.lines as f64, Duration::from_millis(2500));
+                terminate(&mut running);
+            }
+            Trial { sent, received_lines: carbon.sum() }
+        }
+    }
+}
+
+/// Highest rate with loss under 0.1%: at full speed first, then a bisection below it.
+fn sustained(opts: &BenchOptions, target: Target, lines: usize) -> (f64, Trial) {
+    let max = trial(opts, target, lines, 0);
+    println!("    {} at full speed: {:.0} lines/s offered, loss {:.3}%", target.name(), max.rate(), max.loss() * 100.0);
+    if max.loss() < MAX_LOSS {
+        return (max.rate(), max);
+    }
+    let (mut lo, mut hi) = (0.0f64, max.rate());
+    let mut best = max;
+    let mut best_rate = 0.0;
+    for _ in 0..6 {
+        let mid = (lo + hi) / 2.0;
+        let t = trial(opts, target, lines, mid as u64);
+        println!("    {} at {:.0} lines/s: loss {:.3}%", target.name(), t.rate(), t.loss() * 100.0);
+        if t.loss() < MAX_LOSS {
+            lo = mid;
+            best = t;
+            best_rate = t.rate();
+        } else {
+            hi = mid;
+        }
+    }
+    (best_rate, best)
+}
+
+/// Runs everything asked and prints the tables.
+pub fn bench(opts: &BenchOptions) {
+    let want = |s: &str| opts.only.iter().any(|o| o == s);
+    println!("# floodgate benchmark, {} s trials, {} distinct counters, loss = sent increments vs flushed sums", opts.trial.as_secs_f64(), CARDINALITY);
+    let mut rows = Vec::new();
+    for &lines in &opts.lines {
+        let mut results = Vec::new();
+        for target in [Target::Sink, Target::Floodgate, Target::Etsy] {
+            let key = match target {
+                Target::Sink => "sink",
+                Target::Floodgate => "floodgate",
+                Target::Etsy => "etsy",
+            };
+            if !want(key) {
+                continue;
+            }
+            let (rate, t) = sustained(opts, target, lines);
+            results.push((target, rate, t));
+        }
+        let find = |t: Target| results.iter().find(|r| r.0 == t).map(|r| r.1);
+        for (target, rate, t) in &results {
+            let vs_sink = find(Target::Sink).map(|s| format!("{:.0}%", rate / s * 100.0)).unwrap_or_default();
+            let vs_etsy = find(Target::Etsy).filter(|e| *e > 0.0).map(|e| format!("{:.1}x", rate / e)).unwrap_or_default();
+            rows.push(format!(
+                "| {lines} | {} | {:.0} | {:.3}% | {} | {} |",
+                target.name(),
+                rate,
+                t.loss() * 100.0,
+                vs_sink,
+                vs_etsy
+            ));
+        }
+    }
+    if !rows.is_empty() {
+        println!("\n| lines/datagram | target | sustained lines/s (< 0.1% loss) | loss at that rate | vs raw sink | vs Etsy |");
+        println!("|---|---|---|---|---|---|");
+        for r in &rows {
+            println!("{r}");
+        }
+    }
+    if want("memory") {
+        memory(opts);
+    }
+    if want("cpu") {
+        cpu(opts);
+    }
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
+fn proc_status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    http_get(port, "/metrics")
+        .ok()
+        .and_then(|(_, body)| body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// 1M distinct counters: peak RSS, flush duration, and no loss of a steady stream meanwhile.
+fn memory(opts: &BenchOptions) {
+    let carbon = CarbonStandIn::start(PREFIX);
+    let mut fg = start_floodgate(opts, carbon.port, "max_series = 2_000_000");
+    let dest = SocketAddr::from(([127, 0, 0, 1], fg.port));
+    let http = fg.http.unwrap_or(0);
+    let series = Load { rate: 500_000, lines: 20, cardinality: 1_000_000, sources: 1, prefix: "load.series".into() };
+    let steady = Load { rate: 50_000, lines: 20, cardinality: 100, sources: 1, prefix: "load.steady".into() };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let watcher = std::thread::spawn(move || {
+        let mut worst: f64 = 0.0;
+        let mut flushes = 0.0;
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            worst = worst.max(metric(http, "floodgate_flush_duration_seconds"));
+            flushes = metric(http, "floodgate_flushes_total");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (worst, flushes)
+    });
+    let steady_thread = std::thread::spawn(move || sender::send(dest, &steady, Duration::from_secs(8), "steady stream"));
+    let a = sender::send(dest, &series, Duration::from_secs(2), "1M series");
+    let b = steady_thread.join().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let rss_kb = proc_status(fg.child.id(), "VmHWM:");
+    let drops = metric(http, "floodgate_dropped_total{listener=\"statsd_udp\",address=\"127.0.0.1:");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (worst_flush, flushes) = watcher.join().unwrap();
+    let held = metric(http, "floodgate_statsd_series");
+    terminate(&mut fg);
+    let want = (a.lines + b.lines) as f64;
+    settle(&carbon, want, Duration::from_millis(1000));
+    let got = carbon.sum();
+    println!("\n## 1M distinct counter series (floodgate)");
+    println!("| series held | peak RSS | slowest flush (merge+compute+render) | flushes | increments sent | flushed | loss | kernel drops |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {held:.0} | {:.0} MB | {:.3} s | {flushes:.0} | {want:.0} | {got:.0} | {:.4}% | {drops:.0} |",
+        rss_kb as f64 / 1024.0,
+        worst_flush,
+        (1.0 - got / want) * 100.0
+    );
+}
+
+/// CPU use idle and at 10k metrics/s, over 10 s each.
+fn cpu(opts: &BenchOptions) {
+    let carbon = CarbonStandIn::start(PREFIX);
+    let fg = start_floodgate(opts, carbon.port, "");
+    let pid = fg.child.id();
+    std::thread::sleep(Duration::from_secs(1));
+    let window = Duration::from_secs(10);
+    let t0 = cpu_ticks(pid);
+    std::thread::sleep(window);
+    let idle = (cpu_ticks(pid) - t0) as f64 / 100.0 / window.as_secs_f64() * 100.0;
+    let dest = SocketAddr::from(([127, 0, 0, 1], fg.port));
+    let t1 = cpu_ticks(pid);
+    let load = Load { rate: 10_000, lines: 1, cardinality: CARDINALITY, sources: 1, prefix: "load".into() };
+    sender::send(dest, &load, window, "10k metrics/s");
+    let busy = (cpu_ticks(pid) - t1) as f64 / 100.0 / window.as_secs_f64() * 100.0;
+    println!("\n## CPU (floodgate, 1 s flush interval, % of one core over 10 s)");
+    println!("| idle | 10k metrics/s (1 line/datagram) |");
+    println!("|---|---|");
+    println!("| {idle:.2}% | {busy:.2}% |");
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs every floodgate test: formatting, lints, unit and property tests, the end-to-end tests
+# against the real binary, real carbon-cache, real client libraries and Etsy statsd 0.9.0,
+# and a short fuzzing run. Installs what the tests need first (Debian packages, PyPI and npm
+# packages); safe to run again. Run as root on Debian 12 (CI does, with CI=true).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+peers="$root/target/peers"
+export DEBIAN_FRONTEND=noninteractive
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test dependencies"
+apt_needed=()
+command -v carbon-cache >/dev/null || apt_needed+=(graphite-carbon)
+command -v whisper-fetch >/dev/null || apt_needed+=(python3-whisper)
+command -v promtool >/dev/null || apt_needed+=(prometheus)
+command -v node >/dev/null || apt_needed+=(nodejs)
+command -v npm >/dev/null || apt_needed+=(npm)
+command -v python3 >/dev/null || apt_needed+=(python3 python3-pip)
+if [ ${#apt_needed[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${apt_needed[@]}" >/dev/null
+fi
+# Debian starts a carbon-cache service on install where it can; the tests run their own.
+python3 -c 'import statsd, datadog' 2>/dev/null ||
+  python3 -m pip install -q statsd datadog 2>/dev/null ||
+  python3 -m pip install -q --break-system-packages statsd datadog
+mkdir -p "$peers"
+if [ ! -f "$peers/statsd-0.9.0/stats.js" ]; then
+  (cd "$peers" && rm -rf package statsd-0.9.0 && npm pack --silent statsd@0.9.0 >/dev/null &&
+    tar xzf statsd-0.9.0.tgz && mv package statsd-0.9.0 && rm statsd-0.9.0.tgz)
+fi
+[ -d "$peers/js/node_modules/hot-shots" ] || npm install --silent --prefix "$peers/js" hot-shots >/dev/null
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "tests (unit, property, end-to-end, real Carbon, real clients, Etsy statsd differential)"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
+
+step "fuzzing the StatsD parser briefly (crashes become regression tests in fuzz/regressions)"
+./scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+
+step "all tests passed"

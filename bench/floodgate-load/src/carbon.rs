@@ -19,7 +19,6 @@ pub struct CarbonStandIn {
 #[derive(Default)]
 struct Total {
     sum: std::sync::Mutex<f64>,
-    payloads: AtomicU64,
 }
 
 impl CarbonStandIn {
@@ -50,7 +49,6 @@ impl CarbonStandIn {
                         }
                     }
                     *t.sum.lock().unwrap() += sum;
-                    t.payloads.fetch_add(1, Ordering::Relaxed);
                 });
             }
         });
@@ -60,11 +58,6 @@ impl CarbonStandIn {
     /// Sum so far.
     pub fn sum(&self) -> f64 {
         *self.total.sum.lock().unwrap()
-    }
-
-    /// Payloads received so far.
-    pub fn payloads(&self) -> u64 {
-        self.total.payloads.load(Ordering::Relaxed)
     }
 }
 

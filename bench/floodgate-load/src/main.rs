@@ -82,7 +82,13 @@ fn main() {
             );
         }
         Command::Bench { floodgate, etsy, duration, only, lines } => {
-            targets::bench(&targets::BenchOptions { floodgate, etsy, trial: Duration::from_secs_f64(duration), only, lines });
+            targets::bench(&targets::BenchOptions {
+                floodgate,
+                etsy,
+                trial: Duration::from_secs_f64(duration),
+                only,
+                lines,
+            });
         }
     }
 }

@@ -71,7 +71,8 @@ pub fn send_pool(
 ) -> Sent {
     let sockets: Vec<UdpSocket> = (0..sources.max(1))
         .map(|i| {
-            let s = UdpSocket::bind(("127.0.0.".to_string() + &(2 + i).to_string(), 0)).expect("bind a 127.0.0.x source");
+            let s =
+                UdpSocket::bind(("127.0.0.".to_string() + &(2 + i).to_string(), 0)).expect("bind a 127.0.0.x source");
             let _ = socket2::SockRef::from(&s).set_send_buffer_size(8 << 20);
             s
         })

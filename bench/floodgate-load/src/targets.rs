@@ -46,6 +46,8 @@ impl Target {
 struct Trial {
     sent: Sent,
     received_lines: f64,
+    /// CPU the target used while the measured traffic was sent, in cores (None: in-process sink).
+    cpu_cores: Option<f64>,
 }
 
 impl Trial {
@@ -124,7 +126,10 @@ fn start_etsy(opts: &BenchOptions, carbon: u16) -> Running {
         ),
     )
     .unwrap();
-    let etsy = opts.etsy.canonicalize().unwrap_or_else(|e| panic!("{}: {e} (./scripts/test.sh fetches it)", opts.etsy.display()));
+    let etsy = opts
+        .etsy
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("{}: {e} (./scripts/test.sh fetches it)", opts.etsy.display()));
     let child = Command::new("node")
         .arg(etsy.join("stats.js"))
         .arg(&cfg)
@@ -166,13 +171,18 @@ fn settle(carbon: &CarbonStandIn, want: f64, quiet: Duration) {
 
 fn trial(opts: &BenchOptions, target: Target, lines: usize, rate: u64) -> Trial {
     let load = Load { rate, lines, cardinality: CARDINALITY, sources: 1, prefix: "load".into() };
-    let label = format!("{} {} line(s)/datagram, rate {}", target.name(), lines, if rate == 0 { "max".into() } else { rate.to_string() });
+    let label = format!(
+        "{} {} line(s)/datagram, rate {}",
+        target.name(),
+        lines,
+        if rate == 0 { "max".into() } else { rate.to_string() }
+    );
     match target {
         Target::Sink => {
             let sink = RawSink::start();
             let sent = sender::send(sink.addr, &load, opts.trial, &label);
             let got = sink.finish();
-            Trial { sent, received_lines: (got * lines as u64) as f64 }
+            Trial { sent, received_lines: (got * lines as u64) as f64, cpu_cores: None }
         }
         Target::Floodgate | Target::Etsy => {
             let carbon = CarbonStandIn::start(PREFIX);
@@ -186,7 +196,9 @@ fn trial(opts: &BenchOptions, target: Target, lines: usize, rate: u64) -> Trial 
             // dozen datagrams in its first second, which is not what the trial measures.
             let warm = Load { prefix: "warm".into(), ..load.clone() };
             sender::send(dest, &warm, Duration::from_secs(2), &format!("{label} (warm-up)"));
+            let ticks = cpu_ticks(running.child.id());
             let sent = sender::send(dest, &load, opts.trial, &label);
+            let cpu_cores = (cpu_ticks(running.child.id()) - ticks) as f64 / 100.0 / sent.elapsed.as_secs_f64();
             if target == Target::Floodgate {
                 // SIGTERM flushes everything held and delivers it before exit.
                 terminate(&mut running);
@@ -195,7 +207,7 @@ fn trial(opts: &BenchOptions, target: Target, lines: usize, rate: u64) -> Trial 
                 settle(&carbon, sent.lines as f64, Duration::from_millis(2500));
                 terminate(&mut running);
             }
-            Trial { sent, received_lines: carbon.sum() }
+            Trial { sent, received_lines: carbon.sum(), cpu_cores: Some(cpu_cores) }
         }
     }
 }
@@ -228,7 +240,11 @@ fn sustained(opts: &BenchOptions, target: Target, lines: usize) -> (f64, Trial) 
 /// Runs everything asked and prints the tables.
 pub fn bench(opts: &BenchOptions) {
     let want = |s: &str| opts.only.iter().any(|o| o == s);
-    println!("# floodgate benchmark, {} s trials, {} distinct counters, loss = sent increments vs flushed sums", opts.trial.as_secs_f64(), CARDINALITY);
+    println!(
+        "# floodgate benchmark, {} s trials, {} distinct counters, loss = sent increments vs flushed sums",
+        opts.trial.as_secs_f64(),
+        CARDINALITY
+    );
     let mut rows = Vec::new();
     for &lines in &opts.lines {
         let mut results = Vec::new();
@@ -247,9 +263,14 @@ pub fn bench(opts: &BenchOptions) {
         let find = |t: Target| results.iter().find(|r| r.0 == t).map(|r| r.1);
         for (target, rate, t) in &results {
             let vs_sink = find(Target::Sink).map(|s| format!("{:.0}%", rate / s * 100.0)).unwrap_or_default();
-            let vs_etsy = find(Target::Etsy).filter(|e| *e > 0.0).map(|e| format!("{:.1}x", rate / e)).unwrap_or_default();
+            let vs_etsy =
+                find(Target::Etsy).filter(|e| *e > 0.0).map(|e| format!("{:.1}x", rate / e)).unwrap_or_default();
+            let (cpu, per_core) = match t.cpu_cores {
+                Some(c) if c > 0.0 => (format!("{:.0}%", c * 100.0), format!("{:.2}M", t.rate() / c / 1e6)),
+                _ => (String::new(), String::new()),
+            };
             rows.push(format!(
-                "| {lines} | {} | {:.0} | {:.3}% | {} | {} |",
+                "| {lines} | {} | {:.0} | {:.3}% | {} | {} | {cpu} | {per_core} |",
                 target.name(),
                 rate,
                 t.loss() * 100.0,
@@ -259,8 +280,10 @@ pub fn bench(opts: &BenchOptions) {
         }
     }
     if !rows.is_empty() {
-        println!("\n| lines/datagram | target | sustained lines/s (< 0.1% loss) | loss at that rate | vs raw sink | vs Etsy |");
-        println!("|---|---|---|---|---|---|");
+        println!(
+            "\n| lines/datagram | target | sustained lines/s (< 0.1% loss) | loss at that rate | vs raw sink | vs Etsy | target CPU at that rate (of one core) | lines/s per core |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
         for r in &rows {
             println!("{r}");
         }
@@ -296,14 +319,21 @@ fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// Sum of the self-metric samples whose line starts with `name` and contains every `parts`.
+fn metric_sum(port: u16, name: &str, parts: &[&str]) -> f64 {
+    let body = http_get(port, "/metrics?only=floodgate").map(|(_, b)| b).unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn metric(port: u16, name: &str) -> f64 {
-    http_get(port, "/metrics")
-        .ok()
-        .and_then(|(_, body)| body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()))
-        .unwrap_or(0.0)
+    metric_sum(port, &format!("{name} "), &[])
 }
 
 /// 1M distinct counters: peak RSS, flush duration, and no loss of a steady stream meanwhile.
@@ -322,31 +352,42 @@ fn memory(opts: &BenchOptions) {
         while !s2.load(std::sync::atomic::Ordering::Relaxed) {
             worst = worst.max(metric(http, "floodgate_flush_duration_seconds"));
             flushes = metric(http, "floodgate_flushes_total");
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(250));
         }
         (worst, flushes)
     });
-    let steady_thread = std::thread::spawn(move || sender::send(dest, &steady, Duration::from_secs(8), "steady stream"));
+    let steady_thread =
+        std::thread::spawn(move || sender::send(dest, &steady, Duration::from_secs(8), "steady stream"));
     let a = sender::send(dest, &series, Duration::from_secs(2), "1M series");
     let b = steady_thread.join().unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     let rss_kb = proc_status(fg.child.id(), "VmHWM:");
-    let drops = metric(http, "floodgate_dropped_total{listener=\"statsd_udp\",address=\"127.0.0.1:");
+    let drops = metric_sum(http, "floodgate_dropped_total{", &["statsd_udp", "kernel_receive_buffer"]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (worst_flush, flushes) = watcher.join().unwrap();
     let held = metric(http, "floodgate_statsd_series");
+    // One full Prometheus scrape of all 1M series, as a Prometheus server would do.
+    let scrape_started = Instant::now();
+    let scraped = http_get(http, "/metrics").map(|(_, b)| b.len()).unwrap_or(0);
+    let scrape = scrape_started.elapsed();
+    let rss_after_scrape = proc_status(fg.child.id(), "VmHWM:");
     terminate(&mut fg);
     let want = (a.lines + b.lines) as f64;
     settle(&carbon, want, Duration::from_millis(1000));
     let got = carbon.sum();
     println!("\n## 1M distinct counter series (floodgate)");
-    println!("| series held | peak RSS | slowest flush (merge+compute+render) | flushes | increments sent | flushed | loss | kernel drops |");
-    println!("|---|---|---|---|---|---|---|---|");
     println!(
-        "| {held:.0} | {:.0} MB | {:.3} s | {flushes:.0} | {want:.0} | {got:.0} | {:.4}% | {drops:.0} |",
+        "| series held | peak RSS | slowest flush (merge+compute+render) | flushes | increments sent | flushed | loss | kernel drops | full /metrics scrape | peak RSS with the scrape |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {held:.0} | {:.0} MB | {:.3} s | {flushes:.0} | {want:.0} | {got:.0} | {:.4}% | {drops:.0} | {:.2} s, {:.0} MB | {:.0} MB |",
         rss_kb as f64 / 1024.0,
         worst_flush,
-        (1.0 - got / want) * 100.0
+        (1.0 - got / want) * 100.0,
+        scrape.as_secs_f64(),
+        scraped as f64 / 1e6,
+        rss_after_scrape as f64 / 1024.0
     );
 }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -35,12 +35,16 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+/// `/metrics`; `/metrics?only=floodgate` leaves out the StatsD series (cheap with many series).
+async fn metrics(State(shared): State<Arc<Shared>>, uri: Uri) -> impl IntoResponse {
+    let self_only = uri.query().is_some_and(|q| q.split('&').any(|p| p == "only=floodgate"));
     let text = tokio::task::spawn_blocking(move || {
         let mut out = String::with_capacity(64 * 1024);
         shared.telemetry.render(&mut out);
-        let store = shared.store.lock();
-        floodgate_statsd::prometheus::render(&store, &mut out);
+        if !self_only {
+            let store = shared.store.lock();
+            floodgate_statsd::prometheus::render(&store, &mut out);
+        }
         out
     })
     .await

@@ -115,6 +115,15 @@ impl RecvBatch {
     /// Blocks until at least one datagram is queued (or the socket's read timeout passes),
     /// then takes as many as are queued, up to the batch size. Returns how many.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_flags(fd, libc::MSG_WAITFORONE)
+    }
+
+    /// Takes what is queued without waiting (`WouldBlock` when nothing is).
+    pub fn recv_queued(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_flags(fd, libc::MSG_DONTWAIT)
+    }
+
+    fn recv_flags(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
         for h in self.hdrs.iter_mut() {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_hdr.msg_flags = 0;
@@ -124,13 +133,7 @@ impl RecvBatch {
         // (boxed, never moved or freed while `self` lives), each iovec at `slot_size` bytes of
         // `self.buf`; the count passed equals the number of headers. A null timeout is allowed.
         let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                self.hdrs.len() as libc::c_uint,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
+            libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), self.hdrs.len() as libc::c_uint, flags, std::ptr::null_mut())
         };
         if n < 0 {
             self.received = 0;
@@ -201,7 +204,9 @@ impl SendBatch {
     /// Sends `datagrams` from `fd`; returns how many the kernel took.
     pub fn send(&mut self, fd: RawFd, datagrams: &[&[u8]]) -> io::Result<usize> {
         self.iov.clear();
-        self.iov.extend(datagrams.iter().map(|d| libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() }));
+        self.iov.extend(
+            datagrams.iter().map(|d| libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() }),
+        );
         self.hdrs.clear();
         for i in 0..self.iov.len() {
             // SAFETY: zeroed mmsghdr is valid; the pointers set below stay valid for the call

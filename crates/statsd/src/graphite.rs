@@ -208,24 +208,24 @@ pub fn render(view: &FlushView<'_>, naming: &GraphiteNaming, protocol: Protocol,
     let suffix = naming.suffix();
     let sanitize = naming.sanitize_names;
     let ts = view.timestamp;
-    let lines = view.counters.len() * 2 + view.timers.len() * 16 + view.gauges.len() + view.sets.len() + 8;
+    let lines = view.counters().len() * 2 + view.timers.len() * 16 + view.gauges().len() + view.sets().len() + 8;
     let mut p = Payload::new(protocol, lines * 48);
 
-    for (key, value) in &view.counters {
+    for (key, value) in view.counters() {
         let rate = value / view.interval_secs;
         if naming.legacy_namespace {
             write_name(&mut p.name, &ns.counter, key, &[], &suffix, sanitize);
             p.push(rate, ts);
             if naming.flush_counts {
                 write_name(&mut p.name, &["stats_counts"], key, &[], &suffix, sanitize);
-                p.push(*value, ts);
+                p.push(value, ts);
             }
         } else {
             write_name(&mut p.name, &ns.counter, key, &["rate"], &suffix, sanitize);
             p.push(rate, ts);
             if naming.flush_counts {
                 write_name(&mut p.name, &ns.counter, key, &["count"], &suffix, sanitize);
-                p.push(*value, ts);
+                p.push(value, ts);
             }
         }
     }
@@ -235,13 +235,13 @@ pub fn render(view: &FlushView<'_>, naming: &GraphiteNaming, protocol: Protocol,
             p.push(*value, ts);
         }
     }
-    for (key, value) in &view.gauges {
+    for (key, value) in view.gauges() {
         write_name(&mut p.name, &ns.gauge, key, &[], &suffix, sanitize);
-        p.push(*value, ts);
+        p.push(value, ts);
     }
-    for (key, size) in &view.sets {
+    for (key, size) in view.sets() {
         write_name(&mut p.name, &ns.set, key, &["count"], &suffix, sanitize);
-        p.push(*size as f64, ts);
+        p.push(size as f64, ts);
     }
 
     let prefix = naming.prefix_stats.as_bytes();

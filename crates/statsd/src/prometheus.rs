@@ -7,78 +7,138 @@
 //! -N is the quantile 1-N/100), from the last flush, and cumulative `_sum`/`_count`.
 //! Two series whose names collide across types keep the first type; the rest are skipped.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::ops::Range;
 
-use crate::store::Store;
+use crate::store::{CounterEntry, GaugeEntry, SetEntry, Store, TimerEntry};
+
+/// Where a series' value is.
+#[derive(Clone, Copy)]
+enum Value<'a> {
+    Counter(&'a CounterEntry),
+    Gauge(&'a GaugeEntry),
+    Set(&'a SetEntry),
+    Timer(&'a TimerEntry),
+}
+
+impl Value<'_> {
+    fn prom_type(&self) -> &'static str {
+        match self {
+            Value::Counter(_) => "counter",
+            Value::Gauge(_) | Value::Set(_) => "gauge",
+            Value::Timer(_) => "summary",
+        }
+    }
+    fn help(&self) -> &'static str {
+        match self {
+            Value::Counter(_) => "StatsD counter (sum since start).",
+            Value::Gauge(_) => "StatsD gauge.",
+            Value::Set(_) => "StatsD set: distinct members in the last flush interval.",
+            Value::Timer(_) => "StatsD timer: quantiles of the last flush interval.",
+        }
+    }
+}
+
+/// One series: its family name (a range of the shared name arena), key and value.
+struct Row<'a> {
+    name: Range<usize>,
+    key: &'a [u8],
+    value: Value<'a>,
+}
 
 /// Renders `store` to `out`; returns how many series were skipped for name collisions.
+///
+/// Built for a million series: family names go into one shared arena, rows are sorted so each
+/// family is contiguous, and samples are written straight into `out`.
 pub fn render(store: &Store, out: &mut String) -> usize {
-    let mut families: BTreeMap<String, Family> = BTreeMap::new();
-    let mut skipped = 0;
-    let mut add = |name: String, kind: &'static str, help: &'static str, sample: String| {
-        let family = families.entry(name).or_insert_with(|| Family { kind, help, samples: Vec::new() });
-        if family.kind == kind {
-            family.samples.push(sample);
-        } else {
-            skipped += 1;
-        }
+    let mut arena = String::new();
+    let mut rows: Vec<Row<'_>> = Vec::with_capacity(store.series());
+    let mut add = |key: &'_ [u8], suffix: &str, value| {
+        let start = arena.len();
+        push_metric_name(&mut arena, name_part(key));
+        arena.push_str(suffix);
+        (start..arena.len(), value)
     };
     for (key, c) in store.counters() {
-        let (name, labels) = split_key(key);
-        add(
-            format!("{name}_total"),
-            "counter",
-            "StatsD counter (sum since start).",
-            format!("{name}_total{labels} {}", fmt(c.total)),
-        );
+        let (name, value) = add(key, "_total", Value::Counter(c));
+        rows.push(Row { name, key, value });
     }
     for (key, g) in store.gauges() {
-        let (name, labels) = split_key(key);
-        add(name.clone(), "gauge", "StatsD gauge.", format!("{name}{labels} {}", fmt(g.value)));
+        let (name, value) = add(key, "", Value::Gauge(g));
+        rows.push(Row { name, key, value });
     }
     for (key, s) in store.sets() {
-        let (name, labels) = split_key(key);
-        add(
-            name.clone(),
-            "gauge",
-            "StatsD set: distinct members in the last flush interval.",
-            format!("{name}{labels} {}", s.last_size),
-        );
+        let (name, value) = add(key, "", Value::Set(s));
+        rows.push(Row { name, key, value });
     }
-    let percentiles = &store.config().percentiles;
     for (key, t) in store.timers() {
-        let (name, labels) = split_key(key);
-        let mut samples = String::new();
-        let mut seen = Vec::new();
-        for (pct, bound) in percentiles.iter().zip(&t.last_bounds) {
-            let q = if *pct > 0.0 { pct / 100.0 } else { 1.0 + pct / 100.0 };
-            if !(0.0..=1.0).contains(&q) || seen.contains(&q.to_bits()) {
-                continue;
-            }
-            seen.push(q.to_bits());
-            let value = bound.map_or_else(|| "NaN".to_string(), fmt);
-            let _ = writeln!(samples, "{name}{} {value}", with_label(&labels, "quantile", &fmt(q)));
-        }
-        let _ = writeln!(samples, "{name}_sum{labels} {}", fmt(t.total_sum));
-        let _ = write!(samples, "{name}_count{labels} {}", fmt(t.total_count));
-        add(name, "summary", "StatsD timer: quantiles of the last flush interval.", samples);
+        let (name, value) = add(key, "", Value::Timer(t));
+        rows.push(Row { name, key, value });
     }
-    for (name, family) in families {
-        let _ = writeln!(out, "# HELP {name} {}", family.help);
-        let _ = writeln!(out, "# TYPE {name} {}", family.kind);
-        for s in family.samples {
-            out.push_str(&s);
-            out.push('\n');
+    rows.sort_unstable_by(|a, b| arena[a.name.clone()].cmp(&arena[b.name.clone()]).then_with(|| a.key.cmp(b.key)));
+
+    let percentiles = &store.config().percentiles;
+    let mut skipped = 0;
+    let mut family: Option<(&str, &'static str)> = None;
+    let mut labels = String::new();
+    for row in &rows {
+        let name = &arena[row.name.clone()];
+        let kind = row.value.prom_type();
+        match family {
+            Some((f, k)) if f == name => {
+                if k != kind {
+                    skipped += 1;
+                    continue;
+                }
+            }
+            _ => {
+                let _ = writeln!(out, "# HELP {name} {}", row.value.help());
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                family = Some((name, kind));
+            }
+        }
+        labels.clear();
+        write_labels(&mut labels, row.key);
+        match row.value {
+            Value::Counter(c) => sample(out, name, "", &labels, None, c.total),
+            Value::Gauge(g) => sample(out, name, "", &labels, None, g.value),
+            Value::Set(s) => sample(out, name, "", &labels, None, s.last_size as f64),
+            Value::Timer(t) => {
+                let mut seen: Vec<u64> = Vec::new();
+                for (pct, bound) in percentiles.iter().zip(&t.last_bounds) {
+                    let q = if *pct > 0.0 { pct / 100.0 } else { 1.0 + pct / 100.0 };
+                    if !(0.0..=1.0).contains(&q) || seen.contains(&q.to_bits()) {
+                        continue;
+                    }
+                    seen.push(q.to_bits());
+                    sample(out, name, "", &labels, Some(q), bound.unwrap_or(f64::NAN));
+                }
+                sample(out, name, "_sum", &labels, None, t.total_sum);
+                sample(out, name, "_count", &labels, None, t.total_count);
+            }
         }
     }
     skipped
 }
 
-struct Family {
-    kind: &'static str,
-    help: &'static str,
-    samples: Vec<String>,
+/// One sample line; `labels` is the inside of the braces (may be empty).
+fn sample(out: &mut String, name: &str, suffix: &str, labels: &str, quantile: Option<f64>, value: f64) {
+    out.push_str(name);
+    out.push_str(suffix);
+    if !labels.is_empty() || quantile.is_some() {
+        out.push('{');
+        out.push_str(labels);
+        if let Some(q) = quantile {
+            if !labels.is_empty() {
+                out.push(',');
+            }
+            let _ = write!(out, "quantile=\"{}\"", fmt(q));
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    out.push_str(&fmt(value));
+    out.push('\n');
 }
 
 fn fmt(v: f64) -> String {
@@ -91,60 +151,63 @@ fn fmt(v: f64) -> String {
     }
 }
 
-/// A metric name from the key's name part, and the `{...}` label set from its tags.
-fn split_key(key: &[u8]) -> (String, String) {
-    let text = String::from_utf8_lossy(key);
-    let mut parts = text.split(';');
-    let name = metric_name(parts.next().unwrap_or_default());
-    let mut labels: Vec<(String, String)> = Vec::new();
-    for tag in parts {
-        let (k, v) = tag.split_once('=').unwrap_or((tag, ""));
-        let k = label_name(k);
-        if v.is_empty() || k == "quantile" || labels.iter().any(|(have, _)| *have == k) {
+/// The name part of a key (before the first `;`).
+fn name_part(key: &[u8]) -> &[u8] {
+    match key.iter().position(|b| *b == b';') {
+        Some(i) => &key[..i],
+        None => key,
+    }
+}
+
+/// `[a-zA-Z_:][a-zA-Z0-9_:]*`: other characters become `_`; a leading digit gets a `_` before it.
+fn push_metric_name(out: &mut String, name: &[u8]) {
+    if name.first().is_none_or(u8::is_ascii_digit) {
+        out.push('_');
+    }
+    out.extend(name.iter().map(|&b| if b.is_ascii_alphanumeric() || b == b'_' || b == b':' { b as char } else { '_' }));
+}
+
+/// The key's tags (`;k=v`) as `k="v",...`: names sanitised, valueless tags and repeated names
+/// (and `quantile`, which summaries own) dropped.
+fn write_labels(out: &mut String, key: &[u8]) {
+    let mut tags = key.split(|b| *b == b';');
+    tags.next();
+    let mut names: Vec<Range<usize>> = Vec::new();
+    for tag in tags {
+        let (k, v) = match tag.iter().position(|b| *b == b'=') {
+            Some(i) => (&tag[..i], &tag[i + 1..]),
+            None => continue,
+        };
+        if v.is_empty() {
             continue;
         }
-        labels.push((k, v.to_string()));
-    }
-    let mut set = String::new();
-    if !labels.is_empty() {
-        set.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                set.push(',');
-            }
-            let _ = write!(set, "{k}=\"{}\"", escape(v));
+        let mark = out.len();
+        if !out.is_empty() {
+            out.push(',');
         }
-        set.push('}');
+        let start = out.len();
+        if k.first().is_none_or(|b| b.is_ascii_digit()) || k.starts_with(b"__") {
+            out.push('l');
+        }
+        out.extend(k.iter().map(|&b| if b.is_ascii_alphanumeric() || b == b'_' { b as char } else { '_' }));
+        let end = out.len();
+        let label = &out[start..end];
+        if label == "quantile" || names.iter().any(|r| &out[r.clone()] == label) {
+            out.truncate(mark);
+            continue;
+        }
+        names.push(start..end);
+        out.push_str("=\"");
+        for c in String::from_utf8_lossy(v).chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
     }
-    (name, set)
-}
-
-fn with_label(labels: &str, k: &str, v: &str) -> String {
-    match labels.strip_suffix('}') {
-        Some(open) => format!("{open},{k}=\"{v}\"}}"),
-        None => format!("{{{k}=\"{v}\"}}"),
-    }
-}
-
-fn metric_name(s: &str) -> String {
-    let mut out: String =
-        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }).collect();
-    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
-        out.insert(0, '_');
-    }
-    out
-}
-
-fn label_name(s: &str) -> String {
-    let mut out: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
-    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) || out.starts_with("__") {
-        out.insert(0, 'l');
-    }
-    out
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]

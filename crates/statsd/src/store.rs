@@ -156,18 +156,30 @@ pub struct FlushView<'a> {
     pub timestamp: i64,
     /// Flush interval in seconds (the divisor of rates).
     pub interval_secs: f64,
-    /// Counters: key, value this interval.
-    pub counters: Vec<(&'a [u8], f64)>,
+    counters: &'a Map<CounterEntry>,
     /// Timers: key and their statistics, Etsy names (`histogram.bin_X` for histogram bins).
     pub timers: Vec<(&'a [u8], TimerStats<'a>)>,
-    /// Gauges: key, value.
-    pub gauges: Vec<(&'a [u8], f64)>,
-    /// Sets: key, distinct members.
-    pub sets: Vec<(&'a [u8], usize)>,
+    gauges: &'a Map<GaugeEntry>,
+    sets: &'a Map<SetEntry>,
     /// Etsy's `numStats`: counters + timers + gauges + sets.
     pub num_stats: usize,
     /// Etsy's `processing_time` (ms spent computing).
     pub processing_time_ms: u64,
+}
+
+impl<'a> FlushView<'a> {
+    /// Counters: key, value this interval.
+    pub fn counters(&self) -> impl ExactSizeIterator<Item = (&'a [u8], f64)> + 'a {
+        self.counters.iter().map(|(k, c)| (&k[..], c.value))
+    }
+    /// Gauges: key, value.
+    pub fn gauges(&self) -> impl ExactSizeIterator<Item = (&'a [u8], f64)> + 'a {
+        self.gauges.iter().map(|(k, g)| (&k[..], g.value))
+    }
+    /// Sets: key, distinct members.
+    pub fn sets(&self) -> impl ExactSizeIterator<Item = (&'a [u8], usize)> + 'a {
+        self.sets.iter().map(|(k, s)| (&k[..], s.members.len()))
+    }
 }
 
 impl Store {
@@ -370,9 +382,9 @@ impl Store {
         let view = FlushView {
             timestamp,
             interval_secs,
-            counters: self.counters.iter().map(|(k, c)| (&k[..], c.value)).collect(),
-            gauges: self.gauges.iter().map(|(k, g)| (&k[..], g.value)).collect(),
-            sets: self.sets.iter().map(|(k, s)| (&k[..], s.members.len())).collect(),
+            counters: &self.counters,
+            gauges: &self.gauges,
+            sets: &self.sets,
             num_stats: self.series(),
             processing_time_ms: started.elapsed().as_millis() as u64,
             timers,

@@ -19,19 +19,19 @@ fn flush(store: &mut Store, ts: i64) -> BTreeMap<String, f64> {
     store.flush(ts, |v| {
         let mut out = BTreeMap::new();
         let s = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
-        for (k, val) in &v.counters {
-            out.insert(format!("c:{}", s(k)), *val);
+        for (k, val) in v.counters() {
+            out.insert(format!("c:{}", s(k)), val);
         }
         for (k, stats) in &v.timers {
             for (name, val) in stats {
                 out.insert(format!("t:{}.{name}", s(k)), *val);
             }
         }
-        for (k, val) in &v.gauges {
-            out.insert(format!("g:{}", s(k)), *val);
+        for (k, val) in v.gauges() {
+            out.insert(format!("g:{}", s(k)), val);
         }
-        for (k, n) in &v.sets {
-            out.insert(format!("s:{}", s(k)), *n as f64);
+        for (k, n) in v.sets() {
+            out.insert(format!("s:{}", s(k)), n as f64);
         }
         out.insert("numStats".into(), v.num_stats as f64);
         out

@@ -41,11 +41,24 @@ enum Command {
         /// Distinct counter names.
         #[arg(long, default_value_t = 1000)]
         cardinality: usize,
-        /// Source addresses (127.0.0.2, .3, ...).
+        /// Sender threads, each from its own source address (127.0.0.2, .3, ...).
         #[arg(long, default_value_t = 1)]
         sources: usize,
         /// Seconds to send.
         #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// Parse and aggregate prebuilt datagrams in this process, on one core: floodgate's
+    /// processing capacity without the kernel or a sender in the way.
+    Parse {
+        /// Lines per datagram.
+        #[arg(long, default_value_t = 20)]
+        lines: usize,
+        /// Distinct counter names.
+        #[arg(long, default_value_t = 1000)]
+        cardinality: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 3.0)]
         duration: f64,
     },
     /// Run the benchmark suite and print the table for BENCHMARKS.md.
@@ -80,6 +93,11 @@ fn main() {
                 stats.elapsed.as_secs_f64(),
                 stats.lines as f64 / stats.elapsed.as_secs_f64()
             );
+        }
+        Command::Parse { lines, cardinality, duration } => {
+            let load = sender::Load { rate: 0, lines, cardinality, sources: 1, prefix: "load".into() };
+            let rate = targets::parse_capacity(&load, Duration::from_secs_f64(duration));
+            println!("{{\"lines_per_datagram\": {lines}, \"lines_per_second_one_core\": {rate:.0}}}");
         }
         Command::Bench { floodgate, etsy, duration, only, lines } => {
             targets::bench(&targets::BenchOptions {

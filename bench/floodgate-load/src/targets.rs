@@ -411,3 +411,20 @@ fn cpu(opts: &BenchOptions) {
     println!("|---|---|");
     println!("| {idle:.2}% | {busy:.2}% |");
 }
+
+/// Lines per second one thread parses and aggregates from memory (the receive thread's work
+/// minus the syscall).
+pub fn parse_capacity(load: &Load, duration: Duration) -> f64 {
+    use floodgate_statsd::{Parser, Shard};
+    let pool = sender::pool(load);
+    let mut parser = Parser::new(true);
+    let mut shard = Shard::new(10_000_000);
+    let start = Instant::now();
+    let mut lines = 0u64;
+    while start.elapsed() < duration {
+        for d in &pool {
+            lines += parser.parse_packet(d, &mut shard).lines;
+        }
+    }
+    lines as f64 / start.elapsed().as_secs_f64()
+}

@@ -81,7 +81,11 @@ pub fn utf8_len(lead: u8) -> usize {
 /// Accepts surrounding white space, an empty string (0), `0x`/`0o`/`0b` integers, signed
 /// decimals with optional fraction and exponent, and `Infinity`.
 pub fn parse_js_number(s: &[u8]) -> Option<f64> {
-    // Fast path: plain decimal, the overwhelmingly common case.
+    // Fastest path: a small non-negative integer, the overwhelmingly common value.
+    if !s.is_empty() && s.len() <= 15 && s.iter().all(u8::is_ascii_digit) {
+        return Some(s.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0')) as f64);
+    }
+    // Fast path: plain decimal.
     let s = if s.first().is_some_and(|b| b.is_ascii_digit() || *b == b'-' || *b == b'.')
         && s.last().is_some_and(u8::is_ascii_digit)
     {

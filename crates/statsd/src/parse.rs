@@ -78,14 +78,21 @@ impl Parser {
     /// Parses every `\n`-separated line of a packet.
     pub fn parse_packet<S: MetricSink>(&mut self, packet: &[u8], sink: &mut S) -> PacketCounts {
         let mut counts = PacketCounts::default();
-        for line in packet.split(|b| *b == b'\n') {
-            if line.is_empty() {
-                continue;
+        let mut rest = packet;
+        loop {
+            let (line, next) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                None => (rest, None),
+            };
+            if !line.is_empty() {
+                counts.lines += 1;
+                counts.bad += self.parse_line(line, sink);
             }
-            counts.lines += 1;
-            counts.bad += self.parse_line(line, sink);
+            match next {
+                Some(n) => rest = n,
+                None => return counts,
+            }
         }
-        counts
     }
 
     /// Parses one line; returns how many of its values were bad.
@@ -145,7 +152,15 @@ impl Parser {
 
 /// Position of the two-byte sequence `a b`.
 fn find2(s: &[u8], a: u8, b: u8) -> Option<usize> {
-    s.windows(2).position(|w| w[0] == a && w[1] == b)
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(a, &s[from..]) {
+        let at = from + i;
+        if s.get(at + 1) == Some(&b) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 fn cut_at(s: &[u8], sep: u8) -> &[u8] {
@@ -168,8 +183,21 @@ fn push_tag(out: &mut Vec<u8>, tag: &[u8]) {
     }
 }
 
+/// `[a-zA-Z0-9_\-.;=]`, as a table: checked for every byte of every key.
+const ALLOWED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b';' | b'=');
+        b += 1;
+    }
+    t
+};
+
+#[inline]
 fn is_allowed(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b';' | b'=')
+    ALLOWED[b as usize]
 }
 
 /// True when sanitising would not change the key.

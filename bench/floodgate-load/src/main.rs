@@ -72,8 +72,8 @@ enum Command {
         /// Seconds per trial.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
-        /// Which parts: sink, floodgate, etsy, memory, cpu.
-        #[arg(long, value_delimiter = ',', default_value = "sink,floodgate,etsy,memory,cpu")]
+        /// Which parts: sink, floodgate, etsy, headroom (two senders), memory, cpu.
+        #[arg(long, value_delimiter = ',', default_value = "sink,floodgate,etsy,headroom,memory,cpu")]
         only: Vec<String>,
         /// Lines per datagram to measure.
         #[arg(long, value_delimiter = ',', default_value = "1,20")]

@@ -169,8 +169,8 @@ fn settle(carbon: &CarbonStandIn, want: f64, quiet: Duration) {
     }
 }
 
-fn trial(opts: &BenchOptions, target: Target, lines: usize, rate: u64) -> Trial {
-    let load = Load { rate, lines, cardinality: CARDINALITY, sources: 1, prefix: "load".into() };
+fn trial(opts: &BenchOptions, target: Target, lines: usize, senders: usize, rate: u64) -> Trial {
+    let load = Load { rate, lines, cardinality: CARDINALITY, sources: senders, prefix: "load".into() };
     let label = format!(
         "{} {} line(s)/datagram, rate {}",
         target.name(),
@@ -213,8 +213,8 @@ fn trial(opts: &BenchOptions, target: Target, lines: usize, rate: u64) -> Trial 
 }
 
 /// Highest rate with loss under 0.1%: at full speed first, then a bisection below it.
-fn sustained(opts: &BenchOptions, target: Target, lines: usize) -> (f64, Trial) {
-    let max = trial(opts, target, lines, 0);
+fn sustained(opts: &BenchOptions, target: Target, lines: usize, senders: usize) -> (f64, Trial) {
+    let max = trial(opts, target, lines, senders, 0);
     println!("    {} at full speed: {:.0} lines/s offered, loss {:.3}%", target.name(), max.rate(), max.loss() * 100.0);
     if max.loss() < MAX_LOSS {
         return (max.rate(), max);
@@ -224,7 +224,7 @@ fn sustained(opts: &BenchOptions, target: Target, lines: usize) -> (f64, Trial) 
     let mut best_rate = 0.0;
     for _ in 0..6 {
         let mid = (lo + hi) / 2.0;
-        let t = trial(opts, target, lines, mid as u64);
+        let t = trial(opts, target, lines, senders, mid as u64);
         println!("    {} at {:.0} lines/s: loss {:.3}%", target.name(), t.rate(), t.loss() * 100.0);
         if t.loss() < MAX_LOSS {
             lo = mid;
@@ -257,7 +257,7 @@ pub fn bench(opts: &BenchOptions) {
             if !want(key) {
                 continue;
             }
-            let (rate, t) = sustained(opts, target, lines);
+            let (rate, t) = sustained(opts, target, lines, 1);
             results.push((target, rate, t));
         }
         let find = |t: Target| results.iter().find(|r| r.0 == t).map(|r| r.1);
@@ -287,6 +287,9 @@ pub fn bench(opts: &BenchOptions) {
         for r in &rows {
             println!("{r}");
         }
+    }
+    if want("headroom") {
+        headroom(opts);
     }
     if want("memory") {
         memory(opts);
@@ -334,6 +337,21 @@ fn metric_sum(port: u16, name: &str, parts: &[&str]) -> f64 {
 
 fn metric(port: u16, name: &str) -> f64 {
     metric_sum(port, &format!("{name} "), &[])
+}
+
+/// 20 lines per datagram from two sender threads: what floodgate sustains once one sender
+/// thread is no longer the limit (the two senders and floodgate share the two cores).
+fn headroom(opts: &BenchOptions) {
+    println!("\n## 20 lines/datagram, two sender threads (sources 127.0.0.2 and .3)");
+    println!("| target | sustained lines/s (< 0.1% loss) | loss at that rate | target CPU (of one core) |");
+    println!("|---|---|---|---|");
+    for target in [Target::Sink, Target::Floodgate] {
+        let (rate, t) = sustained(opts, target, 20, 2);
+        let cpu = t.cpu_cores.map(|c| format!("{:.0}%", c * 100.0)).unwrap_or_default();
+        println!("| {} | {rate:.0} | {:.3}% | {cpu} |", target.name(), t.loss() * 100.0);
+    }
+    let capacity = parse_capacity(&Load { rate: 0, lines: 20, cardinality: CARDINALITY, sources: 1, prefix: "load".into() }, Duration::from_secs(3));
+    println!("\nParse + aggregate in memory, one core, 20-line datagrams: {capacity:.0} lines/s");
 }
 
 /// 1M distinct counters: peak RSS, flush duration, and no loss of a steady stream meanwhile.

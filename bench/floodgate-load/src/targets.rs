@@ -350,7 +350,10 @@ fn headroom(opts: &BenchOptions) {
         let cpu = t.cpu_cores.map(|c| format!("{:.0}%", c * 100.0)).unwrap_or_default();
         println!("| {} | {rate:.0} | {:.3}% | {cpu} |", target.name(), t.loss() * 100.0);
     }
-    let capacity = parse_capacity(&Load { rate: 0, lines: 20, cardinality: CARDINALITY, sources: 1, prefix: "load".into() }, Duration::from_secs(3));
+    let capacity = parse_capacity(
+        &Load { rate: 0, lines: 20, cardinality: CARDINALITY, sources: 1, prefix: "load".into() },
+        Duration::from_secs(3),
+    );
     println!("\nParse + aggregate in memory, one core, 20-line datagrams: {capacity:.0} lines/s");
 }
 

@@ -28,6 +28,9 @@ pub struct Floodgate {
     pub http: u16,
     pub dir: tempfile::TempDir,
     pub stderr_path: PathBuf,
+    /// One sending socket: a fixed source keeps every datagram on the same receive thread,
+    /// in order (the kernel spreads sources over the `SO_REUSEPORT` sockets).
+    sender: UdpSocket,
 }
 
 impl Floodgate {
@@ -51,7 +54,8 @@ impl Floodgate {
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
             .expect("start floodgate");
-        let mut fg = Floodgate { child, statsd, admin, http, dir, stderr_path };
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut fg = Floodgate { child, statsd, admin, http, dir, stderr_path, sender };
         fg.wait_ready();
         fg
     }
@@ -79,10 +83,9 @@ impl Floodgate {
         SocketAddr::from(([127, 0, 0, 1], self.statsd))
     }
 
-    /// Sends one datagram from a fresh socket.
+    /// Sends one datagram (always from the same socket, so datagrams stay in order).
     pub fn send_udp(&self, data: &[u8]) {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.send_to(data, self.udp_addr()).unwrap();
+        self.sender.send_to(data, self.udp_addr()).unwrap();
     }
 
     /// Runs console commands, returns everything the console wrote back.

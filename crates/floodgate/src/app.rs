@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use floodgate_statsd::graphite::{GraphiteNaming, GraphiteStats, Protocol};
+use floodgate_statsd::graphite::GraphiteStats;
 use floodgate_statsd::{Shard, Store};
 use parking_lot::{Mutex, RwLock};
 use tokio::signal::unix::{signal, SignalKind};
@@ -22,35 +22,12 @@ use crate::sources::statsd::SharedShard;
 use crate::sys::UdpReceiver;
 use crate::telemetry::{Listener, ListenerCounters, Telemetry};
 
-/// Settings the flusher reads at every flush (replaced on reload).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Flush interval.
-    pub flush_interval: Duration,
-    /// Graphite names.
-    pub naming: GraphiteNaming,
-    /// Graphite wire format.
-    pub protocol: Protocol,
-}
-
-impl Settings {
-    fn from_config(c: &Config) -> Settings {
-        Settings {
-            flush_interval: c.statsd.flush_interval,
-            naming: c.graphite_naming(),
-            protocol: c.graphite_protocol(),
-        }
-    }
-}
-
 /// State shared by every part of the running agent.
 pub struct Shared {
     /// The configuration in force.
     pub config: RwLock<Config>,
     /// Where it came from (reloaded on SIGHUP).
     pub config_path: Option<PathBuf>,
-    /// Flush settings.
-    pub settings: RwLock<Settings>,
     /// Aggregated StatsD state.
     pub store: Mutex<Store>,
     /// Every receive shard (UDP threads, TCP listeners).
@@ -75,7 +52,6 @@ impl Shared {
     fn new(config: Config, config_path: Option<PathBuf>) -> Shared {
         let started_unix = unix_now();
         Shared {
-            settings: RwLock::new(Settings::from_config(&config)),
             store: Mutex::new(Store::new(config.aggregation())),
             shards: Mutex::new(Vec::new()),
             telemetry: Arc::new(Telemetry::default()),
@@ -295,7 +271,6 @@ fn reload(shared: &Shared) {
     for shard in shared.shards.lock().iter() {
         shard.lock().set_max_series(new.statsd.max_series);
     }
-    *shared.settings.write() = Settings::from_config(&new);
     *shared.config.write() = new;
     tracing::info!(path = %path.display(), "SIGHUP: config reloaded");
 }

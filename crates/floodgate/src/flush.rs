@@ -29,13 +29,15 @@ pub fn merge_shards(shared: &Shared, store: &mut floodgate_statsd::Store) {
 /// One flush at `timestamp`.
 pub fn flush_once(shared: &Shared, graphite_tx: Option<&UnboundedSender<Payload>>, timestamp: i64) {
     let started = Instant::now();
-    let settings = shared.settings.read().clone();
+    let (naming, protocol) = {
+        let config = shared.config.read();
+        (config.graphite_naming(), config.graphite_protocol())
+    };
     let gstats = *shared.graphite_stats.lock();
     let mut store = shared.store.lock();
     merge_shards(shared, &mut store);
-    let payload = store.flush(timestamp, |view| {
-        graphite_tx.map(|_| graphite::render(view, &settings.naming, settings.protocol, &gstats))
-    });
+    let payload =
+        store.flush(timestamp, |view| graphite_tx.map(|_| graphite::render(view, &naming, protocol, &gstats)));
     if let Some(known) = store.known_series() {
         for shard in shared.shards.lock().iter() {
             shard.lock().set_known(known.clone());
@@ -46,7 +48,7 @@ pub fn flush_once(shared: &Shared, graphite_tx: Option<&UnboundedSender<Payload>
     t.dropped_max_series.store(store.dropped_max_series, Relaxed);
     drop(store);
     if let (Some(tx), Some(bytes)) = (graphite_tx, payload) {
-        let metrics = graphite::count_metrics(&bytes, settings.protocol);
+        let metrics = graphite::count_metrics(&bytes, protocol);
         let _ = tx.send(Payload { bytes, metrics });
     }
     t.flushes.fetch_add(1, Relaxed);
@@ -58,7 +60,7 @@ pub fn run(shared: std::sync::Arc<Shared>, graphite_tx: Option<UnboundedSender<P
     let start = Instant::now();
     let mut k: u32 = 1;
     loop {
-        let interval = shared.settings.read().flush_interval;
+        let interval = shared.config.read().statsd.flush_interval;
         let deadline = start + interval * k;
         let wait = deadline.saturating_duration_since(Instant::now());
         match stop.recv_timeout(wait) {

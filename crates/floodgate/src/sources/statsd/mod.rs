@@ -16,10 +16,10 @@ use crate::telemetry::ListenerCounters;
 /// and the flusher, which swaps it out once per interval.
 pub type SharedShard = Arc<Mutex<Shard>>;
 
-/// Parses a block of complete lines into the shard and counts it as one packet.
+/// Parses a block of complete lines into the shard, counting lines and bad values (the
+/// caller counts packets: a datagram, or a TCP read).
 pub fn ingest(parser: &mut Parser, shard: &mut Shard, data: &[u8], counters: &ListenerCounters) -> PacketCounts {
     let counts = parser.parse_packet(data, shard);
-    shard.packets += 1;
     shard.lines += counts.lines;
     shard.bad_lines += counts.bad;
     ListenerCounters::add(&counters.lines, counts.lines);

@@ -118,6 +118,7 @@ fn consume(parser: &mut Parser, block: &[u8], opts: &TcpOptions) {
     let max = opts.max_line_length;
     let mut shard = opts.shard.lock();
     shard.clock = clock(opts.epoch);
+    shard.packets += 1;
     if block.len() <= max || block.split(|b| *b == b'\n').all(|l| l.len() <= max) {
         ingest(parser, &mut shard, block, &opts.counters);
     } else {
@@ -126,10 +127,8 @@ fn consume(parser: &mut Parser, block: &[u8], opts: &TcpOptions) {
                 opts.counters.oversize.fetch_add(1, Relaxed);
             } else if !line.is_empty() {
                 ingest(parser, &mut shard, line, &opts.counters);
-                shard.packets -= 1; // one read is one packet, counted below
             }
         }
-        shard.packets += 1;
     }
     drop(shard);
     opts.counters.packets.fetch_add(1, Relaxed);

@@ -83,6 +83,7 @@ impl UdpWorker {
             let mut oversize = 0;
             let mut shard = self.shard.lock();
             shard.clock = clock(self.epoch);
+            shard.packets += n as u64;
             for i in 0..n {
                 let (data, truncated) = batch.datagram(i);
                 bytes += data.len() as u64;

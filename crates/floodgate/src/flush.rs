@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use floodgate_statsd::graphite;
 use tokio::sync::mpsc::UnboundedSender;
@@ -58,23 +58,43 @@ pub fn flush_once(shared: &Shared, graphite_tx: Option<&UnboundedSender<Payload>
 /// Runs flushes until `stop` fires (or its sender is dropped), then flushes once more.
 pub fn run(shared: std::sync::Arc<Shared>, graphite_tx: Option<UnboundedSender<Payload>>, stop: Receiver<()>) {
     let start = Instant::now();
-    let mut k: u32 = 1;
     loop {
         let interval = shared.config.read().statsd.flush_interval;
-        let deadline = start + interval * k;
-        let wait = deadline.saturating_duration_since(Instant::now());
+        let wait = next_flush_in(start.elapsed(), interval);
         match stop.recv_timeout(wait) {
-            Err(RecvTimeoutError::Timeout) => {
-                flush_once(&shared, graphite_tx.as_ref(), unix_now());
-                // If a flush overran whole intervals, skip them rather than flush back to back.
-                let elapsed = start.elapsed();
-                k = (elapsed.as_nanos() / interval.as_nanos().max(1)) as u32 + 1;
-            }
+            Err(RecvTimeoutError::Timeout) => flush_once(&shared, graphite_tx.as_ref(), unix_now()),
             Ok(()) | Err(RecvTimeoutError::Disconnected) => {
                 flush_once(&shared, graphite_tx.as_ref(), unix_now());
                 tracing::info!("final flush done");
                 return;
             }
         }
+    }
+}
+
+/// Time from `elapsed` (since start) to the next flush at start + k × interval: flushes keep
+/// to that grid however long each takes (no drift), and a flush that overran whole intervals
+/// skips them rather than running back to back.
+pub fn next_flush_in(elapsed: Duration, interval: Duration) -> Duration {
+    let interval_ns = interval.as_nanos().max(1);
+    let k = elapsed.as_nanos() / interval_ns + 1;
+    let next = Duration::from_nanos((k * interval_ns).min(u64::MAX as u128) as u64);
+    next.saturating_sub(elapsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flushes_keep_to_the_grid() {
+        let s = Duration::from_secs(10);
+        assert_eq!(next_flush_in(Duration::ZERO, s), s);
+        // A flush that started at 10 s and took 300 ms waits 9.7 s, not 10 s.
+        assert_eq!(next_flush_in(Duration::from_millis(10_300), s), Duration::from_millis(9_700));
+        // One that overran to 25 s skips the 20 s slot and waits for 30 s.
+        assert_eq!(next_flush_in(Duration::from_secs(25), s), Duration::from_secs(5));
+        // Exactly on a tick: the next one.
+        assert_eq!(next_flush_in(Duration::from_secs(20), s), s);
     }
 }

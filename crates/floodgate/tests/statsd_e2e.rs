@@ -371,3 +371,33 @@ fn json_logs_on_request() {
     }
     assert!(text.contains("receive_buffer"), "granted receive buffer reported at start: {text}");
 }
+
+#[test]
+fn sighup_reloads_settings_keeps_data_and_refuses_a_bad_file() {
+    let carbon = Capture::start();
+    let graphite = graphite_section(carbon.port, "");
+    let mut fg = Floodgate::start("flush_interval = \"1h\"\npercentiles = [90]", &graphite);
+    fg.send_udp(b"reload.kept:3|c\nreload.t:1|ms\nreload.t:2|ms\nreload.t:3|ms\nreload.t:4|ms");
+    fg.wait_counter("reload.kept", "3");
+    fg.reload("flush_interval = \"1h\"\npercentiles = [50]", &graphite);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !fg.admin("config\n").contains("percentiles = [50.0]") {
+        assert!(std::time::Instant::now() < deadline, "reload not applied: {}", fg.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A broken file is refused; the running config stays and floodgate keeps serving.
+    fg.reload("flush_interval = \"1h\"\npercentiles = [50]\nno_such_key = 1", &graphite);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !fg.stderr().contains("config refused") {
+        assert!(std::time::Instant::now() < deadline, "bad reload not reported: {}", fg.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(fg.admin("config\n").contains("percentiles = [50.0]"));
+    fg.send_udp(b"reload.kept:4|c");
+    fg.wait_counter("reload.kept", "7");
+    assert_eq!(fg.terminate(), Some(0));
+    let payload = carbon.next(WAIT).expect("the flush");
+    assert!(has(&payload, "stats_counts.reload.kept", "7"), "{}", String::from_utf8_lossy(&payload));
+    assert!(has(&payload, "stats.timers.reload.t.upper_50", "2"));
+    assert!(!String::from_utf8_lossy(&payload).contains("upper_90"));
+}

@@ -20,6 +20,13 @@ pub fn free_port() -> u16 {
     }
 }
 
+fn config_text(statsd: u16, admin: u16, http: u16, statsd_extra: &str, sections: &str) -> String {
+    format!(
+        "[statsd]\nudp = [\"127.0.0.1:{statsd}\"]\ntcp = [\"127.0.0.1:{statsd}\"]\n{statsd_extra}\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n{sections}\n"
+    )
+}
+
 /// A running floodgate.
 pub struct Floodgate {
     pub child: Child,
@@ -40,12 +47,8 @@ impl Floodgate {
     pub fn start(statsd_extra: &str, sections: &str) -> Floodgate {
         let (statsd, admin, http) = (free_port(), free_port(), free_port());
         let dir = tempfile::tempdir().unwrap();
-        let config = format!(
-            "[statsd]\nudp = [\"127.0.0.1:{statsd}\"]\ntcp = [\"127.0.0.1:{statsd}\"]\n{statsd_extra}\n\n\
-             [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n{sections}\n"
-        );
         let path = dir.path().join("floodgate.toml");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, config_text(statsd, admin, http, statsd_extra, sections)).unwrap();
         let stderr_path = dir.path().join("stderr.log");
         let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
             .arg("--config")
@@ -58,6 +61,13 @@ impl Floodgate {
         let mut fg = Floodgate { child, statsd, admin, http, dir, stderr_path, sender };
         fg.wait_ready();
         fg
+    }
+
+    /// Rewrites the config file (same ports) and sends SIGHUP.
+    pub fn reload(&self, statsd_extra: &str, sections: &str) {
+        let text = config_text(self.statsd, self.admin, self.http, statsd_extra, sections);
+        std::fs::write(self.dir.path().join("floodgate.toml"), text).unwrap();
+        Command::new("kill").arg("-HUP").arg(self.child.id().to_string()).status().unwrap();
     }
 
     /// Polls `/healthz` until it answers 200 (the readiness signal), or panics with the log.

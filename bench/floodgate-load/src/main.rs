@@ -38,12 +38,18 @@ enum Command {
         /// Lines per datagram.
         #[arg(long, default_value_t = 20)]
         lines: usize,
-        /// Distinct counter names.
+        /// Distinct names per type.
         #[arg(long, default_value_t = 1000)]
         cardinality: usize,
-        /// Sender threads, each from its own source address (127.0.0.2, .3, ...).
+        /// Sender threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Source addresses 127.0.0.2, .3, ... (spread over the threads, one per batch in turn).
         #[arg(long, default_value_t = 1)]
         sources: usize,
+        /// Type mix by weight: c (counters), ms (timers), g (gauges), s (sets).
+        #[arg(long, default_value = "c=1")]
+        mix: sender::Mix,
         /// Seconds to send.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
@@ -83,19 +89,20 @@ enum Command {
 
 fn main() {
     match Cli::parse().command {
-        Command::Send { target, rate, lines, cardinality, sources, duration } => {
-            let load = sender::Load { rate, lines, cardinality, sources, prefix: "load".into() };
+        Command::Send { target, rate, lines, cardinality, threads, sources, mix, duration } => {
+            let load = sender::Load { rate, lines, cardinality, threads, sources, prefix: "load".into(), mix };
             let stats = sender::send(target, &load, Duration::from_secs_f64(duration), "send");
             println!(
-                "{{\"lines\": {}, \"datagrams\": {}, \"seconds\": {:.3}, \"lines_per_second\": {:.0}}}",
+                "{{\"lines\": {}, \"counter_increments\": {}, \"datagrams\": {}, \"seconds\": {:.3}, \"lines_per_second\": {:.0}}}",
                 stats.lines,
+                stats.counters,
                 stats.datagrams,
                 stats.elapsed.as_secs_f64(),
                 stats.lines as f64 / stats.elapsed.as_secs_f64()
             );
         }
         Command::Parse { lines, cardinality, duration } => {
-            let load = sender::Load { rate: 0, lines, cardinality, sources: 1, prefix: "load".into() };
+            let load = sender::Load::counters(0, lines, cardinality, 1, "load");
             let rate = targets::parse_capacity(&load, Duration::from_secs_f64(duration));
             println!("{{\"lines_per_datagram\": {lines}, \"lines_per_second_one_core\": {rate:.0}}}");
         }

@@ -52,10 +52,10 @@ struct Trial {
 
 impl Trial {
     fn loss(&self) -> f64 {
-        if self.sent.lines == 0 {
+        if self.sent.counters == 0 {
             return 1.0;
         }
-        1.0 - self.received_lines / self.sent.lines as f64
+        1.0 - self.received_lines / self.sent.counters as f64
     }
     fn rate(&self) -> f64 {
         self.sent.lines as f64 / self.sent.elapsed.as_secs_f64()
@@ -170,7 +170,7 @@ fn settle(carbon: &CarbonStandIn, want: f64, quiet: Duration) {
 }
 
 fn trial(opts: &BenchOptions, target: Target, lines: usize, senders: usize, rate: u64) -> Trial {
-    let load = Load { rate, lines, cardinality: CARDINALITY, sources: senders, prefix: "load".into() };
+    let load = Load::counters(rate, lines, CARDINALITY, senders, "load");
     let label = format!(
         "{} {} line(s)/datagram, rate {}",
         target.name(),
@@ -202,9 +202,9 @@ fn trial(opts: &BenchOptions, target: Target, lines: usize, senders: usize, rate
             if target == Target::Floodgate {
                 // SIGTERM flushes everything held and delivers it before exit.
                 terminate(&mut running);
-                settle(&carbon, sent.lines as f64, Duration::from_millis(500));
+                settle(&carbon, sent.counters as f64, Duration::from_millis(500));
             } else {
-                settle(&carbon, sent.lines as f64, Duration::from_millis(2500));
+                settle(&carbon, sent.counters as f64, Duration::from_millis(2500));
                 terminate(&mut running);
             }
             Trial { sent, received_lines: carbon.sum(), cpu_cores: Some(cpu_cores) }
@@ -350,10 +350,7 @@ fn headroom(opts: &BenchOptions) {
         let cpu = t.cpu_cores.map(|c| format!("{:.0}%", c * 100.0)).unwrap_or_default();
         println!("| {} | {rate:.0} | {:.3}% | {cpu} |", target.name(), t.loss() * 100.0);
     }
-    let capacity = parse_capacity(
-        &Load { rate: 0, lines: 20, cardinality: CARDINALITY, sources: 1, prefix: "load".into() },
-        Duration::from_secs(3),
-    );
+    let capacity = parse_capacity(&Load::counters(0, 20, CARDINALITY, 1, "load"), Duration::from_secs(3));
     println!("\nParse + aggregate in memory, one core, 20-line datagrams: {capacity:.0} lines/s");
 }
 
@@ -363,8 +360,8 @@ fn memory(opts: &BenchOptions) {
     let mut fg = start_floodgate(opts, carbon.port, "max_series = 2_000_000");
     let dest = SocketAddr::from(([127, 0, 0, 1], fg.port));
     let http = fg.http.unwrap_or(0);
-    let series = Load { rate: 500_000, lines: 20, cardinality: 1_000_000, sources: 1, prefix: "load.series".into() };
-    let steady = Load { rate: 50_000, lines: 20, cardinality: 100, sources: 1, prefix: "load.steady".into() };
+    let series = Load::counters(500_000, 20, 1_000_000, 1, "load.series");
+    let steady = Load::counters(50_000, 20, 100, 1, "load.steady");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s2 = stop.clone();
     let watcher = std::thread::spawn(move || {
@@ -393,7 +390,7 @@ fn memory(opts: &BenchOptions) {
     let scrape = scrape_started.elapsed();
     let rss_after_scrape = proc_status(fg.child.id(), "VmHWM:");
     terminate(&mut fg);
-    let want = (a.lines + b.lines) as f64;
+    let want = (a.counters + b.counters) as f64;
     settle(&carbon, want, Duration::from_millis(1000));
     let got = carbon.sum();
     println!("\n## 1M distinct counter series (floodgate)");
@@ -424,7 +421,7 @@ fn cpu(opts: &BenchOptions) {
     let idle = (cpu_ticks(pid) - t0) as f64 / 100.0 / window.as_secs_f64() * 100.0;
     let dest = SocketAddr::from(([127, 0, 0, 1], fg.port));
     let t1 = cpu_ticks(pid);
-    let load = Load { rate: 10_000, lines: 1, cardinality: CARDINALITY, sources: 1, prefix: "load".into() };
+    let load = Load::counters(10_000, 1, CARDINALITY, 1, "load");
     sender::send(dest, &load, window, "10k metrics/s");
     let busy = (cpu_ticks(pid) - t1) as f64 / 100.0 / window.as_secs_f64() * 100.0;
     println!("\n## CPU (floodgate, 1 s flush interval, % of one core over 10 s)");
@@ -444,7 +441,7 @@ pub fn parse_capacity(load: &Load, duration: Duration) -> f64 {
     let mut lines = 0u64;
     while start.elapsed() < duration {
         for d in &pool {
-            lines += parser.parse_packet(d, &mut shard).lines;
+            lines += parser.parse_packet(&d.bytes, &mut shard).lines;
         }
     }
     lines as f64 / start.elapsed().as_secs_f64()

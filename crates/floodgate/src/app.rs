@@ -89,21 +89,19 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     };
     let mut udp_threads = Vec::new();
     for addr in &s.udp {
-        let mut bound = *addr;
-        for t in 0..threads {
-            let socket = UdpReceiver::bind(bound, s.receive_buffer as usize, Duration::from_millis(200))
-                .with_context(|| format!("cannot bind statsd udp {addr}"))?;
-            bound = socket.local_addr()?;
-            if t == 0 {
-                tracing::info!(address = %bound, sockets = threads, receive_buffer = socket.granted_buffer, "statsd udp listening");
-                if (socket.granted_buffer as u64) < s.receive_buffer {
-                    tracing::warn!(
-                        asked = s.receive_buffer,
-                        granted = socket.granted_buffer,
-                        "kernel granted a smaller receive buffer (raise net.core.rmem_max or run as root)"
-                    );
-                }
-            }
+        let group = UdpReceiver::bind_group(*addr, threads, s.receive_buffer as usize, Duration::from_millis(200))
+            .with_context(|| format!("cannot bind statsd udp {addr}"))?;
+        let bound = group[0].local_addr()?;
+        let granted = group[0].granted_buffer;
+        tracing::info!(address = %bound, sockets = threads, receive_buffer = granted, "statsd udp listening");
+        if (granted as u64) < s.receive_buffer {
+            tracing::warn!(
+                asked = s.receive_buffer,
+                granted,
+                "kernel granted a smaller receive buffer (raise net.core.rmem_max or run as root)"
+            );
+        }
+        for socket in group {
             let counters = Arc::new(ListenerCounters::default());
             shared.telemetry.register(Listener {
                 kind: "statsd_udp",

@@ -38,6 +38,28 @@ impl UdpReceiver {
         Ok(UdpReceiver { socket, granted_buffer })
     }
 
+    /// Binds `count` sockets to one address as a `SO_REUSEPORT` group (one per receive
+    /// thread). The address is first bound once without `SO_REUSEPORT`, so a port another
+    /// process already holds is an error ("address in use") rather than silently shared.
+    pub fn bind_group(
+        addr: SocketAddr,
+        count: usize,
+        buffer: usize,
+        timeout: Duration,
+    ) -> io::Result<Vec<UdpReceiver>> {
+        let mut bound = addr;
+        if addr.port() != 0 {
+            drop(std::net::UdpSocket::bind(addr)?);
+        }
+        let mut group = Vec::with_capacity(count);
+        for _ in 0..count.max(1) {
+            let socket = UdpReceiver::bind(bound, buffer, timeout)?;
+            bound = socket.local_addr()?;
+            group.push(socket);
+        }
+        Ok(group)
+    }
+
     /// The address actually bound (port 0 resolved).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an inet socket"))
@@ -278,6 +300,16 @@ mod tests {
         assert_eq!(got[1].0.len(), 2048);
         assert!(got[1].1);
         assert!(rx.granted_buffer >= 1 << 20);
+    }
+
+    #[test]
+    fn a_group_refuses_a_port_already_in_use() {
+        let group =
+            UdpReceiver::bind_group("127.0.0.1:0".parse().unwrap(), 2, 1 << 16, Duration::from_millis(100)).unwrap();
+        let addr = group[0].local_addr().unwrap();
+        assert_eq!(group[1].local_addr().unwrap(), addr);
+        let err = UdpReceiver::bind_group(addr, 2, 1 << 16, Duration::from_millis(100)).err().expect("port in use");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 
     #[test]

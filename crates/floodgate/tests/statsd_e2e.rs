@@ -334,6 +334,13 @@ fn cli_check_help_and_version() {
     let out = std::process::Command::new(bin).args(["run", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot bind statsd tcp 127.0.0.1:{port}")));
+    // A UDP port another process holds is refused too, not silently shared via SO_REUSEPORT.
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    std::fs::write(&cfg, format!("[statsd]\nudp = [\"127.0.0.1:{port}\"]\ntcp = []\n[admin]\n[http]\n")).unwrap();
+    let out = std::process::Command::new(bin).args(["run", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot bind statsd udp 127.0.0.1:{port}")));
 }
 
 #[test]

@@ -1,0 +1,19 @@
+//! The guard: admission control in front of every listener, with no IO.
+//!
+//! A listener asks before it parses a datagram or touches an accepted connection: the
+//! allow-list first, then the source's rate (per listener; IPv6 by /64), then the listening
+//! port's rate. Sources live in a fixed-capacity [`SourceTable`], so memory stays flat under a
+//! flood of spoofed addresses; the port limit ([`PortLimiter`]) bounds the total whatever the
+//! sources. Limits are GCRA cells ([`Limit`]).
+
+#![warn(missing_docs)]
+
+pub mod allow;
+pub mod gcra;
+pub mod port;
+pub mod table;
+
+pub use allow::{AllowList, BadCidr};
+pub use gcra::Limit;
+pub use port::PortLimiter;
+pub use table::{Offender, SourceKey, SourceTable, Verdict};

@@ -1,0 +1,367 @@
+//! A fixed-capacity table of sources, each with its GCRA cell and offender record.
+//!
+//! Capacity is set once (`tracked_sources`) and split over shards, each a small mutex-guarded
+//! map and slot array: lookups allocate nothing, and a flood of spoofed random sources recycles
+//! slots instead of growing memory. A full shard evicts with the CLOCK algorithm (an
+//! approximation of least-recently-seen: each repeat visit sets a bit, the hand clears bits and
+//! evicts the first entry found clear; a new entry starts clear, so sources seen once go first). Receive threads share the table, so a source's budget is one
+//! budget whichever `SO_REUSEPORT` socket its packets land on; two threads contend only when
+//! they touch the same shard at the same instant.
+//!
+//! Fairness under eviction: an evicted source comes back with a full bucket, so while the table
+//! churns a heavy source can get up to one extra burst per eviction. The per-port limit, which
+//! is not in the table, still bounds the total.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+
+use parking_lot::Mutex;
+
+use crate::gcra::Limit;
+
+/// Which listener and which source: IPv4 addresses whole, IPv6 by their /64 (one host usually
+/// owns a whole /64, so keying by address would let it rotate through 2^64 keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey {
+    /// The listener's index.
+    pub listener: u16,
+    /// The address as a number: IPv4 in the low 32 bits, IPv6 with its low 64 bits cleared.
+    pub addr: u128,
+    /// Whether `addr` is IPv6.
+    pub v6: bool,
+}
+
+impl SourceKey {
+    /// The key of `ip` on `listener`.
+    pub fn new(listener: u16, ip: IpAddr) -> SourceKey {
+        match ip {
+            IpAddr::V4(v4) => SourceKey { listener, addr: u128::from(u32::from(v4)), v6: false },
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SourceKey { listener, addr: u128::from(u32::from(v4)), v6: false },
+                None => SourceKey { listener, addr: u128::from(v6) & !u128::from(u64::MAX), v6: true },
+            },
+        }
+    }
+
+    /// The source as text: the IPv4 address, or the IPv6 /64.
+    pub fn source(&self) -> String {
+        if self.v6 {
+            format!("{}/64", std::net::Ipv6Addr::from(self.addr))
+        } else {
+            std::net::Ipv4Addr::from(self.addr as u32).to_string()
+        }
+    }
+}
+
+/// What the table says of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within the limit.
+    Allowed,
+    /// Over it; `started` is true on the first drop of a new limited period (log it once).
+    Limited {
+        /// The source was not limited just before.
+        started: bool,
+    },
+}
+
+/// An offender's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offender {
+    /// Who.
+    pub key: SourceKey,
+    /// Messages dropped since it was first limited (while tracked).
+    pub dropped: u64,
+    /// First time it was limited (ns, the caller's clock).
+    pub first_seen_ns: u64,
+    /// Last time it was limited.
+    pub last_seen_ns: u64,
+    /// Limited within the quiet period.
+    pub currently_limited: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: SourceKey,
+    tat: u64,
+    referenced: bool,
+    dropped: u64,
+    first_limited_ns: u64,
+    last_limited_ns: u64,
+    limited: bool,
+}
+
+#[derive(Debug)]
+struct Shard {
+    index: HashMap<SourceKey, u32, foldhash::fast::RandomState>,
+    entries: Vec<Entry>,
+    capacity: usize,
+    hand: usize,
+}
+
+impl Shard {
+    fn slot(&mut self, key: SourceKey) -> &mut Entry {
+        if let Some(&i) = self.index.get(&key) {
+            let e = &mut self.entries[i as usize];
+            e.referenced = true;
+            return e;
+        }
+        // New entries start unreferenced: a source seen once (a spoofed one-shot) is the first
+        // to go; one seen again survives the hand's next pass.
+        let fresh = Entry {
+            key,
+            tat: 0,
+            referenced: false,
+            dropped: 0,
+            first_limited_ns: 0,
+            last_limited_ns: 0,
+            limited: false,
+        };
+        let i = if self.entries.len() < self.capacity {
+            self.entries.push(fresh);
+            self.entries.len() - 1
+        } else {
+            // CLOCK: clear reference bits until an unreferenced entry comes round.
+            loop {
+                let i = self.hand;
+                self.hand = (self.hand + 1) % self.entries.len();
+                let e = &mut self.entries[i];
+                if e.referenced {
+                    e.referenced = false;
+                } else {
+                    self.index.remove(&e.key);
+                    *e = fresh;
+                    break i;
+                }
+            }
+        };
+        self.index.insert(key, i as u32);
+        &mut self.entries[i]
+    }
+}
+
+/// The bounded table of sources.
+#[derive(Debug)]
+pub struct SourceTable {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: foldhash::fast::RandomState,
+}
+
+/// Shards: enough that receive threads rarely meet, few enough that each holds many sources.
+const SHARDS: usize = 64;
+
+impl SourceTable {
+    /// A table tracking at most `capacity` sources (at least one per shard).
+    pub fn new(capacity: usize) -> SourceTable {
+        let per_shard = capacity.div_ceil(SHARDS).max(1);
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    index: HashMap::with_capacity_and_hasher(per_shard, Default::default()),
+                    entries: Vec::with_capacity(per_shard),
+                    capacity: per_shard,
+                    hand: 0,
+                })
+            })
+            .collect();
+        SourceTable { shards, hasher: Default::default() }
+    }
+
+    /// Sources the table can hold.
+    pub fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().capacity).sum()
+    }
+
+    /// Sources held now.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().entries.len()).sum()
+    }
+
+    /// True when no source is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard(&self, key: &SourceKey) -> &Mutex<Shard> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    /// Charges `n` messages from `key` at `now_ns` against `limit`.
+    #[inline]
+    pub fn check(&self, key: SourceKey, limit: &Limit, now_ns: u64, n: u64) -> Verdict {
+        if limit.is_unlimited() {
+            return Verdict::Allowed;
+        }
+        let mut shard = self.shard(&key).lock();
+        let e = shard.slot(key);
+        if limit.check(&mut e.tat, now_ns, n) {
+            return Verdict::Allowed;
+        }
+        let started = !e.limited;
+        if e.dropped == 0 {
+            e.first_limited_ns = now_ns;
+        }
+        e.limited = true;
+        e.dropped += n;
+        e.last_limited_ns = now_ns;
+        Verdict::Limited { started }
+    }
+
+    /// Ends the limited period of sources not limited for `quiet_ns`; returns them (each once)
+    /// with what they dropped, for the "stopped being limited" log line.
+    pub fn sweep(&self, now_ns: u64, quiet_ns: u64) -> Vec<Offender> {
+        let mut ended = Vec::new();
+        for shard in self.shards.iter() {
+            for e in shard.lock().entries.iter_mut() {
+                if e.limited && now_ns.saturating_sub(e.last_limited_ns) >= quiet_ns {
+                    e.limited = false;
+                    ended.push(offender(e));
+                }
+            }
+        }
+        ended
+    }
+
+    /// The `max` sources that dropped most (bounded, for `/offenders` and labelled metrics).
+    pub fn offenders(&self, max: usize) -> Vec<Offender> {
+        let mut all: Vec<Offender> = Vec::new();
+        for shard in self.shards.iter() {
+            all.extend(shard.lock().entries.iter().filter(|e| e.dropped > 0).map(offender));
+            if all.len() > 4 * max.max(1) {
+                all.sort_unstable_by_key(|o| std::cmp::Reverse(o.dropped));
+                all.truncate(max);
+            }
+        }
+        all.sort_unstable_by(|a, b| b.dropped.cmp(&a.dropped).then(a.key.cmp(&b.key)));
+        all.truncate(max);
+        all
+    }
+}
+
+fn offender(e: &Entry) -> Offender {
+    Offender {
+        key: e.key,
+        dropped: e.dropped,
+        first_seen_ns: e.first_limited_ns,
+        last_seen_ns: e.last_limited_ns,
+        currently_limited: e.limited,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn key(i: u32) -> SourceKey {
+        SourceKey::new(0, IpAddr::V4(std::net::Ipv4Addr::from(i)))
+    }
+
+    #[test]
+    fn one_budget_per_source_and_listener() {
+        let t = SourceTable::new(1000);
+        let l = Limit::new(10, SEC);
+        let a = key(1);
+        let allowed = (0..100).filter(|_| t.check(a, &l, SEC, 1) == Verdict::Allowed).count();
+        assert_eq!(allowed, 10);
+        // Another source, and the same source on another listener, have their own budgets.
+        assert_eq!(t.check(key(2), &l, SEC, 1), Verdict::Allowed);
+        let other_listener = SourceKey { listener: 1, ..a };
+        assert_eq!(t.check(other_listener, &l, SEC, 1), Verdict::Allowed);
+    }
+
+    #[test]
+    fn limited_periods_start_once_and_end_after_quiet() {
+        let t = SourceTable::new(100);
+        let l = Limit::new(1, SEC);
+        let a = key(7);
+        assert_eq!(t.check(a, &l, SEC, 1), Verdict::Allowed);
+        assert_eq!(t.check(a, &l, SEC, 1), Verdict::Limited { started: true });
+        assert_eq!(t.check(a, &l, SEC, 1), Verdict::Limited { started: false });
+        assert!(t.sweep(SEC + SEC / 2, SEC).is_empty(), "not quiet long enough");
+        let ended = t.sweep(3 * SEC, SEC);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].dropped, 2);
+        assert!(t.sweep(4 * SEC, SEC).is_empty(), "reported once");
+        let o = t.offenders(10);
+        assert_eq!(o[0].key.source(), "0.0.0.7");
+        assert!(!o[0].currently_limited);
+    }
+
+    #[test]
+    fn memory_is_bounded_under_a_flood_of_sources() {
+        let t = SourceTable::new(1000);
+        let l = Limit::new(3000, SEC);
+        for i in 0..200_000u32 {
+            t.check(key(i), &l, SEC, 1);
+        }
+        assert!(t.len() <= t.capacity());
+        assert!(t.capacity() < 1100);
+    }
+
+    #[test]
+    fn a_steady_source_survives_a_flood_of_one_shot_sources() {
+        let t = SourceTable::new(640);
+        let l = Limit::new(1, SEC);
+        let steady = key(u32::MAX);
+        assert_eq!(t.check(steady, &l, SEC, 1), Verdict::Allowed);
+        // The steady source is over its limit and stays tracked (and limited) while spoofed
+        // one-shot sources churn through its shard, because it keeps being seen.
+        for i in 0..100_000u32 {
+            t.check(key(i), &l, SEC, 1);
+            if i % 5 == 0 {
+                assert!(matches!(t.check(steady, &l, SEC, 1), Verdict::Limited { .. }), "evicted at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_is_keyed_by_its_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(SourceKey::new(0, a), SourceKey::new(0, b));
+        assert_ne!(SourceKey::new(0, a), SourceKey::new(0, c));
+        assert_eq!(SourceKey::new(0, a).source(), "2001:db8:1:2::/64");
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(SourceKey::new(0, mapped).source(), "10.1.2.3");
+    }
+
+    #[test]
+    fn offenders_are_bounded_and_sorted() {
+        let t = SourceTable::new(10_000);
+        let l = Limit::new(1, SEC);
+        for i in 0..1000u32 {
+            for _ in 0..=(i % 50) + 1 {
+                t.check(key(i), &l, SEC, 1);
+            }
+        }
+        let o = t.offenders(100);
+        assert_eq!(o.len(), 100);
+        assert!(o.windows(2).all(|w| w[0].dropped >= w[1].dropped));
+        assert_eq!(o[0].dropped, 50);
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives, the table never holds more than its capacity, and a source never
+        /// gets more than its burst at one instant.
+        #[test]
+        fn bounded_and_fair(keys in proptest::collection::vec(0u32..5000, 1..3000), cap in 64usize..2000) {
+            let t = SourceTable::new(cap);
+            let l = Limit::new(5, SEC);
+            let mut allowed = std::collections::HashMap::new();
+            for k in keys {
+                if t.check(key(k), &l, SEC, 1) == Verdict::Allowed {
+                    *allowed.entry(k).or_insert(0u32) += 1;
+                }
+            }
+            proptest::prop_assert!(t.len() <= t.capacity());
+            // Without eviction a source gets at most 5; eviction can hand out fresh bursts.
+            if t.len() < t.capacity() {
+                proptest::prop_assert!(allowed.values().all(|n| *n <= 5));
+            }
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use floodgate_statsd::number::js_number;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::Shared;
@@ -38,12 +38,20 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 
 async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read.take(u64::MAX)).lines();
-    while let Some(line) = lines.next_line().await? {
-        if line.len() > MAX_COMMAND {
-            write.write_all(b"ERROR\n").await?;
-            continue;
+    let mut reader = BufReader::new(read);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        // Bounded: a client that never sends a newline cannot make us buffer without end.
+        let n = (&mut reader).take(MAX_COMMAND as u64 + 1).read_until(b'\n', &mut buf).await?;
+        if n == 0 {
+            return Ok(());
         }
+        if buf.len() > MAX_COMMAND {
+            write.write_all(b"ERROR: command too long\n").await?;
+            return Ok(());
+        }
+        let line = String::from_utf8_lossy(&buf);
         let mut words = line.split_whitespace();
         let Some(cmd) = words.next() else { continue };
         let args: Vec<&str> = words.collect();
@@ -53,10 +61,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         let reply = command(shared, cmd, &args);
         write.write_all(reply.as_bytes()).await?;
     }
-    Ok(())
 }
-
-use tokio::io::AsyncReadExt as _;
 
 /// Runs one command and returns its reply.
 pub fn command(shared: &Shared, cmd: &str, args: &[&str]) -> String {

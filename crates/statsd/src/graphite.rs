@@ -286,7 +286,8 @@ pub fn render(view: &FlushView<'_>, naming: &GraphiteNaming, protocol: Protocol,
 pub fn count_metrics(payload: &[u8], protocol: Protocol) -> usize {
     match protocol {
         Protocol::Plaintext => payload.iter().filter(|b| **b == b'\n').count(),
-        Protocol::Pickle => payload.windows(4).filter(|w| w == b"ttta" || w == b"\ntta").count(),
+        // Each metric ends `'\ntta` (two tuples closed, appended to the list).
+        Protocol::Pickle => payload.windows(4).filter(|w| w == b"\ntta").count(),
     }
 }
 

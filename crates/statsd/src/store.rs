@@ -357,13 +357,12 @@ impl Store {
         }
         self.old_timestamp = timestamp;
 
-        // Percentile bounds for Prometheus are recorded while computing.
-        for (key, t) in self.timers.iter_mut() {
+        // Sorted once here; the Prometheus totals and percentile bounds are kept as we go.
+        for t in self.timers.values_mut() {
             sort_js(&mut t.values);
             t.total_count += t.count;
             t.total_sum += t.values.iter().sum::<f64>();
             t.last_bounds = percentile_bounds(&t.values, &self.cfg.percentiles);
-            let _ = key;
         }
         let cfg = &self.cfg;
         let pct_names = &self.pct_names;

@@ -232,13 +232,6 @@ pub fn sanitize_into(raw: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// Sanitises a whole key (convenience for callers outside the hot path).
-pub fn sanitize(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len());
-    sanitize_into(raw, &mut out);
-    out
-}
-
 /// One `value|type[|@rate]` part; `None` when Etsy statsd would call it bad (or see module docs).
 fn parse_value<'a>(key: &'a [u8], part: &'a [u8]) -> Option<Metric<'a>> {
     let mut fields = part.split(|b| *b == b'|');
@@ -304,6 +297,12 @@ mod tests {
         fn bad_line(&mut self, _: &[u8]) {
             self.bad += 1;
         }
+    }
+
+    fn sanitize(raw: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        sanitize_into(raw, &mut out);
+        out
     }
 
     fn parse(s: &str) -> Collect {

@@ -132,22 +132,25 @@ fn sample(out: &mut String, name: &str, suffix: &str, labels: &str, quantile: Op
             if !labels.is_empty() {
                 out.push(',');
             }
-            let _ = write!(out, "quantile=\"{}\"", fmt(q));
+            out.push_str("quantile=\"");
+            push_value(out, q);
+            out.push('"');
         }
         out.push('}');
     }
     out.push(' ');
-    out.push_str(&fmt(value));
+    push_value(out, value);
     out.push('\n');
 }
 
-fn fmt(v: f64) -> String {
+/// A sample value as Prometheus writes it (`NaN`, `+Inf`, `-Inf`, else the shortest decimal).
+fn push_value(out: &mut String, v: f64) {
     if v.is_nan() {
-        "NaN".into()
+        out.push_str("NaN");
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
     } else {
-        format!("{v}")
+        let _ = write!(out, "{v}");
     }
 }
 

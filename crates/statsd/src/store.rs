@@ -275,9 +275,15 @@ impl Store {
     }
 
     fn merge_inner(&mut self, shard: &mut Shard) {
-        self.add_counter_by_ref(Which::Packets, shard.packets as f64);
-        self.add_counter_by_ref(Which::Metrics, shard.lines as f64);
-        self.add_counter_by_ref(Which::BadLines, shard.bad_lines as f64);
+        for (key, add) in [
+            (&self.key_packets, shard.packets),
+            (&self.key_metrics, shard.lines),
+            (&self.key_bad_lines, shard.bad_lines),
+        ] {
+            let c = self.counters.entry_ref_or_default(key);
+            c.value += add as f64;
+            c.total += add as f64;
+        }
         self.dropped_max_series += shard.dropped_max_series;
         for (key, add) in shard.counters.drain() {
             if let Some(c) = self.counters.get_mut(&key) {
@@ -332,17 +338,6 @@ impl Store {
             }
         }
         shard.clear();
-    }
-
-    fn add_counter_by_ref(&mut self, which: Which, add: f64) {
-        let key = match which {
-            Which::Packets => &self.key_packets,
-            Which::Metrics => &self.key_metrics,
-            Which::BadLines => &self.key_bad_lines,
-        };
-        let c = self.counters.entry_ref_or_default(key);
-        c.value += add;
-        c.total += add;
     }
 
     /// Runs one flush at `timestamp` (Unix seconds): computes, hands the result to `write`,
@@ -469,12 +464,6 @@ impl Store {
     pub fn delete_timers(&mut self, pattern: &str) -> Vec<String> {
         delete_matching(&mut self.timers, pattern)
     }
-}
-
-enum Which {
-    Packets,
-    Metrics,
-    BadLines,
 }
 
 fn delete_matching<V>(map: &mut Map<V>, pattern: &str) -> Vec<String> {

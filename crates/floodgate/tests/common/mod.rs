@@ -159,6 +159,16 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((code, body))
 }
 
+/// The value of the first sample in a `/metrics` body named `name` whose labels include every
+/// `labels` entry (`key="value"` text), or `None`.
+pub fn metric(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (sample, label_set) = series.split_once('{').unwrap_or((series, ""));
+        (sample == name && labels.iter().all(|want| label_set.contains(want))).then(|| value.parse().ok())?
+    })
+}
+
 /// A TCP server that records each connection's bytes as one payload (how Etsy statsd and
 /// floodgate deliver a flush to Carbon). A test double for Carbon's line receiver, used to
 /// compare outputs byte for byte; the real Carbon is exercised in `carbon.rs`.

@@ -16,15 +16,21 @@ use crate::telemetry::ListenerCounters;
 /// and the flusher, which swaps it out once per interval.
 pub type SharedShard = Arc<Mutex<Shard>>;
 
-/// Parses a block of complete lines into the shard, counting lines and bad values (the
-/// caller counts packets: a datagram, or a TCP read).
-pub fn ingest(parser: &mut Parser, shard: &mut Shard, data: &[u8], counters: &ListenerCounters) -> PacketCounts {
+/// Parses a block of complete lines into the shard and adds its line counts to `total` (the
+/// caller counts packets — a datagram, or a TCP read — and publishes `total` to its
+/// [`ListenerCounters`] once per batch, not per datagram).
+pub fn ingest(parser: &mut Parser, shard: &mut Shard, data: &[u8], total: &mut PacketCounts) {
     let counts = parser.parse_packet(data, shard);
     shard.lines += counts.lines;
     shard.bad_lines += counts.bad;
-    ListenerCounters::add(&counters.lines, counts.lines);
-    ListenerCounters::add(&counters.bad_lines, counts.bad);
-    counts
+    total.lines += counts.lines;
+    total.bad += counts.bad;
+}
+
+/// Publishes a batch's line counts.
+pub fn publish(counters: &ListenerCounters, total: PacketCounts) {
+    ListenerCounters::add(&counters.lines, total.lines);
+    ListenerCounters::add(&counters.bad_lines, total.bad);
 }
 
 /// Monotonic nanoseconds since `epoch`: orders gauge sets across shards.

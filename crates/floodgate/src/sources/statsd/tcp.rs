@@ -5,12 +5,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use floodgate_statsd::Parser;
+use floodgate_statsd::{PacketCounts, Parser};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::{clock, ingest, SharedShard};
+use super::{clock, ingest, publish, SharedShard};
 use crate::telemetry::ListenerCounters;
 
 /// Options of one TCP listener.
@@ -119,17 +119,19 @@ fn consume(parser: &mut Parser, block: &[u8], opts: &TcpOptions) {
     let mut shard = opts.shard.lock();
     shard.clock = clock(opts.epoch);
     shard.packets += 1;
+    let mut lines = PacketCounts::default();
     if block.len() <= max || block.split(|b| *b == b'\n').all(|l| l.len() <= max) {
-        ingest(parser, &mut shard, block, &opts.counters);
+        ingest(parser, &mut shard, block, &mut lines);
     } else {
         for line in block.split(|b| *b == b'\n') {
             if line.len() > max {
                 opts.counters.oversize.fetch_add(1, Relaxed);
             } else if !line.is_empty() {
-                ingest(parser, &mut shard, line, &opts.counters);
+                ingest(parser, &mut shard, line, &mut lines);
             }
         }
     }
     drop(shard);
+    publish(&opts.counters, lines);
     opts.counters.packets.fetch_add(1, Relaxed);
 }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use floodgate_statsd::Parser;
+use floodgate_statsd::{PacketCounts, Parser};
 
-use super::{clock, complete_lines, ingest, SharedShard};
+use super::{clock, complete_lines, ingest, publish, SharedShard};
 use crate::sys::{RecvBatch, UdpReceiver};
 use crate::telemetry::ListenerCounters;
 
@@ -81,6 +81,7 @@ impl UdpWorker {
             };
             let mut bytes = 0;
             let mut oversize = 0;
+            let mut lines = PacketCounts::default();
             let mut shard = self.shard.lock();
             shard.clock = clock(self.epoch);
             shard.packets += n as u64;
@@ -94,9 +95,10 @@ impl UdpWorker {
                 } else {
                     data
                 };
-                ingest(&mut parser, &mut shard, data, &self.counters);
+                ingest(&mut parser, &mut shard, data, &mut lines);
             }
             drop(shard);
+            publish(&self.counters, lines);
             ListenerCounters::add(&self.counters.packets, n as u64);
             ListenerCounters::add(&self.counters.bytes, bytes);
             ListenerCounters::add(&self.counters.oversize, oversize);

@@ -35,6 +35,11 @@ impl Limit {
         self.interval_ns == 0
     }
 
+    /// The burst tolerance, nanoseconds.
+    pub fn tolerance_ns(&self) -> u64 {
+        self.tolerance_ns
+    }
+
     /// Messages per second.
     pub fn rate(&self) -> f64 {
         if self.interval_ns == 0 {
@@ -48,12 +53,19 @@ impl Limit {
     /// arrival time, ns); updates `tat` when allowed.
     #[inline]
     pub fn check(&self, tat: &mut u64, now_ns: u64, n: u64) -> bool {
+        self.check_within(tat, now_ns, n, self.tolerance_ns)
+    }
+
+    /// [`check`](Self::check) with a burst tolerance of `tolerance_ns` instead of the limit's
+    /// own (the port limiter gives newcomers half of it).
+    #[inline]
+    pub fn check_within(&self, tat: &mut u64, now_ns: u64, n: u64, tolerance_ns: u64) -> bool {
         if self.interval_ns == 0 {
             return true;
         }
         let start = (*tat).max(now_ns);
         let new_tat = start.saturating_add(n.saturating_mul(self.interval_ns));
-        if new_tat - now_ns <= self.tolerance_ns {
+        if new_tat - now_ns <= tolerance_ns.max(self.interval_ns) {
             *tat = new_tat;
             true
         } else {

@@ -16,4 +16,4 @@ pub mod table;
 pub use allow::{AllowList, BadCidr};
 pub use gcra::Limit;
 pub use port::PortLimiter;
-pub use table::{Offender, SourceKey, SourceTable, Verdict};
+pub use table::{Offender, Reason, SourceKey, SourceTable, Verdict, ESTABLISHED_NS};

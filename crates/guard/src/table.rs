@@ -10,7 +10,10 @@
 //!
 //! Fairness under eviction: an evicted source comes back with a full bucket, so while the table
 //! churns a heavy source can get up to one extra burst per eviction. The per-port limit, which
-//! is not in the table, still bounds the total.
+//! is not in the table, still bounds the total. A source tracked for [`ESTABLISHED_NS`] without
+//! being evicted is *established*: it has first claim on the port's budget (see
+//! [`PortLimiter`]), which is what keeps steady senders served while spoofed one-shot sources
+//! churn through the table.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -19,6 +22,51 @@ use std::net::IpAddr;
 use parking_lot::Mutex;
 
 use crate::gcra::Limit;
+use crate::port::PortLimiter;
+
+/// How long a source must stay tracked to count as established.
+pub const ESTABLISHED_NS: u64 = 1_000_000_000;
+
+/// Why the guard refused something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// The source is outside the allow-list.
+    NotAllowed,
+    /// The source sent more messages than its own limit.
+    SourceLimit,
+    /// The listening port as a whole was over its limit.
+    PortLimit,
+    /// The source opened connections faster than its limit.
+    ConnectionRate,
+    /// The source already holds as many open connections as it may.
+    SourceConnections,
+    /// The listener already holds as many open connections as it may.
+    ConnectionLimit,
+}
+
+impl Reason {
+    /// Every reason, for exposition.
+    pub const ALL: [Reason; 6] = [
+        Reason::NotAllowed,
+        Reason::SourceLimit,
+        Reason::PortLimit,
+        Reason::ConnectionRate,
+        Reason::SourceConnections,
+        Reason::ConnectionLimit,
+    ];
+
+    /// The name used in metrics, logs and `/offenders`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotAllowed => "not_allowed",
+            Reason::SourceLimit => "source_limit",
+            Reason::PortLimit => "port_limit",
+            Reason::ConnectionRate => "connection_rate",
+            Reason::SourceConnections => "source_connections",
+            Reason::ConnectionLimit => "connection_limit",
+        }
+    }
+}
 
 /// Which listener and which source: IPv4 addresses whole, IPv6 by their /64 (one host usually
 /// owns a whole /64, so keying by address would let it rotate through 2^64 keys).
@@ -59,8 +107,10 @@ impl SourceKey {
 pub enum Verdict {
     /// Within the limit.
     Allowed,
-    /// Over it; `started` is true on the first drop of a new limited period (log it once).
+    /// Over a limit; `started` is true on the first drop of a new limited period (log it once).
     Limited {
+        /// Which limit.
+        reason: Reason,
         /// The source was not limited just before.
         started: bool,
     },
@@ -71,7 +121,9 @@ pub enum Verdict {
 pub struct Offender {
     /// Who.
     pub key: SourceKey,
-    /// Messages dropped since it was first limited (while tracked).
+    /// The limit it hit last.
+    pub reason: Reason,
+    /// Messages (or connections) dropped since it was first limited (while tracked).
     pub dropped: u64,
     /// First time it was limited (ns, the caller's clock).
     pub first_seen_ns: u64,
@@ -86,6 +138,8 @@ struct Entry {
     key: SourceKey,
     tat: u64,
     referenced: bool,
+    since_ns: u64,
+    reason: Reason,
     dropped: u64,
     first_limited_ns: u64,
     last_limited_ns: u64,
@@ -101,7 +155,7 @@ struct Shard {
 }
 
 impl Shard {
-    fn slot(&mut self, key: SourceKey) -> &mut Entry {
+    fn slot(&mut self, key: SourceKey, now_ns: u64) -> &mut Entry {
         if let Some(&i) = self.index.get(&key) {
             let e = &mut self.entries[i as usize];
             e.referenced = true;
@@ -113,6 +167,8 @@ impl Shard {
             key,
             tat: 0,
             referenced: false,
+            since_ns: now_ns,
+            reason: Reason::SourceLimit,
             dropped: 0,
             first_limited_ns: 0,
             last_limited_ns: 0,
@@ -187,25 +243,52 @@ impl SourceTable {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
-    /// Charges `n` messages from `key` at `now_ns` against `limit`.
+    /// Charges `n` messages from `key` at `now_ns` against its own `limit`.
     #[inline]
     pub fn check(&self, key: SourceKey, limit: &Limit, now_ns: u64, n: u64) -> Verdict {
-        if limit.is_unlimited() {
+        self.admit(key, limit, Reason::SourceLimit, None, now_ns, n)
+    }
+
+    /// Charges `n` messages from `key` at `now_ns`: first against the source's own `limit`
+    /// (refused as `reason`), then against the listening port's, if any (refused as
+    /// [`Reason::PortLimit`]; the source's budget is then given back). Established sources
+    /// have first claim on the port's budget.
+    #[inline]
+    pub fn admit(
+        &self,
+        key: SourceKey,
+        limit: &Limit,
+        reason: Reason,
+        port: Option<(&PortLimiter, &Limit)>,
+        now_ns: u64,
+        n: u64,
+    ) -> Verdict {
+        let port = port.filter(|(_, l)| !l.is_unlimited());
+        if limit.is_unlimited() && port.is_none() {
             return Verdict::Allowed;
         }
         let mut shard = self.shard(&key).lock();
-        let e = shard.slot(key);
-        if limit.check(&mut e.tat, now_ns, n) {
-            return Verdict::Allowed;
-        }
-        let started = !e.limited;
-        if e.dropped == 0 {
-            e.first_limited_ns = now_ns;
-        }
-        e.limited = true;
-        e.dropped += n;
-        e.last_limited_ns = now_ns;
-        Verdict::Limited { started }
+        let e = shard.slot(key, now_ns);
+        let before = e.tat;
+        let refused = if !limit.check(&mut e.tat, now_ns, n) {
+            reason
+        } else {
+            match port {
+                Some((cell, l)) if !cell.check(l, now_ns, n, now_ns.saturating_sub(e.since_ns) >= ESTABLISHED_NS) => {
+                    e.tat = before;
+                    Reason::PortLimit
+                }
+                _ => return Verdict::Allowed,
+            }
+        };
+        Verdict::Limited { reason: refused, started: record(e, refused, now_ns, n) }
+    }
+
+    /// Records `n` refusals of `key` for a reason decided elsewhere (an open-connection cap);
+    /// true when this starts a limited period.
+    pub fn record(&self, key: SourceKey, reason: Reason, now_ns: u64, n: u64) -> bool {
+        let mut shard = self.shard(&key).lock();
+        record(shard.slot(key, now_ns), reason, now_ns, n)
     }
 
     /// Ends the limited period of sources not limited for `quiet_ns`; returns them (each once)
@@ -239,9 +322,23 @@ impl SourceTable {
     }
 }
 
+/// Notes a refusal in the entry; true when it starts a limited period.
+fn record(e: &mut Entry, reason: Reason, now_ns: u64, n: u64) -> bool {
+    let started = !e.limited;
+    if e.dropped == 0 {
+        e.first_limited_ns = now_ns;
+    }
+    e.limited = true;
+    e.reason = reason;
+    e.dropped += n;
+    e.last_limited_ns = now_ns;
+    started
+}
+
 fn offender(e: &Entry) -> Offender {
     Offender {
         key: e.key,
+        reason: e.reason,
         dropped: e.dropped,
         first_seen_ns: e.first_limited_ns,
         last_seen_ns: e.last_limited_ns,
@@ -278,8 +375,8 @@ mod tests {
         let l = Limit::new(1, SEC);
         let a = key(7);
         assert_eq!(t.check(a, &l, SEC, 1), Verdict::Allowed);
-        assert_eq!(t.check(a, &l, SEC, 1), Verdict::Limited { started: true });
-        assert_eq!(t.check(a, &l, SEC, 1), Verdict::Limited { started: false });
+        assert_eq!(t.check(a, &l, SEC, 1), Verdict::Limited { reason: Reason::SourceLimit, started: true });
+        assert_eq!(t.check(a, &l, SEC, 1), Verdict::Limited { reason: Reason::SourceLimit, started: false });
         assert!(t.sweep(SEC + SEC / 2, SEC).is_empty(), "not quiet long enough");
         let ended = t.sweep(3 * SEC, SEC);
         assert_eq!(ended.len(), 1);
@@ -315,6 +412,30 @@ mod tests {
                 assert!(matches!(t.check(steady, &l, SEC, 1), Verdict::Limited { .. }), "evicted at {i}");
             }
         }
+    }
+
+    #[test]
+    fn port_limit_gives_the_source_budget_back_and_favours_established_sources() {
+        let t = SourceTable::new(1000);
+        let own = Limit::new(100, SEC);
+        let port_limit = Limit::new(10, SEC);
+        let port = PortLimiter::new();
+        let a = key(1);
+        let first = t.admit(a, &own, Reason::SourceLimit, Some((&port, &port_limit)), SEC, 1);
+        assert_eq!(first, Verdict::Allowed);
+        // A newcomer gets half the port's burst.
+        let allowed = (0..20)
+            .filter(|_| t.admit(a, &own, Reason::SourceLimit, Some((&port, &port_limit)), SEC, 1) == Verdict::Allowed)
+            .count();
+        assert_eq!(allowed, 4);
+        assert_eq!(t.offenders(1)[0].reason, Reason::PortLimit);
+        // Once established (tracked a second) the source may fill the burst; its own budget
+        // was not spent by the refusals.
+        let later = 2 * SEC;
+        let allowed = (0..20)
+            .filter(|_| t.admit(a, &own, Reason::SourceLimit, Some((&port, &port_limit)), later, 1) == Verdict::Allowed)
+            .count();
+        assert_eq!(allowed, 10);
     }
 
     #[test]

@@ -86,6 +86,13 @@ impl Drop for Running {
 }
 
 fn start_floodgate(opts: &BenchOptions, carbon: u16, statsd_extra: &str) -> Running {
+    start_floodgate_with(opts, carbon, statsd_extra, GUARD_OFF)
+}
+
+/// The guard switched off: throughput trials send far past its default limits from one source.
+const GUARD_OFF: &str = "[limits]\nudp_per_source = 0\nudp_per_port = 0\n";
+
+fn start_floodgate_with(opts: &BenchOptions, carbon: u16, statsd_extra: &str, limits: &str) -> Running {
     let (port, admin, http) = (free_port(), free_port(), free_port());
     let dir = std::env::temp_dir().join(format!("floodgate-bench-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -94,7 +101,7 @@ fn start_floodgate(opts: &BenchOptions, carbon: u16, statsd_extra: &str) -> Runn
         &cfg,
         format!(
             "[statsd]\nudp = [\"127.0.0.1:{port}\"]\ntcp = []\nflush_interval = \"1s\"\n{statsd_extra}\n\
-             [graphite]\naddress = \"127.0.0.1:{carbon}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n"
+             [graphite]\naddress = \"127.0.0.1:{carbon}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{limits}"
         ),
     )
     .unwrap();

@@ -15,6 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, Health};
+use crate::guard::Guard;
 use crate::sinks::graphite::{unix_now, GraphiteSink};
 use crate::sources::statsd::tcp::TcpOptions;
 use crate::sources::statsd::udp::UdpWorker;
@@ -34,6 +35,8 @@ pub struct Shared {
     pub shards: Mutex<Vec<SharedShard>>,
     /// Self-metrics.
     pub telemetry: Arc<Telemetry>,
+    /// Admission in front of every listener.
+    pub guard: Arc<Guard>,
     /// The Graphite backend's statistics (written into each payload).
     pub graphite_stats: Arc<Mutex<GraphiteStats>>,
     /// Operator health (`health up|down` on the console).
@@ -51,15 +54,20 @@ pub struct Shared {
 impl Shared {
     fn new(config: Config, config_path: Option<PathBuf>) -> Shared {
         let started_unix = unix_now();
+        let epoch = Instant::now();
+        let guard = Guard::new(&config.limits, epoch);
+        let telemetry = Arc::new(Telemetry::default());
+        telemetry.set_guard(guard.clone());
         Shared {
             store: Mutex::new(Store::new(config.aggregation())),
             shards: Mutex::new(Vec::new()),
-            telemetry: Arc::new(Telemetry::default()),
+            telemetry,
+            guard,
             graphite_stats: Arc::new(Mutex::new(GraphiteStats { last_flush: started_unix, ..Default::default() })),
             health_up: AtomicBool::new(config.admin.health == Health::Up),
             ready: AtomicBool::new(false),
             started_unix,
-            epoch: Instant::now(),
+            epoch,
             last_msg_seen: std::sync::atomic::AtomicI64::new(started_unix),
             config: RwLock::new(config),
             config_path,
@@ -93,6 +101,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             .with_context(|| format!("cannot bind statsd udp {addr}"))?;
         let bound = group[0].local_addr()?;
         let granted = group[0].granted_buffer;
+        let listener = shared.guard.listener("statsd_udp", bound, 0);
         tracing::info!(address = %bound, sockets = threads, receive_buffer = granted, "statsd udp listening");
         if (granted as u64) < s.receive_buffer {
             tracing::warn!(
@@ -114,6 +123,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                 socket,
                 shard: shared.new_shard(),
                 counters,
+                guard: shared.guard.clone(),
+                listener: listener.clone(),
                 sanitize: s.key_name_sanitize,
                 max_datagram: s.max_datagram as usize,
                 shutdown: shutdown.clone(),
@@ -145,9 +156,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     for listener in tcp_listeners {
         let counters = Arc::new(ListenerCounters::default());
+        let address = listener.local_addr()?;
         shared.telemetry.register(Listener {
             kind: "statsd_tcp",
-            address: listener.local_addr()?.to_string(),
+            address: address.to_string(),
             counters: counters.clone(),
             receive_buffer: 0,
             udp_port: None,
@@ -157,7 +169,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             counters,
             sanitize: s.key_name_sanitize,
             max_line_length: s.max_line_length as usize,
-            max_connections: s.tcp_max_connections,
+            guard: shared.guard.listener("statsd_tcp", address, s.tcp_max_connections),
             idle_timeout: s.tcp_idle_timeout,
             epoch: shared.epoch,
         };
@@ -196,6 +208,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             .name("flusher".into())
             .spawn(move || crate::flush::run(shared, graphite_tx, stop_rx))?
     };
+    let sweeper = shared.guard.spawn_sweeper(shutdown.clone())?;
     shared.ready.store(true, Ordering::SeqCst);
     tracing::info!(flush_interval = ?s.flush_interval, "ready");
 
@@ -224,6 +237,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         }
         let _ = stop_flush.send(());
         let _ = flusher.join();
+        let _ = sweeper.join();
     })
     .await?;
     if let Some(task) = sink_task {
@@ -242,8 +256,8 @@ fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     Ok(tokio::net::TcpListener::from_std(socket.into())?)
 }
 
-/// SIGHUP: re-read the file and apply aggregation, naming and flush settings. Listener and
-/// sink address changes need a restart for now (logged).
+/// SIGHUP: re-read the file and apply aggregation, naming, flush settings and `[limits]`
+/// (listeners keep running). Listener and sink address changes need a restart for now (logged).
 fn reload(shared: &Shared) {
     let Some(path) = &shared.config_path else {
         tracing::info!("SIGHUP: no config file to reload (running on defaults)");
@@ -266,6 +280,10 @@ fn reload(shared: &Shared) {
         tracing::warn!("SIGHUP: listener or sink address changes take effect at the next restart");
     }
     shared.store.lock().reconfigure(new.aggregation());
+    if new.limits != old.limits {
+        shared.guard.reconfigure(&new.limits);
+        tracing::info!(limits = ?new.limits, "SIGHUP: new limits in force");
+    }
     for shard in shared.shards.lock().iter() {
         shard.lock().set_max_series(new.statsd.max_series);
     }

@@ -26,6 +26,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[http]`
     pub http: HttpConfig,
+    /// `[limits]`
+    pub limits: LimitsConfig,
 }
 
 /// `[statsd]`: listeners and Etsy statsd's aggregation options.
@@ -252,6 +254,42 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[limits]`: the guard in front of every listener. A rate of 0 turns that limit off.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Messages per second per source IP (IPv6: per /64), per listener. For StatsD a message is
+    /// a line: a 20-line datagram is 20 messages.
+    pub udp_per_source: u64,
+    /// Messages per second per listening port, all sources together.
+    pub udp_per_port: u64,
+    /// New TCP connections per second per source IP, per listening port, checked at accept.
+    pub tcp_connections_per_source: u64,
+    /// Open TCP connections one source IP may hold on one listener (0 = no cap).
+    pub tcp_open_per_source: usize,
+    /// How much of a rate may arrive at once: `burst × rate` messages.
+    #[serde(with = "duration")]
+    pub burst: Duration,
+    /// CIDR blocks allowed to send; when set, other sources are dropped before parsing.
+    pub allow: Vec<String>,
+    /// Most sources the limiter remembers; least recently seen are forgotten first.
+    pub tracked_sources: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            udp_per_source: 3000,
+            udp_per_port: 10_000,
+            tcp_connections_per_source: 10,
+            tcp_open_per_source: 100,
+            burst: Duration::from_secs(1),
+            allow: Vec::new(),
+            tracked_sources: 100_000,
+        }
+    }
+}
+
 /// A configuration error, already phrased for the user.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -324,6 +362,12 @@ impl Config {
         if s.tcp_max_connections == 0 {
             return Err(("statsd.tcp_max_connections", "must be at least 1".into()));
         }
+        if let Err(e) = floodgate_guard::AllowList::parse(&self.limits.allow) {
+            return Err(("limits.allow", e.to_string()));
+        }
+        if self.limits.tracked_sources < 64 {
+            return Err(("limits.tracked_sources", "must be at least 64".into()));
+        }
         if let Some(address) = &self.graphite.address {
             if address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
                 return Err(("graphite.address", format!("`{address}` is not host:port")));
@@ -385,9 +429,13 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
-    /// Listener addresses not on loopback (warned about at start).
+    /// Listener addresses not on loopback with no allow-list in front (warned about at start).
     pub fn public_listeners(&self) -> Vec<SocketAddr> {
-        let mut all: Vec<SocketAddr> = self.statsd.udp.iter().chain(&self.statsd.tcp).copied().collect();
+        let mut all: Vec<SocketAddr> = Vec::new();
+        if self.limits.allow.is_empty() {
+            all.extend(self.statsd.udp.iter().chain(&self.statsd.tcp));
+        }
+        // The console and HTTP are not behind the guard.
         all.extend(self.admin.listen);
         all.extend(self.http.listen);
         all.into_iter().filter(|a| !a.ip().is_loopback()).collect()
@@ -537,6 +585,14 @@ health = "up"
 
 [http]
 listen = "127.0.0.1:9318"
+
+[limits]
+udp_per_source = 3000
+udp_per_port = 10000
+tcp_connections_per_source = 10
+burst = "1s"
+allow = []
+tracked_sources = 100_000
 "#;
         let c = Config::parse(text, "t.toml").unwrap();
         assert_eq!(c.statsd.histograms[0].bins[4].0, f64::INFINITY);
@@ -565,6 +621,8 @@ listen = "127.0.0.1:9318"
         let err =
             Config::parse("[statsd]\nhistograms = [{ metric = \"x\", bins = [1, \"big\"] }]\n", "f.toml").unwrap_err();
         assert!(err.0.contains("inf"), "{err}");
+        let err = Config::parse("[limits]\nallow = [\"10.0.0.0/8\", \"10.1/40\"]\n", "f.toml").unwrap_err();
+        assert!(err.0.starts_with("f.toml:2: key `limits.allow`") && err.0.contains("10.1/40"), "{err}");
     }
 
     #[test]

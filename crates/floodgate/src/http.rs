@@ -18,6 +18,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/offenders", get(offenders))
         .route("/", get(index))
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
@@ -52,6 +53,23 @@ async fn metrics(State(shared): State<Arc<Shared>>, uri: Uri) -> impl IntoRespon
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
+/// `/offenders[?limit=N]`: the guard's table size and the sources that dropped most (100 by
+/// default, at most 10,000), JSON.
+async fn offenders(State(shared): State<Arc<Shared>>, uri: Uri) -> impl IntoResponse {
+    let limit = uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("limit=")))
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(100)
+        .min(10_000);
+    let body = tokio::task::spawn_blocking(move || serde_json::to_string_pretty(&shared.guard.report(limit)))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_else(|| "{}".into());
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
 async fn index() -> impl IntoResponse {
-    "floodgate: /metrics (Prometheus), /healthz\n"
+    "floodgate: /metrics (Prometheus), /healthz, /offenders (JSON)\n"
 }

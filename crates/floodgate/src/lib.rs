@@ -1,7 +1,8 @@
 //! floodgate's runtime: listeners → decoders → per-thread aggregation → flush → sinks.
 //!
-//! The protocol and aggregation logic is in the IO-free `floodgate-statsd` crate; this crate
-//! binds sockets ([`sys`], [`sources`]), schedules flushes ([`flush`]), delivers them
+//! The protocol and aggregation logic is in the IO-free `floodgate-statsd` crate and admission
+//! in `floodgate-guard`; this crate binds sockets ([`sys`], [`sources`]), asks the [`guard`]
+//! before parsing anything, schedules flushes ([`flush`]), delivers them
 //! ([`sinks`]) and serves the console ([`admin`]) and HTTP ([`http`]).
 
 #![warn(missing_docs)]
@@ -10,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod flush;
+pub mod guard;
 pub mod http;
 pub mod sinks;
 pub mod sources;

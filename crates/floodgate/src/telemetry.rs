@@ -11,7 +11,10 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use floodgate_guard::Reason;
 use parking_lot::Mutex;
+
+use crate::guard::Guard;
 
 /// Counters of one receive thread or one listener's connection tasks.
 #[derive(Debug, Default)]
@@ -28,8 +31,8 @@ pub struct ListenerCounters {
     pub oversize: AtomicU64,
     /// TCP connections accepted.
     pub connections: AtomicU64,
-    /// TCP connections refused at accept for `tcp_max_connections`.
-    pub connections_refused: AtomicU64,
+    /// Refused by the guard, by [`Reason`] (messages for UDP, connections for TCP).
+    pub dropped: [AtomicU64; Reason::ALL.len()],
     /// TCP connections closed for idleness.
     pub idle_closed: AtomicU64,
     /// Open TCP connections.
@@ -42,6 +45,11 @@ impl ListenerCounters {
         if n > 0 {
             counter.fetch_add(n, Relaxed);
         }
+    }
+
+    /// Adds guard refusals.
+    pub fn add_dropped(&self, reason: Reason, n: u64) {
+        Self::add(&self.dropped[reason as usize], n);
     }
 }
 
@@ -98,6 +106,7 @@ pub struct FlushCounters {
 #[derive(Debug, Default)]
 pub struct Telemetry {
     listeners: Mutex<Vec<Listener>>,
+    guard: Mutex<Option<Arc<Guard>>>,
     /// The Graphite sink.
     pub graphite: SinkCounters,
     /// Flushing.
@@ -105,6 +114,11 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
+    /// Reports the guard's table and top offenders too.
+    pub fn set_guard(&self, guard: Arc<Guard>) {
+        *self.guard.lock() = Some(guard);
+    }
+
     /// Registers a listener (or one receive thread of it).
     pub fn register(&self, listener: Listener) {
         self.listeners.lock().push(listener);
@@ -145,9 +159,19 @@ impl Telemetry {
         for l in &listeners {
             let c = &l.counters;
             *drops.entry((l.kind, &l.address, "oversize")).or_insert(0) += c.oversize.load(Relaxed);
-            if l.kind.ends_with("tcp") {
-                *drops.entry((l.kind, &l.address, "connection_limit")).or_insert(0) +=
-                    c.connections_refused.load(Relaxed);
+            let tcp = l.udp_port.is_none();
+            for reason in Reason::ALL {
+                let applies = match reason {
+                    Reason::NotAllowed => true,
+                    Reason::SourceLimit | Reason::PortLimit => !tcp,
+                    Reason::ConnectionRate | Reason::SourceConnections | Reason::ConnectionLimit => tcp,
+                };
+                if applies {
+                    *drops.entry((l.kind, &l.address, reason.as_str())).or_insert(0) +=
+                        c.dropped[reason as usize].load(Relaxed);
+                }
+            }
+            if tcp {
                 *drops.entry((l.kind, &l.address, "idle_timeout")).or_insert(0) += c.idle_closed.load(Relaxed);
             }
             if let Some(port) = l.udp_port {
@@ -158,11 +182,26 @@ impl Telemetry {
             // The kernel counts per socket; every socket on the port is ours (SO_REUSEPORT).
             drops.insert((kind, address, "kernel_receive_buffer"), crate::sys::kernel_udp_drops(port));
         }
-        for ((kind, address, reason), v) in drops {
+        for ((kind, address, reason), v) in &drops {
             let _ = writeln!(
                 out,
                 "floodgate_dropped_total{{listener=\"{kind}\",address=\"{address}\",reason=\"{reason}\"}} {v}"
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP floodgate_limited_total Messages (UDP) or connections (TCP) refused by a rate limit."
+        );
+        let _ = writeln!(out, "# TYPE floodgate_limited_total counter");
+        for ((kind, address, reason), v) in &drops {
+            if matches!(*reason, "source_limit" | "connection_rate") {
+                let port = drops.get(&(kind, address, "port_limit")).copied().unwrap_or(0);
+                let _ =
+                    writeln!(out, "floodgate_limited_total{{listener=\"{kind}\",address=\"{address}\"}} {}", v + port);
+            }
+        }
+        if let Some(guard) = self.guard.lock().as_ref() {
+            render_guard(guard, out);
         }
         let f = &self.flush;
         let _ = writeln!(out, "# HELP floodgate_statsd_dropped_series_total New StatsD series refused by max_series.");
@@ -207,6 +246,41 @@ impl Telemetry {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name}{{sink=\"graphite\"}} {}", v.load(Relaxed));
         }
+    }
+}
+
+/// Offenders labelled by source: only this many, so labels stay bounded.
+const TOP_OFFENDERS: usize = 10;
+
+fn render_guard(guard: &Guard, out: &mut String) {
+    let report = guard.report(TOP_OFFENDERS);
+    let _ = writeln!(out, "# HELP floodgate_guard_tracked_sources Sources in the limiter table.");
+    let _ = writeln!(out, "# TYPE floodgate_guard_tracked_sources gauge");
+    let _ = writeln!(out, "floodgate_guard_tracked_sources {}", report.tracked_sources);
+    let _ =
+        writeln!(out, "# HELP floodgate_guard_tracked_sources_capacity Bound of the limiter table (tracked_sources).");
+    let _ = writeln!(out, "# TYPE floodgate_guard_tracked_sources_capacity gauge");
+    let _ = writeln!(out, "floodgate_guard_tracked_sources_capacity {}", report.tracked_sources_capacity);
+    let _ = writeln!(
+        out,
+        "# HELP floodgate_offender_dropped_total Dropped from the {TOP_OFFENDERS} sources that dropped most (see /offenders)."
+    );
+    let _ = writeln!(out, "# TYPE floodgate_offender_dropped_total counter");
+    for o in &report.offenders {
+        let _ = writeln!(
+            out,
+            "floodgate_offender_dropped_total{{listener=\"{}\",address=\"{}\",source=\"{}\"}} {}",
+            o.listener, o.address, o.source, o.dropped
+        );
+    }
+    let _ = writeln!(out, "# HELP floodgate_offender_limited Whether a top offender is being limited now.");
+    let _ = writeln!(out, "# TYPE floodgate_offender_limited gauge");
+    for o in &report.offenders {
+        let _ = writeln!(
+            out,
+            "floodgate_offender_limited{{listener=\"{}\",address=\"{}\",source=\"{}\"}} {}",
+            o.listener, o.address, o.source, o.currently_limited as u8
+        );
     }
 }
 

@@ -20,10 +20,16 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The guard switched off: tests that are not about it send bursts far over the default
+/// limits from one source. Guard tests write their own `[limits]`.
+pub const NO_LIMITS: &str =
+    "[limits]\nudp_per_source = 0\nudp_per_port = 0\ntcp_connections_per_source = 0\ntcp_open_per_source = 0\n";
+
 fn config_text(statsd: u16, admin: u16, http: u16, statsd_extra: &str, sections: &str) -> String {
+    let limits = if sections.contains("[limits]") { "" } else { NO_LIMITS };
     format!(
         "[statsd]\nudp = [\"127.0.0.1:{statsd}\"]\ntcp = [\"127.0.0.1:{statsd}\"]\n{statsd_extra}\n\n\
-         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n{sections}\n"
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n{sections}\n{limits}"
     )
 }
 

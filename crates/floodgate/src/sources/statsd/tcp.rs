@@ -1,5 +1,6 @@
 //! StatsD over TCP: newline-separated lines, a maximum line length (longer lines are skipped
-//! and counted, the connection kept), an idle timeout and a cap on open connections.
+//! and counted, the connection kept) and an idle timeout. Each accepted connection is put to
+//! the guard before anything is read from it; a refused one is reset at once.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -8,9 +9,9 @@ use std::time::{Duration, Instant};
 use floodgate_statsd::{PacketCounts, Parser};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use super::{clock, ingest, publish, SharedShard};
+use crate::guard::{ConnectionPermit, ListenerGuard};
 use crate::telemetry::ListenerCounters;
 
 /// Options of one TCP listener.
@@ -24,8 +25,8 @@ pub struct TcpOptions {
     pub sanitize: bool,
     /// Longest line accepted.
     pub max_line_length: usize,
-    /// Open connections at once.
-    pub max_connections: usize,
+    /// This listener's place in the guard (which also caps its open connections).
+    pub guard: Arc<ListenerGuard>,
     /// Close after this long without data.
     pub idle_timeout: Duration,
     /// Gauge ordering epoch.
@@ -34,21 +35,8 @@ pub struct TcpOptions {
 
 /// Accepts connections until the task is aborted.
 pub async fn serve(listener: TcpListener, opts: TcpOptions) {
-    let permits = Arc::new(Semaphore::new(opts.max_connections));
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "statsd tcp accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            opts.counters.connections_refused.fetch_add(1, Relaxed);
-            drop(stream);
-            continue;
-        };
+        let (stream, peer, permit) = accept(&listener, &opts.guard, &opts.counters).await;
         opts.counters.connections.fetch_add(1, Relaxed);
         let opts = opts.clone();
         tokio::spawn(async move {
@@ -59,6 +47,34 @@ pub async fn serve(listener: TcpListener, opts: TcpOptions) {
             opts.counters.open_connections.fetch_sub(1, Relaxed);
             drop(permit);
         });
+    }
+}
+
+/// The next connection the guard admits. Refused ones are reset (`SO_LINGER` 0: an RST, no
+/// FIN handshake, no TIME_WAIT) before a byte is read and counted by reason.
+pub async fn accept(
+    listener: &TcpListener,
+    guard: &Arc<ListenerGuard>,
+    counters: &ListenerCounters,
+) -> (TcpStream, std::net::SocketAddr, ConnectionPermit) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors, mostly: back off instead of spinning.
+                tracing::warn!(error = %e, "tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match guard.admit_connection(peer.ip()) {
+            Ok(permit) => return (stream, peer, permit),
+            Err(reason) => {
+                counters.add_dropped(reason, 1);
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                drop(stream);
+            }
+        }
     }
 }
 

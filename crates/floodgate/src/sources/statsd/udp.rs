@@ -10,7 +10,10 @@ use std::time::Instant;
 
 use floodgate_statsd::{PacketCounts, Parser};
 
+use floodgate_guard::Reason;
+
 use super::{clock, complete_lines, ingest, publish, SharedShard};
+use crate::guard::{count_lines, Guard, ListenerGuard};
 use crate::sys::{RecvBatch, UdpReceiver};
 use crate::telemetry::ListenerCounters;
 
@@ -34,6 +37,10 @@ pub struct UdpWorker {
     pub shard: SharedShard,
     /// Self-metrics.
     pub counters: Arc<ListenerCounters>,
+    /// Admission: asked for each datagram before it is parsed.
+    pub guard: Arc<Guard>,
+    /// This address's place in the guard.
+    pub listener: Arc<ListenerGuard>,
     /// Etsy `keyNameSanitize`.
     pub sanitize: bool,
     /// Slot size: longer datagrams are truncated and counted.
@@ -82,12 +89,21 @@ impl UdpWorker {
             let mut bytes = 0;
             let mut oversize = 0;
             let mut lines = PacketCounts::default();
+            let mut dropped = [0u64; Reason::ALL.len()];
+            let policy = self.guard.policy();
+            let now = self.guard.now_ns();
             let mut shard = self.shard.lock();
             shard.clock = clock(self.epoch);
             shard.packets += n as u64;
             for i in 0..n {
                 let (data, truncated) = batch.datagram(i);
                 bytes += data.len() as u64;
+                if let Some(source) = batch.source(i) {
+                    if let Err(reason) = self.listener.admit_datagram(&policy, source.ip(), || count_lines(data), now) {
+                        dropped[reason as usize] += count_lines(data);
+                        continue;
+                    }
+                }
                 let data = if truncated {
                     // Keep the complete lines; the cut one is lost and counted.
                     oversize += 1;
@@ -98,6 +114,11 @@ impl UdpWorker {
                 ingest(&mut parser, &mut shard, data, &mut lines);
             }
             drop(shard);
+            drop(policy);
+            for reason in Reason::ALL {
+                self.counters.add_dropped(reason, dropped[reason as usize]);
+            }
+            self.listener.add_port_dropped(dropped[Reason::PortLimit as usize]);
             publish(&self.counters, lines);
             ListenerCounters::add(&self.counters.packets, n as u64);
             ListenerCounters::add(&self.counters.bytes, bytes);

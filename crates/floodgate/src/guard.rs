@@ -1,0 +1,530 @@
+//! The guard as the listeners see it: the policy from `[limits]` (swapped whole on SIGHUP), one
+//! [`ListenerGuard`] per listening address, the start/stop log lines and `/offenders`.
+//!
+//! The decisions themselves (allow-list, GCRA cells, the bounded source table) are in the
+//! IO-free `floodgate-guard` crate. Receive threads read the policy through an [`ArcSwap`]
+//! (no lock, no shared write) once per batch; the source table is shared by every thread of a
+//! listener, so a source's budget is one budget whichever `SO_REUSEPORT` socket the kernel
+//! hands its datagrams to, and threads meet only when they touch the same table shard at the
+//! same instant.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use floodgate_guard::{AllowList, Limit, Offender, PortLimiter, Reason, SourceKey, SourceTable, Verdict};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::config::LimitsConfig;
+
+/// A source not limited for this long has stopped being limited (and is logged once).
+const QUIET: Duration = Duration::from_secs(3);
+
+/// At most this many "source limited" log lines per second; the rest are counted and reported
+/// with the next sweep, so a flood of offenders cannot flood the log.
+const LOG_LINES_PER_SECOND: u64 = 10;
+
+/// The policy in force: `[limits]` made ready for the hot path.
+#[derive(Debug)]
+pub struct Policy {
+    allow: AllowList,
+    udp_source: Limit,
+    udp_port: Limit,
+    tcp_rate: Limit,
+    tcp_open_per_source: usize,
+    /// The bounded table of sources.
+    pub table: Arc<SourceTable>,
+    /// No check at all is configured (no allow-list, every rate 0).
+    udp_off: bool,
+}
+
+impl Policy {
+    fn new(limits: &LimitsConfig, table: Arc<SourceTable>) -> Policy {
+        let burst = limits.burst.as_nanos() as u64;
+        // Validated when the config was read.
+        let allow = AllowList::parse(&limits.allow).unwrap_or_default();
+        let udp_source = Limit::new(limits.udp_per_source, burst);
+        let udp_port = Limit::new(limits.udp_per_port, burst);
+        Policy {
+            udp_off: allow.is_empty() && udp_source.is_unlimited() && udp_port.is_unlimited(),
+            allow,
+            udp_source,
+            udp_port,
+            tcp_rate: Limit::new(limits.tcp_connections_per_source, burst),
+            tcp_open_per_source: limits.tcp_open_per_source,
+            table,
+        }
+    }
+}
+
+/// The guard shared by every listener.
+pub struct Guard {
+    policy: ArcSwap<Policy>,
+    listeners: Mutex<Vec<Arc<ListenerGuard>>>,
+    epoch: Instant,
+    epoch_wall: SystemTime,
+    log_cell: PortLimiter,
+    log_suppressed: AtomicU64,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard").field("policy", &self.policy.load()).finish_non_exhaustive()
+    }
+}
+
+impl Guard {
+    /// A guard applying `limits`, timing everything from `epoch`.
+    pub fn new(limits: &LimitsConfig, epoch: Instant) -> Arc<Guard> {
+        let table = Arc::new(SourceTable::new(limits.tracked_sources));
+        Arc::new(Guard {
+            policy: ArcSwap::from_pointee(Policy::new(limits, table)),
+            listeners: Mutex::new(Vec::new()),
+            epoch_wall: SystemTime::now() - epoch.elapsed(),
+            epoch,
+            log_cell: PortLimiter::new(),
+            log_suppressed: AtomicU64::new(0),
+        })
+    }
+
+    /// Applies new limits (SIGHUP). The source table is kept unless its size changed.
+    pub fn reconfigure(&self, limits: &LimitsConfig) {
+        let old = self.policy.load();
+        let table = if old.table.capacity() == SourceTable::new(limits.tracked_sources).capacity() {
+            old.table.clone()
+        } else {
+            tracing::info!(tracked_sources = limits.tracked_sources, "limiter table resized: sources start afresh");
+            Arc::new(SourceTable::new(limits.tracked_sources))
+        };
+        self.policy.store(Arc::new(Policy::new(limits, table)));
+    }
+
+    /// The policy in force (cheap; hold it for a batch, not forever).
+    pub fn policy(&self) -> arc_swap::Guard<Arc<Policy>> {
+        self.policy.load()
+    }
+
+    /// Nanoseconds since the epoch: the clock of every limit.
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Registers a listening address (all its sockets share the result). `max_open` caps its
+    /// open connections (TCP).
+    pub fn listener(self: &Arc<Self>, kind: &'static str, address: SocketAddr, max_open: usize) -> Arc<ListenerGuard> {
+        let mut listeners = self.listeners.lock();
+        let lg = Arc::new(ListenerGuard {
+            id: listeners.len() as u16,
+            kind,
+            address: address.to_string(),
+            port: PortLimiter::new(),
+            port_limited: AtomicBool::new(false),
+            port_last_ns: AtomicU64::new(0),
+            port_dropped: AtomicU64::new(0),
+            port_dropped_at_start: AtomicU64::new(0),
+            open: Mutex::new(OpenConnections::default()),
+            max_open,
+            guard: Arc::downgrade(self),
+        });
+        listeners.push(lg.clone());
+        lg
+    }
+
+    fn listener_by_id(&self, id: u16) -> Option<Arc<ListenerGuard>> {
+        self.listeners.lock().get(id as usize).cloned()
+    }
+
+    /// One log line when `key` starts being limited, within the log budget.
+    fn log_started(&self, lg: &ListenerGuard, key: SourceKey, reason: Reason, now_ns: u64) {
+        let budget = Limit::new(LOG_LINES_PER_SECOND, 1_000_000_000);
+        if !self.log_cell.check(&budget, now_ns, 1, true) {
+            self.log_suppressed.fetch_add(1, Relaxed);
+            return;
+        }
+        tracing::warn!(
+            source = %key.source(),
+            listener = lg.kind,
+            address = %lg.address,
+            reason = reason.as_str(),
+            "source over its limit: dropping its input until it slows down"
+        );
+    }
+
+    /// Ends quiet limited periods and logs them; run about once a second.
+    pub fn sweep(&self) {
+        let now = self.now_ns();
+        let quiet = QUIET.as_nanos() as u64;
+        for o in self.policy().table.sweep(now, quiet) {
+            // Port-limit refusals are logged for the port, not for each (possibly spoofed) source.
+            if o.reason == Reason::PortLimit {
+                continue;
+            }
+            let Some(lg) = self.listener_by_id(o.key.listener) else { continue };
+            tracing::info!(
+                source = %o.key.source(),
+                listener = lg.kind,
+                address = %lg.address,
+                reason = o.reason.as_str(),
+                dropped = o.dropped,
+                limited_for = ?Duration::from_nanos(o.last_seen_ns.saturating_sub(o.first_seen_ns)),
+                "source no longer limited"
+            );
+        }
+        for lg in self.listeners.lock().iter() {
+            if lg.port_limited.load(Relaxed) && now.saturating_sub(lg.port_last_ns.load(Relaxed)) >= quiet {
+                lg.port_limited.store(false, Relaxed);
+                let dropped = lg.port_dropped.load(Relaxed) - lg.port_dropped_at_start.load(Relaxed);
+                tracing::info!(listener = lg.kind, address = %lg.address, dropped, "port no longer over its limit");
+            }
+        }
+        let suppressed = self.log_suppressed.swap(0, Relaxed);
+        if suppressed > 0 {
+            tracing::warn!(suppressed, "more sources started being limited (log lines suppressed; see /offenders)");
+        }
+    }
+
+    /// Runs [`sweep`](Self::sweep) every second until `stop` is set.
+    pub fn spawn_sweeper(self: &Arc<Self>, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let guard = self.clone();
+        std::thread::Builder::new().name("guard-sweep".into()).spawn(move || {
+            while !stop.load(Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                guard.sweep();
+            }
+        })
+    }
+
+    fn wall(&self, ns: u64) -> String {
+        humantime::format_rfc3339_millis(self.epoch_wall + Duration::from_nanos(ns)).to_string()
+    }
+
+    /// The `max` sources that dropped most, for `/offenders` and the labelled metric.
+    pub fn offenders(&self, max: usize) -> Vec<OffenderReport> {
+        let listeners = self.listeners.lock().clone();
+        self.policy()
+            .table
+            .offenders(max)
+            .into_iter()
+            .filter_map(|o: Offender| {
+                let lg = listeners.get(o.key.listener as usize)?;
+                Some(OffenderReport {
+                    source: o.key.source(),
+                    listener: lg.kind,
+                    address: lg.address.clone(),
+                    reason: o.reason.as_str(),
+                    dropped: o.dropped,
+                    first_seen: self.wall(o.first_seen_ns),
+                    last_seen: self.wall(o.last_seen_ns),
+                    currently_limited: o.currently_limited,
+                })
+            })
+            .collect()
+    }
+
+    /// The `/offenders` document.
+    pub fn report(&self, max: usize) -> GuardReport {
+        let policy = self.policy();
+        let ports = self
+            .listeners
+            .lock()
+            .iter()
+            .filter(|lg| lg.port_dropped.load(Relaxed) > 0)
+            .map(|lg| PortReport {
+                listener: lg.kind,
+                address: lg.address.clone(),
+                dropped: lg.port_dropped.load(Relaxed),
+                currently_limited: lg.port_limited.load(Relaxed),
+            })
+            .collect();
+        GuardReport {
+            tracked_sources: policy.table.len(),
+            tracked_sources_capacity: policy.table.capacity(),
+            ports,
+            offenders: self.offenders(max),
+        }
+    }
+}
+
+/// `/offenders`.
+#[derive(Debug, Serialize)]
+pub struct GuardReport {
+    /// Sources in the limiter table now.
+    pub tracked_sources: usize,
+    /// The table's bound.
+    pub tracked_sources_capacity: usize,
+    /// Listening ports that have been over their own limit.
+    pub ports: Vec<PortReport>,
+    /// Sources that hit a limit, most dropped first.
+    pub offenders: Vec<OffenderReport>,
+}
+
+/// One port in `/offenders`.
+#[derive(Debug, Serialize)]
+pub struct PortReport {
+    /// Listener kind.
+    pub listener: &'static str,
+    /// Listening address.
+    pub address: String,
+    /// Messages dropped by the port limit, total.
+    pub dropped: u64,
+    /// Over its limit within the last few seconds.
+    pub currently_limited: bool,
+}
+
+/// One source in `/offenders`.
+#[derive(Debug, Serialize)]
+pub struct OffenderReport {
+    /// IPv4 address or IPv6 /64.
+    pub source: String,
+    /// Listener kind.
+    pub listener: &'static str,
+    /// Listening address.
+    pub address: String,
+    /// The limit it hit last.
+    pub reason: &'static str,
+    /// Messages (UDP) or connections (TCP) dropped while tracked.
+    pub dropped: u64,
+    /// First drop (RFC 3339).
+    pub first_seen: String,
+    /// Last drop.
+    pub last_seen: String,
+    /// Dropped within the last few seconds.
+    pub currently_limited: bool,
+}
+
+#[derive(Debug, Default)]
+struct OpenConnections {
+    total: usize,
+    by_source: HashMap<SourceKey, usize>,
+}
+
+/// The guard of one listening address.
+pub struct ListenerGuard {
+    id: u16,
+    kind: &'static str,
+    address: String,
+    port: PortLimiter,
+    port_limited: AtomicBool,
+    port_last_ns: AtomicU64,
+    port_dropped: AtomicU64,
+    port_dropped_at_start: AtomicU64,
+    open: Mutex<OpenConnections>,
+    max_open: usize,
+    guard: std::sync::Weak<Guard>,
+}
+
+/// Messages in a StatsD datagram: its lines (a last line without `\n` counts).
+#[inline]
+pub fn count_lines(data: &[u8]) -> u64 {
+    let newlines = memchr::memchr_iter(b'\n', data).count() as u64;
+    let unterminated = data.last().is_some_and(|b| *b != b'\n') as u64;
+    (newlines + unterminated).max(1)
+}
+
+impl ListenerGuard {
+    /// Decides one datagram of `messages` messages from `ip` at `now_ns`.
+    #[inline]
+    pub fn admit_datagram(
+        &self,
+        policy: &Policy,
+        ip: IpAddr,
+        messages: impl FnOnce() -> u64,
+        now_ns: u64,
+    ) -> Result<(), Reason> {
+        if policy.udp_off {
+            return Ok(());
+        }
+        if !policy.allow.allows(ip) {
+            return Err(Reason::NotAllowed);
+        }
+        let key = SourceKey::new(self.id, ip);
+        let n = messages();
+        match policy.table.admit(
+            key,
+            &policy.udp_source,
+            Reason::SourceLimit,
+            Some((&self.port, &policy.udp_port)),
+            now_ns,
+            n,
+        ) {
+            Verdict::Allowed => Ok(()),
+            Verdict::Limited { reason, started } => {
+                if reason == Reason::PortLimit {
+                    self.port_refused(now_ns);
+                } else if started {
+                    if let Some(g) = self.guard.upgrade() {
+                        g.log_started(self, key, reason, now_ns);
+                    }
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    /// Adds a batch's port-limit refusals (once per batch, not per datagram).
+    pub fn add_port_dropped(&self, n: u64) {
+        if n > 0 {
+            self.port_dropped.fetch_add(n, Relaxed);
+        }
+    }
+
+    fn port_refused(&self, now_ns: u64) {
+        // Written at most every 100ms: the sweep only needs to know it is recent.
+        if now_ns.saturating_sub(self.port_last_ns.load(Relaxed)) > 100_000_000 {
+            self.port_last_ns.store(now_ns, Relaxed);
+        }
+        if !self.port_limited.load(Relaxed) && !self.port_limited.swap(true, Relaxed) {
+            self.port_dropped_at_start.store(self.port_dropped.load(Relaxed), Relaxed);
+            tracing::warn!(
+                listener = self.kind,
+                address = %self.address,
+                "port over its limit (udp_per_port): sources tracked for a second keep priority, newcomers are dropped"
+            );
+        }
+    }
+
+    /// Decides a connection just accepted from `ip`: the allow-list, the source's connection
+    /// rate, its open connections and the listener's. Nothing has been read from it yet.
+    pub fn admit_connection(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Reason> {
+        let Some(guard) = self.guard.upgrade() else { return Err(Reason::ConnectionLimit) };
+        let policy = guard.policy();
+        if !policy.allow.allows(ip) {
+            return Err(Reason::NotAllowed);
+        }
+        let key = SourceKey::new(self.id, ip);
+        let now = guard.now_ns();
+        if let Verdict::Limited { reason, started } =
+            policy.table.admit(key, &policy.tcp_rate, Reason::ConnectionRate, None, now, 1)
+        {
+            if started {
+                guard.log_started(self, key, reason, now);
+            }
+            return Err(reason);
+        }
+        let mut open = self.open.lock();
+        if open.total >= self.max_open {
+            return Err(Reason::ConnectionLimit);
+        }
+        let mine = open.by_source.get(&key).copied().unwrap_or(0);
+        if policy.tcp_open_per_source > 0 && mine >= policy.tcp_open_per_source {
+            drop(open);
+            if policy.table.record(key, Reason::SourceConnections, now, 1) {
+                guard.log_started(self, key, Reason::SourceConnections, now);
+            }
+            return Err(Reason::SourceConnections);
+        }
+        open.total += 1;
+        open.by_source.insert(key, mine + 1);
+        Ok(ConnectionPermit { listener: self.clone(), key })
+    }
+}
+
+/// An admitted connection's place in its listener's counts; given back when dropped.
+pub struct ConnectionPermit {
+    listener: Arc<ListenerGuard>,
+    key: SourceKey,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut open = self.listener.open.lock();
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.by_source.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.by_source.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(f: impl FnOnce(&mut LimitsConfig)) -> LimitsConfig {
+        let mut l = LimitsConfig::default();
+        f(&mut l);
+        l
+    }
+
+    #[test]
+    fn lines_are_messages() {
+        assert_eq!(count_lines(b"a:1|c"), 1);
+        assert_eq!(count_lines(b"a:1|c\n"), 1);
+        assert_eq!(count_lines(b"a:1|c\nb:2|c"), 2);
+        assert_eq!(count_lines(b"a:1|c\nb:2|c\n"), 2);
+        assert_eq!(count_lines(b""), 1);
+    }
+
+    #[test]
+    fn datagrams_limited_by_source_then_port() {
+        let g = Guard::new(&limits(|l| l.udp_per_port = 5), Instant::now());
+        let lg = g.listener("statsd_udp", "127.0.0.1:8125".parse().unwrap(), 0);
+        let p = g.policy();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let now = 5_000_000_000;
+        // A newcomer gets half the port's burst of 5.
+        let verdicts: Vec<_> = (0..4).map(|_| lg.admit_datagram(&p, a, || 1, now)).collect();
+        assert_eq!(verdicts, vec![Ok(()), Ok(()), Err(Reason::PortLimit), Err(Reason::PortLimit)]);
+        let g = Guard::new(&limits(|l| l.udp_per_source = 10), Instant::now());
+        let lg = g.listener("statsd_udp", "127.0.0.1:8125".parse().unwrap(), 0);
+        let p = g.policy();
+        assert_eq!(lg.admit_datagram(&p, a, || 10, now), Ok(()));
+        assert_eq!(lg.admit_datagram(&p, a, || 1, now), Err(Reason::SourceLimit));
+        let report = g.report(10);
+        assert_eq!(report.offenders[0].source, "10.0.0.1");
+        assert_eq!(report.offenders[0].reason, "source_limit");
+        assert!(report.offenders[0].currently_limited);
+    }
+
+    #[test]
+    fn allow_list_and_off() {
+        let g = Guard::new(&limits(|l| l.allow = vec!["10.0.0.0/8".into()]), Instant::now());
+        let lg = g.listener("statsd_udp", "127.0.0.1:8125".parse().unwrap(), 0);
+        let p = g.policy();
+        assert_eq!(lg.admit_datagram(&p, "11.0.0.1".parse().unwrap(), || 1, 1), Err(Reason::NotAllowed));
+        assert_eq!(lg.admit_datagram(&p, "10.9.0.1".parse().unwrap(), || 1, 1), Ok(()));
+        g.reconfigure(&limits(|l| {
+            l.udp_per_source = 0;
+            l.udp_per_port = 0;
+        }));
+        let p = g.policy();
+        assert!(p.udp_off);
+        assert_eq!(lg.admit_datagram(&p, "11.0.0.1".parse().unwrap(), || unreachable!(), 1), Ok(()));
+    }
+
+    #[test]
+    fn connections_capped_per_source_and_in_total() {
+        let g = Guard::new(
+            &limits(|l| {
+                l.tcp_connections_per_source = 0;
+                l.tcp_open_per_source = 2;
+            }),
+            Instant::now(),
+        );
+        let lg = g.listener("statsd_tcp", "127.0.0.1:8125".parse().unwrap(), 3);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let p1 = lg.admit_connection(a).unwrap();
+        let _p2 = lg.admit_connection(a).unwrap();
+        assert_eq!(lg.admit_connection(a).err(), Some(Reason::SourceConnections));
+        let _p3 = lg.admit_connection(b).unwrap();
+        assert_eq!(lg.admit_connection(b).err(), Some(Reason::ConnectionLimit));
+        drop(p1);
+        assert!(lg.admit_connection(a).is_ok(), "a closed connection gives its place back");
+    }
+
+    #[test]
+    fn connection_rate() {
+        let g = Guard::new(&limits(|l| l.tcp_connections_per_source = 10), Instant::now());
+        let lg = g.listener("statsd_tcp", "127.0.0.1:8125".parse().unwrap(), 1000);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let admitted = (0..100).filter_map(|_| lg.admit_connection(a).ok()).count();
+        assert_eq!(admitted, 10, "a burst of one second at 10/s");
+    }
+}

@@ -312,3 +312,101 @@ pub fn require_tool(name: &str) -> PathBuf {
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
+
+/// Debian's carbon-cache on free loopback ports, storing 1-second points in a temporary folder.
+pub struct Carbon {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub line_port: u16,
+    pub pickle_port: u16,
+}
+
+impl Drop for Carbon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Carbon {
+    pub fn start() -> Carbon {
+        let bin = require_tool("carbon-cache");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let (line_port, pickle_port, query_port) = (free_port(), free_port(), free_port());
+        std::fs::write(
+            dir.path().join("carbon.conf"),
+            format!(
+                "[cache]\nSTORAGE_DIR = {d}/storage\nLOCAL_DATA_DIR = {d}/storage/whisper\nWHITELISTS_DIR = {d}/lists\n\
+                 CONF_DIR = {d}\nLOG_DIR = {d}/log\nPID_DIR = {d}\nUSER =\nMAX_CACHE_SIZE = inf\n\
+                 MAX_UPDATES_PER_SECOND = inf\nMAX_CREATES_PER_MINUTE = inf\n\
+                 LINE_RECEIVER_INTERFACE = 127.0.0.1\nLINE_RECEIVER_PORT = {line_port}\n\
+                 PICKLE_RECEIVER_INTERFACE = 127.0.0.1\nPICKLE_RECEIVER_PORT = {pickle_port}\n\
+                 CACHE_QUERY_INTERFACE = 127.0.0.1\nCACHE_QUERY_PORT = {query_port}\nENABLE_UDP_LISTENER = False\n"
+            ),
+        )
+        .unwrap();
+        // One-second steps: with Carbon's default 60 s, several flushes a minute overwrite each other.
+        std::fs::write(dir.path().join("storage-schemas.conf"), "[all]\npattern = .*\nretentions = 1s:1h\n").unwrap();
+        let child = Command::new(bin)
+            .arg(format!("--config={d}/carbon.conf"))
+            .args(["--nodaemon", "start"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start carbon-cache");
+        let carbon = Carbon { child, dir, line_port, pickle_port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", pickle_port)).is_err()
+            || TcpStream::connect(("127.0.0.1", line_port)).is_err()
+        {
+            assert!(Instant::now() < deadline, "carbon-cache did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        carbon
+    }
+
+    pub fn whisper(&self, metric: &str) -> PathBuf {
+        let mut p = self.dir.path().join("storage/whisper");
+        for part in metric.split('.') {
+            p.push(part);
+        }
+        p.set_extension("wsp");
+        p
+    }
+
+    /// Non-empty points of a metric over the last 10 minutes.
+    pub fn fetch(&self, metric: &str) -> Vec<f64> {
+        let path = self.whisper(metric);
+        if !Path::new(&path).exists() {
+            return Vec::new();
+        }
+        let out = Command::new(require_tool("whisper-fetch"))
+            .arg("--from")
+            .arg((unix_now() - 600).to_string())
+            .arg(&path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .collect()
+    }
+
+    /// Polls until `check` holds for the metric's points (Carbon writes asynchronously).
+    pub fn wait(&self, metric: &str, check: impl Fn(&[f64]) -> bool) -> Vec<f64> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let points = self.fetch(metric);
+            if check(&points) {
+                return points;
+            }
+            assert!(Instant::now() < deadline, "{metric}: points {points:?} never satisfied the check");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}

@@ -1,0 +1,226 @@
+//! The guard end to end: a flooding source limited while its neighbours lose nothing (sums
+//! read back from a real carbon-cache), the allow-list, and a TCP connection storm refused
+//! before a byte is read. The spoofing test, which needs a network namespace, is in
+//! `guard_spoof.rs`.
+
+mod common;
+
+use std::io::{ErrorKind, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Sends `line` as one datagram each from `source` to `to` at `rate` a second (0: as fast as
+/// it can, at most 100k/s) for `secs`; returns how many were sent.
+fn send_paced(source: &str, to: SocketAddr, line: &'static str, rate: u64, secs: f64) -> std::thread::JoinHandle<u64> {
+    let socket = UdpSocket::bind((source, 0)).unwrap();
+    std::thread::spawn(move || {
+        let rate = if rate == 0 { 100_000 } else { rate };
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed().as_secs_f64() < secs {
+            let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+            while sent < due {
+                match socket.send_to(line.as_bytes(), to) {
+                    Ok(_) => sent += 1,
+                    // The local queue is full: the datagram was not sent, so it is not counted.
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("send: {e}"),
+                }
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        sent
+    })
+}
+
+fn offenders(fg: &Floodgate) -> serde_json::Value {
+    let (code, body) = http_get(fg.http, "/offenders").unwrap();
+    assert_eq!(code, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+fn metrics(fg: &Floodgate) -> String {
+    http_get(fg.http, "/metrics?only=floodgate").unwrap().1
+}
+
+fn wait_log(fg: &Floodgate, needle: &str, count: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = fg.stderr();
+        let n = log.lines().filter(|l| l.contains(needle)).count();
+        if n >= count {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "{count}× `{needle}` never logged:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// 127.0.0.2 floods at 30× its limit while 127.0.0.3 and .4 send at half of theirs, all under
+/// the default limits: the two lose nothing (exact sums in Whisper), the flood is held to
+/// its limit, it is reported once when it starts and once when it stops.
+#[test]
+fn a_flooding_source_is_held_to_its_limit_and_its_neighbours_lose_nothing() {
+    let carbon = Carbon::start();
+    // 2-second flushes: each lands in its own 1-second Whisper point whatever the jitter.
+    let fg = Floodgate::start(
+        "flush_interval = \"2s\"",
+        &format!("[graphite]\naddress = \"127.0.0.1:{}\"\n\n[limits]\n", carbon.line_port),
+    );
+    let to = fg.udp_addr();
+    let secs = 14.0;
+    let flood = send_paced("127.0.0.2", to, "flood.hits:1|c", 0, secs);
+    let legit3 = send_paced("127.0.0.3", to, "legit3.hits:1|c", 1500, secs);
+    let legit4 = send_paced("127.0.0.4", to, "legit4.hits:1|c", 1500, secs);
+    let (flood, legit3, legit4) = (flood.join().unwrap(), legit3.join().unwrap(), legit4.join().unwrap());
+    assert!(flood as f64 >= 10.0 * 3000.0 * secs, "the flood reached only {flood} datagrams");
+
+    carbon.wait("stats_counts.legit3.hits", |p| p.iter().sum::<f64>() == legit3 as f64);
+    carbon.wait("stats_counts.legit4.hits", |p| p.iter().sum::<f64>() == legit4 as f64);
+
+    // The flood's accepted rate: whole 2-second points in the middle of the run (the first
+    // holds the one-second burst, the last a part-interval).
+    let points = carbon.wait("stats_counts.flood.hits", |p| p.iter().filter(|v| **v > 0.0).count() >= 7);
+    let points: Vec<f64> = points.into_iter().filter(|v| *v > 0.0).collect();
+    let middle = &points[1..6];
+    let rate = middle.iter().sum::<f64>() / (2.0 * middle.len() as f64);
+    assert!((rate - 3000.0).abs() <= 150.0, "accepted {rate}/s from the flood, points {points:?}");
+
+    let m = metrics(&fg);
+    let dropped = metric(&m, "floodgate_dropped_total", &["listener=\"statsd_udp\"", "reason=\"source_limit\""]);
+    let accepted: f64 = points.iter().sum();
+    assert_eq!(dropped, Some(flood as f64 - accepted), "every refused line counted");
+    assert_eq!(metric(&m, "floodgate_dropped_total", &["reason=\"port_limit\""]), Some(0.0));
+    assert_eq!(
+        metric(&m, "floodgate_offender_dropped_total", &["listener=\"statsd_udp\"", "source=\"127.0.0.2\""]),
+        dropped
+    );
+
+    let report = offenders(&fg);
+    let list = report["offenders"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "only the flood is an offender: {report}");
+    assert_eq!(list[0]["source"], "127.0.0.2");
+    assert_eq!(list[0]["listener"], "statsd_udp");
+    assert_eq!(list[0]["reason"], "source_limit");
+    assert_eq!(list[0]["dropped"].as_f64(), dropped);
+    assert!(list[0]["first_seen"].as_str().unwrap().ends_with('Z'));
+
+    // One line when it started, one when it stopped (with what it dropped), none per packet.
+    let log = wait_log(&fg, "source no longer limited", 1);
+    let started: Vec<&str> = log.lines().filter(|l| l.contains("source over its limit")).collect();
+    assert_eq!(started.len(), 1, "{log}");
+    assert!(started[0].contains("127.0.0.2"), "{log}");
+    let stopped: Vec<&str> = log.lines().filter(|l| l.contains("source no longer limited")).collect();
+    assert_eq!(stopped.len(), 1, "{log}");
+    assert!(stopped[0].contains(&format!("dropped={}", dropped.unwrap())), "dropped {dropped:?}: {log}");
+    let report = offenders(&fg);
+    assert_eq!(report["offenders"][0]["currently_limited"], false);
+}
+
+/// Only the allow-listed source is served, over UDP and TCP; the other is dropped before
+/// parsing and counted.
+#[test]
+fn sources_outside_the_allow_list_are_dropped_and_counted() {
+    let fg = Floodgate::start("flush_interval = \"1h\"", "[limits]\nallow = [\"127.0.0.3/32\", \"::1\"]\n");
+    let to = fg.udp_addr();
+    let outside = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let inside = UdpSocket::bind("127.0.0.3:0").unwrap();
+    for _ in 0..5 {
+        outside.send_to(b"outside:1|c\nbad line", to).unwrap();
+        inside.send_to(b"inside:1|c", to).unwrap();
+    }
+    fg.wait_counter("inside", "5");
+    // Over TCP the outside source is reset at accept.
+    let mut served = connect_from("127.0.0.3", fg.statsd);
+    served.write_all(b"inside_tcp:1|c\n").unwrap();
+    drop(served);
+    fg.wait_counter("inside_tcp", "1");
+    let refused = connect_from("127.0.0.2", fg.statsd);
+    assert!(is_reset(refused), "the outside source's connection must be reset");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics(&fg);
+        let udp = metric(&m, "floodgate_dropped_total", &["listener=\"statsd_udp\"", "reason=\"not_allowed\""]);
+        let tcp = metric(&m, "floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"not_allowed\""]);
+        // Two lines per datagram: messages are counted, not datagrams.
+        if udp == Some(10.0) && tcp == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not_allowed drops not counted: udp {udp:?} tcp {tcp:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let counters = fg.admin("counters\n");
+    assert!(!counters.contains("outside"), "{counters}");
+    assert!(counters.contains("'statsd.bad_lines_seen': 0"), "dropped before parsing: {counters}");
+}
+
+fn connect_from(source: &str, port: u16) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((source.parse::<std::net::Ipv4Addr>().unwrap(), 0)).into()).unwrap();
+    socket.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into()).unwrap();
+    socket.into()
+}
+
+/// True when the server reset the connection without sending anything.
+fn is_reset(mut s: TcpStream) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf), Err(e) if e.kind() == ErrorKind::ConnectionReset)
+}
+
+/// 1,000 connection attempts a second from one source: about 10 a second are served, every
+/// other one is reset before a byte of it is read, and another source is served meanwhile.
+#[test]
+fn a_connection_storm_is_refused_at_accept() {
+    let fg = Floodgate::start("flush_interval = \"1h\"", "[limits]\n");
+    let secs = 3.0;
+    let start = Instant::now();
+    let (mut attempts, mut legit_served) = (0u64, false);
+    while start.elapsed().as_secs_f64() < secs {
+        let due = (start.elapsed().as_secs_f64() * 1000.0) as u64;
+        while attempts < due {
+            let mut s = connect_from("127.0.0.2", fg.statsd);
+            // Written before the server decides: a reset connection's bytes are never read.
+            let _ = s.write_all(b"storm:1|c\n");
+            attempts += 1;
+        }
+        if !legit_served && start.elapsed() > Duration::from_secs(1) {
+            let mut s = connect_from("127.0.0.3", fg.statsd);
+            s.write_all(b"legit_tcp:1|c\n").unwrap();
+            legit_served = true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    fg.wait_counter("legit_tcp", "1");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (admitted, refused) = loop {
+        let m = metrics(&fg);
+        let admitted = metric(&m, "floodgate_tcp_connections_total", &["listener=\"statsd_tcp\""]).unwrap_or(0.0) - 1.0;
+        let refused = metric(&m, "floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"connection_rate\""])
+            .unwrap_or(0.0);
+        if admitted + refused == attempts as f64 {
+            break (admitted, refused);
+        }
+        assert!(Instant::now() < deadline, "{attempts} attempts, {admitted} admitted + {refused} refused");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // 10 a second after a one-second burst of 10.
+    assert!(admitted <= 10.0 * elapsed + 10.0 + 1.0, "{admitted} admitted in {elapsed}s");
+    assert!(admitted >= 10.0 * (elapsed - 1.0), "{admitted} admitted in {elapsed}s");
+    assert!(refused > 0.9 * attempts as f64);
+    fg.wait_counter("storm", &admitted.to_string());
+    // Nothing was read from the refused ones: the bytes received are the admitted lines'.
+    let m = metrics(&fg);
+    let bytes = metric(&m, "floodgate_received_bytes_total", &["listener=\"statsd_tcp\""]).unwrap();
+    assert_eq!(bytes, admitted * 10.0 + 14.0);
+    let report = offenders(&fg);
+    assert_eq!(report["offenders"][0]["source"], "127.0.0.2");
+    assert_eq!(report["offenders"][0]["reason"], "connection_rate");
+    assert_eq!(report["offenders"][0]["listener"], "statsd_tcp");
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
 use floodgate_statsd::graphite::GraphiteStats;
 use floodgate_statsd::{Shard, Store};
 use parking_lot::{Mutex, RwLock};
@@ -37,6 +38,8 @@ pub struct Shared {
     pub telemetry: Arc<Telemetry>,
     /// Admission in front of every listener.
     pub guard: Arc<Guard>,
+    /// The StatsD TLS listeners' certificate (replaced on SIGHUP).
+    pub statsd_tls: Mutex<Option<crate::tls::SharedServerConfig>>,
     /// The Graphite backend's statistics (written into each payload).
     pub graphite_stats: Arc<Mutex<GraphiteStats>>,
     /// Operator health (`health up|down` on the console).
@@ -63,6 +66,7 @@ impl Shared {
             shards: Mutex::new(Vec::new()),
             telemetry,
             guard,
+            statsd_tls: Mutex::new(None),
             graphite_stats: Arc::new(Mutex::new(GraphiteStats { last_flush: started_unix, ..Default::default() })),
             health_up: AtomicBool::new(config.admin.health == Health::Up),
             ready: AtomicBool::new(false),
@@ -137,8 +141,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     for addr in &s.tcp {
         let listener = bind_tcp(*addr).with_context(|| format!("cannot bind statsd tcp {addr}"))?;
         tracing::info!(address = %listener.local_addr()?, "statsd tcp listening");
-        tcp_listeners.push(listener);
+        tcp_listeners.push(("statsd_tcp", listener));
     }
+    for addr in &s.tls_listen {
+        let listener = bind_tcp(*addr).with_context(|| format!("cannot bind statsd tls {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, "statsd tls listening");
+        tcp_listeners.push(("statsd_tls", listener));
+    }
+    let statsd_tls = match &s.tls {
+        Some(tls) => Some(Arc::new(ArcSwap::new(crate::tls::server_config(tls).context("statsd tls")?))),
+        None => None,
+    };
+    *shared.statsd_tls.lock() = statsd_tls.clone();
     let admin_listener = match config.admin.listen {
         Some(addr) => Some(bind_tcp(addr).with_context(|| format!("cannot bind admin console {addr}"))?),
         None => None,
@@ -154,11 +168,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         handles.push(w.spawn(format!("statsd-udp-{i}"))?);
     }
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    for listener in tcp_listeners {
+    for (kind, listener) in tcp_listeners {
         let counters = Arc::new(ListenerCounters::default());
         let address = listener.local_addr()?;
         shared.telemetry.register(Listener {
-            kind: "statsd_tcp",
+            kind,
             address: address.to_string(),
             counters: counters.clone(),
             receive_buffer: 0,
@@ -169,11 +183,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             counters,
             sanitize: s.key_name_sanitize,
             max_line_length: s.max_line_length as usize,
-            guard: shared.guard.listener("statsd_tcp", address, s.tcp_max_connections),
+            guard: shared.guard.listener(kind, address, s.tcp_max_connections),
             idle_timeout: s.tcp_idle_timeout,
             epoch: shared.epoch,
         };
-        tasks.push(tokio::spawn(crate::sources::statsd::tcp::serve(listener, opts)));
+        let tls = if kind == "statsd_tls" { statsd_tls.clone() } else { None };
+        tasks.push(tokio::spawn(crate::sources::statsd::tcp::serve(listener, opts, tls)));
     }
     if let Some(listener) = admin_listener {
         tracing::info!(address = %listener.local_addr()?, "admin console listening");
@@ -273,11 +288,21 @@ fn reload(shared: &Shared) {
     let old = shared.config.read().clone();
     if new.statsd.udp != old.statsd.udp
         || new.statsd.tcp != old.statsd.tcp
+        || new.statsd.tls_listen != old.statsd.tls_listen
         || new.graphite.address != old.graphite.address
         || new.admin.listen != old.admin.listen
         || new.http.listen != old.http.listen
     {
         tracing::warn!("SIGHUP: listener or sink address changes take effect at the next restart");
+    }
+    if let (Some(tls), Some(live)) = (&new.statsd.tls, shared.statsd_tls.lock().as_ref()) {
+        // Certificates are re-read every time: renewed files keep their names.
+        match crate::tls::server_config(tls) {
+            Ok(config) => live.store(config),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "SIGHUP: statsd tls certificate refused; the old one stays")
+            }
+        }
     }
     shared.store.lock().reconfigure(new.aggregation());
     if new.limits != old.limits {

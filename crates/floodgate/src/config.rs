@@ -38,6 +38,11 @@ pub struct StatsdConfig {
     pub udp: Vec<SocketAddr>,
     /// TCP listen addresses, newline-separated lines.
     pub tcp: Vec<SocketAddr>,
+    /// TLS listen addresses, newline-separated lines over TLS (needs `tls`).
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificate, key and optional client CA of the TLS listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Flush interval (statsd `flushInterval`).
     #[serde(with = "duration")]
     pub flush_interval: Duration,
@@ -90,6 +95,8 @@ impl Default for StatsdConfig {
         StatsdConfig {
             udp: vec![SocketAddr::from(([127, 0, 0, 1], 8125))],
             tcp: vec![SocketAddr::from(([127, 0, 0, 1], 8125))],
+            tls_listen: Vec::new(),
+            tls: None,
             flush_interval: Duration::from_secs(10),
             percentiles: vec![90.0],
             histograms: Vec::new(),
@@ -359,6 +366,9 @@ impl Config {
         if s.max_line_length < 64 {
             return Err(("statsd.max_line_length", "must be at least 64 bytes".into()));
         }
+        if !s.tls_listen.is_empty() && s.tls.is_none() {
+            return Err(("statsd.tls_listen", "needs `tls = { cert = \"...\", key = \"...\" }` in [statsd]".into()));
+        }
         if s.tcp_max_connections == 0 {
             return Err(("statsd.tcp_max_connections", "must be at least 1".into()));
         }
@@ -433,7 +443,7 @@ impl Config {
     pub fn public_listeners(&self) -> Vec<SocketAddr> {
         let mut all: Vec<SocketAddr> = Vec::new();
         if self.limits.allow.is_empty() {
-            all.extend(self.statsd.udp.iter().chain(&self.statsd.tcp));
+            all.extend(self.statsd.udp.iter().chain(&self.statsd.tcp).chain(&self.statsd.tls_listen));
         }
         // The console and HTTP are not behind the guard.
         all.extend(self.admin.listen);

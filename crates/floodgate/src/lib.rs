@@ -17,3 +17,4 @@ pub mod sinks;
 pub mod sources;
 pub mod sys;
 pub mod telemetry;
+pub mod tls;

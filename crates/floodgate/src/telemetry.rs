@@ -35,6 +35,10 @@ pub struct ListenerCounters {
     pub dropped: [AtomicU64; Reason::ALL.len()],
     /// TCP connections closed for idleness.
     pub idle_closed: AtomicU64,
+    /// TLS handshakes started (only ever on connections the guard admitted).
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: AtomicU64,
     /// Open TCP connections.
     pub open_connections: AtomicI64,
 }
@@ -305,7 +309,11 @@ fn is_udp(l: &Listener) -> bool {
     l.udp_port.is_some()
 }
 
-const PER_LISTENER: [ListenerMetric; 7] = [
+fn is_tls(l: &Listener) -> bool {
+    l.kind.ends_with("tls")
+}
+
+const PER_LISTENER: [ListenerMetric; 9] = [
     ListenerMetric {
         name: "floodgate_received_packets_total",
         kind: "counter",
@@ -347,6 +355,20 @@ const PER_LISTENER: [ListenerMetric; 7] = [
         help: "TCP connections open now.",
         applies: is_tcp,
         value: |l| l.counters.open_connections.load(Relaxed).max(0) as u64,
+    },
+    ListenerMetric {
+        name: "floodgate_tls_handshakes_total",
+        kind: "counter",
+        help: "TLS handshakes started (on admitted connections only).",
+        applies: is_tls,
+        value: |l| l.counters.tls_handshakes.load(Relaxed),
+    },
+    ListenerMetric {
+        name: "floodgate_tls_handshake_failures_total",
+        kind: "counter",
+        help: "TLS handshakes that failed or timed out.",
+        applies: is_tls,
+        value: |l| l.counters.tls_handshake_failures.load(Relaxed),
     },
     ListenerMetric {
         name: "floodgate_udp_receive_buffer_bytes",

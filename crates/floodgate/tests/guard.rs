@@ -196,6 +196,7 @@ fn a_connection_storm_is_refused_at_accept() {
         std::thread::sleep(Duration::from_millis(1));
     }
     let elapsed = start.elapsed().as_secs_f64();
+    eprintln!("tcp storm: {attempts} attempts in {elapsed:.2}s");
     fg.wait_counter("legit_tcp", "1");
 
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -223,4 +224,116 @@ fn a_connection_storm_is_refused_at_accept() {
     assert_eq!(report["offenders"][0]["source"], "127.0.0.2");
     assert_eq!(report["offenders"][0]["reason"], "connection_rate");
     assert_eq!(report["offenders"][0]["listener"], "statsd_tcp");
+}
+
+/// A TLS listener under the same storm: refused connections are reset before a handshake
+/// starts (the server never answers their ClientHello); admitted ones handshake and are read.
+#[test]
+fn a_tls_listener_never_handshakes_with_a_refused_connection() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let tls_port = free_port();
+    let fg = Floodgate::start(
+        &format!(
+            "flush_interval = \"1h\"\ntls_listen = [\"127.0.0.1:{tls_port}\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}",
+            cert_path.display(),
+            key_path.display()
+        ),
+        "[limits]\n",
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let client = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    // Sends one line over TLS from `source`; Ok(true) when served, Ok(false) when reset.
+    let attempt = |source: &str, line: &[u8]| -> bool {
+        let tcp = connect_from(source, tls_port);
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn = rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap()).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let result = tls.write_all(line).and_then(|_| {
+            tls.conn.send_close_notify();
+            tls.flush()
+        });
+        match result {
+            Ok(()) => true,
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => false,
+            Err(e) => panic!("unexpected TLS client error: {e}"),
+        }
+    };
+    let start = Instant::now();
+    let (mut attempts, mut served) = (0u64, 0u64);
+    while start.elapsed() < Duration::from_secs(2) {
+        let due = (start.elapsed().as_secs_f64() * 1000.0) as u64;
+        while attempts < due {
+            served += attempt("127.0.0.2", b"tls_storm:1|c\n") as u64;
+            attempts += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(attempt("127.0.0.3", b"tls_legit:1|c\n"), "another source is served during the storm");
+    fg.wait_counter("tls_legit", "1");
+    fg.wait_counter("tls_storm", &served.to_string());
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(served as f64 <= 10.0 * elapsed + 10.0 + 1.0 && served >= 10, "{served} served of {attempts}");
+
+    eprintln!("tls storm: {attempts} attempts in {elapsed:.2}s, {served} served");
+    let m = metrics(&fg);
+    let l = "listener=\"statsd_tls\"";
+    assert_eq!(metric(&m, "floodgate_tls_handshakes_total", &[l]), Some((served + 1) as f64), "handshakes");
+    assert_eq!(metric(&m, "floodgate_tls_handshake_failures_total", &[l]), Some(0.0));
+    assert_eq!(
+        metric(&m, "floodgate_dropped_total", &[l, "reason=\"connection_rate\""]),
+        Some((attempts - served) as f64),
+        "every refused connection counted"
+    );
+}
+
+/// SIGHUP applies new `[limits]` to the running listeners: an open TCP connection survives
+/// and UDP input is judged by the new limits at once.
+#[test]
+fn limits_reload_on_sighup_without_dropping_listeners() {
+    let statsd = "flush_interval = \"1h\"";
+    // A burst of 10 and then one a second.
+    let fg = Floodgate::start(statsd, "[limits]\nudp_per_source = 1\nburst = \"10s\"\n");
+    let mut open = connect_from("127.0.0.1", fg.statsd);
+    open.write_all(b"before:1|c\n").unwrap();
+    fg.wait_counter("before", "1");
+    let datagrams = |n: f64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metric(&metrics(&fg), "floodgate_received_packets_total", &["listener=\"statsd_udp\""]) != Some(n) {
+            assert!(Instant::now() < deadline, "{n} datagrams never received");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for _ in 0..50 {
+        fg.send_udp(b"limited:1|c");
+    }
+    datagrams(50.0);
+    let counted = |name: &str| -> u64 {
+        let out = fg.admin("counters\n");
+        let prefix = format!("'{name}': ");
+        out.lines().find_map(|l| l.trim().strip_prefix(&prefix)?.trim_end_matches(',').parse().ok()).unwrap_or(0)
+    };
+    let first = counted("limited");
+    assert!((10..=12).contains(&first), "{first} of 50 admitted under a burst of 10");
+
+    fg.reload(statsd, "[limits]\nudp_per_source = 0\n");
+    let log = wait_log(&fg, "new limits in force", 1);
+    assert!(log.contains("udp_per_source: 0"), "{log}");
+    for _ in 0..50 {
+        fg.send_udp(b"limited:1|c");
+    }
+    datagrams(100.0);
+    assert_eq!(counted("limited"), first + 50, "no limit after the reload");
+    open.write_all(b"after:1|c\n").unwrap();
+    fg.wait_counter("after", "1");
 }

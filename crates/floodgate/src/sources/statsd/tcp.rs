@@ -1,4 +1,4 @@
-//! StatsD over TCP: newline-separated lines, a maximum line length (longer lines are skipped
+//! StatsD over TCP and TLS: newline-separated lines, a maximum line length (longer lines are skipped
 //! and counted, the connection kept) and an idle timeout. Each accepted connection is put to
 //! the guard before anything is read from it; a refused one is reset at once.
 
@@ -7,12 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use floodgate_statsd::{PacketCounts, Parser};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{clock, ingest, publish, SharedShard};
 use crate::guard::{ConnectionPermit, ListenerGuard};
 use crate::telemetry::ListenerCounters;
+use crate::tls::SharedServerConfig;
+
+/// A TLS client must finish its handshake within this (slow or silent clients hold a slot).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Options of one TCP listener.
 #[derive(Clone)]
@@ -33,15 +37,35 @@ pub struct TcpOptions {
     pub epoch: Instant,
 }
 
-/// Accepts connections until the task is aborted.
-pub async fn serve(listener: TcpListener, opts: TcpOptions) {
+/// Accepts connections until the task is aborted; with `tls`, each admitted connection is
+/// a TLS server connection.
+pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedServerConfig>) {
     loop {
         let (stream, peer, permit) = accept(&listener, &opts.guard, &opts.counters).await;
         opts.counters.connections.fetch_add(1, Relaxed);
         let opts = opts.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             opts.counters.open_connections.fetch_add(1, Relaxed);
-            if let Err(e) = read_lines(stream, &opts).await {
+            let result = match tls {
+                None => read_lines(stream, &opts).await,
+                Some(config) => {
+                    opts.counters.tls_handshakes.fetch_add(1, Relaxed);
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => read_lines(stream, &opts).await,
+                        Ok(Err(e)) => {
+                            opts.counters.tls_handshake_failures.fetch_add(1, Relaxed);
+                            Err(e)
+                        }
+                        Err(_) => {
+                            opts.counters.tls_handshake_failures.fetch_add(1, Relaxed);
+                            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "statsd tcp connection ended with an error");
             }
             opts.counters.open_connections.fetch_sub(1, Relaxed);
@@ -79,7 +103,7 @@ pub async fn accept(
 }
 
 /// Reads one connection to its end.
-async fn read_lines(mut stream: TcpStream, opts: &TcpOptions) -> std::io::Result<()> {
+async fn read_lines<S: AsyncRead + Unpin>(mut stream: S, opts: &TcpOptions) -> std::io::Result<()> {
     let max = opts.max_line_length;
     let mut buf = vec![0u8; (max + 1).max(64 * 1024)];
     let mut filled = 0;

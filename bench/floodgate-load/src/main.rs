@@ -6,11 +6,13 @@
 //! - `bench`: in one run on this machine, measures the highest rate with < 0.1% loss over the
 //!   trial duration for a raw `recvmmsg` sink (the physical limit), floodgate and Etsy statsd
 //!   0.9.0, at 1 and 20 lines per datagram; then floodgate's memory and flush time with 1M
-//!   series and its CPU use idle and at 10k metrics/s. Loss = counter increments sent vs the
+//!   series and its CPU use idle and at 10k metrics/s; the guard's cost (off, on, dropping)
+//!   and floodgate's memory after a million spoofed sources. Loss = counter increments sent vs the
 //!   counter sums flushed to a Carbon stand-in.
 
 mod carbon;
 mod sender;
+mod spoof;
 mod targets;
 
 use std::path::PathBuf;
@@ -78,8 +80,9 @@ enum Command {
         /// Seconds per trial.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
-        /// Which parts: sink, floodgate, etsy, headroom (two senders), memory, cpu.
-        #[arg(long, value_delimiter = ',', default_value = "sink,floodgate,etsy,headroom,memory,cpu")]
+        /// Which parts: sink, floodgate, etsy, headroom (two senders), memory, cpu, guard (its
+        /// cost and drop path), sources (memory with 1M spoofed sources; root, netns).
+        #[arg(long, value_delimiter = ',', default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources")]
         only: Vec<String>,
         /// Lines per datagram to measure.
         #[arg(long, value_delimiter = ',', default_value = "1,20")]

@@ -27,7 +27,13 @@ const PREFIX: &str = "stats_counts.load.";
 #[derive(Clone, Copy, PartialEq)]
 enum Target {
     Sink,
+    /// Guard off (every limit 0): the throughput trials.
     Floodgate,
+    /// Guard on, limits far above the load: every datagram is checked and passes.
+    FloodgateGuarded,
+    /// Default limits, one source far over its limit: almost every datagram is read and
+    /// dropped by the guard. Loss = datagrams floodgate did not read.
+    FloodgateDropping,
     Etsy,
 }
 
@@ -36,7 +42,17 @@ impl Target {
         match self {
             Target::Sink => "raw recvmmsg sink",
             Target::Floodgate => "floodgate",
+            Target::FloodgateGuarded => "floodgate, guard on (limits not reached)",
+            Target::FloodgateDropping => "floodgate, guard dropping (one source over its limit)",
             Target::Etsy => "Etsy statsd 0.9.0",
+        }
+    }
+
+    fn limits(self) -> &'static str {
+        match self {
+            Target::FloodgateGuarded => "[limits]\nudp_per_source = 1_000_000_000\nudp_per_port = 1_000_000_000\n",
+            Target::FloodgateDropping => "[limits]\n",
+            _ => GUARD_OFF,
         }
     }
 }
@@ -87,6 +103,24 @@ impl Drop for Running {
 
 fn start_floodgate(opts: &BenchOptions, carbon: u16, statsd_extra: &str) -> Running {
     start_floodgate_with(opts, carbon, statsd_extra, GUARD_OFF)
+}
+
+/// Datagrams floodgate's UDP receive threads have read (accepted or dropped).
+fn datagrams_read(http: u16) -> f64 {
+    metric_sum(http, "floodgate_received_packets_total{", &["statsd_udp"])
+}
+
+/// Waits until the read-datagram count stops moving (the socket queue is drained).
+fn drained(http: u16) -> f64 {
+    let mut last = datagrams_read(http);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = datagrams_read(http);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
 }
 
 /// The guard switched off: throughput trials send far past its default limits from one source.
@@ -191,12 +225,30 @@ fn trial(opts: &BenchOptions, target: Target, lines: usize, senders: usize, rate
             let got = sink.finish();
             Trial { sent, received_lines: (got * lines as u64) as f64, cpu_cores: None }
         }
-        Target::Floodgate | Target::Etsy => {
+        Target::FloodgateDropping => {
             let carbon = CarbonStandIn::start(PREFIX);
-            let mut running = if target == Target::Floodgate {
-                start_floodgate(opts, carbon.port, "")
-            } else {
+            let running = start_floodgate_with(opts, carbon.port, "", target.limits());
+            let http = running.http.unwrap_or(0);
+            let dest = SocketAddr::from(([127, 0, 0, 1], running.port));
+            // The warm-up spends the source's burst: what follows is over its limit.
+            let warm = Load { prefix: "warm".into(), ..load.clone() };
+            sender::send(dest, &warm, Duration::from_secs(2), &format!("{label} (warm-up)"));
+            let before = drained(http);
+            let ticks = cpu_ticks(running.child.id());
+            let sent = sender::send(dest, &load, opts.trial, &label);
+            let cpu_cores = (cpu_ticks(running.child.id()) - ticks) as f64 / 100.0 / sent.elapsed.as_secs_f64();
+            let read = drained(http) - before;
+            let dropped = metric_sum(http, "floodgate_dropped_total{", &["statsd_udp", "source_limit"]);
+            assert!(dropped > 0.0, "the guard dropped nothing: is the load over the default limit?");
+            let received = read / sent.datagrams.max(1) as f64 * sent.counters as f64;
+            Trial { sent, received_lines: received, cpu_cores: Some(cpu_cores) }
+        }
+        Target::Floodgate | Target::FloodgateGuarded | Target::Etsy => {
+            let carbon = CarbonStandIn::start(PREFIX);
+            let mut running = if target == Target::Etsy {
                 start_etsy(opts, carbon.port)
+            } else {
+                start_floodgate_with(opts, carbon.port, "", target.limits())
             };
             let dest = SocketAddr::from(([127, 0, 0, 1], running.port));
             // Warm-up at the same rate under other names (not summed): node's JIT drops a few
@@ -206,7 +258,7 @@ fn trial(opts: &BenchOptions, target: Target, lines: usize, senders: usize, rate
             let ticks = cpu_ticks(running.child.id());
             let sent = sender::send(dest, &load, opts.trial, &label);
             let cpu_cores = (cpu_ticks(running.child.id()) - ticks) as f64 / 100.0 / sent.elapsed.as_secs_f64();
-            if target == Target::Floodgate {
+            if target != Target::Etsy {
                 // SIGTERM flushes everything held and delivers it before exit.
                 terminate(&mut running);
                 settle(&carbon, sent.counters as f64, Duration::from_millis(500));
@@ -258,8 +310,8 @@ pub fn bench(opts: &BenchOptions) {
         for target in [Target::Sink, Target::Floodgate, Target::Etsy] {
             let key = match target {
                 Target::Sink => "sink",
-                Target::Floodgate => "floodgate",
                 Target::Etsy => "etsy",
+                _ => "floodgate",
             };
             if !want(key) {
                 continue;
@@ -298,6 +350,12 @@ pub fn bench(opts: &BenchOptions) {
     if want("headroom") {
         headroom(opts);
     }
+    if want("guard") {
+        guard(opts);
+    }
+    if want("sources") {
+        crate::spoof::sources_memory(opts);
+    }
     if want("memory") {
         memory(opts);
     }
@@ -316,7 +374,7 @@ fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((code, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
 }
 
-fn proc_status(pid: u32, field: &str) -> u64 {
+pub(crate) fn proc_status(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
@@ -359,6 +417,37 @@ fn headroom(opts: &BenchOptions) {
     }
     let capacity = parse_capacity(&Load::counters(0, 20, CARDINALITY, 1, "load"), Duration::from_secs(3));
     println!("\nParse + aggregate in memory, one core, 20-line datagrams: {capacity:.0} lines/s");
+}
+
+/// The guard's cost, 1 line per datagram (its worst case: one check per line), same run:
+/// the raw sink, floodgate with the guard off, on but not limiting, and dropping a source
+/// far over its limit.
+fn guard(opts: &BenchOptions) {
+    let mut results = Vec::new();
+    for target in [Target::Sink, Target::Floodgate, Target::FloodgateGuarded, Target::FloodgateDropping] {
+        let (rate, t) = sustained(opts, target, 1, 1);
+        results.push((target, rate, t));
+    }
+    println!("\n## The guard, 1 line/datagram, one source (127.0.0.2)");
+    println!("| target | sustained datagrams/s (< 0.1% unread or lost) | loss at that rate | vs raw sink | vs guard off | target CPU (of one core) | datagrams/s per core |");
+    println!("|---|---|---|---|---|---|---|");
+    let of = |t: Target| results.iter().find(|r| r.0 == t).map(|r| r.1).unwrap_or(0.0);
+    for (target, rate, t) in &results {
+        let cpu = t.cpu_cores.map(|c| format!("{:.0}%", c * 100.0)).unwrap_or_default();
+        let per_core =
+            t.cpu_cores.filter(|c| *c > 0.0).map(|c| format!("{:.2}M", t.rate() / c / 1e6)).unwrap_or_default();
+        let vs_off = if *target == Target::Sink {
+            String::new()
+        } else {
+            format!("{:.0}%", rate / of(Target::Floodgate) * 100.0)
+        };
+        println!(
+            "| {} | {rate:.0} | {:.3}% | {:.0}% | {vs_off} | {cpu} | {per_core} |",
+            target.name(),
+            t.loss() * 100.0,
+            rate / of(Target::Sink) * 100.0
+        );
+    }
 }
 
 /// 1M distinct counters: peak RSS, flush duration, and no loss of a steady stream meanwhile.

@@ -145,12 +145,17 @@ impl Guard {
             self.log_suppressed.fetch_add(1, Relaxed);
             return;
         }
+        let key_name = match reason {
+            Reason::ConnectionRate => "tcp_connections_per_source",
+            Reason::SourceConnections => "tcp_open_per_source",
+            _ => "udp_per_source",
+        };
         tracing::warn!(
             source = %key.source(),
             listener = lg.kind,
             address = %lg.address,
             reason = reason.as_str(),
-            "source over its limit: dropping its input until it slows down"
+            "source over its limit: dropping its input until it slows down (if it is legitimate, raise [limits] {key_name}; 0 = no limit)"
         );
     }
 

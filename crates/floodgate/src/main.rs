@@ -8,11 +8,12 @@ use floodgate::config::Config;
 
 /// floodgate: a telemetry ingestion agent.
 ///
-/// Receives StatsD over UDP and TCP, aggregates exactly as Etsy statsd 0.9 does, and flushes
-/// to Graphite/Carbon (plaintext or pickle) on a fixed schedule; exposes the aggregated series
-/// and its own metrics to Prometheus on /metrics. With no config file it runs on safe,
-/// loopback-only defaults: StatsD on 127.0.0.1:8125 (UDP and TCP), the management console on
-/// 127.0.0.1:8126, HTTP on 127.0.0.1:9318, no Graphite output.
+/// Receives StatsD over UDP, TCP and TLS, aggregates exactly as Etsy statsd 0.9 does, and
+/// flushes to Graphite/Carbon (plaintext or pickle) on a fixed schedule; exposes the aggregated
+/// series and its own metrics to Prometheus on /metrics. Every listener is behind the guard
+/// ([limits]: allow-list, per-source and per-port rates; offenders on /offenders). With no
+/// config file it runs on safe, loopback-only defaults: StatsD on 127.0.0.1:8125 (UDP and
+/// TCP), the management console on 127.0.0.1:8126, HTTP on 127.0.0.1:9318, no Graphite output.
 #[derive(Parser, Debug)]
 #[command(name = "floodgate", version, about, long_about)]
 struct Cli {
@@ -61,6 +62,13 @@ fn main() -> ExitCode {
         Command::Check => {
             if cli.config.is_none() {
                 eprintln!("floodgate check: no --config given; these are the built-in defaults");
+            }
+            // The certificate files too: a start that would fail is a failed check.
+            if let Some(tls) = &config.statsd.tls {
+                if let Err(e) = floodgate::tls::server_config(tls) {
+                    eprintln!("floodgate: config error: key `statsd.tls`: {e:#}");
+                    return ExitCode::from(1);
+                }
             }
             print!("{}", config.to_toml());
             ExitCode::SUCCESS

@@ -337,3 +337,53 @@ fn limits_reload_on_sighup_without_dropping_listeners() {
     open.write_all(b"after:1|c\n").unwrap();
     fg.wait_counter("after", "1");
 }
+
+/// Bad `[limits]` and TLS settings stop `floodgate check` with the file, line and key; garbage
+/// instead of a ClientHello is a counted handshake failure that harms no other connection.
+#[test]
+fn bad_limits_tls_files_and_garbage_tls_are_errors() {
+    let bin = env!("CARGO_BIN_EXE_floodgate");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("f.toml");
+    std::fs::write(&cfg, "[limits]\nudp_per_source = 10\nallow = [\"10.0.0.0/33\"]\n").unwrap();
+    let out = std::process::Command::new(bin).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("f.toml:3: key `limits.allow`") && err.contains("10.0.0.0/33"), "{err}");
+    std::fs::write(
+        &cfg,
+        "[statsd]\ntls_listen = [\"127.0.0.1:1\"]\ntls = { cert = \"/nonexistent.pem\", key = \"/k\" }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("statsd.tls") && err.contains("/nonexistent.pem"), "{err}");
+
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let tls_port = free_port();
+    let fg = Floodgate::start(
+        &format!(
+            "flush_interval = \"1h\"\ntls_listen = [\"127.0.0.1:{tls_port}\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}",
+            cert_path.display(),
+            key_path.display()
+        ),
+        "",
+    );
+    let mut garbage = connect_from("127.0.0.2", tls_port);
+    garbage.write_all(b"deploys:1|c\n\x00\xff not a ClientHello\r\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut garbage, &mut rest);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&metrics(&fg), "floodgate_tls_handshake_failures_total", &["listener=\"statsd_tls\""]) != Some(1.0) {
+        assert!(Instant::now() < deadline, "handshake failure not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let counters = fg.admin("counters\n");
+    assert!(!counters.contains("deploys"), "nothing of a failed handshake is parsed: {counters}");
+    fg.send_udp(b"still_serving:1|c");
+    fg.wait_counter("still_serving", "1");
+}

@@ -226,10 +226,9 @@ fn a_connection_storm_is_refused_at_accept() {
     assert_eq!(report["offenders"][0]["listener"], "statsd_tcp");
 }
 
-/// A TLS listener under the same storm: refused connections are reset before a handshake
-/// starts (the server never answers their ClientHello); admitted ones handshake and are read.
-#[test]
-fn a_tls_listener_never_handshakes_with_a_refused_connection() {
+/// Floodgate with a StatsD TLS listener on a fresh self-signed certificate for `localhost`
+/// (kept in floodgate's own temporary folder); `sections` as for [`Floodgate::start`].
+fn start_with_tls(sections: &str) -> (Floodgate, u16, rcgen::CertifiedKey<rcgen::KeyPair>) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (cert_path, key_path) = (dir.path().join("server.pem"), dir.path().join("server.key"));
@@ -242,8 +241,18 @@ fn a_tls_listener_never_handshakes_with_a_refused_connection() {
             cert_path.display(),
             key_path.display()
         ),
-        "[limits]\n",
+        sections,
     );
+    // The files are read at start; the folder may go.
+    drop(dir);
+    (fg, tls_port, cert)
+}
+
+/// A TLS listener under the same storm: refused connections are reset before a handshake
+/// starts (the server never answers their ClientHello); admitted ones handshake and are read.
+#[test]
+fn a_tls_listener_never_handshakes_with_a_refused_connection() {
+    let (fg, tls_port, cert) = start_with_tls("[limits]\n");
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
     let client = std::sync::Arc::new(
@@ -360,19 +369,7 @@ fn bad_limits_tls_files_and_garbage_tls_are_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("statsd.tls") && err.contains("/nonexistent.pem"), "{err}");
 
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("server.pem"), dir.path().join("server.key"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let tls_port = free_port();
-    let fg = Floodgate::start(
-        &format!(
-            "flush_interval = \"1h\"\ntls_listen = [\"127.0.0.1:{tls_port}\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}",
-            cert_path.display(),
-            key_path.display()
-        ),
-        "",
-    );
+    let (fg, tls_port, _) = start_with_tls("");
     let mut garbage = connect_from("127.0.0.2", tls_port);
     garbage.write_all(b"deploys:1|c\n\x00\xff not a ClientHello\r\n").unwrap();
     let mut rest = Vec::new();

@@ -448,6 +448,40 @@ fn guard(opts: &BenchOptions) {
             rate / of(Target::Sink) * 100.0
         );
     }
+    let (checks, parses) = guard_capacity(Duration::from_secs(3));
+    println!(
+        "\nIn memory, one core: {checks:.0} guard checks/s ({:.0} ns each, 1000 sources, limits not reached) vs {parses:.0} \
+         one-line datagrams parsed and aggregated/s ({:.0} ns each)",
+        1e9 / checks,
+        1e9 / parses
+    );
+}
+
+/// What one core does in memory: guard checks (1000 sources round-robin, limits far above
+/// the load) and, for scale, parsing one-line datagrams.
+fn guard_capacity(duration: Duration) -> (f64, f64) {
+    let limits = floodgate::config::LimitsConfig {
+        udp_per_source: 1_000_000_000,
+        udp_per_port: 1_000_000_000,
+        ..Default::default()
+    };
+    let guard = floodgate::guard::Guard::new(&limits, Instant::now());
+    let listener = guard.listener("statsd_udp", SocketAddr::from(([127, 0, 0, 1], 8125)), 0);
+    let sources: Vec<std::net::IpAddr> =
+        (0..1000u32).map(|i| std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))).collect();
+    let data = b"load.k1:1|c";
+    let start = Instant::now();
+    let mut checks = 0u64;
+    while start.elapsed() < duration {
+        let policy = guard.policy();
+        let now = guard.now_ns();
+        for ip in &sources {
+            let ok = listener.admit_datagram(&policy, *ip, || floodgate::guard::count_lines(data), now).is_ok();
+            checks += ok as u64;
+        }
+    }
+    let checks = checks as f64 / start.elapsed().as_secs_f64();
+    (checks, parse_capacity(&Load::counters(0, 1, CARDINALITY, 1, "load"), duration))
 }
 
 /// 1M distinct counters: peak RSS, flush duration, and no loss of a steady stream meanwhile.

@@ -48,7 +48,7 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
-step "fuzzing the StatsD parser briefly (crashes become regression tests in fuzz/regressions)"
-./scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+step "fuzzing the StatsD parser and the forward frames briefly (crashes become regression tests in fuzz/regressions)"
+./scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 
 step "all tests passed"

@@ -29,46 +29,42 @@ impl Store {
             self.offset = index;
             self.counts.push(0);
         }
-        let index = if index < self.offset {
-            let grow = (self.offset - index) as usize;
-            if self.counts.len() + grow > MAX_BINS {
-                // Collapse: everything below what fits lands in the lowest bin kept.
-                let lowest = self.offset + self.counts.len() as i32 - MAX_BINS as i32;
-                self.grow_down(self.offset - lowest.max(index));
-                lowest.max(index)
-            } else {
-                self.grow_down(grow as i32);
-                index
-            }
-        } else {
-            index
-        };
-        let top = self.offset + self.counts.len() as i32;
-        if index >= top {
-            self.counts.resize(self.counts.len() + (index - top + 1) as usize, 0);
-            if self.counts.len() > MAX_BINS {
-                self.collapse_low(self.counts.len() - MAX_BINS);
-            }
+        let (offset, top) = (i64::from(self.offset), i64::from(self.offset) + self.counts.len() as i64 - 1);
+        let mut at = i64::from(index);
+        if at > top {
+            // Growing up: if the span would pass MAX_BINS the lowest bins fold together.
+            let low = (at - MAX_BINS as i64 + 1).max(offset);
+            self.fold_below(low);
+            self.counts.resize((at - i64::from(self.offset) + 1) as usize, 0);
+        } else if at < offset {
+            // Growing down, at most to MAX_BINS; what is lower lands in the lowest bin kept.
+            at = at.max(top - MAX_BINS as i64 + 1);
+            let by = (offset - at) as usize;
+            let mut grown = vec![0; by];
+            grown.extend_from_slice(&self.counts);
+            self.counts = grown;
+            self.offset = at as i32;
         }
-        let k = (index.max(self.offset) - self.offset) as usize;
-        self.counts[k] += n;
+        let k = (at - i64::from(self.offset)) as usize;
+        self.counts[k] = self.counts[k].saturating_add(n);
     }
 
-    fn grow_down(&mut self, by: i32) {
-        if by <= 0 {
+    /// Folds every bin below `low` into bin `low`, which becomes the first.
+    fn fold_below(&mut self, low: i64) {
+        let k = low - i64::from(self.offset);
+        if k <= 0 {
             return;
         }
-        let mut v = vec![0; by as usize];
-        v.extend_from_slice(&self.counts);
-        self.counts = v;
-        self.offset -= by;
-    }
-
-    fn collapse_low(&mut self, extra: usize) {
-        let folded: u64 = self.counts[..=extra].iter().sum();
-        self.counts.drain(..extra);
-        self.counts[0] = folded;
-        self.offset += extra as i32;
+        let k = k as usize;
+        if k >= self.counts.len() {
+            let total = self.counts.iter().fold(0u64, |a, c| a.saturating_add(*c));
+            self.counts = vec![total];
+        } else {
+            let folded = self.counts[..=k].iter().fold(0u64, |a, c| a.saturating_add(*c));
+            self.counts.drain(..k);
+            self.counts[0] = folded;
+        }
+        self.offset = low as i32;
     }
 
     fn merge(&mut self, other: &Store) {
@@ -80,7 +76,7 @@ impl Store {
     }
 
     fn total(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.iter().fold(0, |a, c| a.saturating_add(*c))
     }
 }
 
@@ -133,7 +129,7 @@ impl DDSketch {
             return;
         }
         if value.abs() < MIN_INDEXABLE {
-            self.zeros += n;
+            self.zeros = self.zeros.saturating_add(n);
         } else if value > 0.0 {
             self.positive.add(Self::index(value), n);
         } else {
@@ -143,14 +139,14 @@ impl DDSketch {
 
     /// Values added.
     pub fn count(&self) -> u64 {
-        self.positive.total() + self.negative.total() + self.zeros
+        self.positive.total().saturating_add(self.negative.total()).saturating_add(self.zeros)
     }
 
     /// Adds another sketch's values (exact: counts add).
     pub fn merge(&mut self, other: &DDSketch) {
         self.positive.merge(&other.positive);
         self.negative.merge(&other.negative);
-        self.zeros += other.zeros;
+        self.zeros = self.zeros.saturating_add(other.zeros);
     }
 
     /// The value of rank `rank` (0-based, in ascending order), within α of the true one;
@@ -159,17 +155,17 @@ impl DDSketch {
         let mut seen = 0u64;
         // Negative values: largest magnitude first.
         for (k, &c) in self.negative.counts.iter().enumerate().rev() {
-            seen += c;
+            seen = seen.saturating_add(c);
             if seen > rank {
                 return Some(-Self::bin_value(self.negative.offset + k as i32));
             }
         }
-        seen += self.zeros;
+        seen = seen.saturating_add(self.zeros);
         if seen > rank {
             return Some(0.0);
         }
         for (k, &c) in self.positive.counts.iter().enumerate() {
-            seen += c;
+            seen = seen.saturating_add(c);
             if seen > rank {
                 return Some(Self::bin_value(self.positive.offset + k as i32));
             }
@@ -225,6 +221,19 @@ mod tests {
         }
         assert_eq!(s.count(), values.len() as u64);
         assert!(s.value_at_rank(values.len() as u64).is_none());
+    }
+
+    #[test]
+    fn far_apart_bins_collapse_instead_of_allocating() {
+        let mut s = DDSketch::new();
+        s.merge(&DDSketch {
+            positive: Store { offset: -2_000_000_000, counts: vec![1] },
+            negative: Store::default(),
+            zeros: 0,
+        });
+        s.merge(&DDSketch { positive: Store { offset: 2_000_000_000, counts: vec![u64::MAX] }, ..DDSketch::new() });
+        assert!(s.positive.counts.len() <= MAX_BINS);
+        assert_eq!(s.count(), u64::MAX, "counts saturate");
     }
 
     #[test]

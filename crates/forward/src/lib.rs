@@ -107,6 +107,10 @@ mod regressions {
             std::fs::write(&path, &wire).expect("write the seed");
         }
         let on_disk = std::fs::read(&path).expect("fuzz/regressions/forward/seed-batch");
-        assert_eq!(on_disk, wire.to_vec(), "the seed is this batch's encoding (FLOODGATE_WRITE_SEED=1 cargo test rewrites it)");
+        assert_eq!(
+            on_disk,
+            wire.to_vec(),
+            "the seed is this batch's encoding (FLOODGATE_WRITE_SEED=1 cargo test rewrites it)"
+        );
     }
 }

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod forwarded;
 pub mod graphite;
 pub mod number;
 pub mod parse;

@@ -12,6 +12,10 @@ use std::time::Instant;
 use crate::number::js_number;
 use std::sync::Arc;
 
+use floodgate_sketch::Distinct;
+
+use crate::forwarded::{GaugeChange, TimerSummary};
+
 use crate::parse::Kind;
 use crate::shard::{apply_gauge_delta, EntryRef, Key, KnownSeries, Map, Members, Shard};
 
@@ -88,6 +92,10 @@ pub struct GaugeEntry {
     set_stamp: u64,
     /// Flushes left before deletion (`delete_gauges`); `None` when not tracked.
     ttl: Option<u32>,
+    /// How it changed this interval (for forwarding).
+    interval: Option<GaugeChange>,
+    /// Time of the forwarded set last applied (Unix ns; aggregators).
+    forwarded_stamp: i64,
 }
 
 /// A timer's state.
@@ -103,6 +111,8 @@ pub struct TimerEntry {
     pub total_sum: f64,
     /// Percentile bounds of the last flush, one per configured percentile (`None` if skipped).
     pub last_bounds: Vec<Option<f64>>,
+    /// What agents forwarded this interval (aggregators); local values join it at flush.
+    pub forwarded: Option<TimerSummary>,
 }
 
 /// A set's state.
@@ -112,17 +122,26 @@ pub struct SetEntry {
     pub members: Members,
     /// Distinct members at the last flush.
     pub last_size: usize,
+    /// What agents forwarded this interval (aggregators); local members join it at flush.
+    pub forwarded: Option<Distinct>,
+}
+
+impl SetEntry {
+    /// Distinct members this interval (estimated once forwarded state is past exact size).
+    pub fn size(&self) -> usize {
+        self.forwarded.as_ref().map_or(self.members.len(), |d| d.count() as usize)
+    }
 }
 
 /// Names of one percentile's timer statistics (`count_90`, `mean_90`, `upper_90`, ...).
 #[derive(Debug, Clone)]
-struct PercentileNames {
-    pct: f64,
-    count: String,
-    mean: String,
-    bound: String,
-    sum: String,
-    sum_squares: String,
+pub(crate) struct PercentileNames {
+    pub(crate) pct: f64,
+    pub(crate) count: String,
+    pub(crate) mean: String,
+    pub(crate) bound: String,
+    pub(crate) sum: String,
+    pub(crate) sum_squares: String,
 }
 
 /// The aggregated state.
@@ -161,6 +180,8 @@ pub struct FlushView<'a> {
     pub timers: Vec<(&'a [u8], TimerStats<'a>)>,
     gauges: &'a Map<GaugeEntry>,
     sets: &'a Map<SetEntry>,
+    timer_entries: &'a Map<TimerEntry>,
+    internal: [&'a [u8]; 4],
     /// Etsy's `numStats`: counters + timers + gauges + sets.
     pub num_stats: usize,
     /// Etsy's `processing_time` (ms spent computing).
@@ -178,7 +199,39 @@ impl<'a> FlushView<'a> {
     }
     /// Sets: key, distinct members.
     pub fn sets(&self) -> impl ExactSizeIterator<Item = (&'a [u8], usize)> + 'a {
-        self.sets.iter().map(|(k, s)| (&k[..], s.members.len()))
+        self.sets.iter().map(|(k, s)| (&k[..], s.size()))
+    }
+
+    /// True for the store's own counters and gauges (`statsd.packets_received`, ...), which
+    /// an agent does not forward.
+    pub fn is_internal(&self, key: &[u8]) -> bool {
+        self.internal.iter().any(|k| &k[..] == key)
+    }
+
+    /// Counters that changed this interval, without the internal ones (for forwarding).
+    pub fn changed_counters(&self) -> impl Iterator<Item = (&'a [u8], f64)> + '_ {
+        self.counters().filter(move |(k, v)| *v != 0.0 && !self.is_internal(k))
+    }
+
+    /// Gauges that changed this interval and how, without the internal ones.
+    pub fn changed_gauges(&self) -> impl Iterator<Item = (&'a [u8], GaugeChange)> + '_ {
+        self.gauges.iter().filter(move |(k, _)| !self.is_internal(k)).filter_map(|(k, g)| Some((&k[..], g.interval?)))
+    }
+
+    /// Timers that received values this interval, as summaries.
+    pub fn changed_timers(&self) -> impl Iterator<Item = (&'a [u8], TimerSummary)> + 'a {
+        self.timer_entries
+            .iter()
+            .filter(|(_, t)| !t.values.is_empty())
+            .map(|(k, t)| (&k[..], TimerSummary::from_values(&t.values, t.count)))
+    }
+
+    /// Sets that received members this interval, as distinct counts.
+    pub fn changed_sets(&self) -> impl Iterator<Item = (&'a [u8], Distinct)> + 'a {
+        self.sets
+            .iter()
+            .filter(|(_, s)| !s.members.is_empty())
+            .map(|(k, s)| (&k[..], crate::forwarded::distinct_of(s.members.iter().map(|m| &m[..]))))
     }
 }
 
@@ -252,6 +305,75 @@ impl Store {
         self.keys_changed |= self.series() != before;
     }
 
+    /// Adds a counter increment forwarded by an agent; false when `max_series` refused it.
+    pub fn add_forwarded_counter(&mut self, key: &[u8], value: f64) -> bool {
+        if let Some(c) = self.counters.get_mut(key) {
+            c.value += value;
+            c.total += value;
+            return true;
+        }
+        if !self.has_room() {
+            return false;
+        }
+        self.counters.insert(key.into(), CounterEntry { value, total: value });
+        self.keys_changed = true;
+        true
+    }
+
+    /// Applies a gauge change forwarded by an agent: a delta adds; a set replaces the value
+    /// unless a later forwarded set (`set_at_ns`, Unix ns) was applied already.
+    pub fn add_forwarded_gauge(&mut self, key: &[u8], value: f64, delta: bool, set_at_ns: i64) -> bool {
+        if !self.gauges.contains_key(key) {
+            if !self.has_room() {
+                return false;
+            }
+            self.gauges.insert(key.into(), GaugeEntry { value: f64::NAN, ..Default::default() });
+            self.keys_changed = true;
+        }
+        let ttl = self.cfg.delete_gauges.then_some(self.cfg.gauges_max_ttl);
+        let Some(g) = self.gauges.get_mut(key) else { return false };
+        let current = (!g.value.is_nan()).then_some(g.value);
+        if delta {
+            g.value = apply_gauge_delta(current, value);
+        } else if current.is_none() || set_at_ns >= g.forwarded_stamp {
+            g.value = value;
+            g.forwarded_stamp = set_at_ns;
+        }
+        g.ttl = ttl;
+        true
+    }
+
+    /// Adds a set's members forwarded by an agent (a union).
+    pub fn add_forwarded_set(&mut self, key: &[u8], members: &Distinct) -> bool {
+        if !self.sets.contains_key(key) {
+            if !self.has_room() {
+                return false;
+            }
+            self.sets.insert(key.into(), SetEntry::default());
+            self.keys_changed = true;
+        }
+        let Some(s) = self.sets.get_mut(key) else { return false };
+        s.forwarded.get_or_insert_with(Distinct::default).merge(members);
+        true
+    }
+
+    /// Adds a timer summary forwarded by an agent.
+    pub fn add_forwarded_timer(&mut self, key: &[u8], summary: &TimerSummary) -> bool {
+        if !self.timers.contains_key(key) {
+            if !self.has_room() {
+                return false;
+            }
+            self.timers.insert(key.into(), TimerEntry::default());
+            self.keys_changed = true;
+        }
+        let Some(t) = self.timers.get_mut(key) else { return false };
+        match &mut t.forwarded {
+            Some(f) => f.merge(summary),
+            None => t.forwarded = Some(summary.clone()),
+        }
+        true
+    }
+
     /// The series held, for shards (see [`KnownSeries`]); `None` when unchanged since the
     /// last call.
     pub fn known_series(&mut self) -> Option<Arc<KnownSeries>> {
@@ -302,17 +424,27 @@ impl Store {
             }
             let g = self.gauges.entry(key).or_insert(GaugeEntry { value: f64::NAN, ..Default::default() });
             let mut current = (!g.value.is_nan()).then_some(g.value);
+            let mut deltas = 0.0;
             for d in update.pending_deltas {
                 current = Some(apply_gauge_delta(current, d));
+                deltas += d;
             }
+            let mut set = false;
             if let Some((stamp, value)) = update.last_set {
                 if stamp >= g.set_stamp {
                     current = Some(value);
                     g.set_stamp = stamp;
+                    set = true;
                 }
             }
             g.value = current.unwrap_or(0.0);
             g.ttl = ttl;
+            g.interval = match g.interval {
+                _ if set => Some(GaugeChange::Set { value: g.value, stamp: g.set_stamp }),
+                Some(GaugeChange::Set { stamp, .. }) => Some(GaugeChange::Set { value: g.value, stamp }),
+                Some(GaugeChange::Delta(d)) => Some(GaugeChange::Delta(d + deltas)),
+                None => Some(GaugeChange::Delta(deltas)),
+            };
         }
         for (key, update) in shard.timers.drain() {
             if !self.timers.contains_key(&key) && !self.has_room() {
@@ -355,9 +487,24 @@ impl Store {
         // Sorted once here; the Prometheus totals and percentile bounds are kept as we go.
         for t in self.timers.values_mut() {
             sort_js(&mut t.values);
+            if let Some(f) = &mut t.forwarded {
+                // Forwarded state: local values join the summary, statistics come from it.
+                f.merge(&TimerSummary::from_values(&t.values, t.count));
+                t.total_count += f.count;
+                t.total_sum += f.sum;
+                t.last_bounds = crate::forwarded::percentile_bounds(f, &self.cfg.percentiles);
+                continue;
+            }
             t.total_count += t.count;
             t.total_sum += t.values.iter().sum::<f64>();
             t.last_bounds = percentile_bounds(&t.values, &self.cfg.percentiles);
+        }
+        for s in self.sets.values_mut() {
+            if let Some(d) = &mut s.forwarded {
+                for m in s.members.iter() {
+                    d.insert(m);
+                }
+            }
         }
         let cfg = &self.cfg;
         let pct_names = &self.pct_names;
@@ -366,7 +513,14 @@ impl Store {
             .timers
             .iter()
             .map(|(key, t)| {
-                let mut stats = timer_stats(key, t, cfg, pct_names, bin_names, interval_secs);
+                let mut stats = match &t.forwarded {
+                    Some(f) => {
+                        let rule = cfg.histograms.iter().position(|h| contains(key, h.metric.as_bytes()));
+                        let histogram = rule.map(|r| (&cfg.histograms[r].bins[..], &bin_names[r][..]));
+                        crate::forwarded::timer_stats(f, pct_names, histogram, interval_secs)
+                    }
+                    None => timer_stats(key, t, cfg, pct_names, bin_names, interval_secs),
+                };
                 if !cfg.calculated_timer_metrics.is_empty() {
                     stats.retain(|(name, _)| keep_timer_metric(name, &cfg.calculated_timer_metrics));
                 }
@@ -379,6 +533,8 @@ impl Store {
             counters: &self.counters,
             gauges: &self.gauges,
             sets: &self.sets,
+            timer_entries: &self.timers,
+            internal: [&self.key_bad_lines, &self.key_packets, &self.key_metrics, &self.key_timestamp_lag],
             num_stats: self.series(),
             processing_time_ms: started.elapsed().as_millis() as u64,
             timers,
@@ -413,15 +569,20 @@ impl Store {
             for t in self.timers.values_mut() {
                 t.values.clear();
                 t.count = 0.0;
+                t.forwarded = None;
             }
         }
         if self.cfg.delete_sets {
             self.sets.clear();
         } else {
             for s in self.sets.values_mut() {
-                s.last_size = s.members.len();
+                s.last_size = s.size();
                 s.members = Members::default();
+                s.forwarded = None;
             }
+        }
+        for g in self.gauges.values_mut() {
+            g.interval = None;
         }
         if self.cfg.delete_gauges {
             self.gauges.retain(|_, g| match &mut g.ttl {

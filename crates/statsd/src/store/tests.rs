@@ -204,3 +204,113 @@ fn delete_commands() {
     assert_eq!(store.delete_counters("other"), ["other"]);
     assert!(store.delete_counters("nothing").is_empty());
 }
+
+/// Flushes `agent` and hands what changed to `aggregator`, as the forward hop does (gauge
+/// stamps stand in for wall-clock times).
+fn forward(agent: &mut Store, aggregator: &mut Store, ts: i64) {
+    agent.flush(ts, |v| {
+        for (k, val) in v.changed_counters() {
+            assert!(aggregator.add_forwarded_counter(k, val));
+        }
+        for (k, change) in v.changed_gauges() {
+            match change {
+                GaugeChange::Delta(d) => assert!(aggregator.add_forwarded_gauge(k, d, true, 0)),
+                GaugeChange::Set { value, stamp } => {
+                    assert!(aggregator.add_forwarded_gauge(k, value, false, stamp as i64))
+                }
+            }
+        }
+        for (k, d) in v.changed_sets() {
+            assert!(aggregator.add_forwarded_set(k, &d));
+        }
+        for (k, t) in v.changed_timers() {
+            assert!(aggregator.add_forwarded_timer(k, &t));
+        }
+    });
+}
+
+#[test]
+fn forwarded_state_merges_like_one_statsd() {
+    let cfg = AggregationConfig {
+        percentiles: vec![90.0, 99.0, -10.0],
+        histograms: vec![HistogramRule { metric: "lat".into(), bins: vec![10.0, 100.0, f64::INFINITY] }],
+        ..AggregationConfig::default()
+    };
+    let mut single = store_with(cfg.clone());
+    let mut aggregator = store_with(cfg.clone());
+    let mut agents: Vec<Store> = (0..3).map(|_| store_with(cfg.clone())).collect();
+    let mut all_lat = Vec::new();
+    for (i, agent) in agents.iter_mut().enumerate() {
+        let mut text = String::new();
+        for j in 0..2000 {
+            let v = ((i * 7919 + j * 104_729) % 1000) as f64 / 3.0 + i as f64 * 50.0;
+            all_lat.push(v);
+            text.push_str(&format!("lat:{v}|ms\nhits:1|c\nusers:u{}|s\n", j % (300 + i * 100)));
+        }
+        text.push_str("rate:1|c|@0.5\nq:+3|g\n");
+        feed(agent, &text);
+        feed(&mut single, &text);
+    }
+    // A set gauge on one agent, after the others' deltas.
+    feed(&mut agents[1], "temp:21|g\n");
+    feed(&mut single, "temp:21|g\n");
+    for agent in agents.iter_mut() {
+        forward(agent, &mut aggregator, 100);
+    }
+    let got = flush(&mut aggregator, 100);
+    let want = flush(&mut single, 100);
+    for exact in [
+        "c:hits",
+        "c:rate",
+        "g:q",
+        "g:temp",
+        "t:lat.count",
+        "t:lat.count_ps",
+        "t:lat.upper",
+        "t:lat.lower",
+        "t:lat.count_90",
+        "t:lat.count_top10",
+    ] {
+        assert_eq!(got.get(exact), want.get(exact), "{exact}");
+    }
+    for close in ["t:lat.sum", "t:lat.mean", "t:lat.sum_squares", "t:lat.std"] {
+        let (g, w) = (got[close], want[close]);
+        assert!((g - w).abs() <= 1e-9 * w.abs().max(1.0), "{close}: {g} vs {w}");
+    }
+    // Sets of up to 1024 members merge exactly.
+    assert_eq!(got["s:users"], 500.0);
+    // Percentiles and the median: within the sketch's 1 %.
+    for stat in ["t:lat.upper_90", "t:lat.upper_99", "t:lat.lower_top10", "t:lat.median"] {
+        let (g, w) = (got[stat], want[stat]);
+        assert!((g - w).abs() <= 0.01 * w.abs(), "{stat}: {g} vs {w}");
+    }
+    // Histogram bins count every sample once.
+    let bins: f64 = ["bin_10", "bin_100", "bin_inf"].iter().map(|b| got[&format!("t:lat.histogram.{b}")]).sum();
+    assert_eq!(bins, all_lat.len() as f64);
+    // The next interval starts empty on both sides.
+    let after = flush(&mut aggregator, 110);
+    assert_eq!(after["c:hits"], 0.0);
+    assert_eq!(after["t:lat.count"], 0.0);
+}
+
+#[test]
+fn an_agent_forwards_only_what_changed_and_no_internal_counters() {
+    let mut agent = store_with(AggregationConfig::default());
+    feed(&mut agent, "a:1|c\ng:5|g\n");
+    agent.flush(10, |v| {
+        assert_eq!(v.changed_counters().map(|(k, _)| k.to_vec()).collect::<Vec<_>>(), vec![b"a".to_vec()]);
+        assert_eq!(v.changed_gauges().count(), 1);
+    });
+    // Nothing new: nothing to forward, though Etsy still flushes the counter at 0.
+    feed(&mut agent, "");
+    agent.flush(20, |v| {
+        assert_eq!(v.changed_counters().count(), 0);
+        assert_eq!(v.changed_gauges().count(), 0, "timestamp_lag is internal");
+        assert_eq!(v.changed_timers().count() + v.changed_sets().count(), 0);
+    });
+    feed(&mut agent, "g:-2|g\ng:+1|g\n");
+    agent.flush(30, |v| {
+        let changes: Vec<_> = v.changed_gauges().collect();
+        assert_eq!(changes, vec![(&b"g"[..], GaugeChange::Delta(-1.0))]);
+    });
+}

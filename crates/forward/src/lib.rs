@@ -6,9 +6,12 @@
 //!   they arrive.
 //! - [`ring`]: consistent hashing of series keys over aggregators, with virtual nodes.
 //! - [`convert`]: sketches to and from their wire form, refusing malformed ones.
+//! - [`batch`]: an agent's flush split into per-aggregator series; a batch merged into an
+//!   aggregator's store, all or nothing.
 
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod convert;
 pub mod frame;
 pub mod proto;
@@ -26,8 +29,14 @@ pub fn exercise(data: &[u8]) {
     decoder.buffer().extend_from_slice(data);
     let mut timers = DDSketch::new();
     let mut sets = Distinct::default();
+    let mut store = floodgate_statsd::Store::new(floodgate_statsd::AggregationConfig {
+        percentiles: vec![90.0, -10.0, 100.0],
+        histograms: vec![floodgate_statsd::HistogramRule { metric: String::new(), bins: vec![1.0, f64::INFINITY] }],
+        ..Default::default()
+    });
     while let Ok(Some(f)) = decoder.decode() {
         let Some(proto::frame::Kind::Batch(batch)) = f.kind else { continue };
+        let _ = batch::apply(&mut store, &batch);
         for series in &batch.series {
             match &series.value {
                 Some(proto::series::Value::Timer(t)) => {
@@ -50,6 +59,13 @@ pub fn exercise(data: &[u8]) {
     }
     let _ = timers.value_at_rank(timers.count().saturating_sub(1));
     let _ = sets.count();
+    let naming = floodgate_statsd::graphite::GraphiteNaming::default();
+    let stats = floodgate_statsd::graphite::GraphiteStats::default();
+    store.flush(1, |view| {
+        let _ = floodgate_statsd::graphite::render(view, &naming, floodgate_statsd::graphite::Protocol::Plaintext, &stats);
+    });
+    let mut out = String::new();
+    floodgate_statsd::prometheus::render(&store, &mut out);
 }
 
 #[cfg(test)]

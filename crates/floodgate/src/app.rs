@@ -52,12 +52,20 @@ pub struct Shared {
     pub epoch: Instant,
     /// Last time a StatsD packet was seen, Unix seconds (console `stats`).
     pub last_msg_seen: std::sync::atomic::AtomicI64,
+    /// The epoch as Unix nanoseconds: turns gauge stamps into wall-clock times.
+    pub epoch_wall_ns: i64,
+    /// The async runtime (for the flusher thread's follow-up work).
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
     fn new(config: Config, config_path: Option<PathBuf>) -> Shared {
         let started_unix = unix_now();
         let epoch = Instant::now();
+        let epoch_wall_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
         let guard = Guard::new(&config.limits, epoch);
         let telemetry = Arc::new(Telemetry::default());
         telemetry.set_guard(guard.clone());
@@ -75,6 +83,8 @@ impl Shared {
             last_msg_seen: std::sync::atomic::AtomicI64::new(started_unix),
             config: RwLock::new(config),
             config_path,
+            epoch_wall_ns,
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -153,6 +163,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         None => None,
     };
     *shared.statsd_tls.lock() = statsd_tls.clone();
+    let aggregator_listener = match &config.aggregator {
+        Some(a) => {
+            let listener = bind_tcp(a.listen).with_context(|| format!("cannot bind aggregator {}", a.listen))?;
+            let tls = match &a.tls {
+                Some(tls) => Some(Arc::new(ArcSwap::new(crate::tls::server_config(tls).context("aggregator tls")?))),
+                None => None,
+            };
+            let id = format!("{}@{}", host_name(), listener.local_addr()?);
+            let aggregator = crate::sources::aggregator::Aggregator::load(&a.state_dir, id)?;
+            tracing::info!(address = %listener.local_addr()?, tls = tls.is_some(), mutual = a.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "aggregator listening for agents");
+            Some((listener, tls, aggregator))
+        }
+        None => None,
+    };
     let admin_listener = match config.admin.listen {
         Some(addr) => Some(bind_tcp(addr).with_context(|| format!("cannot bind admin console {addr}"))?),
         None => None,
@@ -190,6 +214,79 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         let tls = if kind == "statsd_tls" { statsd_tls.clone() } else { None };
         tasks.push(tokio::spawn(crate::sources::statsd::tcp::serve(listener, opts, tls)));
     }
+    let mut aggregator = None;
+    if let Some((listener, tls, agg)) = aggregator_listener {
+        let counters = Arc::new(ListenerCounters::default());
+        let address = listener.local_addr()?;
+        let kind = if tls.is_some() { "aggregator_tls" } else { "aggregator_tcp" };
+        shared.telemetry.register(Listener {
+            kind,
+            address: address.to_string(),
+            counters: counters.clone(),
+            receive_buffer: 0,
+            udp_port: None,
+        });
+        shared.telemetry.set_aggregator(agg.clone());
+        let guard = shared.guard.listener(kind, address, s.tcp_max_connections);
+        tasks.push(tokio::spawn(crate::sources::aggregator::serve(
+            listener,
+            guard,
+            counters,
+            tls,
+            agg.clone(),
+            shared.clone(),
+        )));
+        aggregator = Some(agg);
+    }
+    let mut link_tasks = Vec::new();
+    let forward = match &config.forward {
+        Some(f) => {
+            let client = match &f.tls {
+                Some(tls) => Some(crate::sinks::forward::client_config(tls).context("forward tls")?),
+                None => None,
+            };
+            let agent_id = f.agent_id.clone().unwrap_or_else(host_name);
+            let session = {
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(shared.epoch_wall_ns)
+            };
+            // The last batches are acknowledged after the aggregators' next flush.
+            let drain = s.flush_interval + Duration::from_secs(10);
+            let mut links = Vec::new();
+            for address in &f.aggregators {
+                let tls = match &client {
+                    Some(config) => {
+                        let host = f.tls.as_ref().and_then(|t| t.server_name.clone()).unwrap_or_else(|| {
+                            address
+                                .rsplit_once(':')
+                                .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string())
+                                .unwrap_or_default()
+                        });
+                        let name = rustls_pki_types::ServerName::try_from(host.clone())
+                            .with_context(|| format!("`{host}` is not a name to check a certificate against"))?;
+                        Some((config.clone(), name))
+                    }
+                    None => None,
+                };
+                let counters = Arc::new(crate::sinks::forward::LinkCounters::default());
+                shared.telemetry.add_forward_link(address.clone(), counters.clone());
+                let link = crate::sinks::forward::Link {
+                    address: address.clone(),
+                    tls,
+                    agent_id: agent_id.clone(),
+                    session,
+                    buffer: f.buffer,
+                    counters,
+                };
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                link_tasks.push(tokio::spawn(link.run(rx, drain)));
+                links.push(tx);
+            }
+            tracing::info!(aggregators = ?f.aggregators, %agent_id, tls = client.is_some(), "forwarding flushes to aggregators");
+            Some((floodgate_forward::ring::Ring::new(&f.aggregators), links))
+        }
+        None => None,
+    };
     if let Some(listener) = admin_listener {
         tracing::info!(address = %listener.local_addr()?, "admin console listening");
         tasks.push(tokio::spawn(crate::admin::serve(listener, shared.clone())));
@@ -216,12 +313,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             (None, None)
         }
     };
+    let aligned = match (&config.aggregator, &forward) {
+        (Some(a), _) => Some(a.grace.unwrap_or_else(|| (s.flush_interval / 2).min(Duration::from_secs(5)))),
+        (None, Some(_)) => Some(Duration::ZERO),
+        (None, None) => None,
+    };
+    let outputs = crate::flush::Outputs { graphite: graphite_tx, forward, aggregator, aligned };
     let (stop_flush, stop_rx) = std::sync::mpsc::channel();
     let flusher = {
         let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("flusher".into())
-            .spawn(move || crate::flush::run(shared, graphite_tx, stop_rx))?
+        std::thread::Builder::new().name("flusher".into()).spawn(move || crate::flush::run(shared, outputs, stop_rx))?
     };
     let sweeper = shared.guard.spawn_sweeper(shutdown.clone())?;
     shared.ready.store(true, Ordering::SeqCst);
@@ -258,8 +359,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     if let Some(task) = sink_task {
         let _ = task.await;
     }
+    for task in link_tasks {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// This host's name (agent id default).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener> {

@@ -28,6 +28,72 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[limits]`
     pub limits: LimitsConfig,
+    /// `[forward]`: this agent ships its flushes to aggregators.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward: Option<ForwardConfig>,
+    /// `[aggregator]`: this host accepts agents' flushes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregator: Option<AggregatorConfig>,
+}
+
+/// `[forward]`: ship each flush, pre-aggregated, to aggregators over TCP/TLS.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// `host:port` of every aggregator; series are spread over them by consistent hashing.
+    pub aggregators: Vec<String>,
+    /// TLS to the aggregators (`ca`, and `cert` + `key` for mutual TLS); absent = plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ForwardTls>,
+    /// Name of this agent (default: the host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Unacknowledged batches held per aggregator; the oldest are dropped (and counted) past it.
+    #[serde(default = "default_forward_buffer", with = "size")]
+    pub buffer: u64,
+}
+
+fn default_forward_buffer() -> u64 {
+    256 << 20
+}
+
+/// The agent side of TLS.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardTls {
+    /// PEM CA certificates the aggregators' certificates must chain to.
+    pub ca: std::path::PathBuf,
+    /// PEM client certificate chain (for aggregators that require one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<std::path::PathBuf>,
+    /// Its PEM private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<std::path::PathBuf>,
+    /// Name to check the aggregators' certificates against (default: the host of each address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+/// `[aggregator]`: accept agents, merge, flush on this host's interval.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AggregatorConfig {
+    /// Listen address for agents.
+    pub listen: SocketAddr,
+    /// Certificate, key and (for mutual TLS) client CA; absent = plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Where the handled marks of agents' sessions are kept across restarts.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: std::path::PathBuf,
+    /// How long after an interval ends the aggregator waits for agents' batches before it
+    /// flushes (default: half the interval, at most 5 s).
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub grace: Option<Duration>,
+}
+
+fn default_state_dir() -> std::path::PathBuf {
+    "floodgate-state".into()
 }
 
 /// `[statsd]`: listeners and Etsy statsd's aggregation options.
@@ -378,6 +444,26 @@ impl Config {
         if self.limits.tracked_sources < 64 {
             return Err(("limits.tracked_sources", "must be at least 64".into()));
         }
+        if let Some(f) = &self.forward {
+            if f.aggregators.is_empty() {
+                return Err(("forward.aggregators", "needs at least one host:port".into()));
+            }
+            for a in &f.aggregators {
+                if a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                    return Err(("forward.aggregators", format!("`{a}` is not host:port")));
+                }
+            }
+            if let Some(t) = &f.tls {
+                if t.cert.is_some() != t.key.is_some() {
+                    return Err(("forward.tls", "`cert` and `key` go together".into()));
+                }
+            }
+        }
+        if let Some(a) = &self.aggregator {
+            if a.grace.is_some_and(|g| g >= self.statsd.flush_interval) {
+                return Err(("aggregator.grace", "must be shorter than statsd.flush_interval".into()));
+            }
+        }
         if let Some(address) = &self.graphite.address {
             if address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
                 return Err(("graphite.address", format!("`{address}` is not host:port")));
@@ -524,6 +610,24 @@ mod duration {
 }
 
 /// Serde for byte sizes written as strings (`"64MiB"`) or integers.
+mod opt_duration {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text)
+            .map(Some)
+            .ok_or_else(|| de::Error::custom(format!("`{text}` is not a duration such as \"500ms\" or \"2s\"")))
+    }
+}
+
 mod size {
     use super::*;
 

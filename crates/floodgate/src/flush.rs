@@ -1,6 +1,11 @@
-//! The flusher: on a fixed schedule (start + k × interval, so flushes never drift), swap out
-//! every shard, merge into the store, compute Etsy statsd's flush and hand the Graphite payload
-//! to the sink. Runs on its own thread so a large merge never stalls the async runtime.
+//! The flusher: on a fixed schedule, swap out every shard, merge into the store, compute Etsy
+//! statsd's flush and hand the Graphite payload to the sink and each aggregator its share.
+//! Runs on its own thread so a large merge never stalls the async runtime.
+//!
+//! The schedule is start + k × interval (flushes never drift), or, for agents that forward
+//! and for aggregators, wall-clock multiples of the interval (so every agent's interval is
+//! the same and its batches reach the aggregators together); an aggregator flushes `grace`
+//! after the boundary, to let the agents' batches in, and stamps the flush with the boundary.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -10,7 +15,22 @@ use floodgate_statsd::graphite;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::app::Shared;
+use crate::sinks::forward::Share;
 use crate::sinks::graphite::{unix_now, Payload};
+use crate::sources::aggregator::Aggregator;
+
+/// Where flushes go.
+#[derive(Default)]
+pub struct Outputs {
+    /// The Graphite sink.
+    pub graphite: Option<UnboundedSender<Payload>>,
+    /// The forward links, one per aggregator, with the ring that spreads series over them.
+    pub forward: Option<(floodgate_forward::ring::Ring, Vec<UnboundedSender<Share>>)>,
+    /// This host's aggregator role: acknowledged once a flush is delivered.
+    pub aggregator: Option<std::sync::Arc<Aggregator>>,
+    /// Wall-clock aligned flushes, `grace` after each boundary.
+    pub aligned: Option<Duration>,
+}
 
 /// Merges every shard into the store (the flusher does this each interval; the console does
 /// it before showing live values).
@@ -26,18 +46,31 @@ pub fn merge_shards(shared: &Shared, store: &mut floodgate_statsd::Store) {
     }
 }
 
-/// One flush at `timestamp`.
-pub fn flush_once(shared: &Shared, graphite_tx: Option<&UnboundedSender<Payload>>, timestamp: i64) {
+/// One flush at `timestamp` (Unix seconds) for the interval ending at `boundary_ms`.
+pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i64) {
     let started = Instant::now();
-    let (naming, protocol) = {
+    let (naming, protocol, interval) = {
         let config = shared.config.read();
-        (config.graphite_naming(), config.graphite_protocol())
+        (config.graphite_naming(), config.graphite_protocol(), config.statsd.flush_interval)
     };
     let gstats = *shared.graphite_stats.lock();
     let mut store = shared.store.lock();
     merge_shards(shared, &mut store);
-    let payload =
-        store.flush(timestamp, |view| graphite_tx.map(|_| graphite::render(view, &naming, protocol, &gstats)));
+    // Under the store lock: exactly the batches this flush holds.
+    let marks = out.aggregator.as_ref().map(|a| a.merged_marks()).unwrap_or_default();
+    let interval_ms = interval.as_millis() as i64;
+    let epoch_wall_ns = shared.epoch_wall_ns;
+    let payload = store.flush(timestamp, |view| {
+        if let Some((ring, links)) = &out.forward {
+            let parts = floodgate_forward::batch::split(view, ring, links.len(), |stamp| epoch_wall_ns + stamp as i64);
+            for (link, series) in links.iter().zip(parts) {
+                let share =
+                    Share { interval_start_ms: boundary_ms - interval_ms, interval_ms: interval_ms as u32, series };
+                let _ = link.send(share);
+            }
+        }
+        out.graphite.as_ref().map(|_| graphite::render(view, &naming, protocol, &gstats))
+    });
     if let Some(known) = store.known_series() {
         for shard in shared.shards.lock().iter() {
             shard.lock().set_known(known.clone());
@@ -47,29 +80,68 @@ pub fn flush_once(shared: &Shared, graphite_tx: Option<&UnboundedSender<Payload>
     t.series.store(store.series() as u64, Relaxed);
     t.dropped_max_series.store(store.dropped_max_series, Relaxed);
     drop(store);
-    if let (Some(tx), Some(bytes)) = (graphite_tx, payload) {
-        let metrics = graphite::count_metrics(&bytes, protocol);
-        let _ = tx.send(Payload { bytes, metrics });
+    let delivered = match (&out.graphite, payload) {
+        (Some(tx), Some(bytes)) => {
+            let metrics = graphite::count_metrics(&bytes, protocol);
+            let (done, delivered) = tokio::sync::oneshot::channel();
+            let _ = tx.send(Payload { bytes, metrics, delivered: Some(done) });
+            Some(delivered)
+        }
+        _ => None,
+    };
+    if let Some(aggregator) = &out.aggregator {
+        // Agents are acknowledged once what they sent is out of this process.
+        let aggregator = aggregator.clone();
+        shared.runtime.spawn(async move {
+            if let Some(delivered) = delivered {
+                if delivered.await.is_err() {
+                    return; // Dropped (buffer full or shutdown): the agents will resend.
+                }
+            }
+            aggregator.handled(marks);
+        });
     }
     t.flushes.fetch_add(1, Relaxed);
     t.last_duration_us.store(started.elapsed().as_micros() as u64, Relaxed);
 }
 
 /// Runs flushes until `stop` fires (or its sender is dropped), then flushes once more.
-pub fn run(shared: std::sync::Arc<Shared>, graphite_tx: Option<UnboundedSender<Payload>>, stop: Receiver<()>) {
+pub fn run(shared: std::sync::Arc<Shared>, out: Outputs, stop: Receiver<()>) {
     let start = Instant::now();
     loop {
         let interval = shared.config.read().statsd.flush_interval;
-        let wait = next_flush_in(start.elapsed(), interval);
+        let (wait, boundary_ms) = match out.aligned {
+            Some(grace) => next_aligned_flush(unix_ms(), interval, grace),
+            None => (next_flush_in(start.elapsed(), interval), 0),
+        };
+        let timestamp = |boundary_ms: i64| if out.aligned.is_some() { boundary_ms / 1000 } else { unix_now() };
         match stop.recv_timeout(wait) {
-            Err(RecvTimeoutError::Timeout) => flush_once(&shared, graphite_tx.as_ref(), unix_now()),
+            Err(RecvTimeoutError::Timeout) => flush_once(&shared, &out, timestamp(boundary_ms), boundary_ms),
             Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                flush_once(&shared, graphite_tx.as_ref(), unix_now());
+                // The last, partial interval: stamped now.
+                let now = unix_ms();
+                flush_once(&shared, &out, timestamp(now), now);
                 tracing::info!("final flush done");
                 return;
             }
         }
     }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// For wall-clock aligned flushes: the wait until `grace` after the next interval boundary
+/// still ahead, and that boundary (Unix ms).
+pub fn next_aligned_flush(now_ms: i64, interval: Duration, grace: Duration) -> (Duration, i64) {
+    let interval_ms = (interval.as_millis() as i64).max(1);
+    let grace_ms = grace.as_millis() as i64;
+    let mut boundary = (now_ms - grace_ms).div_euclid(interval_ms) * interval_ms + interval_ms;
+    if boundary + grace_ms <= now_ms {
+        boundary += interval_ms;
+    }
+    (Duration::from_millis((boundary + grace_ms - now_ms) as u64), boundary)
 }
 
 /// Time from `elapsed` (since start) to the next flush at start + k × interval: flushes keep
@@ -96,5 +168,17 @@ mod tests {
         assert_eq!(next_flush_in(Duration::from_secs(25), s), Duration::from_secs(5));
         // Exactly on a tick: the next one.
         assert_eq!(next_flush_in(Duration::from_secs(20), s), s);
+    }
+
+    #[test]
+    fn aligned_flushes_fall_grace_after_each_boundary() {
+        let s = Duration::from_secs(10);
+        let g = Duration::from_secs(2);
+        // At 1000.5 s: the boundary 1000 s was passed but its grace has not: flush at 1002 s.
+        assert_eq!(next_aligned_flush(1_000_500, s, g), (Duration::from_millis(1_500), 1_000_000));
+        // At 1003 s: the next is 1010 s + 2 s.
+        assert_eq!(next_aligned_flush(1_003_000, s, g), (Duration::from_secs(9), 1_010_000));
+        // Agents (no grace) flush on the boundary itself, the next one when exactly on it.
+        assert_eq!(next_aligned_flush(1_010_000, s, Duration::ZERO), (s, 1_020_000));
     }
 }

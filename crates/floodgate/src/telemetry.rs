@@ -111,6 +111,8 @@ pub struct FlushCounters {
 pub struct Telemetry {
     listeners: Mutex<Vec<Listener>>,
     guard: Mutex<Option<Arc<Guard>>>,
+    forward: Mutex<Vec<(String, Arc<crate::sinks::forward::LinkCounters>)>>,
+    aggregator: Mutex<Option<Arc<crate::sources::aggregator::Aggregator>>>,
     /// The Graphite sink.
     pub graphite: SinkCounters,
     /// Flushing.
@@ -121,6 +123,16 @@ impl Telemetry {
     /// Reports the guard's table and top offenders too.
     pub fn set_guard(&self, guard: Arc<Guard>) {
         *self.guard.lock() = Some(guard);
+    }
+
+    /// Reports a forward link (one per aggregator).
+    pub fn add_forward_link(&self, aggregator: String, counters: Arc<crate::sinks::forward::LinkCounters>) {
+        self.forward.lock().push((aggregator, counters));
+    }
+
+    /// Reports the aggregator role.
+    pub fn set_aggregator(&self, aggregator: Arc<crate::sources::aggregator::Aggregator>) {
+        *self.aggregator.lock() = Some(aggregator);
     }
 
     /// Registers a listener (or one receive thread of it).
@@ -207,6 +219,38 @@ impl Telemetry {
         if let Some(guard) = self.guard.lock().as_ref() {
             render_guard(guard, out);
         }
+        render_forward(&self.forward.lock(), out);
+        if let Some(a) = self.aggregator.lock().as_ref() {
+            let c = &a.counters;
+            let rows: [(&str, &str, &str, &AtomicU64); 6] = [
+                ("floodgate_aggregator_batches_total", "counter", "Agent batches merged.", &c.batches),
+                ("floodgate_aggregator_series_total", "counter", "Series merged from agents.", &c.series),
+                (
+                    "floodgate_aggregator_refused_series_total",
+                    "counter",
+                    "Agent series refused by max_series.",
+                    &c.refused_series,
+                ),
+                (
+                    "floodgate_aggregator_duplicate_batches_total",
+                    "counter",
+                    "Retried batches skipped (already merged).",
+                    &c.duplicates,
+                ),
+                (
+                    "floodgate_aggregator_protocol_errors_total",
+                    "counter",
+                    "Agent connections closed for a protocol error.",
+                    &c.protocol_errors,
+                ),
+                ("floodgate_aggregator_agents_connected", "gauge", "Agent connections open now.", &c.connected),
+            ];
+            for (name, kind, help, v) in rows {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                let _ = writeln!(out, "{name} {}", v.load(Relaxed));
+            }
+        }
         let f = &self.flush;
         let _ = writeln!(out, "# HELP floodgate_statsd_dropped_series_total New StatsD series refused by max_series.");
         let _ = writeln!(out, "# TYPE floodgate_statsd_dropped_series_total counter");
@@ -249,6 +293,37 @@ impl Telemetry {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name}{{sink=\"graphite\"}} {}", v.load(Relaxed));
+        }
+    }
+}
+
+fn render_forward(links: &[(String, Arc<crate::sinks::forward::LinkCounters>)], out: &mut String) {
+    if links.is_empty() {
+        return;
+    }
+    type Field = fn(&crate::sinks::forward::LinkCounters) -> &AtomicU64;
+    let rows: [(&str, &str, &str, Field); 8] = [
+        ("floodgate_forward_acked_batches_total", "counter", "Batches an aggregator acknowledged.", |c| {
+            &c.acked_batches
+        }),
+        ("floodgate_forward_acked_series_total", "counter", "Series in acknowledged batches.", |c| &c.acked_series),
+        ("floodgate_forward_sent_bytes_total", "counter", "Batch bytes written (retries included).", |c| &c.sent_bytes),
+        (
+            "floodgate_forward_dropped_batches_total",
+            "counter",
+            "Batches dropped: buffer full, or unacknowledged at shutdown.",
+            |c| &c.dropped_batches,
+        ),
+        ("floodgate_forward_errors_total", "counter", "Failed connections and lost ones.", |c| &c.errors),
+        ("floodgate_forward_queued_batches", "gauge", "Batches waiting for an acknowledgement.", |c| &c.queued_batches),
+        ("floodgate_forward_queued_bytes", "gauge", "Bytes of those batches.", |c| &c.queued_bytes),
+        ("floodgate_forward_connected", "gauge", "1 while connected to the aggregator.", |c| &c.connected),
+    ];
+    for (name, kind, help, field) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (aggregator, c) in links {
+            let _ = writeln!(out, "{name}{{aggregator=\"{aggregator}\"}} {}", field(c).load(Relaxed));
         }
     }
 }

@@ -62,7 +62,8 @@ pub fn exercise(data: &[u8]) {
     let naming = floodgate_statsd::graphite::GraphiteNaming::default();
     let stats = floodgate_statsd::graphite::GraphiteStats::default();
     store.flush(1, |view| {
-        let _ = floodgate_statsd::graphite::render(view, &naming, floodgate_statsd::graphite::Protocol::Plaintext, &stats);
+        let _ =
+            floodgate_statsd::graphite::render(view, &naming, floodgate_statsd::graphite::Protocol::Plaintext, &stats);
     });
     let mut out = String::new();
     floodgate_statsd::prometheus::render(&store, &mut out);

@@ -23,6 +23,8 @@ pub struct Payload {
     pub bytes: Vec<u8>,
     /// Metrics in it.
     pub metrics: usize,
+    /// Told once Carbon has taken the payload (an aggregator acknowledges agents then).
+    pub delivered: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The sink's settings.
@@ -84,8 +86,11 @@ impl GraphiteSink {
                             if let Some(since) = failing_since.take() {
                                 tracing::info!(down_for = ?since.elapsed(), queued = queue.len(), "graphite reachable again");
                             }
-                            if let Some(p) = queue.pop_front() {
+                            if let Some(mut p) = queue.pop_front() {
                                 queued_bytes -= p.bytes.len() as u64;
+                                if let Some(tx) = p.delivered.take() {
+                                    let _ = tx.send(());
+                                }
                             }
                             backoff = MIN_BACKOFF;
                         }
@@ -106,7 +111,7 @@ impl GraphiteSink {
         }
         // Shutting down: one more try for each held payload, in order, within the deadline.
         let deadline = Instant::now() + drain_deadline;
-        while let Some(p) = queue.pop_front() {
+        while let Some(mut p) = queue.pop_front() {
             if Instant::now() >= deadline {
                 queue.push_front(p);
                 break;
@@ -115,6 +120,9 @@ impl GraphiteSink {
                 tracing::error!(error = %e, "graphite unreachable at shutdown");
                 queue.push_front(p);
                 break;
+            }
+            if let Some(tx) = p.delivered.take() {
+                let _ = tx.send(());
             }
         }
         if !queue.is_empty() {

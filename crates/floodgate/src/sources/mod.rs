@@ -1,3 +1,4 @@
 //! Inputs: each source binds its listeners, decodes, and feeds aggregation.
 
+pub mod aggregator;
 pub mod statsd;

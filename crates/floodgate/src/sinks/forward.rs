@@ -1,0 +1,311 @@
+//! The agent side of the forward hop: one task per aggregator, holding that aggregator's
+//! batches until it acknowledges them (`docs/forward-protocol.md`).
+//!
+//! Each flush hands every task its share of the changed series; the task numbers it (the
+//! next `seq`), encodes it once, queues it and writes it if connected. Acknowledged batches
+//! leave the queue; after a reconnection the aggregator's `Welcome` says how far it got and
+//! the rest is sent again, oldest first. While an aggregator is down its share waits here —
+//! it is never re-hashed onto another aggregator mid-interval — up to `buffer` bytes, past
+//! which the oldest batches are dropped and counted.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use floodgate_forward::frame::{self, Decoder};
+use floodgate_forward::proto::{self, frame::Kind, Frame};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// One flush's share for an aggregator.
+#[derive(Debug)]
+pub struct Share {
+    /// Start of the flush interval, Unix ms.
+    pub interval_start_ms: i64,
+    /// The interval.
+    pub interval_ms: u32,
+    /// Changed series owned by this aggregator.
+    pub series: Vec<proto::Series>,
+}
+
+/// Figures of one aggregator's link.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    /// Batches acknowledged.
+    pub acked_batches: AtomicU64,
+    /// Bytes of batches written (retries included).
+    pub sent_bytes: AtomicU64,
+    /// Series sent in batches acknowledged.
+    pub acked_series: AtomicU64,
+    /// Batches dropped because the buffer was full.
+    pub dropped_batches: AtomicU64,
+    /// Connection attempts that failed, and connections lost.
+    pub errors: AtomicU64,
+    /// Batches waiting for an acknowledgement.
+    pub queued_batches: AtomicU64,
+    /// Their bytes.
+    pub queued_bytes: AtomicU64,
+    /// 1 while connected.
+    pub connected: AtomicU64,
+}
+
+/// How to reach one aggregator.
+pub struct Link {
+    /// `host:port`.
+    pub address: String,
+    /// TLS client configuration and the name to verify, or plain TCP.
+    pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// This agent's name.
+    pub agent_id: String,
+    /// Random per process start.
+    pub session: u64,
+    /// Bytes of unacknowledged batches held at most.
+    pub buffer: u64,
+    /// Figures.
+    pub counters: Arc<LinkCounters>,
+}
+
+struct Queued {
+    seq: u64,
+    series: usize,
+    frame: bytes::Bytes,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+impl Link {
+    /// Runs until `rx` closes and everything held is acknowledged (or `drain` has passed).
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Share>, drain: Duration) {
+        let mut queue: VecDeque<Queued> = VecDeque::new();
+        let mut queued_bytes = 0u64;
+        let mut next_seq = 1u64;
+        let mut backoff = MIN_BACKOFF;
+        let mut closing: Option<tokio::time::Instant> = None;
+        let c = self.counters.clone();
+        loop {
+            if closing.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                break;
+            }
+            // Connect (and say hello) unless shutting down with nothing left.
+            if closing.is_some() && queue.is_empty() {
+                break;
+            }
+            let conn = match self.connect().await {
+                Ok((stream, acked_through)) => {
+                    drop_acked(&mut queue, &mut queued_bytes, acked_through, &c);
+                    backoff = MIN_BACKOFF;
+                    c.connected.store(1, Relaxed);
+                    tracing::info!(aggregator = %self.address, acked_through, queued = queue.len(), "connected to aggregator");
+                    Some(stream)
+                }
+                Err(e) => {
+                    c.errors.fetch_add(1, Relaxed);
+                    tracing::warn!(aggregator = %self.address, error = %e, retry_in = ?backoff, "aggregator unreachable; holding its batches");
+                    None
+                }
+            };
+            if let Some(stream) = conn {
+                let (mut reader, mut writer) = tokio::io::split(stream);
+                let result: std::io::Result<()> = async {
+                    for q in &queue {
+                        writer.write_all(&q.frame).await?;
+                        c.sent_bytes.fetch_add(q.frame.len() as u64, Relaxed);
+                    }
+                    writer.flush().await?;
+                    let mut decoder = Decoder::new(1 << 20);
+                    loop {
+                        if closing.is_some() && queue.is_empty() {
+                            return Ok(());
+                        }
+                        let deadline = closing.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+                        tokio::select! {
+                            share = rx.recv(), if closing.is_none() => match share {
+                                Some(share) => {
+                                    let q = self.enqueue(share, &mut next_seq, &mut queue, &mut queued_bytes);
+                                    writer.write_all(&q).await?;
+                                    writer.flush().await?;
+                                    c.sent_bytes.fetch_add(q.len() as u64, Relaxed);
+                                }
+                                None => closing = Some(tokio::time::Instant::now() + drain),
+                            },
+                            n = reader.read_buf(decoder.buffer()) => {
+                                if n? == 0 {
+                                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "aggregator closed the connection"));
+                                }
+                                while let Some(f) = decoder.decode().map_err(std::io::Error::other)? {
+                                    match f.kind {
+                                        Some(Kind::Ack(a)) => drop_acked(&mut queue, &mut queued_bytes, a.seq, &c),
+                                        Some(Kind::Error(e)) => return Err(std::io::Error::other(format!("aggregator said: {}", e.message))),
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                        }
+                        c.queued_batches.store(queue.len() as u64, Relaxed);
+                        c.queued_bytes.store(queued_bytes, Relaxed);
+                    }
+                }
+                .await;
+                c.connected.store(0, Relaxed);
+                if let Err(e) = result {
+                    c.errors.fetch_add(1, Relaxed);
+                    tracing::warn!(aggregator = %self.address, error = %e, "aggregator connection lost; will resend what it has not acknowledged");
+                } else if closing.is_some() {
+                    break;
+                }
+            }
+            // Back off, still taking new shares meanwhile (they wait in the queue).
+            let sleep = tokio::time::sleep(backoff);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    share = rx.recv(), if closing.is_none() => match share {
+                        Some(share) => { self.enqueue(share, &mut next_seq, &mut queue, &mut queued_bytes); }
+                        None => closing = Some(tokio::time::Instant::now() + drain),
+                    },
+                    _ = &mut sleep => break,
+                }
+                c.queued_batches.store(queue.len() as u64, Relaxed);
+                c.queued_bytes.store(queued_bytes, Relaxed);
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        if !queue.is_empty() {
+            c.dropped_batches.fetch_add(queue.len() as u64, Relaxed);
+            tracing::error!(aggregator = %self.address, batches = queue.len(), "batches never acknowledged at shutdown");
+        }
+        c.queued_batches.store(0, Relaxed);
+        c.queued_bytes.store(0, Relaxed);
+    }
+
+    /// Numbers, encodes and queues a share (dropping the oldest past the buffer); returns
+    /// the encoded frame.
+    fn enqueue(
+        &self,
+        share: Share,
+        next_seq: &mut u64,
+        queue: &mut VecDeque<Queued>,
+        queued_bytes: &mut u64,
+    ) -> bytes::Bytes {
+        let seq = *next_seq;
+        *next_seq += 1;
+        let series = share.series.len();
+        let batch = proto::Batch {
+            seq,
+            interval_start_ms: share.interval_start_ms,
+            interval_ms: share.interval_ms,
+            series: share.series,
+        };
+        let mut buf = BytesMut::new();
+        frame::encode(&Frame { kind: Some(Kind::Batch(batch)) }, &mut buf);
+        let frame = buf.freeze();
+        *queued_bytes += frame.len() as u64;
+        queue.push_back(Queued { seq, series, frame: frame.clone() });
+        while *queued_bytes > self.buffer && queue.len() > 1 {
+            if let Some(old) = queue.pop_front() {
+                *queued_bytes -= old.frame.len() as u64;
+                self.counters.dropped_batches.fetch_add(1, Relaxed);
+                tracing::warn!(aggregator = %self.address, seq = old.seq, "forward buffer full: dropped the oldest batch");
+            }
+        }
+        frame
+    }
+
+    /// Connects, says hello, and returns the stream with the aggregator's handled mark.
+    async fn connect(&self) -> std::io::Result<(Box<dyn Stream>, u64)> {
+        let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(&self.address))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        let _ = tcp.set_nodelay(true);
+        let mut stream: Box<dyn Stream> = match &self.tls {
+            Some((config, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let tls = tokio::time::timeout(TIMEOUT, connector.connect(name.clone(), tcp))
+                    .await
+                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                Box::new(tls)
+            }
+            None => Box::new(tcp),
+        };
+        let hello = Frame {
+            kind: Some(Kind::Hello(proto::Hello {
+                version: floodgate_forward::VERSION,
+                agent_id: self.agent_id.clone(),
+                session: self.session,
+            })),
+        };
+        let mut buf = BytesMut::new();
+        frame::encode(&hello, &mut buf);
+        stream.write_all(&buf).await?;
+        stream.flush().await?;
+        let mut decoder = Decoder::new(1 << 20);
+        let welcome = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                if let Some(f) = decoder.decode().map_err(std::io::Error::other)? {
+                    return Ok::<Frame, std::io::Error>(f);
+                }
+                if stream.read_buf(decoder.buffer()).await? == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before Welcome"));
+                }
+            }
+        })
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no Welcome"))??;
+        match welcome.kind {
+            Some(Kind::Welcome(w)) => Ok((stream, w.acked_through)),
+            Some(Kind::Error(e)) => Err(std::io::Error::other(format!("aggregator refused: {}", e.message))),
+            _ => Err(std::io::Error::other("expected Welcome")),
+        }
+    }
+}
+
+fn drop_acked(queue: &mut VecDeque<Queued>, queued_bytes: &mut u64, seq: u64, c: &LinkCounters) {
+    while queue.front().is_some_and(|q| q.seq <= seq) {
+        if let Some(q) = queue.pop_front() {
+            *queued_bytes -= q.frame.len() as u64;
+            c.acked_batches.fetch_add(1, Relaxed);
+            c.acked_series.fetch_add(q.series as u64, Relaxed);
+        }
+    }
+    c.queued_batches.store(queue.len() as u64, Relaxed);
+    c.queued_bytes.store(*queued_bytes, Relaxed);
+}
+
+/// The rustls client configuration of `[forward] tls`.
+pub fn client_config(tls: &crate::config::ForwardTls) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use anyhow::Context;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(&tls.ca).with_context(|| format!("cannot read CA {}", tls.ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("bad certificate in {}", tls.ca.display()))?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots);
+    let config = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("cannot read client certificate {}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("cannot read client key {}", key.display()))?;
+            builder.with_client_auth_cert(certs, key).context("client certificate and key do not match")?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}

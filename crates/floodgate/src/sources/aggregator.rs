@@ -1,0 +1,343 @@
+//! The aggregator side of the forward hop (`docs/forward-protocol.md`): agents connect
+//! (through the guard, then TLS), say hello, and send batches that are merged into this
+//! host's store — the same store its own StatsD listeners feed, so an aggregator is also the
+//! agent of its own host.
+//!
+//! Exactly-once: per `(agent_id, session)` the aggregator keeps the highest batch merged (in
+//! memory) and the highest handled (also in `state_dir/sessions.json`). A batch at or below the
+//! merged mark is a retry and is skipped. At each flush the flusher takes the merged marks
+//! under the store lock (so they describe exactly what the flush holds); once the flush is
+//! delivered the marks become handled, are written to disk, and only then acknowledged.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use floodgate_forward::frame::{self, Decoder, DEFAULT_MAX_FRAME};
+use floodgate_forward::proto::{self, frame::Kind, Frame};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::app::Shared;
+use crate::guard::ListenerGuard;
+use crate::telemetry::ListenerCounters;
+use crate::tls::SharedServerConfig;
+
+/// An agent process: its name and the random number it chose at start.
+pub type SessionId = (String, u64);
+
+#[derive(Debug, Default)]
+struct Session {
+    merged: u64,
+    handled: u64,
+    /// The connection serving it now, for acknowledgements.
+    conn: Option<(u64, mpsc::UnboundedSender<u64>)>,
+}
+
+/// Figures of the aggregator port.
+#[derive(Debug, Default)]
+pub struct AggregatorCounters {
+    /// Batches merged.
+    pub batches: AtomicU64,
+    /// Series merged.
+    pub series: AtomicU64,
+    /// Series refused by `max_series`.
+    pub refused_series: AtomicU64,
+    /// Retried batches skipped (already merged).
+    pub duplicates: AtomicU64,
+    /// Connections closed for a protocol error (bad frame, bad batch, wrong version).
+    pub protocol_errors: AtomicU64,
+    /// Agents connected now.
+    pub connected: AtomicU64,
+}
+
+/// The aggregator's sessions and their marks.
+#[derive(Debug)]
+pub struct Aggregator {
+    sessions: Mutex<HashMap<SessionId, Session>>,
+    state_file: PathBuf,
+    next_conn: AtomicU64,
+    /// Figures.
+    pub counters: AggregatorCounters,
+    id: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    sessions: Vec<SavedSession>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedSession {
+    agent_id: String,
+    session: u64,
+    handled: u64,
+}
+
+impl Aggregator {
+    /// The aggregator, with the handled marks saved in `state_dir` by an earlier run.
+    pub fn load(state_dir: &std::path::Path, id: String) -> anyhow::Result<Arc<Aggregator>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("cannot create aggregator state_dir {}", state_dir.display()))?;
+        let state_file = state_dir.join("sessions.json");
+        let mut sessions = HashMap::new();
+        match std::fs::read(&state_file) {
+            Ok(bytes) => {
+                let saved: StateFile = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{} is not an aggregator state file", state_file.display()))?;
+                for s in saved.sessions {
+                    sessions
+                        .insert((s.agent_id, s.session), Session { merged: s.handled, handled: s.handled, conn: None });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", state_file.display())),
+        }
+        tracing::info!(sessions = sessions.len(), file = %state_file.display(), "aggregator state loaded");
+        Ok(Arc::new(Aggregator {
+            sessions: Mutex::new(sessions),
+            state_file,
+            next_conn: AtomicU64::new(1),
+            counters: AggregatorCounters::default(),
+            id,
+        }))
+    }
+
+    /// The merged marks: call with the store locked, just before it flushes.
+    pub fn merged_marks(&self) -> Vec<(SessionId, u64)> {
+        self.sessions
+            .lock()
+            .iter()
+            .filter(|(_, s)| s.merged > s.handled)
+            .map(|(id, s)| (id.clone(), s.merged))
+            .collect()
+    }
+
+    /// A flush holding `marks` was delivered: record them, save, then acknowledge.
+    pub fn handled(&self, marks: Vec<(SessionId, u64)>) {
+        if marks.is_empty() {
+            return;
+        }
+        let mut sessions = self.sessions.lock();
+        for (id, mark) in &marks {
+            if let Some(s) = sessions.get_mut(id) {
+                s.handled = s.handled.max(*mark);
+            }
+        }
+        let saved = StateFile {
+            sessions: sessions
+                .iter()
+                .map(|((agent_id, session), s)| SavedSession {
+                    agent_id: agent_id.clone(),
+                    session: *session,
+                    handled: s.handled,
+                })
+                .collect(),
+        };
+        if let Err(e) = write_atomically(&self.state_file, &saved) {
+            // Without the record a restart could count these batches twice: do not ack them.
+            tracing::error!(file = %self.state_file.display(), error = %e, "cannot save aggregator state; not acknowledging");
+            return;
+        }
+        for (id, _) in &marks {
+            if let Some(Session { handled, conn: Some((_, tx)), .. }) = sessions.get(id) {
+                let _ = tx.send(*handled);
+            }
+        }
+    }
+}
+
+fn write_atomically(path: &std::path::Path, state: &StateFile) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(state).map_err(std::io::Error::other)?;
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts agents until the task is aborted.
+pub async fn serve(
+    listener: TcpListener,
+    guard: Arc<ListenerGuard>,
+    counters: Arc<ListenerCounters>,
+    tls: Option<SharedServerConfig>,
+    aggregator: Arc<Aggregator>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let (stream, peer, permit) = crate::sources::statsd::tcp::accept(&listener, &guard, &counters).await;
+        counters.connections.fetch_add(1, Relaxed);
+        let (counters, tls, aggregator, shared) = (counters.clone(), tls.clone(), aggregator.clone(), shared.clone());
+        tokio::spawn(async move {
+            counters.open_connections.fetch_add(1, Relaxed);
+            let stream: std::io::Result<Box<dyn Stream>> = match tls {
+                None => Ok(Box::new(stream)),
+                Some(config) => {
+                    counters.tls_handshakes.fetch_add(1, Relaxed);
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
+                    match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => Ok(Box::new(s) as Box<dyn Stream>),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")),
+                    }
+                }
+            };
+            match stream {
+                Ok(stream) => {
+                    aggregator.counters.connected.fetch_add(1, Relaxed);
+                    if let Err(e) = agent(stream, &aggregator, &shared, &counters).await {
+                        tracing::warn!(%peer, error = %e, "agent connection closed");
+                    }
+                    aggregator.counters.connected.fetch_sub(1, Relaxed);
+                }
+                Err(e) => {
+                    counters.tls_handshake_failures.fetch_add(1, Relaxed);
+                    tracing::warn!(%peer, error = %e, "agent TLS handshake failed");
+                }
+            }
+            counters.open_connections.fetch_sub(1, Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+async fn send(stream: &mut (impl AsyncWrite + Unpin), kind: Kind) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    frame::encode(&Frame { kind: Some(kind) }, &mut buf);
+    stream.write_all(&buf).await?;
+    stream.flush().await
+}
+
+/// Serves one agent connection to its end.
+async fn agent(
+    stream: Box<dyn Stream>,
+    aggregator: &Aggregator,
+    shared: &Shared,
+    counters: &ListenerCounters,
+) -> std::io::Result<()> {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut decoder = Decoder::new(DEFAULT_MAX_FRAME);
+    let protocol_error = |why: String| {
+        aggregator.counters.protocol_errors.fetch_add(1, Relaxed);
+        std::io::Error::new(std::io::ErrorKind::InvalidData, why)
+    };
+    // Hello first.
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
+        loop {
+            if let Some(f) = decoder.decode().map_err(|e| protocol_error(e.to_string()))? {
+                return Ok(f);
+            }
+            let n = reader.read_buf(decoder.buffer()).await?;
+            ListenerCounters::add(&counters.bytes, n as u64);
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before Hello"));
+            }
+        }
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no Hello"))??;
+    let Some(Kind::Hello(hello)) = hello.kind else {
+        let _ = send(&mut writer, Kind::Error(proto::Error { message: "expected Hello".into() })).await;
+        return Err(protocol_error("first frame was not Hello".into()));
+    };
+    if hello.version != floodgate_forward::VERSION {
+        let message =
+            format!("protocol version {} not spoken here (this is {})", hello.version, floodgate_forward::VERSION);
+        let _ = send(&mut writer, Kind::Error(proto::Error { message: message.clone() })).await;
+        return Err(protocol_error(message));
+    }
+    let id: SessionId = (hello.agent_id.clone(), hello.session);
+    let conn_id = aggregator.next_conn.fetch_add(1, Relaxed);
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    let handled = {
+        let mut sessions = aggregator.sessions.lock();
+        let s = sessions.entry(id.clone()).or_default();
+        s.conn = Some((conn_id, ack_tx));
+        s.handled
+    };
+    tracing::info!(agent = %hello.agent_id, session = hello.session, acked_through = handled, "agent connected");
+    send(
+        &mut writer,
+        Kind::Welcome(proto::Welcome {
+            version: floodgate_forward::VERSION,
+            aggregator_id: aggregator.id.clone(),
+            acked_through: handled,
+        }),
+    )
+    .await?;
+    let result = async {
+        loop {
+            tokio::select! {
+                n = reader.read_buf(decoder.buffer()) => {
+                    let n = n?;
+                    ListenerCounters::add(&counters.bytes, n as u64);
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    while let Some(f) = decoder.decode().map_err(|e| protocol_error(e.to_string()))? {
+                        match f.kind {
+                            Some(Kind::Batch(batch)) => {
+                                if let Err(why) = merge(aggregator, shared, &id, &batch) {
+                                    let _ = send(&mut writer, Kind::Error(proto::Error { message: why.clone() })).await;
+                                    return Err(protocol_error(why));
+                                }
+                                counters.packets.fetch_add(1, Relaxed);
+                            }
+                            _ => {
+                                let _ = send(&mut writer, Kind::Error(proto::Error { message: "expected Batch".into() })).await;
+                                return Err(protocol_error("unexpected frame after Hello".into()));
+                            }
+                        }
+                    }
+                }
+                seq = ack_rx.recv() => match seq {
+                    Some(seq) => send(&mut writer, Kind::Ack(proto::Ack { seq })).await?,
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+    .await;
+    let mut sessions = aggregator.sessions.lock();
+    if let Some(s) = sessions.get_mut(&id) {
+        if s.conn.as_ref().is_some_and(|(c, _)| *c == conn_id) {
+            s.conn = None;
+        }
+    }
+    result
+}
+
+/// Merges a batch unless it is a retry. The store lock is held while the merged mark moves,
+/// so a flush sees both or neither.
+fn merge(aggregator: &Aggregator, shared: &Shared, id: &SessionId, batch: &proto::Batch) -> Result<(), String> {
+    let mut store = shared.store.lock();
+    let mut sessions = aggregator.sessions.lock();
+    let Some(s) = sessions.get_mut(id) else { return Err("no session".into()) };
+    if batch.seq <= s.merged {
+        aggregator.counters.duplicates.fetch_add(1, Relaxed);
+        return Ok(());
+    }
+    let applied =
+        floodgate_forward::batch::apply(&mut store, batch).map_err(|e| format!("batch {} refused: {e}", batch.seq))?;
+    s.merged = batch.seq;
+    let c = &aggregator.counters;
+    c.batches.fetch_add(1, Relaxed);
+    c.series.fetch_add(applied.merged, Relaxed);
+    c.refused_series.fetch_add(applied.refused, Relaxed);
+    Ok(())
+}

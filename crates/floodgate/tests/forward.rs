@@ -107,3 +107,82 @@ fn counters_from_three_agents_add_up_at_carbon() {
         }
     }
 }
+
+/// Sends `line` to `fg` every `every` for `secs`; returns how many were sent.
+fn steady(fg: &Floodgate, line: &'static str, every: Duration, secs: f64) -> std::thread::JoinHandle<u64> {
+    let to = SocketAddr::from(([127, 0, 0, 1], fg.statsd));
+    std::thread::spawn(move || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let start = Instant::now();
+        let mut sent = 0;
+        while start.elapsed().as_secs_f64() < secs {
+            s.send_to(line.as_bytes(), to).unwrap();
+            sent += 1;
+            std::thread::sleep(every);
+        }
+        sent
+    })
+}
+
+/// The aggregator is SIGKILLed mid-run and started again: the agents hold what it had not
+/// acknowledged and send it again; Carbon's sum is every increment sent, once.
+#[test]
+fn an_aggregator_killed_mid_run_loses_and_doubles_nothing() {
+    let carbon = Carbon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agg = aggregator(&carbon, port, dir.path());
+    let agents: Vec<Floodgate> = (0..2).map(|i| agent(&format!("agent{i}"), &[port])).collect();
+    for a in &agents {
+        wait_connected(a, &[port]);
+    }
+    let senders: Vec<_> = agents.iter().map(|a| steady(a, "crash.hits:1|c", Duration::from_millis(20), 14.0)).collect();
+    std::thread::sleep(Duration::from_secs(5));
+    agg.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    agg.respawn();
+    let sent: u64 = senders.into_iter().map(|h| h.join().unwrap()).sum();
+    let points = carbon.wait("stats_counts.crash.hits", |p| p.iter().sum::<f64>() >= sent as f64);
+    // Give a doubled batch the time to show up, then check the sum is exact.
+    std::thread::sleep(Duration::from_millis(2 * INTERVAL_MS));
+    let points = carbon.wait("stats_counts.crash.hits", |p| p.len() >= points.len());
+    assert_eq!(points.iter().sum::<f64>(), sent as f64, "points {points:?}");
+    let log = agg.stderr();
+    assert!(log.contains("aggregator state loaded sessions=2"), "the handled marks survived the crash: {log}");
+}
+
+/// A connection that sends garbage after its Hello is closed and counted; the agent next to
+/// it is not disturbed.
+#[test]
+fn a_garbage_frame_closes_only_its_connection() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let agg = Floodgate::start(
+        &format!("flush_interval = \"{INTERVAL_MS}ms\""),
+        &format!("[aggregator]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n", dir.path().display()),
+    );
+    let a = agent("good", &[port]);
+    wait_connected(&a, &[port]);
+    let sender = steady(&a, "calm:1|c", Duration::from_millis(20), 5.0);
+    std::thread::sleep(Duration::from_secs(1));
+    // A valid Hello, then a frame whose body is not protobuf.
+    let mut bad = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let hello = [0u8, 0, 0, 8, 0x0a, 0x06, 0x08, 0x01, 0x12, 0x02, b'x', b'y'];
+    std::io::Write::write_all(&mut bad, &hello).unwrap();
+    std::io::Write::write_all(&mut bad, &[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut bad, &mut answer);
+    assert!(String::from_utf8_lossy(&answer).contains("malformed frame"), "an Error frame says why: {answer:?}");
+    let sent = sender.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = http_get(agg.http, "/metrics").unwrap().1;
+        if metric(&all, "calm_total", &[]) == Some(sent as f64) {
+            assert_eq!(metric(&all, "floodgate_aggregator_protocol_errors_total", &[]), Some(1.0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "calm: sent {sent}, aggregated {:?}", metric(&all, "calm_total", &[]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -100,12 +100,12 @@ impl Link {
                 break;
             }
             let conn = match self.connect().await {
-                Ok((stream, acked_through)) => {
+                Ok((stream, acked_through, decoder)) => {
                     drop_acked(&mut queue, &mut queued_bytes, acked_through, &c);
                     backoff = MIN_BACKOFF;
                     c.connected.store(1, Relaxed);
                     tracing::info!(aggregator = %self.address, acked_through, queued = queue.len(), "connected to aggregator");
-                    Some(stream)
+                    Some((stream, decoder))
                 }
                 Err(e) => {
                     c.errors.fetch_add(1, Relaxed);
@@ -113,7 +113,7 @@ impl Link {
                     None
                 }
             };
-            if let Some(stream) = conn {
+            if let Some((stream, mut decoder)) = conn {
                 let (mut reader, mut writer) = tokio::io::split(stream);
                 let result: std::io::Result<()> = async {
                     for q in &queue {
@@ -121,8 +121,15 @@ impl Link {
                         c.sent_bytes.fetch_add(q.frame.len() as u64, Relaxed);
                     }
                     writer.flush().await?;
-                    let mut decoder = Decoder::new(1 << 20);
                     loop {
+                        // Frames already buffered first.
+                        while let Some(f) = decoder.decode().map_err(std::io::Error::other)? {
+                            match f.kind {
+                                Some(Kind::Ack(a)) => drop_acked(&mut queue, &mut queued_bytes, a.seq, &c),
+                                Some(Kind::Error(e)) => return Err(std::io::Error::other(format!("aggregator said: {}", e.message))),
+                                _ => {}
+                            }
+                        }
                         if closing.is_some() && queue.is_empty() {
                             return Ok(());
                         }
@@ -140,13 +147,6 @@ impl Link {
                             n = reader.read_buf(decoder.buffer()) => {
                                 if n? == 0 {
                                     return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "aggregator closed the connection"));
-                                }
-                                while let Some(f) = decoder.decode().map_err(std::io::Error::other)? {
-                                    match f.kind {
-                                        Some(Kind::Ack(a)) => drop_acked(&mut queue, &mut queued_bytes, a.seq, &c),
-                                        Some(Kind::Error(e)) => return Err(std::io::Error::other(format!("aggregator said: {}", e.message))),
-                                        _ => {}
-                                    }
                                 }
                             }
                             _ = tokio::time::sleep_until(deadline) => return Ok(()),
@@ -222,7 +222,7 @@ impl Link {
     }
 
     /// Connects, says hello, and returns the stream with the aggregator's handled mark.
-    async fn connect(&self) -> std::io::Result<(Box<dyn Stream>, u64)> {
+    async fn connect(&self) -> std::io::Result<(Box<dyn Stream>, u64, Decoder)> {
         let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(&self.address))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -262,7 +262,7 @@ impl Link {
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no Welcome"))??;
         match welcome.kind {
-            Some(Kind::Welcome(w)) => Ok((stream, w.acked_through)),
+            Some(Kind::Welcome(w)) => Ok((stream, w.acked_through, decoder)),
             Some(Kind::Error(e)) => Err(std::io::Error::other(format!("aggregator refused: {}", e.message))),
             _ => Err(std::io::Error::other("expected Welcome")),
         }

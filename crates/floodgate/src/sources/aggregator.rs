@@ -282,27 +282,22 @@ async fn agent(
     .await?;
     let result = async {
         loop {
+            // Frames already buffered first (a Batch may have come with the Hello).
+            while let Some(f) = decoder.decode().map_err(|e| protocol_error(e.to_string()))? {
+                match f.kind {
+                    Some(Kind::Batch(batch)) => {
+                        merge(aggregator, shared, &id, &batch).map_err(protocol_error)?;
+                        counters.packets.fetch_add(1, Relaxed);
+                    }
+                    _ => return Err(protocol_error("expected Batch".into())),
+                }
+            }
             tokio::select! {
                 n = reader.read_buf(decoder.buffer()) => {
                     let n = n?;
                     ListenerCounters::add(&counters.bytes, n as u64);
                     if n == 0 {
                         return Ok(());
-                    }
-                    while let Some(f) = decoder.decode().map_err(|e| protocol_error(e.to_string()))? {
-                        match f.kind {
-                            Some(Kind::Batch(batch)) => {
-                                if let Err(why) = merge(aggregator, shared, &id, &batch) {
-                                    let _ = send(&mut writer, Kind::Error(proto::Error { message: why.clone() })).await;
-                                    return Err(protocol_error(why));
-                                }
-                                counters.packets.fetch_add(1, Relaxed);
-                            }
-                            _ => {
-                                let _ = send(&mut writer, Kind::Error(proto::Error { message: "expected Batch".into() })).await;
-                                return Err(protocol_error("unexpected frame after Hello".into()));
-                            }
-                        }
                     }
                 }
                 seq = ack_rx.recv() => match seq {
@@ -313,6 +308,12 @@ async fn agent(
         }
     }
     .await;
+    if let Err(e) = &result {
+        // Protocol errors are told to the peer before closing.
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            let _ = send(&mut writer, Kind::Error(proto::Error { message: e.to_string() })).await;
+        }
+    }
     let mut sessions = aggregator.sessions.lock();
     if let Some(s) = sessions.get_mut(&id) {
         if s.conn.as_ref().is_some_and(|(c, _)| *c == conn_id) {

@@ -144,6 +144,24 @@ impl Floodgate {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// SIGKILL: no flush, no goodbye (a crash).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts again with the same config file and ports (after [`kill`](Self::kill)).
+    pub fn respawn(&mut self) {
+        self.child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+            .arg("--config")
+            .arg(self.dir.path().join("floodgate.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().append(true).open(&self.stderr_path).unwrap())
+            .spawn()
+            .expect("restart floodgate");
+        self.wait_ready();
+    }
 }
 
 impl Drop for Floodgate {

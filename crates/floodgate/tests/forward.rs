@@ -186,3 +186,88 @@ fn a_garbage_frame_closes_only_its_connection() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A CA and certificates it signs, as PEM files in `dir`.
+struct Pki {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &std::path::Path, name: &str) -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{name}-ca.pem")), cert.pem()).unwrap();
+        Pki { issuer: rcgen::Issuer::new(params, key), dir: dir.to_path_buf() }
+    }
+
+    /// Writes `<file>.pem` and `<file>.key` for `dns_name`; returns their paths.
+    fn issue(&self, file: &str, dns_name: &str) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec![dns_name.to_string()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, dns_name);
+        params.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    }
+}
+
+/// Mutual TLS: an agent with a certificate from the aggregator's client CA is served; one
+/// whose certificate another CA signed is refused at the handshake and nothing of it counts.
+#[test]
+fn mutual_tls_refuses_an_agent_without_a_valid_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "fleet");
+    let rogue = Pki::new(dir.path(), "rogue");
+    let (server_cert, server_key) = pki.issue("aggregator", "aggregator.test");
+    let (good_cert, good_key) = pki.issue("good-agent", "good-agent.test");
+    let (bad_cert, bad_key) = rogue.issue("bad-agent", "bad-agent.test");
+    let ca = dir.path().join("fleet-ca.pem").display().to_string();
+    let port = free_port();
+    let agg = Floodgate::start(
+        &format!("flush_interval = \"{INTERVAL_MS}ms\""),
+        &format!(
+            "[aggregator]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\
+             tls = {{ cert = \"{server_cert}\", key = \"{server_key}\", client_ca = \"{ca}\" }}\n",
+            dir.path().join("state").display()
+        ),
+    );
+    let tls_agent = |name: &str, cert: &str, key: &str| {
+        Floodgate::start(
+            &format!("flush_interval = \"{INTERVAL_MS}ms\""),
+            &format!(
+                "[forward]\naggregators = [\"127.0.0.1:{port}\"]\nagent_id = \"{name}\"\n\
+                 tls = {{ ca = \"{ca}\", cert = \"{cert}\", key = \"{key}\", server_name = \"aggregator.test\" }}\n"
+            ),
+        )
+    };
+    let good = tls_agent("good", &good_cert, &good_key);
+    let bad = tls_agent("bad", &bad_cert, &bad_key);
+    wait_connected(&good, &[port]);
+    let sent_good = steady(&good, "good:1|c", Duration::from_millis(50), 3.0);
+    let sent_bad = steady(&bad, "bad:1|c", Duration::from_millis(50), 3.0);
+    let (sent_good, _) = (sent_good.join().unwrap(), sent_bad.join().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = http_get(agg.http, "/metrics").unwrap().1;
+        if metric(&all, "good_total", &[]) == Some(sent_good as f64) {
+            assert_eq!(metric(&all, "bad_total", &[]), None, "nothing from the refused agent");
+            let failures = metric(&all, "floodgate_tls_handshake_failures_total", &["listener=\"aggregator_tls\""]);
+            assert!(failures.unwrap_or(0.0) >= 1.0, "the bad agent's handshakes failed: {failures:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "good: sent {sent_good}, aggregated {:?}", metric(&all, "good_total", &[]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = metrics(&bad);
+    assert_eq!(metric(&m, "floodgate_forward_connected", &[]), Some(0.0));
+    assert!(metric(&m, "floodgate_forward_errors_total", &[]).unwrap() >= 1.0);
+    assert!(metric(&m, "floodgate_forward_queued_batches", &[]).unwrap() >= 1.0, "the refused agent holds its batches");
+}

@@ -271,3 +271,70 @@ fn mutual_tls_refuses_an_agent_without_a_valid_certificate() {
     assert!(metric(&m, "floodgate_forward_errors_total", &[]).unwrap() >= 1.0);
     assert!(metric(&m, "floodgate_forward_queued_batches", &[]).unwrap() >= 1.0, "the refused agent holds its batches");
 }
+
+/// Three agents, 100,000 timer samples each from different distributions and 50,000 set
+/// members spread over them: the aggregator's percentiles are within the sketch's 1 % of the
+/// exact ones over all 300,000 samples, and the set's size within 2 %.
+#[test]
+fn global_percentiles_and_set_sizes_from_three_agents() {
+    let capture = Capture::start();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let _agg = Floodgate::start(
+        &format!("flush_interval = \"{INTERVAL_MS}ms\"\npercentiles = [90, 99]"),
+        &format!(
+            "[graphite]\naddress = \"127.0.0.1:{}\"\n\n[aggregator]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n",
+            capture.port,
+            dir.path().display()
+        ),
+    );
+    let agents: Vec<Floodgate> = (0..3).map(|i| agent(&format!("agent{i}"), &[port])).collect();
+    for a in &agents {
+        wait_connected(a, &[port]);
+    }
+    // Deterministic samples: uniform, skewed, and clustered.
+    let sample = |agent: usize, i: u64| -> f64 {
+        let u = ((i * 2_654_435_761) % 1_000_003) as f64 / 1_000_003.0;
+        match agent {
+            0 => (u * 1000.0).round() / 10.0,
+            1 => (-(1.0 - u).ln() * 250.0).round() / 10.0,
+            _ => (400.0 + (u - 0.5) * (u - 0.5) * 800.0).round() / 10.0,
+        }
+    };
+    let mut all = Vec::with_capacity(300_000);
+    just_after_a_boundary();
+    for (k, a) in agents.iter().enumerate() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = SocketAddr::from(([127, 0, 0, 1], a.statsd));
+        let mut lines = Vec::new();
+        for i in 0..100_000u64 {
+            let v = sample(k, i);
+            all.push(v);
+            lines.push(format!("lat:{v}|ms"));
+        }
+        for m in (k as u64 * 15_000)..(k as u64 * 15_000 + 20_000) {
+            lines.push(format!("users:member-{m}|s"));
+        }
+        for chunk in lines.chunks(20) {
+            socket.send_to(chunk.join("\n").as_bytes(), to).unwrap();
+        }
+    }
+    all.sort_by(f64::total_cmp);
+    let exact = |pct: f64| all[(pct / 100.0 * all.len() as f64).round() as usize - 1];
+    let payload = capture.wait_for(Duration::from_secs(30), |p| has(p, "stats.timers.lat.count", "300000"));
+    let lines = parse_plaintext(&payload);
+    let value = |name: &str| value_of(&lines, name).unwrap_or_else(|| panic!("{name} missing")).parse::<f64>().unwrap();
+    for pct in [90.0, 99.0] {
+        let got = value(&format!("stats.timers.lat.upper_{pct}"));
+        let want = exact(pct);
+        eprintln!("upper_{pct}: aggregated {got}, exact {want}");
+        assert!((got - want).abs() <= 0.01 * want, "upper_{pct}: {got} vs exact {want}");
+    }
+    assert_eq!(value("stats.timers.lat.upper"), all[all.len() - 1]);
+    assert_eq!(value("stats.timers.lat.lower"), all[0]);
+    let mean = all.iter().sum::<f64>() / all.len() as f64;
+    assert!((value("stats.timers.lat.mean") - mean).abs() <= 1e-9 * mean);
+    let users = value("stats.sets.users.count");
+    eprintln!("users: aggregated {users}, exact 50000");
+    assert!((users - 50_000.0).abs() <= 0.02 * 50_000.0, "{users} distinct users, 50000 sent");
+}

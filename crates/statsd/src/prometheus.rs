@@ -46,11 +46,46 @@ struct Row<'a> {
     value: Value<'a>,
 }
 
+/// What an exposition does with the series: the text format writes them, remote-write
+/// collects them.
+pub trait Exposition {
+    /// A new metric family starts.
+    fn family(&mut self, name: &str, kind: &'static str, help: &'static str);
+    /// One sample of the current family: `suffix` (`_sum`, `_count` or empty) follows the
+    /// family name; `key` carries the tags; `quantile` is set for summary quantiles.
+    fn sample(&mut self, name: &str, suffix: &str, key: &[u8], quantile: Option<f64>, value: f64);
+}
+
 /// Renders `store` to `out`; returns how many series were skipped for name collisions.
+pub fn render(store: &Store, out: &mut String) -> usize {
+    let mut text = Text { out, labels: String::new() };
+    visit(store, &mut text)
+}
+
+struct Text<'a> {
+    out: &'a mut String,
+    labels: String,
+}
+
+impl Exposition for Text<'_> {
+    fn family(&mut self, name: &str, kind: &'static str, help: &'static str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, suffix: &str, key: &[u8], quantile: Option<f64>, value: f64) {
+        self.labels.clear();
+        write_labels(&mut self.labels, key);
+        sample(self.out, name, suffix, &self.labels, quantile, value);
+    }
+}
+
+/// Every series of `store`, in exposition order, to `sink`; returns how many were skipped for
+/// name collisions.
 ///
 /// Built for a million series: family names go into one shared arena, rows are sorted so each
-/// family is contiguous, and samples are written straight into `out`.
-pub fn render(store: &Store, out: &mut String) -> usize {
+/// family is contiguous, and samples go straight to the sink.
+pub fn visit(store: &Store, sink: &mut impl Exposition) -> usize {
     let mut arena = String::new();
     let mut rows: Vec<Row<'_>> = Vec::with_capacity(store.series());
     let mut add = |key: &'_ [u8], suffix: &str, value| {
@@ -80,7 +115,6 @@ pub fn render(store: &Store, out: &mut String) -> usize {
     let percentiles = &store.config().percentiles;
     let mut skipped = 0;
     let mut family: Option<(&str, &'static str)> = None;
-    let mut labels = String::new();
     for row in &rows {
         let name = &arena[row.name.clone()];
         let kind = row.value.prom_type();
@@ -92,17 +126,15 @@ pub fn render(store: &Store, out: &mut String) -> usize {
                 }
             }
             _ => {
-                let _ = writeln!(out, "# HELP {name} {}", row.value.help());
-                let _ = writeln!(out, "# TYPE {name} {kind}");
+                sink.family(name, kind, row.value.help());
                 family = Some((name, kind));
             }
         }
-        labels.clear();
-        write_labels(&mut labels, row.key);
+        let key = row.key;
         match row.value {
-            Value::Counter(c) => sample(out, name, "", &labels, None, c.total),
-            Value::Gauge(g) => sample(out, name, "", &labels, None, g.value),
-            Value::Set(s) => sample(out, name, "", &labels, None, s.last_size as f64),
+            Value::Counter(c) => sink.sample(name, "", key, None, c.total),
+            Value::Gauge(g) => sink.sample(name, "", key, None, g.value),
+            Value::Set(s) => sink.sample(name, "", key, None, s.last_size as f64),
             Value::Timer(t) => {
                 let mut seen: Vec<u64> = Vec::new();
                 for (pct, bound) in percentiles.iter().zip(&t.last_bounds) {
@@ -111,10 +143,10 @@ pub fn render(store: &Store, out: &mut String) -> usize {
                         continue;
                     }
                     seen.push(q.to_bits());
-                    sample(out, name, "", &labels, Some(q), bound.unwrap_or(f64::NAN));
+                    sink.sample(name, "", key, Some(q), bound.unwrap_or(f64::NAN));
                 }
-                sample(out, name, "_sum", &labels, None, t.total_sum);
-                sample(out, name, "_count", &labels, None, t.total_count);
+                sink.sample(name, "_sum", key, None, t.total_sum);
+                sink.sample(name, "_count", key, None, t.total_count);
             }
         }
     }
@@ -170,38 +202,15 @@ fn push_metric_name(out: &mut String, name: &[u8]) {
     out.extend(name.iter().map(|&b| if b.is_ascii_alphanumeric() || b == b'_' || b == b':' { b as char } else { '_' }));
 }
 
-/// The key's tags (`;k=v`) as `k="v",...`: names sanitised, valueless tags and repeated names
-/// (and `quantile`, which summaries own) dropped.
+/// The key's tags (`;k=v`) as `k="v",...` (see [`tag_labels`]).
 fn write_labels(out: &mut String, key: &[u8]) {
-    let mut tags = key.split(|b| *b == b';');
-    tags.next();
-    let mut names: Vec<Range<usize>> = Vec::new();
-    for tag in tags {
-        let (k, v) = match tag.iter().position(|b| *b == b'=') {
-            Some(i) => (&tag[..i], &tag[i + 1..]),
-            None => continue,
-        };
-        if v.is_empty() {
-            continue;
-        }
-        let mark = out.len();
+    for (k, v) in tag_labels(key) {
         if !out.is_empty() {
             out.push(',');
         }
-        let start = out.len();
-        if k.first().is_none_or(|b| b.is_ascii_digit()) || k.starts_with(b"__") {
-            out.push('l');
-        }
-        out.extend(k.iter().map(|&b| if b.is_ascii_alphanumeric() || b == b'_' { b as char } else { '_' }));
-        let end = out.len();
-        let label = &out[start..end];
-        if label == "quantile" || names.iter().any(|r| &out[r.clone()] == label) {
-            out.truncate(mark);
-            continue;
-        }
-        names.push(start..end);
+        out.push_str(&k);
         out.push_str("=\"");
-        for c in String::from_utf8_lossy(v).chars() {
+        for c in v.chars() {
             match c {
                 '\\' => out.push_str("\\\\"),
                 '"' => out.push_str("\\\""),
@@ -211,6 +220,34 @@ fn write_labels(out: &mut String, key: &[u8]) {
         }
         out.push('"');
     }
+}
+
+/// The key's tags (`;k=v`) as label pairs: names sanitised (`[a-zA-Z0-9_]`, an `l` before a
+/// leading digit or `__`); valueless tags, repeated names and `quantile` (which summaries own)
+/// dropped. No allocation for a key without tags.
+pub fn tag_labels(key: &[u8]) -> Vec<(String, String)> {
+    let mut tags = key.split(|b| *b == b';');
+    tags.next();
+    let mut labels: Vec<(String, String)> = Vec::new();
+    for tag in tags {
+        let (k, v) = match tag.iter().position(|b| *b == b'=') {
+            Some(i) => (&tag[..i], &tag[i + 1..]),
+            None => continue,
+        };
+        if v.is_empty() {
+            continue;
+        }
+        let mut name = String::with_capacity(k.len() + 1);
+        if k.first().is_none_or(|b| b.is_ascii_digit()) || k.starts_with(b"__") {
+            name.push('l');
+        }
+        name.extend(k.iter().map(|&b| if b.is_ascii_alphanumeric() || b == b'_' { b as char } else { '_' }));
+        if name == "quantile" || labels.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        labels.push((name, String::from_utf8_lossy(v).into_owned()));
+    }
+    labels
 }
 
 #[cfg(test)]

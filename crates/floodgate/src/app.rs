@@ -295,30 +295,49 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         tracing::info!(address = %listener.local_addr()?, "http listening (/metrics, /healthz)");
         tasks.push(tokio::spawn(crate::http::serve(listener, shared.clone())));
     }
-    let (graphite_tx, sink_task) = match &config.graphite.address {
+    let mut sink_tasks = Vec::new();
+    let graphite_tx = match &config.graphite.address {
         Some(address) => {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let sink = GraphiteSink {
                 address: address.clone(),
-                buffer: config.graphite.buffer,
                 timeout: config.graphite.timeout,
                 stats: shared.graphite_stats.clone(),
-                counters: shared.telemetry.clone(),
             };
             tracing::info!(%address, protocol = ?config.graphite.protocol, "graphite output on");
-            (Some(tx), Some(tokio::spawn(sink.run(rx, Duration::from_secs(10)))))
+            let (buffer, telemetry) = (config.graphite.buffer, shared.telemetry.clone());
+            sink_tasks.push(tokio::spawn(async move {
+                crate::sinks::deliver_all(sink, rx, buffer, &telemetry.graphite, Duration::from_secs(10)).await
+            }));
+            Some(tx)
         }
         None => {
             tracing::info!("graphite output off (set [graphite] address)");
-            (None, None)
+            None
         }
+    };
+    let remote_write_tx = match &config.prometheus_remote_write {
+        Some(rw) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            // Validated with the config.
+            let url: hyper::Uri = rw.url.parse().context("prometheus_remote_write.url")?;
+            let sink = crate::sinks::remote_write::RemoteWriteSink::new(url, rw.timeout);
+            tracing::info!(url = %rw.url, "prometheus remote-write output on");
+            let (buffer, telemetry) = (rw.buffer, shared.telemetry.clone());
+            sink_tasks.push(tokio::spawn(async move {
+                crate::sinks::deliver_all(sink, rx, buffer, &telemetry.remote_write, Duration::from_secs(10)).await
+            }));
+            Some(tx)
+        }
+        None => None,
     };
     let aligned = match (&config.aggregator, &forward) {
         (Some(a), _) => Some(a.grace.unwrap_or_else(|| (s.flush_interval / 2).min(Duration::from_secs(5)))),
         (None, Some(_)) => Some(Duration::ZERO),
         (None, None) => None,
     };
-    let outputs = crate::flush::Outputs { graphite: graphite_tx, forward, aggregator, aligned };
+    let outputs =
+        crate::flush::Outputs { graphite: graphite_tx, remote_write: remote_write_tx, forward, aggregator, aligned };
     let (stop_flush, stop_rx) = std::sync::mpsc::channel();
     let flusher = {
         let shared = shared.clone();
@@ -356,7 +375,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         let _ = sweeper.join();
     })
     .await?;
-    if let Some(task) = sink_task {
+    for task in sink_tasks {
         let _ = task.await;
     }
     for task in link_tasks {

@@ -34,6 +34,31 @@ pub struct Config {
     /// `[aggregator]`: this host accepts agents' flushes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aggregator: Option<AggregatorConfig>,
+    /// `[prometheus_remote_write]`: each flush to a remote-write endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus_remote_write: Option<RemoteWriteConfig>,
+}
+
+/// `[prometheus_remote_write]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteConfig {
+    /// Endpoint, e.g. `http://127.0.0.1:9090/api/v1/write`.
+    pub url: String,
+    /// Per-request timeout.
+    #[serde(default = "default_remote_write_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Flushes held while the endpoint is down; the oldest are dropped (and counted) past it.
+    #[serde(default = "default_remote_write_buffer", with = "size")]
+    pub buffer: u64,
+}
+
+fn default_remote_write_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_remote_write_buffer() -> u64 {
+    64 << 20
 }
 
 /// `[forward]`: ship each flush, pre-aggregated, to aggregators over TCP/TLS.
@@ -462,6 +487,17 @@ impl Config {
         if let Some(a) = &self.aggregator {
             if a.grace.is_some_and(|g| g >= self.statsd.flush_interval) {
                 return Err(("aggregator.grace", "must be shorter than statsd.flush_interval".into()));
+            }
+        }
+        if let Some(rw) = &self.prometheus_remote_write {
+            match rw.url.parse::<hyper::Uri>() {
+                Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+                Ok(u) if u.scheme_str() == Some("https") => return Err((
+                    "prometheus_remote_write.url",
+                    "https is not supported yet: use http (a TLS-terminating proxy on loopback for remote endpoints)"
+                        .into(),
+                )),
+                _ => return Err(("prometheus_remote_write.url", format!("`{}` is not an http:// URL", rw.url))),
             }
         }
         if let Some(address) = &self.graphite.address {

@@ -16,7 +16,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::app::Shared;
 use crate::sinks::forward::Share;
-use crate::sinks::graphite::{unix_now, Payload};
+use crate::sinks::graphite::unix_now;
+use crate::sinks::Payload;
 use crate::sources::aggregator::Aggregator;
 
 /// Where flushes go.
@@ -24,6 +25,8 @@ use crate::sources::aggregator::Aggregator;
 pub struct Outputs {
     /// The Graphite sink.
     pub graphite: Option<UnboundedSender<Payload>>,
+    /// The remote-write sink.
+    pub remote_write: Option<UnboundedSender<Payload>>,
     /// The forward links, one per aggregator, with the ring that spreads series over them.
     pub forward: Option<(floodgate_forward::ring::Ring, Vec<UnboundedSender<Share>>)>,
     /// This host's aggregator role: acknowledged once a flush is delivered.
@@ -71,6 +74,8 @@ pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i
         }
         out.graphite.as_ref().map(|_| graphite::render(view, &naming, protocol, &gstats))
     });
+    // Remote-write takes the store as it stands after the flush, as a scrape would.
+    let remote_write = out.remote_write.as_ref().map(|_| crate::sinks::remote_write::encode(&store, timestamp * 1000));
     if let Some(known) = store.known_series() {
         for shard in shared.shards.lock().iter() {
             shard.lock().set_known(known.clone());
@@ -80,20 +85,24 @@ pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i
     t.series.store(store.series() as u64, Relaxed);
     t.dropped_max_series.store(store.dropped_max_series, Relaxed);
     drop(store);
-    let delivered = match (&out.graphite, payload) {
-        (Some(tx), Some(bytes)) => {
-            let metrics = graphite::count_metrics(&bytes, protocol);
-            let (done, delivered) = tokio::sync::oneshot::channel();
-            let _ = tx.send(Payload { bytes, metrics, delivered: Some(done) });
-            Some(delivered)
-        }
-        _ => None,
+    let mut deliveries = Vec::new();
+    let mut send = |tx: &UnboundedSender<Payload>, bytes: Vec<u8>, metrics: usize| {
+        let (done, delivered) = tokio::sync::oneshot::channel();
+        let _ = tx.send(Payload { bytes, metrics, delivered: Some(done) });
+        deliveries.push(delivered);
     };
+    if let (Some(tx), Some(bytes)) = (&out.graphite, payload) {
+        let metrics = graphite::count_metrics(&bytes, protocol);
+        send(tx, bytes, metrics);
+    }
+    if let (Some(tx), Some((bytes, metrics))) = (&out.remote_write, remote_write) {
+        send(tx, bytes, metrics);
+    }
     if let Some(aggregator) = &out.aggregator {
-        // Agents are acknowledged once what they sent is out of this process.
+        // Agents are acknowledged once what they sent is out of this process, every sink.
         let aggregator = aggregator.clone();
         shared.runtime.spawn(async move {
-            if let Some(delivered) = delivered {
+            for delivered in deliveries {
                 if delivered.await.is_err() {
                     return; // Dropped (buffer full or shutdown): the agents will resend.
                 }

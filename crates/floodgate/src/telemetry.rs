@@ -115,6 +115,8 @@ pub struct Telemetry {
     aggregator: Mutex<Option<Arc<crate::sources::aggregator::Aggregator>>>,
     /// The Graphite sink.
     pub graphite: SinkCounters,
+    /// The remote-write sink.
+    pub remote_write: SinkCounters,
     /// Flushing.
     pub flush: FlushCounters,
 }
@@ -268,31 +270,27 @@ impl Telemetry {
         let _ = writeln!(out, "# TYPE floodgate_flush_duration_seconds gauge");
         let _ = writeln!(out, "floodgate_flush_duration_seconds {}", f.last_duration_us.load(Relaxed) as f64 / 1e6);
 
-        let g = &self.graphite;
-        let sink: [(&str, &str, &str, &AtomicU64); 8] = [
-            ("floodgate_sink_sent_payloads_total", "counter", "Flush payloads delivered.", &g.sent_payloads),
-            ("floodgate_sink_sent_bytes_total", "counter", "Bytes delivered.", &g.sent_bytes),
-            ("floodgate_sink_sent_metrics_total", "counter", "Metrics delivered.", &g.sent_metrics),
-            ("floodgate_sink_errors_total", "counter", "Failed connection or write attempts.", &g.errors),
-            (
-                "floodgate_sink_dropped_payloads_total",
-                "counter",
-                "Payloads dropped because the buffer was full.",
-                &g.dropped_payloads,
-            ),
-            (
-                "floodgate_sink_dropped_bytes_total",
-                "counter",
-                "Bytes dropped because the buffer was full.",
-                &g.dropped_bytes,
-            ),
-            ("floodgate_sink_buffer_bytes", "gauge", "Bytes waiting to be delivered.", &g.buffer_bytes),
-            ("floodgate_sink_buffer_payloads", "gauge", "Payloads waiting to be delivered.", &g.buffer_payloads),
+        type Field = fn(&SinkCounters) -> &AtomicU64;
+        let rows: [(&str, &str, &str, Field); 8] = [
+            ("floodgate_sink_sent_payloads_total", "counter", "Flush payloads delivered.", |c| &c.sent_payloads),
+            ("floodgate_sink_sent_bytes_total", "counter", "Bytes delivered.", |c| &c.sent_bytes),
+            ("floodgate_sink_sent_metrics_total", "counter", "Metrics delivered.", |c| &c.sent_metrics),
+            ("floodgate_sink_errors_total", "counter", "Failed connection or write attempts.", |c| &c.errors),
+            ("floodgate_sink_dropped_payloads_total", "counter", "Payloads dropped: buffer full, or refused.", |c| {
+                &c.dropped_payloads
+            }),
+            ("floodgate_sink_dropped_bytes_total", "counter", "Bytes dropped: buffer full, or refused.", |c| {
+                &c.dropped_bytes
+            }),
+            ("floodgate_sink_buffer_bytes", "gauge", "Bytes waiting to be delivered.", |c| &c.buffer_bytes),
+            ("floodgate_sink_buffer_payloads", "gauge", "Payloads waiting to be delivered.", |c| &c.buffer_payloads),
         ];
-        for (name, kind, help, v) in sink {
+        for (name, kind, help, field) in rows {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name}{{sink=\"graphite\"}} {}", v.load(Relaxed));
+            for (sink, c) in [("graphite", &self.graphite), ("remote_write", &self.remote_write)] {
+                let _ = writeln!(out, "{name}{{sink=\"{sink}\"}} {}", field(c).load(Relaxed));
+            }
         }
     }
 }

@@ -1,5 +1,171 @@
 //! Outputs: each sink takes finished flush payloads and delivers them, buffering while its
 //! destination is down.
+//!
+//! Graphite and remote-write share one delivery loop ([`deliver_all`]): payloads in order, a
+//! bounded queue (the oldest dropped and counted past it), retries with exponential back-off,
+//! a last try at shutdown, and a `delivered` signal per payload (aggregators acknowledge
+//! agents on it). The forward links ([`forward`]) keep their own queue: theirs is emptied by
+//! acknowledgements, not by writes.
 
 pub mod forward;
 pub mod graphite;
+pub mod remote_write;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::telemetry::SinkCounters;
+
+/// A finished flush for one sink.
+#[derive(Debug)]
+pub struct Payload {
+    /// Bytes to deliver.
+    pub bytes: Vec<u8>,
+    /// Metrics in it.
+    pub metrics: usize,
+    /// Told once the destination has taken the payload.
+    pub delivered: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Why a delivery failed.
+#[derive(Debug)]
+pub struct DeliverError {
+    /// Worth trying again later (unreachable, timeout, 5xx); else the payload is dropped.
+    pub retry: bool,
+    /// What happened.
+    pub message: String,
+}
+
+impl From<std::io::Error> for DeliverError {
+    fn from(e: std::io::Error) -> Self {
+        DeliverError { retry: true, message: e.to_string() }
+    }
+}
+
+/// A destination.
+pub trait Deliver: Send + Sync {
+    /// Its name in logs and metrics (`sink="..."`).
+    fn name(&self) -> &'static str;
+    /// Delivers one payload.
+    fn deliver(&self, payload: &Payload) -> impl Future<Output = Result<(), DeliverError>> + Send;
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Delivers payloads from `rx` until it closes, then tries what is left once more within
+/// `drain_deadline`.
+pub async fn deliver_all<D: Deliver>(
+    sink: D,
+    mut rx: mpsc::UnboundedReceiver<Payload>,
+    buffer: u64,
+    counters: &SinkCounters,
+    drain_deadline: Duration,
+) {
+    let name = sink.name();
+    let mut queue: VecDeque<Payload> = VecDeque::new();
+    let mut queued_bytes: u64 = 0;
+    let mut backoff = MIN_BACKOFF;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut failing_since: Option<Instant> = None;
+    let c = counters;
+    loop {
+        let wait = async {
+            match retry_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(p) => {
+                    queued_bytes += p.bytes.len() as u64;
+                    queue.push_back(p);
+                    while queued_bytes > buffer && queue.len() > 1 {
+                        if let Some(old) = queue.pop_front() {
+                            queued_bytes -= old.bytes.len() as u64;
+                            c.dropped_payloads.fetch_add(1, Relaxed);
+                            c.dropped_bytes.fetch_add(old.bytes.len() as u64, Relaxed);
+                            tracing::warn!(sink = name, bytes = old.bytes.len(), "buffer full: dropped the oldest flush");
+                        }
+                    }
+                }
+                None => break,
+            },
+            _ = wait => { retry_at = None; }
+        }
+        if retry_at.is_none() {
+            while let Some(front) = queue.front() {
+                let result = sink.deliver(front).await;
+                if result.is_err() {
+                    c.errors.fetch_add(1, Relaxed);
+                }
+                match result {
+                    Ok(()) => {
+                        if let Some(since) = failing_since.take() {
+                            tracing::info!(sink = name, down_for = ?since.elapsed(), queued = queue.len(), "reachable again");
+                        }
+                        if let Some(p) = queue.pop_front() {
+                            queued_bytes -= p.bytes.len() as u64;
+                            delivered(p, c);
+                        }
+                        backoff = MIN_BACKOFF;
+                    }
+                    Err(e) if !e.retry => {
+                        tracing::error!(sink = name, error = %e.message, "flush refused by the destination; dropped");
+                        if let Some(p) = queue.pop_front() {
+                            queued_bytes -= p.bytes.len() as u64;
+                            c.dropped_payloads.fetch_add(1, Relaxed);
+                            c.dropped_bytes.fetch_add(p.bytes.len() as u64, Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        if failing_since.is_none() {
+                            tracing::warn!(sink = name, error = %e.message, "destination unreachable; buffering flushes");
+                            failing_since = Some(Instant::now());
+                        }
+                        retry_at = Some(tokio::time::Instant::now() + backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        break;
+                    }
+                }
+            }
+        }
+        c.buffer_bytes.store(queued_bytes, Relaxed);
+        c.buffer_payloads.store(queue.len() as u64, Relaxed);
+    }
+    // Shutting down: one more try for each held payload, in order, within the deadline.
+    let deadline = Instant::now() + drain_deadline;
+    while let Some(p) = queue.pop_front() {
+        if Instant::now() >= deadline {
+            queue.push_front(p);
+            break;
+        }
+        if let Err(e) = sink.deliver(&p).await {
+            tracing::error!(sink = name, error = %e.message, "unreachable at shutdown");
+            queue.push_front(p);
+            break;
+        }
+        delivered(p, c);
+    }
+    if !queue.is_empty() {
+        let bytes: usize = queue.iter().map(|p| p.bytes.len()).sum();
+        c.dropped_payloads.fetch_add(queue.len() as u64, Relaxed);
+        tracing::error!(sink = name, flushes = queue.len(), bytes, "flushes lost at shutdown");
+    }
+    c.buffer_bytes.store(0, Relaxed);
+    c.buffer_payloads.store(0, Relaxed);
+}
+
+fn delivered(mut p: Payload, c: &SinkCounters) {
+    c.sent_payloads.fetch_add(1, Relaxed);
+    c.sent_bytes.fetch_add(p.bytes.len() as u64, Relaxed);
+    c.sent_metrics.fetch_add(p.metrics as u64, Relaxed);
+    if let Some(tx) = p.delivered.take() {
+        let _ = tx.send(());
+    }
+}

@@ -338,3 +338,89 @@ fn global_percentiles_and_set_sizes_from_three_agents() {
     eprintln!("users: aggregated {users}, exact 50000");
     assert!((users - 50_000.0).abs() <= 0.02 * 50_000.0, "{users} distinct users, 50000 sent");
 }
+
+/// Debian's Prometheus with its remote-write receiver on, in a temporary folder.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start() -> Prometheus {
+        let bin = require_tool("prometheus");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, "global:\n  scrape_interval: 1h\n").unwrap();
+        let port = free_port();
+        let child = std::process::Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.enable-remote-write-receiver")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        let p = Prometheus { child, port, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_get(port, "/-/ready").map(|(c, _)| c != 200).unwrap_or(true) {
+            assert!(Instant::now() < deadline, "prometheus did not become ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    /// The value of an instant query's only result, if any.
+    fn query(&self, promql: &str) -> Option<f64> {
+        let (_, body) = http_get(self.port, &format!("/api/v1/query?query={promql}")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+/// Agents → aggregator → remote-write into a real Prometheus, queried back over its HTTP API:
+/// the cumulative counter is the sum over both agents, tags are labels, timers are summaries.
+#[test]
+fn remote_write_into_a_real_prometheus() {
+    let prom = Prometheus::start();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let _agg = Floodgate::start(
+        &format!("flush_interval = \"{INTERVAL_MS}ms\""),
+        &format!(
+            "[aggregator]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n\
+             [prometheus_remote_write]\nurl = \"http://127.0.0.1:{}/api/v1/write\"\n",
+            dir.path().display(),
+            prom.port
+        ),
+    );
+    let agents: Vec<Floodgate> = (0..2).map(|i| agent(&format!("agent{i}"), &[port])).collect();
+    for a in &agents {
+        wait_connected(a, &[port]);
+    }
+    for a in &agents {
+        send_to(a, "rw.hits:3|c|#env:prod\nrw.lat:10|ms\nrw.lat:30|ms\nrw.temp:7|g\n");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let hits = prom.query("rw_hits_total%7Benv%3D%22prod%22%7D");
+        if hits == Some(6.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rw_hits_total{{env=\"prod\"}} = {hits:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(prom.query("rw_lat_count"), Some(4.0));
+    assert_eq!(prom.query("rw_lat_sum"), Some(80.0));
+    assert_eq!(prom.query("rw_temp"), Some(7.0));
+    let q = prom.query("rw_lat%7Bquantile%3D%220.9%22%7D").unwrap();
+    assert!((q - 30.0).abs() <= 0.3, "90th percentile {q}");
+}

@@ -11,6 +11,7 @@
 //!   counter sums flushed to a Carbon stand-in.
 
 mod carbon;
+mod forward;
 mod sender;
 mod spoof;
 mod targets;
@@ -81,8 +82,14 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
         /// Which parts: sink, floodgate, etsy, headroom (two senders), memory, cpu, guard (its
-        /// cost and drop path), sources (memory with 1M spoofed sources; root, netns).
-        #[arg(long, value_delimiter = ',', default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources")]
+        /// cost and drop path), sources (memory with 1M spoofed sources; root, netns),
+        /// aggregator (merge rate from 10 agents over TLS), forward (3 agents → aggregator →
+        /// Carbon stand-in at 1M metrics/s).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward"
+        )]
         only: Vec<String>,
         /// Lines per datagram to measure.
         #[arg(long, value_delimiter = ',', default_value = "1,20")]

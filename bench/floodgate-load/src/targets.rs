@@ -22,7 +22,7 @@ pub struct BenchOptions {
 /// Loss below this is "sustained".
 const MAX_LOSS: f64 = 0.001;
 const CARDINALITY: usize = 1000;
-const PREFIX: &str = "stats_counts.load.";
+pub(crate) const PREFIX: &str = "stats_counts.load.";
 
 #[derive(Clone, Copy, PartialEq)]
 enum Target {
@@ -78,7 +78,7 @@ impl Trial {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     loop {
         let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = t.local_addr().unwrap().port();
@@ -88,10 +88,10 @@ fn free_port() -> u16 {
     }
 }
 
-struct Running {
-    child: Child,
-    port: u16,
-    http: Option<u16>,
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
+    pub(crate) http: Option<u16>,
 }
 
 impl Drop for Running {
@@ -187,13 +187,13 @@ fn start_etsy(opts: &BenchOptions, carbon: u16) -> Running {
     Running { child, port, http: None }
 }
 
-fn terminate(r: &mut Running) {
+pub(crate) fn terminate(r: &mut Running) {
     let _ = Command::new("kill").arg("-TERM").arg(r.child.id().to_string()).status();
     let _ = r.child.wait();
 }
 
 /// Waits until the stand-in's sum reaches `want` or stops changing for `quiet`.
-fn settle(carbon: &CarbonStandIn, want: f64, quiet: Duration) {
+pub(crate) fn settle(carbon: &CarbonStandIn, want: f64, quiet: Duration) {
     let mut last = (carbon.sum(), Instant::now());
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
@@ -356,6 +356,12 @@ pub fn bench(opts: &BenchOptions) {
     if want("sources") {
         crate::spoof::sources_memory(opts);
     }
+    if want("aggregator") {
+        crate::forward::aggregator_merge(opts);
+    }
+    if want("forward") {
+        crate::forward::end_to_end(opts);
+    }
     if want("memory") {
         memory(opts);
     }
@@ -364,7 +370,7 @@ pub fn bench(opts: &BenchOptions) {
     }
 }
 
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+pub(crate) fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
@@ -383,7 +389,7 @@ pub(crate) fn proc_status(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
+pub(crate) fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -392,7 +398,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// Sum of the self-metric samples whose line starts with `name` and contains every `parts`.
-fn metric_sum(port: u16, name: &str, parts: &[&str]) -> f64 {
+pub(crate) fn metric_sum(port: u16, name: &str, parts: &[&str]) -> f64 {
     let body = http_get(port, "/metrics?only=floodgate").map(|(_, b)| b).unwrap_or_default();
     body.lines()
         .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
@@ -400,7 +406,7 @@ fn metric_sum(port: u16, name: &str, parts: &[&str]) -> f64 {
         .sum()
 }
 
-fn metric(port: u16, name: &str) -> f64 {
+pub(crate) fn metric(port: u16, name: &str) -> f64 {
     metric_sum(port, &format!("{name} "), &[])
 }
 

@@ -63,7 +63,10 @@ fn certificates(dir: &Path) -> (String, String, String) {
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["aggregator.bench".to_string()]).unwrap().signed_by(&leaf_key, &issuer).unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["aggregator.bench".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
     let path = |f: &str| dir.join(f).display().to_string();
     std::fs::write(path("ca.pem"), ca.pem()).unwrap();
     std::fs::write(path("agg.pem"), leaf.pem()).unwrap();
@@ -128,8 +131,13 @@ pub fn aggregator_merge(opts: &BenchOptions) {
             tasks.push(tokio::spawn(async move {
                 let tcp = tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], listen))).await.unwrap();
                 let name = rustls_pki_types::ServerName::try_from("aggregator.bench").unwrap();
-                let mut s = tokio_rustls::TlsConnector::from(Arc::new((*tls).clone())).connect(name, tcp).await.unwrap();
-                let hello = Kind::Hello(proto::Hello { version: floodgate_forward::VERSION, agent_id: format!("bench{a}"), session: 1 });
+                let mut s =
+                    tokio_rustls::TlsConnector::from(Arc::new((*tls).clone())).connect(name, tcp).await.unwrap();
+                let hello = Kind::Hello(proto::Hello {
+                    version: floodgate_forward::VERSION,
+                    agent_id: format!("bench{a}"),
+                    session: 1,
+                });
                 s.write_all(&encode(hello)).await.unwrap();
                 let mut welcome = [0u8; 256];
                 let _ = s.read(&mut welcome).await.unwrap();
@@ -157,7 +165,11 @@ pub fn aggregator_merge(opts: &BenchOptions) {
     println!("\n## Aggregator merge rate: 10 agents over TLS, batches of 10,000 counters");
     println!("| series merged | seconds | series/s | bytes per series on the wire |");
     println!("|---|---|---|---|");
-    println!("| {total_series:.0} | {elapsed:.2} | {:.0} | {:.1} |", total_series / elapsed, wire_bytes as f64 / total_series);
+    println!(
+        "| {total_series:.0} | {elapsed:.2} | {:.0} | {:.1} |",
+        total_series / elapsed,
+        wire_bytes as f64 / total_series
+    );
 }
 
 /// Three agents at about 1M metrics/s in total → one aggregator → the Carbon stand-in.
@@ -178,7 +190,12 @@ pub fn end_to_end(opts: &BenchOptions) {
     );
     let mut agents: Vec<Running> = (0..3)
         .map(|i| {
-            start(opts, &dir, &format!("agent{i}"), &format!("[forward]\naggregators = [\"127.0.0.1:{listen}\"]\nagent_id = \"agent{i}\"\n"))
+            start(
+                opts,
+                &dir,
+                &format!("agent{i}"),
+                &format!("[forward]\naggregators = [\"127.0.0.1:{listen}\"]\nagent_id = \"agent{i}\"\n"),
+            )
         })
         .collect();
     std::thread::sleep(Duration::from_secs(1));

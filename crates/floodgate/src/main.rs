@@ -64,9 +64,19 @@ fn main() -> ExitCode {
                 eprintln!("floodgate check: no --config given; these are the built-in defaults");
             }
             // The certificate files too: a start that would fail is a failed check.
+            let mut tls_errors = Vec::new();
             if let Some(tls) = &config.statsd.tls {
-                if let Err(e) = floodgate::tls::server_config(tls) {
-                    eprintln!("floodgate: config error: key `statsd.tls`: {e:#}");
+                tls_errors.push(("statsd.tls", floodgate::tls::server_config(tls).err()));
+            }
+            if let Some(tls) = config.aggregator.as_ref().and_then(|a| a.tls.as_ref()) {
+                tls_errors.push(("aggregator.tls", floodgate::tls::server_config(tls).err()));
+            }
+            if let Some(tls) = config.forward.as_ref().and_then(|f| f.tls.as_ref()) {
+                tls_errors.push(("forward.tls", floodgate::sinks::forward::client_config(tls).err()));
+            }
+            for (key, error) in tls_errors {
+                if let Some(e) = error {
+                    eprintln!("floodgate: config error: key `{key}`: {e:#}");
                     return ExitCode::from(1);
                 }
             }

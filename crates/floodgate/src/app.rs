@@ -193,15 +193,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     }
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     for (kind, listener) in tcp_listeners {
-        let counters = Arc::new(ListenerCounters::default());
         let address = listener.local_addr()?;
-        shared.telemetry.register(Listener {
-            kind,
-            address: address.to_string(),
-            counters: counters.clone(),
-            receive_buffer: 0,
-            udp_port: None,
-        });
+        let counters = register_tcp(&shared, kind, address);
         let opts = TcpOptions {
             shard: shared.new_shard(),
             counters,
@@ -216,16 +209,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     }
     let mut aggregator = None;
     if let Some((listener, tls, agg)) = aggregator_listener {
-        let counters = Arc::new(ListenerCounters::default());
         let address = listener.local_addr()?;
         let kind = if tls.is_some() { "aggregator_tls" } else { "aggregator_tcp" };
-        shared.telemetry.register(Listener {
-            kind,
-            address: address.to_string(),
-            counters: counters.clone(),
-            receive_buffer: 0,
-            udp_port: None,
-        });
+        let counters = register_tcp(&shared, kind, address);
         shared.telemetry.set_aggregator(agg.clone());
         let guard = shared.guard.listener(kind, address, s.tcp_max_connections);
         tasks.push(tokio::spawn(crate::sources::aggregator::serve(
@@ -383,6 +369,19 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Self-metrics for a TCP (or TLS) listener.
+fn register_tcp(shared: &Shared, kind: &'static str, address: SocketAddr) -> Arc<ListenerCounters> {
+    let counters = Arc::new(ListenerCounters::default());
+    shared.telemetry.register(Listener {
+        kind,
+        address: address.to_string(),
+        counters: counters.clone(),
+        receive_buffer: 0,
+        udp_port: None,
+    });
+    counters
 }
 
 /// This host's name (agent id default).

@@ -145,11 +145,7 @@ pub(crate) fn timer_stats<'a>(
             }
             mean = sum / n as f64;
         }
-        out.push((names.count.as_str(), n as f64));
-        out.push((names.mean.as_str(), mean));
-        out.push((names.bound.as_str(), bound));
-        out.push((names.sum.as_str(), sum));
-        out.push((names.sum_squares.as_str(), sum_squares));
+        names.push(&mut out, n as f64, [mean, bound, sum, sum_squares]);
     }
     let mean = s.sum / count as f64;
     let variance = (s.sum_squares / count as f64 - mean * mean).max(0.0);

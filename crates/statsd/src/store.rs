@@ -144,6 +144,23 @@ pub(crate) struct PercentileNames {
     pub(crate) sum_squares: String,
 }
 
+impl PercentileNames {
+    /// Appends one percentile's statistics in Etsy's order: `count_N`, then `mean`, `bound`,
+    /// `sum`, `sum_squares` as given.
+    pub(crate) fn push<'a>(
+        &'a self,
+        out: &mut Vec<(&'a str, f64)>,
+        count: f64,
+        [mean, bound, sum, sum_squares]: [f64; 4],
+    ) {
+        out.push((self.count.as_str(), count));
+        out.push((self.mean.as_str(), mean));
+        out.push((self.bound.as_str(), bound));
+        out.push((self.sum.as_str(), sum));
+        out.push((self.sum_squares.as_str(), sum_squares));
+    }
+}
+
 /// The aggregated state.
 #[derive(Debug)]
 pub struct Store {
@@ -727,11 +744,7 @@ fn timer_stats<'a>(
             }
             mean = sum / n as f64;
         }
-        out.push((names.count.as_str(), n as f64));
-        out.push((names.mean.as_str(), mean));
-        out.push((names.bound.as_str(), bound));
-        out.push((names.sum.as_str(), sum));
-        out.push((names.sum_squares.as_str(), sum_squares));
+        names.push(&mut out, n as f64, [mean, bound, sum, sum_squares]);
     }
     let sum = cumulative[count - 1];
     let sum_squares = cumulative_sq[count - 1];

@@ -36,6 +36,9 @@ pub type SessionId = (String, u64);
 struct Session {
     merged: u64,
     handled: u64,
+    /// Last Hello or acknowledgement, Unix seconds (sessions silent for [`FORGET_AFTER`] are
+    /// dropped from the state file: each agent restart starts a new one).
+    last_seen: u64,
     /// The connection serving it now, for acknowledgements.
     conn: Option<(u64, mpsc::UnboundedSender<u64>)>,
 }
@@ -78,6 +81,15 @@ struct SavedSession {
     agent_id: String,
     session: u64,
     handled: u64,
+    #[serde(default)]
+    last_seen: u64,
+}
+
+/// A session neither connected nor heard from for this long is forgotten.
+const FORGET_AFTER: u64 = 7 * 24 * 3600;
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Aggregator {
@@ -93,8 +105,8 @@ impl Aggregator {
                 let saved: StateFile = serde_json::from_slice(&bytes)
                     .with_context(|| format!("{} is not an aggregator state file", state_file.display()))?;
                 for s in saved.sessions {
-                    sessions
-                        .insert((s.agent_id, s.session), Session { merged: s.handled, handled: s.handled, conn: None });
+                    let session = Session { merged: s.handled, handled: s.handled, last_seen: s.last_seen, conn: None };
+                    sessions.insert((s.agent_id, s.session), session);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -126,11 +138,14 @@ impl Aggregator {
             return;
         }
         let mut sessions = self.sessions.lock();
+        let now = unix_secs();
         for (id, mark) in &marks {
             if let Some(s) = sessions.get_mut(id) {
                 s.handled = s.handled.max(*mark);
+                s.last_seen = now;
             }
         }
+        sessions.retain(|_, s| s.conn.is_some() || now.saturating_sub(s.last_seen) < FORGET_AFTER);
         let saved = StateFile {
             sessions: sessions
                 .iter()
@@ -138,6 +153,7 @@ impl Aggregator {
                     agent_id: agent_id.clone(),
                     session: *session,
                     handled: s.handled,
+                    last_seen: s.last_seen,
                 })
                 .collect(),
         };
@@ -268,6 +284,7 @@ async fn agent(
         let mut sessions = aggregator.sessions.lock();
         let s = sessions.entry(id.clone()).or_default();
         s.conn = Some((conn_id, ack_tx));
+        s.last_seen = unix_secs();
         s.handled
     };
     tracing::info!(agent = %hello.agent_id, session = hello.session, acked_through = handled, "agent connected");

@@ -429,12 +429,27 @@ fn headroom(opts: &BenchOptions) {
 /// the raw sink, floodgate with the guard off, on but not limiting, and dropping a source
 /// far over its limit.
 fn guard(opts: &BenchOptions) {
-    let mut results = Vec::new();
-    for target in [Target::Sink, Target::Floodgate, Target::FloodgateGuarded, Target::FloodgateDropping] {
+    // Off and on alternate, best of three each: both are sender-bound here, and the sender's
+    // rate varies from trial to trial by more than the guard costs.
+    let mut results: Vec<(Target, f64, Trial)> = Vec::new();
+    for target in [
+        Target::Sink,
+        Target::Floodgate,
+        Target::FloodgateGuarded,
+        Target::FloodgateGuarded,
+        Target::Floodgate,
+        Target::Floodgate,
+        Target::FloodgateGuarded,
+        Target::FloodgateDropping,
+    ] {
         let (rate, t) = sustained(opts, target, 1, 1);
-        results.push((target, rate, t));
+        match results.iter_mut().find(|r| r.0 == target) {
+            Some(best) if best.1 >= rate => {}
+            Some(best) => *best = (target, rate, t),
+            None => results.push((target, rate, t)),
+        }
     }
-    println!("\n## The guard, 1 line/datagram, one source (127.0.0.2)");
+    println!("\n## The guard, 1 line/datagram, one source (127.0.0.2); guard off and on: best of three, alternating");
     println!("| target | sustained datagrams/s (< 0.1% unread or lost) | loss at that rate | vs raw sink | vs guard off | target CPU (of one core) | datagrams/s per core |");
     println!("|---|---|---|---|---|---|---|");
     let of = |t: Target| results.iter().find(|r| r.0 == t).map(|r| r.1).unwrap_or(0.0);

@@ -305,9 +305,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let remote_write_tx = match &config.prometheus_remote_write {
         Some(rw) => {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            // Validated with the config.
-            let url: hyper::Uri = rw.url.parse().context("prometheus_remote_write.url")?;
-            let sink = crate::sinks::remote_write::RemoteWriteSink::new(url, rw.timeout);
+            let sink = crate::sinks::remote_write::RemoteWriteSink::new(rw).context("prometheus_remote_write")?;
             tracing::info!(url = %rw.url, "prometheus remote-write output on");
             let (buffer, telemetry) = (rw.buffer, shared.telemetry.clone());
             sink_tasks.push(tokio::spawn(async move {

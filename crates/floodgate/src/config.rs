@@ -51,6 +51,12 @@ pub struct RemoteWriteConfig {
     /// Flushes held while the endpoint is down; the oldest are dropped (and counted) past it.
     #[serde(default = "default_remote_write_buffer", with = "size")]
     pub buffer: u64,
+    /// Extra PEM CA certificates for an https endpoint (the system's are trusted too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Headers sent with every request: `Authorization`, `X-Scope-OrgID` (Mimir tenants), ...
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 fn default_remote_write_timeout() -> Duration {
@@ -491,13 +497,20 @@ impl Config {
         }
         if let Some(rw) = &self.prometheus_remote_write {
             match rw.url.parse::<hyper::Uri>() {
-                Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
-                Ok(u) if u.scheme_str() == Some("https") => return Err((
-                    "prometheus_remote_write.url",
-                    "https is not supported yet: use http (a TLS-terminating proxy on loopback for remote endpoints)"
-                        .into(),
-                )),
-                _ => return Err(("prometheus_remote_write.url", format!("`{}` is not an http:// URL", rw.url))),
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+                _ => {
+                    return Err((
+                        "prometheus_remote_write.url",
+                        format!("`{}` is not an http:// or https:// URL", rw.url),
+                    ))
+                }
+            }
+            for (name, value) in &rw.headers {
+                if hyper::header::HeaderName::try_from(name.as_str()).is_err()
+                    || hyper::header::HeaderValue::try_from(value.as_str()).is_err()
+                {
+                    return Err(("prometheus_remote_write.headers", format!("`{name}` is not a valid HTTP header")));
+                }
             }
         }
         if let Some(address) = &self.graphite.address {

@@ -74,6 +74,10 @@ fn main() -> ExitCode {
             if let Some(tls) = config.forward.as_ref().and_then(|f| f.tls.as_ref()) {
                 tls_errors.push(("forward.tls", floodgate::sinks::forward::client_config(tls).err()));
             }
+            if let Some(rw) = &config.prometheus_remote_write {
+                tls_errors
+                    .push(("prometheus_remote_write", floodgate::sinks::remote_write::RemoteWriteSink::new(rw).err()));
+            }
             for (key, error) in tls_errors {
                 if let Some(e) = error {
                     eprintln!("floodgate: config error: key `{key}`: {e:#}");

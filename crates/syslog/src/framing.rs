@@ -91,7 +91,7 @@ impl Framer {
         self.buf.len() - self.pos
     }
 
-    /// Adds received bytes; call [`next`](Self::next) until it returns `None`.
+    /// Adds received bytes; call [`next_frame`](Self::next_frame) until it returns `None`.
     pub fn push(&mut self, data: &[u8]) {
         if self.broken {
             return;
@@ -114,7 +114,7 @@ impl Framer {
     }
 
     /// The next message, an error, or `None` when more bytes are needed.
-    pub fn next(&mut self) -> Option<Result<Vec<u8>, FrameError>> {
+    pub fn next_frame(&mut self) -> Option<Result<Vec<u8>, FrameError>> {
         if self.broken || self.pos >= self.buf.len() {
             return None;
         }
@@ -233,7 +233,7 @@ mod tests {
         let mut out = Vec::new();
         for piece in input.chunks(chunk.max(1)) {
             f.push(piece);
-            while let Some(r) = f.next() {
+            while let Some(r) = f.next_frame() {
                 out.push(r);
             }
         }
@@ -294,23 +294,23 @@ mod tests {
         f.push(b"<1>a\n");
         f.push(&vec![b'\n'; 10 << 20]);
         f.push(b"<1>b\n");
-        assert_eq!(f.next(), Some(ok("<1>a")));
-        assert_eq!(f.next(), Some(ok("<1>b")));
-        assert_eq!(f.next(), None);
+        assert_eq!(f.next_frame(), Some(ok("<1>a")));
+        assert_eq!(f.next_frame(), Some(ok("<1>b")));
+        assert_eq!(f.next_frame(), None);
     }
 
     #[test]
     fn a_huge_announced_length_is_skipped_without_buffering() {
         let mut f = Framer::new(1024);
         f.push(b"10000000 ");
-        assert_eq!(f.next(), Some(Err(FrameError::TooLong { length: 10_000_000 })));
+        assert_eq!(f.next_frame(), Some(Err(FrameError::TooLong { length: 10_000_000 })));
         for _ in 0..1000 {
             f.push(&[b'z'; 10_000]);
-            assert_eq!(f.next(), None);
+            assert_eq!(f.next_frame(), None);
         }
         assert_eq!(f.pending(), 0, "skipped bytes are not held");
         f.push(b"2 hi");
-        assert_eq!(f.next(), Some(ok("hi")));
+        assert_eq!(f.next_frame(), Some(ok("hi")));
     }
 
     proptest::proptest! {

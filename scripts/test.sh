@@ -48,7 +48,7 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
-step "fuzzing the StatsD parser and the forward frames briefly (crashes become regression tests in fuzz/regressions)"
-./scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+step "fuzzing the StatsD parser, the forward frames and syslog briefly (crashes become regression tests in fuzz/regressions)"
+./scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 
 step "all tests passed"

@@ -1,0 +1,367 @@
+//! Lenient parsing of RFC 5424 and RFC 3164 messages.
+//!
+//! RFC 5424 (`<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG`) is parsed strictly
+//! enough to take its fields (`-` is "none", structured data with `\"`, `\\`, `\]` escapes, a
+//! UTF-8 BOM before the message dropped). Anything else is read as RFC 3164 and its common
+//! variants: no PRI; `Mmm dd hh:mm:ss`, with a year (`Mmm dd yyyy hh:mm:ss`), milliseconds or a
+//! trailing `:`; an ISO 8601 timestamp; no timestamp; no hostname; Cisco sequence numbers
+//! (`<189>123: `) and `%FACILITY-SEV-MNEMONIC:` tags; `app[pid]:` tags. A message that breaks
+//! the rules it claims (a bad PRI, bad structured data) is kept whole with `parse_error` set —
+//! never dropped.
+
+/// Which grammar a message was read with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// RFC 5424.
+    Rfc5424,
+    /// RFC 3164 or a variant of it.
+    #[default]
+    Rfc3164,
+}
+
+/// One structured-data element: `[id name="value" ...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdElement {
+    /// SD-ID.
+    pub id: String,
+    /// Parameters, in order, unescaped.
+    pub params: Vec<(String, String)>,
+}
+
+/// A parsed message. Text fields are UTF-8 (invalid bytes replaced).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Record {
+    /// Grammar used.
+    pub format: Format,
+    /// Facility (PRI / 8), if there was a PRI.
+    pub facility: Option<u8>,
+    /// Severity (PRI % 8).
+    pub severity: Option<u8>,
+    /// As given (RFC 5424), or as ISO 8601 (RFC 3164: the year added when missing, no zone
+    /// when the message had none).
+    pub timestamp: Option<String>,
+    /// HOSTNAME.
+    pub hostname: Option<String>,
+    /// APP-NAME, or the RFC 3164 tag's program.
+    pub app_name: Option<String>,
+    /// PROCID, or the tag's `[pid]`.
+    pub procid: Option<String>,
+    /// MSGID, or a Cisco mnemonic (`LINK-3-UPDOWN`).
+    pub msgid: Option<String>,
+    /// RFC 5424 structured data.
+    pub structured_data: Vec<SdElement>,
+    /// The message (the whole input when it could not be parsed).
+    pub message: String,
+    /// Why it could not be parsed, if so.
+    pub parse_error: Option<String>,
+}
+
+/// What the parser needs to know of the present: RFC 3164 timestamps have no year.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// The current year.
+    pub year: i32,
+    /// The current month (1–12): a December message read in January belongs to last year.
+    pub month: u32,
+}
+
+/// Parses one message (a frame, or a datagram without its trailing newline).
+pub fn parse(input: &[u8], now: Now) -> Record {
+    let input = trim_end(input);
+    let (pri, rest) = match pri(input) {
+        Ok(p) => p,
+        Err(why) => return unparsed(input, why),
+    };
+    let (facility, severity) = match pri {
+        Some(p) => (Some((p / 8) as u8), Some((p % 8) as u8)),
+        None => (None, None),
+    };
+    let mut record = if let Some(after) = rest.strip_prefix(b"1 ") {
+        match rfc5424(after) {
+            Ok(r) => r,
+            Err(why) => return Record { facility, severity, ..unparsed(input, why) },
+        }
+    } else {
+        rfc3164(rest, now)
+    };
+    record.facility = facility;
+    record.severity = severity;
+    record
+}
+
+fn trim_end(mut s: &[u8]) -> &[u8] {
+    while let Some((&last, init)) = s.split_last() {
+        if matches!(last, b'\n' | b'\r' | b'\0') {
+            s = init;
+        } else {
+            break;
+        }
+    }
+    s
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn unparsed(input: &[u8], why: &str) -> Record {
+    Record { message: text(input), parse_error: Some(why.to_string()), ..Record::default() }
+}
+
+/// `<N>` with N in 0..=191 (no leading zeros but `<0>`); `None` when there is no `<`.
+fn pri(input: &[u8]) -> Result<(Option<u32>, &[u8]), &'static str> {
+    let Some(rest) = input.strip_prefix(b"<") else { return Ok((None, input)) };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if !(1..=3).contains(&digits) || rest.get(digits) != Some(&b'>') || (digits > 1 && rest[0] == b'0') {
+        return Err("bad PRI");
+    }
+    let value = rest[..digits].iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    if value > 191 {
+        return Err("PRI above 191");
+    }
+    Ok((Some(value), &rest[digits + 1..]))
+}
+
+/// Splits off the next space-separated field.
+fn field(s: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = s.iter().position(|b| *b == b' ')?;
+    Some((&s[..end], &s[end + 1..]))
+}
+
+fn nil(f: &[u8]) -> Option<String> {
+    (f != b"-").then(|| text(f))
+}
+
+fn rfc5424(s: &[u8]) -> Result<Record, &'static str> {
+    let (timestamp, s) = field(s).ok_or("RFC 5424 header cut short")?;
+    let (hostname, s) = field(s).ok_or("RFC 5424 header cut short")?;
+    let (app_name, s) = field(s).ok_or("RFC 5424 header cut short")?;
+    let (procid, s) = field(s).ok_or("RFC 5424 header cut short")?;
+    // MSGID may be the last field when there is neither SD nor message.
+    let (msgid, s) = field(s).unwrap_or((s, &[]));
+    if timestamp != b"-" && !looks_like_rfc3339(timestamp) {
+        return Err("RFC 5424 timestamp is not RFC 3339");
+    }
+    let (structured_data, s) = structured_data(s)?;
+    let msg = s.strip_prefix(b" ").unwrap_or(s);
+    let msg = msg.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(msg);
+    Ok(Record {
+        format: Format::Rfc5424,
+        timestamp: nil(timestamp),
+        hostname: nil(hostname),
+        app_name: nil(app_name),
+        procid: nil(procid),
+        msgid: nil(msgid),
+        structured_data,
+        message: text(msg),
+        ..Record::default()
+    })
+}
+
+fn looks_like_rfc3339(t: &[u8]) -> bool {
+    t.len() >= 19
+        && t[..4].iter().all(u8::is_ascii_digit)
+        && t[4] == b'-'
+        && t[7] == b'-'
+        && (t[10] == b'T' || t[10] == b't')
+        && t[13] == b':'
+        && t[16] == b':'
+}
+
+/// `-`, or `[...]` elements; returns them and what follows.
+fn structured_data(s: &[u8]) -> Result<(Vec<SdElement>, &[u8]), &'static str> {
+    if s.is_empty() {
+        return Ok((Vec::new(), s));
+    }
+    if let Some(rest) = s.strip_prefix(b"-") {
+        return Ok((Vec::new(), rest));
+    }
+    let mut out = Vec::new();
+    let mut s = s;
+    while let Some(rest) = s.strip_prefix(b"[") {
+        let id_end = rest.iter().position(|b| *b == b' ' || *b == b']').ok_or("unterminated structured data")?;
+        if id_end == 0 {
+            return Err("structured data element without an id");
+        }
+        let mut element = SdElement { id: text(&rest[..id_end]), params: Vec::new() };
+        let mut r = &rest[id_end..];
+        loop {
+            match r.first() {
+                Some(b']') => {
+                    r = &r[1..];
+                    break;
+                }
+                Some(b' ') => {
+                    r = &r[1..];
+                    let eq = r.iter().position(|b| *b == b'=').ok_or("structured data parameter without '='")?;
+                    let name = &r[..eq];
+                    if name.is_empty() || name.iter().any(|b| matches!(b, b' ' | b']' | b'"')) {
+                        return Err("bad structured data parameter name");
+                    }
+                    r = r[eq + 1..].strip_prefix(b"\"").ok_or("structured data value without '\"'")?;
+                    let mut value = Vec::new();
+                    let mut i = 0;
+                    loop {
+                        match r.get(i) {
+                            None => return Err("unterminated structured data value"),
+                            Some(b'\\') if matches!(r.get(i + 1), Some(b'"' | b'\\' | b']')) => {
+                                value.push(r[i + 1]);
+                                i += 2;
+                            }
+                            Some(b'"') => break,
+                            Some(&b) => {
+                                value.push(b);
+                                i += 1;
+                            }
+                        }
+                    }
+                    element.params.push((text(name), text(&value)));
+                    r = &r[i + 1..];
+                }
+                _ => return Err("malformed structured data"),
+            }
+        }
+        out.push(element);
+        s = r;
+    }
+    Ok((out, s))
+}
+
+const MONTHS: [&[u8; 3]; 12] =
+    [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+
+fn two(b: &[u8]) -> Option<u32> {
+    match b {
+        [a, b] if a.is_ascii_digit() && b.is_ascii_digit() => Some(u32::from(a - b'0') * 10 + u32::from(b - b'0')),
+        [b' ', b] if b.is_ascii_digit() => Some(u32::from(b - b'0')),
+        _ => None,
+    }
+}
+
+/// `hh:mm:ss` plus optional `.fraction`; returns the text and the rest.
+fn clock(s: &[u8]) -> Option<(String, &[u8])> {
+    if s.len() < 8 || s[2] != b':' || s[5] != b':' {
+        return None;
+    }
+    let (h, m, sec) = (two(&s[0..2])?, two(&s[3..5])?, two(&s[6..8])?);
+    if h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let mut end = 8;
+    if s.get(8) == Some(&b'.') {
+        end = 9 + s[9..].iter().take_while(|b| b.is_ascii_digit()).count();
+    }
+    Some((text(&s[..end]), &s[end..]))
+}
+
+/// An RFC 3164 timestamp in any of its variants, as ISO 8601; the rest after it (and the
+/// separator: a space, or Cisco's `: `).
+fn timestamp3164(s: &[u8], now: Now) -> Option<(String, &[u8])> {
+    // ISO 8601 / RFC 3339 (rsyslog's high-precision format).
+    if s.len() >= 19 && looks_like_rfc3339(s) {
+        let end = s.iter().position(|b| *b == b' ').unwrap_or(s.len());
+        let rest = &s[end..];
+        return Some((text(&s[..end]), rest.strip_prefix(b" ").unwrap_or(rest)));
+    }
+    // Cisco marks unsynchronised clocks with `*` and synchronised ones with `.`.
+    let s = s.strip_prefix(b"*").or_else(|| s.strip_prefix(b".")).unwrap_or(s);
+    let month = MONTHS.iter().position(|m| s.starts_with(*m))? as u32 + 1;
+    if s.get(3) != Some(&b' ') {
+        return None;
+    }
+    let day = two(s.get(4..6)?)?;
+    if !(1..=31).contains(&day) || s.get(6) != Some(&b' ') {
+        return None;
+    }
+    let mut r = &s[7..];
+    // An explicit year: `Mmm dd yyyy hh:mm:ss`.
+    let year = if r.len() > 5 && r[..4].iter().all(u8::is_ascii_digit) && r[4] == b' ' {
+        let y = r[..4].iter().fold(0i32, |n, d| n * 10 + i32::from(d - b'0'));
+        r = &r[5..];
+        y
+    } else if month > now.month + 1 {
+        now.year - 1 // December's message read in January.
+    } else {
+        now.year
+    };
+    let (time, mut r) = clock(r)?;
+    // A zone name after the time (Cisco `UTC`, `CET`): kept.
+    let mut zone = String::new();
+    if r.len() > 1 && r[0] == b' ' && r[1].is_ascii_uppercase() {
+        let z = r[1..].iter().take_while(|b| b.is_ascii_uppercase()).count();
+        if (2..=5).contains(&z) && matches!(r.get(1 + z), Some(b' ' | b':') | None) {
+            zone = format!(" {}", text(&r[1..1 + z]));
+            r = &r[1 + z..];
+        }
+    }
+    let r = r.strip_prefix(b":").unwrap_or(r);
+    let r = r.strip_prefix(b" ").unwrap_or(r);
+    Some((format!("{year:04}-{month:02}-{day:02}T{time}{zone}"), r))
+}
+
+/// `program[pid]:` or `program:`; a Cisco `%FAC-SEV-MNEMONIC:`.
+fn tag(token: &[u8]) -> Option<(Option<String>, Option<String>, Option<String>)> {
+    let t = token.strip_suffix(b":")?;
+    if let Some(mnemonic) = t.strip_prefix(b"%") {
+        return Some((None, None, Some(text(mnemonic))));
+    }
+    if t.is_empty() || t.len() > 48 || t.iter().any(|b| *b == b'"' || *b == b'=') {
+        return None;
+    }
+    match t.iter().position(|b| *b == b'[') {
+        Some(open) if t.ends_with(b"]") => Some((Some(text(&t[..open])), Some(text(&t[open + 1..t.len() - 1])), None)),
+        Some(_) => None,
+        None => Some((Some(text(t)), None, None)),
+    }
+}
+
+fn rfc3164(s: &[u8], now: Now) -> Record {
+    let mut r = Record::default();
+    let mut s = s;
+    // Cisco sequence number: `123: ` before the timestamp.
+    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits > 0 && s[digits..].starts_with(b": ") {
+        s = &s[digits + 2..];
+    }
+    // Cisco with `logging origin-id`: `host: Mmm dd hh:mm:ss: ...`.
+    if let Some((token, rest)) = field(s) {
+        if let Some(host) = token.strip_suffix(b":").filter(|h| !h.is_empty() && !h.contains(&b'[')) {
+            if let Some((ts, rest)) = timestamp3164(rest, now) {
+                r.hostname = Some(text(host));
+                r.timestamp = Some(ts);
+                s = rest;
+            }
+        }
+    }
+    if r.timestamp.is_none() {
+        if let Some((ts, rest)) = timestamp3164(s, now) {
+            r.timestamp = Some(ts);
+            s = rest;
+        }
+    }
+    // Hostname, unless the next token is already the tag.
+    if let Some((token, rest)) = field(s) {
+        match tag(token) {
+            Some((app, pid, mnemonic)) => {
+                (r.app_name, r.procid, r.msgid) = (app, pid, mnemonic);
+                s = rest;
+            }
+            None if r.timestamp.is_some() && r.hostname.is_none() && !token.is_empty() && !token.contains(&b':') => {
+                r.hostname = Some(text(token));
+                s = rest;
+                if let Some((t, rest)) = field(s) {
+                    if let Some((app, pid, mnemonic)) = tag(t) {
+                        (r.app_name, r.procid, r.msgid) = (app, pid, mnemonic);
+                        s = rest;
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    r.message = text(s);
+    r
+}
+
+#[cfg(test)]
+mod tests;

@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use floodgate_forward::frame::{self, Decoder};
 use floodgate_forward::proto::{self, frame::Kind, Frame};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -78,9 +78,6 @@ struct Queued {
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 impl Link {
     /// Runs until `rx` closes and everything held is acknowledged (or `drain` has passed).
@@ -222,12 +219,12 @@ impl Link {
     }
 
     /// Connects, says hello, and returns the stream with the aggregator's handled mark.
-    async fn connect(&self) -> std::io::Result<(Box<dyn Stream>, u64, Decoder)> {
+    async fn connect(&self) -> std::io::Result<(crate::sources::listen::Connection, u64, Decoder)> {
         let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(&self.address))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         let _ = tcp.set_nodelay(true);
-        let mut stream: Box<dyn Stream> = match &self.tls {
+        let mut stream: crate::sources::listen::Connection = match &self.tls {
             Some((config, name)) => {
                 let connector = tokio_rustls::TlsConnector::from(config.clone());
                 let tls = tokio::time::timeout(TIMEOUT, connector.connect(name.clone(), tcp))

@@ -20,12 +20,13 @@ use floodgate_forward::frame::{self, Decoder, DEFAULT_MAX_FRAME};
 use floodgate_forward::proto::{self, frame::Kind, Frame};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::app::Shared;
 use crate::guard::ListenerGuard;
+use crate::sources::listen::Connection;
 use crate::telemetry::ListenerCounters;
 use crate::tls::SharedServerConfig;
 
@@ -181,9 +182,6 @@ fn write_atomically(path: &std::path::Path, state: &StateFile) -> std::io::Resul
     std::fs::rename(&tmp, path)
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts agents until the task is aborted.
@@ -195,41 +193,19 @@ pub async fn serve(
     aggregator: Arc<Aggregator>,
     shared: Arc<Shared>,
 ) {
-    loop {
-        let (stream, peer, permit) = crate::sources::statsd::tcp::accept(&listener, &guard, &counters).await;
-        counters.connections.fetch_add(1, Relaxed);
-        let (counters, tls, aggregator, shared) = (counters.clone(), tls.clone(), aggregator.clone(), shared.clone());
-        tokio::spawn(async move {
-            counters.open_connections.fetch_add(1, Relaxed);
-            let stream: std::io::Result<Box<dyn Stream>> = match tls {
-                None => Ok(Box::new(stream)),
-                Some(config) => {
-                    counters.tls_handshakes.fetch_add(1, Relaxed);
-                    let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
-                    match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => Ok(Box::new(s) as Box<dyn Stream>),
-                        Ok(Err(e)) => Err(e),
-                        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")),
-                    }
-                }
-            };
-            match stream {
-                Ok(stream) => {
-                    aggregator.counters.connected.fetch_add(1, Relaxed);
-                    if let Err(e) = agent(stream, &aggregator, &shared, &counters).await {
-                        tracing::warn!(%peer, error = %e, "agent connection closed");
-                    }
-                    aggregator.counters.connected.fetch_sub(1, Relaxed);
-                }
-                Err(e) => {
-                    counters.tls_handshake_failures.fetch_add(1, Relaxed);
-                    tracing::warn!(%peer, error = %e, "agent TLS handshake failed");
-                }
+    let c = counters.clone();
+    crate::sources::listen::serve(listener, guard, counters, tls, "aggregator", move |conn, peer| {
+        let (aggregator, shared, counters) = (aggregator.clone(), shared.clone(), c.clone());
+        async move {
+            aggregator.counters.connected.fetch_add(1, Relaxed);
+            if let Err(e) = agent(conn, &aggregator, &shared, &counters).await {
+                tracing::warn!(%peer, error = %e, "agent connection closed");
             }
-            counters.open_connections.fetch_sub(1, Relaxed);
-            drop(permit);
-        });
-    }
+            aggregator.counters.connected.fetch_sub(1, Relaxed);
+            Ok(())
+        }
+    })
+    .await
 }
 
 async fn send(stream: &mut (impl AsyncWrite + Unpin), kind: Kind) -> std::io::Result<()> {
@@ -241,7 +217,7 @@ async fn send(stream: &mut (impl AsyncWrite + Unpin), kind: Kind) -> std::io::Re
 
 /// Serves one agent connection to its end.
 async fn agent(
-    stream: Box<dyn Stream>,
+    stream: Connection,
     aggregator: &Aggregator,
     shared: &Shared,
     counters: &ListenerCounters,

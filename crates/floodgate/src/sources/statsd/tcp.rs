@@ -8,15 +8,12 @@ use std::time::{Duration, Instant};
 
 use floodgate_statsd::{PacketCounts, Parser};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use super::{clock, ingest, publish, SharedShard};
-use crate::guard::{ConnectionPermit, ListenerGuard};
+use crate::guard::ListenerGuard;
 use crate::telemetry::ListenerCounters;
 use crate::tls::SharedServerConfig;
-
-/// A TLS client must finish its handshake within this (slow or silent clients hold a slot).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Options of one TCP listener.
 #[derive(Clone)]
@@ -40,66 +37,12 @@ pub struct TcpOptions {
 /// Accepts connections until the task is aborted; with `tls`, each admitted connection is
 /// a TLS server connection.
 pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedServerConfig>) {
-    loop {
-        let (stream, peer, permit) = accept(&listener, &opts.guard, &opts.counters).await;
-        opts.counters.connections.fetch_add(1, Relaxed);
+    let (guard, counters) = (opts.guard.clone(), opts.counters.clone());
+    crate::sources::listen::serve(listener, guard, counters, tls, "statsd", move |conn, _peer| {
         let opts = opts.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            opts.counters.open_connections.fetch_add(1, Relaxed);
-            let result = match tls {
-                None => read_lines(stream, &opts).await,
-                Some(config) => {
-                    opts.counters.tls_handshakes.fetch_add(1, Relaxed);
-                    let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => read_lines(stream, &opts).await,
-                        Ok(Err(e)) => {
-                            opts.counters.tls_handshake_failures.fetch_add(1, Relaxed);
-                            Err(e)
-                        }
-                        Err(_) => {
-                            opts.counters.tls_handshake_failures.fetch_add(1, Relaxed);
-                            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))
-                        }
-                    }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "statsd tcp connection ended with an error");
-            }
-            opts.counters.open_connections.fetch_sub(1, Relaxed);
-            drop(permit);
-        });
-    }
-}
-
-/// The next connection the guard admits. Refused ones are reset (`SO_LINGER` 0: an RST, no
-/// FIN handshake, no TIME_WAIT) before a byte is read and counted by reason.
-pub async fn accept(
-    listener: &TcpListener,
-    guard: &Arc<ListenerGuard>,
-    counters: &ListenerCounters,
-) -> (TcpStream, std::net::SocketAddr, ConnectionPermit) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of descriptors, mostly: back off instead of spinning.
-                tracing::warn!(error = %e, "tcp accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        match guard.admit_connection(peer.ip()) {
-            Ok(permit) => return (stream, peer, permit),
-            Err(reason) => {
-                counters.add_dropped(reason, 1);
-                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-                drop(stream);
-            }
-        }
-    }
+        async move { read_lines(conn, &opts).await }
+    })
+    .await
 }
 
 /// Reads one connection to its end.

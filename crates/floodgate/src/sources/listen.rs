@@ -1,0 +1,108 @@
+//! One server loop for every connection-oriented listener (StatsD TCP/TLS, the aggregator
+//! port, and syslog's next): accept, ask the guard (a refused connection is reset before a
+//! byte is read or a handshake starts), TLS if configured (with a deadline), then the
+//! listener's own handler in a task of its own, with the connection counted while it lives.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::guard::{ConnectionPermit, ListenerGuard};
+use crate::telemetry::ListenerCounters;
+use crate::tls::SharedServerConfig;
+
+/// A TLS client must finish its handshake within this (slow or silent clients hold a slot).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A byte stream: TCP, or TLS over it.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// An admitted connection, ready to read.
+pub type Connection = Box<dyn Stream>;
+
+/// Accepts until the task is aborted; each admitted connection goes to `handle` (TLS-wrapped
+/// when `tls` is set). `what` names the listener in logs.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    guard: Arc<ListenerGuard>,
+    counters: Arc<ListenerCounters>,
+    tls: Option<SharedServerConfig>,
+    what: &'static str,
+    handle: H,
+) where
+    H: Fn(Connection, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    loop {
+        let (stream, peer, permit) = accept(&listener, &guard, &counters).await;
+        counters.connections.fetch_add(1, Relaxed);
+        let (counters, tls, handle) = (counters.clone(), tls.clone(), handle.clone());
+        tokio::spawn(async move {
+            counters.open_connections.fetch_add(1, Relaxed);
+            let result = match handshake(stream, tls, &counters).await {
+                Ok(conn) => handle(conn, peer).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, listener = what, error = %e, "connection ended with an error");
+            }
+            counters.open_connections.fetch_sub(1, Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+async fn handshake(
+    stream: TcpStream,
+    tls: Option<SharedServerConfig>,
+    counters: &ListenerCounters,
+) -> std::io::Result<Connection> {
+    let Some(config) = tls else { return Ok(Box::new(stream)) };
+    counters.tls_handshakes.fetch_add(1, Relaxed);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Ok(Box::new(stream)),
+        Ok(Err(e)) => {
+            counters.tls_handshake_failures.fetch_add(1, Relaxed);
+            Err(e)
+        }
+        Err(_) => {
+            counters.tls_handshake_failures.fetch_add(1, Relaxed);
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))
+        }
+    }
+}
+
+/// The next connection the guard admits. Refused ones are reset (`SO_LINGER` 0: an RST, no
+/// FIN handshake, no TIME_WAIT) before a byte is read and counted by reason.
+pub async fn accept(
+    listener: &TcpListener,
+    guard: &Arc<ListenerGuard>,
+    counters: &ListenerCounters,
+) -> (TcpStream, SocketAddr, ConnectionPermit) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors, mostly: back off instead of spinning.
+                tracing::warn!(error = %e, "tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match guard.admit_connection(peer.ip()) {
+            Ok(permit) => return (stream, peer, permit),
+            Err(reason) => {
+                counters.add_dropped(reason, 1);
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                drop(stream);
+            }
+        }
+    }
+}

@@ -166,7 +166,7 @@ pub(crate) fn timer_stats<'a>(
         for (b, bound) in bounds.iter().enumerate() {
             let mut freq = 0u64;
             while i < bins.len() && (bound.is_infinite() || within(bins[i].0, s.min, s.max) < *bound) {
-                freq += bins[i].1;
+                freq = freq.saturating_add(bins[i].1);
                 i += 1;
             }
             out.push((names[b].as_str(), freq as f64));

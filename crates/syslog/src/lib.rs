@@ -5,11 +5,13 @@
 //!   errors that never lose the frames before them.
 //! - [`parse`]: lenient RFC 5424 / RFC 3164 parsing into a [`Record`]; what cannot be parsed
 //!   is kept whole with `parse_error` set.
+//! - [`record`]: the output record as a JSON line.
 
 #![warn(missing_docs)]
 
 pub mod framing;
 pub mod parse;
+pub mod record;
 
 pub use framing::{FrameError, Framer, Framing};
 pub use parse::{parse, Format, Now, Record, SdElement};

@@ -19,6 +19,7 @@ command -v promtool >/dev/null || apt_needed+=(prometheus)
 command -v node >/dev/null || apt_needed+=(nodejs)
 command -v npm >/dev/null || apt_needed+=(npm)
 command -v ip >/dev/null || apt_needed+=(iproute2)
+command -v openssl >/dev/null || apt_needed+=(openssl)
 python3 -m pip --version >/dev/null 2>&1 || apt_needed+=(python3 python3-pip)
 if [ ${#apt_needed[@]} -gt 0 ]; then
   apt-get update -qq

@@ -489,3 +489,51 @@ fn remote_write_over_https() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The README's OpenSSL commands make certificates an agent and an aggregator accept for
+/// mutual TLS (the worked example, run as written).
+#[test]
+fn the_readme_certificate_commands_work() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let after = readme.split("Certificates, made once with OpenSSL").nth(1).expect("the worked example");
+    let script = after.split("```sh\n").nth(1).and_then(|s| s.split("```").next()).expect("its sh block");
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir.path())
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "README commands failed: {}", String::from_utf8_lossy(&out.stderr));
+    let f = |name: &str| dir.path().join(name).display().to_string();
+    let port = free_port();
+    let agg = Floodgate::start(
+        &format!("flush_interval = \"{INTERVAL_MS}ms\""),
+        &format!(
+            "[aggregator]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\
+             tls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}\n",
+            f("state"),
+            f("agg1.internal.pem"),
+            f("agg1.internal.key"),
+            f("ca.pem")
+        ),
+    );
+    let web = Floodgate::start(
+        &format!("flush_interval = \"{INTERVAL_MS}ms\""),
+        &format!(
+            "[forward]\naggregators = [\"127.0.0.1:{port}\"]\n\
+             tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\", server_name = \"agg1.internal\" }}\n",
+            f("ca.pem"),
+            f("web-1.internal.pem"),
+            f("web-1.internal.key")
+        ),
+    );
+    wait_connected(&web, &[port]);
+    send_to(&web, "readme.example:1|c");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&http_get(agg.http, "/metrics").unwrap().1, "readme_example_total", &[]) != Some(1.0) {
+        assert!(Instant::now() < deadline, "the counter never reached the aggregator: {}", web.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

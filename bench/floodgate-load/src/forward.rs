@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,38 +20,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::carbon::CarbonStandIn;
 use crate::sender::{self, Load};
-use crate::targets::{free_port, http_get, metric, settle, terminate, BenchOptions, Running, PREFIX};
+use crate::targets::{free_port, metric, settle, spawn_floodgate, terminate, BenchOptions, Running, GUARD_OFF, PREFIX};
 
 const AGENTS: usize = 10;
 const SERIES_PER_BATCH: usize = 10_000;
 const BATCHES: usize = 60;
 
+/// A floodgate for this benchmark: 2 s flushes, the guard off, then `body`.
 fn start(opts: &BenchOptions, dir: &Path, name: &str, body: &str) -> Running {
-    let (port, http, admin) = (free_port(), free_port(), free_port());
-    let cfg = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "[statsd]\nudp = [\"127.0.0.1:{port}\"]\ntcp = []\nflush_interval = \"2s\"\nreceive_buffer = \"64MiB\"\n\
-             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[limits]\nudp_per_source = 0\nudp_per_port = 0\n{body}"
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(&opts.floodgate)
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start floodgate");
-    let running = Running { child, port, http: Some(http) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get(http, "/healthz").map(|(c, _)| c != 200).unwrap_or(true) {
-        assert!(Instant::now() < deadline, "{name} did not start (see {})", dir.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    running
+    let statsd = "flush_interval = \"2s\"\nreceive_buffer = \"64MiB\"";
+    spawn_floodgate(opts, dir, name, statsd, &format!("{GUARD_OFF}{body}"))
 }
 
 /// A CA-signed certificate for `aggregator.bench`: (CA PEM path, cert path, key path).

@@ -124,34 +124,55 @@ fn drained(http: u16) -> f64 {
 }
 
 /// The guard switched off: throughput trials send far past its default limits from one source.
-const GUARD_OFF: &str = "[limits]\nudp_per_source = 0\nudp_per_port = 0\n";
+pub(crate) const GUARD_OFF: &str = "[limits]\nudp_per_source = 0\nudp_per_port = 0\n";
 
 fn start_floodgate_with(opts: &BenchOptions, carbon: u16, statsd_extra: &str, limits: &str) -> Running {
-    let (port, admin, http) = (free_port(), free_port(), free_port());
-    let dir = std::env::temp_dir().join(format!("floodgate-bench-{port}"));
+    let dir = std::env::temp_dir().join(format!("floodgate-bench-{}", free_port()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("floodgate.toml");
+    spawn_floodgate(
+        opts,
+        &dir,
+        "floodgate",
+        &format!("flush_interval = \"1s\"\n{statsd_extra}"),
+        &format!("[graphite]\naddress = \"127.0.0.1:{carbon}\"\n{limits}"),
+    )
+}
+
+/// Starts floodgate from `dir/name.toml` — StatsD UDP, console and HTTP on free ports,
+/// `statsd_extra` inside `[statsd]`, then `sections` — logging to `dir/name.log`; returns once
+/// `/healthz` answers (the process is killed if it never does).
+pub(crate) fn spawn_floodgate(
+    opts: &BenchOptions,
+    dir: &std::path::Path,
+    name: &str,
+    statsd_extra: &str,
+    sections: &str,
+) -> Running {
+    let (port, admin, http) = (free_port(), free_port(), free_port());
+    let cfg = dir.join(format!("{name}.toml"));
     std::fs::write(
         &cfg,
         format!(
-            "[statsd]\nudp = [\"127.0.0.1:{port}\"]\ntcp = []\nflush_interval = \"1s\"\n{statsd_extra}\n\
-             [graphite]\naddress = \"127.0.0.1:{carbon}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{limits}"
+            "[statsd]\nudp = [\"127.0.0.1:{port}\"]\ntcp = []\n{statsd_extra}\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{sections}"
         ),
     )
     .unwrap();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let child = Command::new(&opts.floodgate)
         .arg("--config")
         .arg(&cfg)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e} (cargo build --release first)", opts.floodgate.display()));
+    let running = Running { child, port, http: Some(http) };
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(http, "/healthz").map(|(c, _)| c != 200).unwrap_or(true) {
-        assert!(Instant::now() < deadline, "floodgate did not become ready");
+        assert!(Instant::now() < deadline, "{name} did not become ready (see {})", dir.display());
         std::thread::sleep(Duration::from_millis(20));
     }
-    Running { child, port, http: Some(http) }
+    running
 }
 
 fn start_etsy(opts: &BenchOptions, carbon: u16) -> Running {

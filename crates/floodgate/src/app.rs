@@ -142,7 +142,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                 sanitize: s.key_name_sanitize,
                 max_datagram: s.max_datagram as usize,
                 shutdown: shutdown.clone(),
-                epoch: shared.epoch,
             };
             udp_threads.push(worker);
         }

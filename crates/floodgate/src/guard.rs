@@ -94,7 +94,7 @@ impl Guard {
     /// Applies new limits (SIGHUP). The source table is kept unless its size changed.
     pub fn reconfigure(&self, limits: &LimitsConfig) {
         let old = self.policy.load();
-        let table = if old.table.capacity() == SourceTable::new(limits.tracked_sources).capacity() {
+        let table = if old.table.capacity() == SourceTable::capacity_for(limits.tracked_sources) {
             old.table.clone()
         } else {
             tracing::info!(tracked_sources = limits.tracked_sources, "limiter table resized: sources start afresh");
@@ -331,7 +331,9 @@ pub fn count_lines(data: &[u8]) -> u64 {
 }
 
 impl ListenerGuard {
-    /// Decides one datagram of `messages` messages from `ip` at `now_ns`.
+    /// Decides one datagram from `ip` at `now_ns`; `messages` counts what it holds (called at
+    /// most once, and only when a check needs it). A refusal says why and how many messages
+    /// it dropped.
     #[inline]
     pub fn admit_datagram(
         &self,
@@ -339,15 +341,15 @@ impl ListenerGuard {
         ip: IpAddr,
         messages: impl FnOnce() -> u64,
         now_ns: u64,
-    ) -> Result<(), Reason> {
+    ) -> Result<(), (Reason, u64)> {
         if policy.udp_off {
             return Ok(());
         }
+        let n = messages();
         if !policy.allow.allows(ip) {
-            return Err(Reason::NotAllowed);
+            return Err((Reason::NotAllowed, n));
         }
         let key = SourceKey::new(self.id, ip);
-        let n = messages();
         match policy.table.admit(
             key,
             &policy.udp_source,
@@ -365,7 +367,7 @@ impl ListenerGuard {
                         g.log_started(self, key, reason, now_ns);
                     }
                 }
-                Err(reason)
+                Err((reason, n))
             }
         }
     }
@@ -475,12 +477,12 @@ mod tests {
         let now = 5_000_000_000;
         // A newcomer gets half the port's burst of 5.
         let verdicts: Vec<_> = (0..4).map(|_| lg.admit_datagram(&p, a, || 1, now)).collect();
-        assert_eq!(verdicts, vec![Ok(()), Ok(()), Err(Reason::PortLimit), Err(Reason::PortLimit)]);
+        assert_eq!(verdicts, vec![Ok(()), Ok(()), Err((Reason::PortLimit, 1)), Err((Reason::PortLimit, 1))]);
         let g = Guard::new(&limits(|l| l.udp_per_source = 10), Instant::now());
         let lg = g.listener("statsd_udp", "127.0.0.1:8125".parse().unwrap(), 0);
         let p = g.policy();
         assert_eq!(lg.admit_datagram(&p, a, || 10, now), Ok(()));
-        assert_eq!(lg.admit_datagram(&p, a, || 1, now), Err(Reason::SourceLimit));
+        assert_eq!(lg.admit_datagram(&p, a, || 1, now), Err((Reason::SourceLimit, 1)));
         let report = g.report(10);
         assert_eq!(report.offenders[0].source, "10.0.0.1");
         assert_eq!(report.offenders[0].reason, "source_limit");
@@ -492,7 +494,7 @@ mod tests {
         let g = Guard::new(&limits(|l| l.allow = vec!["10.0.0.0/8".into()]), Instant::now());
         let lg = g.listener("statsd_udp", "127.0.0.1:8125".parse().unwrap(), 0);
         let p = g.policy();
-        assert_eq!(lg.admit_datagram(&p, "11.0.0.1".parse().unwrap(), || 1, 1), Err(Reason::NotAllowed));
+        assert_eq!(lg.admit_datagram(&p, "11.0.0.1".parse().unwrap(), || 3, 1), Err((Reason::NotAllowed, 3)));
         assert_eq!(lg.admit_datagram(&p, "10.9.0.1".parse().unwrap(), || 1, 1), Ok(()));
         g.reconfigure(&limits(|l| {
             l.udp_per_source = 0;

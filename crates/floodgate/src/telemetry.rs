@@ -206,18 +206,6 @@ impl Telemetry {
                 "floodgate_dropped_total{{listener=\"{kind}\",address=\"{address}\",reason=\"{reason}\"}} {v}"
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP floodgate_limited_total Messages (UDP) or connections (TCP) refused by a rate limit."
-        );
-        let _ = writeln!(out, "# TYPE floodgate_limited_total counter");
-        for ((kind, address, reason), v) in &drops {
-            if matches!(*reason, "source_limit" | "connection_rate") {
-                let port = drops.get(&(kind, address, "port_limit")).copied().unwrap_or(0);
-                let _ =
-                    writeln!(out, "floodgate_limited_total{{listener=\"{kind}\",address=\"{address}\"}} {}", v + port);
-            }
-        }
         if let Some(guard) = self.guard.lock().as_ref() {
             render_guard(guard, out);
         }
@@ -386,7 +374,7 @@ fn is_tls(l: &Listener) -> bool {
     l.kind.ends_with("tls")
 }
 
-const PER_LISTENER: [ListenerMetric; 9] = [
+const PER_LISTENER: [ListenerMetric; 10] = [
     ListenerMetric {
         name: "floodgate_received_packets_total",
         kind: "counter",
@@ -414,6 +402,19 @@ const PER_LISTENER: [ListenerMetric; 9] = [
         help: "Lines or values that could not be parsed.",
         applies: any,
         value: |l| l.counters.bad_lines.load(Relaxed),
+    },
+    ListenerMetric {
+        name: "floodgate_limited_total",
+        kind: "counter",
+        help: "Messages (UDP) or connections (TCP) refused by a rate limit.",
+        applies: any,
+        value: |l| {
+            Reason::ALL
+                .iter()
+                .filter(|r| r.is_rate_limit())
+                .map(|r| l.counters.dropped[*r as usize].load(Relaxed))
+                .sum()
+        },
     },
     ListenerMetric {
         name: "floodgate_tcp_connections_total",

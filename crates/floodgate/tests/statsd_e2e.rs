@@ -296,12 +296,12 @@ fn cli_check_help_and_version() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[statsd]\nflush_interval = \"2s\"\n").unwrap();
-    let out = std::process::Command::new(bin).args(["check", "--config"]).arg(&good).output().unwrap();
+    let out = floodgate_check(&good);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("flush_interval = \"2s\""));
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[statsd]\nflush_interval = \"2s\"\n\n[graphite]\nadress = \"x:1\"\n").unwrap();
-    let out = std::process::Command::new(bin).args(["check", "--config"]).arg(&bad).output().unwrap();
+    let out = floodgate_check(&bad);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:5") && err.contains("adress"), "{err}");

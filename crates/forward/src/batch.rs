@@ -60,16 +60,20 @@ pub struct Applied {
     pub refused: u64,
 }
 
-enum Decoded<'a> {
+enum Series<'a> {
     Counter(&'a [u8], f64),
     Gauge(&'a [u8], &'a proto::Gauge),
     Set(&'a [u8], floodgate_sketch::Distinct),
     Timer(&'a [u8], TimerSummary),
 }
 
-/// Merges a batch into `store`, all or nothing: a malformed series (no value, a bad sketch or
-/// set, a value that is not finite) refuses the whole batch before anything is merged.
-pub fn apply(store: &mut Store, batch: &proto::Batch) -> Result<Applied, BadState> {
+/// A batch checked and decoded (sketches and sets rebuilt), ready to merge: the costly part,
+/// done before the store is locked.
+pub struct Decoded<'a>(Vec<Series<'a>>);
+
+/// Checks and decodes a batch: a malformed series (no value, a bad sketch or set, a value
+/// that is not finite) refuses the whole batch.
+pub fn decode(batch: &proto::Batch) -> Result<Decoded<'_>, BadState> {
     let mut decoded = Vec::with_capacity(batch.series.len());
     for s in &batch.series {
         let key = &s.key[..];
@@ -78,41 +82,51 @@ pub fn apply(store: &mut Store, batch: &proto::Batch) -> Result<Applied, BadStat
         }
         decoded.push(match &s.value {
             None => return Err(BadState("series without a value")),
-            Some(Value::Counter(v)) if v.is_finite() => Decoded::Counter(key, *v),
-            Some(Value::Gauge(g)) if g.value.is_finite() => Decoded::Gauge(key, g),
-            Some(Value::Set(w)) => Decoded::Set(key, convert::set_from_wire(w)?),
+            Some(Value::Counter(v)) if v.is_finite() => Series::Counter(key, *v),
+            Some(Value::Gauge(g)) if g.value.is_finite() => Series::Gauge(key, g),
+            Some(Value::Set(w)) => Series::Set(key, convert::set_from_wire(w)?),
             Some(Value::Timer(t)) if [t.count, t.sum, t.sum_squares].iter().all(|v| v.is_finite()) => {
                 let sketch = convert::sketch_from_wire(t.sketch.as_ref().ok_or(BadState("timer without a sketch"))?)?;
-                Decoded::Timer(
-                    key,
-                    TimerSummary {
-                        count: t.count,
-                        sum: t.sum,
-                        sum_squares: t.sum_squares,
-                        min: t.min,
-                        max: t.max,
-                        sketch,
-                    },
-                )
+                let summary = TimerSummary {
+                    count: t.count,
+                    sum: t.sum,
+                    sum_squares: t.sum_squares,
+                    min: t.min,
+                    max: t.max,
+                    sketch,
+                };
+                Series::Timer(key, summary)
             }
             Some(_) => return Err(BadState("value that is not a finite number")),
         });
     }
-    let mut applied = Applied::default();
-    for d in decoded {
-        let ok = match d {
-            Decoded::Counter(k, v) => store.add_forwarded_counter(k, v),
-            Decoded::Gauge(k, g) => store.add_forwarded_gauge(k, g.value, g.delta, g.set_at_ns),
-            Decoded::Set(k, set) => store.add_forwarded_set(k, &set),
-            Decoded::Timer(k, t) => store.add_forwarded_timer(k, &t),
-        };
-        if ok {
-            applied.merged += 1;
-        } else {
-            applied.refused += 1;
+    Ok(Decoded(decoded))
+}
+
+impl Decoded<'_> {
+    /// Merges into `store` (series past `max_series` are refused and counted).
+    pub fn merge_into(self, store: &mut Store) -> Applied {
+        let mut applied = Applied::default();
+        for s in self.0 {
+            let ok = match s {
+                Series::Counter(k, v) => store.add_forwarded_counter(k, v),
+                Series::Gauge(k, g) => store.add_forwarded_gauge(k, g.value, g.delta, g.set_at_ns),
+                Series::Set(k, set) => store.add_forwarded_set(k, &set),
+                Series::Timer(k, t) => store.add_forwarded_timer(k, &t),
+            };
+            if ok {
+                applied.merged += 1;
+            } else {
+                applied.refused += 1;
+            }
         }
+        applied
     }
-    Ok(applied)
+}
+
+/// Merges a batch into `store`, all or nothing ([`decode`], then [`Decoded::merge_into`]).
+pub fn apply(store: &mut Store, batch: &proto::Batch) -> Result<Applied, BadState> {
+    Ok(decode(batch)?.merge_into(store))
 }
 
 #[cfg(test)]

@@ -55,6 +55,12 @@ impl Reason {
         Reason::ConnectionLimit,
     ];
 
+    /// True for the rate limits (`floodgate_limited_total`), as opposed to the allow-list and
+    /// the caps on open connections.
+    pub fn is_rate_limit(self) -> bool {
+        matches!(self, Reason::SourceLimit | Reason::PortLimit | Reason::ConnectionRate)
+    }
+
     /// The name used in metrics, logs and `/offenders`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -152,6 +158,7 @@ struct Shard {
     entries: Vec<Entry>,
     capacity: usize,
     hand: usize,
+    evicted: u64,
 }
 
 impl Shard {
@@ -188,6 +195,7 @@ impl Shard {
                 } else {
                     self.index.remove(&e.key);
                     *e = fresh;
+                    self.evicted += 1;
                     break i;
                 }
             }
@@ -202,12 +210,18 @@ impl Shard {
 pub struct SourceTable {
     shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::fast::RandomState,
+    capacity: usize,
 }
 
 /// Shards: enough that receive threads rarely meet, few enough that each holds many sources.
 const SHARDS: usize = 64;
 
 impl SourceTable {
+    /// Sources a table asked to track `requested` will hold: whole shards' worth.
+    pub fn capacity_for(requested: usize) -> usize {
+        requested.div_ceil(SHARDS).max(1) * SHARDS
+    }
+
     /// A table tracking at most `capacity` sources (at least one per shard).
     pub fn new(capacity: usize) -> SourceTable {
         let per_shard = capacity.div_ceil(SHARDS).max(1);
@@ -218,20 +232,26 @@ impl SourceTable {
                     entries: Vec::with_capacity(per_shard),
                     capacity: per_shard,
                     hand: 0,
+                    evicted: 0,
                 })
             })
             .collect();
-        SourceTable { shards, hasher: Default::default() }
+        SourceTable { shards, hasher: Default::default(), capacity: per_shard * SHARDS }
     }
 
     /// Sources the table can hold.
     pub fn capacity(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().capacity).sum()
+        self.capacity
     }
 
     /// Sources held now.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().entries.len()).sum()
+    }
+
+    /// Sources forgotten to make room for others, since the table was made.
+    pub fn evicted(&self) -> u64 {
+        self.shards.iter().map(|s| s.lock().evicted).sum()
     }
 
     /// True when no source is held.
@@ -396,6 +416,7 @@ mod tests {
         }
         assert!(t.len() <= t.capacity());
         assert!(t.capacity() < 1100);
+        assert_eq!(t.capacity(), SourceTable::capacity_for(1000));
     }
 
     #[test]
@@ -480,7 +501,7 @@ mod tests {
             }
             proptest::prop_assert!(t.len() <= t.capacity());
             // Without eviction a source gets at most 5; eviction can hand out fresh bursts.
-            if t.len() < t.capacity() {
+            if t.evicted() == 0 {
                 proptest::prop_assert!(allowed.values().all(|n| *n <= 5));
             }
         }

@@ -324,31 +324,24 @@ impl Store {
 
     /// Adds a counter increment forwarded by an agent; false when `max_series` refused it.
     pub fn add_forwarded_counter(&mut self, key: &[u8], value: f64) -> bool {
-        if let Some(c) = self.counters.get_mut(key) {
-            c.value += value;
-            c.total += value;
-            return true;
-        }
-        if !self.has_room() {
+        let room = self.series() < self.cfg.max_series;
+        let (dropped, changed) = (&mut self.dropped_max_series, &mut self.keys_changed);
+        let Some(c) = entry_within(&mut self.counters, key, room, dropped, changed, Default::default) else {
             return false;
-        }
-        self.counters.insert(key.into(), CounterEntry { value, total: value });
-        self.keys_changed = true;
+        };
+        c.value += value;
+        c.total += value;
         true
     }
 
     /// Applies a gauge change forwarded by an agent: a delta adds; a set replaces the value
     /// unless a later forwarded set (`set_at_ns`, Unix ns) was applied already.
     pub fn add_forwarded_gauge(&mut self, key: &[u8], value: f64, delta: bool, set_at_ns: i64) -> bool {
-        if !self.gauges.contains_key(key) {
-            if !self.has_room() {
-                return false;
-            }
-            self.gauges.insert(key.into(), GaugeEntry { value: f64::NAN, ..Default::default() });
-            self.keys_changed = true;
-        }
         let ttl = self.cfg.delete_gauges.then_some(self.cfg.gauges_max_ttl);
-        let Some(g) = self.gauges.get_mut(key) else { return false };
+        let room = self.series() < self.cfg.max_series;
+        let (dropped, changed) = (&mut self.dropped_max_series, &mut self.keys_changed);
+        let unset = || GaugeEntry { value: f64::NAN, ..Default::default() };
+        let Some(g) = entry_within(&mut self.gauges, key, room, dropped, changed, unset) else { return false };
         let current = (!g.value.is_nan()).then_some(g.value);
         if delta {
             g.value = apply_gauge_delta(current, value);
@@ -362,28 +355,20 @@ impl Store {
 
     /// Adds a set's members forwarded by an agent (a union).
     pub fn add_forwarded_set(&mut self, key: &[u8], members: &Distinct) -> bool {
-        if !self.sets.contains_key(key) {
-            if !self.has_room() {
-                return false;
-            }
-            self.sets.insert(key.into(), SetEntry::default());
-            self.keys_changed = true;
-        }
-        let Some(s) = self.sets.get_mut(key) else { return false };
+        let room = self.series() < self.cfg.max_series;
+        let (dropped, changed) = (&mut self.dropped_max_series, &mut self.keys_changed);
+        let Some(s) = entry_within(&mut self.sets, key, room, dropped, changed, Default::default) else { return false };
         s.forwarded.get_or_insert_with(Distinct::default).merge(members);
         true
     }
 
     /// Adds a timer summary forwarded by an agent.
     pub fn add_forwarded_timer(&mut self, key: &[u8], summary: &TimerSummary) -> bool {
-        if !self.timers.contains_key(key) {
-            if !self.has_room() {
-                return false;
-            }
-            self.timers.insert(key.into(), TimerEntry::default());
-            self.keys_changed = true;
-        }
-        let Some(t) = self.timers.get_mut(key) else { return false };
+        let room = self.series() < self.cfg.max_series;
+        let (dropped, changed) = (&mut self.dropped_max_series, &mut self.keys_changed);
+        let Some(t) = entry_within(&mut self.timers, key, room, dropped, changed, Default::default) else {
+            return false;
+        };
         match &mut t.forwarded {
             Some(f) => f.merge(summary),
             None => t.forwarded = Some(summary.clone()),
@@ -779,6 +764,27 @@ fn timer_stats<'a>(
         }
     }
     out
+}
+
+/// The entry of `key`, created with `new()` when `room` is left under `max_series` (setting
+/// `changed`); without room a new key is refused and counted in `dropped`.
+fn entry_within<'m, V>(
+    map: &'m mut Map<V>,
+    key: &[u8],
+    room: bool,
+    dropped: &mut u64,
+    changed: &mut bool,
+    new: impl FnOnce() -> V,
+) -> Option<&'m mut V> {
+    if !map.contains_key(key) {
+        if !room {
+            *dropped += 1;
+            return None;
+        }
+        map.insert(key.into(), new());
+        *changed = true;
+    }
+    map.get_mut(key)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

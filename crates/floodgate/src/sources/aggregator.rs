@@ -316,19 +316,26 @@ async fn agent(
     result
 }
 
-/// Merges a batch unless it is a retry. The store lock is held while the merged mark moves,
-/// so a flush sees both or neither.
+/// Merges a batch unless it is a retry. Decoding happens before any lock; the store lock is
+/// held while the merged mark moves, so a flush sees both or neither.
 fn merge(aggregator: &Aggregator, shared: &Shared, id: &SessionId, batch: &proto::Batch) -> Result<(), String> {
-    let mut store = shared.store.lock();
-    let mut sessions = aggregator.sessions.lock();
-    let Some(s) = sessions.get_mut(id) else { return Err("no session".into()) };
-    if batch.seq <= s.merged {
+    let is_retry = |sessions: &HashMap<SessionId, Session>| sessions.get(id).is_none_or(|s| batch.seq <= s.merged);
+    if is_retry(&aggregator.sessions.lock()) {
         aggregator.counters.duplicates.fetch_add(1, Relaxed);
         return Ok(());
     }
-    let applied =
-        floodgate_forward::batch::apply(&mut store, batch).map_err(|e| format!("batch {} refused: {e}", batch.seq))?;
-    s.merged = batch.seq;
+    let decoded = floodgate_forward::batch::decode(batch).map_err(|e| format!("batch {} refused: {e}", batch.seq))?;
+    let mut store = shared.store.lock();
+    let mut sessions = aggregator.sessions.lock();
+    // Checked again under the locks: another connection of the same session may have won.
+    if is_retry(&sessions) {
+        aggregator.counters.duplicates.fetch_add(1, Relaxed);
+        return Ok(());
+    }
+    let applied = decoded.merge_into(&mut store);
+    if let Some(s) = sessions.get_mut(id) {
+        s.merged = batch.seq;
+    }
     let c = &aggregator.counters;
     c.batches.fetch_add(1, Relaxed);
     c.series.fetch_add(applied.merged, Relaxed);

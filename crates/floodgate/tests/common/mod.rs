@@ -333,6 +333,11 @@ pub fn require_tool(name: &str) -> PathBuf {
     panic!("`{name}` not found: run ./scripts/test.sh, which installs the tools the tests use");
 }
 
+/// `floodgate check --config <path>`: its exit status and output.
+pub fn floodgate_check(config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_floodgate")).args(["check", "--config"]).arg(config).output().unwrap()
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()

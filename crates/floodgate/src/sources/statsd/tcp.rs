@@ -114,7 +114,8 @@ fn consume(parser: &mut Parser, block: &[u8], opts: &TcpOptions) {
             }
         }
     }
-    drop(shard);
+    // Counted before the shard is released, as in the UDP threads.
     publish(&opts.counters, lines);
     opts.counters.packets.fetch_add(1, Relaxed);
+    drop(shard);
 }

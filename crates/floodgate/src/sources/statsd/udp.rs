@@ -12,7 +12,7 @@ use floodgate_statsd::{PacketCounts, Parser};
 
 use floodgate_guard::Reason;
 
-use super::{clock, complete_lines, ingest, publish, SharedShard};
+use super::{complete_lines, ingest, publish, SharedShard};
 use crate::guard::{count_lines, Guard, ListenerGuard};
 use crate::sys::{RecvBatch, UdpReceiver};
 use crate::telemetry::ListenerCounters;
@@ -47,8 +47,6 @@ pub struct UdpWorker {
     pub max_datagram: usize,
     /// Set to stop.
     pub shutdown: Arc<AtomicBool>,
-    /// Gauge ordering epoch.
-    pub epoch: Instant,
 }
 
 impl UdpWorker {
@@ -91,16 +89,19 @@ impl UdpWorker {
             let mut lines = PacketCounts::default();
             let mut dropped = [0u64; Reason::ALL.len()];
             let policy = self.guard.policy();
+            // One clock read a batch, for the guard's limits and for ordering gauge sets.
             let now = self.guard.now_ns();
             let mut shard = self.shard.lock();
-            shard.clock = clock(self.epoch);
+            shard.clock = now;
             shard.packets += n as u64;
             for i in 0..n {
                 let (data, truncated) = batch.datagram(i);
                 bytes += data.len() as u64;
                 if let Some(source) = batch.source(i) {
-                    if let Err(reason) = self.listener.admit_datagram(&policy, source.ip(), || count_lines(data), now) {
-                        dropped[reason as usize] += count_lines(data);
+                    if let Err((reason, messages)) =
+                        self.listener.admit_datagram(&policy, source.ip(), || count_lines(data), now)
+                    {
+                        dropped[reason as usize] += messages;
                         continue;
                     }
                 }
@@ -113,8 +114,9 @@ impl UdpWorker {
                 };
                 ingest(&mut parser, &mut shard, data, &mut lines);
             }
-            drop(shard);
             drop(policy);
+            // Published before the shard is released: whoever sees this batch's values (a
+            // flush, the console) also sees its counts.
             for reason in Reason::ALL {
                 self.counters.add_dropped(reason, dropped[reason as usize]);
             }
@@ -123,6 +125,7 @@ impl UdpWorker {
             ListenerCounters::add(&self.counters.packets, n as u64);
             ListenerCounters::add(&self.counters.bytes, bytes);
             ListenerCounters::add(&self.counters.oversize, oversize);
+            drop(shard);
             if n < BATCH / 4 && drain_until.is_none() {
                 std::thread::sleep(COALESCE);
             }

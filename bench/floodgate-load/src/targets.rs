@@ -150,11 +150,13 @@ pub(crate) fn spawn_floodgate(
 ) -> Running {
     let (port, admin, http) = (free_port(), free_port(), free_port());
     let cfg = dir.join(format!("{name}.toml"));
+    // Syslog's default listeners off unless the benchmark configures them.
+    let syslog = if sections.contains("[syslog]") { "" } else { "\n[syslog]\nudp = []\ntcp = []\n" };
     std::fs::write(
         &cfg,
         format!(
             "[statsd]\nudp = [\"127.0.0.1:{port}\"]\ntcp = []\n{statsd_extra}\n\
-             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{sections}"
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{sections}{syslog}"
         ),
     )
     .unwrap();

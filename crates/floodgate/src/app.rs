@@ -19,8 +19,9 @@ use crate::config::{Config, Health};
 use crate::guard::Guard;
 use crate::sinks::graphite::{unix_now, GraphiteSink};
 use crate::sources::statsd::tcp::TcpOptions;
-use crate::sources::statsd::udp::UdpWorker;
+use crate::sources::statsd::udp::StatsdDatagrams;
 use crate::sources::statsd::SharedShard;
+use crate::sources::udp::UdpWorker;
 use crate::sys::UdpReceiver;
 use crate::telemetry::{Listener, ListenerCounters, Telemetry};
 
@@ -40,6 +41,10 @@ pub struct Shared {
     pub guard: Arc<Guard>,
     /// The StatsD TLS listeners' certificate (replaced on SIGHUP).
     pub statsd_tls: Mutex<Option<crate::tls::SharedServerConfig>>,
+    /// The syslog TLS listeners' certificates, in `[syslog] tls` order (replaced on SIGHUP).
+    pub syslog_tls: Mutex<Vec<crate::tls::SharedServerConfig>>,
+    /// Set on SIGHUP: the syslog file output reopens its file.
+    pub syslog_reopen: Mutex<Option<Arc<AtomicBool>>>,
     /// The Graphite backend's statistics (written into each payload).
     pub graphite_stats: Arc<Mutex<GraphiteStats>>,
     /// Operator health (`health up|down` on the console).
@@ -75,6 +80,8 @@ impl Shared {
             telemetry,
             guard,
             statsd_tls: Mutex::new(None),
+            syslog_tls: Mutex::new(Vec::new()),
+            syslog_reopen: Mutex::new(None),
             graphite_stats: Arc::new(Mutex::new(GraphiteStats { last_flush: started_unix, ..Default::default() })),
             health_up: AtomicBool::new(config.admin.health == Health::Up),
             ready: AtomicBool::new(false),
@@ -105,10 +112,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let s = &config.statsd;
 
     // Bind everything first: a listener that cannot bind is a start-up error.
-    let threads = match s.receive_threads {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        n => n,
-    };
+    let threads = threads_for(s.receive_threads);
     let mut udp_threads = Vec::new();
     for addr in &s.udp {
         let group = UdpReceiver::bind_group(*addr, threads, s.receive_buffer as usize, Duration::from_millis(200))
@@ -135,17 +139,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             });
             let worker = UdpWorker {
                 socket,
-                shard: shared.new_shard(),
+                handler: StatsdDatagrams::new(shared.new_shard(), counters.clone(), s.key_name_sanitize),
                 counters,
                 guard: shared.guard.clone(),
                 listener: listener.clone(),
-                sanitize: s.key_name_sanitize,
                 max_datagram: s.max_datagram as usize,
                 shutdown: shutdown.clone(),
             };
             udp_threads.push(worker);
         }
     }
+    let syslog = bind_syslog(&config, &shared, threads_for(config.syslog.receive_threads), &shutdown).await?;
     let mut tcp_listeners = Vec::new();
     for addr in &s.tcp {
         let listener = bind_tcp(*addr).with_context(|| format!("cannot bind statsd tcp {addr}"))?;
@@ -206,6 +210,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         let tls = if kind == "statsd_tls" { statsd_tls.clone() } else { None };
         tasks.push(tokio::spawn(crate::sources::statsd::tcp::serve(listener, opts, tls)));
     }
+    let syslog = syslog.map(|syslog| syslog.start(&shared, &mut handles, &mut tasks)).transpose()?;
     let mut aggregator = None;
     if let Some((listener, tls, agg)) = aggregator_listener {
         let address = listener.local_addr()?;
@@ -226,10 +231,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let mut link_tasks = Vec::new();
     let forward = match &config.forward {
         Some(f) => {
-            let client = match &f.tls {
-                Some(tls) => Some(crate::sinks::forward::client_config(tls).context("forward tls")?),
-                None => None,
-            };
             let agent_id = f.agent_id.clone().unwrap_or_else(host_name);
             let session = {
                 use std::hash::BuildHasher;
@@ -239,18 +240,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             let drain = s.flush_interval + Duration::from_secs(10);
             let mut links = Vec::new();
             for address in &f.aggregators {
-                let tls = match &client {
-                    Some(config) => {
-                        let host = f.tls.as_ref().and_then(|t| t.server_name.clone()).unwrap_or_else(|| {
-                            address
-                                .rsplit_once(':')
-                                .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string())
-                                .unwrap_or_default()
-                        });
-                        let name = rustls_pki_types::ServerName::try_from(host.clone())
-                            .with_context(|| format!("`{host}` is not a name to check a certificate against"))?;
-                        Some((config.clone(), name))
-                    }
+                let tls = match &f.tls {
+                    Some(tls) => Some(crate::sinks::tls_target(tls, address).context("forward tls")?),
                     None => None,
                 };
                 let counters = Arc::new(crate::sinks::forward::LinkCounters::default());
@@ -267,7 +258,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                 link_tasks.push(tokio::spawn(link.run(rx, drain)));
                 links.push(tx);
             }
-            tracing::info!(aggregators = ?f.aggregators, %agent_id, tls = client.is_some(), "forwarding flushes to aggregators");
+            tracing::info!(aggregators = ?f.aggregators, %agent_id, tls = f.tls.is_some(), "forwarding flushes to aggregators");
             Some((floodgate_forward::ring::Ring::new(&f.aggregators), links))
         }
         None => None,
@@ -358,6 +349,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         let _ = sweeper.join();
     })
     .await?;
+    if let Some((output, stop_connections)) = syslog {
+        // Connections stop reading and hand on what they hold; the output then empties.
+        let _ = stop_connections.send(true);
+        tracing::info!(output = %output.describe, "syslog: handing on what is held");
+        output.finish().await;
+    }
     for task in sink_tasks {
         let _ = task.await;
     }
@@ -366,6 +363,117 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn threads_for(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    }
+}
+
+/// The syslog listeners, bound, with their output open, not yet serving.
+struct SyslogBound {
+    output: crate::sinks::syslog::Output,
+    udp: Vec<UdpWorker<crate::sources::syslog::udp::SyslogDatagrams>>,
+    tcp: Vec<(&'static str, tokio::net::TcpListener, Option<crate::tls::SharedServerConfig>)>,
+}
+
+/// Binds `[syslog]`'s listeners and opens its output (nothing when no listener is set).
+async fn bind_syslog(
+    config: &Config,
+    shared: &Shared,
+    threads: usize,
+    shutdown: &Arc<AtomicBool>,
+) -> Result<Option<SyslogBound>> {
+    let y = &config.syslog;
+    if y.udp.is_empty() && y.tcp.is_empty() && y.tls.is_empty() {
+        return Ok(None);
+    }
+    let output =
+        crate::sinks::syslog::Output::start(&y.output, y.raw, Duration::from_secs(10)).context("[syslog] output")?;
+    let mut udp = Vec::new();
+    for addr in &y.udp {
+        let group = UdpReceiver::bind_group(*addr, threads, y.receive_buffer as usize, Duration::from_millis(200))
+            .with_context(|| format!("cannot bind syslog udp {addr}"))?;
+        let bound = group[0].local_addr()?;
+        let listener = shared.guard.listener("syslog_udp", bound, 0);
+        tracing::info!(address = %bound, sockets = threads, receive_buffer = group[0].granted_buffer, "syslog udp listening");
+        for socket in group {
+            let counters = Arc::new(ListenerCounters::default());
+            shared.telemetry.register(Listener {
+                kind: "syslog_udp",
+                address: bound.to_string(),
+                counters: counters.clone(),
+                receive_buffer: socket.granted_buffer,
+                udp_port: Some(bound.port()),
+            });
+            udp.push(UdpWorker {
+                socket,
+                handler: crate::sources::syslog::udp::SyslogDatagrams::new(
+                    output.encoding,
+                    output.sender.clone(),
+                    counters.clone(),
+                ),
+                counters,
+                guard: shared.guard.clone(),
+                listener: listener.clone(),
+                max_datagram: y.max_message.min(65_535) as usize,
+                shutdown: shutdown.clone(),
+            });
+        }
+    }
+    let mut tcp = Vec::new();
+    for addr in &y.tcp {
+        let listener = bind_tcp(*addr).with_context(|| format!("cannot bind syslog tcp {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, "syslog tcp listening");
+        tcp.push(("syslog_tcp", listener, None));
+    }
+    for t in &y.tls {
+        let listener = bind_tcp(t.listen).with_context(|| format!("cannot bind syslog tls {}", t.listen))?;
+        let tls = Arc::new(ArcSwap::new(
+            crate::tls::server_config(&t.tls()).with_context(|| format!("syslog tls {}", t.listen))?,
+        ));
+        tracing::info!(address = %listener.local_addr()?, mutual = t.client_ca.is_some(), "syslog tls listening");
+        shared.syslog_tls.lock().push(tls.clone());
+        tcp.push(("syslog_tls", listener, Some(tls)));
+    }
+    tracing::info!(output = %output.describe, "syslog output");
+    Ok(Some(SyslogBound { output, udp, tcp }))
+}
+
+impl SyslogBound {
+    /// Starts serving; returns the output and the switch that stops the connections.
+    fn start(
+        self,
+        shared: &Arc<Shared>,
+        threads: &mut Vec<std::thread::JoinHandle<()>>,
+        tasks: &mut Vec<JoinHandle<()>>,
+    ) -> Result<(crate::sinks::syslog::Output, tokio::sync::watch::Sender<bool>)> {
+        let y = &shared.config.read().syslog;
+        for (i, w) in self.udp.into_iter().enumerate() {
+            threads.push(w.spawn(format!("syslog-udp-{i}"))?);
+        }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        for (kind, listener, tls) in self.tcp {
+            let address = listener.local_addr()?;
+            let counters = register_tcp(shared, kind, address);
+            let opts = crate::sources::syslog::tcp::TcpOptions {
+                kind,
+                output: self.output.sender.clone(),
+                encoding: self.output.encoding,
+                counters,
+                max_message: y.max_message as usize,
+                idle_timeout: y.tcp_idle_timeout,
+                guard: shared.guard.listener(kind, address, y.tcp_max_connections),
+                shutdown: stopped.clone(),
+            };
+            tasks.push(tokio::spawn(crate::sources::syslog::tcp::serve(listener, opts, tls)));
+        }
+        *shared.syslog_reopen.lock() = Some(self.output.reopen_flag());
+        shared.telemetry.set_syslog_output(self.output.describe.clone(), self.output.counters.clone());
+        Ok((self.output, stop))
+    }
 }
 
 /// Self-metrics for a TCP (or TLS) listener.
@@ -420,6 +528,10 @@ fn reload(shared: &Shared) {
         || new.graphite.address != old.graphite.address
         || new.admin.listen != old.admin.listen
         || new.http.listen != old.http.listen
+        || new.syslog.udp != old.syslog.udp
+        || new.syslog.tcp != old.syslog.tcp
+        || new.syslog.tls.iter().map(|t| t.listen).ne(old.syslog.tls.iter().map(|t| t.listen))
+        || new.syslog.output != old.syslog.output
     {
         tracing::warn!("SIGHUP: listener or sink address changes take effect at the next restart");
     }
@@ -429,6 +541,17 @@ fn reload(shared: &Shared) {
             Ok(config) => live.store(config),
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "SIGHUP: statsd tls certificate refused; the old one stays")
+            }
+        }
+    }
+    if let Some(flag) = shared.syslog_reopen.lock().as_ref() {
+        flag.store(true, Ordering::SeqCst);
+    }
+    for (t, live) in new.syslog.tls.iter().zip(shared.syslog_tls.lock().iter()) {
+        match crate::tls::server_config(&t.tls()) {
+            Ok(config) => live.store(config),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), listen = %t.listen, "SIGHUP: syslog tls certificate refused; the old one stays")
             }
         }
     }

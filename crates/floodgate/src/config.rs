@@ -26,6 +26,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[http]`
     pub http: HttpConfig,
+    /// `[syslog]`
+    pub syslog: SyslogConfig,
     /// `[limits]`
     pub limits: LimitsConfig,
     /// `[forward]`: this agent ships its flushes to aggregators.
@@ -358,6 +360,154 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[syslog]`: listeners and where the records go.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyslogConfig {
+    /// UDP listen addresses (`[]` disables): one message per datagram.
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses: octet-counting (RFC 6587) or newline framing, per connection.
+    pub tcp: Vec<SocketAddr>,
+    /// TLS listeners, each with its certificate (and optional client CA for mutual TLS).
+    pub tls: Vec<SyslogTlsListener>,
+    /// Longest message: longer frames are skipped and counted, longer datagrams truncated and
+    /// flagged.
+    #[serde(with = "size")]
+    pub max_message: u64,
+    /// Where records go.
+    pub output: SyslogOutput,
+    /// Add each message as received (`raw`) to its record.
+    pub raw: bool,
+    /// Receive threads (and `SO_REUSEPORT` sockets) per UDP address; 0 = one per core.
+    pub receive_threads: usize,
+    /// Socket receive buffer asked of the kernel for each UDP socket.
+    #[serde(with = "size")]
+    pub receive_buffer: u64,
+    /// Open TCP/TLS connections accepted at once (per listener).
+    pub tcp_max_connections: usize,
+    /// A connection silent this long is closed; so is one that takes longer than this to
+    /// finish a message it started (a slowloris sender).
+    #[serde(with = "duration")]
+    pub tcp_idle_timeout: Duration,
+}
+
+impl Default for SyslogConfig {
+    fn default() -> Self {
+        SyslogConfig {
+            udp: vec![SocketAddr::from(([127, 0, 0, 1], 5514))],
+            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 5514))],
+            tls: Vec::new(),
+            max_message: 64 << 10,
+            output: SyslogOutput::File { path: "floodgate-syslog.jsonl".into() },
+            raw: false,
+            receive_threads: 0,
+            receive_buffer: 32 << 20,
+            tcp_max_connections: 10_000,
+            tcp_idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One syslog TLS listener: `{ listen = "127.0.0.1:6514", cert, key, client_ca }`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogTlsListener {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// PEM certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate it signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+impl SyslogTlsListener {
+    /// The certificate part.
+    pub fn tls(&self) -> crate::tls::TlsConfig {
+        crate::tls::TlsConfig { cert: self.cert.clone(), key: self.key.clone(), client_ca: self.client_ca.clone() }
+    }
+}
+
+/// Where syslog records go: `"stdout"`, `{ kind = "file", path = ... }`, or
+/// `{ kind = "forward", address = "host:port", tls = { ca = ... } }`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SyslogOutput {
+    /// JSON lines appended to a file (reopened on SIGHUP, for logrotate).
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// JSON lines on standard output.
+    Stdout,
+    /// The messages as received, re-sent with octet counting over TCP or TLS.
+    Forward(SyslogForward),
+}
+
+/// The forward output.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogForward {
+    /// `host:port` of the syslog server.
+    pub address: String,
+    /// TLS to it (`ca`, and `cert` + `key` if it wants a client certificate); absent = TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ForwardTls>,
+    /// Bytes held in memory while the server is down.
+    #[serde(default = "default_syslog_buffer", with = "size")]
+    pub buffer: u64,
+    /// A file to spill to when the memory buffer is full (absent = drop, counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spill: Option<std::path::PathBuf>,
+    /// Most bytes the spill file may hold; past it messages are dropped and counted.
+    #[serde(default = "default_syslog_spill_max", with = "size")]
+    pub spill_max: u64,
+}
+
+fn default_syslog_buffer() -> u64 {
+    64 << 20
+}
+
+fn default_syslog_spill_max() -> u64 {
+    1 << 30
+}
+
+impl<'de> Deserialize<'de> for SyslogOutput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+        enum Table {
+            File { path: std::path::PathBuf },
+            Stdout,
+            Forward(SyslogForward),
+        }
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = SyslogOutput;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"stdout\", or a table with kind = \"file\" | \"stdout\" | \"forward\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SyslogOutput, E> {
+                match v {
+                    "stdout" => Ok(SyslogOutput::Stdout),
+                    "file" => Ok(SyslogOutput::File { path: "floodgate-syslog.jsonl".into() }),
+                    _ => Err(E::custom(format!("unknown output `{v}`: \"stdout\", \"file\" or a table"))),
+                }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<SyslogOutput, A::Error> {
+                Ok(match Table::deserialize(de::value::MapAccessDeserializer::new(map))? {
+                    Table::File { path } => SyslogOutput::File { path },
+                    Table::Stdout => SyslogOutput::Stdout,
+                    Table::Forward(f) => SyslogOutput::Forward(f),
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// `[limits]`: the guard in front of every listener. A rate of 0 turns that limit off.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -469,6 +619,24 @@ impl Config {
         if s.tcp_max_connections == 0 {
             return Err(("statsd.tcp_max_connections", "must be at least 1".into()));
         }
+        let y = &self.syslog;
+        if !(480..=(64 << 20)).contains(&y.max_message) {
+            return Err(("syslog.max_message", "must be between 480 bytes (RFC 5424's minimum) and 64MiB".into()));
+        }
+        if y.tcp_max_connections == 0 {
+            return Err(("syslog.tcp_max_connections", "must be at least 1".into()));
+        }
+        if let SyslogOutput::Forward(f) = &y.output {
+            if f.address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(("syslog.output", format!("forward address `{}` is not host:port", f.address)));
+            }
+            if f.tls.as_ref().is_some_and(|t| t.cert.is_some() != t.key.is_some()) {
+                return Err(("syslog.output", "forward tls: `cert` and `key` go together".into()));
+            }
+            if f.buffer < y.max_message {
+                return Err(("syslog.output", "forward buffer must hold at least one max_message".into()));
+            }
+        }
         if let Err(e) = floodgate_guard::AllowList::parse(&self.limits.allow) {
             return Err(("limits.allow", e.to_string()));
         }
@@ -579,6 +747,8 @@ impl Config {
         let mut all: Vec<SocketAddr> = Vec::new();
         if self.limits.allow.is_empty() {
             all.extend(self.statsd.udp.iter().chain(&self.statsd.tcp).chain(&self.statsd.tls_listen));
+            all.extend(self.syslog.udp.iter().chain(&self.syslog.tcp));
+            all.extend(self.syslog.tls.iter().map(|t| &t.listen));
         }
         // The console and HTTP are not behind the guard.
         all.extend(self.admin.listen);
@@ -749,6 +919,13 @@ health = "up"
 [http]
 listen = "127.0.0.1:9318"
 
+[syslog]
+udp = ["127.0.0.1:5514"]
+tcp = ["127.0.0.1:5514"]
+tls = [{ listen = "127.0.0.1:6514", cert = "server.pem", key = "server.key", client_ca = "ca.pem" }]
+max_message = "64KiB"
+output = { kind = "file", path = "floodgate-syslog.jsonl" }
+
 [limits]
 udp_per_source = 3000
 udp_per_port = 10000
@@ -762,8 +939,29 @@ tracked_sources = 100_000
         assert_eq!(c.graphite.buffer, 64 << 20);
         assert_eq!(c.graphite_protocol(), Protocol::Pickle);
         assert_eq!(c.aggregation().percentiles, vec![90.0, -10.0, 99.9]);
+        assert_eq!(c.syslog.tls[0].listen.port(), 6514);
+        assert_eq!(c.syslog.tls[0].tls().client_ca.as_deref(), Some(Path::new("ca.pem")));
+        assert_eq!(c.syslog.max_message, 64 << 10);
         // The effective config reads back to itself.
         assert_eq!(Config::parse(&c.to_toml(), "round-trip").unwrap(), c);
+    }
+
+    #[test]
+    fn syslog_outputs() {
+        let stdout = Config::parse("[syslog]\noutput = \"stdout\"\n", "t").unwrap();
+        assert_eq!(stdout.syslog.output, SyslogOutput::Stdout);
+        let text = "[syslog]\noutput = { kind = \"forward\", address = \"127.0.0.1:514\", \
+                    tls = { ca = \"ca.pem\" }, buffer = \"1MiB\", spill = \"/var/spool/x\" }\n";
+        let forward = Config::parse(text, "t").unwrap();
+        let SyslogOutput::Forward(f) = &forward.syslog.output else { panic!("not forward") };
+        assert_eq!((f.buffer, f.spill_max), (1 << 20, 1 << 30));
+        assert_eq!(Config::parse(&forward.to_toml(), "round-trip").unwrap(), forward);
+        let err = Config::parse("[syslog]\noutput = { kind = \"forward\", adress = \"x:1\" }\n", "t.toml");
+        assert!(err.unwrap_err().0.contains("adress"));
+        let err = Config::parse("\n[syslog]\noutput = { kind = \"forward\", address = \"nope\" }\n", "t.toml");
+        assert!(err.unwrap_err().0.starts_with("t.toml:3: key `syslog.output`"));
+        let err = Config::parse("[syslog]\noutput = \"kafka\"\n", "t.toml").unwrap_err().0;
+        assert!(err.contains("t.toml:2") && err.contains("kafka"), "{err}");
     }
 
     #[test]

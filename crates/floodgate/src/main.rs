@@ -74,6 +74,14 @@ fn main() -> ExitCode {
             if let Some(tls) = config.forward.as_ref().and_then(|f| f.tls.as_ref()) {
                 tls_errors.push(("forward.tls", floodgate::sinks::forward::client_config(tls).err()));
             }
+            for t in &config.syslog.tls {
+                tls_errors.push(("syslog.tls", floodgate::tls::server_config(&t.tls()).err()));
+            }
+            if let floodgate::config::SyslogOutput::Forward(f) = &config.syslog.output {
+                if let Some(tls) = &f.tls {
+                    tls_errors.push(("syslog.output", floodgate::sinks::forward::client_config(tls).err()));
+                }
+            }
             if let Some(rw) = &config.prometheus_remote_write {
                 tls_errors
                     .push(("prometheus_remote_write", floodgate::sinks::remote_write::RemoteWriteSink::new(rw).err()));

@@ -29,6 +29,8 @@ pub struct ListenerCounters {
     pub bad_lines: AtomicU64,
     /// Datagrams longer than `max_datagram`, or TCP lines longer than `max_line_length`.
     pub oversize: AtomicU64,
+    /// Syslog frames with a bad length field, or cut by the end of the stream.
+    pub framing_errors: AtomicU64,
     /// TCP connections accepted.
     pub connections: AtomicU64,
     /// Refused by the guard, by [`Reason`] (messages for UDP, connections for TCP).
@@ -113,6 +115,7 @@ pub struct Telemetry {
     guard: Mutex<Option<Arc<Guard>>>,
     forward: Mutex<Vec<(String, Arc<crate::sinks::forward::LinkCounters>)>>,
     aggregator: Mutex<Option<Arc<crate::sources::aggregator::Aggregator>>>,
+    syslog_output: Mutex<Option<(String, Arc<crate::sinks::syslog::OutputCounters>)>>,
     /// The Graphite sink.
     pub graphite: SinkCounters,
     /// The remote-write sink.
@@ -135,6 +138,11 @@ impl Telemetry {
     /// Reports the aggregator role.
     pub fn set_aggregator(&self, aggregator: Arc<crate::sources::aggregator::Aggregator>) {
         *self.aggregator.lock() = Some(aggregator);
+    }
+
+    /// Reports the syslog output.
+    pub fn set_syslog_output(&self, describe: String, counters: Arc<crate::sinks::syslog::OutputCounters>) {
+        *self.syslog_output.lock() = Some((describe, counters));
     }
 
     /// Registers a listener (or one receive thread of it).
@@ -192,6 +200,9 @@ impl Telemetry {
             if tcp {
                 *drops.entry((l.kind, &l.address, "idle_timeout")).or_insert(0) += c.idle_closed.load(Relaxed);
             }
+            if tcp && is_syslog(l) {
+                *drops.entry((l.kind, &l.address, "framing")).or_insert(0) += c.framing_errors.load(Relaxed);
+            }
             if let Some(port) = l.udp_port {
                 kernel_ports.insert((l.kind, &l.address), port);
             }
@@ -210,6 +221,9 @@ impl Telemetry {
             render_guard(guard, out);
         }
         render_forward(&self.forward.lock(), out);
+        if let Some((describe, c)) = self.syslog_output.lock().as_ref() {
+            render_syslog_output(describe, c, out);
+        }
         if let Some(a) = self.aggregator.lock().as_ref() {
             let c = &a.counters;
             let rows: [(&str, &str, &str, &AtomicU64); 6] = [
@@ -314,6 +328,40 @@ fn render_forward(links: &[(String, Arc<crate::sinks::forward::LinkCounters>)], 
     }
 }
 
+fn render_syslog_output(describe: &str, c: &crate::sinks::syslog::OutputCounters, out: &mut String) {
+    let kind = describe.split(' ').next().unwrap_or(describe);
+    let rows: [(&str, &str, &str, &AtomicU64); 8] = [
+        (
+            "floodgate_syslog_output_messages_total",
+            "counter",
+            "Syslog records written or forwarded.",
+            &c.written_messages,
+        ),
+        ("floodgate_syslog_output_bytes_total", "counter", "Bytes written or forwarded.", &c.written_bytes),
+        ("floodgate_syslog_output_errors_total", "counter", "Failed writes, connects and lost connections.", &c.errors),
+        (
+            "floodgate_syslog_output_dropped_total",
+            "counter",
+            "Messages dropped: buffer and spill full, or held past the shutdown drain.",
+            &c.dropped_messages,
+        ),
+        ("floodgate_syslog_output_buffer_bytes", "gauge", "Bytes waiting in memory.", &c.buffer_bytes),
+        (
+            "floodgate_syslog_output_buffer_messages",
+            "gauge",
+            "Messages waiting (memory and spill).",
+            &c.buffer_messages,
+        ),
+        ("floodgate_syslog_output_spill_bytes", "gauge", "Bytes waiting in the spill file.", &c.spill_bytes),
+        ("floodgate_syslog_output_connected", "gauge", "1 while the forward output is connected.", &c.connected),
+    ];
+    for (name, kind_, help, v) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind_}");
+        let _ = writeln!(out, "{name}{{output=\"{kind}\"}} {}", v.load(Relaxed));
+    }
+}
+
 /// Offenders labelled by source: only this many, so labels stay bounded.
 const TOP_OFFENDERS: usize = 10;
 
@@ -374,7 +422,15 @@ fn is_tls(l: &Listener) -> bool {
     l.kind.ends_with("tls")
 }
 
-const PER_LISTENER: [ListenerMetric; 10] = [
+fn is_syslog(l: &Listener) -> bool {
+    l.kind.starts_with("syslog")
+}
+
+fn is_statsd(l: &Listener) -> bool {
+    !is_syslog(l)
+}
+
+const PER_LISTENER: [ListenerMetric; 13] = [
     ListenerMetric {
         name: "floodgate_received_packets_total",
         kind: "counter",
@@ -393,14 +449,35 @@ const PER_LISTENER: [ListenerMetric; 10] = [
         name: "floodgate_received_lines_total",
         kind: "counter",
         help: "Non-empty lines received.",
-        applies: any,
+        applies: is_statsd,
         value: |l| l.counters.lines.load(Relaxed),
     },
     ListenerMetric {
         name: "floodgate_bad_lines_total",
         kind: "counter",
         help: "Lines or values that could not be parsed.",
-        applies: any,
+        applies: is_statsd,
+        value: |l| l.counters.bad_lines.load(Relaxed),
+    },
+    ListenerMetric {
+        name: "floodgate_syslog_messages_total",
+        kind: "counter",
+        help: "Syslog messages received and handed to the output.",
+        applies: is_syslog,
+        value: |l| l.counters.lines.load(Relaxed),
+    },
+    ListenerMetric {
+        name: "floodgate_syslog_parsed_total",
+        kind: "counter",
+        help: "Syslog messages parsed cleanly.",
+        applies: is_syslog,
+        value: |l| l.counters.lines.load(Relaxed).saturating_sub(l.counters.bad_lines.load(Relaxed)),
+    },
+    ListenerMetric {
+        name: "floodgate_syslog_parse_errors_total",
+        kind: "counter",
+        help: "Syslog messages kept whole with parse_error set.",
+        applies: is_syslog,
         value: |l| l.counters.bad_lines.load(Relaxed),
     },
     ListenerMetric {

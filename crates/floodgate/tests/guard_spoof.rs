@@ -104,7 +104,7 @@ fn spoofed_sources_cannot_grow_memory_or_starve_a_real_sender() {
         format!(
             "[statsd]\nudp = [\"0.0.0.0:8125\"]\ntcp = []\nflush_interval = \"1h\"\n\
              [admin]\nlisten = \"{admin}\"\n[http]\nlisten = \"{http}\"\n\
-             [limits]\ntracked_sources = 10_000\n"
+             [limits]\ntracked_sources = 10_000\n[syslog]\nudp = []\ntcp = []\n"
         ),
     )
     .unwrap();

@@ -313,14 +313,16 @@ fn cli_check_help_and_version() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let cfg = dir.path().join("busy.toml");
-    std::fs::write(&cfg, format!("[statsd]\nudp = []\ntcp = [\"127.0.0.1:{port}\"]\n[admin]\n[http]\n")).unwrap();
+    std::fs::write(&cfg, format!("[statsd]\nudp = []\ntcp = [\"127.0.0.1:{port}\"]\n[admin]\n[http]\n{NO_SYSLOG}"))
+        .unwrap();
     let out = std::process::Command::new(bin).args(["run", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot bind statsd tcp 127.0.0.1:{port}")));
     // A UDP port another process holds is refused too, not silently shared via SO_REUSEPORT.
     let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    std::fs::write(&cfg, format!("[statsd]\nudp = [\"127.0.0.1:{port}\"]\ntcp = []\n[admin]\n[http]\n")).unwrap();
+    std::fs::write(&cfg, format!("[statsd]\nudp = [\"127.0.0.1:{port}\"]\ntcp = []\n[admin]\n[http]\n{NO_SYSLOG}"))
+        .unwrap();
     let out = std::process::Command::new(bin).args(["run", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot bind statsd udp 127.0.0.1:{port}")));
@@ -334,7 +336,7 @@ fn json_logs_on_request() {
     std::fs::write(
         &cfg,
         format!(
-            "[statsd]\nudp = [\"127.0.0.1:{statsd}\"]\ntcp = []\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n"
+            "[statsd]\nudp = [\"127.0.0.1:{statsd}\"]\ntcp = []\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{NO_SYSLOG}"
         ),
     )
     .unwrap();

@@ -106,8 +106,49 @@ pub fn write_json(record: &Record, received: &Received<'_>, raw: Option<&[u8]>, 
     out.push(b'\n');
 }
 
+/// Year, month, day, hour, minute, second of a Unix time (UTC, proleptic Gregorian).
+fn civil(unix_secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    // Howard Hinnant's days-to-civil; no calendar crate needed for one direction in UTC.
+    let days = unix_secs.div_euclid(86_400);
+    let secs = unix_secs.rem_euclid(86_400) as u32;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// `received_at` for a Unix time in milliseconds: RFC 3339, UTC, milliseconds
+/// (`2026-11-22T10:05:01.123Z`).
+pub fn rfc3339_millis(unix_millis: i64) -> String {
+    let (y, mo, d, h, mi, s) = civil(unix_millis.div_euclid(1000));
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z", unix_millis.rem_euclid(1000))
+}
+
+impl crate::parse::Now {
+    /// The parser's idea of the present for a Unix time (UTC).
+    pub fn at_unix(unix_secs: i64) -> crate::parse::Now {
+        let (year, month, ..) = civil(unix_secs);
+        crate::parse::Now { year: year as i32, month }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn received_at_is_rfc3339_utc() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(1_795_341_901_123), "2026-11-22T10:05:01.123Z");
+        assert_eq!(rfc3339_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        let now = crate::parse::Now::at_unix(1_795_341_901);
+        assert_eq!((now.year, now.month), (2026, 11));
+    }
+
     use super::*;
     use crate::parse::{parse, Now};
 

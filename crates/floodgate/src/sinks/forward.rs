@@ -16,9 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use floodgate_forward::frame::{self, Decoder};
 use floodgate_forward::proto::{self, frame::Kind, Frame};
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// One flush's share for an aggregator.
@@ -58,7 +56,7 @@ pub struct Link {
     /// `host:port`.
     pub address: String,
     /// TLS client configuration and the name to verify, or plain TCP.
-    pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    pub tls: Option<super::TlsTarget>,
     /// This agent's name.
     pub agent_id: String,
     /// Random per process start.
@@ -220,20 +218,7 @@ impl Link {
 
     /// Connects, says hello, and returns the stream with the aggregator's handled mark.
     async fn connect(&self) -> std::io::Result<(crate::sources::listen::Connection, u64, Decoder)> {
-        let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(&self.address))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-        let _ = tcp.set_nodelay(true);
-        let mut stream: crate::sources::listen::Connection = match &self.tls {
-            Some((config, name)) => {
-                let connector = tokio_rustls::TlsConnector::from(config.clone());
-                let tls = tokio::time::timeout(TIMEOUT, connector.connect(name.clone(), tcp))
-                    .await
-                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-                Box::new(tls)
-            }
-            None => Box::new(tcp),
-        };
+        let mut stream = super::dial(&self.address, self.tls.as_ref(), TIMEOUT).await?;
         let hello = Frame {
             kind: Some(Kind::Hello(proto::Hello {
                 version: floodgate_forward::VERSION,

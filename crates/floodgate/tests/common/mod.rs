@@ -32,11 +32,16 @@ pub fn free_port() -> u16 {
 pub const NO_LIMITS: &str =
     "[limits]\nudp_per_source = 0\nudp_per_port = 0\ntcp_connections_per_source = 0\ntcp_open_per_source = 0\n";
 
+/// Syslog's default listeners (127.0.0.1:5514) off: tests run many floodgates at once, and
+/// only the syslog tests want them (on free ports, with their own `[syslog]`).
+pub const NO_SYSLOG: &str = "[syslog]\nudp = []\ntcp = []\n";
+
 fn config_text(statsd: u16, admin: u16, http: u16, statsd_extra: &str, sections: &str) -> String {
     let limits = if sections.contains("[limits]") { "" } else { NO_LIMITS };
+    let syslog = if sections.contains("[syslog]") { "" } else { NO_SYSLOG };
     format!(
         "[statsd]\nudp = [\"127.0.0.1:{statsd}\"]\ntcp = [\"127.0.0.1:{statsd}\"]\n{statsd_extra}\n\n\
-         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n{sections}\n{limits}"
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n{sections}\n{limits}{syslog}"
     )
 }
 

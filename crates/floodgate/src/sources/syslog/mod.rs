@@ -1,0 +1,110 @@
+//! The syslog source: UDP (one message a datagram, through the shared receive loop), TCP and
+//! TLS (through the shared accept loop, framed by [`floodgate_syslog::Framer`]). Every message
+//! is parsed and encoded for the output in use ([`Encoding`]) into a [`Chunk`] per batch
+//! (a `recvmmsg` batch, or a TCP read), which goes to the output's channel.
+
+pub mod tcp;
+pub mod udp;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use floodgate_syslog::record::{rfc3339_millis, write_json, Received};
+use floodgate_syslog::{parse, Now};
+
+use crate::sinks::syslog::{Chunk, Encoding};
+
+/// Turns messages into output records, for one listener thread or connection.
+pub struct Encoder {
+    encoding: Encoding,
+    listener: &'static str,
+    transport: &'static str,
+    received_at: String,
+    now: Now,
+    source: String,
+}
+
+impl Encoder {
+    /// An encoder for a listener of kind `listener` (`syslog_udp`, ...).
+    pub fn new(encoding: Encoding, listener: &'static str, transport: &'static str) -> Encoder {
+        let mut e = Encoder {
+            encoding,
+            listener,
+            transport,
+            received_at: String::new(),
+            now: Now { year: 1970, month: 1 },
+            source: String::new(),
+        };
+        e.stamp();
+        e
+    }
+
+    /// Takes the time: the messages encoded until the next call were received now.
+    pub fn stamp(&mut self) {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        self.received_at = rfc3339_millis(ms);
+        self.now = Now::at_unix(ms.div_euclid(1000));
+    }
+
+    /// The sender of the messages that follow.
+    pub fn set_source(&mut self, source: SocketAddr) {
+        self.source.clear();
+        let _ = write!(self.source, "{source}");
+    }
+
+    /// Adds one message to `chunk`; `note` flags something the listener noticed (a truncated
+    /// datagram) as a parse error. Returns whether it parsed cleanly; empty messages are not
+    /// messages (`None`).
+    pub fn encode(&mut self, message: &[u8], note: Option<&str>, chunk: &mut Chunk) -> Option<bool> {
+        let trimmed = trim_end(message);
+        if trimmed.is_empty() {
+            return None;
+        }
+        let mut record = parse(trimmed, self.now);
+        if let Some(note) = note {
+            record.parse_error = Some(match record.parse_error.take() {
+                Some(e) => format!("{note}; {e}"),
+                None => note.to_string(),
+            });
+        }
+        let clean = record.parse_error.is_none();
+        match self.encoding {
+            Encoding::Json { raw } => {
+                let received = Received {
+                    at: &self.received_at,
+                    source: &self.source,
+                    listener: self.listener,
+                    transport: self.transport,
+                };
+                write_json(&record, &received, raw.then_some(trimmed), &mut chunk.bytes);
+            }
+            Encoding::OctetCounted => {
+                let _ = write!(Bytes(&mut chunk.bytes), "{} ", trimmed.len());
+                chunk.bytes.extend_from_slice(trimmed);
+            }
+        }
+        chunk.messages += 1;
+        Some(clean)
+    }
+}
+
+/// A message's trailing line ending or NUL is framing, not content.
+fn trim_end(mut s: &[u8]) -> &[u8] {
+    while let [rest @ .., b'\n' | b'\r' | 0] = s {
+        s = rest;
+    }
+    s
+}
+
+/// `write!` into a byte vector.
+struct Bytes<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Bytes<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}

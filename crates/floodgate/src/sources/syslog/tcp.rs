@@ -1,0 +1,126 @@
+//! Syslog over TCP and TLS (RFC 6587): octet counting or newline framing, chosen from the
+//! connection's first byte. A message longer than `max_message` is skipped and counted, the
+//! connection kept; a length field that is not a number closes the connection after every
+//! message before it has been handed on. A connection silent for `idle_timeout`, or one that
+//! takes longer than that to finish a message it started (slowloris), is closed.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use floodgate_syslog::{FrameError, Framer};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::Encoder;
+use crate::guard::ListenerGuard;
+use crate::sinks::syslog::{Chunk, Encoding};
+use crate::sources::listen::Connection;
+use crate::telemetry::ListenerCounters;
+use crate::tls::SharedServerConfig;
+
+/// Options of one syslog TCP or TLS listener.
+#[derive(Clone)]
+pub struct TcpOptions {
+    /// `syslog_tcp` or `syslog_tls`.
+    pub kind: &'static str,
+    /// Where chunks go.
+    pub output: mpsc::Sender<Chunk>,
+    /// How records are encoded.
+    pub encoding: Encoding,
+    /// Self-metrics (shared by the listener's connections).
+    pub counters: Arc<ListenerCounters>,
+    /// Longest message.
+    pub max_message: usize,
+    /// Silence, or an unfinished message, this long closes the connection.
+    pub idle_timeout: Duration,
+    /// This listener's place in the guard.
+    pub guard: Arc<ListenerGuard>,
+    /// Becomes `true` at shutdown: connections stop reading and hand on what they have.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Accepts connections until the task is aborted.
+pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedServerConfig>) {
+    let (guard, counters, kind) = (opts.guard.clone(), opts.counters.clone(), opts.kind);
+    crate::sources::listen::serve(listener, guard, counters, tls, kind, move |conn, peer| {
+        let opts = opts.clone();
+        async move { read_frames(conn, peer, opts).await }
+    })
+    .await
+}
+
+/// Reads one connection to its end (or to shutdown).
+async fn read_frames(mut conn: Connection, peer: SocketAddr, mut opts: TcpOptions) -> std::io::Result<()> {
+    let transport = if opts.kind == "syslog_tls" { "tls" } else { "tcp" };
+    let mut encoder = Encoder::new(opts.encoding, opts.kind, transport);
+    encoder.set_source(peer);
+    let mut framer = Framer::new(opts.max_message);
+    let mut buf = vec![0u8; 64 * 1024];
+    // When the message now arriving began (None between messages).
+    let mut started: Option<Instant> = None;
+    let c = opts.counters.clone();
+    loop {
+        if *opts.shutdown.borrow() {
+            return Ok(());
+        }
+        let deadline = started.unwrap_or_else(Instant::now) + opts.idle_timeout;
+        let n = tokio::select! {
+            r = tokio::time::timeout_at(deadline, conn.read(&mut buf)) => match r {
+                Ok(r) => r?,
+                Err(_) => {
+                    c.idle_closed.fetch_add(1, Relaxed);
+                    if started.is_some() {
+                        tracing::debug!(%peer, "syslog: message not finished within idle_timeout; closing");
+                    }
+                    return Ok(());
+                }
+            },
+            _ = opts.shutdown.changed() => return Ok(()),
+        };
+        ListenerCounters::add(&c.bytes, n as u64);
+        encoder.stamp();
+        let mut chunk = Chunk { bytes: Vec::with_capacity(n + n / 2 + 256), messages: 0 };
+        let mut bad = 0;
+        let mut take = |result: Result<Vec<u8>, FrameError>, chunk: &mut Chunk| match result {
+            Ok(frame) => {
+                if encoder.encode(&frame, None, chunk) == Some(false) {
+                    bad += 1;
+                }
+            }
+            Err(FrameError::TooLong { .. }) => {
+                c.oversize.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                c.framing_errors.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, error = %e, "syslog framing error");
+            }
+        };
+        if n == 0 {
+            if let Some(result) = framer.finish() {
+                take(result, &mut chunk);
+            }
+        } else {
+            framer.push(&buf[..n]);
+            while let Some(result) = framer.next_frame() {
+                take(result, &mut chunk);
+            }
+        }
+        started = match framer.pending() {
+            0 => None,
+            _ => started.or_else(|| Some(Instant::now())),
+        };
+        c.packets.fetch_add(1, Relaxed);
+        ListenerCounters::add(&c.lines, chunk.messages);
+        ListenerCounters::add(&c.bad_lines, bad);
+        if chunk.messages > 0 && opts.output.send(chunk).await.is_err() {
+            return Ok(()); // The output is gone: shutting down.
+        }
+        if n == 0 || framer.is_broken() {
+            return Ok(());
+        }
+    }
+}

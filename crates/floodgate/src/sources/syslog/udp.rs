@@ -1,0 +1,57 @@
+//! Syslog over UDP (RFC 5426): each admitted datagram is one message. A datagram longer than
+//! `max_message` is kept as far as it was read, with `parse_error` saying it was cut.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::Encoder;
+use crate::sinks::syslog::{Chunk, Encoding};
+use crate::sources::udp::{Admitted, DatagramHandler};
+use crate::telemetry::ListenerCounters;
+
+/// Flag on a datagram cut at the slot size.
+const TRUNCATED: &str = "datagram longer than max_message; truncated";
+
+/// Decodes one receive thread's datagrams into output chunks.
+pub struct SyslogDatagrams {
+    encoder: Encoder,
+    output: mpsc::Sender<Chunk>,
+    counters: Arc<ListenerCounters>,
+}
+
+impl SyslogDatagrams {
+    /// A decoder sending to `output`.
+    pub fn new(encoding: Encoding, output: mpsc::Sender<Chunk>, counters: Arc<ListenerCounters>) -> SyslogDatagrams {
+        SyslogDatagrams { encoder: Encoder::new(encoding, "syslog_udp", "udp"), output, counters }
+    }
+}
+
+impl DatagramHandler for SyslogDatagrams {
+    fn messages(_: &[u8]) -> u64 {
+        1
+    }
+
+    fn handle(&mut self, datagrams: Admitted<'_>, _now: u64, publish: &mut dyn FnMut()) {
+        self.encoder.stamp();
+        let mut chunk = Chunk { bytes: Vec::with_capacity(datagrams.received() * 512), messages: 0 };
+        let mut bad = 0;
+        for d in datagrams.iter() {
+            if let Some(source) = d.source {
+                self.encoder.set_source(source);
+            }
+            if self.encoder.encode(d.data, d.truncated.then_some(TRUNCATED), &mut chunk) == Some(false) {
+                bad += 1;
+            }
+        }
+        publish();
+        ListenerCounters::add(&self.counters.lines, chunk.messages);
+        ListenerCounters::add(&self.counters.bad_lines, bad);
+        if chunk.messages > 0 {
+            // Blocks while the output is behind: the socket buffer then fills and the kernel
+            // drops (counted as `kernel_receive_buffer`), rather than this thread dropping
+            // what it has accepted.
+            let _ = self.output.blocking_send(chunk);
+        }
+    }
+}

@@ -62,8 +62,13 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<ServerConfig>> {
         }
         None => builder.with_no_client_auth(),
     };
-    let server = builder.with_single_cert(certs, key).with_context(|| {
+    let mut server = builder.with_single_cert(certs, key).with_context(|| {
         format!("certificate {} does not match key {}", config.cert.display(), config.key.display())
     })?;
+    // No TLS 1.3 session tickets: syslog and StatsD clients only write, so tickets sent after
+    // the handshake sit unread in their sockets, and closing a socket with unread data sends
+    // an RST — which makes the kernel here discard whatever the client sent that floodgate
+    // had not read yet. (Resumption saves little for connections that live long.)
+    server.send_tls13_tickets = 0;
     Ok(Arc::new(server))
 }

@@ -188,37 +188,6 @@ fn a_garbage_frame_closes_only_its_connection() {
 }
 
 /// A CA and certificates it signs, as PEM files in `dir`.
-struct Pki {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    dir: std::path::PathBuf,
-}
-
-impl Pki {
-    fn new(dir: &std::path::Path, name: &str) -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join(format!("{name}-ca.pem")), cert.pem()).unwrap();
-        Pki { issuer: rcgen::Issuer::new(params, key), dir: dir.to_path_buf() }
-    }
-
-    /// Writes `<file>.pem` and `<file>.key` for `dns_name`; returns their paths.
-    fn issue(&self, file: &str, dns_name: &str) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(vec![dns_name.to_string()]).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, dns_name);
-        params.use_authority_key_identifier_extension = true;
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (c, k) = (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}.key")));
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c.display().to_string(), k.display().to_string())
-    }
-}
-
 /// Mutual TLS: an agent with a certificate from the aggregator's client CA is served; one
 /// whose certificate another CA signed is refused at the handshake and nothing of it counts.
 #[test]

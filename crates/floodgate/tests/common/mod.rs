@@ -445,3 +445,35 @@ impl Carbon {
 fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
+
+/// A test certificate authority writing PEM files into a directory.
+pub struct Pki {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &std::path::Path, name: &str) -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{name}-ca.pem")), cert.pem()).unwrap();
+        Pki { issuer: rcgen::Issuer::new(params, key), dir: dir.to_path_buf() }
+    }
+
+    /// Writes `<file>.pem` and `<file>.key` for `dns_name`; returns their paths.
+    pub fn issue(&self, file: &str, dns_name: &str) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec![dns_name.to_string()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, dns_name);
+        params.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    }
+}

@@ -22,6 +22,12 @@ use crate::sources::listen::Connection;
 use crate::telemetry::ListenerCounters;
 use crate::tls::SharedServerConfig;
 
+/// At shutdown, the longest a connection goes on reading what its sender already sent.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// At shutdown, a pause this long from the sender ends its connection's drain.
+const DRAIN_PAUSE: Duration = Duration::from_millis(100);
+
 /// Options of one syslog TCP or TLS listener.
 #[derive(Clone)]
 pub struct TcpOptions {
@@ -62,24 +68,39 @@ async fn read_frames(mut conn: Connection, peer: SocketAddr, mut opts: TcpOption
     let mut buf = vec![0u8; 64 * 1024];
     // When the message now arriving began (None between messages).
     let mut started: Option<Instant> = None;
+    // Shutting down: read on until the sender pauses or this deadline passes.
+    let mut draining: Option<Instant> = None;
     let c = opts.counters.clone();
     loop {
-        if *opts.shutdown.borrow() {
-            return Ok(());
+        if draining.is_none() && *opts.shutdown.borrow() {
+            draining = Some(Instant::now() + DRAIN_LIMIT);
         }
-        let deadline = started.unwrap_or_else(Instant::now) + opts.idle_timeout;
-        let n = tokio::select! {
-            r = tokio::time::timeout_at(deadline, conn.read(&mut buf)) => match r {
+        let n = if let Some(until) = draining {
+            // What the sender already wrote is in our socket buffer: take it, then stop.
+            let deadline = until.min(Instant::now() + DRAIN_PAUSE);
+            match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
                 Ok(r) => r?,
-                Err(_) => {
-                    c.idle_closed.fetch_add(1, Relaxed);
-                    if started.is_some() {
-                        tracing::debug!(%peer, "syslog: message not finished within idle_timeout; closing");
+                Err(_) => return Ok(()),
+            }
+        } else {
+            let deadline = started.unwrap_or_else(Instant::now) + opts.idle_timeout;
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, conn.read(&mut buf)) => match r {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        c.idle_closed.fetch_add(1, Relaxed);
+                        if started.is_some() {
+                            tracing::debug!(%peer, "syslog: message not finished within idle_timeout; closing");
+                        }
+                        return Ok(());
                     }
-                    return Ok(());
+                },
+                // Shutdown (or its sender gone, which is the same thing).
+                _ = opts.shutdown.changed() => {
+                    draining = Some(Instant::now() + DRAIN_LIMIT);
+                    continue;
                 }
-            },
-            _ = opts.shutdown.changed() => return Ok(()),
+            }
         };
         ListenerCounters::add(&c.bytes, n as u64);
         encoder.stamp();

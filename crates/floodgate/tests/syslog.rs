@@ -1,0 +1,682 @@
+//! Syslog end to end: real `logger` and rsyslog as clients, rsyslog as the forward target,
+//! 100,000 messages exactly once over TCP and TLS, and bad input of every kind.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// floodgate with syslog on UDP and TCP at `port` (and `extra` inside `[syslog]`), writing to
+/// `out` (a file) unless `extra` sets the output.
+fn start(port: u16, out: &Path, extra: &str, sections: &str) -> Floodgate {
+    let output = if extra.contains("output") {
+        String::new()
+    } else {
+        format!("output = {{ kind = \"file\", path = \"{}\" }}\n", out.display())
+    };
+    Floodgate::start(
+        "",
+        &format!("[syslog]\nudp = [\"127.0.0.1:{port}\"]\ntcp = [\"127.0.0.1:{port}\"]\n{output}{extra}\n{sections}"),
+    )
+}
+
+/// Every record in the output file.
+fn records(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+}
+
+/// Polls the output file until it holds at least `n` records; returns them.
+fn wait_records(path: &Path, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = records(path);
+        if r.len() >= n {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "{} records of {n} in {}", r.len(), path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `/metrics` sample (0 when absent).
+fn sample(fg: &Floodgate, name: &str, labels: &[&str]) -> f64 {
+    let (_, body) = http_get(fg.http, "/metrics").unwrap();
+    metric(&body, name, labels).unwrap_or(0.0)
+}
+
+fn wait_sample(fg: &Floodgate, name: &str, labels: &[&str], want: f64) {
+    let deadline = Instant::now() + WAIT;
+    while sample(fg, name, labels) != want {
+        assert!(Instant::now() < deadline, "{name}{labels:?} never reached {want}: {}", sample(fg, name, labels));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn logger(port: u16, args: &[&str], message: &str) {
+    let status = Command::new(require_tool("logger"))
+        .args(["-n", "127.0.0.1", "-P", &port.to_string()])
+        .args(args)
+        .arg(message)
+        .status()
+        .unwrap();
+    assert!(status.success(), "logger {args:?}");
+}
+
+fn find<'a>(records: &'a [Value], message: &str) -> &'a Value {
+    records.iter().find(|r| r["message"] == message).unwrap_or_else(|| panic!("no record `{message}` in {records:#?}"))
+}
+
+/// util-linux `logger` over UDP and TCP, RFC 5424 and RFC 3164, newline and octet-counting
+/// framing: every field it sets is in the record.
+#[test]
+fn logger_over_udp_and_tcp_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let port = free_port();
+    let fg = start(port, &out, "", "");
+    let sd = ["--sd-id", "zoo@32473", "--sd-param", "tiger=\"hungry\"", "--sd-param", "zebra=\"running\""];
+    logger(
+        port,
+        &[&["-d", "--rfc5424", "-t", "app5424", "-p", "local3.warning", "--id=4242", "--msgid", "ID47"][..], &sd]
+            .concat(),
+        "udp 5424",
+    );
+    logger(port, &["-d", "--rfc3164", "-t", "app3164", "-p", "mail.err", "--id=77"], "udp 3164");
+    logger(port, &["-T", "--rfc5424", "-t", "tcp5424", "-p", "auth.info", "--msgid", "LOGIN"], "tcp 5424");
+    logger(port, &["-T", "--rfc3164", "-t", "tcp3164", "-p", "daemon.debug"], "tcp 3164");
+    logger(
+        port,
+        &[&["-T", "--octet-count", "--rfc5424", "-t", "counted", "-p", "local7.crit"][..], &sd].concat(),
+        "octet 5424",
+    );
+    logger(port, &["-T", "--octet-count", "--rfc3164", "-t", "counted3164"], "octet 3164");
+    let r = wait_records(&out, 6);
+    assert_eq!(r.len(), 6, "{r:#?}");
+
+    let a = find(&r, "udp 5424");
+    assert_eq!((a["listener"].as_str(), a["transport"].as_str()), (Some("syslog_udp"), Some("udp")));
+    assert_eq!((a["facility"].as_str(), a["severity"].as_str()), (Some("local3"), Some("warning")));
+    assert_eq!(
+        (a["app_name"].as_str(), a["procid"].as_str(), a["msgid"].as_str()),
+        (Some("app5424"), Some("4242"), Some("ID47"))
+    );
+    assert_eq!(a["structured_data"]["zoo@32473"]["tiger"], "hungry");
+    assert_eq!(a["structured_data"]["zoo@32473"]["zebra"], "running");
+    assert!(a["timestamp"].as_str().unwrap().starts_with("20"), "{a}");
+    assert!(a["source"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(a["received_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(a["parse_error"], Value::Null);
+    let host = a["hostname"].as_str().unwrap().to_string();
+    assert!(!host.is_empty());
+
+    let b = find(&r, "udp 3164");
+    assert_eq!((b["facility"].as_str(), b["severity"].as_str()), (Some("mail"), Some("err")));
+    assert_eq!((b["app_name"].as_str(), b["procid"].as_str()), (Some("app3164"), Some("77")));
+    assert_eq!(b["hostname"].as_str(), Some(host.as_str()));
+    let c = find(&r, "tcp 5424");
+    assert_eq!(
+        (c["transport"].as_str(), c["facility"].as_str(), c["msgid"].as_str()),
+        (Some("tcp"), Some("auth"), Some("LOGIN"))
+    );
+    let d = find(&r, "tcp 3164");
+    assert_eq!((d["app_name"].as_str(), d["severity"].as_str()), (Some("tcp3164"), Some("debug")));
+    let e = find(&r, "octet 5424");
+    assert_eq!((e["app_name"].as_str(), e["severity"].as_str()), (Some("counted"), Some("crit")));
+    assert_eq!(e["structured_data"]["zoo@32473"]["tiger"], "hungry");
+    let f = find(&r, "octet 3164");
+    assert_eq!(f["app_name"].as_str(), Some("counted3164"));
+    for rec in &r {
+        assert_eq!(rec["parse_error"], Value::Null, "{rec}");
+    }
+    let tcp = ["listener=\"syslog_tcp\""];
+    assert_eq!(sample(&fg, "floodgate_syslog_messages_total", &tcp), 4.0);
+    assert_eq!(sample(&fg, "floodgate_syslog_parsed_total", &tcp), 4.0);
+    assert_eq!(sample(&fg, "floodgate_syslog_messages_total", &["listener=\"syslog_udp\""]), 2.0);
+    assert_eq!(sample(&fg, "floodgate_syslog_output_messages_total", &[]), 6.0);
+}
+
+/// A TLS client for the test CA.
+fn tls_client(ca: &str, cert: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    Arc::new(match cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect(),
+                rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    })
+}
+
+/// `count` octet-counted messages `<tag>-<i>` in one buffer.
+fn numbered(tag: &str, count: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..count {
+        let msg = format!("<134>1 2026-11-22T10:00:00Z host app 1 - - {tag}-{i}");
+        write!(out, "{} {msg}", msg.len()).unwrap();
+    }
+    out
+}
+
+/// Every `<tag>-<i>` for i < count appears exactly once.
+fn assert_exactly_once(records: &[Value], tag: &str, count: usize) {
+    let mut seen = vec![0u32; count];
+    let prefix = format!("{tag}-");
+    for r in records {
+        if let Some(i) = r["message"].as_str().and_then(|m| m.strip_prefix(&prefix)) {
+            seen[i.parse::<usize>().unwrap()] += 1;
+        }
+    }
+    let missing = seen.iter().filter(|n| **n == 0).count();
+    let doubled = seen.iter().filter(|n| **n > 1).count();
+    assert_eq!((missing, doubled), (0, 0), "{tag}: {missing} missing, {doubled} more than once");
+}
+
+/// 100,000 messages over TCP and 100,000 over mutual TLS: each in the output exactly once.
+#[test]
+fn hundred_thousand_messages_exactly_once_over_tcp_and_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "syslog");
+    let (cert, key) = pki.issue("server", "syslog.test");
+    let (ccert, ckey) = pki.issue("client", "client.test");
+    let ca = dir.path().join("syslog-ca.pem").display().to_string();
+    let out = dir.path().join("out.jsonl");
+    let (port, tls_port) = (free_port(), free_port());
+    let fg = start(
+        port,
+        &out,
+        &format!("tls = [{{ listen = \"127.0.0.1:{tls_port}\", cert = \"{cert}\", key = \"{key}\", client_ca = \"{ca}\" }}]\n"),
+        "",
+    );
+    const N: usize = 100_000;
+    let tcp = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        for piece in numbered("tcp", N).chunks(7919) {
+            s.write_all(piece).unwrap();
+        }
+    });
+    let client = tls_client(&ca, Some((&ccert, &ckey)));
+    let tls = std::thread::spawn(move || {
+        let tcp = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+        let conn = rustls::ClientConnection::new(client, "syslog.test".try_into().unwrap()).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        for piece in numbered("tls", N).chunks(7919) {
+            s.write_all(piece).unwrap();
+        }
+        s.flush().unwrap();
+        s.conn.send_close_notify();
+        let _ = s.flush();
+    });
+    tcp.join().unwrap();
+    tls.join().unwrap();
+    let r = wait_records(&out, 2 * N);
+    assert_eq!(r.len(), 2 * N);
+    assert_exactly_once(&r, "tcp", N);
+    assert_exactly_once(&r, "tls", N);
+    assert!(r.iter().any(|x| x["transport"] == "tls" && x["listener"] == "syslog_tls"));
+    assert_eq!(sample(&fg, "floodgate_syslog_messages_total", &["listener=\"syslog_tls\""]), N as f64);
+    assert_eq!(sample(&fg, "floodgate_tls_handshake_failures_total", &["listener=\"syslog_tls\""]), 0.0);
+}
+
+/// SIGTERM right after a sender finished: everything it sent is in the file before exit.
+#[test]
+fn sigterm_hands_on_everything_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let port = free_port();
+    let mut fg = start(port, &out, "", "");
+    const N: usize = 20_000;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&numbered("term", N)).unwrap();
+    drop(s);
+    assert_eq!(fg.terminate(), Some(0));
+    let r = records(&out);
+    assert_eq!(r.len(), N);
+    assert_exactly_once(&r, "term", N);
+}
+
+/// A running rsyslogd with its own config, work directory and pid file.
+struct Rsyslog {
+    child: Child,
+    dir: PathBuf,
+    conf: PathBuf,
+}
+
+impl Rsyslog {
+    /// Starts rsyslogd on `body` (module loads, inputs, actions); waits until `port` accepts
+    /// when given.
+    fn start(dir: &Path, name: &str, body: &str, port: Option<u16>) -> Rsyslog {
+        let work = dir.join(format!("{name}-work"));
+        std::fs::create_dir_all(&work).unwrap();
+        let conf = dir.join(format!("{name}.conf"));
+        std::fs::write(&conf, format!("global(workDirectory=\"{}\")\n{body}", work.display())).unwrap();
+        let mut r = Rsyslog { child: Self::spawn(dir, name, &conf), dir: dir.to_path_buf(), conf };
+        if let Some(port) = port {
+            r.wait_port(port);
+        }
+        r
+    }
+
+    fn spawn(dir: &Path, name: &str, conf: &Path) -> Child {
+        Command::new(require_tool("rsyslogd"))
+            .args(["-n", "-f"])
+            .arg(conf)
+            .arg("-i")
+            .arg(dir.join(format!("{name}.pid")))
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap(),
+            )
+            .spawn()
+            .expect("start rsyslogd")
+    }
+
+    fn wait_port(&mut self, port: u16) {
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("rsyslogd exited with {status}; config {}", self.conf.display());
+            }
+            assert!(Instant::now() < deadline, "rsyslogd never listened on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self, name: &str, port: u16) {
+        self.child = Self::spawn(&self.dir, name, &self.conf);
+        self.wait_port(port);
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines of a file (empty when it does not exist yet).
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+fn wait_lines(path: &Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let l = lines(path);
+        if l.len() >= n {
+            return l;
+        }
+        assert!(Instant::now() < deadline, "{} lines of {n} in {}", l.len(), path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// rsyslog (Debian, rsyslog-gnutls) relays `logger` messages to floodgate over TLS: with a
+/// client certificate to a listener that requires one, and without one to a listener that
+/// does not.
+#[test]
+fn rsyslog_forwards_to_floodgate_over_tls_with_and_without_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "syslog");
+    let (cert, key) = pki.issue("server", "syslog.test");
+    let (ccert, ckey) = pki.issue("client", "relay.test");
+    let ca = dir.path().join("syslog-ca.pem").display().to_string();
+    let out = dir.path().join("out.jsonl");
+    let (port, mutual, plain_tls) = (free_port(), free_port(), free_port());
+    let fg = start(
+        port,
+        &out,
+        &format!(
+            "tls = [{{ listen = \"127.0.0.1:{mutual}\", cert = \"{cert}\", key = \"{key}\", client_ca = \"{ca}\" }}, \
+             {{ listen = \"127.0.0.1:{plain_tls}\", cert = \"{cert}\", key = \"{key}\" }}]\n"
+        ),
+        "",
+    );
+    let relay = |name: &str, to: u16, client: Option<(&str, &str)>| {
+        let input = free_port();
+        let files = match client {
+            Some((c, k)) => format!(
+                "DefaultNetstreamDriverCAFile=\"{ca}\" DefaultNetstreamDriverCertFile=\"{c}\" DefaultNetstreamDriverKeyFile=\"{k}\""
+            ),
+            None => format!("DefaultNetstreamDriverCAFile=\"{ca}\""),
+        };
+        let body = format!(
+            "global({files})\n\
+             module(load=\"imtcp\")\n\
+             input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{input}\")\n\
+             action(type=\"omfwd\" target=\"127.0.0.1\" port=\"{to}\" protocol=\"tcp\" TCP_Framing=\"octet-counted\" \
+                    StreamDriver=\"gtls\" StreamDriverMode=\"1\" StreamDriverAuthMode=\"x509/name\" \
+                    StreamDriverPermittedPeers=\"syslog.test\")\n"
+        );
+        (Rsyslog::start(dir.path(), name, &body, Some(input)), input)
+    };
+    let (_with_cert, in1) = relay("relay-mutual", mutual, Some((&ccert, &ckey)));
+    let (_without, in2) = relay("relay-anon", plain_tls, None);
+    let (_refused, in3) = relay("relay-refused", mutual, None);
+    logger(in3, &["-T", "--rfc3164", "-t", "relayed"], "no-cert-to-mutual");
+    for i in 0..5 {
+        logger(in1, &["-T", "--rfc3164", "-t", "relayed"], &format!("with-cert-{i}"));
+        logger(in2, &["-T", "--rfc3164", "-t", "relayed"], &format!("no-cert-{i}"));
+    }
+    let r = wait_records(&out, 10);
+    for i in 0..5 {
+        for m in [format!("with-cert-{i}"), format!("no-cert-{i}")] {
+            let rec = find(&r, &m);
+            assert_eq!((rec["transport"].as_str(), rec["app_name"].as_str()), (Some("tls"), Some("relayed")), "{rec}");
+        }
+    }
+    // The relay without a certificate is refused at the handshake by the mutual listener.
+    let mutual_label = format!("address=\"127.0.0.1:{mutual}\"");
+    let deadline = Instant::now() + WAIT;
+    while sample(&fg, "floodgate_tls_handshake_failures_total", &[&mutual_label]) < 1.0 {
+        assert!(Instant::now() < deadline, "rsyslog without a certificate was never refused");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sample(&fg, "floodgate_syslog_messages_total", &[&mutual_label]), 5.0);
+    assert!(!records(&out).iter().any(|r| r["message"] == "no-cert-to-mutual"));
+}
+
+/// The forward output over TLS to rsyslog's gtls listener.
+#[test]
+fn forward_output_over_tls_to_rsyslog() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "syslog");
+    let (cert, key) = pki.issue("rsyslog", "central.test");
+    let ca = dir.path().join("syslog-ca.pem").display().to_string();
+    let target_port = free_port();
+    let file = dir.path().join("rsyslog-out.log");
+    let body = format!(
+        "global(DefaultNetstreamDriverCAFile=\"{ca}\" DefaultNetstreamDriverCertFile=\"{cert}\" \
+                DefaultNetstreamDriverKeyFile=\"{key}\")\n\
+         module(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" StreamDriver.AuthMode=\"anon\")\n\
+         input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{target_port}\")\n\
+         template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
+         action(type=\"omfile\" file=\"{}\" template=\"raw\")\n",
+        file.display()
+    );
+    let _rsyslog = Rsyslog::start(dir.path(), "tls-target", &body, Some(target_port));
+    let port = free_port();
+    let fg = start(
+        port,
+        Path::new("unused"),
+        &format!(
+            "output = {{ kind = \"forward\", address = \"127.0.0.1:{target_port}\", \
+             tls = {{ ca = \"{ca}\", server_name = \"central.test\" }} }}\n"
+        ),
+        "",
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let line = |i: usize| format!("<165>1 2026-11-22T10:00:00Z host app - - [x@1 k=\"v\"] over tls {i}");
+    for i in 0..500 {
+        let m = line(i);
+        write!(s, "{} {m}", m.len()).unwrap();
+    }
+    let got = wait_lines(&file, 500);
+    assert_eq!(got.len(), 500);
+    for (i, got) in got.iter().enumerate() {
+        assert_eq!(got, &line(i));
+    }
+    assert_eq!(sample(&fg, "floodgate_syslog_output_connected", &[]), 1.0);
+}
+
+/// The forward output re-sends to a real rsyslog (imtcp → file) message by message; rsyslog
+/// stopped for 10 s and started again still gets every message, in order.
+#[test]
+fn forward_output_reaches_rsyslog_through_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let target_port = free_port();
+    let file = dir.path().join("rsyslog-out.log");
+    let body = format!(
+        "module(load=\"imtcp\")\n\
+         input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{target_port}\")\n\
+         template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
+         action(type=\"omfile\" file=\"{}\" template=\"raw\")\n",
+        file.display()
+    );
+    let mut rsyslog = Rsyslog::start(dir.path(), "target", &body, Some(target_port));
+    let port = free_port();
+    let spill = dir.path().join("spill");
+    let fg = start(
+        port,
+        Path::new("unused"),
+        &format!(
+            "output = {{ kind = \"forward\", address = \"127.0.0.1:{target_port}\", buffer = \"64KiB\", spill = \"{}\" }}\n",
+            spill.display()
+        ),
+        "",
+    );
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let send = |from: usize, to: usize| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        for i in from..to {
+            // Newline framing in; floodgate re-frames with octet counts.
+            writeln!(s, "<13>Nov 22 10:00:00 host app[1]: message {i} with \"quotes\" and \\ slashes").unwrap();
+        }
+        // One over UDP as well.
+        sender
+            .send_to(format!("<13>Nov 22 10:00:00 host app[1]: udp after {to}").as_bytes(), ("127.0.0.1", port))
+            .unwrap();
+    };
+    send(0, 1000);
+    wait_lines(&file, 1001);
+    rsyslog.stop();
+    // While it is down: enough to overflow the 64 KiB memory buffer into the spill file.
+    send(1000, 3000);
+    wait_sample(&fg, "floodgate_syslog_output_buffer_messages", &[], 2001.0);
+    assert!(sample(&fg, "floodgate_syslog_output_spill_bytes", &[]) > 0.0, "nothing spilled");
+    std::thread::sleep(Duration::from_secs(10));
+    rsyslog.restart("target", target_port);
+    send(3000, 4000);
+    let got = wait_lines(&file, 4003);
+    let want: Vec<String> = (0..4000)
+        .map(|i| format!("<13>Nov 22 10:00:00 host app[1]: message {i} with \"quotes\" and \\ slashes"))
+        .collect();
+    let tcp_lines: Vec<&String> = got.iter().filter(|l| l.contains(": message ")).collect();
+    assert_eq!(tcp_lines.len(), 4000, "duplicates or losses");
+    for (g, w) in tcp_lines.iter().zip(&want) {
+        assert_eq!(*g, w);
+    }
+    for to in [1000, 3000, 4000] {
+        assert_eq!(got.iter().filter(|l| l.ends_with(&format!("udp after {to}"))).count(), 1);
+    }
+    assert_eq!(sample(&fg, "floodgate_syslog_output_dropped_total", &[]), 0.0);
+    assert!(sample(&fg, "floodgate_syslog_output_errors_total", &[]) > 0.0);
+}
+
+/// Bad input over TCP: random bytes are kept with `parse_error`; a lying octet count closes
+/// only that connection after the frames before it; a 10 MB frame is skipped and counted and
+/// the next frame still arrives; garbage instead of a ClientHello is a counted handshake
+/// failure; an idle connection and a slowloris sender are closed.
+#[test]
+fn bad_input_is_kept_counted_or_closed_never_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "syslog");
+    let (cert, key) = pki.issue("server", "syslog.test");
+    let out = dir.path().join("out.jsonl");
+    let (port, tls_port) = (free_port(), free_port());
+    let fg = start(
+        port,
+        &out,
+        &format!(
+            "tcp_idle_timeout = \"1s\"\nmax_message = \"4KiB\"\n\
+             tls = [{{ listen = \"127.0.0.1:{tls_port}\", cert = \"{cert}\", key = \"{key}\" }}]\n"
+        ),
+        "",
+    );
+    let tcp = ["listener=\"syslog_tcp\""];
+    // Random bytes, newline framed (first byte not a digit): kept whole, flagged.
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = vec![b'x'];
+    for _ in 0..3000 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // Any byte but the two that end a newline-framed message: one message of noise.
+        noise.push(match (rng >> 24) as u8 {
+            b'\n' | 0 => b'.',
+            b => b,
+        });
+    }
+    noise.push(b'\n');
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&noise).unwrap();
+    s.write_all(b"<999>not a pri\nno pri at all, just text\n").unwrap();
+    drop(s);
+    // A lying count: "12x" is not a length; the frame before it still arrives.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"10 before-lie12x <13>after-lie").unwrap();
+    let mut buf = [0u8; 1];
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "the connection is closed after a bad length");
+    // A 10 MB frame announced and sent: skipped; the next frame on the same connection arrives.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let big = 10 << 20;
+    write!(s, "{big} ").unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..10 {
+        s.write_all(&chunk).unwrap();
+    }
+    s.write_all(b"10 after-big!").unwrap();
+    // A count cut by the end of the stream.
+    s.write_all(b"50 cut short").unwrap();
+    drop(s);
+    let r = wait_records(&out, 5);
+    // Noise without a PRI reads as a bare RFC 3164 message: kept whole (invalid UTF-8 replaced).
+    let noise_record = r.iter().find(|x| x["message"].as_str().is_some_and(|m| m.starts_with('x'))).unwrap();
+    assert!(noise_record["message"].as_str().unwrap().chars().count() >= 2000);
+    assert!(find(&r, "<999>not a pri")["parse_error"].is_string());
+    assert_eq!(find(&r, "no pri at all, just text")["facility"], Value::Null);
+    find(&r, "before-lie");
+    find(&r, "after-big!");
+    assert!(!r.iter().any(|x| x["message"].as_str().is_some_and(|m| m.contains("after-lie"))));
+    wait_sample(&fg, "floodgate_dropped_total", &[tcp[0], "reason=\"oversize\""], 1.0);
+    wait_sample(&fg, "floodgate_dropped_total", &[tcp[0], "reason=\"framing\""], 2.0);
+    assert_eq!(sample(&fg, "floodgate_syslog_parse_errors_total", &tcp), 1.0);
+    assert_eq!(sample(&fg, "floodgate_syslog_messages_total", &tcp), 5.0);
+
+    // Garbage instead of a ClientHello.
+    let mut g = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    g.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    g.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = g.read(&mut [0u8; 64]);
+    wait_sample(&fg, "floodgate_tls_handshake_failures_total", &["listener=\"syslog_tls\""], 1.0);
+
+    // Idle: connects, never sends; closed after tcp_idle_timeout.
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let started = Instant::now();
+    assert_eq!(idle.read(&mut buf).unwrap_or(0), 0);
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed before the idle timeout");
+    // Slowloris: a byte every 200 ms of a message that never ends; closed after about 1 s even
+    // though bytes keep coming.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let started = Instant::now();
+    let closed = loop {
+        if slow.write_all(b"z").is_err() {
+            break true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if started.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+    };
+    assert!(closed, "a slowloris sender was never closed");
+    wait_sample(&fg, "floodgate_dropped_total", &[tcp[0], "reason=\"idle_timeout\""], 2.0);
+    // Still serving.
+    logger(port, &["-T", "--rfc3164"], "still alive");
+    let r = wait_records(&out, 6);
+    find(&r, "still alive");
+}
+
+/// UDP: random bytes are kept (flagged), a datagram over max_message is truncated and flagged,
+/// and the guard's per-source limit applies to syslog as to StatsD (dropped ones counted).
+#[test]
+fn udp_bad_datagrams_and_the_guard() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let port = free_port();
+    let fg = start(
+        port,
+        &out,
+        "max_message = \"1KiB\"\n",
+        "[limits]\nudp_per_source = 100\nudp_per_port = 0\nburst = \"1s\"\n",
+    );
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.send_to(&[0xff, 0xfe, b'<', b'1', 0, 0x80, b'\n'], ("127.0.0.1", port)).unwrap();
+    let mut long = b"<14>Nov 22 10:00:00 host app: ".to_vec();
+    long.resize(3000, b'L');
+    s.send_to(&long, ("127.0.0.1", port)).unwrap();
+    let r = wait_records(&out, 2);
+    assert!(r.iter().any(|x| x["message"].as_str().is_some_and(|m| m.contains('\u{fffd}'))), "{r:#?}");
+    let cut = r.iter().find(|x| x["app_name"] == "app").expect("the long datagram");
+    assert!(cut["parse_error"].as_str().unwrap().contains("truncated"));
+    assert!(cut["message"].as_str().unwrap().len() < 1024);
+    // 1,000 datagrams at once from one source: about the burst (100) is admitted.
+    for i in 0..1000 {
+        s.send_to(format!("<14>flood {i}").as_bytes(), ("127.0.0.1", port)).unwrap();
+    }
+    let udp = "listener=\"syslog_udp\"";
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = http_get(fg.http, "/metrics").unwrap();
+        let packets = metric(&body, "floodgate_received_packets_total", &[udp]).unwrap_or(0.0);
+        if packets >= 1002.0 {
+            let limited = metric(&body, "floodgate_dropped_total", &[udp, "reason=\"source_limit\""]).unwrap();
+            let messages = metric(&body, "floodgate_syslog_messages_total", &[udp]).unwrap();
+            assert_eq!(messages + limited, 1002.0);
+            assert!((98.0..=250.0).contains(&messages), "{messages} admitted");
+            break;
+        }
+        assert!(Instant::now() < deadline, "datagrams never all received");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// logrotate: the file is renamed, SIGHUP, and new records go to a new file at the old path.
+#[test]
+fn sighup_reopens_the_output_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let port = free_port();
+    let fg = start(port, &out, "", "");
+    logger(port, &["-T"], "before rotation");
+    wait_records(&out, 1);
+    let rotated = dir.path().join("out.jsonl.1");
+    std::fs::rename(&out, &rotated).unwrap();
+    Command::new("kill").arg("-HUP").arg(fg.child.id().to_string()).status().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !fg.stderr().contains("config reloaded") {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    logger(port, &["-T"], "after rotation");
+    let r = wait_records(&out, 1);
+    assert_eq!(r[0]["message"], "after rotation");
+    let old = records(&rotated);
+    assert_eq!((old.len(), old[0]["message"].as_str()), (1, Some("before rotation")));
+}

@@ -33,7 +33,7 @@ fn start(opts: &BenchOptions, dir: &Path, name: &str, body: &str) -> Running {
 }
 
 /// A CA-signed certificate for `aggregator.bench`: (CA PEM path, cert path, key path).
-fn certificates(dir: &Path) -> (String, String, String) {
+pub(crate) fn certificates(dir: &Path) -> (String, String, String) {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca_key = rcgen::KeyPair::generate().unwrap();

@@ -14,6 +14,7 @@ mod carbon;
 mod forward;
 mod sender;
 mod spoof;
+mod syslog;
 mod targets;
 
 use std::path::PathBuf;
@@ -84,11 +85,12 @@ enum Command {
         /// Which parts: sink, floodgate, etsy, headroom (two senders), memory, cpu, guard (its
         /// cost and drop path), sources (memory with 1M spoofed sources; root, netns),
         /// aggregator (merge rate from 10 agents over TLS), forward (3 agents → aggregator →
-        /// Carbon stand-in at 1M metrics/s).
+        /// Carbon stand-in at 1M metrics/s), syslog (TCP/TLS against rsyslog, UDP against the
+        /// raw sink).
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward"
+            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog"
         )]
         only: Vec<String>,
         /// Lines per datagram to measure.

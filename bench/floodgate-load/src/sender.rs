@@ -141,18 +141,33 @@ pub fn pool(load: &Load) -> Vec<Datagram> {
 /// Sends for `duration` from `load.threads` threads; `label` prefixes the progress line.
 pub fn send(target: SocketAddr, load: &Load, duration: Duration, label: &str) -> Sent {
     let pool = pool(load);
-    let threads = load.threads.max(1);
-    let sources = load.sources.max(threads);
+    send_pool(target, &pool, load.lines as u64, load.rate, load.threads, load.sources, duration, label)
+}
+
+/// Sends datagrams from `pool` in turn (each holding `lines_each` lines) at `rate` lines/s
+/// (0 = as fast as the kernel takes them) from `threads` threads and `sources` addresses.
+#[allow(clippy::too_many_arguments)]
+pub fn send_pool(
+    target: SocketAddr,
+    pool: &[Datagram],
+    lines_each: u64,
+    rate: u64,
+    threads: usize,
+    sources: usize,
+    duration: Duration,
+    label: &str,
+) -> Sent {
+    let threads = threads.max(1);
+    let sources = sources.max(threads);
     let total_lines = AtomicU64::new(0);
     let results: Vec<Sent> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|i| {
-                let (pool, total_lines) = (&pool, &total_lines);
-                let rate = load.rate / threads as u64;
+                let total_lines = &total_lines;
+                let rate = rate / threads as u64;
                 let show = (i == 0).then_some(label);
                 let mine: Vec<usize> = (i..sources).step_by(threads).collect();
-                scope
-                    .spawn(move || send_from(target, pool, load.lines as u64, rate, &mine, duration, show, total_lines))
+                scope.spawn(move || send_from(target, pool, lines_each, rate, &mine, duration, show, total_lines))
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("sender thread")).collect()

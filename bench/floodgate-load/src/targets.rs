@@ -385,6 +385,9 @@ pub fn bench(opts: &BenchOptions) {
     if want("forward") {
         crate::forward::end_to_end(opts);
     }
+    if want("syslog") {
+        crate::syslog::syslog(opts);
+    }
     if want("memory") {
         memory(opts);
     }

@@ -114,7 +114,7 @@ impl Framer {
     }
 
     /// The next message, an error, or `None` when more bytes are needed.
-    pub fn next_frame(&mut self) -> Option<Result<Vec<u8>, FrameError>> {
+    pub fn next_frame(&mut self) -> Option<Result<&[u8], FrameError>> {
         if self.broken || self.pos >= self.buf.len() {
             return None;
         }
@@ -128,7 +128,7 @@ impl Framer {
         }
     }
 
-    fn next_counted(&mut self) -> Option<Result<Vec<u8>, FrameError>> {
+    fn next_counted(&mut self) -> Option<Result<&[u8], FrameError>> {
         if self.skip > 0 {
             return None;
         }
@@ -159,10 +159,10 @@ impl Framer {
             return None;
         }
         self.pos = body + length;
-        Some(Ok(self.buf[body..body + length].to_vec()))
+        Some(Ok(&self.buf[body..body + length]))
     }
 
-    fn next_line(&mut self) -> Option<Result<Vec<u8>, FrameError>> {
+    fn next_line(&mut self) -> Option<Result<&[u8], FrameError>> {
         // A loop, not recursion: a stream of empty lines must not grow the stack.
         loop {
             let rest = &self.buf[self.pos..];
@@ -183,15 +183,15 @@ impl Framer {
                 self.skip = 0; // The end of the oversize line.
                 continue;
             }
-            let mut line = &self.buf[start..start + end];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
+            let mut len = end;
+            if len > 0 && self.buf[start + len - 1] == b'\r' {
+                len -= 1;
             }
-            if line.len() > self.max {
-                return Some(Err(FrameError::TooLong { length: line.len() }));
+            if len > self.max {
+                return Some(Err(FrameError::TooLong { length: len }));
             }
-            if !line.is_empty() {
-                return Some(Ok(line.to_vec()));
+            if len > 0 {
+                return Some(Ok(&self.buf[start..start + len]));
             }
             // Blank lines between messages are not messages.
         }
@@ -199,7 +199,7 @@ impl Framer {
 
     /// The stream ended: a last newline-framed message without its terminator, or the
     /// error of a cut octet-counted one.
-    pub fn finish(&mut self) -> Option<Result<Vec<u8>, FrameError>> {
+    pub fn finish(&mut self) -> Option<Result<&[u8], FrameError>> {
         if self.broken {
             return None;
         }
@@ -209,9 +209,10 @@ impl Framer {
             Some(Framing::OctetCounting) if self.skip > 0 => None,
             _ if rest.is_empty() => None,
             Some(Framing::NonTransparent) => {
-                let line = rest.strip_suffix(b"\r").unwrap_or(rest).to_vec();
+                let start = self.pos;
+                let len = rest.strip_suffix(b"\r").unwrap_or(rest).len();
                 self.pos = self.buf.len();
-                (!line.is_empty() && line.len() <= self.max).then_some(Ok(line))
+                (len > 0 && len <= self.max).then_some(Ok(&self.buf[start..start + len]))
             }
             Some(Framing::OctetCounting) | None => {
                 let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -234,10 +235,10 @@ mod tests {
         for piece in input.chunks(chunk.max(1)) {
             f.push(piece);
             while let Some(r) = f.next_frame() {
-                out.push(r);
+                out.push(r.map(<[u8]>::to_vec));
             }
         }
-        out.extend(f.finish());
+        out.extend(f.finish().map(|r| r.map(<[u8]>::to_vec)));
         out
     }
 
@@ -294,23 +295,26 @@ mod tests {
         f.push(b"<1>a\n");
         f.push(&vec![b'\n'; 10 << 20]);
         f.push(b"<1>b\n");
-        assert_eq!(f.next_frame(), Some(ok("<1>a")));
-        assert_eq!(f.next_frame(), Some(ok("<1>b")));
-        assert_eq!(f.next_frame(), None);
+        assert_eq!(f.next_frame().map(|r| r.map(<[u8]>::to_vec)), Some(ok("<1>a")));
+        assert_eq!(f.next_frame().map(|r| r.map(<[u8]>::to_vec)), Some(ok("<1>b")));
+        assert_eq!(f.next_frame().map(|r| r.map(<[u8]>::to_vec)), None);
     }
 
     #[test]
     fn a_huge_announced_length_is_skipped_without_buffering() {
         let mut f = Framer::new(1024);
         f.push(b"10000000 ");
-        assert_eq!(f.next_frame(), Some(Err(FrameError::TooLong { length: 10_000_000 })));
+        assert_eq!(
+            f.next_frame().map(|r| r.map(<[u8]>::to_vec)),
+            Some(Err(FrameError::TooLong { length: 10_000_000 }))
+        );
         for _ in 0..1000 {
             f.push(&[b'z'; 10_000]);
-            assert_eq!(f.next_frame(), None);
+            assert_eq!(f.next_frame().map(|r| r.map(<[u8]>::to_vec)), None);
         }
         assert_eq!(f.pending(), 0, "skipped bytes are not held");
         f.push(b"2 hi");
-        assert_eq!(f.next_frame(), Some(ok("hi")));
+        assert_eq!(f.next_frame().map(|r| r.map(<[u8]>::to_vec)), Some(ok("hi")));
     }
 
     proptest::proptest! {

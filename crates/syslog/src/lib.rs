@@ -30,7 +30,7 @@ pub fn exercise(data: &[u8]) {
             while let Some(frame) = f.next_frame() {
                 if let Ok(frame) = frame {
                     assert!(frame.len() <= 512, "a frame over the bound");
-                    let _ = parse(&frame, now);
+                    let _ = parse(frame, now);
                 }
             }
         }

@@ -19,18 +19,25 @@ pub enum Format {
     Rfc3164,
 }
 
+use std::borrow::Cow;
+
+/// A text field: borrowed from the input when it is valid UTF-8 as it stands (the common
+/// case, and no allocation), owned when bytes had to be replaced or unescaped.
+pub type Text<'a> = Cow<'a, str>;
+
 /// One structured-data element: `[id name="value" ...]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SdElement {
+pub struct SdElement<'a> {
     /// SD-ID.
-    pub id: String,
+    pub id: Text<'a>,
     /// Parameters, in order, unescaped.
-    pub params: Vec<(String, String)>,
+    pub params: Vec<(Text<'a>, Text<'a>)>,
 }
 
-/// A parsed message. Text fields are UTF-8 (invalid bytes replaced).
+/// A parsed message, borrowing from its input. Text fields are UTF-8 (invalid bytes
+/// replaced).
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Record {
+pub struct Record<'a> {
     /// Grammar used.
     pub format: Format,
     /// Facility (PRI / 8), if there was a PRI.
@@ -39,19 +46,19 @@ pub struct Record {
     pub severity: Option<u8>,
     /// As given (RFC 5424), or as ISO 8601 (RFC 3164: the year added when missing, no zone
     /// when the message had none).
-    pub timestamp: Option<String>,
+    pub timestamp: Option<Text<'a>>,
     /// HOSTNAME.
-    pub hostname: Option<String>,
+    pub hostname: Option<Text<'a>>,
     /// APP-NAME, or the RFC 3164 tag's program.
-    pub app_name: Option<String>,
+    pub app_name: Option<Text<'a>>,
     /// PROCID, or the tag's `[pid]`.
-    pub procid: Option<String>,
+    pub procid: Option<Text<'a>>,
     /// MSGID, or a Cisco mnemonic (`LINK-3-UPDOWN`).
-    pub msgid: Option<String>,
+    pub msgid: Option<Text<'a>>,
     /// RFC 5424 structured data.
-    pub structured_data: Vec<SdElement>,
+    pub structured_data: Vec<SdElement<'a>>,
     /// The message (the whole input when it could not be parsed).
-    pub message: String,
+    pub message: Text<'a>,
     /// Why it could not be parsed, if so.
     pub parse_error: Option<String>,
 }
@@ -66,7 +73,7 @@ pub struct Now {
 }
 
 /// Parses one message (a frame, or a datagram without its trailing newline).
-pub fn parse(input: &[u8], now: Now) -> Record {
+pub fn parse(input: &[u8], now: Now) -> Record<'_> {
     let input = trim_end(input);
     let (pri, rest) = match pri(input) {
         Ok(p) => p,
@@ -100,11 +107,15 @@ fn trim_end(mut s: &[u8]) -> &[u8] {
     s
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+fn text(b: &[u8]) -> Text<'_> {
+    // `from_utf8` is the fast check; the lossy path only runs on invalid input.
+    match std::str::from_utf8(b) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(String::from_utf8_lossy(b).into_owned()),
+    }
 }
 
-fn unparsed(input: &[u8], why: &str) -> Record {
+fn unparsed<'a>(input: &'a [u8], why: &str) -> Record<'a> {
     Record { message: text(input), parse_error: Some(why.to_string()), ..Record::default() }
 }
 
@@ -128,11 +139,11 @@ fn field(s: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&s[..end], &s[end + 1..]))
 }
 
-fn nil(f: &[u8]) -> Option<String> {
+fn nil(f: &[u8]) -> Option<Text<'_>> {
     (f != b"-").then(|| text(f))
 }
 
-fn rfc5424(s: &[u8]) -> Result<Record, &'static str> {
+fn rfc5424(s: &[u8]) -> Result<Record<'_>, &'static str> {
     let (timestamp, s) = field(s).ok_or("RFC 5424 header cut short")?;
     let (hostname, s) = field(s).ok_or("RFC 5424 header cut short")?;
     let (app_name, s) = field(s).ok_or("RFC 5424 header cut short")?;
@@ -169,7 +180,7 @@ fn looks_like_rfc3339(t: &[u8]) -> bool {
 }
 
 /// `-`, or `[...]` elements; returns them and what follows.
-fn structured_data(s: &[u8]) -> Result<(Vec<SdElement>, &[u8]), &'static str> {
+fn structured_data(s: &[u8]) -> Result<(Vec<SdElement<'_>>, &[u8]), &'static str> {
     if s.is_empty() {
         return Ok((Vec::new(), s));
     }
@@ -199,23 +210,22 @@ fn structured_data(s: &[u8]) -> Result<(Vec<SdElement>, &[u8]), &'static str> {
                         return Err("bad structured data parameter name");
                     }
                     r = r[eq + 1..].strip_prefix(b"\"").ok_or("structured data value without '\"'")?;
-                    let mut value = Vec::new();
+                    // The value up to its closing quote; unescaped only if it has escapes.
+                    let mut escaped = false;
                     let mut i = 0;
                     loop {
                         match r.get(i) {
                             None => return Err("unterminated structured data value"),
                             Some(b'\\') if matches!(r.get(i + 1), Some(b'"' | b'\\' | b']')) => {
-                                value.push(r[i + 1]);
+                                escaped = true;
                                 i += 2;
                             }
                             Some(b'"') => break,
-                            Some(&b) => {
-                                value.push(b);
-                                i += 1;
-                            }
+                            Some(_) => i += 1,
                         }
                     }
-                    element.params.push((text(name), text(&value)));
+                    let value = if escaped { Cow::Owned(unescape(&r[..i]).into_owned()) } else { text(&r[..i]) };
+                    element.params.push((text(name), value));
                     r = &r[i + 1..];
                 }
                 _ => return Err("malformed structured data"),
@@ -225,6 +235,20 @@ fn structured_data(s: &[u8]) -> Result<(Vec<SdElement>, &[u8]), &'static str> {
         s = r;
     }
     Ok((out, s))
+}
+
+/// A structured-data value without its `\"`, `\\`, `\]` escapes.
+fn unescape(raw: &[u8]) -> Text<'static> {
+    let mut value = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'\\' && matches!(raw.get(i + 1), Some(b'"' | b'\\' | b']')) {
+            i += 1;
+        }
+        value.push(raw[i]);
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&value).into_owned())
 }
 
 const MONTHS: [&[u8; 3]; 12] =
@@ -239,7 +263,7 @@ fn two(b: &[u8]) -> Option<u32> {
 }
 
 /// `hh:mm:ss` plus optional `.fraction`; returns the text and the rest.
-fn clock(s: &[u8]) -> Option<(String, &[u8])> {
+fn clock(s: &[u8]) -> Option<(Text<'_>, &[u8])> {
     if s.len() < 8 || s[2] != b':' || s[5] != b':' {
         return None;
     }
@@ -256,7 +280,7 @@ fn clock(s: &[u8]) -> Option<(String, &[u8])> {
 
 /// An RFC 3164 timestamp in any of its variants, as ISO 8601; the rest after it (and the
 /// separator: a space, or Cisco's `: `).
-fn timestamp3164(s: &[u8], now: Now) -> Option<(String, &[u8])> {
+fn timestamp3164(s: &[u8], now: Now) -> Option<(Text<'_>, &[u8])> {
     // ISO 8601 / RFC 3339 (rsyslog's high-precision format).
     if s.len() >= 19 && looks_like_rfc3339(s) {
         let end = s.iter().position(|b| *b == b' ').unwrap_or(s.len());
@@ -296,11 +320,14 @@ fn timestamp3164(s: &[u8], now: Now) -> Option<(String, &[u8])> {
     }
     let r = r.strip_prefix(b":").unwrap_or(r);
     let r = r.strip_prefix(b" ").unwrap_or(r);
-    Some((format!("{year:04}-{month:02}-{day:02}T{time}{zone}"), r))
+    Some((Cow::Owned(format!("{year:04}-{month:02}-{day:02}T{time}{zone}")), r))
 }
 
 /// `program[pid]:` or `program:`; a Cisco `%FAC-SEV-MNEMONIC:`.
-fn tag(token: &[u8]) -> Option<(Option<String>, Option<String>, Option<String>)> {
+/// A tag's program, pid and Cisco mnemonic.
+type Tag<'a> = (Option<Text<'a>>, Option<Text<'a>>, Option<Text<'a>>);
+
+fn tag(token: &[u8]) -> Option<Tag<'_>> {
     let t = token.strip_suffix(b":")?;
     if let Some(mnemonic) = t.strip_prefix(b"%") {
         return Some((None, None, Some(text(mnemonic))));
@@ -315,7 +342,7 @@ fn tag(token: &[u8]) -> Option<(Option<String>, Option<String>, Option<String>)>
     }
 }
 
-fn rfc3164(s: &[u8], now: Now) -> Record {
+fn rfc3164(s: &[u8], now: Now) -> Record<'_> {
     let mut r = Record::default();
     let mut s = s;
     // Cisco sequence number: `123: ` before the timestamp.

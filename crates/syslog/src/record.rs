@@ -10,8 +10,6 @@
 //! `structured_data` maps each SD-ID to its parameters (a repeated parameter name keeps its
 //! last value); `raw` (the message as received) is added when configured.
 
-use serde::Serialize;
-
 use crate::parse::Record;
 
 /// Where and when a message came in.
@@ -58,52 +56,181 @@ pub const FACILITIES: [&str; 24] = [
 /// Severity names.
 pub const SEVERITIES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
 
-#[derive(Serialize)]
-struct Line<'a> {
-    received_at: &'a str,
-    source: &'a str,
-    listener: &'a str,
-    transport: &'a str,
-    facility: Option<&'static str>,
-    severity: Option<&'static str>,
-    timestamp: Option<&'a str>,
-    hostname: Option<&'a str>,
-    app_name: Option<&'a str>,
-    procid: Option<&'a str>,
-    msgid: Option<&'a str>,
-    structured_data: std::collections::BTreeMap<&'a str, std::collections::BTreeMap<&'a str, &'a str>>,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    raw: Option<std::borrow::Cow<'a, str>>,
-    parse_error: Option<&'a str>,
+/// Appends the record's JSON line (with its `\n`) to `out`.
+///
+/// Written by hand rather than through serde: this runs once per message on the hot path, and
+/// a direct writer with a table-driven string escaper and no intermediate maps is several
+/// times cheaper (measured with the syslog benchmark).
+pub fn write_json(record: &Record, received: &Received<'_>, raw: Option<&[u8]>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"received_at\":");
+    json_str(out, received.at);
+    out.extend_from_slice(b",\"source\":");
+    json_str(out, received.source);
+    out.extend_from_slice(b",\"listener\":");
+    json_str(out, received.listener);
+    out.extend_from_slice(b",\"transport\":");
+    json_str(out, received.transport);
+    out.extend_from_slice(b",\"facility\":");
+    json_opt(out, record.facility.and_then(|f| FACILITIES.get(usize::from(f)).copied()));
+    out.extend_from_slice(b",\"severity\":");
+    json_opt(out, record.severity.and_then(|s| SEVERITIES.get(usize::from(s)).copied()));
+    out.extend_from_slice(b",\"timestamp\":");
+    json_opt(out, record.timestamp.as_deref());
+    out.extend_from_slice(b",\"hostname\":");
+    json_opt(out, record.hostname.as_deref());
+    out.extend_from_slice(b",\"app_name\":");
+    json_opt(out, record.app_name.as_deref());
+    out.extend_from_slice(b",\"procid\":");
+    json_opt(out, record.procid.as_deref());
+    out.extend_from_slice(b",\"msgid\":");
+    json_opt(out, record.msgid.as_deref());
+    out.extend_from_slice(b",\"structured_data\":");
+    structured_data(out, &record.structured_data);
+    out.extend_from_slice(b",\"message\":");
+    json_str(out, &record.message);
+    if let Some(raw) = raw {
+        out.extend_from_slice(b",\"raw\":");
+        json_str(out, &String::from_utf8_lossy(raw));
+    }
+    out.extend_from_slice(b",\"parse_error\":");
+    json_opt(out, record.parse_error.as_deref());
+    out.extend_from_slice(b"}\n");
 }
 
-/// Appends the record's JSON line (with its `\n`) to `out`.
-pub fn write_json(record: &Record, received: &Received<'_>, raw: Option<&[u8]>, out: &mut Vec<u8>) {
-    let line = Line {
-        received_at: received.at,
-        source: received.source,
-        listener: received.listener,
-        transport: received.transport,
-        facility: record.facility.and_then(|f| FACILITIES.get(usize::from(f)).copied()),
-        severity: record.severity.and_then(|s| SEVERITIES.get(usize::from(s)).copied()),
-        timestamp: record.timestamp.as_deref(),
-        hostname: record.hostname.as_deref(),
-        app_name: record.app_name.as_deref(),
-        procid: record.procid.as_deref(),
-        msgid: record.msgid.as_deref(),
-        structured_data: record
-            .structured_data
-            .iter()
-            .map(|e| (e.id.as_str(), e.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()))
-            .collect(),
-        message: &record.message,
-        raw: raw.map(String::from_utf8_lossy),
-        parse_error: record.parse_error.as_deref(),
-    };
-    // Serialising these types into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, &line);
-    out.push(b'\n');
+/// Elements and parameters past this many are de-duplicated through a map (a repeated
+/// SD-ID or parameter name keeps its last value either way).
+const SD_LINEAR: usize = 16;
+
+/// `{"id":{"name":"value",...},...}`; a repeated id or name keeps its last value.
+fn structured_data(out: &mut Vec<u8>, elements: &[crate::SdElement]) {
+    if elements.len() > SD_LINEAR || elements.iter().any(|e| e.params.len() > SD_LINEAR) {
+        use std::collections::BTreeMap;
+        let map: BTreeMap<&str, BTreeMap<&str, &str>> =
+            elements.iter().map(|e| (&*e.id, e.params.iter().map(|(k, v)| (&**k, &**v)).collect())).collect();
+        out.push(b'{');
+        for (i, (id, params)) in map.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_str(out, id);
+            out.extend_from_slice(b":{");
+            for (j, (k, v)) in params.iter().enumerate() {
+                if j > 0 {
+                    out.push(b',');
+                }
+                json_str(out, k);
+                out.push(b':');
+                json_str(out, v);
+            }
+            out.push(b'}');
+        }
+        out.push(b'}');
+        return;
+    }
+    out.push(b'{');
+    let mut first = true;
+    for (i, e) in elements.iter().enumerate() {
+        if elements[i + 1..].iter().any(|later| later.id == e.id) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        json_str(out, &e.id);
+        out.extend_from_slice(b":{");
+        let mut first_param = true;
+        for (j, (k, v)) in e.params.iter().enumerate() {
+            if e.params[j + 1..].iter().any(|(later, _)| later == k) {
+                continue;
+            }
+            if !first_param {
+                out.push(b',');
+            }
+            first_param = false;
+            json_str(out, k);
+            out.push(b':');
+            json_str(out, v);
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
+}
+
+fn json_opt(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Bytes a JSON string must escape: `"`, `\` and the control characters.
+const ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Whether any of the 8 bytes of `w` must be escaped (a control character, `"` or `\\`):
+/// the classic has-zero-byte bit tricks, so clean text is checked a word at a time.
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    below_space | has_zero(w ^ (ONES * u64::from(b'"'))) | has_zero(w ^ (ONES * u64::from(b'\\'))) != 0
+}
+
+/// A JSON string: unescaped runs copied whole.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(word) = bytes.get(i..i + 8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            if !word_needs_escape(u64::from_le_bytes(w)) {
+                i += 8;
+                continue;
+            }
+        }
+        let end = (i + 8).min(bytes.len());
+        while i < end {
+            let b = bytes[i];
+            if ESCAPE[usize::from(b)] {
+                out.extend_from_slice(&bytes[start..i]);
+                match b {
+                    b'"' => out.extend_from_slice(b"\\\""),
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    _ => out.extend_from_slice(&[
+                        b'\\',
+                        b'u',
+                        b'0',
+                        b'0',
+                        HEX[usize::from(b >> 4)],
+                        HEX[usize::from(b & 15)],
+                    ]),
+                }
+                start = i + 1;
+            }
+            i += 1;
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
 /// Year, month, day, hour, minute, second of a Unix time (UTC, proleptic Gregorian).
@@ -140,6 +267,46 @@ impl crate::parse::Now {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn strings_escape_like_serde_json() {
+        let samples = [
+            "plain",
+            "a much longer plain string, well past eight bytes",
+            "0123456\"89abcdef\\x",
+            "q\"uote",
+            "back\\slash",
+            "nl\ncr\rtab\t",
+            "\u{1}\u{1f}\u{7f}",
+            "ünïcödé \u{2028}",
+            "",
+        ];
+        for s in samples {
+            let mut out = Vec::new();
+            json_str(&mut out, s);
+            assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), s);
+            assert_eq!(out, serde_json::to_vec(s).unwrap());
+        }
+    }
+
+    #[test]
+    fn repeated_ids_and_names_keep_the_last_value() {
+        let msg = br#"<13>1 - h a - - [x a="1" a="2" b="3"][y c="4"][x a="5"] m"#;
+        let record = parse(msg, Now { year: 2026, month: 1 });
+        let received = Received { at: "t", source: "s", listener: "l", transport: "udp" };
+        let mut out = Vec::new();
+        write_json(&record, &received, None, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["structured_data"], serde_json::json!({"x": {"a": "5"}, "y": {"c": "4"}}));
+        let many: String = (0..40).map(|i| format!(" p{}=\"{i}\"", i % 20)).collect();
+        let msg = format!("<13>1 - h a - - [x{many}] m");
+        let record = parse(msg.as_bytes(), Now { year: 2026, month: 1 });
+        let mut out = Vec::new();
+        write_json(&record, &received, None, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["structured_data"]["x"]["p3"], "23");
+        assert_eq!(v["structured_data"]["x"].as_object().unwrap().len(), 20);
+    }
+
     #[test]
     fn received_at_is_rfc3339_utc() {
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");

@@ -32,7 +32,7 @@ const BASE: Case = Case {
     error: false,
 };
 
-fn check(c: &Case) -> Record {
+fn check(c: &Case) -> Record<'static> {
     let r = parse(c.input, NOW);
     let what = String::from_utf8_lossy(c.input);
     assert_eq!(r.format, c.format, "{what}");
@@ -85,7 +85,7 @@ fn rfc5424_examples() {
     });
     assert_eq!(r.structured_data.len(), 1);
     assert_eq!(r.structured_data[0].id, "exampleSDID@32473");
-    assert_eq!(r.structured_data[0].params[1], ("eventSource".to_string(), "Application".to_string()));
+    assert_eq!(r.structured_data[0].params[1], ("eventSource".into(), "Application".into()));
     let r = check(&Case {
         input: b"<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 [exampleSDID@32473 iut=\"3\" eventSource=\"Application\" eventID=\"1011\"][examplePriority@32473 class=\"high\"]",
         format: Format::Rfc5424,
@@ -97,7 +97,7 @@ fn rfc5424_examples() {
         message: "",
         ..BASE
     });
-    assert_eq!(r.structured_data[1].params, vec![("class".to_string(), "high".to_string())]);
+    assert_eq!(r.structured_data[1].params, vec![("class".into(), "high".into())]);
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn rfc5424_escapes_nilvalues_and_errors() {
         message: "msg",
         ..BASE
     });
-    assert_eq!(r.structured_data[0].params, vec![("a".into(), r#"q"b\c]d"#.into()), ("e".into(), String::new())]);
+    assert_eq!(r.structured_data[0].params, vec![("a".into(), r#"q"b\c]d"#.into()), ("e".into(), "".into())]);
     // logger --rfc5424 with no message and no MSGID separator.
     check(&Case {
         input: b"<13>1 2026-11-22T10:00:00.000000+00:00 host app 42 -",

@@ -1,0 +1,308 @@
+//! Syslog under load, floodgate against rsyslog 8.2302 (Debian) in the same run.
+//!
+//! - TCP: `CONNECTIONS` senders write pre-built octet-counted RFC 5424 messages as fast as the
+//!   connection takes them; the rate is messages / (first byte → last record in the output
+//!   file). floodgate writes its JSON records; rsyslog (imtcp, rate limiting off as Debian
+//!   ships it) writes `%jsonmesg%` (its JSON of every field), so both parse and write a JSON
+//!   line per message. TCP loses nothing (flow control), so "sustained" is just the rate.
+//! - TLS: the same against floodgate's TLS listener (rustls client).
+//! - UDP: the highest rate with < 0.1% loss (records in the file vs datagrams sent) for the
+//!   raw `recvmmsg` sink and floodgate, one message per datagram.
+
+use std::io::{Read, Seek, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::carbon::RawSink;
+use crate::sender::{self, Datagram};
+use crate::targets::{cpu_ticks, free_port, spawn_floodgate, BenchOptions, Running, GUARD_OFF};
+
+/// Sender connections in the TCP and TLS trials.
+const CONNECTIONS: usize = 4;
+/// Messages per connection.
+const PER_CONNECTION: usize = 500_000;
+const MAX_LOSS: f64 = 0.001;
+
+/// Message `i` (about 150 bytes, RFC 5424 with structured data, as a modern client sends).
+fn message(i: usize) -> String {
+    format!(
+        "<134>1 2026-11-22T10:00:00.{:03}Z web-{}.example.net nginx {} access [req@32473 status=\"200\" bytes=\"{}\"] GET /api/v1/items/{i} HTTP/1.1",
+        i % 1000,
+        i % 50,
+        1000 + i % 7,
+        i % 9973
+    )
+}
+
+/// `count` octet-counted messages.
+fn octet_counted(count: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(count * 170);
+    for i in 0..count {
+        let m = message(i);
+        write!(out, "{} {m}", m.len()).unwrap();
+    }
+    out
+}
+
+/// Counts the lines of a growing file, reading only what is new each time.
+struct LineCounter {
+    path: PathBuf,
+    offset: u64,
+    lines: u64,
+    buf: Vec<u8>,
+}
+
+impl LineCounter {
+    fn new(path: &Path) -> LineCounter {
+        LineCounter { path: path.to_path_buf(), offset: 0, lines: 0, buf: vec![0; 4 << 20] }
+    }
+
+    fn count(&mut self) -> u64 {
+        let Ok(mut f) = std::fs::File::open(&self.path) else { return 0 };
+        if f.seek(std::io::SeekFrom::Start(self.offset)).is_err() {
+            return self.lines;
+        }
+        while let Ok(n) = f.read(&mut self.buf) {
+            if n == 0 {
+                break;
+            }
+            self.lines += self.buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+            self.offset += n as u64;
+        }
+        self.lines
+    }
+
+    /// Waits until `want` lines are there (or `quiet` passes with no new line); returns when
+    /// the last one arrived and the count.
+    fn wait(&mut self, want: u64, quiet: Duration) -> (Instant, u64) {
+        let mut last = (Instant::now(), self.count());
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let n = self.count();
+            if n != last.1 {
+                last = (Instant::now(), n);
+            }
+            if n >= want || last.0.elapsed() > quiet {
+                return last;
+            }
+        }
+    }
+}
+
+/// Starts rsyslogd on `body`; waits for `port` (TCP) when given.
+fn start_rsyslog(dir: &Path, body: &str, port: u16) -> std::process::Child {
+    let work = dir.join("rsyslog-work");
+    std::fs::create_dir_all(&work).unwrap();
+    let conf = dir.join("rsyslog.conf");
+    std::fs::write(&conf, format!("global(workDirectory=\"{}\")\n{body}", work.display())).unwrap();
+    let child = Command::new("rsyslogd")
+        .args(["-n", "-f"])
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.join("rsyslog.pid"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("rsyslog.log")).unwrap())
+        .spawn()
+        .expect("start rsyslogd (apt-get install rsyslog)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "rsyslogd did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// What a TCP/TLS trial measured.
+struct Stream {
+    rate: f64,
+    delivered: u64,
+    cpu_cores: f64,
+}
+
+/// Sends `CONNECTIONS × PER_CONNECTION` messages to `port` (TLS when `tls` is set); waits
+/// for them in `out`.
+fn stream_trial(label: &str, pid: u32, port: u16, tls: Option<Arc<rustls::ClientConfig>>, out: &Path) -> Stream {
+    let payload = Arc::new(octet_counted(PER_CONNECTION));
+    let want = (CONNECTIONS * PER_CONNECTION) as u64;
+    let mut counter = LineCounter::new(out);
+    let base = counter.count();
+    let ticks = cpu_ticks(pid);
+    let start = Instant::now();
+    let senders: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (payload, tls) = (payload.clone(), tls.clone());
+            std::thread::spawn(move || {
+                let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                match tls {
+                    Some(config) => {
+                        let conn =
+                            rustls::ClientConnection::new(config, "aggregator.bench".try_into().unwrap()).unwrap();
+                        let mut s = rustls::StreamOwned::new(conn, tcp);
+                        for piece in payload.chunks(64 << 10) {
+                            s.write_all(piece).unwrap();
+                        }
+                        s.conn.send_close_notify();
+                        s.flush().unwrap();
+                    }
+                    None => {
+                        let mut s = tcp;
+                        s.write_all(&payload).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut last_progress = Instant::now();
+    let (done_at, got) = loop {
+        let (at, n) = counter.wait(base + want, Duration::from_millis(500));
+        if n >= base + want || at.elapsed() > Duration::from_secs(5) {
+            break (at, n - base);
+        }
+        if last_progress.elapsed() > Duration::from_secs(1) {
+            eprint!("\r  {label}: {:.1}M of {:.1}M records   ", (n - base) as f64 / 1e6, want as f64 / 1e6);
+            last_progress = Instant::now();
+        }
+    };
+    eprint!("\r{:100}\r", "");
+    for s in senders {
+        let _ = s.join();
+    }
+    let secs = done_at.duration_since(start).as_secs_f64();
+    Stream { rate: got as f64 / secs, delivered: got, cpu_cores: (cpu_ticks(pid) - ticks) as f64 / 100.0 / secs }
+}
+
+fn floodgate(opts: &BenchOptions, dir: &Path, name: &str, syslog: &str) -> Running {
+    spawn_floodgate(opts, dir, name, "", &format!("{GUARD_OFF}[syslog]\n{syslog}"))
+}
+
+/// The TCP, TLS and UDP comparisons.
+pub fn syslog(opts: &BenchOptions) {
+    let dir = std::env::temp_dir().join(format!("floodgate-bench-syslog-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let total = CONNECTIONS * PER_CONNECTION;
+    println!("\n## Syslog ({CONNECTIONS} connections × {PER_CONNECTION} octet-counted RFC 5424 messages; JSON line per message to a file)\n");
+    println!("| target, output | transport | messages/s | delivered | target CPU (of one core) | vs rsyslog's faster | vs floodgate TCP |");
+    println!("|---|---|---|---|---|---|---|");
+
+    // rsyslog: imtcp → omfile, a JSON line of every field per message (as floodgate writes),
+    // and Debian's default line format (less work: no JSON, no structured-data parsing out).
+    let mut rsyslog = Vec::new();
+    for (format, template) in [
+        ("JSON (%jsonmesg%)", "template(name=\"out\" type=\"string\" string=\"%jsonmesg%\\n\")\n"),
+        ("traditional file format", "template(name=\"out\" type=\"list\") { property(name=\"timestamp\" dateFormat=\"rfc3164\") constant(value=\" \") property(name=\"hostname\") constant(value=\" \") property(name=\"syslogtag\") property(name=\"msg\" spifno1stsp=\"on\") property(name=\"msg\" droplastlf=\"on\") constant(value=\"\\n\") }\n"),
+    ] {
+        let rs_port = free_port();
+        let rs_out = dir.join(format!("rsyslog-{}.log", rsyslog.len()));
+        let mut rs = start_rsyslog(
+            &dir,
+            &format!(
+                "module(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"{rs_port}\")\n\
+                 {template}action(type=\"omfile\" file=\"{}\" template=\"out\")\n",
+                rs_out.display()
+            ),
+            rs_port,
+        );
+        rsyslog.push((format, stream_trial("rsyslog tcp", rs.id(), rs_port, None, &rs_out)));
+        let _ = rs.kill();
+        let _ = rs.wait();
+    }
+    let (ca, cert, key) = crate::forward::certificates(&dir);
+    let (tcp_port, tls_port) = (free_port(), free_port());
+    let fg_out = dir.join("floodgate.jsonl");
+    let fg = floodgate(
+        opts,
+        &dir,
+        "floodgate-syslog",
+        &format!(
+            "udp = []\ntcp = [\"127.0.0.1:{tcp_port}\"]\n\
+             tls = [{{ listen = \"127.0.0.1:{tls_port}\", cert = \"{cert}\", key = \"{key}\" }}]\n\
+             output = {{ kind = \"file\", path = \"{}\" }}\n",
+            fg_out.display()
+        ),
+    );
+    let tcp = stream_trial("floodgate tcp", fg.child.id(), tcp_port, None, &fg_out);
+    let client = {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    };
+    let tls = stream_trial("floodgate tls", fg.child.id(), tls_port, Some(client), &fg_out);
+    drop(fg);
+    let best_rsyslog = rsyslog.iter().map(|r| r.1.rate).fold(0.0, f64::max);
+    let rows = rsyslog
+        .iter()
+        .map(|(format, t)| (format!("rsyslog 8.2302, {format}"), "tcp", t))
+        .chain([("floodgate, JSON".to_string(), "tcp", &tcp), ("floodgate, JSON".to_string(), "tls", &tls)]);
+    for (name, transport, t) in rows {
+        println!(
+            "| {name} | {transport} | {:.0} | {} of {total} | {:.0}% | {:.2}x | {:.0}% |",
+            t.rate,
+            t.delivered,
+            t.cpu_cores * 100.0,
+            t.rate / best_rsyslog,
+            t.rate / tcp.rate * 100.0
+        );
+    }
+    // UDP: sustained rate with < 0.1% loss, raw sink vs floodgate.
+    let pool: Vec<Datagram> = (0..4096).map(|i| Datagram { bytes: message(i).into_bytes(), counters: 1 }).collect();
+    let sink = sustained_udp("raw recvmmsg sink", |rate| {
+        let sink = RawSink::start();
+        let sent = sender::send_pool(sink.addr, &pool, 1, rate, 1, 1, opts.trial, "syslog udp → raw sink");
+        let got = sink.finish();
+        (sent.datagrams as f64 / sent.elapsed.as_secs_f64(), 1.0 - got as f64 / sent.datagrams.max(1) as f64)
+    });
+    let udp_port = free_port();
+    let fg = floodgate(
+        opts,
+        &dir,
+        "floodgate-syslog-udp",
+        &format!("udp = [\"127.0.0.1:{udp_port}\"]\ntcp = []\nreceive_buffer = \"64MiB\"\noutput = {{ kind = \"file\", path = \"{}\" }}\n", dir.join("udp.jsonl").display()),
+    );
+    let mut counter = LineCounter::new(&dir.join("udp.jsonl"));
+    let floodgate_udp = sustained_udp("floodgate", |rate| {
+        let before = counter.count();
+        let dest = SocketAddr::from(([127, 0, 0, 1], udp_port));
+        let sent = sender::send_pool(dest, &pool, 1, rate, 1, 1, opts.trial, "syslog udp → floodgate");
+        let (_, got) = counter.wait(before + sent.datagrams, Duration::from_millis(700));
+        (sent.datagrams as f64 / sent.elapsed.as_secs_f64(), 1.0 - (got - before) as f64 / sent.datagrams.max(1) as f64)
+    });
+    drop(fg);
+    println!("\n| target | UDP messages/s (< 0.1% loss) | vs raw sink |");
+    println!("|---|---|---|");
+    println!("| raw recvmmsg sink | {sink:.0} | 100% |");
+    println!("| floodgate (JSON to file) | {floodgate_udp:.0} | {:.0}% |", floodgate_udp / sink * 100.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Full speed first, then a bisection below it: the highest rate with loss under 0.1%.
+fn sustained_udp(name: &str, mut trial: impl FnMut(u64) -> (f64, f64)) -> f64 {
+    let (rate, loss) = trial(0);
+    println!("    {name} at full speed: {rate:.0} msgs/s offered, loss {:.3}%", loss * 100.0);
+    if loss < MAX_LOSS {
+        return rate;
+    }
+    let (mut lo, mut hi, mut best) = (0.0f64, rate, 0.0);
+    for _ in 0..5 {
+        let mid = (lo + hi) / 2.0;
+        let (rate, loss) = trial(mid as u64);
+        println!("    {name} at {rate:.0} msgs/s: loss {:.3}%", loss * 100.0);
+        if loss < MAX_LOSS {
+            (lo, best) = (mid, rate);
+        } else {
+            hi = mid;
+        }
+    }
+    best
+}

@@ -1,6 +1,6 @@
 //! Syslog under load, floodgate against rsyslog 8.2302 (Debian) in the same run.
 //!
-//! - TCP: `CONNECTIONS` senders write pre-built octet-counted RFC 5424 messages as fast as the
+//! - TCP: one and four sender connections write pre-built octet-counted RFC 5424 messages as fast as the
 //!   connection takes them; the rate is messages / (first byte → last record in the output
 //!   file). floodgate writes its JSON records; rsyslog (imtcp, rate limiting off as Debian
 //!   ships it) writes `%jsonmesg%` (its JSON of every field), so both parse and write a JSON
@@ -20,10 +20,10 @@ use crate::carbon::RawSink;
 use crate::sender::{self, Datagram};
 use crate::targets::{cpu_ticks, free_port, spawn_floodgate, BenchOptions, Running, GUARD_OFF};
 
-/// Sender connections in the TCP and TLS trials.
-const CONNECTIONS: usize = 4;
-/// Messages per connection.
-const PER_CONNECTION: usize = 500_000;
+/// Sender connections in the TCP and TLS trials: one (a relay forwarding to us) and four.
+const CONNECTIONS: [usize; 2] = [1, 4];
+/// Messages per trial.
+const MESSAGES: usize = 5_000_000;
 const MAX_LOSS: f64 = 0.001;
 
 /// Message `i` (about 150 bytes, RFC 5424 with structured data, as a modern client sends).
@@ -122,16 +122,23 @@ struct Stream {
     cpu_cores: f64,
 }
 
-/// Sends `CONNECTIONS × PER_CONNECTION` messages to `port` (TLS when `tls` is set); waits
+/// Sends `MESSAGES` over `connections` connections to `port` (TLS when `tls` is set); waits
 /// for them in `out`.
-fn stream_trial(label: &str, pid: u32, port: u16, tls: Option<Arc<rustls::ClientConfig>>, out: &Path) -> Stream {
-    let payload = Arc::new(octet_counted(PER_CONNECTION));
-    let want = (CONNECTIONS * PER_CONNECTION) as u64;
+fn stream_trial(
+    label: &str,
+    connections: usize,
+    pid: u32,
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    out: &Path,
+) -> Stream {
+    let payload = Arc::new(octet_counted(MESSAGES / connections));
+    let want = (MESSAGES / connections * connections) as u64;
     let mut counter = LineCounter::new(out);
     let base = counter.count();
     let ticks = cpu_ticks(pid);
     let start = Instant::now();
-    let senders: Vec<_> = (0..CONNECTIONS)
+    let senders: Vec<_> = (0..connections)
         .map(|_| {
             let (payload, tls) = (payload.clone(), tls.clone());
             std::thread::spawn(move || {
@@ -182,48 +189,10 @@ fn floodgate(opts: &BenchOptions, dir: &Path, name: &str, syslog: &str) -> Runni
 pub fn syslog(opts: &BenchOptions) {
     let dir = std::env::temp_dir().join(format!("floodgate-bench-syslog-{}", free_port()));
     std::fs::create_dir_all(&dir).unwrap();
-    let total = CONNECTIONS * PER_CONNECTION;
-    println!("\n## Syslog ({CONNECTIONS} connections × {PER_CONNECTION} octet-counted RFC 5424 messages; JSON line per message to a file)\n");
-    println!("| target, output | transport | messages/s | delivered | target CPU (of one core) | vs rsyslog's faster | vs floodgate TCP |");
-    println!("|---|---|---|---|---|---|---|");
-
-    // rsyslog: imtcp → omfile, a JSON line of every field per message (as floodgate writes),
-    // and Debian's default line format (less work: no JSON, no structured-data parsing out).
-    let mut rsyslog = Vec::new();
-    for (format, template) in [
-        ("JSON (%jsonmesg%)", "template(name=\"out\" type=\"string\" string=\"%jsonmesg%\\n\")\n"),
-        ("traditional file format", "template(name=\"out\" type=\"list\") { property(name=\"timestamp\" dateFormat=\"rfc3164\") constant(value=\" \") property(name=\"hostname\") constant(value=\" \") property(name=\"syslogtag\") property(name=\"msg\" spifno1stsp=\"on\") property(name=\"msg\" droplastlf=\"on\") constant(value=\"\\n\") }\n"),
-    ] {
-        let rs_port = free_port();
-        let rs_out = dir.join(format!("rsyslog-{}.log", rsyslog.len()));
-        let mut rs = start_rsyslog(
-            &dir,
-            &format!(
-                "module(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"{rs_port}\")\n\
-                 {template}action(type=\"omfile\" file=\"{}\" template=\"out\")\n",
-                rs_out.display()
-            ),
-            rs_port,
-        );
-        rsyslog.push((format, stream_trial("rsyslog tcp", rs.id(), rs_port, None, &rs_out)));
-        let _ = rs.kill();
-        let _ = rs.wait();
-    }
+    println!("\n## Syslog over TCP and TLS ({MESSAGES} octet-counted RFC 5424 messages of about 150 bytes)\n");
+    println!("| connections | target, output | transport | messages/s | delivered | target CPU (of one core) | vs rsyslog, same output | vs rsyslog's fastest | vs floodgate TCP |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let (ca, cert, key) = crate::forward::certificates(&dir);
-    let (tcp_port, tls_port) = (free_port(), free_port());
-    let fg_out = dir.join("floodgate.jsonl");
-    let fg = floodgate(
-        opts,
-        &dir,
-        "floodgate-syslog",
-        &format!(
-            "udp = []\ntcp = [\"127.0.0.1:{tcp_port}\"]\n\
-             tls = [{{ listen = \"127.0.0.1:{tls_port}\", cert = \"{cert}\", key = \"{key}\" }}]\n\
-             output = {{ kind = \"file\", path = \"{}\" }}\n",
-            fg_out.display()
-        ),
-    );
-    let tcp = stream_trial("floodgate tcp", fg.child.id(), tcp_port, None, &fg_out);
     let client = {
         use rustls_pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
@@ -238,23 +207,72 @@ pub fn syslog(opts: &BenchOptions) {
                 .with_no_client_auth(),
         )
     };
-    let tls = stream_trial("floodgate tls", fg.child.id(), tls_port, Some(client), &fg_out);
-    drop(fg);
-    let best_rsyslog = rsyslog.iter().map(|r| r.1.rate).fold(0.0, f64::max);
-    let rows = rsyslog
-        .iter()
-        .map(|(format, t)| (format!("rsyslog 8.2302, {format}"), "tcp", t))
-        .chain([("floodgate, JSON".to_string(), "tcp", &tcp), ("floodgate, JSON".to_string(), "tls", &tls)]);
-    for (name, transport, t) in rows {
-        println!(
-            "| {name} | {transport} | {:.0} | {} of {total} | {:.0}% | {:.2}x | {:.0}% |",
-            t.rate,
-            t.delivered,
-            t.cpu_cores * 100.0,
-            t.rate / best_rsyslog,
-            t.rate / tcp.rate * 100.0
+    for connections in CONNECTIONS {
+        // rsyslog: imtcp → omfile with its two stock line formats, and a JSON line of every
+        // field (%jsonmesg%: the same work floodgate does).
+        let mut rsyslog = Vec::new();
+        for (format, template, definition) in [
+            ("omfile's default, RSYSLOG_FileFormat", "RSYSLOG_FileFormat", ""),
+            ("Debian's RSYSLOG_TraditionalFileFormat", "RSYSLOG_TraditionalFileFormat", ""),
+            (
+                "JSON of every field, %jsonmesg%",
+                "json",
+                "template(name=\"json\" type=\"string\" string=\"%jsonmesg%\\n\")\n",
+            ),
+        ] {
+            let rs_port = free_port();
+            let rs_out = dir.join(format!("rsyslog-{connections}-{}.log", rsyslog.len()));
+            let mut rs = start_rsyslog(
+                &dir,
+                &format!(
+                    "module(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"{rs_port}\")\n\
+                     {definition}action(type=\"omfile\" file=\"{}\" template=\"{template}\")\n",
+                    rs_out.display()
+                ),
+                rs_port,
+            );
+            rsyslog.push((format, stream_trial("rsyslog tcp", connections, rs.id(), rs_port, None, &rs_out)));
+            let _ = rs.kill();
+            let _ = rs.wait();
+            let _ = std::fs::remove_file(&rs_out);
+        }
+        let (tcp_port, tls_port) = (free_port(), free_port());
+        let fg_out = dir.join(format!("floodgate-{connections}.jsonl"));
+        let fg = floodgate(
+            opts,
+            &dir,
+            "floodgate-syslog",
+            &format!(
+                "udp = []\ntcp = [\"127.0.0.1:{tcp_port}\"]\n\
+                 tls = [{{ listen = \"127.0.0.1:{tls_port}\", cert = \"{cert}\", key = \"{key}\" }}]\n\
+                 output = {{ kind = \"file\", path = \"{}\" }}\n",
+                fg_out.display()
+            ),
         );
+        let tcp = stream_trial("floodgate tcp", connections, fg.child.id(), tcp_port, None, &fg_out);
+        let tls = stream_trial("floodgate tls", connections, fg.child.id(), tls_port, Some(client.clone()), &fg_out);
+        drop(fg);
+        let _ = std::fs::remove_file(&fg_out);
+        let fastest = rsyslog.iter().map(|r| r.1.rate).fold(0.0, f64::max);
+        let json = rsyslog.last().map(|r| r.1.rate).unwrap_or(f64::NAN);
+        let rows = rsyslog
+            .iter()
+            .map(|(format, t)| (format!("rsyslog 8.2302, {format}"), "tcp", t))
+            .chain([("floodgate, JSON".to_string(), "tcp", &tcp), ("floodgate, JSON".to_string(), "tls", &tls)]);
+        for (name, transport, t) in rows {
+            let same = if name.starts_with("floodgate") { format!("{:.2}x", t.rate / json) } else { String::new() };
+            println!(
+                "| {connections} | {name} | {transport} | {:.0} | {} of {} | {:.0}% | {same} | {:.2}x | {:.0}% |",
+                t.rate,
+                t.delivered,
+                MESSAGES / connections * connections,
+                t.cpu_cores * 100.0,
+                t.rate / fastest,
+                t.rate / tcp.rate * 100.0
+            );
+        }
     }
+
     // UDP: sustained rate with < 0.1% loss, raw sink vs floodgate.
     let pool: Vec<Datagram> = (0..4096).map(|i| Datagram { bytes: message(i).into_bytes(), counters: 1 }).collect();
     let sink = sustained_udp("raw recvmmsg sink", |rate| {

@@ -103,6 +103,13 @@ async fn read_frames(mut conn: Connection, peer: SocketAddr, mut opts: TcpOption
                 }
             }
         };
+        let mut n = n;
+        let mut eof = n == 0;
+        if !eof {
+            let (more, ended) = read_ready(&mut conn, &mut buf[n..]);
+            n += more;
+            eof = ended;
+        }
         ListenerCounters::add(&c.bytes, n as u64);
         encoder.stamp();
         let mut chunk = Chunk { bytes: Vec::with_capacity(n + n / 2 + 256), messages: 0 };
@@ -121,13 +128,12 @@ async fn read_frames(mut conn: Connection, peer: SocketAddr, mut opts: TcpOption
                 tracing::debug!(%peer, error = %e, "syslog framing error");
             }
         };
-        if n == 0 {
+        framer.push(&buf[..n]);
+        while let Some(result) = framer.next_frame() {
+            take(result, &mut chunk);
+        }
+        if eof {
             if let Some(result) = framer.finish() {
-                take(result, &mut chunk);
-            }
-        } else {
-            framer.push(&buf[..n]);
-            while let Some(result) = framer.next_frame() {
                 take(result, &mut chunk);
             }
         }
@@ -141,8 +147,29 @@ async fn read_frames(mut conn: Connection, peer: SocketAddr, mut opts: TcpOption
         if chunk.messages > 0 && opts.output.send(chunk).await.is_err() {
             return Ok(()); // The output is gone: shutting down.
         }
-        if n == 0 || framer.is_broken() {
+        if eof || framer.is_broken() {
             return Ok(());
         }
     }
+}
+
+/// Reads whatever more is ready now, without waiting; returns the bytes read and whether the
+/// stream ended. A TLS stream yields one record (16 KiB at most) a read, and handing each to
+/// the output on its own costs more than parsing it. An error is left for the next (waiting)
+/// read to report.
+fn read_ready(conn: &mut Connection, buf: &mut [u8]) -> (usize, bool) {
+    use std::task::{Context, Poll, Waker};
+    use tokio::io::ReadBuf;
+    // A no-op waker is enough: the next read awaits with the task's own.
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut n = 0;
+    while n < buf.len() {
+        let mut read = ReadBuf::new(&mut buf[n..]);
+        match std::pin::Pin::new(&mut **conn).poll_read(&mut cx, &mut read) {
+            Poll::Ready(Ok(())) if read.filled().is_empty() => return (n, true),
+            Poll::Ready(Ok(())) => n += read.filled().len(),
+            Poll::Ready(Err(_)) | Poll::Pending => break,
+        }
+    }
+    (n, false)
 }

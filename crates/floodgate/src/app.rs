@@ -115,28 +115,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let threads = threads_for(s.receive_threads);
     let mut udp_threads = Vec::new();
     for addr in &s.udp {
-        let group = UdpReceiver::bind_group(*addr, threads, s.receive_buffer as usize, Duration::from_millis(200))
-            .with_context(|| format!("cannot bind statsd udp {addr}"))?;
-        let bound = group[0].local_addr()?;
-        let granted = group[0].granted_buffer;
-        let listener = shared.guard.listener("statsd_udp", bound, 0);
-        tracing::info!(address = %bound, sockets = threads, receive_buffer = granted, "statsd udp listening");
-        if (granted as u64) < s.receive_buffer {
-            tracing::warn!(
-                asked = s.receive_buffer,
-                granted,
-                "kernel granted a smaller receive buffer (raise net.core.rmem_max or run as root)"
-            );
-        }
-        for socket in group {
-            let counters = Arc::new(ListenerCounters::default());
-            shared.telemetry.register(Listener {
-                kind: "statsd_udp",
-                address: bound.to_string(),
-                counters: counters.clone(),
-                receive_buffer: socket.granted_buffer,
-                udp_port: Some(bound.port()),
-            });
+        let (listener, sockets) = bind_udp(&shared, "statsd_udp", *addr, threads, s.receive_buffer)?;
+        for (socket, counters) in sockets {
             let worker = UdpWorker {
                 socket,
                 handler: StatsdDatagrams::new(shared.new_shard(), counters.clone(), s.key_name_sanitize),
@@ -365,6 +345,48 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// A bound UDP socket and its registered counters.
+type UdpSocketCounted = (UdpReceiver, Arc<ListenerCounters>);
+
+/// Binds one UDP address as `threads` `SO_REUSEPORT` sockets, each with its own registered
+/// counters, sharing one place in the guard.
+fn bind_udp(
+    shared: &Shared,
+    kind: &'static str,
+    addr: SocketAddr,
+    threads: usize,
+    buffer: u64,
+) -> Result<(Arc<crate::guard::ListenerGuard>, Vec<UdpSocketCounted>)> {
+    let what = kind.replace('_', " ");
+    let group = UdpReceiver::bind_group(addr, threads, buffer as usize, Duration::from_millis(200))
+        .with_context(|| format!("cannot bind {what} {addr}"))?;
+    let bound = group[0].local_addr()?;
+    let granted = group[0].granted_buffer;
+    tracing::info!(address = %bound, sockets = threads, receive_buffer = granted, "{what} listening");
+    if (granted as u64) < buffer {
+        tracing::warn!(
+            asked = buffer,
+            granted,
+            "kernel granted a smaller receive buffer (raise net.core.rmem_max or run as root)"
+        );
+    }
+    let sockets = group
+        .into_iter()
+        .map(|socket| {
+            let counters = Arc::new(ListenerCounters::default());
+            shared.telemetry.register(Listener {
+                kind,
+                address: bound.to_string(),
+                counters: counters.clone(),
+                receive_buffer: socket.granted_buffer,
+                udp_port: Some(bound.port()),
+            });
+            (socket, counters)
+        })
+        .collect();
+    Ok((shared.guard.listener(kind, bound, 0), sockets))
+}
+
 fn threads_for(configured: usize) -> usize {
     match configured {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -394,20 +416,8 @@ async fn bind_syslog(
         crate::sinks::syslog::Output::start(&y.output, y.raw, Duration::from_secs(10)).context("[syslog] output")?;
     let mut udp = Vec::new();
     for addr in &y.udp {
-        let group = UdpReceiver::bind_group(*addr, threads, y.receive_buffer as usize, Duration::from_millis(200))
-            .with_context(|| format!("cannot bind syslog udp {addr}"))?;
-        let bound = group[0].local_addr()?;
-        let listener = shared.guard.listener("syslog_udp", bound, 0);
-        tracing::info!(address = %bound, sockets = threads, receive_buffer = group[0].granted_buffer, "syslog udp listening");
-        for socket in group {
-            let counters = Arc::new(ListenerCounters::default());
-            shared.telemetry.register(Listener {
-                kind: "syslog_udp",
-                address: bound.to_string(),
-                counters: counters.clone(),
-                receive_buffer: socket.granted_buffer,
-                udp_port: Some(bound.port()),
-            });
+        let (listener, sockets) = bind_udp(shared, "syslog_udp", *addr, threads, y.receive_buffer)?;
+        for (socket, counters) in sockets {
             udp.push(UdpWorker {
                 socket,
                 handler: crate::sources::syslog::udp::SyslogDatagrams::new(

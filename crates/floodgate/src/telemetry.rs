@@ -250,9 +250,7 @@ impl Telemetry {
                 ("floodgate_aggregator_agents_connected", "gauge", "Agent connections open now.", &c.connected),
             ];
             for (name, kind, help, v) in rows {
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} {kind}");
-                let _ = writeln!(out, "{name} {}", v.load(Relaxed));
+                family(out, (name, kind, help), [("", v.load(Relaxed))]);
             }
         }
         let f = &self.flush;
@@ -288,11 +286,12 @@ impl Telemetry {
             ("floodgate_sink_buffer_payloads", "gauge", "Payloads waiting to be delivered.", |c| &c.buffer_payloads),
         ];
         for (name, kind, help, field) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (sink, c) in [("graphite", &self.graphite), ("remote_write", &self.remote_write)] {
-                let _ = writeln!(out, "{name}{{sink=\"{sink}\"}} {}", field(c).load(Relaxed));
-            }
+            let sinks = [("graphite", &self.graphite), ("remote_write", &self.remote_write)];
+            family(
+                out,
+                (name, kind, help),
+                sinks.map(|(sink, c)| (format!("sink=\"{sink}\""), field(c).load(Relaxed))),
+            );
         }
     }
 }
@@ -320,10 +319,26 @@ fn render_forward(links: &[(String, Arc<crate::sinks::forward::LinkCounters>)], 
         ("floodgate_forward_connected", "gauge", "1 while connected to the aggregator.", |c| &c.connected),
     ];
     for (name, kind, help, field) in rows {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (aggregator, c) in links {
-            let _ = writeln!(out, "{name}{{aggregator=\"{aggregator}\"}} {}", field(c).load(Relaxed));
+        let samples = links.iter().map(|(a, c)| (format!("aggregator=\"{a}\""), field(c).load(Relaxed)));
+        family(out, (name, kind, help), samples);
+    }
+}
+
+/// One metric family: HELP, TYPE, then a sample per `(labels, value)` (labels without braces;
+/// empty for none).
+fn family<L: std::fmt::Display>(
+    out: &mut String,
+    (name, kind, help): (&str, &str, &str),
+    samples: impl IntoIterator<Item = (L, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let labels = labels.to_string();
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
         }
     }
 }
@@ -356,9 +371,7 @@ fn render_syslog_output(describe: &str, c: &crate::sinks::syslog::OutputCounters
         ("floodgate_syslog_output_connected", "gauge", "1 while the forward output is connected.", &c.connected),
     ];
     for (name, kind_, help, v) in rows {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind_}");
-        let _ = writeln!(out, "{name}{{output=\"{kind}\"}} {}", v.load(Relaxed));
+        family(out, (name, kind_, help), [(format!("output=\"{kind}\""), v.load(Relaxed))]);
     }
 }
 

@@ -35,17 +35,22 @@ fn records(path: &Path) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
 }
 
-/// Polls the output file until it holds at least `n` records; returns them.
-fn wait_records(path: &Path, n: usize) -> Vec<Value> {
+/// Polls a file until `read` finds at least `n` items in it; returns them.
+fn wait_file<T>(path: &Path, n: usize, read: fn(&Path) -> Vec<T>) -> Vec<T> {
     let deadline = Instant::now() + WAIT;
     loop {
-        let r = records(path);
-        if r.len() >= n {
-            return r;
+        let items = read(path);
+        if items.len() >= n {
+            return items;
         }
-        assert!(Instant::now() < deadline, "{} records of {n} in {}", r.len(), path.display());
+        assert!(Instant::now() < deadline, "{} of {n} in {}", items.len(), path.display());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Polls the output file until it holds at least `n` records; returns them.
+fn wait_records(path: &Path, n: usize) -> Vec<Value> {
+    wait_file(path, n, records)
 }
 
 /// A `/metrics` sample (0 when absent).
@@ -325,15 +330,7 @@ fn lines(path: &Path) -> Vec<String> {
 }
 
 fn wait_lines(path: &Path, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let l = lines(path);
-        if l.len() >= n {
-            return l;
-        }
-        assert!(Instant::now() < deadline, "{} lines of {n} in {}", l.len(), path.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_file(path, n, lines)
 }
 
 /// rsyslog (Debian, rsyslog-gnutls) relays `logger` messages to floodgate over TLS: with a

@@ -677,3 +677,39 @@ fn sighup_reopens_the_output_file() {
     let old = records(&rotated);
     assert_eq!((old.len(), old[0]["message"].as_str()), (1, Some("before rotation")));
 }
+
+/// `output = "stdout"`: one JSON record per line on standard output.
+#[test]
+fn stdout_output_writes_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, http) = (free_port(), free_port());
+    let cfg = dir.path().join("f.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[statsd]\nudp = []\ntcp = []\n[admin]\n[http]\nlisten = \"127.0.0.1:{http}\"\n{NO_LIMITS}\
+             [syslog]\nudp = [\"127.0.0.1:{port}\"]\ntcp = []\noutput = \"stdout\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while http_get(http, "/healthz").map(|(c, _)| c != 200).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    logger(port, &["-d", "--rfc5424", "-t", "to-stdout"], "hello stdout");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let record: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!((record["message"].as_str(), record["app_name"].as_str()), (Some("hello stdout"), Some("to-stdout")));
+}

@@ -75,21 +75,22 @@ pub struct Now {
 /// Parses one message (a frame, or a datagram without its trailing newline).
 pub fn parse(input: &[u8], now: Now) -> Record<'_> {
     let input = trim_end(input);
+    let src = Src { bytes: input, whole: std::str::from_utf8(input).ok(), now };
     let (pri, rest) = match pri(input) {
         Ok(p) => p,
-        Err(why) => return unparsed(input, why),
+        Err(why) => return src.unparsed(input, why),
     };
     let (facility, severity) = match pri {
         Some(p) => (Some((p / 8) as u8), Some((p % 8) as u8)),
         None => (None, None),
     };
     let mut record = if let Some(after) = rest.strip_prefix(b"1 ") {
-        match rfc5424(after) {
+        match src.rfc5424(after) {
             Ok(r) => r,
-            Err(why) => return Record { facility, severity, ..unparsed(input, why) },
+            Err(why) => return Record { facility, severity, ..src.unparsed(input, why) },
         }
     } else {
-        rfc3164(rest, now)
+        src.rfc3164(rest)
     };
     record.facility = facility;
     record.severity = severity;
@@ -115,8 +116,247 @@ fn text(b: &[u8]) -> Text<'_> {
     }
 }
 
-fn unparsed<'a>(input: &'a [u8], why: &str) -> Record<'a> {
-    Record { message: text(input), parse_error: Some(why.to_string()), ..Record::default() }
+/// One message being parsed. The input is checked for UTF-8 once; when it is valid, every
+/// field (a sub-slice cut at ASCII delimiters) is borrowed as text without checking it again.
+struct Src<'a> {
+    bytes: &'a [u8],
+    whole: Option<&'a str>,
+    now: Now,
+}
+
+impl<'a> Src<'a> {
+    fn text(&self, b: &'a [u8]) -> Text<'a> {
+        if let Some(whole) = self.whole {
+            let start = (b.as_ptr() as usize).wrapping_sub(self.bytes.as_ptr() as usize);
+            if let Some(s) = whole.get(start..start.wrapping_add(b.len())) {
+                return Cow::Borrowed(s);
+            }
+        }
+        text(b)
+    }
+
+    fn unparsed(&self, input: &'a [u8], why: &str) -> Record<'a> {
+        Record { message: self.text(input), parse_error: Some(why.to_string()), ..Record::default() }
+    }
+
+    fn nil(&self, f: &'a [u8]) -> Option<Text<'a>> {
+        (f != b"-").then(|| self.text(f))
+    }
+
+    fn rfc5424(&self, s: &'a [u8]) -> Result<Record<'a>, &'static str> {
+        let (timestamp, s) = field(s).ok_or("RFC 5424 header cut short")?;
+        let (hostname, s) = field(s).ok_or("RFC 5424 header cut short")?;
+        let (app_name, s) = field(s).ok_or("RFC 5424 header cut short")?;
+        let (procid, s) = field(s).ok_or("RFC 5424 header cut short")?;
+        // MSGID may be the last field when there is neither SD nor message.
+        let (msgid, s) = field(s).unwrap_or((s, &[]));
+        if timestamp != b"-" && !looks_like_rfc3339(timestamp) {
+            return Err("RFC 5424 timestamp is not RFC 3339");
+        }
+        let (structured_data, s) = self.structured_data(s)?;
+        let msg = s.strip_prefix(b" ").unwrap_or(s);
+        let msg = msg.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(msg);
+        Ok(Record {
+            format: Format::Rfc5424,
+            timestamp: self.nil(timestamp),
+            hostname: self.nil(hostname),
+            app_name: self.nil(app_name),
+            procid: self.nil(procid),
+            msgid: self.nil(msgid),
+            structured_data,
+            message: self.text(msg),
+            ..Record::default()
+        })
+    }
+
+    /// `-`, or `[...]` elements; returns them and what follows.
+    fn structured_data(&self, s: &'a [u8]) -> Result<(Vec<SdElement<'a>>, &'a [u8]), &'static str> {
+        if s.is_empty() {
+            return Ok((Vec::new(), s));
+        }
+        if let Some(rest) = s.strip_prefix(b"-") {
+            return Ok((Vec::new(), rest));
+        }
+        let mut out = Vec::new();
+        let mut s = s;
+        while let Some(rest) = s.strip_prefix(b"[") {
+            let id_end = rest.iter().position(|b| *b == b' ' || *b == b']').ok_or("unterminated structured data")?;
+            if id_end == 0 {
+                return Err("structured data element without an id");
+            }
+            let mut element = SdElement { id: self.text(&rest[..id_end]), params: Vec::new() };
+            let mut r = &rest[id_end..];
+            loop {
+                match r.first() {
+                    Some(b']') => {
+                        r = &r[1..];
+                        break;
+                    }
+                    Some(b' ') => {
+                        r = &r[1..];
+                        let eq = r.iter().position(|b| *b == b'=').ok_or("structured data parameter without '='")?;
+                        let name = &r[..eq];
+                        if name.is_empty() || name.iter().any(|b| matches!(b, b' ' | b']' | b'"')) {
+                            return Err("bad structured data parameter name");
+                        }
+                        r = r[eq + 1..].strip_prefix(b"\"").ok_or("structured data value without '\"'")?;
+                        // The value up to its closing quote; unescaped only if it has escapes.
+                        let mut escaped = false;
+                        let mut i = 0;
+                        loop {
+                            match r.get(i) {
+                                None => return Err("unterminated structured data value"),
+                                Some(b'\\') if matches!(r.get(i + 1), Some(b'"' | b'\\' | b']')) => {
+                                    escaped = true;
+                                    i += 2;
+                                }
+                                Some(b'"') => break,
+                                Some(_) => i += 1,
+                            }
+                        }
+                        let value =
+                            if escaped { Cow::Owned(unescape(&r[..i]).into_owned()) } else { self.text(&r[..i]) };
+                        element.params.push((self.text(name), value));
+                        r = &r[i + 1..];
+                    }
+                    _ => return Err("malformed structured data"),
+                }
+            }
+            out.push(element);
+            s = r;
+        }
+        Ok((out, s))
+    }
+
+    /// `hh:mm:ss` plus optional `.fraction`; returns the text and the rest.
+    fn clock(&self, s: &'a [u8]) -> Option<(Text<'a>, &'a [u8])> {
+        if s.len() < 8 || s[2] != b':' || s[5] != b':' {
+            return None;
+        }
+        let (h, m, sec) = (two(&s[0..2])?, two(&s[3..5])?, two(&s[6..8])?);
+        if h > 23 || m > 59 || sec > 60 {
+            return None;
+        }
+        let mut end = 8;
+        if s.get(8) == Some(&b'.') {
+            end = 9 + s[9..].iter().take_while(|b| b.is_ascii_digit()).count();
+        }
+        Some((self.text(&s[..end]), &s[end..]))
+    }
+
+    /// An RFC 3164 timestamp in any of its variants, as ISO 8601; the rest after it (and the
+    /// separator: a space, or Cisco's `: `).
+    fn timestamp3164(&self, s: &'a [u8]) -> Option<(Text<'a>, &'a [u8])> {
+        // ISO 8601 / RFC 3339 (rsyslog's high-precision format).
+        if s.len() >= 19 && looks_like_rfc3339(s) {
+            let end = s.iter().position(|b| *b == b' ').unwrap_or(s.len());
+            let rest = &s[end..];
+            return Some((self.text(&s[..end]), rest.strip_prefix(b" ").unwrap_or(rest)));
+        }
+        // Cisco marks unsynchronised clocks with `*` and synchronised ones with `.`.
+        let s = s.strip_prefix(b"*").or_else(|| s.strip_prefix(b".")).unwrap_or(s);
+        let month = MONTHS.iter().position(|m| s.starts_with(*m))? as u32 + 1;
+        if s.get(3) != Some(&b' ') {
+            return None;
+        }
+        let day = two(s.get(4..6)?)?;
+        if !(1..=31).contains(&day) || s.get(6) != Some(&b' ') {
+            return None;
+        }
+        let mut r = &s[7..];
+        // An explicit year: `Mmm dd yyyy hh:mm:ss`.
+        let year = if r.len() > 5 && r[..4].iter().all(u8::is_ascii_digit) && r[4] == b' ' {
+            let y = r[..4].iter().fold(0i32, |n, d| n * 10 + i32::from(d - b'0'));
+            r = &r[5..];
+            y
+        } else if month > self.now.month + 1 {
+            self.now.year - 1 // December's message read in January.
+        } else {
+            self.now.year
+        };
+        let (time, mut r) = self.clock(r)?;
+        // A zone name after the time (Cisco `UTC`, `CET`): kept.
+        let mut zone = String::new();
+        if r.len() > 1 && r[0] == b' ' && r[1].is_ascii_uppercase() {
+            let z = r[1..].iter().take_while(|b| b.is_ascii_uppercase()).count();
+            if (2..=5).contains(&z) && matches!(r.get(1 + z), Some(b' ' | b':') | None) {
+                zone = format!(" {}", self.text(&r[1..1 + z]));
+                r = &r[1 + z..];
+            }
+        }
+        let r = r.strip_prefix(b":").unwrap_or(r);
+        let r = r.strip_prefix(b" ").unwrap_or(r);
+        Some((Cow::Owned(format!("{year:04}-{month:02}-{day:02}T{time}{zone}")), r))
+    }
+
+    fn tag(&self, token: &'a [u8]) -> Option<Tag<'a>> {
+        let t = token.strip_suffix(b":")?;
+        if let Some(mnemonic) = t.strip_prefix(b"%") {
+            return Some((None, None, Some(self.text(mnemonic))));
+        }
+        if t.is_empty() || t.len() > 48 || t.iter().any(|b| *b == b'"' || *b == b'=') {
+            return None;
+        }
+        match t.iter().position(|b| *b == b'[') {
+            Some(open) if t.ends_with(b"]") => {
+                Some((Some(self.text(&t[..open])), Some(self.text(&t[open + 1..t.len() - 1])), None))
+            }
+            Some(_) => None,
+            None => Some((Some(self.text(t)), None, None)),
+        }
+    }
+
+    fn rfc3164(&self, s: &'a [u8]) -> Record<'a> {
+        let mut r = Record::default();
+        let mut s = s;
+        // Cisco sequence number: `123: ` before the timestamp.
+        let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 0 && s[digits..].starts_with(b": ") {
+            s = &s[digits + 2..];
+        }
+        // Cisco with `logging origin-id`: `host: Mmm dd hh:mm:ss: ...`.
+        if let Some((token, rest)) = field(s) {
+            if let Some(host) = token.strip_suffix(b":").filter(|h| !h.is_empty() && !h.contains(&b'[')) {
+                if let Some((ts, rest)) = self.timestamp3164(rest) {
+                    r.hostname = Some(self.text(host));
+                    r.timestamp = Some(ts);
+                    s = rest;
+                }
+            }
+        }
+        if r.timestamp.is_none() {
+            if let Some((ts, rest)) = self.timestamp3164(s) {
+                r.timestamp = Some(ts);
+                s = rest;
+            }
+        }
+        // Hostname, unless the next token is already the tag.
+        if let Some((token, rest)) = field(s) {
+            match self.tag(token) {
+                Some((app, pid, mnemonic)) => {
+                    (r.app_name, r.procid, r.msgid) = (app, pid, mnemonic);
+                    s = rest;
+                }
+                None if r.timestamp.is_some()
+                    && r.hostname.is_none()
+                    && !token.is_empty()
+                    && !token.contains(&b':') =>
+                {
+                    r.hostname = Some(self.text(token));
+                    s = rest;
+                    if let Some((t, rest)) = field(s) {
+                        if let Some((app, pid, mnemonic)) = self.tag(t) {
+                            (r.app_name, r.procid, r.msgid) = (app, pid, mnemonic);
+                            s = rest;
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        r.message = self.text(s);
+        r
+    }
 }
 
 /// `<N>` with N in 0..=191 (no leading zeros but `<0>`); `None` when there is no `<`.
@@ -139,36 +379,6 @@ fn field(s: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&s[..end], &s[end + 1..]))
 }
 
-fn nil(f: &[u8]) -> Option<Text<'_>> {
-    (f != b"-").then(|| text(f))
-}
-
-fn rfc5424(s: &[u8]) -> Result<Record<'_>, &'static str> {
-    let (timestamp, s) = field(s).ok_or("RFC 5424 header cut short")?;
-    let (hostname, s) = field(s).ok_or("RFC 5424 header cut short")?;
-    let (app_name, s) = field(s).ok_or("RFC 5424 header cut short")?;
-    let (procid, s) = field(s).ok_or("RFC 5424 header cut short")?;
-    // MSGID may be the last field when there is neither SD nor message.
-    let (msgid, s) = field(s).unwrap_or((s, &[]));
-    if timestamp != b"-" && !looks_like_rfc3339(timestamp) {
-        return Err("RFC 5424 timestamp is not RFC 3339");
-    }
-    let (structured_data, s) = structured_data(s)?;
-    let msg = s.strip_prefix(b" ").unwrap_or(s);
-    let msg = msg.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(msg);
-    Ok(Record {
-        format: Format::Rfc5424,
-        timestamp: nil(timestamp),
-        hostname: nil(hostname),
-        app_name: nil(app_name),
-        procid: nil(procid),
-        msgid: nil(msgid),
-        structured_data,
-        message: text(msg),
-        ..Record::default()
-    })
-}
-
 fn looks_like_rfc3339(t: &[u8]) -> bool {
     t.len() >= 19
         && t[..4].iter().all(u8::is_ascii_digit)
@@ -177,64 +387,6 @@ fn looks_like_rfc3339(t: &[u8]) -> bool {
         && (t[10] == b'T' || t[10] == b't')
         && t[13] == b':'
         && t[16] == b':'
-}
-
-/// `-`, or `[...]` elements; returns them and what follows.
-fn structured_data(s: &[u8]) -> Result<(Vec<SdElement<'_>>, &[u8]), &'static str> {
-    if s.is_empty() {
-        return Ok((Vec::new(), s));
-    }
-    if let Some(rest) = s.strip_prefix(b"-") {
-        return Ok((Vec::new(), rest));
-    }
-    let mut out = Vec::new();
-    let mut s = s;
-    while let Some(rest) = s.strip_prefix(b"[") {
-        let id_end = rest.iter().position(|b| *b == b' ' || *b == b']').ok_or("unterminated structured data")?;
-        if id_end == 0 {
-            return Err("structured data element without an id");
-        }
-        let mut element = SdElement { id: text(&rest[..id_end]), params: Vec::new() };
-        let mut r = &rest[id_end..];
-        loop {
-            match r.first() {
-                Some(b']') => {
-                    r = &r[1..];
-                    break;
-                }
-                Some(b' ') => {
-                    r = &r[1..];
-                    let eq = r.iter().position(|b| *b == b'=').ok_or("structured data parameter without '='")?;
-                    let name = &r[..eq];
-                    if name.is_empty() || name.iter().any(|b| matches!(b, b' ' | b']' | b'"')) {
-                        return Err("bad structured data parameter name");
-                    }
-                    r = r[eq + 1..].strip_prefix(b"\"").ok_or("structured data value without '\"'")?;
-                    // The value up to its closing quote; unescaped only if it has escapes.
-                    let mut escaped = false;
-                    let mut i = 0;
-                    loop {
-                        match r.get(i) {
-                            None => return Err("unterminated structured data value"),
-                            Some(b'\\') if matches!(r.get(i + 1), Some(b'"' | b'\\' | b']')) => {
-                                escaped = true;
-                                i += 2;
-                            }
-                            Some(b'"') => break,
-                            Some(_) => i += 1,
-                        }
-                    }
-                    let value = if escaped { Cow::Owned(unescape(&r[..i]).into_owned()) } else { text(&r[..i]) };
-                    element.params.push((text(name), value));
-                    r = &r[i + 1..];
-                }
-                _ => return Err("malformed structured data"),
-            }
-        }
-        out.push(element);
-        s = r;
-    }
-    Ok((out, s))
 }
 
 /// A structured-data value without its `\"`, `\\`, `\]` escapes.
@@ -262,133 +414,9 @@ fn two(b: &[u8]) -> Option<u32> {
     }
 }
 
-/// `hh:mm:ss` plus optional `.fraction`; returns the text and the rest.
-fn clock(s: &[u8]) -> Option<(Text<'_>, &[u8])> {
-    if s.len() < 8 || s[2] != b':' || s[5] != b':' {
-        return None;
-    }
-    let (h, m, sec) = (two(&s[0..2])?, two(&s[3..5])?, two(&s[6..8])?);
-    if h > 23 || m > 59 || sec > 60 {
-        return None;
-    }
-    let mut end = 8;
-    if s.get(8) == Some(&b'.') {
-        end = 9 + s[9..].iter().take_while(|b| b.is_ascii_digit()).count();
-    }
-    Some((text(&s[..end]), &s[end..]))
-}
-
-/// An RFC 3164 timestamp in any of its variants, as ISO 8601; the rest after it (and the
-/// separator: a space, or Cisco's `: `).
-fn timestamp3164(s: &[u8], now: Now) -> Option<(Text<'_>, &[u8])> {
-    // ISO 8601 / RFC 3339 (rsyslog's high-precision format).
-    if s.len() >= 19 && looks_like_rfc3339(s) {
-        let end = s.iter().position(|b| *b == b' ').unwrap_or(s.len());
-        let rest = &s[end..];
-        return Some((text(&s[..end]), rest.strip_prefix(b" ").unwrap_or(rest)));
-    }
-    // Cisco marks unsynchronised clocks with `*` and synchronised ones with `.`.
-    let s = s.strip_prefix(b"*").or_else(|| s.strip_prefix(b".")).unwrap_or(s);
-    let month = MONTHS.iter().position(|m| s.starts_with(*m))? as u32 + 1;
-    if s.get(3) != Some(&b' ') {
-        return None;
-    }
-    let day = two(s.get(4..6)?)?;
-    if !(1..=31).contains(&day) || s.get(6) != Some(&b' ') {
-        return None;
-    }
-    let mut r = &s[7..];
-    // An explicit year: `Mmm dd yyyy hh:mm:ss`.
-    let year = if r.len() > 5 && r[..4].iter().all(u8::is_ascii_digit) && r[4] == b' ' {
-        let y = r[..4].iter().fold(0i32, |n, d| n * 10 + i32::from(d - b'0'));
-        r = &r[5..];
-        y
-    } else if month > now.month + 1 {
-        now.year - 1 // December's message read in January.
-    } else {
-        now.year
-    };
-    let (time, mut r) = clock(r)?;
-    // A zone name after the time (Cisco `UTC`, `CET`): kept.
-    let mut zone = String::new();
-    if r.len() > 1 && r[0] == b' ' && r[1].is_ascii_uppercase() {
-        let z = r[1..].iter().take_while(|b| b.is_ascii_uppercase()).count();
-        if (2..=5).contains(&z) && matches!(r.get(1 + z), Some(b' ' | b':') | None) {
-            zone = format!(" {}", text(&r[1..1 + z]));
-            r = &r[1 + z..];
-        }
-    }
-    let r = r.strip_prefix(b":").unwrap_or(r);
-    let r = r.strip_prefix(b" ").unwrap_or(r);
-    Some((Cow::Owned(format!("{year:04}-{month:02}-{day:02}T{time}{zone}")), r))
-}
-
 /// `program[pid]:` or `program:`; a Cisco `%FAC-SEV-MNEMONIC:`.
 /// A tag's program, pid and Cisco mnemonic.
 type Tag<'a> = (Option<Text<'a>>, Option<Text<'a>>, Option<Text<'a>>);
-
-fn tag(token: &[u8]) -> Option<Tag<'_>> {
-    let t = token.strip_suffix(b":")?;
-    if let Some(mnemonic) = t.strip_prefix(b"%") {
-        return Some((None, None, Some(text(mnemonic))));
-    }
-    if t.is_empty() || t.len() > 48 || t.iter().any(|b| *b == b'"' || *b == b'=') {
-        return None;
-    }
-    match t.iter().position(|b| *b == b'[') {
-        Some(open) if t.ends_with(b"]") => Some((Some(text(&t[..open])), Some(text(&t[open + 1..t.len() - 1])), None)),
-        Some(_) => None,
-        None => Some((Some(text(t)), None, None)),
-    }
-}
-
-fn rfc3164(s: &[u8], now: Now) -> Record<'_> {
-    let mut r = Record::default();
-    let mut s = s;
-    // Cisco sequence number: `123: ` before the timestamp.
-    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits > 0 && s[digits..].starts_with(b": ") {
-        s = &s[digits + 2..];
-    }
-    // Cisco with `logging origin-id`: `host: Mmm dd hh:mm:ss: ...`.
-    if let Some((token, rest)) = field(s) {
-        if let Some(host) = token.strip_suffix(b":").filter(|h| !h.is_empty() && !h.contains(&b'[')) {
-            if let Some((ts, rest)) = timestamp3164(rest, now) {
-                r.hostname = Some(text(host));
-                r.timestamp = Some(ts);
-                s = rest;
-            }
-        }
-    }
-    if r.timestamp.is_none() {
-        if let Some((ts, rest)) = timestamp3164(s, now) {
-            r.timestamp = Some(ts);
-            s = rest;
-        }
-    }
-    // Hostname, unless the next token is already the tag.
-    if let Some((token, rest)) = field(s) {
-        match tag(token) {
-            Some((app, pid, mnemonic)) => {
-                (r.app_name, r.procid, r.msgid) = (app, pid, mnemonic);
-                s = rest;
-            }
-            None if r.timestamp.is_some() && r.hostname.is_none() && !token.is_empty() && !token.contains(&b':') => {
-                r.hostname = Some(text(token));
-                s = rest;
-                if let Some((t, rest)) = field(s) {
-                    if let Some((app, pid, mnemonic)) = tag(t) {
-                        (r.app_name, r.procid, r.msgid) = (app, pid, mnemonic);
-                        s = rest;
-                    }
-                }
-            }
-            None => {}
-        }
-    }
-    r.message = text(s);
-    r
-}
 
 #[cfg(test)]
 mod tests;

@@ -59,9 +59,20 @@ pub const SEVERITIES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "
 /// Appends the record's JSON line (with its `\n`) to `out`.
 ///
 /// Written by hand rather than through serde: this runs once per message on the hot path, and
-/// a direct writer with a table-driven string escaper and no intermediate maps is several
+/// a direct writer with a word-at-a-time escape scan and no intermediate maps is several
 /// times cheaper (measured with the syslog benchmark).
 pub fn write_json(record: &Record, received: &Received<'_>, raw: Option<&[u8]>, out: &mut Vec<u8>) {
+    let start = out.len();
+    json_prefix(received, out);
+    let prefix = out[start..].to_vec();
+    out.truncate(start);
+    write_json_after(&prefix, record, raw, out);
+}
+
+/// The part of every record that depends only on where and when it came in:
+/// `{"received_at":...,"transport":"..."` (no closing brace). A listener renders it once a
+/// batch and passes it to [`write_json_after`].
+pub fn json_prefix(received: &Received<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"received_at\":");
     json_str(out, received.at);
     out.extend_from_slice(b",\"source\":");
@@ -70,10 +81,15 @@ pub fn write_json(record: &Record, received: &Received<'_>, raw: Option<&[u8]>, 
     json_str(out, received.listener);
     out.extend_from_slice(b",\"transport\":");
     json_str(out, received.transport);
+}
+
+/// Appends a record's JSON line given its rendered [`json_prefix`].
+pub fn write_json_after(prefix: &[u8], record: &Record, raw: Option<&[u8]>, out: &mut Vec<u8>) {
+    out.extend_from_slice(prefix);
     out.extend_from_slice(b",\"facility\":");
-    json_opt(out, record.facility.and_then(|f| FACILITIES.get(usize::from(f)).copied()));
+    json_name(out, record.facility.and_then(|f| FACILITIES.get(usize::from(f)).copied()));
     out.extend_from_slice(b",\"severity\":");
-    json_opt(out, record.severity.and_then(|s| SEVERITIES.get(usize::from(s)).copied()));
+    json_name(out, record.severity.and_then(|s| SEVERITIES.get(usize::from(s)).copied()));
     out.extend_from_slice(b",\"timestamp\":");
     json_opt(out, record.timestamp.as_deref());
     out.extend_from_slice(b",\"hostname\":");
@@ -155,6 +171,18 @@ fn structured_data(out: &mut Vec<u8>, elements: &[crate::SdElement]) {
         out.push(b'}');
     }
     out.push(b'}');
+}
+
+/// One of the constant names above (nothing in them to escape), or `null`.
+fn json_name(out: &mut Vec<u8>, name: Option<&'static str>) {
+    match name {
+        Some(n) => {
+            out.push(b'"');
+            out.extend_from_slice(n.as_bytes());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 fn json_opt(out: &mut Vec<u8>, s: Option<&str>) {

@@ -9,7 +9,7 @@ pub mod udp;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use floodgate_syslog::record::{rfc3339_millis, write_json, Received};
+use floodgate_syslog::record::{json_prefix, rfc3339_millis, write_json_after, Received};
 use floodgate_syslog::{parse, Now};
 
 use crate::sinks::syslog::{Chunk, Encoding};
@@ -22,6 +22,9 @@ pub struct Encoder {
     received_at: String,
     now: Now,
     source: String,
+    source_addr: Option<SocketAddr>,
+    /// The records' common start (time, source, listener), rendered when one of them changes.
+    prefix: Vec<u8>,
 }
 
 impl Encoder {
@@ -34,6 +37,8 @@ impl Encoder {
             received_at: String::new(),
             now: Now { year: 1970, month: 1 },
             source: String::new(),
+            source_addr: None,
+            prefix: Vec::new(),
         };
         e.stamp();
         e
@@ -47,12 +52,29 @@ impl Encoder {
             .unwrap_or(0);
         self.received_at = rfc3339_millis(ms);
         self.now = Now::at_unix(ms.div_euclid(1000));
+        self.render_prefix();
     }
 
     /// The sender of the messages that follow.
     pub fn set_source(&mut self, source: SocketAddr) {
+        if self.source_addr == Some(source) {
+            return;
+        }
+        self.source_addr = Some(source);
         self.source.clear();
         let _ = write!(self.source, "{source}");
+        self.render_prefix();
+    }
+
+    fn render_prefix(&mut self) {
+        self.prefix.clear();
+        let received = Received {
+            at: &self.received_at,
+            source: &self.source,
+            listener: self.listener,
+            transport: self.transport,
+        };
+        json_prefix(&received, &mut self.prefix);
     }
 
     /// Adds one message to `chunk`; `note` flags something the listener noticed (a truncated
@@ -73,13 +95,7 @@ impl Encoder {
         let clean = record.parse_error.is_none();
         match self.encoding {
             Encoding::Json { raw } => {
-                let received = Received {
-                    at: &self.received_at,
-                    source: &self.source,
-                    listener: self.listener,
-                    transport: self.transport,
-                };
-                write_json(&record, &received, raw.then_some(trimmed), &mut chunk.bytes);
+                write_json_after(&self.prefix, &record, raw.then_some(trimmed), &mut chunk.bytes);
             }
             Encoding::OctetCounted => {
                 let _ = write!(Bytes(&mut chunk.bytes), "{} ", trimmed.len());

@@ -23,8 +23,7 @@ command -v openssl >/dev/null || apt_needed+=(openssl)
 command -v logger >/dev/null || apt_needed+=(bsdutils)
 # rsyslog with its TLS driver (syslog tests). Debian's syslog-ng conflicts with it.
 command -v rsyslogd >/dev/null || apt_needed+=(rsyslog)
-[ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 \
-  || apt_needed+=(rsyslog-gnutls)
+ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || apt_needed+=(rsyslog-gnutls)
 python3 -m pip --version >/dev/null 2>&1 || apt_needed+=(python3 python3-pip)
 if [ ${#apt_needed[@]} -gt 0 ]; then
   apt-get update -qq

@@ -713,3 +713,52 @@ fn stdout_output_writes_json_lines() {
     let record: Value = serde_json::from_str(&line).unwrap();
     assert_eq!((record["message"].as_str(), record["app_name"].as_str()), (Some("hello stdout"), Some("to-stdout")));
 }
+
+/// A TLS handshake against `port` trusting only `ca`: whether it succeeds.
+fn handshake_ok(port: u16, ca: &str) -> bool {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let conn = rustls::ClientConnection::new(tls_client(ca, None), "syslog.test".try_into().unwrap()).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let ok = s.write_all(b"5 hello").and_then(|_| s.flush()).is_ok() && !s.conn.is_handshaking();
+    s.conn.send_close_notify();
+    let _ = s.flush();
+    ok
+}
+
+/// SIGHUP re-reads a TLS listener's certificate (renewed files keep their names): new
+/// connections get the new one; a broken file leaves the old one serving.
+#[test]
+fn sighup_reloads_the_tls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_ca = Pki::new(dir.path(), "old");
+    let new_ca = Pki::new(dir.path(), "new");
+    let (cert, key) = old_ca.issue("server", "syslog.test");
+    let (old, new) =
+        (dir.path().join("old-ca.pem").display().to_string(), dir.path().join("new-ca.pem").display().to_string());
+    let (port, tls_port) = (free_port(), free_port());
+    let fg = start(
+        port,
+        &dir.path().join("out.jsonl"),
+        &format!("tls = [{{ listen = \"127.0.0.1:{tls_port}\", cert = \"{cert}\", key = \"{key}\" }}]\n"),
+        "",
+    );
+    assert!(handshake_ok(tls_port, &old) && !handshake_ok(tls_port, &new));
+    let hup_and_wait = |n: usize| {
+        Command::new("kill").arg("-HUP").arg(fg.child.id().to_string()).status().unwrap();
+        let deadline = Instant::now() + WAIT;
+        while fg.stderr().matches("config reloaded").count() < n {
+            assert!(Instant::now() < deadline, "no reload");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Renewed by another CA, same file names.
+    new_ca.issue("server", "syslog.test");
+    hup_and_wait(1);
+    assert!(handshake_ok(tls_port, &new) && !handshake_ok(tls_port, &old));
+    // A broken certificate file: refused, the running certificate stays.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    hup_and_wait(2);
+    assert!(fg.stderr().contains("syslog tls certificate refused"));
+    assert!(handshake_ok(tls_port, &new));
+}

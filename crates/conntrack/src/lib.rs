@@ -4,6 +4,11 @@
 //!   out of a message, the one request floodgate ever sends (a dump).
 //! - [`ctnetlink`]: a conntrack entry ([`Entry`]) out of a `IPCTNL_MSG_CT_*` message: tuples,
 //!   protocol, TCP state, status, id, timeout — and the event it reports.
+//! - [`label`]: which end is remote, and the `host="ip:port"` label (inbound connections by
+//!   client IP and local service port).
+//! - [`table`]: per-label counts by state kept current event by event, bounded labels,
+//!   closed connections shown for one scrape, resync after lost events.
+//! - [`log`]: the event log lines, JSON and the conntrack tool's format.
 //!
 //! Written on the netlink wire format directly: no crate decodes dumps, events and every
 //! attribute floodgate needs (netlink-packet-netfilter covers part of ctnetlink), and the
@@ -12,6 +17,11 @@
 #![warn(missing_docs)]
 
 pub mod ctnetlink;
+pub mod label;
+pub mod log;
 pub mod netlink;
+pub mod table;
 
-pub use ctnetlink::{Entry, EventType, TcpState, Tuple};
+pub use ctnetlink::{Entry, EventType, Phase, TcpState, Tuple};
+pub use label::{Locality, Remote};
+pub use table::{Counts, Label, Table};

@@ -297,6 +297,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         let shared = shared.clone();
         std::thread::Builder::new().name("flusher".into()).spawn(move || crate::flush::run(shared, outputs, stop_rx))?
     };
+    if let Some(conntrack) = crate::sources::conntrack::start(&config.conntrack, shutdown.clone())? {
+        shared.telemetry.set_conntrack(conntrack);
+    }
     let sweeper = shared.guard.spawn_sweeper(shutdown.clone())?;
     shared.ready.store(true, Ordering::SeqCst);
     tracing::info!(flush_interval = ?s.flush_interval, "ready");

@@ -1,5 +1,6 @@
-//! The syscall layer: UDP sockets with `SO_REUSEPORT` and a large receive buffer, and batched
-//! receive with `recvmmsg(2)`. All of floodgate's `unsafe` lives here.
+//! The syscall layer: UDP sockets with `SO_REUSEPORT` and a large receive buffer, batched
+//! receive with `recvmmsg(2)`, netlink sockets (conntrack) and the host's interface
+//! addresses. All of floodgate's `unsafe` lives here.
 //!
 //! `recvmmsg` is written against libc directly: nix's wrapper allocates per call and hides the
 //! per-message truncation flag we count, and the loop is small.
@@ -250,6 +251,102 @@ impl SendBatch {
             Ok(n as usize)
         }
     }
+}
+
+/// `NETLINK_NETFILTER`.
+const NETLINK_NETFILTER: i32 = 12;
+/// `SOL_NETLINK`.
+const SOL_NETLINK: i32 = 270;
+/// `NETLINK_ADD_MEMBERSHIP`.
+const NETLINK_ADD_MEMBERSHIP: i32 = 1;
+
+/// A netfilter netlink socket (ctnetlink): requests go to the kernel, replies and (when
+/// subscribed) events come back.
+pub struct NetlinkSocket {
+    socket: Socket,
+}
+
+impl NetlinkSocket {
+    /// Opens and binds a `NETLINK_NETFILTER` socket subscribed to `groups`, with a receive
+    /// buffer of `buffer` bytes (forced past `rmem_max` when privileged) and a read timeout.
+    pub fn netfilter(groups: &[u32], buffer: usize, timeout: Duration) -> io::Result<NetlinkSocket> {
+        let socket = Socket::new(Domain::from(libc::AF_NETLINK), Type::RAW, Some(Protocol::from(NETLINK_NETFILTER)))?;
+        // SAFETY: an all-zero sockaddr_nl is valid (pid 0: the kernel assigns one; no groups).
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: `addr` is a live, initialised sockaddr_nl and the length passed is its size.
+        let rc = unsafe {
+            libc::bind(
+                socket.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for group in groups {
+            set_int_opt(socket.as_raw_fd(), SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, *group as usize)?;
+        }
+        if set_int_opt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, buffer).is_err() {
+            let _ = socket.set_recv_buffer_size(buffer);
+        }
+        socket.set_read_timeout(Some(timeout))?;
+        Ok(NetlinkSocket { socket })
+    }
+
+    /// Sends one request to the kernel.
+    pub fn send(&self, request: &[u8]) -> io::Result<()> {
+        self.socket.send(request).map(|_| ())
+    }
+
+    /// Receives one buffer of messages (`ENOBUFS`: the kernel dropped events for us).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the call.
+        let n = unsafe { libc::recv(self.socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// The receive buffer the kernel granted.
+    pub fn recv_buffer(&self) -> usize {
+        self.socket.recv_buffer_size().unwrap_or(0)
+    }
+}
+
+/// The addresses of this host's interfaces (`getifaddrs`).
+pub fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head into `head`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says which struct it is.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: family AF_INET: the sockaddr is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: family AF_INET6: the sockaddr is a sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                out.push(std::net::IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
 }
 
 /// Datagrams the kernel dropped for want of receive-buffer room on sockets bound to `port`

@@ -116,6 +116,7 @@ pub struct Telemetry {
     forward: Mutex<Vec<(String, Arc<crate::sinks::forward::LinkCounters>)>>,
     aggregator: Mutex<Option<Arc<crate::sources::aggregator::Aggregator>>>,
     syslog_output: Mutex<Option<(String, Arc<crate::sinks::syslog::OutputCounters>)>>,
+    conntrack: Mutex<Option<Arc<crate::sources::conntrack::Conntrack>>>,
     /// The Graphite sink.
     pub graphite: SinkCounters,
     /// The remote-write sink.
@@ -138,6 +139,11 @@ impl Telemetry {
     /// Reports the aggregator role.
     pub fn set_aggregator(&self, aggregator: Arc<crate::sources::aggregator::Aggregator>) {
         *self.aggregator.lock() = Some(aggregator);
+    }
+
+    /// Reports the host's connections (conntrack).
+    pub fn set_conntrack(&self, conntrack: Arc<crate::sources::conntrack::Conntrack>) {
+        *self.conntrack.lock() = Some(conntrack);
     }
 
     /// Reports the syslog output.
@@ -223,6 +229,9 @@ impl Telemetry {
         render_forward(&self.forward.lock(), out);
         if let Some((describe, c)) = self.syslog_output.lock().as_ref() {
             render_syslog_output(describe, c, out);
+        }
+        if let Some(c) = self.conntrack.lock().as_ref() {
+            render_conntrack(c, out);
         }
         if let Some(a) = self.aggregator.lock().as_ref() {
             let c = &a.counters;
@@ -322,6 +331,71 @@ fn render_forward(links: &[(String, Arc<crate::sinks::forward::LinkCounters>)], 
         let samples = links.iter().map(|(a, c)| (format!("aggregator=\"{a}\""), field(c).load(Relaxed)));
         family(out, (name, kind, help), samples);
     }
+}
+
+/// conntrack_exporter's four gauges (same names, help and `host` label), then floodgate's own.
+fn render_conntrack(c: &crate::sources::conntrack::Conntrack, out: &mut String) {
+    use floodgate_conntrack::Phase;
+    let (rows, protocols, folded) = {
+        let mut table = c.table.lock();
+        let protocols: BTreeMap<u8, u64> = table.by_protocol().iter().map(|(p, n)| (*p, *n)).collect();
+        (table.scrape(), protocols, table.folded())
+    };
+    let families = [
+        (
+            Phase::Opening,
+            "conntrack_opening_connections",
+            "How many connections to the remote host are currently opening?",
+        ),
+        (Phase::Open, "conntrack_open_connections", "How many open connections are there to the remote host?"),
+        (
+            Phase::Closing,
+            "conntrack_closing_connections",
+            "How many connections to the remote host are currently closing?",
+        ),
+        (
+            Phase::Closed,
+            "conntrack_closed_connections",
+            "How many connections to the remote host have recently closed?",
+        ),
+    ];
+    for (phase, name, help) in families {
+        let samples = rows.iter().map(|(label, counts)| {
+            let mut v = counts.phases[phase as usize];
+            if phase == Phase::Closed {
+                v += counts.recently_closed;
+            }
+            (format!("host=\"{label}\""), v)
+        });
+        family(out, (name, "gauge", help), samples);
+    }
+    let by_protocol =
+        protocols.iter().map(|(p, n)| (format!("protocol=\"{}\"", floodgate_conntrack::log::protocol_name(*p)), *n));
+    family(out, ("conntrack_entries", "gauge", "Connections the kernel tracks now, by protocol."), by_protocol);
+    let events = crate::sources::conntrack::EVENT_NAMES
+        .iter()
+        .zip(&c.counters.events)
+        .map(|(name, n)| (format!("type=\"{name}\""), n.load(Relaxed)));
+    family(out, ("conntrack_events_total", "counter", "Connection events applied, by type."), events);
+    family(
+        out,
+        ("conntrack_resyncs_total", "counter", "Re-reads of the whole table after the kernel dropped events."),
+        [("", c.counters.resyncs.load(Relaxed))],
+    );
+    family(
+        out,
+        (
+            "conntrack_folded_connections_total",
+            "counter",
+            "Connections counted under host=\"other\" (max_remote_hosts reached).",
+        ),
+        [("", folded)],
+    );
+    family(
+        out,
+        ("conntrack_source_info", "gauge", "Where connections are read from (ctnetlink or sock_diag)."),
+        [(format!("source=\"{}\"", c.source), 1)],
+    );
 }
 
 /// One metric family: HELP, TYPE, then a sample per `(labels, value)` (labels without braces;

@@ -3,6 +3,7 @@
 //! are the two receive skeletons every source shares.
 
 pub mod aggregator;
+pub mod conntrack;
 pub mod listen;
 pub mod statsd;
 pub mod syslog;

@@ -1,0 +1,245 @@
+//! The host's connection table, live: subscribe to ctnetlink's NEW/UPDATE/DESTROY events
+//! first, then dump the table (processed as it streams in, never held whole), then follow
+//! the events; when the kernel drops events for us (`ENOBUFS`), dump again and reconcile.
+//! floodgate only ever sends dump requests: it never flushes or changes the kernel's table.
+//!
+//! One thread owns both sockets and updates the [`Table`] (a mutex it and a scrape share;
+//! a scrape copies the per-label counts, it never walks the connections).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use floodgate_conntrack::ctnetlink::{self, GROUP_DESTROY, GROUP_NEW, GROUP_UPDATE};
+use floodgate_conntrack::netlink::{self, AF_UNSPEC};
+use floodgate_conntrack::{log, Locality, Remote, Table};
+use parking_lot::Mutex;
+
+use crate::config::{ConntrackConfig, Enabled, EventFormat};
+use crate::sys::NetlinkSocket;
+
+/// How often the host's addresses and listening ports are re-read (for the inbound rule).
+const LOCALITY_REFRESH: Duration = Duration::from_secs(5);
+
+/// Figures of the conntrack source.
+#[derive(Debug, Default)]
+pub struct ConntrackCounters {
+    /// Events applied, by [`EventType`] (new, update, destroy).
+    pub events: [AtomicU64; 3],
+    /// Re-dumps after the kernel dropped events.
+    pub resyncs: AtomicU64,
+    /// Entries found gone at a resync (their DESTROY event was among those lost).
+    pub resync_removed: AtomicU64,
+    /// Messages that could not be decoded.
+    pub malformed: AtomicU64,
+}
+
+/// The running conntrack source, shared with `/metrics`.
+#[derive(Debug)]
+pub struct Conntrack {
+    /// Labels and counts.
+    pub table: Mutex<Table>,
+    /// Figures.
+    pub counters: ConntrackCounters,
+    /// `ctnetlink` (the only source so far).
+    pub source: &'static str,
+}
+
+/// Starts the source as configured: `Ok(None)` when off (or unavailable with `auto`, which
+/// is logged); an error when required (`enabled = true`) and unavailable.
+pub fn start(config: &ConntrackConfig, shutdown: Arc<AtomicBool>) -> anyhow::Result<Option<Arc<Conntrack>>> {
+    if config.enabled == Enabled::Off {
+        tracing::info!("connection tracking off ([conntrack] enabled = false)");
+        return Ok(None);
+    }
+    let opened = NetlinkSocket::netfilter(
+        &[GROUP_NEW, GROUP_UPDATE, GROUP_DESTROY],
+        config.event_buffer as usize,
+        Duration::from_millis(500),
+    )
+    .and_then(|events| Ok((events, NetlinkSocket::netfilter(&[], 4 << 20, Duration::from_secs(5))?)));
+    let (events, dumps) = match opened {
+        Ok(s) => s,
+        Err(e) if config.enabled == Enabled::Auto => {
+            tracing::warn!(error = %e, "connection tracking off: ctnetlink cannot be opened (needs CAP_NET_ADMIN and nf_conntrack)");
+            return Ok(None);
+        }
+        Err(e) => anyhow::bail!("[conntrack] enabled = true, but ctnetlink cannot be opened: {e}"),
+    };
+    tracing::info!(source = "ctnetlink", event_buffer = events.recv_buffer(), "connection tracking on");
+    let state = Arc::new(Conntrack {
+        table: Mutex::new(Table::new(config.max_remote_hosts)),
+        counters: ConntrackCounters::default(),
+        source: "ctnetlink",
+    });
+    let log: Option<(EventFormat, Box<dyn Write + Send>)> = if config.log_events {
+        let out: Box<dyn Write + Send> = if config.log_events_output == "stdout" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new().create(true).append(true).open(&config.log_events_output).map_err(|e| {
+                    anyhow::anyhow!("cannot open conntrack event log {}: {e}", config.log_events_output)
+                })?,
+            )
+        };
+        Some((config.log_events_format, out))
+    } else {
+        None
+    };
+    let mut follower = Follower {
+        state: state.clone(),
+        events,
+        dumps,
+        local: read_locality(),
+        local_at: Instant::now(),
+        seq: 1,
+        buf: vec![0u8; 1 << 20],
+        log: log.map(|(f, w)| (f, std::io::BufWriter::new(w))),
+    };
+    std::thread::Builder::new().name("conntrack".into()).spawn(move || follower.run(&shutdown))?;
+    Ok(Some(state))
+}
+
+struct Follower {
+    state: Arc<Conntrack>,
+    events: NetlinkSocket,
+    dumps: NetlinkSocket,
+    local: Locality,
+    local_at: Instant,
+    seq: u32,
+    buf: Vec<u8>,
+    log: Option<(EventFormat, std::io::BufWriter<Box<dyn Write + Send>>)>,
+}
+
+impl Follower {
+    fn run(&mut self, shutdown: &AtomicBool) {
+        // Events first (subscribed when the socket was opened), then the dump: nothing that
+        // happens in between is missed.
+        if let Err(e) = self.dump() {
+            tracing::error!(error = %e, "conntrack: the initial dump failed; following events only");
+        }
+        while !shutdown.load(Relaxed) {
+            if self.local_at.elapsed() > LOCALITY_REFRESH {
+                self.local = read_locality();
+                self.local_at = Instant::now();
+            }
+            match self.events.recv(&mut self.buf) {
+                Ok(n) => {
+                    let buf = std::mem::take(&mut self.buf);
+                    self.apply(&buf[..n], false);
+                    self.buf = buf;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    // The kernel dropped events: what we hold may be wrong. Dump and reconcile.
+                    self.state.counters.resyncs.fetch_add(1, Relaxed);
+                    tracing::warn!("conntrack: events lost (socket buffer full); re-reading the table");
+                    if let Err(e) = self.dump() {
+                        tracing::error!(error = %e, "conntrack: resync dump failed");
+                    }
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "conntrack: event socket failed");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Dumps the whole table (IPv4 and IPv6) into the table as a resync.
+    fn dump(&mut self) -> std::io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        self.state.table.lock().begin_resync();
+        self.dumps.send(&ctnetlink::dump_request(seq, AF_UNSPEC))?;
+        let mut done = false;
+        while !done {
+            let n = self.dumps.recv(&mut self.buf)?;
+            let buf = std::mem::take(&mut self.buf);
+            let mut error = None;
+            for m in netlink::messages(&buf[..n]).flatten() {
+                if m.seq != seq {
+                    continue;
+                }
+                match m.kind {
+                    netlink::NLMSG_DONE => done = true,
+                    netlink::NLMSG_ERROR => error = m.error_code(),
+                    _ => {}
+                }
+            }
+            self.apply(&buf[..n], true);
+            self.buf = buf;
+            if let Some(code) = error.filter(|c| *c != 0) {
+                self.state.table.lock().end_resync();
+                return Err(std::io::Error::from_raw_os_error(-code));
+            }
+        }
+        let removed = self.state.table.lock().end_resync();
+        self.state.counters.resync_removed.fetch_add(removed as u64, Relaxed);
+        Ok(())
+    }
+
+    /// Applies every conntrack message in one buffer (under one lock).
+    fn apply(&mut self, buf: &[u8], from_dump: bool) {
+        let mut table = self.state.table.lock();
+        for m in netlink::messages(buf) {
+            let decoded = match m {
+                Ok(m) => ctnetlink::decode(&m),
+                Err(e) => Err(e),
+            };
+            match decoded {
+                Ok(Some((event, entry))) => {
+                    table.apply(event, &entry, &self.local, from_dump);
+                    if !from_dump {
+                        self.state.counters.events[event as usize].fetch_add(1, Relaxed);
+                        if let Some((format, out)) = &mut self.log {
+                            let line = match format {
+                                EventFormat::Json => log::json(event, &entry, &Remote::of(&entry, &self.local)),
+                                EventFormat::Netfilter => log::netfilter(event, &entry),
+                            };
+                            let _ = writeln!(out, "{line}");
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    self.state.counters.malformed.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        drop(table);
+        if let Some((_, out)) = &mut self.log {
+            let _ = out.flush();
+        }
+    }
+}
+
+/// This host's addresses and the ports something listens on (`/proc/net/{tcp,udp}{,6}`: TCP
+/// in LISTEN, UDP bound without a peer).
+fn read_locality() -> Locality {
+    let mut listening = Vec::new();
+    for (file, proto, state) in [
+        ("/proc/net/tcp", ctnetlink::IPPROTO_TCP, "0A"),
+        ("/proc/net/tcp6", ctnetlink::IPPROTO_TCP, "0A"),
+        ("/proc/net/udp", ctnetlink::IPPROTO_UDP, "07"),
+        ("/proc/net/udp6", ctnetlink::IPPROTO_UDP, "07"),
+    ] {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.get(3) != Some(&state) {
+                continue;
+            }
+            if let Some(port) =
+                cols.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok())
+            {
+                listening.push((proto, port));
+            }
+        }
+    }
+    Locality::new(crate::sys::interface_addresses(), listening)
+}
+
+/// Event type names in [`ConntrackCounters::events`] order (`EventType as usize`).
+pub const EVENT_NAMES: [&str; 3] = ["new", "update", "destroy"];

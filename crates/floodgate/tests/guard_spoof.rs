@@ -8,58 +8,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A network namespace joined to this one by a veth pair: `host` here, `inside` there.
-struct Namespace {
-    name: String,
-    veth: String,
-    host: String,
-    inside: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new(require_tool("ip")).args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-}
-
-impl Namespace {
-    fn create() -> Namespace {
-        let id = std::process::id();
-        let subnet = format!("10.{}.{}", 200 + (id >> 8) % 50, id % 256);
-        let ns = Namespace {
-            name: format!("fg-spoof-{id}"),
-            veth: format!("fgs{id}"),
-            host: format!("{subnet}.1"),
-            inside: format!("{subnet}.2"),
-        };
-        let peer = format!("{}p", ns.veth);
-        ip(&["netns", "add", &ns.name]);
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ip(&["link", "add", &ns.veth, "type", "veth", "peer", "name", &peer, "netns", &ns.name]);
-        ip(&["addr", "add", &format!("{}/30", ns.host), "dev", &ns.veth]);
-        ip(&["link", "set", &ns.veth, "up"]);
-        ip(&["-n", &ns.name, "addr", "add", &format!("{}/30", ns.inside), "dev", &peer]);
-        ip(&["-n", &ns.name, "link", "set", &peer, "up"]);
-        ns
-    }
-
-    fn command(&self, program: &std::path::Path) -> Command {
-        let mut c = Command::new(require_tool("ip"));
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.veth]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
 
 struct Running(Child);
 
@@ -94,7 +46,7 @@ fn counter(admin: &str, name: &str) -> f64 {
 
 #[test]
 fn spoofed_sources_cannot_grow_memory_or_starve_a_real_sender() {
-    let ns = Namespace::create();
+    let ns = Namespace::create("spoof");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("floodgate.toml");
     let http = format!("{}:9318", ns.inside);

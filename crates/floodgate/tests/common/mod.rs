@@ -36,12 +36,16 @@ pub const NO_LIMITS: &str =
 /// only the syslog tests want them (on free ports, with their own `[syslog]`).
 pub const NO_SYSLOG: &str = "[syslog]\nudp = []\ntcp = []\n";
 
+/// Connection tracking off: only the conntrack tests (in namespaces of their own) want it.
+pub const NO_CONNTRACK: &str = "[conntrack]\nenabled = false\n";
+
 fn config_text(statsd: u16, admin: u16, http: u16, statsd_extra: &str, sections: &str) -> String {
     let limits = if sections.contains("[limits]") { "" } else { NO_LIMITS };
     let syslog = if sections.contains("[syslog]") { "" } else { NO_SYSLOG };
+    let conntrack = if sections.contains("[conntrack]") { "" } else { NO_CONNTRACK };
     format!(
         "[statsd]\nudp = [\"127.0.0.1:{statsd}\"]\ntcp = [\"127.0.0.1:{statsd}\"]\n{statsd_extra}\n\n\
-         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n{sections}\n{limits}{syslog}"
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n{sections}\n{limits}{syslog}{conntrack}"
     )
 }
 
@@ -475,5 +479,56 @@ impl Pki {
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
         (c.display().to_string(), k.display().to_string())
+    }
+}
+
+/// A network namespace joined to this one by a veth pair: `host` here, `inside` there.
+pub struct Namespace {
+    pub name: String,
+    pub veth: String,
+    pub host: String,
+    pub inside: String,
+}
+
+pub fn ip(args: &[&str]) {
+    let out = Command::new(require_tool("ip")).args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+impl Namespace {
+    /// A namespace named after `what` and this process; its /30 differs per process and `what`.
+    pub fn create(what: &str) -> Namespace {
+        let id = std::process::id();
+        let salt = what.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        let subnet = format!("10.{}.{}", 200 + (id.wrapping_add(salt) >> 8) % 50, id.wrapping_add(salt) % 256);
+        let ns = Namespace {
+            name: format!("fg-{what}-{id}"),
+            veth: format!("fg{}{id}", &what[..1]),
+            host: format!("{subnet}.1"),
+            inside: format!("{subnet}.2"),
+        };
+        let peer = format!("{}p", ns.veth);
+        ip(&["netns", "add", &ns.name]);
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ip(&["link", "add", &ns.veth, "type", "veth", "peer", "name", &peer, "netns", &ns.name]);
+        ip(&["addr", "add", &format!("{}/30", ns.host), "dev", &ns.veth]);
+        ip(&["link", "set", &ns.veth, "up"]);
+        ip(&["-n", &ns.name, "addr", "add", &format!("{}/30", ns.inside), "dev", &peer]);
+        ip(&["-n", &ns.name, "link", "set", &peer, "up"]);
+        ns
+    }
+
+    /// `program` run inside the namespace.
+    pub fn command(&self, program: &std::path::Path) -> Command {
+        let mut c = Command::new(require_tool("ip"));
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.veth]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }

@@ -9,6 +9,7 @@
 //! - [`table`]: per-label counts by state kept current event by event, bounded labels,
 //!   closed connections shown for one scrape, resync after lost events.
 //! - [`log`]: the event log lines, JSON and the conntrack tool's format.
+//! - [`sockdiag`]: the fallback — the host's own TCP sockets (sock_diag) as entries.
 //!
 //! Written on the netlink wire format directly: no crate decodes dumps, events and every
 //! attribute floodgate needs (netlink-packet-netfilter covers part of ctnetlink), and the
@@ -20,6 +21,7 @@ pub mod ctnetlink;
 pub mod label;
 pub mod log;
 pub mod netlink;
+pub mod sockdiag;
 pub mod table;
 
 pub use ctnetlink::{Entry, EventType, Phase, TcpState, Tuple};

@@ -32,9 +32,39 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run (the default): bind every listener, aggregate, flush, until SIGTERM/SIGINT.
-    Run,
+    Run(RunArgs),
     /// Validate the config, print the effective config, exit 1 on any error.
     Check,
+}
+
+/// conntrack_exporter's flags, for those who run floodgate in its place; each overrides the
+/// config file's key.
+#[derive(clap::Args, Debug, Default)]
+struct RunArgs {
+    /// Port of the HTTP listener (`/metrics`): `[http] listen`'s port.
+    #[arg(long, value_name = "PORT")]
+    listen_port: Option<u16>,
+    /// Log every connection event (`[conntrack] log_events = true`).
+    #[arg(long)]
+    log_events: bool,
+    /// Event log format (`[conntrack] log_events_format`).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_events_format: Option<floodgate::config::EventFormat>,
+}
+
+impl RunArgs {
+    fn apply(&self, config: &mut Config) {
+        if let Some(port) = self.listen_port {
+            let ip = config.http.listen.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip());
+            config.http.listen = Some(std::net::SocketAddr::new(ip, port));
+        }
+        if self.log_events {
+            config.conntrack.log_events = true;
+        }
+        if let Some(format) = self.log_events_format {
+            config.conntrack.log_events_format = format;
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -48,7 +78,7 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let config = match &cli.config {
+    let mut config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
@@ -58,7 +88,7 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Check => {
             if cli.config.is_none() {
                 eprintln!("floodgate check: no --config given; these are the built-in defaults");
@@ -95,7 +125,8 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
-        Command::Run => {
+        Command::Run(args) => {
+            args.apply(&mut config);
             let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {

@@ -270,7 +270,16 @@ impl NetlinkSocket {
     /// Opens and binds a `NETLINK_NETFILTER` socket subscribed to `groups`, with a receive
     /// buffer of `buffer` bytes (forced past `rmem_max` when privileged) and a read timeout.
     pub fn netfilter(groups: &[u32], buffer: usize, timeout: Duration) -> io::Result<NetlinkSocket> {
-        let socket = Socket::new(Domain::from(libc::AF_NETLINK), Type::RAW, Some(Protocol::from(NETLINK_NETFILTER)))?;
+        NetlinkSocket::open(NETLINK_NETFILTER, groups, buffer, timeout)
+    }
+
+    /// Opens a `NETLINK_SOCK_DIAG` socket (the host's sockets; no privilege needed).
+    pub fn sock_diag(timeout: Duration) -> io::Result<NetlinkSocket> {
+        NetlinkSocket::open(floodgate_conntrack::sockdiag::NETLINK_SOCK_DIAG, &[], 4 << 20, timeout)
+    }
+
+    fn open(protocol: i32, groups: &[u32], buffer: usize, timeout: Duration) -> io::Result<NetlinkSocket> {
+        let socket = Socket::new(Domain::from(libc::AF_NETLINK), Type::RAW, Some(Protocol::from(protocol)))?;
         // SAFETY: an all-zero sockaddr_nl is valid (pid 0: the kernel assigns one; no groups).
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;

@@ -43,6 +43,19 @@ impl Drop for Running {
 
 /// floodgate inside `ns`, HTTP on `inside:http`, with `[conntrack]` keys `extra`.
 fn start(ns: &Namespace, dir: &std::path::Path, name: &str, http: u16, admin: u16, extra: &str) -> Running {
+    start_with(ns, dir, name, http, admin, extra, true)
+}
+
+/// As [`start`]; without `net_admin`, floodgate runs without CAP_NET_ADMIN (ctnetlink denied).
+fn start_with(
+    ns: &Namespace,
+    dir: &std::path::Path,
+    name: &str,
+    http: u16,
+    admin: u16,
+    extra: &str,
+    net_admin: bool,
+) -> Running {
     let cfg = dir.join(format!("{name}.toml"));
     std::fs::write(
         &cfg,
@@ -53,8 +66,15 @@ fn start(ns: &Namespace, dir: &std::path::Path, name: &str, http: u16, admin: u1
         ),
     )
     .unwrap();
-    let child = ns
-        .command(std::path::Path::new(env!("CARGO_BIN_EXE_floodgate")))
+    let floodgate = std::path::Path::new(env!("CARGO_BIN_EXE_floodgate"));
+    let mut command = if net_admin {
+        ns.command(floodgate)
+    } else {
+        let mut c = ns.command(&require_tool("setpriv"));
+        c.arg("--bounding-set=-net_admin").arg(floodgate);
+        c
+    };
+    let child = command
         .arg("--config")
         .arg(&cfg)
         .stdout(Stdio::null())
@@ -333,5 +353,87 @@ fn lost_events_force_a_resync_that_recovers_the_counts() {
         }
         assert!(Instant::now() < deadline, "resyncs {resyncs}, floodgate {got}, conntrack -L {want}");
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// ss's state names → the four.
+fn ss_phase(state: &str) -> Option<&'static str> {
+    Some(match state {
+        "SYN-SENT" | "SYN-RECV" => "opening",
+        "ESTAB" => "open",
+        "FIN-WAIT-1" | "FIN-WAIT-2" | "CLOSE-WAIT" | "LAST-ACK" | "TIME-WAIT" | "CLOSING" => "closing",
+        "CLOSE" | "UNCONN" => "closed",
+        _ => return None,
+    })
+}
+
+/// With ctnetlink denied (no CAP_NET_ADMIN), floodgate falls back to sock_diag, says so, and
+/// its gauges equal what `ss -tan` shows of the namespace's own sockets.
+#[test]
+fn without_net_admin_the_sock_diag_fallback_matches_ss() {
+    let ns = tracked_namespace("sd");
+    let dir = tempfile::tempdir().unwrap();
+    let host = ns.host.clone();
+    let listener = TcpListener::bind((host.as_str(), 7100)).unwrap();
+    let held_here = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let held = held_here.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                held.lock().unwrap().push(s);
+            }
+        });
+    }
+    let mut peer = Peer::start(&ns);
+    peer.run("serve 7000");
+    let _fg = start_with(&ns, dir.path(), "fallback", 9318, 8126, "poll_interval = \"200ms\"", false);
+    let log = std::fs::read_to_string(dir.path().join("fallback.log")).unwrap();
+    assert!(log.contains("connection tracking from sock_diag"), "{log}");
+    let mut inbound: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect((ns.inside.as_str(), 7000)).unwrap()).collect();
+    peer.run(&format!("connect {host} 7100 2"));
+    peer.run("halfclose 1");
+    drop(inbound.remove(0));
+    let (in_label, out_label) = (format!("{host}:7000"), format!("{host}:7100"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body = get(&ns, 9318, "/metrics").unwrap_or_default();
+        let ss = ns.command(&require_tool("ss")).arg("-tanH").output().unwrap();
+        let mut want: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        let text = String::from_utf8_lossy(&ss.stdout).to_string();
+        let listening: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("LISTEN"))
+            .filter_map(|l| l.split_whitespace().nth(3).and_then(|a| a.rsplit_once(':')).map(|(_, p)| p.to_string()))
+            .collect();
+        for line in text.lines() {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(phase), Some(local), Some(peer_addr)) = (ss_phase(cols[0]), cols.get(3), cols.get(4)) else {
+                continue;
+            };
+            let ((_, lport), (pip, pport)) = (local.rsplit_once(':').unwrap(), peer_addr.rsplit_once(':').unwrap());
+            let label =
+                if listening.iter().any(|p| p == lport) { format!("{pip}:{lport}") } else { format!("{pip}:{pport}") };
+            *want.entry((label, phase)).or_insert(0) += 1;
+        }
+        let pick = |label: &str| -> BTreeMap<&'static str, u64> {
+            ["opening", "open", "closing", "closed"]
+                .into_iter()
+                .map(|p| (p, want.get(&(label.to_string(), p)).copied().unwrap_or(0)))
+                .collect()
+        };
+        let (got_in, got_out) = (gauges(&body, &in_label), gauges(&body, &out_label));
+        if got_in == pick(&in_label) && got_out == pick(&out_label) && got_in["open"] == 2 && got_out["open"] == 1 {
+            assert_eq!(got_in["closing"], 1, "{body}");
+            assert_eq!(got_out["closing"], 1, "{body}");
+            assert!(body.contains("conntrack_source_info{source=\"sock_diag\"} 1"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "floodgate {in_label} {got_in:?} / {out_label} {got_out:?}; ss {:?} / {:?}\n{text}",
+            pick(&in_label),
+            pick(&out_label)
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -5,6 +5,10 @@
 //!
 //! One thread owns both sockets and updates the [`Table`] (a mutex it and a scrape share;
 //! a scrape copies the per-label counts, it never walks the connections).
+//!
+//! Where ctnetlink cannot be read (no `CAP_NET_ADMIN`, no `nf_conntrack`), the fallback
+//! polls the host's own TCP sockets through sock_diag every `poll_interval` and reconciles
+//! the same table with each poll (a socket gone since the last poll shows as closed once).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -42,7 +46,7 @@ pub struct Conntrack {
     pub table: Mutex<Table>,
     /// Figures.
     pub counters: ConntrackCounters,
-    /// `ctnetlink` (the only source so far).
+    /// `ctnetlink` or `sock_diag`.
     pub source: &'static str,
 }
 
@@ -61,11 +65,33 @@ pub fn start(config: &ConntrackConfig, shutdown: Arc<AtomicBool>) -> anyhow::Res
     .and_then(|events| Ok((events, NetlinkSocket::netfilter(&[], 4 << 20, Duration::from_secs(5))?)));
     let (events, dumps) = match opened {
         Ok(s) => s,
-        Err(e) if config.enabled == Enabled::Auto => {
-            tracing::warn!(error = %e, "connection tracking off: ctnetlink cannot be opened (needs CAP_NET_ADMIN and nf_conntrack)");
-            return Ok(None);
+        Err(e) => {
+            let ctnetlink_error = e;
+            return match NetlinkSocket::sock_diag(Duration::from_secs(5)) {
+                Ok(socket) => {
+                    tracing::warn!(
+                        error = %ctnetlink_error,
+                        interval = ?config.poll_interval,
+                        "connection tracking from sock_diag (this host's own TCP sockets): ctnetlink cannot be opened (it needs CAP_NET_ADMIN and nf_conntrack)"
+                    );
+                    let state = Arc::new(Conntrack {
+                        table: Mutex::new(Table::new(config.max_remote_hosts)),
+                        counters: ConntrackCounters::default(),
+                        source: "sock_diag",
+                    });
+                    let poller = Poller { state: state.clone(), socket, interval: config.poll_interval, seq: 1, buf: vec![0u8; 1 << 20] };
+                    std::thread::Builder::new().name("conntrack".into()).spawn(move || poller.run(&shutdown))?;
+                    Ok(Some(state))
+                }
+                Err(e) if config.enabled == Enabled::Auto => {
+                    tracing::warn!(ctnetlink = %ctnetlink_error, sock_diag = %e, "connection tracking off: neither ctnetlink nor sock_diag can be opened");
+                    Ok(None)
+                }
+                Err(e) => anyhow::bail!(
+                    "[conntrack] enabled = true, but neither ctnetlink ({ctnetlink_error}) nor sock_diag ({e}) can be opened"
+                ),
+            };
         }
-        Err(e) => anyhow::bail!("[conntrack] enabled = true, but ctnetlink cannot be opened: {e}"),
     };
     tracing::info!(source = "ctnetlink", event_buffer = events.recv_buffer(), "connection tracking on");
     let state = Arc::new(Conntrack {
@@ -212,6 +238,73 @@ impl Follower {
         if let Some((_, out)) = &mut self.log {
             let _ = out.flush();
         }
+    }
+}
+
+/// The fallback: polls the host's TCP sockets.
+struct Poller {
+    state: Arc<Conntrack>,
+    socket: NetlinkSocket,
+    interval: Duration,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Poller {
+    fn run(mut self, shutdown: &AtomicBool) {
+        let mut next = Instant::now();
+        while !shutdown.load(Relaxed) {
+            if Instant::now() >= next {
+                if let Err(e) = self.poll() {
+                    tracing::error!(error = %e, "conntrack: sock_diag poll failed");
+                }
+                next = Instant::now() + self.interval;
+            }
+            std::thread::sleep(Duration::from_millis(100).min(self.interval));
+        }
+    }
+
+    /// Reads every TCP socket (IPv4, IPv6), then replaces the table's view with it.
+    fn poll(&mut self) -> std::io::Result<()> {
+        use floodgate_conntrack::sockdiag;
+        let mut sockets = Vec::new();
+        for family in [netlink::AF_INET, netlink::AF_INET6] {
+            self.seq = self.seq.wrapping_add(1);
+            self.socket.send(&sockdiag::dump_request(self.seq, family))?;
+            'dump: loop {
+                let n = self.socket.recv(&mut self.buf)?;
+                for m in netlink::messages(&self.buf[..n]) {
+                    let Ok(m) = m else {
+                        self.state.counters.malformed.fetch_add(1, Relaxed);
+                        break 'dump;
+                    };
+                    if m.kind == netlink::NLMSG_DONE || m.kind == netlink::NLMSG_ERROR {
+                        break 'dump;
+                    }
+                    match sockdiag::decode(&m) {
+                        Ok(Some(s)) => sockets.push(s),
+                        Ok(None) => {}
+                        Err(_) => {
+                            self.state.counters.malformed.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        let listening: std::collections::HashSet<u16> =
+            sockets.iter().filter(|s| s.state == sockdiag::TCP_LISTEN).map(|s| s.local.1).collect();
+        let local =
+            Locality::new(crate::sys::interface_addresses(), listening.iter().map(|p| (ctnetlink::IPPROTO_TCP, *p)));
+        let mut table = self.state.table.lock();
+        table.begin_resync();
+        for s in &sockets {
+            let inbound = listening.contains(&s.local.1) && s.state != sockdiag::TCP_LISTEN;
+            if let Some(entry) = sockdiag::to_entry(s, inbound) {
+                table.apply(floodgate_conntrack::EventType::Update, &entry, &local, true);
+            }
+        }
+        table.end_resync();
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@
 //!   counter sums flushed to a Carbon stand-in.
 
 mod carbon;
+mod conntrack;
 mod forward;
 mod sender;
 mod spoof;
@@ -86,11 +87,11 @@ enum Command {
         /// cost and drop path), sources (memory with 1M spoofed sources; root, netns),
         /// aggregator (merge rate from 10 agents over TLS), forward (3 agents → aggregator →
         /// Carbon stand-in at 1M metrics/s), syslog (TCP/TLS against rsyslog, UDP against the
-        /// raw sink).
+        /// raw sink), conntrack (100k entries, 5k new/s; root, netns).
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog"
+            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,conntrack"
         )]
         only: Vec<String>,
         /// Lines per datagram to measure.

@@ -388,6 +388,9 @@ pub fn bench(opts: &BenchOptions) {
     if want("syslog") {
         crate::syslog::syslog(opts);
     }
+    if want("conntrack") {
+        crate::conntrack::conntrack(opts);
+    }
     if want("memory") {
         memory(opts);
     }

@@ -391,6 +391,9 @@ fn render_conntrack(c: &crate::sources::conntrack::Conntrack, out: &mut String) 
         ),
         [("", folded)],
     );
+    let _ = writeln!(out, "# HELP conntrack_dump_duration_seconds How long the last full read of the table took.");
+    let _ = writeln!(out, "# TYPE conntrack_dump_duration_seconds gauge");
+    let _ = writeln!(out, "conntrack_dump_duration_seconds {}", c.counters.last_dump_us.load(Relaxed) as f64 / 1e6);
     family(
         out,
         ("conntrack_source_info", "gauge", "Where connections are read from (ctnetlink or sock_diag)."),

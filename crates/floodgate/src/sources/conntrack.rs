@@ -37,6 +37,8 @@ pub struct ConntrackCounters {
     pub resync_removed: AtomicU64,
     /// Messages that could not be decoded.
     pub malformed: AtomicU64,
+    /// How long the last dump (or sock_diag poll) took, microseconds.
+    pub last_dump_us: AtomicU64,
 }
 
 /// The running conntrack source, shared with `/metrics`.
@@ -175,6 +177,7 @@ impl Follower {
 
     /// Dumps the whole table (IPv4 and IPv6) into the table as a resync.
     fn dump(&mut self) -> std::io::Result<()> {
+        let started = Instant::now();
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         self.state.table.lock().begin_resync();
@@ -203,6 +206,9 @@ impl Follower {
         }
         let removed = self.state.table.lock().end_resync();
         self.state.counters.resync_removed.fetch_add(removed as u64, Relaxed);
+        let took = started.elapsed();
+        self.state.counters.last_dump_us.store(took.as_micros() as u64, Relaxed);
+        tracing::info!(entries = self.state.table.lock().len(), took = ?took, "conntrack: table read");
         Ok(())
     }
 
@@ -267,6 +273,7 @@ impl Poller {
     /// Reads every TCP socket (IPv4, IPv6), then replaces the table's view with it.
     fn poll(&mut self) -> std::io::Result<()> {
         use floodgate_conntrack::sockdiag;
+        let started = Instant::now();
         let mut sockets = Vec::new();
         for family in [netlink::AF_INET, netlink::AF_INET6] {
             self.seq = self.seq.wrapping_add(1);
@@ -304,6 +311,7 @@ impl Poller {
             }
         }
         table.end_resync();
+        self.state.counters.last_dump_us.store(started.elapsed().as_micros() as u64, Relaxed);
         Ok(())
     }
 }

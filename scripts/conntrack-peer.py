@@ -4,6 +4,7 @@ namespace with `ip netns exec`). Reads commands from stdin, one per line, and an
 after each, so the test knows the kernel has seen it:
 
   serve PORT            listen on 0.0.0.0:PORT and accept (and hold) whatever connects
+  serve6 PORT           the same on [::]:PORT
   connect HOST PORT N   open N TCP connections and hold them
   halfclose I           shutdown(SHUT_WR) held outbound connection I
   close I               close held outbound connection I
@@ -20,10 +21,10 @@ accepted = []
 lock = threading.Lock()
 
 
-def serve(port):
-    srv = socket.socket()
+def serve(port, v6=False):
+    srv = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", port))
+    srv.bind(("::" if v6 else "0.0.0.0", port))
     srv.listen(4096)
 
     def loop():
@@ -41,6 +42,8 @@ for line in sys.stdin:
         continue
     if cmd[0] == "serve":
         serve(int(cmd[1]))
+    elif cmd[0] == "serve6":
+        serve(int(cmd[1]), v6=True)
     elif cmd[0] == "connect":
         for _ in range(int(cmd[3])):
             held.append(socket.create_connection((cmd[1], int(cmd[2]))))

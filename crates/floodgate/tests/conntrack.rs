@@ -43,10 +43,13 @@ impl Drop for Running {
 
 /// floodgate inside `ns`, HTTP on `inside:http`, with `[conntrack]` keys `extra`.
 fn start(ns: &Namespace, dir: &std::path::Path, name: &str, http: u16, admin: u16, extra: &str) -> Running {
-    start_with(ns, dir, name, http, admin, extra, true)
+    start_with(ns, dir, name, http, admin, extra, true, &[])
 }
 
-/// As [`start`]; without `net_admin`, floodgate runs without CAP_NET_ADMIN (ctnetlink denied).
+/// As [`start`]; without `net_admin`, floodgate runs without CAP_NET_ADMIN (ctnetlink denied);
+/// `run_args` go after `floodgate run` (conntrack_exporter's flags). With `--listen-port`, the
+/// config's HTTP port is a placeholder the flag must replace.
+#[allow(clippy::too_many_arguments)]
 fn start_with(
     ns: &Namespace,
     dir: &std::path::Path,
@@ -55,13 +58,15 @@ fn start_with(
     admin: u16,
     extra: &str,
     net_admin: bool,
+    run_args: &[&str],
 ) -> Running {
+    let config_http = if run_args.contains(&"--listen-port") { 1 } else { http };
     let cfg = dir.join(format!("{name}.toml"));
     std::fs::write(
         &cfg,
         format!(
             "[statsd]\nudp = []\ntcp = []\n[syslog]\nudp = []\ntcp = []\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [http]\nlisten = \"{}:{http}\"\n[conntrack]\nenabled = true\n{extra}\n",
+             [http]\nlisten = \"{}:{config_http}\"\n[conntrack]\nenabled = true\n{extra}\n",
             ns.inside
         ),
     )
@@ -75,6 +80,8 @@ fn start_with(
         c
     };
     let child = command
+        .arg("run")
+        .args(run_args)
         .arg("--config")
         .arg(&cfg)
         .stdout(Stdio::null())
@@ -172,10 +179,12 @@ fn expected(ns: &Namespace, listening: &[u16]) -> BTreeMap<(String, &'static str
     let mut out = BTreeMap::new();
     for e in conntrack_list(ns).iter().filter(|e| e["proto"] == "tcp") {
         let dport: u16 = e["dport"].parse().unwrap();
-        let label = if e["dst"] == ns.inside && listening.contains(&dport) {
-            format!("{}:{dport}", e["src"])
+        let host = |ip: &str| if ip.contains(':') { format!("[{ip}]") } else { ip.to_string() };
+        let local = e["dst"] == ns.inside || e["dst"] == "::1" || e["dst"].starts_with("127.");
+        let label = if local && listening.contains(&dport) {
+            format!("{}:{dport}", host(&e["src"]))
         } else {
-            format!("{}:{dport}", e["dst"])
+            format!("{}:{dport}", host(&e["dst"]))
         };
         *out.entry((label, phase(e.get("state").map_or("", String::as_str)))).or_insert(0) += 1;
     }
@@ -210,6 +219,7 @@ fn gauges_equal_the_kernel_table_and_events_are_logged() {
     }
     let mut peer = Peer::start(&ns);
     peer.run("serve 7000");
+    peer.run("serve6 7001");
     // A connection that exists before floodgate starts: it must still exist after it exits.
     peer.run(&format!("connect {host} 7100 1"));
     let before = conntrack_list(&ns);
@@ -217,13 +227,16 @@ fn gauges_equal_the_kernel_table_and_events_are_logged() {
 
     let json = dir.path().join("events.jsonl");
     let netfilter = dir.path().join("events.log");
-    let fg = start(
+    // This one is configured by conntrack_exporter's flags.
+    let fg = start_with(
         &ns,
         dir.path(),
         "json",
         9318,
         8126,
-        &format!("log_events = true\nlog_events_format = \"json\"\nlog_events_output = \"{}\"", json.display()),
+        &format!("log_events_output = \"{}\"", json.display()),
+        true,
+        &["--listen-port", "9318", "--log-events", "--log-events-format", "json"],
     );
     let fg2 = start(
         &ns,
@@ -243,13 +256,15 @@ fn gauges_equal_the_kernel_table_and_events_are_logged() {
     peer.run(&format!("connect {host} 7100 2"));
     peer.run("halfclose 1");
     peer.run(&format!("udp {host} 7200"));
+    // IPv6, inside the namespace: two connections to [::1]:7001.
+    peer.run("connect ::1 7001 2");
     drop(inbound.remove(0));
 
     let (in_label, out_label) = (format!("{host}:7000"), format!("{host}:7100"));
     let deadline = Instant::now() + WAIT;
     loop {
         let body = get(&ns, 9318, "/metrics").unwrap_or_default();
-        let want = expected(&ns, &[7000, 9318, 9319]);
+        let want = expected(&ns, &[7000, 7001, 9318, 9319]);
         let pick = |label: &str| -> BTreeMap<&'static str, u64> {
             ["opening", "open", "closing", "closed"]
                 .into_iter()
@@ -257,7 +272,9 @@ fn gauges_equal_the_kernel_table_and_events_are_logged() {
                 .collect()
         };
         let (got_in, got_out) = (gauges(&body, &in_label), gauges(&body, &out_label));
-        if got_in == pick(&in_label) && got_out == pick(&out_label) {
+        let got_v6 = gauges(&body, "[::1]:7001");
+        if got_in == pick(&in_label) && got_out == pick(&out_label) && got_v6 == pick("[::1]:7001") {
+            assert_eq!(got_v6["open"], 2, "{body}");
             // And what the test did: 2 open + 1 closing inbound; 2 open + 1 closing outbound.
             assert_eq!((got_in["open"], got_in["closing"]), (2, 1), "{body}");
             assert_eq!((got_out["open"], got_out["closing"]), (2, 1), "{body}");
@@ -386,7 +403,7 @@ fn without_net_admin_the_sock_diag_fallback_matches_ss() {
     }
     let mut peer = Peer::start(&ns);
     peer.run("serve 7000");
-    let _fg = start_with(&ns, dir.path(), "fallback", 9318, 8126, "poll_interval = \"200ms\"", false);
+    let _fg = start_with(&ns, dir.path(), "fallback", 9318, 8126, "poll_interval = \"200ms\"", false, &[]);
     let log = std::fs::read_to_string(dir.path().join("fallback.log")).unwrap();
     assert!(log.contains("connection tracking from sock_diag"), "{log}");
     let mut inbound: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect((ns.inside.as_str(), 7000)).unwrap()).collect();

@@ -1,0 +1,92 @@
+//! The Grafana dashboard in `dashboards/`: valid JSON, well-formed panels, and every metric a
+//! query names is one floodgate exports (checked against a floodgate running every feature).
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+
+fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr" | "query" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
+                    _ => exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// Metric names in a PromQL expression (floodgate's and conntrack's prefixes).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut word = String::new();
+    for c in expr.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+        } else {
+            if word.starts_with("floodgate_") || word.starts_with("conntrack_") {
+                names.push(std::mem::take(&mut word));
+            }
+            word.clear();
+        }
+    }
+    names
+}
+
+#[test]
+fn every_dashboard_query_names_a_metric_floodgate_exports() {
+    let text = std::fs::read_to_string(repo_root().join("dashboards/floodgate.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let panels = dash["panels"].as_array().expect("panels");
+    let ids: BTreeSet<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), panels.len(), "panel ids repeat");
+    for p in panels {
+        assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()), "{p}");
+        assert!(p["gridPos"]["w"].as_u64().unwrap() <= 24);
+        if p["type"] != "row" {
+            assert!(!p["targets"].as_array().unwrap().is_empty(), "{}", p["title"]);
+        }
+    }
+    let mut all = Vec::new();
+    exprs(&dash, &mut all);
+    let wanted: BTreeSet<String> = all.iter().flat_map(|e| metric_names(e)).collect();
+    assert!(wanted.len() > 30, "{wanted:?}");
+
+    // A floodgate with every feature on, so every family is rendered.
+    let dir = tempfile::tempdir().unwrap();
+    let (syslog, agg, dead) = (free_port(), free_port(), free_port());
+    let fg = Floodgate::start(
+        "",
+        &format!(
+            "[syslog]\nudp = [\"127.0.0.1:{syslog}\"]\ntcp = [\"127.0.0.1:{syslog}\"]\n\
+             output = {{ kind = \"file\", path = \"{}\" }}\n\
+             [forward]\naggregators = [\"127.0.0.1:{dead}\"]\n\
+             [aggregator]\nlisten = \"127.0.0.1:{agg}\"\nstate_dir = \"{}\"\n\
+             [prometheus_remote_write]\nurl = \"http://127.0.0.1:{dead}/api/v1/write\"\n\
+             [conntrack]\nenabled = \"auto\"\n",
+            dir.path().join("syslog.jsonl").display(),
+            dir.path().join("state").display()
+        ),
+    );
+    let (_, body) = http_get(fg.http, "/metrics").unwrap();
+    let exported: BTreeSet<String> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(String::from)
+        .collect();
+    let conntrack_on = exported.iter().any(|m| m.starts_with("conntrack_"));
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|m| !exported.contains(*m))
+        .filter(|m| conntrack_on || !m.starts_with("conntrack_"))
+        .collect();
+    assert!(missing.is_empty(), "the dashboard queries metrics floodgate does not export: {missing:?}");
+    assert!(conntrack_on || std::env::var("CI").is_err(), "conntrack metrics not exported (run as root)");
+}

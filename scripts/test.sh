@@ -48,6 +48,10 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "Debian package (cargo deb; the packaging test inspects it)"
+command -v cargo-deb >/dev/null || cargo install --quiet --locked cargo-deb
+cargo deb -p floodgate >/dev/null
+
 step "tests (unit, property, end-to-end, real Carbon, real clients, Etsy statsd differential)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

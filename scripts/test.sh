@@ -21,6 +21,7 @@ command -v npm >/dev/null || apt_needed+=(npm)
 command -v ip >/dev/null || apt_needed+=(iproute2)
 command -v openssl >/dev/null || apt_needed+=(openssl)
 command -v logger >/dev/null || apt_needed+=(bsdutils)
+command -v chromium >/dev/null || apt_needed+=(chromium)     # the /ui page test (headless)
 command -v nft >/dev/null || apt_needed+=(nftables)           # conntrack tests: a rule that turns tracking on
 command -v conntrack >/dev/null || apt_needed+=(conntrack)    # conntrack tests: `conntrack -L` to compare with
 # rsyslog with its TLS driver (syslog tests). Debian's syslog-ng conflicts with it.

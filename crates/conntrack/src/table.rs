@@ -229,6 +229,14 @@ impl Table {
         out
     }
 
+    /// The counts of every label as a scrape would show them, without marking anything seen
+    /// (for status pages; `/metrics` uses [`scrape`](Self::scrape)).
+    pub fn snapshot(&self) -> Vec<(Label, Counts)> {
+        let mut out: Vec<(Label, Counts)> = self.labels.iter().map(|(l, c)| (*l, *c)).collect();
+        out.sort_by_key(|(label, _)| *label);
+        out
+    }
+
     /// Count of `phase` for `label` now, plus recently closed for [`Phase::Closed`] (what a
     /// scrape would show).
     pub fn count(&self, label: &Label, phase: Phase) -> u64 {

@@ -19,6 +19,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/offenders", get(offenders))
+        .route("/api/status", get(status))
+        .route("/ui", get(ui))
         .route("/", get(index))
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
@@ -71,5 +73,37 @@ async fn offenders(State(shared): State<Arc<Shared>>, uri: Uri) -> impl IntoResp
 }
 
 async fn index() -> impl IntoResponse {
-    "floodgate: /metrics (Prometheus), /healthz, /offenders (JSON)\n"
+    "floodgate: /ui (live page), /metrics (Prometheus), /healthz, /offenders (JSON), /api/status (JSON)\n"
+}
+
+/// `/api/status`: what `/ui` shows, as JSON (totals since start; rates are for the client).
+async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let body = tokio::task::spawn_blocking(move || {
+        let mut v = shared.telemetry.status();
+        let config = shared.config.read();
+        v["version"] = env!("CARGO_PKG_VERSION").into();
+        v["uptime_seconds"] = (crate::sinks::graphite::unix_now() - shared.started_unix).max(0).into();
+        v["ready"] = shared.ready.load(Relaxed).into();
+        v["config"] = serde_json::json!({
+            "statsd": {"udp": config.statsd.udp, "tcp": config.statsd.tcp, "tls": config.statsd.tls_listen,
+                       "flush_interval": humantime::format_duration(config.statsd.flush_interval).to_string()},
+            "syslog": {"udp": config.syslog.udp, "tcp": config.syslog.tcp,
+                       "tls": config.syslog.tls.iter().map(|t| t.listen).collect::<Vec<_>>(), "output": config.syslog.output},
+            "graphite": config.graphite.address,
+            "forward": config.forward.as_ref().map(|f| &f.aggregators),
+            "aggregator": config.aggregator.as_ref().map(|a| a.listen),
+            "remote_write": config.prometheus_remote_write.as_ref().map(|r| &r.url),
+            "limits": config.limits,
+            "conntrack": config.conntrack.enabled != crate::config::Enabled::Off,
+        });
+        serde_json::to_string(&v).unwrap_or_else(|_| "{}".into())
+    })
+    .await
+    .unwrap_or_else(|_| "{}".into());
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// `/ui`: one self-contained page (no external assets) that polls `/api/status`.
+async fn ui() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("ui.html"))
 }

@@ -333,6 +333,105 @@ fn render_forward(links: &[(String, Arc<crate::sinks::forward::LinkCounters>)], 
     }
 }
 
+impl Telemetry {
+    /// The `/api/status` document (see the README): per-listener totals, the guard's top
+    /// offenders, flush and sink health, connection states. Counters are totals since start;
+    /// a client derives rates from two samples.
+    pub fn status(&self) -> serde_json::Value {
+        use serde_json::json;
+        let listeners = self.listeners.lock().clone();
+        let mut by: BTreeMap<(&str, &str), serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
+        for l in &listeners {
+            let e = by.entry((l.kind, l.address.as_str())).or_default();
+            let c = &l.counters;
+            let mut add = |k: &str, v: u64| {
+                let cur = e.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+                e.insert(k.to_string(), json!(cur + v));
+            };
+            add("packets", c.packets.load(Relaxed));
+            add("bytes", c.bytes.load(Relaxed));
+            add("messages", c.lines.load(Relaxed));
+            add("bad", c.bad_lines.load(Relaxed));
+            add("open_connections", c.open_connections.load(Relaxed).max(0) as u64);
+            add("dropped_oversize", c.oversize.load(Relaxed));
+            add("dropped_idle_timeout", c.idle_closed.load(Relaxed));
+            add("dropped_framing", c.framing_errors.load(Relaxed));
+            for r in Reason::ALL {
+                add(&format!("dropped_{}", r.as_str()), c.dropped[r as usize].load(Relaxed));
+            }
+        }
+        let listeners: Vec<serde_json::Value> = by
+            .into_iter()
+            .map(|((kind, address), m)| {
+                let mut dropped = serde_json::Map::new();
+                let mut rest = serde_json::Map::new();
+                for (k, v) in m {
+                    match k.strip_prefix("dropped_") {
+                        Some(reason) => {
+                            dropped.insert(reason.to_string(), v);
+                        }
+                        None => {
+                            rest.insert(k, v);
+                        }
+                    }
+                }
+                json!({"listener": kind, "address": address, "totals": rest, "dropped": dropped})
+            })
+            .collect();
+        let sink = |name: &str, c: &SinkCounters| {
+            json!({"sink": name, "sent_metrics": c.sent_metrics.load(Relaxed), "sent_payloads": c.sent_payloads.load(Relaxed),
+                   "errors": c.errors.load(Relaxed), "dropped_payloads": c.dropped_payloads.load(Relaxed),
+                   "buffer_bytes": c.buffer_bytes.load(Relaxed), "buffer_payloads": c.buffer_payloads.load(Relaxed)})
+        };
+        let forward: Vec<serde_json::Value> = self
+            .forward
+            .lock()
+            .iter()
+            .map(|(a, c)| {
+                json!({"aggregator": a, "connected": c.connected.load(Relaxed) == 1, "acked_series": c.acked_series.load(Relaxed),
+                       "queued_batches": c.queued_batches.load(Relaxed), "queued_bytes": c.queued_bytes.load(Relaxed),
+                       "dropped_batches": c.dropped_batches.load(Relaxed), "errors": c.errors.load(Relaxed)})
+            })
+            .collect();
+        let syslog_output = self.syslog_output.lock().as_ref().map(|(d, c)| {
+            json!({"output": d, "messages": c.written_messages.load(Relaxed), "errors": c.errors.load(Relaxed),
+                   "dropped": c.dropped_messages.load(Relaxed), "buffer_bytes": c.buffer_bytes.load(Relaxed),
+                   "buffer_messages": c.buffer_messages.load(Relaxed), "connected": c.connected.load(Relaxed) == 1})
+        });
+        let conntrack = self.conntrack.lock().as_ref().map(|c| {
+            let rows = c.table.lock().snapshot();
+            let mut states = [0u64; 4];
+            for (_, counts) in &rows {
+                for (i, v) in counts.phases.iter().enumerate() {
+                    states[i] += v;
+                }
+                states[3] += counts.recently_closed;
+            }
+            let mut top: Vec<_> = rows.iter().filter(|(_, c)| c.entries > 0).collect();
+            top.sort_by_key(|(_, c)| std::cmp::Reverse(c.phases.iter().sum::<u64>()));
+            let top: Vec<serde_json::Value> = top
+                .iter()
+                .take(10)
+                .map(|(l, c)| json!({"host": l.to_string(), "opening": c.phases[0], "open": c.phases[1], "closing": c.phases[2], "closed": c.phases[3] + c.recently_closed}))
+                .collect();
+            json!({"source": c.source, "states": {"opening": states[0], "open": states[1], "closing": states[2], "closed": states[3]},
+                   "top_hosts": top, "resyncs": c.counters.resyncs.load(Relaxed)})
+        });
+        let guard = self.guard.lock().as_ref().map(|g| serde_json::to_value(g.report(10)).unwrap_or_default());
+        let f = &self.flush;
+        json!({
+            "listeners": listeners,
+            "guard": guard,
+            "flush": {"flushes": f.flushes.load(Relaxed), "last_duration_seconds": f.last_duration_us.load(Relaxed) as f64 / 1e6,
+                      "series": f.series.load(Relaxed), "dropped_series": f.dropped_max_series.load(Relaxed)},
+            "sinks": [sink("graphite", &self.graphite), sink("remote_write", &self.remote_write)],
+            "forward": forward,
+            "syslog_output": syslog_output,
+            "conntrack": conntrack,
+        })
+    }
+}
+
 /// conntrack_exporter's four gauges (same names, help and `host` label), then floodgate's own.
 fn render_conntrack(c: &crate::sources::conntrack::Conntrack, out: &mut String) {
     use floodgate_conntrack::Phase;

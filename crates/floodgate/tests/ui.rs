@@ -1,0 +1,120 @@
+//! The `/ui` page in headless Chromium (Debian's `chromium`), with every request that would
+//! leave loopback made to fail: it renders live rates while traffic flows and lists a flooding
+//! source as an offender. A screenshot is saved as a test artifact
+//! (`target/test-artifacts/ui.png`). `/api/status` is checked on its own.
+
+mod common;
+
+use std::io::Write;
+use std::net::{TcpStream, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// StatsD over TCP from 127.0.0.1 and a UDP flood from 127.0.0.2 until `stop`.
+fn traffic(fg: &Floodgate, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
+    let port = fg.statsd;
+    let s1 = stop.clone();
+    let tcp = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        while !s1.load(Ordering::Relaxed) {
+            if s.write_all(b"ui.hits:1|c\nui.time:12|ms\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+    let flood = std::thread::spawn(move || {
+        let sock = UdpSocket::bind("127.0.0.2:0").unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            let _ = sock.send_to(b"flood:1|c", ("127.0.0.1", port));
+        }
+    });
+    vec![tcp, flood]
+}
+
+fn chromium(args: &[&str], url: &str) -> std::process::Output {
+    Command::new(require_tool("chromium"))
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+        // Any name other than loopback fails to resolve, and everything but loopback (which
+        // Chromium never proxies) goes to a proxy that does not exist: the page must work with
+        // loopback alone.
+        .args(["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--proxy-server=127.0.0.1:9"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run chromium")
+}
+
+#[test]
+fn the_live_page_shows_rates_and_the_flooding_source() {
+    let fg = Floodgate::start("", "[limits]\nudp_per_source = 200\nudp_per_port = 0\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = traffic(&fg, stop.clone());
+    // The flood is an offender before the page loads (the page is not what is being waited on).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(fg.http, "/offenders").unwrap().1.contains("127.0.0.2") {
+        assert!(Instant::now() < deadline, "no offender");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://127.0.0.1:{}/ui", fg.http);
+    let (_, html) = http_get(fg.http, "/ui").unwrap();
+    for external in ["http://", "https://", "src=\"//", "href=\"//", "@import"] {
+        assert!(!html.contains(external), "the page references something external: {external}");
+    }
+    let out = chromium(&["--virtual-time-budget=8000", "--dump-dom"], &url);
+    let dom = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(dom.contains("statsd_tcp"), "no listener rows:\n{dom}");
+    let rates: Vec<f64> =
+        dom.split("data-rate=\"").skip(1).filter_map(|s| s.split('"').next()?.parse::<f64>().ok()).collect();
+    assert!(rates.iter().any(|r| *r > 0.0), "no non-zero rate in {rates:?}:\n{dom}");
+    assert!(dom.contains("127.0.0.2") && dom.contains("limited now"), "the flooding source is not listed:\n{dom}");
+    assert!(dom.contains("source_limit"), "drops by reason missing:\n{dom}");
+    let artifacts = repo_root().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("ui.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = chromium(
+        &["--virtual-time-budget=8000", "--window-size=1400,1100", &format!("--screenshot={}", shot.display())],
+        &url,
+    );
+    assert!(shot.exists(), "no screenshot: {}", String::from_utf8_lossy(&out.stderr));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn api_status_reports_listeners_guard_and_outputs() {
+    let fg = Floodgate::start("", "[limits]\nudp_per_source = 50\nudp_per_port = 0\n");
+    let sock = UdpSocket::bind("127.0.0.2:0").unwrap();
+    for _ in 0..500 {
+        sock.send_to(b"a:1|c", fg.udp_addr()).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = http_get(fg.http, "/api/status").unwrap();
+        assert_eq!(code, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let udp = v["listeners"].as_array().unwrap().iter().find(|l| l["listener"] == "statsd_udp").cloned().unwrap();
+        let got = udp["totals"]["messages"].as_u64().unwrap() + udp["dropped"]["source_limit"].as_u64().unwrap();
+        if got == 500 {
+            assert!(udp["dropped"]["source_limit"].as_u64().unwrap() > 0);
+            let offenders = v["guard"]["offenders"].as_array().unwrap();
+            assert_eq!(offenders[0]["source"], "127.0.0.2");
+            assert_eq!(v["ready"], true);
+            assert!(v["version"].is_string() && v["uptime_seconds"].is_u64());
+            assert_eq!(v["config"]["statsd"]["udp"][0], fg.udp_addr().to_string());
+            assert_eq!(v["sinks"].as_array().unwrap().len(), 2);
+            assert!(v["flush"]["flushes"].is_u64());
+            assert!(v["conntrack"].is_null(), "conntrack is off in tests");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{got} of 500 accounted for: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

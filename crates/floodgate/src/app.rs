@@ -41,6 +41,10 @@ pub struct Shared {
     pub guard: Arc<Guard>,
     /// The StatsD TLS listeners' certificate (replaced on SIGHUP).
     pub statsd_tls: Mutex<Option<crate::tls::SharedServerConfig>>,
+    /// The StatsD listeners running now (SIGHUP adds and removes them).
+    pub statsd_listeners: Mutex<StatsdListeners>,
+    /// The Graphite address the sink delivers to (SIGHUP may change it).
+    pub graphite_address: Arc<RwLock<String>>,
     /// The syslog TLS listeners' certificates, in `[syslog] tls` order (replaced on SIGHUP).
     pub syslog_tls: Mutex<Vec<crate::tls::SharedServerConfig>>,
     /// Set on SIGHUP: the syslog file output reopens its file.
@@ -80,6 +84,8 @@ impl Shared {
             telemetry,
             guard,
             statsd_tls: Mutex::new(None),
+            statsd_listeners: Mutex::new(StatsdListeners::default()),
+            graphite_address: Arc::new(RwLock::new(config.graphite.address.clone().unwrap_or_default())),
             syslog_tls: Mutex::new(Vec::new()),
             syslog_reopen: Mutex::new(None),
             graphite_stats: Arc::new(Mutex::new(GraphiteStats { last_flush: started_unix, ..Default::default() })),
@@ -112,40 +118,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let s = &config.statsd;
 
     // Bind everything first: a listener that cannot bind is a start-up error.
-    let threads = threads_for(s.receive_threads);
-    let mut udp_threads = Vec::new();
     for addr in &s.udp {
-        let (listener, sockets) = bind_udp(&shared, "statsd_udp", *addr, threads, s.receive_buffer)?;
-        for (socket, counters) in sockets {
-            let worker = UdpWorker {
-                socket,
-                handler: StatsdDatagrams::new(shared.new_shard(), counters.clone(), s.key_name_sanitize),
-                counters,
-                guard: shared.guard.clone(),
-                listener: listener.clone(),
-                max_datagram: s.max_datagram as usize,
-                shutdown: shutdown.clone(),
-            };
-            udp_threads.push(worker);
-        }
+        let running = start_statsd_udp(&shared, *addr)?;
+        shared.statsd_listeners.lock().udp.insert(*addr, running);
     }
     let syslog = bind_syslog(&config, &shared, threads_for(config.syslog.receive_threads), &shutdown).await?;
-    let mut tcp_listeners = Vec::new();
-    for addr in &s.tcp {
-        let listener = bind_tcp(*addr).with_context(|| format!("cannot bind statsd tcp {addr}"))?;
-        tracing::info!(address = %listener.local_addr()?, "statsd tcp listening");
-        tcp_listeners.push(("statsd_tcp", listener));
-    }
-    for addr in &s.tls_listen {
-        let listener = bind_tcp(*addr).with_context(|| format!("cannot bind statsd tls {addr}"))?;
-        tracing::info!(address = %listener.local_addr()?, "statsd tls listening");
-        tcp_listeners.push(("statsd_tls", listener));
-    }
     let statsd_tls = match &s.tls {
         Some(tls) => Some(Arc::new(ArcSwap::new(crate::tls::server_config(tls).context("statsd tls")?))),
         None => None,
     };
     *shared.statsd_tls.lock() = statsd_tls.clone();
+    for (kind, addr) in s.tcp.iter().map(|a| ("statsd_tcp", a)).chain(s.tls_listen.iter().map(|a| ("statsd_tls", a))) {
+        let task = start_statsd_tcp(&shared, kind, *addr)?;
+        shared.statsd_listeners.lock().tcp.insert((kind, *addr), task);
+    }
     let aggregator_listener = match &config.aggregator {
         Some(a) => {
             let listener = bind_tcp(a.listen).with_context(|| format!("cannot bind aggregator {}", a.listen))?;
@@ -171,25 +157,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
 
     // Start.
     let mut handles = Vec::new();
-    for (i, w) in udp_threads.into_iter().enumerate() {
-        handles.push(w.spawn(format!("statsd-udp-{i}"))?);
-    }
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    for (kind, listener) in tcp_listeners {
-        let address = listener.local_addr()?;
-        let counters = register_tcp(&shared, kind, address);
-        let opts = TcpOptions {
-            shard: shared.new_shard(),
-            counters,
-            sanitize: s.key_name_sanitize,
-            max_line_length: s.max_line_length as usize,
-            guard: shared.guard.listener(kind, address, s.tcp_max_connections),
-            idle_timeout: s.tcp_idle_timeout,
-            epoch: shared.epoch,
-        };
-        let tls = if kind == "statsd_tls" { statsd_tls.clone() } else { None };
-        tasks.push(tokio::spawn(crate::sources::statsd::tcp::serve(listener, opts, tls)));
-    }
     let syslog = syslog.map(|syslog| syslog.start(&shared, &mut handles, &mut tasks)).transpose()?;
     let mut aggregator = None;
     if let Some((listener, tls, agg)) = aggregator_listener {
@@ -256,7 +224,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         Some(address) => {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let sink = GraphiteSink {
-                address: address.clone(),
+                address: shared.graphite_address.clone(),
                 timeout: config.graphite.timeout,
                 stats: shared.graphite_stats.clone(),
             };
@@ -312,7 +280,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&shared),
+            _ = hup.recv() => { let _ = reload(&shared); }
         }
     }
 
@@ -323,8 +291,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     for t in &tasks {
         t.abort();
     }
+    let statsd = std::mem::take(&mut *shared.statsd_listeners.lock());
+    for task in statsd.tcp.values() {
+        task.abort();
+    }
+    for (stop, _) in statsd.udp.values() {
+        stop.store(true, Ordering::SeqCst);
+    }
     tokio::task::spawn_blocking(move || {
-        for h in handles {
+        for h in handles.into_iter().chain(statsd.udp.into_values().flat_map(|(_, threads)| threads)) {
             let _ = h.join();
         }
         let _ = stop_flush.send(());
@@ -346,6 +321,110 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The StatsD listeners running now, by address.
+#[derive(Default)]
+pub struct StatsdListeners {
+    /// UDP: the listener's stop switch and its receive threads.
+    udp: std::collections::BTreeMap<SocketAddr, (Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>)>,
+    /// TCP and TLS: the accept task.
+    tcp: std::collections::BTreeMap<(&'static str, SocketAddr), JoinHandle<()>>,
+}
+
+/// Binds a StatsD UDP address and starts its receive threads (stopped by the returned switch:
+/// they drain what is queued, and their shards are merged at the next flush).
+fn start_statsd_udp(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+) -> Result<(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>)> {
+    let s = shared.config.read().statsd.clone();
+    let (listener, sockets) = bind_udp(shared, "statsd_udp", addr, threads_for(s.receive_threads), s.receive_buffer)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for (i, (socket, counters)) in sockets.into_iter().enumerate() {
+        let worker = UdpWorker {
+            socket,
+            handler: StatsdDatagrams::new(shared.new_shard(), counters.clone(), s.key_name_sanitize),
+            counters,
+            guard: shared.guard.clone(),
+            listener: listener.clone(),
+            max_datagram: s.max_datagram as usize,
+            shutdown: stop.clone(),
+        };
+        threads.push(worker.spawn(format!("statsd-udp-{}-{i}", addr.port()))?);
+    }
+    Ok((stop, threads))
+}
+
+/// Binds a StatsD TCP (`statsd_tcp`) or TLS (`statsd_tls`) address and starts accepting.
+fn start_statsd_tcp(shared: &Arc<Shared>, kind: &'static str, addr: SocketAddr) -> Result<JoinHandle<()>> {
+    let s = shared.config.read().statsd.clone();
+    let what = kind.replace('_', " ");
+    let listener = bind_tcp(addr).with_context(|| format!("cannot bind {what} {addr}"))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "{what} listening");
+    let counters = register_tcp(shared, kind, address);
+    let opts = TcpOptions {
+        shard: shared.new_shard(),
+        counters,
+        sanitize: s.key_name_sanitize,
+        max_line_length: s.max_line_length as usize,
+        guard: shared.guard.listener(kind, address, s.tcp_max_connections),
+        idle_timeout: s.tcp_idle_timeout,
+        epoch: shared.epoch,
+    };
+    let tls = if kind == "statsd_tls" {
+        let tls = shared.statsd_tls.lock().clone();
+        anyhow::ensure!(tls.is_some(), "{what} {addr} needs [statsd] tls");
+        tls
+    } else {
+        None
+    };
+    Ok(tokio::spawn(crate::sources::statsd::tcp::serve(listener, opts, tls)))
+}
+
+/// SIGHUP: starts the StatsD listeners `new` adds and stops those it drops.
+fn reconcile_statsd_listeners(
+    shared: &Arc<Shared>,
+    old: &crate::config::StatsdConfig,
+    new: &crate::config::StatsdConfig,
+) {
+    let mut running = shared.statsd_listeners.lock();
+    for addr in old.udp.iter().filter(|a| !new.udp.contains(a)) {
+        if let Some((stop, threads)) = running.udp.remove(addr) {
+            stop.store(true, Ordering::SeqCst);
+            // The threads drain their sockets and exit; nothing waits for them here.
+            std::thread::spawn(move || threads.into_iter().for_each(|t| drop(t.join())));
+            tracing::info!(address = %addr, "SIGHUP: statsd udp listener stopped");
+        }
+    }
+    for addr in new.udp.iter().filter(|a| !old.udp.contains(a)) {
+        match start_statsd_udp(shared, *addr) {
+            Ok(r) => {
+                running.udp.insert(*addr, r);
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: statsd udp listener not started"),
+        }
+    }
+    let tcp = |c: &crate::config::StatsdConfig| -> Vec<(&'static str, SocketAddr)> {
+        c.tcp.iter().map(|a| ("statsd_tcp", *a)).chain(c.tls_listen.iter().map(|a| ("statsd_tls", *a))).collect()
+    };
+    let (before, after) = (tcp(old), tcp(new));
+    for key in before.iter().filter(|k| !after.contains(k)) {
+        if let Some(task) = running.tcp.remove(key) {
+            task.abort();
+            tracing::info!(address = %key.1, listener = key.0, "SIGHUP: listener stopped (open connections finish)");
+        }
+    }
+    for key in after.iter().filter(|k| !before.contains(k)) {
+        match start_statsd_tcp(shared, key.0, key.1) {
+            Ok(task) => {
+                running.tcp.insert(*key, task);
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: listener not started"),
+        }
+    }
 }
 
 /// A bound UDP socket and its registered counters.
@@ -522,23 +601,22 @@ fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 
 /// SIGHUP: re-read the file and apply aggregation, naming, flush settings and `[limits]`
 /// (listeners keep running). Listener and sink address changes need a restart for now (logged).
-fn reload(shared: &Shared) {
+pub fn reload(shared: &Arc<Shared>) -> std::result::Result<(), String> {
     let Some(path) = &shared.config_path else {
         tracing::info!("SIGHUP: no config file to reload (running on defaults)");
-        return;
+        return Err("no config file to reload (running on defaults)".into());
     };
     let new = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: config refused; the running one stays");
-            return;
+            return Err(e.to_string());
         }
     };
     let old = shared.config.read().clone();
-    if new.statsd.udp != old.statsd.udp
-        || new.statsd.tcp != old.statsd.tcp
-        || new.statsd.tls_listen != old.statsd.tls_listen
-        || new.graphite.address != old.graphite.address
+    // StatsD listeners, limits, aggregation, the Graphite address and certificates apply now;
+    // the rest at the next restart.
+    if new.graphite.address.is_some() != old.graphite.address.is_some()
         || new.admin.listen != old.admin.listen
         || new.http.listen != old.http.listen
         || new.syslog.udp != old.syslog.udp
@@ -546,7 +624,15 @@ fn reload(shared: &Shared) {
         || new.syslog.tls.iter().map(|t| t.listen).ne(old.syslog.tls.iter().map(|t| t.listen))
         || new.syslog.output != old.syslog.output
     {
-        tracing::warn!("SIGHUP: listener or sink address changes take effect at the next restart");
+        tracing::warn!(
+            "SIGHUP: changes to syslog listeners and output, the console and HTTP addresses, and switching Graphite on or off take effect at the next restart"
+        );
+    }
+    if let (Some(a), Some(b)) = (&old.graphite.address, &new.graphite.address) {
+        if a != b {
+            *shared.graphite_address.write() = b.clone();
+            tracing::info!(address = %b, "SIGHUP: graphite output now goes to the new address");
+        }
     }
     if let (Some(tls), Some(live)) = (&new.statsd.tls, shared.statsd_tls.lock().as_ref()) {
         // Certificates are re-read every time: renewed files keep their names.
@@ -576,6 +662,8 @@ fn reload(shared: &Shared) {
     for shard in shared.shards.lock().iter() {
         shard.lock().set_max_series(new.statsd.max_series);
     }
-    *shared.config.write() = new;
+    *shared.config.write() = new.clone();
+    reconcile_statsd_listeners(shared, &old.statsd, &new.statsd);
     tracing::info!(path = %path.display(), "SIGHUP: config reloaded");
+    Ok(())
 }

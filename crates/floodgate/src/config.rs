@@ -354,11 +354,14 @@ pub enum Health {
 pub struct HttpConfig {
     /// Listen address; absent disables HTTP.
     pub listen: Option<SocketAddr>,
+    /// Serve `POST /-/reload` (re-read the config, as SIGHUP does). Off: anyone who can reach
+    /// the port could trigger it.
+    pub reload: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9318))) }
+        HttpConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9318))), reload: false }
     }
 }
 

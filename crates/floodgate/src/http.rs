@@ -21,6 +21,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         .route("/offenders", get(offenders))
         .route("/api/status", get(status))
         .route("/ui", get(ui))
+        .route("/-/reload", axum::routing::post(reload))
         .route("/", get(index))
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
@@ -101,6 +102,20 @@ async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     .await
     .unwrap_or_else(|_| "{}".into());
     ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// `POST /-/reload`: re-read the config as SIGHUP does (only with `[http] reload = true`);
+/// 200 when the new config is in force, 400 with the reason when it was refused.
+async fn reload(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    if !shared.config.read().http.reload {
+        return (StatusCode::FORBIDDEN, "reload over HTTP is off ([http] reload = true turns it on)\n".to_string());
+    }
+    let result = tokio::task::spawn_blocking(move || crate::app::reload(&shared)).await;
+    match result {
+        Ok(Ok(())) => (StatusCode::OK, "reloaded\n".to_string()),
+        Ok(Err(e)) => (StatusCode::BAD_REQUEST, format!("config refused; the running one stays: {e}\n")),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
 }
 
 /// `/ui`: one self-contained page (no external assets) that polls `/api/status`.

@@ -16,8 +16,8 @@ use super::{Deliver, DeliverError, Payload};
 
 /// The sink's settings.
 pub struct GraphiteSink {
-    /// `host:port`.
-    pub address: String,
+    /// `host:port` (SIGHUP may change it; the next delivery uses the new one).
+    pub address: Arc<parking_lot::RwLock<String>>,
     /// Per-attempt timeout.
     pub timeout: Duration,
     /// Shared with the flusher, which writes them into each payload (`graphiteStats.*`).
@@ -32,7 +32,8 @@ impl Deliver for GraphiteSink {
     async fn deliver(&self, p: &Payload) -> Result<(), DeliverError> {
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, async {
-            let mut stream = TcpStream::connect(&self.address).await?;
+            let address = self.address.read().clone();
+            let mut stream = TcpStream::connect(&address).await?;
             stream.write_all(&p.bytes).await?;
             stream.shutdown().await
         })

@@ -103,6 +103,17 @@ fn reload_under_traffic_adds_a_listener_and_loses_nothing() {
     carbon.wait("stats_counts.reload.hits", |p| p.iter().sum::<f64>() == total);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("SIGHUP: config refused"), "{text}");
+
+    // Removing a listener over HTTP: its port is released.
+    std::fs::write(&path, config(&[b], admin, http, carbon.line_port, 2_000_000, false)).unwrap();
+    let (code, body) = post(http, "/-/reload");
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while UdpSocket::bind(("127.0.0.1", a)).is_err() {
+        assert!(Instant::now() < deadline, "127.0.0.1:{a} still bound after its listener was removed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(UdpSocket::bind(("127.0.0.1", b)).is_err(), "the remaining listener's port is free");
     let _ = child.kill();
     let _ = child.wait();
 }

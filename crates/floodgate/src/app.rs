@@ -45,8 +45,10 @@ pub struct Shared {
     pub statsd_listeners: Mutex<StatsdListeners>,
     /// The Graphite address the sink delivers to (SIGHUP may change it).
     pub graphite_address: Arc<RwLock<String>>,
-    /// The syslog TLS listeners' certificates, in `[syslog] tls` order (replaced on SIGHUP).
-    pub syslog_tls: Mutex<Vec<crate::tls::SharedServerConfig>>,
+    /// The syslog TLS listeners' certificates by address (replaced on SIGHUP).
+    pub syslog_tls: Mutex<std::collections::BTreeMap<SocketAddr, crate::tls::SharedServerConfig>>,
+    /// The syslog listeners running now (SIGHUP adds and removes them).
+    pub syslog_listeners: Mutex<Option<SyslogListeners>>,
     /// Set on SIGHUP: the syslog file output reopens its file.
     pub syslog_reopen: Mutex<Option<Arc<AtomicBool>>>,
     /// The Graphite backend's statistics (written into each payload).
@@ -86,7 +88,8 @@ impl Shared {
             statsd_tls: Mutex::new(None),
             statsd_listeners: Mutex::new(StatsdListeners::default()),
             graphite_address: Arc::new(RwLock::new(config.graphite.address.clone().unwrap_or_default())),
-            syslog_tls: Mutex::new(Vec::new()),
+            syslog_tls: Mutex::new(Default::default()),
+            syslog_listeners: Mutex::new(None),
             syslog_reopen: Mutex::new(None),
             graphite_stats: Arc::new(Mutex::new(GraphiteStats { last_flush: started_unix, ..Default::default() })),
             health_up: AtomicBool::new(config.admin.health == Health::Up),
@@ -122,7 +125,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         let running = start_statsd_udp(&shared, *addr)?;
         shared.statsd_listeners.lock().udp.insert(*addr, running);
     }
-    let syslog = bind_syslog(&config, &shared, threads_for(config.syslog.receive_threads), &shutdown).await?;
+    let syslog = start_syslog(&config, &shared)?;
     let statsd_tls = match &s.tls {
         Some(tls) => Some(Arc::new(ArcSwap::new(crate::tls::server_config(tls).context("statsd tls")?))),
         None => None,
@@ -156,9 +159,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     };
 
     // Start.
-    let mut handles = Vec::new();
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    let syslog = syslog.map(|syslog| syslog.start(&shared, &mut handles, &mut tasks)).transpose()?;
     let mut aggregator = None;
     if let Some((listener, tls, agg)) = aggregator_listener {
         let address = listener.local_addr()?;
@@ -298,8 +299,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     for (stop, _) in statsd.udp.values() {
         stop.store(true, Ordering::SeqCst);
     }
+    let mut syslog_threads = Vec::new();
+    if let Some(rt) = shared.syslog_listeners.lock().take() {
+        // Dropping `rt` drops its sender: the output ends once the threads and connections do.
+        for task in rt.tcp.values() {
+            task.abort();
+        }
+        for (stop, threads) in rt.udp.into_values() {
+            stop.store(true, Ordering::SeqCst);
+            syslog_threads.extend(threads);
+        }
+    }
     tokio::task::spawn_blocking(move || {
-        for h in handles.into_iter().chain(statsd.udp.into_values().flat_map(|(_, threads)| threads)) {
+        let statsd_threads = statsd.udp.into_values().flat_map(|(_, threads)| threads);
+        for h in statsd_threads.chain(syslog_threads) {
             let _ = h.join();
         }
         let _ = stop_flush.send(());
@@ -476,95 +489,176 @@ fn threads_for(configured: usize) -> usize {
     }
 }
 
-/// The syslog listeners, bound, with their output open, not yet serving.
-struct SyslogBound {
-    output: crate::sinks::syslog::Output,
-    udp: Vec<UdpWorker<crate::sources::syslog::udp::SyslogDatagrams>>,
-    tcp: Vec<(&'static str, tokio::net::TcpListener, Option<crate::tls::SharedServerConfig>)>,
+/// The syslog listeners running now and what a new one needs (SIGHUP adds and removes them).
+pub struct SyslogListeners {
+    sender: tokio::sync::mpsc::Sender<crate::sinks::syslog::Chunk>,
+    encoding: crate::sinks::syslog::Encoding,
+    stopped: tokio::sync::watch::Receiver<bool>,
+    udp: std::collections::BTreeMap<SocketAddr, (Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>)>,
+    tcp: std::collections::BTreeMap<(&'static str, SocketAddr), JoinHandle<()>>,
 }
 
-/// Binds `[syslog]`'s listeners and opens its output (nothing when no listener is set).
-async fn bind_syslog(
-    config: &Config,
+/// Binds a syslog UDP address and starts its receive threads.
+fn start_syslog_udp(
     shared: &Shared,
-    threads: usize,
-    shutdown: &Arc<AtomicBool>,
-) -> Result<Option<SyslogBound>> {
+    rt: &SyslogListeners,
+    addr: SocketAddr,
+) -> Result<(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>)> {
+    let y = shared.config.read().syslog.clone();
+    let (listener, sockets) = bind_udp(shared, "syslog_udp", addr, threads_for(y.receive_threads), y.receive_buffer)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for (i, (socket, counters)) in sockets.into_iter().enumerate() {
+        let worker = UdpWorker {
+            socket,
+            handler: crate::sources::syslog::udp::SyslogDatagrams::new(
+                rt.encoding,
+                rt.sender.clone(),
+                counters.clone(),
+            ),
+            counters,
+            guard: shared.guard.clone(),
+            listener: listener.clone(),
+            max_datagram: y.max_message.min(65_535) as usize,
+            shutdown: stop.clone(),
+        };
+        threads.push(worker.spawn(format!("syslog-udp-{}-{i}", addr.port()))?);
+    }
+    Ok((stop, threads))
+}
+
+/// Binds a syslog TCP or TLS address and starts accepting.
+fn start_syslog_tcp(
+    shared: &Shared,
+    rt: &SyslogListeners,
+    kind: &'static str,
+    addr: SocketAddr,
+    tls: Option<crate::tls::SharedServerConfig>,
+) -> Result<JoinHandle<()>> {
+    let y = shared.config.read().syslog.clone();
+    let what = kind.replace('_', " ");
+    let listener = bind_tcp(addr).with_context(|| format!("cannot bind {what} {addr}"))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "{what} listening");
+    let opts = crate::sources::syslog::tcp::TcpOptions {
+        kind,
+        output: rt.sender.clone(),
+        encoding: rt.encoding,
+        counters: register_tcp(shared, kind, address),
+        max_message: y.max_message as usize,
+        idle_timeout: y.tcp_idle_timeout,
+        guard: shared.guard.listener(kind, address, y.tcp_max_connections),
+        shutdown: rt.stopped.clone(),
+    };
+    Ok(tokio::spawn(crate::sources::syslog::tcp::serve(listener, opts, tls)))
+}
+
+/// A syslog TLS listener's certificate, registered for SIGHUP's re-read.
+fn syslog_tls(shared: &Shared, t: &crate::config::SyslogTlsListener) -> Result<crate::tls::SharedServerConfig> {
+    let tls = Arc::new(ArcSwap::new(
+        crate::tls::server_config(&t.tls()).with_context(|| format!("syslog tls {}", t.listen))?,
+    ));
+    shared.syslog_tls.lock().insert(t.listen, tls.clone());
+    Ok(tls)
+}
+
+/// Opens the syslog output and starts `[syslog]`'s listeners (nothing when none is set).
+/// Returns the output and the switch that stops the connections at shutdown.
+fn start_syslog(
+    config: &Config,
+    shared: &Arc<Shared>,
+) -> Result<Option<(crate::sinks::syslog::Output, tokio::sync::watch::Sender<bool>)>> {
     let y = &config.syslog;
     if y.udp.is_empty() && y.tcp.is_empty() && y.tls.is_empty() {
         return Ok(None);
     }
     let output =
         crate::sinks::syslog::Output::start(&y.output, y.raw, Duration::from_secs(10)).context("[syslog] output")?;
-    let mut udp = Vec::new();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut rt = SyslogListeners {
+        sender: output.sender.clone(),
+        encoding: output.encoding,
+        stopped,
+        udp: Default::default(),
+        tcp: Default::default(),
+    };
     for addr in &y.udp {
-        let (listener, sockets) = bind_udp(shared, "syslog_udp", *addr, threads, y.receive_buffer)?;
-        for (socket, counters) in sockets {
-            udp.push(UdpWorker {
-                socket,
-                handler: crate::sources::syslog::udp::SyslogDatagrams::new(
-                    output.encoding,
-                    output.sender.clone(),
-                    counters.clone(),
-                ),
-                counters,
-                guard: shared.guard.clone(),
-                listener: listener.clone(),
-                max_datagram: y.max_message.min(65_535) as usize,
-                shutdown: shutdown.clone(),
-            });
-        }
+        let running = start_syslog_udp(shared, &rt, *addr)?;
+        rt.udp.insert(*addr, running);
     }
-    let mut tcp = Vec::new();
     for addr in &y.tcp {
-        let listener = bind_tcp(*addr).with_context(|| format!("cannot bind syslog tcp {addr}"))?;
-        tracing::info!(address = %listener.local_addr()?, "syslog tcp listening");
-        tcp.push(("syslog_tcp", listener, None));
+        let task = start_syslog_tcp(shared, &rt, "syslog_tcp", *addr, None)?;
+        rt.tcp.insert(("syslog_tcp", *addr), task);
     }
     for t in &y.tls {
-        let listener = bind_tcp(t.listen).with_context(|| format!("cannot bind syslog tls {}", t.listen))?;
-        let tls = Arc::new(ArcSwap::new(
-            crate::tls::server_config(&t.tls()).with_context(|| format!("syslog tls {}", t.listen))?,
-        ));
-        tracing::info!(address = %listener.local_addr()?, mutual = t.client_ca.is_some(), "syslog tls listening");
-        shared.syslog_tls.lock().push(tls.clone());
-        tcp.push(("syslog_tls", listener, Some(tls)));
+        let tls = syslog_tls(shared, t)?;
+        let task = start_syslog_tcp(shared, &rt, "syslog_tls", t.listen, Some(tls))?;
+        rt.tcp.insert(("syslog_tls", t.listen), task);
     }
     tracing::info!(output = %output.describe, "syslog output");
-    Ok(Some(SyslogBound { output, udp, tcp }))
+    *shared.syslog_reopen.lock() = Some(output.reopen_flag());
+    shared.telemetry.set_syslog_output(output.describe.clone(), output.counters.clone());
+    *shared.syslog_listeners.lock() = Some(rt);
+    Ok(Some((output, stop)))
 }
 
-impl SyslogBound {
-    /// Starts serving; returns the output and the switch that stops the connections.
-    fn start(
-        self,
-        shared: &Arc<Shared>,
-        threads: &mut Vec<std::thread::JoinHandle<()>>,
-        tasks: &mut Vec<JoinHandle<()>>,
-    ) -> Result<(crate::sinks::syslog::Output, tokio::sync::watch::Sender<bool>)> {
-        let y = &shared.config.read().syslog;
-        for (i, w) in self.udp.into_iter().enumerate() {
-            threads.push(w.spawn(format!("syslog-udp-{i}"))?);
+/// SIGHUP: starts the syslog listeners `new` adds and stops those it drops (while an output
+/// is open, i.e. syslog had listeners at start).
+fn reconcile_syslog_listeners(
+    shared: &Arc<Shared>,
+    old: &crate::config::SyslogConfig,
+    new: &crate::config::SyslogConfig,
+) {
+    let mut guard = shared.syslog_listeners.lock();
+    let Some(rt) = guard.as_mut() else {
+        if !new.udp.is_empty() || !new.tcp.is_empty() || !new.tls.is_empty() {
+            tracing::warn!("SIGHUP: syslog was off at start; its listeners start at the next restart");
         }
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        for (kind, listener, tls) in self.tcp {
-            let address = listener.local_addr()?;
-            let counters = register_tcp(shared, kind, address);
-            let opts = crate::sources::syslog::tcp::TcpOptions {
-                kind,
-                output: self.output.sender.clone(),
-                encoding: self.output.encoding,
-                counters,
-                max_message: y.max_message as usize,
-                idle_timeout: y.tcp_idle_timeout,
-                guard: shared.guard.listener(kind, address, y.tcp_max_connections),
-                shutdown: stopped.clone(),
-            };
-            tasks.push(tokio::spawn(crate::sources::syslog::tcp::serve(listener, opts, tls)));
+        return;
+    };
+    for addr in old.udp.iter().filter(|a| !new.udp.contains(a)) {
+        if let Some((stop, threads)) = rt.udp.remove(addr) {
+            stop.store(true, Ordering::SeqCst);
+            std::thread::spawn(move || threads.into_iter().for_each(|t| drop(t.join())));
+            tracing::info!(address = %addr, "SIGHUP: syslog udp listener stopped");
         }
-        *shared.syslog_reopen.lock() = Some(self.output.reopen_flag());
-        shared.telemetry.set_syslog_output(self.output.describe.clone(), self.output.counters.clone());
-        Ok((self.output, stop))
+    }
+    for addr in new.udp.iter().filter(|a| !old.udp.contains(a)) {
+        match start_syslog_udp(shared, rt, *addr) {
+            Ok(r) => {
+                rt.udp.insert(*addr, r);
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: syslog udp listener not started"),
+        }
+    }
+    let keys = |c: &crate::config::SyslogConfig| -> Vec<(&'static str, SocketAddr)> {
+        c.tcp.iter().map(|a| ("syslog_tcp", *a)).chain(c.tls.iter().map(|t| ("syslog_tls", t.listen))).collect()
+    };
+    let (before, after) = (keys(old), keys(new));
+    for key in before.iter().filter(|k| !after.contains(k)) {
+        if let Some(task) = rt.tcp.remove(key) {
+            task.abort();
+            shared.syslog_tls.lock().remove(&key.1);
+            tracing::info!(address = %key.1, listener = key.0, "SIGHUP: listener stopped (open connections finish)");
+        }
+    }
+    for key in after.iter().filter(|k| !before.contains(k)) {
+        let tls = match new.tls.iter().find(|t| t.listen == key.1 && key.0 == "syslog_tls") {
+            Some(t) => match syslog_tls(shared, t) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "SIGHUP: syslog tls listener not started");
+                    continue;
+                }
+            },
+            None => None,
+        };
+        match start_syslog_tcp(shared, rt, key.0, key.1, tls) {
+            Ok(task) => {
+                rt.tcp.insert(*key, task);
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: listener not started"),
+        }
     }
 }
 
@@ -619,13 +713,10 @@ pub fn reload(shared: &Arc<Shared>) -> std::result::Result<(), String> {
     if new.graphite.address.is_some() != old.graphite.address.is_some()
         || new.admin.listen != old.admin.listen
         || new.http.listen != old.http.listen
-        || new.syslog.udp != old.syslog.udp
-        || new.syslog.tcp != old.syslog.tcp
-        || new.syslog.tls.iter().map(|t| t.listen).ne(old.syslog.tls.iter().map(|t| t.listen))
         || new.syslog.output != old.syslog.output
     {
         tracing::warn!(
-            "SIGHUP: changes to syslog listeners and output, the console and HTTP addresses, and switching Graphite on or off take effect at the next restart"
+            "SIGHUP: changes to the syslog output, the console and HTTP addresses, and switching Graphite on or off take effect at the next restart"
         );
     }
     if let (Some(a), Some(b)) = (&old.graphite.address, &new.graphite.address) {
@@ -646,7 +737,8 @@ pub fn reload(shared: &Arc<Shared>) -> std::result::Result<(), String> {
     if let Some(flag) = shared.syslog_reopen.lock().as_ref() {
         flag.store(true, Ordering::SeqCst);
     }
-    for (t, live) in new.syslog.tls.iter().zip(shared.syslog_tls.lock().iter()) {
+    for t in &new.syslog.tls {
+        let Some(live) = shared.syslog_tls.lock().get(&t.listen).cloned() else { continue };
         match crate::tls::server_config(&t.tls()) {
             Ok(config) => live.store(config),
             Err(e) => {
@@ -664,6 +756,7 @@ pub fn reload(shared: &Arc<Shared>) -> std::result::Result<(), String> {
     }
     *shared.config.write() = new.clone();
     reconcile_statsd_listeners(shared, &old.statsd, &new.statsd);
+    reconcile_syslog_listeners(shared, &old.syslog, &new.syslog);
     tracing::info!(path = %path.display(), "SIGHUP: config reloaded");
     Ok(())
 }

@@ -762,3 +762,29 @@ fn sighup_reloads_the_tls_certificate() {
     assert!(fg.stderr().contains("syslog tls certificate refused"));
     assert!(handshake_ok(tls_port, &new));
 }
+
+/// SIGHUP adds a syslog TCP listener and removes the UDP one; records keep going to the same
+/// output.
+#[test]
+fn sighup_adds_and_removes_syslog_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let (port, added) = (free_port(), free_port());
+    let fg = start(port, &out, "", "");
+    logger(port, &["-d"], "before reload");
+    wait_records(&out, 1);
+    let text = format!(
+        "[syslog]\nudp = []\ntcp = [\"127.0.0.1:{port}\", \"127.0.0.1:{added}\"]\noutput = {{ kind = \"file\", path = \"{}\" }}\n",
+        out.display()
+    );
+    fg.reload("", &text);
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", added)).is_err() || UdpSocket::bind(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "listeners not reconciled:\n{}", fg.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    logger(added, &["-T"], "to the added listener");
+    let r = wait_records(&out, 2);
+    assert_eq!(r[1]["message"], "to the added listener");
+    assert_eq!(r[1]["listener"], "syslog_tcp");
+}

@@ -51,7 +51,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "Debian package (cargo deb; the packaging test inspects it)"
 command -v cargo-deb >/dev/null || cargo install --quiet --locked cargo-deb
-cargo deb -p floodgate >/dev/null
+cargo deb -p floodgate --strip >/dev/null
 
 step "tests (unit, property, end-to-end, real Carbon, real clients, Etsy statsd differential)"
 if cargo nextest --version >/dev/null 2>&1; then

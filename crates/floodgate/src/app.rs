@@ -217,7 +217,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         tasks.push(tokio::spawn(crate::admin::serve(listener, shared.clone())));
     }
     if let Some(listener) = http_listener {
-        tracing::info!(address = %listener.local_addr()?, "http listening (/metrics, /healthz)");
+        tracing::info!(address = %listener.local_addr()?, "http listening (/ui, /api/status, /metrics, /healthz, /offenders)");
         tasks.push(tokio::spawn(crate::http::serve(listener, shared.clone())));
     }
     let mut sink_tasks = Vec::new();

@@ -9,11 +9,14 @@ use floodgate::config::Config;
 /// floodgate: a telemetry ingestion agent.
 ///
 /// Receives StatsD over UDP, TCP and TLS, aggregates exactly as Etsy statsd 0.9 does, and
-/// flushes to Graphite/Carbon (plaintext or pickle) on a fixed schedule; exposes the aggregated
-/// series and its own metrics to Prometheus on /metrics. Every listener is behind the guard
-/// ([limits]: allow-list, per-source and per-port rates; offenders on /offenders). With no
-/// config file it runs on safe, loopback-only defaults: StatsD on 127.0.0.1:8125 (UDP and
-/// TCP), the management console on 127.0.0.1:8126, HTTP on 127.0.0.1:9318, no Graphite output.
+/// flushes to Graphite/Carbon, Prometheus remote-write or upstream aggregators; receives syslog
+/// (RFC 5424/3164) over UDP, TCP and TLS into JSON lines or another syslog server; exports the
+/// host's connections per remote endpoint and state (conntrack). Every listener is behind the
+/// guard ([limits]: allow-list, per-source and per-port rates; offenders on /offenders). With no
+/// config file it runs on safe, loopback-only defaults: StatsD on 127.0.0.1:8125 (UDP and TCP),
+/// syslog on 127.0.0.1:5514 (UDP and TCP) into floodgate-syslog.jsonl, the console on
+/// 127.0.0.1:8126, HTTP on 127.0.0.1:9318 (/ui, /metrics, /healthz), connection tracking where
+/// the kernel allows it, no Graphite output. SIGHUP reloads the config.
 #[derive(Parser, Debug)]
 #[command(name = "floodgate", version, about, long_about)]
 struct Cli {

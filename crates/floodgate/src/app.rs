@@ -345,29 +345,77 @@ pub struct StatsdListeners {
     tcp: std::collections::BTreeMap<(&'static str, SocketAddr), JoinHandle<()>>,
 }
 
-/// Binds a StatsD UDP address and starts its receive threads (stopped by the returned switch:
-/// they drain what is queued, and their shards are merged at the next flush).
-fn start_statsd_udp(
-    shared: &Arc<Shared>,
+/// A running UDP listener: its stop switch and its receive threads.
+type RunningUdp = (Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
+
+/// Binds a UDP address of listener `kind` and starts one receive thread per socket, each with
+/// the handler `make` builds for its counters. The returned switch stops them: they drain what
+/// is queued and exit (a StatsD thread's shard is merged at the next flush).
+fn start_udp<H: crate::sources::udp::DatagramHandler>(
+    shared: &Shared,
+    kind: &'static str,
     addr: SocketAddr,
-) -> Result<(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>)> {
-    let s = shared.config.read().statsd.clone();
-    let (listener, sockets) = bind_udp(shared, "statsd_udp", addr, threads_for(s.receive_threads), s.receive_buffer)?;
+    (threads, buffer, max_datagram): (usize, u64, usize),
+    make: impl Fn(Arc<ListenerCounters>) -> H,
+) -> Result<RunningUdp> {
+    let (listener, sockets) = bind_udp(shared, kind, addr, threads, buffer)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::new();
+    let mut running = Vec::new();
     for (i, (socket, counters)) in sockets.into_iter().enumerate() {
         let worker = UdpWorker {
             socket,
-            handler: StatsdDatagrams::new(shared.new_shard(), counters.clone(), s.key_name_sanitize),
+            handler: make(counters.clone()),
             counters,
             guard: shared.guard.clone(),
             listener: listener.clone(),
-            max_datagram: s.max_datagram as usize,
+            max_datagram,
             shutdown: stop.clone(),
         };
-        threads.push(worker.spawn(format!("statsd-udp-{}-{i}", addr.port()))?);
+        running.push(worker.spawn(format!("{kind}-{}-{i}", addr.port()))?);
     }
-    Ok((stop, threads))
+    Ok((stop, running))
+}
+
+/// Stops a UDP listener; nothing waits for its threads here.
+fn stop_udp((stop, threads): RunningUdp) {
+    stop.store(true, Ordering::SeqCst);
+    std::thread::spawn(move || threads.into_iter().for_each(|t| drop(t.join())));
+}
+
+/// Binds a StatsD UDP address and starts its receive threads.
+fn start_statsd_udp(shared: &Arc<Shared>, addr: SocketAddr) -> Result<RunningUdp> {
+    let s = shared.config.read().statsd.clone();
+    let sizes = (threads_for(s.receive_threads), s.receive_buffer, s.max_datagram as usize);
+    start_udp(shared, "statsd_udp", addr, sizes, |counters| {
+        StatsdDatagrams::new(shared.new_shard(), counters, s.key_name_sanitize)
+    })
+}
+
+/// Makes `running` hold exactly the `wanted` keys: those no longer wanted are passed to
+/// `stop`, the new ones started with `start` (a failure is logged; the others still start).
+fn reconcile<K: Ord + Copy + std::fmt::Debug, V>(
+    running: &mut std::collections::BTreeMap<K, V>,
+    wanted: &[K],
+    mut start: impl FnMut(K) -> Result<V>,
+    stop: impl Fn(K, V),
+) {
+    let gone: Vec<K> = running.keys().filter(|k| !wanted.contains(k)).copied().collect();
+    for key in gone {
+        if let Some(v) = running.remove(&key) {
+            stop(key, v);
+            tracing::info!(listener = ?key, "SIGHUP: listener stopped (open connections finish)");
+        }
+    }
+    for key in wanted {
+        if !running.contains_key(key) {
+            match start(*key) {
+                Ok(v) => {
+                    running.insert(*key, v);
+                }
+                Err(e) => tracing::error!(listener = ?key, error = %format!("{e:#}"), "SIGHUP: listener not started"),
+            }
+        }
+    }
 }
 
 /// Binds a StatsD TCP (`statsd_tcp`) or TLS (`statsd_tls`) address and starts accepting.
@@ -397,47 +445,14 @@ fn start_statsd_tcp(shared: &Arc<Shared>, kind: &'static str, addr: SocketAddr) 
     Ok(tokio::spawn(crate::sources::statsd::tcp::serve(listener, opts, tls)))
 }
 
-/// SIGHUP: starts the StatsD listeners `new` adds and stops those it drops.
-fn reconcile_statsd_listeners(
-    shared: &Arc<Shared>,
-    old: &crate::config::StatsdConfig,
-    new: &crate::config::StatsdConfig,
-) {
+/// SIGHUP: starts the StatsD listeners the new config names and stops those it no longer does.
+fn reconcile_statsd_listeners(shared: &Arc<Shared>, new: &crate::config::StatsdConfig) {
     let mut running = shared.statsd_listeners.lock();
-    for addr in old.udp.iter().filter(|a| !new.udp.contains(a)) {
-        if let Some((stop, threads)) = running.udp.remove(addr) {
-            stop.store(true, Ordering::SeqCst);
-            // The threads drain their sockets and exit; nothing waits for them here.
-            std::thread::spawn(move || threads.into_iter().for_each(|t| drop(t.join())));
-            tracing::info!(address = %addr, "SIGHUP: statsd udp listener stopped");
-        }
-    }
-    for addr in new.udp.iter().filter(|a| !old.udp.contains(a)) {
-        match start_statsd_udp(shared, *addr) {
-            Ok(r) => {
-                running.udp.insert(*addr, r);
-            }
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: statsd udp listener not started"),
-        }
-    }
-    let tcp = |c: &crate::config::StatsdConfig| -> Vec<(&'static str, SocketAddr)> {
-        c.tcp.iter().map(|a| ("statsd_tcp", *a)).chain(c.tls_listen.iter().map(|a| ("statsd_tls", *a))).collect()
-    };
-    let (before, after) = (tcp(old), tcp(new));
-    for key in before.iter().filter(|k| !after.contains(k)) {
-        if let Some(task) = running.tcp.remove(key) {
-            task.abort();
-            tracing::info!(address = %key.1, listener = key.0, "SIGHUP: listener stopped (open connections finish)");
-        }
-    }
-    for key in after.iter().filter(|k| !before.contains(k)) {
-        match start_statsd_tcp(shared, key.0, key.1) {
-            Ok(task) => {
-                running.tcp.insert(*key, task);
-            }
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: listener not started"),
-        }
-    }
+    let running = &mut *running;
+    reconcile(&mut running.udp, &new.udp, |addr| start_statsd_udp(shared, addr), |_, r| stop_udp(r));
+    let tcp: Vec<(&'static str, SocketAddr)> =
+        new.tcp.iter().map(|a| ("statsd_tcp", *a)).chain(new.tls_listen.iter().map(|a| ("statsd_tls", *a))).collect();
+    reconcile(&mut running.tcp, &tcp, |(kind, addr)| start_statsd_tcp(shared, kind, addr), |_, task| task.abort());
 }
 
 /// A bound UDP socket and its registered counters.
@@ -494,37 +509,17 @@ pub struct SyslogListeners {
     sender: tokio::sync::mpsc::Sender<crate::sinks::syslog::Chunk>,
     encoding: crate::sinks::syslog::Encoding,
     stopped: tokio::sync::watch::Receiver<bool>,
-    udp: std::collections::BTreeMap<SocketAddr, (Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>)>,
+    udp: std::collections::BTreeMap<SocketAddr, RunningUdp>,
     tcp: std::collections::BTreeMap<(&'static str, SocketAddr), JoinHandle<()>>,
 }
 
 /// Binds a syslog UDP address and starts its receive threads.
-fn start_syslog_udp(
-    shared: &Shared,
-    rt: &SyslogListeners,
-    addr: SocketAddr,
-) -> Result<(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>)> {
+fn start_syslog_udp(shared: &Shared, rt: &SyslogListeners, addr: SocketAddr) -> Result<RunningUdp> {
     let y = shared.config.read().syslog.clone();
-    let (listener, sockets) = bind_udp(shared, "syslog_udp", addr, threads_for(y.receive_threads), y.receive_buffer)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::new();
-    for (i, (socket, counters)) in sockets.into_iter().enumerate() {
-        let worker = UdpWorker {
-            socket,
-            handler: crate::sources::syslog::udp::SyslogDatagrams::new(
-                rt.encoding,
-                rt.sender.clone(),
-                counters.clone(),
-            ),
-            counters,
-            guard: shared.guard.clone(),
-            listener: listener.clone(),
-            max_datagram: y.max_message.min(65_535) as usize,
-            shutdown: stop.clone(),
-        };
-        threads.push(worker.spawn(format!("syslog-udp-{}-{i}", addr.port()))?);
-    }
-    Ok((stop, threads))
+    let sizes = (threads_for(y.receive_threads), y.receive_buffer, y.max_message.min(65_535) as usize);
+    start_udp(shared, "syslog_udp", addr, sizes, |counters| {
+        crate::sources::syslog::udp::SyslogDatagrams::new(rt.encoding, rt.sender.clone(), counters)
+    })
 }
 
 /// Binds a syslog TCP or TLS address and starts accepting.
@@ -602,13 +597,9 @@ fn start_syslog(
     Ok(Some((output, stop)))
 }
 
-/// SIGHUP: starts the syslog listeners `new` adds and stops those it drops (while an output
-/// is open, i.e. syslog had listeners at start).
-fn reconcile_syslog_listeners(
-    shared: &Arc<Shared>,
-    old: &crate::config::SyslogConfig,
-    new: &crate::config::SyslogConfig,
-) {
+/// SIGHUP: starts the syslog listeners the new config names and stops those it no longer
+/// does (while an output is open, i.e. syslog had listeners at start).
+fn reconcile_syslog_listeners(shared: &Arc<Shared>, new: &crate::config::SyslogConfig) {
     let mut guard = shared.syslog_listeners.lock();
     let Some(rt) = guard.as_mut() else {
         if !new.udp.is_empty() || !new.tcp.is_empty() || !new.tls.is_empty() {
@@ -616,50 +607,25 @@ fn reconcile_syslog_listeners(
         }
         return;
     };
-    for addr in old.udp.iter().filter(|a| !new.udp.contains(a)) {
-        if let Some((stop, threads)) = rt.udp.remove(addr) {
-            stop.store(true, Ordering::SeqCst);
-            std::thread::spawn(move || threads.into_iter().for_each(|t| drop(t.join())));
-            tracing::info!(address = %addr, "SIGHUP: syslog udp listener stopped");
-        }
-    }
-    for addr in new.udp.iter().filter(|a| !old.udp.contains(a)) {
-        match start_syslog_udp(shared, rt, *addr) {
-            Ok(r) => {
-                rt.udp.insert(*addr, r);
-            }
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: syslog udp listener not started"),
-        }
-    }
-    let keys = |c: &crate::config::SyslogConfig| -> Vec<(&'static str, SocketAddr)> {
-        c.tcp.iter().map(|a| ("syslog_tcp", *a)).chain(c.tls.iter().map(|t| ("syslog_tls", t.listen))).collect()
-    };
-    let (before, after) = (keys(old), keys(new));
-    for key in before.iter().filter(|k| !after.contains(k)) {
-        if let Some(task) = rt.tcp.remove(key) {
-            task.abort();
-            shared.syslog_tls.lock().remove(&key.1);
-            tracing::info!(address = %key.1, listener = key.0, "SIGHUP: listener stopped (open connections finish)");
-        }
-    }
-    for key in after.iter().filter(|k| !before.contains(k)) {
-        let tls = match new.tls.iter().find(|t| t.listen == key.1 && key.0 == "syslog_tls") {
-            Some(t) => match syslog_tls(shared, t) {
-                Ok(tls) => Some(tls),
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "SIGHUP: syslog tls listener not started");
-                    continue;
-                }
-            },
+    let mut udp = std::mem::take(&mut rt.udp);
+    reconcile(&mut udp, &new.udp, |addr| start_syslog_udp(shared, rt, addr), |_, r| stop_udp(r));
+    rt.udp = udp;
+    let tcp: Vec<(&'static str, SocketAddr)> =
+        new.tcp.iter().map(|a| ("syslog_tcp", *a)).chain(new.tls.iter().map(|t| ("syslog_tls", t.listen))).collect();
+    let mut tasks = std::mem::take(&mut rt.tcp);
+    let start = |(kind, addr): (&'static str, SocketAddr)| {
+        let tls = match new.tls.iter().find(|t| kind == "syslog_tls" && t.listen == addr) {
+            Some(t) => Some(syslog_tls(shared, t)?),
             None => None,
         };
-        match start_syslog_tcp(shared, rt, key.0, key.1, tls) {
-            Ok(task) => {
-                rt.tcp.insert(*key, task);
-            }
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: listener not started"),
-        }
-    }
+        start_syslog_tcp(shared, rt, kind, addr, tls)
+    };
+    let stop = |(_, addr): (&'static str, SocketAddr), task: JoinHandle<()>| {
+        task.abort();
+        shared.syslog_tls.lock().remove(&addr);
+    };
+    reconcile(&mut tasks, &tcp, start, stop);
+    rt.tcp = tasks;
 }
 
 /// Self-metrics for a TCP (or TLS) listener.
@@ -755,8 +721,8 @@ pub fn reload(shared: &Arc<Shared>) -> std::result::Result<(), String> {
         shard.lock().set_max_series(new.statsd.max_series);
     }
     *shared.config.write() = new.clone();
-    reconcile_statsd_listeners(shared, &old.statsd, &new.statsd);
-    reconcile_syslog_listeners(shared, &old.syslog, &new.syslog);
+    reconcile_statsd_listeners(shared, &new.statsd);
+    reconcile_syslog_listeners(shared, &new.syslog);
     tracing::info!(path = %path.display(), "SIGHUP: config reloaded");
     Ok(())
 }

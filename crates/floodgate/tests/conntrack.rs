@@ -191,6 +191,28 @@ fn expected(ns: &Namespace, listening: &[u16]) -> BTreeMap<(String, &'static str
     out
 }
 
+/// Outbound connections' far end: a listener in the test's namespace that accepts and holds
+/// whatever connects.
+fn hold_incoming(host: &str, port: u16) -> std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>> {
+    let listener = TcpListener::bind((host, port)).unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            h.lock().unwrap().push(s);
+        }
+    });
+    held
+}
+
+/// The expected counts for `label`: phase → value (0 where the kernel has none).
+fn per_phase(want: &BTreeMap<(String, &'static str), u64>, label: &str) -> BTreeMap<&'static str, u64> {
+    ["opening", "open", "closing", "closed"]
+        .into_iter()
+        .map(|p| (p, want.get(&(label.to_string(), p)).copied().unwrap_or(0)))
+        .collect()
+}
+
 /// floodgate's gauges for `label`: phase → value.
 fn gauges(body: &str, label: &str) -> BTreeMap<&'static str, u64> {
     let mut out = BTreeMap::new();
@@ -207,16 +229,7 @@ fn gauges_equal_the_kernel_table_and_events_are_logged() {
     let dir = tempfile::tempdir().unwrap();
     let host = ns.host.clone();
     // Outbound target: a listener here, in the test's namespace, holding what connects.
-    let listener = TcpListener::bind((host.as_str(), 7100)).unwrap();
-    let held_here = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    {
-        let held = held_here.clone();
-        std::thread::spawn(move || {
-            for s in listener.incoming().flatten() {
-                held.lock().unwrap().push(s);
-            }
-        });
-    }
+    let _held_here = hold_incoming(&host, 7100);
     let mut peer = Peer::start(&ns);
     peer.run("serve 7000");
     peer.run("serve6 7001");
@@ -265,12 +278,7 @@ fn gauges_equal_the_kernel_table_and_events_are_logged() {
     loop {
         let body = get(&ns, 9318, "/metrics").unwrap_or_default();
         let want = expected(&ns, &[7000, 7001, 9318, 9319]);
-        let pick = |label: &str| -> BTreeMap<&'static str, u64> {
-            ["opening", "open", "closing", "closed"]
-                .into_iter()
-                .map(|p| (p, want.get(&(label.to_string(), p)).copied().unwrap_or(0)))
-                .collect()
-        };
+        let pick = |label: &str| per_phase(&want, label);
         let (got_in, got_out) = (gauges(&body, &in_label), gauges(&body, &out_label));
         let got_v6 = gauges(&body, "[::1]:7001");
         if got_in == pick(&in_label) && got_out == pick(&out_label) && got_v6 == pick("[::1]:7001") {
@@ -391,16 +399,7 @@ fn without_net_admin_the_sock_diag_fallback_matches_ss() {
     let ns = tracked_namespace("sd");
     let dir = tempfile::tempdir().unwrap();
     let host = ns.host.clone();
-    let listener = TcpListener::bind((host.as_str(), 7100)).unwrap();
-    let held_here = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    {
-        let held = held_here.clone();
-        std::thread::spawn(move || {
-            for s in listener.incoming().flatten() {
-                held.lock().unwrap().push(s);
-            }
-        });
-    }
+    let _held_here = hold_incoming(&host, 7100);
     let mut peer = Peer::start(&ns);
     peer.run("serve 7000");
     let _fg = start_with(&ns, dir.path(), "fallback", 9318, 8126, "poll_interval = \"200ms\"", false, &[]);
@@ -432,12 +431,7 @@ fn without_net_admin_the_sock_diag_fallback_matches_ss() {
                 if listening.iter().any(|p| p == lport) { format!("{pip}:{lport}") } else { format!("{pip}:{pport}") };
             *want.entry((label, phase)).or_insert(0) += 1;
         }
-        let pick = |label: &str| -> BTreeMap<&'static str, u64> {
-            ["opening", "open", "closing", "closed"]
-                .into_iter()
-                .map(|p| (p, want.get(&(label.to_string(), p)).copied().unwrap_or(0)))
-                .collect()
-        };
+        let pick = |label: &str| per_phase(&want, label);
         let (got_in, got_out) = (gauges(&body, &in_label), gauges(&body, &out_label));
         if got_in == pick(&in_label) && got_out == pick(&out_label) && got_in["open"] == 2 && got_out["open"] == 1 {
             assert_eq!(got_in["closing"], 1, "{body}");

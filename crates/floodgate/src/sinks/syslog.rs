@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::config::{SyslogForward, SyslogOutput};
-use crate::sources::listen::Connection;
+use crate::sources::listen::{Connection, ReadNow};
 
 /// Encoded records from one batch of input.
 #[derive(Debug, Default)]
@@ -467,20 +467,15 @@ impl Forwarder {
     }
 }
 
-/// Whether the server has closed (or reset) the connection: one read polled without waiting.
+/// Whether the server has closed (or reset) the connection: reads polled without waiting.
 /// Data from the server (TLS session tickets aside, which the TLS layer consumes) is ignored.
 fn server_closed(conn: &mut Connection) -> bool {
-    use std::task::{Context, Poll, Waker};
-    use tokio::io::ReadBuf;
     let mut buf = [0u8; 1024];
-    let mut cx = Context::from_waker(Waker::noop());
     loop {
-        let mut read = ReadBuf::new(&mut buf);
-        match std::pin::Pin::new(&mut **conn).poll_read(&mut cx, &mut read) {
-            Poll::Ready(Ok(())) if read.filled().is_empty() => return true,
-            Poll::Ready(Ok(())) => continue,
-            Poll::Ready(Err(_)) => return true,
-            Poll::Pending => return false,
+        match crate::sources::listen::read_now(conn, &mut buf) {
+            ReadNow::Data(_) => continue,
+            ReadNow::Eof | ReadNow::Error => return true,
+            ReadNow::Pending => return false,
         }
     }
 }

@@ -26,6 +26,33 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// An admitted connection, ready to read.
 pub type Connection = Box<dyn Stream>;
 
+/// What one read that does not wait found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadNow {
+    /// Bytes read into the buffer.
+    Data(usize),
+    /// The peer closed the stream.
+    Eof,
+    /// The read failed (the next waiting read reports it again).
+    Error,
+    /// Nothing is there now.
+    Pending,
+}
+
+/// One read polled once with a no-op waker: whatever the stream has now, without waiting.
+/// The no-op waker is enough because the caller's next read awaits with its task's own.
+pub fn read_now(conn: &mut Connection, buf: &mut [u8]) -> ReadNow {
+    use std::task::{Context, Poll, Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut read = tokio::io::ReadBuf::new(buf);
+    match std::pin::Pin::new(&mut **conn).poll_read(&mut cx, &mut read) {
+        Poll::Ready(Ok(())) if read.filled().is_empty() => ReadNow::Eof,
+        Poll::Ready(Ok(())) => ReadNow::Data(read.filled().len()),
+        Poll::Ready(Err(_)) => ReadNow::Error,
+        Poll::Pending => ReadNow::Pending,
+    }
+}
+
 /// Accepts until the task is aborted; each admitted connection goes to `handle` (TLS-wrapped
 /// when `tls` is set). `what` names the listener in logs.
 pub async fn serve<H, F>(

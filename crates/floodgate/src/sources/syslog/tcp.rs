@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::Encoder;
 use crate::guard::ListenerGuard;
 use crate::sinks::syslog::{Chunk, Encoding};
-use crate::sources::listen::Connection;
+use crate::sources::listen::{read_now, Connection, ReadNow};
 use crate::telemetry::ListenerCounters;
 use crate::tls::SharedServerConfig;
 
@@ -158,17 +158,12 @@ async fn read_frames(mut conn: Connection, peer: SocketAddr, mut opts: TcpOption
 /// the output on its own costs more than parsing it. An error is left for the next (waiting)
 /// read to report.
 fn read_ready(conn: &mut Connection, buf: &mut [u8]) -> (usize, bool) {
-    use std::task::{Context, Poll, Waker};
-    use tokio::io::ReadBuf;
-    // A no-op waker is enough: the next read awaits with the task's own.
-    let mut cx = Context::from_waker(Waker::noop());
     let mut n = 0;
     while n < buf.len() {
-        let mut read = ReadBuf::new(&mut buf[n..]);
-        match std::pin::Pin::new(&mut **conn).poll_read(&mut cx, &mut read) {
-            Poll::Ready(Ok(())) if read.filled().is_empty() => return (n, true),
-            Poll::Ready(Ok(())) => n += read.filled().len(),
-            Poll::Ready(Err(_)) | Poll::Pending => break,
+        match read_now(conn, &mut buf[n..]) {
+            ReadNow::Data(k) => n += k,
+            ReadNow::Eof => return (n, true),
+            ReadNow::Error | ReadNow::Pending => break,
         }
     }
     (n, false)

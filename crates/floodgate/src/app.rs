@@ -143,7 +143,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                 None => None,
             };
             let id = format!("{}@{}", host_name(), listener.local_addr()?);
-            let aggregator = crate::sources::aggregator::Aggregator::load(&a.state_dir, id)?;
+            let limits = crate::sources::aggregator::Limits {
+                max_frame: a.max_frame as usize,
+                max_agents: a.max_agents,
+                read_timeout: a.read_timeout,
+                idle_timeout: (s.flush_interval * 3).max(Duration::from_secs(60)).max(a.read_timeout),
+            };
+            let aggregator = crate::sources::aggregator::Aggregator::load(&a.state_dir, id, limits)?;
             tracing::info!(address = %listener.local_addr()?, tls = tls.is_some(), mutual = a.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "aggregator listening for agents");
             Some((listener, tls, aggregator))
         }
@@ -384,11 +390,12 @@ fn stop_udp((stop, threads): RunningUdp) {
 
 /// Binds a StatsD UDP address and starts its receive threads.
 fn start_statsd_udp(shared: &Arc<Shared>, addr: SocketAddr) -> Result<RunningUdp> {
-    let s = shared.config.read().statsd.clone();
+    let (s, rule) = {
+        let config = shared.config.read();
+        (config.statsd.clone(), config.key_rule())
+    };
     let sizes = (threads_for(s.receive_threads), s.receive_buffer, s.max_datagram as usize);
-    start_udp(shared, "statsd_udp", addr, sizes, |counters| {
-        StatsdDatagrams::new(shared.new_shard(), counters, s.key_name_sanitize)
-    })
+    start_udp(shared, "statsd_udp", addr, sizes, |counters| StatsdDatagrams::new(shared.new_shard(), counters, rule))
 }
 
 /// Makes `running` hold exactly the `wanted` keys: those no longer wanted are passed to
@@ -429,7 +436,7 @@ fn start_statsd_tcp(shared: &Arc<Shared>, kind: &'static str, addr: SocketAddr) 
     let opts = TcpOptions {
         shard: shared.new_shard(),
         counters,
-        sanitize: s.key_name_sanitize,
+        key_rule: shared.config.read().key_rule(),
         max_line_length: s.max_line_length as usize,
         guard: shared.guard.listener(kind, address, s.tcp_max_connections),
         idle_timeout: s.tcp_idle_timeout,

@@ -125,6 +125,30 @@ pub struct AggregatorConfig {
     /// flushes (default: half the interval, at most 5 s).
     #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub grace: Option<Duration>,
+    /// Largest frame accepted from an agent that has said hello (agents write batches of about
+    /// 1 MiB); before `Hello` the bound is 4 KiB.
+    #[serde(default = "default_max_frame", with = "size")]
+    pub max_frame: u64,
+    /// Agent sessions remembered at most (a restarted agent starts a new one; silent ones are
+    /// forgotten after 7 days): a new session past it is refused.
+    #[serde(default = "default_max_agents")]
+    pub max_agents: usize,
+    /// A frame (and the first one, `Hello`, within at most 10 s) must arrive whole within this
+    /// once it has started; a slow sender is cut off.
+    #[serde(default = "default_read_timeout", with = "duration")]
+    pub read_timeout: Duration,
+}
+
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_frame() -> u64 {
+    floodgate_forward::frame::DEFAULT_MAX_FRAME as u64
+}
+
+fn default_max_agents() -> usize {
+    10_000
 }
 
 fn default_state_dir() -> std::path::PathBuf {
@@ -171,6 +195,8 @@ pub struct StatsdConfig {
     pub calculated_timer_metrics: Vec<String>,
     /// Series bound: new series beyond it are dropped and counted.
     pub max_series: usize,
+    /// Longest key (name and tags) and set member in bytes: longer ones are bad lines, counted.
+    pub max_key_length: usize,
     /// Receive threads (and `SO_REUSEPORT` sockets) per UDP address; 0 = one per core.
     pub receive_threads: usize,
     /// Socket receive buffer asked of the kernel (`SO_RCVBUFFORCE` as root, else up to
@@ -211,6 +237,7 @@ impl Default for StatsdConfig {
             prefix_stats: "statsd".into(),
             calculated_timer_metrics: Vec::new(),
             max_series: 1_000_000,
+            max_key_length: floodgate_statsd::valid::DEFAULT_MAX_KEY_LENGTH,
             receive_threads: 0,
             receive_buffer: 32 << 20,
             max_datagram: 65_536,
@@ -697,6 +724,9 @@ impl Config {
         if s.max_series == 0 {
             return Err(("statsd.max_series", "must be at least 1".into()));
         }
+        if !(16..=65_536).contains(&s.max_key_length) {
+            return Err(("statsd.max_key_length", "must be between 16 bytes and 64KiB".into()));
+        }
         if !(512..=65_536).contains(&s.max_datagram) {
             return Err(("statsd.max_datagram", "must be between 512 bytes and 64KiB".into()));
         }
@@ -755,6 +785,12 @@ impl Config {
             if a.grace.is_some_and(|g| g >= self.statsd.flush_interval) {
                 return Err(("aggregator.grace", "must be shorter than statsd.flush_interval".into()));
             }
+            if !((2 << 20)..=(1 << 30)).contains(&a.max_frame) {
+                return Err(("aggregator.max_frame", "must be between 2MiB (an agent's batch) and 1GiB".into()));
+            }
+            if a.max_agents == 0 {
+                return Err(("aggregator.max_agents", "must be at least 1".into()));
+            }
         }
         if let Some(rw) = &self.prometheus_remote_write {
             match rw.url.parse::<hyper::Uri>() {
@@ -803,6 +839,12 @@ impl Config {
             calculated_timer_metrics: s.calculated_timer_metrics.clone(),
             max_series: s.max_series,
         }
+    }
+
+    /// The StatsD key rule (`max_key_length`, `key_name_sanitize`): what the parser accepts,
+    /// what an agent forwards and what an aggregator takes.
+    pub fn key_rule(&self) -> floodgate_statsd::KeyRule {
+        floodgate_statsd::KeyRule { max_length: self.statsd.max_key_length, sanitized: self.statsd.key_name_sanitize }
     }
 
     /// Etsy statsd's Graphite naming options.

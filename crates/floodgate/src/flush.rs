@@ -52,21 +52,24 @@ pub fn merge_shards(shared: &Shared, store: &mut floodgate_statsd::Store) {
 /// One flush at `timestamp` (Unix seconds) for the interval ending at `boundary_ms`.
 pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i64) {
     let started = Instant::now();
-    let (naming, protocol, interval) = {
+    let (naming, protocol, interval, rule) = {
         let config = shared.config.read();
-        (config.graphite_naming(), config.graphite_protocol(), config.statsd.flush_interval)
+        (config.graphite_naming(), config.graphite_protocol(), config.statsd.flush_interval, config.key_rule())
     };
     let gstats = *shared.graphite_stats.lock();
+    // No batch is half merged while the gate is held: the marks are exactly what this flush holds.
+    let gate = out.aggregator.as_ref().map(|a| a.merge_gate.write());
     let mut store = shared.store.lock();
     merge_shards(shared, &mut store);
-    // Under the store lock: exactly the batches this flush holds.
     let marks = out.aggregator.as_ref().map(|a| a.merged_marks()).unwrap_or_default();
     let interval_ms = interval.as_millis() as i64;
     let epoch_wall_ns = shared.epoch_wall_ns;
     let payload = store.flush(timestamp, |view| {
         if let Some((ring, links)) = &out.forward {
-            let parts = floodgate_forward::batch::split(view, ring, links.len(), |stamp| epoch_wall_ns + stamp as i64);
-            for (link, series) in links.iter().zip(parts) {
+            let wall_ns = |stamp| epoch_wall_ns + stamp as i64;
+            let parts = floodgate_forward::batch::split(view, ring, links.len(), wall_ns, &rule);
+            shared.telemetry.flush.forward_invalid_series.fetch_add(parts.invalid, Relaxed);
+            for (link, series) in links.iter().zip(parts.shares) {
                 let share =
                     Share { interval_start_ms: boundary_ms - interval_ms, interval_ms: interval_ms as u32, series };
                 let _ = link.send(share);
@@ -85,6 +88,7 @@ pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i
     t.series.store(store.series() as u64, Relaxed);
     t.dropped_max_series.store(store.dropped_max_series, Relaxed);
     drop(store);
+    drop(gate);
     let mut deliveries = Vec::new();
     let mut send = |tx: &UnboundedSender<Payload>, bytes: Vec<u8>, metrics: usize| {
         let (done, delivered) = tokio::sync::oneshot::channel();

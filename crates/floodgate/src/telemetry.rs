@@ -27,6 +27,8 @@ pub struct ListenerCounters {
     pub lines: AtomicU64,
     /// Bad values.
     pub bad_lines: AtomicU64,
+    /// Of those, values whose key or set member was over `max_key_length`.
+    pub key_too_long: AtomicU64,
     /// Datagrams longer than `max_datagram`, or TCP lines longer than `max_line_length`.
     pub oversize: AtomicU64,
     /// Syslog frames with a bad length field, or cut by the end of the stream.
@@ -106,6 +108,9 @@ pub struct FlushCounters {
     pub series: AtomicU64,
     /// New series refused by `max_series`, total.
     pub dropped_max_series: AtomicU64,
+    /// Series an agent did not forward because an aggregator would refuse them (a sum that
+    /// overflowed), total.
+    pub forward_invalid_series: AtomicU64,
 }
 
 /// Every self-metric.
@@ -191,6 +196,9 @@ impl Telemetry {
         for l in &listeners {
             let c = &l.counters;
             *drops.entry((l.kind, &l.address, "oversize")).or_insert(0) += c.oversize.load(Relaxed);
+            if l.kind.starts_with("statsd") {
+                *drops.entry((l.kind, &l.address, "key_too_long")).or_insert(0) += c.key_too_long.load(Relaxed);
+            }
             let tcp = l.udp_port.is_none();
             for reason in Reason::ALL {
                 let applies = match reason {
@@ -235,7 +243,7 @@ impl Telemetry {
         }
         if let Some(a) = self.aggregator.lock().as_ref() {
             let c = &a.counters;
-            let rows: [(&str, &str, &str, &AtomicU64); 6] = [
+            let rows: [(&str, &str, &str, &AtomicU64); 9] = [
                 ("floodgate_aggregator_batches_total", "counter", "Agent batches merged.", &c.batches),
                 ("floodgate_aggregator_series_total", "counter", "Series merged from agents.", &c.series),
                 (
@@ -256,16 +264,53 @@ impl Telemetry {
                     "Agent connections closed for a protocol error.",
                     &c.protocol_errors,
                 ),
+                (
+                    "floodgate_aggregator_refused_batches_total",
+                    "counter",
+                    "Agent batches refused whole: not a well-formed message.",
+                    &c.refused_batches,
+                ),
+                (
+                    "floodgate_aggregator_refused_sessions_total",
+                    "counter",
+                    "Agent hellos refused: max_agents reached, or an agent_id too long.",
+                    &c.refused_sessions,
+                ),
+                (
+                    "floodgate_aggregator_timeouts_total",
+                    "counter",
+                    "Agent connections closed: idle, or a frame too slow to arrive.",
+                    &c.timeouts,
+                ),
                 ("floodgate_aggregator_agents_connected", "gauge", "Agent connections open now.", &c.connected),
             ];
             for (name, kind, help, v) in rows {
                 family(out, (name, kind, help), [("", v.load(Relaxed))]);
             }
+            family(
+                out,
+                (
+                    "floodgate_aggregator_invalid_series_total",
+                    "counter",
+                    "Agent series refused by the validity rule, by reason.",
+                ),
+                floodgate_statsd::Invalid::ALL
+                    .map(|r| (format!("reason=\"{}\"", r.as_str()), c.invalid_series[r as usize].load(Relaxed))),
+            );
         }
         let f = &self.flush;
         let _ = writeln!(out, "# HELP floodgate_statsd_dropped_series_total New StatsD series refused by max_series.");
         let _ = writeln!(out, "# TYPE floodgate_statsd_dropped_series_total counter");
         let _ = writeln!(out, "floodgate_statsd_dropped_series_total {}", f.dropped_max_series.load(Relaxed));
+        family(
+            out,
+            (
+                "floodgate_forward_invalid_series_total",
+                "counter",
+                "Series not forwarded because an aggregator would refuse them (a sum that overflowed).",
+            ),
+            [("", f.forward_invalid_series.load(Relaxed))],
+        );
         let _ = writeln!(out, "# HELP floodgate_statsd_series StatsD series held after the last flush.");
         let _ = writeln!(out, "# TYPE floodgate_statsd_series gauge");
         let _ = writeln!(out, "floodgate_statsd_series {}", f.series.load(Relaxed));
@@ -310,7 +355,13 @@ fn render_forward(links: &[(String, Arc<crate::sinks::forward::LinkCounters>)], 
         return;
     }
     type Field = fn(&crate::sinks::forward::LinkCounters) -> &AtomicU64;
-    let rows: [(&str, &str, &str, Field); 8] = [
+    let rows: [(&str, &str, &str, Field); 9] = [
+        (
+            "floodgate_forward_refused_batches_total",
+            "counter",
+            "Batches dropped after the aggregator refused them 3 times.",
+            |c| &c.refused_batches,
+        ),
         ("floodgate_forward_acked_batches_total", "counter", "Batches an aggregator acknowledged.", |c| {
             &c.acked_batches
         }),
@@ -319,7 +370,7 @@ fn render_forward(links: &[(String, Arc<crate::sinks::forward::LinkCounters>)], 
         (
             "floodgate_forward_dropped_batches_total",
             "counter",
-            "Batches dropped: buffer full, or unacknowledged at shutdown.",
+            "Batches dropped: buffer full, refused by the aggregator, or unacknowledged at shutdown.",
             |c| &c.dropped_batches,
         ),
         ("floodgate_forward_errors_total", "counter", "Failed connections and lost ones.", |c| &c.errors),
@@ -356,6 +407,7 @@ impl Telemetry {
             add("dropped_oversize", c.oversize.load(Relaxed));
             add("dropped_idle_timeout", c.idle_closed.load(Relaxed));
             add("dropped_framing", c.framing_errors.load(Relaxed));
+            add("dropped_key_too_long", c.key_too_long.load(Relaxed));
             for r in Reason::ALL {
                 add(&format!("dropped_{}", r.as_str()), c.dropped[r as usize].load(Relaxed));
             }

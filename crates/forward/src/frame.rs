@@ -1,12 +1,25 @@
 //! Frames: a 4-byte big-endian body length, then the body (a protobuf [`Frame`]).
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use crate::proto::Frame;
 
-/// Largest body accepted by default: a batch of about a million series.
-pub const DEFAULT_MAX_FRAME: usize = 256 << 20;
+/// Largest body an aggregator accepts by default once an agent has said hello (`[aggregator]
+/// max_frame`): agents write batches of about [`BATCH_BYTES`], so this leaves ample room.
+pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
+
+/// Largest body accepted before a valid `Hello` (a `Hello` is a few dozen bytes): what an
+/// unauthenticated peer can make an aggregator hold.
+pub const HELLO_MAX_FRAME: usize = 4 << 10;
+
+/// The size agents aim their batches at: a flush's share is cut into batches of about this
+/// many bytes (each at most this plus one series).
+pub const BATCH_BYTES: usize = 1 << 20;
+
+/// Bytes read ahead at most per read: the buffer grows with what arrives, never to a length
+/// a peer merely announced.
+const READ_CHUNK: usize = 64 << 10;
 
 /// Why bytes could not be read as frames. Either way the connection is finished.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +55,43 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
     let _ = frame.encode(out);
 }
 
+/// A frame as an aggregator reads it: a batch is left encoded (walked series by series with
+/// [`crate::batch::BatchView`]); the other messages are small and decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// A `Batch` message's bytes.
+    Batch(Bytes),
+    /// Any other message.
+    Message(Frame),
+}
+
+/// Reads a frame body without decoding a batch it carries.
+pub fn incoming(body: Bytes) -> Result<Incoming, FrameError> {
+    // The message is the last of the oneof's fields (1..=5), as protobuf reads a oneof.
+    let mut batch = None;
+    for field in crate::scan::fields(&body) {
+        match field {
+            Ok((3, crate::scan::Value::Bytes(b))) => {
+                let start = b.as_ptr() as usize - body.as_ptr() as usize;
+                batch = Some(start..start + b.len());
+            }
+            Ok((1..=5, _)) => batch = None,
+            Ok(_) => {}
+            Err(_) => return Err(FrameError::Malformed("not a protobuf message".into())),
+        }
+    }
+    match batch {
+        Some(range) => Ok(Incoming::Batch(body.slice(range))),
+        None => {
+            let frame = Frame::decode(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+            if frame.kind.is_none() {
+                return Err(FrameError::Malformed("no message in the frame".into()));
+            }
+            Ok(Incoming::Message(frame))
+        }
+    }
+}
+
 /// Takes bytes as they arrive and yields whole frames.
 #[derive(Debug)]
 pub struct Decoder {
@@ -55,8 +105,21 @@ impl Decoder {
         Decoder { buf: BytesMut::new(), max }
     }
 
-    /// Where to read the next bytes into (then call [`decode`](Self::decode)).
+    /// Changes the bound (an aggregator raises it once a peer has said hello).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// Where to read the next bytes into (then call [`decode`](Self::decode)): room for what
+    /// the frame in progress still lacks, at most 64 KiB at a time.
     pub fn buffer(&mut self) -> &mut BytesMut {
+        let missing = match self.announced() {
+            Some(length) if length <= self.max => (4 + length).saturating_sub(self.buf.len()),
+            _ => 4,
+        };
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(missing.clamp(4096, READ_CHUNK));
+        }
         &mut self.buf
     }
 
@@ -65,22 +128,33 @@ impl Decoder {
         self.buf.len()
     }
 
-    /// The next whole frame, `Ok(None)` if more bytes are needed.
-    pub fn decode(&mut self) -> Result<Option<Frame>, FrameError> {
-        if self.buf.len() < 4 {
-            return Ok(None);
-        }
-        let length = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+    /// Bytes of memory the decoder holds (its buffer's capacity).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// The length the frame in progress announced, once its 4 bytes are in.
+    fn announced(&self) -> Option<usize> {
+        (self.buf.len() >= 4).then(|| u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize)
+    }
+
+    /// The next whole frame's body, `Ok(None)` if more bytes are needed.
+    pub fn decode_body(&mut self) -> Result<Option<Bytes>, FrameError> {
+        let Some(length) = self.announced() else { return Ok(None) };
         if length > self.max {
             return Err(FrameError::TooLarge { length, max: self.max });
         }
         if self.buf.len() < 4 + length {
-            self.buf.reserve(4 + length - self.buf.len());
             return Ok(None);
         }
         self.buf.advance(4);
-        let body = self.buf.split_to(length);
-        let frame = Frame::decode(body.freeze()).map_err(|e| FrameError::Malformed(e.to_string()))?;
+        Ok(Some(self.buf.split_to(length).freeze()))
+    }
+
+    /// The next whole frame, decoded, `Ok(None)` if more bytes are needed.
+    pub fn decode(&mut self) -> Result<Option<Frame>, FrameError> {
+        let Some(body) = self.decode_body()? else { return Ok(None) };
+        let frame = Frame::decode(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
         if frame.kind.is_none() {
             return Err(FrameError::Malformed("no message in the frame".into()));
         }
@@ -142,6 +216,38 @@ mod tests {
         let mut d = Decoder::new(100);
         d.buffer().extend_from_slice(&[0, 0, 0, 0]);
         assert!(matches!(d.decode(), Err(FrameError::Malformed(_))), "an empty frame carries no message");
+    }
+
+    #[test]
+    fn an_announced_length_reserves_nothing() {
+        // A peer announcing 16 MiB and sending 5 bytes costs what it sent, not what it announced.
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME);
+        d.buffer().extend_from_slice(&(16u32 << 20).to_be_bytes());
+        d.buffer().extend_from_slice(&[0x1a]);
+        assert_eq!(d.decode(), Ok(None));
+        let _ = d.buffer();
+        assert!(d.capacity() <= 2 * READ_CHUNK, "capacity {}", d.capacity());
+        // Before Hello the bound is small; raised once the peer is known.
+        let mut d = Decoder::new(HELLO_MAX_FRAME);
+        d.buffer().extend_from_slice(&(HELLO_MAX_FRAME as u32 + 1).to_be_bytes());
+        assert!(matches!(d.decode(), Err(FrameError::TooLarge { .. })));
+        d.set_max(DEFAULT_MAX_FRAME);
+        assert_eq!(d.decode(), Ok(None));
+    }
+
+    #[test]
+    fn batches_stay_encoded() {
+        for f in frames() {
+            let body = Bytes::from(f.encode_to_vec());
+            match (incoming(body).unwrap(), &f.kind) {
+                (Incoming::Batch(b), Some(Kind::Batch(batch))) => assert_eq!(b, Bytes::from(batch.encode_to_vec())),
+                (Incoming::Message(m), Some(Kind::Batch(_))) => panic!("a batch was decoded: {m:?}"),
+                (Incoming::Message(m), _) => assert_eq!(m, f),
+                (Incoming::Batch(_), _) => panic!("not a batch"),
+            }
+        }
+        assert!(incoming(Bytes::from_static(&[0x1a, 0x05, 0x00])).is_err(), "a cut field");
+        assert!(incoming(Bytes::new()).is_err(), "no message");
     }
 
     proptest::proptest! {

@@ -6,8 +6,11 @@
 //!   they arrive.
 //! - [`ring`]: consistent hashing of series keys over aggregators, with virtual nodes.
 //! - [`convert`]: sketches to and from their wire form, refusing malformed ones.
-//! - [`batch`]: an agent's flush split into per-aggregator series; a batch merged into an
-//!   aggregator's store, all or nothing.
+//! - [`batch`]: an agent's flush split into per-aggregator batches of bounded size; a batch
+//!   read in place and merged into an aggregator's store series by series, under the same
+//!   validity rule the agent's parser applies.
+//! - [`scan`]: protobuf fields read in place, so a batch is checked before anything of it is
+//!   allocated.
 
 #![warn(missing_docs)]
 
@@ -16,6 +19,7 @@ pub mod convert;
 pub mod frame;
 pub mod proto;
 pub mod ring;
+pub mod scan;
 
 /// The protocol version this crate speaks (in `Hello` and `Welcome`).
 pub const VERSION: u32 = 1;
@@ -34,9 +38,17 @@ pub fn exercise(data: &[u8]) {
         histograms: vec![floodgate_statsd::HistogramRule { metric: String::new(), bins: vec![1.0, f64::INFINITY] }],
         ..Default::default()
     });
-    while let Ok(Some(f)) = decoder.decode() {
-        let Some(proto::frame::Kind::Batch(batch)) = f.kind else { continue };
-        let _ = batch::apply(&mut store, &batch);
+    while let Ok(Some(body)) = decoder.decode_body() {
+        let Ok(frame::Incoming::Batch(body)) = frame::incoming(body) else { continue };
+        let rule = floodgate_statsd::KeyRule::default();
+        if let Ok(view) = batch::BatchView::parse(&body) {
+            let merged: u64 = view.chunks(rule, 4096).map(|c| c.merge_into(&mut store).merged).sum();
+            assert!(merged as usize <= view.series);
+        }
+        let _ = batch::apply(&mut store, &body, floodgate_statsd::KeyRule { sanitized: false, ..rule });
+        // The sketches and sets inside, however the series around them look.
+        use prost::Message;
+        let Ok(batch) = proto::Batch::decode(&body[..]) else { continue };
         for series in &batch.series {
             match &series.value {
                 Some(proto::series::Value::Timer(t)) => {

@@ -157,4 +157,8 @@ pub struct Ack {
 pub struct Error {
     #[prost(string, tag = "1")]
     pub message: String,
+    /// Aggregator → agent: the batch it could not read (0: none in particular). An agent drops
+    /// a batch refused this way after a few tries, so it never blocks the batches behind it.
+    #[prost(uint64, tag = "2")]
+    pub refused_seq: u64,
 }

@@ -14,10 +14,12 @@ pub mod parse;
 pub mod prometheus;
 pub mod shard;
 pub mod store;
+pub mod valid;
 
 pub use parse::{Kind, Metric, MetricSink, PacketCounts, Parser};
 pub use shard::Shard;
 pub use store::{AggregationConfig, FlushView, HistogramRule, Store};
+pub use valid::{Invalid, KeyRule};
 
 /// Runs any bytes through the whole pipeline — parse (sanitising and not), aggregate, flush,
 /// render Graphite (both protocols, both namespaces) and Prometheus — checking invariants.

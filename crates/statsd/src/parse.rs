@@ -11,8 +11,14 @@
 //!   makes the value bad (Etsy statsd would count infinity, or throw).
 //! - In the tag section anything from a following `|` on (DogStatsD extension fields) is
 //!   dropped rather than mangled into the last tag.
+//! - Keys and values must pass [the validity rule](crate::valid): a key whose name is empty
+//!   (`:1|c`, or `%%:1|c` once sanitised), a key or set member longer than `max_key_length`,
+//!   and a value that is not a finite number within ±1e150 (`Infinity`, `1e400`, a timer
+//!   whose square would overflow) make the value bad. Etsy statsd takes them and writes
+//!   `Infinity`, `NaN` or an empty name to Graphite.
 
 use crate::number::{is_js_number, js_trim, leading_space_len, parse_js_number, utf8_len};
+use crate::valid::{self, KeyRule};
 
 /// The aggregate a value feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,20 +65,28 @@ pub struct PacketCounts {
     pub lines: u64,
     /// Bad values (Etsy's `bad_lines_seen`).
     pub bad: u64,
+    /// Of those, values refused because their key or set member was over `max_key_length`.
+    pub too_long: u64,
 }
 
 /// A reusable StatsD parser: owns the scratch buffers used to build sanitised keys.
 #[derive(Debug, Clone)]
 pub struct Parser {
     sanitize: bool,
+    rule: KeyRule,
     raw_key: Vec<u8>,
     key: Vec<u8>,
 }
 
 impl Parser {
-    /// A parser; `sanitize` mirrors Etsy's `keyNameSanitize`.
+    /// A parser; `sanitize` mirrors Etsy's `keyNameSanitize`; keys up to the default length.
     pub fn new(sanitize: bool) -> Self {
-        Parser { sanitize, raw_key: Vec::with_capacity(256), key: Vec::with_capacity(256) }
+        Parser::with_rule(KeyRule { sanitized: sanitize, ..KeyRule::default() })
+    }
+
+    /// A parser applying `rule` (its `sanitized` is Etsy's `keyNameSanitize`).
+    pub fn with_rule(rule: KeyRule) -> Self {
+        Parser { sanitize: rule.sanitized, rule, raw_key: Vec::with_capacity(256), key: Vec::with_capacity(256) }
     }
 
     /// Parses every `\n`-separated line of a packet.
@@ -86,7 +100,9 @@ impl Parser {
             };
             if !line.is_empty() {
                 counts.lines += 1;
-                counts.bad += self.parse_line(line, sink);
+                let (bad, too_long) = self.parse_line_counted(line, sink);
+                counts.bad += bad;
+                counts.too_long += too_long;
             }
             match next {
                 Some(n) => rest = n,
@@ -97,6 +113,12 @@ impl Parser {
 
     /// Parses one line; returns how many of its values were bad.
     pub fn parse_line<S: MetricSink>(&mut self, line: &[u8], sink: &mut S) -> u64 {
+        self.parse_line_counted(line, sink).0
+    }
+
+    /// Parses one line; returns how many of its values were bad, and how many of those for a
+    /// key or member over the length bound.
+    fn parse_line_counted<S: MetricSink>(&mut self, line: &[u8], sink: &mut S) -> (u64, u64) {
         let (head, tags) = match find2(line, b'|', b'#') {
             Some(i) => {
                 let rest = &line[i + 2..];
@@ -129,14 +151,25 @@ impl Parser {
                 &self.raw_key
             }
         };
-        let mut bad = 0;
+        let key_ok = self.rule.check_built(key);
+        let max = self.rule.max_length;
+        let (mut bad, mut too_long) = (0, 0);
         let mut any = false;
         for part in parts {
             any = true;
-            match parse_value(key, part) {
-                Some(metric) => sink.metric(&metric),
-                None => {
+            let verdict = match key_ok {
+                Ok(()) => match parse_value(key, part) {
+                    Some(m) if m.set_member.len() > max => Err(true),
+                    Some(m) => Ok(m),
+                    None => Err(false),
+                },
+                Err(why) => Err(why == valid::Invalid::TooLong),
+            };
+            match verdict {
+                Ok(metric) => sink.metric(&metric),
+                Err(long) => {
                     bad += 1;
+                    too_long += u64::from(long);
                     sink.bad_line(line);
                 }
             }
@@ -146,7 +179,7 @@ impl Parser {
             sink.bad_line(line);
             bad += 1;
         }
-        bad
+        (bad, too_long)
     }
 }
 
@@ -196,7 +229,7 @@ const ALLOWED: [bool; 256] = {
 };
 
 #[inline]
-fn is_allowed(b: u8) -> bool {
+pub(crate) fn is_allowed(b: u8) -> bool {
     ALLOWED[b as usize]
 }
 
@@ -271,6 +304,7 @@ fn parse_value<'a>(key: &'a [u8], part: &'a [u8]) -> Option<Metric<'a>> {
         Kind::Set => (0.0, if value.is_empty() { &b"0"[..] } else { value }),
         _ => (numeric?, &[][..]),
     };
+    valid::sample(value, sample_rate).ok()?;
     Some(Metric { key, kind, value, sample_rate, gauge_delta, set_member })
 }
 
@@ -364,14 +398,39 @@ mod tests {
 
     #[test]
     fn javascript_number_quirks() {
-        let c = parse("a:0x10|c\nb: 3 |g\nc:1e2|ms\nd:Infinity|c\ne:NaN|c\nf:|s\ng:|c\nh:1|c|@1e-3");
+        let c = parse("a:0x10|c\nb: 3 |g\nc:1e2|ms\ne:NaN|c\nf:|s\ng:|c\nh:1|c|@1e-3");
         assert_eq!(c.bad, 2);
         assert_eq!(c.metrics[0].2, 16.0);
         assert_eq!(c.metrics[1].2, 3.0);
         assert_eq!(c.metrics[2].2, 100.0);
-        assert_eq!(c.metrics[4].5, "0");
+        assert_eq!(c.metrics[3].5, "0");
         // Etsy extracts only the leading digits of a rate: "@1e-3" is rate 1.
-        assert_eq!(c.metrics[5].3, 1.0);
+        assert_eq!(c.metrics[4].3, 1.0);
+    }
+
+    #[test]
+    fn the_validity_rule() {
+        // Etsy statsd takes all of these; none can be aggregated into a finite, named series.
+        let c = parse(
+            "d:Infinity|c\nd:-Infinity|g\nd:1e400|c\nt:1e200|ms\nr:1e149|c|@0.001\n:1|c\n%%:1|c\n;a=b:1|c\n:1|c|#a:b",
+        );
+        assert_eq!((c.bad, c.metrics.len()), (9, 0), "{:?}", c.metrics);
+        let c = parse("ok:1e150|ms\nok2:-1e150|g\n%ok%:1|c|#env:x");
+        assert_eq!((c.bad, c.metrics.len()), (0, 3));
+        assert_eq!(c.metrics[2].0, "ok;env=x");
+        // Keys and set members over max_key_length.
+        let mut p = Parser::with_rule(KeyRule { max_length: 10, sanitized: true });
+        let mut c = Collect::default();
+        let counts = p.parse_packet(
+            b"abcdefghij:1|c\nabcdefghijk:1|c:2|c\nu:0123456789|s\nu:0123456789a|s\nx:1|c|#t:abcdefgh",
+            &mut c,
+        );
+        assert_eq!(c.metrics.len(), 2);
+        assert_eq!((counts.bad, counts.too_long), (4, 4));
+        // Unsanitised keys keep their bytes, but not an empty name.
+        let mut c = Collect::default();
+        Parser::new(false).parse_packet(b"a b:1|c\n:1|c", &mut c);
+        assert_eq!((c.metrics.len(), c.bad), (1, 1));
     }
 
     #[test]

@@ -39,8 +39,10 @@ pub struct LinkCounters {
     pub sent_bytes: AtomicU64,
     /// Series sent in batches acknowledged.
     pub acked_series: AtomicU64,
-    /// Batches dropped because the buffer was full.
+    /// Batches dropped: the buffer was full, or the aggregator refused one several times.
     pub dropped_batches: AtomicU64,
+    /// Of those, batches the aggregator said it could not read ([`MAX_REFUSALS`] times).
+    pub refused_batches: AtomicU64,
     /// Connection attempts that failed, and connections lost.
     pub errors: AtomicU64,
     /// Batches waiting for an acknowledgement.
@@ -74,6 +76,9 @@ struct Queued {
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// A batch the aggregator refuses this many times is dropped (and counted), so it never blocks
+/// the batches behind it.
+pub const MAX_REFUSALS: u32 = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -85,6 +90,8 @@ impl Link {
         let mut next_seq = 1u64;
         let mut backoff = MIN_BACKOFF;
         let mut closing: Option<tokio::time::Instant> = None;
+        // The batch the aggregator last refused, and how many times in a row.
+        let mut refusals: (u64, u32) = (0, 0);
         let c = self.counters.clone();
         loop {
             if closing.is_some_and(|t| tokio::time::Instant::now() >= t) {
@@ -121,7 +128,12 @@ impl Link {
                         while let Some(f) = decoder.decode().map_err(std::io::Error::other)? {
                             match f.kind {
                                 Some(Kind::Ack(a)) => drop_acked(&mut queue, &mut queued_bytes, a.seq, &c),
-                                Some(Kind::Error(e)) => return Err(std::io::Error::other(format!("aggregator said: {}", e.message))),
+                                Some(Kind::Error(e)) => {
+                                    if e.refused_seq != 0 {
+                                        self.refused(e.refused_seq, &mut refusals, &mut queue, &mut queued_bytes);
+                                    }
+                                    return Err(std::io::Error::other(format!("aggregator said: {}", e.message)));
+                                }
                                 _ => {}
                             }
                         }
@@ -132,10 +144,11 @@ impl Link {
                         tokio::select! {
                             share = rx.recv(), if closing.is_none() => match share {
                                 Some(share) => {
-                                    let q = self.enqueue(share, &mut next_seq, &mut queue, &mut queued_bytes);
-                                    writer.write_all(&q).await?;
+                                    for q in self.enqueue(share, &mut next_seq, &mut queue, &mut queued_bytes) {
+                                        writer.write_all(&q).await?;
+                                        c.sent_bytes.fetch_add(q.len() as u64, Relaxed);
+                                    }
                                     writer.flush().await?;
-                                    c.sent_bytes.fetch_add(q.len() as u64, Relaxed);
                                 }
                                 None => closing = Some(tokio::time::Instant::now() + drain),
                             },
@@ -183,29 +196,34 @@ impl Link {
         c.queued_bytes.store(0, Relaxed);
     }
 
-    /// Numbers, encodes and queues a share (dropping the oldest past the buffer); returns
-    /// the encoded frame.
+    /// Cuts a share into batches of about [`BATCH_BYTES`](floodgate_forward::frame::BATCH_BYTES),
+    /// numbers, encodes and queues each (dropping the oldest past the buffer); returns the
+    /// encoded frames.
     fn enqueue(
         &self,
         share: Share,
         next_seq: &mut u64,
         queue: &mut VecDeque<Queued>,
         queued_bytes: &mut u64,
-    ) -> bytes::Bytes {
-        let seq = *next_seq;
-        *next_seq += 1;
-        let series = share.series.len();
-        let batch = proto::Batch {
-            seq,
-            interval_start_ms: share.interval_start_ms,
-            interval_ms: share.interval_ms,
-            series: share.series,
-        };
-        let mut buf = BytesMut::new();
-        frame::encode(&Frame { kind: Some(Kind::Batch(batch)) }, &mut buf);
-        let frame = buf.freeze();
-        *queued_bytes += frame.len() as u64;
-        queue.push_back(Queued { seq, series, frame: frame.clone() });
+    ) -> Vec<bytes::Bytes> {
+        let mut frames = Vec::new();
+        for series in floodgate_forward::batch::cut(share.series, floodgate_forward::frame::BATCH_BYTES) {
+            let seq = *next_seq;
+            *next_seq += 1;
+            let n = series.len();
+            let batch = proto::Batch {
+                seq,
+                interval_start_ms: share.interval_start_ms,
+                interval_ms: share.interval_ms,
+                series,
+            };
+            let mut buf = BytesMut::new();
+            frame::encode(&Frame { kind: Some(Kind::Batch(batch)) }, &mut buf);
+            let frame = buf.freeze();
+            *queued_bytes += frame.len() as u64;
+            queue.push_back(Queued { seq, series: n, frame: frame.clone() });
+            frames.push(frame);
+        }
         while *queued_bytes > self.buffer && queue.len() > 1 {
             if let Some(old) = queue.pop_front() {
                 *queued_bytes -= old.frame.len() as u64;
@@ -213,7 +231,25 @@ impl Link {
                 tracing::warn!(aggregator = %self.address, seq = old.seq, "forward buffer full: dropped the oldest batch");
             }
         }
-        frame
+        frames
+    }
+
+    /// The aggregator could not read batch `seq`: after [`MAX_REFUSALS`] refusals in a row it
+    /// is dropped and counted.
+    fn refused(&self, seq: u64, refusals: &mut (u64, u32), queue: &mut VecDeque<Queued>, queued_bytes: &mut u64) {
+        *refusals = if refusals.0 == seq { (seq, refusals.1 + 1) } else { (seq, 1) };
+        if refusals.1 < MAX_REFUSALS {
+            return;
+        }
+        if let Some(i) = queue.iter().position(|q| q.seq == seq) {
+            if let Some(q) = queue.remove(i) {
+                *queued_bytes -= q.frame.len() as u64;
+                self.counters.dropped_batches.fetch_add(1, Relaxed);
+                self.counters.refused_batches.fetch_add(1, Relaxed);
+                tracing::error!(aggregator = %self.address, seq, series = q.series, refusals = refusals.1, "the aggregator cannot read this batch: dropped");
+            }
+        }
+        *refusals = (0, 0);
     }
 
     /// Connects, says hello, and returns the stream with the aggregator's handled mark.

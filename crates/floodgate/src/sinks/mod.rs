@@ -48,6 +48,7 @@ pub async fn dial(
         .await
         .map_err(|_| timed_out("connect"))??;
     let _ = tcp.set_nodelay(true);
+    crate::sources::listen::keepalive(&tcp);
     Ok(match tls {
         Some((config, name)) => {
             let connector = tokio_rustls::TlsConnector::from(config.clone());

@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use floodgate_forward::frame::{self, Decoder, DEFAULT_MAX_FRAME};
+use floodgate_forward::batch::{Applied, BatchView};
+use floodgate_forward::frame::{self, Decoder, Incoming, HELLO_MAX_FRAME};
 use floodgate_forward::proto::{self, frame::Kind, Frame};
-use parking_lot::Mutex;
+use floodgate_statsd::valid::Invalid;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -26,12 +28,21 @@ use tokio::sync::mpsc;
 
 use crate::app::Shared;
 use crate::guard::ListenerGuard;
-use crate::sources::listen::Connection;
+use crate::sources::listen::{Connection, Peer};
 use crate::telemetry::ListenerCounters;
 use crate::tls::SharedServerConfig;
 
-/// An agent process: its name and the random number it chose at start.
-pub type SessionId = (String, u64);
+/// An agent process: who it is and the random number it chose at start.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionId {
+    /// With mutual TLS, the name on the agent's certificate: an agent can only ever touch
+    /// sessions under its own certificate's name, whatever `agent_id` it claims.
+    pub identity: Option<String>,
+    /// The name the agent gave in `Hello`.
+    pub agent_id: String,
+    /// Its random session number.
+    pub session: u64,
+}
 
 #[derive(Debug, Default)]
 struct Session {
@@ -53,22 +64,50 @@ pub struct AggregatorCounters {
     pub series: AtomicU64,
     /// Series refused by `max_series`.
     pub refused_series: AtomicU64,
+    /// Series refused by the validity rule, by [`Invalid`] reason.
+    pub invalid_series: [AtomicU64; Invalid::ALL.len()],
+    /// Batches that were not well-formed messages (refused whole; the agent drops one after a
+    /// few tries).
+    pub refused_batches: AtomicU64,
+    /// Hellos refused: a new session past `max_agents`, or an `agent_id` too long.
+    pub refused_sessions: AtomicU64,
     /// Retried batches skipped (already merged).
     pub duplicates: AtomicU64,
     /// Connections closed for a protocol error (bad frame, bad batch, wrong version).
     pub protocol_errors: AtomicU64,
+    /// Connections closed because a frame took too long to arrive, or nothing came at all.
+    pub timeouts: AtomicU64,
     /// Agents connected now.
     pub connected: AtomicU64,
+}
+
+/// The aggregator's limits (`[aggregator]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest frame after `Hello`.
+    pub max_frame: usize,
+    /// Sessions remembered at most.
+    pub max_agents: usize,
+    /// A frame started must be complete within this.
+    pub read_timeout: Duration,
+    /// A connection with no frame for this long is closed (agents send one every interval).
+    pub idle_timeout: Duration,
 }
 
 /// The aggregator's sessions and their marks.
 #[derive(Debug)]
 pub struct Aggregator {
     sessions: Mutex<HashMap<SessionId, Session>>,
+    /// Held (shared) while a batch is merged, taken (exclusive) by the flusher: a flush holds
+    /// every batch whole or not at all, with the marks that say so.
+    pub merge_gate: RwLock<()>,
+    /// One state-file writer at a time (the file is written outside the sessions lock).
+    state_writer: Mutex<()>,
     state_file: PathBuf,
     next_conn: AtomicU64,
     /// Figures.
     pub counters: AggregatorCounters,
+    limits: Limits,
     id: String,
 }
 
@@ -79,12 +118,23 @@ struct StateFile {
 
 #[derive(Serialize, Deserialize)]
 struct SavedSession {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identity: Option<String>,
     agent_id: String,
     session: u64,
     handled: u64,
     #[serde(default)]
     last_seen: u64,
 }
+
+/// Longest `agent_id` accepted.
+pub const MAX_AGENT_ID: usize = 255;
+
+/// Reads per batch chunk: the store lock is held per chunk of about this many encoded bytes.
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// A session silent this long may make room for a new one when `max_agents` is reached.
+const EVICTABLE_AFTER: u64 = 3600;
 
 /// A session neither connected nor heard from for this long is forgotten.
 const FORGET_AFTER: u64 = 7 * 24 * 3600;
@@ -95,7 +145,7 @@ fn unix_secs() -> u64 {
 
 impl Aggregator {
     /// The aggregator, with the handled marks saved in `state_dir` by an earlier run.
-    pub fn load(state_dir: &std::path::Path, id: String) -> anyhow::Result<Arc<Aggregator>> {
+    pub fn load(state_dir: &std::path::Path, id: String, limits: Limits) -> anyhow::Result<Arc<Aggregator>> {
         use anyhow::Context;
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create aggregator state_dir {}", state_dir.display()))?;
@@ -107,7 +157,8 @@ impl Aggregator {
                     .with_context(|| format!("{} is not an aggregator state file", state_file.display()))?;
                 for s in saved.sessions {
                     let session = Session { merged: s.handled, handled: s.handled, last_seen: s.last_seen, conn: None };
-                    sessions.insert((s.agent_id, s.session), session);
+                    let id = SessionId { identity: s.identity, agent_id: s.agent_id, session: s.session };
+                    sessions.insert(id, session);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -116,14 +167,17 @@ impl Aggregator {
         tracing::info!(sessions = sessions.len(), file = %state_file.display(), "aggregator state loaded");
         Ok(Arc::new(Aggregator {
             sessions: Mutex::new(sessions),
+            merge_gate: RwLock::new(()),
+            state_writer: Mutex::new(()),
             state_file,
             next_conn: AtomicU64::new(1),
             counters: AggregatorCounters::default(),
+            limits,
             id,
         }))
     }
 
-    /// The merged marks: call with the store locked, just before it flushes.
+    /// The merged marks: call with the merge gate held exclusively, just before the flush.
     pub fn merged_marks(&self) -> Vec<(SessionId, u64)> {
         self.sessions
             .lock()
@@ -133,41 +187,84 @@ impl Aggregator {
             .collect()
     }
 
-    /// A flush holding `marks` was delivered: record them, save, then acknowledge.
+    /// A flush holding `marks` was delivered: record them, save, then acknowledge. The file is
+    /// written outside the sessions lock, so merging never waits for the disk.
     pub fn handled(&self, marks: Vec<(SessionId, u64)>) {
         if marks.is_empty() {
             return;
         }
-        let mut sessions = self.sessions.lock();
-        let now = unix_secs();
-        for (id, mark) in &marks {
-            if let Some(s) = sessions.get_mut(id) {
-                s.handled = s.handled.max(*mark);
-                s.last_seen = now;
+        let _writer = self.state_writer.lock();
+        let (saved, acks) = {
+            let mut sessions = self.sessions.lock();
+            let now = unix_secs();
+            for (id, mark) in &marks {
+                if let Some(s) = sessions.get_mut(id) {
+                    s.handled = s.handled.max(*mark);
+                    s.last_seen = now;
+                }
             }
-        }
-        sessions.retain(|_, s| s.conn.is_some() || now.saturating_sub(s.last_seen) < FORGET_AFTER);
-        let saved = StateFile {
-            sessions: sessions
+            sessions.retain(|_, s| s.conn.is_some() || now.saturating_sub(s.last_seen) < FORGET_AFTER);
+            let saved = StateFile {
+                sessions: sessions
+                    .iter()
+                    .map(|(id, s)| SavedSession {
+                        identity: id.identity.clone(),
+                        agent_id: id.agent_id.clone(),
+                        session: id.session,
+                        handled: s.handled,
+                        last_seen: s.last_seen,
+                    })
+                    .collect(),
+            };
+            let acks: Vec<(mpsc::UnboundedSender<u64>, u64)> = marks
                 .iter()
-                .map(|((agent_id, session), s)| SavedSession {
-                    agent_id: agent_id.clone(),
-                    session: *session,
-                    handled: s.handled,
-                    last_seen: s.last_seen,
+                .filter_map(|(id, _)| match sessions.get(id) {
+                    Some(Session { handled, conn: Some((_, tx)), .. }) => Some((tx.clone(), *handled)),
+                    _ => None,
                 })
-                .collect(),
+                .collect();
+            (saved, acks)
         };
         if let Err(e) = write_atomically(&self.state_file, &saved) {
             // Without the record a restart could count these batches twice: do not ack them.
             tracing::error!(file = %self.state_file.display(), error = %e, "cannot save aggregator state; not acknowledging");
             return;
         }
-        for (id, _) in &marks {
-            if let Some(Session { handled, conn: Some((_, tx)), .. }) = sessions.get(id) {
-                let _ = tx.send(*handled);
+        for (tx, seq) in acks {
+            let _ = tx.send(seq);
+        }
+    }
+
+    /// Registers a connection's session (a `Hello`): its handled mark, or why it is refused.
+    fn open_session(
+        &self,
+        id: &SessionId,
+        conn_id: u64,
+        acks: mpsc::UnboundedSender<u64>,
+    ) -> Result<u64, &'static str> {
+        if id.agent_id.len() > MAX_AGENT_ID {
+            return Err("agent_id longer than 255 bytes");
+        }
+        let mut sessions = self.sessions.lock();
+        let now = unix_secs();
+        if !sessions.contains_key(id) && sessions.len() >= self.limits.max_agents {
+            // Room from a session long silent, if any; never from one that may still resend.
+            let evictable = sessions
+                .iter()
+                .filter(|(_, s)| s.conn.is_none() && now.saturating_sub(s.last_seen) >= EVICTABLE_AFTER)
+                .min_by_key(|(_, s)| s.last_seen)
+                .map(|(id, _)| id.clone());
+            match evictable {
+                Some(old) => {
+                    sessions.remove(&old);
+                }
+                None => return Err("too many agent sessions (max_agents)"),
             }
         }
+        let s = sessions.entry(id.clone()).or_default();
+        s.conn = Some((conn_id, acks));
+        s.last_seen = now;
+        Ok(s.handled)
     }
 }
 
@@ -182,6 +279,7 @@ fn write_atomically(path: &std::path::Path, state: &StateFile) -> std::io::Resul
     std::fs::rename(&tmp, path)
 }
 
+/// A `Hello` must arrive within this (or `read_timeout`, if shorter).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts agents until the task is aborted.
@@ -198,8 +296,8 @@ pub async fn serve(
         let (aggregator, shared, counters) = (aggregator.clone(), shared.clone(), c.clone());
         async move {
             aggregator.counters.connected.fetch_add(1, Relaxed);
-            if let Err(e) = agent(conn, &aggregator, &shared, &counters).await {
-                tracing::warn!(%peer, error = %e, "agent connection closed");
+            if let Err(e) = agent(conn, &peer, &aggregator, &shared, &counters).await {
+                tracing::warn!(peer = %peer.addr, error = %e, "agent connection closed");
             }
             aggregator.counters.connected.fetch_sub(1, Relaxed);
             Ok(())
@@ -215,55 +313,119 @@ async fn send(stream: &mut (impl AsyncWrite + Unpin), kind: Kind) -> std::io::Re
     stream.flush().await
 }
 
+/// Why a connection ends early.
+enum End {
+    /// The connection failed or timed out: nothing to tell the peer.
+    Io(std::io::Error),
+    /// The agent broke the protocol: told in an `Error` frame before closing.
+    Refused {
+        message: String,
+        /// The batch that could not be read, if one.
+        refused_seq: u64,
+    },
+}
+
+impl End {
+    fn refused(message: impl Into<String>) -> End {
+        End::Refused { message: message.into(), refused_seq: 0 }
+    }
+}
+
+/// Reads the next frame body: within `deadline` once it has started, within `idle` while
+/// nothing of it has arrived.
+async fn next_body<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    decoder: &mut Decoder,
+    counters: &ListenerCounters,
+    idle: Duration,
+    deadline: Duration,
+) -> std::io::Result<Option<bytes::Bytes>> {
+    let timed_out = |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_string());
+    let mut started = (decoder.pending() > 0).then(tokio::time::Instant::now);
+    loop {
+        if let Some(body) =
+            decoder.decode_body().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+        {
+            return Ok(Some(body));
+        }
+        let until = match started {
+            Some(t) => t + deadline,
+            None => tokio::time::Instant::now() + idle,
+        };
+        let n = tokio::time::timeout_at(until, reader.read_buf(decoder.buffer()))
+            .await
+            .map_err(|_| timed_out(if started.is_some() { "a frame took too long to arrive" } else { "idle" }))??;
+        ListenerCounters::add(&counters.bytes, n as u64);
+        if n == 0 {
+            return match decoder.pending() {
+                0 => Ok(None),
+                _ => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed in the middle of a frame")),
+            };
+        }
+        started.get_or_insert_with(tokio::time::Instant::now);
+    }
+}
+
 /// Serves one agent connection to its end.
 async fn agent(
     stream: Connection,
+    peer: &Peer,
     aggregator: &Aggregator,
     shared: &Shared,
     counters: &ListenerCounters,
 ) -> std::io::Result<()> {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut decoder = Decoder::new(DEFAULT_MAX_FRAME);
-    let protocol_error = |why: String| {
-        aggregator.counters.protocol_errors.fetch_add(1, Relaxed);
-        std::io::Error::new(std::io::ErrorKind::InvalidData, why)
+    let limits = aggregator.limits;
+    // Before a valid Hello a peer is unknown: it can make us hold 4 KiB, for 10 s at most.
+    let mut decoder = Decoder::new(HELLO_MAX_FRAME);
+    let c = &aggregator.counters;
+    let fail = |e: std::io::Error| {
+        match e.kind() {
+            std::io::ErrorKind::TimedOut => c.timeouts.fetch_add(1, Relaxed),
+            std::io::ErrorKind::InvalidData => c.protocol_errors.fetch_add(1, Relaxed),
+            _ => 0,
+        };
+        e
     };
-    // Hello first.
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
-        loop {
-            if let Some(f) = decoder.decode().map_err(|e| protocol_error(e.to_string()))? {
-                return Ok(f);
-            }
-            let n = reader.read_buf(decoder.buffer()).await?;
-            ListenerCounters::add(&counters.bytes, n as u64);
-            if n == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before Hello"));
-            }
+    let hello_wait = HELLO_TIMEOUT.min(limits.read_timeout);
+    let first = match next_body(&mut reader, &mut decoder, counters, hello_wait, hello_wait).await {
+        Ok(Some(body)) => frame::incoming(body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Ok(None) => return Ok(()),
+        Err(e) => Err(e),
+    };
+    let hello = match first {
+        Ok(Incoming::Message(Frame { kind: Some(Kind::Hello(hello)) })) => hello,
+        Ok(_) => {
+            let _ = send(&mut writer, error("expected Hello")).await;
+            return Err(fail(std::io::Error::new(std::io::ErrorKind::InvalidData, "first frame was not Hello")));
         }
-    })
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no Hello"))??;
-    let Some(Kind::Hello(hello)) = hello.kind else {
-        let _ = send(&mut writer, Kind::Error(proto::Error { message: "expected Hello".into() })).await;
-        return Err(protocol_error("first frame was not Hello".into()));
+        Err(e) => {
+            let e = fail(e);
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                let _ = send(&mut writer, error(&e.to_string())).await;
+            }
+            return Err(e);
+        }
     };
     if hello.version != floodgate_forward::VERSION {
         let message =
             format!("protocol version {} not spoken here (this is {})", hello.version, floodgate_forward::VERSION);
-        let _ = send(&mut writer, Kind::Error(proto::Error { message: message.clone() })).await;
-        return Err(protocol_error(message));
+        let _ = send(&mut writer, error(&message)).await;
+        return Err(fail(std::io::Error::new(std::io::ErrorKind::InvalidData, message)));
     }
-    let id: SessionId = (hello.agent_id.clone(), hello.session);
+    let id = SessionId { identity: peer.identity.clone(), agent_id: hello.agent_id.clone(), session: hello.session };
     let conn_id = aggregator.next_conn.fetch_add(1, Relaxed);
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
-    let handled = {
-        let mut sessions = aggregator.sessions.lock();
-        let s = sessions.entry(id.clone()).or_default();
-        s.conn = Some((conn_id, ack_tx));
-        s.last_seen = unix_secs();
-        s.handled
+    let handled = match aggregator.open_session(&id, conn_id, ack_tx) {
+        Ok(handled) => handled,
+        Err(why) => {
+            c.refused_sessions.fetch_add(1, Relaxed);
+            let _ = send(&mut writer, error(why)).await;
+            return Err(std::io::Error::other(why));
+        }
     };
-    tracing::info!(agent = %hello.agent_id, session = hello.session, acked_through = handled, "agent connected");
+    decoder.set_max(limits.max_frame);
+    tracing::info!(agent = %hello.agent_id, identity = ?peer.identity, session = hello.session, acked_through = handled, "agent connected");
     send(
         &mut writer,
         Kind::Welcome(proto::Welcome {
@@ -273,72 +435,106 @@ async fn agent(
         }),
     )
     .await?;
-    let result = async {
+    let result: Result<(), End> = async {
         loop {
-            // Frames already buffered first (a Batch may have come with the Hello).
-            while let Some(f) = decoder.decode().map_err(|e| protocol_error(e.to_string()))? {
-                match f.kind {
-                    Some(Kind::Batch(batch)) => {
-                        merge(aggregator, shared, &id, &batch).map_err(protocol_error)?;
-                        counters.packets.fetch_add(1, Relaxed);
-                    }
-                    _ => return Err(protocol_error("expected Batch".into())),
-                }
-            }
             tokio::select! {
-                n = reader.read_buf(decoder.buffer()) => {
-                    let n = n?;
-                    ListenerCounters::add(&counters.bytes, n as u64);
-                    if n == 0 {
-                        return Ok(());
+                body = next_body(&mut reader, &mut decoder, counters, limits.idle_timeout, limits.read_timeout) => {
+                    let body = match body.map_err(fail) {
+                        Ok(Some(body)) => body,
+                        Ok(None) => return Ok(()),
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(End::refused(e.to_string())),
+                        Err(e) => return Err(End::Io(e)),
+                    };
+                    match frame::incoming(body) {
+                        Ok(Incoming::Batch(batch)) => {
+                            merge(aggregator, shared, &id, &batch)?;
+                            counters.packets.fetch_add(1, Relaxed);
+                        }
+                        Ok(Incoming::Message(_)) => {
+                            c.protocol_errors.fetch_add(1, Relaxed);
+                            return Err(End::refused("expected Batch"));
+                        }
+                        Err(e) => {
+                            c.protocol_errors.fetch_add(1, Relaxed);
+                            return Err(End::refused(e.to_string()));
+                        }
                     }
                 }
                 seq = ack_rx.recv() => match seq {
-                    Some(seq) => send(&mut writer, Kind::Ack(proto::Ack { seq })).await?,
+                    Some(seq) => send(&mut writer, Kind::Ack(proto::Ack { seq })).await.map_err(End::Io)?,
                     None => return Ok(()),
                 },
             }
         }
     }
     .await;
-    if let Err(e) = &result {
-        // Protocol errors are told to the peer before closing.
-        if e.kind() == std::io::ErrorKind::InvalidData {
-            let _ = send(&mut writer, Kind::Error(proto::Error { message: e.to_string() })).await;
-        }
-    }
-    let mut sessions = aggregator.sessions.lock();
-    if let Some(s) = sessions.get_mut(&id) {
+    if let Some(s) = aggregator.sessions.lock().get_mut(&id) {
         if s.conn.as_ref().is_some_and(|(c, _)| *c == conn_id) {
             s.conn = None;
         }
     }
-    result
+    match result {
+        Ok(()) => Ok(()),
+        Err(End::Io(e)) => Err(e),
+        Err(End::Refused { message, refused_seq }) => {
+            let _ = send(&mut writer, Kind::Error(proto::Error { message: message.clone(), refused_seq })).await;
+            Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message))
+        }
+    }
 }
 
-/// Merges a batch unless it is a retry. Decoding happens before any lock; the store lock is
-/// held while the merged mark moves, so a flush sees both or neither.
-fn merge(aggregator: &Aggregator, shared: &Shared, id: &SessionId, batch: &proto::Batch) -> Result<(), String> {
-    let is_retry = |sessions: &HashMap<SessionId, Session>| sessions.get(id).is_none_or(|s| batch.seq <= s.merged);
-    if is_retry(&aggregator.sessions.lock()) {
-        aggregator.counters.duplicates.fetch_add(1, Relaxed);
-        return Ok(());
-    }
-    let decoded = floodgate_forward::batch::decode(batch).map_err(|e| format!("batch {} refused: {e}", batch.seq))?;
-    let mut store = shared.store.lock();
-    let mut sessions = aggregator.sessions.lock();
-    // Checked again under the locks: another connection of the same session may have won.
-    if is_retry(&sessions) {
-        aggregator.counters.duplicates.fetch_add(1, Relaxed);
-        return Ok(());
-    }
-    let applied = decoded.merge_into(&mut store);
-    if let Some(s) = sessions.get_mut(id) {
-        s.merged = batch.seq;
-    }
+fn error(message: &str) -> Kind {
+    Kind::Error(proto::Error { message: message.to_string(), refused_seq: 0 })
+}
+
+/// Merges a batch unless it is a retry: its shape is checked first (a malformed batch is
+/// refused whole, before anything of it is merged), then its series are decoded and merged a
+/// chunk at a time, each series checked by the validity rule on its own. The merge gate is held
+/// throughout, so a flush sees the whole batch and its mark, or neither.
+fn merge(aggregator: &Aggregator, shared: &Shared, id: &SessionId, body: &[u8]) -> Result<(), End> {
     let c = &aggregator.counters;
+    let view = match BatchView::parse(body) {
+        Ok(view) => view,
+        Err(e) => {
+            c.refused_batches.fetch_add(1, Relaxed);
+            c.protocol_errors.fetch_add(1, Relaxed);
+            // Agents send in order: the batch it could not read is the one after the last merged.
+            let next = aggregator.sessions.lock().get(id).map_or(0, |s| s.merged + 1);
+            let seq = floodgate_forward::scan::fields(body)
+                .find_map(|f| match f {
+                    Ok((1, floodgate_forward::scan::Value::Varint(v))) => Some(v),
+                    _ => None,
+                })
+                .unwrap_or(next);
+            return Err(End::Refused { message: format!("batch {seq} refused: {e}"), refused_seq: seq });
+        }
+    };
+    let rule = shared.config.read().key_rule();
+    let _gate = aggregator.merge_gate.read();
+    {
+        // Claimed under the gate: another connection of the same session skips it from now on,
+        // and no flush can come between this mark and the data it stands for.
+        let mut sessions = aggregator.sessions.lock();
+        match sessions.get_mut(id) {
+            Some(s) if view.seq > s.merged => s.merged = view.seq,
+            _ => {
+                c.duplicates.fetch_add(1, Relaxed);
+                return Ok(());
+            }
+        }
+    }
+    let mut applied = Applied::default();
+    for chunk in view.chunks(rule, CHUNK_BYTES) {
+        let mut store = shared.store.lock();
+        applied.merge(&chunk.merge_into(&mut store));
+    }
     c.batches.fetch_add(1, Relaxed);
     c.series.fetch_add(applied.merged, Relaxed);
     c.refused_series.fetch_add(applied.refused, Relaxed);
+    for (counter, n) in c.invalid_series.iter().zip(applied.invalid.0) {
+        if n > 0 {
+            counter.fetch_add(n, Relaxed);
+        }
+    }
     Ok(())
 }

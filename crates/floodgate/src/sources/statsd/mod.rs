@@ -25,12 +25,14 @@ pub fn ingest(parser: &mut Parser, shard: &mut Shard, data: &[u8], total: &mut P
     shard.bad_lines += counts.bad;
     total.lines += counts.lines;
     total.bad += counts.bad;
+    total.too_long += counts.too_long;
 }
 
 /// Publishes a batch's line counts.
 pub fn publish(counters: &ListenerCounters, total: PacketCounts) {
     ListenerCounters::add(&counters.lines, total.lines);
     ListenerCounters::add(&counters.bad_lines, total.bad);
+    ListenerCounters::add(&counters.key_too_long, total.too_long);
 }
 
 /// Monotonic nanoseconds since `epoch`: orders gauge sets across shards.

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use floodgate_statsd::{PacketCounts, Parser};
+use floodgate_statsd::{KeyRule, PacketCounts, Parser};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpListener;
 
@@ -22,8 +22,8 @@ pub struct TcpOptions {
     pub shard: SharedShard,
     /// Self-metrics.
     pub counters: Arc<ListenerCounters>,
-    /// Etsy `keyNameSanitize`.
-    pub sanitize: bool,
+    /// `max_key_length` and Etsy's `keyNameSanitize`.
+    pub key_rule: KeyRule,
     /// Longest line accepted.
     pub max_line_length: usize,
     /// This listener's place in the guard (which also caps its open connections).
@@ -52,7 +52,7 @@ async fn read_lines<S: AsyncRead + Unpin>(mut stream: S, opts: &TcpOptions) -> s
     let mut filled = 0;
     // Inside a line longer than the buffer: skip until its end.
     let mut skipping = false;
-    let mut parser = Parser::new(opts.sanitize);
+    let mut parser = Parser::with_rule(opts.key_rule);
     loop {
         if filled == buf.len() {
             if !skipping {

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use floodgate_statsd::{PacketCounts, Parser};
+use floodgate_statsd::{KeyRule, PacketCounts, Parser};
 
 use super::{complete_lines, ingest, publish, SharedShard};
 use crate::guard::count_lines;
@@ -21,9 +21,9 @@ pub struct StatsdDatagrams {
 }
 
 impl StatsdDatagrams {
-    /// A decoder writing into `shard` (Etsy `keyNameSanitize` = `sanitize`).
-    pub fn new(shard: SharedShard, counters: Arc<ListenerCounters>, sanitize: bool) -> StatsdDatagrams {
-        StatsdDatagrams { shard, parser: Parser::new(sanitize), counters }
+    /// A decoder writing into `shard`, with the key rule of `[statsd]`.
+    pub fn new(shard: SharedShard, counters: Arc<ListenerCounters>, rule: KeyRule) -> StatsdDatagrams {
+        StatsdDatagrams { shard, parser: Parser::with_rule(rule), counters }
     }
 }
 

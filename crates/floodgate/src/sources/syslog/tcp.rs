@@ -54,7 +54,7 @@ pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedSe
     let (guard, counters, kind) = (opts.guard.clone(), opts.counters.clone(), opts.kind);
     crate::sources::listen::serve(listener, guard, counters, tls, kind, move |conn, peer| {
         let opts = opts.clone();
-        async move { read_frames(conn, peer, opts).await }
+        async move { read_frames(conn, peer.addr, opts).await }
     })
     .await
 }

@@ -110,15 +110,23 @@ impl Decoder {
         self.max = max;
     }
 
-    /// Where to read the next bytes into (then call [`decode`](Self::decode)): room for what
-    /// the frame in progress still lacks, at most 64 KiB at a time.
+    /// Where to read the next bytes into (then call [`decode`](Self::decode)). The buffer grows
+    /// with what has arrived — doubling, from 4 KiB, never past the frame in progress — so it
+    /// holds at most about twice what the peer actually sent, whatever length it announced.
     pub fn buffer(&mut self) -> &mut BytesMut {
-        let missing = match self.announced() {
-            Some(length) if length <= self.max => (4 + length).saturating_sub(self.buf.len()),
-            _ => 4,
-        };
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(missing.clamp(4096, READ_CHUNK));
+        let (len, cap) = (self.buf.len(), self.buf.capacity());
+        if cap - len < 4096 {
+            let target = match self.announced() {
+                Some(length) if length <= self.max && len < 4 + length => {
+                    (4 + length).min((2 * cap).max(len + READ_CHUNK))
+                }
+                _ => len + 4096,
+            };
+            // A new buffer of exactly this size (BytesMut::reserve would round up by doubling
+            // again, past the frame).
+            let mut grown = BytesMut::with_capacity(target.max(len + 1));
+            grown.extend_from_slice(&self.buf);
+            self.buf = grown;
         }
         &mut self.buf
     }
@@ -227,6 +235,17 @@ mod tests {
         assert_eq!(d.decode(), Ok(None));
         let _ = d.buffer();
         assert!(d.capacity() <= 2 * READ_CHUNK, "capacity {}", d.capacity());
+        // Sent in full, a frame's buffer ends exactly at its size.
+        let body = vec![0u8; 3 << 20];
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME);
+        d.buffer().extend_from_slice(&(body.len() as u32).to_be_bytes());
+        for piece in body.chunks(1000) {
+            let b = d.buffer();
+            assert!(b.capacity() - b.len() >= piece.len().min(4096));
+            b.extend_from_slice(piece);
+            assert!(d.capacity() <= 2 * d.pending().max(4096) + READ_CHUNK, "{} for {}", d.capacity(), d.pending());
+        }
+        assert_eq!(d.capacity(), 4 + body.len());
         // Before Hello the bound is small; raised once the peer is known.
         let mut d = Decoder::new(HELLO_MAX_FRAME);
         d.buffer().extend_from_slice(&(HELLO_MAX_FRAME as u32 + 1).to_be_bytes());

@@ -1,0 +1,250 @@
+//! The red team: attacks on every listener and on the forward hop, each with a pass criterion
+//! that fails on a floodgate without the defence it names (see the threat model in the README).
+//! Memory is read from the kernel (`VmHWM`, the peak resident set) before and after an attack.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::*;
+use floodgate_forward::proto::{self, frame::Kind, series::Value, Frame};
+
+const INTERVAL_MS: u64 = 1000;
+
+/// Peak resident set of a process so far, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+fn metrics(fg: &Floodgate) -> String {
+    http_get(fg.http, "/metrics?only=floodgate").unwrap().1
+}
+
+/// Polls `/metrics` until `name{labels}` satisfies `check`; returns the value.
+fn wait_metric(fg: &Floodgate, name: &str, labels: &[&str], check: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = metric(&metrics(fg), name, labels);
+        if let Some(v) = v.filter(|v| check(*v)) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{name}{labels:?} = {v:?} never satisfied the check\n{}", fg.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn aggregator(extra: &str, graphite: Option<u16>, state_dir: &std::path::Path, port: u16) -> Floodgate {
+    let graphite = graphite.map(|p| format!("[graphite]\naddress = \"127.0.0.1:{p}\"\n\n")).unwrap_or_default();
+    Floodgate::start(
+        &format!("flush_interval = \"{INTERVAL_MS}ms\""),
+        &format!(
+            "{graphite}[aggregator]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n{extra}\n",
+            state_dir.display()
+        ),
+    )
+}
+
+fn agent(name: &str, port: u16) -> Floodgate {
+    Floodgate::start(
+        &format!("flush_interval = \"{INTERVAL_MS}ms\""),
+        &format!("[forward]\naggregators = [\"127.0.0.1:{port}\"]\nagent_id = \"{name}\"\n"),
+    )
+}
+
+fn frame(kind: Kind) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    floodgate_forward::frame::encode(&Frame { kind: Some(kind) }, &mut buf);
+    buf.to_vec()
+}
+
+fn hello(agent_id: &str, session: u64) -> Vec<u8> {
+    frame(Kind::Hello(proto::Hello { version: 1, agent_id: agent_id.into(), session }))
+}
+
+/// Reads frames from the aggregator until it closes (or 20 s pass).
+fn read_frames(s: &mut TcpStream) -> Vec<Frame> {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut d = floodgate_forward::frame::Decoder::new(1 << 20);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => d.buffer().extend_from_slice(&buf[..n]),
+        }
+        while let Ok(Some(f)) = d.decode() {
+            out.push(f);
+        }
+    }
+}
+
+/// Attack 1: one StatsD datagram used to stop an agent's forwarding for good (the aggregator
+/// refused the whole batch, the agent resent it forever). Each poison line is now a bad line at
+/// the agent; every good increment reaches Carbon, and the aggregator never saw a protocol error.
+#[test]
+fn poison_lines_cannot_stop_an_agents_forwarding() {
+    let carbon = Carbon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let agg = aggregator("", Some(carbon.line_port), dir.path(), port);
+    let a = agent("victim", port);
+    wait_metric(&a, "floodgate_forward_connected", &[], |v| v == 1.0);
+    let poison = ["x:Infinity|c", ":1|c", "%%:1|c", "t:1e200|ms", "y:1e400|g", "r:1e149|c|@0.0001", ";a=b:1|c"];
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = SocketAddr::from(([127, 0, 0, 1], a.statsd));
+    let rounds = 40;
+    for i in 0..rounds {
+        s.send_to(b"good.hits:1|c", to).unwrap();
+        s.send_to(poison[i % poison.len()].as_bytes(), to).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let points = carbon.wait("stats_counts.good.hits", |p| p.iter().sum::<f64>() >= rounds as f64);
+    assert_eq!(points.iter().sum::<f64>(), rounds as f64);
+    let agent_metrics = metrics(&a);
+    assert_eq!(metric(&agent_metrics, "floodgate_bad_lines_total", &["listener=\"statsd_udp\""]), Some(rounds as f64));
+    let m = metrics(&agg);
+    assert_eq!(metric(&m, "floodgate_aggregator_protocol_errors_total", &[]), Some(0.0));
+    assert_eq!(metric(&m, "floodgate_aggregator_refused_batches_total", &[]), Some(0.0));
+    // Every batch the agent sent was acknowledged (nothing stuck in its queue).
+    wait_metric(&a, "floodgate_forward_queued_batches", &[], |v| v == 0.0);
+}
+
+fn counter(key: &[u8], v: f64) -> proto::Series {
+    proto::Series { key: key.to_vec(), value: Some(Value::Counter(v)) }
+}
+
+/// A hand-made agent sends a batch mixing good series with every kind of bad one: the good ones
+/// are merged, each bad one refused and counted by reason, the connection kept. A batch that is
+/// not a protobuf message at all is refused with its sequence number, so the agent can drop it.
+#[test]
+fn an_aggregator_refuses_bad_series_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let agg = aggregator("", None, dir.path(), port);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&hello("crafted", 7)).unwrap();
+    let series = vec![
+        counter(b"crafted.ok", 5.0),
+        counter(b"nan", f64::NAN),
+        counter(b"", 1.0),
+        counter(b"a\nstats.forged 1e9 1700000000", 1.0),
+        counter(&[b'k'; 5000], 1.0),
+        proto::Series { key: b"novalue".to_vec(), value: None },
+        proto::Series {
+            key: b"t".to_vec(),
+            value: Some(Value::Timer(proto::Timer { count: 1.0, sketch: None, ..Default::default() })),
+        },
+    ];
+    s.write_all(&frame(Kind::Batch(proto::Batch { seq: 1, interval_start_ms: 0, interval_ms: 1000, series }))).unwrap();
+    wait_metric(&agg, "floodgate_aggregator_batches_total", &[], |v| v == 1.0);
+    let m = metrics(&agg);
+    let invalid = |r: &str| metric(&m, "floodgate_aggregator_invalid_series_total", &[&format!("reason=\"{r}\"")]);
+    assert_eq!(invalid("value_out_of_range"), Some(1.0));
+    assert_eq!(invalid("empty_name"), Some(1.0));
+    assert_eq!(invalid("bad_key_byte"), Some(1.0), "a newline would forge a Graphite line");
+    assert_eq!(invalid("key_too_long"), Some(1.0));
+    assert_eq!(invalid("inconsistent"), Some(2.0));
+    assert_eq!(metric(&m, "floodgate_aggregator_series_total", &[]), Some(1.0));
+    assert_eq!(metric(&m, "floodgate_aggregator_protocol_errors_total", &[]), Some(0.0));
+    let all = http_get(agg.http, "/metrics").unwrap().1;
+    assert!(all.lines().any(|l| l.starts_with("crafted_ok")), "the good series was merged");
+    assert!(!all.contains("forged"));
+    // Now a batch that is not a message: sequence number 2, then a series field announcing
+    // five bytes of which two follow. Refused whole, with its number.
+    let batch = [0x08, 0x02, 0x22, 0x05, 0x0a, 0x01];
+    let body = [&[0x1a, batch.len() as u8][..], &batch].concat();
+    s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let answers = read_frames(&mut s);
+    let error = answers.iter().find_map(|f| match &f.kind {
+        Some(Kind::Error(e)) => Some(e.clone()),
+        _ => None,
+    });
+    let error = error.unwrap_or_else(|| panic!("an Error frame: {answers:?}"));
+    assert_eq!(error.refused_seq, 2, "{error:?}");
+    assert_eq!(metric(&metrics(&agg), "floodgate_aggregator_refused_batches_total", &[]), Some(1.0));
+}
+
+/// A frame (length prefix included) carrying a batch with sequence number 1 and `n` empty
+/// series (two bytes each: field 4, length 0), built by hand as an attacker would.
+fn empty_series_frame(n: usize) -> Vec<u8> {
+    let batch: Vec<u8> = [0x08, 0x01].into_iter().chain(std::iter::repeat_n([0x22u8, 0x00], n).flatten()).collect();
+    let mut body = vec![0x1a];
+    let mut len = batch.len();
+    while len >= 0x80 {
+        body.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    body.push(len as u8);
+    body.extend_from_slice(&batch);
+    let mut wire = (body.len() as u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(&body);
+    wire
+}
+
+/// Attack 2: a 16 MiB frame of 8M empty series sent without a Hello used to cost the
+/// aggregator a gigabyte. Before Hello the bound is 4 KiB: refused at its length. After a Hello
+/// the same frame costs at most a few times its own size, and its series are refused as empty.
+#[test]
+fn a_big_frame_costs_at_most_a_few_times_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let agg = aggregator("max_frame = \"16MiB\"\n", None, dir.path(), port);
+    let pid = agg.child.id();
+    let n = (8 << 20) - 64;
+    let wire = empty_series_frame(n);
+    assert!(wire.len() <= 4 + (16 << 20));
+    let before = peak_rss(pid);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = s.write_all(&wire);
+    let answers = read_frames(&mut s);
+    assert!(
+        answers.iter().any(|f| matches!(&f.kind, Some(Kind::Error(e)) if e.message.contains("4096-byte bound"))),
+        "{answers:?}"
+    );
+    let after_unauthenticated = peak_rss(pid);
+    let grown = after_unauthenticated - before;
+    assert!(grown < 4 << 20, "before Hello: peak RSS grew by {grown} bytes");
+    // After a Hello the frame is read, and its series refused one by one.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&hello("big", 1)).unwrap();
+    s.write_all(&wire).unwrap();
+    wait_metric(&agg, "floodgate_aggregator_invalid_series_total", &["reason=\"empty_name\""], |v| v == n as f64);
+    let grown = peak_rss(pid) - after_unauthenticated;
+    eprintln!("a {} byte frame after Hello: peak RSS +{grown} bytes", wire.len());
+    assert!(grown < 4 * wire.len() as u64, "a {} byte frame grew the peak RSS by {grown} bytes", wire.len());
+}
+
+/// A slow frame: a Hello, then one byte a second. The connection is cut once `read_timeout` has
+/// passed since the frame began, and counted.
+#[test]
+fn a_slow_frame_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let agg = aggregator("read_timeout = \"2s\"\n", None, dir.path(), port);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&hello("slow", 1)).unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for b in [0u8, 0, 1, 0, 0x1a, 0x02] {
+        if s.write_all(&[b]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    if !closed {
+        // The aggregator answers the Welcome, then closes: read to the end.
+        let _ = read_frames(&mut s);
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    wait_metric(&agg, "floodgate_aggregator_timeouts_total", &[], |v| v == 1.0);
+}

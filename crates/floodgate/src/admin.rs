@@ -5,41 +5,71 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use floodgate_statsd::number::js_number;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 
 use crate::app::Shared;
+use crate::guard::ListenerGuard;
 use crate::sinks::graphite::unix_now;
+use crate::sources::listen::Stalled;
+use crate::telemetry::ListenerCounters;
 
 /// Longest command line accepted.
 const MAX_COMMAND: usize = 4096;
 
-/// Accepts console connections until aborted.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts console connections until aborted: through the guard (allow-list, connection rate
+/// and caps), each session closed after `idle` without input or with a reply nobody reads.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    guard: Arc<ListenerGuard>,
+    counters: Arc<ListenerCounters>,
+    idle: Duration,
+) {
     loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = session(stream, &shared).await {
-                        tracing::debug!(error = %e, "admin console session ended");
-                    }
-                });
+        let (stream, _peer, permit) = crate::sources::listen::accept(&listener, &guard, &counters).await;
+        counters.connections.fetch_add(1, Relaxed);
+        let (shared, counters) = (shared.clone(), counters.clone());
+        tokio::spawn(async move {
+            counters.open_connections.fetch_add(1, Relaxed);
+            match session(Stalled::new(stream, idle), &shared).await {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    counters.idle_closed.fetch_add(1, Relaxed);
+                }
+                Err(e) => tracing::debug!(error = %e, "admin console session ended"),
+                Ok(()) => {}
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
+            counters.open_connections.fetch_sub(1, Relaxed);
+            drop(permit);
+        });
     }
 }
 
-async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
+/// True for a line a browser (or any HTTP client) sends: a request line (`POST / HTTP/1.1`)
+/// or a header (`Host: …`). A web page can make a browser connect to the console's port and
+/// send a body of its choosing; the request line always comes first, so nothing of it runs.
+pub fn is_http(line: &str) -> bool {
+    let line = line.trim_end();
+    let mut words = line.split(' ');
+    let request_line = matches!((words.next(), words.next(), words.next(), words.next()),
+        (Some(method), Some(_), Some(version), None)
+            if !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase()) && version.starts_with("HTTP/"));
+    let header = line.split_once(':').is_some_and(|(name, rest)| {
+        !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && (rest.is_empty() || rest.starts_with(' '))
+    });
+    request_line || header
+}
+
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: &Shared) -> std::io::Result<()> {
+    let (read, mut write) = tokio::io::split(stream);
     let mut reader = BufReader::new(read);
     let mut buf = Vec::new();
+    let mut first = true;
     loop {
         buf.clear();
         // Bounded: a client that never sends a newline cannot make us buffer without end.
@@ -52,6 +82,12 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             return Ok(());
         }
         let line = String::from_utf8_lossy(&buf);
+        if std::mem::take(&mut first) && is_http(&line) {
+            tracing::warn!(
+                "admin console: an HTTP request arrived (a web page, or a wrong port?): closed, nothing run"
+            );
+            return Ok(());
+        }
         let mut words = line.split_whitespace();
         let Some(cmd) = words.next() else { continue };
         let args: Vec<&str> = words.collect();
@@ -81,7 +117,7 @@ pub fn command(shared: &Shared, cmd: &str, args: &[&str]) -> String {
         }
         "config" => {
             out.push('\n');
-            out.push_str(&shared.config.read().to_toml());
+            out.push_str(&shared.config.read().to_toml_redacted());
             out.push_str("END\n\n");
         }
         "stats" => {
@@ -149,4 +185,21 @@ pub fn command(shared: &Shared, cmd: &str, args: &[&str]) -> String {
 
 fn key(k: &[u8]) -> String {
     String::from_utf8_lossy(k).replace('\'', "\\'")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_http;
+
+    #[test]
+    fn http_requests_are_recognised() {
+        for line in
+            ["POST / HTTP/1.1\r\n", "GET /x HTTP/1.0\n", "Host: 127.0.0.1:8126\r\n", "Content-Type: text/plain\n"]
+        {
+            assert!(is_http(line), "{line:?}");
+        }
+        for line in ["health down\n", "stats\n", "delcounters a.b.*\n", "counters\r\n", "help\n", "\n"] {
+            assert!(!is_http(line), "{line:?}");
+        }
+    }
 }

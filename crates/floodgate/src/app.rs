@@ -220,11 +220,19 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     };
     if let Some(listener) = admin_listener {
         tracing::info!(address = %listener.local_addr()?, "admin console listening");
-        tasks.push(tokio::spawn(crate::admin::serve(listener, shared.clone())));
+        let address = listener.local_addr()?;
+        let counters = register_tcp(&shared, "admin", address);
+        let guard = shared.guard.listener("admin", address, config.admin.max_connections);
+        let idle = config.admin.idle_timeout;
+        tasks.push(tokio::spawn(crate::admin::serve(listener, shared.clone(), guard, counters, idle)));
     }
     if let Some(listener) = http_listener {
         tracing::info!(address = %listener.local_addr()?, "http listening (/ui, /api/status, /metrics, /healthz, /offenders)");
-        tasks.push(tokio::spawn(crate::http::serve(listener, shared.clone())));
+        let address = listener.local_addr()?;
+        let counters = register_tcp(&shared, "http", address);
+        let guard = shared.guard.listener("http", address, config.http.max_connections);
+        let timeout = config.http.header_timeout;
+        tasks.push(tokio::spawn(crate::http::serve(listener, shared.clone(), guard, counters, timeout)));
     }
     let mut sink_tasks = Vec::new();
     let graphite_tx = match &config.graphite.address {

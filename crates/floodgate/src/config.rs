@@ -357,11 +357,21 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// Initial health (`"up"` or `"down"`, statsd `healthStatus`).
     pub health: Health,
+    /// Console sessions open at once (the guard's `[limits]` apply too).
+    pub max_connections: usize,
+    /// A session that sends nothing (or reads nothing) for this long is closed.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 8126))), health: Health::Up }
+        AdminConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 8126))),
+            health: Health::Up,
+            max_connections: 64,
+            idle_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -382,13 +392,25 @@ pub struct HttpConfig {
     /// Listen address; absent disables HTTP.
     pub listen: Option<SocketAddr>,
     /// Serve `POST /-/reload` (re-read the config, as SIGHUP does). Off: anyone who can reach
-    /// the port could trigger it.
+    /// the port could trigger it. On, it also wants an `X-Floodgate-Reload` header, which a web
+    /// page cannot send cross-site.
     pub reload: bool,
+    /// HTTP connections open at once (the guard's `[limits]` apply too).
+    pub max_connections: usize,
+    /// A request's head must arrive within this; an idle keep-alive connection is closed after
+    /// it; a response nobody reads is abandoned after it.
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9318))), reload: false }
+        HttpConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9318))),
+            reload: false,
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -739,6 +761,18 @@ impl Config {
         if s.tcp_max_connections == 0 {
             return Err(("statsd.tcp_max_connections", "must be at least 1".into()));
         }
+        if self.admin.max_connections == 0 {
+            return Err(("admin.max_connections", "must be at least 1".into()));
+        }
+        if self.http.max_connections == 0 {
+            return Err(("http.max_connections", "must be at least 1".into()));
+        }
+        if self.admin.idle_timeout < Duration::from_millis(100) {
+            return Err(("admin.idle_timeout", "must be at least 100ms".into()));
+        }
+        if self.http.header_timeout < Duration::from_millis(100) {
+            return Err(("http.header_timeout", "must be at least 100ms".into()));
+        }
         let y = &self.syslog;
         if !(480..=(64 << 20)).contains(&y.max_message) {
             return Err(("syslog.max_message", "must be between 480 bytes (RFC 5424's minimum) and 64MiB".into()));
@@ -872,9 +906,23 @@ impl Config {
         }
     }
 
-    /// The effective configuration as TOML (for `floodgate check` and the console).
+    /// The effective configuration as TOML, secrets included (for round trips in tests).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The effective configuration as TOML with every secret replaced by `"<redacted>"`: what
+    /// `floodgate check` (whose output lands in the journal), the console's `config` and
+    /// `/api/status` show. Secrets are header values, any key named like a token, password,
+    /// secret or authorization, and the password of a URL.
+    pub fn to_toml_redacted(&self) -> String {
+        match toml::Value::try_from(self) {
+            Ok(mut v) => {
+                redact(&mut v, false);
+                toml::to_string_pretty(&v).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+            }
+            Err(e) => format!("# cannot render: {e}\n"),
+        }
     }
 
     /// Listener addresses not on loopback with no allow-list in front (warned about at start).
@@ -884,11 +932,58 @@ impl Config {
             all.extend(self.statsd.udp.iter().chain(&self.statsd.tcp).chain(&self.statsd.tls_listen));
             all.extend(self.syslog.udp.iter().chain(&self.syslog.tcp));
             all.extend(self.syslog.tls.iter().map(|t| &t.listen));
+            all.extend(self.admin.listen);
+            all.extend(self.http.listen);
+            let open_aggregator =
+                self.aggregator.as_ref().filter(|a| a.tls.as_ref().is_none_or(|t| t.client_ca.is_none()));
+            all.extend(open_aggregator.map(|a| a.listen));
         }
-        // The console and HTTP are not behind the guard.
-        all.extend(self.admin.listen);
-        all.extend(self.http.listen);
         all.into_iter().filter(|a| !a.ip().is_loopback()).collect()
+    }
+}
+
+/// The text that replaces a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// True for a key whose value is a secret.
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["token", "password", "passwd", "secret", "authorization", "api_key", "apikey", "cookie"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+/// `scheme://user:password@host/...` with the password replaced.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:{REDACTED}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Replaces secrets in a config value: every value under a `headers` table, every key named
+/// like a secret, and URL passwords.
+fn redact(v: &mut toml::Value, all: bool) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                if all || is_secret_key(k) {
+                    *v = toml::Value::String(REDACTED.into());
+                } else {
+                    redact(v, k == "headers");
+                }
+            }
+        }
+        toml::Value::Array(a) => a.iter_mut().for_each(|v| redact(v, all)),
+        toml::Value::String(s) if all => *s = REDACTED.into(),
+        toml::Value::String(s) if s.contains("://") => *s = redact_url(s),
+        _ => {}
     }
 }
 

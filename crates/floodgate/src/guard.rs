@@ -128,6 +128,7 @@ impl Guard {
             port_dropped_at_start: AtomicU64::new(0),
             open: Mutex::new(OpenConnections::default()),
             max_open,
+            loopback_allowed: matches!(kind, "admin" | "http"),
             guard: Arc::downgrade(self),
         });
         listeners.push(lg.clone());
@@ -319,6 +320,9 @@ pub struct ListenerGuard {
     port_dropped_at_start: AtomicU64,
     open: Mutex<OpenConnections>,
     max_open: usize,
+    /// The host itself always passes the allow-list (the console and HTTP: an operator on the
+    /// host keeps their management ports whatever `allow` lets in from the network).
+    loopback_allowed: bool,
     guard: std::sync::Weak<Guard>,
 }
 
@@ -399,7 +403,8 @@ impl ListenerGuard {
     pub fn admit_connection(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Reason> {
         let Some(guard) = self.guard.upgrade() else { return Err(Reason::ConnectionLimit) };
         let policy = guard.policy();
-        if !policy.allow.allows(ip) {
+        let host_itself = self.loopback_allowed && ip.to_canonical().is_loopback();
+        if !(policy.allow.allows(ip) || host_itself) {
             return Err(Reason::NotAllowed);
         }
         let key = SourceKey::new(self.id, ip);

@@ -1,21 +1,72 @@
-//! HTTP: `/healthz` (200 once every listener is bound and health is up, 503 otherwise) and
-//! `/metrics` (floodgate's self-metrics and the aggregated StatsD series, Prometheus text).
+//! HTTP: `/healthz` (200 once every listener is bound and health is up, 503 otherwise),
+//! `/metrics` (floodgate's self-metrics and the aggregated StatsD series, Prometheus text),
+//! `/offenders`, `/api/status`, `/ui`, and `POST /-/reload` when allowed.
+//!
+//! A listener like any other: connections pass the guard first (allow-list, connection rate,
+//! open connections per source and in all), a request's head must arrive within
+//! `header_timeout` (which also closes idle keep-alive connections), and a response nobody
+//! reads is abandoned after it. hyper is driven directly for those timeouts (axum's `serve`
+//! sets none).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::app::Shared;
+use crate::guard::ListenerGuard;
+use crate::sources::listen::Stalled;
+use crate::telemetry::ListenerCounters;
+
+/// Largest request head (request line and headers) read.
+const MAX_HEAD: usize = 16 << 10;
 
 /// Serves until aborted.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let app = Router::new()
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    guard: Arc<ListenerGuard>,
+    counters: Arc<ListenerCounters>,
+    header_timeout: Duration,
+) {
+    let app = router(shared);
+    loop {
+        let (stream, _peer, permit) = crate::sources::listen::accept(&listener, &guard, &counters).await;
+        counters.connections.fetch_add(1, Relaxed);
+        let (app, counters) = (app.clone(), counters.clone());
+        tokio::spawn(async move {
+            counters.open_connections.fetch_add(1, Relaxed);
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                tower_service::Service::call(&mut app.clone(), request)
+            });
+            let io = TokioIo::new(Stalled::new(stream, header_timeout));
+            let result = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_HEAD.max(8192))
+                .serve_connection(io, service)
+                .await;
+            if let Err(e) = result {
+                if e.is_timeout() || e.to_string().contains("stalled") {
+                    counters.idle_closed.fetch_add(1, Relaxed);
+                }
+                tracing::debug!(error = %e, "http connection ended");
+            }
+            counters.open_connections.fetch_sub(1, Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/offenders", get(offenders))
@@ -23,10 +74,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         .route("/ui", get(ui))
         .route("/-/reload", axum::routing::post(reload))
         .route("/", get(index))
-        .with_state(shared);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "http server stopped");
-    }
+        .with_state(shared)
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -85,6 +133,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         v["version"] = env!("CARGO_PKG_VERSION").into();
         v["uptime_seconds"] = (crate::sinks::graphite::unix_now() - shared.started_unix).max(0).into();
         v["ready"] = shared.ready.load(Relaxed).into();
+        let redacted_url = |u: &String| crate::config::redact_url(u);
         v["config"] = serde_json::json!({
             "statsd": {"udp": config.statsd.udp, "tcp": config.statsd.tcp, "tls": config.statsd.tls_listen,
                        "flush_interval": humantime::format_duration(config.statsd.flush_interval).to_string()},
@@ -93,7 +142,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             "graphite": config.graphite.address,
             "forward": config.forward.as_ref().map(|f| &f.aggregators),
             "aggregator": config.aggregator.as_ref().map(|a| a.listen),
-            "remote_write": config.prometheus_remote_write.as_ref().map(|r| &r.url),
+            "remote_write": config.prometheus_remote_write.as_ref().map(|r| redacted_url(&r.url)),
             "limits": config.limits,
             "conntrack": config.conntrack.enabled != crate::config::Enabled::Off,
         });
@@ -104,11 +153,23 @@ async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
-/// `POST /-/reload`: re-read the config as SIGHUP does (only with `[http] reload = true`);
-/// 200 when the new config is in force, 400 with the reason when it was refused.
-async fn reload(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+/// The header `POST /-/reload` must carry. A cross-site form or `fetch` without CORS cannot
+/// set a custom header (it would need a preflight, which floodgate never answers), so a web
+/// page a user happens to open cannot reload floodgate.
+pub const RELOAD_HEADER: &str = "x-floodgate-reload";
+
+/// `POST /-/reload`: re-read the config as SIGHUP does (only with `[http] reload = true`, and
+/// with an `X-Floodgate-Reload` header); 200 when the new config is in force, 400 with the
+/// reason when it was refused.
+async fn reload(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
     if !shared.config.read().http.reload {
         return (StatusCode::FORBIDDEN, "reload over HTTP is off ([http] reload = true turns it on)\n".to_string());
+    }
+    if !headers.contains_key(RELOAD_HEADER) {
+        return (
+            StatusCode::FORBIDDEN,
+            "POST /-/reload needs an `X-Floodgate-Reload: 1` header (a web page cannot send one)\n".to_string(),
+        );
     }
     let result = tokio::task::spawn_blocking(move || crate::app::reload(&shared)).await;
     match result {

@@ -125,7 +125,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             }
-            print!("{}", config.to_toml());
+            print!("{}", config.to_toml_redacted());
             ExitCode::SUCCESS
         }
         Command::Run(args) => {

@@ -668,7 +668,7 @@ fn is_syslog(l: &Listener) -> bool {
 }
 
 fn is_statsd(l: &Listener) -> bool {
-    !is_syslog(l)
+    !is_syslog(l) && !matches!(l.kind, "admin" | "http")
 }
 
 const PER_LISTENER: [ListenerMetric; 13] = [

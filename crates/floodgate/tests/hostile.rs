@@ -248,3 +248,173 @@ fn a_slow_frame_is_cut_off() {
     assert!(started.elapsed() < Duration::from_secs(20));
     wait_metric(&agg, "floodgate_aggregator_timeouts_total", &[], |v| v == 1.0);
 }
+
+/// A connection from `source` (127.0.0.0/8 is all local), or `None` when refused at once.
+fn connect_from(source: &str, port: u16) -> Option<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((source.parse::<std::net::Ipv4Addr>().unwrap(), 0)).into()).unwrap();
+    socket.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into()).ok()?;
+    Some(socket.into())
+}
+
+/// True once the server has closed or reset `s` (a read returns end of stream or an error).
+fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Attack 3: a web page makes the browser POST to the console's port with `health down` in the
+/// body. The request line comes first: the console closes the connection and runs nothing.
+#[test]
+fn a_browser_request_to_the_console_runs_nothing() {
+    let fg = Floodgate::start("", "");
+    let mut s = TcpStream::connect(("127.0.0.1", fg.admin)).unwrap();
+    let body = "health down\nhealth down\n";
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nOrigin: http://evil.example\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        fg.admin,
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.read_to_string(&mut answer);
+    assert!(!answer.contains("health"), "the console answered: {answer:?}");
+    assert_eq!(http_get(fg.http, "/healthz").unwrap().0, 200, "still healthy");
+    assert!(fg.admin("health\n").contains("health: up"));
+    assert!(fg.stderr().contains("an HTTP request arrived"), "{}", fg.stderr());
+}
+
+/// `POST /-/reload` is refused to anything a cross-site form or simple `fetch` can send; it
+/// needs a custom header.
+#[test]
+fn reload_over_http_needs_a_request_a_web_page_cannot_send() {
+    let fg = Floodgate::start("", "[http]\nreload = true\n");
+    for (headers, body) in [
+        (&["Content-Type: application/x-www-form-urlencoded", "Origin: http://evil.example"][..], "a=b"),
+        (&["Content-Type: text/plain"][..], "x"),
+        (&[][..], ""),
+    ] {
+        let (code, text) = http_post(fg.http, "/-/reload", headers, body).unwrap();
+        assert_eq!(code, 403, "{headers:?}: {text}");
+    }
+    let (code, text) = http_post(fg.http, "/-/reload", &["X-Floodgate-Reload: 1"], "").unwrap();
+    assert_eq!(code, 200, "{text}");
+}
+
+/// Secrets never leave the process: `floodgate check` (whose output the systemd unit sends to
+/// the journal), the console's `config` and `/api/status` show `<redacted>` instead.
+#[test]
+fn secrets_are_redacted_everywhere_they_are_shown() {
+    let secret_sections = "[prometheus_remote_write]\nurl = \"http://writer:hunter2pw@127.0.0.1:9/api/v1/write\"\n\
+         headers = { Authorization = \"Bearer s3cr3t-token\", X-Scope-OrgID = \"tenant-secret\" }\n";
+    let fg = Floodgate::start("", secret_sections);
+    let check = floodgate_check(&fg.dir().join("floodgate.toml"));
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let shown = [
+        String::from_utf8_lossy(&check.stdout).into_owned(),
+        fg.admin("config\n"),
+        http_get(fg.http, "/api/status").unwrap().1,
+    ];
+    for text in &shown {
+        for secret in ["hunter2pw", "s3cr3t-token", "tenant-secret"] {
+            assert!(!text.contains(secret), "{secret} shown in:\n{text}");
+        }
+    }
+    assert!(shown[0].contains("<redacted>") && shown[1].contains("<redacted>"), "{}", shown[0]);
+    assert!(shown[2].contains("writer:<redacted>@127.0.0.1"), "{}", shown[2]);
+}
+
+/// Attack 5: idle connections, and HTTP requests sent halfway, on every TCP port. One source
+/// gets `tcp_open_per_source` of them at most (the rest are reset at accept), a client from
+/// another source is still served on every port meanwhile, and each idle one is closed after
+/// its port's timeout.
+#[test]
+fn idle_and_half_sent_connections_cannot_starve_any_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let (syslog, aggregator_port) = (free_port(), free_port());
+    let out = dir.path().join("syslog.jsonl");
+    let fg = Floodgate::start(
+        "tcp_idle_timeout = \"1s\"",
+        &format!(
+            "[limits]\nudp_per_source = 0\nudp_per_port = 0\ntcp_connections_per_source = 0\ntcp_open_per_source = 20\n\n\
+             [admin]\nidle_timeout = \"1s\"\n\n[http]\nheader_timeout = \"1s\"\n\n\
+             [syslog]\nudp = []\ntcp = [\"127.0.0.1:{syslog}\"]\ntcp_idle_timeout = \"1s\"\noutput = {{ kind = \"file\", path = \"{}\" }}\n\n\
+             [aggregator]\nlisten = \"127.0.0.1:{aggregator_port}\"\nstate_dir = \"{}\"\nread_timeout = \"1s\"\n",
+            out.display(),
+            dir.path().join("state").display()
+        ),
+    );
+    let ports: [(&str, u16, &[u8]); 5] = [
+        ("statsd_tcp", fg.statsd, b"half.line:1"),
+        ("syslog_tcp", syslog, b"<13>Oct 11 22:14:15 host app: half"),
+        ("admin", fg.admin, b"healt"),
+        ("http", fg.http, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"),
+        ("aggregator_tcp", aggregator_port, &[0, 0, 0]),
+    ];
+    let mut held = Vec::new();
+    for (listener, port, half) in ports {
+        let mut admitted = 0;
+        for _ in 0..100 {
+            let Some(mut s) = connect_from("127.0.0.2", port) else { continue };
+            if s.write_all(half).is_ok() {
+                held.push((listener, s));
+                admitted += 1;
+            }
+        }
+        assert!(admitted >= 20, "{listener}: {admitted} connections written to");
+    }
+    // Served from another source meanwhile, on every port.
+    let mut line = TcpStream::connect(("127.0.0.1", fg.statsd)).unwrap();
+    line.write_all(b"served:1|c\n").unwrap();
+    drop(line);
+    fg.wait_counter("served", "1");
+    assert_eq!(http_get(fg.http, "/healthz").unwrap().0, 200);
+    let mut log = TcpStream::connect(("127.0.0.1", syslog)).unwrap();
+    log.write_all(b"<13>Oct 11 22:14:15 host app: served\n").unwrap();
+    drop(log);
+    let mut agent = TcpStream::connect(("127.0.0.1", aggregator_port)).unwrap();
+    agent.write_all(&hello("served", 1)).unwrap();
+    let mut d = floodgate_forward::frame::Decoder::new(1 << 20);
+    agent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = agent.read(&mut buf).unwrap();
+    d.buffer().extend_from_slice(&buf[..n]);
+    assert!(matches!(d.decode(), Ok(Some(Frame { kind: Some(Kind::Welcome(_)) }))));
+    drop(agent);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&out).unwrap_or_default().contains("served") {
+        assert!(Instant::now() < deadline, "the syslog message never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Beyond 20 per source, connections were reset at accept, and counted.
+    let m = metrics(&fg);
+    for (listener, _, _) in ports {
+        let refused = metric(
+            &m,
+            "floodgate_dropped_total",
+            &[&format!("listener=\"{listener}\""), "reason=\"source_connections\""],
+        );
+        assert!(refused.unwrap_or(0.0) >= 1.0, "{listener}: {refused:?}");
+    }
+    // Every idle one is closed by floodgate, well within the test's patience.
+    for (listener, s) in held.iter_mut() {
+        assert!(closed_by_server(s, Duration::from_secs(20)), "{listener}: an idle connection was kept open");
+    }
+    for (listener, _, _) in ports {
+        // (The scrape asking is itself an open HTTP connection.)
+        let scrape = f64::from(listener == "http");
+        wait_metric(&fg, "floodgate_tcp_open_connections", &[&format!("listener=\"{listener}\"")], |v| v == scrape);
+    }
+}

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::{TcpStream, UdpSocket};
+use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,12 +25,7 @@ fn config(statsd: &[u16], admin: u16, http: u16, carbon: u16, per_source: u64, b
 }
 
 fn post(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "POST {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    std::io::Read::read_to_string(&mut s, &mut resp).unwrap();
-    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    http_post(port, path, &["X-Floodgate-Reload: 1"], "").unwrap()
 }
 
 /// Sends `reload.hits:1|c` to `port` about 1,000 times a second until `stop`; counts in `sent`.

@@ -36,6 +36,91 @@ pub struct Peer {
     pub identity: Option<String>,
 }
 
+/// A stream whose reads and writes may each wait at most `limit`: a peer that stops sending
+/// (a half-sent request, a silent console session) or stops reading (a response nobody
+/// collects) gets `TimedOut` instead of holding its descriptor and buffers for ever.
+pub struct Stalled<S> {
+    inner: S,
+    limit: Duration,
+    read_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    write_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Stalled<S> {
+    /// `inner`, with each read and write bounded by `limit`.
+    pub fn new(inner: S, limit: Duration) -> Stalled<S> {
+        Stalled { inner, limit, read_deadline: None, write_deadline: None }
+    }
+}
+
+/// Polls `deadline` (armed on the first wait) after `io` returned pending; clears it on progress.
+fn stall_check<T>(
+    io: std::task::Poll<std::io::Result<T>>,
+    deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    limit: Duration,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<std::io::Result<T>> {
+    use std::task::Poll;
+    match io {
+        Poll::Pending => {
+            let sleep = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    *deadline = None;
+                    Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer stalled")))
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        }
+        done => {
+            *deadline = None;
+            done
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Stalled<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let io = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        stall_check(io, &mut this.read_deadline, this.limit, cx)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Stalled<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let io = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        stall_check(io, &mut this.write_deadline, this.limit, cx)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let io = std::pin::Pin::new(&mut this.inner).poll_flush(cx);
+        stall_check(io, &mut this.write_deadline, this.limit, cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let io = std::pin::Pin::new(&mut this.inner).poll_shutdown(cx);
+        stall_check(io, &mut this.write_deadline, this.limit, cx)
+    }
+}
+
 /// TCP keepalive on every accepted and dialled connection: a peer that vanished without a
 /// FIN (power loss, a dropped route) is found within about two minutes instead of holding its
 /// descriptor and buffers for hours.

@@ -43,9 +43,21 @@ fn config_text(statsd: u16, admin: u16, http: u16, statsd_extra: &str, sections:
     let limits = if sections.contains("[limits]") { "" } else { NO_LIMITS };
     let syslog = if sections.contains("[syslog]") { "" } else { NO_SYSLOG };
     let conntrack = if sections.contains("[conntrack]") { "" } else { NO_CONNTRACK };
+    // `[admin]` and `[http]` get their ports; a test's own section of that name gets them added.
+    let mut sections = sections.to_string();
+    let mut own = String::new();
+    for (section, port) in [("[admin]\n", admin), ("[http]\n", http)] {
+        let listen = format!("{section}listen = \"127.0.0.1:{port}\"\n");
+        if sections.contains(section) {
+            sections = sections.replacen(section, &listen, 1);
+        } else {
+            own.push_str(&listen);
+            own.push('\n');
+        }
+    }
     format!(
         "[statsd]\nudp = [\"127.0.0.1:{statsd}\"]\ntcp = [\"127.0.0.1:{statsd}\"]\n{statsd_extra}\n\n\
-         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n{sections}\n{limits}{syslog}{conntrack}"
+         {own}{sections}\n{limits}{syslog}{conntrack}"
     )
 }
 
@@ -197,6 +209,24 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((code, body))
+}
+
+/// A minimal HTTP/1.0 POST with extra header lines and a body: status and body.
+pub fn http_post(port: u16, path: &str, headers: &[&str], body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", body.len());
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
 }
 
 /// The value of the first sample in a `/metrics` body named `name` whose labels include every

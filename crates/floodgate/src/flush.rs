@@ -90,9 +90,12 @@ pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i
     drop(store);
     drop(gate);
     let mut deliveries = Vec::new();
+    // A flush holding agents' batches is acknowledged to them once delivered: it may wait in a
+    // sink's buffer, never be dropped from it.
+    let pinned = !marks.is_empty();
     let mut send = |tx: &UnboundedSender<Payload>, bytes: Vec<u8>, metrics: usize| {
         let (done, delivered) = tokio::sync::oneshot::channel();
-        let _ = tx.send(Payload { bytes, metrics, delivered: Some(done) });
+        let _ = tx.send(Payload { bytes, metrics, delivered: Some(done), pinned });
         deliveries.push(delivered);
     };
     if let (Some(tx), Some(bytes)) = (&out.graphite, payload) {

@@ -95,6 +95,9 @@ pub struct SinkCounters {
     pub buffer_bytes: AtomicU64,
     /// Payloads waiting.
     pub buffer_payloads: AtomicU64,
+    /// The buffer is at its bound with flushes that may not be dropped: an aggregator takes no
+    /// agent batches until it drains.
+    pub full: std::sync::atomic::AtomicBool,
 }
 
 /// Flush figures.
@@ -243,7 +246,7 @@ impl Telemetry {
         }
         if let Some(a) = self.aggregator.lock().as_ref() {
             let c = &a.counters;
-            let rows: [(&str, &str, &str, &AtomicU64); 9] = [
+            let rows: [(&str, &str, &str, &AtomicU64); 10] = [
                 ("floodgate_aggregator_batches_total", "counter", "Agent batches merged.", &c.batches),
                 ("floodgate_aggregator_series_total", "counter", "Series merged from agents.", &c.series),
                 (
@@ -275,6 +278,12 @@ impl Telemetry {
                     "counter",
                     "Agent hellos refused: max_agents reached, or an agent_id too long.",
                     &c.refused_sessions,
+                ),
+                (
+                    "floodgate_aggregator_busy_total",
+                    "counter",
+                    "Agent hellos and batches turned away while an output's buffer was full (agents resend).",
+                    &c.busy,
                 ),
                 (
                     "floodgate_aggregator_timeouts_total",

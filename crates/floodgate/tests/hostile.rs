@@ -418,3 +418,122 @@ fn idle_and_half_sent_connections_cannot_starve_any_port() {
         wait_metric(&fg, "floodgate_tcp_open_connections", &[&format!("listener=\"{listener}\"")], |v| v == scrape);
     }
 }
+
+/// A TCP relay in front of a real server that the test can take down (connections refused, as
+/// when the server is unreachable) and bring back on the same port.
+struct Relay {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    relayed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Relay {
+    fn start(to: u16) -> Relay {
+        let port = free_port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let relayed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (flag, count) = (up.clone(), relayed.clone());
+        std::thread::spawn(move || loop {
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let listener = match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => l,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            listener.set_nonblocking(true).unwrap();
+            while flag.load(std::sync::atomic::Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut inbound, _)) => {
+                        let count = count.clone();
+                        std::thread::spawn(move || {
+                            inbound.set_nonblocking(false).unwrap();
+                            let mut payload = Vec::new();
+                            if inbound.read_to_end(&mut payload).is_ok() {
+                                let mut out = TcpStream::connect(("127.0.0.1", to)).unwrap();
+                                out.write_all(&payload).unwrap();
+                                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            // Dropping the listener: connections are refused until it is up again.
+        });
+        Relay { port, up, relayed }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Sends `line` to `port` every `every` until `stop`; returns how many were sent.
+fn steady(
+    port: u16,
+    line: &'static str,
+    every: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut sent = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            s.send_to(line.as_bytes(), ("127.0.0.1", port)).unwrap();
+            sent += 1;
+            std::thread::sleep(every);
+        }
+        sent
+    })
+}
+
+/// Attack 4: two agents → one aggregator whose Graphite output is unreachable for 6 s with a
+/// 2 KiB buffer. It used to acknowledge batches whose flushes it then dropped (960 increments
+/// sent, 480 in Carbon). Now a flush holding agents' batches is never dropped; once the buffer
+/// is full the aggregator turns agents away, they hold their batches, and every increment
+/// reaches Carbon once.
+#[test]
+fn a_sink_down_loses_nothing_agents_sent() {
+    let carbon = Carbon::start();
+    let relay = Relay::start(carbon.line_port);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let agg = Floodgate::start(
+        &format!("flush_interval = \"{INTERVAL_MS}ms\""),
+        &format!(
+            "[graphite]\naddress = \"127.0.0.1:{}\"\nbuffer = \"2KiB\"\ntimeout = \"1s\"\n\n\
+             [aggregator]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n",
+            relay.port,
+            dir.path().display()
+        ),
+    );
+    let agents: Vec<Floodgate> = (0..2).map(|i| agent(&format!("a{i}"), port)).collect();
+    for a in &agents {
+        wait_metric(a, "floodgate_forward_connected", &[], |v| v == 1.0);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> =
+        agents.iter().map(|a| steady(a.statsd, "down.hits:1|c", Duration::from_millis(25), stop.clone())).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    relay.set_up(false);
+    std::thread::sleep(Duration::from_secs(6));
+    relay.set_up(true);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent: u64 = senders.into_iter().map(|h| h.join().unwrap()).sum();
+    let points = carbon.wait("stats_counts.down.hits", |p| p.iter().sum::<f64>() >= sent as f64);
+    // Every agent batch acknowledged, none dropped; then the sum is final and exact.
+    for a in &agents {
+        wait_metric(a, "floodgate_forward_queued_batches", &[], |v| v == 0.0);
+        assert_eq!(metric(&metrics(a), "floodgate_forward_dropped_batches_total", &[]), Some(0.0));
+    }
+    let points = carbon.wait("stats_counts.down.hits", |p| p.len() >= points.len());
+    assert_eq!(points.iter().sum::<f64>(), sent as f64, "sent {sent}; points {points:?}");
+    let m = metrics(&agg);
+    assert!(metric(&m, "floodgate_aggregator_busy_total", &[]).unwrap() >= 1.0, "the buffer filled up: {m}");
+    assert!(relay.relayed.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}

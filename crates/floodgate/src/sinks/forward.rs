@@ -116,7 +116,11 @@ impl Link {
                 }
             };
             if let Some((stream, mut decoder)) = conn {
-                let (mut reader, mut writer) = tokio::io::split(stream);
+                let (mut reader, writer) = tokio::io::split(stream);
+                // An aggregator that stops reading (its outputs are full, or it hangs) makes a
+                // write wait: past TIMEOUT the connection counts as lost and its batches wait
+                // here, where new shares still arrive.
+                let mut writer = crate::sources::listen::Stalled::new(writer, TIMEOUT);
                 let result: std::io::Result<()> = async {
                     for q in &queue {
                         writer.write_all(&q.frame).await?;

@@ -70,6 +70,9 @@ pub struct Payload {
     pub metrics: usize,
     /// Told once the destination has taken the payload.
     pub delivered: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Holds agents' batches that are acknowledged once it is delivered: never dropped to make
+    /// room (the sink reports itself full instead, and the aggregator stops taking batches).
+    pub pinned: bool,
 }
 
 /// Why a delivery failed.
@@ -126,8 +129,11 @@ pub async fn deliver_all<D: Deliver>(
                 Some(p) => {
                     queued_bytes += p.bytes.len() as u64;
                     queue.push_back(p);
+                    // Past the bound the oldest flushes go, but never one holding agents'
+                    // batches (pinned): those wait, and the aggregator stops taking more.
                     while queued_bytes > buffer && queue.len() > 1 {
-                        if let Some(old) = queue.pop_front() {
+                        let Some(i) = queue.iter().take(queue.len() - 1).position(|p| !p.pinned) else { break };
+                        if let Some(old) = queue.remove(i) {
                             queued_bytes -= old.bytes.len() as u64;
                             c.dropped_payloads.fetch_add(1, Relaxed);
                             c.dropped_bytes.fetch_add(old.bytes.len() as u64, Relaxed);
@@ -178,6 +184,18 @@ pub async fn deliver_all<D: Deliver>(
         }
         c.buffer_bytes.store(queued_bytes, Relaxed);
         c.buffer_payloads.store(queue.len() as u64, Relaxed);
+        let full = queued_bytes >= buffer;
+        if c.full.swap(full, Relaxed) != full {
+            if full {
+                tracing::warn!(
+                    sink = name,
+                    buffer,
+                    "buffer full of flushes holding agents' batches: taking no more batches until it drains"
+                );
+            } else {
+                tracing::info!(sink = name, "buffer below its bound again: taking agents' batches");
+            }
+        }
     }
     // Shutting down: one more try for each held payload, in order, within the deadline.
     let deadline = Instant::now() + drain_deadline;

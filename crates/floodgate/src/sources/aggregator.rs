@@ -77,6 +77,9 @@ pub struct AggregatorCounters {
     pub protocol_errors: AtomicU64,
     /// Connections closed because a frame took too long to arrive, or nothing came at all.
     pub timeouts: AtomicU64,
+    /// Hellos and batches turned away while a sink's buffer was full (the agents hold them
+    /// and send them again later).
+    pub busy: AtomicU64,
     /// Agents connected now.
     pub connected: AtomicU64,
 }
@@ -413,6 +416,11 @@ async fn agent(
         let _ = send(&mut writer, error(&message)).await;
         return Err(fail(std::io::Error::new(std::io::ErrorKind::InvalidData, message)));
     }
+    if sinks_full(shared) {
+        c.busy.fetch_add(1, Relaxed);
+        let _ = send(&mut writer, error(BUSY)).await;
+        return Ok(());
+    }
     let id = SessionId { identity: peer.identity.clone(), agent_id: hello.agent_id.clone(), session: hello.session };
     let conn_id = aggregator.next_conn.fetch_add(1, Relaxed);
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
@@ -483,6 +491,16 @@ async fn agent(
     }
 }
 
+/// Why an agent is turned away while a sink is full.
+const BUSY: &str = "busy: the aggregator's outputs are full; hold the batches and retry";
+
+/// A sink's buffer is full of flushes that hold agents' batches: taking more batches would mean
+/// acknowledging what cannot be delivered, so agents are turned away and keep them.
+fn sinks_full(shared: &Shared) -> bool {
+    let t = &shared.telemetry;
+    t.graphite.full.load(Relaxed) || t.remote_write.full.load(Relaxed)
+}
+
 fn error(message: &str) -> Kind {
     Kind::Error(proto::Error { message: message.to_string(), refused_seq: 0 })
 }
@@ -509,6 +527,11 @@ fn merge(aggregator: &Aggregator, shared: &Shared, id: &SessionId, body: &[u8]) 
             return Err(End::Refused { message: format!("batch {seq} refused: {e}"), refused_seq: seq });
         }
     };
+    if sinks_full(shared) {
+        // Not merged, not acknowledged: the agent sends it again once the sinks drain.
+        c.busy.fetch_add(1, Relaxed);
+        return Err(End::refused(BUSY));
+    }
     let rule = shared.config.read().key_rule();
     let _gate = aggregator.merge_gate.read();
     {

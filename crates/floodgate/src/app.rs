@@ -105,7 +105,13 @@ impl Shared {
     }
 
     fn new_shard(&self) -> SharedShard {
-        let shard = Arc::new(Mutex::new(Shard::new(self.config.read().statsd.max_series)));
+        // Until the next flush shares the budget out, a new shard may use an eighth of it.
+        let allowance = match self.config.read().statsd.max_memory {
+            0 => u64::MAX,
+            limit => limit / 8,
+        };
+        let limits = self.store.lock().shard_limits(allowance);
+        let shard = Arc::new(Mutex::new(Shard::with_limits(limits)));
         self.shards.lock().push(shard.clone());
         shard
     }
@@ -733,7 +739,10 @@ pub fn reload(shared: &Arc<Shared>) -> std::result::Result<(), String> {
         tracing::info!(limits = ?new.limits, "SIGHUP: new limits in force");
     }
     for shard in shared.shards.lock().iter() {
-        shard.lock().set_max_series(new.statsd.max_series);
+        let mut shard = shard.lock();
+        let allowance = if new.statsd.max_memory == 0 { u64::MAX } else { shard.limits().memory_allowance };
+        let limits = shared.store.lock().shard_limits(allowance);
+        shard.set_limits(limits);
     }
     *shared.config.write() = new.clone();
     reconcile_statsd_listeners(shared, &new.statsd);

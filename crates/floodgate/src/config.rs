@@ -197,6 +197,16 @@ pub struct StatsdConfig {
     pub max_series: usize,
     /// Longest key (name and tags) and set member in bytes: longer ones are bad lines, counted.
     pub max_key_length: usize,
+    /// Raw values held per timer per interval: Etsy's statistics are exact up to it; past it
+    /// the rest are summarised (count, sum, mean, std, upper, lower stay exact; median and
+    /// percentiles within 1 %).
+    pub max_timer_samples: usize,
+    /// Members counted exactly per set per interval; past it the count is estimated (±0.4 %).
+    pub max_set_members: usize,
+    /// Estimated bytes the aggregation state may hold (keys, timer values, set members); past
+    /// it new series are refused (counted, logged) and timer values summarised. `0`: no limit.
+    #[serde(with = "size")]
+    pub max_memory: u64,
     /// Receive threads (and `SO_REUSEPORT` sockets) per UDP address; 0 = one per core.
     pub receive_threads: usize,
     /// Socket receive buffer asked of the kernel (`SO_RCVBUFFORCE` as root, else up to
@@ -238,6 +248,9 @@ impl Default for StatsdConfig {
             calculated_timer_metrics: Vec::new(),
             max_series: 1_000_000,
             max_key_length: floodgate_statsd::valid::DEFAULT_MAX_KEY_LENGTH,
+            max_timer_samples: 100_000,
+            max_set_members: 100_000,
+            max_memory: 512 << 20,
             receive_threads: 0,
             receive_buffer: 32 << 20,
             max_datagram: 65_536,
@@ -746,6 +759,15 @@ impl Config {
         if s.max_series == 0 {
             return Err(("statsd.max_series", "must be at least 1".into()));
         }
+        if s.max_timer_samples == 0 {
+            return Err(("statsd.max_timer_samples", "must be at least 1".into()));
+        }
+        if s.max_set_members == 0 {
+            return Err(("statsd.max_set_members", "must be at least 1".into()));
+        }
+        if s.max_memory != 0 && s.max_memory < 1 << 20 {
+            return Err(("statsd.max_memory", "must be 0 (no limit) or at least 1MiB".into()));
+        }
         if !(16..=65_536).contains(&s.max_key_length) {
             return Err(("statsd.max_key_length", "must be between 16 bytes and 64KiB".into()));
         }
@@ -872,6 +894,9 @@ impl Config {
             prefix_stats: s.prefix_stats.clone(),
             calculated_timer_metrics: s.calculated_timer_metrics.clone(),
             max_series: s.max_series,
+            max_timer_samples: s.max_timer_samples,
+            max_set_members: s.max_set_members,
+            max_memory: s.max_memory,
         }
     }
 

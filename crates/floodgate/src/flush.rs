@@ -84,7 +84,30 @@ pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i
             shard.lock().set_known(known.clone());
         }
     }
+    // The memory budget: what the store holds now, and an equal share of the rest for each
+    // shard until the next flush.
+    let memory = store.memory_bytes();
+    let limit = store.config().max_memory;
+    {
+        let shards = shared.shards.lock();
+        let allowance = match limit {
+            0 => u64::MAX,
+            limit => limit.saturating_sub(memory) / shards.len().max(1) as u64,
+        };
+        let limits = store.shard_limits(allowance);
+        for shard in shards.iter() {
+            shard.lock().set_limits(limits);
+        }
+    }
     let t = &shared.telemetry.flush;
+    let refused_before = t.dropped_max_memory.swap(store.dropped_max_memory, Relaxed);
+    if store.dropped_max_memory > refused_before && !t.memory_limited.swap(true, Relaxed) {
+        tracing::warn!(max_memory = limit, estimated = memory, "aggregation memory limit reached: new series refused, timer values summarised (raise [statsd] max_memory if this is legitimate)");
+    } else if store.dropped_max_memory == refused_before && t.memory_limited.swap(false, Relaxed) {
+        tracing::info!(estimated = memory, "aggregation memory back under its limit");
+    }
+    t.memory_bytes.store(memory, Relaxed);
+    t.memory_limit.store(limit, Relaxed);
     t.series.store(store.series() as u64, Relaxed);
     t.dropped_max_series.store(store.dropped_max_series, Relaxed);
     drop(store);

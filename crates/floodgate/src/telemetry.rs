@@ -111,6 +111,14 @@ pub struct FlushCounters {
     pub series: AtomicU64,
     /// New series refused by `max_series`, total.
     pub dropped_max_series: AtomicU64,
+    /// New series refused by `max_memory`, total.
+    pub dropped_max_memory: AtomicU64,
+    /// Refusals for memory happened in the last interval (for the log lines).
+    pub memory_limited: std::sync::atomic::AtomicBool,
+    /// The aggregation state's estimated bytes after the last flush.
+    pub memory_bytes: AtomicU64,
+    /// `max_memory` (0: none).
+    pub memory_limit: AtomicU64,
     /// Series an agent did not forward because an aggregator would refuse them (a sum that
     /// overflowed), total.
     pub forward_invalid_series: AtomicU64,
@@ -308,9 +316,36 @@ impl Telemetry {
             );
         }
         let f = &self.flush;
-        let _ = writeln!(out, "# HELP floodgate_statsd_dropped_series_total New StatsD series refused by max_series.");
-        let _ = writeln!(out, "# TYPE floodgate_statsd_dropped_series_total counter");
-        let _ = writeln!(out, "floodgate_statsd_dropped_series_total {}", f.dropped_max_series.load(Relaxed));
+        family(
+            out,
+            (
+                "floodgate_statsd_dropped_series_total",
+                "counter",
+                "New StatsD series refused, by the bound that refused them.",
+            ),
+            [
+                ("reason=\"max_series\"", f.dropped_max_series.load(Relaxed)),
+                ("reason=\"max_memory\"", f.dropped_max_memory.load(Relaxed)),
+            ],
+        );
+        family(
+            out,
+            (
+                "floodgate_statsd_memory_bytes",
+                "gauge",
+                "Estimated bytes of the aggregation state after the last flush (keys, timer values, set members).",
+            ),
+            [("", f.memory_bytes.load(Relaxed))],
+        );
+        family(
+            out,
+            (
+                "floodgate_statsd_memory_limit_bytes",
+                "gauge",
+                "max_memory: the aggregation state's byte budget (0: none).",
+            ),
+            [("", f.memory_limit.load(Relaxed))],
+        );
         family(
             out,
             (

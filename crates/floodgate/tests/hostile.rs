@@ -537,3 +537,58 @@ fn a_sink_down_loses_nothing_agents_sent() {
     assert!(metric(&m, "floodgate_aggregator_busy_total", &[]).unwrap() >= 1.0, "the buffer filled up: {m}");
     assert!(relay.relayed.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
+
+/// Attack 6: memory used to be bounded in series, not bytes (8,000 keys of 60 KB grew RSS by
+/// 293 MB). Keys are bounded (`max_key_length`), timer values and set members per series per
+/// interval are capped (the rest summarised, with the exact statistics still exact), and the
+/// whole state has a byte budget (`max_memory`) past which new series are refused and counted.
+#[test]
+fn memory_is_bounded_in_bytes() {
+    let carbon = Capture::start();
+    let fg = Floodgate::start(
+        "flush_interval = \"500ms\"\nmax_memory = \"2MiB\"\nmax_timer_samples = 1000\nmax_set_members = 1000",
+        &format!("[graphite]\naddress = \"127.0.0.1:{}\"\n", carbon.port),
+    );
+    let pid = fg.child.id();
+    let before = peak_rss(pid);
+    // 8,000 keys of 60 KB over TCP: each one a bad line.
+    let mut s = TcpStream::connect(("127.0.0.1", fg.statsd)).unwrap();
+    let key = "k".repeat(60_000);
+    for i in 0..8000 {
+        writeln!(s, "{key}{i}:1|c").unwrap();
+    }
+    writeln!(s, "after.long.keys:1|c").unwrap();
+    drop(s);
+    fg.wait_counter("after.long.keys", "1");
+    let long =
+        wait_metric(&fg, "floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"key_too_long\""], |v| {
+            v > 0.0
+        });
+    assert_eq!(long, 8000.0);
+    let grown = peak_rss(pid) - before;
+    assert!(grown < 16 << 20, "480 MB of long keys grew the peak RSS by {grown} bytes");
+    // One timer and one set flooded past their caps: the exact statistics stay exact.
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = SocketAddr::from(([127, 0, 0, 1], fg.statsd));
+    for chunk in 0..250 {
+        let text: String = (0..20).map(|i| format!("flood.t:{}|ms\nflood.u:{chunk}-{i}|s\n", chunk * 20 + i)).collect();
+        u.send_to(text.as_bytes(), to).unwrap();
+    }
+    u.send_to(b"flood.done:1|c", to).unwrap();
+    let flush = carbon.wait_for(Duration::from_secs(30), |p| has(p, "stats_counts.flood.done", "1"));
+    let lines = parse_plaintext(&flush);
+    assert_eq!(value_of(&lines, "stats.timers.flood.t.count"), Some("5000"));
+    assert_eq!(value_of(&lines, "stats.timers.flood.t.upper"), Some("4999"));
+    assert_eq!(value_of(&lines, "stats.timers.flood.t.sum"), Some(&*(0..5000).sum::<u64>().to_string()));
+    let members: f64 = value_of(&lines, "stats.sets.flood.u.count").unwrap().parse().unwrap();
+    assert!((members - 5000.0).abs() < 5000.0 * 0.02, "{members}");
+    // A flood of new series meets the byte budget: refused, counted, and the estimate holds.
+    for chunk in 0..2000 {
+        let text: String = (0..20).map(|i| format!("unique.series.number.{chunk}.{i}:1|c\n")).collect();
+        u.send_to(text.as_bytes(), to).unwrap();
+    }
+    wait_metric(&fg, "floodgate_statsd_dropped_series_total", &["reason=\"max_memory\""], |v| v > 0.0);
+    let memory = wait_metric(&fg, "floodgate_statsd_memory_bytes", &[], |v| v > 0.0);
+    assert!(memory <= (3 << 20) as f64, "estimated {memory} bytes against a 2 MiB budget");
+    assert!(fg.stderr().contains("aggregation memory limit reached"), "{}", fg.stderr());
+}

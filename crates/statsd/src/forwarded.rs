@@ -68,6 +68,17 @@ impl TimerSummary {
         s
     }
 
+    /// Adds one raw value standing for `weight` samples (1/rate).
+    #[inline]
+    pub fn add(&mut self, v: f64, weight: f64) {
+        self.count += weight;
+        self.sum += v;
+        self.sum_squares += v * v;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.sketch.add(v);
+    }
+
     /// Adds another summary.
     pub fn merge(&mut self, other: &TimerSummary) {
         self.count += other.count;

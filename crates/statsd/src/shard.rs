@@ -4,20 +4,157 @@
 //! shared lock. At flush the runtime swaps the shard for an empty one and merges it into the
 //! [`Store`](crate::Store). Counters are summed here already (so one series costs one map slot
 //! per interval, however many packets update it); timer values and set members are kept, as
-//! percentiles and distinct counts need them.
+//! percentiles and distinct counts need them — up to a cap per series ([`ShardLimits`]), past
+//! which timer values go into a sketch and set members into a HyperLogLog, so one series cannot
+//! grow without bound in an interval.
+//!
+//! Memory is budgeted in bytes too: each shard counts an estimate of what it holds (keys,
+//! timer values, set members) against an allowance the flusher hands out from the aggregation
+//! state's `max_memory`; past it new series are refused (counted) and timer values summarised.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use floodgate_sketch::Distinct;
+
+use crate::forwarded::TimerSummary;
 use crate::parse::{Kind, Metric, MetricSink};
 
 /// Series key: the sanitised name with its tags.
 pub type Key = Box<[u8]>;
 /// The hash map used for series: foldhash is fast on short keys and seeded per map.
 pub type Map<V> = HashMap<Key, V, foldhash::fast::RandomState>;
-/// Set members.
-pub type Members = HashSet<Key, foldhash::fast::RandomState>;
+
+/// Estimated bytes one series costs beyond its key (map slots in a shard and the store, the
+/// entry, the key's allocation).
+pub const SERIES_OVERHEAD: u64 = 128;
+/// Estimated bytes per timer value held.
+pub const TIMER_VALUE_BYTES: u64 = 8;
+/// Estimated bytes per exact set member held (its hash in a hash set).
+pub const SET_MEMBER_BYTES: u64 = 16;
+
+/// A set's members in one interval: their hashes (xxh3-64, as on the forward hop), exactly, up
+/// to a cap; past it a HyperLogLog of them (64 KiB, ±0.4 %). Hashes, not the members' bytes:
+/// a member costs 8 bytes however long it is, and two members are the same when their 64-bit
+/// hashes are (a collision is about 1 in 10^8 at a million members).
+#[derive(Debug, Clone, Default)]
+pub struct MemberSet {
+    exact: HashSet<u64, foldhash::fast::RandomState>,
+    folded: Option<Distinct>,
+}
+
+impl PartialEq for MemberSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.exact == other.exact && self.folded == other.folded
+    }
+}
+
+impl MemberSet {
+    /// Adds a member's hash; returns true when the exact set grew (for the byte estimate).
+    #[inline]
+    pub fn insert(&mut self, h: u64, cap: usize) -> bool {
+        if let Some(d) = &mut self.folded {
+            d.insert_hash(h);
+            return false;
+        }
+        let grew = self.exact.insert(h);
+        if self.exact.len() > cap {
+            self.fold();
+        }
+        grew
+    }
+
+    /// Moves the exact hashes into a HyperLogLog.
+    fn fold(&mut self) {
+        let d = self.folded.get_or_insert_with(Distinct::default);
+        for h in self.exact.drain() {
+            d.insert_hash(h);
+        }
+        self.exact = HashSet::default();
+    }
+
+    /// Distinct members (estimated once folded).
+    pub fn len(&self) -> usize {
+        match &self.folded {
+            Some(d) => d.count() as usize,
+            None => self.exact.len(),
+        }
+    }
+
+    /// True when nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.folded.is_none() && self.exact.is_empty()
+    }
+
+    /// Adds another interval's members.
+    pub fn merge(&mut self, other: MemberSet, cap: usize) {
+        if let Some(d) = other.folded {
+            self.fold();
+            if let Some(mine) = &mut self.folded {
+                mine.merge(&d);
+            }
+        }
+        for h in other.exact {
+            self.insert(h, cap);
+        }
+    }
+
+    /// Adds what an agent forwarded: exact hashes stay exact (up to the cap).
+    pub fn merge_distinct(&mut self, d: &Distinct, cap: usize) {
+        match d {
+            Distinct::Exact(hashes) => hashes.iter().for_each(|h| {
+                self.insert(*h, cap);
+            }),
+            Distinct::Registers(_) => {
+                self.fold();
+                if let Some(mine) = &mut self.folded {
+                    mine.merge(d);
+                }
+            }
+        }
+    }
+
+    /// The members in the forward hop's form.
+    pub fn to_distinct(&self) -> Distinct {
+        let mut d = self.folded.clone().unwrap_or_default();
+        for h in &self.exact {
+            d.insert_hash(*h);
+        }
+        d
+    }
+
+    /// Estimated bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.exact.len() as u64 * SET_MEMBER_BYTES
+            + self.folded.as_ref().map_or(0, |_| floodgate_sketch::distinct::REGISTERS as u64)
+    }
+}
+
+/// What one shard may hold (from the aggregation options, and the flusher's memory allowance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardLimits {
+    /// Series at most (`max_series`).
+    pub max_series: usize,
+    /// Raw values per timer per interval; past it they go into the timer's sketch.
+    pub max_timer_samples: usize,
+    /// Exact members per set per interval; past it a HyperLogLog.
+    pub max_set_members: usize,
+    /// Estimated bytes this shard may add; past it new series are refused and timer values
+    /// summarised. `u64::MAX`: no budget.
+    pub memory_allowance: u64,
+}
+
+impl Default for ShardLimits {
+    fn default() -> Self {
+        ShardLimits {
+            max_series: usize::MAX,
+            max_timer_samples: 100_000,
+            max_set_members: 100_000,
+            memory_allowance: u64::MAX,
+        }
+    }
+}
 
 /// The series the store already holds, by hash, so a shard that is full (a flood of new
 /// names) still takes values for series that exist: `max_series` refuses new series only.
@@ -75,10 +212,13 @@ pub struct GaugeUpdate {
 /// What a shard saw for one timer this interval.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TimerUpdate {
-    /// Every value, unsorted.
+    /// Every value, unsorted (up to `max_timer_samples`).
     pub values: Vec<f64>,
-    /// Samples represented: the sum of 1/rate.
+    /// Samples those values represent: the sum of their 1/rate.
     pub count: f64,
+    /// Values past the cap (or past the memory allowance), summarised: exact moments and a
+    /// sketch.
+    pub folded: Option<Box<TimerSummary>>,
 }
 
 /// One receive thread's aggregation since the last flush.
@@ -87,8 +227,10 @@ pub struct Shard {
     pub(crate) counters: Map<f64>,
     pub(crate) gauges: Map<GaugeUpdate>,
     pub(crate) timers: Map<TimerUpdate>,
-    pub(crate) sets: Map<Members>,
-    max_series: usize,
+    pub(crate) sets: Map<MemberSet>,
+    limits: ShardLimits,
+    /// Estimated bytes held (see [`ShardLimits::memory_allowance`]).
+    bytes: u64,
     known: Option<Arc<KnownSeries>>,
     /// Ordering stamp for gauge sets (the runtime sets it, monotonic, per batch).
     pub clock: u64,
@@ -100,12 +242,24 @@ pub struct Shard {
     pub bad_lines: u64,
     /// New series refused because the shard already held `max_series`.
     pub dropped_max_series: u64,
+    /// New series refused because the shard was past its memory allowance.
+    pub dropped_max_memory: u64,
 }
 
 impl Shard {
-    /// An empty shard holding at most `max_series` series.
+    /// An empty shard holding at most `max_series` series (other limits at their defaults).
     pub fn new(max_series: usize) -> Self {
-        Shard { max_series, ..Shard::default() }
+        Shard::with_limits(ShardLimits { max_series, ..ShardLimits::default() })
+    }
+
+    /// An empty shard with these limits.
+    pub fn with_limits(limits: ShardLimits) -> Self {
+        Shard { limits, ..Shard::default() }
+    }
+
+    /// Estimated bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Series held (all types).
@@ -118,10 +272,19 @@ impl Shard {
         self.series() == 0 && self.packets == 0 && self.lines == 0 && self.bad_lines == 0
     }
 
+    /// The limits in force.
+    pub fn limits(&self) -> ShardLimits {
+        self.limits
+    }
+
+    /// Changes the limits (reload, and the flusher's memory allowance each interval).
+    pub fn set_limits(&mut self, limits: ShardLimits) {
+        self.limits = limits;
+    }
+
     /// Moves everything out, leaving an empty shard with the same limits and clock.
     pub fn take(&mut self) -> Shard {
-        let fresh =
-            Shard { max_series: self.max_series, clock: self.clock, known: self.known.clone(), ..Shard::default() };
+        let fresh = Shard { limits: self.limits, clock: self.clock, known: self.known.clone(), ..Shard::default() };
         std::mem::replace(self, fresh)
     }
 
@@ -135,11 +298,13 @@ impl Shard {
         self.lines = 0;
         self.bad_lines = 0;
         self.dropped_max_series = 0;
+        self.dropped_max_memory = 0;
+        self.bytes = 0;
     }
 
     /// Changes the series bound (on reload).
     pub fn set_max_series(&mut self, max_series: usize) {
-        self.max_series = max_series;
+        self.limits.max_series = max_series;
     }
 
     /// Gives the shard the store's series, admitted even when the shard is full.
@@ -147,14 +312,26 @@ impl Shard {
         self.known = Some(known);
     }
 
+    /// True when the shard holds more than its memory allowance.
+    #[inline]
+    fn over_budget(&self) -> bool {
+        self.bytes >= self.limits.memory_allowance
+    }
+
+    /// Whether a new series may be added (the store's series always may), counting it in the
+    /// byte estimate if so.
     #[inline]
     fn has_room(&mut self, kind: Kind, key: &[u8]) -> bool {
-        if self.series() < self.max_series || self.known.as_ref().is_some_and(|k| k.contains(kind, key)) {
-            true
-        } else {
+        let admitted = (self.series() < self.limits.max_series && !self.over_budget())
+            || self.known.as_ref().is_some_and(|k| k.contains(kind, key));
+        if admitted {
+            self.bytes += key.len() as u64 + SERIES_OVERHEAD;
+        } else if self.series() >= self.limits.max_series {
             self.dropped_max_series += 1;
-            false
+        } else {
+            self.dropped_max_memory += 1;
         }
+        admitted
     }
 
     /// Records one parsed value.
@@ -173,9 +350,16 @@ impl Shard {
                 if !self.timers.contains_key(m.key) && !self.has_room(Kind::Timer, m.key) {
                     return;
                 }
+                let over = self.over_budget();
                 let t = self.timers.entry_ref_or_default(m.key);
-                t.values.push(m.value);
-                t.count += 1.0 / m.sample_rate;
+                let weight = 1.0 / m.sample_rate;
+                if t.values.len() < self.limits.max_timer_samples && !over {
+                    t.values.push(m.value);
+                    t.count += weight;
+                    self.bytes += TIMER_VALUE_BYTES;
+                } else {
+                    t.folded.get_or_insert_with(Default::default).add(m.value, weight);
+                }
             }
             Kind::Gauge => {
                 if !self.gauges.contains_key(m.key) && !self.has_room(Kind::Gauge, m.key) {
@@ -199,9 +383,10 @@ impl Shard {
                 if !self.sets.contains_key(m.key) && !self.has_room(Kind::Set, m.key) {
                     return;
                 }
+                let cap = self.limits.max_set_members;
                 let s = self.sets.entry_ref_or_default(m.key);
-                if !s.contains(m.set_member) {
-                    s.insert(m.set_member.into());
+                if s.insert(Distinct::hash(m.set_member), cap) {
+                    self.bytes += SET_MEMBER_BYTES;
                 }
             }
         }
@@ -291,5 +476,40 @@ mod tests {
         let mut s = Shard::new(100);
         feed(&mut s, "u:a|s\nu:b|s\nu:a|s\nu:|s");
         assert_eq!(s.sets[&b"u"[..]].len(), 3);
+    }
+
+    #[test]
+    fn per_series_caps_fold_into_sketches() {
+        let mut s =
+            Shard::with_limits(ShardLimits { max_timer_samples: 10, max_set_members: 100, ..Default::default() });
+        let text: String = (0..50).map(|i| format!("t:{i}|ms\nu:m{i}x{}|s\n", i * 7)).collect();
+        feed(&mut s, &text);
+        feed(&mut s, &(0..200).map(|i| format!("u:more{i}|s\n")).collect::<String>());
+        let t = &s.timers[&b"t"[..]];
+        assert_eq!((t.values.len(), t.count), (10, 10.0));
+        let folded = t.folded.as_ref().unwrap();
+        assert_eq!((folded.count, folded.min, folded.max, folded.samples()), (40.0, 10.0, 49.0, 40));
+        let u = &s.sets[&b"u"[..]];
+        assert!(u.folded.is_some() && u.exact.is_empty());
+        let n = u.len() as f64;
+        assert!((n - 250.0).abs() < 250.0 * 0.02, "{n}");
+    }
+
+    #[test]
+    fn a_memory_allowance_refuses_new_series_and_summarises_timers() {
+        let mut s = Shard::with_limits(ShardLimits { memory_allowance: 1000, ..Default::default() });
+        feed(&mut s, &(0..100).map(|i| format!("c{i}:1|c\n")).collect::<String>());
+        assert!(s.series() < 10, "{}", s.series());
+        assert_eq!(s.dropped_max_memory, 100 - s.series() as u64);
+        assert_eq!(s.dropped_max_series, 0);
+        // Existing series still count; a timer's values go into its sketch.
+        feed(&mut s, "c0:1|c\nc0:1|c");
+        assert_eq!(s.counters[&b"c0"[..]], 3.0);
+        let before = s.bytes();
+        let mut s2 = Shard::with_limits(ShardLimits { memory_allowance: 200, ..Default::default() });
+        feed(&mut s2, &(0..100).map(|i| format!("t:{i}|ms\n")).collect::<String>());
+        let t = &s2.timers[&b"t"[..]];
+        assert!(t.values.len() < 20 && t.folded.as_ref().is_some_and(|f| f.samples() + t.values.len() as u64 == 100));
+        assert!(before >= 1000);
     }
 }

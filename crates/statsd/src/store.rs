@@ -17,7 +17,7 @@ use floodgate_sketch::Distinct;
 use crate::forwarded::{GaugeChange, TimerSummary};
 
 use crate::parse::Kind;
-use crate::shard::{apply_gauge_delta, EntryRef, Key, KnownSeries, Map, Members, Shard};
+use crate::shard::{apply_gauge_delta, EntryRef, Key, KnownSeries, Map, MemberSet, Shard, ShardLimits};
 
 /// One histogram rule (Etsy's `histogram` option): the first rule whose `metric` is a substring
 /// of a timer's key gives its bins.
@@ -54,6 +54,14 @@ pub struct AggregationConfig {
     pub calculated_timer_metrics: Vec<String>,
     /// Series bound; new series beyond it are dropped and counted.
     pub max_series: usize,
+    /// Raw values held per timer per interval; past it values are summarised (moments exact,
+    /// percentiles from a 1 % sketch).
+    pub max_timer_samples: usize,
+    /// Exact members per set per interval; past it a HyperLogLog (±0.4 %).
+    pub max_set_members: usize,
+    /// Estimated bytes the whole aggregation state may hold (0: no limit); past it new series
+    /// are refused and timer values summarised.
+    pub max_memory: u64,
 }
 
 impl Default for AggregationConfig {
@@ -70,6 +78,9 @@ impl Default for AggregationConfig {
             prefix_stats: "statsd".into(),
             calculated_timer_metrics: Vec::new(),
             max_series: 1_000_000,
+            max_timer_samples: 100_000,
+            max_set_members: 100_000,
+            max_memory: 0,
         }
     }
 }
@@ -111,25 +122,25 @@ pub struct TimerEntry {
     pub total_sum: f64,
     /// Percentile bounds of the last flush, one per configured percentile (`None` if skipped).
     pub last_bounds: Vec<Option<f64>>,
-    /// What agents forwarded this interval (aggregators); local values join it at flush.
+    /// What agents forwarded this interval (aggregators), and values past
+    /// `max_timer_samples`, summarised; the raw values join it at flush.
     pub forwarded: Option<TimerSummary>,
 }
 
 /// A set's state.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SetEntry {
-    /// Members this interval.
-    pub members: Members,
+    /// Members this interval, local and forwarded by agents.
+    pub members: MemberSet,
     /// Distinct members at the last flush.
     pub last_size: usize,
-    /// What agents forwarded this interval (aggregators); local members join it at flush.
-    pub forwarded: Option<Distinct>,
 }
 
 impl SetEntry {
-    /// Distinct members this interval (estimated once forwarded state is past exact size).
+    /// Distinct members this interval (estimated once past `max_set_members`, or when an agent
+    /// forwarded an estimate).
     pub fn size(&self) -> usize {
-        self.forwarded.as_ref().map_or(self.members.len(), |d| d.count() as usize)
+        self.members.len()
     }
 }
 
@@ -180,6 +191,8 @@ pub struct Store {
     keys_changed: bool,
     /// Series refused by `max_series` since start (shards' refusals included).
     pub dropped_max_series: u64,
+    /// Series refused by `max_memory` since start (shards' refusals).
+    pub dropped_max_memory: u64,
 }
 
 /// One timer's statistics: Etsy's names (`upper_90`, `histogram.bin_0_1`, ...) and values.
@@ -245,10 +258,7 @@ impl<'a> FlushView<'a> {
 
     /// Sets that received members this interval, as distinct counts.
     pub fn changed_sets(&self) -> impl Iterator<Item = (&'a [u8], Distinct)> + 'a {
-        self.sets
-            .iter()
-            .filter(|(_, s)| !s.members.is_empty())
-            .map(|(k, s)| (&k[..], crate::forwarded::distinct_of(s.members.iter().map(|m| &m[..]))))
+        self.sets.iter().filter(|(_, s)| !s.members.is_empty()).map(|(k, s)| (&k[..], s.members.to_distinct()))
     }
 }
 
@@ -275,6 +285,7 @@ impl Store {
             },
             keys_changed: true,
             dropped_max_series: 0,
+            dropped_max_memory: 0,
             cfg: AggregationConfig::default(),
         };
         store.reconfigure(cfg);
@@ -358,7 +369,7 @@ impl Store {
         let room = self.series() < self.cfg.max_series;
         let (dropped, changed) = (&mut self.dropped_max_series, &mut self.keys_changed);
         let Some(s) = entry_within(&mut self.sets, key, room, dropped, changed, Default::default) else { return false };
-        s.forwarded.get_or_insert_with(Distinct::default).merge(members);
+        s.members.merge_distinct(members, self.cfg.max_set_members);
         true
     }
 
@@ -409,6 +420,7 @@ impl Store {
             c.total += add as f64;
         }
         self.dropped_max_series += shard.dropped_max_series;
+        self.dropped_max_memory += shard.dropped_max_memory;
         for (key, add) in shard.counters.drain() {
             if let Some(c) = self.counters.get_mut(&key) {
                 c.value += add;
@@ -452,14 +464,24 @@ impl Store {
             if !self.timers.contains_key(&key) && !self.has_room() {
                 continue;
             }
+            let cap = self.cfg.max_timer_samples;
             let t = self.timers.entry(key).or_default();
             if t.values.is_empty() {
                 t.values = update.values;
-            } else {
+                t.count += update.count;
+            } else if t.values.len() + update.values.len() <= cap {
                 t.values.extend_from_slice(&update.values);
+                t.count += update.count;
+            } else {
+                // Past the cap across shards: this shard's values are summarised instead.
+                let summary = TimerSummary::from_values(&update.values, update.count);
+                t.forwarded.get_or_insert_with(Default::default).merge(&summary);
             }
-            t.count += update.count;
+            if let Some(folded) = update.folded {
+                t.forwarded.get_or_insert_with(Default::default).merge(&folded);
+            }
         }
+        let cap = self.cfg.max_set_members;
         for (key, members) in shard.sets.drain() {
             if !self.sets.contains_key(&key) && !self.has_room() {
                 continue;
@@ -468,7 +490,7 @@ impl Store {
             if s.members.is_empty() {
                 s.members = members;
             } else {
-                s.members.extend(members);
+                s.members.merge(members, cap);
             }
         }
         shard.clear();
@@ -500,13 +522,6 @@ impl Store {
             t.total_count += t.count;
             t.total_sum += t.values.iter().sum::<f64>();
             t.last_bounds = percentile_bounds(&t.values, &self.cfg.percentiles);
-        }
-        for s in self.sets.values_mut() {
-            if let Some(d) = &mut s.forwarded {
-                for m in s.members.iter() {
-                    d.insert(m);
-                }
-            }
         }
         let cfg = &self.cfg;
         let pct_names = &self.pct_names;
@@ -579,8 +594,7 @@ impl Store {
         } else {
             for s in self.sets.values_mut() {
                 s.last_size = s.size();
-                s.members = Members::default();
-                s.forwarded = None;
+                s.members = MemberSet::default();
             }
         }
         for g in self.gauges.values_mut() {
@@ -595,6 +609,35 @@ impl Store {
                 None => true,
             });
         }
+    }
+
+    /// The limits a shard works under: the aggregation options, and `allowance` estimated bytes.
+    pub fn shard_limits(&self, allowance: u64) -> ShardLimits {
+        ShardLimits {
+            max_series: self.cfg.max_series,
+            max_timer_samples: self.cfg.max_timer_samples,
+            max_set_members: self.cfg.max_set_members,
+            memory_allowance: allowance,
+        }
+    }
+
+    /// An estimate of the bytes the state holds: keys, a fixed cost per series, timer values,
+    /// exact set members, sketches. Walks every series (the flusher calls it once per flush).
+    pub fn memory_bytes(&self) -> u64 {
+        use crate::shard::{SERIES_OVERHEAD, TIMER_VALUE_BYTES};
+        let per_key = |k: &Key| k.len() as u64 + SERIES_OVERHEAD;
+        let counters: u64 = self.counters.keys().map(per_key).sum();
+        let gauges: u64 = self.gauges.keys().map(per_key).sum();
+        let timers: u64 = self
+            .timers
+            .iter()
+            .map(|(k, t)| {
+                let sketch = t.forwarded.as_ref().map_or(0, |f| 64 + 8 * f.sketch.bins().count() as u64);
+                per_key(k) + t.values.capacity() as u64 * TIMER_VALUE_BYTES + sketch
+            })
+            .sum();
+        let sets: u64 = self.sets.iter().map(|(k, s)| per_key(k) + s.members.bytes()).sum();
+        counters + gauges + timers + sets
     }
 
     /// Counters (key, state).

@@ -314,3 +314,39 @@ fn an_agent_forwards_only_what_changed_and_no_internal_counters() {
         assert_eq!(changes, vec![(&b"g"[..], GaugeChange::Delta(-1.0))]);
     });
 }
+
+#[test]
+fn past_the_sample_cap_moments_stay_exact() {
+    let cfg = AggregationConfig { max_timer_samples: 10, max_set_members: 5, ..Default::default() };
+    let mut store = store_with(cfg);
+    // Three shards of 8 values: the first two fit (16 > 10? no: 8, then 8 more is 16 > 10, so
+    // the second is summarised), the third too.
+    for shard in 0..3 {
+        let text: String = (0..8).map(|i| format!("t:{}|ms\nu:{shard}-{i}|s\n", shard * 8 + i)).collect();
+        feed(&mut store, &text);
+    }
+    let f = flush(&mut store, 1);
+    assert_eq!(f["t:t.count"], 24.0);
+    assert_eq!(f["t:t.sum"], (0..24).sum::<i32>() as f64);
+    assert_eq!(f["t:t.lower"], 0.0);
+    assert_eq!(f["t:t.upper"], 23.0);
+    assert_eq!(f["t:t.mean"], 11.5);
+    // Percentiles from the sketch: within 1 % of the exact 21.
+    assert!((f["t:t.upper_90"] - 21.0).abs() <= 0.21 + 1e-9, "{}", f["t:t.upper_90"]);
+    // 24 distinct members, past the exact cap of 5: estimated within 2 %.
+    assert!((f["s:u"] - 24.0).abs() <= 0.5, "{}", f["s:u"]);
+    // The next interval starts exact again.
+    feed(&mut store, "t:1|ms\nt:2|ms\nu:a|s\n");
+    let f = flush(&mut store, 2);
+    assert_eq!((f["t:t.count"], f["t:t.upper_90"], f["s:u"]), (2.0, 2.0, 1.0));
+}
+
+#[test]
+fn memory_is_estimated_in_bytes() {
+    let mut store = store_with(AggregationConfig::default());
+    let empty = store.memory_bytes();
+    feed(&mut store, &(0..1000).map(|i| format!("key.number.{i}:1|c\n")).collect::<String>());
+    let grown = store.memory_bytes() - empty;
+    assert!((1000 * 128..1000 * 160).contains(&grown), "{grown}");
+    assert_eq!(store.shard_limits(77).memory_allowance, 77);
+}

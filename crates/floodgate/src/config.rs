@@ -680,6 +680,11 @@ pub struct LimitsConfig {
     pub allow: Vec<String>,
     /// Most sources the limiter remembers; least recently seen are forgotten first.
     pub tracked_sources: usize,
+    /// TLS handshakes started per second on one TLS listener, all sources together: a storm
+    /// from many sources, each under its own connection limit, cannot take the CPU (0 = no cap).
+    pub tls_handshakes_per_second: u64,
+    /// TLS handshakes in progress at once on one TLS listener; connections past it are reset.
+    pub tls_handshakes_in_flight: usize,
 }
 
 impl Default for LimitsConfig {
@@ -692,6 +697,8 @@ impl Default for LimitsConfig {
             burst: Duration::from_secs(1),
             allow: Vec::new(),
             tracked_sources: 100_000,
+            tls_handshakes_per_second: 200,
+            tls_handshakes_in_flight: 64,
         }
     }
 }
@@ -818,6 +825,9 @@ impl Config {
         }
         if self.conntrack.max_remote_hosts == 0 {
             return Err(("conntrack.max_remote_hosts", "must be at least 1".into()));
+        }
+        if self.limits.tls_handshakes_in_flight == 0 {
+            return Err(("limits.tls_handshakes_in_flight", "must be at least 1".into()));
         }
         if self.limits.tracked_sources < 64 {
             return Err(("limits.tracked_sources", "must be at least 64".into()));

@@ -36,6 +36,8 @@ pub struct Policy {
     udp_port: Limit,
     tcp_rate: Limit,
     tcp_open_per_source: usize,
+    handshake_rate: Limit,
+    handshakes_in_flight: usize,
     /// The bounded table of sources.
     pub table: Arc<SourceTable>,
     /// No check at all is configured (no allow-list, every rate 0).
@@ -56,6 +58,8 @@ impl Policy {
             udp_port,
             tcp_rate: Limit::new(limits.tcp_connections_per_source, burst),
             tcp_open_per_source: limits.tcp_open_per_source,
+            handshake_rate: Limit::new(limits.tls_handshakes_per_second, burst),
+            handshakes_in_flight: limits.tls_handshakes_in_flight,
             table,
         }
     }
@@ -128,6 +132,8 @@ impl Guard {
             port_dropped_at_start: AtomicU64::new(0),
             open: Mutex::new(OpenConnections::default()),
             max_open,
+            handshakes: PortLimiter::new(),
+            handshakes_in_flight: Arc::default(),
             loopback_allowed: matches!(kind, "admin" | "http"),
             guard: Arc::downgrade(self),
         });
@@ -320,6 +326,8 @@ pub struct ListenerGuard {
     port_dropped_at_start: AtomicU64,
     open: Mutex<OpenConnections>,
     max_open: usize,
+    handshakes: PortLimiter,
+    handshakes_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// The host itself always passes the allow-list (the console and HTTP: an operator on the
     /// host keeps their management ports whatever `allow` lets in from the network).
     loopback_allowed: bool,
@@ -435,6 +443,34 @@ impl ListenerGuard {
     }
 }
 
+/// A TLS handshake's place among its listener's handshakes in flight; given back when dropped.
+pub struct HandshakePermit(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for HandshakePermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+impl ListenerGuard {
+    /// Decides whether an admitted connection may start its TLS handshake: the listener's
+    /// handshakes per second (one budget for all sources) and in flight. The handshake is the
+    /// expensive step: capping it keeps a storm from many sources, each under its own
+    /// connection limit, from taking the CPU.
+    pub fn admit_handshake(&self) -> Result<HandshakePermit, Reason> {
+        let Some(guard) = self.guard.upgrade() else { return Err(Reason::HandshakeLimit) };
+        let policy = guard.policy();
+        let in_flight = self.handshakes_in_flight.fetch_add(1, Relaxed);
+        let permit = HandshakePermit(self.handshakes_in_flight.clone());
+        if in_flight >= policy.handshakes_in_flight
+            || !self.handshakes.check(&policy.handshake_rate, guard.now_ns(), 1, true)
+        {
+            return Err(Reason::HandshakeLimit);
+        }
+        Ok(permit)
+    }
+}
+
 /// An admitted connection's place in its listener's counts; given back when dropped.
 pub struct ConnectionPermit {
     listener: Arc<ListenerGuard>,
@@ -529,6 +565,24 @@ mod tests {
         assert_eq!(lg.admit_connection(b).err(), Some(Reason::ConnectionLimit));
         drop(p1);
         assert!(lg.admit_connection(a).is_ok(), "a closed connection gives its place back");
+    }
+
+    #[test]
+    fn handshakes_capped_in_flight_and_per_second() {
+        let g = Guard::new(
+            &limits(|l| {
+                l.tls_handshakes_in_flight = 2;
+                l.tls_handshakes_per_second = 5;
+            }),
+            Instant::now(),
+        );
+        let lg = g.listener("statsd_tls", "127.0.0.1:8125".parse().unwrap(), 1000);
+        let a = lg.admit_handshake().unwrap();
+        let _b = lg.admit_handshake().unwrap();
+        assert_eq!(lg.admit_handshake().err(), Some(Reason::HandshakeLimit), "two in flight");
+        drop(a);
+        let admitted = (0..20).filter_map(|_| lg.admit_handshake().ok()).count();
+        assert!(admitted <= 4, "a second's burst of 5, four of them left: {admitted}");
     }
 
     #[test]

@@ -216,6 +216,7 @@ impl Telemetry {
                     Reason::NotAllowed => true,
                     Reason::SourceLimit | Reason::PortLimit => !tcp,
                     Reason::ConnectionRate | Reason::SourceConnections | Reason::ConnectionLimit => tcp,
+                    Reason::HandshakeLimit => l.kind.ends_with("_tls"),
                 };
                 if applies {
                     *drops.entry((l.kind, &l.address, reason.as_str())).or_insert(0) +=

@@ -592,3 +592,80 @@ fn memory_is_bounded_in_bytes() {
     assert!(memory <= (3 << 20) as f64, "estimated {memory} bytes against a 2 MiB budget");
     assert!(fg.stderr().contains("aggregation memory limit reached"), "{}", fg.stderr());
 }
+
+/// A TLS handshake storm from 50 loopback sources, each well under its own connection limit:
+/// the listener starts at most `tls_handshakes_per_second` handshakes a second (the rest are
+/// reset before any TLS work, counted), and a UDP sender next to it loses nothing.
+#[test]
+fn a_tls_handshake_storm_stays_within_the_listeners_cap() {
+    const RATE: u64 = 40;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let tls_port = free_port();
+    let fg = Floodgate::start(
+        &format!(
+            "flush_interval = \"1h\"\ntls_listen = [\"127.0.0.1:{tls_port}\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}",
+            cert_path.display(),
+            key_path.display()
+        ),
+        &format!(
+            "[limits]\nudp_per_source = 0\nudp_per_port = 0\ntcp_connections_per_source = 10\n\
+             tls_handshakes_per_second = {RATE}\n"
+        ),
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let client = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let started = Instant::now();
+    let storm_for = Duration::from_secs(4);
+    let stormers: Vec<_> = (10..60)
+        .map(|i| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                let mut attempts = 0u64;
+                while started.elapsed() < storm_for {
+                    attempts += 1;
+                    if let Some(tcp) = connect_from(&format!("127.0.0.{i}"), tls_port) {
+                        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        let conn =
+                            rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap()).unwrap();
+                        let mut tls = rustls::StreamOwned::new(conn, tcp);
+                        let _ = tls.write_all(b"storm:1|c\n").and_then(|_| tls.flush());
+                    }
+                    // About 6 a second from each source: under its limit of 10.
+                    std::thread::sleep(Duration::from_millis(160));
+                }
+                attempts
+            })
+        })
+        .collect();
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut sent = 0;
+    while started.elapsed() < storm_for {
+        u.send_to(b"calm.udp:1|c", ("127.0.0.1", fg.statsd)).unwrap();
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let attempts: u64 = stormers.into_iter().map(|h| h.join().unwrap()).sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    u.send_to(b"calm.done:1|c", ("127.0.0.1", fg.statsd)).unwrap();
+    fg.wait_counter("calm.done", "1");
+    fg.wait_counter("calm.udp", &sent.to_string());
+    let m = metrics(&fg);
+    let l = "listener=\"statsd_tls\"";
+    let handshakes = metric(&m, "floodgate_tls_handshakes_total", &[l]).unwrap();
+    let refused = metric(&m, "floodgate_dropped_total", &[l, "reason=\"handshake_limit\""]).unwrap();
+    eprintln!("{attempts} attempts in {elapsed:.1} s: {handshakes} handshakes, {refused} refused");
+    // A second's burst, then the rate: never more, however the attempts were spread.
+    assert!(handshakes <= RATE as f64 * (elapsed + 1.0) + 1.0, "{handshakes} handshakes in {elapsed:.1} s");
+    assert!(handshakes > 0.0 && refused > 0.0, "{attempts} attempts: {handshakes} handshakes, {refused} refused");
+}

@@ -42,23 +42,26 @@ pub enum Reason {
     SourceConnections,
     /// The listener already holds as many open connections as it may.
     ConnectionLimit,
+    /// The TLS listener was at its cap of handshakes in flight or per second.
+    HandshakeLimit,
 }
 
 impl Reason {
     /// Every reason, for exposition.
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::NotAllowed,
         Reason::SourceLimit,
         Reason::PortLimit,
         Reason::ConnectionRate,
         Reason::SourceConnections,
         Reason::ConnectionLimit,
+        Reason::HandshakeLimit,
     ];
 
     /// True for the rate limits (`floodgate_limited_total`), as opposed to the allow-list and
     /// the caps on open connections.
     pub fn is_rate_limit(self) -> bool {
-        matches!(self, Reason::SourceLimit | Reason::PortLimit | Reason::ConnectionRate)
+        matches!(self, Reason::SourceLimit | Reason::PortLimit | Reason::ConnectionRate | Reason::HandshakeLimit)
     }
 
     /// The name used in metrics, logs and `/offenders`.
@@ -70,6 +73,7 @@ impl Reason {
             Reason::ConnectionRate => "connection_rate",
             Reason::SourceConnections => "source_connections",
             Reason::ConnectionLimit => "connection_limit",
+            Reason::HandshakeLimit => "handshake_limit",
         }
     }
 }

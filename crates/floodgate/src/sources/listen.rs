@@ -174,11 +174,23 @@ pub async fn serve<H, F>(
 {
     loop {
         let (stream, peer, permit) = accept(&listener, &guard, &counters).await;
+        // The handshake is the costly step: capped per listener before it starts.
+        let handshake_permit = match tls.is_some().then(|| guard.admit_handshake()) {
+            Some(Err(reason)) => {
+                counters.add_dropped(reason, 1);
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                continue;
+            }
+            Some(Ok(p)) => Some(p),
+            None => None,
+        };
         counters.connections.fetch_add(1, Relaxed);
         let (counters, tls, handle) = (counters.clone(), tls.clone(), handle.clone());
         tokio::spawn(async move {
             counters.open_connections.fetch_add(1, Relaxed);
-            let result = match handshake(stream, tls, &counters).await {
+            let handshake = handshake(stream, tls, &counters).await;
+            drop(handshake_permit);
+            let result = match handshake {
                 Ok((conn, identity)) => handle(conn, Peer { addr: peer, identity }).await,
                 Err(e) => Err(e),
             };

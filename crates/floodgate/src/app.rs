@@ -67,6 +67,8 @@ pub struct Shared {
     pub epoch_wall_ns: i64,
     /// The async runtime (for the flusher thread's follow-up work).
     pub runtime: tokio::runtime::Handle,
+    /// Turns true at shutdown: connections read what their senders already sent, then end.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -101,6 +103,7 @@ impl Shared {
             config_path,
             epoch_wall_ns,
             runtime: tokio::runtime::Handle::current(),
+            stopping: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -316,6 +319,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     for task in statsd.tcp.values() {
         task.abort();
     }
+    // Open StatsD connections take what their senders already sent, then end: all of it is
+    // in the final flush.
+    let _ = shared.stopping.send(true);
+    let drained = Instant::now() + crate::sources::listen::DRAIN_LIMIT + Duration::from_secs(1);
+    while shared.telemetry.open_connections("statsd") > 0 && Instant::now() < drained {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for (stop, _) in statsd.udp.values() {
         stop.store(true, Ordering::SeqCst);
     }
@@ -455,6 +465,7 @@ fn start_statsd_tcp(shared: &Arc<Shared>, kind: &'static str, addr: SocketAddr) 
         guard: shared.guard.listener(kind, address, s.tcp_max_connections),
         idle_timeout: s.tcp_idle_timeout,
         epoch: shared.epoch,
+        shutdown: shared.stopping.subscribe(),
     };
     let tls = if kind == "statsd_tls" {
         let tls = shared.statsd_tls.lock().clone();

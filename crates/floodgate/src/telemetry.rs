@@ -172,6 +172,12 @@ impl Telemetry {
         self.listeners.lock().push(listener);
     }
 
+    /// Connections open now on the listeners whose kind starts with `prefix`.
+    pub fn open_connections(&self, prefix: &str) -> i64 {
+        let listeners = self.listeners.lock();
+        listeners.iter().filter(|l| l.kind.starts_with(prefix)).map(|l| l.counters.open_connections.load(Relaxed)).sum()
+    }
+
     /// Sums of `f` over all counters of each listener.
     pub fn by_listener(&self, f: impl Fn(&ListenerCounters) -> u64) -> BTreeMap<(String, String), u64> {
         let mut out = BTreeMap::new();

@@ -19,6 +19,12 @@ use crate::tls::SharedServerConfig;
 /// A TLS client must finish its handshake within this (slow or silent clients hold a slot).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// At shutdown, the longest a connection goes on reading what its sender already sent.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// At shutdown, a pause this long from the sender ends its connection's drain.
+pub const DRAIN_PAUSE: Duration = Duration::from_millis(100);
+
 /// A byte stream: TCP, or TLS over it.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}

@@ -1,6 +1,8 @@
 //! StatsD over TCP and TLS: newline-separated lines, a maximum line length (longer lines are skipped
 //! and counted, the connection kept) and an idle timeout. Each accepted connection is put to
-//! the guard before anything is read from it; a refused one is reset at once.
+//! the guard before anything is read from it; a refused one is reset at once. At shutdown each
+//! connection reads on what its sender already sent (until it pauses, 2 s at most) and takes a
+//! last line without its newline too, so everything read is in the final flush.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use tokio::net::TcpListener;
 
 use super::{clock, ingest, publish, SharedShard};
 use crate::guard::ListenerGuard;
+use crate::sources::listen::{DRAIN_LIMIT, DRAIN_PAUSE};
 use crate::telemetry::ListenerCounters;
 use crate::tls::SharedServerConfig;
 
@@ -32,6 +35,8 @@ pub struct TcpOptions {
     pub idle_timeout: Duration,
     /// Gauge ordering epoch.
     pub epoch: Instant,
+    /// Turns true at shutdown.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Accepts connections until the task is aborted; with `tls`, each admitted connection is
@@ -39,21 +44,26 @@ pub struct TcpOptions {
 pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedServerConfig>) {
     let (guard, counters) = (opts.guard.clone(), opts.counters.clone());
     crate::sources::listen::serve(listener, guard, counters, tls, "statsd", move |conn, _peer| {
-        let opts = opts.clone();
-        async move { read_lines(conn, &opts).await }
+        let mut opts = opts.clone();
+        async move { read_lines(conn, &mut opts).await }
     })
     .await
 }
 
 /// Reads one connection to its end.
-async fn read_lines<S: AsyncRead + Unpin>(mut stream: S, opts: &TcpOptions) -> std::io::Result<()> {
+async fn read_lines<S: AsyncRead + Unpin>(mut stream: S, opts: &mut TcpOptions) -> std::io::Result<()> {
     let max = opts.max_line_length;
     let mut buf = vec![0u8; (max + 1).max(64 * 1024)];
     let mut filled = 0;
     // Inside a line longer than the buffer: skip until its end.
     let mut skipping = false;
     let mut parser = Parser::with_rule(opts.key_rule);
+    // Shutting down: read on until the sender pauses or this deadline passes.
+    let mut draining: Option<tokio::time::Instant> = None;
     loop {
+        if draining.is_none() && *opts.shutdown.borrow() {
+            draining = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+        }
         if filled == buf.len() {
             if !skipping {
                 opts.counters.oversize.fetch_add(1, Relaxed);
@@ -61,12 +71,29 @@ async fn read_lines<S: AsyncRead + Unpin>(mut stream: S, opts: &TcpOptions) -> s
             skipping = true;
             filled = 0;
         }
-        let n = match tokio::time::timeout(opts.idle_timeout, stream.read(&mut buf[filled..])).await {
-            Ok(r) => r?,
-            Err(_) => {
-                opts.counters.idle_closed.fetch_add(1, Relaxed);
-                return Ok(());
+        let read = match draining {
+            Some(until) => {
+                let deadline = until.min(tokio::time::Instant::now() + DRAIN_PAUSE);
+                tokio::time::timeout_at(deadline, stream.read(&mut buf[filled..])).await.ok()
             }
+            None => tokio::select! {
+                r = tokio::time::timeout(opts.idle_timeout, stream.read(&mut buf[filled..])) => match r {
+                    Ok(r) => Some(r),
+                    Err(_) => {
+                        opts.counters.idle_closed.fetch_add(1, Relaxed);
+                        return Ok(());
+                    }
+                },
+                _ = opts.shutdown.changed() => {
+                    draining = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                    continue;
+                }
+            },
+        };
+        // The drain ended (the sender paused): what was read counts, its last line too.
+        let n = match read {
+            Some(r) => r?,
+            None => 0,
         };
         ListenerCounters::add(&opts.counters.bytes, n as u64);
         if n == 0 {

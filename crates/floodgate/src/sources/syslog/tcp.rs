@@ -18,15 +18,9 @@ use tokio::time::Instant;
 use super::Encoder;
 use crate::guard::ListenerGuard;
 use crate::sinks::syslog::{Chunk, Encoding};
-use crate::sources::listen::{read_now, Connection, ReadNow};
+use crate::sources::listen::{read_now, Connection, ReadNow, DRAIN_LIMIT, DRAIN_PAUSE};
 use crate::telemetry::ListenerCounters;
 use crate::tls::SharedServerConfig;
-
-/// At shutdown, the longest a connection goes on reading what its sender already sent.
-const DRAIN_LIMIT: Duration = Duration::from_secs(2);
-
-/// At shutdown, a pause this long from the sender ends its connection's drain.
-const DRAIN_PAUSE: Duration = Duration::from_millis(100);
 
 /// Options of one syslog TCP or TLS listener.
 #[derive(Clone)]

@@ -465,7 +465,7 @@ impl Default for SyslogConfig {
             tcp: vec![SocketAddr::from(([127, 0, 0, 1], 5514))],
             tls: Vec::new(),
             max_message: 64 << 10,
-            output: SyslogOutput::File { path: "floodgate-syslog.jsonl".into() },
+            output: SyslogOutput::File { path: "floodgate-syslog.jsonl".into(), fsync: Fsync::Never },
             raw: false,
             receive_threads: 0,
             receive_buffer: 32 << 20,
@@ -497,6 +497,44 @@ impl SyslogTlsListener {
     }
 }
 
+/// When a file floodgate writes is synced to disk (`fsync`): `"never"` (the kernel writes it
+/// back in its own time; nothing is lost when floodgate restarts, only if the machine fails),
+/// `"always"` (after every batch of writes), or a duration such as `"1s"` (at most that long
+/// after a write).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fsync {
+    /// Never asked for.
+    #[default]
+    Never,
+    /// After every batch of writes.
+    Always,
+    /// At most this long after a write.
+    Interval(Duration),
+}
+
+impl Serialize for Fsync {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Fsync::Never => s.serialize_str("never"),
+            Fsync::Always => s.serialize_str("always"),
+            Fsync::Interval(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Fsync {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "never" => Ok(Fsync::Never),
+            "always" => Ok(Fsync::Always),
+            other => parse_duration(other).filter(|d| !d.is_zero()).map(Fsync::Interval).ok_or_else(|| {
+                de::Error::custom(format!("`{other}` is not \"never\", \"always\" or a duration such as \"1s\""))
+            }),
+        }
+    }
+}
+
 /// Where syslog records go: `"stdout"`, `{ kind = "file", path = ... }`, or
 /// `{ kind = "forward", address = "host:port", tls = { ca = ... } }`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -506,6 +544,9 @@ pub enum SyslogOutput {
     File {
         /// The file.
         path: std::path::PathBuf,
+        /// When it is synced to disk.
+        #[serde(default, skip_serializing_if = "is_never")]
+        fsync: Fsync,
     },
     /// JSON lines on standard output.
     Stdout,
@@ -531,6 +572,13 @@ pub struct SyslogForward {
     /// Most bytes the spill file may hold; past it messages are dropped and counted.
     #[serde(default = "default_syslog_spill_max", with = "size")]
     pub spill_max: u64,
+    /// When the spill file is synced to disk.
+    #[serde(default, skip_serializing_if = "is_never")]
+    pub fsync: Fsync,
+}
+
+fn is_never(f: &Fsync) -> bool {
+    *f == Fsync::Never
 }
 
 fn default_syslog_buffer() -> u64 {
@@ -546,7 +594,11 @@ impl<'de> Deserialize<'de> for SyslogOutput {
         #[derive(Deserialize)]
         #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
         enum Table {
-            File { path: std::path::PathBuf },
+            File {
+                path: std::path::PathBuf,
+                #[serde(default)]
+                fsync: Fsync,
+            },
             Stdout,
             Forward(SyslogForward),
         }
@@ -559,13 +611,13 @@ impl<'de> Deserialize<'de> for SyslogOutput {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<SyslogOutput, E> {
                 match v {
                     "stdout" => Ok(SyslogOutput::Stdout),
-                    "file" => Ok(SyslogOutput::File { path: "floodgate-syslog.jsonl".into() }),
+                    "file" => Ok(SyslogOutput::File { path: "floodgate-syslog.jsonl".into(), fsync: Fsync::Never }),
                     _ => Err(E::custom(format!("unknown output `{v}`: \"stdout\", \"file\" or a table"))),
                 }
             }
             fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<SyslogOutput, A::Error> {
                 Ok(match Table::deserialize(de::value::MapAccessDeserializer::new(map))? {
-                    Table::File { path } => SyslogOutput::File { path },
+                    Table::File { path, fsync } => SyslogOutput::File { path, fsync },
                     Table::Stdout => SyslogOutput::Stdout,
                     Table::Forward(f) => SyslogOutput::Forward(f),
                 })

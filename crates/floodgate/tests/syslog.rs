@@ -505,6 +505,51 @@ fn forward_output_reaches_rsyslog_through_an_outage() {
     assert!(sample(&fg, "floodgate_syslog_output_errors_total", &[]) > 0.0);
 }
 
+/// Nothing accepted is lost at a restart: with rsyslog down, floodgate is stopped holding
+/// messages in memory and in its spill file; at SIGTERM the memory part joins the spill file,
+/// and the next run sends all of it, in order, exactly once, to the rsyslog that is back.
+#[test]
+fn the_spill_file_is_sent_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let target_port = free_port();
+    let file = dir.path().join("rsyslog-out.log");
+    let port = free_port();
+    let spill = dir.path().join("spill");
+    let mut fg = start(
+        port,
+        Path::new("unused"),
+        &format!(
+            "output = {{ kind = \"forward\", address = \"127.0.0.1:{target_port}\", buffer = \"64KiB\", spill = \"{}\", fsync = \"always\" }}\n",
+            spill.display()
+        ),
+        "",
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for i in 0..2000 {
+        writeln!(s, "<13>Nov 22 10:00:00 host app[1]: kept {i}").unwrap();
+    }
+    drop(s);
+    wait_sample(&fg, "floodgate_syslog_output_buffer_messages", &[], 2000.0);
+    assert!(sample(&fg, "floodgate_syslog_output_spill_bytes", &[]) > 0.0, "nothing spilled");
+    assert_eq!(fg.terminate(), Some(0));
+    assert!(fg.stderr().contains("kept in the spill file for the next start"), "{}", fg.stderr());
+    let body = format!(
+        "module(load=\"imtcp\")\n\
+         input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{target_port}\")\n\
+         template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
+         action(type=\"omfile\" file=\"{}\" template=\"raw\")\n",
+        file.display()
+    );
+    let _rsyslog = Rsyslog::start(dir.path(), "target", &body, Some(target_port));
+    fg.respawn();
+    assert!(fg.stderr().contains("sending what the last run left unsent"), "{}", fg.stderr());
+    let got = wait_lines(&file, 2000);
+    let want: Vec<String> = (0..2000).map(|i| format!("<13>Nov 22 10:00:00 host app[1]: kept {i}")).collect();
+    assert_eq!(got, want);
+    wait_sample(&fg, "floodgate_syslog_output_buffer_messages", &[], 0.0);
+    assert_eq!(std::fs::metadata(&spill).unwrap().len(), 0, "the spill file is emptied once sent");
+}
+
 /// Bad input over TCP: random bytes are kept with `parse_error`; a lying octet count closes
 /// only that connection after the frames before it; a 10 MB frame is skipped and counted and
 /// the next frame still arrives; garbage instead of a ClientHello is a counted handshake

@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::config::{SyslogForward, SyslogOutput};
+use crate::config::{Fsync, SyslogForward, SyslogOutput};
 use crate::sources::listen::{Connection, ReadNow};
 
 /// Encoded records from one batch of input.
@@ -99,19 +99,21 @@ impl Output {
         let counters = Arc::new(OutputCounters::default());
         let reopen = Arc::new(AtomicBool::new(false));
         let (task, encoding, describe) = match config {
-            SyslogOutput::File { path } => {
+            SyslogOutput::File { path, fsync } => {
                 let file = open_append(path)?;
-                let (c, r, path2) = (counters.clone(), reopen.clone(), path.clone());
+                let (c, r, path2, fsync) = (counters.clone(), reopen.clone(), path.clone(), *fsync);
+                let handle = tokio::runtime::Handle::current();
                 let thread = std::thread::Builder::new()
                     .name("syslog-out".into())
-                    .spawn(move || write_lines(rx, Box::new(file), Some((path2, r)), &c))?;
+                    .spawn(move || write_lines(rx, Out::File(file), Some((path2, r)), fsync, &c, &handle))?;
                 (OutputTask::Thread(thread), Encoding::Json { raw }, format!("file {}", path.display()))
             }
             SyslogOutput::Stdout => {
                 let c = counters.clone();
+                let handle = tokio::runtime::Handle::current();
                 let thread = std::thread::Builder::new()
                     .name("syslog-out".into())
-                    .spawn(move || write_lines(rx, Box::new(std::io::stdout()), None, &c))?;
+                    .spawn(move || write_lines(rx, Out::Stdout(std::io::stdout()), None, Fsync::Never, &c, &handle))?;
                 (OutputTask::Thread(thread), Encoding::Json { raw }, "stdout".to_string())
             }
             SyslogOutput::Forward(f) => {
@@ -151,21 +153,82 @@ fn open_append(path: &std::path::Path) -> Result<std::fs::File> {
         .with_context(|| format!("cannot open syslog output {}", path.display()))
 }
 
-/// The file/stdout writer: chunks as they come, flushed whenever the channel runs dry.
+/// Where the file/stdout writer writes.
+enum Out {
+    File(std::fs::File),
+    Stdout(std::io::Stdout),
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Out::File(f) => f.write(buf),
+            Out::Stdout(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Out::File(f) => f.flush(),
+            Out::Stdout(s) => s.flush(),
+        }
+    }
+}
+
+/// Flushes, then syncs a file to disk (retrying, as writes do).
+fn sync(out: &mut std::io::BufWriter<Out>, counters: &OutputCounters) {
+    flush_retrying(out, counters);
+    if let Out::File(f) = out.get_ref() {
+        while let Err(e) = f.sync_data() {
+            counters.errors.fetch_add(1, Relaxed);
+            tracing::error!(error = %e, "syslog output fsync failed; retrying in 1s");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// The file/stdout writer: chunks as they come, flushed whenever the channel runs dry, synced
+/// to disk as `fsync` says.
 fn write_lines(
     mut rx: mpsc::Receiver<Chunk>,
-    out: Box<dyn Write + Send>,
+    out: Out,
     reopen: Option<(PathBuf, Arc<AtomicBool>)>,
+    fsync: Fsync,
     counters: &OutputCounters,
+    runtime: &tokio::runtime::Handle,
 ) {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
-    while let Some(first) = rx.blocking_recv() {
+    // Written but not yet synced since (with an interval policy).
+    let mut unsynced_since: Option<Instant> = None;
+    loop {
+        let first = match (fsync, unsynced_since) {
+            (Fsync::Interval(every), Some(since)) => {
+                let left = every.saturating_sub(since.elapsed());
+                match runtime.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(_) => {
+                        sync(&mut out, counters);
+                        unsynced_since = None;
+                        continue;
+                    }
+                }
+            }
+            _ => match rx.blocking_recv() {
+                Some(c) => c,
+                None => break,
+            },
+        };
         if let Some((path, flag)) = &reopen {
             if flag.swap(false, Relaxed) {
-                let _ = out.flush();
+                if fsync == Fsync::Never {
+                    flush_retrying(&mut out, counters);
+                } else {
+                    sync(&mut out, counters);
+                }
                 match open_append(path) {
                     Ok(f) => {
-                        out = std::io::BufWriter::with_capacity(1 << 20, Box::new(f));
+                        out = std::io::BufWriter::with_capacity(1 << 20, Out::File(f));
                         tracing::info!(path = %path.display(), "syslog output reopened");
                     }
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "syslog output: reopen failed; writing on"),
@@ -178,9 +241,24 @@ fn write_lines(
             counters.written_messages.fetch_add(c.messages, Relaxed);
             counters.written_bytes.fetch_add(c.bytes.len() as u64, Relaxed);
         }
-        flush_retrying(&mut out, counters);
+        match fsync {
+            Fsync::Never => flush_retrying(&mut out, counters),
+            Fsync::Always => sync(&mut out, counters),
+            Fsync::Interval(every) => {
+                flush_retrying(&mut out, counters);
+                let since = *unsynced_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= every {
+                    sync(&mut out, counters);
+                    unsynced_since = None;
+                }
+            }
+        }
     }
-    flush_retrying(&mut out, counters);
+    if fsync == Fsync::Never {
+        flush_retrying(&mut out, counters);
+    } else {
+        sync(&mut out, counters);
+    }
 }
 
 /// A full disk must not lose records: retry (and count, and say so) until the write goes.
@@ -217,23 +295,93 @@ struct Queue {
     memory_bytes: u64,
     limit: u64,
     spill: Option<Spill>,
+    /// The chunk last taken out came from the spill file (its write moves the saved position).
+    popped_from_spill: bool,
     counters: Arc<OutputCounters>,
 }
 
 /// Chunks on disk: `u32 length, u64 messages, bytes` records appended at the end and read from
-/// `read_at`; the file is emptied when everything in it has been read.
+/// `read_at`. Where the unsent records start is saved in `<spill>.pos` each time a chunk from
+/// the file has been written to the server, so the next run sends what this one did not: after
+/// a restart nothing is lost, and after a crash at most the chunk in flight is sent twice. The
+/// file is emptied when everything in it has been sent.
 struct Spill {
     path: PathBuf,
     file: std::fs::File,
+    /// `<spill>.pos`: 8 bytes, little-endian.
+    pos: std::fs::File,
     read_at: u64,
     len: u64,
     max: u64,
     held_messages: u64,
+    fsync: Fsync,
+    last_sync: Instant,
 }
 
+/// Bytes of a record's header.
+const RECORD_HEAD: u64 = 12;
+
 impl Spill {
+    /// Opens the spill file, keeping what an earlier run left unsent (a record cut short by a
+    /// crash is dropped).
+    fn open(path: &std::path::Path, max: u64, fsync: Fsync) -> Result<Spill> {
+        use std::os::unix::fs::FileExt;
+        let open = |p: &std::path::Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(p)
+                .with_context(|| format!("cannot open syslog spill file {}", p.display()))
+        };
+        let file = open(path)?;
+        let pos_path = PathBuf::from(format!("{}.pos", path.display()));
+        let pos = open(&pos_path)?;
+        let mut saved = [0u8; 8];
+        let read_at = match pos.read_exact_at(&mut saved, 0) {
+            Ok(()) => u64::from_le_bytes(saved),
+            Err(_) => 0,
+        };
+        let file_len = file.metadata()?.len();
+        let mut at = read_at.min(file_len);
+        let mut held_messages = 0;
+        loop {
+            let mut head = [0u8; RECORD_HEAD as usize];
+            if at + RECORD_HEAD > file_len || file.read_exact_at(&mut head, at).is_err() {
+                break;
+            }
+            let len = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
+            if at + RECORD_HEAD + len > file_len {
+                break;
+            }
+            held_messages +=
+                u64::from_be_bytes([head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11]]);
+            at += RECORD_HEAD + len;
+        }
+        if at < file_len {
+            tracing::warn!(path = %path.display(), bytes = file_len - at, "syslog spill file: a record cut short (a crash while writing it) dropped");
+            file.set_len(at)?;
+        }
+        let read_at = read_at.min(at);
+        if held_messages > 0 {
+            tracing::info!(path = %path.display(), messages = held_messages, bytes = at - read_at, "syslog spill file: sending what the last run left unsent");
+        }
+        Ok(Spill {
+            path: path.to_path_buf(),
+            file,
+            pos,
+            read_at,
+            len: at,
+            max,
+            held_messages,
+            fsync,
+            last_sync: Instant::now(),
+        })
+    }
+
     fn push(&mut self, chunk: &Chunk) -> std::io::Result<bool> {
-        let size = 12 + chunk.bytes.len() as u64;
+        let size = RECORD_HEAD + chunk.bytes.len() as u64;
         if self.len - self.read_at + size > self.max {
             return Ok(false);
         }
@@ -243,7 +391,23 @@ impl Spill {
         self.file.write_all(&chunk.bytes)?;
         self.len += size;
         self.held_messages += chunk.messages;
+        self.synced()?;
         Ok(true)
+    }
+
+    /// Syncs the file to disk if the policy says it is time.
+    fn synced(&mut self) -> std::io::Result<()> {
+        let due = match self.fsync {
+            Fsync::Never => false,
+            Fsync::Always => true,
+            Fsync::Interval(every) => self.last_sync.elapsed() >= every,
+        };
+        if due {
+            self.file.sync_data()?;
+            self.pos.sync_data()?;
+            self.last_sync = Instant::now();
+        }
+        Ok(())
     }
 
     fn pop(&mut self) -> std::io::Result<Option<Chunk>> {
@@ -251,19 +415,58 @@ impl Spill {
             return Ok(None);
         }
         self.file.seek(std::io::SeekFrom::Start(self.read_at))?;
-        let mut head = [0u8; 12];
+        let mut head = [0u8; RECORD_HEAD as usize];
         self.file.read_exact(&mut head)?;
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
         let messages = u64::from_be_bytes([head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11]]);
         let mut bytes = vec![0u8; len];
         self.file.read_exact(&mut bytes)?;
-        self.read_at += 12 + len as u64;
+        self.read_at += RECORD_HEAD + len as u64;
         self.held_messages -= messages;
+        Ok(Some(Chunk { bytes, messages }))
+    }
+
+    /// What was taken out has been written to the server: save the position (and empty the file
+    /// once all of it has been).
+    fn commit(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
         if self.read_at >= self.len {
             self.file.set_len(0)?;
             (self.read_at, self.len) = (0, 0);
         }
-        Ok(Some(Chunk { bytes, messages }))
+        self.pos.write_all_at(&self.read_at.to_le_bytes(), 0)?;
+        self.synced()
+    }
+
+    /// Rewrites the file as `first` followed by what it still holds unsent (at shutdown: the
+    /// memory queue is older than the file's records), so the next run sends it all in order.
+    fn keep(&mut self, first: &mut VecDeque<Chunk>) -> std::io::Result<u64> {
+        let tmp = PathBuf::from(format!("{}.tmp", self.path.display()));
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut messages = 0;
+        for chunk in first.drain(..) {
+            out.write_all(&(chunk.bytes.len() as u32).to_be_bytes())?;
+            out.write_all(&chunk.messages.to_be_bytes())?;
+            out.write_all(&chunk.bytes)?;
+            messages += chunk.messages;
+        }
+        while let Some(chunk) = self.pop()? {
+            out.write_all(&(chunk.bytes.len() as u32).to_be_bytes())?;
+            out.write_all(&chunk.messages.to_be_bytes())?;
+            out.write_all(&chunk.bytes)?;
+            messages += chunk.messages;
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_data()?;
+        std::fs::rename(&tmp, &self.path)?;
+        self.file = file;
+        self.read_at = 0;
+        self.len = self.file.metadata()?.len();
+        self.held_messages = messages;
+        use std::os::unix::fs::FileExt;
+        self.pos.write_all_at(&0u64.to_le_bytes(), 0)?;
+        self.pos.sync_data()?;
+        Ok(messages)
     }
 
     fn held(&self) -> u64 {
@@ -303,19 +506,24 @@ impl Queue {
 
     /// The oldest chunk, taken out (memory holds the oldest; the spill what came after).
     fn pop(&mut self) -> Option<Chunk> {
+        self.popped_from_spill = false;
         let chunk = match self.memory.pop_front() {
             Some(c) => {
                 self.memory_bytes -= c.bytes.len() as u64;
                 Some(c)
             }
             None => match self.spill.as_mut().map(Spill::pop) {
-                Some(Ok(c)) => c,
+                Some(Ok(c)) => {
+                    self.popped_from_spill = c.is_some();
+                    c
+                }
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "syslog spill read failed; its contents are lost");
                     if let Some(s) = &mut self.spill {
                         self.counters.dropped_messages.fetch_add(s.held_messages, Relaxed);
                         let _ = s.file.set_len(0);
                         (s.read_at, s.len, s.held_messages) = (0, 0, 0);
+                        let _ = s.commit();
                     }
                     None
                 }
@@ -326,11 +534,39 @@ impl Queue {
         chunk
     }
 
+    /// The chunk last taken out was written to the server.
+    fn written(&mut self) {
+        if std::mem::take(&mut self.popped_from_spill) {
+            if let Some(spill) = &mut self.spill {
+                if let Err(e) = spill.commit() {
+                    tracing::error!(path = %spill.path.display(), error = %e, "syslog spill: cannot save the read position");
+                }
+            }
+        }
+    }
+
     /// Puts back a chunk that could not be written (it stays first).
     fn unpop(&mut self, chunk: Chunk) {
+        self.popped_from_spill = false;
         self.memory_bytes += chunk.bytes.len() as u64;
         self.memory.push_front(chunk);
         self.publish();
+    }
+
+    /// At shutdown, what is still held goes into the spill file for the next run; returns the
+    /// messages kept, or `None` without a spill file.
+    fn keep(&mut self) -> Option<u64> {
+        let spill = self.spill.as_mut()?;
+        match spill.keep(&mut self.memory) {
+            Ok(kept) => {
+                self.memory_bytes = 0;
+                Some(kept)
+            }
+            Err(e) => {
+                tracing::error!(path = %spill.path.display(), error = %e, "syslog spill: cannot keep the held messages");
+                None
+            }
+        }
     }
 
     fn publish(&self) {
@@ -357,22 +593,19 @@ impl Forwarder {
             None => None,
         };
         let spill = match &config.spill {
-            Some(path) => {
-                // Anything left from an earlier run is not ours to resend (its framing state is
-                // unknown); start empty.
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .read(true)
-                    .write(true)
-                    .open(path)
-                    .with_context(|| format!("cannot open syslog spill file {}", path.display()))?;
-                Some(Spill { path: path.clone(), file, read_at: 0, len: 0, max: config.spill_max, held_messages: 0 })
-            }
+            // Records are whole octet-counted messages: what an earlier run left is sent first.
+            Some(path) => Some(Spill::open(path, config.spill_max, config.fsync)?),
             None => None,
         };
-        let queue =
-            Queue { memory: VecDeque::new(), memory_bytes: 0, limit: config.buffer, spill, counters: counters.clone() };
+        let queue = Queue {
+            memory: VecDeque::new(),
+            memory_bytes: 0,
+            limit: config.buffer,
+            spill,
+            popped_from_spill: false,
+            counters: counters.clone(),
+        };
+        queue.publish();
         Ok(Forwarder { address: config.address.clone(), tls, queue, counters })
     }
 
@@ -399,9 +632,19 @@ impl Forwarder {
                 continue;
             }
             if closing_since.is_some_and(|t| t.elapsed() > drain) {
-                let held = self.counters.buffer_messages.load(Relaxed);
-                tracing::error!(messages = held, "syslog forward: shutdown drain timed out; messages lost");
-                self.counters.dropped_messages.fetch_add(held, Relaxed);
+                match self.queue.keep() {
+                    Some(kept) => {
+                        tracing::warn!(messages = kept, "syslog forward: server still unreachable at shutdown; messages kept in the spill file for the next start");
+                    }
+                    None => {
+                        let held = self.counters.buffer_messages.load(Relaxed);
+                        tracing::error!(
+                            messages = held,
+                            "syslog forward: shutdown drain timed out; messages lost (set a spill file to keep them)"
+                        );
+                        self.counters.dropped_messages.fetch_add(held, Relaxed);
+                    }
+                }
                 break;
             }
             if conn.as_mut().is_some_and(server_closed) {
@@ -440,6 +683,7 @@ impl Forwarder {
             let Some(chunk) = self.queue.pop() else { continue };
             match tokio::time::timeout(TIMEOUT, c.write_all(&chunk.bytes)).await {
                 Ok(Ok(())) => {
+                    self.queue.written();
                     self.counters.written_messages.fetch_add(chunk.messages, Relaxed);
                     self.counters.written_bytes.fetch_add(chunk.bytes.len() as u64, Relaxed);
                 }

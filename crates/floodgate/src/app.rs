@@ -196,12 +196,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let forward = match &config.forward {
         Some(f) => {
             let agent_id = f.agent_id.clone().unwrap_or_else(host_name);
-            let session = {
+            let fresh = {
                 use std::hash::BuildHasher;
                 std::collections::hash_map::RandomState::new().hash_one(shared.epoch_wall_ns)
             };
-            // The last batches are acknowledged after the aggregators' next flush.
-            let drain = s.flush_interval + Duration::from_secs(10);
+            let session = crate::sinks::journal::session(&f.state_dir, &agent_id, &f.aggregators, fresh)
+                .with_context(|| format!("forward state_dir {}", f.state_dir.display()))?;
+            // The last batches are acknowledged after the aggregators' next flush; what is not
+            // by then stays in the journal, so the wait is bounded to fit a service manager's
+            // stop timeout (systemd's is 90 s).
+            let drain = (s.flush_interval + Duration::from_secs(10)).min(Duration::from_secs(30));
             let mut links = Vec::new();
             for address in &f.aggregators {
                 let tls = match &f.tls {
@@ -210,6 +214,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                 };
                 let counters = Arc::new(crate::sinks::forward::LinkCounters::default());
                 shared.telemetry.add_forward_link(address.clone(), counters.clone());
+                let journal = crate::sinks::journal::Journal::open(&f.state_dir, address, session, f.fsync)
+                    .with_context(|| format!("forward journal in {}", f.state_dir.display()))?;
                 let link = crate::sinks::forward::Link {
                     address: address.clone(),
                     tls,
@@ -217,6 +223,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                     session,
                     buffer: f.buffer,
                     counters,
+                    journal: Some(journal),
                 };
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 link_tasks.push(tokio::spawn(link.run(rx, drain)));

@@ -86,6 +86,13 @@ pub struct ForwardConfig {
     /// Unacknowledged batches held per aggregator; the oldest are dropped (and counted) past it.
     #[serde(default = "default_forward_buffer", with = "size")]
     pub buffer: u64,
+    /// Where unacknowledged batches are kept on disk (and the agent's session), so a restart
+    /// or a crash loses none of them.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: std::path::PathBuf,
+    /// When those files are synced to disk.
+    #[serde(default, skip_serializing_if = "is_never")]
+    pub fsync: Fsync,
 }
 
 fn default_forward_buffer() -> u64 {

@@ -41,3 +41,51 @@ fn what_tcp_senders_sent_before_sigterm_is_flushed() {
     assert_eq!(value_of(&lines, "stats_counts.tcp.late"), Some("2"), "the bytes not yet read");
     drop((a, b));
 }
+
+/// An agent SIGKILLed after flushing while its aggregator is unreachable, then both started:
+/// the batches it had journaled reach Carbon, each increment exactly once.
+#[test]
+fn an_agents_journaled_batches_survive_a_crash() {
+    let carbon = Carbon::start();
+    let port = free_port();
+    let mut agent = Floodgate::start(
+        "flush_interval = \"1s\"",
+        &format!("[forward]\naggregators = [\"127.0.0.1:{port}\"]\nagent_id = \"crashy\"\n"),
+    );
+    let flushes = |fg: &Floodgate| metric(&metrics(fg), "floodgate_flushes_total", &[]).unwrap_or(0.0);
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let n = 300;
+    for _ in 0..n {
+        sender.send_to(b"journal.hits:1|c", ("127.0.0.1", agent.statsd)).unwrap();
+    }
+    sender.send_to(b"journal.sent:1|c", ("127.0.0.1", agent.statsd)).unwrap();
+    agent.wait_counter("journal.sent", "1");
+    // Two flushes later everything sent is in a batch, on disk.
+    let seen = flushes(&agent);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while flushes(&agent) < seen + 2.0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(metric(&metrics(&agent), "floodgate_forward_queued_batches", &[]).unwrap() >= 1.0);
+    agent.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let _aggregator = Floodgate::start(
+        "flush_interval = \"1s\"",
+        &format!(
+            "[graphite]\naddress = \"127.0.0.1:{}\"\n\n[aggregator]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n",
+            carbon.line_port,
+            dir.path().display()
+        ),
+    );
+    agent.respawn();
+    assert!(agent.stderr().contains("sending them again"), "{}", agent.stderr());
+    let points = carbon.wait("stats_counts.journal.hits", |p| p.iter().sum::<f64>() >= n as f64);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&metrics(&agent), "floodgate_forward_queued_batches", &[]) != Some(0.0) {
+        assert!(Instant::now() < deadline, "batches never acknowledged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let points = carbon.wait("stats_counts.journal.hits", |p| p.len() >= points.len());
+    assert_eq!(points.iter().sum::<f64>(), n as f64, "{points:?}");
+}

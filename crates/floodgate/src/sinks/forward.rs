@@ -6,7 +6,9 @@
 //! leave the queue; after a reconnection the aggregator's `Welcome` says how far it got and
 //! the rest is sent again, oldest first. While an aggregator is down its share waits here —
 //! it is never re-hashed onto another aggregator mid-interval — up to `buffer` bytes, past
-//! which the oldest batches are dropped and counted.
+//! which the oldest batches are dropped and counted. Every batch is also written to a journal
+//! on disk ([`super::journal`]) until acknowledged, so a restart or a crash of the agent loses
+//! none of them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -61,12 +63,14 @@ pub struct Link {
     pub tls: Option<super::TlsTarget>,
     /// This agent's name.
     pub agent_id: String,
-    /// Random per process start.
+    /// Chosen when the agent first ran with this state (see [`super::journal::session`]).
     pub session: u64,
     /// Bytes of unacknowledged batches held at most.
     pub buffer: u64,
     /// Figures.
     pub counters: Arc<LinkCounters>,
+    /// The batches on disk (and what an earlier run left there).
+    pub journal: Option<(super::journal::Journal, super::journal::Recovered)>,
 }
 
 struct Queued {
@@ -82,31 +86,180 @@ pub const MAX_REFUSALS: u32 = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Batches waiting for an acknowledgement: in memory, and on disk when there is a journal.
+struct Held {
+    queue: VecDeque<Queued>,
+    bytes: u64,
+    next_seq: u64,
+    /// Acknowledged or given up through this sequence number.
+    through: u64,
+    journal: Option<super::journal::Journal>,
+    /// The batch the aggregator last refused, and how many times in a row.
+    refusals: (u64, u32),
+    buffer: u64,
+    address: String,
+    counters: Arc<LinkCounters>,
+}
+
+/// Series in an encoded batch frame (for the figures of a batch read back from disk).
+fn series_in(frame: &bytes::Bytes) -> usize {
+    match frame::incoming(frame.slice(4.min(frame.len())..)) {
+        Ok(frame::Incoming::Batch(body)) => floodgate_forward::batch::BatchView::parse(&body).map_or(0, |v| v.series),
+        _ => 0,
+    }
+}
+
+impl Held {
+    fn new(link: &mut Link) -> Held {
+        let mut held = Held {
+            queue: VecDeque::new(),
+            bytes: 0,
+            next_seq: 1,
+            through: 0,
+            journal: None,
+            refusals: (0, 0),
+            buffer: link.buffer,
+            address: link.address.clone(),
+            counters: link.counters.clone(),
+        };
+        if let Some((journal, recovered)) = link.journal.take() {
+            held.through = recovered.through;
+            held.next_seq = recovered.through + 1;
+            for (seq, frame) in recovered.batches {
+                held.bytes += frame.len() as u64;
+                held.next_seq = held.next_seq.max(seq + 1);
+                held.queue.push_back(Queued { seq, series: series_in(&frame), frame });
+            }
+            if !held.queue.is_empty() {
+                tracing::info!(aggregator = %held.address, batches = held.queue.len(), bytes = held.bytes, "batches left unacknowledged by the last run: sending them again");
+            }
+            held.journal = Some(journal);
+        }
+        held.publish();
+        held
+    }
+
+    fn publish(&self) {
+        self.counters.queued_batches.store(self.queue.len() as u64, Relaxed);
+        self.counters.queued_bytes.store(self.bytes, Relaxed);
+    }
+
+    /// Records on disk that everything through `seq` is done with.
+    fn mark(&mut self, seq: u64) {
+        self.through = self.through.max(seq);
+        if let Some(j) = &mut self.journal {
+            let left = self.queue.iter().map(|q| (q.seq, &q.frame));
+            if let Err(e) = j.through(self.through, self.bytes, left) {
+                tracing::error!(aggregator = %self.address, error = %e, "forward journal: cannot record acknowledged batches");
+            }
+        }
+    }
+
+    /// Cuts a share into batches of about [`BATCH_BYTES`](floodgate_forward::frame::BATCH_BYTES),
+    /// numbers, encodes, journals and queues each (dropping the oldest past the buffer);
+    /// returns the encoded frames.
+    fn push(&mut self, share: Share) -> Vec<bytes::Bytes> {
+        let mut frames = Vec::new();
+        for series in floodgate_forward::batch::cut(share.series, floodgate_forward::frame::BATCH_BYTES) {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let n = series.len();
+            let batch = proto::Batch {
+                seq,
+                interval_start_ms: share.interval_start_ms,
+                interval_ms: share.interval_ms,
+                series,
+            };
+            let mut buf = BytesMut::new();
+            frame::encode(&Frame { kind: Some(Kind::Batch(batch)) }, &mut buf);
+            let frame = buf.freeze();
+            if let Some(j) = &mut self.journal {
+                if let Err(e) = j.append(seq, &frame) {
+                    tracing::error!(aggregator = %self.address, error = %e, "forward journal: cannot write a batch (it is held in memory only)");
+                }
+            }
+            self.bytes += frame.len() as u64;
+            self.queue.push_back(Queued { seq, series: n, frame: frame.clone() });
+            frames.push(frame);
+        }
+        let mut dropped = None;
+        while self.bytes > self.buffer && self.queue.len() > 1 {
+            if let Some(old) = self.queue.pop_front() {
+                self.bytes -= old.frame.len() as u64;
+                self.counters.dropped_batches.fetch_add(1, Relaxed);
+                tracing::warn!(aggregator = %self.address, seq = old.seq, "forward buffer full: dropped the oldest batch");
+                dropped = Some(old.seq);
+            }
+        }
+        if let Some(seq) = dropped {
+            self.mark(seq);
+        }
+        self.publish();
+        frames
+    }
+
+    /// The aggregator has handled everything through `seq`.
+    fn acked(&mut self, seq: u64) {
+        let mut any = false;
+        while self.queue.front().is_some_and(|q| q.seq <= seq) {
+            if let Some(q) = self.queue.pop_front() {
+                self.bytes -= q.frame.len() as u64;
+                self.counters.acked_batches.fetch_add(1, Relaxed);
+                self.counters.acked_series.fetch_add(q.series as u64, Relaxed);
+                any = true;
+            }
+        }
+        if any || seq > self.through {
+            self.mark(seq);
+        }
+        self.publish();
+    }
+
+    /// The aggregator could not read batch `seq`: after [`MAX_REFUSALS`] refusals in a row it
+    /// is dropped and counted.
+    fn refused(&mut self, seq: u64) {
+        self.refusals = if self.refusals.0 == seq { (seq, self.refusals.1 + 1) } else { (seq, 1) };
+        if self.refusals.1 < MAX_REFUSALS {
+            return;
+        }
+        if let Some(i) = self.queue.iter().position(|q| q.seq == seq) {
+            if let Some(q) = self.queue.remove(i) {
+                self.bytes -= q.frame.len() as u64;
+                self.counters.dropped_batches.fetch_add(1, Relaxed);
+                self.counters.refused_batches.fetch_add(1, Relaxed);
+                tracing::error!(aggregator = %self.address, seq, series = q.series, refusals = self.refusals.1, "the aggregator cannot read this batch: dropped");
+                if i == 0 {
+                    self.mark(seq);
+                }
+            }
+        }
+        self.refusals = (0, 0);
+        self.publish();
+    }
+}
+
 impl Link {
-    /// Runs until `rx` closes and everything held is acknowledged (or `drain` has passed).
-    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Share>, drain: Duration) {
-        let mut queue: VecDeque<Queued> = VecDeque::new();
-        let mut queued_bytes = 0u64;
-        let mut next_seq = 1u64;
+    /// Runs until `rx` closes and everything held is acknowledged (or `drain` has passed);
+    /// what is still unacknowledged then stays in the journal for the next start.
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Share>, drain: Duration) {
+        let mut held = Held::new(&mut self);
         let mut backoff = MIN_BACKOFF;
         let mut closing: Option<tokio::time::Instant> = None;
-        // The batch the aggregator last refused, and how many times in a row.
-        let mut refusals: (u64, u32) = (0, 0);
         let c = self.counters.clone();
         loop {
             if closing.is_some_and(|t| tokio::time::Instant::now() >= t) {
                 break;
             }
             // Connect (and say hello) unless shutting down with nothing left.
-            if closing.is_some() && queue.is_empty() {
+            if closing.is_some() && held.queue.is_empty() {
                 break;
             }
             let conn = match self.connect().await {
                 Ok((stream, acked_through, decoder)) => {
-                    drop_acked(&mut queue, &mut queued_bytes, acked_through, &c);
+                    held.acked(acked_through);
                     backoff = MIN_BACKOFF;
                     c.connected.store(1, Relaxed);
-                    tracing::info!(aggregator = %self.address, acked_through, queued = queue.len(), "connected to aggregator");
+                    tracing::info!(aggregator = %self.address, acked_through, queued = held.queue.len(), "connected to aggregator");
                     Some((stream, decoder))
                 }
                 Err(e) => {
@@ -122,7 +275,7 @@ impl Link {
                 // here, where new shares still arrive.
                 let mut writer = crate::sources::listen::Stalled::new(writer, TIMEOUT);
                 let result: std::io::Result<()> = async {
-                    for q in &queue {
+                    for q in &held.queue {
                         writer.write_all(&q.frame).await?;
                         c.sent_bytes.fetch_add(q.frame.len() as u64, Relaxed);
                     }
@@ -131,24 +284,24 @@ impl Link {
                         // Frames already buffered first.
                         while let Some(f) = decoder.decode().map_err(std::io::Error::other)? {
                             match f.kind {
-                                Some(Kind::Ack(a)) => drop_acked(&mut queue, &mut queued_bytes, a.seq, &c),
+                                Some(Kind::Ack(a)) => held.acked(a.seq),
                                 Some(Kind::Error(e)) => {
                                     if e.refused_seq != 0 {
-                                        self.refused(e.refused_seq, &mut refusals, &mut queue, &mut queued_bytes);
+                                        held.refused(e.refused_seq);
                                     }
                                     return Err(std::io::Error::other(format!("aggregator said: {}", e.message)));
                                 }
                                 _ => {}
                             }
                         }
-                        if closing.is_some() && queue.is_empty() {
+                        if closing.is_some() && held.queue.is_empty() {
                             return Ok(());
                         }
                         let deadline = closing.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
                         tokio::select! {
                             share = rx.recv(), if closing.is_none() => match share {
                                 Some(share) => {
-                                    for q in self.enqueue(share, &mut next_seq, &mut queue, &mut queued_bytes) {
+                                    for q in held.push(share) {
                                         writer.write_all(&q).await?;
                                         c.sent_bytes.fetch_add(q.len() as u64, Relaxed);
                                     }
@@ -163,8 +316,6 @@ impl Link {
                             }
                             _ = tokio::time::sleep_until(deadline) => return Ok(()),
                         }
-                        c.queued_batches.store(queue.len() as u64, Relaxed);
-                        c.queued_bytes.store(queued_bytes, Relaxed);
                     }
                 }
                 .await;
@@ -182,78 +333,24 @@ impl Link {
             loop {
                 tokio::select! {
                     share = rx.recv(), if closing.is_none() => match share {
-                        Some(share) => { self.enqueue(share, &mut next_seq, &mut queue, &mut queued_bytes); }
+                        Some(share) => { held.push(share); }
                         None => closing = Some(tokio::time::Instant::now() + drain),
                     },
                     _ = &mut sleep => break,
                 }
-                c.queued_batches.store(queue.len() as u64, Relaxed);
-                c.queued_bytes.store(queued_bytes, Relaxed);
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        if !queue.is_empty() {
-            c.dropped_batches.fetch_add(queue.len() as u64, Relaxed);
-            tracing::error!(aggregator = %self.address, batches = queue.len(), "batches never acknowledged at shutdown");
+        if !held.queue.is_empty() {
+            if held.journal.is_some() {
+                tracing::warn!(aggregator = %self.address, batches = held.queue.len(), "batches not acknowledged at shutdown: kept on disk for the next start");
+            } else {
+                c.dropped_batches.fetch_add(held.queue.len() as u64, Relaxed);
+                tracing::error!(aggregator = %self.address, batches = held.queue.len(), "batches never acknowledged at shutdown");
+            }
         }
         c.queued_batches.store(0, Relaxed);
         c.queued_bytes.store(0, Relaxed);
-    }
-
-    /// Cuts a share into batches of about [`BATCH_BYTES`](floodgate_forward::frame::BATCH_BYTES),
-    /// numbers, encodes and queues each (dropping the oldest past the buffer); returns the
-    /// encoded frames.
-    fn enqueue(
-        &self,
-        share: Share,
-        next_seq: &mut u64,
-        queue: &mut VecDeque<Queued>,
-        queued_bytes: &mut u64,
-    ) -> Vec<bytes::Bytes> {
-        let mut frames = Vec::new();
-        for series in floodgate_forward::batch::cut(share.series, floodgate_forward::frame::BATCH_BYTES) {
-            let seq = *next_seq;
-            *next_seq += 1;
-            let n = series.len();
-            let batch = proto::Batch {
-                seq,
-                interval_start_ms: share.interval_start_ms,
-                interval_ms: share.interval_ms,
-                series,
-            };
-            let mut buf = BytesMut::new();
-            frame::encode(&Frame { kind: Some(Kind::Batch(batch)) }, &mut buf);
-            let frame = buf.freeze();
-            *queued_bytes += frame.len() as u64;
-            queue.push_back(Queued { seq, series: n, frame: frame.clone() });
-            frames.push(frame);
-        }
-        while *queued_bytes > self.buffer && queue.len() > 1 {
-            if let Some(old) = queue.pop_front() {
-                *queued_bytes -= old.frame.len() as u64;
-                self.counters.dropped_batches.fetch_add(1, Relaxed);
-                tracing::warn!(aggregator = %self.address, seq = old.seq, "forward buffer full: dropped the oldest batch");
-            }
-        }
-        frames
-    }
-
-    /// The aggregator could not read batch `seq`: after [`MAX_REFUSALS`] refusals in a row it
-    /// is dropped and counted.
-    fn refused(&self, seq: u64, refusals: &mut (u64, u32), queue: &mut VecDeque<Queued>, queued_bytes: &mut u64) {
-        *refusals = if refusals.0 == seq { (seq, refusals.1 + 1) } else { (seq, 1) };
-        if refusals.1 < MAX_REFUSALS {
-            return;
-        }
-        if let Some(i) = queue.iter().position(|q| q.seq == seq) {
-            if let Some(q) = queue.remove(i) {
-                *queued_bytes -= q.frame.len() as u64;
-                self.counters.dropped_batches.fetch_add(1, Relaxed);
-                self.counters.refused_batches.fetch_add(1, Relaxed);
-                tracing::error!(aggregator = %self.address, seq, series = q.series, refusals = refusals.1, "the aggregator cannot read this batch: dropped");
-            }
-        }
-        *refusals = (0, 0);
     }
 
     /// Connects, says hello, and returns the stream with the aggregator's handled mark.
@@ -289,18 +386,6 @@ impl Link {
             _ => Err(std::io::Error::other("expected Welcome")),
         }
     }
-}
-
-fn drop_acked(queue: &mut VecDeque<Queued>, queued_bytes: &mut u64, seq: u64, c: &LinkCounters) {
-    while queue.front().is_some_and(|q| q.seq <= seq) {
-        if let Some(q) = queue.pop_front() {
-            *queued_bytes -= q.frame.len() as u64;
-            c.acked_batches.fetch_add(1, Relaxed);
-            c.acked_series.fetch_add(q.series as u64, Relaxed);
-        }
-    }
-    c.queued_batches.store(queue.len() as u64, Relaxed);
-    c.queued_bytes.store(*queued_bytes, Relaxed);
 }
 
 /// The rustls client configuration of `[forward] tls`.

@@ -9,6 +9,7 @@
 
 pub mod forward;
 pub mod graphite;
+pub mod journal;
 pub mod remote_write;
 pub mod syslog;
 

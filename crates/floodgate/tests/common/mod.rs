@@ -84,7 +84,10 @@ impl Floodgate {
         let path = dir.path().join("floodgate.toml");
         std::fs::write(&path, config_text(statsd, admin, http, statsd_extra, sections)).unwrap();
         let stderr_path = dir.path().join("stderr.log");
+        // Run in its own folder: relative defaults (the agent's forward journal, the syslog
+        // file) stay apart from other tests' floodgates.
         let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+            .current_dir(dir.path())
             .arg("--config")
             .arg(&path)
             .stdout(Stdio::null())
@@ -182,6 +185,7 @@ impl Floodgate {
     /// Starts again with the same config file and ports (after [`kill`](Self::kill)).
     pub fn respawn(&mut self) {
         self.child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+            .current_dir(self.dir.path())
             .arg("--config")
             .arg(self.dir.path().join("floodgate.toml"))
             .stdout(Stdio::null())

@@ -1,0 +1,237 @@
+//! An agent's batches on disk (`[forward] state_dir`), so those not yet acknowledged survive a
+//! restart or a crash and are sent again — under the same session, so an aggregator that had
+//! already merged some of them skips those.
+//!
+//! Per aggregator, two files: `forward-<id>.log`, the batches as written (`u64 seq, u32 length,
+//! frame` records, appended), and `forward-<id>.mark`, the session they belong to and the
+//! highest sequence number acknowledged or given up (`u64 session, u64 through`). The log is
+//! emptied whenever nothing is waiting, and rewritten with only what waits when it has grown
+//! to twice that. `forward-session.json` names the agent and its session; a restart reuses the
+//! session only when every aggregator's journal is there and belongs to it (otherwise numbers
+//! could repeat under an old session, and an aggregator would skip new batches as retries).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::config::Fsync;
+
+/// Bytes of a log record's header.
+const HEAD: u64 = 12;
+
+/// One aggregator's journal.
+pub struct Journal {
+    log_path: PathBuf,
+    log: File,
+    log_len: u64,
+    mark: File,
+    session: u64,
+    fsync: Fsync,
+    last_sync: Instant,
+}
+
+/// What a journal held when opened.
+pub struct Recovered {
+    /// The highest sequence number acknowledged or given up.
+    pub through: u64,
+    /// The batches after it, oldest first.
+    pub batches: Vec<(u64, Bytes)>,
+}
+
+fn open_rw(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)
+}
+
+/// The file-name stem for an aggregator address.
+fn stem(address: &str) -> String {
+    format!("forward-{:016x}", xxhash_rust::xxh3::xxh3_64(address.as_bytes()))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SessionFile {
+    agent_id: String,
+    session: u64,
+}
+
+/// The session to use: the saved one when every aggregator's journal in `dir` belongs to it and
+/// the agent's name is the same, else `fresh` (saved for next time).
+pub fn session(dir: &Path, agent_id: &str, aggregators: &[String], fresh: u64) -> std::io::Result<u64> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("forward-session.json");
+    let saved: Option<SessionFile> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(saved) = saved.filter(|s| s.agent_id == agent_id) {
+        let consistent = aggregators.iter().all(|a| {
+            let mut head = [0u8; 8];
+            std::fs::File::open(dir.join(format!("{}.mark", stem(a))))
+                .and_then(|f| f.read_exact_at(&mut head, 0))
+                .is_ok_and(|()| u64::from_le_bytes(head) == saved.session)
+        });
+        if consistent {
+            return Ok(saved.session);
+        }
+        tracing::warn!(dir = %dir.display(), "forward journals missing or from another session: starting a new session");
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&SessionFile { agent_id: agent_id.into(), session: fresh })?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(fresh)
+}
+
+impl Journal {
+    /// Opens (or creates) the journal of `address` in `dir` for `session`: what it holds of that
+    /// session is recovered; a journal of another session is started afresh.
+    pub fn open(dir: &Path, address: &str, session: u64, fsync: Fsync) -> std::io::Result<(Journal, Recovered)> {
+        std::fs::create_dir_all(dir)?;
+        let stem = stem(address);
+        let log_path = dir.join(format!("{stem}.log"));
+        let log = open_rw(&log_path)?;
+        let mark = open_rw(&dir.join(format!("{stem}.mark")))?;
+        let mut saved = [0u8; 16];
+        let (saved_session, through) = match mark.read_exact_at(&mut saved, 0) {
+            Ok(()) => (
+                u64::from_le_bytes(saved[..8].try_into().unwrap_or_default()),
+                u64::from_le_bytes(saved[8..].try_into().unwrap_or_default()),
+            ),
+            Err(_) => (0, 0),
+        };
+        let mut journal = Journal { log_path, log, log_len: 0, mark, session, fsync, last_sync: Instant::now() };
+        if saved_session != session {
+            journal.log.set_len(0)?;
+            journal.write_mark(0)?;
+            return Ok((journal, Recovered { through: 0, batches: Vec::new() }));
+        }
+        let file_len = journal.log.metadata()?.len();
+        let (mut at, mut batches) = (0u64, Vec::new());
+        while at + HEAD <= file_len {
+            let mut head = [0u8; HEAD as usize];
+            journal.log.read_exact_at(&mut head, at)?;
+            let seq = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
+            let len = u64::from(u32::from_le_bytes(head[8..].try_into().unwrap_or_default()));
+            if at + HEAD + len > file_len {
+                break;
+            }
+            if seq > through {
+                let mut frame = vec![0u8; len as usize];
+                journal.log.read_exact_at(&mut frame, at + HEAD)?;
+                batches.push((seq, Bytes::from(frame)));
+            }
+            at += HEAD + len;
+        }
+        if at < file_len {
+            tracing::warn!(path = %journal.log_path.display(), bytes = file_len - at, "forward journal: a batch cut short (a crash while writing it) dropped");
+            journal.log.set_len(at)?;
+        }
+        journal.log_len = at;
+        Ok((journal, Recovered { through, batches }))
+    }
+
+    fn write_mark(&mut self, through: u64) -> std::io::Result<()> {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.session.to_le_bytes());
+        bytes[8..].copy_from_slice(&through.to_le_bytes());
+        self.mark.write_all_at(&bytes, 0)
+    }
+
+    fn synced(&mut self) -> std::io::Result<()> {
+        let due = match self.fsync {
+            Fsync::Never => false,
+            Fsync::Always => true,
+            Fsync::Interval(every) => self.last_sync.elapsed() >= every,
+        };
+        if due {
+            self.log.sync_data()?;
+            self.mark.sync_data()?;
+            self.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Appends a batch.
+    pub fn append(&mut self, seq: u64, frame: &[u8]) -> std::io::Result<()> {
+        let mut record = Vec::with_capacity(HEAD as usize + frame.len());
+        record.extend_from_slice(&seq.to_le_bytes());
+        record.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        record.extend_from_slice(frame);
+        self.log.write_all_at(&record, self.log_len)?;
+        self.log_len += record.len() as u64;
+        self.synced()
+    }
+
+    /// Everything up to `through` is acknowledged or given up; `waiting` is what is left (its
+    /// bytes), so the log is emptied, or rewritten with just `left`, when worth it.
+    pub fn through<'a>(
+        &mut self,
+        through: u64,
+        waiting: u64,
+        left: impl Iterator<Item = (u64, &'a Bytes)>,
+    ) -> std::io::Result<()> {
+        self.write_mark(through)?;
+        if waiting == 0 {
+            self.log.set_len(0)?;
+            self.log_len = 0;
+        } else if self.log_len > 2 * (waiting + waiting / 8 + 4096) {
+            let tmp = self.log_path.with_extension("log.tmp");
+            let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+            let mut len = 0;
+            for (seq, frame) in left {
+                out.write_all(&seq.to_le_bytes())?;
+                out.write_all(&(frame.len() as u32).to_le_bytes())?;
+                out.write_all(frame)?;
+                len += HEAD + frame.len() as u64;
+            }
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_data()?;
+            std::fs::rename(&tmp, &self.log_path)?;
+            self.log = file;
+            self.log_len = len;
+        }
+        self.synced()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_survive_a_reopen_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = session(dir.path(), "a", &["x:1".into()], 7).unwrap();
+        assert_eq!(s, 7);
+        let (mut j, r) = Journal::open(dir.path(), "x:1", s, Fsync::Never).unwrap();
+        assert!(r.batches.is_empty());
+        for seq in 1..=5u64 {
+            j.append(seq, &vec![seq as u8; 100 * seq as usize]).unwrap();
+        }
+        let frames: Vec<(u64, Bytes)> = (4..=5u64).map(|s| (s, Bytes::from(vec![s as u8; 100 * s as usize]))).collect();
+        j.through(3, 900, frames.iter().map(|(s, f)| (*s, f))).unwrap();
+        drop(j);
+        // Same agent, journals present: the same session, and batches 4 and 5 back.
+        let s2 = session(dir.path(), "a", &["x:1".into()], 99).unwrap();
+        assert_eq!(s2, 7);
+        let (mut j, r) = Journal::open(dir.path(), "x:1", s2, Fsync::Always).unwrap();
+        assert_eq!(r.through, 3);
+        assert_eq!(r.batches, frames);
+        // A record cut by a crash is dropped; everything acknowledged empties the log.
+        j.append(6, b"abc").unwrap();
+        let len = std::fs::metadata(dir.path().join(format!("{}.log", stem("x:1")))).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(format!("{}.log", stem("x:1"))))
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
+        drop(j);
+        let (mut j, r) = Journal::open(dir.path(), "x:1", 7, Fsync::Never).unwrap();
+        assert_eq!(r.batches.len(), 2, "the cut record is gone");
+        j.through(5, 0, std::iter::empty()).unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join(format!("{}.log", stem("x:1")))).unwrap().len(), 0);
+        // Another agent name, or a missing journal: a new session.
+        assert_eq!(session(dir.path(), "b", &["x:1".into()], 11).unwrap(), 11);
+        assert_eq!(session(dir.path(), "b", &["x:1".into(), "y:1".into()], 12).unwrap(), 12);
+    }
+}

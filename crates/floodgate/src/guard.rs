@@ -21,6 +21,10 @@ use serde::Serialize;
 
 use crate::config::LimitsConfig;
 
+/// An IPv6 /56 (one customer's allocation) gets this many sources' budgets in all, however
+/// many of its 256 /64s it sends from.
+pub const V6_AGGREGATE_SOURCES: u64 = 4;
+
 /// A source not limited for this long has stopped being limited (and is logged once).
 const QUIET: Duration = Duration::from_secs(3);
 
@@ -33,8 +37,11 @@ const LOG_LINES_PER_SECOND: u64 = 10;
 pub struct Policy {
     allow: AllowList,
     udp_source: Limit,
+    /// An IPv6 /56's budget, all its /64s together.
+    udp_aggregate: Limit,
     udp_port: Limit,
     tcp_rate: Limit,
+    tcp_aggregate: Limit,
     tcp_open_per_source: usize,
     handshake_rate: Limit,
     handshakes_in_flight: usize,
@@ -55,8 +62,10 @@ impl Policy {
             udp_off: allow.is_empty() && udp_source.is_unlimited() && udp_port.is_unlimited(),
             allow,
             udp_source,
+            udp_aggregate: Limit::new(limits.udp_per_source.saturating_mul(V6_AGGREGATE_SOURCES), burst),
             udp_port,
             tcp_rate: Limit::new(limits.tcp_connections_per_source, burst),
+            tcp_aggregate: Limit::new(limits.tcp_connections_per_source.saturating_mul(V6_AGGREGATE_SOURCES), burst),
             tcp_open_per_source: limits.tcp_open_per_source,
             handshake_rate: Limit::new(limits.tls_handshakes_per_second, burst),
             handshakes_in_flight: limits.tls_handshakes_in_flight,
@@ -362,14 +371,28 @@ impl ListenerGuard {
             return Err((Reason::NotAllowed, n));
         }
         let key = SourceKey::new(self.id, ip);
-        match policy.table.admit(
-            key,
-            &policy.udp_source,
-            Reason::SourceLimit,
-            Some((&self.port, &policy.udp_port)),
-            now_ns,
-            n,
-        ) {
+        // IPv6: the /56 as a whole first, then the /64 (and the port).
+        let verdict = match key.aggregate() {
+            Some(aggregate) => {
+                policy.table.admit(aggregate, &policy.udp_aggregate, Reason::SourceLimit, None, now_ns, n)
+            }
+            None => Verdict::Allowed,
+        };
+        let (key, verdict) = match verdict {
+            Verdict::Allowed => (
+                key,
+                policy.table.admit(
+                    key,
+                    &policy.udp_source,
+                    Reason::SourceLimit,
+                    Some((&self.port, &policy.udp_port)),
+                    now_ns,
+                    n,
+                ),
+            ),
+            limited => (key.aggregate().unwrap_or(key), limited),
+        };
+        match verdict {
             Verdict::Allowed => Ok(()),
             Verdict::Limited { reason, started } => {
                 if reason == Reason::PortLimit {
@@ -417,13 +440,16 @@ impl ListenerGuard {
         }
         let key = SourceKey::new(self.id, ip);
         let now = guard.now_ns();
-        if let Verdict::Limited { reason, started } =
-            policy.table.admit(key, &policy.tcp_rate, Reason::ConnectionRate, None, now, 1)
-        {
-            if started {
-                guard.log_started(self, key, reason, now);
+        let checks = key.aggregate().map(|a| (a, &policy.tcp_aggregate)).into_iter().chain([(key, &policy.tcp_rate)]);
+        for (k, limit) in checks {
+            if let Verdict::Limited { reason, started } =
+                policy.table.admit(k, limit, Reason::ConnectionRate, None, now, 1)
+            {
+                if started {
+                    guard.log_started(self, k, reason, now);
+                }
+                return Err(reason);
             }
-            return Err(reason);
         }
         let mut open = self.open.lock();
         if open.total >= self.max_open {
@@ -528,6 +554,26 @@ mod tests {
         assert_eq!(report.offenders[0].source, "10.0.0.1");
         assert_eq!(report.offenders[0].reason, "source_limit");
         assert!(report.offenders[0].currently_limited);
+    }
+
+    #[test]
+    fn an_ipv6_allocation_shares_one_aggregate_budget() {
+        let g = Guard::new(&limits(|l| l.udp_per_source = 10), Instant::now());
+        let lg = g.listener("statsd_udp", "[::1]:8125".parse().unwrap(), 0);
+        let p = g.policy();
+        let now = 5_000_000_000;
+        // 128 /64s of one /57: each could send 10 a second, together they get 40.
+        let admitted: u64 = (0x80..0x100u32)
+            .map(|net| {
+                let ip: IpAddr = format!("2001:db8:0:{net:x}::1").parse().unwrap();
+                (0..10).filter(|_| lg.admit_datagram(&p, ip, || 1, now).is_ok()).count() as u64
+            })
+            .sum();
+        assert_eq!(admitted, 10 * V6_AGGREGATE_SOURCES);
+        // Another allocation is not affected.
+        assert!(lg.admit_datagram(&p, "2001:db8:1::1".parse().unwrap(), || 1, now).is_ok());
+        let report = g.report(10);
+        assert_eq!(report.offenders[0].source, "2001:db8::/56");
     }
 
     #[test]

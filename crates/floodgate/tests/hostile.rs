@@ -669,3 +669,158 @@ fn a_tls_handshake_storm_stays_within_the_listeners_cap() {
     assert!(handshakes <= RATE as f64 * (elapsed + 1.0) + 1.0, "{handshakes} handshakes in {elapsed:.1} s");
     assert!(handshakes > 0.0 && refused > 0.0, "{attempts} attempts: {handshakes} handshakes, {refused} refused");
 }
+
+/// A remote-write endpoint that answers 503 with a body that never ends: floodgate reads a few
+/// hundred bytes of it, lets the connection go and retries; once the endpoint recovers, its
+/// flushes are delivered. Memory stays flat meanwhile.
+#[test]
+fn a_remote_write_endpoint_streaming_an_endless_error_cannot_stall_delivery() {
+    let endpoint = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = endpoint.local_addr().unwrap().port();
+    let bad_answers = 3;
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for (i, stream) in endpoint.incoming().enumerate() {
+            let Ok(mut s) = stream else { continue };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                // The request: headers, then Content-Length bytes.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read_exact(&mut byte).is_ok() {
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; len];
+                let _ = s.read_exact(&mut body);
+                if i < bad_answers {
+                    let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n");
+                    let chunk = format!("1000\r\n{}\r\n", "x".repeat(4096));
+                    while s.write_all(chunk.as_bytes()).is_ok() {}
+                } else {
+                    let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let fg = Floodgate::start(
+        "flush_interval = \"500ms\"",
+        &format!("[prometheus_remote_write]\nurl = \"http://127.0.0.1:{port}/api/v1/write\"\ntimeout = \"5s\"\n"),
+    );
+    let before = peak_rss(fg.child.id());
+    fg.send_udp(b"rw.hits:1|c");
+    wait_metric(&fg, "floodgate_sink_sent_payloads_total", &["sink=\"remote_write\""], |v| v >= 1.0);
+    let m = metrics(&fg);
+    assert!(metric(&m, "floodgate_sink_errors_total", &["sink=\"remote_write\""]).unwrap() >= bad_answers as f64);
+    assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let grown = peak_rss(fg.child.id()) - before;
+    assert!(grown < 16 << 20, "endless error bodies grew the peak RSS by {grown} bytes");
+}
+
+/// IPv6 sources from one /57 — 128 /64s, each of which could claim a budget of its own — fill
+/// a listener: together they get one /56's aggregate budget (4 sources' worth), and a sender
+/// of another allocation next to them loses nothing. In a namespace the test makes, from
+/// 2001:db8::/32 addresses.
+#[test]
+fn ipv6_sources_from_one_prefix_share_one_budget() {
+    let ns = Namespace::create("v6flood");
+    for net in 0x80..0x100u32 {
+        ip(&["-n", &ns.name, "addr", "add", &format!("2001:db8:0:{net:x}::1/128"), "dev", "lo", "nodad"]);
+    }
+    ip(&["-n", &ns.name, "addr", "add", "2001:db8:1::1/128", "dev", "lo", "nodad"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("floodgate.toml");
+    let http = format!("{}:9318", ns.inside);
+    let admin = format!("{}:8126", ns.inside);
+    std::fs::write(
+        &config,
+        format!(
+            "[statsd]\nudp = [\"[::1]:8125\"]\ntcp = []\nflush_interval = \"1h\"\n\
+             [admin]\nlisten = \"{admin}\"\n[http]\nlisten = \"{http}\"\n\
+             [limits]\nudp_per_source = 100\nudp_per_port = 0\n[syslog]\nudp = []\ntcp = []\n[conntrack]\nenabled = false\n"
+        ),
+    )
+    .unwrap();
+    let stderr = dir.path().join("stderr.log");
+    let mut fg = ns
+        .command(std::path::Path::new(env!("CARGO_BIN_EXE_floodgate")))
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| -> String {
+        let Ok(mut s) = TcpStream::connect(&http) else { return String::new() };
+        let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get("/healthz").starts_with("ok") {
+        assert!(Instant::now() < deadline, "not ready: {}", std::fs::read_to_string(&stderr).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let script = r#"
+import socket, time
+socks = []
+for net in range(0x80, 0x100):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.bind((f"2001:db8:0:{net:x}::1", 0))
+    socks.append(s)
+legit = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+legit.bind(("2001:db8:1::1", 0))
+start = time.monotonic()
+flood = calm = 0
+while time.monotonic() - start < 3.0:
+    for s in socks:
+        s.sendto(b"v6.flood:1|c", ("::1", 8125))
+        flood += 1
+    while calm < (time.monotonic() - start) * 50:
+        legit.sendto(b"v6.calm:1|c", ("::1", 8125))
+        calm += 1
+    time.sleep(0.005)
+print(flood, calm, time.monotonic() - start)
+"#;
+    let out = ns.command(&require_tool("python3")).args(["-c", script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut parts = text.split_whitespace();
+    let flood: f64 = parts.next().unwrap().parse().unwrap();
+    let calm: f64 = parts.next().unwrap().parse().unwrap();
+    let elapsed: f64 = parts.next().unwrap().parse().unwrap();
+    let counter = |name: &str| -> f64 {
+        let mut s = TcpStream::connect(&admin).unwrap();
+        s.write_all(b"counters\nquit\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let prefix = format!("'{name}': ");
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(&prefix))
+            .map_or(0.0, |v| v.trim_end_matches(',').parse().unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter("v6.calm") < calm {
+        assert!(Instant::now() < deadline, "the calm sender lost lines: {} of {calm}", counter("v6.calm"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(counter("v6.calm"), calm);
+    let admitted = counter("v6.flood");
+    // A second's burst, the rate for as long as the sender sent, and half a second for the
+    // datagrams still queued when it stopped. Each /64 on its own would have had 128 times it.
+    let budget = 4.0 * 100.0 * (elapsed + 1.5);
+    eprintln!("{flood} flood lines from 128 /64s: {admitted} admitted (aggregate budget {budget})");
+    assert!(admitted <= budget, "{admitted} of {flood} admitted");
+    let offenders = get("/offenders");
+    assert!(offenders.contains("2001:db8::/56"), "{offenders}");
+    let _ = fg.kill();
+    let _ = fg.wait();
+}

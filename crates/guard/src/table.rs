@@ -84,28 +84,50 @@ impl Reason {
 pub struct SourceKey {
     /// The listener's index.
     pub listener: u16,
-    /// The address as a number: IPv4 in the low 32 bits, IPv6 with its low 64 bits cleared.
+    /// The address as a number: IPv4 in the low 32 bits, IPv6 with the bits past its prefix
+    /// cleared.
     pub addr: u128,
-    /// Whether `addr` is IPv6.
-    pub v6: bool,
+    /// 32 for IPv4; for IPv6 the prefix the key stands for: 64 (one host's network), or
+    /// [`SourceKey::V6_AGGREGATE`] (the whole allocation of one customer).
+    pub prefix: u8,
 }
 
 impl SourceKey {
+    /// The IPv6 prefix whose /64s share one aggregate budget: an ISP hands a customer a /56
+    /// (or more), so one sender can rotate through 256 /64s and would otherwise get 256
+    /// budgets.
+    pub const V6_AGGREGATE: u8 = 56;
+
     /// The key of `ip` on `listener`.
     pub fn new(listener: u16, ip: IpAddr) -> SourceKey {
         match ip {
-            IpAddr::V4(v4) => SourceKey { listener, addr: u128::from(u32::from(v4)), v6: false },
+            IpAddr::V4(v4) => SourceKey { listener, addr: u128::from(u32::from(v4)), prefix: 32 },
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => SourceKey { listener, addr: u128::from(u32::from(v4)), v6: false },
-                None => SourceKey { listener, addr: u128::from(v6) & !u128::from(u64::MAX), v6: true },
+                Some(v4) => SourceKey { listener, addr: u128::from(u32::from(v4)), prefix: 32 },
+                None => SourceKey { listener, addr: u128::from(v6) & !u128::from(u64::MAX), prefix: 64 },
             },
         }
     }
 
-    /// The source as text: the IPv4 address, or the IPv6 /64.
+    /// True for an IPv6 key.
+    pub fn is_v6(&self) -> bool {
+        self.prefix != 32
+    }
+
+    /// For an IPv6 key, the key of its /56 (the aggregate budget of its allocation).
+    pub fn aggregate(&self) -> Option<SourceKey> {
+        let keep = Self::V6_AGGREGATE as u32;
+        self.is_v6().then(|| SourceKey {
+            listener: self.listener,
+            addr: self.addr & !(u128::MAX >> keep),
+            prefix: Self::V6_AGGREGATE,
+        })
+    }
+
+    /// The source as text: the IPv4 address, or the IPv6 prefix.
     pub fn source(&self) -> String {
-        if self.v6 {
-            format!("{}/64", std::net::Ipv6Addr::from(self.addr))
+        if self.is_v6() {
+            format!("{}/{}", std::net::Ipv6Addr::from(self.addr), self.prefix)
         } else {
             std::net::Ipv4Addr::from(self.addr as u32).to_string()
         }
@@ -471,6 +493,12 @@ mod tests {
         assert_eq!(SourceKey::new(0, a), SourceKey::new(0, b));
         assert_ne!(SourceKey::new(0, a), SourceKey::new(0, c));
         assert_eq!(SourceKey::new(0, a).source(), "2001:db8:1:2::/64");
+        let in_57: IpAddr = "2001:db8:0:ff::9".parse().unwrap();
+        let aggregate = SourceKey::new(0, in_57).aggregate().unwrap();
+        assert_eq!(aggregate.source(), "2001:db8::/56");
+        assert_eq!(SourceKey::new(0, "2001:db8:0:80::1".parse().unwrap()).aggregate(), Some(aggregate));
+        assert_ne!(aggregate, SourceKey::new(0, "2001:db8::1".parse().unwrap()), "a /56 is not its first /64");
+        assert_eq!(SourceKey::new(0, "10.0.0.1".parse().unwrap()).aggregate(), None);
         let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
         assert_eq!(SourceKey::new(0, mapped).source(), "10.1.2.3");
     }

@@ -171,8 +171,21 @@ impl Deliver for RemoteWriteSink {
         if status.is_success() {
             return Ok(());
         }
-        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let message = format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(300)]).trim());
+        // The start of the body says why; an endpoint may send an endless one, so at most 300
+        // bytes within 2 s are read, and the connection is dropped with the rest.
+        let mut body = response.into_body();
+        let mut head = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while head.len() < 300 {
+                match body.frame().await {
+                    Some(Ok(frame)) => head.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..])),
+                    _ => break,
+                }
+            }
+        })
+        .await;
+        drop(body);
+        let message = format!("HTTP {status}: {}", String::from_utf8_lossy(&head[..head.len().min(300)]).trim());
         // The spec: retry 5xx and 429; any other 4xx will never succeed.
         Err(DeliverError { retry: status.is_server_error() || status.as_u16() == 429, message })
     }

@@ -824,3 +824,187 @@ print(flood, calm, time.monotonic() - start)
     let _ = fg.kill();
     let _ = fg.wait();
 }
+
+/// Fault injection: under steady traffic from two agents, the aggregator is SIGKILLed at random
+/// moments, ten times, and started again each time. Carbon's sums are exact: nothing lost,
+/// nothing doubled. The kills avoid the documented window (docs/forward-protocol.md): from the
+/// moment a flush reaches Carbon until the aggregator has recorded it, a few milliseconds after
+/// `grace` past each interval boundary.
+#[test]
+fn the_aggregator_killed_ten_times_loses_and_doubles_nothing() {
+    let carbon = Carbon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agg = aggregator("grace = \"500ms\"\n", Some(carbon.line_port), dir.path(), port);
+    let agents: Vec<Floodgate> = (0..2).map(|i| agent(&format!("steady{i}"), port)).collect();
+    for a in &agents {
+        wait_metric(a, "floodgate_forward_connected", &[], |v| v == 1.0);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> =
+        agents.iter().map(|a| steady(a.statsd, "faults.hits:1|c", Duration::from_millis(20), stop.clone())).collect();
+    let mut rng = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("kill schedule seed {rng}");
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..10 {
+        // A random moment 0.5–2 s ahead, moved out of [boundary + 450 ms, boundary + 650 ms).
+        std::thread::sleep(Duration::from_millis(500 + next() % 1500));
+        loop {
+            let phase = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1000;
+            if !(450..650).contains(&phase) {
+                eprintln!("round {round}: kill at {phase} ms past the boundary");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        agg.kill();
+        std::thread::sleep(Duration::from_millis(next() % 1000));
+        agg.respawn();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent: u64 = senders.into_iter().map(|h| h.join().unwrap()).sum();
+    for a in &agents {
+        wait_metric(a, "floodgate_forward_queued_batches", &[], |v| v == 0.0);
+        assert_eq!(metric(&metrics(a), "floodgate_forward_dropped_batches_total", &[]), Some(0.0));
+    }
+    let points = carbon.wait("stats_counts.faults.hits", |p| p.iter().sum::<f64>() >= sent as f64);
+    // Two more intervals for anything doubled to show.
+    std::thread::sleep(Duration::from_secs(2));
+    let points = carbon.wait("stats_counts.faults.hits", |p| p.len() >= points.len());
+    assert_eq!(points.iter().sum::<f64>(), sent as f64, "sent {sent}; points {points:?}");
+}
+
+/// Random bytes and frames cut short on every port — StatsD UDP/TCP/TLS, syslog UDP/TCP/TLS,
+/// the aggregator over TLS, the console, HTTP: floodgate stays up and every port still serves a
+/// well-behaved client afterwards.
+#[test]
+fn random_bytes_and_cut_frames_on_every_port_are_survived() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "hostile");
+    let (cert, key) = pki.issue("server", "localhost");
+    let ca = dir.path().join("hostile-ca.pem");
+    let out = dir.path().join("syslog.jsonl");
+    let (statsd_tls, syslog, syslog_tls, agg) = (free_port(), free_port(), free_port(), free_port());
+    let fg = Floodgate::start(
+        &format!("tls_listen = [\"127.0.0.1:{statsd_tls}\"]\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}"),
+        &format!(
+            "[syslog]\nudp = [\"127.0.0.1:{syslog}\"]\ntcp = [\"127.0.0.1:{syslog}\"]\n\
+             tls = [{{ listen = \"127.0.0.1:{syslog_tls}\", cert = \"{cert}\", key = \"{key}\" }}]\n\
+             output = {{ kind = \"file\", path = \"{}\" }}\n\n\
+             [aggregator]\nlisten = \"127.0.0.1:{agg}\"\nstate_dir = \"{}\"\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}\n",
+            out.display(),
+            dir.path().join("state").display()
+        ),
+    );
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    // A real ClientHello, to cut short.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let client = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let mut hello = Vec::new();
+    rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap())
+        .unwrap()
+        .write_tls(&mut hello)
+        .unwrap();
+    let tcp_ports = [fg.statsd, statsd_tls, syslog, syslog_tls, agg, fg.admin, fg.http];
+    let cut: [&[u8]; 5] = [
+        &hello[..hello.len() / 2],
+        &[0, 0, 0x10, 0, 0x0a, 0x06],
+        b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Cut: a",
+        b"100 <13>Oct 11 22:14:15 cut",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    ];
+    for port in tcp_ports {
+        for i in 0..10 {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { continue };
+            let _ = s.write_all(&noise(4096));
+            drop(s);
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { continue };
+            let _ = s.write_all(cut[i % cut.len()]);
+        }
+    }
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for port in [fg.statsd, syslog] {
+        for _ in 0..200 {
+            let len = 1 + (noise(2)[0] as usize) * 8;
+            u.send_to(&noise(len), ("127.0.0.1", port)).unwrap();
+        }
+    }
+    // Still up, and every port serves.
+    assert_eq!(http_get(fg.http, "/healthz").unwrap().0, 200);
+    u.send_to(b"after.udp:1|c", ("127.0.0.1", fg.statsd)).unwrap();
+    let mut t = TcpStream::connect(("127.0.0.1", fg.statsd)).unwrap();
+    t.write_all(b"after.tcp:1|c\n").unwrap();
+    drop(t);
+    let tls_line = |port: u16, line: &[u8]| {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let conn = rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap()).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(line).unwrap();
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+    };
+    tls_line(statsd_tls, b"after.tls:1|c\n");
+    for name in ["after.udp", "after.tcp", "after.tls"] {
+        fg.wait_counter(name, "1");
+    }
+    u.send_to(b"<13>Oct 11 22:14:15 host app: after-udp", ("127.0.0.1", syslog)).unwrap();
+    tls_line(syslog_tls, b"<13>Oct 11 22:14:15 host app: after-tls\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let written = std::fs::read_to_string(&out).unwrap_or_default();
+        if written.contains("after-udp") && written.contains("after-tls") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "syslog messages after the noise never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(fg.admin("health\n").contains("health: up"));
+    let tcp = TcpStream::connect(("127.0.0.1", agg)).unwrap();
+    let conn = rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(&hello_frame()).unwrap();
+    tls.flush().unwrap();
+    let mut buf = [0u8; 256];
+    let n = tls.read(&mut buf).unwrap();
+    let mut d = floodgate_forward::frame::Decoder::new(1 << 20);
+    d.buffer().extend_from_slice(&buf[..n]);
+    assert!(matches!(d.decode(), Ok(Some(Frame { kind: Some(Kind::Welcome(_)) }))));
+    let m = metrics(&fg);
+    assert!(metric(&m, "floodgate_bad_lines_total", &["listener=\"statsd_udp\""]).unwrap() > 0.0);
+    for listener in ["statsd_tls", "syslog_tls", "aggregator_tls"] {
+        let failures = metric(&m, "floodgate_tls_handshake_failures_total", &[&format!("listener=\"{listener}\"")]);
+        assert!(failures.unwrap() > 0.0, "{listener}");
+    }
+    // Noise over syslog UDP is kept (flagged where it can be told from a message), never lost.
+    assert!(metric(&m, "floodgate_syslog_messages_total", &["listener=\"syslog_udp\""]).unwrap() >= 201.0);
+}
+
+fn hello_frame() -> Vec<u8> {
+    hello("after-noise", 1)
+}

@@ -24,6 +24,7 @@ command -v logger >/dev/null || apt_needed+=(bsdutils)
 command -v chromium >/dev/null || apt_needed+=(chromium)     # the /ui page test (headless)
 command -v nft >/dev/null || apt_needed+=(nftables)           # conntrack tests: a rule that turns tracking on
 command -v conntrack >/dev/null || apt_needed+=(conntrack)    # conntrack tests: `conntrack -L` to compare with
+command -v systemd-analyze >/dev/null || apt_needed+=(systemd) # the packaging test verifies the unit
 # rsyslog with its TLS driver (syslog tests). Debian's syslog-ng conflicts with it.
 command -v rsyslogd >/dev/null || apt_needed+=(rsyslog)
 ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || apt_needed+=(rsyslog-gnutls)

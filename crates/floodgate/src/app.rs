@@ -125,6 +125,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     for addr in config.public_listeners() {
         tracing::warn!(%addr, "listening on a non-loopback address with no allow-list");
     }
+    match crate::sys::raise_open_files_limit() {
+        Ok(n) if n < 4096 => tracing::warn!(
+            open_files = n,
+            "the open-files limit is low: connections past it wait in the backlog (raise LimitNOFILE / ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
+    }
     let shared = Arc::new(Shared::new(config.clone(), config_path));
     let shutdown = Arc::new(AtomicBool::new(false));
     let s = &config.statsd;

@@ -378,6 +378,26 @@ pub fn kernel_udp_drops(port: u16) -> u64 {
     total
 }
 
+/// Raises the soft limit on open descriptors to the hard limit (as Go's runtime does): every
+/// connection floodgate admits holds one, and the guard's caps, not the default soft limit of
+/// 1024, should be what bounds them. Returns the limit now in force.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit struct, which `limit` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads one rlimit struct, which `raised` is.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(raised.rlim_cur);
+    }
+    Ok(limit.rlim_cur)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,24 +453,4 @@ mod tests {
         }
         assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
     }
-}
-
-/// Raises the soft limit on open descriptors to the hard limit (as Go's runtime does): every
-/// connection floodgate admits holds one, and the guard's caps, not the default soft limit of
-/// 1024, should be what bounds them. Returns the limit now in force.
-pub fn raise_open_files_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit struct, which `limit` is.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-        // SAFETY: setrlimit reads one rlimit struct, which `raised` is.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        return Ok(raised.rlim_cur);
-    }
-    Ok(limit.rlim_cur)
 }

@@ -13,6 +13,7 @@
 mod carbon;
 mod conntrack;
 mod forward;
+mod hostile;
 mod sender;
 mod spoof;
 mod syslog;
@@ -80,6 +81,10 @@ enum Command {
         /// Etsy statsd 0.9.0's unpacked npm package.
         #[arg(long, default_value = "target/peers/statsd-0.9.0")]
         etsy: PathBuf,
+        /// Another floodgate build to measure beside this one (`hotpath`, `attack`): the
+        /// build before a change, for before/after figures in one run.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
         /// Seconds per trial.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
@@ -87,11 +92,13 @@ enum Command {
         /// cost and drop path), sources (memory with 1M spoofed sources; root, netns),
         /// aggregator (merge rate from 10 agents over TLS), forward (3 agents → aggregator →
         /// Carbon stand-in at 1M metrics/s), syslog (TCP/TLS against rsyslog, UDP against the
-        /// raw sink), conntrack (100k entries, 5k new/s; root, netns).
+        /// raw sink), conntrack (100k entries, 5k new/s; root, netns), hotpath (lines per
+        /// CPU-second draining a full 1 GiB socket buffer; root), attack (what each listener's
+        /// attacks cost in memory).
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,conntrack"
+            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,conntrack,hotpath,attack"
         )]
         only: Vec<String>,
         /// Lines per datagram to measure.
@@ -119,9 +126,10 @@ fn main() {
             let rate = targets::parse_capacity(&load, Duration::from_secs_f64(duration));
             println!("{{\"lines_per_datagram\": {lines}, \"lines_per_second_one_core\": {rate:.0}}}");
         }
-        Command::Bench { floodgate, etsy, duration, only, lines } => {
+        Command::Bench { floodgate, etsy, baseline, duration, only, lines } => {
             targets::bench(&targets::BenchOptions {
                 floodgate,
+                baseline,
                 etsy,
                 trial: Duration::from_secs_f64(duration),
                 only,

@@ -13,6 +13,8 @@ use crate::sender::{self, Load, Sent};
 /// `bench` options.
 pub struct BenchOptions {
     pub floodgate: PathBuf,
+    /// Another floodgate build measured beside it (`hotpath`, `attack`).
+    pub baseline: Option<PathBuf>,
     pub etsy: PathBuf,
     pub trial: Duration,
     pub only: Vec<String>,
@@ -92,6 +94,7 @@ pub(crate) struct Running {
     pub(crate) child: Child,
     pub(crate) port: u16,
     pub(crate) http: Option<u16>,
+    pub(crate) admin: Option<u16>,
 }
 
 impl Drop for Running {
@@ -148,27 +151,42 @@ pub(crate) fn spawn_floodgate(
     statsd_extra: &str,
     sections: &str,
 ) -> Running {
+    spawn_with(&opts.floodgate, dir, name, statsd_extra, sections)
+}
+
+/// [`spawn_floodgate`] with a given binary.
+pub(crate) fn spawn_with(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    statsd_extra: &str,
+    sections: &str,
+) -> Running {
     let (port, admin, http) = (free_port(), free_port(), free_port());
     let cfg = dir.join(format!("{name}.toml"));
     // Syslog's default listeners off unless the benchmark configures them.
     let syslog = if sections.contains("[syslog]") { "" } else { "\n[syslog]\nudp = []\ntcp = []\n" };
+    let tcp = if statsd_extra.contains("tcp =") { "" } else { "tcp = []\n" };
     std::fs::write(
         &cfg,
         format!(
-            "[statsd]\nudp = [\"127.0.0.1:{port}\"]\ntcp = []\n{statsd_extra}\n\
+            "[statsd]\nudp = [\"127.0.0.1:{port}\"]\n{tcp}{statsd_extra}\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{sections}{syslog}"
         ),
     )
     .unwrap();
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(&opts.floodgate)
+    // It runs in `dir`: a relative path to the binary must not depend on that.
+    let bin = std::fs::canonicalize(bin).unwrap_or_else(|_| bin.to_path_buf());
+    let child = Command::new(&bin)
         .arg("--config")
         .arg(&cfg)
+        .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e} (cargo build --release first)", opts.floodgate.display()));
-    let running = Running { child, port, http: Some(http) };
+        .unwrap_or_else(|e| panic!("start {}: {e} (cargo build --release first)", bin.display()));
+    let running = Running { child, port, http: Some(http), admin: Some(admin) };
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(http, "/healthz").map(|(c, _)| c != 200).unwrap_or(true) {
         assert!(Instant::now() < deadline, "{name} did not become ready (see {})", dir.display());
@@ -207,7 +225,7 @@ fn start_etsy(opts: &BenchOptions, carbon: u16) -> Running {
         assert!(Instant::now() < deadline, "Etsy statsd did not bind");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Running { child, port, http: None }
+    Running { child, port, http: None, admin: None }
 }
 
 pub(crate) fn terminate(r: &mut Running) {
@@ -396,6 +414,12 @@ pub fn bench(opts: &BenchOptions) {
     }
     if want("cpu") {
         cpu(opts);
+    }
+    if want("hotpath") {
+        crate::hostile::hot_path(opts);
+    }
+    if want("attack") {
+        crate::hostile::attack_cost(opts);
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use floodgate_statsd::graphite::GraphiteStats;
-use floodgate_statsd::{Shard, Store};
+use floodgate_statsd::Store;
 use parking_lot::{Mutex, RwLock};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
@@ -113,8 +113,7 @@ impl Shared {
             0 => u64::MAX,
             limit => limit / 8,
         };
-        let limits = self.store.lock().shard_limits(allowance);
-        let shard = Arc::new(Mutex::new(Shard::with_limits(limits)));
+        let shard = Arc::new(Mutex::new(self.store.lock().new_shard(allowance)));
         self.shards.lock().push(shard.clone());
         shard
     }

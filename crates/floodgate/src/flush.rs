@@ -84,6 +84,8 @@ pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i
             shard.lock().set_known(known.clone());
         }
     }
+    // What max_series leaves for new series until the next flush, shared by every shard.
+    store.refill_budget();
     // The memory budget: what the store holds now, and an equal share of the rest for each
     // shard until the next flush.
     let memory = store.memory_bytes();

@@ -131,6 +131,37 @@ impl MemberSet {
     }
 }
 
+/// New series the store and its shards may still add before `max_series`: one count shared by
+/// every shard, so the bound is global (each shard on its own could otherwise hold
+/// `max_series` new series an interval). Taken only when a series is new to a shard and not
+/// already held by the store — rare outside a flood of new names.
+#[derive(Debug, Default)]
+pub struct SeriesBudget(std::sync::atomic::AtomicI64);
+
+impl SeriesBudget {
+    /// Takes one; false (and nothing taken) when none is left.
+    #[inline]
+    pub fn take(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.0.fetch_sub(1, Relaxed) > 0 {
+            true
+        } else {
+            self.0.fetch_add(1, Relaxed);
+            false
+        }
+    }
+
+    /// Sets what is left (the flusher, once shards are merged).
+    pub fn set(&self, left: usize) {
+        self.0.store(left.min(i64::MAX as usize) as i64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What is left.
+    pub fn left(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// What one shard may hold (from the aggregation options, and the flusher's memory allowance).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardLimits {
@@ -232,6 +263,7 @@ pub struct Shard {
     /// Estimated bytes held (see [`ShardLimits::memory_allowance`]).
     bytes: u64,
     known: Option<Arc<KnownSeries>>,
+    budget: Option<Arc<SeriesBudget>>,
     /// Ordering stamp for gauge sets (the runtime sets it, monotonic, per batch).
     pub clock: u64,
     /// Packets (datagrams, or TCP reads with complete lines) received.
@@ -284,7 +316,13 @@ impl Shard {
 
     /// Moves everything out, leaving an empty shard with the same limits and clock.
     pub fn take(&mut self) -> Shard {
-        let fresh = Shard { limits: self.limits, clock: self.clock, known: self.known.clone(), ..Shard::default() };
+        let fresh = Shard {
+            limits: self.limits,
+            clock: self.clock,
+            known: self.known.clone(),
+            budget: self.budget.clone(),
+            ..Shard::default()
+        };
         std::mem::replace(self, fresh)
     }
 
@@ -307,6 +345,11 @@ impl Shard {
         self.limits.max_series = max_series;
     }
 
+    /// Makes `max_series` global: new series take from the store's shared budget.
+    pub fn set_budget(&mut self, budget: Arc<SeriesBudget>) {
+        self.budget = Some(budget);
+    }
+
     /// Gives the shard the store's series, admitted even when the shard is full.
     pub fn set_known(&mut self, known: Arc<KnownSeries>) {
         self.known = Some(known);
@@ -322,14 +365,23 @@ impl Shard {
     /// byte estimate if so.
     #[inline]
     fn has_room(&mut self, kind: Kind, key: &[u8]) -> bool {
-        let admitted = (self.series() < self.limits.max_series && !self.over_budget())
-            || self.known.as_ref().is_some_and(|k| k.contains(kind, key));
+        let admitted = if self.known.as_ref().is_some_and(|k| k.contains(kind, key)) {
+            true
+        } else if self.over_budget() {
+            self.dropped_max_memory += 1;
+            false
+        } else {
+            let room = match &self.budget {
+                Some(budget) => budget.take(),
+                None => self.series() < self.limits.max_series,
+            };
+            if !room {
+                self.dropped_max_series += 1;
+            }
+            room
+        };
         if admitted {
             self.bytes += key.len() as u64 + SERIES_OVERHEAD;
-        } else if self.series() >= self.limits.max_series {
-            self.dropped_max_series += 1;
-        } else {
-            self.dropped_max_memory += 1;
         }
         admitted
     }

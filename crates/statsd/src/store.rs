@@ -193,6 +193,8 @@ pub struct Store {
     pub dropped_max_series: u64,
     /// Series refused by `max_memory` since start (shards' refusals).
     pub dropped_max_memory: u64,
+    /// New series still allowed under `max_series`, shared with the shards.
+    budget: Arc<crate::shard::SeriesBudget>,
 }
 
 /// One timer's statistics: Etsy's names (`upper_90`, `histogram.bin_0_1`, ...) and values.
@@ -286,18 +288,21 @@ impl Store {
             keys_changed: true,
             dropped_max_series: 0,
             dropped_max_memory: 0,
+            budget: Arc::default(),
             cfg: AggregationConfig::default(),
         };
         store.reconfigure(cfg);
         for key in [&store.key_bad_lines, &store.key_packets, &store.key_metrics] {
             store.counters.insert(key.clone(), CounterEntry::default());
         }
+        store.refill_budget();
         store
     }
 
     /// Applies new options (reload); the aggregated data is kept.
     pub fn reconfigure(&mut self, mut cfg: AggregationConfig) {
         cfg.gauges_max_ttl = cfg.gauges_max_ttl.max(1);
+        self.budget.set(cfg.max_series.saturating_sub(self.series()));
         self.pct_names = cfg.percentiles.iter().map(|&pct| percentile_names(pct)).collect();
         self.bin_names = cfg
             .histograms
@@ -609,6 +614,20 @@ impl Store {
                 None => true,
             });
         }
+    }
+
+    /// A shard for a receive thread: this store's limits, `allowance` estimated bytes, and the
+    /// shared series budget (so `max_series` bounds the store and its shards together).
+    pub fn new_shard(&self, allowance: u64) -> Shard {
+        let mut shard = Shard::with_limits(self.shard_limits(allowance));
+        shard.set_budget(self.budget.clone());
+        shard
+    }
+
+    /// Sets the shared series budget to what `max_series` leaves once every shard is merged
+    /// (the flusher, after merging; reload).
+    pub fn refill_budget(&self) {
+        self.budget.set(self.cfg.max_series.saturating_sub(self.series()));
     }
 
     /// The limits a shard works under: the aggregation options, and `allowance` estimated bytes.

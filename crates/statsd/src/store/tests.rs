@@ -350,3 +350,24 @@ fn memory_is_estimated_in_bytes() {
     assert!((1000 * 128..1000 * 160).contains(&grown), "{grown}");
     assert_eq!(store.shard_limits(77).memory_allowance, 77);
 }
+
+#[test]
+fn max_series_is_one_bound_for_the_store_and_all_its_shards() {
+    let mut store = store_with(AggregationConfig { max_series: 100, ..Default::default() });
+    let held = store.series();
+    let (mut a, mut b) = (store.new_shard(u64::MAX), store.new_shard(u64::MAX));
+    for (name, shard) in [("a", &mut a), ("b", &mut b)] {
+        let text: String = (0..100).map(|i| format!("{name}.{i}:1|c\n")).collect();
+        Parser::new(true).parse_packet(text.as_bytes(), shard);
+    }
+    assert_eq!(a.series() + b.series(), 100 - held, "shards share what max_series leaves");
+    store.merge(&mut a);
+    store.merge(&mut b);
+    store.refill_budget();
+    assert_eq!(store.series(), 100);
+    let mut c = store.new_shard(u64::MAX);
+    c.set_known(store.known_series().unwrap());
+    Parser::new(true).parse_packet(b"new:1|c\na.0:1|c", &mut c);
+    assert_eq!(c.series(), 1, "a series the store holds still gets in; a new one does not");
+    assert_eq!(c.dropped_max_series, 1);
+}

@@ -1,0 +1,369 @@
+//! What attacks cost floodgate, and what the defences cost the hot path.
+//!
+//! - `attack`: for each listener, an attack sends some bytes; the table gives floodgate's peak
+//!   resident memory growth (`VmHWM`, read from the kernel) against them. With `--baseline`, the
+//!   same attacks against another build (the one before the defences) in the same run.
+//! - `hotpath`: StatsD lines processed per CPU-second of floodgate, measured so the sender
+//!   cannot limit it: floodgate is stopped (SIGSTOP) with a 1 GiB receive buffer, the datagrams
+//!   pile up in the kernel, then it is resumed and its CPU time to drain them is read from
+//!   `/proc`. With `--baseline`, both builds alternate, three rounds each, medians reported.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::targets::{cpu_ticks, free_port, metric_sum, proc_status, spawn_with, BenchOptions, Running, GUARD_OFF};
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+/// Datagrams floodgate's StatsD UDP threads have read.
+fn read_datagrams(http: u16) -> f64 {
+    metric_sum(http, "floodgate_received_packets_total{", &["statsd_udp"])
+}
+
+/// Lines per CPU-second floodgate `bin` takes to drain `datagrams` datagrams of `lines` lines
+/// each, queued while it was stopped.
+fn drain_rate(bin: &Path, lines: usize, datagrams: usize) -> f64 {
+    let dir = std::env::temp_dir().join(format!("floodgate-hotpath-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fg = spawn_with(
+        bin,
+        &dir,
+        "hotpath",
+        "flush_interval = \"1h\"\nreceive_threads = 1\nreceive_buffer = \"1GiB\"",
+        &format!("{GUARD_OFF}[conntrack]\nenabled = false\n"),
+    );
+    let http = fg.http.unwrap_or(0);
+    let pid = fg.child.id();
+    // The same 1,000 counters as the throughput trials.
+    let load = crate::sender::Load::counters(0, lines, 1000, 1, "load");
+    let pool = crate::sender::pool(&load);
+    signal(pid, "STOP");
+    let s = UdpSocket::bind("127.0.0.2:0").unwrap();
+    for i in 0..datagrams {
+        let _ = s.send_to(&pool[i % pool.len()].bytes, ("127.0.0.1", fg.port));
+    }
+    let before = cpu_ticks(pid);
+    signal(pid, "CONT");
+    let mut last = -1.0;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = read_datagrams(http);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let cpu = (cpu_ticks(pid) - before) as f64 / 100.0;
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(fg);
+    last * lines as f64 / cpu.max(0.01)
+}
+
+/// StatsD lines per CPU-second, this build against `--baseline`.
+pub fn hot_path(opts: &BenchOptions) {
+    println!("\n## Hot path: StatsD lines per CPU-second (1 GiB receive buffer filled while floodgate is stopped, then drained; one receive thread, guard off)");
+    let mut builds = vec![("this build", opts.floodgate.clone())];
+    if let Some(b) = &opts.baseline {
+        builds.insert(0, ("baseline", b.clone()));
+    }
+    let cases = [(1usize, 400_000usize), (20, 200_000)];
+    let mut results: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); cases.len()]; builds.len()];
+    for round in 0..3 {
+        for (c, (lines, datagrams)) in cases.iter().enumerate() {
+            for (b, (name, bin)) in builds.iter().enumerate() {
+                let rate = drain_rate(bin, *lines, *datagrams);
+                eprintln!("round {round}: {name}, {lines} line(s)/datagram: {rate:.0} lines/CPU-s");
+                results[b][c].push(rate);
+            }
+        }
+    }
+    let median = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let header: Vec<&str> = builds.iter().map(|(n, _)| *n).collect();
+    println!(
+        "\n| lines/datagram | {} | this build ÷ baseline |",
+        header.join(" lines/CPU-s (median of 3) | ") + " lines/CPU-s (median of 3)"
+    );
+    println!("|---|{}---|", "---|".repeat(builds.len()));
+    for (c, (lines, _)) in cases.iter().enumerate() {
+        let medians: Vec<f64> = (0..builds.len()).map(|b| median(&results[b][c])).collect();
+        let ratio = if builds.len() == 2 { format!("{:.1} %", medians[1] / medians[0] * 100.0) } else { String::new() };
+        let cells: Vec<String> = medians.iter().map(|m| format!("{:.2}M", m / 1e6)).collect();
+        println!("| {lines} | {} | {ratio} |", cells.join(" | "));
+    }
+}
+
+/// One attack's result.
+struct Cost {
+    listener: &'static str,
+    attack: &'static str,
+    sent: u64,
+    grown: u64,
+}
+
+/// Peak resident bytes so far.
+fn peak(pid: u32) -> u64 {
+    proc_status(pid, "VmHWM:") * 1024
+}
+
+/// A frame with a batch of `n` empty series (two bytes each), as an attacker builds it.
+fn empty_series_frame(n: usize) -> Vec<u8> {
+    let batch: Vec<u8> = [0x08, 0x01].into_iter().chain(std::iter::repeat_n([0x22u8, 0x00], n).flatten()).collect();
+    let mut body = vec![0x1a];
+    let mut len = batch.len();
+    while len >= 0x80 {
+        body.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    body.push(len as u8);
+    body.extend_from_slice(&batch);
+    let mut wire = (body.len() as u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(&body);
+    wire
+}
+
+fn hello() -> Vec<u8> {
+    use floodgate_forward::proto::{frame::Kind, Frame, Hello};
+    let mut buf = bytes::BytesMut::new();
+    floodgate_forward::frame::encode(
+        &Frame { kind: Some(Kind::Hello(Hello { version: 1, agent_id: "attacker".into(), session: 1 })) },
+        &mut buf,
+    );
+    buf.to_vec()
+}
+
+/// Waits until `pid`'s peak resident set stops growing (the attack's work is done).
+fn settled(pid: u32) -> u64 {
+    let mut last = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = peak(pid);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Runs every attack against `bin`.
+fn attacks(bin: &Path) -> Vec<Cost> {
+    let dir = std::env::temp_dir().join(format!("floodgate-attack-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut out = Vec::new();
+    let start = |name: &str, extra_sections: &str| -> (Running, u16, u16, u16) {
+        let (syslog, agg) = (free_port(), free_port());
+        let fg = spawn_with(
+            bin,
+            &dir,
+            name,
+            "flush_interval = \"1s\"\ntcp = [\"127.0.0.1:0\"]",
+            &format!(
+                "{GUARD_OFF}tcp_connections_per_source = 0\ntcp_open_per_source = 0\n[conntrack]\nenabled = false\n[syslog]\nudp = []\ntcp = [\"127.0.0.1:{syslog}\"]\noutput = \"stdout\"\n\
+                 [aggregator]\nlisten = \"127.0.0.1:{agg}\"\nstate_dir = \"{}\"\n{extra_sections}",
+                dir.join(format!("{name}-state")).display()
+            ),
+        );
+        let admin = fg.admin.unwrap_or(0);
+        (fg, syslog, agg, admin)
+    };
+    let mut run = |listener: &'static str, attack: &'static str, f: &dyn Fn(&Running, u16, u16, u16) -> u64| {
+        let (fg, syslog, agg, admin) = start("attack", "");
+        let pid = fg.child.id();
+        std::thread::sleep(Duration::from_millis(500));
+        let before = settled(pid);
+        let sent = f(&fg, syslog, agg, admin);
+        let after = settled(pid);
+        eprintln!("{listener}: {attack}: {sent} bytes sent, peak RSS +{}", after.saturating_sub(before));
+        out.push(Cost { listener, attack, sent, grown: after.saturating_sub(before) });
+    };
+    run("statsd UDP", "8,000 keys of 60 KB", &|fg, _, _, _| {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let key = "k".repeat(60_000);
+        let mut sent = 0;
+        for i in 0..8000 {
+            let line = format!("{key}{i}:1|c");
+            sent += s.send_to(line.as_bytes(), ("127.0.0.1", fg.port)).unwrap_or(0) as u64;
+            if i % 500 == 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        sent
+    });
+    run("statsd UDP", "one timer, 5M values", &|fg, _, _, _| {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut sent = 0;
+        for i in 0..250_000u64 {
+            let text: String = (0..20).map(|j| format!("attack.t:{}|ms\n", (i * 20 + j) % 1000)).collect();
+            sent += s.send_to(text.as_bytes(), ("127.0.0.1", fg.port)).unwrap_or(0) as u64;
+            if i % 5000 == 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        sent
+    });
+    let new_series = |fg: &Running, n: u64| {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut sent = 0;
+        for i in 0..n / 20 {
+            let text: String = (0..20).map(|j| format!("a.{}:1|c\n", i * 20 + j)).collect();
+            sent += s.send_to(text.as_bytes(), ("127.0.0.1", fg.port)).unwrap_or(0) as u64;
+            if i % 2000 == 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        sent
+    };
+    run("statsd UDP", "2M new series (filling max_series)", &|fg, _, _, _| new_series(fg, 2_000_000));
+    run("statsd UDP", "20M new series (past max_series)", &|fg, _, _, _| new_series(fg, 20_000_000));
+    run("statsd TCP", "one 100 MB line", &|fg, _, _, _| {
+        let tcp_port = tcp_listener_port(fg);
+        let mut s = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        let mut sent = 0;
+        for _ in 0..100 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    run("syslog TCP", "a 100 MB octet-counted frame", &|_, syslog, _, _| {
+        let mut s = TcpStream::connect(("127.0.0.1", syslog)).unwrap();
+        let _ = s.write_all(b"100000000 <13>");
+        let chunk = vec![b'x'; 1 << 20];
+        let mut sent = 14;
+        for _ in 0..95 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    run("aggregator", "a 16 MiB frame before Hello", &|_, _, agg, _| {
+        let wire = empty_series_frame((8 << 20) - 64);
+        let mut s = TcpStream::connect(("127.0.0.1", agg)).unwrap();
+        let _ = s.write_all(&wire);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+        wire.len() as u64
+    });
+    run("aggregator", "a 16 MiB frame of 8M empty series after Hello", &|_, _, agg, _| {
+        let wire = empty_series_frame((8 << 20) - 64);
+        let mut s = TcpStream::connect(("127.0.0.1", agg)).unwrap();
+        let h = hello();
+        let _ = s.write_all(&h);
+        let _ = s.write_all(&wire);
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+        std::thread::sleep(Duration::from_secs(3));
+        (h.len() + wire.len()) as u64
+    });
+    run("aggregator", "50 connections: Hello, then half of a 16 MiB frame, held", &|_, _, agg, _| {
+        let h = hello();
+        let mut held = Vec::new();
+        let mut sent = 0;
+        for _ in 0..50 {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", agg)) else { continue };
+            let half = [h.clone(), (16u32 << 20).to_be_bytes().to_vec(), vec![0u8; 8 << 20]].concat();
+            if s.write_all(&half).is_ok() {
+                sent += half.len() as u64;
+            }
+            held.push(s);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        sent
+    });
+    run("console", "100 sessions, 4 KiB of a command each, held", &|_, _, _, admin| {
+        let mut held = Vec::new();
+        let mut sent = 0;
+        for _ in 0..100 {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", admin)) else { continue };
+            if s.write_all(&[b'a'; 4000]).is_ok() {
+                sent += 4000;
+            }
+            held.push(s);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        sent
+    });
+    run("HTTP", "200 requests with 12 KiB of headers, never finished", &|fg, _, _, _| {
+        let http = fg.http.unwrap_or(0);
+        let mut held = Vec::new();
+        let mut sent = 0;
+        let head = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n", "p".repeat(12_000));
+        for _ in 0..200 {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", http)) else { continue };
+            if s.write_all(head.as_bytes()).is_ok() {
+                sent += head.len() as u64;
+            }
+            held.push(s);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        sent
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+/// The StatsD TCP listener's port (bound to port 0 by the attack config), from `/metrics`.
+fn tcp_listener_port(fg: &Running) -> u16 {
+    let body =
+        crate::targets::http_get(fg.http.unwrap_or(0), "/metrics?only=floodgate").map(|(_, b)| b).unwrap_or_default();
+    body.lines()
+        .filter(|l| l.contains("listener=\"statsd_tcp\""))
+        .find_map(|l| l.split("address=\"127.0.0.1:").nth(1)?.split('"').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The attack-cost table.
+pub fn attack_cost(opts: &BenchOptions) {
+    println!("\n## Attack cost: bytes an attacker sends vs floodgate's peak RSS growth (VmHWM)");
+    let now = attacks(&opts.floodgate);
+    let before = opts.baseline.as_ref().map(|b| attacks(b));
+    match &before {
+        Some(_) => {
+            println!("\n| listener | attack | bytes sent | baseline: peak RSS growth (× bytes) | this build: peak RSS growth (× bytes) |");
+            println!("|---|---|---|---|---|");
+        }
+        None => {
+            println!("\n| listener | attack | bytes sent | peak RSS growth | × bytes sent |");
+            println!("|---|---|---|---|---|");
+        }
+    }
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    for (i, c) in now.iter().enumerate() {
+        let ratio = |grown: u64, sent: u64| grown as f64 / sent.max(1) as f64;
+        match &before {
+            Some(b) => println!(
+                "| {} | {} | {} | {} ({:.2}×) | {} ({:.2}×) |",
+                c.listener,
+                c.attack,
+                mib(c.sent),
+                mib(b[i].grown),
+                ratio(b[i].grown, b[i].sent),
+                mib(c.grown),
+                ratio(c.grown, c.sent)
+            ),
+            None => println!(
+                "| {} | {} | {} | {} | {:.2}× |",
+                c.listener,
+                c.attack,
+                mib(c.sent),
+                mib(c.grown),
+                ratio(c.grown, c.sent)
+            ),
+        }
+    }
+    let _ = Instant::now();
+}

@@ -36,6 +36,8 @@ enum Target {
     /// Default limits, one source far over its limit: almost every datagram is read and
     /// dropped by the guard. Loss = datagrams floodgate did not read.
     FloodgateDropping,
+    /// `--baseline`: another build, guard off, for before/after rates in one run.
+    Baseline,
     Etsy,
 }
 
@@ -47,6 +49,7 @@ impl Target {
             Target::FloodgateGuarded => "floodgate, guard on (limits not reached)",
             Target::FloodgateDropping => "floodgate, guard dropping (one source over its limit)",
             Target::Etsy => "Etsy statsd 0.9.0",
+            Target::Baseline => "floodgate, baseline build",
         }
     }
 
@@ -130,10 +133,14 @@ fn drained(http: u16) -> f64 {
 pub(crate) const GUARD_OFF: &str = "[limits]\nudp_per_source = 0\nudp_per_port = 0\n";
 
 fn start_floodgate_with(opts: &BenchOptions, carbon: u16, statsd_extra: &str, limits: &str) -> Running {
+    start_build(&opts.floodgate, carbon, statsd_extra, limits)
+}
+
+fn start_build(bin: &std::path::Path, carbon: u16, statsd_extra: &str, limits: &str) -> Running {
     let dir = std::env::temp_dir().join(format!("floodgate-bench-{}", free_port()));
     std::fs::create_dir_all(&dir).unwrap();
-    spawn_floodgate(
-        opts,
+    spawn_with(
+        bin,
         &dir,
         "floodgate",
         &format!("flush_interval = \"1s\"\n{statsd_extra}"),
@@ -284,12 +291,12 @@ fn trial(opts: &BenchOptions, target: Target, lines: usize, senders: usize, rate
             let received = read / sent.datagrams.max(1) as f64 * sent.counters as f64;
             Trial { sent, received_lines: received, cpu_cores: Some(cpu_cores) }
         }
-        Target::Floodgate | Target::FloodgateGuarded | Target::Etsy => {
+        Target::Floodgate | Target::FloodgateGuarded | Target::Baseline | Target::Etsy => {
             let carbon = CarbonStandIn::start(PREFIX);
-            let mut running = if target == Target::Etsy {
-                start_etsy(opts, carbon.port)
-            } else {
-                start_floodgate_with(opts, carbon.port, "", target.limits())
+            let mut running = match (target, &opts.baseline) {
+                (Target::Etsy, _) => start_etsy(opts, carbon.port),
+                (Target::Baseline, Some(bin)) => start_build(bin, carbon.port, "", target.limits()),
+                _ => start_floodgate_with(opts, carbon.port, "", target.limits()),
             };
             let dest = SocketAddr::from(([127, 0, 0, 1], running.port));
             // Warm-up at the same rate under other names (not summed): node's JIT drops a few
@@ -348,13 +355,13 @@ pub fn bench(opts: &BenchOptions) {
     let mut rows = Vec::new();
     for &lines in &opts.lines {
         let mut results = Vec::new();
-        for target in [Target::Sink, Target::Floodgate, Target::Etsy] {
+        for target in [Target::Sink, Target::Floodgate, Target::Baseline, Target::Etsy] {
             let key = match target {
                 Target::Sink => "sink",
                 Target::Etsy => "etsy",
                 _ => "floodgate",
             };
-            if !want(key) {
+            if !want(key) || (target == Target::Baseline && opts.baseline.is_none()) {
                 continue;
             }
             let (rate, t) = sustained(opts, target, lines, 1);

@@ -115,7 +115,9 @@ pub fn in_range(v: f64) -> bool {
 /// (what counters are scaled by and timers count) must both be in range.
 #[inline]
 pub fn sample(value: f64, sample_rate: f64) -> Result<(), Invalid> {
-    if in_range(value) && in_range(value / sample_rate) && in_range(1.0 / sample_rate) {
+    // Nearly every sample has no rate: no divisions for it.
+    let scaled_in_range = sample_rate == 1.0 || (in_range(value / sample_rate) && in_range(1.0 / sample_rate));
+    if in_range(value) && scaled_in_range {
         Ok(())
     } else {
         Err(Invalid::OutOfRange)

@@ -151,25 +151,28 @@ impl Parser {
                 &self.raw_key
             }
         };
-        let key_ok = self.rule.check_built(key);
         let max = self.rule.max_length;
         let (mut bad, mut too_long) = (0, 0);
         let mut any = false;
-        for part in parts {
-            any = true;
-            let verdict = match key_ok {
-                Ok(()) => match parse_value(key, part) {
-                    Some(m) if m.set_member.len() > max => Err(true),
-                    Some(m) => Ok(m),
-                    None => Err(false),
-                },
-                Err(why) => Err(why == valid::Invalid::TooLong),
-            };
-            match verdict {
-                Ok(metric) => sink.metric(&metric),
-                Err(long) => {
+        match self.rule.check_built(key) {
+            Ok(()) => {
+                for part in parts {
+                    any = true;
+                    match parse_value(key, part) {
+                        Some(metric) if metric.set_member.len() <= max => sink.metric(&metric),
+                        long_member => {
+                            bad += 1;
+                            too_long += u64::from(long_member.is_some());
+                            sink.bad_line(line);
+                        }
+                    }
+                }
+            }
+            Err(why) => {
+                for _ in parts {
+                    any = true;
                     bad += 1;
-                    too_long += u64::from(long);
+                    too_long += u64::from(why == valid::Invalid::TooLong);
                     sink.bad_line(line);
                 }
             }

@@ -362,8 +362,9 @@ impl Shard {
     }
 
     /// Whether a new series may be added (the store's series always may), counting it in the
-    /// byte estimate if so.
-    #[inline]
+    /// byte estimate if so. Out of line: it runs once per new series, and keeping it out of
+    /// `record` keeps the path every known series takes short.
+    #[inline(never)]
     fn has_room(&mut self, kind: Kind, key: &[u8]) -> bool {
         let admitted = if self.known.as_ref().is_some_and(|k| k.contains(kind, key)) {
             true

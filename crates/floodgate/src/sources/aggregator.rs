@@ -334,24 +334,32 @@ impl End {
     }
 }
 
-/// Reads the next frame body: within `deadline` once it has started, within `idle` while
-/// nothing of it has arrived.
+/// Reads the next frame body: within `deadline` of its first byte (`started` carries that
+/// moment across calls, so an acknowledgement sent meanwhile does not restart the clock),
+/// within `idle` while nothing of it has arrived.
 async fn next_body<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut R,
     decoder: &mut Decoder,
+    started: &mut Option<tokio::time::Instant>,
     counters: &ListenerCounters,
     idle: Duration,
     deadline: Duration,
 ) -> std::io::Result<Option<bytes::Bytes>> {
     let timed_out = |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_string());
-    let mut started = (decoder.pending() > 0).then(tokio::time::Instant::now);
+    if decoder.pending() == 0 {
+        *started = None;
+    } else {
+        started.get_or_insert_with(tokio::time::Instant::now);
+    }
     loop {
         if let Some(body) =
             decoder.decode_body().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
         {
+            // The next frame, if it has begun, began now.
+            *started = (decoder.pending() > 0).then(tokio::time::Instant::now);
             return Ok(Some(body));
         }
-        let until = match started {
+        let until = match *started {
             Some(t) => t + deadline,
             None => tokio::time::Instant::now() + idle,
         };
@@ -391,7 +399,8 @@ async fn agent(
         e
     };
     let hello_wait = HELLO_TIMEOUT.min(limits.read_timeout);
-    let first = match next_body(&mut reader, &mut decoder, counters, hello_wait, hello_wait).await {
+    let mut frame_started = None;
+    let first = match next_body(&mut reader, &mut decoder, &mut frame_started, counters, hello_wait, hello_wait).await {
         Ok(Some(body)) => frame::incoming(body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
         Ok(None) => return Ok(()),
         Err(e) => Err(e),
@@ -446,7 +455,7 @@ async fn agent(
     let result: Result<(), End> = async {
         loop {
             tokio::select! {
-                body = next_body(&mut reader, &mut decoder, counters, limits.idle_timeout, limits.read_timeout) => {
+                body = next_body(&mut reader, &mut decoder, &mut frame_started, counters, limits.idle_timeout, limits.read_timeout) => {
                     let body = match body.map_err(fail) {
                         Ok(Some(body)) => body,
                         Ok(None) => return Ok(()),

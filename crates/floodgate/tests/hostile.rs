@@ -1008,3 +1008,130 @@ fn random_bytes_and_cut_frames_on_every_port_are_survived() {
 fn hello_frame() -> Vec<u8> {
     hello("after-noise", 1)
 }
+
+/// A rustls client configuration trusting `ca`, presenting `cert`/`key`.
+fn mtls_client(ca: &std::path::Path, cert: &str, key: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    )
+}
+
+/// Reads frames until one satisfies `want` (20 s at most).
+fn until_frame(tls: &mut impl Read, want: impl Fn(&Frame) -> bool) -> Frame {
+    let mut d = floodgate_forward::frame::Decoder::new(1 << 20);
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        while let Ok(Some(f)) = d.decode() {
+            if want(&f) {
+                return f;
+            }
+        }
+        assert!(Instant::now() < deadline, "no such frame");
+        let n = tls.read(&mut buf).unwrap();
+        assert!(n > 0, "closed");
+        d.buffer().extend_from_slice(&buf[..n]);
+    }
+}
+
+/// With mutual TLS an agent's sessions belong to its certificate: another certificate claiming
+/// the same `agent_id` and session number gets a session of its own — it neither learns the
+/// first one's mark nor has its batches skipped as retries, and cannot acknowledge for it.
+#[test]
+fn mutual_tls_ties_a_session_to_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "fleet");
+    let (server_cert, server_key) = pki.issue("aggregator", "aggregator.test");
+    let (a_cert, a_key) = pki.issue("alpha", "alpha.test");
+    let (b_cert, b_key) = pki.issue("beta", "beta.test");
+    let ca = dir.path().join("fleet-ca.pem");
+    let port = free_port();
+    let agg = aggregator(
+        &format!("tls = {{ cert = \"{server_cert}\", key = \"{server_key}\", client_ca = \"{}\" }}\n", ca.display()),
+        None,
+        &dir.path().join("state"),
+        port,
+    );
+    let connect = |cert: &str, key: &str| {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let conn =
+            rustls::ClientConnection::new(mtls_client(&ca, cert, key), "aggregator.test".try_into().unwrap()).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(&hello("shared-name", 7)).unwrap();
+        tls.flush().unwrap();
+        let welcome = until_frame(&mut tls, |f| matches!(f.kind, Some(Kind::Welcome(_))));
+        let Some(Kind::Welcome(w)) = welcome.kind else { unreachable!() };
+        (tls, w.acked_through)
+    };
+    let batch = |seq: u64| {
+        frame(Kind::Batch(proto::Batch {
+            seq,
+            interval_start_ms: 0,
+            interval_ms: 1000,
+            series: vec![counter(b"identity.hits", 1.0)],
+        }))
+    };
+    let (mut alpha, mark) = connect(&a_cert, &a_key);
+    assert_eq!(mark, 0);
+    for seq in 1..=3 {
+        alpha.write_all(&batch(seq)).unwrap();
+    }
+    alpha.flush().unwrap();
+    until_frame(&mut alpha, |f| matches!(f.kind, Some(Kind::Ack(proto::Ack { seq: 3 }))));
+    // The same name and session number under another certificate: a session of its own.
+    let (mut beta, mark) = connect(&b_cert, &b_key);
+    assert_eq!(mark, 0, "beta learned alpha's mark");
+    beta.write_all(&batch(1)).unwrap();
+    beta.flush().unwrap();
+    until_frame(&mut beta, |f| matches!(f.kind, Some(Kind::Ack(proto::Ack { seq: 1 }))));
+    let m = metrics(&agg);
+    assert_eq!(metric(&m, "floodgate_aggregator_batches_total", &[]), Some(4.0));
+    assert_eq!(metric(&m, "floodgate_aggregator_duplicate_batches_total", &[]), Some(0.0));
+    // Alpha's session is still alpha's: reconnecting, it gets its own mark back.
+    drop(alpha);
+    let (_alpha, mark) = connect(&a_cert, &a_key);
+    assert_eq!(mark, 3);
+    assert!(agg.stderr().contains("identity=Some(\"alpha.test\")"), "{}", agg.stderr());
+}
+
+/// Every accepted connection has TCP keepalive on (a peer that vanished without a FIN is found
+/// in minutes, not hours): as `ss` shows it, on the StatsD, console, HTTP and aggregator ports.
+#[test]
+fn every_accepted_connection_has_tcp_keepalive() {
+    let dir = tempfile::tempdir().unwrap();
+    let agg_port = free_port();
+    let fg = aggregator("", None, dir.path(), agg_port);
+    let mut held = Vec::new();
+    for port in [fg.statsd, fg.admin, fg.http, agg_port] {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        held.push((port, s));
+    }
+    for (port, _) in &held {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = std::process::Command::new(require_tool("ss"))
+                .args(["-tno", "state", "established", &format!("( sport = :{port} )")])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains("timer:(keepalive") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "port {port}: no keepalive timer on floodgate's side:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

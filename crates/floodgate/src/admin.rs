@@ -29,23 +29,11 @@ pub async fn serve(
     counters: Arc<ListenerCounters>,
     idle: Duration,
 ) {
-    loop {
-        let (stream, _peer, permit) = crate::sources::listen::accept(&listener, &guard, &counters).await;
-        counters.connections.fetch_add(1, Relaxed);
-        let (shared, counters) = (shared.clone(), counters.clone());
-        tokio::spawn(async move {
-            counters.open_connections.fetch_add(1, Relaxed);
-            match session(Stalled::new(stream, idle), &shared).await {
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    counters.idle_closed.fetch_add(1, Relaxed);
-                }
-                Err(e) => tracing::debug!(error = %e, "admin console session ended"),
-                Ok(()) => {}
-            }
-            counters.open_connections.fetch_sub(1, Relaxed);
-            drop(permit);
-        });
-    }
+    crate::sources::listen::serve(listener, guard, counters, None, "admin", move |conn, _peer| {
+        let shared = shared.clone();
+        async move { session(Stalled::new(conn, idle), &shared).await }
+    })
+    .await
 }
 
 /// True for a line a browser (or any HTTP client) sends: a request line (`POST / HTTP/1.1`)

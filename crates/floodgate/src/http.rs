@@ -37,32 +37,28 @@ pub async fn serve(
     header_timeout: Duration,
 ) {
     let app = router(shared);
-    loop {
-        let (stream, _peer, permit) = crate::sources::listen::accept(&listener, &guard, &counters).await;
-        counters.connections.fetch_add(1, Relaxed);
-        let (app, counters) = (app.clone(), counters.clone());
-        tokio::spawn(async move {
-            counters.open_connections.fetch_add(1, Relaxed);
+    crate::sources::listen::serve(listener, guard, counters, None, "http", move |conn, _peer| {
+        let app = app.clone();
+        async move {
             let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 tower_service::Service::call(&mut app.clone(), request)
             });
-            let io = TokioIo::new(Stalled::new(stream, header_timeout));
-            let result = hyper::server::conn::http1::Builder::new()
+            let io = TokioIo::new(Stalled::new(conn, header_timeout));
+            hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .max_buf_size(MAX_HEAD.max(8192))
                 .serve_connection(io, service)
-                .await;
-            if let Err(e) = result {
-                if e.is_timeout() || e.to_string().contains("stalled") {
-                    counters.idle_closed.fetch_add(1, Relaxed);
-                }
-                tracing::debug!(error = %e, "http connection ended");
-            }
-            counters.open_connections.fetch_sub(1, Relaxed);
-            drop(permit);
-        });
-    }
+                .await
+                .map_err(|e| {
+                    // A head not sent in time, or a peer that stalled: counted as idle.
+                    let stalled = e.is_timeout() || e.to_string().contains("stalled");
+                    let kind = if stalled { std::io::ErrorKind::TimedOut } else { std::io::ErrorKind::Other };
+                    std::io::Error::new(kind, e)
+                })
+        }
+    })
+    .await
 }
 
 fn router(shared: Arc<Shared>) -> Router {

@@ -239,28 +239,6 @@ fn a_connection_storm_is_refused_at_accept() {
     assert_eq!(report["offenders"][0]["listener"], "statsd_tcp");
 }
 
-/// Floodgate with a StatsD TLS listener on a fresh self-signed certificate for `localhost`
-/// (kept in floodgate's own temporary folder); `sections` as for [`Floodgate::start`].
-fn start_with_tls(sections: &str) -> (Floodgate, u16, rcgen::CertifiedKey<rcgen::KeyPair>) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert_path, key_path) = (dir.path().join("server.pem"), dir.path().join("server.key"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let tls_port = free_port();
-    let fg = Floodgate::start(
-        &format!(
-            "flush_interval = \"1h\"\ntls_listen = [\"127.0.0.1:{tls_port}\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}",
-            cert_path.display(),
-            key_path.display()
-        ),
-        sections,
-    );
-    // The files are read at start; the folder may go.
-    drop(dir);
-    (fg, tls_port, cert)
-}
-
 /// A TLS listener under the same storm: refused connections are reset before a handshake
 /// starts (the server never answers their ClientHello); admitted ones handshake and are read.
 #[test]

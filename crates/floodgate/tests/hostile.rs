@@ -599,23 +599,10 @@ fn memory_is_bounded_in_bytes() {
 #[test]
 fn a_tls_handshake_storm_stays_within_the_listeners_cap() {
     const RATE: u64 = 40;
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert_path, key_path) = (dir.path().join("server.pem"), dir.path().join("server.key"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let tls_port = free_port();
-    let fg = Floodgate::start(
-        &format!(
-            "flush_interval = \"1h\"\ntls_listen = [\"127.0.0.1:{tls_port}\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}",
-            cert_path.display(),
-            key_path.display()
-        ),
-        &format!(
-            "[limits]\nudp_per_source = 0\nudp_per_port = 0\ntcp_connections_per_source = 10\n\
-             tls_handshakes_per_second = {RATE}\n"
-        ),
-    );
+    let (fg, tls_port, cert) = start_with_tls(&format!(
+        "[limits]\nudp_per_source = 0\nudp_per_port = 0\ntcp_connections_per_source = 10\n\
+         tls_handshakes_per_second = {RATE}\n"
+    ));
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
     let client = std::sync::Arc::new(

@@ -197,7 +197,14 @@ pub async fn serve<H, F>(
             let handshake = handshake(stream, tls, &counters).await;
             drop(handshake_permit);
             let result = match handshake {
-                Ok((conn, identity)) => handle(conn, Peer { addr: peer, identity }).await,
+                Ok((conn, identity)) => {
+                    let result = handle(conn, Peer { addr: peer, identity }).await;
+                    // A handler gives up on a silent or stalled peer with TimedOut.
+                    if result.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
+                        counters.idle_closed.fetch_add(1, Relaxed);
+                    }
+                    result
+                }
                 Err(e) => Err(e),
             };
             if let Err(e) = result {

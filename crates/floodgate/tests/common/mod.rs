@@ -566,3 +566,25 @@ impl Drop for Namespace {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
+
+/// Floodgate with a StatsD TLS listener on a fresh self-signed certificate for `localhost`
+/// (kept in floodgate's own temporary folder); `sections` as for [`Floodgate::start`].
+pub fn start_with_tls(sections: &str) -> (Floodgate, u16, rcgen::CertifiedKey<rcgen::KeyPair>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let tls_port = free_port();
+    let fg = Floodgate::start(
+        &format!(
+            "flush_interval = \"1h\"\ntls_listen = [\"127.0.0.1:{tls_port}\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}",
+            cert_path.display(),
+            key_path.display()
+        ),
+        sections,
+    );
+    // The files are read at start; the folder may go.
+    drop(dir);
+    (fg, tls_port, cert)
+}

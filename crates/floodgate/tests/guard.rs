@@ -244,15 +244,7 @@ fn a_connection_storm_is_refused_at_accept() {
 #[test]
 fn a_tls_listener_never_handshakes_with_a_refused_connection() {
     let (fg, tls_port, cert) = start_with_tls("[limits]\n");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let client = std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let client = tls_client_trusting(cert.cert.der());
     // Sends one line over TLS from `source`; Ok(true) when served, Ok(false) when reset.
     let attempt = |source: &str, line: &[u8]| -> bool {
         let Some(tcp) = try_connect_from(source, tls_port) else { return false };

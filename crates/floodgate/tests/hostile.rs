@@ -603,15 +603,7 @@ fn a_tls_handshake_storm_stays_within_the_listeners_cap() {
         "[limits]\nudp_per_source = 0\nudp_per_port = 0\ntcp_connections_per_source = 10\n\
          tls_handshakes_per_second = {RATE}\n"
     ));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let client = std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let client = tls_client_trusting(cert.cert.der());
     let started = Instant::now();
     let storm_for = Duration::from_secs(4);
     let stormers: Vec<_> = (10..60)

@@ -588,3 +588,16 @@ pub fn start_with_tls(sections: &str) -> (Floodgate, u16, rcgen::CertifiedKey<rc
     drop(dir);
     (fg, tls_port, cert)
 }
+
+/// A TLS client configuration (ring, TLS 1.2/1.3) trusting one certificate.
+pub fn tls_client_trusting(cert: &rustls_pki_types::CertificateDer<'_>) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone().into_owned()).unwrap();
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}

@@ -7,8 +7,10 @@
 //! highest sequence number acknowledged or given up (`u64 session, u64 through`). The log is
 //! emptied whenever nothing is waiting, and rewritten with only what waits when it has grown
 //! to twice that. `forward-session.json` names the agent and its session; a restart reuses the
-//! session only when every aggregator's journal is there and belongs to it (otherwise numbers
-//! could repeat under an old session, and an aggregator would skip new batches as retries).
+//! session when every aggregator journal there belongs to it (one for a newly added aggregator
+//! may be missing: it starts at 1). A journal of another session would mean numbers could
+//! repeat under an old session, and an aggregator would skip new batches as retries: then the
+//! agent starts a new session.
 
 use std::fs::File;
 use std::io::Write;
@@ -57,8 +59,9 @@ struct SessionFile {
     session: u64,
 }
 
-/// The session to use: the saved one when every aggregator's journal in `dir` belongs to it and
-/// the agent's name is the same, else `fresh` (saved for next time).
+/// The session to use: the saved one when the agent's name is the same and every aggregator
+/// journal in `dir` belongs to it (a missing one is a new aggregator), else `fresh` (saved for
+/// next time).
 pub fn session(dir: &Path, agent_id: &str, aggregators: &[String], fresh: u64) -> std::io::Result<u64> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("forward-session.json");
@@ -66,9 +69,10 @@ pub fn session(dir: &Path, agent_id: &str, aggregators: &[String], fresh: u64) -
     if let Some(saved) = saved.filter(|s| s.agent_id == agent_id) {
         let consistent = aggregators.iter().all(|a| {
             let mut head = [0u8; 8];
-            std::fs::File::open(dir.join(format!("{}.mark", stem(a))))
-                .and_then(|f| f.read_exact_at(&mut head, 0))
-                .is_ok_and(|()| u64::from_le_bytes(head) == saved.session)
+            match std::fs::File::open(dir.join(format!("{}.mark", stem(a)))) {
+                Ok(f) => f.read_exact_at(&mut head, 0).is_ok_and(|()| u64::from_le_bytes(head) == saved.session),
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            }
         });
         if consistent {
             return Ok(saved.session);
@@ -230,8 +234,15 @@ mod tests {
         assert_eq!(r.batches.len(), 2, "the cut record is gone");
         j.through(5, 0, std::iter::empty()).unwrap();
         assert_eq!(std::fs::metadata(dir.path().join(format!("{}.log", stem("x:1")))).unwrap().len(), 0);
-        // Another agent name, or a missing journal: a new session.
+        // An aggregator added: the same session (its journal starts empty).
+        assert_eq!(session(dir.path(), "a", &["x:1".into(), "y:1".into()], 13).unwrap(), 7);
+        // Another agent name: a new session; journals of the old one then start afresh.
         assert_eq!(session(dir.path(), "b", &["x:1".into()], 11).unwrap(), 11);
-        assert_eq!(session(dir.path(), "b", &["x:1".into(), "y:1".into()], 12).unwrap(), 12);
+        let (_, r) = Journal::open(dir.path(), "x:1", 11, Fsync::Never).unwrap();
+        assert!(r.batches.is_empty() && r.through == 0);
+        // A journal of another session than the saved one: a new session.
+        assert_eq!(session(dir.path(), "b", &["x:1".into(), "z:1".into()], 12).unwrap(), 11);
+        Journal::open(dir.path(), "z:1", 99, Fsync::Never).unwrap();
+        assert_eq!(session(dir.path(), "b", &["x:1".into(), "z:1".into()], 12).unwrap(), 12);
     }
 }

@@ -24,23 +24,6 @@ fn peak_rss(pid: u32) -> u64 {
     kb * 1024
 }
 
-fn metrics(fg: &Floodgate) -> String {
-    http_get(fg.http, "/metrics?only=floodgate").unwrap().1
-}
-
-/// Polls `/metrics` until `name{labels}` satisfies `check`; returns the value.
-fn wait_metric(fg: &Floodgate, name: &str, labels: &[&str], check: impl Fn(f64) -> bool) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = metric(&metrics(fg), name, labels);
-        if let Some(v) = v.filter(|v| check(*v)) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{name}{labels:?} = {v:?} never satisfied the check\n{}", fg.stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn aggregator(extra: &str, graphite: Option<u16>, state_dir: &std::path::Path, port: u16) -> Floodgate {
     let graphite = graphite.map(|p| format!("[graphite]\naddress = \"127.0.0.1:{p}\"\n\n")).unwrap_or_default();
     Floodgate::start(
@@ -96,7 +79,7 @@ fn poison_lines_cannot_stop_an_agents_forwarding() {
     let port = free_port();
     let agg = aggregator("", Some(carbon.line_port), dir.path(), port);
     let a = agent("victim", port);
-    wait_metric(&a, "floodgate_forward_connected", &[], |v| v == 1.0);
+    a.wait_sample("floodgate_forward_connected", &[], |v| v == 1.0);
     let poison = ["x:Infinity|c", ":1|c", "%%:1|c", "t:1e200|ms", "y:1e400|g", "r:1e149|c|@0.0001", ";a=b:1|c"];
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     let to = SocketAddr::from(([127, 0, 0, 1], a.statsd));
@@ -108,13 +91,13 @@ fn poison_lines_cannot_stop_an_agents_forwarding() {
     }
     let points = carbon.wait("stats_counts.good.hits", |p| p.iter().sum::<f64>() >= rounds as f64);
     assert_eq!(points.iter().sum::<f64>(), rounds as f64);
-    let agent_metrics = metrics(&a);
+    let agent_metrics = a.self_metrics();
     assert_eq!(metric(&agent_metrics, "floodgate_bad_lines_total", &["listener=\"statsd_udp\""]), Some(rounds as f64));
-    let m = metrics(&agg);
+    let m = agg.self_metrics();
     assert_eq!(metric(&m, "floodgate_aggregator_protocol_errors_total", &[]), Some(0.0));
     assert_eq!(metric(&m, "floodgate_aggregator_refused_batches_total", &[]), Some(0.0));
     // Every batch the agent sent was acknowledged (nothing stuck in its queue).
-    wait_metric(&a, "floodgate_forward_queued_batches", &[], |v| v == 0.0);
+    a.wait_sample("floodgate_forward_queued_batches", &[], |v| v == 0.0);
 }
 
 fn counter(key: &[u8], v: f64) -> proto::Series {
@@ -144,8 +127,8 @@ fn an_aggregator_refuses_bad_series_one_by_one() {
         },
     ];
     s.write_all(&frame(Kind::Batch(proto::Batch { seq: 1, interval_start_ms: 0, interval_ms: 1000, series }))).unwrap();
-    wait_metric(&agg, "floodgate_aggregator_batches_total", &[], |v| v == 1.0);
-    let m = metrics(&agg);
+    agg.wait_sample("floodgate_aggregator_batches_total", &[], |v| v == 1.0);
+    let m = agg.self_metrics();
     let invalid = |r: &str| metric(&m, "floodgate_aggregator_invalid_series_total", &[&format!("reason=\"{r}\"")]);
     assert_eq!(invalid("value_out_of_range"), Some(1.0));
     assert_eq!(invalid("empty_name"), Some(1.0));
@@ -170,7 +153,7 @@ fn an_aggregator_refuses_bad_series_one_by_one() {
     });
     let error = error.unwrap_or_else(|| panic!("an Error frame: {answers:?}"));
     assert_eq!(error.refused_seq, 2, "{error:?}");
-    assert_eq!(metric(&metrics(&agg), "floodgate_aggregator_refused_batches_total", &[]), Some(1.0));
+    assert_eq!(metric(&agg.self_metrics(), "floodgate_aggregator_refused_batches_total", &[]), Some(1.0));
 }
 
 /// A frame (length prefix included) carrying a batch with sequence number 1 and `n` empty
@@ -217,7 +200,7 @@ fn a_big_frame_costs_at_most_a_few_times_its_size() {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(&hello("big", 1)).unwrap();
     s.write_all(&wire).unwrap();
-    wait_metric(&agg, "floodgate_aggregator_invalid_series_total", &["reason=\"empty_name\""], |v| v == n as f64);
+    agg.wait_sample("floodgate_aggregator_invalid_series_total", &["reason=\"empty_name\""], |v| v == n as f64);
     let grown = peak_rss(pid) - after_unauthenticated;
     eprintln!("a {} byte frame after Hello: peak RSS +{grown} bytes", wire.len());
     assert!(grown < 4 * wire.len() as u64, "a {} byte frame grew the peak RSS by {grown} bytes", wire.len());
@@ -246,7 +229,7 @@ fn a_slow_frame_is_cut_off() {
         let _ = read_frames(&mut s);
     }
     assert!(started.elapsed() < Duration::from_secs(20));
-    wait_metric(&agg, "floodgate_aggregator_timeouts_total", &[], |v| v == 1.0);
+    agg.wait_sample("floodgate_aggregator_timeouts_total", &[], |v| v == 1.0);
 }
 
 /// A connection from `source` (127.0.0.0/8 is all local), or `None` when refused at once.
@@ -399,7 +382,7 @@ fn idle_and_half_sent_connections_cannot_starve_any_port() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // Beyond 20 per source, connections were reset at accept, and counted.
-    let m = metrics(&fg);
+    let m = fg.self_metrics();
     for (listener, _, _) in ports {
         let refused = metric(
             &m,
@@ -415,7 +398,7 @@ fn idle_and_half_sent_connections_cannot_starve_any_port() {
     for (listener, _, _) in ports {
         // (The scrape asking is itself an open HTTP connection.)
         let scrape = f64::from(listener == "http");
-        wait_metric(&fg, "floodgate_tcp_open_connections", &[&format!("listener=\"{listener}\"")], |v| v == scrape);
+        fg.wait_sample("floodgate_tcp_open_connections", &[&format!("listener=\"{listener}\"")], |v| v == scrape);
     }
 }
 
@@ -513,7 +496,7 @@ fn a_sink_down_loses_nothing_agents_sent() {
     );
     let agents: Vec<Floodgate> = (0..2).map(|i| agent(&format!("a{i}"), port)).collect();
     for a in &agents {
-        wait_metric(a, "floodgate_forward_connected", &[], |v| v == 1.0);
+        a.wait_sample("floodgate_forward_connected", &[], |v| v == 1.0);
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let senders: Vec<_> =
@@ -528,12 +511,12 @@ fn a_sink_down_loses_nothing_agents_sent() {
     let points = carbon.wait("stats_counts.down.hits", |p| p.iter().sum::<f64>() >= sent as f64);
     // Every agent batch acknowledged, none dropped; then the sum is final and exact.
     for a in &agents {
-        wait_metric(a, "floodgate_forward_queued_batches", &[], |v| v == 0.0);
-        assert_eq!(metric(&metrics(a), "floodgate_forward_dropped_batches_total", &[]), Some(0.0));
+        a.wait_sample("floodgate_forward_queued_batches", &[], |v| v == 0.0);
+        assert_eq!(metric(&a.self_metrics(), "floodgate_forward_dropped_batches_total", &[]), Some(0.0));
     }
     let points = carbon.wait("stats_counts.down.hits", |p| p.len() >= points.len());
     assert_eq!(points.iter().sum::<f64>(), sent as f64, "sent {sent}; points {points:?}");
-    let m = metrics(&agg);
+    let m = agg.self_metrics();
     assert!(metric(&m, "floodgate_aggregator_busy_total", &[]).unwrap() >= 1.0, "the buffer filled up: {m}");
     assert!(relay.relayed.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
@@ -561,9 +544,7 @@ fn memory_is_bounded_in_bytes() {
     drop(s);
     fg.wait_counter("after.long.keys", "1");
     let long =
-        wait_metric(&fg, "floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"key_too_long\""], |v| {
-            v > 0.0
-        });
+        fg.wait_sample("floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"key_too_long\""], |v| v > 0.0);
     assert_eq!(long, 8000.0);
     let grown = peak_rss(pid) - before;
     assert!(grown < 16 << 20, "480 MB of long keys grew the peak RSS by {grown} bytes");
@@ -587,8 +568,8 @@ fn memory_is_bounded_in_bytes() {
         let text: String = (0..20).map(|i| format!("unique.series.number.{chunk}.{i}:1|c\n")).collect();
         u.send_to(text.as_bytes(), to).unwrap();
     }
-    wait_metric(&fg, "floodgate_statsd_dropped_series_total", &["reason=\"max_memory\""], |v| v > 0.0);
-    let memory = wait_metric(&fg, "floodgate_statsd_memory_bytes", &[], |v| v > 0.0);
+    fg.wait_sample("floodgate_statsd_dropped_series_total", &["reason=\"max_memory\""], |v| v > 0.0);
+    let memory = fg.wait_sample("floodgate_statsd_memory_bytes", &[], |v| v > 0.0);
     assert!(memory <= (3 << 20) as f64, "estimated {memory} bytes against a 2 MiB budget");
     assert!(fg.stderr().contains("aggregation memory limit reached"), "{}", fg.stderr());
 }
@@ -639,7 +620,7 @@ fn a_tls_handshake_storm_stays_within_the_listeners_cap() {
     u.send_to(b"calm.done:1|c", ("127.0.0.1", fg.statsd)).unwrap();
     fg.wait_counter("calm.done", "1");
     fg.wait_counter("calm.udp", &sent.to_string());
-    let m = metrics(&fg);
+    let m = fg.self_metrics();
     let l = "listener=\"statsd_tls\"";
     let handshakes = metric(&m, "floodgate_tls_handshakes_total", &[l]).unwrap();
     let refused = metric(&m, "floodgate_dropped_total", &[l, "reason=\"handshake_limit\""]).unwrap();
@@ -695,8 +676,8 @@ fn a_remote_write_endpoint_streaming_an_endless_error_cannot_stall_delivery() {
     );
     let before = peak_rss(fg.child.id());
     fg.send_udp(b"rw.hits:1|c");
-    wait_metric(&fg, "floodgate_sink_sent_payloads_total", &["sink=\"remote_write\""], |v| v >= 1.0);
-    let m = metrics(&fg);
+    fg.wait_sample("floodgate_sink_sent_payloads_total", &["sink=\"remote_write\""], |v| v >= 1.0);
+    let m = fg.self_metrics();
     assert!(metric(&m, "floodgate_sink_errors_total", &["sink=\"remote_write\""]).unwrap() >= bad_answers as f64);
     assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     let grown = peak_rss(fg.child.id()) - before;
@@ -817,7 +798,7 @@ fn the_aggregator_killed_ten_times_loses_and_doubles_nothing() {
     let mut agg = aggregator("grace = \"500ms\"\n", Some(carbon.line_port), dir.path(), port);
     let agents: Vec<Floodgate> = (0..2).map(|i| agent(&format!("steady{i}"), port)).collect();
     for a in &agents {
-        wait_metric(a, "floodgate_forward_connected", &[], |v| v == 1.0);
+        a.wait_sample("floodgate_forward_connected", &[], |v| v == 1.0);
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let senders: Vec<_> =
@@ -849,8 +830,8 @@ fn the_aggregator_killed_ten_times_loses_and_doubles_nothing() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let sent: u64 = senders.into_iter().map(|h| h.join().unwrap()).sum();
     for a in &agents {
-        wait_metric(a, "floodgate_forward_queued_batches", &[], |v| v == 0.0);
-        assert_eq!(metric(&metrics(a), "floodgate_forward_dropped_batches_total", &[]), Some(0.0));
+        a.wait_sample("floodgate_forward_queued_batches", &[], |v| v == 0.0);
+        assert_eq!(metric(&a.self_metrics(), "floodgate_forward_dropped_batches_total", &[]), Some(0.0));
     }
     let points = carbon.wait("stats_counts.faults.hits", |p| p.iter().sum::<f64>() >= sent as f64);
     // Two more intervals for anything doubled to show.
@@ -974,7 +955,7 @@ fn random_bytes_and_cut_frames_on_every_port_are_survived() {
     let mut d = floodgate_forward::frame::Decoder::new(1 << 20);
     d.buffer().extend_from_slice(&buf[..n]);
     assert!(matches!(d.decode(), Ok(Some(Frame { kind: Some(Kind::Welcome(_)) }))));
-    let m = metrics(&fg);
+    let m = fg.self_metrics();
     assert!(metric(&m, "floodgate_bad_lines_total", &["listener=\"statsd_udp\""]).unwrap() > 0.0);
     for listener in ["statsd_tls", "syslog_tls", "aggregator_tls"] {
         let failures = metric(&m, "floodgate_tls_handshake_failures_total", &[&format!("listener=\"{listener}\"")]);
@@ -1076,7 +1057,7 @@ fn mutual_tls_ties_a_session_to_its_certificate() {
     beta.write_all(&batch(1)).unwrap();
     beta.flush().unwrap();
     until_frame(&mut beta, |f| matches!(f.kind, Some(Kind::Ack(proto::Ack { seq: 1 }))));
-    let m = metrics(&agg);
+    let m = agg.self_metrics();
     assert_eq!(metric(&m, "floodgate_aggregator_batches_total", &[]), Some(4.0));
     assert_eq!(metric(&m, "floodgate_aggregator_duplicate_batches_total", &[]), Some(0.0));
     // Alpha's session is still alpha's: reconnecting, it gets its own mark back.

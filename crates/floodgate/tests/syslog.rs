@@ -54,17 +54,13 @@ fn wait_records(path: &Path, n: usize) -> Vec<Value> {
 }
 
 /// A `/metrics` sample (0 when absent).
+/// A self-metric that must be exported (a missing one fails the test, never reads as 0).
 fn sample(fg: &Floodgate, name: &str, labels: &[&str]) -> f64 {
-    let (_, body) = http_get(fg.http, "/metrics").unwrap();
-    metric(&body, name, labels).unwrap_or(0.0)
+    fg.sample(name, labels)
 }
 
 fn wait_sample(fg: &Floodgate, name: &str, labels: &[&str], want: f64) {
-    let deadline = Instant::now() + WAIT;
-    while sample(fg, name, labels) != want {
-        assert!(Instant::now() < deadline, "{name}{labels:?} never reached {want}: {}", sample(fg, name, labels));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    fg.wait_sample(name, labels, |v| v == want);
 }
 
 fn logger(port: u16, args: &[&str], message: &str) {

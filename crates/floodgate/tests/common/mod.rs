@@ -233,6 +233,59 @@ pub fn http_post(port: u16, path: &str, headers: &[&str], body: &str) -> std::io
     Ok((code, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
 }
 
+/// Polls `probe` until it returns `Some`, for at most `timeout`; panics with `what` (and the
+/// last thing `describe` says) when it never does. The one waiting loop of the tests: each
+/// waits on a signal (a metric, a file, a counter), never on a fixed sleep.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The value of a sample that must exist: like [`metric`], but a series that is not exported
+/// fails the test (naming the samples of that family that are there) instead of reading as 0,
+/// so a check such as "failures == 0" cannot pass because the counter is missing.
+pub fn sample(body: &str, name: &str, labels: &[&str]) -> f64 {
+    metric(body, name, labels).unwrap_or_else(|| {
+        let family: Vec<&str> = body.lines().filter(|l| l.starts_with(name)).take(20).collect();
+        panic!("{name}{labels:?} is not exported; the family has:\n{}", family.join("\n"))
+    })
+}
+
+impl Floodgate {
+    /// floodgate's own metrics (`/metrics?only=floodgate`).
+    pub fn self_metrics(&self) -> String {
+        http_get(self.http, "/metrics?only=floodgate").expect("GET /metrics").1
+    }
+
+    /// A self-metric that must exist (see [`sample`]).
+    pub fn sample(&self, name: &str, labels: &[&str]) -> f64 {
+        sample(&self.self_metrics(), name, labels)
+    }
+
+    /// Waits until the self-metric exists and satisfies `check`; returns its value.
+    pub fn wait_sample(&self, name: &str, labels: &[&str], check: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let last = metric(&self.self_metrics(), name, labels);
+            if let Some(v) = last.filter(|v| check(*v)) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} never satisfied the check (last: {last:?})\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// The value of the first sample in a `/metrics` body named `name` whose labels include every
 /// `labels` entry (`key="value"` text), or `None`.
 pub fn metric(body: &str, name: &str, labels: &[&str]) -> Option<f64> {

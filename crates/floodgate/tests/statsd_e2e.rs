@@ -169,26 +169,18 @@ fn tcp_skips_oversize_lines_and_keeps_the_connection() {
 fn flushes_are_buffered_while_carbon_is_down_and_sent_in_order() {
     let port = free_port();
     let fg = Floodgate::start("flush_interval = \"300ms\"", &graphite_section(port, ""));
+    let mut flushes = next_flush(&fg, 0.0);
     for i in 1..=3 {
         fg.send_udp(format!("outage.c{i}:1|c").as_bytes());
-        std::thread::sleep(Duration::from_millis(400));
+        fg.wait_counter(&format!("outage.c{i}"), "1");
+        flushes = next_flush(&fg, flushes);
     }
-    let (_, metrics) = http_get(fg.http, "/metrics").unwrap();
-    let held = metric(&metrics, "floodgate_sink_buffer_payloads", &["sink=\"graphite\""]).unwrap() as u64;
-    assert!(held >= 2, "flushes held while Carbon is down: {held}\n{metrics}");
+    let held = fg.sample("floodgate_sink_buffer_payloads", &["sink=\"graphite\""]) as usize;
+    assert!(held >= 3, "flushes held while Carbon is down: {held}");
     // Carbon comes back on the same port.
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let mut payloads = Vec::new();
-    let mut stamps = Vec::new();
-    for stream in listener.incoming() {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stream.unwrap(), &mut buf).unwrap();
-        stamps.push(parse_plaintext(&buf)[0].2.parse::<i64>().unwrap());
-        payloads.push(buf);
-        if payloads.len() as u64 > held {
-            break;
-        }
-    }
+    let payloads = accept_payloads(&listener, WAIT, |p| p.len() >= held);
+    let stamps: Vec<i64> = payloads.iter().map(|p| parse_plaintext(p)[0].2.parse().unwrap()).collect();
     assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "sent in order: {stamps:?}");
     for i in 1..=3 {
         let name = format!("stats_counts.outage.c{i}");
@@ -196,25 +188,47 @@ fn flushes_are_buffered_while_carbon_is_down_and_sent_in_order() {
     }
 }
 
+/// Waits until the flusher has run once more than `seen` times; returns the new count.
+fn next_flush(fg: &Floodgate, seen: f64) -> f64 {
+    fg.wait_sample("floodgate_flushes_total", &[], |n| n > seen)
+}
+
+/// Carbon unreachable, a 2 KiB buffer: past the bound the *oldest* flushes are dropped (and
+/// counted); when Carbon is back what is delivered is the newest flushes, in order, with no
+/// gap. Each flush is told apart by a gauge set to its number just before it.
 #[test]
 fn buffer_bound_drops_the_oldest_flushes_and_counts_them() {
     let port = free_port();
-    let fg = Floodgate::start("flush_interval = \"100ms\"", &graphite_section(port, "buffer = \"2KiB\""));
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, metrics) = http_get(fg.http, "/metrics").unwrap();
-        let graphite = ["sink=\"graphite\""];
-        let dropped = metric(&metrics, "floodgate_sink_dropped_payloads_total", &graphite).unwrap();
-        let bytes = metric(&metrics, "floodgate_sink_buffer_bytes", &graphite).unwrap();
-        let held = metric(&metrics, "floodgate_sink_buffer_payloads", &graphite).unwrap();
+    let fg = Floodgate::start("flush_interval = \"200ms\"", &graphite_section(port, "buffer = \"2KiB\""));
+    let graphite = ["sink=\"graphite\""];
+    let mut flushes = next_flush(&fg, 0.0);
+    let mut k = 0;
+    while fg.sample("floodgate_sink_dropped_payloads_total", &graphite) < 3.0 {
+        k += 1;
+        assert!(k < 100, "no flush dropped at the buffer bound");
+        fg.send_udp(format!("drop.flush:{k}|g").as_bytes());
+        let want = format!("'drop.flush': {k}");
+        wait_for("the gauge set", WAIT, || fg.admin("gauges\n").contains(&want).then_some(()));
+        flushes = next_flush(&fg, flushes);
+        let bytes = fg.sample("floodgate_sink_buffer_bytes", &graphite);
+        let held = fg.sample("floodgate_sink_buffer_payloads", &graphite);
         // Within the bound, or a single payload larger than the bound (never dropped alone).
-        assert!(bytes <= 2048.0 || held == 1.0, "{metrics}");
-        if dropped >= 3.0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no flush dropped at the buffer bound:\n{metrics}");
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(bytes <= 2048.0 || held == 1.0, "{bytes} bytes in {held} payloads");
     }
+    let last = k;
+    // Carbon comes back: every held flush arrives, oldest first.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let payloads = accept_payloads(&listener, WAIT, |p| {
+        p.iter().any(|p| value_of(&parse_plaintext(p), "stats.gauges.drop.flush") == Some(&*last.to_string()))
+    });
+    let seen: Vec<u64> = payloads
+        .iter()
+        .filter_map(|p| value_of(&parse_plaintext(p), "stats.gauges.drop.flush").map(|v| v.parse().unwrap()))
+        .collect();
+    let (first, newest) = (seen[0], *seen.last().unwrap());
+    assert!(first > 1, "the oldest flushes were dropped, not delivered: {seen:?}");
+    assert_eq!(newest, last, "the newest flush is delivered: {seen:?}");
+    assert!(seen.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1), "in order, without a gap: {seen:?}");
 }
 
 #[test]

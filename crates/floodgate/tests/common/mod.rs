@@ -373,6 +373,31 @@ impl Capture {
     }
 }
 
+/// Accepts connections on `listener` and reads each to its end as one payload, until `done`
+/// says the payloads so far are enough; fails after `timeout` (never hangs).
+pub fn accept_payloads(listener: &TcpListener, timeout: Duration, done: impl Fn(&[Vec<u8>]) -> bool) -> Vec<Vec<u8>> {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut payloads = Vec::new();
+    while !done(&payloads) {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).unwrap();
+                payloads.push(buf);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "only {} payloads within {timeout:?}", payloads.len());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    payloads
+}
+
 /// Plaintext payload lines as (name, value, timestamp).
 pub fn parse_plaintext(payload: &[u8]) -> Vec<(String, String, String)> {
     String::from_utf8_lossy(payload)

@@ -22,7 +22,9 @@ impl Limit {
         if rate == 0 {
             return Limit { interval_ns: 0, tolerance_ns: 0 };
         }
-        let interval_ns = (1_000_000_000 / rate).max(1);
+        // Rounded up: the limit never lets more than `rate` through (rounding down gave, for
+        // 99,999/s, 100,000/s).
+        let interval_ns = 1_000_000_000u64.div_ceil(rate).max(1);
         // At least one message must always fit, whatever the burst.
         Limit { interval_ns, tolerance_ns: burst_ns.max(interval_ns) }
     }
@@ -102,6 +104,15 @@ mod tests {
     }
 
     #[test]
+    fn never_over_a_rate_that_does_not_divide_a_second() {
+        // 99,999/s: an interval rounded down would let 100,000 a second through.
+        let l = Limit::new(99_999, 0);
+        let mut tat = 0;
+        let allowed = (0..10_000_000u64).filter(|us| l.check(&mut tat, SEC + us * 1000, 1)).count();
+        assert!(allowed <= 999_990 + 1, "{allowed} in 10 s");
+    }
+
+    #[test]
     fn unlimited_and_tiny_bursts() {
         let mut tat = 0;
         assert!((0..10_000).all(|_| Limit::UNLIMITED.check(&mut tat, 5, 1)));
@@ -111,6 +122,17 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// A sender keeping to the rate is never refused, whatever the burst.
+        #[test]
+        fn a_sender_within_the_rate_is_never_refused(rate in 1u64..100_000, burst_ms in 0u64..3000, n in 1usize..500) {
+            let l = Limit::new(rate, burst_ms * 1_000_000);
+            let mut tat = 0;
+            let every = 1_000_000_000u64.div_ceil(rate);
+            for i in 0..n as u64 {
+                proptest::prop_assert!(l.check(&mut tat, SEC + i * every, 1), "message {} refused", i);
+            }
+        }
+
         /// Over any window, what is allowed never exceeds rate × window + burst.
         #[test]
         fn never_more_than_rate_plus_burst(rate in 1u64..100_000, burst_ms in 0u64..3000, gaps in proptest::collection::vec(0u64..5_000_000, 1..2000)) {
@@ -125,8 +147,11 @@ mod tests {
                     allowed += 1;
                 }
             }
+            // The bound from the configuration, not from the `Limit` under test: a bug in
+            // `Limit::new` must not move it.
             let window = (now - start) as f64 / 1e9;
-            let bound = l.rate() * window + (l.tolerance_ns as f64 / l.interval_ns as f64) + 1.0;
+            let burst = (rate as f64 * burst_ms as f64 / 1000.0).max(1.0);
+            let bound = rate as f64 * window + burst + 1.0;
             proptest::prop_assert!(allowed as f64 <= bound, "{} > {}", allowed, bound);
         }
     }

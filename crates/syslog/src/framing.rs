@@ -237,6 +237,9 @@ mod tests {
             while let Some(r) = f.next_frame() {
                 out.push(r.map(<[u8]>::to_vec));
             }
+            // Once every whole frame is taken, what is held is part of one message (at most
+            // `max`) and its length prefix.
+            assert!(f.pending() <= max + 24, "{} bytes held with max {max}", f.pending());
         }
         out.extend(f.finish().map(|r| r.map(<[u8]>::to_vec)));
         out

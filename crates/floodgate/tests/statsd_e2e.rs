@@ -101,35 +101,27 @@ fn max_series_bounds_memory_and_keeps_existing_series() {
     fg.send_udp(b"kept.series:1|c");
     // Make sure it is in before the flood.
     carbon.wait_for(WAIT, |p| has(p, "stats_counts.kept.series", "1"));
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut line = String::new();
-    for batch in 0..50_000u32 {
-        line.clear();
-        for i in 0..20 {
-            line.push_str(&format!("flood.{}:1|c\n", batch * 20 + i));
+    // A million new names over TCP (nothing lost on the way, so the accounting is exact).
+    let mut tcp = TcpStream::connect(("127.0.0.1", fg.statsd)).unwrap();
+    let mut text = String::new();
+    for batch in 0..1000u32 {
+        text.clear();
+        for i in 0..1000 {
+            text.push_str(&format!("flood.{}:1|c\n", batch * 1000 + i));
         }
-        sock.send_to(line.as_bytes(), fg.udp_addr()).unwrap();
-        if batch % 1000 == 0 {
-            // Let the receiver keep up; loss is not what this test measures.
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        tcp.write_all(text.as_bytes()).unwrap();
     }
-    sock.send_to(b"kept.series:5|c", fg.udp_addr()).unwrap();
+    tcp.write_all(b"kept.series:5|c\n").unwrap();
+    drop(tcp);
     let payload = carbon.wait_for(Duration::from_secs(60), |p| has(p, "stats_counts.kept.series", "5"));
     let lines = parse_plaintext(&payload);
     let num_stats: usize = value_of(&lines, "statsd.numStats").unwrap().parse().unwrap();
     // max_series, plus Etsy's timestamp_lag gauge, which the flush itself adds.
     assert!(num_stats <= 1001, "numStats {num_stats} within max_series");
-    let (_, metrics) = http_get(fg.http, "/metrics").unwrap();
-    let dropped = metric(&metrics, "floodgate_statsd_dropped_series_total", &[]).unwrap();
-    assert!(dropped > 900_000.0, "dropped series counted: {dropped}");
-    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", fg.child.id()))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    assert!(rss_kb < 200_000, "RSS {rss_kb} kB stays small past max_series");
+    // Every name past the bound refused and counted; the store holds max_series at most.
+    let dropped = fg.sample("floodgate_statsd_dropped_series_total", &["reason=\"max_series\""]);
+    assert!((1_000_000.0 - 1000.0..=1_000_000.0).contains(&dropped), "dropped series counted: {dropped}");
+    assert!(fg.sample("floodgate_statsd_series", &[]) <= 1001.0);
 }
 
 #[test]

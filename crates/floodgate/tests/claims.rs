@@ -1,0 +1,149 @@
+//! README claims that had no test of their own, one test each: what the README says is what a
+//! test checks here, with exact accounting rather than rates.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use common::*;
+
+/// `POST /-/reload` is refused (403) unless `[http] reload = true`.
+#[test]
+fn reload_over_http_is_off_by_default() {
+    let fg = Floodgate::start("", "");
+    let (code, body) = http_post(fg.http, "/-/reload", &["X-Floodgate-Reload: 1"], "").unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("reload = true"), "{body}");
+}
+
+/// A socket bound to `source` (127.0.0.0/8 is all local).
+fn udp_from(source: &str) -> UdpSocket {
+    UdpSocket::bind((source, 0)).unwrap()
+}
+
+/// `/offenders?limit=N` returns the N sources that dropped most, most first.
+#[test]
+fn offenders_are_limited_to_what_is_asked() {
+    let fg = Floodgate::start("flush_interval = \"1h\"", "[limits]\nudp_per_source = 10\nudp_per_port = 0\n");
+    // Five sources over their limit of 10 (a burst of 10): source i sends 20 + 10 i lines.
+    for i in 0..5u32 {
+        let s = udp_from(&format!("127.0.0.{}", 10 + i));
+        for _ in 0..(20 + 10 * i) {
+            s.send_to(b"off:1|c", fg.udp_addr()).unwrap();
+        }
+    }
+    let report = wait_for("five offenders", Duration::from_secs(30), || {
+        let (_, body) = http_get(fg.http, "/offenders").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (v["offenders"].as_array()?.len() == 5).then_some(v)
+    });
+    let dropped: Vec<u64> =
+        report["offenders"].as_array().unwrap().iter().map(|o| o["dropped"].as_u64().unwrap()).collect();
+    assert_eq!(dropped, [50, 40, 30, 20, 10], "each dropped all past its burst, most first");
+    let (_, body) = http_get(fg.http, "/offenders?limit=2").unwrap();
+    let two: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let sources: Vec<&str> =
+        two["offenders"].as_array().unwrap().iter().map(|o| o["source"].as_str().unwrap()).collect();
+    assert_eq!(sources, ["127.0.0.14", "127.0.0.13"]);
+}
+
+/// A listener on a non-loopback address with no allow-list is warned about at start; with one,
+/// it is not.
+#[test]
+fn a_public_listener_without_an_allow_list_is_warned_about() {
+    let port = free_port();
+    let fg = Floodgate::start("", &format!("[syslog]\nudp = [\"0.0.0.0:{port}\"]\ntcp = []\n"));
+    let warning = format!("listening on a non-loopback address with no allow-list addr=0.0.0.0:{port}");
+    assert!(fg.stderr().contains(&warning), "{}", fg.stderr());
+    let port = free_port();
+    let fg = Floodgate::start(
+        "",
+        &format!("[syslog]\nudp = [\"0.0.0.0:{port}\"]\ntcp = []\n[limits]\nallow = [\"10.0.0.0/8\"]\n"),
+    );
+    assert!(!fg.stderr().contains("non-loopback address"), "{}", fg.stderr());
+}
+
+/// IPv6 end to end: StatsD over UDP and TCP and syslog over UDP on `[::1]`, with the guard
+/// keying IPv6 sources by /64.
+#[test]
+fn ipv6_listeners_end_to_end() {
+    let (statsd, syslog) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("syslog.jsonl");
+    let fg = Floodgate::start(
+        &format!("flush_interval = \"1h\"\nudp = [\"[::1]:{statsd}\"]\ntcp = [\"[::1]:{statsd}\"]"),
+        &format!(
+            "[syslog]\nudp = [\"[::1]:{syslog}\"]\ntcp = []\noutput = {{ kind = \"file\", path = \"{}\" }}\n",
+            out.display()
+        ),
+    );
+    UdpSocket::bind("[::1]:0").unwrap().send_to(b"v6.udp:1|c", ("::1", statsd)).unwrap();
+    let mut tcp = TcpStream::connect(("::1", statsd)).unwrap();
+    tcp.write_all(b"v6.tcp:2|c\n").unwrap();
+    drop(tcp);
+    fg.wait_counter("v6.udp", "1");
+    fg.wait_counter("v6.tcp", "2");
+    UdpSocket::bind("[::1]:0").unwrap().send_to(b"<13>Nov 22 10:00:00 host app: over ipv6", ("::1", syslog)).unwrap();
+    let record = wait_for("the syslog record", Duration::from_secs(30), || {
+        std::fs::read_to_string(&out).ok().filter(|t| t.contains("over ipv6"))
+    });
+    assert!(record.contains("\"source\":\"[::1]:"), "{record}");
+}
+
+/// `[statsd] tcp_max_connections` caps a listener's open connections: past it, connections
+/// are reset at accept and counted (`connection_limit`).
+#[test]
+fn tcp_max_connections_caps_a_listener() {
+    let fg = Floodgate::start("tcp_max_connections = 5", "");
+    let mut held = Vec::new();
+    for i in 0..10 {
+        // From different sources, so the per-source cap is not what refuses them.
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::from(([127, 0, 0, 20 + i], 0)).into()).unwrap();
+        socket.connect(&SocketAddr::from(([127, 0, 0, 1], fg.statsd)).into()).unwrap();
+        held.push(TcpStream::from(socket));
+    }
+    fg.wait_sample("floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"connection_limit\""], |v| {
+        v == 5.0
+    });
+    assert_eq!(fg.sample("floodgate_tcp_open_connections", &["listener=\"statsd_tcp\""]), 5.0);
+    // The refused ones were reset without a byte read.
+    let mut reset = 0;
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut buf = [0u8; 1];
+        if matches!(s.read(&mut buf), Err(e) if e.kind() == ErrorKind::ConnectionReset) {
+            reset += 1;
+        }
+    }
+    assert_eq!(reset, 5);
+}
+
+/// Datagrams the kernel dropped because floodgate's receive buffer was full are counted
+/// (`reason="kernel_receive_buffer"`): with floodgate stopped, what was sent is what it read
+/// plus what the kernel dropped.
+#[test]
+fn kernel_receive_buffer_drops_are_counted() {
+    let mut fg = Floodgate::start("flush_interval = \"1h\"\nreceive_threads = 1\nreceive_buffer = \"64KiB\"", "");
+    let pid = fg.child.id().to_string();
+    let kill = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    let read_before = fg.sample("floodgate_received_packets_total", &["listener=\"statsd_udp\""]);
+    kill("-STOP");
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sent = 5000u64;
+    for _ in 0..sent {
+        s.send_to(b"kernel.drop:1|c", fg.udp_addr()).unwrap();
+    }
+    kill("-CONT");
+    let labels = ["listener=\"statsd_udp\"", "reason=\"kernel_receive_buffer\""];
+    let (read, dropped) = wait_for("every datagram read or dropped", Duration::from_secs(30), || {
+        let read = fg.sample("floodgate_received_packets_total", &["listener=\"statsd_udp\""]) - read_before;
+        let dropped = fg.sample("floodgate_dropped_total", &labels);
+        (read + dropped == sent as f64).then_some((read, dropped))
+    });
+    assert!(dropped > 0.0 && read > 0.0, "read {read}, dropped {dropped}");
+    fg.wait_counter("kernel.drop", &read.to_string());
+    assert_eq!(fg.terminate(), Some(0));
+}

@@ -147,3 +147,109 @@ fn kernel_receive_buffer_drops_are_counted() {
     fg.wait_counter("kernel.drop", &read.to_string());
     assert_eq!(fg.terminate(), Some(0));
 }
+
+/// One budget per source however the kernel spreads its datagrams over a listener's
+/// `SO_REUSEPORT` sockets: 64 sockets of one source address (64 source ports, so the kernel
+/// hashes them over the 4 receive sockets) get one source's budget between them.
+#[test]
+fn one_budget_per_source_across_reuseport_sockets() {
+    let fg = Floodgate::start(
+        "flush_interval = \"1h\"\nreceive_threads = 4",
+        "[limits]\nudp_per_source = 100\nudp_per_port = 0\n",
+    );
+    let sockets: Vec<UdpSocket> = (0..64).map(|_| udp_from("127.0.0.2")).collect();
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        for s in &sockets {
+            s.send_to(b"budget:1|c\n", fg.udp_addr()).unwrap();
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let sent = 64.0 * 20.0;
+    let labels = ["listener=\"statsd_udp\"", "reason=\"source_limit\""];
+    let dropped = fg.wait_sample("floodgate_dropped_total", &labels, |d| d > 0.0);
+    let admitted = wait_for("every line admitted or dropped", Duration::from_secs(30), || {
+        let counters = fg.admin("counters\n");
+        let admitted: f64 = counters
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("'budget': "))
+            .map_or(0.0, |v| v.trim_end_matches(',').parse().unwrap());
+        let dropped = fg.sample("floodgate_dropped_total", &labels);
+        (admitted + dropped == sent).then_some(admitted)
+    });
+    // One source's burst (100) and its rate for as long as the sending took; four times as
+    // much if each socket had a budget of its own.
+    assert!(admitted <= 100.0 + 100.0 * (elapsed + 0.5), "{admitted} admitted in {elapsed:.2} s ({dropped} dropped)");
+}
+
+/// The guard's log lines are capped at 10 a second; the sources past the cap are summed up in
+/// one line: every source that started being limited is in one or the other.
+#[test]
+fn the_guards_log_lines_are_capped_and_summarised() {
+    let fg = Floodgate::start("flush_interval = \"1h\"", "[limits]\nudp_per_source = 1\nudp_per_port = 0\n");
+    let sources = 40;
+    for i in 0..sources {
+        let s = udp_from(&format!("127.0.1.{}", i + 1));
+        for _ in 0..3 {
+            s.send_to(b"chatty:1|c", fg.udp_addr()).unwrap();
+        }
+    }
+    let log = wait_for("the summary line", Duration::from_secs(30), || {
+        let log = fg.stderr();
+        log.contains("log lines suppressed").then_some(log)
+    });
+    let logged = log.lines().filter(|l| l.contains("source over its limit")).count();
+    let suppressed: usize = log
+        .lines()
+        .filter(|l| l.contains("log lines suppressed"))
+        .filter_map(|l| l.split("suppressed=").nth(1)?.split_whitespace().next()?.parse::<usize>().ok())
+        .sum();
+    assert!(logged <= 20, "{logged} lines: the cap is 10 a second");
+    assert_eq!(logged + suppressed, sources, "logged {logged}, suppressed {suppressed}:\n{log}");
+}
+
+/// `[syslog]` forward output: past the memory buffer and `spill_max`, messages are dropped and
+/// counted — everything sent is held or counted.
+#[test]
+fn the_syslog_spill_file_is_bounded_and_overflow_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, dead) = (free_port(), free_port());
+    let fg = Floodgate::start(
+        "",
+        &format!(
+            "[syslog]\nudp = []\ntcp = [\"127.0.0.1:{port}\"]\nmax_message = \"1KiB\"\n\
+             output = {{ kind = \"forward\", address = \"127.0.0.1:{dead}\", buffer = \"1KiB\", spill = \"{}\", spill_max = \"4KiB\" }}\n",
+            dir.path().join("spill").display()
+        ),
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let sent = 300;
+    for i in 0..sent {
+        writeln!(s, "<13>Nov 22 10:00:00 host app: overflow {i:04}").unwrap();
+    }
+    drop(s);
+    let accounted = wait_for("every message held or dropped", Duration::from_secs(30), || {
+        let held = fg.sample("floodgate_syslog_output_buffer_messages", &[]);
+        let dropped = fg.sample("floodgate_syslog_output_dropped_total", &[]);
+        (held + dropped == sent as f64).then_some((held, dropped))
+    });
+    assert!(accounted.1 > 0.0, "some dropped past spill_max: {accounted:?}");
+    assert!(fg.sample("floodgate_syslog_output_spill_bytes", &[]) <= 4096.0);
+    assert!(std::fs::metadata(dir.path().join("spill")).unwrap().len() <= 4096);
+}
+
+/// A TLS client that connects and never finishes its handshake is cut off after 10 s and
+/// counted as a failed handshake.
+#[test]
+fn a_silent_tls_client_is_cut_off_after_ten_seconds() {
+    let (fg, tls_port, _) = start_with_tls("");
+    let mut s = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    let started = std::time::Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 16];
+    let closed = matches!(s.read(&mut buf), Ok(0) | Err(_));
+    let after = started.elapsed();
+    assert!(closed, "the connection was closed");
+    assert!(after >= Duration::from_secs(9) && after < Duration::from_secs(25), "closed after {after:?}");
+    fg.wait_sample("floodgate_tls_handshake_failures_total", &["listener=\"statsd_tls\""], |v| v == 1.0);
+}

@@ -679,3 +679,69 @@ pub fn tls_client_trusting(cert: &rustls_pki_types::CertificateDer<'_>) -> std::
             .with_no_client_auth(),
     )
 }
+
+/// One request as it arrived.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// An HTTP endpoint (a recording test double, for remote-write) answering the scripted statuses in turn (then 204), recording every request.
+pub struct Endpoint {
+    pub port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
+}
+
+impl Endpoint {
+    pub fn start(script: Vec<u16>) -> Endpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (log, script) = (requests.clone(), std::sync::Arc::new(std::sync::Mutex::new(script.into_iter())));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let (log, script) = (log.clone(), script.clone());
+                std::thread::spawn(move || loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if s.read_exact(&mut byte).is_err() {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let request = Request { head, body: Vec::new() };
+                    let len: usize = request.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    if s.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    log.lock().unwrap().push(Request { body, ..request });
+                    let status = script.lock().unwrap().next().unwrap_or(204);
+                    let reason = if status == 204 { "No Content" } else { "Scripted" };
+                    let answer = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\n\r\n");
+                    if s.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                });
+            }
+        });
+        Endpoint { port, requests }
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}

@@ -253,3 +253,141 @@ fn a_silent_tls_client_is_cut_off_after_ten_seconds() {
     assert!(after >= Duration::from_secs(9) && after < Duration::from_secs(25), "closed after {after:?}");
     fg.wait_sample("floodgate_tls_handshake_failures_total", &["listener=\"statsd_tls\""], |v| v == 1.0);
 }
+
+fn forwarding_agent(aggregators: &[u16], extra: &str) -> Floodgate {
+    let list: Vec<String> = aggregators.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    Floodgate::start(
+        "flush_interval = \"1s\"",
+        &format!("[forward]\naggregators = [{}]\nagent_id = \"claims\"\n{extra}", list.join(", ")),
+    )
+}
+
+fn an_aggregator(port: u16, state: &std::path::Path, sections: &str) -> Floodgate {
+    Floodgate::start(
+        "flush_interval = \"1s\"",
+        &format!("[aggregator]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n{sections}", state.display()),
+    )
+}
+
+/// The counters (`NAME_total` on `/metrics`) an aggregator holds whose name starts with `prefix`.
+fn totals(fg: &Floodgate, prefix: &str) -> std::collections::BTreeMap<String, f64> {
+    let (_, body) = http_get(fg.http, "/metrics").unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            Some((name.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The agent's `[forward] buffer`: while its aggregator is down, unacknowledged batches are
+/// held up to the bound; past it the *oldest* are dropped and counted. When the aggregator
+/// comes, it gets the newest.
+#[test]
+fn the_agents_forward_buffer_drops_the_oldest_batches() {
+    let port = free_port();
+    let a = forwarding_agent(&[port], "buffer = \"6KiB\"\n");
+    let link = format!("aggregator=\"127.0.0.1:{port}\"");
+    let mut flushes = a.wait_sample("floodgate_flushes_total", &[], |n| n >= 1.0);
+    // Each interval a batch of 100 new counters (about 2.5 KiB), named by the interval.
+    let mut k = 0;
+    while a.sample("floodgate_forward_dropped_batches_total", &[&link]) < 2.0 {
+        k += 1;
+        assert!(k < 30, "nothing dropped at the bound");
+        let text: String = (0..100).map(|i| format!("buf.f{k:02}.c{i}:1|c\n")).collect();
+        a.send_udp(text.as_bytes());
+        a.wait_counter(&format!("buf.f{k:02}.c99"), "1");
+        flushes = a.wait_sample("floodgate_flushes_total", &[], |n| n > flushes);
+        let queued = a.sample("floodgate_forward_queued_bytes", &[&link]);
+        assert!(queued <= 6144.0 + 4096.0, "{queued} bytes held against a 6 KiB bound");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agg = an_aggregator(port, dir.path(), "");
+    a.wait_sample("floodgate_forward_queued_batches", &[&link], |v| v == 0.0);
+    let got = wait_for("the held batches merged", Duration::from_secs(30), || {
+        let got = totals(&agg, "buf_f");
+        got.keys().any(|n| n.starts_with(&format!("buf_f{k:02}_"))).then_some(got)
+    });
+    let intervals: std::collections::BTreeSet<u32> =
+        got.keys().filter_map(|n| n.strip_prefix("buf_f")?.get(..2)?.parse().ok()).collect();
+    let first = *intervals.iter().next().unwrap();
+    assert!(first > 1, "the oldest batches were dropped: {intervals:?}");
+    assert_eq!(*intervals.iter().last().unwrap(), k, "the newest arrived: {intervals:?}");
+    assert_eq!(intervals.len() as u32, k - first + 1, "no gap: {intervals:?}");
+}
+
+/// With several aggregators, a down one's share is held for it, not re-hashed onto the
+/// others: the one that is up never receives a series the ring gives to the other, and the
+/// other gets its share once it is up — each series at exactly one aggregator.
+#[test]
+fn a_down_aggregators_share_is_held_not_rehashed() {
+    let (up, down) = (free_port(), free_port());
+    let a = forwarding_agent(&[up, down], "");
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let agg_up = an_aggregator(up, dirs.0.path(), "");
+    let names: Vec<String> = (0..50).map(|i| format!("share.s{i}")).collect();
+    let text: String = names.iter().map(|n| format!("{n}:1|c\n")).collect();
+    a.send_udp(text.as_bytes());
+    let ring = floodgate_forward::ring::Ring::new(&[format!("127.0.0.1:{up}"), format!("127.0.0.1:{down}")]);
+    let prom = |n: &str| format!("{}_total", n.replace('.', "_"));
+    let mine: Vec<String> = names.iter().filter(|n| ring.owner(n.as_bytes()) == Some(0)).map(|n| prom(n)).collect();
+    let theirs: Vec<String> = names.iter().filter(|n| ring.owner(n.as_bytes()) == Some(1)).map(|n| prom(n)).collect();
+    assert!(!mine.is_empty() && !theirs.is_empty());
+    let got_up = wait_for("the up aggregator's share", Duration::from_secs(30), || {
+        let got = totals(&agg_up, "share_");
+        mine.iter().all(|n| got.contains_key(n)).then_some(got)
+    });
+    let down_link = format!("aggregator=\"127.0.0.1:{down}\"");
+    a.wait_sample("floodgate_forward_queued_batches", &[&down_link], |v| v >= 1.0);
+    assert!(theirs.iter().all(|n| !got_up.contains_key(n)), "re-hashed onto the up aggregator: {got_up:?}");
+    let agg_down = an_aggregator(down, dirs.1.path(), "");
+    let got_down = wait_for("the held share delivered", Duration::from_secs(30), || {
+        let got = totals(&agg_down, "share_");
+        theirs.iter().all(|n| got.contains_key(n)).then_some(got)
+    });
+    assert!(got_down.values().all(|v| *v == 1.0) && got_up.values().all(|v| *v == 1.0));
+    assert!(mine.iter().all(|n| !got_down.contains_key(n)), "{got_down:?}");
+}
+
+/// SIGTERM flushes every sink: Graphite, remote-write and the forward link all get the last
+/// (partial) interval before the process exits 0.
+#[test]
+fn sigterm_flushes_every_sink() {
+    let carbon = Capture::start();
+    let endpoint = Endpoint::start(Vec::new());
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let agg = Floodgate::start(
+        "flush_interval = \"1s\"",
+        &format!("[aggregator]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n", dir.path().display()),
+    );
+    let mut a = Floodgate::start(
+        "flush_interval = \"1h\"",
+        &format!(
+            "[graphite]\naddress = \"127.0.0.1:{}\"\n\n[prometheus_remote_write]\nurl = \"http://127.0.0.1:{}/api/v1/write\"\n\n\
+             [forward]\naggregators = [\"127.0.0.1:{port}\"]\nagent_id = \"last\"\n",
+            carbon.port, endpoint.port
+        ),
+    );
+    a.wait_sample("floodgate_forward_connected", &[], |v| v == 1.0);
+    a.send_udp(b"last.interval:7|c");
+    a.wait_counter("last.interval", "7");
+    assert_eq!(a.terminate(), Some(0));
+    assert!(has(
+        &carbon.wait_for(Duration::from_secs(30), |p| has(p, "stats_counts.last.interval", "7")),
+        "stats_counts.last.interval",
+        "7"
+    ));
+    assert!(
+        endpoint.requests().iter().any(|r| {
+            snap::raw::Decoder::new()
+                .decompress_vec(&r.body)
+                .is_ok_and(|raw| String::from_utf8_lossy(&raw).contains("last_interval_total"))
+        }),
+        "remote-write got the last flush"
+    );
+    wait_for("the aggregator merged the last batch", Duration::from_secs(30), || {
+        (totals(&agg, "last_interval_total").values().next() == Some(&7.0)).then_some(())
+    });
+}

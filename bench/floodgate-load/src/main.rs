@@ -73,6 +73,18 @@ enum Command {
         #[arg(long, default_value_t = 3.0)]
         duration: f64,
     },
+    /// Record the kernel's ctnetlink messages as received — events for `seconds`, then a dump
+    /// of the table — into `out/events-N.bin` and `out/dump-N.bin` (one file per receive
+    /// buffer): fixtures for the decoder's tests. Root; run it in a network namespace that has
+    /// traffic and a conntrack rule.
+    CaptureCtnetlink {
+        /// Folder for the files.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seconds of events to record.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
     /// Run the benchmark suite and print the table for BENCHMARKS.md.
     Bench {
         /// The floodgate binary (build it with --release first).
@@ -126,6 +138,7 @@ fn main() {
             let rate = targets::parse_capacity(&load, Duration::from_secs_f64(duration));
             println!("{{\"lines_per_datagram\": {lines}, \"lines_per_second_one_core\": {rate:.0}}}");
         }
+        Command::CaptureCtnetlink { out, seconds } => capture_ctnetlink(&out, Duration::from_secs_f64(seconds)),
         Command::Bench { floodgate, etsy, baseline, duration, only, lines } => {
             targets::bench(&targets::BenchOptions {
                 floodgate,
@@ -137,4 +150,35 @@ fn main() {
             });
         }
     }
+}
+
+/// `capture-ctnetlink`: the kernel's bytes, as they come, one file per receive.
+fn capture_ctnetlink(out: &std::path::Path, seconds: Duration) {
+    use floodgate::sys::NetlinkSocket;
+    use floodgate_conntrack::ctnetlink::{self, GROUP_DESTROY, GROUP_NEW, GROUP_UPDATE};
+    std::fs::create_dir_all(out).expect("create the output folder");
+    let events =
+        NetlinkSocket::netfilter(&[GROUP_NEW, GROUP_UPDATE, GROUP_DESTROY], 4 << 20, Duration::from_millis(200))
+            .expect("ctnetlink (root, conntrack loaded)");
+    let mut buf = vec![0u8; 1 << 20];
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    while start.elapsed() < seconds {
+        if let Ok(len) = events.recv(&mut buf) {
+            std::fs::write(out.join(format!("events-{n:03}.bin")), &buf[..len]).unwrap();
+            n += 1;
+        }
+    }
+    let dumps = NetlinkSocket::netfilter(&[], 4 << 20, Duration::from_secs(2)).unwrap();
+    dumps.send(&ctnetlink::dump_request(1, 0)).unwrap();
+    let mut d = 0;
+    while let Ok(len) = dumps.recv(&mut buf) {
+        std::fs::write(out.join(format!("dump-{d:03}.bin")), &buf[..len]).unwrap();
+        d += 1;
+        // NLMSG_DONE (type 3) ends the dump.
+        if len >= 6 && u16::from_ne_bytes([buf[4], buf[5]]) == 3 {
+            break;
+        }
+    }
+    println!("{n} event buffers, {d} dump buffers in {}", out.display());
 }

@@ -543,7 +543,9 @@ fn memory_is_bounded_in_bytes() {
     }
     writeln!(s, "after.long.keys:1|c").unwrap();
     drop(s);
-    fg.wait_counter("after.long.keys", "1");
+    // Flushed every 500 ms: the flush that holds it is the signal (a console read could fall
+    // after that flush has reset the counter).
+    carbon.wait_for(Duration::from_secs(60), |p| has(p, "stats_counts.after.long.keys", "1"));
     let long =
         fg.wait_sample("floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"key_too_long\""], |v| v > 0.0);
     assert_eq!(long, 8000.0);

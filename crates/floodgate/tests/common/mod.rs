@@ -145,16 +145,27 @@ impl Floodgate {
         out
     }
 
-    /// Polls the console until the live counter `name` has `value` (input received).
+    /// Waits until the StatsD counter `name` (no tags) has counted `value` since start: the
+    /// input has been received and parsed. Reads the cumulative `NAME_total` on `/metrics`
+    /// after the console's `counters` has merged what the receive threads hold, so a flush
+    /// in between (which resets the console's per-interval value) cannot hide it.
     pub fn wait_counter(&self, name: &str, value: &str) {
-        let want = format!("'{name}': {value}");
+        let mut prom: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }).collect();
+        if prom.starts_with(|c: char| c.is_ascii_digit()) {
+            prom.insert(0, '_');
+        }
+        prom.push_str("_total");
+        let want: f64 = value.parse().expect("a number");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let counters = self.admin("counters\n");
-            if counters.lines().any(|l| l.trim().trim_end_matches(',') == want) {
+            let _ = self.admin("counters\n");
+            let body = http_get(self.http, "/metrics").map(|(_, b)| b).unwrap_or_default();
+            let got = metric(&body, &prom, &[]);
+            if got == Some(want) {
                 return;
             }
-            assert!(Instant::now() < deadline, "counter {want} never seen:\n{counters}");
+            assert!(Instant::now() < deadline, "counter {name} never reached {value} ({prom} = {got:?})");
             std::thread::sleep(Duration::from_millis(20));
         }
     }

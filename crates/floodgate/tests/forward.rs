@@ -31,18 +31,10 @@ fn agent(name: &str, aggregators: &[u16]) -> Floodgate {
     )
 }
 
-fn metrics(fg: &Floodgate) -> String {
-    http_get(fg.http, "/metrics?only=floodgate").unwrap().1
-}
-
 fn wait_connected(agent: &Floodgate, aggregators: &[u16]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
     for p in aggregators {
         let label = format!("aggregator=\"127.0.0.1:{p}\"");
-        while metric(&metrics(agent), "floodgate_forward_connected", &[&label]) != Some(1.0) {
-            assert!(Instant::now() < deadline, "agent not connected to {p}: {}", agent.stderr());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        agent.wait_sample("floodgate_forward_connected", &[&label], |v| v == 1.0);
     }
 }
 
@@ -92,18 +84,14 @@ fn counters_from_three_agents_add_up_at_carbon() {
     }
     // Both aggregators took a share, and every agent's batches were acknowledged.
     for (i, agg) in _aggs.iter().enumerate() {
-        let m = metrics(agg);
+        let m = agg.self_metrics();
         let series = metric(&m, "floodgate_aggregator_series_total", &[]).unwrap();
         assert!(series > 0.0, "aggregator {i} merged nothing");
     }
     for a in &agents {
         for p in &ports {
             let label = format!("aggregator=\"127.0.0.1:{p}\"");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while metric(&metrics(a), "floodgate_forward_queued_batches", &[&label]) != Some(0.0) {
-                assert!(Instant::now() < deadline, "batches never acknowledged by {p}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            a.wait_sample("floodgate_forward_queued_batches", &[&label], |v| v == 0.0);
         }
     }
 }
@@ -174,16 +162,11 @@ fn a_garbage_frame_closes_only_its_connection() {
     let _ = std::io::Read::read_to_end(&mut bad, &mut answer);
     assert!(String::from_utf8_lossy(&answer).contains("malformed frame"), "an Error frame says why: {answer:?}");
     let sent = sender.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let all = wait_for(&format!("calm: {sent} aggregated"), Duration::from_secs(30), || {
         let all = http_get(agg.http, "/metrics").unwrap().1;
-        if metric(&all, "calm_total", &[]) == Some(sent as f64) {
-            assert_eq!(metric(&all, "floodgate_aggregator_protocol_errors_total", &[]), Some(1.0));
-            break;
-        }
-        assert!(Instant::now() < deadline, "calm: sent {sent}, aggregated {:?}", metric(&all, "calm_total", &[]));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (metric(&all, "calm_total", &[]) == Some(sent as f64)).then_some(all)
+    });
+    assert_eq!(sample(&all, "floodgate_aggregator_protocol_errors_total", &[]), 1.0);
 }
 
 /// A CA and certificates it signs, as PEM files in `dir`.
@@ -222,19 +205,14 @@ fn mutual_tls_refuses_an_agent_without_a_valid_certificate() {
     let sent_good = steady(&good, "good:1|c", Duration::from_millis(50), 3.0);
     let sent_bad = steady(&bad, "bad:1|c", Duration::from_millis(50), 3.0);
     let (sent_good, _) = (sent_good.join().unwrap(), sent_bad.join().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let all = wait_for(&format!("good: {sent_good} aggregated"), Duration::from_secs(30), || {
         let all = http_get(agg.http, "/metrics").unwrap().1;
-        if metric(&all, "good_total", &[]) == Some(sent_good as f64) {
-            assert_eq!(metric(&all, "bad_total", &[]), None, "nothing from the refused agent");
-            let failures = metric(&all, "floodgate_tls_handshake_failures_total", &["listener=\"aggregator_tls\""]);
-            assert!(failures.unwrap_or(0.0) >= 1.0, "the bad agent's handshakes failed: {failures:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "good: sent {sent_good}, aggregated {:?}", metric(&all, "good_total", &[]));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let m = metrics(&bad);
+        (metric(&all, "good_total", &[]) == Some(sent_good as f64)).then_some(all)
+    });
+    assert_eq!(metric(&all, "bad_total", &[]), None, "nothing from the refused agent");
+    let failures = sample(&all, "floodgate_tls_handshake_failures_total", &["listener=\"aggregator_tls\""]);
+    assert!(failures >= 1.0, "the bad agent's handshakes failed: {failures}");
+    let m = bad.self_metrics();
     assert_eq!(metric(&m, "floodgate_forward_connected", &[]), Some(0.0));
     assert!(metric(&m, "floodgate_forward_errors_total", &[]).unwrap() >= 1.0);
     assert!(metric(&m, "floodgate_forward_queued_batches", &[]).unwrap() >= 1.0, "the refused agent holds its batches");
@@ -364,11 +342,7 @@ impl Prometheus {
         }
         let child = cmd.spawn().expect("start prometheus");
         let p = Prometheus { child, port, tls: client, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while p.get("/-/ready").is_none_or(|(c, _)| c != 200) {
-            assert!(Instant::now() < deadline, "prometheus did not become ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for("prometheus ready", Duration::from_secs(60), || p.get("/-/ready").filter(|(c, _)| *c == 200));
         p
     }
 
@@ -418,15 +392,9 @@ fn remote_write_into_a_real_prometheus() {
     for a in &agents {
         send_to(a, "rw.hits:3|c|#env:prod\nrw.lat:10|ms\nrw.lat:30|ms\nrw.temp:7|g\n");
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let hits = prom.query("rw_hits_total%7Benv%3D%22prod%22%7D");
-        if hits == Some(6.0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "rw_hits_total{{env=\"prod\"}} = {hits:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for("rw_hits_total{env=\"prod\"} = 6 in Prometheus", Duration::from_secs(60), || {
+        (prom.query("rw_hits_total%7Benv%3D%22prod%22%7D") == Some(6.0)).then_some(())
+    });
     assert_eq!(prom.query("rw_lat_count"), Some(4.0));
     assert_eq!(prom.query("rw_lat_sum"), Some(80.0));
     assert_eq!(prom.query("rw_temp"), Some(7.0));
@@ -451,11 +419,9 @@ fn remote_write_over_https() {
         ),
     );
     fg.send_udp(b"secure.hits:5|c");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while prom.query("secure_hits_total") != Some(5.0) {
-        assert!(Instant::now() < deadline, "not in Prometheus: {}", fg.stderr());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for("secure_hits_total = 5 in Prometheus", Duration::from_secs(60), || {
+        (prom.query("secure_hits_total") == Some(5.0)).then_some(())
+    });
 }
 
 /// The README's OpenSSL commands make certificates an agent and an aggregator accept for
@@ -499,9 +465,7 @@ fn the_readme_certificate_commands_work() {
     );
     wait_connected(&web, &[port]);
     send_to(&web, "readme.example:1|c");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&http_get(agg.http, "/metrics").unwrap().1, "readme_example_total", &[]) != Some(1.0) {
-        assert!(Instant::now() < deadline, "the counter never reached the aggregator: {}", web.stderr());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for("readme_example_total at the aggregator", Duration::from_secs(30), || {
+        (metric(&http_get(agg.http, "/metrics").unwrap().1, "readme_example_total", &[]) == Some(1.0)).then_some(())
+    });
 }

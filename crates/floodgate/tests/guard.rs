@@ -41,10 +41,6 @@ fn offenders(fg: &Floodgate) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
-fn metrics(fg: &Floodgate) -> String {
-    http_get(fg.http, "/metrics?only=floodgate").unwrap().1
-}
-
 fn wait_log(fg: &Floodgate, needle: &str, count: usize) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -93,7 +89,7 @@ fn a_flooding_source_is_held_to_its_limit_and_its_neighbours_lose_nothing() {
     // the flood lasted (plus half a second for what was still queued).
     assert!(accepted <= 3000.0 * (secs + 1.5), "{accepted} lines of the flood got in over {secs} s");
     assert!(accepted >= 3000.0, "at least its burst got in: {accepted}");
-    let m = metrics(&fg);
+    let m = fg.self_metrics();
     assert_eq!(metric(&m, "floodgate_dropped_total", &["reason=\"port_limit\""]), Some(0.0));
     assert_eq!(sample(&m, "floodgate_limited_total", &["listener=\"statsd_udp\""]), dropped);
     assert_eq!(
@@ -145,7 +141,7 @@ fn sources_outside_the_allow_list_are_dropped_and_counted() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let m = metrics(&fg);
+        let m = fg.self_metrics();
         let udp = metric(&m, "floodgate_dropped_total", &["listener=\"statsd_udp\"", "reason=\"not_allowed\""]);
         let tcp = metric(&m, "floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"not_allowed\""]);
         // Two lines per datagram: messages are counted, not datagrams.
@@ -214,7 +210,7 @@ fn a_connection_storm_is_refused_at_accept() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let (admitted, refused) = loop {
-        let m = metrics(&fg);
+        let m = fg.self_metrics();
         let admitted = metric(&m, "floodgate_tcp_connections_total", &["listener=\"statsd_tcp\""]).unwrap_or(0.0) - 1.0;
         let refused = metric(&m, "floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"connection_rate\""])
             .unwrap_or(0.0);
@@ -228,11 +224,11 @@ fn a_connection_storm_is_refused_at_accept() {
     assert!(admitted <= 10.0 * elapsed + 10.0 + 1.0, "{admitted} admitted in {elapsed}s");
     assert!(admitted >= 10.0 * (elapsed - 1.0), "{admitted} admitted in {elapsed}s");
     assert!(refused > 0.9 * attempts as f64);
-    let m = metrics(&fg);
+    let m = fg.self_metrics();
     assert_eq!(metric(&m, "floodgate_limited_total", &["listener=\"statsd_tcp\""]), Some(refused));
     fg.wait_counter("storm", &admitted.to_string());
     // Nothing was read from the refused ones: the bytes received are the admitted lines'.
-    let m = metrics(&fg);
+    let m = fg.self_metrics();
     let bytes = metric(&m, "floodgate_received_bytes_total", &["listener=\"statsd_tcp\""]).unwrap();
     assert_eq!(bytes, admitted * 10.0 + 14.0);
     let report = offenders(&fg);
@@ -280,7 +276,7 @@ fn a_tls_listener_never_handshakes_with_a_refused_connection() {
     assert!(served as f64 <= 10.0 * elapsed + 10.0 + 1.0 && served >= 10, "{served} served of {attempts}");
 
     eprintln!("tls storm: {attempts} attempts in {elapsed:.2}s, {served} served");
-    let m = metrics(&fg);
+    let m = fg.self_metrics();
     let l = "listener=\"statsd_tls\"";
     assert_eq!(metric(&m, "floodgate_tls_handshakes_total", &[l]), Some((served + 1) as f64), "handshakes");
     assert_eq!(metric(&m, "floodgate_tls_handshake_failures_total", &[l]), Some(0.0));
@@ -303,7 +299,7 @@ fn limits_reload_on_sighup_without_dropping_listeners() {
     fg.wait_counter("before", "1");
     let datagrams = |n: f64| {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while metric(&metrics(&fg), "floodgate_received_packets_total", &["listener=\"statsd_udp\""]) != Some(n) {
+        while metric(&fg.self_metrics(), "floodgate_received_packets_total", &["listener=\"statsd_udp\""]) != Some(n) {
             assert!(Instant::now() < deadline, "{n} datagrams never received");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -359,7 +355,9 @@ fn bad_limits_tls_files_and_garbage_tls_are_errors() {
     let mut rest = Vec::new();
     let _ = std::io::Read::read_to_end(&mut garbage, &mut rest);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&metrics(&fg), "floodgate_tls_handshake_failures_total", &["listener=\"statsd_tls\""]) != Some(1.0) {
+    while metric(&fg.self_metrics(), "floodgate_tls_handshake_failures_total", &["listener=\"statsd_tls\""])
+        != Some(1.0)
+    {
         assert!(Instant::now() < deadline, "handshake failure not counted");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn metrics(fg: &Floodgate) -> String {
-    http_get(fg.http, "/metrics?only=floodgate").unwrap().1
-}
-
 /// Data a TCP sender wrote before SIGTERM — a last line without its newline, and bytes still in
 /// the socket's receive queue — is in the final flush.
 #[test]
@@ -25,7 +21,7 @@ fn what_tcp_senders_sent_before_sigterm_is_flushed() {
     let first = b"tcp.a:1|c\ntcp.partial:5|c";
     a.write_all(first).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&metrics(&fg), "floodgate_received_bytes_total", &["listener=\"statsd_tcp\""])
+    while metric(&fg.self_metrics(), "floodgate_received_bytes_total", &["listener=\"statsd_tcp\""])
         < Some(first.len() as f64)
     {
         assert!(Instant::now() < deadline, "floodgate never read the bytes");
@@ -52,7 +48,7 @@ fn an_agents_journaled_batches_survive_a_crash() {
         "flush_interval = \"1s\"",
         &format!("[forward]\naggregators = [\"127.0.0.1:{port}\"]\nagent_id = \"crashy\"\n"),
     );
-    let flushes = |fg: &Floodgate| metric(&metrics(fg), "floodgate_flushes_total", &[]).unwrap_or(0.0);
+    let flushes = |fg: &Floodgate| metric(&fg.self_metrics(), "floodgate_flushes_total", &[]).unwrap_or(0.0);
     let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let n = 300;
     for _ in 0..n {
@@ -67,7 +63,7 @@ fn an_agents_journaled_batches_survive_a_crash() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(metric(&metrics(&agent), "floodgate_forward_queued_batches", &[]).unwrap() >= 1.0);
+    assert!(metric(&agent.self_metrics(), "floodgate_forward_queued_batches", &[]).unwrap() >= 1.0);
     agent.kill();
     let dir = tempfile::tempdir().unwrap();
     let _aggregator = Floodgate::start(
@@ -82,7 +78,7 @@ fn an_agents_journaled_batches_survive_a_crash() {
     assert!(agent.stderr().contains("sending them again"), "{}", agent.stderr());
     let points = carbon.wait("stats_counts.journal.hits", |p| p.iter().sum::<f64>() >= n as f64);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&metrics(&agent), "floodgate_forward_queued_batches", &[]) != Some(0.0) {
+    while metric(&agent.self_metrics(), "floodgate_forward_queued_batches", &[]) != Some(0.0) {
         assert!(Instant::now() < deadline, "batches never acknowledged");
         std::thread::sleep(Duration::from_millis(50));
     }

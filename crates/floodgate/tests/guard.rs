@@ -42,16 +42,10 @@ fn offenders(fg: &Floodgate) -> serde_json::Value {
 }
 
 fn wait_log(fg: &Floodgate, needle: &str, count: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_for(&format!("{count}× `{needle}` logged"), Duration::from_secs(30), || {
         let log = fg.stderr();
-        let n = log.lines().filter(|l| l.contains(needle)).count();
-        if n >= count {
-            return log;
-        }
-        assert!(Instant::now() < deadline, "{count}× `{needle}` never logged:\n{log}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (log.lines().filter(|l| l.contains(needle)).count() >= count).then_some(log)
+    })
 }
 
 /// 127.0.0.2 floods far past its limit while 127.0.0.3 and .4 send at half of theirs, all
@@ -298,11 +292,7 @@ fn limits_reload_on_sighup_without_dropping_listeners() {
     open.write_all(b"before:1|c\n").unwrap();
     fg.wait_counter("before", "1");
     let datagrams = |n: f64| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while metric(&fg.self_metrics(), "floodgate_received_packets_total", &["listener=\"statsd_udp\""]) != Some(n) {
-            assert!(Instant::now() < deadline, "{n} datagrams never received");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        fg.wait_sample("floodgate_received_packets_total", &["listener=\"statsd_udp\""], |v| v == n);
     };
     for _ in 0..50 {
         fg.send_udp(b"limited:1|c");
@@ -354,13 +344,7 @@ fn bad_limits_tls_files_and_garbage_tls_are_errors() {
     garbage.write_all(b"deploys:1|c\n\x00\xff not a ClientHello\r\n").unwrap();
     let mut rest = Vec::new();
     let _ = std::io::Read::read_to_end(&mut garbage, &mut rest);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&fg.self_metrics(), "floodgate_tls_handshake_failures_total", &["listener=\"statsd_tls\""])
-        != Some(1.0)
-    {
-        assert!(Instant::now() < deadline, "handshake failure not counted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    fg.wait_sample("floodgate_tls_handshake_failures_total", &["listener=\"statsd_tls\""], |v| v == 1.0);
     let counters = fg.admin("counters\n");
     assert!(!counters.contains("deploys"), "nothing of a failed handshake is parsed: {counters}");
     fg.send_udp(b"still_serving:1|c");

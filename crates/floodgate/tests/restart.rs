@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -20,13 +20,7 @@ fn what_tcp_senders_sent_before_sigterm_is_flushed() {
     let mut a = TcpStream::connect(("127.0.0.1", fg.statsd)).unwrap();
     let first = b"tcp.a:1|c\ntcp.partial:5|c";
     a.write_all(first).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&fg.self_metrics(), "floodgate_received_bytes_total", &["listener=\"statsd_tcp\""])
-        < Some(first.len() as f64)
-    {
-        assert!(Instant::now() < deadline, "floodgate never read the bytes");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    fg.wait_sample("floodgate_received_bytes_total", &["listener=\"statsd_tcp\""], |v| v >= first.len() as f64);
     // Written, then SIGTERM at once: still in the kernel's queue for floodgate to read.
     let mut b = TcpStream::connect(("127.0.0.1", fg.statsd)).unwrap();
     b.write_all(b"tcp.late:2|c\n").unwrap();
@@ -58,12 +52,8 @@ fn an_agents_journaled_batches_survive_a_crash() {
     agent.wait_counter("journal.sent", "1");
     // Two flushes later everything sent is in a batch, on disk.
     let seen = flushes(&agent);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while flushes(&agent) < seen + 2.0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(metric(&agent.self_metrics(), "floodgate_forward_queued_batches", &[]).unwrap() >= 1.0);
+    agent.wait_sample("floodgate_flushes_total", &[], |n| n >= seen + 2.0);
+    assert!(agent.sample("floodgate_forward_queued_batches", &[]) >= 1.0);
     agent.kill();
     let dir = tempfile::tempdir().unwrap();
     let _aggregator = Floodgate::start(
@@ -77,11 +67,7 @@ fn an_agents_journaled_batches_survive_a_crash() {
     agent.respawn();
     assert!(agent.stderr().contains("sending them again"), "{}", agent.stderr());
     let points = carbon.wait("stats_counts.journal.hits", |p| p.iter().sum::<f64>() >= n as f64);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&agent.self_metrics(), "floodgate_forward_queued_batches", &[]) != Some(0.0) {
-        assert!(Instant::now() < deadline, "batches never acknowledged");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agent.wait_sample("floodgate_forward_queued_batches", &[], |v| v == 0.0);
     // Two more flushes written (each writes a point, 0 or not): a doubled batch would be in them.
     let points = carbon.wait("stats_counts.journal.hits", |p| p.len() >= points.len() + 2);
     assert_eq!(points.iter().sum::<f64>(), n as f64, "{points:?}");

@@ -125,7 +125,8 @@ fn an_aggregator_killed_mid_run_loses_and_doubles_nothing() {
         wait_connected(a, &[port]);
     }
     let senders: Vec<_> = agents.iter().map(|a| steady(a, "crash.hits:1|c", Duration::from_millis(20), 14.0)).collect();
-    std::thread::sleep(Duration::from_secs(5));
+    // Mid-run: Carbon already holds part of the count, the senders have seconds to go.
+    carbon.wait("stats_counts.crash.hits", |p| p.iter().sum::<f64>() > 0.0);
     agg.kill();
     std::thread::sleep(Duration::from_secs(2));
     agg.respawn();
@@ -151,7 +152,10 @@ fn a_garbage_frame_closes_only_its_connection() {
     let a = agent("good", &[port]);
     wait_connected(&a, &[port]);
     let sender = steady(&a, "calm:1|c", Duration::from_millis(20), 5.0);
-    std::thread::sleep(Duration::from_secs(1));
+    // The good agent's batches are flowing before the bad connection arrives.
+    wait_for("calm: first batch aggregated", Duration::from_secs(30), || {
+        metric(&http_get(agg.http, "/metrics").unwrap().1, "calm_total", &[]).filter(|v| *v > 0.0)
+    });
     // A valid Hello, then a frame whose body is not protobuf.
     let mut bad = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let hello = [0u8, 0, 0, 8, 0x0a, 0x06, 0x08, 0x01, 0x12, 0x02, b'x', b'y'];

@@ -537,6 +537,202 @@ fn the_spill_file_is_sent_by_the_next_run() {
     assert_eq!(std::fs::metadata(&spill).unwrap().len(), 0, "the spill file is emptied once sent");
 }
 
+/// rsyslog receiving on `port` (imtcp), writing each raw message as a line of `file`, in the
+/// order received (one main-queue worker: with more, rsyslog reorders batches).
+fn rsyslog_to_file(dir: &Path, name: &str, port: u16, file: &Path) -> Rsyslog {
+    let body = format!(
+        "main_queue(queue.workerThreads=\"1\")\n\
+         module(load=\"imtcp\")\n\
+         input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n\
+         template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
+         action(type=\"omfile\" file=\"{}\" template=\"raw\")\n",
+        file.display()
+    );
+    Rsyslog::start(dir, name, &body, Some(port))
+}
+
+/// A forward output with a backlog: floodgate (forwarding with `output_extra` to a real
+/// rsyslog) has handed rsyslog one message, then rsyslog is stopped with SIGSTOP and
+/// `N` messages tagged `tag` are sent, about 17 MB, more than the loopback socket buffers
+/// hold, so floodgate is holding some of them.
+struct Backlog {
+    fg: Floodgate,
+    rsyslog: Rsyslog,
+    file: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Backlog {
+    const N: usize = 300_000;
+
+    fn build(tag: &str, output_extra: impl Fn(&Path) -> String) -> Backlog {
+        let dir = tempfile::tempdir().unwrap();
+        let target_port = free_port();
+        let file = dir.path().join("rsyslog-out.log");
+        let rsyslog = rsyslog_to_file(dir.path(), "target", target_port, &file);
+        let port = free_port();
+        let output = format!(
+            "output = {{ kind = \"forward\", address = \"127.0.0.1:{target_port}\", buffer = \"64MiB\"{} }}\n",
+            output_extra(dir.path())
+        );
+        let fg = start(port, Path::new("unused"), &output, "");
+        // One message through first, so the connection is up before rsyslog stops.
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(&numbered("first", 1)).unwrap();
+        wait_lines(&file, 1);
+        let backlog = Backlog { fg, rsyslog, file, dir };
+        backlog.rsyslog_signal("STOP");
+        s.write_all(&numbered(tag, Self::N)).unwrap();
+        drop(s);
+        let fg = &backlog.fg;
+        wait_sample(fg, "floodgate_syslog_messages_total", &["listener=\"syslog_tcp\""], (Self::N + 1) as f64);
+        let held = sample(fg, "floodgate_syslog_output_buffer_messages", &[]);
+        assert!(held > 0.0, "no backlog; the test would prove nothing");
+        backlog
+    }
+
+    fn rsyslog_signal(&self, name: &str) {
+        Command::new("kill").arg(format!("-{name}")).arg(self.rsyslog.child.id().to_string()).status().unwrap();
+    }
+}
+
+/// SIGTERM while the forward output holds a backlog: floodgate keeps sending after the
+/// signal and exits only when rsyslog, continued, has every message, in order.
+#[test]
+fn sigterm_empties_the_forward_output() {
+    let mut b = Backlog::build("term", |_| String::new());
+    b.fg.signal("TERM");
+    // rsyslog reads again only once floodgate is emptying its output for the exit.
+    wait_for("the output emptying at shutdown", WAIT, || {
+        b.fg.stderr().contains("syslog: handing on what is held").then_some(())
+    });
+    b.rsyslog_signal("CONT");
+    assert_eq!(b.fg.wait_exit(), Some(0));
+    let got = wait_lines(&b.file, Backlog::N + 1);
+    let want: Vec<String> = std::iter::once("first-0".to_string())
+        .chain((0..Backlog::N).map(|i| format!("term-{i}")))
+        .map(|m| format!("<134>1 2026-11-22T10:00:00Z host app 1 - - {m}"))
+        .collect();
+    if let Some(at) = got.iter().zip(&want).position(|(a, b)| a != b) {
+        panic!(
+            "{} lines; from line {at} got {:?}, want {:?}",
+            got.len(),
+            &got[at..(at + 3).min(got.len())],
+            &want[at..at + 3]
+        );
+    }
+    assert_eq!(got.len(), want.len());
+}
+
+/// SIGTERM with the forward output's server down and no spill file: floodgate tries for the
+/// 10 s drain, then exits 0 saying how many messages were lost.
+#[test]
+fn a_forward_server_down_at_sigterm_is_waited_for_ten_seconds() {
+    let port = free_port();
+    let mut fg = start(
+        port,
+        Path::new("unused"),
+        &format!("output = {{ kind = \"forward\", address = \"127.0.0.1:{}\" }}\n", free_port()),
+        "",
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&numbered("lost", 100)).unwrap();
+    drop(s);
+    wait_sample(&fg, "floodgate_syslog_output_buffer_messages", &[], 100.0);
+    let stopping = Instant::now();
+    assert_eq!(fg.terminate(), Some(0));
+    let took = stopping.elapsed();
+    assert!(took >= Duration::from_secs(10), "gave up after {took:?}, before the 10 s drain");
+    let log = fg.stderr();
+    assert!(log.contains("shutdown drain timed out; messages lost") && log.contains("messages=100"), "{log}");
+}
+
+/// SIGTERM while the forward output's server accepts but never reads (rsyslog stopped and
+/// never continued): the 10 s drain bounds the shutdown all the same (before the fix a
+/// blocked write restarted forever and floodgate never exited), and the messages still held
+/// are kept in the spill file for the next start.
+#[test]
+fn a_forward_server_that_stops_reading_cannot_hold_shutdown_up() {
+    let spill = |dir: &Path| dir.join("spill");
+    let mut b = Backlog::build("stuck", |dir| format!(", spill = \"{}\"", spill(dir).display()));
+    let stopping = Instant::now();
+    assert_eq!(b.fg.terminate(), Some(0));
+    let took = stopping.elapsed();
+    assert!(took >= Duration::from_secs(10), "gave up after {took:?}, before the 10 s drain");
+    let log = b.fg.stderr();
+    assert!(log.contains("kept in the spill file for the next start"), "{log}");
+    assert!(std::fs::metadata(spill(b.dir.path())).unwrap().len() > 0);
+    b.rsyslog_signal("CONT");
+}
+
+/// A size-limited tmpfs mounted for one test; unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount tmpfs (the suite runs as root)");
+        Tmpfs(path.to_path_buf())
+    }
+
+    /// Fills the file system with `filler` until a write fails with ENOSPC.
+    fn fill(&self, filler: &Path) {
+        let mut f = std::fs::File::create(filler).unwrap();
+        for size in [1 << 16, 1 << 10, 1] {
+            let block = vec![0u8; size];
+            while f.write_all(&block).is_ok() {}
+        }
+        let e = f.write_all(&[0]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(28), "ENOSPC, not {e}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The output file's disk is full: floodgate retries, says so, drops nothing; once space is
+/// freed every record is written, once.
+#[test]
+fn a_full_disk_is_waited_out_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("disk"), "16m");
+    let out = disk.0.join("out.jsonl");
+    let port = free_port();
+    let fg = start(port, &out, "", "");
+    let filler = disk.0.join("filler");
+    disk.fill(&filler);
+    // More than the writer's 1 MiB buffer holds, so writes fail as well as flushes.
+    const N: usize = 20_000;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&numbered("full", N)).unwrap();
+    drop(s);
+    wait_sample(&fg, "floodgate_syslog_messages_total", &["listener=\"syslog_tcp\""], N as f64);
+    // Two failed attempts: it is retrying, not giving up.
+    wait_for("two failed writes", WAIT, || {
+        (sample(&fg, "floodgate_syslog_output_errors_total", &[]) >= 2.0).then_some(())
+    });
+    let log = fg.stderr();
+    assert!(log.contains("No space left on device") && log.contains("failed; retrying in 1s"), "{log}");
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 0, "nothing fits on a full disk");
+    std::fs::remove_file(&filler).unwrap();
+    let text = wait_for(&format!("{N} whole records in {}", out.display()), WAIT, || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        (text.ends_with('\n') && text.lines().count() >= N).then_some(text)
+    });
+    let r: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert_eq!(r.len(), N);
+    assert_exactly_once(&r, "full", N);
+    assert_eq!(sample(&fg, "floodgate_syslog_output_dropped_total", &[]), 0.0);
+}
+
 /// Bad input over TCP: random bytes are kept with `parse_error`; a lying octet count closes
 /// only that connection after the frames before it; a 10 MB frame is skipped and counted and
 /// the next frame still arrives; garbage instead of a ClientHello is a counted handshake

@@ -614,9 +614,24 @@ impl Forwarder {
         let mut backoff = MIN_BACKOFF;
         let mut closing_since: Option<Instant> = None;
         loop {
-            while let Ok(c) = rx.try_recv() {
-                self.queue.push(c);
+            // The channel closes at shutdown: from then on the drain deadline runs, whether
+            // or not the queue is empty (a server that accepts but never reads must not hold
+            // shutdown up forever).
+            loop {
+                match rx.try_recv() {
+                    Ok(c) => self.queue.push(c),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closing_since.get_or_insert_with(Instant::now);
+                        break;
+                    }
+                }
             }
+            // Connects and writes wait at most until the drain deadline once closing.
+            let patience = match closing_since {
+                Some(t) => TIMEOUT.min(drain.saturating_sub(t.elapsed())).max(Duration::from_millis(1)),
+                None => TIMEOUT,
+            };
             if self.queue.is_empty() {
                 if closing_since.is_some() {
                     break;
@@ -653,7 +668,7 @@ impl Forwarder {
                 tracing::warn!(address = %self.address, "syslog forward: server closed the connection");
             }
             let Some(c) = &mut conn else {
-                match crate::sinks::dial(&self.address, self.tls.as_ref(), TIMEOUT).await {
+                match crate::sinks::dial(&self.address, self.tls.as_ref(), patience).await {
                     Ok(c) => {
                         tracing::info!(address = %self.address, "syslog forward: connected");
                         conn = Some(c);
@@ -664,7 +679,8 @@ impl Forwarder {
                         self.counters.errors.fetch_add(1, Relaxed);
                         tracing::warn!(address = %self.address, error = %e, retry_in = ?backoff, "syslog forward: cannot connect");
                         // Keep taking chunks while waiting, so listeners are not held up.
-                        let wake = tokio::time::sleep(backoff);
+                        let wake =
+                            tokio::time::sleep(if closing_since.is_some() { backoff.min(patience) } else { backoff });
                         tokio::pin!(wake);
                         loop {
                             tokio::select! {
@@ -681,17 +697,32 @@ impl Forwarder {
                 continue;
             };
             let Some(chunk) = self.queue.pop() else { continue };
-            match tokio::time::timeout(TIMEOUT, c.write_all(&chunk.bytes)).await {
-                Ok(Ok(())) => {
+            // A write to a server that stopped reading blocks until its timeout; meanwhile
+            // chunks keep coming in, and shutdown starts the drain clock at once.
+            let write = tokio::time::timeout(patience, c.write_all(&chunk.bytes));
+            tokio::pin!(write);
+            let result: std::result::Result<(), String> = loop {
+                let drain_over = drain_deadline(closing_since, drain);
+                tokio::select! {
+                    r = &mut write => break match r {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("write timed out".into()),
+                    },
+                    more = rx.recv(), if closing_since.is_none() => match more {
+                        Some(more) => self.queue.push(more),
+                        None => closing_since = Some(Instant::now()),
+                    },
+                    _ = drain_over => break Err("shutdown drain over".into()),
+                }
+            };
+            match result {
+                Ok(()) => {
                     self.queue.written();
                     self.counters.written_messages.fetch_add(chunk.messages, Relaxed);
                     self.counters.written_bytes.fetch_add(chunk.bytes.len() as u64, Relaxed);
                 }
-                result => {
-                    let error = match result {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "write timed out".into(),
-                    };
+                Err(error) => {
                     tracing::warn!(address = %self.address, %error, "syslog forward: write failed; resending");
                     self.counters.errors.fetch_add(1, Relaxed);
                     self.counters.connected.store(0, Relaxed);
@@ -701,13 +732,24 @@ impl Forwarder {
             }
         }
         if let Some(mut c) = conn {
-            let _ = tokio::time::timeout(TIMEOUT, async {
+            // What the drain left (a second at least) to flush and close politely.
+            let left = closing_since.map_or(TIMEOUT, |t| drain.saturating_sub(t.elapsed())).max(Duration::from_secs(1));
+            let _ = tokio::time::timeout(left, async {
                 let _ = c.flush().await;
                 let _ = c.shutdown().await;
             })
             .await;
         }
         self.counters.connected.store(0, Relaxed);
+    }
+}
+
+/// Resolves when the shutdown drain that began at `closing_since` is over; never before
+/// shutdown.
+async fn drain_deadline(closing_since: Option<Instant>, drain: Duration) {
+    match closing_since {
+        Some(t) => tokio::time::sleep(drain.saturating_sub(t.elapsed())).await,
+        None => std::future::pending().await,
     }
 }
 

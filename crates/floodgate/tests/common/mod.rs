@@ -172,7 +172,17 @@ impl Floodgate {
 
     /// SIGTERM, then waits for exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
-        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Sends a signal (`"TERM"`, `"HUP"`, ...) without waiting for anything.
+    pub fn signal(&self, name: &str) {
+        Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+    }
+
+    /// Waits (up to 30 s) for the process to exit; returns the exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

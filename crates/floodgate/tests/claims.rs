@@ -127,16 +127,14 @@ fn tcp_max_connections_caps_a_listener() {
 #[test]
 fn kernel_receive_buffer_drops_are_counted() {
     let mut fg = Floodgate::start("flush_interval = \"1h\"\nreceive_threads = 1\nreceive_buffer = \"64KiB\"", "");
-    let pid = fg.child.id().to_string();
-    let kill = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
     let read_before = fg.sample("floodgate_received_packets_total", &["listener=\"statsd_udp\""]);
-    kill("-STOP");
+    fg.signal("STOP");
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     let sent = 5000u64;
     for _ in 0..sent {
         s.send_to(b"kernel.drop:1|c", fg.udp_addr()).unwrap();
     }
-    kill("-CONT");
+    fg.signal("CONT");
     let labels = ["listener=\"statsd_udp\"", "reason=\"kernel_receive_buffer\""];
     let (read, dropped) = wait_for("every datagram read or dropped", Duration::from_secs(30), || {
         let read = fg.sample("floodgate_received_packets_total", &["listener=\"statsd_udp\""]) - read_before;

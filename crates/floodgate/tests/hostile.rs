@@ -876,18 +876,7 @@ fn random_bytes_and_cut_frames_on_every_port_are_survived() {
             .collect()
     };
     // A real ClientHello, to cut short.
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject;
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let client = std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let client = tls_client(&ca, None);
     let mut hello = Vec::new();
     rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap())
         .unwrap()
@@ -971,25 +960,6 @@ fn hello_frame() -> Vec<u8> {
     hello("after-noise", 1)
 }
 
-/// A rustls client configuration trusting `ca`, presenting `cert`/`key`.
-fn mtls_client(ca: &std::path::Path, cert: &str, key: &str) -> std::sync::Arc<rustls::ClientConfig> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect();
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
-    std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap(),
-    )
-}
-
 /// Reads frames until one satisfies `want` (20 s at most).
 fn until_frame(tls: &mut impl Read, want: impl Fn(&Frame) -> bool) -> Frame {
     let mut d = floodgate_forward::frame::Decoder::new(1 << 20);
@@ -1030,7 +1000,8 @@ fn mutual_tls_ties_a_session_to_its_certificate() {
         let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let conn =
-            rustls::ClientConnection::new(mtls_client(&ca, cert, key), "aggregator.test".try_into().unwrap()).unwrap();
+            rustls::ClientConnection::new(tls_client(&ca, Some((cert, key))), "aggregator.test".try_into().unwrap())
+                .unwrap();
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         tls.write_all(&hello("shared-name", 7)).unwrap();
         tls.flush().unwrap();

@@ -1,31 +1,41 @@
-//! Reload under traffic: SIGHUP adds a StatsD listener and raises a limit while counters flow,
+//! Reload: SIGHUP adds a StatsD listener and raises a limit while counters flow,
 //! `POST /-/reload` (when enabled) refuses a broken config and the old one keeps serving, and
-//! every increment sent reaches Carbon (a real carbon-cache) exactly once.
+//! every increment sent reaches Carbon (a real carbon-cache) exactly once; a listener the new
+//! file drops stops taking connections but drains what its socket and open connections hold.
 
 mod common;
 
-use std::net::UdpSocket;
-use std::process::{Command, Stdio};
+use std::io::Write;
+use std::net::{TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
-fn config(statsd: &[u16], admin: u16, http: u16, carbon: u16, per_source: u64, broken: bool) -> String {
-    let udp: Vec<String> = statsd.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `[statsd]` keys: UDP on `ports`, no TCP, a 1 s flush (and a key the loader refuses when
+/// `broken`).
+fn statsd(ports: &[u16], broken: bool) -> String {
+    let udp: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     format!(
-        "[statsd]\nudp = [{}]\ntcp = []\nflush_interval = \"1s\"\n{}\
-         [graphite]\naddress = \"127.0.0.1:{carbon}\"\n\
-         [admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\nreload = true\n\
-         [limits]\nudp_per_source = {per_source}\nudp_per_port = 0\n{NO_SYSLOG}{NO_CONNTRACK}",
+        "udp = [{}]\ntcp = []\nflush_interval = \"1s\"\n{}",
         udp.join(", "),
         if broken { "flushInterval = 5\n" } else { "" }
     )
 }
 
-fn post(port: u16, path: &str) -> (u16, String) {
-    http_post(port, path, &["X-Floodgate-Reload: 1"], "").unwrap()
+/// Graphite to `carbon`, reload over HTTP on, `udp_per_source` at `per_source`.
+fn sections(carbon: u16, per_source: u64) -> String {
+    format!(
+        "[graphite]\naddress = \"127.0.0.1:{carbon}\"\n[http]\nreload = true\n\
+         [limits]\nudp_per_source = {per_source}\nudp_per_port = 0\n"
+    )
+}
+
+fn post_reload(fg: &Floodgate) -> (u16, String) {
+    http_post(fg.http, "/-/reload", &["X-Floodgate-Reload: 1"], "").unwrap()
 }
 
 /// Sends `reload.hits:1|c` to `port` about 1,000 times a second until `stop`; counts in `sent`.
@@ -42,72 +52,110 @@ fn sender(port: u16, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> std::thread
     })
 }
 
+/// Lets traffic flow: waits until `sent` has grown by `more`.
+fn until_sent(sent: &AtomicU64, more: u64) {
+    let target = sent.load(Ordering::Relaxed) + more;
+    wait_for(&format!("{more} more sent"), WAIT, || (sent.load(Ordering::Relaxed) >= target).then_some(()));
+}
+
+fn api_status(fg: &Floodgate) -> serde_json::Value {
+    serde_json::from_str(&http_get(fg.http, "/api/status").unwrap().1).unwrap()
+}
+
 #[test]
 fn reload_under_traffic_adds_a_listener_and_loses_nothing() {
     let carbon = Carbon::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b, admin, http) = (free_port(), free_port(), free_port(), free_port());
-    let path = dir.path().join("floodgate.toml");
-    std::fs::write(&path, config(&[a], admin, http, carbon.line_port, 1_000_000, false)).unwrap();
-    let log = dir.path().join("stderr.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get(http, "/healthz").map(|(c, _)| c != 200).unwrap_or(true) {
-        assert!(Instant::now() < deadline, "not ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (a, b) = (free_port(), free_port());
+    let fg = Floodgate::start(&statsd(&[a], false), &sections(carbon.line_port, 1_000_000));
     let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let first = sender(a, stop.clone(), sent.clone());
-    std::thread::sleep(Duration::from_millis(500));
+    until_sent(&sent, 500);
 
     // SIGHUP: a second UDP listener, and a higher limit.
-    std::fs::write(&path, config(&[a, b], admin, http, carbon.line_port, 2_000_000, false)).unwrap();
-    Command::new("kill").arg("-HUP").arg(child.id().to_string()).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = http_get(http, "/api/status").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    fg.reload(&statsd(&[a, b], false), &sections(carbon.line_port, 2_000_000));
+    wait_for("the reload in force", WAIT, || {
+        let v = api_status(&fg);
         let listening = v["listeners"].as_array().unwrap().iter().any(|l| l["address"] == format!("127.0.0.1:{b}"));
-        if listening && v["config"]["limits"]["udp_per_source"] == 2_000_000 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "reload not in force: {body}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        (listening && v["config"]["limits"]["udp_per_source"] == 2_000_000).then_some(())
+    });
     let second = sender(b, stop.clone(), sent.clone());
-    std::thread::sleep(Duration::from_millis(500));
+    until_sent(&sent, 500);
 
     // A broken config over HTTP: refused with its reason; both listeners keep serving.
-    std::fs::write(&path, config(&[a, b], admin, http, carbon.line_port, 1, true)).unwrap();
-    let (code, body) = post(http, "/-/reload");
+    fg.rewrite_config(&statsd(&[a, b], true), &sections(carbon.line_port, 1));
+    let (code, body) = post_reload(&fg);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("flushInterval"), "{body}");
-    std::thread::sleep(Duration::from_millis(500));
+    until_sent(&sent, 500);
     stop.store(true, Ordering::Relaxed);
     first.join().unwrap();
     second.join().unwrap();
     let total = sent.load(Ordering::Relaxed) as f64;
-    assert!(total > 1000.0);
     carbon.wait("stats_counts.reload.hits", |p| p.iter().sum::<f64>() == total);
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("SIGHUP: config refused"), "{text}");
+    assert!(fg.stderr().contains("config refused"), "{}", fg.stderr());
+    assert_eq!(api_status(&fg)["config"]["limits"]["udp_per_source"], 2_000_000, "the refused file changed nothing");
 
-    // Removing a listener over HTTP: its port is released.
-    std::fs::write(&path, config(&[b], admin, http, carbon.line_port, 2_000_000, false)).unwrap();
-    let (code, body) = post(http, "/-/reload");
+    // Removing a listener over HTTP: its port is released, the other keeps it.
+    fg.rewrite_config(&statsd(&[b], false), &sections(carbon.line_port, 2_000_000));
+    let (code, body) = post_reload(&fg);
     assert_eq!(code, 200, "{body}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while UdpSocket::bind(("127.0.0.1", a)).is_err() {
-        assert!(Instant::now() < deadline, "127.0.0.1:{a} still bound after its listener was removed");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(&format!("127.0.0.1:{a} released"), WAIT, || UdpSocket::bind(("127.0.0.1", a)).ok());
     assert!(UdpSocket::bind(("127.0.0.1", b)).is_err(), "the remaining listener's port is free");
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// A reload that drops the UDP and TCP listeners on one port: datagrams already queued on its
+/// socket are still counted, and a TCP connection open at the reload keeps being read until
+/// its sender closes it; new connections to the port are refused.
+#[test]
+fn a_removed_listener_drains_its_socket_and_open_connections() {
+    let (a, b) = (free_port(), free_port());
+    let both = |p: u16| format!("udp = [\"127.0.0.1:{p}\"]\ntcp = [\"127.0.0.1:{p}\"]\n");
+    let fg =
+        Floodgate::start(&format!("udp = [\"127.0.0.1:{a}\", \"127.0.0.1:{b}\"]\ntcp = [\"127.0.0.1:{a}\"]\n"), "");
+    let mut open = TcpStream::connect(("127.0.0.1", a)).unwrap();
+    open.write_all(&b"drain.tcp:1|c\n".repeat(100)).unwrap();
+    fg.wait_counter("drain.tcp", "100");
+    // A burst on UDP, then the reload at once: what is still queued must be drained.
+    const BURST: usize = 20_000;
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..BURST {
+        udp.send_to(b"drain.udp:1|c", ("127.0.0.1", a)).unwrap();
+    }
+    fg.reload(&both(b), "");
+    wait_for(&format!("127.0.0.1:{a} closed to new connections"), WAIT, || {
+        TcpStream::connect(("127.0.0.1", a)).is_err().then_some(())
+    });
+    wait_for(&format!("udp 127.0.0.1:{a} released"), WAIT, || UdpSocket::bind(("127.0.0.1", a)).ok());
+    // The connection opened before the reload is still read.
+    open.write_all(&b"drain.tcp:1|c\n".repeat(100)).unwrap();
+    drop(open);
+    fg.wait_counter("drain.tcp", "200");
+    // (The 64 MiB default receive buffer holds the whole burst: no kernel drops.)
+    fg.wait_counter("drain.udp", &BURST.to_string());
+}
+
+/// SIGHUP re-reads the StatsD TLS certificate (renewed files keep their names): new
+/// connections get the new one; a broken file is refused and the running one stays.
+#[test]
+fn sighup_applies_a_renewed_statsd_tls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (Pki::new(dir.path(), "old"), Pki::new(dir.path(), "new"));
+    let (cert, key) = old_ca.issue("server", "statsd.test");
+    let (old, new) = (dir.path().join("old-ca.pem"), dir.path().join("new-ca.pem"));
+    let tls_port = free_port();
+    let statsd = format!("tls_listen = [\"127.0.0.1:{tls_port}\"]\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}\n");
+    let fg = Floodgate::start(&statsd, "");
+    let ok = |ca: &std::path::Path| tls_handshake_ok(tls_port, tls_client(ca, None), "statsd.test");
+    assert!(ok(&old) && !ok(&new));
+    let reloaded =
+        |n: usize| wait_for("the reload", WAIT, || (fg.stderr().matches("config reloaded").count() >= n).then_some(()));
+    new_ca.issue("server", "statsd.test");
+    fg.reload(&statsd, "");
+    reloaded(1);
+    assert!(ok(&new) && !ok(&old), "the renewed certificate is served");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    fg.reload(&statsd, "");
+    reloaded(2);
+    assert!(fg.stderr().contains("statsd tls certificate refused"), "{}", fg.stderr());
+    assert!(ok(&new), "the running certificate stays");
 }

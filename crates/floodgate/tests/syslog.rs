@@ -7,7 +7,6 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -139,28 +138,6 @@ fn logger_over_udp_and_tcp_in_every_format() {
     assert_eq!(sample(&fg, "floodgate_syslog_parsed_total", &tcp), 4.0);
     assert_eq!(sample(&fg, "floodgate_syslog_messages_total", &["listener=\"syslog_udp\""]), 2.0);
     assert_eq!(sample(&fg, "floodgate_syslog_output_messages_total", &[]), 6.0);
-}
-
-/// A TLS client for the test CA.
-fn tls_client(ca: &str, cert: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    Arc::new(match cert {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect(),
-                rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    })
 }
 
 /// `count` octet-counted messages `<tag>-<i>` in one buffer.
@@ -887,7 +864,7 @@ fn sighup_reopens_the_output_file() {
     wait_records(&out, 1);
     let rotated = dir.path().join("out.jsonl.1");
     std::fs::rename(&out, &rotated).unwrap();
-    Command::new("kill").arg("-HUP").arg(fg.child.id().to_string()).status().unwrap();
+    fg.signal("HUP");
     wait_for("the reload", WAIT, || fg.stderr().contains("config reloaded").then_some(()));
     logger(port, &["-T"], "after rotation");
     let r = wait_records(&out, 1);
@@ -934,14 +911,7 @@ fn stdout_output_writes_json_lines() {
 
 /// A TLS handshake against `port` trusting only `ca`: whether it succeeds.
 fn handshake_ok(port: u16, ca: &str) -> bool {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let conn = rustls::ClientConnection::new(tls_client(ca, None), "syslog.test".try_into().unwrap()).unwrap();
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    let ok = s.write_all(b"5 hello").and_then(|_| s.flush()).is_ok() && !s.conn.is_handshaking();
-    s.conn.send_close_notify();
-    let _ = s.flush();
-    ok
+    tls_handshake_ok(port, tls_client(ca, None), "syslog.test")
 }
 
 /// SIGHUP re-reads a TLS listener's certificate (renewed files keep their names): new
@@ -963,7 +933,7 @@ fn sighup_reloads_the_tls_certificate() {
     );
     assert!(handshake_ok(tls_port, &old) && !handshake_ok(tls_port, &new));
     let hup_and_wait = |n: usize| {
-        Command::new("kill").arg("-HUP").arg(fg.child.id().to_string()).status().unwrap();
+        fg.signal("HUP");
         wait_for("the reload", WAIT, || (fg.stderr().matches("config reloaded").count() >= n).then_some(()));
     };
     // Renewed by another CA, same file names.

@@ -102,9 +102,14 @@ impl Floodgate {
 
     /// Rewrites the config file (same ports) and sends SIGHUP.
     pub fn reload(&self, statsd_extra: &str, sections: &str) {
+        self.rewrite_config(statsd_extra, sections);
+        self.signal("HUP");
+    }
+
+    /// Rewrites the config file (same ports) without telling floodgate (for `POST /-/reload`).
+    pub fn rewrite_config(&self, statsd_extra: &str, sections: &str) {
         let text = config_text(self.statsd, self.admin, self.http, statsd_extra, sections);
         std::fs::write(self.dir.path().join("floodgate.toml"), text).unwrap();
-        Command::new("kill").arg("-HUP").arg(self.child.id().to_string()).status().unwrap();
     }
 
     /// Polls `/healthz` until it answers 200 (the readiness signal), or panics with the log.
@@ -699,6 +704,46 @@ pub fn tls_client_trusting(cert: &rustls_pki_types::CertificateDer<'_>) -> std::
             .with_root_certificates(roots)
             .with_no_client_auth(),
     )
+}
+
+/// A TLS client trusting the CA certificates in the PEM file `ca`, presenting the client
+/// certificate chain and key (PEM files) when given.
+pub fn tls_client(ca: impl AsRef<Path>, client: Option<(&str, &str)>) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca.as_ref()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+    std::sync::Arc::new(match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect(),
+                rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    })
+}
+
+/// Whether a TLS handshake with `client` to 127.0.0.1:`port` for `server_name` completes.
+pub fn tls_handshake_ok(port: u16, client: std::sync::Arc<rustls::ClientConfig>, server_name: &str) -> bool {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(client, name).unwrap();
+    while conn.is_handshaking() {
+        if conn.complete_io(&mut tcp).is_err() {
+            return false;
+        }
+    }
+    conn.send_close_notify();
+    let _ = conn.complete_io(&mut tcp);
+    true
 }
 
 /// One request as it arrived.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -89,15 +89,10 @@ fn start_with(
         .spawn()
         .unwrap();
     let running = Running(child);
-    let deadline = Instant::now() + WAIT;
-    while get(ns, http, "/healthz").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "floodgate in the namespace never became ready: {}",
-            std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("floodgate in the namespace ready", WAIT, || {
+        get(ns, http, "/healthz")
+            .ok_or_else(|| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default())
+    });
     running
 }
 
@@ -274,55 +269,51 @@ fn gauges_equal_the_kernel_table_and_events_are_logged() {
     drop(inbound.remove(0));
 
     let (in_label, out_label) = (format!("{host}:7000"), format!("{host}:7100"));
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let (body, got_in, got_out, got_v6) = wait_until("floodgate's gauges equal to conntrack -L", WAIT, || {
         let body = get(&ns, 9318, "/metrics").unwrap_or_default();
         let want = expected(&ns, &[7000, 7001, 9318, 9319]);
         let pick = |label: &str| per_phase(&want, label);
         let (got_in, got_out) = (gauges(&body, &in_label), gauges(&body, &out_label));
         let got_v6 = gauges(&body, "[::1]:7001");
         if got_in == pick(&in_label) && got_out == pick(&out_label) && got_v6 == pick("[::1]:7001") {
-            assert_eq!(got_v6["open"], 2, "{body}");
-            // And what the test did: 2 open + 1 closing inbound; 2 open + 1 closing outbound.
-            assert_eq!((got_in["open"], got_in["closing"]), (2, 1), "{body}");
-            assert_eq!((got_out["open"], got_out["closing"]), (2, 1), "{body}");
-            assert!(metric(&body, "conntrack_entries", &["protocol=\"udp\""]).unwrap_or(0.0) >= 1.0);
-            assert!(metric(&body, "conntrack_events_total", &["type=\"new\""]).unwrap_or(0.0) >= 5.0);
-            break;
+            return Ok((body, got_in, got_out, got_v6));
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "floodgate {in_label} {got_in:?} / {out_label} {got_out:?}; conntrack -L {:?} / {:?}",
             pick(&in_label),
             pick(&out_label)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        ))
+    });
+    assert_eq!(got_v6["open"], 2, "{body}");
+    // And what the test did: 2 open + 1 closing inbound; 2 open + 1 closing outbound.
+    assert_eq!((got_in["open"], got_in["closing"]), (2, 1), "{body}");
+    assert_eq!((got_out["open"], got_out["closing"]), (2, 1), "{body}");
+    assert!(sample(&body, "conntrack_entries", &["protocol=\"udp\""]) >= 1.0);
+    assert!(sample(&body, "conntrack_events_total", &["type=\"new\""]) >= 5.0);
 
     // The JSON log: the inbound connections' events carry the service label.
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let events = wait_until("three inbound `new` events in the JSON log", WAIT, || {
         let text = std::fs::read_to_string(&json).unwrap_or_default();
-        let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        // Whole lines only: the last may be half written.
+        let events: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let new_inbound = events
             .iter()
             .filter(|e| e["event_type"] == "new" && e["remote_host"] == in_label.as_str())
             .map(|e| e["original_source_host"].as_str().unwrap().to_string())
             .collect::<std::collections::BTreeSet<_>>();
         if new_inbound.len() >= 3 {
-            for e in &events {
-                for key in ["original_destination_host", "reply_source_host", "remote_host", "state", "event_type"] {
-                    assert!(e.get(key).is_some(), "{key} missing in {e}");
-                }
-            }
-            break;
+            Ok(events)
+        } else {
+            Err(format!("inbound new events: {new_inbound:?}"))
         }
-        assert!(Instant::now() < deadline, "inbound new events: {new_inbound:?}");
-        std::thread::sleep(Duration::from_millis(100));
+    });
+    for e in &events {
+        for key in ["original_destination_host", "reply_source_host", "remote_host", "state", "event_type"] {
+            assert!(e.get(key).is_some(), "{key} missing in {e}");
+        }
     }
     // The conntrack tool's format, parsed back.
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let text = wait_until("three [NEW] lines for port 7000 in the netfilter log", WAIT, || {
         let text = std::fs::read_to_string(&netfilter).unwrap_or_default();
         let new_7000 = text
             .lines()
@@ -331,12 +322,12 @@ fn gauges_equal_the_kernel_table_and_events_are_logged() {
             .filter(|l| l.contains("SYN_SENT") && l.contains("[UNREPLIED]"))
             .count();
         if new_7000 >= 3 {
-            assert!(text.lines().any(|l| l.starts_with(" [UPDATE] tcp      6 ") && l.contains("ESTABLISHED")));
-            break;
+            Ok(text)
+        } else {
+            Err(text)
         }
-        assert!(Instant::now() < deadline, "netfilter log:\n{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
+    assert!(text.lines().any(|l| l.starts_with(" [UPDATE] tcp      6 ") && l.contains("ESTABLISHED")), "{text}");
 
     // Stopping floodgate leaves the kernel's table as it was.
     drop(fg);
@@ -367,18 +358,18 @@ fn lost_events_force_a_resync_that_recovers_the_counts() {
     peer.run("burst 127.0.0.1 7000 3000");
     signal("-CONT");
     let label = "127.0.0.1:7000";
-    let deadline = Instant::now() + WAIT;
-    loop {
+    wait_until("a resync, then the gauges equal to conntrack -L", WAIT, || {
         let body = get(&ns, 9318, "/metrics").unwrap_or_default();
         let resyncs = metric(&body, "conntrack_resyncs_total", &[]).unwrap_or(0.0);
         let got: u64 = gauges(&body, label).values().sum();
         let want = conntrack_list(&ns).iter().filter(|e| e["proto"] == "tcp" && e["dport"] == "7000").count() as u64;
+        let seen = format!("resyncs {resyncs}, floodgate {got}, conntrack -L {want}");
         if resyncs >= 1.0 && got == want && want >= 3000 {
-            break;
+            Ok(())
+        } else {
+            Err(seen)
         }
-        assert!(Instant::now() < deadline, "resyncs {resyncs}, floodgate {got}, conntrack -L {want}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
 }
 
 /// ss's state names → the four.
@@ -410,8 +401,7 @@ fn without_net_admin_the_sock_diag_fallback_matches_ss() {
     peer.run("halfclose 1");
     drop(inbound.remove(0));
     let (in_label, out_label) = (format!("{host}:7000"), format!("{host}:7100"));
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let body = wait_until("floodgate's gauges equal to ss", WAIT, || {
         let body = get(&ns, 9318, "/metrics").unwrap_or_default();
         let ss = ns.command(&require_tool("ss")).arg("-tanH").output().unwrap();
         let mut want: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
@@ -436,15 +426,13 @@ fn without_net_admin_the_sock_diag_fallback_matches_ss() {
         if got_in == pick(&in_label) && got_out == pick(&out_label) && got_in["open"] == 2 && got_out["open"] == 1 {
             assert_eq!(got_in["closing"], 1, "{body}");
             assert_eq!(got_out["closing"], 1, "{body}");
-            assert!(body.contains("conntrack_source_info{source=\"sock_diag\"} 1"), "{body}");
-            break;
+            return Ok(body);
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "floodgate {in_label} {got_in:?} / {out_label} {got_out:?}; ss {:?} / {:?}\n{text}",
             pick(&in_label),
             pick(&out_label)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        ))
+    });
+    assert_eq!(sample(&body, "conntrack_source_info", &["source=\"sock_diag\""]), 1.0, "{body}");
 }

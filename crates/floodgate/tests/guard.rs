@@ -63,6 +63,7 @@ fn a_flooding_source_is_held_to_its_limit_and_its_neighbours_lose_nothing() {
     );
     let to = fg.udp_addr();
     let secs = 14.0;
+    let start = Instant::now();
     let flood = send_paced("127.0.0.2", to, "flood.hits:1|c", 0, secs);
     let legit3 = send_paced("127.0.0.3", to, "legit3.hits:1|c", 1500, secs);
     let legit4 = send_paced("127.0.0.4", to, "legit4.hits:1|c", 1500, secs);
@@ -79,9 +80,11 @@ fn a_flooding_source_is_held_to_its_limit_and_its_neighbours_lose_nothing() {
         (accepted + dropped == flood as f64).then_some((accepted, dropped))
     });
     assert!(dropped > 0.0, "the flood was over its limit");
-    // Never more than the limit lets through: a second's burst, then 3,000/s for as long as
-    // the flood lasted (plus half a second for what was still queued).
-    assert!(accepted <= 3000.0 * (secs + 1.5), "{accepted} lines of the flood got in over {secs} s");
+    // Never more than the limit lets through: a second's burst, then 3,000/s from the start
+    // until now (every datagram has been decided on by now, however late a busy machine
+    // read it).
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(accepted <= 3000.0 * (elapsed + 1.0), "{accepted} lines of the flood got in over {elapsed} s");
     assert!(accepted >= 3000.0, "at least its burst got in: {accepted}");
     let m = fg.self_metrics();
     assert_eq!(metric(&m, "floodgate_dropped_total", &["reason=\"port_limit\""]), Some(0.0));
@@ -133,18 +136,9 @@ fn sources_outside_the_allow_list_are_dropped_and_counted() {
     let refused = try_connect_from("127.0.0.2", fg.statsd);
     assert!(refused.is_none_or(is_reset), "the outside source's connection must be reset");
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = fg.self_metrics();
-        let udp = metric(&m, "floodgate_dropped_total", &["listener=\"statsd_udp\"", "reason=\"not_allowed\""]);
-        let tcp = metric(&m, "floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"not_allowed\""]);
-        // Two lines per datagram: messages are counted, not datagrams.
-        if udp == Some(10.0) && tcp == Some(1.0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not_allowed drops not counted: udp {udp:?} tcp {tcp:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Two lines per datagram: messages are counted, not datagrams.
+    fg.wait_sample("floodgate_dropped_total", &["listener=\"statsd_udp\"", "reason=\"not_allowed\""], |v| v == 10.0);
+    fg.wait_sample("floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"not_allowed\""], |v| v == 1.0);
     let counters = fg.admin("counters\n");
     assert!(!counters.contains("outside"), "{counters}");
     assert!(counters.contains("'statsd.bad_lines_seen': 0"), "dropped before parsing: {counters}");
@@ -198,26 +192,21 @@ fn a_connection_storm_is_refused_at_accept() {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    eprintln!("tcp storm: {attempts} attempts in {elapsed:.2}s");
+    assert!(attempts > 100, "the storm did not happen: {attempts} attempts");
     fg.wait_counter("legit_tcp", "1");
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (admitted, refused) = loop {
+    let (admitted, refused) = wait_for("every attempt admitted or refused", Duration::from_secs(30), || {
         let m = fg.self_metrics();
-        let admitted = metric(&m, "floodgate_tcp_connections_total", &["listener=\"statsd_tcp\""]).unwrap_or(0.0) - 1.0;
-        let refused = metric(&m, "floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"connection_rate\""])
-            .unwrap_or(0.0);
-        if admitted + refused == attempts as f64 {
-            break (admitted, refused);
-        }
-        assert!(Instant::now() < deadline, "{attempts} attempts, {admitted} admitted + {refused} refused");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    // 10 a second after a one-second burst of 10.
+        let admitted = metric(&m, "floodgate_tcp_connections_total", &["listener=\"statsd_tcp\""])? - 1.0;
+        let refused =
+            metric(&m, "floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"connection_rate\""])?;
+        (admitted + refused == attempts as f64).then_some((admitted, refused))
+    });
+    // Every decision was taken by now: at most a burst of 10 and 10 a second since the start
+    // (however the machine's load spread the attempts), and at least the burst.
+    let elapsed = start.elapsed().as_secs_f64();
     assert!(admitted <= 10.0 * elapsed + 10.0 + 1.0, "{admitted} admitted in {elapsed}s");
-    assert!(admitted >= 10.0 * (elapsed - 1.0), "{admitted} admitted in {elapsed}s");
-    assert!(refused > 0.9 * attempts as f64);
+    assert!(admitted >= 10.0, "{admitted} admitted: not even the burst");
     let m = fg.self_metrics();
     assert_eq!(metric(&m, "floodgate_limited_total", &["listener=\"statsd_tcp\""]), Some(refused));
     fg.wait_counter("storm", &admitted.to_string());
@@ -268,8 +257,6 @@ fn a_tls_listener_never_handshakes_with_a_refused_connection() {
     fg.wait_counter("tls_storm", &served.to_string());
     let elapsed = start.elapsed().as_secs_f64();
     assert!(served as f64 <= 10.0 * elapsed + 10.0 + 1.0 && served >= 10, "{served} served of {attempts}");
-
-    eprintln!("tls storm: {attempts} attempts in {elapsed:.2}s, {served} served");
     let m = fg.self_metrics();
     let l = "listener=\"statsd_tls\"";
     assert_eq!(metric(&m, "floodgate_tls_handshakes_total", &[l]), Some((served + 1) as f64), "handshakes");

@@ -228,12 +228,7 @@ fn sigterm_flushes_what_is_held_and_exits_0() {
     let carbon = Capture::start();
     let mut fg = Floodgate::start("flush_interval = \"1h\"", &graphite_section(carbon.port, ""));
     fg.send_udp(b"shutdown.held:7|c");
-    // Wait until the datagram is in (the console merges live values).
-    let deadline = std::time::Instant::now() + WAIT;
-    while !fg.admin("counters\n").contains("'shutdown.held': 7") {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    fg.wait_counter("shutdown.held", "7");
     assert_eq!(fg.terminate(), Some(0));
     let payload = carbon.next(WAIT).expect("final flush delivered");
     assert!(has(&payload, "stats_counts.shutdown.held", "7"));
@@ -243,11 +238,7 @@ fn sigterm_flushes_what_is_held_and_exits_0() {
 fn management_console_commands() {
     let fg = Floodgate::start("", "");
     fg.send_udp(b"con.a:1|c\ncon.b:2|c\ncon.t:5|ms\ncon.g:3|g");
-    let deadline = std::time::Instant::now() + WAIT;
-    while !fg.admin("counters\n").contains("'con.b': 2") {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    fg.wait_counter("con.b", "2");
     assert_eq!(fg.admin("health\n"), "health: up\n");
     assert_eq!(fg.admin("health down\n"), "health: down\n");
     assert_eq!(http_get(fg.http, "/healthz").unwrap().0, 503);
@@ -355,11 +346,7 @@ fn json_logs_on_request() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while http_get(http, "/healthz").map(|(c, _)| c != 200).unwrap_or(true) {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("ready", WAIT, || http_get(http, "/healthz").ok().filter(|(c, _)| *c == 200));
     std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     assert!(child.wait().unwrap().success());
     let text = std::fs::read_to_string(&log).unwrap();
@@ -380,18 +367,10 @@ fn sighup_reloads_settings_keeps_data_and_refuses_a_bad_file() {
     fg.send_udp(b"reload.kept:3|c\nreload.t:1|ms\nreload.t:2|ms\nreload.t:3|ms\nreload.t:4|ms");
     fg.wait_counter("reload.kept", "3");
     fg.reload("flush_interval = \"1h\"\npercentiles = [50]", &graphite);
-    let deadline = std::time::Instant::now() + WAIT;
-    while !fg.admin("config\n").contains("percentiles = [50.0]") {
-        assert!(std::time::Instant::now() < deadline, "reload not applied: {}", fg.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the reload applied", WAIT, || fg.admin("config\n").contains("percentiles = [50.0]").then_some(()));
     // A broken file is refused; the running config stays and floodgate keeps serving.
     fg.reload("flush_interval = \"1h\"\npercentiles = [50]\nno_such_key = 1", &graphite);
-    let deadline = std::time::Instant::now() + WAIT;
-    while !fg.stderr().contains("config refused") {
-        assert!(std::time::Instant::now() < deadline, "bad reload not reported: {}", fg.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the bad file refused", WAIT, || fg.stderr().contains("config refused").then_some(()));
     assert!(fg.admin("config\n").contains("percentiles = [50.0]"));
     fg.send_udp(b"reload.kept:4|c");
     fg.wait_counter("reload.kept", "7");

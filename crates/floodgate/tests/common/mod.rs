@@ -259,16 +259,22 @@ pub fn http_post(port: u16, path: &str, headers: &[&str], body: &str) -> std::io
     Ok((code, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
 }
 
-/// Polls `probe` until it returns `Some`, for at most `timeout`; panics with `what` (and the
-/// last thing `describe` says) when it never does. The one waiting loop of the tests: each
-/// waits on a signal (a metric, a file, a counter), never on a fixed sleep.
+/// Polls `probe` until it returns `Some`, for at most `timeout`; panics with `what` when it
+/// never does. The one waiting loop of the tests: each waits on a signal (a metric, a file, a
+/// counter), never on a fixed sleep.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    wait_until(what, timeout, || probe().ok_or_else(String::new))
+}
+
+/// [`wait_for`] with a probe that says what it saw when not yet satisfied (`Err`); the last
+/// of those is in the panic message.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = probe() {
-            return v;
+        match probe() {
+            Ok(v) => return v,
+            Err(seen) => assert!(Instant::now() < deadline, "{what}: not within {timeout:?}\n{seen}"),
         }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::process::{ChildStdin, ChildStdout, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -30,15 +30,6 @@ fn tracked_namespace(what: &str) -> Namespace {
         assert!(out.status.success(), "nft {rule:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     ns
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// floodgate inside `ns`, HTTP on `inside:http`, with `[conntrack]` keys `extra`.
@@ -79,21 +70,8 @@ fn start_with(
         c.arg("--bounding-set=-net_admin").arg(floodgate);
         c
     };
-    let child = command
-        .arg("run")
-        .args(run_args)
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
-        .spawn()
-        .unwrap();
-    let running = Running(child);
-    wait_until("floodgate in the namespace ready", WAIT, || {
-        get(ns, http, "/healthz")
-            .ok_or_else(|| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default())
-    });
-    running
+    command.arg("run").args(run_args).arg("--config").arg(&cfg);
+    Running::ready(command, (ns.inside.as_str(), http), &dir.join(format!("{name}.log")))
 }
 
 fn get(ns: &Namespace, port: u16, path: &str) -> Option<String> {
@@ -122,7 +100,7 @@ impl Peer {
             .spawn()
             .unwrap();
         let (stdin, stdout) = (child.stdin.take().unwrap(), BufReader::new(child.stdout.take().unwrap()));
-        Peer { _child: Running(child), stdin, stdout }
+        Peer { _child: Running { child, stderr: std::path::PathBuf::new() }, stdin, stdout }
     }
 
     fn run(&mut self, command: &str) {
@@ -350,13 +328,9 @@ fn lost_events_force_a_resync_that_recovers_the_counts() {
     let fg = start(&ns, dir.path(), "tiny", 9318, 8126, "event_buffer = \"4KiB\"");
     // A burst of 3,000 connections while floodgate is stopped: its 4 KiB event buffer
     // overflows for certain, and the kernel reports ENOBUFS when it reads again.
-    let signal = |sig: &str| {
-        let status = std::process::Command::new("kill").arg(sig).arg(fg.0.id().to_string()).status().unwrap();
-        assert!(status.success());
-    };
-    signal("-STOP");
+    signal(&fg.child, "STOP");
     peer.run("burst 127.0.0.1 7000 3000");
-    signal("-CONT");
+    signal(&fg.child, "CONT");
     let label = "127.0.0.1:7000";
     wait_until("a resync, then the gauges equal to conntrack -L", WAIT, || {
         let body = get(&ns, 9318, "/metrics").unwrap_or_default();

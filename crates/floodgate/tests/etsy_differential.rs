@@ -79,11 +79,9 @@ fn start_etsy(port: u16, carbon: u16, entries: &str, pickle: bool) -> Etsy {
         .expect("start Etsy statsd");
     eprintln!("Etsy statsd logs in {}", dir.display());
     // Ready when its UDP port is taken (it has no readiness signal of its own).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-        assert!(Instant::now() < deadline, "Etsy statsd did not bind {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&format!("Etsy statsd bound to {port}"), Duration::from_secs(30), || {
+        UdpSocket::bind(("127.0.0.1", port)).is_err().then_some(())
+    });
     Etsy { child }
 }
 

@@ -6,39 +6,19 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Stdio};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    http_get_at(addr, path).unwrap().1
 }
 
 fn counter(admin: &str, name: &str) -> f64 {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.write_all(b"counters\nquit\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let prefix = format!("'{name}': ");
-    out.lines().find_map(|l| l.trim().strip_prefix(&prefix)).map_or(0.0, |v| v.trim_end_matches(',').parse().unwrap())
+    console_counter(admin, name).unwrap_or(0.0)
 }
 
 #[test]
@@ -57,24 +37,10 @@ fn spoofed_sources_cannot_grow_memory_or_starve_a_real_sender() {
         ),
     )
     .unwrap();
-    let stderr = dir.path().join("stderr.log");
-    let _fg = Running(
-        ns.command(std::path::Path::new(env!("CARGO_BIN_EXE_floodgate")))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
-    wait_until("floodgate ready in the namespace", Duration::from_secs(30), || {
-        if TcpStream::connect(&http).is_ok_and(|_| get(&http, "/healthz").starts_with("ok")) {
-            Ok(())
-        } else {
-            Err(log())
-        }
-    });
+    let mut command = ns.command(std::path::Path::new(env!("CARGO_BIN_EXE_floodgate")));
+    command.arg("--config").arg(&config);
+    let fg = Running::ready(command, http.as_str(), &dir.path().join("stderr.log"));
+    let log = || fg.log();
 
     // The real sender: 1,000 datagrams a second from outside the namespace, starting before
     // the flood and ending after it.

@@ -340,15 +340,10 @@ fn json_logs_on_request() {
     )
     .unwrap();
     let log = dir.path().join("stderr");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))
-        .args(["--log-format", "json", "--config"])
-        .arg(&cfg)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for("ready", WAIT, || http_get(http, "/healthz").ok().filter(|(c, _)| *c == 200));
-    std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    assert!(child.wait().unwrap().success());
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"));
+    command.args(["--log-format", "json", "--config"]).arg(&cfg);
+    let mut fg = Running::ready(command, ("127.0.0.1", http), &log);
+    assert_eq!(fg.terminate(), Some(0));
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.len() >= 3, "{text}");

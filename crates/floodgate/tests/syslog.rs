@@ -264,18 +264,16 @@ impl Rsyslog {
     }
 
     fn wait_port(&mut self, port: u16) {
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        wait_for(&format!("rsyslogd listening on {port}"), WAIT, || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("rsyslogd exited with {status}; config {}", self.conf.display());
             }
-            assert!(Instant::now() < deadline, "rsyslogd never listened on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
     }
 
     fn stop(&mut self) {
-        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        signal(&self.child, "TERM");
         let _ = self.child.wait();
     }
 
@@ -569,7 +567,7 @@ impl Backlog {
     }
 
     fn rsyslog_signal(&self, name: &str) {
-        Command::new("kill").arg(format!("-{name}")).arg(self.rsyslog.child.id().to_string()).status().unwrap();
+        signal(&self.rsyslog.child, name);
     }
 }
 
@@ -894,11 +892,7 @@ fn stdout_output_writes_json_lines() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while http_get(http, "/healthz").map(|(c, _)| c != 200).unwrap_or(true) {
-        assert!(Instant::now() < deadline, "not ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("ready", WAIT, || http_get(http, "/healthz").ok().filter(|(c, _)| *c == 200));
     logger(port, &["-d", "--rfc5424", "-t", "to-stdout"], "hello stdout");
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();

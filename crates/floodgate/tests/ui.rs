@@ -10,7 +10,7 @@ use std::net::{TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -55,11 +55,9 @@ fn the_live_page_shows_rates_and_the_flooding_source() {
     let stop = Arc::new(AtomicBool::new(false));
     let threads = traffic(&fg, stop.clone());
     // The flood is an offender before the page loads (the page is not what is being waited on).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !http_get(fg.http, "/offenders").unwrap().1.contains("127.0.0.2") {
-        assert!(Instant::now() < deadline, "no offender");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("the flood listed as an offender", Duration::from_secs(30), || {
+        http_get(fg.http, "/offenders").unwrap().1.contains("127.0.0.2").then_some(())
+    });
     let url = format!("http://127.0.0.1:{}/ui", fg.http);
     let (_, html) = http_get(fg.http, "/ui").unwrap();
     for external in ["http://", "https://", "src=\"//", "href=\"//", "@import"] {
@@ -95,26 +93,25 @@ fn api_status_reports_listeners_guard_and_outputs() {
     for _ in 0..500 {
         sock.send_to(b"a:1|c", fg.udp_addr()).unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let (v, udp) = wait_until("all 500 accounted for in /api/status", Duration::from_secs(30), || {
         let (code, body) = http_get(fg.http, "/api/status").unwrap();
         assert_eq!(code, 200);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let udp = v["listeners"].as_array().unwrap().iter().find(|l| l["listener"] == "statsd_udp").cloned().unwrap();
         let got = udp["totals"]["messages"].as_u64().unwrap() + udp["dropped"]["source_limit"].as_u64().unwrap();
         if got == 500 {
-            assert!(udp["dropped"]["source_limit"].as_u64().unwrap() > 0);
-            let offenders = v["guard"]["offenders"].as_array().unwrap();
-            assert_eq!(offenders[0]["source"], "127.0.0.2");
-            assert_eq!(v["ready"], true);
-            assert!(v["version"].is_string() && v["uptime_seconds"].is_u64());
-            assert_eq!(v["config"]["statsd"]["udp"][0], fg.udp_addr().to_string());
-            assert_eq!(v["sinks"].as_array().unwrap().len(), 2);
-            assert!(v["flush"]["flushes"].is_u64());
-            assert!(v["conntrack"].is_null(), "conntrack is off in tests");
-            break;
+            Ok((v, udp))
+        } else {
+            Err(format!("{got} of 500: {body}"))
         }
-        assert!(Instant::now() < deadline, "{got} of 500 accounted for: {body}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
+    assert!(udp["dropped"]["source_limit"].as_u64().unwrap() > 0);
+    let offenders = v["guard"]["offenders"].as_array().unwrap();
+    assert_eq!(offenders[0]["source"], "127.0.0.2");
+    assert_eq!(v["ready"], true);
+    assert!(v["version"].is_string() && v["uptime_seconds"].is_u64());
+    assert_eq!(v["config"]["statsd"]["udp"][0], fg.udp_addr().to_string());
+    assert_eq!(v["sinks"].as_array().unwrap().len(), 2);
+    assert!(v["flush"]["flushes"].is_u64());
+    assert!(v["conntrack"].is_null(), "conntrack is off in tests");
 }

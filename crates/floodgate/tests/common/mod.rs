@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -114,17 +114,7 @@ impl Floodgate {
 
     /// Polls `/healthz` until it answers 200 (the readiness signal), or panics with the log.
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("floodgate exited with {status}: {}", self.stderr());
-            }
-            if http_get(self.http, "/healthz").map(|(code, _)| code == 200).unwrap_or(false) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("floodgate not ready: {}", self.stderr());
+        wait_ready(&mut self.child, ("127.0.0.1", self.http), &self.stderr_path);
     }
 
     pub fn stderr(&self) -> String {
@@ -142,12 +132,7 @@ impl Floodgate {
 
     /// Runs console commands, returns everything the console wrote back.
     pub fn admin(&self, commands: &str) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", self.admin)).unwrap();
-        s.write_all(commands.as_bytes()).unwrap();
-        s.write_all(b"quit\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        console(("127.0.0.1", self.admin), commands)
     }
 
     /// Waits until the StatsD counter `name` (no tags) has counted `value` since start: the
@@ -183,19 +168,12 @@ impl Floodgate {
 
     /// Sends a signal (`"TERM"`, `"HUP"`, ...) without waiting for anything.
     pub fn signal(&self, name: &str) {
-        Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+        signal(&self.child, name);
     }
 
     /// Waits (up to 30 s) for the process to exit; returns the exit code.
     pub fn wait_exit(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("floodgate did not stop: {}", self.stderr());
+        wait_exit(&mut self.child, &self.stderr_path)
     }
 
     pub fn dir(&self) -> &Path {
@@ -229,11 +207,102 @@ impl Drop for Floodgate {
     }
 }
 
-/// A minimal HTTP/1.0 GET: status and body.
+/// Waits (30 s) until GET `http`/healthz answers 200; panics with the log at `stderr` when
+/// `child` exits first or it never does.
+pub fn wait_ready(child: &mut Child, http: impl ToSocketAddrs + Copy, stderr: &Path) {
+    let log = || std::fs::read_to_string(stderr).unwrap_or_default();
+    wait_until("floodgate ready (/healthz 200)", Duration::from_secs(30), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("floodgate exited with {status}: {}", log());
+        }
+        match http_get_at(http, "/healthz") {
+            Ok((200, _)) => Ok(()),
+            _ => Err(log()),
+        }
+    });
+}
+
+/// A process (floodgate started by hand: in a namespace, with flags) killed when dropped, its
+/// stderr in a file.
+pub struct Running {
+    pub child: Child,
+    pub stderr: PathBuf,
+}
+
+impl Running {
+    /// Starts `command` with stderr to the file `stderr` and waits until GET
+    /// `http`/healthz answers 200.
+    pub fn ready(mut command: Command, http: impl ToSocketAddrs + Copy, stderr: &Path) -> Running {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(stderr).unwrap())
+            .spawn()
+            .expect("start floodgate");
+        let mut running = Running { child, stderr: stderr.to_path_buf() };
+        wait_ready(&mut running.child, http, stderr);
+        running
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        signal(&self.child, "TERM");
+        wait_exit(&mut self.child, &self.stderr)
+    }
+}
+
+/// Sends a signal (`"TERM"`, `"STOP"`, ...) to `child` without waiting for anything.
+pub fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().unwrap();
+    assert!(ok.success(), "kill -{name}");
+}
+
+/// Waits (up to 30 s) for `child` to exit; returns the exit code, or panics with its log.
+pub fn wait_exit(child: &mut Child, stderr: &Path) -> Option<i32> {
+    wait_until("exit", Duration::from_secs(30), || match child.try_wait() {
+        Ok(Some(status)) => Ok(status.code()),
+        _ => Err(std::fs::read_to_string(stderr).unwrap_or_default()),
+    })
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `commands` to the management console at `addr`, then `quit`; returns the answer.
+pub fn console(addr: impl ToSocketAddrs, commands: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(commands.as_bytes()).unwrap();
+    s.write_all(b"quit\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// One counter from the console's `counters` at `addr` (merged live), if it is there.
+pub fn console_counter(addr: impl ToSocketAddrs, name: &str) -> Option<f64> {
+    let out = console(addr, "counters\n");
+    let prefix = format!("'{name}': ");
+    out.lines().find_map(|l| l.trim().strip_prefix(&prefix)).map(|v| v.trim_end_matches(',').parse().unwrap())
+}
+
+/// A minimal HTTP/1.0 GET to 127.0.0.1:`port`: status and body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    http_get_at(("127.0.0.1", port), path)
+}
+
+/// A minimal HTTP/1.0 GET to any address (a namespace's): status and body.
+pub fn http_get_at(addr: impl ToSocketAddrs, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let host = s.peer_addr()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);

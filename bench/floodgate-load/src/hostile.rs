@@ -178,8 +178,11 @@ fn attacks(bin: &Path) -> Vec<Cost> {
         let admin = fg.admin.unwrap_or(0);
         (fg, syslog, agg, admin)
     };
-    let mut run = |listener: &'static str, attack: &'static str, f: &dyn Fn(&Running, u16, u16, u16) -> u64| {
-        let (fg, syslog, agg, admin) = start("attack", "");
+    let mut run_with = |listener: &'static str,
+                        attack: &'static str,
+                        sections: &str,
+                        f: &dyn Fn(&Running, u16, u16, u16) -> u64| {
+        let (fg, syslog, agg, admin) = start("attack", sections);
         let pid = fg.child.id();
         std::thread::sleep(Duration::from_millis(500));
         let before = settled(pid);
@@ -187,6 +190,9 @@ fn attacks(bin: &Path) -> Vec<Cost> {
         let after = settled(pid);
         eprintln!("{listener}: {attack}: {sent} bytes sent, peak RSS +{}", after.saturating_sub(before));
         out.push(Cost { listener, attack, sent, grown: after.saturating_sub(before) });
+    };
+    let mut run = |listener: &'static str, attack: &'static str, f: &dyn Fn(&Running, u16, u16, u16) -> u64| {
+        run_with(listener, attack, "", f)
     };
     run("statsd UDP", "8,000 keys of 60 KB", &|fg, _, _, _| {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -315,8 +321,58 @@ fn attacks(bin: &Path) -> Vec<Cost> {
         std::thread::sleep(Duration::from_secs(2));
         sent
     });
+    // A remote-write endpoint that answers every request 503 with a body that never ends
+    // (bytes sent: what it managed to write before floodgate let the connection go).
+    let endless = endless_error_endpoint();
+    run_with(
+        "remote-write sink",
+        "every answer a 503 with an endless body, 5 s",
+        &format!("[prometheus_remote_write]\nurl = \"http://127.0.0.1:{}/api/v1/write\"\ntimeout = \"5s\"\n", endless.0),
+        &|fg, _, _, _| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let _ = s.send_to(b"rw.hits:1|c", ("127.0.0.1", fg.port));
+            std::thread::sleep(Duration::from_secs(5));
+            endless.1.load(std::sync::atomic::Ordering::Relaxed)
+        },
+    );
     let _ = std::fs::remove_dir_all(&dir);
     out
+}
+
+/// An HTTP server on a free port that reads each request and answers 503 with a chunked body
+/// it writes for as long as the client reads; returns its port and the bytes written.
+fn endless_error_endpoint() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let total = written.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let total = total.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read_exact(&mut byte).is_ok() {
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; len];
+                let _ = s.read_exact(&mut body);
+                let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n");
+                let chunk = format!("1000\r\n{}\r\n", "x".repeat(4096));
+                while s.write_all(chunk.as_bytes()).is_ok() {
+                    total.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (port, written)
 }
 
 /// The StatsD TCP listener's port (bound to port 0 by the attack config), from `/metrics`.

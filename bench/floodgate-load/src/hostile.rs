@@ -178,19 +178,17 @@ fn attacks(bin: &Path) -> Vec<Cost> {
         let admin = fg.admin.unwrap_or(0);
         (fg, syslog, agg, admin)
     };
-    let mut run_with = |listener: &'static str,
-                        attack: &'static str,
-                        sections: &str,
-                        f: &dyn Fn(&Running, u16, u16, u16) -> u64| {
-        let (fg, syslog, agg, admin) = start("attack", sections);
-        let pid = fg.child.id();
-        std::thread::sleep(Duration::from_millis(500));
-        let before = settled(pid);
-        let sent = f(&fg, syslog, agg, admin);
-        let after = settled(pid);
-        eprintln!("{listener}: {attack}: {sent} bytes sent, peak RSS +{}", after.saturating_sub(before));
-        out.push(Cost { listener, attack, sent, grown: after.saturating_sub(before) });
-    };
+    let mut run_with =
+        |listener: &'static str, attack: &'static str, sections: &str, f: &dyn Fn(&Running, u16, u16, u16) -> u64| {
+            let (fg, syslog, agg, admin) = start("attack", sections);
+            let pid = fg.child.id();
+            std::thread::sleep(Duration::from_millis(500));
+            let before = settled(pid);
+            let sent = f(&fg, syslog, agg, admin);
+            let after = settled(pid);
+            eprintln!("{listener}: {attack}: {sent} bytes sent, peak RSS +{}", after.saturating_sub(before));
+            out.push(Cost { listener, attack, sent, grown: after.saturating_sub(before) });
+        };
     let mut run = |listener: &'static str, attack: &'static str, f: &dyn Fn(&Running, u16, u16, u16) -> u64| {
         run_with(listener, attack, "", f)
     };
@@ -327,7 +325,10 @@ fn attacks(bin: &Path) -> Vec<Cost> {
     run_with(
         "remote-write sink",
         "every answer a 503 with an endless body, 5 s",
-        &format!("[prometheus_remote_write]\nurl = \"http://127.0.0.1:{}/api/v1/write\"\ntimeout = \"5s\"\n", endless.0),
+        &format!(
+            "[prometheus_remote_write]\nurl = \"http://127.0.0.1:{}/api/v1/write\"\ntimeout = \"5s\"\n",
+            endless.0
+        ),
         &|fg, _, _, _| {
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
             let _ = s.send_to(b"rw.hits:1|c", ("127.0.0.1", fg.port));

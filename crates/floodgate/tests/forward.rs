@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -96,22 +96,6 @@ fn counters_from_three_agents_add_up_at_carbon() {
     }
 }
 
-/// Sends `line` to `fg` every `every` for `secs`; returns how many were sent.
-fn steady(fg: &Floodgate, line: &'static str, every: Duration, secs: f64) -> std::thread::JoinHandle<u64> {
-    let to = SocketAddr::from(([127, 0, 0, 1], fg.statsd));
-    std::thread::spawn(move || {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let start = Instant::now();
-        let mut sent = 0;
-        while start.elapsed().as_secs_f64() < secs {
-            s.send_to(line.as_bytes(), to).unwrap();
-            sent += 1;
-            std::thread::sleep(every);
-        }
-        sent
-    })
-}
-
 /// The aggregator is SIGKILLed mid-run and started again: the agents hold what it had not
 /// acknowledged and send it again; Carbon's sum is every increment sent, once.
 #[test]
@@ -124,13 +108,16 @@ fn an_aggregator_killed_mid_run_loses_and_doubles_nothing() {
     for a in &agents {
         wait_connected(a, &[port]);
     }
-    let senders: Vec<_> = agents.iter().map(|a| steady(a, "crash.hits:1|c", Duration::from_millis(20), 14.0)).collect();
-    // Mid-run: Carbon already holds part of the count, the senders have seconds to go.
+    let senders: Vec<Sender> =
+        agents.iter().map(|a| Sender::start("127.0.0.1", a.udp_addr(), "crash.hits:1|c", 50, 1)).collect();
+    // Mid-run: Carbon already holds part of the count.
     carbon.wait("stats_counts.crash.hits", |p| p.iter().sum::<f64>() > 0.0);
     agg.kill();
-    std::thread::sleep(Duration::from_secs(2));
+    // The agents keep counting while it is down (about 2 s), and after it is back.
+    senders.iter().for_each(|s| s.wait_more(100));
     agg.respawn();
-    let sent: u64 = senders.into_iter().map(|h| h.join().unwrap()).sum();
+    senders.iter().for_each(|s| s.wait_more(100));
+    let sent: u64 = senders.into_iter().map(Sender::stop).sum();
     let points = carbon.wait("stats_counts.crash.hits", |p| p.iter().sum::<f64>() >= sent as f64);
     // Two more flushes written (each writes a point, 0 or not): a doubled batch would be in them.
     let points = carbon.wait("stats_counts.crash.hits", |p| p.len() >= points.len() + 2);
@@ -151,7 +138,7 @@ fn a_garbage_frame_closes_only_its_connection() {
     );
     let a = agent("good", &[port]);
     wait_connected(&a, &[port]);
-    let sender = steady(&a, "calm:1|c", Duration::from_millis(20), 5.0);
+    let sender = Sender::start("127.0.0.1", a.udp_addr(), "calm:1|c", 50, 1);
     // The good agent's batches are flowing before the bad connection arrives.
     wait_for("calm: first batch aggregated", Duration::from_secs(30), || {
         metric(&http_get(agg.http, "/metrics").unwrap().1, "calm_total", &[]).filter(|v| *v > 0.0)
@@ -165,7 +152,9 @@ fn a_garbage_frame_closes_only_its_connection() {
     let mut answer = Vec::new();
     let _ = std::io::Read::read_to_end(&mut bad, &mut answer);
     assert!(String::from_utf8_lossy(&answer).contains("malformed frame"), "an Error frame says why: {answer:?}");
-    let sent = sender.join().unwrap();
+    // The good agent goes on being served after the bad connection is gone.
+    sender.wait_more(50);
+    let sent = sender.stop();
     let all = wait_for(&format!("calm: {sent} aggregated"), Duration::from_secs(30), || {
         let all = http_get(agg.http, "/metrics").unwrap().1;
         (metric(&all, "calm_total", &[]) == Some(sent as f64)).then_some(all)
@@ -206,9 +195,13 @@ fn mutual_tls_refuses_an_agent_without_a_valid_certificate() {
     let good = tls_agent("good", &good_cert, &good_key);
     let bad = tls_agent("bad", &bad_cert, &bad_key);
     wait_connected(&good, &[port]);
-    let sent_good = steady(&good, "good:1|c", Duration::from_millis(50), 3.0);
-    let sent_bad = steady(&bad, "bad:1|c", Duration::from_millis(50), 3.0);
-    let (sent_good, _) = (sent_good.join().unwrap(), sent_bad.join().unwrap());
+    let good_sender = Sender::start("127.0.0.1", good.udp_addr(), "good:1|c", 20, 1);
+    let bad_sender = Sender::start("127.0.0.1", bad.udp_addr(), "bad:1|c", 20, 1);
+    // The refused agent has flushed and holds its batches; its handshakes failed.
+    bad.wait_sample("floodgate_forward_queued_batches", &[], |v| v >= 1.0);
+    agg.wait_sample("floodgate_tls_handshake_failures_total", &["listener=\"aggregator_tls\""], |v| v >= 1.0);
+    good_sender.wait_more(20);
+    let (sent_good, _) = (good_sender.stop(), bad_sender.stop());
     let all = wait_for(&format!("good: {sent_good} aggregated"), Duration::from_secs(30), || {
         let all = http_get(agg.http, "/metrics").unwrap().1;
         (metric(&all, "good_total", &[]) == Some(sent_good as f64)).then_some(all)

@@ -11,30 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Sends `line` as one datagram each from `source` to `to` at `rate` a second (0: as fast as
-/// it can, at most 100k/s) for `secs`; returns how many were sent.
-fn send_paced(source: &str, to: SocketAddr, line: &'static str, rate: u64, secs: f64) -> std::thread::JoinHandle<u64> {
-    let socket = UdpSocket::bind((source, 0)).unwrap();
-    std::thread::spawn(move || {
-        let rate = if rate == 0 { 100_000 } else { rate };
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while start.elapsed().as_secs_f64() < secs {
-            let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
-            while sent < due {
-                match socket.send_to(line.as_bytes(), to) {
-                    Ok(_) => sent += 1,
-                    // The local queue is full: the datagram was not sent, so it is not counted.
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("send: {e}"),
-                }
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
-        sent
-    })
-}
-
 fn offenders(fg: &Floodgate) -> serde_json::Value {
     let (code, body) = http_get(fg.http, "/offenders").unwrap();
     assert_eq!(code, 200);
@@ -62,12 +38,13 @@ fn a_flooding_source_is_held_to_its_limit_and_its_neighbours_lose_nothing() {
         &format!("[graphite]\naddress = \"127.0.0.1:{}\"\n\n[limits]\n", carbon.line_port),
     );
     let to = fg.udp_addr();
-    let secs = 14.0;
     let start = Instant::now();
-    let flood = send_paced("127.0.0.2", to, "flood.hits:1|c", 0, secs);
-    let legit3 = send_paced("127.0.0.3", to, "legit3.hits:1|c", 1500, secs);
-    let legit4 = send_paced("127.0.0.4", to, "legit4.hits:1|c", 1500, secs);
-    let (flood, legit3, legit4) = (flood.join().unwrap(), legit3.join().unwrap(), legit4.join().unwrap());
+    let flood = Sender::start("127.0.0.2", to, "flood.hits:1|c", 100_000, 1);
+    let legit3 = Sender::start("127.0.0.3", to, "legit3.hits:1|c", 1500, 1);
+    let legit4 = Sender::start("127.0.0.4", to, "legit4.hits:1|c", 1500, 1);
+    // Long enough for several flushes and a limited period that starts and ends.
+    std::thread::sleep(Duration::from_secs(14));
+    let (flood, legit3, legit4) = (flood.stop(), legit3.stop(), legit4.stop());
 
     carbon.wait("stats_counts.legit3.hits", |p| p.iter().sum::<f64>() == legit3 as f64);
     carbon.wait("stats_counts.legit4.hits", |p| p.iter().sum::<f64>() == legit4 as f64);

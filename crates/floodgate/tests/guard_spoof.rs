@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -45,23 +43,7 @@ fn spoofed_sources_cannot_grow_memory_or_starve_a_real_sender() {
     // The real sender: 1,000 datagrams a second from outside the namespace, starting before
     // the flood and ending after it.
     let to: SocketAddr = format!("{}:8125", ns.inside).parse().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let legit_sent = Arc::new(AtomicU64::new(0));
-    let legit = {
-        let socket = UdpSocket::bind((ns.host.as_str(), 0)).unwrap();
-        let (stop, sent) = (stop.clone(), legit_sent.clone());
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            while !stop.load(Relaxed) {
-                let due = (start.elapsed().as_secs_f64() * 1000.0) as u64;
-                while sent.load(Relaxed) < due {
-                    socket.send_to(b"legit:1|c", to).unwrap();
-                    sent.fetch_add(1, Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    let legit = Sender::start(&ns.host, to, "legit:1|c", 1000, 1);
     // The real sender is counted before the flood starts, and is established by then: tracked
     // for the guard's 1 s (`ESTABLISHED_NS`). It was first seen before it was counted, so a
     // wait of that second from then is the feature's own definition, not a guess.
@@ -82,13 +64,8 @@ fn spoofed_sources_cannot_grow_memory_or_starve_a_real_sender() {
     assert!(summary.contains("sent=262144 sources=131072"), "{summary}");
 
     // ...and after it ends.
-    let after = legit_sent.load(Relaxed) + 500;
-    wait_for("500 more from the real sender", Duration::from_secs(30), || {
-        (legit_sent.load(Relaxed) >= after).then_some(())
-    });
-    stop.store(true, Relaxed);
-    legit.join().unwrap();
-    let legit_sent = legit_sent.load(Relaxed);
+    legit.wait_more(500);
+    let legit_sent = legit.stop();
 
     // Every legitimate datagram was counted.
     wait_until("every real datagram counted", Duration::from_secs(30), || {

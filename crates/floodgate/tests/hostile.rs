@@ -436,25 +436,6 @@ impl Relay {
     }
 }
 
-/// Sends `line` to `port` every `every` until `stop`; returns how many were sent.
-fn steady(
-    port: u16,
-    line: &'static str,
-    every: Duration,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut sent = 0;
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            s.send_to(line.as_bytes(), ("127.0.0.1", port)).unwrap();
-            sent += 1;
-            std::thread::sleep(every);
-        }
-        sent
-    })
-}
-
 /// Attack 4: two agents → one aggregator whose Graphite output is unreachable for 6 s with a
 /// 2 KiB buffer. It used to acknowledge batches whose flushes it then dropped (960 increments
 /// sent, 480 in Carbon). Now a flush holding agents' batches is never dropped; once the buffer
@@ -479,9 +460,8 @@ fn a_sink_down_loses_nothing_agents_sent() {
     for a in &agents {
         a.wait_sample("floodgate_forward_connected", &[], |v| v == 1.0);
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let senders: Vec<_> =
-        agents.iter().map(|a| steady(a.statsd, "down.hits:1|c", Duration::from_millis(25), stop.clone())).collect();
+    let senders: Vec<Sender> =
+        agents.iter().map(|a| Sender::start("127.0.0.1", a.udp_addr(), "down.hits:1|c", 40, 1)).collect();
     // Flushes reach Carbon; then Carbon goes away until the aggregator's buffer is full and it
     // turns agents away; then it comes back and takes flushes again.
     let relayed = || relay.relayed.load(std::sync::atomic::Ordering::SeqCst);
@@ -491,8 +471,7 @@ fn a_sink_down_loses_nothing_agents_sent() {
     let before = relayed();
     relay.set_up(true);
     wait_for("flushes relayed after the outage", Duration::from_secs(60), || (relayed() > before).then_some(()));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let sent: u64 = senders.into_iter().map(|h| h.join().unwrap()).sum();
+    let sent: u64 = senders.into_iter().map(Sender::stop).sum();
     let points = carbon.wait("stats_counts.down.hits", |p| p.iter().sum::<f64>() >= sent as f64);
     // Every agent batch acknowledged, none dropped; then the sum is final and exact.
     for a in &agents {
@@ -763,9 +742,8 @@ fn the_aggregator_killed_ten_times_loses_and_doubles_nothing() {
     for a in &agents {
         a.wait_sample("floodgate_forward_connected", &[], |v| v == 1.0);
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let senders: Vec<_> =
-        agents.iter().map(|a| steady(a.statsd, "faults.hits:1|c", Duration::from_millis(20), stop.clone())).collect();
+    let senders: Vec<Sender> =
+        agents.iter().map(|a| Sender::start("127.0.0.1", a.udp_addr(), "faults.hits:1|c", 50, 1)).collect();
     let mut rng = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     eprintln!("kill schedule seed {rng}");
     let mut next = move || {
@@ -789,9 +767,9 @@ fn the_aggregator_killed_ten_times_loses_and_doubles_nothing() {
         std::thread::sleep(Duration::from_millis(next() % 1000));
         agg.respawn();
     }
-    std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let sent: u64 = senders.into_iter().map(|h| h.join().unwrap()).sum();
+    // Traffic goes on after the last restart.
+    senders.iter().for_each(|s| s.wait_more(50));
+    let sent: u64 = senders.into_iter().map(Sender::stop).sum();
     for a in &agents {
         a.wait_sample("floodgate_forward_queued_batches", &[], |v| v == 0.0);
         assert_eq!(metric(&a.self_metrics(), "floodgate_forward_dropped_batches_total", &[]), Some(0.0));

@@ -6,9 +6,7 @@
 mod common;
 
 use std::io::Write;
-use std::net::{TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::*;
@@ -38,24 +36,9 @@ fn post_reload(fg: &Floodgate) -> (u16, String) {
     http_post(fg.http, "/-/reload", &["X-Floodgate-Reload: 1"], "").unwrap()
 }
 
-/// Sends `reload.hits:1|c` to `port` about 1,000 times a second until `stop`; counts in `sent`.
-fn sender(port: u16, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        while !stop.load(Ordering::Relaxed) {
-            for _ in 0..10 {
-                sock.send_to(b"reload.hits:1|c", ("127.0.0.1", port)).unwrap();
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    })
-}
-
-/// Lets traffic flow: waits until `sent` has grown by `more`.
-fn until_sent(sent: &AtomicU64, more: u64) {
-    let target = sent.load(Ordering::Relaxed) + more;
-    wait_for(&format!("{more} more sent"), WAIT, || (sent.load(Ordering::Relaxed) >= target).then_some(()));
+/// `reload.hits:1|c` to `port`, 1,000 a second.
+fn sender(port: u16) -> Sender {
+    Sender::start("127.0.0.1", SocketAddr::from(([127, 0, 0, 1], port)), "reload.hits:1|c", 1000, 1)
 }
 
 fn api_status(fg: &Floodgate) -> serde_json::Value {
@@ -67,9 +50,8 @@ fn reload_under_traffic_adds_a_listener_and_loses_nothing() {
     let carbon = Carbon::start();
     let (a, b) = (free_port(), free_port());
     let fg = Floodgate::start(&statsd(&[a], false), &sections(carbon.line_port, 1_000_000));
-    let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let first = sender(a, stop.clone(), sent.clone());
-    until_sent(&sent, 500);
+    let first = sender(a);
+    first.wait_more(500);
 
     // SIGHUP: a second UDP listener, and a higher limit.
     fg.reload(&statsd(&[a, b], false), &sections(carbon.line_port, 2_000_000));
@@ -78,19 +60,16 @@ fn reload_under_traffic_adds_a_listener_and_loses_nothing() {
         let listening = v["listeners"].as_array().unwrap().iter().any(|l| l["address"] == format!("127.0.0.1:{b}"));
         (listening && v["config"]["limits"]["udp_per_source"] == 2_000_000).then_some(())
     });
-    let second = sender(b, stop.clone(), sent.clone());
-    until_sent(&sent, 500);
+    let second = sender(b);
+    second.wait_more(500);
 
     // A broken config over HTTP: refused with its reason; both listeners keep serving.
     fg.rewrite_config(&statsd(&[a, b], true), &sections(carbon.line_port, 1));
     let (code, body) = post_reload(&fg);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("flushInterval"), "{body}");
-    until_sent(&sent, 500);
-    stop.store(true, Ordering::Relaxed);
-    first.join().unwrap();
-    second.join().unwrap();
-    let total = sent.load(Ordering::Relaxed) as f64;
+    second.wait_more(500);
+    let total = (first.stop() + second.stop()) as f64;
     carbon.wait("stats_counts.reload.hits", |p| p.iter().sum::<f64>() == total);
     assert!(fg.stderr().contains("config refused"), "{}", fg.stderr());
     assert_eq!(api_status(&fg)["config"]["limits"]["udp_per_source"], 2_000_000, "the refused file changed nothing");

@@ -27,13 +27,14 @@ fn traffic(fg: &Floodgate, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle
             std::thread::sleep(Duration::from_micros(200));
         }
     });
-    let flood = std::thread::spawn(move || {
-        let sock = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let flood = Sender::start("127.0.0.2", fg.udp_addr(), "flood:1|c", 0, 1);
+    let stop_flood = std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            let _ = sock.send_to(b"flood:1|c", ("127.0.0.1", port));
+            std::thread::sleep(Duration::from_millis(20));
         }
+        flood.stop();
     });
-    vec![tcp, flood]
+    vec![tcp, stop_flood]
 }
 
 fn chromium(args: &[&str], url: &str) -> std::process::Output {

@@ -9,6 +9,88 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// A paced UDP sender on a thread of its own: `payload` as one datagram to `to`, `rate` a
+/// second (0: as fast as the socket takes them), from `sockets` sockets bound to `source`
+/// used in turn (one address on several sockets, as a busy host sends, lands on several
+/// `SO_REUSEPORT` receive sockets). `sent` counts what the kernel took: a datagram refused
+/// with EWOULDBLOCK or ENOBUFS is not counted, so accounting stays exact.
+pub struct Sender {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sender {
+    pub fn start(source: &str, to: SocketAddr, payload: impl Into<Vec<u8>>, rate: u64, sockets: usize) -> Sender {
+        use std::sync::atomic::Ordering::Relaxed;
+        let socks: Vec<UdpSocket> = (0..sockets.max(1)).map(|_| UdpSocket::bind((source, 0)).unwrap()).collect();
+        let payload = payload.into();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stopping, count) = (stop.clone(), sent.clone());
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while !stopping.load(Relaxed) {
+                let due = if rate == 0 { n + 256 } else { (start.elapsed().as_secs_f64() * rate as f64) as u64 };
+                while n < due {
+                    match socks[n as usize % socks.len()].send_to(&payload, to) {
+                        Ok(_) => {
+                            n += 1;
+                            count.store(n, Relaxed);
+                        }
+                        // The local queue is full: not sent, not counted; try again later.
+                        Err(e)
+                            if matches!(e.kind(), std::io::ErrorKind::WouldBlock) || e.raw_os_error() == Some(105) =>
+                        {
+                            break
+                        }
+                        Err(e) => panic!("send to {to}: {e}"),
+                    }
+                }
+                if rate != 0 {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+        });
+        Sender { stop, sent, thread: Some(thread) }
+    }
+
+    /// Datagrams sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `more` datagrams more than now have been sent (the traffic went on).
+    pub fn wait_more(&self, more: u64) {
+        let target = self.sent() + more;
+        wait_for(&format!("{more} more datagrams sent"), Duration::from_secs(60), || {
+            (self.sent() >= target).then_some(())
+        });
+    }
+
+    /// Stops; returns how many were sent.
+    pub fn stop(mut self) -> u64 {
+        self.halt();
+        self.sent()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() && !std::thread::panicking() {
+                panic!("the sender thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
 /// A port free for both TCP and UDP on 127.0.0.1, chosen below the kernel's ephemeral range
 /// (32768 and up): the client sockets and outgoing connections of tests running in parallel
 /// take ephemeral ports, and one of them could otherwise grab a listener's port between this

@@ -98,14 +98,40 @@ impl Drop for Sender {
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Nothing is bound on a port between this check and the floodgate binding it, so a port is
+    // handed out once: never twice in this process (a config's statsd, admin and http ports
+    // must differ), and not to two test processes within ten minutes (a reservation file).
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let reservations = std::env::temp_dir().join("floodgate-test-ports");
+    let _ = std::fs::create_dir_all(&reservations);
     loop {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         h.write_u32(std::process::id());
         let port = 20_000 + (h.finish() % 12_000) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.contains(&port) || !reserve(&reservations.join(port.to_string())) {
+            continue;
+        }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
+    }
+}
+
+/// Takes the reservation file `path` unless another process took it in the last ten minutes.
+fn reserve(path: &Path) -> bool {
+    let fresh = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < Duration::from_secs(600)))
+    };
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(_) => true,
+        Err(_) if fresh(path) => false,
+        // A stale reservation from an earlier run: renew it (its modification time is now).
+        Err(_) => std::fs::write(path, b"").is_ok(),
     }
 }
 

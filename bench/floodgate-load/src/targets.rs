@@ -547,7 +547,11 @@ fn guard_capacity(duration: Duration) -> (f64, f64) {
         ..Default::default()
     };
     let guard = floodgate::guard::Guard::new(&limits, Instant::now());
-    let listener = guard.listener("statsd_udp", SocketAddr::from(([127, 0, 0, 1], 8125)), 0);
+    let listener = guard.listener(
+        floodgate::listener::Kind::new(floodgate::listener::Protocol::Statsd, floodgate::listener::Transport::Udp),
+        SocketAddr::from(([127, 0, 0, 1], 8125)),
+        0,
+    );
     let sources: Vec<std::net::IpAddr> =
         (0..1000u32).map(|i| std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))).collect();
     let data = b"load.k1:1|c";

@@ -13,9 +13,9 @@ use tokio::net::TcpListener;
 
 use crate::app::Shared;
 use crate::guard::ListenerGuard;
+use crate::listener::Counters;
 use crate::sinks::graphite::unix_now;
 use crate::sources::listen::Stalled;
-use crate::telemetry::ListenerCounters;
 
 /// Longest command line accepted.
 const MAX_COMMAND: usize = 4096;
@@ -26,7 +26,7 @@ pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     guard: Arc<ListenerGuard>,
-    counters: Arc<ListenerCounters>,
+    counters: Arc<Counters>,
     idle: Duration,
 ) {
     crate::sources::listen::serve(listener, guard, counters, None, "admin", move |conn, _peer| {
@@ -112,7 +112,7 @@ pub fn command(shared: &Shared, cmd: &str, args: &[&str]) -> String {
             let now = unix_now();
             let _ = writeln!(out, "uptime: {}", now - shared.started_unix);
             let _ = writeln!(out, "messages.last_msg_seen: {}", now - shared.last_msg_seen.load(Relaxed));
-            let bad: u64 = shared.telemetry.by_listener(|c| c.bad_lines.load(Relaxed)).values().sum();
+            let bad: u64 = shared.listeners.by_listener(|c| c.bad_lines.load(Relaxed)).values().sum();
             let _ = writeln!(out, "messages.bad_lines_seen: {bad}");
             let g = *shared.graphite_stats.lock();
             let _ = writeln!(out, "graphite.last_flush: {}", now - g.last_flush);

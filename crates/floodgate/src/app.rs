@@ -16,14 +16,17 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, Health};
+use crate::flush::FlushCounters;
 use crate::guard::Guard;
+use crate::listener::{Counters, Kind, Listener, Listeners, Protocol, Transport};
+use crate::metrics::Registry;
 use crate::sinks::graphite::{unix_now, GraphiteSink};
+use crate::sinks::SinkCounters;
 use crate::sources::statsd::tcp::TcpOptions;
 use crate::sources::statsd::udp::StatsdDatagrams;
 use crate::sources::statsd::SharedShard;
 use crate::sources::udp::UdpWorker;
 use crate::sys::UdpReceiver;
-use crate::telemetry::{Listener, ListenerCounters, Telemetry};
 
 /// State shared by every part of the running agent.
 pub struct Shared {
@@ -35,8 +38,14 @@ pub struct Shared {
     pub store: Mutex<Store>,
     /// Every receive shard (UDP threads, TCP listeners).
     pub shards: Mutex<Vec<SharedShard>>,
-    /// Self-metrics.
-    pub telemetry: Arc<Telemetry>,
+    /// Every component's figures (`/metrics`, `/api/status`).
+    pub metrics: Arc<Registry>,
+    /// Every listener, for the per-listener figures.
+    pub listeners: Arc<Listeners>,
+    /// The flusher's figures.
+    pub flush: Arc<FlushCounters>,
+    /// The flush sinks' figures (an aggregator takes no batches while one is full).
+    pub sinks: Mutex<Vec<Arc<SinkCounters>>>,
     /// Admission in front of every listener.
     pub guard: Arc<Guard>,
     /// The StatsD TLS listeners' certificate (replaced on SIGHUP).
@@ -80,12 +89,18 @@ impl Shared {
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
         let guard = Guard::new(&config.limits, epoch);
-        let telemetry = Arc::new(Telemetry::default());
-        telemetry.set_guard(guard.clone());
+        let (metrics, listeners, flush) =
+            (Arc::new(Registry::default()), Arc::new(Listeners::default()), Arc::default());
+        metrics.add(listeners.clone());
+        metrics.add(guard.clone());
+        metrics.add(Arc::clone(&flush) as Arc<FlushCounters>);
         Shared {
             store: Mutex::new(Store::new(config.aggregation())),
             shards: Mutex::new(Vec::new()),
-            telemetry,
+            metrics,
+            listeners,
+            flush,
+            sinks: Mutex::new(Vec::new()),
             guard,
             statsd_tls: Mutex::new(None),
             statsd_listeners: Mutex::new(StatsdListeners::default()),
@@ -147,7 +162,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         None => None,
     };
     *shared.statsd_tls.lock() = statsd_tls.clone();
-    for (kind, addr) in s.tcp.iter().map(|a| ("statsd_tcp", a)).chain(s.tls_listen.iter().map(|a| ("statsd_tls", a))) {
+    for (kind, addr) in s.tcp.iter().map(|a| (STATSD_TCP, a)).chain(s.tls_listen.iter().map(|a| (STATSD_TLS, a))) {
         let task = start_statsd_tcp(&shared, kind, *addr)?;
         shared.statsd_listeners.lock().tcp.insert((kind, *addr), task);
     }
@@ -185,9 +200,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let mut aggregator = None;
     if let Some((listener, tls, agg)) = aggregator_listener {
         let address = listener.local_addr()?;
-        let kind = if tls.is_some() { "aggregator_tls" } else { "aggregator_tcp" };
-        let counters = register_tcp(&shared, kind, address);
-        shared.telemetry.set_aggregator(agg.clone());
+        let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
+        let kind = Kind::new(Protocol::Aggregator, transport);
+        let counters = shared.listeners.register_stream(kind, address.to_string(), None);
+        shared.metrics.add(agg.clone());
         let guard = shared.guard.listener(kind, address, s.tcp_max_connections);
         tasks.push(tokio::spawn(crate::sources::aggregator::serve(
             listener,
@@ -214,13 +230,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             // stop timeout (systemd's is 90 s).
             let drain = (s.flush_interval + Duration::from_secs(10)).min(Duration::from_secs(30));
             let mut links = Vec::new();
+            let report = Arc::new(crate::sinks::forward::LinksReport::default());
+            shared.metrics.add(report.clone());
             for address in &f.aggregators {
                 let tls = match &f.tls {
                     Some(tls) => Some(crate::sinks::tls_target(tls, address).context("forward tls")?),
                     None => None,
                 };
                 let counters = Arc::new(crate::sinks::forward::LinkCounters::default());
-                shared.telemetry.add_forward_link(address.clone(), counters.clone());
+                report.links.lock().push((address.clone(), counters.clone()));
                 let journal = crate::sinks::journal::Journal::open(&f.state_dir, address, session, f.fsync)
                     .with_context(|| format!("forward journal in {}", f.state_dir.display()))?;
                 let link = crate::sinks::forward::Link {
@@ -244,16 +262,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     if let Some(listener) = admin_listener {
         tracing::info!(address = %listener.local_addr()?, "admin console listening");
         let address = listener.local_addr()?;
-        let counters = register_tcp(&shared, "admin", address);
-        let guard = shared.guard.listener("admin", address, config.admin.max_connections);
+        let kind = Kind::new(Protocol::Admin, Transport::Tcp);
+        let counters = shared.listeners.register_stream(kind, address.to_string(), None);
+        let guard = shared.guard.listener(kind, address, config.admin.max_connections);
         let idle = config.admin.idle_timeout;
         tasks.push(tokio::spawn(crate::admin::serve(listener, shared.clone(), guard, counters, idle)));
     }
     if let Some(listener) = http_listener {
         tracing::info!(address = %listener.local_addr()?, "http listening (/ui, /api/status, /metrics, /healthz, /offenders)");
         let address = listener.local_addr()?;
-        let counters = register_tcp(&shared, "http", address);
-        let guard = shared.guard.listener("http", address, config.http.max_connections);
+        let kind = Kind::new(Protocol::Http, Transport::Tcp);
+        let counters = shared.listeners.register_stream(kind, address.to_string(), None);
+        let guard = shared.guard.listener(kind, address, config.http.max_connections);
         let timeout = config.http.header_timeout;
         tasks.push(tokio::spawn(crate::http::serve(listener, shared.clone(), guard, counters, timeout)));
     }
@@ -267,9 +287,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                 stats: shared.graphite_stats.clone(),
             };
             tracing::info!(%address, protocol = ?config.graphite.protocol, "graphite output on");
-            let (buffer, telemetry) = (config.graphite.buffer, shared.telemetry.clone());
+            let (buffer, counters) = (config.graphite.buffer, sink_counters(&shared, "graphite"));
             sink_tasks.push(tokio::spawn(async move {
-                crate::sinks::deliver_all(sink, rx, buffer, &telemetry.graphite, Duration::from_secs(10)).await
+                crate::sinks::deliver_all(sink, rx, buffer, &counters, Duration::from_secs(10)).await
             }));
             Some(tx)
         }
@@ -283,9 +303,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let sink = crate::sinks::remote_write::RemoteWriteSink::new(rw).context("prometheus_remote_write")?;
             tracing::info!(url = %rw.url, "prometheus remote-write output on");
-            let (buffer, telemetry) = (rw.buffer, shared.telemetry.clone());
+            let (buffer, counters) = (rw.buffer, sink_counters(&shared, "remote_write"));
             sink_tasks.push(tokio::spawn(async move {
-                crate::sinks::deliver_all(sink, rx, buffer, &telemetry.remote_write, Duration::from_secs(10)).await
+                crate::sinks::deliver_all(sink, rx, buffer, &counters, Duration::from_secs(10)).await
             }));
             Some(tx)
         }
@@ -304,7 +324,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         std::thread::Builder::new().name("flusher".into()).spawn(move || crate::flush::run(shared, outputs, stop_rx))?
     };
     if let Some(conntrack) = crate::sources::conntrack::start(&config.conntrack, shutdown.clone())? {
-        shared.telemetry.set_conntrack(conntrack);
+        shared.metrics.add(conntrack);
     }
     let sweeper = shared.guard.spawn_sweeper(shutdown.clone())?;
     shared.ready.store(true, Ordering::SeqCst);
@@ -337,7 +357,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     // in the final flush.
     let _ = shared.stopping.send(true);
     let drained = Instant::now() + crate::sources::listen::DRAIN_LIMIT + Duration::from_secs(1);
-    while shared.telemetry.open_connections("statsd") > 0 && Instant::now() < drained {
+    while shared.listeners.open_connections(Protocol::Statsd) > 0 && Instant::now() < drained {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for (stop, _) in statsd.udp.values() {
@@ -386,7 +406,7 @@ pub struct StatsdListeners {
     /// UDP: the listener's stop switch and its receive threads.
     udp: std::collections::BTreeMap<SocketAddr, (Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>)>,
     /// TCP and TLS: the accept task.
-    tcp: std::collections::BTreeMap<(&'static str, SocketAddr), JoinHandle<()>>,
+    tcp: std::collections::BTreeMap<(Kind, SocketAddr), JoinHandle<()>>,
 }
 
 /// A running UDP listener: its stop switch and its receive threads.
@@ -397,12 +417,13 @@ type RunningUdp = (Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
 /// is queued and exit (a StatsD thread's shard is merged at the next flush).
 fn start_udp<H: crate::sources::udp::DatagramHandler>(
     shared: &Shared,
-    kind: &'static str,
+    kind: Kind,
     addr: SocketAddr,
     (threads, buffer, max_datagram): (usize, u64, usize),
-    make: impl Fn(Arc<ListenerCounters>) -> H,
+    extra: crate::listener::ExtraFamilies,
+    make: impl Fn(Arc<Counters>) -> H,
 ) -> Result<RunningUdp> {
-    let (listener, sockets) = bind_udp(shared, kind, addr, threads, buffer)?;
+    let (listener, sockets) = bind_udp(shared, kind, addr, threads, buffer, extra)?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut running = Vec::new();
     for (i, (socket, counters)) in sockets.into_iter().enumerate() {
@@ -433,7 +454,10 @@ fn start_statsd_udp(shared: &Arc<Shared>, addr: SocketAddr) -> Result<RunningUdp
         (config.statsd.clone(), config.key_rule())
     };
     let sizes = (threads_for(s.receive_threads), s.receive_buffer, s.max_datagram as usize);
-    start_udp(shared, "statsd_udp", addr, sizes, |counters| StatsdDatagrams::new(shared.new_shard(), counters, rule))
+    let extra = crate::sources::statsd::listener_families;
+    start_udp(shared, STATSD_UDP, addr, sizes, extra, |counters| {
+        StatsdDatagrams::new(shared.new_shard(), counters, rule)
+    })
 }
 
 /// Makes `running` hold exactly the `wanted` keys: those no longer wanted are passed to
@@ -464,13 +488,14 @@ fn reconcile<K: Ord + Copy + std::fmt::Debug, V>(
 }
 
 /// Binds a StatsD TCP (`statsd_tcp`) or TLS (`statsd_tls`) address and starts accepting.
-fn start_statsd_tcp(shared: &Arc<Shared>, kind: &'static str, addr: SocketAddr) -> Result<JoinHandle<()>> {
+fn start_statsd_tcp(shared: &Arc<Shared>, kind: Kind, addr: SocketAddr) -> Result<JoinHandle<()>> {
     let s = shared.config.read().statsd.clone();
-    let what = kind.replace('_', " ");
+    let what = kind.as_str().replace('_', " ");
     let listener = bind_tcp(addr).with_context(|| format!("cannot bind {what} {addr}"))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, "{what} listening");
-    let counters = register_tcp(shared, kind, address);
+    let counters =
+        shared.listeners.register_stream(kind, address.to_string(), Some(crate::sources::statsd::listener_families));
     let opts = TcpOptions {
         shard: shared.new_shard(),
         counters,
@@ -481,7 +506,7 @@ fn start_statsd_tcp(shared: &Arc<Shared>, kind: &'static str, addr: SocketAddr) 
         epoch: shared.epoch,
         shutdown: shared.stopping.subscribe(),
     };
-    let tls = if kind == "statsd_tls" {
+    let tls = if kind.is_tls() {
         let tls = shared.statsd_tls.lock().clone();
         anyhow::ensure!(tls.is_some(), "{what} {addr} needs [statsd] tls");
         tls
@@ -496,24 +521,25 @@ fn reconcile_statsd_listeners(shared: &Arc<Shared>, new: &crate::config::StatsdC
     let mut running = shared.statsd_listeners.lock();
     let running = &mut *running;
     reconcile(&mut running.udp, &new.udp, |addr| start_statsd_udp(shared, addr), |_, r| stop_udp(r));
-    let tcp: Vec<(&'static str, SocketAddr)> =
-        new.tcp.iter().map(|a| ("statsd_tcp", *a)).chain(new.tls_listen.iter().map(|a| ("statsd_tls", *a))).collect();
+    let tcp: Vec<(Kind, SocketAddr)> =
+        new.tcp.iter().map(|a| (STATSD_TCP, *a)).chain(new.tls_listen.iter().map(|a| (STATSD_TLS, *a))).collect();
     reconcile(&mut running.tcp, &tcp, |(kind, addr)| start_statsd_tcp(shared, kind, addr), |_, task| task.abort());
 }
 
 /// A bound UDP socket and its registered counters.
-type UdpSocketCounted = (UdpReceiver, Arc<ListenerCounters>);
+type UdpSocketCounted = (UdpReceiver, Arc<Counters>);
 
 /// Binds one UDP address as `threads` `SO_REUSEPORT` sockets, each with its own registered
 /// counters, sharing one place in the guard.
 fn bind_udp(
     shared: &Shared,
-    kind: &'static str,
+    kind: Kind,
     addr: SocketAddr,
     threads: usize,
     buffer: u64,
+    extra: crate::listener::ExtraFamilies,
 ) -> Result<(Arc<crate::guard::ListenerGuard>, Vec<UdpSocketCounted>)> {
-    let what = kind.replace('_', " ");
+    let what = kind.as_str().replace('_', " ");
     let group = UdpReceiver::bind_group(addr, threads, buffer as usize, Duration::from_millis(200))
         .with_context(|| format!("cannot bind {what} {addr}"))?;
     let bound = group[0].local_addr()?;
@@ -529,13 +555,14 @@ fn bind_udp(
     let sockets = group
         .into_iter()
         .map(|socket| {
-            let counters = Arc::new(ListenerCounters::default());
-            shared.telemetry.register(Listener {
+            let counters = Arc::new(Counters::default());
+            shared.listeners.register(Listener {
                 kind,
                 address: bound.to_string(),
                 counters: counters.clone(),
                 receive_buffer: socket.granted_buffer,
                 udp_port: Some(bound.port()),
+                extra: Some(extra),
             });
             (socket, counters)
         })
@@ -556,14 +583,14 @@ pub struct SyslogListeners {
     encoding: crate::sinks::syslog::Encoding,
     stopped: tokio::sync::watch::Receiver<bool>,
     udp: std::collections::BTreeMap<SocketAddr, RunningUdp>,
-    tcp: std::collections::BTreeMap<(&'static str, SocketAddr), JoinHandle<()>>,
+    tcp: std::collections::BTreeMap<(Kind, SocketAddr), JoinHandle<()>>,
 }
 
 /// Binds a syslog UDP address and starts its receive threads.
 fn start_syslog_udp(shared: &Shared, rt: &SyslogListeners, addr: SocketAddr) -> Result<RunningUdp> {
     let y = shared.config.read().syslog.clone();
     let sizes = (threads_for(y.receive_threads), y.receive_buffer, y.max_message.min(65_535) as usize);
-    start_udp(shared, "syslog_udp", addr, sizes, |counters| {
+    start_udp(shared, SYSLOG_UDP, addr, sizes, crate::sources::syslog::listener_families, |counters| {
         crate::sources::syslog::udp::SyslogDatagrams::new(rt.encoding, rt.sender.clone(), counters)
     })
 }
@@ -572,12 +599,12 @@ fn start_syslog_udp(shared: &Shared, rt: &SyslogListeners, addr: SocketAddr) -> 
 fn start_syslog_tcp(
     shared: &Shared,
     rt: &SyslogListeners,
-    kind: &'static str,
+    kind: Kind,
     addr: SocketAddr,
     tls: Option<crate::tls::SharedServerConfig>,
 ) -> Result<JoinHandle<()>> {
     let y = shared.config.read().syslog.clone();
-    let what = kind.replace('_', " ");
+    let what = kind.as_str().replace('_', " ");
     let listener = bind_tcp(addr).with_context(|| format!("cannot bind {what} {addr}"))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, "{what} listening");
@@ -585,7 +612,11 @@ fn start_syslog_tcp(
         kind,
         output: rt.sender.clone(),
         encoding: rt.encoding,
-        counters: register_tcp(shared, kind, address),
+        counters: shared.listeners.register_stream(
+            kind,
+            address.to_string(),
+            Some(crate::sources::syslog::listener_families),
+        ),
         max_message: y.max_message as usize,
         idle_timeout: y.tcp_idle_timeout,
         guard: shared.guard.listener(kind, address, y.tcp_max_connections),
@@ -628,17 +659,18 @@ fn start_syslog(
         rt.udp.insert(*addr, running);
     }
     for addr in &y.tcp {
-        let task = start_syslog_tcp(shared, &rt, "syslog_tcp", *addr, None)?;
-        rt.tcp.insert(("syslog_tcp", *addr), task);
+        let task = start_syslog_tcp(shared, &rt, SYSLOG_TCP, *addr, None)?;
+        rt.tcp.insert((SYSLOG_TCP, *addr), task);
     }
     for t in &y.tls {
         let tls = syslog_tls(shared, t)?;
-        let task = start_syslog_tcp(shared, &rt, "syslog_tls", t.listen, Some(tls))?;
-        rt.tcp.insert(("syslog_tls", t.listen), task);
+        let task = start_syslog_tcp(shared, &rt, SYSLOG_TLS, t.listen, Some(tls))?;
+        rt.tcp.insert((SYSLOG_TLS, t.listen), task);
     }
     tracing::info!(output = %output.describe, "syslog output");
     *shared.syslog_reopen.lock() = Some(output.reopen_flag());
-    shared.telemetry.set_syslog_output(output.describe.clone(), output.counters.clone());
+    let kind = output.describe.split(' ').next().unwrap_or_default().to_string();
+    shared.metrics.add(Arc::new(crate::sinks::syslog::OutputReport { kind, counters: output.counters.clone() }));
     *shared.syslog_listeners.lock() = Some(rt);
     Ok(Some((output, stop)))
 }
@@ -656,17 +688,17 @@ fn reconcile_syslog_listeners(shared: &Arc<Shared>, new: &crate::config::SyslogC
     let mut udp = std::mem::take(&mut rt.udp);
     reconcile(&mut udp, &new.udp, |addr| start_syslog_udp(shared, rt, addr), |_, r| stop_udp(r));
     rt.udp = udp;
-    let tcp: Vec<(&'static str, SocketAddr)> =
-        new.tcp.iter().map(|a| ("syslog_tcp", *a)).chain(new.tls.iter().map(|t| ("syslog_tls", t.listen))).collect();
+    let tcp: Vec<(Kind, SocketAddr)> =
+        new.tcp.iter().map(|a| (SYSLOG_TCP, *a)).chain(new.tls.iter().map(|t| (SYSLOG_TLS, t.listen))).collect();
     let mut tasks = std::mem::take(&mut rt.tcp);
-    let start = |(kind, addr): (&'static str, SocketAddr)| {
-        let tls = match new.tls.iter().find(|t| kind == "syslog_tls" && t.listen == addr) {
+    let start = |(kind, addr): (Kind, SocketAddr)| {
+        let tls = match new.tls.iter().find(|t| kind == SYSLOG_TLS && t.listen == addr) {
             Some(t) => Some(syslog_tls(shared, t)?),
             None => None,
         };
         start_syslog_tcp(shared, rt, kind, addr, tls)
     };
-    let stop = |(_, addr): (&'static str, SocketAddr), task: JoinHandle<()>| {
+    let stop = |(_, addr): (Kind, SocketAddr), task: JoinHandle<()>| {
         task.abort();
         shared.syslog_tls.lock().remove(&addr);
     };
@@ -674,18 +706,20 @@ fn reconcile_syslog_listeners(shared: &Arc<Shared>, new: &crate::config::SyslogC
     rt.tcp = tasks;
 }
 
-/// Self-metrics for a TCP (or TLS) listener.
-fn register_tcp(shared: &Shared, kind: &'static str, address: SocketAddr) -> Arc<ListenerCounters> {
-    let counters = Arc::new(ListenerCounters::default());
-    shared.telemetry.register(Listener {
-        kind,
-        address: address.to_string(),
-        counters: counters.clone(),
-        receive_buffer: 0,
-        udp_port: None,
-    });
+/// A flush sink's counters, reported under `name` and watched by the aggregator.
+fn sink_counters(shared: &Shared, name: &'static str) -> Arc<SinkCounters> {
+    let counters = Arc::new(SinkCounters::default());
+    shared.sinks.lock().push(counters.clone());
+    shared.metrics.add(Arc::new(crate::sinks::SinkReport { name, counters: counters.clone() }));
     counters
 }
+
+const STATSD_UDP: Kind = Kind::new(Protocol::Statsd, Transport::Udp);
+const STATSD_TCP: Kind = Kind::new(Protocol::Statsd, Transport::Tcp);
+const STATSD_TLS: Kind = Kind::new(Protocol::Statsd, Transport::Tls);
+const SYSLOG_UDP: Kind = Kind::new(Protocol::Syslog, Transport::Udp);
+const SYSLOG_TCP: Kind = Kind::new(Protocol::Syslog, Transport::Tcp);
+const SYSLOG_TLS: Kind = Kind::new(Protocol::Syslog, Transport::Tls);
 
 /// This host's name (agent id default).
 fn host_name() -> String {

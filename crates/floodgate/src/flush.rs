@@ -8,6 +8,7 @@
 //! after the boundary, to let the agents' batches in, and stamps the flush with the boundary.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use floodgate_statsd::graphite;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::app::Shared;
+use crate::metrics::{Describe, Families, Report, StatusPlace};
 use crate::sinks::forward::Share;
 use crate::sinks::graphite::unix_now;
 use crate::sinks::Payload;
@@ -68,7 +70,7 @@ pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i
         if let Some((ring, links)) = &out.forward {
             let wall_ns = |stamp| epoch_wall_ns + stamp as i64;
             let parts = floodgate_forward::batch::split(view, ring, links.len(), wall_ns, &rule);
-            shared.telemetry.flush.forward_invalid_series.fetch_add(parts.invalid, Relaxed);
+            shared.flush.forward_invalid_series.fetch_add(parts.invalid, Relaxed);
             for (link, series) in links.iter().zip(parts.shares) {
                 let share =
                     Share { interval_start_ms: boundary_ms - interval_ms, interval_ms: interval_ms as u32, series };
@@ -101,7 +103,7 @@ pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i
             shard.lock().set_limits(limits);
         }
     }
-    let t = &shared.telemetry.flush;
+    let t = &shared.flush;
     let refused_before = t.dropped_max_memory.swap(store.dropped_max_memory, Relaxed);
     if store.dropped_max_memory > refused_before && !t.memory_limited.swap(true, Relaxed) {
         tracing::warn!(max_memory = limit, estimated = memory, "aggregation memory limit reached: new series refused, timer values summarised (raise [statsd] max_memory if this is legitimate)");
@@ -221,5 +223,69 @@ mod tests {
         assert_eq!(next_aligned_flush(1_003_000, s, g), (Duration::from_secs(9), 1_010_000));
         // Agents (no grace) flush on the boundary itself, the next one when exactly on it.
         assert_eq!(next_aligned_flush(1_010_000, s, Duration::ZERO), (s, 1_020_000));
+    }
+}
+
+/// Flush figures.
+#[derive(Debug, Default)]
+pub struct FlushCounters {
+    /// Flushes done.
+    pub flushes: AtomicU64,
+    /// Duration of the last flush (merge + compute + render), microseconds.
+    pub last_duration_us: AtomicU64,
+    /// Series held after the last flush.
+    pub series: AtomicU64,
+    /// New series refused by `max_series`, total.
+    pub dropped_max_series: AtomicU64,
+    /// New series refused by `max_memory`, total.
+    pub dropped_max_memory: AtomicU64,
+    /// Refusals for memory happened in the last interval (for the log lines).
+    pub memory_limited: AtomicBool,
+    /// The aggregation state's estimated bytes after the last flush.
+    pub memory_bytes: AtomicU64,
+    /// `max_memory` (0: none).
+    pub memory_limit: AtomicU64,
+    /// Series an agent did not forward because an aggregator would refuse them (a sum that
+    /// overflowed), total.
+    pub forward_invalid_series: AtomicU64,
+}
+
+impl Report for FlushCounters {
+    fn report(&self, out: &mut Families) {
+        let place = |key| StatusPlace::one("flush", key);
+        let dropped = Describe::counter(
+            "floodgate_statsd_dropped_series_total",
+            "New StatsD series refused, by the bound that refused them.",
+        )
+        .status(place("dropped_series").by("reason"));
+        out.add(dropped, &[("reason", "max_series")], self.dropped_max_series.load(Relaxed));
+        out.add(dropped, &[("reason", "max_memory")], self.dropped_max_memory.load(Relaxed));
+        let rows = [
+            Describe::gauge(
+                "floodgate_statsd_memory_bytes",
+                "Estimated bytes of the aggregation state after the last flush (keys, timer values, set members).",
+            ),
+            Describe::gauge(
+                "floodgate_statsd_memory_limit_bytes",
+                "max_memory: the aggregation state's byte budget (0: none).",
+            ),
+            Describe::counter(
+                "floodgate_forward_invalid_series_total",
+                "Series not forwarded because an aggregator would refuse them (a sum that overflowed).",
+            ),
+            Describe::gauge("floodgate_statsd_series", "StatsD series held after the last flush.")
+                .status(place("series")),
+            Describe::counter("floodgate_flushes_total", "StatsD flushes done.").status(place("flushes")),
+        ];
+        let values =
+            [&self.memory_bytes, &self.memory_limit, &self.forward_invalid_series, &self.series, &self.flushes];
+        for (describe, v) in rows.into_iter().zip(values) {
+            out.one(describe, v.load(Relaxed));
+        }
+        out.one(
+            Describe::gauge("floodgate_flush_duration_seconds", "Duration of the last flush (merge, compute, render).")
+                .status(place("last_duration_seconds")),
+            self.last_duration_us.load(Relaxed) as f64 / 1e6,
+        );
     }
 }

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::config::LimitsConfig;
+use crate::listener::Kind;
 
 /// An IPv6 /56 (one customer's allocation) gets this many sources' budgets in all, however
 /// many of its 256 /64s it sends from.
@@ -128,7 +129,7 @@ impl Guard {
 
     /// Registers a listening address (all its sockets share the result). `max_open` caps its
     /// open connections (TCP).
-    pub fn listener(self: &Arc<Self>, kind: &'static str, address: SocketAddr, max_open: usize) -> Arc<ListenerGuard> {
+    pub fn listener(self: &Arc<Self>, kind: Kind, address: SocketAddr, max_open: usize) -> Arc<ListenerGuard> {
         let mut listeners = self.listeners.lock();
         let lg = Arc::new(ListenerGuard {
             id: listeners.len() as u16,
@@ -143,7 +144,7 @@ impl Guard {
             max_open,
             handshakes: PortLimiter::new(),
             handshakes_in_flight: Arc::default(),
-            loopback_allowed: matches!(kind, "admin" | "http"),
+            loopback_allowed: kind.is_operator(),
             guard: Arc::downgrade(self),
         });
         listeners.push(lg.clone());
@@ -168,7 +169,7 @@ impl Guard {
         };
         tracing::warn!(
             source = %key.source(),
-            listener = lg.kind,
+            listener = lg.kind.as_str(),
             address = %lg.address,
             reason = reason.as_str(),
             "source over its limit: dropping its input until it slows down (if it is legitimate, raise [limits] {key_name}; 0 = no limit)"
@@ -187,7 +188,7 @@ impl Guard {
             let Some(lg) = self.listener_by_id(o.key.listener) else { continue };
             tracing::info!(
                 source = %o.key.source(),
-                listener = lg.kind,
+                listener = lg.kind.as_str(),
                 address = %lg.address,
                 reason = o.reason.as_str(),
                 dropped = o.dropped,
@@ -199,7 +200,7 @@ impl Guard {
             if lg.port_limited.load(Relaxed) && now.saturating_sub(lg.port_last_ns.load(Relaxed)) >= quiet {
                 lg.port_limited.store(false, Relaxed);
                 let dropped = lg.port_dropped.load(Relaxed) - lg.port_dropped_at_start.load(Relaxed);
-                tracing::info!(listener = lg.kind, address = %lg.address, dropped, "port no longer over its limit");
+                tracing::info!(listener = lg.kind.as_str(), address = %lg.address, dropped, "port no longer over its limit");
             }
         }
         let suppressed = self.log_suppressed.swap(0, Relaxed);
@@ -234,7 +235,7 @@ impl Guard {
                 let lg = listeners.get(o.key.listener as usize)?;
                 Some(OffenderReport {
                     source: o.key.source(),
-                    listener: lg.kind,
+                    listener: lg.kind.as_str(),
                     address: lg.address.clone(),
                     reason: o.reason.as_str(),
                     dropped: o.dropped,
@@ -255,7 +256,7 @@ impl Guard {
             .iter()
             .filter(|lg| lg.port_dropped.load(Relaxed) > 0)
             .map(|lg| PortReport {
-                listener: lg.kind,
+                listener: lg.kind.as_str(),
                 address: lg.address.clone(),
                 dropped: lg.port_dropped.load(Relaxed),
                 currently_limited: lg.port_limited.load(Relaxed),
@@ -326,7 +327,7 @@ struct OpenConnections {
 /// The guard of one listening address.
 pub struct ListenerGuard {
     id: u16,
-    kind: &'static str,
+    kind: Kind,
     address: String,
     port: PortLimiter,
     port_limited: AtomicBool,
@@ -422,7 +423,7 @@ impl ListenerGuard {
         if !self.port_limited.load(Relaxed) && !self.port_limited.swap(true, Relaxed) {
             self.port_dropped_at_start.store(self.port_dropped.load(Relaxed), Relaxed);
             tracing::warn!(
-                listener = self.kind,
+                listener = self.kind.as_str(),
                 address = %self.address,
                 "port over its limit (udp_per_port): sources tracked for a second keep priority, newcomers are dropped"
             );
@@ -516,9 +517,48 @@ impl Drop for ConnectionPermit {
     }
 }
 
+/// Offenders labelled by source: only this many, so labels stay bounded.
+const TOP_OFFENDERS: usize = 10;
+
+impl crate::metrics::Report for Guard {
+    fn report(&self, out: &mut crate::metrics::Families) {
+        use crate::metrics::Describe;
+        let report = self.report(TOP_OFFENDERS);
+        out.one(
+            Describe::gauge("floodgate_guard_tracked_sources", "Sources in the limiter table."),
+            report.tracked_sources as u64,
+        );
+        out.one(
+            Describe::gauge(
+                "floodgate_guard_tracked_sources_capacity",
+                "Bound of the limiter table (tracked_sources).",
+            ),
+            report.tracked_sources_capacity as u64,
+        );
+        let dropped = Describe::counter(
+            "floodgate_offender_dropped_total",
+            "Dropped from the 10 sources that dropped most (see /offenders).",
+        );
+        let limited = Describe::gauge("floodgate_offender_limited", "Whether a top offender is being limited now.");
+        out.family(dropped);
+        out.family(limited);
+        for o in &report.offenders {
+            let labels = [("listener", o.listener), ("address", o.address.as_str()), ("source", o.source.as_str())];
+            out.add(dropped, &labels, o.dropped);
+            out.add(limited, &labels, o.currently_limited as u64);
+        }
+    }
+
+    /// The limiter table and the top offenders, as `/offenders` shows them.
+    fn status(&self) -> Option<(&'static str, serde_json::Value)> {
+        Some(("guard", serde_json::to_value(self.report(TOP_OFFENDERS)).unwrap_or_default()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::listener::{Protocol, Transport};
 
     fn limits(f: impl FnOnce(&mut LimitsConfig)) -> LimitsConfig {
         let mut l = LimitsConfig::default();
@@ -538,7 +578,7 @@ mod tests {
     #[test]
     fn datagrams_limited_by_source_then_port() {
         let g = Guard::new(&limits(|l| l.udp_per_port = 5), Instant::now());
-        let lg = g.listener("statsd_udp", "127.0.0.1:8125".parse().unwrap(), 0);
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "127.0.0.1:8125".parse().unwrap(), 0);
         let p = g.policy();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let now = 5_000_000_000;
@@ -546,7 +586,7 @@ mod tests {
         let verdicts: Vec<_> = (0..4).map(|_| lg.admit_datagram(&p, a, || 1, now)).collect();
         assert_eq!(verdicts, vec![Ok(()), Ok(()), Err((Reason::PortLimit, 1)), Err((Reason::PortLimit, 1))]);
         let g = Guard::new(&limits(|l| l.udp_per_source = 10), Instant::now());
-        let lg = g.listener("statsd_udp", "127.0.0.1:8125".parse().unwrap(), 0);
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "127.0.0.1:8125".parse().unwrap(), 0);
         let p = g.policy();
         assert_eq!(lg.admit_datagram(&p, a, || 10, now), Ok(()));
         assert_eq!(lg.admit_datagram(&p, a, || 1, now), Err((Reason::SourceLimit, 1)));
@@ -559,7 +599,7 @@ mod tests {
     #[test]
     fn an_ipv6_allocation_shares_one_aggregate_budget() {
         let g = Guard::new(&limits(|l| l.udp_per_source = 10), Instant::now());
-        let lg = g.listener("statsd_udp", "[::1]:8125".parse().unwrap(), 0);
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "[::1]:8125".parse().unwrap(), 0);
         let p = g.policy();
         let now = 5_000_000_000;
         // 128 /64s of one /57: each could send 10 a second, together they get 40.
@@ -579,7 +619,7 @@ mod tests {
     #[test]
     fn allow_list_and_off() {
         let g = Guard::new(&limits(|l| l.allow = vec!["10.0.0.0/8".into()]), Instant::now());
-        let lg = g.listener("statsd_udp", "127.0.0.1:8125".parse().unwrap(), 0);
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "127.0.0.1:8125".parse().unwrap(), 0);
         let p = g.policy();
         assert_eq!(lg.admit_datagram(&p, "11.0.0.1".parse().unwrap(), || 3, 1), Err((Reason::NotAllowed, 3)));
         assert_eq!(lg.admit_datagram(&p, "10.9.0.1".parse().unwrap(), || 1, 1), Ok(()));
@@ -601,7 +641,7 @@ mod tests {
             }),
             Instant::now(),
         );
-        let lg = g.listener("statsd_tcp", "127.0.0.1:8125".parse().unwrap(), 3);
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Tcp), "127.0.0.1:8125".parse().unwrap(), 3);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let p1 = lg.admit_connection(a).unwrap();
@@ -622,7 +662,7 @@ mod tests {
             }),
             Instant::now(),
         );
-        let lg = g.listener("statsd_tls", "127.0.0.1:8125".parse().unwrap(), 1000);
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Tls), "127.0.0.1:8125".parse().unwrap(), 1000);
         let a = lg.admit_handshake().unwrap();
         let _b = lg.admit_handshake().unwrap();
         assert_eq!(lg.admit_handshake().err(), Some(Reason::HandshakeLimit), "two in flight");
@@ -634,7 +674,7 @@ mod tests {
     #[test]
     fn connection_rate() {
         let g = Guard::new(&limits(|l| l.tcp_connections_per_source = 10), Instant::now());
-        let lg = g.listener("statsd_tcp", "127.0.0.1:8125".parse().unwrap(), 1000);
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Tcp), "127.0.0.1:8125".parse().unwrap(), 1000);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let admitted = (0..100).filter_map(|_| lg.admit_connection(a).ok()).count();
         assert_eq!(admitted, 10, "a burst of one second at 10/s");

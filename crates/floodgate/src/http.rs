@@ -22,8 +22,8 @@ use tokio::net::TcpListener;
 
 use crate::app::Shared;
 use crate::guard::ListenerGuard;
+use crate::listener::Counters;
 use crate::sources::listen::Stalled;
-use crate::telemetry::ListenerCounters;
 
 /// Largest request head (request line and headers) read.
 const MAX_HEAD: usize = 16 << 10;
@@ -33,7 +33,7 @@ pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     guard: Arc<ListenerGuard>,
-    counters: Arc<ListenerCounters>,
+    counters: Arc<Counters>,
     header_timeout: Duration,
 ) {
     let app = router(shared);
@@ -88,7 +88,7 @@ async fn metrics(State(shared): State<Arc<Shared>>, uri: Uri) -> impl IntoRespon
     let self_only = uri.query().is_some_and(|q| q.split('&').any(|p| p == "only=floodgate"));
     let text = tokio::task::spawn_blocking(move || {
         let mut out = String::with_capacity(64 * 1024);
-        shared.telemetry.render(&mut out);
+        crate::metrics::prometheus::render(&shared.metrics.collect(), &mut out);
         if !self_only {
             let store = shared.store.lock();
             floodgate_statsd::prometheus::render(&store, &mut out);
@@ -124,7 +124,7 @@ async fn index() -> impl IntoResponse {
 /// `/api/status`: what `/ui` shows, as JSON (totals since start; rates are for the client).
 async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let body = tokio::task::spawn_blocking(move || {
-        let mut v = shared.telemetry.status();
+        let mut v = status_counters(&shared);
         let config = shared.config.read();
         v["version"] = env!("CARGO_PKG_VERSION").into();
         v["uptime_seconds"] = (crate::sinks::graphite::unix_now() - shared.started_unix).max(0).into();
@@ -178,4 +178,18 @@ async fn reload(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl I
 /// `/ui`: one self-contained page (no external assets) that polls `/api/status`.
 async fn ui() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("ui.html"))
+}
+
+/// The counter sections of `/api/status` (one per reporting component) and its record
+/// sections (the guard's offenders, conntrack's top hosts). Lists that are empty when their
+/// component is off (`sinks`, `forward`) are still there.
+fn status_counters(shared: &Shared) -> serde_json::Value {
+    let mut v = crate::metrics::status::render(&shared.metrics.collect());
+    for (section, value) in shared.metrics.status_records() {
+        v.insert(section.to_string(), value);
+    }
+    for list in ["listeners", "sinks", "forward"] {
+        v.entry(list).or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    }
+    serde_json::Value::Object(v)
 }

@@ -89,7 +89,9 @@ fn the_live_page_shows_rates_and_the_flooding_source() {
 
 #[test]
 fn api_status_reports_listeners_guard_and_outputs() {
-    let fg = Floodgate::start("", "[limits]\nudp_per_source = 50\nudp_per_port = 0\n");
+    // A Graphite sink with nothing listening: it is listed, with its errors.
+    let graphite = format!("[graphite]\naddress = \"127.0.0.1:{}\"\n", free_port());
+    let fg = Floodgate::start("", &format!("[limits]\nudp_per_source = 50\nudp_per_port = 0\n{graphite}"));
     let sock = UdpSocket::bind("127.0.0.2:0").unwrap();
     for _ in 0..500 {
         sock.send_to(b"a:1|c", fg.udp_addr()).unwrap();
@@ -99,7 +101,7 @@ fn api_status_reports_listeners_guard_and_outputs() {
         assert_eq!(code, 200);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let udp = v["listeners"].as_array().unwrap().iter().find(|l| l["listener"] == "statsd_udp").cloned().unwrap();
-        let got = udp["totals"]["messages"].as_u64().unwrap() + udp["dropped"]["source_limit"].as_u64().unwrap();
+        let got = udp["messages"].as_u64().unwrap() + udp["dropped"]["source_limit"].as_u64().unwrap();
         if got == 500 {
             Ok((v, udp))
         } else {
@@ -112,7 +114,13 @@ fn api_status_reports_listeners_guard_and_outputs() {
     assert_eq!(v["ready"], true);
     assert!(v["version"].is_string() && v["uptime_seconds"].is_u64());
     assert_eq!(v["config"]["statsd"]["udp"][0], fg.udp_addr().to_string());
-    assert_eq!(v["sinks"].as_array().unwrap().len(), 2);
+    let sinks = v["sinks"].as_array().unwrap();
+    assert_eq!(sinks.len(), 1, "only the sinks in use: {sinks:?}");
+    assert_eq!(sinks[0]["sink"], "graphite");
+    assert!(sinks[0]["errors"].is_u64() && sinks[0]["buffer_bytes"].is_u64());
     assert!(v["flush"]["flushes"].is_u64());
+    assert!(v["flush"]["dropped_series"]["max_series"].is_u64());
+    assert_eq!(v["forward"], serde_json::json!([]));
+    assert!(v["syslog_output"].is_null(), "syslog is off in tests");
     assert!(v["conntrack"].is_null(), "conntrack is off in tests");
 }

@@ -416,3 +416,71 @@ pub fn client_config(tls: &crate::config::ForwardTls) -> anyhow::Result<Arc<rust
     };
     Ok(Arc::new(config))
 }
+
+/// Every forward link's figures, by aggregator address.
+#[derive(Default)]
+pub struct LinksReport {
+    /// One entry per aggregator.
+    pub links: parking_lot::Mutex<Vec<(String, Arc<LinkCounters>)>>,
+}
+
+impl crate::metrics::Report for LinksReport {
+    fn report(&self, out: &mut crate::metrics::Families) {
+        use crate::metrics::{Describe, StatusPlace};
+        type Field = fn(&LinkCounters) -> &AtomicU64;
+        let place = |key| StatusPlace::many("forward", key);
+        let rows: [(Describe, Field); 9] = [
+            (
+                Describe::counter(
+                    "floodgate_forward_refused_batches_total",
+                    "Batches dropped after the aggregator refused them 3 times.",
+                ),
+                |c| &c.refused_batches,
+            ),
+            (Describe::counter("floodgate_forward_acked_batches_total", "Batches an aggregator acknowledged."), |c| {
+                &c.acked_batches
+            }),
+            (
+                Describe::counter("floodgate_forward_acked_series_total", "Series in acknowledged batches.")
+                    .status(place("acked_series")),
+                |c| &c.acked_series,
+            ),
+            (Describe::counter("floodgate_forward_sent_bytes_total", "Batch bytes written (retries included)."), |c| {
+                &c.sent_bytes
+            }),
+            (
+                Describe::counter(
+                    "floodgate_forward_dropped_batches_total",
+                    "Batches dropped: buffer full, refused by the aggregator, or unacknowledged at shutdown.",
+                )
+                .status(place("dropped_batches")),
+                |c| &c.dropped_batches,
+            ),
+            (
+                Describe::counter("floodgate_forward_errors_total", "Failed connections and lost ones.")
+                    .status(place("errors")),
+                |c| &c.errors,
+            ),
+            (
+                Describe::gauge("floodgate_forward_queued_batches", "Batches waiting for an acknowledgement.")
+                    .status(place("queued_batches")),
+                |c| &c.queued_batches,
+            ),
+            (
+                Describe::gauge("floodgate_forward_queued_bytes", "Bytes of those batches.")
+                    .status(place("queued_bytes")),
+                |c| &c.queued_bytes,
+            ),
+            (
+                Describe::gauge("floodgate_forward_connected", "1 while connected to the aggregator.")
+                    .status(place("connected")),
+                |c| &c.connected,
+            ),
+        ];
+        for (address, c) in self.links.lock().iter() {
+            for (describe, field) in &rows {
+                out.add(*describe, &[("aggregator", address)], field(c).load(Relaxed));
+            }
+        }
+    }
+}

@@ -16,11 +16,13 @@ pub mod syslog;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::telemetry::SinkCounters;
+use crate::metrics::{Describe, Families, Report, StatusPlace};
 
 /// A TLS client configuration and the name the server's certificate must carry.
 pub type TlsTarget = (std::sync::Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>);
@@ -227,5 +229,86 @@ fn delivered(mut p: Payload, c: &SinkCounters) {
     c.sent_metrics.fetch_add(p.metrics as u64, Relaxed);
     if let Some(tx) = p.delivered.take() {
         let _ = tx.send(());
+    }
+}
+
+/// A flush sink's figures (Graphite, remote-write).
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    /// Payloads (flushes) delivered.
+    pub sent_payloads: AtomicU64,
+    /// Bytes delivered.
+    pub sent_bytes: AtomicU64,
+    /// Metrics (lines) delivered.
+    pub sent_metrics: AtomicU64,
+    /// Failed connection or write attempts.
+    pub errors: AtomicU64,
+    /// Payloads dropped because the buffer was full.
+    pub dropped_payloads: AtomicU64,
+    /// Bytes dropped because the buffer was full.
+    pub dropped_bytes: AtomicU64,
+    /// Bytes waiting.
+    pub buffer_bytes: AtomicU64,
+    /// Payloads waiting.
+    pub buffer_payloads: AtomicU64,
+    /// The buffer is at its bound with flushes that may not be dropped: an aggregator takes no
+    /// agent batches until it drains.
+    pub full: AtomicBool,
+}
+
+/// A flush sink's figures under its name (`sink="graphite"`).
+pub struct SinkReport {
+    /// The `sink` label.
+    pub name: &'static str,
+    /// Its counters.
+    pub counters: Arc<SinkCounters>,
+}
+
+impl Report for SinkReport {
+    fn report(&self, out: &mut Families) {
+        type Field = fn(&SinkCounters) -> &AtomicU64;
+        let place = |key| StatusPlace::many("sinks", key);
+        let rows: [(Describe, Field); 8] = [
+            (
+                Describe::counter("floodgate_sink_sent_payloads_total", "Flush payloads delivered.")
+                    .status(place("sent_payloads")),
+                |c| &c.sent_payloads,
+            ),
+            (Describe::counter("floodgate_sink_sent_bytes_total", "Bytes delivered."), |c| &c.sent_bytes),
+            (
+                Describe::counter("floodgate_sink_sent_metrics_total", "Metrics delivered.")
+                    .status(place("sent_metrics")),
+                |c| &c.sent_metrics,
+            ),
+            (
+                Describe::counter("floodgate_sink_errors_total", "Failed connection or write attempts.")
+                    .status(place("errors")),
+                |c| &c.errors,
+            ),
+            (
+                Describe::counter(
+                    "floodgate_sink_dropped_payloads_total",
+                    "Payloads dropped: buffer full, or refused.",
+                )
+                .status(place("dropped_payloads")),
+                |c| &c.dropped_payloads,
+            ),
+            (Describe::counter("floodgate_sink_dropped_bytes_total", "Bytes dropped: buffer full, or refused."), |c| {
+                &c.dropped_bytes
+            }),
+            (
+                Describe::gauge("floodgate_sink_buffer_bytes", "Bytes waiting to be delivered.")
+                    .status(place("buffer_bytes")),
+                |c| &c.buffer_bytes,
+            ),
+            (
+                Describe::gauge("floodgate_sink_buffer_payloads", "Payloads waiting to be delivered.")
+                    .status(place("buffer_payloads")),
+                |c| &c.buffer_payloads,
+            ),
+        ];
+        for (describe, field) in rows {
+            out.add(describe, &[("sink", self.name)], field(&self.counters).load(Relaxed));
+        }
     }
 }

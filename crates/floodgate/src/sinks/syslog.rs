@@ -765,3 +765,65 @@ fn server_closed(conn: &mut Connection) -> bool {
         }
     }
 }
+
+/// The output's figures, labelled by its kind (`output="forward"`).
+pub struct OutputReport {
+    /// `file`, `stdout` or `forward`.
+    pub kind: String,
+    /// Its counters.
+    pub counters: Arc<OutputCounters>,
+}
+
+impl crate::metrics::Report for OutputReport {
+    fn report(&self, out: &mut crate::metrics::Families) {
+        use crate::metrics::{Describe, StatusPlace};
+        let c = &self.counters;
+        let place = |key| StatusPlace::one("syslog_output", key);
+        let rows: [(Describe, &AtomicU64); 8] = [
+            (
+                Describe::counter("floodgate_syslog_output_messages_total", "Syslog records written or forwarded.")
+                    .status(place("messages")),
+                &c.written_messages,
+            ),
+            (Describe::counter("floodgate_syslog_output_bytes_total", "Bytes written or forwarded."), &c.written_bytes),
+            (
+                Describe::counter(
+                    "floodgate_syslog_output_errors_total",
+                    "Failed writes, connects and lost connections.",
+                )
+                .status(place("errors")),
+                &c.errors,
+            ),
+            (
+                Describe::counter(
+                    "floodgate_syslog_output_dropped_total",
+                    "Messages dropped: buffer and spill full, or held past the shutdown drain.",
+                )
+                .status(place("dropped")),
+                &c.dropped_messages,
+            ),
+            (
+                Describe::gauge("floodgate_syslog_output_buffer_bytes", "Bytes waiting in memory.")
+                    .status(place("buffer_bytes")),
+                &c.buffer_bytes,
+            ),
+            (
+                Describe::gauge("floodgate_syslog_output_buffer_messages", "Messages waiting (memory and spill).")
+                    .status(place("buffer_messages")),
+                &c.buffer_messages,
+            ),
+            (
+                Describe::gauge("floodgate_syslog_output_spill_bytes", "Bytes waiting in the spill file."),
+                &c.spill_bytes,
+            ),
+            (
+                Describe::gauge("floodgate_syslog_output_connected", "1 while the forward output is connected.")
+                    .status(place("connected")),
+                &c.connected,
+            ),
+        ];
+        for (describe, v) in rows {
+            out.add(describe, &[("output", &self.kind)], v.load(Relaxed));
+        }
+    }
+}

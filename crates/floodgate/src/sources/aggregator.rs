@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 
 use crate::app::Shared;
 use crate::guard::ListenerGuard;
+use crate::listener::Counters;
 use crate::sources::listen::{Connection, Peer};
-use crate::telemetry::ListenerCounters;
 use crate::tls::SharedServerConfig;
 
 /// An agent process: who it is and the random number it chose at start.
@@ -289,7 +289,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: TcpListener,
     guard: Arc<ListenerGuard>,
-    counters: Arc<ListenerCounters>,
+    counters: Arc<Counters>,
     tls: Option<SharedServerConfig>,
     aggregator: Arc<Aggregator>,
     shared: Arc<Shared>,
@@ -341,7 +341,7 @@ async fn next_body<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut R,
     decoder: &mut Decoder,
     started: &mut Option<tokio::time::Instant>,
-    counters: &ListenerCounters,
+    counters: &Counters,
     idle: Duration,
     deadline: Duration,
 ) -> std::io::Result<Option<bytes::Bytes>> {
@@ -366,7 +366,7 @@ async fn next_body<R: tokio::io::AsyncRead + Unpin>(
         let n = tokio::time::timeout_at(until, reader.read_buf(decoder.buffer()))
             .await
             .map_err(|_| timed_out(if started.is_some() { "a frame took too long to arrive" } else { "idle" }))??;
-        ListenerCounters::add(&counters.bytes, n as u64);
+        Counters::add(&counters.bytes, n as u64);
         if n == 0 {
             return match decoder.pending() {
                 0 => Ok(None),
@@ -383,7 +383,7 @@ async fn agent(
     peer: &Peer,
     aggregator: &Aggregator,
     shared: &Shared,
-    counters: &ListenerCounters,
+    counters: &Counters,
 ) -> std::io::Result<()> {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let limits = aggregator.limits;
@@ -506,8 +506,7 @@ const BUSY: &str = "busy: the aggregator's outputs are full; hold the batches an
 /// A sink's buffer is full of flushes that hold agents' batches: taking more batches would mean
 /// acknowledging what cannot be delivered, so agents are turned away and keep them.
 fn sinks_full(shared: &Shared) -> bool {
-    let t = &shared.telemetry;
-    t.graphite.full.load(Relaxed) || t.remote_write.full.load(Relaxed)
+    shared.sinks.lock().iter().any(|c| c.full.load(Relaxed))
 }
 
 fn error(message: &str) -> Kind {
@@ -569,4 +568,72 @@ fn merge(aggregator: &Aggregator, shared: &Shared, id: &SessionId, body: &[u8]) 
         }
     }
     Ok(())
+}
+
+impl crate::metrics::Report for Aggregator {
+    fn report(&self, out: &mut crate::metrics::Families) {
+        use crate::metrics::Describe;
+        let c = &self.counters;
+        let rows: [(Describe, &AtomicU64); 10] = [
+            (Describe::counter("floodgate_aggregator_batches_total", "Agent batches merged."), &c.batches),
+            (Describe::counter("floodgate_aggregator_series_total", "Series merged from agents."), &c.series),
+            (
+                Describe::counter("floodgate_aggregator_refused_series_total", "Agent series refused by max_series."),
+                &c.refused_series,
+            ),
+            (
+                Describe::counter(
+                    "floodgate_aggregator_duplicate_batches_total",
+                    "Retried batches skipped (already merged).",
+                ),
+                &c.duplicates,
+            ),
+            (
+                Describe::counter(
+                    "floodgate_aggregator_protocol_errors_total",
+                    "Agent connections closed for a protocol error.",
+                ),
+                &c.protocol_errors,
+            ),
+            (
+                Describe::counter(
+                    "floodgate_aggregator_refused_batches_total",
+                    "Agent batches refused whole: not a well-formed message.",
+                ),
+                &c.refused_batches,
+            ),
+            (
+                Describe::counter(
+                    "floodgate_aggregator_refused_sessions_total",
+                    "Agent hellos refused: max_agents reached, or an agent_id too long.",
+                ),
+                &c.refused_sessions,
+            ),
+            (
+                Describe::counter(
+                    "floodgate_aggregator_busy_total",
+                    "Agent hellos and batches turned away while an output's buffer was full (agents resend).",
+                ),
+                &c.busy,
+            ),
+            (
+                Describe::counter(
+                    "floodgate_aggregator_timeouts_total",
+                    "Agent connections closed: idle, or a frame too slow to arrive.",
+                ),
+                &c.timeouts,
+            ),
+            (Describe::gauge("floodgate_aggregator_agents_connected", "Agent connections open now."), &c.connected),
+        ];
+        for (describe, v) in rows {
+            out.one(describe, v.load(Relaxed));
+        }
+        let invalid = Describe::counter(
+            "floodgate_aggregator_invalid_series_total",
+            "Agent series refused by the validity rule, by reason.",
+        );
+        for r in Invalid::ALL {
+            out.add(invalid, &[("reason", r.as_str())], c.invalid_series[r as usize].load(Relaxed));
+        }
+    }
 }

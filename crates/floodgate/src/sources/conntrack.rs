@@ -344,3 +344,111 @@ fn read_locality() -> Locality {
 
 /// Event type names in [`ConntrackCounters::events`] order (`EventType as usize`).
 pub const EVENT_NAMES: [&str; 3] = ["new", "update", "destroy"];
+
+impl crate::metrics::Report for Conntrack {
+    /// conntrack_exporter's four gauges (same names, help and `host` label), then floodgate's own.
+    fn report(&self, out: &mut crate::metrics::Families) {
+        use crate::metrics::Describe;
+        use floodgate_conntrack::Phase;
+        let (rows, protocols, folded) = {
+            let mut table = self.table.lock();
+            let protocols: Vec<(u8, u64)> = table.by_protocol().iter().map(|(p, n)| (*p, *n)).collect();
+            (table.scrape(), protocols, table.folded())
+        };
+        let families = [
+            (
+                Phase::Opening,
+                Describe::gauge(
+                    "conntrack_opening_connections",
+                    "How many connections to the remote host are currently opening?",
+                ),
+            ),
+            (
+                Phase::Open,
+                Describe::gauge(
+                    "conntrack_open_connections",
+                    "How many open connections are there to the remote host?",
+                ),
+            ),
+            (
+                Phase::Closing,
+                Describe::gauge(
+                    "conntrack_closing_connections",
+                    "How many connections to the remote host are currently closing?",
+                ),
+            ),
+            (
+                Phase::Closed,
+                Describe::gauge(
+                    "conntrack_closed_connections",
+                    "How many connections to the remote host have recently closed?",
+                ),
+            ),
+        ];
+        for (phase, describe) in families {
+            out.family(describe);
+            for (label, counts) in &rows {
+                let mut v = counts.phases[phase as usize];
+                if phase == Phase::Closed {
+                    v += counts.recently_closed;
+                }
+                out.add(describe, &[("host", &label.to_string())], v);
+            }
+        }
+        let entries = Describe::gauge("conntrack_entries", "Connections the kernel tracks now, by protocol.");
+        out.family(entries);
+        for (p, n) in protocols {
+            out.add(entries, &[("protocol", log::protocol_name(p))], n);
+        }
+        let events = Describe::counter("conntrack_events_total", "Connection events applied, by type.");
+        for (name, n) in EVENT_NAMES.iter().zip(&self.counters.events) {
+            out.add(events, &[("type", name)], n.load(Relaxed));
+        }
+        out.one(
+            Describe::counter(
+                "conntrack_resyncs_total",
+                "Re-reads of the whole table after the kernel dropped events.",
+            ),
+            self.counters.resyncs.load(Relaxed),
+        );
+        out.one(
+            Describe::counter(
+                "conntrack_folded_connections_total",
+                "Connections counted under host=\"other\" (max_remote_hosts reached).",
+            ),
+            folded,
+        );
+        out.one(
+            Describe::gauge("conntrack_dump_duration_seconds", "How long the last full read of the table took."),
+            self.counters.last_dump_us.load(Relaxed) as f64 / 1e6,
+        );
+        out.add(
+            Describe::gauge("conntrack_source_info", "Where connections are read from (ctnetlink or sock_diag)."),
+            &[("source", self.source)],
+            1,
+        );
+    }
+
+    /// Connections by state and the ten remote hosts with the most.
+    fn status(&self) -> Option<(&'static str, serde_json::Value)> {
+        use serde_json::json;
+        let rows = self.table.lock().snapshot();
+        let mut states = [0u64; 4];
+        for (_, counts) in &rows {
+            for (i, v) in counts.phases.iter().enumerate() {
+                states[i] += v;
+            }
+            states[3] += counts.recently_closed;
+        }
+        let mut top: Vec<_> = rows.iter().filter(|(_, c)| c.entries > 0).collect();
+        top.sort_by_key(|(_, c)| std::cmp::Reverse(c.phases.iter().sum::<u64>()));
+        let top: Vec<serde_json::Value> = top
+            .iter()
+            .take(10)
+            .map(|(l, c)| json!({"host": l.to_string(), "opening": c.phases[0], "open": c.phases[1], "closing": c.phases[2], "closed": c.phases[3] + c.recently_closed}))
+            .collect();
+        let value = json!({"source": self.source, "states": {"opening": states[0], "open": states[1], "closing": states[2], "closed": states[3]},
+                           "top_hosts": top, "resyncs": self.counters.resyncs.load(Relaxed)});
+        Some(("conntrack", value))
+    }
+}

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::guard::{ConnectionPermit, ListenerGuard};
-use crate::telemetry::ListenerCounters;
+use crate::listener::Counters;
 use crate::tls::SharedServerConfig;
 
 /// A TLS client must finish its handshake within this (slow or silent clients hold a slot).
@@ -170,7 +170,7 @@ pub fn read_now(conn: &mut Connection, buf: &mut [u8]) -> ReadNow {
 pub async fn serve<H, F>(
     listener: TcpListener,
     guard: Arc<ListenerGuard>,
-    counters: Arc<ListenerCounters>,
+    counters: Arc<Counters>,
     tls: Option<SharedServerConfig>,
     what: &'static str,
     handle: H,
@@ -219,7 +219,7 @@ pub async fn serve<H, F>(
 async fn handshake(
     stream: TcpStream,
     tls: Option<SharedServerConfig>,
-    counters: &ListenerCounters,
+    counters: &Counters,
 ) -> std::io::Result<(Connection, Option<String>)> {
     let Some(config) = tls else { return Ok((Box::new(stream), None)) };
     counters.tls_handshakes.fetch_add(1, Relaxed);
@@ -265,7 +265,7 @@ pub fn certificate_name(der: &[u8]) -> String {
 pub async fn accept(
     listener: &TcpListener,
     guard: &Arc<ListenerGuard>,
-    counters: &ListenerCounters,
+    counters: &Counters,
 ) -> (TcpStream, SocketAddr, ConnectionPermit) {
     loop {
         let (stream, peer) = match listener.accept().await {

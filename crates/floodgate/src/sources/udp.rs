@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use floodgate_guard::Reason;
 
 use crate::guard::{Guard, ListenerGuard};
+use crate::listener::Counters;
 use crate::sys::{RecvBatch, UdpReceiver};
-use crate::telemetry::ListenerCounters;
 
 /// Datagrams taken per `recvmmsg` call (also the width of the admitted-set bit mask).
 const BATCH: usize = 64;
@@ -86,7 +86,7 @@ pub struct UdpWorker<H> {
     /// The decoder.
     pub handler: H,
     /// Self-metrics.
-    pub counters: Arc<ListenerCounters>,
+    pub counters: Arc<Counters>,
     /// Admission: asked for each datagram before it is decoded.
     pub guard: Arc<Guard>,
     /// This address's place in the guard.
@@ -161,9 +161,9 @@ impl<H: DatagramHandler> UdpWorker<H> {
                     counters.add_dropped(reason, dropped[reason as usize]);
                 }
                 listener.add_port_dropped(dropped[Reason::PortLimit as usize]);
-                ListenerCounters::add(&counters.packets, n as u64);
-                ListenerCounters::add(&counters.bytes, bytes);
-                ListenerCounters::add(&counters.oversize, oversize);
+                Counters::add(&counters.packets, n as u64);
+                Counters::add(&counters.bytes, bytes);
+                Counters::add(&counters.oversize, oversize);
             };
             self.handler.handle(Admitted { batch: &batch, n, refused }, now, &mut publish);
             if n < BATCH / 4 && drain_until.is_none() {

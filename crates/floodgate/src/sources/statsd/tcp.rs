@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 
 use super::{clock, ingest, publish, SharedShard};
 use crate::guard::ListenerGuard;
+use crate::listener::Counters;
 use crate::sources::listen::{DRAIN_LIMIT, DRAIN_PAUSE};
-use crate::telemetry::ListenerCounters;
 use crate::tls::SharedServerConfig;
 
 /// Options of one TCP listener.
@@ -24,7 +24,7 @@ pub struct TcpOptions {
     /// Where values go (one shard per listener, shared by its connections).
     pub shard: SharedShard,
     /// Self-metrics.
-    pub counters: Arc<ListenerCounters>,
+    pub counters: Arc<Counters>,
     /// `max_key_length` and Etsy's `keyNameSanitize`.
     pub key_rule: KeyRule,
     /// Longest line accepted.
@@ -95,7 +95,7 @@ async fn read_lines<S: AsyncRead + Unpin>(mut stream: S, opts: &mut TcpOptions) 
             Some(r) => r?,
             None => 0,
         };
-        ListenerCounters::add(&opts.counters.bytes, n as u64);
+        Counters::add(&opts.counters.bytes, n as u64);
         if n == 0 {
             // A last line without its newline is still a line.
             if filled > 0 && !skipping {

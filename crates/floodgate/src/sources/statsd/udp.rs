@@ -10,19 +10,19 @@ use floodgate_statsd::{KeyRule, PacketCounts, Parser};
 
 use super::{complete_lines, ingest, publish, SharedShard};
 use crate::guard::count_lines;
+use crate::listener::Counters;
 use crate::sources::udp::{Admitted, DatagramHandler};
-use crate::telemetry::ListenerCounters;
 
 /// Decodes one receive thread's datagrams into its shard.
 pub struct StatsdDatagrams {
     shard: SharedShard,
     parser: Parser,
-    counters: Arc<ListenerCounters>,
+    counters: Arc<Counters>,
 }
 
 impl StatsdDatagrams {
     /// A decoder writing into `shard`, with the key rule of `[statsd]`.
-    pub fn new(shard: SharedShard, counters: Arc<ListenerCounters>, rule: KeyRule) -> StatsdDatagrams {
+    pub fn new(shard: SharedShard, counters: Arc<Counters>, rule: KeyRule) -> StatsdDatagrams {
         StatsdDatagrams { shard, parser: Parser::with_rule(rule), counters }
     }
 }

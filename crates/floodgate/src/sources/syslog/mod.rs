@@ -28,12 +28,12 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// An encoder for a listener of kind `listener` (`syslog_udp`, ...).
-    pub fn new(encoding: Encoding, listener: &'static str, transport: &'static str) -> Encoder {
+    /// An encoder for a listener of kind `kind`.
+    pub fn new(encoding: Encoding, kind: crate::listener::Kind) -> Encoder {
         let mut e = Encoder {
             encoding,
-            listener,
-            transport,
+            listener: kind.as_str(),
+            transport: kind.transport_name(),
             received_at: String::new(),
             now: Now { year: 1970, month: 1 },
             source: String::new(),
@@ -122,5 +122,40 @@ impl std::fmt::Write for Bytes<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.0.extend_from_slice(s.as_bytes());
         Ok(())
+    }
+}
+
+/// Syslog's own per-listener families: messages, parsed, parse errors, and framing errors on
+/// streams.
+pub fn listener_families(l: &crate::listener::Listener, out: &mut crate::metrics::Families) {
+    use crate::listener::row;
+    use crate::metrics::Describe;
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &l.counters;
+    let (messages, bad) = (c.lines.load(Relaxed), c.bad_lines.load(Relaxed));
+    let rows = [
+        (
+            Describe::counter("floodgate_syslog_messages_total", "Syslog messages received and handed to the output.")
+                .status(row("messages")),
+            messages,
+        ),
+        (
+            Describe::counter("floodgate_syslog_parsed_total", "Syslog messages parsed cleanly."),
+            messages.saturating_sub(bad),
+        ),
+        (
+            Describe::counter(
+                "floodgate_syslog_parse_errors_total",
+                "Syslog messages kept whole with parse_error set.",
+            )
+            .status(row("bad")),
+            bad,
+        ),
+    ];
+    for (describe, v) in rows {
+        out.add(describe, &l.labels(), v);
+    }
+    if l.kind.is_stream() {
+        l.dropped(out, "framing", c.framing_errors.load(Relaxed));
     }
 }

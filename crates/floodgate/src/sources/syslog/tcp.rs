@@ -17,22 +17,22 @@ use tokio::time::Instant;
 
 use super::Encoder;
 use crate::guard::ListenerGuard;
+use crate::listener::{Counters, Kind};
 use crate::sinks::syslog::{Chunk, Encoding};
 use crate::sources::listen::{read_now, Connection, ReadNow, DRAIN_LIMIT, DRAIN_PAUSE};
-use crate::telemetry::ListenerCounters;
 use crate::tls::SharedServerConfig;
 
 /// Options of one syslog TCP or TLS listener.
 #[derive(Clone)]
 pub struct TcpOptions {
-    /// `syslog_tcp` or `syslog_tls`.
-    pub kind: &'static str,
+    /// Syslog over TCP or TLS.
+    pub kind: Kind,
     /// Where chunks go.
     pub output: mpsc::Sender<Chunk>,
     /// How records are encoded.
     pub encoding: Encoding,
     /// Self-metrics (shared by the listener's connections).
-    pub counters: Arc<ListenerCounters>,
+    pub counters: Arc<Counters>,
     /// Longest message.
     pub max_message: usize,
     /// Silence, or an unfinished message, this long closes the connection.
@@ -46,7 +46,7 @@ pub struct TcpOptions {
 /// Accepts connections until the task is aborted.
 pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedServerConfig>) {
     let (guard, counters, kind) = (opts.guard.clone(), opts.counters.clone(), opts.kind);
-    crate::sources::listen::serve(listener, guard, counters, tls, kind, move |conn, peer| {
+    crate::sources::listen::serve(listener, guard, counters, tls, kind.as_str(), move |conn, peer| {
         let opts = opts.clone();
         async move { read_frames(conn, peer.addr, opts).await }
     })
@@ -55,8 +55,7 @@ pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedSe
 
 /// Reads one connection to its end (or to shutdown).
 async fn read_frames(mut conn: Connection, peer: SocketAddr, mut opts: TcpOptions) -> std::io::Result<()> {
-    let transport = if opts.kind == "syslog_tls" { "tls" } else { "tcp" };
-    let mut encoder = Encoder::new(opts.encoding, opts.kind, transport);
+    let mut encoder = Encoder::new(opts.encoding, opts.kind);
     encoder.set_source(peer);
     let mut framer = Framer::new(opts.max_message);
     // Large reads: fewer hand-offs to the output per message at high rates.
@@ -104,7 +103,7 @@ async fn read_frames(mut conn: Connection, peer: SocketAddr, mut opts: TcpOption
             n += more;
             eof = ended;
         }
-        ListenerCounters::add(&c.bytes, n as u64);
+        Counters::add(&c.bytes, n as u64);
         encoder.stamp();
         let mut chunk = Chunk { bytes: Vec::with_capacity(n + n / 2 + 256), messages: 0 };
         let mut bad = 0;
@@ -136,8 +135,8 @@ async fn read_frames(mut conn: Connection, peer: SocketAddr, mut opts: TcpOption
             _ => started.or_else(|| Some(Instant::now())),
         };
         c.packets.fetch_add(1, Relaxed);
-        ListenerCounters::add(&c.lines, chunk.messages);
-        ListenerCounters::add(&c.bad_lines, bad);
+        Counters::add(&c.lines, chunk.messages);
+        Counters::add(&c.bad_lines, bad);
         if chunk.messages > 0 && opts.output.send(chunk).await.is_err() {
             return Ok(()); // The output is gone: shutting down.
         }

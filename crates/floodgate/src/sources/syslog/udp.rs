@@ -6,9 +6,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::Encoder;
+use crate::listener::{Counters, Kind, Protocol, Transport};
 use crate::sinks::syslog::{Chunk, Encoding};
 use crate::sources::udp::{Admitted, DatagramHandler};
-use crate::telemetry::ListenerCounters;
 
 /// Flag on a datagram cut at the slot size.
 const TRUNCATED: &str = "datagram longer than max_message; truncated";
@@ -17,13 +17,17 @@ const TRUNCATED: &str = "datagram longer than max_message; truncated";
 pub struct SyslogDatagrams {
     encoder: Encoder,
     output: mpsc::Sender<Chunk>,
-    counters: Arc<ListenerCounters>,
+    counters: Arc<Counters>,
 }
 
 impl SyslogDatagrams {
     /// A decoder sending to `output`.
-    pub fn new(encoding: Encoding, output: mpsc::Sender<Chunk>, counters: Arc<ListenerCounters>) -> SyslogDatagrams {
-        SyslogDatagrams { encoder: Encoder::new(encoding, "syslog_udp", "udp"), output, counters }
+    pub fn new(encoding: Encoding, output: mpsc::Sender<Chunk>, counters: Arc<Counters>) -> SyslogDatagrams {
+        SyslogDatagrams {
+            encoder: Encoder::new(encoding, Kind::new(Protocol::Syslog, Transport::Udp)),
+            output,
+            counters,
+        }
     }
 }
 
@@ -45,8 +49,8 @@ impl DatagramHandler for SyslogDatagrams {
             }
         }
         publish();
-        ListenerCounters::add(&self.counters.lines, chunk.messages);
-        ListenerCounters::add(&self.counters.bad_lines, bad);
+        Counters::add(&self.counters.lines, chunk.messages);
+        Counters::add(&self.counters.bad_lines, bad);
         if chunk.messages > 0 {
             // Blocks while the output is behind: the socket buffer then fills and the kernel
             // drops (counted as `kernel_receive_buffer`), rather than this thread dropping

@@ -1,0 +1,353 @@
+//! What a listener is: its [`Kind`] (protocol × transport), its [`Counters`], and the table of
+//! per-listener metrics every listener shares ([`Listeners`]). A protocol adds its own families
+//! (StatsD lines, syslog messages) through [`Listener::extra`]; nothing here names a source.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use floodgate_guard::Reason;
+use parking_lot::Mutex;
+
+use crate::metrics::{Describe, Families, Report, StatusPlace};
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// StatsD lines (DogStatsD extensions included).
+    Statsd,
+    /// Syslog messages.
+    Syslog,
+    /// Agents' forwarded batches.
+    Aggregator,
+    /// The operator console.
+    Admin,
+    /// `/metrics`, `/ui`, `/api/status`.
+    Http,
+}
+
+/// How it is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Transport {
+    /// UDP datagrams.
+    Udp,
+    /// A TCP byte stream.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+    /// Unix datagrams (a socket file).
+    Unix,
+}
+
+/// A listener's kind: protocol × transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Kind {
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// How it is reached.
+    pub transport: Transport,
+}
+
+impl Kind {
+    /// `protocol` over `transport`.
+    pub const fn new(protocol: Protocol, transport: Transport) -> Kind {
+        Kind { protocol, transport }
+    }
+
+    /// The `listener` label: `statsd_udp`, `syslog_tls`, `aggregator_tcp`, `admin`, `http`, ...
+    pub fn as_str(self) -> &'static str {
+        use Protocol::*;
+        use Transport::*;
+        match (self.protocol, self.transport) {
+            (Statsd, Udp) => "statsd_udp",
+            (Statsd, Tcp) => "statsd_tcp",
+            (Statsd, Tls) => "statsd_tls",
+            (Statsd, Unix) => "statsd_unix",
+            (Syslog, Udp) => "syslog_udp",
+            (Syslog, Tcp) => "syslog_tcp",
+            (Syslog, Tls) => "syslog_tls",
+            (Syslog, Unix) => "syslog_unix",
+            (Aggregator, Tls) => "aggregator_tls",
+            (Aggregator, _) => "aggregator_tcp",
+            (Admin, _) => "admin",
+            (Http, _) => "http",
+        }
+    }
+
+    /// The transport's name (`udp`, `tcp`, `tls`, `unix`).
+    pub fn transport_name(self) -> &'static str {
+        match self.transport {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Unix => "unix",
+        }
+    }
+
+    /// Connections (TCP or TLS) rather than datagrams.
+    pub fn is_stream(self) -> bool {
+        matches!(self.transport, Transport::Tcp | Transport::Tls)
+    }
+
+    /// TLS handshakes happen on it.
+    pub fn is_tls(self) -> bool {
+        self.transport == Transport::Tls
+    }
+
+    /// An operator's port (console, HTTP): the host itself always passes its allow-list.
+    pub fn is_operator(self) -> bool {
+        matches!(self.protocol, Protocol::Admin | Protocol::Http)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Counters of one receive thread or one listener's connection tasks (relaxed atomics that
+/// only their owner writes, so counting costs no shared cache line on the hot path; a scrape
+/// sums them by listener).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Datagrams (UDP) or reads with complete lines (TCP).
+    pub packets: AtomicU64,
+    /// Bytes received.
+    pub bytes: AtomicU64,
+    /// Messages: non-empty StatsD lines, syslog messages.
+    pub lines: AtomicU64,
+    /// Of those, bad ones (StatsD values that could not be parsed; syslog messages kept with
+    /// a parse error).
+    pub bad_lines: AtomicU64,
+    /// Of those, values whose key or set member was over `max_key_length`.
+    pub key_too_long: AtomicU64,
+    /// Datagrams longer than the listener's maximum, or stream lines/frames longer than it.
+    pub oversize: AtomicU64,
+    /// Syslog frames with a bad length field, or cut by the end of the stream.
+    pub framing_errors: AtomicU64,
+    /// TCP connections accepted.
+    pub connections: AtomicU64,
+    /// Refused by the guard, by [`Reason`] (messages for datagrams, connections for streams).
+    pub dropped: [AtomicU64; Reason::ALL.len()],
+    /// TCP connections closed for idleness.
+    pub idle_closed: AtomicU64,
+    /// TLS handshakes started (only ever on connections the guard admitted).
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: AtomicU64,
+    /// Open TCP connections.
+    pub open_connections: AtomicI64,
+}
+
+impl Counters {
+    /// Adds to a counter (relaxed: only totals matter).
+    pub fn add(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Adds guard refusals.
+    pub fn add_dropped(&self, reason: Reason, n: u64) {
+        Self::add(&self.dropped[reason as usize], n);
+    }
+}
+
+/// A protocol's own per-listener families, written for one listener (or one of its threads).
+pub type ExtraFamilies = fn(&Listener, &mut Families);
+
+/// A registered listener (or one receive thread of it).
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// What it is.
+    pub kind: Kind,
+    /// Bound address (or socket path).
+    pub address: String,
+    /// Its counters.
+    pub counters: Arc<Counters>,
+    /// Receive buffer granted by the kernel (datagram sockets), 0 otherwise.
+    pub receive_buffer: usize,
+    /// Local UDP port, for reading the kernel's drop counters.
+    pub udp_port: Option<u16>,
+    /// The protocol's own families (messages, parse errors, its drop reasons).
+    pub extra: Option<ExtraFamilies>,
+}
+
+impl Listener {
+    /// The `listener` and `address` labels.
+    pub fn labels(&self) -> [(&'static str, &str); 2] {
+        [("listener", self.kind.as_str()), ("address", &self.address)]
+    }
+
+    /// Adds one `floodgate_dropped_total` sample for this listener.
+    pub fn dropped(&self, out: &mut Families, reason: &str, n: u64) {
+        let [l, a] = self.labels();
+        out.add(DROPPED, &[l, a, ("reason", reason)], n);
+    }
+}
+
+/// `floodgate_dropped_total`: input dropped, by listener and reason (`/api/status`: each
+/// listener's `dropped`).
+pub const DROPPED: Describe = Describe::counter("floodgate_dropped_total", "Input dropped, by listener and reason.")
+    .status(StatusPlace::many("listeners", "dropped").by("reason"));
+
+/// A place in the `listeners` rows of `/api/status`.
+pub const fn row(key: &'static str) -> StatusPlace {
+    StatusPlace::many("listeners", key)
+}
+
+/// Every listener, for the metrics every listener has.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    listeners: Mutex<Vec<Listener>>,
+}
+
+impl Listeners {
+    /// Registers a listener (or one receive thread of it).
+    pub fn register(&self, listener: Listener) {
+        self.listeners.lock().push(listener);
+    }
+
+    /// Registers a stream listener (TCP, TLS) and returns its counters.
+    pub fn register_stream(&self, kind: Kind, address: String, extra: Option<ExtraFamilies>) -> Arc<Counters> {
+        let counters = Arc::new(Counters::default());
+        self.register(Listener { kind, address, counters: counters.clone(), receive_buffer: 0, udp_port: None, extra });
+        counters
+    }
+
+    /// Connections open now on the listeners of `protocol`.
+    pub fn open_connections(&self, protocol: Protocol) -> i64 {
+        let listeners = self.listeners.lock();
+        let open = listeners.iter().filter(|l| l.kind.protocol == protocol);
+        open.map(|l| l.counters.open_connections.load(Relaxed)).sum()
+    }
+
+    /// Sums of `f` over all counters of each listener.
+    pub fn by_listener(&self, f: impl Fn(&Counters) -> u64) -> BTreeMap<(String, String), u64> {
+        let mut out = BTreeMap::new();
+        for l in self.listeners.lock().iter() {
+            *out.entry((l.kind.as_str().to_string(), l.address.clone())).or_insert(0) += f(&l.counters);
+        }
+        out
+    }
+}
+
+const PACKETS: Describe =
+    Describe::counter("floodgate_received_packets_total", "Datagrams, or TCP reads holding complete lines, received.")
+        .status(row("packets"));
+const BYTES: Describe = Describe::counter("floodgate_received_bytes_total", "Bytes received.").status(row("bytes"));
+const LIMITED: Describe =
+    Describe::counter("floodgate_limited_total", "Messages (UDP) or connections (TCP) refused by a rate limit.");
+const CONNECTIONS: Describe = Describe::counter("floodgate_tcp_connections_total", "TCP connections accepted.");
+const OPEN: Describe =
+    Describe::gauge("floodgate_tcp_open_connections", "TCP connections open now.").status(row("open_connections"));
+const HANDSHAKES: Describe =
+    Describe::counter("floodgate_tls_handshakes_total", "TLS handshakes started (on admitted connections only).");
+const HANDSHAKE_FAILURES: Describe =
+    Describe::counter("floodgate_tls_handshake_failures_total", "TLS handshakes that failed or timed out.");
+const RECEIVE_BUFFER: Describe = Describe::gauge(
+    "floodgate_udp_receive_buffer_bytes",
+    "Socket receive buffer granted by the kernel, summed over the listener's sockets.",
+);
+
+impl Report for Listeners {
+    fn report(&self, out: &mut Families) {
+        let listeners = self.listeners.lock().clone();
+        for d in [PACKETS, BYTES, LIMITED, CONNECTIONS, OPEN, HANDSHAKES, HANDSHAKE_FAILURES, RECEIVE_BUFFER, DROPPED] {
+            out.family(d);
+        }
+        let mut kernel_ports: BTreeMap<(Kind, &str), u16> = BTreeMap::new();
+        for l in &listeners {
+            let (c, labels, kind) = (&l.counters, l.labels(), l.kind);
+            out.add(PACKETS, &labels, c.packets.load(Relaxed));
+            out.add(BYTES, &labels, c.bytes.load(Relaxed));
+            let limited = Reason::ALL.iter().filter(|r| r.is_rate_limit());
+            out.add(LIMITED, &labels, limited.map(|r| c.dropped[*r as usize].load(Relaxed)).sum::<u64>());
+            l.dropped(out, "oversize", c.oversize.load(Relaxed));
+            for reason in Reason::ALL {
+                let applies = match reason {
+                    Reason::NotAllowed => true,
+                    Reason::SourceLimit | Reason::PortLimit => !kind.is_stream(),
+                    Reason::ConnectionRate | Reason::SourceConnections | Reason::ConnectionLimit => kind.is_stream(),
+                    Reason::HandshakeLimit => kind.is_tls(),
+                };
+                if applies {
+                    l.dropped(out, reason.as_str(), c.dropped[reason as usize].load(Relaxed));
+                }
+            }
+            if kind.is_stream() {
+                out.add(CONNECTIONS, &labels, c.connections.load(Relaxed));
+                out.add(OPEN, &labels, c.open_connections.load(Relaxed).max(0) as u64);
+                l.dropped(out, "idle_timeout", c.idle_closed.load(Relaxed));
+            }
+            if kind.is_tls() {
+                out.add(HANDSHAKES, &labels, c.tls_handshakes.load(Relaxed));
+                out.add(HANDSHAKE_FAILURES, &labels, c.tls_handshake_failures.load(Relaxed));
+            }
+            if let Some(port) = l.udp_port {
+                out.add(RECEIVE_BUFFER, &labels, l.receive_buffer as u64);
+                kernel_ports.insert((kind, &l.address), port);
+            }
+            if let Some(extra) = l.extra {
+                extra(l, out);
+            }
+        }
+        for ((kind, address), port) in kernel_ports {
+            // The kernel counts per socket; every socket on the port is ours (SO_REUSEPORT).
+            let labels = [("listener", kind.as_str()), ("address", address), ("reason", "kernel_receive_buffer")];
+            out.add(DROPPED, &labels, crate::sys::kernel_udp_drops(port));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_keep_their_label_names() {
+        use Protocol::*;
+        use Transport::*;
+        let names: Vec<&str> = [
+            Kind::new(Statsd, Udp),
+            Kind::new(Statsd, Tls),
+            Kind::new(Syslog, Tcp),
+            Kind::new(Aggregator, Tls),
+            Kind::new(Admin, Tcp),
+            Kind::new(Http, Tcp),
+            Kind::new(Statsd, Unix),
+        ]
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+        assert_eq!(names, ["statsd_udp", "statsd_tls", "syslog_tcp", "aggregator_tls", "admin", "http", "statsd_unix"]);
+    }
+
+    #[test]
+    fn a_listener_is_reported_once_summed_over_its_threads_with_its_reasons() {
+        let listeners = Listeners::default();
+        let kind = Kind::new(Protocol::Statsd, Transport::Udp);
+        for n in [2, 3] {
+            let counters = Arc::new(Counters::default());
+            counters.packets.store(n, Relaxed);
+            counters.dropped[Reason::SourceLimit as usize].store(1, Relaxed);
+            listeners.register(Listener {
+                kind,
+                address: "127.0.0.1:9".into(),
+                counters,
+                receive_buffer: 10,
+                udp_port: None,
+                extra: None,
+            });
+        }
+        let mut out = Families::default();
+        listeners.report(&mut out);
+        assert_eq!(out.total("floodgate_received_packets_total"), 5);
+        let dropped = out.iter().find(|f| f.describe.name == "floodgate_dropped_total").unwrap();
+        let reasons: Vec<&str> = dropped.samples.keys().map(|l| l[2].1.as_str()).collect();
+        assert!(reasons.contains(&"source_limit") && !reasons.contains(&"connection_rate"), "{reasons:?}");
+        assert_eq!(out.total("floodgate_tcp_connections_total"), 0);
+    }
+}

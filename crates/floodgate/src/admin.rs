@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use crate::app::Shared;
 use crate::guard::ListenerGuard;
 use crate::listener::Counters;
+use crate::net::stream::Stalled;
 use crate::sinks::graphite::unix_now;
-use crate::sources::listen::Stalled;
 
 /// Longest command line accepted.
 const MAX_COMMAND: usize = 4096;
@@ -29,7 +29,7 @@ pub async fn serve(
     counters: Arc<Counters>,
     idle: Duration,
 ) {
-    crate::sources::listen::serve(listener, guard, counters, None, "admin", move |conn, _peer| {
+    crate::net::stream::serve(listener, guard, counters, None, "admin", move |conn, _peer| {
         let shared = shared.clone();
         async move { session(Stalled::new(conn, idle), &shared).await }
     })

@@ -20,12 +20,12 @@ use crate::flush::FlushCounters;
 use crate::guard::Guard;
 use crate::listener::{Counters, Kind, Listener, Listeners, Protocol, Transport};
 use crate::metrics::Registry;
+use crate::net::datagram::UdpWorker;
 use crate::sinks::graphite::{unix_now, GraphiteSink};
 use crate::sinks::SinkCounters;
 use crate::sources::statsd::tcp::TcpOptions;
 use crate::sources::statsd::udp::StatsdDatagrams;
 use crate::sources::statsd::SharedShard;
-use crate::sources::udp::UdpWorker;
 use crate::sys::UdpReceiver;
 
 /// State shared by every part of the running agent.
@@ -49,13 +49,13 @@ pub struct Shared {
     /// Admission in front of every listener.
     pub guard: Arc<Guard>,
     /// The StatsD TLS listeners' certificate (replaced on SIGHUP).
-    pub statsd_tls: Mutex<Option<crate::tls::SharedServerConfig>>,
+    pub statsd_tls: Mutex<Option<crate::net::tls::SharedServerConfig>>,
     /// The StatsD listeners running now (SIGHUP adds and removes them).
     pub statsd_listeners: Mutex<StatsdListeners>,
     /// The Graphite address the sink delivers to (SIGHUP may change it).
     pub graphite_address: Arc<RwLock<String>>,
     /// The syslog TLS listeners' certificates by address (replaced on SIGHUP).
-    pub syslog_tls: Mutex<std::collections::BTreeMap<SocketAddr, crate::tls::SharedServerConfig>>,
+    pub syslog_tls: Mutex<std::collections::BTreeMap<SocketAddr, crate::net::tls::SharedServerConfig>>,
     /// The syslog listeners running now (SIGHUP adds and removes them).
     pub syslog_listeners: Mutex<Option<SyslogListeners>>,
     /// Set on SIGHUP: the syslog file output reopens its file.
@@ -158,7 +158,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     }
     let syslog = start_syslog(&config, &shared)?;
     let statsd_tls = match &s.tls {
-        Some(tls) => Some(Arc::new(ArcSwap::new(crate::tls::server_config(tls).context("statsd tls")?))),
+        Some(tls) => Some(Arc::new(ArcSwap::new(crate::net::tls::server_config(tls).context("statsd tls")?))),
         None => None,
     };
     *shared.statsd_tls.lock() = statsd_tls.clone();
@@ -170,7 +170,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         Some(a) => {
             let listener = bind_tcp(a.listen).with_context(|| format!("cannot bind aggregator {}", a.listen))?;
             let tls = match &a.tls {
-                Some(tls) => Some(Arc::new(ArcSwap::new(crate::tls::server_config(tls).context("aggregator tls")?))),
+                Some(tls) => {
+                    Some(Arc::new(ArcSwap::new(crate::net::tls::server_config(tls).context("aggregator tls")?)))
+                }
                 None => None,
             };
             let id = format!("{}@{}", host_name(), listener.local_addr()?);
@@ -234,7 +236,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             shared.metrics.add(report.clone());
             for address in &f.aggregators {
                 let tls = match &f.tls {
-                    Some(tls) => Some(crate::sinks::tls_target(tls, address).context("forward tls")?),
+                    Some(tls) => Some(crate::net::tls_target(tls, address).context("forward tls")?),
                     None => None,
                 };
                 let counters = Arc::new(crate::sinks::forward::LinkCounters::default());
@@ -356,7 +358,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     // Open StatsD connections take what their senders already sent, then end: all of it is
     // in the final flush.
     let _ = shared.stopping.send(true);
-    let drained = Instant::now() + crate::sources::listen::DRAIN_LIMIT + Duration::from_secs(1);
+    let drained = Instant::now() + crate::net::stream::DRAIN_LIMIT + Duration::from_secs(1);
     while shared.listeners.open_connections(Protocol::Statsd) > 0 && Instant::now() < drained {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -415,7 +417,7 @@ type RunningUdp = (Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
 /// Binds a UDP address of listener `kind` and starts one receive thread per socket, each with
 /// the handler `make` builds for its counters. The returned switch stops them: they drain what
 /// is queued and exit (a StatsD thread's shard is merged at the next flush).
-fn start_udp<H: crate::sources::udp::DatagramHandler>(
+fn start_udp<H: crate::net::datagram::DatagramHandler>(
     shared: &Shared,
     kind: Kind,
     addr: SocketAddr,
@@ -601,7 +603,7 @@ fn start_syslog_tcp(
     rt: &SyslogListeners,
     kind: Kind,
     addr: SocketAddr,
-    tls: Option<crate::tls::SharedServerConfig>,
+    tls: Option<crate::net::tls::SharedServerConfig>,
 ) -> Result<JoinHandle<()>> {
     let y = shared.config.read().syslog.clone();
     let what = kind.as_str().replace('_', " ");
@@ -626,9 +628,9 @@ fn start_syslog_tcp(
 }
 
 /// A syslog TLS listener's certificate, registered for SIGHUP's re-read.
-fn syslog_tls(shared: &Shared, t: &crate::config::SyslogTlsListener) -> Result<crate::tls::SharedServerConfig> {
+fn syslog_tls(shared: &Shared, t: &crate::config::SyslogTlsListener) -> Result<crate::net::tls::SharedServerConfig> {
     let tls = Arc::new(ArcSwap::new(
-        crate::tls::server_config(&t.tls()).with_context(|| format!("syslog tls {}", t.listen))?,
+        crate::net::tls::server_config(&t.tls()).with_context(|| format!("syslog tls {}", t.listen))?,
     ));
     shared.syslog_tls.lock().insert(t.listen, tls.clone());
     Ok(tls)
@@ -773,7 +775,7 @@ pub fn reload(shared: &Arc<Shared>) -> std::result::Result<(), String> {
     }
     if let (Some(tls), Some(live)) = (&new.statsd.tls, shared.statsd_tls.lock().as_ref()) {
         // Certificates are re-read every time: renewed files keep their names.
-        match crate::tls::server_config(tls) {
+        match crate::net::tls::server_config(tls) {
             Ok(config) => live.store(config),
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "SIGHUP: statsd tls certificate refused; the old one stays")
@@ -785,7 +787,7 @@ pub fn reload(shared: &Arc<Shared>) -> std::result::Result<(), String> {
     }
     for t in &new.syslog.tls {
         let Some(live) = shared.syslog_tls.lock().get(&t.listen).cloned() else { continue };
-        match crate::tls::server_config(&t.tls()) {
+        match crate::net::tls::server_config(&t.tls()) {
             Ok(config) => live.store(config),
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), listen = %t.listen, "SIGHUP: syslog tls certificate refused; the old one stays")

@@ -124,7 +124,7 @@ pub struct AggregatorConfig {
     pub listen: SocketAddr,
     /// Certificate, key and (for mutual TLS) client CA; absent = plain TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<crate::net::tls::TlsConfig>,
     /// Where the handled marks of agents' sessions are kept across restarts.
     #[serde(default = "default_state_dir")]
     pub state_dir: std::path::PathBuf,
@@ -174,7 +174,7 @@ pub struct StatsdConfig {
     pub tls_listen: Vec<SocketAddr>,
     /// Certificate, key and optional client CA of the TLS listeners.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<crate::net::tls::TlsConfig>,
     /// Flush interval (statsd `flushInterval`).
     #[serde(with = "duration")]
     pub flush_interval: Duration,
@@ -499,8 +499,8 @@ pub struct SyslogTlsListener {
 
 impl SyslogTlsListener {
     /// The certificate part.
-    pub fn tls(&self) -> crate::tls::TlsConfig {
-        crate::tls::TlsConfig { cert: self.cert.clone(), key: self.key.clone(), client_ca: self.client_ca.clone() }
+    pub fn tls(&self) -> crate::net::tls::TlsConfig {
+        crate::net::tls::TlsConfig { cert: self.cert.clone(), key: self.key.clone(), client_ca: self.client_ca.clone() }
     }
 }
 

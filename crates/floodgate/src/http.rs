@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use crate::app::Shared;
 use crate::guard::ListenerGuard;
 use crate::listener::Counters;
-use crate::sources::listen::Stalled;
+use crate::net::stream::Stalled;
 
 /// Largest request head (request line and headers) read.
 const MAX_HEAD: usize = 16 << 10;
@@ -37,7 +37,7 @@ pub async fn serve(
     header_timeout: Duration,
 ) {
     let app = router(shared);
-    crate::sources::listen::serve(listener, guard, counters, None, "http", move |conn, _peer| {
+    crate::net::stream::serve(listener, guard, counters, None, "http", move |conn, _peer| {
         let app = app.clone();
         async move {
             let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {

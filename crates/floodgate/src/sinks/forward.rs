@@ -60,7 +60,7 @@ pub struct Link {
     /// `host:port`.
     pub address: String,
     /// TLS client configuration and the name to verify, or plain TCP.
-    pub tls: Option<super::TlsTarget>,
+    pub tls: Option<crate::net::TlsTarget>,
     /// This agent's name.
     pub agent_id: String,
     /// Chosen when the agent first ran with this state (see [`super::journal::session`]).
@@ -273,7 +273,7 @@ impl Link {
                 // An aggregator that stops reading (its outputs are full, or it hangs) makes a
                 // write wait: past TIMEOUT the connection counts as lost and its batches wait
                 // here, where new shares still arrive.
-                let mut writer = crate::sources::listen::Stalled::new(writer, TIMEOUT);
+                let mut writer = crate::net::stream::Stalled::new(writer, TIMEOUT);
                 let result: std::io::Result<()> = async {
                     for q in &held.queue {
                         writer.write_all(&q.frame).await?;
@@ -354,8 +354,8 @@ impl Link {
     }
 
     /// Connects, says hello, and returns the stream with the aggregator's handled mark.
-    async fn connect(&self) -> std::io::Result<(crate::sources::listen::Connection, u64, Decoder)> {
-        let mut stream = super::dial(&self.address, self.tls.as_ref(), TIMEOUT).await?;
+    async fn connect(&self) -> std::io::Result<(crate::net::stream::Connection, u64, Decoder)> {
+        let mut stream = crate::net::dial(&self.address, self.tls.as_ref(), TIMEOUT).await?;
         let hello = Frame {
             kind: Some(Kind::Hello(proto::Hello {
                 version: floodgate_forward::VERSION,
@@ -386,35 +386,6 @@ impl Link {
             _ => Err(std::io::Error::other("expected Welcome")),
         }
     }
-}
-
-/// The rustls client configuration of `[forward] tls`.
-pub fn client_config(tls: &crate::config::ForwardTls) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    use anyhow::Context;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        CertificateDer::pem_file_iter(&tls.ca).with_context(|| format!("cannot read CA {}", tls.ca.display()))?
-    {
-        roots.add(cert.with_context(|| format!("bad certificate in {}", tls.ca.display()))?)?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_root_certificates(roots);
-    let config = match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => {
-            let certs = CertificateDer::pem_file_iter(cert)
-                .and_then(|c| c.collect::<Result<Vec<_>, _>>())
-                .with_context(|| format!("cannot read client certificate {}", cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("cannot read client key {}", key.display()))?;
-            builder.with_client_auth_cert(certs, key).context("client certificate and key do not match")?
-        }
-        _ => builder.with_no_client_auth(),
-    };
-    Ok(Arc::new(config))
 }
 
 /// Every forward link's figures, by aggregator address.

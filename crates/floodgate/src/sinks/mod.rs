@@ -24,46 +24,6 @@ use tokio::sync::mpsc;
 
 use crate::metrics::{Describe, Families, Report, StatusPlace};
 
-/// A TLS client configuration and the name the server's certificate must carry.
-pub type TlsTarget = (std::sync::Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>);
-
-/// The client side of TLS to `address` (`host:port`): the configured CA and client
-/// certificate, and `server_name`, or else the address's host, as the name to verify.
-pub fn tls_target(tls: &crate::config::ForwardTls, address: &str) -> anyhow::Result<TlsTarget> {
-    use anyhow::Context;
-    let config = forward::client_config(tls)?;
-    let host = tls.server_name.clone().unwrap_or_else(|| {
-        address.rsplit_once(':').map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string()).unwrap_or_default()
-    });
-    let name = rustls_pki_types::ServerName::try_from(host.clone())
-        .with_context(|| format!("`{host}` is not a name to check a certificate against"))?;
-    Ok((config, name))
-}
-
-/// Connects to `address` (TCP, then TLS if `tls` is set), each step within `timeout`.
-pub async fn dial(
-    address: &str,
-    tls: Option<&TlsTarget>,
-    timeout: Duration,
-) -> std::io::Result<crate::sources::listen::Connection> {
-    let timed_out = |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"));
-    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address))
-        .await
-        .map_err(|_| timed_out("connect"))??;
-    let _ = tcp.set_nodelay(true);
-    crate::sources::listen::keepalive(&tcp);
-    Ok(match tls {
-        Some((config, name)) => {
-            let connector = tokio_rustls::TlsConnector::from(config.clone());
-            let stream = tokio::time::timeout(timeout, connector.connect(name.clone(), tcp))
-                .await
-                .map_err(|_| timed_out("TLS handshake"))??;
-            Box::new(stream)
-        }
-        None => Box::new(tcp),
-    })
-}
-
 /// A finished flush for one sink.
 #[derive(Debug)]
 pub struct Payload {

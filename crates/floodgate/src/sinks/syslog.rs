@@ -24,28 +24,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::config::{Fsync, SyslogForward, SyslogOutput};
-use crate::sources::listen::{Connection, ReadNow};
-
-/// Encoded records from one batch of input.
-#[derive(Debug, Default)]
-pub struct Chunk {
-    /// JSON lines, or octet-counted frames.
-    pub bytes: Vec<u8>,
-    /// Messages in it.
-    pub messages: u64,
-}
-
-/// How listeners encode records for the output in use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// One JSON object per line; `raw` adds the message as received.
-    Json {
-        /// Add `raw`.
-        raw: bool,
-    },
-    /// `LEN SP MSG`, the message as received.
-    OctetCounted,
-}
+use crate::net::stream::{Connection, ReadNow};
+pub use crate::record::{Chunk, Encoding};
 
 /// Chunks waiting in the channel at most (each up to a TCP read's or a UDP batch's worth).
 const CHANNEL: usize = 256;
@@ -581,7 +561,7 @@ impl Queue {
 /// The forward output's task.
 struct Forwarder {
     address: String,
-    tls: Option<crate::sinks::TlsTarget>,
+    tls: Option<crate::net::TlsTarget>,
     queue: Queue,
     counters: Arc<OutputCounters>,
 }
@@ -589,7 +569,7 @@ struct Forwarder {
 impl Forwarder {
     fn new(config: &SyslogForward, counters: Arc<OutputCounters>) -> Result<Forwarder> {
         let tls = match &config.tls {
-            Some(tls) => Some(crate::sinks::tls_target(tls, &config.address)?),
+            Some(tls) => Some(crate::net::tls_target(tls, &config.address)?),
             None => None,
         };
         let spill = match &config.spill {
@@ -668,7 +648,7 @@ impl Forwarder {
                 tracing::warn!(address = %self.address, "syslog forward: server closed the connection");
             }
             let Some(c) = &mut conn else {
-                match crate::sinks::dial(&self.address, self.tls.as_ref(), patience).await {
+                match crate::net::dial(&self.address, self.tls.as_ref(), patience).await {
                     Ok(c) => {
                         tracing::info!(address = %self.address, "syslog forward: connected");
                         conn = Some(c);
@@ -758,7 +738,7 @@ async fn drain_deadline(closing_since: Option<Instant>, drain: Duration) {
 fn server_closed(conn: &mut Connection) -> bool {
     let mut buf = [0u8; 1024];
     loop {
-        match crate::sources::listen::read_now(conn, &mut buf) {
+        match crate::net::stream::read_now(conn, &mut buf) {
             ReadNow::Data(_) => continue,
             ReadNow::Eof | ReadNow::Error => return true,
             ReadNow::Pending => return false,

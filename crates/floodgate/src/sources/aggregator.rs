@@ -29,8 +29,8 @@ use tokio::sync::mpsc;
 use crate::app::Shared;
 use crate::guard::ListenerGuard;
 use crate::listener::Counters;
-use crate::sources::listen::{Connection, Peer};
-use crate::tls::SharedServerConfig;
+use crate::net::stream::{Connection, Peer};
+use crate::net::tls::SharedServerConfig;
 
 /// An agent process: who it is and the random number it chose at start.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -295,7 +295,7 @@ pub async fn serve(
     shared: Arc<Shared>,
 ) {
     let c = counters.clone();
-    crate::sources::listen::serve(listener, guard, counters, tls, "aggregator", move |conn, peer| {
+    crate::net::stream::serve(listener, guard, counters, tls, "aggregator", move |conn, peer| {
         let (aggregator, shared, counters) = (aggregator.clone(), shared.clone(), c.clone());
         async move {
             aggregator.counters.connected.fetch_add(1, Relaxed);

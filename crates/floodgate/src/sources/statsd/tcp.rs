@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 use super::{clock, ingest, publish, SharedShard};
 use crate::guard::ListenerGuard;
 use crate::listener::Counters;
-use crate::sources::listen::{DRAIN_LIMIT, DRAIN_PAUSE};
-use crate::tls::SharedServerConfig;
+use crate::net::stream::{DRAIN_LIMIT, DRAIN_PAUSE};
+use crate::net::tls::SharedServerConfig;
 
 /// Options of one TCP listener.
 #[derive(Clone)]
@@ -43,7 +43,7 @@ pub struct TcpOptions {
 /// a TLS server connection.
 pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedServerConfig>) {
     let (guard, counters) = (opts.guard.clone(), opts.counters.clone());
-    crate::sources::listen::serve(listener, guard, counters, tls, "statsd", move |conn, _peer| {
+    crate::net::stream::serve(listener, guard, counters, tls, "statsd", move |conn, _peer| {
         let mut opts = opts.clone();
         async move { read_lines(conn, &mut opts).await }
     })

@@ -1,4 +1,4 @@
-//! StatsD over UDP: the shared receive loop ([`crate::sources::udp`]) parsing each admitted
+//! StatsD over UDP: the shared receive loop ([`crate::net::datagram`]) parsing each admitted
 //! datagram straight into the thread's own shard.
 //!
 //! The shard's mutex is taken once per batch and is only ever contended by the flusher's
@@ -11,7 +11,7 @@ use floodgate_statsd::{KeyRule, PacketCounts, Parser};
 use super::{complete_lines, ingest, publish, SharedShard};
 use crate::guard::count_lines;
 use crate::listener::Counters;
-use crate::sources::udp::{Admitted, DatagramHandler};
+use crate::net::datagram::{Admitted, DatagramHandler};
 
 /// Decodes one receive thread's datagrams into its shard.
 pub struct StatsdDatagrams {

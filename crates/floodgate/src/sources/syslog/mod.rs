@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use floodgate_syslog::record::{json_prefix, rfc3339_millis, write_json_after, Received};
 use floodgate_syslog::{parse, Now};
 
-use crate::sinks::syslog::{Chunk, Encoding};
+use crate::record::{Chunk, Encoding};
 
 /// Turns messages into output records, for one listener thread or connection.
 pub struct Encoder {

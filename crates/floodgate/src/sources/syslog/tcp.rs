@@ -18,9 +18,9 @@ use tokio::time::Instant;
 use super::Encoder;
 use crate::guard::ListenerGuard;
 use crate::listener::{Counters, Kind};
-use crate::sinks::syslog::{Chunk, Encoding};
-use crate::sources::listen::{read_now, Connection, ReadNow, DRAIN_LIMIT, DRAIN_PAUSE};
-use crate::tls::SharedServerConfig;
+use crate::net::stream::{read_now, Connection, ReadNow, DRAIN_LIMIT, DRAIN_PAUSE};
+use crate::net::tls::SharedServerConfig;
+use crate::record::{Chunk, Encoding};
 
 /// Options of one syslog TCP or TLS listener.
 #[derive(Clone)]
@@ -46,7 +46,7 @@ pub struct TcpOptions {
 /// Accepts connections until the task is aborted.
 pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedServerConfig>) {
     let (guard, counters, kind) = (opts.guard.clone(), opts.counters.clone(), opts.kind);
-    crate::sources::listen::serve(listener, guard, counters, tls, kind.as_str(), move |conn, peer| {
+    crate::net::stream::serve(listener, guard, counters, tls, kind.as_str(), move |conn, peer| {
         let opts = opts.clone();
         async move { read_frames(conn, peer.addr, opts).await }
     })

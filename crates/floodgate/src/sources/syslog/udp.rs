@@ -7,8 +7,8 @@ use tokio::sync::mpsc;
 
 use super::Encoder;
 use crate::listener::{Counters, Kind, Protocol, Transport};
-use crate::sinks::syslog::{Chunk, Encoding};
-use crate::sources::udp::{Admitted, DatagramHandler};
+use crate::net::datagram::{Admitted, DatagramHandler};
+use crate::record::{Chunk, Encoding};
 
 /// Flag on a datagram cut at the slot size.
 const TRUNCATED: &str = "datagram longer than max_message; truncated";

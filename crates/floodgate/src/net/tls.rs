@@ -72,3 +72,33 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<ServerConfig>> {
     server.send_tls13_tickets = 0;
     Ok(Arc::new(server))
 }
+
+/// A rustls client configuration (`[forward] tls`, the syslog forward output's `tls`): the
+/// CA to check the server against and an optional client certificate.
+pub fn client_config(tls: &crate::config::ForwardTls) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use anyhow::Context;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(&tls.ca).with_context(|| format!("cannot read CA {}", tls.ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("bad certificate in {}", tls.ca.display()))?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots);
+    let config = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("cannot read client certificate {}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("cannot read client key {}", key.display()))?;
+            builder.with_client_auth_cert(certs, key).context("client certificate and key do not match")?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::guard::{ConnectionPermit, ListenerGuard};
 use crate::listener::Counters;
-use crate::tls::SharedServerConfig;
+use crate::net::tls::SharedServerConfig;
 
 /// A TLS client must finish its handshake within this (slow or silent clients hold a slot).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -73,7 +73,7 @@ pub fn aggregator_merge(opts: &BenchOptions) {
         ),
     );
     let http = agg.http.unwrap_or(0);
-    let tls = floodgate::sinks::forward::client_config(&floodgate::config::ForwardTls {
+    let tls = floodgate::net::tls::client_config(&floodgate::config::ForwardTls {
         ca: ca.into(),
         cert: None,
         key: None,

@@ -11,14 +11,32 @@ use floodgate_statsd::number::js_number;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-use crate::app::Shared;
 use crate::guard::ListenerGuard;
 use crate::listener::Counters;
 use crate::net::stream::Stalled;
 use crate::sinks::graphite::unix_now;
+use crate::topology::{Shared, Wiring};
 
 /// Longest command line accepted.
 const MAX_COMMAND: usize = 4096;
+
+/// `[admin] listen`: binds it and starts serving; `None` when it is off.
+pub fn build(
+    shared: &Arc<Shared>,
+    config: &crate::config::Config,
+    _wiring: &mut Wiring,
+) -> anyhow::Result<Option<Box<dyn crate::sources::Source>>> {
+    use crate::listener::{Kind, Protocol, Transport};
+    let Some(addr) = config.admin.listen else { return Ok(None) };
+    let kind = Kind::new(Protocol::Admin, Transport::Tcp);
+    let listener = crate::sources::running::bind_stream(kind, addr)?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "admin console listening");
+    let counters = shared.listeners.register_stream(kind, address.to_string(), None);
+    let guard = shared.guard.listener(kind, address, config.admin.max_connections);
+    let task = tokio::spawn(serve(listener, shared.clone(), guard, counters, config.admin.idle_timeout));
+    Ok(Some(Box::new(crate::sources::running::AcceptTask { name: "admin", task })))
+}
 
 /// Accepts console connections until aborted: through the guard (allow-list, connection rate
 /// and caps), each session closed after `idle` without input or with a reply nobody reads.

@@ -172,6 +172,17 @@ pub struct StatsdConfig {
     pub tcp: Vec<SocketAddr>,
     /// TLS listen addresses, newline-separated lines over TLS (needs `tls`).
     pub tls_listen: Vec<SocketAddr>,
+    /// Unix datagram socket files (DogStatsD's `socket_path`), one packet a datagram.
+    pub unix: Vec<std::path::PathBuf>,
+    /// Mode of those socket files (octal). The default lets any local user send, as UDP on
+    /// loopback does; `"0620"` with `unix_group` limits it to one group.
+    pub unix_mode: String,
+    /// Owner of the socket files (name or number); unchanged when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_owner: Option<String>,
+    /// Group of the socket files (name or number); unchanged when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_group: Option<String>,
     /// Certificate, key and optional client CA of the TLS listeners.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::net::tls::TlsConfig>,
@@ -240,6 +251,10 @@ impl Default for StatsdConfig {
             udp: vec![SocketAddr::from(([127, 0, 0, 1], 8125))],
             tcp: vec![SocketAddr::from(([127, 0, 0, 1], 8125))],
             tls_listen: Vec::new(),
+            unix: Vec::new(),
+            unix_mode: "0622".into(),
+            unix_owner: None,
+            unix_group: None,
             tls: None,
             flush_interval: Duration::from_secs(10),
             percentiles: vec![90.0],
@@ -842,6 +857,12 @@ impl Config {
         }
         if s.max_line_length < 64 {
             return Err(("statsd.max_line_length", "must be at least 64 bytes".into()));
+        }
+        if u32::from_str_radix(s.unix_mode.trim_start_matches("0o"), 8).map_or(true, |m| m > 0o7777) {
+            return Err(("statsd.unix_mode", format!("`{}` is not an octal file mode like \"0660\"", s.unix_mode)));
+        }
+        if s.unix.iter().any(|p| p.as_os_str().len() > 107) {
+            return Err(("statsd.unix", "a socket path is at most 107 bytes".into()));
         }
         if !s.tls_listen.is_empty() && s.tls.is_none() {
             return Err(("statsd.tls_listen", "needs `tls = { cert = \"...\", key = \"...\" }` in [statsd]".into()));

@@ -12,23 +12,44 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use floodgate_statsd::graphite;
+use floodgate_statsd::{FlushView, Store};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::app::Shared;
+use crate::config::Config;
 use crate::metrics::{Describe, Families, Report, StatusPlace};
 use crate::sinks::forward::Share;
 use crate::sinks::graphite::unix_now;
 use crate::sinks::Payload;
 use crate::sources::aggregator::Aggregator;
+use crate::topology::Shared;
 
-/// Where flushes go.
+/// How a flush sink turns a flush into its payload (bytes and how many metrics they hold).
+pub trait Render: Send {
+    /// From the flush itself, while the store is held (Graphite: this interval's values).
+    fn render_view(&self, _view: &FlushView<'_>, _config: &Config) -> Option<(Vec<u8>, usize)> {
+        None
+    }
+
+    /// From the store as it stands after the flush, as a scrape would see it (remote-write:
+    /// cumulative counters).
+    fn render_store(&self, _store: &Store, _timestamp: i64) -> Option<(Vec<u8>, usize)> {
+        None
+    }
+}
+
+/// A sink the flusher hands each flush to.
+pub struct FlushSink {
+    /// The sink's delivery queue.
+    pub queue: UnboundedSender<Payload>,
+    /// Its rendering.
+    pub render: Box<dyn Render>,
+}
+
+/// Where flushes go (each sink and source that takes part plugs itself in when it is built).
 #[derive(Default)]
 pub struct Outputs {
-    /// The Graphite sink.
-    pub graphite: Option<UnboundedSender<Payload>>,
-    /// The remote-write sink.
-    pub remote_write: Option<UnboundedSender<Payload>>,
+    /// The flush sinks (Graphite, remote-write).
+    pub sinks: Vec<FlushSink>,
     /// The forward links, one per aggregator, with the ring that spreads series over them.
     pub forward: Option<(floodgate_forward::ring::Ring, Vec<UnboundedSender<Share>>)>,
     /// This host's aggregator role: acknowledged once a flush is delivered.
@@ -54,11 +75,8 @@ pub fn merge_shards(shared: &Shared, store: &mut floodgate_statsd::Store) {
 /// One flush at `timestamp` (Unix seconds) for the interval ending at `boundary_ms`.
 pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i64) {
     let started = Instant::now();
-    let (naming, protocol, interval, rule) = {
-        let config = shared.config.read();
-        (config.graphite_naming(), config.graphite_protocol(), config.statsd.flush_interval, config.key_rule())
-    };
-    let gstats = *shared.graphite_stats.lock();
+    let config = shared.config.read().clone();
+    let (interval, rule) = (config.statsd.flush_interval, config.key_rule());
     // No batch is half merged while the gate is held: the marks are exactly what this flush holds.
     let gate = out.aggregator.as_ref().map(|a| a.merge_gate.write());
     let mut store = shared.store.lock();
@@ -77,10 +95,14 @@ pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i
                 let _ = link.send(share);
             }
         }
-        out.graphite.as_ref().map(|_| graphite::render(view, &naming, protocol, &gstats))
+        out.sinks.iter().map(|sink| sink.render.render_view(view, &config)).collect::<Vec<_>>()
     });
-    // Remote-write takes the store as it stands after the flush, as a scrape would.
-    let remote_write = out.remote_write.as_ref().map(|_| crate::sinks::remote_write::encode(&store, timestamp * 1000));
+    let payloads: Vec<_> = out
+        .sinks
+        .iter()
+        .zip(payload)
+        .map(|(sink, during)| during.or_else(|| sink.render.render_store(&store, timestamp)))
+        .collect();
     if let Some(known) = store.known_series() {
         for shard in shared.shards.lock().iter() {
             shard.lock().set_known(known.clone());
@@ -125,12 +147,10 @@ pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i
         let _ = tx.send(Payload { bytes, metrics, delivered: Some(done), pinned });
         deliveries.push(delivered);
     };
-    if let (Some(tx), Some(bytes)) = (&out.graphite, payload) {
-        let metrics = graphite::count_metrics(&bytes, protocol);
-        send(tx, bytes, metrics);
-    }
-    if let (Some(tx), Some((bytes, metrics))) = (&out.remote_write, remote_write) {
-        send(tx, bytes, metrics);
+    for (sink, payload) in out.sinks.iter().zip(payloads) {
+        if let Some((bytes, metrics)) = payload {
+            send(&sink.queue, bytes, metrics);
+        }
     }
     if let Some(aggregator) = &out.aggregator {
         // Agents are acknowledged once what they sent is out of this process, every sink.
@@ -197,35 +217,6 @@ pub fn next_flush_in(elapsed: Duration, interval: Duration) -> Duration {
     next.saturating_sub(elapsed)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flushes_keep_to_the_grid() {
-        let s = Duration::from_secs(10);
-        assert_eq!(next_flush_in(Duration::ZERO, s), s);
-        // A flush that started at 10 s and took 300 ms waits 9.7 s, not 10 s.
-        assert_eq!(next_flush_in(Duration::from_millis(10_300), s), Duration::from_millis(9_700));
-        // One that overran to 25 s skips the 20 s slot and waits for 30 s.
-        assert_eq!(next_flush_in(Duration::from_secs(25), s), Duration::from_secs(5));
-        // Exactly on a tick: the next one.
-        assert_eq!(next_flush_in(Duration::from_secs(20), s), s);
-    }
-
-    #[test]
-    fn aligned_flushes_fall_grace_after_each_boundary() {
-        let s = Duration::from_secs(10);
-        let g = Duration::from_secs(2);
-        // At 1000.5 s: the boundary 1000 s was passed but its grace has not: flush at 1002 s.
-        assert_eq!(next_aligned_flush(1_000_500, s, g), (Duration::from_millis(1_500), 1_000_000));
-        // At 1003 s: the next is 1010 s + 2 s.
-        assert_eq!(next_aligned_flush(1_003_000, s, g), (Duration::from_secs(9), 1_010_000));
-        // Agents (no grace) flush on the boundary itself, the next one when exactly on it.
-        assert_eq!(next_aligned_flush(1_010_000, s, Duration::ZERO), (s, 1_020_000));
-    }
-}
-
 /// Flush figures.
 #[derive(Debug, Default)]
 pub struct FlushCounters {
@@ -287,5 +278,34 @@ impl Report for FlushCounters {
                 .status(place("last_duration_seconds")),
             self.last_duration_us.load(Relaxed) as f64 / 1e6,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flushes_keep_to_the_grid() {
+        let s = Duration::from_secs(10);
+        assert_eq!(next_flush_in(Duration::ZERO, s), s);
+        // A flush that started at 10 s and took 300 ms waits 9.7 s, not 10 s.
+        assert_eq!(next_flush_in(Duration::from_millis(10_300), s), Duration::from_millis(9_700));
+        // One that overran to 25 s skips the 20 s slot and waits for 30 s.
+        assert_eq!(next_flush_in(Duration::from_secs(25), s), Duration::from_secs(5));
+        // Exactly on a tick: the next one.
+        assert_eq!(next_flush_in(Duration::from_secs(20), s), s);
+    }
+
+    #[test]
+    fn aligned_flushes_fall_grace_after_each_boundary() {
+        let s = Duration::from_secs(10);
+        let g = Duration::from_secs(2);
+        // At 1000.5 s: the boundary 1000 s was passed but its grace has not: flush at 1002 s.
+        assert_eq!(next_aligned_flush(1_000_500, s, g), (Duration::from_millis(1_500), 1_000_000));
+        // At 1003 s: the next is 1010 s + 2 s.
+        assert_eq!(next_aligned_flush(1_003_000, s, g), (Duration::from_secs(9), 1_010_000));
+        // Agents (no grace) flush on the boundary itself, the next one when exactly on it.
+        assert_eq!(next_aligned_flush(1_010_000, s, Duration::ZERO), (s, 1_020_000));
     }
 }

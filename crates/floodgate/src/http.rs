@@ -20,13 +20,31 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::app::Shared;
 use crate::guard::ListenerGuard;
 use crate::listener::Counters;
 use crate::net::stream::Stalled;
+use crate::topology::{Shared, Wiring};
 
 /// Largest request head (request line and headers) read.
 const MAX_HEAD: usize = 16 << 10;
+
+/// `[http] listen`: binds it and starts serving; `None` when it is off.
+pub fn build(
+    shared: &Arc<Shared>,
+    config: &crate::config::Config,
+    _wiring: &mut Wiring,
+) -> anyhow::Result<Option<Box<dyn crate::sources::Source>>> {
+    use crate::listener::{Kind, Protocol, Transport};
+    let Some(addr) = config.http.listen else { return Ok(None) };
+    let kind = Kind::new(Protocol::Http, Transport::Tcp);
+    let listener = crate::sources::running::bind_stream(kind, addr)?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "http listening (/ui, /api/status, /metrics, /healthz, /offenders)");
+    let counters = shared.listeners.register_stream(kind, address.to_string(), None);
+    let guard = shared.guard.listener(kind, address, config.http.max_connections);
+    let task = tokio::spawn(serve(listener, shared.clone(), guard, counters, config.http.header_timeout));
+    Ok(Some(Box::new(crate::sources::running::AcceptTask { name: "http", task })))
+}
 
 /// Serves until aborted.
 pub async fn serve(
@@ -167,7 +185,7 @@ async fn reload(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl I
             "POST /-/reload needs an `X-Floodgate-Reload: 1` header (a web page cannot send one)\n".to_string(),
         );
     }
-    let result = tokio::task::spawn_blocking(move || crate::app::reload(&shared)).await;
+    let result = tokio::task::spawn_blocking(move || crate::topology::reload(&shared)).await;
     match result {
         Ok(Ok(())) => (StatusCode::OK, "reloaded\n".to_string()),
         Ok(Err(e)) => (StatusCode::BAD_REQUEST, format!("config refused; the running one stays: {e}\n")),

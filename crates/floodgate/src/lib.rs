@@ -8,7 +8,6 @@
 #![warn(missing_docs)]
 
 pub mod admin;
-pub mod app;
 pub mod config;
 pub mod flush;
 pub mod guard;
@@ -20,3 +19,4 @@ pub mod record;
 pub mod sinks;
 pub mod sources;
 pub mod sys;
+pub mod topology;

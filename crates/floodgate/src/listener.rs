@@ -107,6 +107,24 @@ impl fmt::Display for Kind {
     }
 }
 
+/// Where a listener listens: an IP address and port, or a socket file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Address {
+    /// UDP or TCP.
+    Inet(std::net::SocketAddr),
+    /// A Unix socket file.
+    Path(std::path::PathBuf),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Inet(a) => write!(f, "{a}"),
+            Address::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// Counters of one receive thread or one listener's connection tasks (relaxed atomics that
 /// only their owner writes, so counting costs no shared cache line on the hot path; a scrape
 /// sums them by listener).

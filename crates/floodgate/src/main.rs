@@ -137,7 +137,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match runtime.block_on(floodgate::app::run(config, cli.config.clone())) {
+            match runtime.block_on(floodgate::topology::run(config, cli.config.clone())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

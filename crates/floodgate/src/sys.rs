@@ -39,6 +39,28 @@ impl UdpReceiver {
         Ok(UdpReceiver { socket, granted_buffer })
     }
 
+    /// Binds a Unix datagram socket at `path` (a stale socket file left by an earlier run is
+    /// replaced; any other file there is an error), with a `buffer`-byte receive queue and the
+    /// read timeout.
+    pub fn bind_unix(path: &std::path::Path, buffer: usize, timeout: Duration) -> io::Result<UdpReceiver> {
+        use std::os::unix::fs::FileTypeExt;
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+            Ok(_) => {
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, "a file that is not a socket is in the way"))
+            }
+            Err(_) => {}
+        }
+        let socket = Socket::new(Domain::UNIX, Type::DGRAM, None)?;
+        if set_int_opt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, buffer).is_err() {
+            let _ = socket.set_recv_buffer_size(buffer);
+        }
+        socket.set_read_timeout(Some(timeout))?;
+        socket.bind(&socket2::SockAddr::unix(path)?)?;
+        let granted_buffer = socket.recv_buffer_size()?;
+        Ok(UdpReceiver { socket, granted_buffer })
+    }
+
     /// Binds `count` sockets to one address as a `SO_REUSEPORT` group (one per receive
     /// thread). The address is first bound once without `SO_REUSEPORT`, so a port another
     /// process already holds is an error ("address in use") rather than silently shared.

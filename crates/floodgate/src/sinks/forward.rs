@@ -455,3 +455,73 @@ impl crate::metrics::Report for LinksReport {
         }
     }
 }
+
+/// `[forward]`: a link (with its journal) to each aggregator, fed by the flusher with each
+/// aggregator's share of a flush; `None` when not set.
+pub fn build(
+    shared: &Arc<crate::topology::Shared>,
+    config: &crate::config::Config,
+    wiring: &mut crate::topology::Wiring,
+) -> anyhow::Result<Option<Box<dyn super::Sink>>> {
+    use anyhow::Context;
+    let Some(f) = &config.forward else { return Ok(None) };
+    let agent_id = f.agent_id.clone().unwrap_or_else(crate::topology::host_name);
+    let fresh = {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(shared.epoch_wall_ns)
+    };
+    let session = super::journal::session(&f.state_dir, &agent_id, &f.aggregators, fresh)
+        .with_context(|| format!("forward state_dir {}", f.state_dir.display()))?;
+    // The last batches are acknowledged after the aggregators' next flush; what is not by then
+    // stays in the journal, so the wait is bounded to fit a service manager's stop timeout
+    // (systemd's is 90 s).
+    let drain = (config.statsd.flush_interval + Duration::from_secs(10)).min(Duration::from_secs(30));
+    let report = Arc::new(LinksReport::default());
+    shared.metrics.add(report.clone());
+    let (mut queues, mut tasks) = (Vec::new(), Vec::new());
+    for address in &f.aggregators {
+        let tls = match &f.tls {
+            Some(tls) => Some(crate::net::tls_target(tls, address).context("forward tls")?),
+            None => None,
+        };
+        let counters = Arc::new(LinkCounters::default());
+        report.links.lock().push((address.clone(), counters.clone()));
+        let journal = super::journal::Journal::open(&f.state_dir, address, session, f.fsync)
+            .with_context(|| format!("forward journal in {}", f.state_dir.display()))?;
+        let link = Link {
+            address: address.clone(),
+            tls,
+            agent_id: agent_id.clone(),
+            session,
+            buffer: f.buffer,
+            counters,
+            journal: Some(journal),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tasks.push(tokio::spawn(link.run(rx, drain)));
+        queues.push(tx);
+    }
+    tracing::info!(aggregators = ?f.aggregators, %agent_id, tls = f.tls.is_some(), "forwarding flushes to aggregators");
+    wiring.flush.forward = Some((floodgate_forward::ring::Ring::new(&f.aggregators), queues));
+    Ok(Some(Box::new(Links { tasks })))
+}
+
+/// The running links.
+struct Links {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl super::Sink for Links {
+    fn name(&self) -> &'static str {
+        "forward"
+    }
+
+    /// Each link empties its queue (bounded) once the flusher has dropped its sender.
+    fn finish(self: Box<Self>) -> crate::sources::Stopping {
+        Box::pin(async move {
+            for task in self.tasks {
+                let _ = task.await;
+            }
+        })
+    }
+}

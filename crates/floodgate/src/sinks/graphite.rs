@@ -12,7 +12,9 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{Deliver, DeliverError, Payload};
+use super::{Deliver, DeliverError, Payload, Sink};
+use crate::config::Config;
+use crate::topology::{Shared, Wiring};
 
 /// The sink's settings.
 pub struct GraphiteSink {
@@ -57,4 +59,59 @@ impl Deliver for GraphiteSink {
 pub fn unix_now() -> i64 {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     ((ms + 500) / 1000) as i64
+}
+
+/// `[graphite] address`: the sink, its delivery loop and its rendering; `None` when unset.
+pub fn build(shared: &Arc<Shared>, config: &Config, wiring: &mut Wiring) -> anyhow::Result<Option<Box<dyn Sink>>> {
+    let Some(address) = &config.graphite.address else {
+        tracing::info!("graphite output off (set [graphite] address)");
+        return Ok(None);
+    };
+    tracing::info!(%address, protocol = ?config.graphite.protocol, "graphite output on");
+    let address = Arc::new(parking_lot::RwLock::new(address.clone()));
+    let stats = shared.graphite_stats.clone();
+    let sink = GraphiteSink { address: address.clone(), timeout: config.graphite.timeout, stats: stats.clone() };
+    let delivery = super::start_flush_sink(shared, wiring, sink, config.graphite.buffer, Box::new(Render { stats }));
+    Ok(Some(Box::new(Graphite { address, delivery })))
+}
+
+/// Graphite's plaintext or pickle payload of a flush, with Etsy's `graphiteStats`.
+struct Render {
+    stats: Arc<Mutex<GraphiteStats>>,
+}
+
+impl crate::flush::Render for Render {
+    fn render_view(&self, view: &floodgate_statsd::FlushView<'_>, config: &Config) -> Option<(Vec<u8>, usize)> {
+        let (naming, protocol, stats) = (config.graphite_naming(), config.graphite_protocol(), *self.stats.lock());
+        let bytes = floodgate_statsd::graphite::render(view, &naming, protocol, &stats);
+        let metrics = floodgate_statsd::graphite::count_metrics(&bytes, protocol);
+        Some((bytes, metrics))
+    }
+}
+
+/// The running Graphite sink.
+struct Graphite {
+    address: Arc<parking_lot::RwLock<String>>,
+    delivery: Box<dyn Sink>,
+}
+
+impl Sink for Graphite {
+    fn name(&self) -> &'static str {
+        "graphite"
+    }
+
+    fn reload(&mut self, config: &Config) {
+        match &config.graphite.address {
+            Some(new) if *new != *self.address.read() => {
+                *self.address.write() = new.clone();
+                tracing::info!(address = %new, "SIGHUP: graphite output now goes to the new address");
+            }
+            Some(_) => {}
+            None => tracing::warn!("SIGHUP: switching Graphite off takes effect at the next restart"),
+        }
+    }
+
+    fn finish(self: Box<Self>) -> crate::sources::Stopping {
+        self.delivery.finish()
+    }
 }

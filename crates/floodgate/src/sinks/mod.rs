@@ -1,5 +1,8 @@
-//! Outputs: each sink takes finished flush payloads and delivers them, buffering while its
-//! destination is down.
+//! Outputs. Each sink builds itself from the configuration and plugs into the flusher
+//! ([`crate::flush::Outputs`]) or, for the syslog output, hands the syslog listeners its
+//! [`RecordPipe`](crate::record::RecordPipe); at shutdown each finishes after the final flush.
+//!
+//! Adding a sink: a module here with a `build` function, and one line in [`SINKS`].
 //!
 //! Graphite and remote-write share one delivery loop ([`deliver_all`]): payloads in order, a
 //! bounded queue (the oldest dropped and counted past it), retries with exponential back-off,
@@ -12,6 +15,70 @@ pub mod graphite;
 pub mod journal;
 pub mod remote_write;
 pub mod syslog;
+
+/// A running sink.
+pub trait Sink: Send {
+    /// Its name, for logs.
+    fn name(&self) -> &'static str;
+
+    /// SIGHUP: `config` is now in force (a new address, a file to reopen). What cannot change
+    /// while running is logged, not applied.
+    fn reload(&mut self, _config: &crate::config::Config) {}
+
+    /// Shutdown, after the final flush: deliver what is held (bounded in time), then end.
+    fn finish(self: Box<Self>) -> crate::sources::Stopping;
+}
+
+/// Builds a sink from the configuration: `None` when it is off.
+pub type Build = fn(
+    &Arc<crate::topology::Shared>,
+    &crate::config::Config,
+    &mut crate::topology::Wiring,
+) -> anyhow::Result<Option<Box<dyn Sink>>>;
+
+/// Every sink: the one place a new sink is added. Sinks start before sources (the syslog
+/// listeners write into the syslog output).
+pub const SINKS: &[Build] = &[graphite::build, remote_write::build, forward::build, syslog::build];
+
+/// A delivery task as a [`Sink`]: it ends once its queue's sender is gone and the queue is
+/// delivered (or its last-try deadline passed).
+pub struct DeliveryTask {
+    /// For logs.
+    pub name: &'static str,
+    /// The task.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Sink for DeliveryTask {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn finish(self: Box<Self>) -> crate::sources::Stopping {
+        Box::pin(async move {
+            let _ = self.task.await;
+        })
+    }
+}
+
+/// Starts the delivery loop of a flush sink: its counters reported under `name`, payloads
+/// rendered by `render` each flush.
+pub fn start_flush_sink<D: Deliver + 'static>(
+    shared: &crate::topology::Shared,
+    wiring: &mut crate::topology::Wiring,
+    deliver: D,
+    buffer: u64,
+    render: Box<dyn crate::flush::Render>,
+) -> Box<dyn Sink> {
+    let name = deliver.name();
+    let counters = Arc::new(SinkCounters::default());
+    shared.sinks.lock().push(counters.clone());
+    shared.metrics.add(Arc::new(SinkReport { name, counters: counters.clone() }));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    wiring.flush.sinks.push(crate::flush::FlushSink { queue: tx, render });
+    let task = tokio::spawn(async move { deliver_all(deliver, rx, buffer, &counters, Duration::from_secs(10)).await });
+    Box::new(DeliveryTask { name, task })
+}
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -191,6 +191,28 @@ impl Deliver for RemoteWriteSink {
     }
 }
 
+/// `[prometheus_remote_write]`: the sink and its delivery loop; `None` when not set.
+pub fn build(
+    shared: &std::sync::Arc<crate::topology::Shared>,
+    config: &crate::config::Config,
+    wiring: &mut crate::topology::Wiring,
+) -> anyhow::Result<Option<Box<dyn super::Sink>>> {
+    use anyhow::Context;
+    let Some(rw) = &config.prometheus_remote_write else { return Ok(None) };
+    let sink = RemoteWriteSink::new(rw).context("prometheus_remote_write")?;
+    tracing::info!(url = %crate::config::redact_url(&rw.url), "prometheus remote-write output on");
+    Ok(Some(super::start_flush_sink(shared, wiring, sink, rw.buffer, Box::new(Render))))
+}
+
+/// Remote-write takes the store as it stands after the flush, as a scrape would.
+struct Render;
+
+impl crate::flush::Render for Render {
+    fn render_store(&self, store: &Store, timestamp: i64) -> Option<(Vec<u8>, usize)> {
+        Some(encode(store, timestamp * 1000))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -807,3 +807,52 @@ impl crate::metrics::Report for OutputReport {
         }
     }
 }
+
+/// The syslog record output, open while syslog has listeners: their records go through the
+/// [`RecordPipe`](crate::record::RecordPipe) this puts in the wiring.
+pub fn build(
+    shared: &Arc<crate::topology::Shared>,
+    config: &crate::config::Config,
+    wiring: &mut crate::topology::Wiring,
+) -> Result<Option<Box<dyn super::Sink>>> {
+    let y = &config.syslog;
+    if !crate::sources::syslog::any_listener(y) {
+        return Ok(None);
+    }
+    let output = Output::start(&y.output, y.raw, Duration::from_secs(10)).context("[syslog] output")?;
+    tracing::info!(output = %output.describe, "syslog output");
+    let kind = output.describe.split(' ').next().unwrap_or_default().to_string();
+    shared.metrics.add(Arc::new(OutputReport { kind, counters: output.counters.clone() }));
+    wiring.records = Some(crate::record::RecordPipe { sender: output.sender.clone(), encoding: output.encoding });
+    Ok(Some(Box::new(RecordOutput { reopen: output.reopen_flag(), running: y.output.clone(), output })))
+}
+
+/// The running output.
+struct RecordOutput {
+    output: Output,
+    reopen: Arc<AtomicBool>,
+    /// The output in force (a change needs a restart).
+    running: SyslogOutput,
+}
+
+impl super::Sink for RecordOutput {
+    fn name(&self) -> &'static str {
+        "syslog"
+    }
+
+    fn reload(&mut self, config: &crate::config::Config) {
+        // A file output reopens its path (logrotate renamed it).
+        self.reopen.store(true, Relaxed);
+        if config.syslog.output != self.running {
+            tracing::warn!("SIGHUP: a change to the syslog output takes effect at the next restart");
+        }
+    }
+
+    /// Once the listeners have ended (they hold its channel), hands on what is held.
+    fn finish(self: Box<Self>) -> crate::sources::Stopping {
+        Box::pin(async move {
+            tracing::info!(output = %self.output.describe, "syslog: handing on what is held");
+            self.output.finish().await;
+        })
+    }
+}

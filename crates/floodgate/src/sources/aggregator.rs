@@ -26,11 +26,11 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::app::Shared;
 use crate::guard::ListenerGuard;
 use crate::listener::Counters;
 use crate::net::stream::{Connection, Peer};
 use crate::net::tls::SharedServerConfig;
+use crate::topology::{Shared, Wiring};
 
 /// An agent process: who it is and the random number it chose at start.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -498,6 +498,44 @@ async fn agent(
             Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message))
         }
     }
+}
+
+/// `[aggregator]`: binds the agents' port and loads the sessions (agents' batches are merged
+/// into this host's store, each acknowledged once a flush holding it is delivered); `None`
+/// when not set.
+pub fn build(
+    shared: &Arc<Shared>,
+    config: &crate::config::Config,
+    wiring: &mut Wiring,
+) -> anyhow::Result<Option<Box<dyn crate::sources::Source>>> {
+    use crate::listener::{Kind, Protocol, Transport};
+    use anyhow::Context;
+    let Some(a) = &config.aggregator else { return Ok(None) };
+    let tls = match &a.tls {
+        Some(tls) => {
+            Some(Arc::new(arc_swap::ArcSwap::new(crate::net::tls::server_config(tls).context("aggregator tls")?)))
+        }
+        None => None,
+    };
+    let kind = Kind::new(Protocol::Aggregator, if tls.is_some() { Transport::Tls } else { Transport::Tcp });
+    let listener = crate::sources::running::bind_stream(kind, a.listen)?;
+    let address = listener.local_addr()?;
+    let id = format!("{}@{address}", crate::topology::host_name());
+    let limits = Limits {
+        max_frame: a.max_frame as usize,
+        max_agents: a.max_agents,
+        read_timeout: a.read_timeout,
+        idle_timeout: (config.statsd.flush_interval * 3).max(Duration::from_secs(60)).max(a.read_timeout),
+    };
+    let aggregator = Aggregator::load(&a.state_dir, id, limits)?;
+    let mutual = a.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    tracing::info!(%address, tls = tls.is_some(), mutual, "aggregator listening for agents");
+    let counters = shared.listeners.register_stream(kind, address.to_string(), None);
+    shared.metrics.add(aggregator.clone());
+    let guard = shared.guard.listener(kind, address, config.statsd.tcp_max_connections);
+    let accept = tokio::spawn(serve(listener, guard, counters, tls, aggregator.clone(), shared.clone()));
+    wiring.flush.aggregator = Some(aggregator);
+    Ok(Some(Box::new(crate::sources::running::AcceptTask { name: "aggregator", task: accept })))
 }
 
 /// Why an agent is turned away while a sink is full.

@@ -52,6 +52,34 @@ pub struct Conntrack {
     pub source: &'static str,
 }
 
+/// The conntrack source as a component: its threads stop when `shutdown` is set.
+struct ConntrackSource {
+    shutdown: Arc<AtomicBool>,
+}
+
+/// `[conntrack]`: starts following the kernel's table unless it is off.
+pub fn build(
+    shared: &Arc<crate::topology::Shared>,
+    config: &crate::config::Config,
+    _wiring: &mut crate::topology::Wiring,
+) -> anyhow::Result<Option<Box<dyn crate::sources::Source>>> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let Some(conntrack) = start(&config.conntrack, shutdown.clone())? else { return Ok(None) };
+    shared.metrics.add(conntrack);
+    Ok(Some(Box::new(ConntrackSource { shutdown })))
+}
+
+impl crate::sources::Source for ConntrackSource {
+    fn name(&self) -> &'static str {
+        "conntrack"
+    }
+
+    fn stop(self: Box<Self>) -> crate::sources::Stopping {
+        self.shutdown.store(true, Relaxed);
+        Box::pin(async {})
+    }
+}
+
 /// Starts the source as configured: `Ok(None)` when off (or unavailable with `auto`, which
 /// is logged); an error when required (`enabled = true`) and unavailable.
 pub fn start(config: &ConntrackConfig, shutdown: Arc<AtomicBool>) -> anyhow::Result<Option<Arc<Conntrack>>> {

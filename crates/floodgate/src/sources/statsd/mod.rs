@@ -1,14 +1,24 @@
-//! The StatsD source: UDP receive threads (one `SO_REUSEPORT` socket and one shard each) and
-//! TCP listeners, all parsing into [`Shard`]s that the flusher merges.
+//! The StatsD source: UDP receive threads (one `SO_REUSEPORT` socket and one shard each),
+//! Unix datagram sockets, and TCP and TLS listeners, all parsing into [`Shard`]s that the
+//! flusher merges.
 
 pub mod tcp;
 pub mod udp;
+pub mod unix;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result};
 use floodgate_statsd::{PacketCounts, Parser, Shard};
 use parking_lot::Mutex;
+
+use crate::config::{Config, StatsdConfig};
+use crate::listener::{Address, Kind, Protocol, Transport};
+use crate::net::tls::SharedServerConfig;
+use crate::sources::running::{bind_stream, start_datagrams, DatagramSizes, ListenerSet, Running, Spec};
+use crate::sources::{Source, Stopping};
+use crate::topology::{Shared, Wiring};
 
 use crate::listener::Counters;
 
@@ -61,4 +71,129 @@ pub fn listener_families(l: &crate::listener::Listener, out: &mut crate::metrics
     out.add(lines, &l.labels(), c.lines.load(Relaxed));
     out.add(bad, &l.labels(), c.bad_lines.load(Relaxed));
     l.dropped(out, "key_too_long", c.key_too_long.load(Relaxed));
+}
+
+/// The StatsD listeners and what they share.
+struct StatsdSource {
+    shared: Arc<Shared>,
+    listeners: ListenerSet,
+    /// The TLS listeners' certificate (re-read on SIGHUP).
+    tls: Option<SharedServerConfig>,
+    /// Turns true at shutdown: connections read what their senders already sent, then end.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+/// `[statsd]`: every listener it names (none is fine: SIGHUP may add some).
+pub fn build(shared: &Arc<Shared>, config: &Config, _wiring: &mut Wiring) -> Result<Option<Box<dyn Source>>> {
+    let tls = match &config.statsd.tls {
+        Some(tls) => Some(Arc::new(arc_swap::ArcSwap::new(crate::net::tls::server_config(tls).context("statsd tls")?))),
+        None => None,
+    };
+    let mut source = StatsdSource {
+        shared: shared.clone(),
+        listeners: ListenerSet::default(),
+        tls,
+        stopping: tokio::sync::watch::channel(false).0,
+    };
+    let mut listeners = std::mem::take(&mut source.listeners);
+    listeners.start_all(&wanted(&config.statsd), |spec| source.start(spec))?;
+    source.listeners = listeners;
+    Ok(Some(Box::new(source)))
+}
+
+/// The listeners `[statsd]` names.
+fn wanted(s: &StatsdConfig) -> Vec<Spec> {
+    let inet = |t, addrs: &[std::net::SocketAddr]| {
+        addrs.iter().map(move |a| (Kind::new(Protocol::Statsd, t), Address::Inet(*a))).collect::<Vec<_>>()
+    };
+    let mut out = inet(Transport::Udp, &s.udp);
+    out.extend(inet(Transport::Tcp, &s.tcp));
+    out.extend(inet(Transport::Tls, &s.tls_listen));
+    out.extend(s.unix.iter().map(|p| (Kind::new(Protocol::Statsd, Transport::Unix), Address::Path(p.clone()))));
+    out
+}
+
+impl StatsdSource {
+    /// Binds one listener and starts it.
+    fn start(&self, spec: &Spec) -> Result<Running> {
+        let shared = &self.shared;
+        let (s, rule) = {
+            let config = shared.config.read();
+            (config.statsd.clone(), config.key_rule())
+        };
+        let (kind, address) = spec;
+        match (kind.transport, address) {
+            (Transport::Udp | Transport::Unix, _) => {
+                let sizes = DatagramSizes {
+                    threads: if kind.transport == Transport::Unix { 1 } else { s.receive_threads },
+                    buffer: s.receive_buffer,
+                    max_datagram: s.max_datagram as usize,
+                };
+                let running = start_datagrams(shared, spec, sizes, listener_families, |counters| {
+                    udp::StatsdDatagrams::new(shared.new_shard(), counters, rule)
+                })?;
+                if let Address::Path(path) = address {
+                    unix::set_access(path, &s).with_context(|| format!("statsd unix socket {}", path.display()))?;
+                }
+                Ok(running)
+            }
+            (Transport::Tcp | Transport::Tls, Address::Inet(addr)) => {
+                let tls = match kind.transport {
+                    Transport::Tls => Some(self.tls.clone().context("statsd tls listeners need [statsd] tls")?),
+                    _ => None,
+                };
+                let listener = bind_stream(*kind, *addr)?;
+                let address = listener.local_addr()?;
+                let counters = shared.listeners.register_stream(*kind, address.to_string(), Some(listener_families));
+                let opts = tcp::TcpOptions {
+                    shard: shared.new_shard(),
+                    counters,
+                    key_rule: rule,
+                    max_line_length: s.max_line_length as usize,
+                    guard: shared.guard.listener(*kind, address, s.tcp_max_connections),
+                    idle_timeout: s.tcp_idle_timeout,
+                    epoch: shared.epoch,
+                    shutdown: self.stopping.subscribe(),
+                };
+                Ok(Running::Task(tokio::spawn(tcp::serve(listener, opts, tls))))
+            }
+            (_, Address::Path(_)) => anyhow::bail!("{kind} does not listen on a socket file"),
+        }
+    }
+}
+
+impl Source for StatsdSource {
+    fn name(&self) -> &'static str {
+        "statsd"
+    }
+
+    fn reload(&mut self, _shared: &Arc<Shared>, config: &Config) {
+        if let (Some(tls), Some(live)) = (&config.statsd.tls, &self.tls) {
+            // Certificates are re-read every time: renewed files keep their names.
+            match crate::net::tls::server_config(tls) {
+                Ok(c) => live.store(c),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "SIGHUP: statsd tls certificate refused; the old one stays")
+                }
+            }
+        }
+        let mut listeners = std::mem::take(&mut self.listeners);
+        listeners.reconcile(&wanted(&config.statsd), |spec| self.start(spec), |_| {});
+        self.listeners = listeners;
+    }
+
+    fn stop(self: Box<Self>) -> Stopping {
+        Box::pin(async move {
+            let StatsdSource { shared, mut listeners, stopping, .. } = *self;
+            // Open connections take what their senders already sent, then end: all of it is in
+            // the final flush.
+            listeners.stop_accepting();
+            let _ = stopping.send(true);
+            let until = Instant::now() + crate::net::stream::DRAIN_LIMIT + Duration::from_secs(1);
+            while shared.listeners.open_connections(Protocol::Statsd) > 0 && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            listeners.stop_all().await;
+        })
+    }
 }

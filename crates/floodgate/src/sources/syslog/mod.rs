@@ -12,7 +12,18 @@ use std::net::SocketAddr;
 use floodgate_syslog::record::{json_prefix, rfc3339_millis, write_json_after, Received};
 use floodgate_syslog::{parse, Now};
 
-use crate::record::{Chunk, Encoding};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::config::{Config, SyslogConfig};
+use crate::listener::{Address, Kind, Protocol, Transport};
+use crate::net::tls::SharedServerConfig;
+use crate::record::{Chunk, Encoding, RecordPipe};
+use crate::sources::running::{bind_stream, start_datagrams, DatagramSizes, ListenerSet, Running, Spec};
+use crate::sources::{Source, Stopping};
+use crate::topology::{Shared, Wiring};
 
 /// Turns messages into output records, for one listener thread or connection.
 pub struct Encoder {
@@ -157,5 +168,139 @@ pub fn listener_families(l: &crate::listener::Listener, out: &mut crate::metrics
     }
     if l.kind.is_stream() {
         l.dropped(out, "framing", c.framing_errors.load(Relaxed));
+    }
+}
+
+/// The syslog listeners and the output they write to.
+struct SyslogSource {
+    shared: Arc<Shared>,
+    /// `None`: syslog had no listeners at start, so no output is open.
+    pipe: Option<RecordPipe>,
+    listeners: ListenerSet,
+    /// The TLS listeners' certificates by address (re-read on SIGHUP).
+    tls: BTreeMap<std::net::SocketAddr, SharedServerConfig>,
+    /// Turns true at shutdown: connections hand on what they hold, then end.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+/// `[syslog]`: its listeners, writing to the output the syslog sink opened.
+pub fn build(shared: &Arc<Shared>, config: &Config, wiring: &mut Wiring) -> Result<Option<Box<dyn Source>>> {
+    // Taken, not cloned: once the listeners end, nothing else holds the output open.
+    let pipe = wiring.records.take();
+    let mut source = SyslogSource {
+        shared: shared.clone(),
+        pipe,
+        listeners: ListenerSet::default(),
+        tls: BTreeMap::new(),
+        stopping: tokio::sync::watch::channel(false).0,
+    };
+    if source.pipe.is_some() {
+        let mut listeners = std::mem::take(&mut source.listeners);
+        listeners.start_all(&wanted(&config.syslog), |spec| source.start(spec, &config.syslog))?;
+        source.listeners = listeners;
+    }
+    Ok(Some(Box::new(source)))
+}
+
+/// Whether `[syslog]` names any listener (the output opens only then).
+pub fn any_listener(y: &SyslogConfig) -> bool {
+    !y.udp.is_empty() || !y.tcp.is_empty() || !y.tls.is_empty()
+}
+
+/// The listeners `[syslog]` names.
+fn wanted(y: &SyslogConfig) -> Vec<Spec> {
+    let kind = |t| Kind::new(Protocol::Syslog, t);
+    let mut out: Vec<Spec> = y.udp.iter().map(|a| (kind(Transport::Udp), Address::Inet(*a))).collect();
+    out.extend(y.tcp.iter().map(|a| (kind(Transport::Tcp), Address::Inet(*a))));
+    out.extend(y.tls.iter().map(|t| (kind(Transport::Tls), Address::Inet(t.listen))));
+    out
+}
+
+impl SyslogSource {
+    /// Binds one listener and starts it.
+    fn start(&mut self, spec: &Spec, y: &SyslogConfig) -> Result<Running> {
+        let Some(pipe) = self.pipe.clone() else { anyhow::bail!("syslog output not open") };
+        let shared = &self.shared;
+        let (kind, address) = spec;
+        let Address::Inet(addr) = address else { anyhow::bail!("{kind} does not listen on a socket file") };
+        if kind.transport == Transport::Udp {
+            let sizes = DatagramSizes {
+                threads: y.receive_threads,
+                buffer: y.receive_buffer,
+                max_datagram: y.max_message.min(65_535) as usize,
+            };
+            return start_datagrams(shared, spec, sizes, listener_families, |counters| {
+                udp::SyslogDatagrams::new(pipe.encoding, pipe.sender.clone(), counters)
+            });
+        }
+        let tls = match y.tls.iter().find(|t| kind.is_tls() && t.listen == *addr) {
+            Some(t) => {
+                let config = crate::net::tls::server_config(&t.tls())
+                    .map_err(|e| anyhow::anyhow!("syslog tls {}: {e:#}", t.listen))?;
+                let live = Arc::new(arc_swap::ArcSwap::new(config));
+                self.tls.insert(t.listen, live.clone());
+                Some(live)
+            }
+            None => None,
+        };
+        let listener = bind_stream(*kind, *addr)?;
+        let bound = listener.local_addr()?;
+        let opts = tcp::TcpOptions {
+            kind: *kind,
+            output: pipe.sender,
+            encoding: pipe.encoding,
+            counters: shared.listeners.register_stream(*kind, bound.to_string(), Some(listener_families)),
+            max_message: y.max_message as usize,
+            idle_timeout: y.tcp_idle_timeout,
+            guard: shared.guard.listener(*kind, bound, y.tcp_max_connections),
+            shutdown: self.stopping.subscribe(),
+        };
+        Ok(Running::Task(tokio::spawn(tcp::serve(listener, opts, tls))))
+    }
+}
+
+impl Source for SyslogSource {
+    fn name(&self) -> &'static str {
+        "syslog"
+    }
+
+    fn reload(&mut self, _shared: &Arc<Shared>, config: &Config) {
+        let y = &config.syslog;
+        if self.pipe.is_none() {
+            if any_listener(y) {
+                tracing::warn!("SIGHUP: syslog was off at start; its listeners start at the next restart");
+            }
+            return;
+        }
+        for t in &y.tls {
+            let Some(live) = self.tls.get(&t.listen) else { continue };
+            match crate::net::tls::server_config(&t.tls()) {
+                Ok(c) => live.store(c),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), listen = %t.listen, "SIGHUP: syslog tls certificate refused; the old one stays")
+                }
+            }
+        }
+        let mut listeners = std::mem::take(&mut self.listeners);
+        let mut removed = Vec::new();
+        listeners.reconcile(&wanted(y), |spec| self.start(spec, y), |(_, address)| removed.push(address.clone()));
+        for address in removed {
+            if let Address::Inet(a) = address {
+                self.tls.remove(&a);
+            }
+        }
+        self.listeners = listeners;
+    }
+
+    fn stop(self: Box<Self>) -> Stopping {
+        Box::pin(async move {
+            let SyslogSource { mut listeners, stopping, pipe, .. } = *self;
+            // Connections read what their senders already sent and hand it on; the output
+            // empties once they and the receive threads have ended (they hold its channel).
+            listeners.stop_accepting();
+            let _ = stopping.send(true);
+            drop(pipe);
+            listeners.stop_all().await;
+        })
     }
 }

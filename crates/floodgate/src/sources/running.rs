@@ -1,0 +1,235 @@
+//! The listener lifecycle every source shares: bind a listener (datagram receive threads or a
+//! stream accept task), keep the set of running ones equal to what the configuration names
+//! (SIGHUP starts the new ones and stops the removed ones), and stop them all at shutdown.
+//! A source only says how to start one listener of each kind.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::listener::{Address, Counters, ExtraFamilies, Kind, Listener};
+use crate::net::datagram::{DatagramHandler, UdpWorker};
+use crate::sys::UdpReceiver;
+use crate::topology::Shared;
+
+/// A listener a source wants: its kind and address.
+pub type Spec = (Kind, Address);
+
+/// One running listener.
+pub enum Running {
+    /// Datagram receive threads and the switch that stops them.
+    Threads(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>),
+    /// A stream listener's accept task (its connections are tasks of their own).
+    Task(tokio::task::JoinHandle<()>),
+}
+
+impl Running {
+    /// Stops taking input: threads read what is already queued and exit, the accept task ends
+    /// (open connections go on until they end or the source's drain stops them). Returns the
+    /// threads to wait for.
+    fn stop(self) -> Vec<std::thread::JoinHandle<()>> {
+        match self {
+            Running::Threads(stop, threads) => {
+                stop.store(true, Ordering::SeqCst);
+                threads
+            }
+            Running::Task(task) => {
+                task.abort();
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// The listeners of one source, by what they are.
+#[derive(Default)]
+pub struct ListenerSet {
+    running: BTreeMap<Spec, Running>,
+}
+
+impl ListenerSet {
+    /// At start-up: starts every listener of `wanted` (one that cannot start is an error).
+    pub fn start_all(&mut self, wanted: &[Spec], mut start: impl FnMut(&Spec) -> Result<Running>) -> Result<()> {
+        for spec in wanted {
+            let running = start(spec)?;
+            self.running.insert(spec.clone(), running);
+        }
+        Ok(())
+    }
+
+    /// SIGHUP: makes the running set equal `wanted`: the listeners no longer wanted are stopped
+    /// (`stopped` is told each one; their threads finish on their own), the new ones started
+    /// (one that cannot start is logged; the others still start).
+    pub fn reconcile(
+        &mut self,
+        wanted: &[Spec],
+        mut start: impl FnMut(&Spec) -> Result<Running>,
+        mut stopped: impl FnMut(&Spec),
+    ) {
+        let gone: Vec<Spec> = self.running.keys().filter(|k| !wanted.contains(k)).cloned().collect();
+        for spec in gone {
+            if let Some(running) = self.running.remove(&spec) {
+                let threads = running.stop();
+                std::thread::spawn(move || threads.into_iter().for_each(|t| drop(t.join())));
+                stopped(&spec);
+                tracing::info!(listener = %spec.0, address = %spec.1, "SIGHUP: listener stopped (open connections finish)");
+            }
+        }
+        for spec in wanted {
+            if !self.running.contains_key(spec) {
+                match start(spec) {
+                    Ok(running) => {
+                        self.running.insert(spec.clone(), running);
+                    }
+                    Err(e) => {
+                        tracing::error!(listener = %spec.0, address = %spec.1, error = %format!("{e:#}"), "SIGHUP: listener not started")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops every stream listener's accepting (their open connections go on).
+    pub fn stop_accepting(&mut self) {
+        let streams: Vec<Spec> =
+            self.running.iter().filter(|(_, r)| matches!(r, Running::Task(_))).map(|(k, _)| k.clone()).collect();
+        for spec in streams {
+            if let Some(running) = self.running.remove(&spec) {
+                running.stop();
+            }
+        }
+    }
+
+    /// Stops everything and waits (off the async runtime) until every receive thread has read
+    /// what was queued and exited.
+    pub async fn stop_all(self) {
+        let threads: Vec<_> = self.running.into_values().flat_map(Running::stop).collect();
+        let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
+    }
+}
+
+/// How a datagram listener is sized.
+#[derive(Debug, Clone, Copy)]
+pub struct DatagramSizes {
+    /// Receive threads (one `SO_REUSEPORT` socket each); 0: one per CPU.
+    pub threads: usize,
+    /// Receive buffer asked of the kernel, per socket.
+    pub buffer: u64,
+    /// Longest datagram read whole.
+    pub max_datagram: usize,
+}
+
+/// Binds a datagram listener (a UDP address as a `SO_REUSEPORT` group, or a Unix socket path)
+/// and starts a receive thread per socket, each with the handler `make` builds for its
+/// counters. `extra` are the protocol's own per-listener families.
+pub fn start_datagrams<H: DatagramHandler>(
+    shared: &Shared,
+    (kind, address): &Spec,
+    sizes: DatagramSizes,
+    extra: ExtraFamilies,
+    mut make: impl FnMut(Arc<Counters>) -> H,
+) -> Result<Running> {
+    let what = kind.as_str().replace('_', " ");
+    let threads = match sizes.threads {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    };
+    let timeout = Duration::from_millis(200);
+    let (sockets, bound, udp_port) = match address {
+        Address::Inet(addr) => {
+            let group = UdpReceiver::bind_group(*addr, threads, sizes.buffer as usize, timeout)
+                .with_context(|| format!("cannot bind {what} {addr}"))?;
+            let bound = group[0].local_addr()?;
+            (group, Address::Inet(bound), Some(bound.port()))
+        }
+        Address::Path(path) => {
+            let socket = UdpReceiver::bind_unix(path, sizes.buffer as usize, timeout)
+                .with_context(|| format!("cannot bind {what} {}", path.display()))?;
+            (vec![socket], address.clone(), None)
+        }
+    };
+    let granted = sockets[0].granted_buffer;
+    tracing::info!(address = %bound, sockets = sockets.len(), receive_buffer = granted, "{what} listening");
+    if (granted as u64) < sizes.buffer {
+        tracing::warn!(
+            asked = sizes.buffer,
+            granted,
+            "kernel granted a smaller receive buffer (raise net.core.rmem_max or run as root)"
+        );
+    }
+    let guard_address = match &bound {
+        Address::Inet(addr) => *addr,
+        // A socket file has no port: the guard still counts its listener (no source limits:
+        // every sender is local, and the file's mode says who may send).
+        Address::Path(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let listener = shared.guard.listener(*kind, guard_address, 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut running = Vec::new();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let counters = Arc::new(Counters::default());
+        shared.listeners.register(Listener {
+            kind: *kind,
+            address: bound.to_string(),
+            counters: counters.clone(),
+            receive_buffer: socket.granted_buffer,
+            udp_port,
+            extra: Some(extra),
+        });
+        let worker = UdpWorker {
+            socket,
+            handler: make(counters.clone()),
+            counters,
+            guard: shared.guard.clone(),
+            listener: listener.clone(),
+            max_datagram: sizes.max_datagram,
+            shutdown: stop.clone(),
+        };
+        let name = match udp_port {
+            Some(port) => format!("{kind}-{port}-{i}"),
+            None => format!("{kind}-{i}"),
+        };
+        running.push(worker.spawn(name)?);
+    }
+    Ok(Running::Threads(stop, running))
+}
+
+/// Binds a stream listener (TCP; TLS runs over it) with the backlog every listener gets.
+pub fn bind_stream(kind: Kind, addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    let what = kind.as_str().replace('_', " ");
+    let bind = || -> std::io::Result<tokio::net::TcpListener> {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        tokio::net::TcpListener::from_std(socket.into())
+    };
+    let listener = bind().with_context(|| format!("cannot bind {what} {addr}"))?;
+    tracing::info!(address = %listener.local_addr()?, "{what} listening");
+    Ok(listener)
+}
+
+/// A component that is one accept task (the aggregator port, the console, HTTP): stopping it
+/// stops accepting; open connections end with the process.
+pub struct AcceptTask {
+    /// For logs.
+    pub name: &'static str,
+    /// The accept loop.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl crate::sources::Source for AcceptTask {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn stop(self: Box<Self>) -> crate::sources::Stopping {
+        self.task.abort();
+        Box::pin(async {})
+    }
+}

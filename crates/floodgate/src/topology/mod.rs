@@ -1,0 +1,135 @@
+//! The topology: build every sink, then every source, from the configuration (each through
+//! its registry: [`crate::sinks::SINKS`], [`crate::sources::SOURCES`]), start the flusher,
+//! report ready, wait for signals, and stop in order — sources first (each hands on what it
+//! took), then the final flush, then the sinks (each delivers what it holds).
+//!
+//! Nothing here names a source or a sink.
+
+mod reload;
+mod shared;
+
+pub use reload::reload;
+pub use shared::Shared;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use parking_lot::Mutex;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::Config;
+use crate::record::RecordPipe;
+use crate::sinks::Sink;
+use crate::sources::Source;
+
+/// What components leave for each other while they are built: the flusher's outputs (flush
+/// sinks, forward links, the aggregator to acknowledge) and the record output's pipe for the
+/// syslog listeners.
+#[derive(Default)]
+pub struct Wiring {
+    /// Where flushes go.
+    pub flush: crate::flush::Outputs,
+    /// Where syslog records go (set by the syslog output, taken by the syslog source).
+    pub records: Option<RecordPipe>,
+}
+
+/// The running components, for reload and shutdown.
+pub struct Components {
+    sources: Vec<Box<dyn Source>>,
+    sinks: Vec<Box<dyn Sink>>,
+}
+
+/// Runs floodgate until SIGTERM or SIGINT.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
+    for addr in config.public_listeners() {
+        tracing::warn!(%addr, "listening on a non-loopback address with no allow-list");
+    }
+    match crate::sys::raise_open_files_limit() {
+        Ok(n) if n < 4096 => tracing::warn!(
+            open_files = n,
+            "the open-files limit is low: connections past it wait in the backlog (raise LimitNOFILE / ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
+    }
+    let shared = Arc::new(Shared::new(config.clone(), config_path));
+
+    // Sinks first: sources write into them. A component that cannot start is a start-up error.
+    let mut wiring = Wiring::default();
+    let mut sinks = Vec::new();
+    for build in crate::sinks::SINKS {
+        sinks.extend(build(&shared, &config, &mut wiring)?);
+    }
+    let mut sources = Vec::new();
+    for build in crate::sources::SOURCES {
+        sources.extend(build(&shared, &config, &mut wiring)?);
+    }
+    let Wiring { flush: mut outputs, .. } = wiring;
+    let s = &config.statsd;
+    // Agents and aggregators flush on wall-clock boundaries, so batches from every agent meet
+    // in one interval; an aggregator waits `grace` past each boundary for them.
+    outputs.aligned = match (&config.aggregator, &config.forward) {
+        (Some(a), _) => Some(a.grace.unwrap_or_else(|| (s.flush_interval / 2).min(Duration::from_secs(5)))),
+        (None, Some(_)) => Some(Duration::ZERO),
+        (None, None) => None,
+    };
+    let (stop_flush, stop_rx) = std::sync::mpsc::channel();
+    let flusher = {
+        let shared = shared.clone();
+        std::thread::Builder::new().name("flusher".into()).spawn(move || crate::flush::run(shared, outputs, stop_rx))?
+    };
+    let sweeper_stop = Arc::new(AtomicBool::new(false));
+    let sweeper = shared.guard.spawn_sweeper(sweeper_stop.clone())?;
+    *shared.components.lock() = Some(Components { sources, sinks });
+    shared.ready.store(true, Ordering::SeqCst);
+    tracing::info!(flush_interval = ?s.flush_interval, "ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => { let _ = reload(&shared); }
+        }
+    }
+
+    tracing::info!("stopping: no new input, flushing what is held");
+    shared.ready.store(false, Ordering::SeqCst);
+    let Some(Components { sources, sinks }) = shared.components.lock().take() else { return Ok(()) };
+    // Every source at once: each reads what its senders already sent, bounded in time.
+    let stopping: Vec<_> = sources.into_iter().map(|s| tokio::spawn(s.stop())).collect();
+    for s in stopping {
+        let _ = s.await;
+    }
+    tokio::task::spawn_blocking(move || {
+        let _ = stop_flush.send(());
+        let _ = flusher.join();
+        sweeper_stop.store(true, Ordering::SeqCst);
+        let _ = sweeper.join();
+    })
+    .await?;
+    // The flusher dropped its queues: each sink delivers what it holds, then ends.
+    let finishing: Vec<_> = sinks.into_iter().map(|s| tokio::spawn(s.finish())).collect();
+    for s in finishing {
+        let _ = s.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// This host's name (the agent id's and aggregator id's default).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The running components, locked for a reload or the shutdown.
+pub type ComponentsSlot = Mutex<Option<Components>>;

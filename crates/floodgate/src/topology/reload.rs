@@ -1,0 +1,49 @@
+//! SIGHUP (and `POST /-/reload`): re-read the file; if it is valid, put it in force and let
+//! every component apply what it can while running (listeners added and removed,
+//! certificates re-read, the Graphite address, aggregation settings, `[limits]`).
+
+use std::sync::Arc;
+
+use super::Shared;
+use crate::config::Config;
+
+/// Re-reads the configuration file. Returns why it was refused (the running one stays).
+pub fn reload(shared: &Arc<Shared>) -> Result<(), String> {
+    let Some(path) = &shared.config_path else {
+        tracing::info!("SIGHUP: no config file to reload (running on defaults)");
+        return Err("no config file to reload (running on defaults)".into());
+    };
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: config refused; the running one stays");
+            return Err(e.to_string());
+        }
+    };
+    let old = shared.config.read().clone();
+    if new.admin.listen != old.admin.listen || new.http.listen != old.http.listen {
+        tracing::warn!("SIGHUP: changes to the console and HTTP addresses take effect at the next restart");
+    }
+    shared.store.lock().reconfigure(new.aggregation());
+    if new.limits != old.limits {
+        shared.guard.reconfigure(&new.limits);
+        tracing::info!(limits = ?new.limits, "SIGHUP: new limits in force");
+    }
+    for shard in shared.shards.lock().iter() {
+        let mut shard = shard.lock();
+        let allowance = if new.statsd.max_memory == 0 { u64::MAX } else { shard.limits().memory_allowance };
+        let limits = shared.store.lock().shard_limits(allowance);
+        shard.set_limits(limits);
+    }
+    *shared.config.write() = new.clone();
+    if let Some(components) = shared.components.lock().as_mut() {
+        for sink in &mut components.sinks {
+            sink.reload(&new);
+        }
+        for source in &mut components.sources {
+            source.reload(shared, &new);
+        }
+    }
+    tracing::info!(path = %path.display(), "SIGHUP: config reloaded");
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! The state the running agent shares: configuration, the aggregation store and its shards,
+//! the guard, self-metrics, and the operator's switches.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::Arc;
+use std::time::Instant;
+
+use floodgate_statsd::graphite::GraphiteStats;
+use floodgate_statsd::Store;
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::{Config, Health};
+use crate::flush::FlushCounters;
+use crate::guard::Guard;
+use crate::listener::Listeners;
+use crate::metrics::Registry;
+use crate::sinks::graphite::unix_now;
+use crate::sinks::SinkCounters;
+use crate::sources::statsd::SharedShard;
+
+/// State shared by every part of the running agent.
+pub struct Shared {
+    /// The configuration in force.
+    pub config: RwLock<Config>,
+    /// Where it came from (reloaded on SIGHUP).
+    pub config_path: Option<PathBuf>,
+    /// Aggregated StatsD state.
+    pub store: Mutex<Store>,
+    /// Every receive shard (UDP threads, TCP listeners).
+    pub shards: Mutex<Vec<SharedShard>>,
+    /// Every component's figures (`/metrics`, `/api/status`).
+    pub metrics: Arc<Registry>,
+    /// Every listener, for the per-listener figures.
+    pub listeners: Arc<Listeners>,
+    /// The flusher's figures.
+    pub flush: Arc<FlushCounters>,
+    /// The flush sinks' figures (an aggregator takes no batches while one is full).
+    pub sinks: Mutex<Vec<Arc<SinkCounters>>>,
+    /// Admission in front of every listener.
+    pub guard: Arc<Guard>,
+    /// The Graphite backend's statistics (written into each payload, shown by the console).
+    pub graphite_stats: Arc<Mutex<GraphiteStats>>,
+    /// Operator health (`health up|down` on the console).
+    pub health_up: AtomicBool,
+    /// Every listener is bound.
+    pub ready: AtomicBool,
+    /// Start time, Unix seconds.
+    pub started_unix: i64,
+    /// Start instant (gauge ordering epoch).
+    pub epoch: Instant,
+    /// Last time a StatsD packet was seen, Unix seconds (console `stats`).
+    pub last_msg_seen: AtomicI64,
+    /// The epoch as Unix nanoseconds: turns gauge stamps into wall-clock times.
+    pub epoch_wall_ns: i64,
+    /// The async runtime (for the flusher thread's follow-up work).
+    pub runtime: tokio::runtime::Handle,
+    /// The running sources and sinks (reload reconfigures them; shutdown stops them).
+    pub components: super::ComponentsSlot,
+}
+
+impl Shared {
+    /// The state at start, before any component is built.
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Shared {
+        let started_unix = unix_now();
+        let epoch = Instant::now();
+        let epoch_wall_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        let guard = Guard::new(&config.limits, epoch);
+        let (metrics, listeners) = (Arc::new(Registry::default()), Arc::new(Listeners::default()));
+        let flush = Arc::new(FlushCounters::default());
+        metrics.add(listeners.clone());
+        metrics.add(guard.clone());
+        metrics.add(flush.clone());
+        Shared {
+            store: Mutex::new(Store::new(config.aggregation())),
+            shards: Mutex::new(Vec::new()),
+            metrics,
+            listeners,
+            flush,
+            sinks: Mutex::new(Vec::new()),
+            guard,
+            graphite_stats: Arc::new(Mutex::new(GraphiteStats { last_flush: started_unix, ..Default::default() })),
+            health_up: AtomicBool::new(config.admin.health == Health::Up),
+            ready: AtomicBool::new(false),
+            started_unix,
+            epoch,
+            last_msg_seen: AtomicI64::new(started_unix),
+            config: RwLock::new(config),
+            config_path,
+            epoch_wall_ns,
+            runtime: tokio::runtime::Handle::current(),
+            components: Mutex::new(None),
+        }
+    }
+
+    /// A new receive shard, merged by the flusher each interval.
+    pub fn new_shard(&self) -> SharedShard {
+        // Until the next flush shares the budget out, a new shard may use an eighth of it.
+        let allowance = match self.config.read().statsd.max_memory {
+            0 => u64::MAX,
+            limit => limit / 8,
+        };
+        let shard = Arc::new(Mutex::new(self.store.lock().new_shard(allowance)));
+        self.shards.lock().push(shard.clone());
+        shard
+    }
+}

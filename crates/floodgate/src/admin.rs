@@ -31,7 +31,6 @@ pub fn build(
     let kind = Kind::new(Protocol::Admin, Transport::Tcp);
     let listener = crate::sources::running::bind_stream(kind, addr)?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, "admin console listening");
     let counters = shared.listeners.register_stream(kind, address.to_string(), None);
     let guard = shared.guard.listener(kind, address, config.admin.max_connections);
     let task = tokio::spawn(serve(listener, shared.clone(), guard, counters, config.admin.idle_timeout));

@@ -39,7 +39,6 @@ pub fn build(
     let kind = Kind::new(Protocol::Http, Transport::Tcp);
     let listener = crate::sources::running::bind_stream(kind, addr)?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, "http listening (/ui, /api/status, /metrics, /healthz, /offenders)");
     let counters = shared.listeners.register_stream(kind, address.to_string(), None);
     let guard = shared.guard.listener(kind, address, config.http.max_connections);
     let task = tokio::spawn(serve(listener, shared.clone(), guard, counters, config.http.header_timeout));

@@ -1,5 +1,6 @@
 //! Real StatsD client libraries — Python `statsd` and `datadog`, npm `hot-shots` — sending to
-//! floodgate over UDP and TCP; what they sent must come out of the flush.
+//! floodgate over UDP, TCP and a Unix datagram socket; what they sent must come out of the
+//! flush.
 
 mod common;
 
@@ -54,6 +55,48 @@ fn python_statsd_and_datadog_clients() {
             ("stats.sets.dd.users.count", "1"),
         ]),
     );
+}
+
+#[test]
+fn datadog_client_over_a_unix_socket_is_counted_like_any_listener() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let carbon = Capture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("statsd.sock");
+    // A stale socket file from an earlier run is replaced; the mode is the one configured.
+    drop(std::os::unix::net::UnixDatagram::bind(&path).unwrap());
+    let fg = Floodgate::start(
+        &format!("flush_interval = \"500ms\"\nunix = [\"{}\"]\nunix_mode = \"0660\"", path.display()),
+        &format!("[graphite]\naddress = \"127.0.0.1:{}\"\n", carbon.port),
+    );
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+    let script = repo_root().join("crates/floodgate/tests/clients/send_unix.py");
+    run_client("python3", &[script.to_str().unwrap(), path.to_str().unwrap()]);
+    carbon.wait_seen(
+        Duration::from_secs(20),
+        &owned(&[
+            ("stats_counts.uds.hits;env=prod", "100"),
+            ("stats.gauges.uds.temp", "3.5"),
+            ("stats.timers.uds.hist.upper", "5"),
+            ("stats.timers.uds.dist.upper", "7"),
+            ("stats.timers.uds.lat.upper", "11"),
+            ("stats.sets.uds.users.count", "2"),
+        ]),
+    );
+    // Counted like any listener, on /metrics and /api/status.
+    let address = path.display().to_string();
+    let labels = ["listener=\"statsd_unix\"".to_string(), format!("address=\"{address}\"")];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    assert_eq!(fg.sample("floodgate_received_lines_total", &labels), 56.0);
+    assert_eq!(fg.sample("floodgate_bad_lines_total", &labels), 0.0);
+    assert!(fg.sample("floodgate_received_packets_total", &labels) >= 1.0);
+    let status: serde_json::Value = serde_json::from_str(&http_get(fg.http, "/api/status").unwrap().1).unwrap();
+    let row = status["listeners"].as_array().unwrap().iter().find(|l| l["listener"] == "statsd_unix").cloned();
+    let row = row.expect("a statsd_unix row in /api/status");
+    assert_eq!(row["address"], address.as_str());
+    assert_eq!(row["messages"], 56);
 }
 
 #[test]

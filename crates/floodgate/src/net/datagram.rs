@@ -95,6 +95,10 @@ pub struct UdpWorker<H> {
     pub max_datagram: usize,
     /// Set to stop.
     pub shutdown: Arc<AtomicBool>,
+    /// Let datagrams gather at low rates ([`COALESCE`]). Off for Unix sockets: the kernel
+    /// queues only `net.unix.max_dgram_qlen` datagrams (10 by default) for one, and a sender
+    /// past that gets EAGAIN and drops.
+    pub coalesce: bool,
 }
 
 impl<H: DatagramHandler> UdpWorker<H> {
@@ -166,7 +170,7 @@ impl<H: DatagramHandler> UdpWorker<H> {
                 Counters::add(&counters.oversize, oversize);
             };
             self.handler.handle(Admitted { batch: &batch, n, refused }, now, &mut publish);
-            if n < BATCH / 4 && drain_until.is_none() {
+            if self.coalesce && n < BATCH / 4 && drain_until.is_none() {
                 std::thread::sleep(COALESCE);
             }
         }

@@ -149,6 +149,13 @@ pub fn start_datagrams<H: DatagramHandler>(
         Address::Path(path) => {
             let socket = UdpReceiver::bind_unix(path, sizes.buffer as usize, timeout)
                 .with_context(|| format!("cannot bind {what} {}", path.display()))?;
+            let queue = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen").unwrap_or_default();
+            if queue.trim().parse::<u32>().is_ok_and(|q| q < 512) {
+                tracing::warn!(
+                    max_dgram_qlen = queue.trim(),
+                    "the kernel queues few datagrams for a Unix socket: a client that does not block drops past it (sysctl -w net.unix.max_dgram_qlen=512)"
+                );
+            }
             (vec![socket], address.clone(), None)
         }
     };
@@ -188,6 +195,7 @@ pub fn start_datagrams<H: DatagramHandler>(
             listener: listener.clone(),
             max_datagram: sizes.max_datagram,
             shutdown: stop.clone(),
+            coalesce: udp_port.is_some(),
         };
         let name = match udp_port {
             Some(port) => format!("{kind}-{port}-{i}"),

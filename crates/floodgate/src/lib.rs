@@ -3,15 +3,13 @@
 //! The protocol and aggregation logic is in the IO-free `floodgate-statsd` crate and admission
 //! in `floodgate-guard`; this crate binds sockets ([`sys`], [`sources`]), asks the [`guard`]
 //! before parsing anything, schedules flushes ([`flush`]), delivers them
-//! ([`sinks`]) and serves the console ([`admin`]) and HTTP ([`http`]).
+//! ([`sinks`]) and serves the console and HTTP (sources too: [`sources::admin`], [`sources::http`]).
 
 #![warn(missing_docs)]
 
-pub mod admin;
 pub mod config;
 pub mod flush;
 pub mod guard;
-pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod net;

@@ -12,7 +12,6 @@
 
 pub mod forward;
 pub mod graphite;
-pub mod journal;
 pub mod remote_write;
 pub mod syslog;
 

@@ -5,8 +5,10 @@
 //!
 //! Adding a source: a module here with a `build` function, and one line in [`SOURCES`].
 
+pub mod admin;
 pub mod aggregator;
 pub mod conntrack;
+pub mod http;
 pub mod running;
 pub mod statsd;
 pub mod syslog;
@@ -42,5 +44,11 @@ pub trait Source: Send {
 pub type Build = fn(&Arc<Shared>, &Config, &mut Wiring) -> Result<Option<Box<dyn Source>>>;
 
 /// Every source, in start-up order: the one place a new source is added.
-pub const SOURCES: &[Build] =
-    &[statsd::build, syslog::build, aggregator::build, conntrack::build, crate::admin::build, crate::http::build];
+pub const SOURCES: &[Build] = &[
+    statsd::build,
+    syslog::build,
+    aggregator::build,
+    conntrack::build,
+    crate::sources::admin::build,
+    crate::sources::http::build,
+];

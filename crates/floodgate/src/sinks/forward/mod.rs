@@ -7,8 +7,10 @@
 //! the rest is sent again, oldest first. While an aggregator is down its share waits here —
 //! it is never re-hashed onto another aggregator mid-interval — up to `buffer` bytes, past
 //! which the oldest batches are dropped and counted. Every batch is also written to a journal
-//! on disk ([`super::journal`]) until acknowledged, so a restart or a crash of the agent loses
+//! on disk ([`journal`]) until acknowledged, so a restart or a crash of the agent loses
 //! none of them.
+
+pub mod journal;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -63,14 +65,14 @@ pub struct Link {
     pub tls: Option<crate::net::TlsTarget>,
     /// This agent's name.
     pub agent_id: String,
-    /// Chosen when the agent first ran with this state (see [`super::journal::session`]).
+    /// Chosen when the agent first ran with this state (see [`journal::session`]).
     pub session: u64,
     /// Bytes of unacknowledged batches held at most.
     pub buffer: u64,
     /// Figures.
     pub counters: Arc<LinkCounters>,
     /// The batches on disk (and what an earlier run left there).
-    pub journal: Option<(super::journal::Journal, super::journal::Recovered)>,
+    pub journal: Option<(journal::Journal, journal::Recovered)>,
 }
 
 struct Queued {
@@ -93,7 +95,7 @@ struct Held {
     next_seq: u64,
     /// Acknowledged or given up through this sequence number.
     through: u64,
-    journal: Option<super::journal::Journal>,
+    journal: Option<journal::Journal>,
     /// The batch the aggregator last refused, and how many times in a row.
     refusals: (u64, u32),
     buffer: u64,
@@ -470,7 +472,7 @@ pub fn build(
         use std::hash::BuildHasher;
         std::collections::hash_map::RandomState::new().hash_one(shared.epoch_wall_ns)
     };
-    let session = super::journal::session(&f.state_dir, &agent_id, &f.aggregators, fresh)
+    let session = journal::session(&f.state_dir, &agent_id, &f.aggregators, fresh)
         .with_context(|| format!("forward state_dir {}", f.state_dir.display()))?;
     // The last batches are acknowledged after the aggregators' next flush; what is not by then
     // stays in the journal, so the wait is bounded to fit a service manager's stop timeout
@@ -486,7 +488,7 @@ pub fn build(
         };
         let counters = Arc::new(LinkCounters::default());
         report.links.lock().push((address.clone(), counters.clone()));
-        let journal = super::journal::Journal::open(&f.state_dir, address, session, f.fsync)
+        let journal = journal::Journal::open(&f.state_dir, address, session, f.fsync)
             .with_context(|| format!("forward journal in {}", f.state_dir.display()))?;
         let link = Link {
             address: address.clone(),

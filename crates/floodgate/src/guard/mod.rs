@@ -8,6 +8,7 @@
 //! hands its datagrams to, and threads meet only when they touch the same table shard at the
 //! same instant.
 
+pub mod config;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

@@ -10,6 +10,7 @@
 //! on disk ([`journal`]) until acknowledged, so a restart or a crash of the agent loses
 //! none of them.
 
+pub mod config;
 pub mod journal;
 
 use std::collections::VecDeque;

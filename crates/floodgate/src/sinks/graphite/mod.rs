@@ -4,6 +4,7 @@
 //! Queueing, retries and back-off are [`super::deliver_all`]'s; nothing here ever blocks the
 //! flusher or the receive path.
 
+pub mod config;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

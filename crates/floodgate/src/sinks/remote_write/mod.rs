@@ -7,6 +7,7 @@
 //! https endpoints are verified against the system's CA certificates plus an optional `ca`
 //! file; `headers` carry authentication or a tenant (`X-Scope-OrgID`).
 
+pub mod config;
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -12,6 +12,7 @@
 //! Listeners send [`Chunk`]s over a bounded channel: when the destination cannot keep up, TCP
 //! senders are slowed (their reads wait) rather than anything accepted being dropped.
 
+pub mod config;
 use std::collections::VecDeque;
 use std::io::{Read, Seek, Write};
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 //! 127.0.0.1:8126): `help`, `health [up|down]`, `config`, `stats`, `counters`, `gauges`,
 //! `timers`, `delcounters NAME|PREFIX.*`, `delgauges`, `deltimers`, `quit`.
 
+pub mod config;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

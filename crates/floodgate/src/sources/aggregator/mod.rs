@@ -9,6 +9,7 @@
 //! under the store lock (so they describe exactly what the flush holds); once the flush is
 //! delivered the marks become handled, are written to disk, and only then acknowledged.
 
+pub mod config;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -10,6 +10,7 @@
 //! polls the host's own TCP sockets through sock_diag every `poll_interval` and reconciles
 //! the same table with each poll (a socket gone since the last poll shows as closed once).
 
+pub mod config;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;

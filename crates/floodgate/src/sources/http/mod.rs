@@ -8,6 +8,7 @@
 //! reads is abandoned after it. hyper is driven directly for those timeouts (axum's `serve`
 //! sets none).
 
+pub mod config;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! Unix datagram sockets, and TCP and TLS listeners, all parsing into [`Shard`]s that the
 //! flusher merges.
 
+pub mod config;
 pub mod tcp;
 pub mod udp;
 pub mod unix;

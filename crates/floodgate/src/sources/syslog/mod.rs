@@ -3,6 +3,7 @@
 //! is parsed and encoded for the output in use ([`Encoding`]) into a [`Chunk`] per batch
 //! (a `recvmmsg` batch, or a TCP read), which goes to the output's channel.
 
+pub mod config;
 pub mod tcp;
 pub mod udp;
 

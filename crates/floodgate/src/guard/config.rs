@@ -1,0 +1,66 @@
+//! `[limits]`: the guard's allow-list and limits.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::units::duration;
+
+/// `[limits]`: the guard in front of every listener. A rate of 0 turns that limit off.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Messages per second per source IP (IPv6: per /64), per listener. For StatsD a message is
+    /// a line: a 20-line datagram is 20 messages.
+    pub udp_per_source: u64,
+    /// Messages per second per listening port, all sources together.
+    pub udp_per_port: u64,
+    /// New TCP connections per second per source IP, per listening port, checked at accept.
+    pub tcp_connections_per_source: u64,
+    /// Open TCP connections one source IP may hold on one listener (0 = no cap).
+    pub tcp_open_per_source: usize,
+    /// How much of a rate may arrive at once: `burst × rate` messages.
+    #[serde(with = "duration")]
+    pub burst: Duration,
+    /// CIDR blocks allowed to send; when set, other sources are dropped before parsing.
+    pub allow: Vec<String>,
+    /// Most sources the limiter remembers; least recently seen are forgotten first.
+    pub tracked_sources: usize,
+    /// TLS handshakes started per second on one TLS listener, all sources together: a storm
+    /// from many sources, each under its own connection limit, cannot take the CPU (0 = no cap).
+    pub tls_handshakes_per_second: u64,
+    /// TLS handshakes in progress at once on one TLS listener; connections past it are reset.
+    pub tls_handshakes_in_flight: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            udp_per_source: 3000,
+            udp_per_port: 10_000,
+            tcp_connections_per_source: 10,
+            tcp_open_per_source: 100,
+            burst: Duration::from_secs(1),
+            allow: Vec::new(),
+            tracked_sources: 100_000,
+            tls_handshakes_per_second: 200,
+            tls_handshakes_in_flight: 64,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks the values serde cannot: ranges, combinations. The error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Err(e) = floodgate_guard::AllowList::parse(&self.allow) {
+            return Err(("limits.allow", e.to_string()));
+        }
+        if self.tls_handshakes_in_flight == 0 {
+            return Err(("limits.tls_handshakes_in_flight", "must be at least 1".into()));
+        }
+        if self.tracked_sources < 64 {
+            return Err(("limits.tracked_sources", "must be at least 64".into()));
+        }
+        Ok(())
+    }
+}

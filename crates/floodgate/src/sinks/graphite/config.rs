@@ -1,0 +1,107 @@
+//! `[graphite]`: where flushes go and Etsy statsd's Graphite naming.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::units::{duration, size};
+
+/// `[graphite]`: the Carbon output and Etsy's naming options.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphiteConfig {
+    /// `host:port` of Carbon; absent = no Graphite output.
+    pub address: Option<String>,
+    /// `"plaintext"` or `"pickle"`.
+    pub protocol: GraphiteProtocol,
+    /// statsd `graphite.legacyNamespace`.
+    pub legacy_namespace: bool,
+    /// statsd `graphite.globalPrefix`.
+    pub global_prefix: String,
+    /// statsd `graphite.prefixCounter`.
+    pub prefix_counter: String,
+    /// statsd `graphite.prefixTimer`.
+    pub prefix_timer: String,
+    /// statsd `graphite.prefixGauge`.
+    pub prefix_gauge: String,
+    /// statsd `graphite.prefixSet`.
+    pub prefix_set: String,
+    /// statsd `graphite.globalSuffix`.
+    pub global_suffix: String,
+    /// statsd `flush_counts`.
+    pub flush_counts: bool,
+    /// Payload bytes held while Carbon is unreachable; the oldest are dropped past it.
+    #[serde(with = "size")]
+    pub buffer: u64,
+    /// Connect and write timeout for one flush.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for GraphiteConfig {
+    fn default() -> Self {
+        GraphiteConfig {
+            address: None,
+            protocol: GraphiteProtocol::Plaintext,
+            legacy_namespace: true,
+            global_prefix: "stats".into(),
+            prefix_counter: "counters".into(),
+            prefix_timer: "timers".into(),
+            prefix_gauge: "gauges".into(),
+            prefix_set: "sets".into(),
+            global_suffix: String::new(),
+            flush_counts: true,
+            buffer: 64 << 20,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Graphite wire format.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphiteProtocol {
+    /// Line protocol.
+    Plaintext,
+    /// Pickle protocol.
+    Pickle,
+}
+
+impl GraphiteConfig {
+    /// Checks the values serde cannot: ranges, combinations. The error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(address) = &self.address {
+            if address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(("graphite.address", format!("`{address}` is not host:port")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GraphiteConfig {
+    /// Etsy statsd's Graphite naming options (two of them are `[statsd]`'s).
+    pub fn naming(&self, statsd: &crate::config::StatsdConfig) -> floodgate_statsd::graphite::GraphiteNaming {
+        let g = self;
+        floodgate_statsd::graphite::GraphiteNaming {
+            legacy_namespace: g.legacy_namespace,
+            global_prefix: g.global_prefix.clone(),
+            prefix_counter: g.prefix_counter.clone(),
+            prefix_timer: g.prefix_timer.clone(),
+            prefix_gauge: g.prefix_gauge.clone(),
+            prefix_set: g.prefix_set.clone(),
+            global_suffix: g.global_suffix.clone(),
+            prefix_stats: statsd.prefix_stats.clone(),
+            flush_counts: g.flush_counts,
+            sanitize_names: !statsd.key_name_sanitize,
+        }
+    }
+
+    /// The Graphite wire format.
+    pub fn wire_protocol(&self) -> floodgate_statsd::graphite::Protocol {
+        match self.protocol {
+            GraphiteProtocol::Plaintext => floodgate_statsd::graphite::Protocol::Plaintext,
+            GraphiteProtocol::Pickle => floodgate_statsd::graphite::Protocol::Pickle,
+        }
+    }
+}

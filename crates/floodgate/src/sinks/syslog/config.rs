@@ -1,0 +1,97 @@
+//! `[syslog] output`: where syslog records go.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+use crate::config::units::{size, Fsync};
+use crate::config::*;
+
+/// Where syslog records go: `"stdout"`, `{ kind = "file", path = ... }`, or
+/// `{ kind = "forward", address = "host:port", tls = { ca = ... } }`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SyslogOutput {
+    /// JSON lines appended to a file (reopened on SIGHUP, for logrotate).
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// When it is synced to disk.
+        #[serde(default, skip_serializing_if = "crate::config::units::is_never")]
+        fsync: Fsync,
+    },
+    /// JSON lines on standard output.
+    Stdout,
+    /// The messages as received, re-sent with octet counting over TCP or TLS.
+    Forward(SyslogForward),
+}
+
+/// The forward output.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogForward {
+    /// `host:port` of the syslog server.
+    pub address: String,
+    /// TLS to it (`ca`, and `cert` + `key` if it wants a client certificate); absent = TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ForwardTls>,
+    /// Bytes held in memory while the server is down.
+    #[serde(default = "default_syslog_buffer", with = "size")]
+    pub buffer: u64,
+    /// A file to spill to when the memory buffer is full (absent = drop, counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spill: Option<std::path::PathBuf>,
+    /// Most bytes the spill file may hold; past it messages are dropped and counted.
+    #[serde(default = "default_syslog_spill_max", with = "size")]
+    pub spill_max: u64,
+    /// When the spill file is synced to disk.
+    #[serde(default, skip_serializing_if = "crate::config::units::is_never")]
+    pub fsync: Fsync,
+}
+
+fn default_syslog_buffer() -> u64 {
+    64 << 20
+}
+
+fn default_syslog_spill_max() -> u64 {
+    1 << 30
+}
+
+impl<'de> Deserialize<'de> for SyslogOutput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+        enum Table {
+            File {
+                path: std::path::PathBuf,
+                #[serde(default)]
+                fsync: Fsync,
+            },
+            Stdout,
+            Forward(SyslogForward),
+        }
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = SyslogOutput;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"stdout\", or a table with kind = \"file\" | \"stdout\" | \"forward\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SyslogOutput, E> {
+                match v {
+                    "stdout" => Ok(SyslogOutput::Stdout),
+                    "file" => Ok(SyslogOutput::File { path: "floodgate-syslog.jsonl".into(), fsync: Fsync::Never }),
+                    _ => Err(E::custom(format!("unknown output `{v}`: \"stdout\", \"file\" or a table"))),
+                }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<SyslogOutput, A::Error> {
+                Ok(match Table::deserialize(de::value::MapAccessDeserializer::new(map))? {
+                    Table::File { path, fsync } => SyslogOutput::File { path, fsync },
+                    Table::Stdout => SyslogOutput::Stdout,
+                    Table::Forward(f) => SyslogOutput::Forward(f),
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}

@@ -1,0 +1,104 @@
+//! `[syslog]`: the syslog listeners (the output's keys are the syslog sink's).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::units::{duration, size, Fsync};
+use crate::config::*;
+
+/// `[syslog]`: listeners and where the records go.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyslogConfig {
+    /// UDP listen addresses (`[]` disables): one message per datagram.
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses: octet-counting (RFC 6587) or newline framing, per connection.
+    pub tcp: Vec<SocketAddr>,
+    /// TLS listeners, each with its certificate (and optional client CA for mutual TLS).
+    pub tls: Vec<SyslogTlsListener>,
+    /// Longest message: longer frames are skipped and counted, longer datagrams truncated and
+    /// flagged.
+    #[serde(with = "size")]
+    pub max_message: u64,
+    /// Where records go.
+    pub output: SyslogOutput,
+    /// Add each message as received (`raw`) to its record.
+    pub raw: bool,
+    /// Receive threads (and `SO_REUSEPORT` sockets) per UDP address; 0 = one per core.
+    pub receive_threads: usize,
+    /// Socket receive buffer asked of the kernel for each UDP socket.
+    #[serde(with = "size")]
+    pub receive_buffer: u64,
+    /// Open TCP/TLS connections accepted at once (per listener).
+    pub tcp_max_connections: usize,
+    /// A connection silent this long is closed; so is one that takes longer than this to
+    /// finish a message it started (a slowloris sender).
+    #[serde(with = "duration")]
+    pub tcp_idle_timeout: Duration,
+}
+
+impl Default for SyslogConfig {
+    fn default() -> Self {
+        SyslogConfig {
+            udp: vec![SocketAddr::from(([127, 0, 0, 1], 5514))],
+            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 5514))],
+            tls: Vec::new(),
+            max_message: 64 << 10,
+            output: SyslogOutput::File { path: "floodgate-syslog.jsonl".into(), fsync: Fsync::Never },
+            raw: false,
+            receive_threads: 0,
+            receive_buffer: 32 << 20,
+            tcp_max_connections: 10_000,
+            tcp_idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One syslog TLS listener: `{ listen = "127.0.0.1:6514", cert, key, client_ca }`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogTlsListener {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// PEM certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate it signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+impl SyslogTlsListener {
+    /// The certificate part.
+    pub fn tls(&self) -> crate::net::tls::TlsConfig {
+        crate::net::tls::TlsConfig { cert: self.cert.clone(), key: self.key.clone(), client_ca: self.client_ca.clone() }
+    }
+}
+
+impl SyslogConfig {
+    /// Checks the values serde cannot: ranges, combinations. The error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let y = self;
+        if !(480..=(64 << 20)).contains(&y.max_message) {
+            return Err(("syslog.max_message", "must be between 480 bytes (RFC 5424's minimum) and 64MiB".into()));
+        }
+        if y.tcp_max_connections == 0 {
+            return Err(("syslog.tcp_max_connections", "must be at least 1".into()));
+        }
+        if let SyslogOutput::Forward(f) = &y.output {
+            if f.address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(("syslog.output", format!("forward address `{}` is not host:port", f.address)));
+            }
+            if f.tls.as_ref().is_some_and(|t| t.cert.is_some() != t.key.is_some()) {
+                return Err(("syslog.output", "forward tls: `cert` and `key` go together".into()));
+            }
+            if f.buffer < y.max_message {
+                return Err(("syslog.output", "forward buffer must hold at least one max_message".into()));
+            }
+        }
+        Ok(())
+    }
+}

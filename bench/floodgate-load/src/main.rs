@@ -10,6 +10,8 @@
 //!   and floodgate's memory after a million spoofed sources. Loss = counter increments sent vs the
 //!   counter sums flushed to a Carbon stand-in.
 
+#![deny(unsafe_code)]
+
 mod carbon;
 mod conntrack;
 mod forward;

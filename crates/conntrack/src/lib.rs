@@ -15,6 +15,7 @@
 //! attribute floodgate needs (netlink-packet-netfilter covers part of ctnetlink), and the
 //! format is small, stable kernel ABI.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod ctnetlink;

@@ -6,6 +6,8 @@
 //! ([`sinks`]) and serves the console and HTTP (sources too: [`sources::admin`], [`sources::http`]).
 
 #![warn(missing_docs)]
+// Every `unsafe` block is in the syscall layer (`sys`), each with a `SAFETY:` comment.
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod flush;
@@ -16,5 +18,6 @@ pub mod net;
 pub mod record;
 pub mod sinks;
 pub mod sources;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod topology;

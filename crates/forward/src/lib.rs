@@ -12,6 +12,7 @@
 //! - [`scan`]: protobuf fields read in place, so a batch is checked before anything of it is
 //!   allocated.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod batch;

@@ -6,6 +6,7 @@
 //! flood of spoofed addresses; the port limit ([`PortLimiter`]) bounds the total whatever the
 //! sources. Limits are GCRA cells ([`Limit`]).
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod allow;

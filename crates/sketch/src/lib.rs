@@ -12,6 +12,7 @@
 //! `docs/forward-protocol.md`: the sketch is its mapping constant, two offsets and two runs of
 //! counts; the distinct counter is a list of xxh3 hashes or 65,536 register bytes.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod ddsketch;

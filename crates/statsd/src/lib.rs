@@ -5,6 +5,7 @@
 //! receive thread), merges shards into the [`Store`] at each flush, and renders the resulting
 //! [`FlushView`] with [`graphite::render`]. [`prometheus::render`] exposes the store for scrapes.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod forwarded;

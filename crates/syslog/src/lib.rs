@@ -7,6 +7,7 @@
 //!   is kept whole with `parse_error` set.
 //! - [`record`]: the output record as a JSON line.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod framing;

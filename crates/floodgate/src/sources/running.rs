@@ -241,3 +241,70 @@ impl crate::sources::Source for AcceptTask {
         Box::pin(async {})
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::listener::{Protocol, Transport};
+
+    fn spec(port: u16) -> Spec {
+        (Kind::new(Protocol::Statsd, Transport::Tcp), Address::Inet(SocketAddr::from(([127, 0, 0, 1], port))))
+    }
+
+    fn idle_task() -> Result<Running> {
+        Ok(Running::Task(tokio::spawn(std::future::pending())))
+    }
+
+    #[tokio::test]
+    async fn reconcile_starts_the_new_stops_the_gone_and_keeps_the_rest() {
+        let mut set = ListenerSet::default();
+        set.start_all(&[spec(1), spec(2)], |_| idle_task()).unwrap();
+        let (mut started, mut stopped) = (Vec::new(), Vec::new());
+        set.reconcile(
+            &[spec(2), spec(3)],
+            |s| {
+                started.push(s.clone());
+                idle_task()
+            },
+            |s| stopped.push(s.clone()),
+        );
+        assert_eq!(started, [spec(3)], "the kept listener is not restarted");
+        assert_eq!(stopped, [spec(1)]);
+        assert_eq!(set.running.keys().cloned().collect::<Vec<_>>(), [spec(2), spec(3)]);
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_cannot_start_on_reload_leaves_the_others_running() {
+        let mut set = ListenerSet::default();
+        set.start_all(&[spec(1)], |_| idle_task()).unwrap();
+        set.reconcile(
+            &[spec(1), spec(2), spec(3)],
+            |s| if *s == spec(2) { Err(anyhow::anyhow!("in use")) } else { idle_task() },
+            |_| {},
+        );
+        assert_eq!(set.running.keys().cloned().collect::<Vec<_>>(), [spec(1), spec(3)]);
+        // At start-up, the same failure is an error.
+        let mut fresh = ListenerSet::default();
+        assert!(fresh.start_all(&[spec(2)], |_| Err(anyhow::anyhow!("in use"))).is_err());
+    }
+
+    #[tokio::test]
+    async fn stop_accepting_keeps_datagram_threads_and_stop_all_joins_them() {
+        let mut set = ListenerSet::default();
+        let flag = Arc::new(AtomicBool::new(false));
+        let seen = flag.clone();
+        let thread = std::thread::spawn(move || {
+            while !seen.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let udp = (Kind::new(Protocol::Statsd, Transport::Udp), Address::Inet(SocketAddr::from(([127, 0, 0, 1], 9))));
+        set.running.insert(udp, Running::Threads(flag.clone(), vec![thread]));
+        set.start_all(&[spec(1)], |_| idle_task()).unwrap();
+        set.stop_accepting();
+        assert_eq!(set.running.len(), 1, "only the stream listener stopped");
+        assert!(!flag.load(Ordering::SeqCst));
+        set.stop_all().await;
+        assert!(flag.load(Ordering::SeqCst), "the receive thread was told to stop, and joined");
+    }
+}

@@ -47,3 +47,34 @@ pub fn reload(shared: &Arc<Shared>) -> Result<(), String> {
     tracing::info!(path = %path.display(), "SIGHUP: config reloaded");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_valid_file_is_put_in_force_and_a_bad_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("floodgate.toml");
+        std::fs::write(&path, "[limits]\nudp_per_source = 100\n").unwrap();
+        let shared = Arc::new(Shared::new(Config::load(&path).unwrap(), Some(path.clone())));
+        std::fs::write(&path, "[limits]\nudp_per_source = 200\n").unwrap();
+        reload(&shared).unwrap();
+        assert_eq!(shared.config.read().limits.udp_per_source, 200);
+        // A certificate that does not load refuses the whole file, naming the key and line.
+        std::fs::write(
+            &path,
+            "[limits]\nudp_per_source = 300\n[statsd]\ntls = { cert = \"/nope.pem\", key = \"/nope.key\" }\n",
+        )
+        .unwrap();
+        let why = reload(&shared).unwrap_err();
+        assert!(why.contains(":4: key `statsd.tls`"), "{why}");
+        assert_eq!(shared.config.read().limits.udp_per_source, 200, "the running config stays");
+    }
+
+    #[tokio::test]
+    async fn without_a_file_there_is_nothing_to_reload() {
+        let shared = Arc::new(Shared::new(Config::default(), None));
+        assert!(reload(&shared).unwrap_err().contains("no config file"));
+    }
+}

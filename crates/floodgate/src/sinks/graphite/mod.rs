@@ -116,3 +116,24 @@ impl Sink for Graphite {
         self.delivery.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flush::Render as _;
+
+    #[test]
+    fn a_flush_renders_etsy_names_and_counts_its_metrics() {
+        let config = Config::default();
+        let mut store = floodgate_statsd::Store::new(config.aggregation());
+        let mut shard = store.new_shard(u64::MAX);
+        floodgate_statsd::Parser::with_rule(config.key_rule()).parse_packet(b"deploys:3|c\nload:0.5|g", &mut shard);
+        store.merge(&mut shard);
+        let render = Render { stats: Arc::new(Mutex::new(GraphiteStats::default())) };
+        let (bytes, metrics) = store.flush(1_700_000_000, |view| render.render_view(view, &config)).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("stats_counts.deploys 3 1700000000\n"), "{text}");
+        assert!(text.contains("stats.gauges.load 0.5 1700000000\n"), "{text}");
+        assert_eq!(metrics, text.lines().count());
+    }
+}

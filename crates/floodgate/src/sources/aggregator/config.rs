@@ -65,3 +65,15 @@ impl AggregatorConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_must_fit_in_the_flush_interval() {
+        let a: AggregatorConfig = toml::from_str("listen = \"127.0.0.1:8127\"\ngrace = \"10s\"").unwrap();
+        assert_eq!(a.validate(Duration::from_secs(10)).unwrap_err().0, "aggregator.grace");
+        assert!(a.validate(Duration::from_secs(11)).is_ok());
+    }
+}

@@ -253,3 +253,17 @@ impl StatsdConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_modes_and_paths_are_checked() {
+        let bad = StatsdConfig { unix_mode: "rw-rw----".into(), ..StatsdConfig::default() };
+        assert_eq!(bad.validate().unwrap_err().0, "statsd.unix_mode");
+        let long = StatsdConfig { unix: vec![std::path::PathBuf::from("/".repeat(108))], ..StatsdConfig::default() };
+        assert_eq!(long.validate().unwrap_err().0, "statsd.unix");
+        assert!(StatsdConfig { unix_mode: "0660".into(), ..StatsdConfig::default() }.validate().is_ok());
+    }
+}

@@ -198,3 +198,66 @@ impl Source for StatsdSource {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn every_listener_the_section_names_is_wanted() {
+        let mut s = StatsdConfig { udp: vec!["127.0.0.1:1".parse().unwrap()], ..StatsdConfig::default() };
+        s.tcp = vec!["127.0.0.1:2".parse().unwrap()];
+        s.tls_listen = vec!["127.0.0.1:3".parse().unwrap()];
+        s.unix = vec!["/run/x.sock".into()];
+        let kinds: Vec<&str> = wanted(&s).iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(kinds, ["statsd_udp", "statsd_tcp", "statsd_tls", "statsd_unix"]);
+    }
+
+    /// The source end to end in-process: lines over UDP, TCP and a Unix socket reach the
+    /// shards, and stopping drains them (nothing read is left behind).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lines_over_every_transport_reach_the_shards_and_stop_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let mut config = Config::default();
+        config.statsd.udp = vec!["127.0.0.1:0".parse().unwrap()];
+        config.statsd.tcp = vec!["127.0.0.1:0".parse().unwrap()];
+        config.statsd.unix = vec![path.clone()];
+        config.statsd.receive_threads = 1;
+        config.limits.udp_per_source = 0;
+        let shared = Arc::new(Shared::new(config.clone(), None));
+        let source = build(&shared, &config, &mut Wiring::default()).unwrap().unwrap();
+        let address = |kind: &str| {
+            let by = shared.listeners.by_listener(|_| 0);
+            by.keys().find(|(k, _)| k == kind).map(|(_, a)| a.clone()).unwrap()
+        };
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.send_to(b"t.udp:1|c", address("statsd_udp")).unwrap();
+        let mut tcp = std::net::TcpStream::connect(address("statsd_tcp")).unwrap();
+        tcp.write_all(b"t.tcp:2|c\n").unwrap();
+        let unix = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        unix.send_to(b"t.unix:3|c", &path).unwrap();
+        let lines = || shared.listeners.by_listener(|c| c.lines.load(std::sync::atomic::Ordering::Relaxed));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lines().values().sum::<u64>() < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(tcp);
+        source.stop().await;
+        let by = lines();
+        for kind in ["statsd_udp", "statsd_tcp", "statsd_unix"] {
+            let n: u64 = by.iter().filter(|((k, _), _)| k == kind).map(|(_, v)| v).sum();
+            assert_eq!(n, 1, "{kind}: {by:?}");
+        }
+        let mut store = shared.store.lock();
+        for shard in shared.shards.lock().iter() {
+            store.merge(&mut shard.lock().take());
+        }
+        let mut text = String::new();
+        floodgate_statsd::prometheus::render(&store, &mut text);
+        for name in ["t_udp", "t_tcp", "t_unix"] {
+            assert!(text.lines().any(|l| l.starts_with(name)), "{name} not in the store:\n{text}");
+        }
+    }
+}

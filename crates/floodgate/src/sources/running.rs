@@ -222,6 +222,25 @@ pub fn bind_stream(kind: Kind, addr: SocketAddr) -> Result<tokio::net::TcpListen
     Ok(listener)
 }
 
+/// Binds a stream listener that is one accept task (the console, HTTP): registered, behind
+/// the guard with `max_open` connections at most, served by `serve`.
+pub fn start_accept_task<F>(
+    shared: &Shared,
+    (kind, addr): (Kind, SocketAddr),
+    max_open: usize,
+    name: &'static str,
+    serve: impl FnOnce(tokio::net::TcpListener, Arc<crate::guard::ListenerGuard>, Arc<Counters>) -> F,
+) -> Result<Box<dyn crate::sources::Source>>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = bind_stream(kind, addr)?;
+    let address = listener.local_addr()?;
+    let counters = shared.listeners.register_stream(kind, address.to_string(), None);
+    let guard = shared.guard.listener(kind, address, max_open);
+    Ok(Box::new(AcceptTask { name, task: tokio::spawn(serve(listener, guard, counters)) }))
+}
+
 /// A component that is one accept task (the aggregator port, the console, HTTP): stopping it
 /// stops accepting; open connections end with the process.
 pub struct AcceptTask {

@@ -141,12 +141,7 @@ impl Journal {
     }
 
     fn synced(&mut self) -> std::io::Result<()> {
-        let due = match self.fsync {
-            Fsync::Never => false,
-            Fsync::Always => true,
-            Fsync::Interval(every) => self.last_sync.elapsed() >= every,
-        };
-        if due {
+        if self.fsync.due(self.last_sync) {
             self.log.sync_data()?;
             self.mark.sync_data()?;
             self.last_sync = Instant::now();

@@ -378,12 +378,7 @@ impl Spill {
 
     /// Syncs the file to disk if the policy says it is time.
     fn synced(&mut self) -> std::io::Result<()> {
-        let due = match self.fsync {
-            Fsync::Never => false,
-            Fsync::Always => true,
-            Fsync::Interval(every) => self.last_sync.elapsed() >= every,
-        };
-        if due {
+        if self.fsync.due(self.last_sync) {
             self.file.sync_data()?;
             self.pos.sync_data()?;
             self.last_sync = Instant::now();

@@ -30,12 +30,13 @@ pub fn build(
     use crate::listener::{Kind, Protocol, Transport};
     let Some(addr) = config.admin.listen else { return Ok(None) };
     let kind = Kind::new(Protocol::Admin, Transport::Tcp);
-    let listener = crate::sources::running::bind_stream(kind, addr)?;
-    let address = listener.local_addr()?;
-    let counters = shared.listeners.register_stream(kind, address.to_string(), None);
-    let guard = shared.guard.listener(kind, address, config.admin.max_connections);
-    let task = tokio::spawn(serve(listener, shared.clone(), guard, counters, config.admin.idle_timeout));
-    Ok(Some(Box::new(crate::sources::running::AcceptTask { name: "admin", task })))
+    let (shared, limit) = (shared.clone(), config.admin.idle_timeout);
+    let max_open = config.admin.max_connections;
+    let started =
+        crate::sources::running::start_accept_task(&shared.clone(), (kind, addr), max_open, "admin", |l, g, c| {
+            serve(l, shared, g, c, limit)
+        })?;
+    Ok(Some(started))
 }
 
 /// Accepts console connections until aborted: through the guard (allow-list, connection rate

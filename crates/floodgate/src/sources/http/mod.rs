@@ -38,12 +38,13 @@ pub fn build(
     use crate::listener::{Kind, Protocol, Transport};
     let Some(addr) = config.http.listen else { return Ok(None) };
     let kind = Kind::new(Protocol::Http, Transport::Tcp);
-    let listener = crate::sources::running::bind_stream(kind, addr)?;
-    let address = listener.local_addr()?;
-    let counters = shared.listeners.register_stream(kind, address.to_string(), None);
-    let guard = shared.guard.listener(kind, address, config.http.max_connections);
-    let task = tokio::spawn(serve(listener, shared.clone(), guard, counters, config.http.header_timeout));
-    Ok(Some(Box::new(crate::sources::running::AcceptTask { name: "http", task })))
+    let (shared, limit) = (shared.clone(), config.http.header_timeout);
+    let max_open = config.http.max_connections;
+    let started =
+        crate::sources::running::start_accept_task(&shared.clone(), (kind, addr), max_open, "http", |l, g, c| {
+            serve(l, shared, g, c, limit)
+        })?;
+    Ok(Some(started))
 }
 
 /// Serves until aborted.

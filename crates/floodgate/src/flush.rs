@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use floodgate_statsd::{FlushView, Store};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::clock::{unix_ms, unix_now};
 use crate::config::Config;
 use crate::metrics::{Describe, Families, Report, StatusPlace};
 use crate::sinks::forward::Share;
-use crate::sinks::graphite::unix_now;
 use crate::sinks::Payload;
 use crate::sources::aggregator::Aggregator;
 use crate::topology::Shared;
@@ -189,10 +189,6 @@ pub fn run(shared: std::sync::Arc<Shared>, out: Outputs, stop: Receiver<()>) {
             }
         }
     }
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// For wall-clock aligned flushes: the wait until `grace` after the next interval boundary

@@ -25,7 +25,7 @@ pub trait Sink: Send {
     fn reload(&mut self, _config: &crate::config::Config) {}
 
     /// Shutdown, after the final flush: deliver what is held (bounded in time), then end.
-    fn finish(self: Box<Self>) -> crate::sources::Stopping;
+    fn finish(self: Box<Self>) -> crate::topology::Stopping;
 }
 
 /// Builds a sink from the configuration: `None` when it is off.
@@ -53,7 +53,7 @@ impl Sink for DeliveryTask {
         self.name
     }
 
-    fn finish(self: Box<Self>) -> crate::sources::Stopping {
+    fn finish(self: Box<Self>) -> crate::topology::Stopping {
         Box::pin(async move {
             let _ = self.task.await;
         })

@@ -13,17 +13,12 @@ pub mod running;
 pub mod statsd;
 pub mod syslog;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Result;
 
 use crate::config::Config;
-use crate::topology::{Shared, Wiring};
-
-/// A future a component's shutdown step returns.
-pub type Stopping = Pin<Box<dyn Future<Output = ()> + Send>>;
+use crate::topology::{Shared, Stopping, Wiring};
 
 /// A running source (or any listening component: the console and HTTP use the same model).
 pub trait Source: Send {

@@ -255,7 +255,7 @@ impl crate::sources::Source for AcceptTask {
         self.name
     }
 
-    fn stop(self: Box<Self>) -> crate::sources::Stopping {
+    fn stop(self: Box<Self>) -> crate::topology::Stopping {
         self.task.abort();
         Box::pin(async {})
     }

@@ -36,6 +36,9 @@ pub struct Wiring {
     pub records: Option<RecordPipe>,
 }
 
+/// A future a component's shutdown step returns.
+pub type Stopping = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// The running components, for reload and shutdown.
 pub struct Components {
     sources: Vec<Box<dyn Source>>,

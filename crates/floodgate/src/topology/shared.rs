@@ -10,12 +10,12 @@ use floodgate_statsd::graphite::GraphiteStats;
 use floodgate_statsd::Store;
 use parking_lot::{Mutex, RwLock};
 
+use crate::clock::unix_now;
 use crate::config::{Config, Health};
 use crate::flush::FlushCounters;
 use crate::guard::Guard;
 use crate::listener::Listeners;
 use crate::metrics::Registry;
-use crate::sinks::graphite::unix_now;
 use crate::sinks::SinkCounters;
 use crate::sources::statsd::SharedShard;
 
@@ -64,10 +64,7 @@ impl Shared {
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Shared {
         let started_unix = unix_now();
         let epoch = Instant::now();
-        let epoch_wall_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
+        let epoch_wall_ns = crate::clock::unix_ns();
         let guard = Guard::new(&config.limits, epoch);
         let (metrics, listeners) = (Arc::new(Registry::default()), Arc::new(Listeners::default()));
         let flush = Arc::new(FlushCounters::default());

@@ -520,7 +520,7 @@ impl super::Sink for Links {
     }
 
     /// Each link empties its queue (bounded) once the flusher has dropped its sender.
-    fn finish(self: Box<Self>) -> crate::sources::Stopping {
+    fn finish(self: Box<Self>) -> crate::topology::Stopping {
         Box::pin(async move {
             for task in self.tasks {
                 let _ = task.await;

@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::{Deliver, DeliverError, Payload, Sink};
+use crate::clock::unix_now;
 use crate::config::Config;
 use crate::topology::{Shared, Wiring};
 
@@ -54,12 +55,6 @@ impl Deliver for GraphiteSink {
         }
         Ok(result?)
     }
-}
-
-/// Unix time in whole seconds, rounded as Etsy statsd does (`Math.round(ms / 1000)`).
-pub fn unix_now() -> i64 {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    ((ms + 500) / 1000) as i64
 }
 
 /// `[graphite] address`: the sink, its delivery loop and its rendering; `None` when unset.
@@ -112,7 +107,7 @@ impl Sink for Graphite {
         }
     }
 
-    fn finish(self: Box<Self>) -> crate::sources::Stopping {
+    fn finish(self: Box<Self>) -> crate::topology::Stopping {
         self.delivery.finish()
     }
 }

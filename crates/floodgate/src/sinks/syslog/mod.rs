@@ -812,7 +812,7 @@ pub fn build(
     wiring: &mut crate::topology::Wiring,
 ) -> Result<Option<Box<dyn super::Sink>>> {
     let y = &config.syslog;
-    if !crate::sources::syslog::any_listener(y) {
+    if !y.has_listeners() {
         return Ok(None);
     }
     let output = Output::start(&y.output, y.raw, Duration::from_secs(10)).context("[syslog] output")?;
@@ -845,7 +845,7 @@ impl super::Sink for RecordOutput {
     }
 
     /// Once the listeners have ended (they hold its channel), hands on what is held.
-    fn finish(self: Box<Self>) -> crate::sources::Stopping {
+    fn finish(self: Box<Self>) -> crate::topology::Stopping {
         Box::pin(async move {
             tracing::info!(output = %self.output.describe, "syslog: handing on what is held");
             self.output.finish().await;

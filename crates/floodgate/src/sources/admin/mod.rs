@@ -12,10 +12,10 @@ use floodgate_statsd::number::js_number;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+use crate::clock::unix_now;
 use crate::guard::ListenerGuard;
 use crate::listener::Counters;
 use crate::net::stream::Stalled;
-use crate::sinks::graphite::unix_now;
 use crate::topology::{Shared, Wiring};
 
 /// Longest command line accepted.

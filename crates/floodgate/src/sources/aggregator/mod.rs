@@ -144,7 +144,7 @@ const EVICTABLE_AFTER: u64 = 3600;
 const FORGET_AFTER: u64 = 7 * 24 * 3600;
 
 fn unix_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    crate::clock::unix_ms().max(0) as u64 / 1000
 }
 
 impl Aggregator {

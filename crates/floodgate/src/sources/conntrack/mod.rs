@@ -75,7 +75,7 @@ impl crate::sources::Source for ConntrackSource {
         "conntrack"
     }
 
-    fn stop(self: Box<Self>) -> crate::sources::Stopping {
+    fn stop(self: Box<Self>) -> crate::topology::Stopping {
         self.shutdown.store(true, Relaxed);
         Box::pin(async {})
     }

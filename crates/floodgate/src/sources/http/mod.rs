@@ -146,7 +146,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         let mut v = status_counters(&shared);
         let config = shared.config.read();
         v["version"] = env!("CARGO_PKG_VERSION").into();
-        v["uptime_seconds"] = (crate::sinks::graphite::unix_now() - shared.started_unix).max(0).into();
+        v["uptime_seconds"] = (crate::clock::unix_now() - shared.started_unix).max(0).into();
         v["ready"] = shared.ready.load(Relaxed).into();
         let redacted_url = |u: &String| crate::config::redact_url(u);
         v["config"] = serde_json::json!({

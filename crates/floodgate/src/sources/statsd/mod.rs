@@ -18,7 +18,8 @@ use crate::config::{Config, StatsdConfig};
 use crate::listener::{Address, Kind, Protocol, Transport};
 use crate::net::tls::SharedServerConfig;
 use crate::sources::running::{bind_stream, start_datagrams, DatagramSizes, ListenerSet, Running, Spec};
-use crate::sources::{Source, Stopping};
+use crate::sources::Source;
+use crate::topology::Stopping;
 use crate::topology::{Shared, Wiring};
 
 use crate::listener::Counters;
@@ -44,11 +45,6 @@ pub fn publish(counters: &Counters, total: PacketCounts) {
     Counters::add(&counters.lines, total.lines);
     Counters::add(&counters.bad_lines, total.bad);
     Counters::add(&counters.key_too_long, total.too_long);
-}
-
-/// Monotonic nanoseconds since `epoch`: orders gauge sets across shards.
-pub fn clock(epoch: Instant) -> u64 {
-    epoch.elapsed().as_nanos() as u64
 }
 
 /// The part of `data` up to and including its last `\n` (nothing if there is none).

@@ -12,7 +12,8 @@ use floodgate_statsd::{KeyRule, PacketCounts, Parser};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpListener;
 
-use super::{clock, ingest, publish, SharedShard};
+use super::{ingest, publish, SharedShard};
+use crate::clock::since as clock;
 use crate::guard::ListenerGuard;
 use crate::listener::Counters;
 use crate::net::stream::{DRAIN_LIMIT, DRAIN_PAUSE};

@@ -102,3 +102,10 @@ impl SyslogConfig {
         Ok(())
     }
 }
+
+impl SyslogConfig {
+    /// Whether any listener is named (the output opens only then).
+    pub fn has_listeners(&self) -> bool {
+        !self.udp.is_empty() || !self.tcp.is_empty() || !self.tls.is_empty()
+    }
+}

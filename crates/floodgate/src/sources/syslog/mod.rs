@@ -23,7 +23,8 @@ use crate::listener::{Address, Kind, Protocol, Transport};
 use crate::net::tls::SharedServerConfig;
 use crate::record::{Chunk, Encoding, RecordPipe};
 use crate::sources::running::{bind_stream, start_datagrams, DatagramSizes, ListenerSet, Running, Spec};
-use crate::sources::{Source, Stopping};
+use crate::sources::Source;
+use crate::topology::Stopping;
 use crate::topology::{Shared, Wiring};
 
 /// Turns messages into output records, for one listener thread or connection.
@@ -58,10 +59,7 @@ impl Encoder {
 
     /// Takes the time: the messages encoded until the next call were received now.
     pub fn stamp(&mut self) {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let ms = crate::clock::unix_ms();
         self.received_at = rfc3339_millis(ms);
         self.now = Now::at_unix(ms.div_euclid(1000));
         self.render_prefix();
@@ -203,11 +201,6 @@ pub fn build(shared: &Arc<Shared>, config: &Config, wiring: &mut Wiring) -> Resu
     Ok(Some(Box::new(source)))
 }
 
-/// Whether `[syslog]` names any listener (the output opens only then).
-pub fn any_listener(y: &SyslogConfig) -> bool {
-    !y.udp.is_empty() || !y.tcp.is_empty() || !y.tls.is_empty()
-}
-
 /// The listeners `[syslog]` names.
 fn wanted(y: &SyslogConfig) -> Vec<Spec> {
     let kind = |t| Kind::new(Protocol::Syslog, t);
@@ -268,7 +261,7 @@ impl Source for SyslogSource {
     fn reload(&mut self, _shared: &Arc<Shared>, config: &Config) {
         let y = &config.syslog;
         if self.pipe.is_none() {
-            if any_listener(y) {
+            if y.has_listeners() {
                 tracing::warn!("SIGHUP: syslog was off at start; its listeners start at the next restart");
             }
             return;

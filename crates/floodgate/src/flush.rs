@@ -9,19 +9,22 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use floodgate_statsd::{FlushView, Store};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::aggregation::Aggregation;
 use crate::clock::{unix_ms, unix_now};
 use crate::config::Config;
 use crate::metrics::{Describe, Families, Report, StatusPlace};
 use crate::sinks::forward::Share;
 use crate::sinks::Payload;
 use crate::sources::aggregator::Aggregator;
-use crate::topology::Shared;
 
 /// How a flush sink turns a flush into its payload (bytes and how many metrics they hold).
 pub trait Render: Send {
@@ -58,37 +61,56 @@ pub struct Outputs {
     pub aligned: Option<Duration>,
 }
 
-/// Merges every shard into the store (the flusher does this each interval; the console does
-/// it before showing live values).
-pub fn merge_shards(shared: &Shared, store: &mut floodgate_statsd::Store) {
-    let shards = shared.shards.lock().clone();
-    for shard in shards {
-        // Swap under the lock (cheap), merge outside it so the receiver is not held up.
-        let mut taken = shard.lock().take();
-        if taken.packets > 0 {
-            shared.last_msg_seen.store(unix_now(), Relaxed);
-        }
-        store.merge(&mut taken);
+/// The flush sinks' buffers: while one is full of flushes holding agents' batches, the
+/// aggregator takes no more batches (agents keep them and resend).
+#[derive(Default)]
+pub struct SinksFull(parking_lot::Mutex<Vec<Arc<crate::sinks::SinkCounters>>>);
+
+impl SinksFull {
+    /// Watches a sink.
+    pub fn add(&self, counters: Arc<crate::sinks::SinkCounters>) {
+        self.0.lock().push(counters);
+    }
+
+    /// Whether any sink's buffer is full now.
+    pub fn any(&self) -> bool {
+        self.0.lock().iter().any(|c| c.full.load(Relaxed))
     }
 }
 
+/// What the flusher works with: the aggregation state, the configuration in force (re-read
+/// each interval: SIGHUP may change naming and the interval), its figures.
+#[derive(Clone)]
+pub struct Flusher {
+    /// The store and its shards.
+    pub aggregation: Arc<Aggregation>,
+    /// The configuration in force.
+    pub config: Arc<RwLock<Config>>,
+    /// Its figures.
+    pub counters: Arc<FlushCounters>,
+    /// The agent's start as Unix nanoseconds: turns gauge stamps into wall-clock times.
+    pub epoch_wall_ns: i64,
+    /// The async runtime, for acknowledging agents once a flush is delivered.
+    pub runtime: tokio::runtime::Handle,
+}
+
 /// One flush at `timestamp` (Unix seconds) for the interval ending at `boundary_ms`.
-pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i64) {
+pub fn flush_once(f: &Flusher, out: &Outputs, timestamp: i64, boundary_ms: i64) {
     let started = Instant::now();
-    let config = shared.config.read().clone();
+    let config = f.config.read().clone();
     let (interval, rule) = (config.statsd.flush_interval, config.key_rule());
     // No batch is half merged while the gate is held: the marks are exactly what this flush holds.
     let gate = out.aggregator.as_ref().map(|a| a.merge_gate.write());
-    let mut store = shared.store.lock();
-    merge_shards(shared, &mut store);
+    let mut store = f.aggregation.store.lock();
+    f.aggregation.merge_shards(&mut store);
     let marks = out.aggregator.as_ref().map(|a| a.merged_marks()).unwrap_or_default();
     let interval_ms = interval.as_millis() as i64;
-    let epoch_wall_ns = shared.epoch_wall_ns;
+    let epoch_wall_ns = f.epoch_wall_ns;
     let payload = store.flush(timestamp, |view| {
         if let Some((ring, links)) = &out.forward {
             let wall_ns = |stamp| epoch_wall_ns + stamp as i64;
             let parts = floodgate_forward::batch::split(view, ring, links.len(), wall_ns, &rule);
-            shared.flush.forward_invalid_series.fetch_add(parts.invalid, Relaxed);
+            f.counters.forward_invalid_series.fetch_add(parts.invalid, Relaxed);
             for (link, series) in links.iter().zip(parts.shares) {
                 let share =
                     Share { interval_start_ms: boundary_ms - interval_ms, interval_ms: interval_ms as u32, series };
@@ -103,29 +125,10 @@ pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i
         .zip(payload)
         .map(|(sink, during)| during.or_else(|| sink.render.render_store(&store, timestamp)))
         .collect();
-    if let Some(known) = store.known_series() {
-        for shard in shared.shards.lock().iter() {
-            shard.lock().set_known(known.clone());
-        }
-    }
-    // What max_series leaves for new series until the next flush, shared by every shard.
-    store.refill_budget();
-    // The memory budget: what the store holds now, and an equal share of the rest for each
-    // shard until the next flush.
+    f.aggregation.share_budgets(&mut store);
     let memory = store.memory_bytes();
     let limit = store.config().max_memory;
-    {
-        let shards = shared.shards.lock();
-        let allowance = match limit {
-            0 => u64::MAX,
-            limit => limit.saturating_sub(memory) / shards.len().max(1) as u64,
-        };
-        let limits = store.shard_limits(allowance);
-        for shard in shards.iter() {
-            shard.lock().set_limits(limits);
-        }
-    }
-    let t = &shared.flush;
+    let t = &f.counters;
     let refused_before = t.dropped_max_memory.swap(store.dropped_max_memory, Relaxed);
     if store.dropped_max_memory > refused_before && !t.memory_limited.swap(true, Relaxed) {
         tracing::warn!(max_memory = limit, estimated = memory, "aggregation memory limit reached: new series refused, timer values summarised (raise [statsd] max_memory if this is legitimate)");
@@ -155,7 +158,7 @@ pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i
     if let Some(aggregator) = &out.aggregator {
         // Agents are acknowledged once what they sent is out of this process, every sink.
         let aggregator = aggregator.clone();
-        shared.runtime.spawn(async move {
+        f.runtime.spawn(async move {
             for delivered in deliveries {
                 if delivered.await.is_err() {
                     return; // Dropped (buffer full or shutdown): the agents will resend.
@@ -169,21 +172,21 @@ pub fn flush_once(shared: &Shared, out: &Outputs, timestamp: i64, boundary_ms: i
 }
 
 /// Runs flushes until `stop` fires (or its sender is dropped), then flushes once more.
-pub fn run(shared: std::sync::Arc<Shared>, out: Outputs, stop: Receiver<()>) {
+pub fn run(f: Flusher, out: Outputs, stop: Receiver<()>) {
     let start = Instant::now();
     loop {
-        let interval = shared.config.read().statsd.flush_interval;
+        let interval = f.config.read().statsd.flush_interval;
         let (wait, boundary_ms) = match out.aligned {
             Some(grace) => next_aligned_flush(unix_ms(), interval, grace),
             None => (next_flush_in(start.elapsed(), interval), 0),
         };
         let timestamp = |boundary_ms: i64| if out.aligned.is_some() { boundary_ms / 1000 } else { unix_now() };
         match stop.recv_timeout(wait) {
-            Err(RecvTimeoutError::Timeout) => flush_once(&shared, &out, timestamp(boundary_ms), boundary_ms),
+            Err(RecvTimeoutError::Timeout) => flush_once(&f, &out, timestamp(boundary_ms), boundary_ms),
             Ok(()) | Err(RecvTimeoutError::Disconnected) => {
                 // The last, partial interval: stamped now.
                 let now = unix_ms();
-                flush_once(&shared, &out, timestamp(now), now);
+                flush_once(&f, &out, timestamp(now), now);
                 tracing::info!("final flush done");
                 return;
             }

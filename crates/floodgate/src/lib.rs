@@ -9,6 +9,7 @@
 // Every `unsafe` block is in the syscall layer (`sys`), each with a `SAFETY:` comment.
 #![deny(unsafe_code)]
 
+pub mod aggregation;
 pub mod clock;
 pub mod config;
 pub mod flush;

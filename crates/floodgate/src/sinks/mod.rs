@@ -71,7 +71,7 @@ pub fn start_flush_sink<D: Deliver + 'static>(
 ) -> Box<dyn Sink> {
     let name = deliver.name();
     let counters = Arc::new(SinkCounters::default());
-    shared.sinks.lock().push(counters.clone());
+    shared.sinks_full.add(counters.clone());
     shared.metrics.add(Arc::new(SinkReport { name, counters: counters.clone() }));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     wiring.flush.sinks.push(crate::flush::FlushSink { queue: tx, render });

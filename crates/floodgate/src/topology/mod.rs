@@ -81,8 +81,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     };
     let (stop_flush, stop_rx) = std::sync::mpsc::channel();
     let flusher = {
-        let shared = shared.clone();
-        std::thread::Builder::new().name("flusher".into()).spawn(move || crate::flush::run(shared, outputs, stop_rx))?
+        let handles = shared.flusher();
+        std::thread::Builder::new()
+            .name("flusher".into())
+            .spawn(move || crate::flush::run(handles, outputs, stop_rx))?
     };
     let sweeper_stop = Arc::new(AtomicBool::new(false));
     let sweeper = shared.guard.spawn_sweeper(sweeper_stop.clone())?;

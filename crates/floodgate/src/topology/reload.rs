@@ -24,16 +24,10 @@ pub fn reload(shared: &Arc<Shared>) -> Result<(), String> {
     if new.admin.listen != old.admin.listen || new.http.listen != old.http.listen {
         tracing::warn!("SIGHUP: changes to the console and HTTP addresses take effect at the next restart");
     }
-    shared.store.lock().reconfigure(new.aggregation());
+    shared.aggregation.reconfigure(new.aggregation());
     if new.limits != old.limits {
         shared.guard.reconfigure(&new.limits);
         tracing::info!(limits = ?new.limits, "SIGHUP: new limits in force");
-    }
-    for shard in shared.shards.lock().iter() {
-        let mut shard = shard.lock();
-        let allowance = if new.statsd.max_memory == 0 { u64::MAX } else { shard.limits().memory_allowance };
-        let limits = shared.store.lock().shard_limits(allowance);
-        shard.set_limits(limits);
     }
     *shared.config.write() = new.clone();
     if let Some(components) = shared.components.lock().as_mut() {

@@ -2,41 +2,38 @@
 //! the guard, self-metrics, and the operator's switches.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
 use floodgate_statsd::graphite::GraphiteStats;
-use floodgate_statsd::Store;
 use parking_lot::{Mutex, RwLock};
 
+use crate::aggregation::Aggregation;
 use crate::clock::unix_now;
 use crate::config::{Config, Health};
 use crate::flush::FlushCounters;
+use crate::flush::SinksFull;
 use crate::guard::Guard;
 use crate::listener::Listeners;
 use crate::metrics::Registry;
-use crate::sinks::SinkCounters;
-use crate::sources::statsd::SharedShard;
 
 /// State shared by every part of the running agent.
 pub struct Shared {
     /// The configuration in force.
-    pub config: RwLock<Config>,
+    pub config: Arc<RwLock<Config>>,
     /// Where it came from (reloaded on SIGHUP).
     pub config_path: Option<PathBuf>,
-    /// Aggregated StatsD state.
-    pub store: Mutex<Store>,
-    /// Every receive shard (UDP threads, TCP listeners).
-    pub shards: Mutex<Vec<SharedShard>>,
+    /// The StatsD store and its receive shards.
+    pub aggregation: Arc<Aggregation>,
     /// Every component's figures (`/metrics`, `/api/status`).
     pub metrics: Arc<Registry>,
     /// Every listener, for the per-listener figures.
     pub listeners: Arc<Listeners>,
     /// The flusher's figures.
     pub flush: Arc<FlushCounters>,
-    /// The flush sinks' figures (an aggregator takes no batches while one is full).
-    pub sinks: Mutex<Vec<Arc<SinkCounters>>>,
+    /// Whether a flush sink's buffer is full (an aggregator takes no batches then).
+    pub sinks_full: Arc<SinksFull>,
     /// Admission in front of every listener.
     pub guard: Arc<Guard>,
     /// The Graphite backend's statistics (written into each payload, shown by the console).
@@ -49,8 +46,6 @@ pub struct Shared {
     pub started_unix: i64,
     /// Start instant (gauge ordering epoch).
     pub epoch: Instant,
-    /// Last time a StatsD packet was seen, Unix seconds (console `stats`).
-    pub last_msg_seen: AtomicI64,
     /// The epoch as Unix nanoseconds: turns gauge stamps into wall-clock times.
     pub epoch_wall_ns: i64,
     /// The async runtime (for the flusher thread's follow-up work).
@@ -72,20 +67,18 @@ impl Shared {
         metrics.add(guard.clone());
         metrics.add(flush.clone());
         Shared {
-            store: Mutex::new(Store::new(config.aggregation())),
-            shards: Mutex::new(Vec::new()),
+            aggregation: Arc::new(Aggregation::new(config.aggregation())),
             metrics,
             listeners,
             flush,
-            sinks: Mutex::new(Vec::new()),
+            sinks_full: Arc::default(),
             guard,
             graphite_stats: Arc::new(Mutex::new(GraphiteStats { last_flush: started_unix, ..Default::default() })),
             health_up: AtomicBool::new(config.admin.health == Health::Up),
             ready: AtomicBool::new(false),
             started_unix,
             epoch,
-            last_msg_seen: AtomicI64::new(started_unix),
-            config: RwLock::new(config),
+            config: Arc::new(RwLock::new(config)),
             config_path,
             epoch_wall_ns,
             runtime: tokio::runtime::Handle::current(),
@@ -93,15 +86,14 @@ impl Shared {
         }
     }
 
-    /// A new receive shard, merged by the flusher each interval.
-    pub fn new_shard(&self) -> SharedShard {
-        // Until the next flush shares the budget out, a new shard may use an eighth of it.
-        let allowance = match self.config.read().statsd.max_memory {
-            0 => u64::MAX,
-            limit => limit / 8,
-        };
-        let shard = Arc::new(Mutex::new(self.store.lock().new_shard(allowance)));
-        self.shards.lock().push(shard.clone());
-        shard
+    /// The flusher's handles.
+    pub fn flusher(&self) -> crate::flush::Flusher {
+        crate::flush::Flusher {
+            aggregation: self.aggregation.clone(),
+            config: self.config.clone(),
+            counters: self.flush.clone(),
+            epoch_wall_ns: self.epoch_wall_ns,
+            runtime: self.runtime.clone(),
+        }
     }
 }

@@ -130,7 +130,7 @@ pub fn command(shared: &Shared, cmd: &str, args: &[&str]) -> String {
         "stats" => {
             let now = unix_now();
             let _ = writeln!(out, "uptime: {}", now - shared.started_unix);
-            let _ = writeln!(out, "messages.last_msg_seen: {}", now - shared.last_msg_seen.load(Relaxed));
+            let _ = writeln!(out, "messages.last_msg_seen: {}", now - shared.aggregation.last_msg_seen.load(Relaxed));
             let bad: u64 = shared.listeners.by_listener(|c| c.bad_lines.load(Relaxed)).values().sum();
             let _ = writeln!(out, "messages.bad_lines_seen: {bad}");
             let g = *shared.graphite_stats.lock();
@@ -145,8 +145,8 @@ pub fn command(shared: &Shared, cmd: &str, args: &[&str]) -> String {
             out.push_str("END\n\n");
         }
         "counters" | "gauges" | "timers" => {
-            let mut store = shared.store.lock();
-            crate::flush::merge_shards(shared, &mut store);
+            let mut store = shared.aggregation.store.lock();
+            shared.aggregation.merge_shards(&mut store);
             let mut rows: Vec<(String, String)> = match cmd {
                 "counters" => store.counters().map(|(k, c)| (key(k), js_number(c.value))).collect(),
                 "gauges" => store.gauges().map(|(k, g)| (key(k), js_number(g.value))).collect(),
@@ -168,8 +168,8 @@ pub fn command(shared: &Shared, cmd: &str, args: &[&str]) -> String {
             out.push_str("}\nEND\n\n");
         }
         "delcounters" | "delgauges" | "deltimers" => {
-            let mut store = shared.store.lock();
-            crate::flush::merge_shards(shared, &mut store);
+            let mut store = shared.aggregation.store.lock();
+            shared.aggregation.merge_shards(&mut store);
             for pattern in args {
                 let deleted = match cmd {
                     "delcounters" => store.delete_counters(pattern),

@@ -293,14 +293,14 @@ pub async fn serve(
     counters: Arc<Counters>,
     tls: Option<SharedServerConfig>,
     aggregator: Arc<Aggregator>,
-    shared: Arc<Shared>,
+    target: MergeTarget,
 ) {
     let c = counters.clone();
     crate::net::stream::serve(listener, guard, counters, tls, "aggregator", move |conn, peer| {
-        let (aggregator, shared, counters) = (aggregator.clone(), shared.clone(), c.clone());
+        let (aggregator, target, counters) = (aggregator.clone(), target.clone(), c.clone());
         async move {
             aggregator.counters.connected.fetch_add(1, Relaxed);
-            if let Err(e) = agent(conn, &peer, &aggregator, &shared, &counters).await {
+            if let Err(e) = agent(conn, &peer, &aggregator, &target, &counters).await {
                 tracing::warn!(peer = %peer.addr, error = %e, "agent connection closed");
             }
             aggregator.counters.connected.fetch_sub(1, Relaxed);
@@ -383,7 +383,7 @@ async fn agent(
     stream: Connection,
     peer: &Peer,
     aggregator: &Aggregator,
-    shared: &Shared,
+    target: &MergeTarget,
     counters: &Counters,
 ) -> std::io::Result<()> {
     let (mut reader, mut writer) = tokio::io::split(stream);
@@ -426,7 +426,7 @@ async fn agent(
         let _ = send(&mut writer, error(&message)).await;
         return Err(fail(std::io::Error::new(std::io::ErrorKind::InvalidData, message)));
     }
-    if sinks_full(shared) {
+    if target.sinks_full.any() {
         c.busy.fetch_add(1, Relaxed);
         let _ = send(&mut writer, error(BUSY)).await;
         return Ok(());
@@ -465,7 +465,7 @@ async fn agent(
                     };
                     match frame::incoming(body) {
                         Ok(Incoming::Batch(batch)) => {
-                            merge(aggregator, shared, &id, &batch)?;
+                            merge(aggregator, target, &id, &batch)?;
                             counters.packets.fetch_add(1, Relaxed);
                         }
                         Ok(Incoming::Message(_)) => {
@@ -534,7 +534,12 @@ pub fn build(
     let counters = shared.listeners.register_stream(kind, address.to_string(), None);
     shared.metrics.add(aggregator.clone());
     let guard = shared.guard.listener(kind, address, config.statsd.tcp_max_connections);
-    let accept = tokio::spawn(serve(listener, guard, counters, tls, aggregator.clone(), shared.clone()));
+    let target = MergeTarget {
+        aggregation: shared.aggregation.clone(),
+        config: shared.config.clone(),
+        sinks_full: shared.sinks_full.clone(),
+    };
+    let accept = tokio::spawn(serve(listener, guard, counters, tls, aggregator.clone(), target));
     wiring.flush.aggregator = Some(aggregator);
     Ok(Some(Box::new(crate::sources::running::AcceptTask { name: "aggregator", task: accept })))
 }
@@ -542,10 +547,15 @@ pub fn build(
 /// Why an agent is turned away while a sink is full.
 const BUSY: &str = "busy: the aggregator's outputs are full; hold the batches and retry";
 
-/// A sink's buffer is full of flushes that hold agents' batches: taking more batches would mean
-/// acknowledging what cannot be delivered, so agents are turned away and keep them.
-fn sinks_full(shared: &Shared) -> bool {
-    shared.sinks.lock().iter().any(|c| c.full.load(Relaxed))
+/// Where agents' batches go, and what says whether to take them.
+#[derive(Clone)]
+pub struct MergeTarget {
+    /// The store batches merge target.
+    pub aggregation: Arc<crate::aggregation::Aggregation>,
+    /// The key rule in force.
+    pub config: Arc<RwLock<crate::config::Config>>,
+    /// A full flush sink turns agents away.
+    pub sinks_full: Arc<crate::flush::SinksFull>,
 }
 
 fn error(message: &str) -> Kind {
@@ -556,7 +566,7 @@ fn error(message: &str) -> Kind {
 /// refused whole, before anything of it is merged), then its series are decoded and merged a
 /// chunk at a time, each series checked by the validity rule on its own. The merge gate is held
 /// throughout, so a flush sees the whole batch and its mark, or neither.
-fn merge(aggregator: &Aggregator, shared: &Shared, id: &SessionId, body: &[u8]) -> Result<(), End> {
+fn merge(aggregator: &Aggregator, target: &MergeTarget, id: &SessionId, body: &[u8]) -> Result<(), End> {
     let c = &aggregator.counters;
     let view = match BatchView::parse(body) {
         Ok(view) => view,
@@ -574,12 +584,12 @@ fn merge(aggregator: &Aggregator, shared: &Shared, id: &SessionId, body: &[u8]) 
             return Err(End::Refused { message: format!("batch {seq} refused: {e}"), refused_seq: seq });
         }
     };
-    if sinks_full(shared) {
+    if target.sinks_full.any() {
         // Not merged, not acknowledged: the agent sends it again once the sinks drain.
         c.busy.fetch_add(1, Relaxed);
         return Err(End::refused(BUSY));
     }
-    let rule = shared.config.read().key_rule();
+    let rule = target.config.read().key_rule();
     let _gate = aggregator.merge_gate.read();
     {
         // Claimed under the gate: another connection of the same session skips it from now on,
@@ -595,7 +605,7 @@ fn merge(aggregator: &Aggregator, shared: &Shared, id: &SessionId, body: &[u8]) 
     }
     let mut applied = Applied::default();
     for chunk in view.chunks(rule, CHUNK_BYTES) {
-        let mut store = shared.store.lock();
+        let mut store = target.aggregation.store.lock();
         applied.merge(&chunk.merge_into(&mut store));
     }
     c.batches.fetch_add(1, Relaxed);

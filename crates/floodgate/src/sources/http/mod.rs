@@ -109,7 +109,7 @@ async fn metrics(State(shared): State<Arc<Shared>>, uri: Uri) -> impl IntoRespon
         let mut out = String::with_capacity(64 * 1024);
         crate::metrics::prometheus::render(&shared.metrics.collect(), &mut out);
         if !self_only {
-            let store = shared.store.lock();
+            let store = shared.aggregation.store.lock();
             floodgate_statsd::prometheus::render(&store, &mut out);
         }
         out

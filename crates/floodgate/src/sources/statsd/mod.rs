@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use floodgate_statsd::{PacketCounts, Parser, Shard};
-use parking_lot::Mutex;
 
 use crate::config::{Config, StatsdConfig};
 use crate::listener::{Address, Kind, Protocol, Transport};
@@ -24,9 +23,7 @@ use crate::topology::{Shared, Wiring};
 
 use crate::listener::Counters;
 
-/// A shard shared between its one writer (a receive thread or the TCP tasks of a listener)
-/// and the flusher, which swaps it out once per interval.
-pub type SharedShard = Arc<Mutex<Shard>>;
+pub use crate::aggregation::SharedShard;
 
 /// Parses a block of complete lines into the shard and adds its line counts to `total` (the
 /// caller counts packets — a datagram, or a TCP read — and publishes `total` to its
@@ -127,7 +124,7 @@ impl StatsdSource {
                     max_datagram: s.max_datagram as usize,
                 };
                 let running = start_datagrams(shared, spec, sizes, listener_families, |counters| {
-                    udp::StatsdDatagrams::new(shared.new_shard(), counters, rule)
+                    udp::StatsdDatagrams::new(shared.aggregation.new_shard(), counters, rule)
                 })?;
                 if let Address::Path(path) = address {
                     unix::set_access(path, &s).with_context(|| format!("statsd unix socket {}", path.display()))?;
@@ -143,7 +140,7 @@ impl StatsdSource {
                 let address = listener.local_addr()?;
                 let counters = shared.listeners.register_stream(*kind, address.to_string(), Some(listener_families));
                 let opts = tcp::TcpOptions {
-                    shard: shared.new_shard(),
+                    shard: shared.aggregation.new_shard(),
                     counters,
                     key_rule: rule,
                     max_line_length: s.max_line_length as usize,
@@ -246,10 +243,8 @@ mod tests {
             let n: u64 = by.iter().filter(|((k, _), _)| k == kind).map(|(_, v)| v).sum();
             assert_eq!(n, 1, "{kind}: {by:?}");
         }
-        let mut store = shared.store.lock();
-        for shard in shared.shards.lock().iter() {
-            store.merge(&mut shard.lock().take());
-        }
+        let mut store = shared.aggregation.store.lock();
+        shared.aggregation.merge_shards(&mut store);
         let mut text = String::new();
         floodgate_statsd::prometheus::render(&store, &mut text);
         for name in ["t_udp", "t_tcp", "t_unix"] {

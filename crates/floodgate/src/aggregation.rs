@@ -1,0 +1,96 @@
+//! The StatsD aggregation state: the store and every receive shard feeding it. Receive
+//! threads write their own shards, the flusher merges them into the store each interval, the
+//! aggregator merges agents' batches into the store, and the console and `/metrics` read it.
+//! Each of them gets this handle rather than the whole running state.
+
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use floodgate_statsd::{AggregationConfig, Shard, Store};
+use parking_lot::Mutex;
+
+use crate::clock::unix_now;
+
+/// A shard shared between its one writer (a receive thread or the TCP tasks of a listener)
+/// and the flusher, which swaps it out once per interval.
+pub type SharedShard = Arc<Mutex<Shard>>;
+
+/// The store and its shards.
+pub struct Aggregation {
+    /// Aggregated state.
+    pub store: Mutex<Store>,
+    /// Every receive shard.
+    shards: Mutex<Vec<SharedShard>>,
+    /// Last time a StatsD packet was merged, Unix seconds (console `stats`).
+    pub last_msg_seen: AtomicI64,
+}
+
+impl Aggregation {
+    /// Empty, with Etsy statsd's options.
+    pub fn new(config: AggregationConfig) -> Aggregation {
+        Aggregation {
+            store: Mutex::new(Store::new(config)),
+            shards: Mutex::new(Vec::new()),
+            last_msg_seen: AtomicI64::new(unix_now()),
+        }
+    }
+
+    /// A new receive shard, merged at every flush.
+    pub fn new_shard(&self) -> SharedShard {
+        // Until the next flush shares the budget out, a new shard may use an eighth of it.
+        let allowance = match self.store.lock().config().max_memory {
+            0 => u64::MAX,
+            limit => limit / 8,
+        };
+        let shard = Arc::new(Mutex::new(self.store.lock().new_shard(allowance)));
+        self.shards.lock().push(shard.clone());
+        shard
+    }
+
+    /// Merges every shard into `store` (the flusher each interval; the console before showing
+    /// live values).
+    pub fn merge_shards(&self, store: &mut Store) {
+        let shards = self.shards.lock().clone();
+        for shard in shards {
+            // Swap under the lock (cheap), merge outside it so the receiver is not held up.
+            let mut taken = shard.lock().take();
+            if taken.packets > 0 {
+                self.last_msg_seen.store(unix_now(), Relaxed);
+            }
+            store.merge(&mut taken);
+        }
+    }
+
+    /// After a flush: tells every shard which series exist (for `max_series`) and gives each
+    /// an equal share of what `max_memory` leaves until the next flush.
+    pub fn share_budgets(&self, store: &mut Store) {
+        let shards = self.shards.lock();
+        if let Some(known) = store.known_series() {
+            for shard in shards.iter() {
+                shard.lock().set_known(known.clone());
+            }
+        }
+        // What max_series leaves for new series until the next flush, shared by every shard.
+        store.refill_budget();
+        let allowance = match store.config().max_memory {
+            0 => u64::MAX,
+            limit => limit.saturating_sub(store.memory_bytes()) / shards.len().max(1) as u64,
+        };
+        let limits = store.shard_limits(allowance);
+        for shard in shards.iter() {
+            shard.lock().set_limits(limits);
+        }
+    }
+
+    /// SIGHUP: new aggregation options for the store and the shards' limits.
+    pub fn reconfigure(&self, config: AggregationConfig) {
+        let unlimited = config.max_memory == 0;
+        let mut store = self.store.lock();
+        store.reconfigure(config);
+        for shard in self.shards.lock().iter() {
+            let mut shard = shard.lock();
+            let allowance = if unlimited { u64::MAX } else { shard.limits().memory_allowance };
+            shard.set_limits(store.shard_limits(allowance));
+        }
+    }
+}

@@ -15,6 +15,7 @@ use parking_lot::RwLock;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use floodgate_forward::proto;
 use floodgate_statsd::{FlushView, Store};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -22,9 +23,42 @@ use crate::aggregation::Aggregation;
 use crate::clock::{unix_ms, unix_now};
 use crate::config::Config;
 use crate::metrics::{Describe, Families, Report, StatusPlace};
-use crate::sinks::forward::Share;
-use crate::sinks::Payload;
-use crate::sources::aggregator::Aggregator;
+
+/// A finished flush for one sink.
+#[derive(Debug)]
+pub struct Payload {
+    /// Bytes to deliver.
+    pub bytes: Vec<u8>,
+    /// Metrics in it.
+    pub metrics: usize,
+    /// Told once the destination has taken the payload.
+    pub delivered: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Holds agents' batches that are acknowledged once it is delivered: never dropped to make
+    /// room (the sink reports itself full instead, and the aggregator stops taking batches).
+    pub pinned: bool,
+}
+
+/// One flush's share for an aggregator.
+#[derive(Debug)]
+pub struct Share {
+    /// Start of the flush interval, Unix ms.
+    pub interval_start_ms: i64,
+    /// The interval.
+    pub interval_ms: u32,
+    /// Changed series owned by this aggregator.
+    pub series: Vec<proto::Series>,
+}
+
+/// Input acknowledged to its senders once a flush holding it has been delivered (agents'
+/// batches, by the aggregator).
+pub trait Acknowledged: Send + Sync {
+    /// Taken for writing by a flush while it merges: no input is half merged meanwhile.
+    fn gate(&self) -> &RwLock<()>;
+
+    /// With the gate held: what runs once every sink has taken this flush, acknowledging
+    /// what it holds (`None`: it holds nothing to acknowledge).
+    fn receipt(self: Arc<Self>) -> Option<Box<dyn FnOnce() + Send>>;
+}
 
 /// How a flush sink turns a flush into its payload (bytes and how many metrics they hold).
 pub trait Render: Send {
@@ -55,8 +89,8 @@ pub struct Outputs {
     pub sinks: Vec<FlushSink>,
     /// The forward links, one per aggregator, with the ring that spreads series over them.
     pub forward: Option<(floodgate_forward::ring::Ring, Vec<UnboundedSender<Share>>)>,
-    /// This host's aggregator role: acknowledged once a flush is delivered.
-    pub aggregator: Option<std::sync::Arc<Aggregator>>,
+    /// Input acknowledged once a flush holding it is delivered (the aggregator role).
+    pub acknowledged: Option<Arc<dyn Acknowledged>>,
     /// Wall-clock aligned flushes, `grace` after each boundary.
     pub aligned: Option<Duration>,
 }
@@ -64,17 +98,17 @@ pub struct Outputs {
 /// The flush sinks' buffers: while one is full of flushes holding agents' batches, the
 /// aggregator takes no more batches (agents keep them and resend).
 #[derive(Default)]
-pub struct SinksFull(parking_lot::Mutex<Vec<Arc<crate::sinks::SinkCounters>>>);
+pub struct SinksFull(parking_lot::Mutex<Vec<Arc<AtomicBool>>>);
 
 impl SinksFull {
     /// Watches a sink.
-    pub fn add(&self, counters: Arc<crate::sinks::SinkCounters>) {
-        self.0.lock().push(counters);
+    pub fn add(&self, full: Arc<AtomicBool>) {
+        self.0.lock().push(full);
     }
 
     /// Whether any sink's buffer is full now.
     pub fn any(&self) -> bool {
-        self.0.lock().iter().any(|c| c.full.load(Relaxed))
+        self.0.lock().iter().any(|full| full.load(Relaxed))
     }
 }
 
@@ -100,10 +134,10 @@ pub fn flush_once(f: &Flusher, out: &Outputs, timestamp: i64, boundary_ms: i64) 
     let config = f.config.read().clone();
     let (interval, rule) = (config.statsd.flush_interval, config.key_rule());
     // No batch is half merged while the gate is held: the marks are exactly what this flush holds.
-    let gate = out.aggregator.as_ref().map(|a| a.merge_gate.write());
+    let gate = out.acknowledged.as_ref().map(|a| a.gate().write());
     let mut store = f.aggregation.store.lock();
     f.aggregation.merge_shards(&mut store);
-    let marks = out.aggregator.as_ref().map(|a| a.merged_marks()).unwrap_or_default();
+    let receipt = out.acknowledged.clone().and_then(|a| a.receipt());
     let interval_ms = interval.as_millis() as i64;
     let epoch_wall_ns = f.epoch_wall_ns;
     let payload = store.flush(timestamp, |view| {
@@ -144,7 +178,7 @@ pub fn flush_once(f: &Flusher, out: &Outputs, timestamp: i64, boundary_ms: i64) 
     let mut deliveries = Vec::new();
     // A flush holding agents' batches is acknowledged to them once delivered: it may wait in a
     // sink's buffer, never be dropped from it.
-    let pinned = !marks.is_empty();
+    let pinned = receipt.is_some();
     let mut send = |tx: &UnboundedSender<Payload>, bytes: Vec<u8>, metrics: usize| {
         let (done, delivered) = tokio::sync::oneshot::channel();
         let _ = tx.send(Payload { bytes, metrics, delivered: Some(done), pinned });
@@ -155,16 +189,15 @@ pub fn flush_once(f: &Flusher, out: &Outputs, timestamp: i64, boundary_ms: i64) 
             send(&sink.queue, bytes, metrics);
         }
     }
-    if let Some(aggregator) = &out.aggregator {
-        // Agents are acknowledged once what they sent is out of this process, every sink.
-        let aggregator = aggregator.clone();
+    if let Some(receipt) = receipt {
+        // Acknowledged once what was sent is out of this process, every sink.
         f.runtime.spawn(async move {
             for delivered in deliveries {
                 if delivered.await.is_err() {
-                    return; // Dropped (buffer full or shutdown): the agents will resend.
+                    return; // Dropped (buffer full or shutdown): the senders will resend.
                 }
             }
-            aggregator.handled(marks);
+            receipt();
         });
     }
     t.flushes.fetch_add(1, Relaxed);

@@ -11,6 +11,7 @@
 
 pub mod aggregation;
 pub mod clock;
+pub mod component;
 pub mod config;
 pub mod flush;
 pub mod guard;

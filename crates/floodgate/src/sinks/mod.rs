@@ -25,14 +25,14 @@ pub trait Sink: Send {
     fn reload(&mut self, _config: &crate::config::Config) {}
 
     /// Shutdown, after the final flush: deliver what is held (bounded in time), then end.
-    fn finish(self: Box<Self>) -> crate::topology::Stopping;
+    fn finish(self: Box<Self>) -> crate::component::Stopping;
 }
 
 /// Builds a sink from the configuration: `None` when it is off.
 pub type Build = fn(
-    &Arc<crate::topology::Shared>,
+    &Arc<crate::component::Shared>,
     &crate::config::Config,
-    &mut crate::topology::Wiring,
+    &mut crate::component::Wiring,
 ) -> anyhow::Result<Option<Box<dyn Sink>>>;
 
 /// Every sink: the one place a new sink is added. Sinks start before sources (the syslog
@@ -53,7 +53,7 @@ impl Sink for DeliveryTask {
         self.name
     }
 
-    fn finish(self: Box<Self>) -> crate::topology::Stopping {
+    fn finish(self: Box<Self>) -> crate::component::Stopping {
         Box::pin(async move {
             let _ = self.task.await;
         })
@@ -63,15 +63,15 @@ impl Sink for DeliveryTask {
 /// Starts the delivery loop of a flush sink: its counters reported under `name`, payloads
 /// rendered by `render` each flush.
 pub fn start_flush_sink<D: Deliver + 'static>(
-    shared: &crate::topology::Shared,
-    wiring: &mut crate::topology::Wiring,
+    shared: &crate::component::Shared,
+    wiring: &mut crate::component::Wiring,
     deliver: D,
     buffer: u64,
     render: Box<dyn crate::flush::Render>,
 ) -> Box<dyn Sink> {
     let name = deliver.name();
     let counters = Arc::new(SinkCounters::default());
-    shared.sinks_full.add(counters.clone());
+    shared.sinks_full.add(counters.full.clone());
     shared.metrics.add(Arc::new(SinkReport { name, counters: counters.clone() }));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     wiring.flush.sinks.push(crate::flush::FlushSink { queue: tx, render });
@@ -88,21 +88,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::flush::Payload;
 use crate::metrics::{Describe, Families, Report, StatusPlace};
-
-/// A finished flush for one sink.
-#[derive(Debug)]
-pub struct Payload {
-    /// Bytes to deliver.
-    pub bytes: Vec<u8>,
-    /// Metrics in it.
-    pub metrics: usize,
-    /// Told once the destination has taken the payload.
-    pub delivered: Option<tokio::sync::oneshot::Sender<()>>,
-    /// Holds agents' batches that are acknowledged once it is delivered: never dropped to make
-    /// room (the sink reports itself full instead, and the aggregator stops taking batches).
-    pub pinned: bool,
-}
 
 /// Why a delivery failed.
 #[derive(Debug)]
@@ -279,7 +266,7 @@ pub struct SinkCounters {
     pub buffer_payloads: AtomicU64,
     /// The buffer is at its bound with flushes that may not be dropped: an aggregator takes no
     /// agent batches until it drains.
-    pub full: AtomicBool,
+    pub full: Arc<AtomicBool>,
 }
 
 /// A flush sink's figures under its name (`sink="graphite"`).

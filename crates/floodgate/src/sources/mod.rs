@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
+use crate::component::{Shared, Stopping, Wiring};
 use crate::config::Config;
-use crate::topology::{Shared, Stopping, Wiring};
 
 /// A running source (or any listening component: the console and HTTP use the same model).
 pub trait Source: Send {

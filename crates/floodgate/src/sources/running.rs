@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::component::Shared;
 use crate::listener::{Address, Counters, ExtraFamilies, Kind, Listener};
 use crate::net::datagram::{DatagramHandler, UdpWorker};
 use crate::sys::UdpReceiver;
-use crate::topology::Shared;
 
 /// A listener a source wants: its kind and address.
 pub type Spec = (Kind, Address);
@@ -255,7 +255,7 @@ impl crate::sources::Source for AcceptTask {
         self.name
     }
 
-    fn stop(self: Box<Self>) -> crate::topology::Stopping {
+    fn stop(self: Box<Self>) -> crate::component::Stopping {
         self.task.abort();
         Box::pin(async {})
     }

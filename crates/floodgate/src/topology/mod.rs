@@ -6,40 +6,24 @@
 //! Nothing here names a source or a sink.
 
 mod reload;
-mod shared;
 
+pub use crate::component::{host_name, Shared, Stopping, Wiring};
 pub use reload::reload;
-pub use shared::Shared;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
-use parking_lot::Mutex;
+use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::record::RecordPipe;
 use crate::sinks::Sink;
 use crate::sources::Source;
 
-/// What components leave for each other while they are built: the flusher's outputs (flush
-/// sinks, forward links, the aggregator to acknowledge) and the record output's pipe for the
-/// syslog listeners.
-#[derive(Default)]
-pub struct Wiring {
-    /// Where flushes go.
-    pub flush: crate::flush::Outputs,
-    /// Where syslog records go (set by the syslog output, taken by the syslog source).
-    pub records: Option<RecordPipe>,
-}
-
-/// A future a component's shutdown step returns.
-pub type Stopping = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
 /// The running components, for reload and shutdown.
+#[derive(Default)]
 pub struct Components {
     sources: Vec<Box<dyn Source>>,
     sinks: Vec<Box<dyn Sink>>,
@@ -88,7 +72,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     };
     let sweeper_stop = Arc::new(AtomicBool::new(false));
     let sweeper = shared.guard.spawn_sweeper(sweeper_stop.clone())?;
-    *shared.components.lock() = Some(Components { sources, sinks });
+    let mut components = Components { sources, sinks };
+    let mut reload_requests = shared.reload_queue.lock().take().context("started twice")?;
     shared.ready.store(true, Ordering::SeqCst);
     tracing::info!(flush_interval = ?s.flush_interval, "ready");
 
@@ -99,13 +84,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => { let _ = reload(&shared); }
+            _ = hup.recv() => { let _ = reload(&shared, &mut components); }
+            Some(reply) = reload_requests.recv() => { let _ = reply.send(reload(&shared, &mut components)); }
         }
     }
 
     tracing::info!("stopping: no new input, flushing what is held");
     shared.ready.store(false, Ordering::SeqCst);
-    let Some(Components { sources, sinks }) = shared.components.lock().take() else { return Ok(()) };
+    let Components { sources, sinks } = components;
     // Every source at once: each reads what its senders already sent, bounded in time.
     let stopping: Vec<_> = sources.into_iter().map(|s| tokio::spawn(s.stop())).collect();
     for s in stopping {
@@ -126,15 +112,3 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
-
-/// This host's name (the agent id's and aggregator id's default).
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-/// The running components, locked for a reload or the shutdown.
-pub type ComponentsSlot = Mutex<Option<Components>>;

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use super::Shared;
+use super::{Components, Shared};
 use crate::config::Config;
 
 /// Re-reads the configuration file. Returns why it was refused (the running one stays).
-pub fn reload(shared: &Arc<Shared>) -> Result<(), String> {
+pub fn reload(shared: &Arc<Shared>, components: &mut Components) -> Result<(), String> {
     let Some(path) = &shared.config_path else {
         tracing::info!("SIGHUP: no config file to reload (running on defaults)");
         return Err("no config file to reload (running on defaults)".into());
@@ -30,13 +30,11 @@ pub fn reload(shared: &Arc<Shared>) -> Result<(), String> {
         tracing::info!(limits = ?new.limits, "SIGHUP: new limits in force");
     }
     *shared.config.write() = new.clone();
-    if let Some(components) = shared.components.lock().as_mut() {
-        for sink in &mut components.sinks {
-            sink.reload(&new);
-        }
-        for source in &mut components.sources {
-            source.reload(shared, &new);
-        }
+    for sink in &mut components.sinks {
+        sink.reload(&new);
+    }
+    for source in &mut components.sources {
+        source.reload(shared, &new);
     }
     tracing::info!(path = %path.display(), "SIGHUP: config reloaded");
     Ok(())
@@ -53,7 +51,7 @@ mod tests {
         std::fs::write(&path, "[limits]\nudp_per_source = 100\n").unwrap();
         let shared = Arc::new(Shared::new(Config::load(&path).unwrap(), Some(path.clone())));
         std::fs::write(&path, "[limits]\nudp_per_source = 200\n").unwrap();
-        reload(&shared).unwrap();
+        reload(&shared, &mut Components::default()).unwrap();
         assert_eq!(shared.config.read().limits.udp_per_source, 200);
         // A certificate that does not load refuses the whole file, naming the key and line.
         std::fs::write(
@@ -61,7 +59,7 @@ mod tests {
             "[limits]\nudp_per_source = 300\n[statsd]\ntls = { cert = \"/nope.pem\", key = \"/nope.key\" }\n",
         )
         .unwrap();
-        let why = reload(&shared).unwrap_err();
+        let why = reload(&shared, &mut Components::default()).unwrap_err();
         assert!(why.contains(":4: key `statsd.tls`"), "{why}");
         assert_eq!(shared.config.read().limits.udp_per_source, 200, "the running config stays");
     }
@@ -69,6 +67,6 @@ mod tests {
     #[tokio::test]
     async fn without_a_file_there_is_nothing_to_reload() {
         let shared = Arc::new(Shared::new(Config::default(), None));
-        assert!(reload(&shared).unwrap_err().contains("no config file"));
+        assert!(reload(&shared, &mut Components::default()).unwrap_err().contains("no config file"));
     }
 }

@@ -24,16 +24,7 @@ use floodgate_forward::proto::{self, frame::Kind, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-/// One flush's share for an aggregator.
-#[derive(Debug)]
-pub struct Share {
-    /// Start of the flush interval, Unix ms.
-    pub interval_start_ms: i64,
-    /// The interval.
-    pub interval_ms: u32,
-    /// Changed series owned by this aggregator.
-    pub series: Vec<proto::Series>,
-}
+use crate::flush::Share;
 
 /// Figures of one aggregator's link.
 #[derive(Debug, Default)]
@@ -462,13 +453,13 @@ impl crate::metrics::Report for LinksReport {
 /// `[forward]`: a link (with its journal) to each aggregator, fed by the flusher with each
 /// aggregator's share of a flush; `None` when not set.
 pub fn build(
-    shared: &Arc<crate::topology::Shared>,
+    shared: &Arc<crate::component::Shared>,
     config: &crate::config::Config,
-    wiring: &mut crate::topology::Wiring,
+    wiring: &mut crate::component::Wiring,
 ) -> anyhow::Result<Option<Box<dyn super::Sink>>> {
     use anyhow::Context;
     let Some(f) = &config.forward else { return Ok(None) };
-    let agent_id = f.agent_id.clone().unwrap_or_else(crate::topology::host_name);
+    let agent_id = f.agent_id.clone().unwrap_or_else(crate::component::host_name);
     let fresh = {
         use std::hash::BuildHasher;
         std::collections::hash_map::RandomState::new().hash_one(shared.epoch_wall_ns)
@@ -520,7 +511,7 @@ impl super::Sink for Links {
     }
 
     /// Each link empties its queue (bounded) once the flusher has dropped its sender.
-    fn finish(self: Box<Self>) -> crate::topology::Stopping {
+    fn finish(self: Box<Self>) -> crate::component::Stopping {
         Box::pin(async move {
             for task in self.tasks {
                 let _ = task.await;

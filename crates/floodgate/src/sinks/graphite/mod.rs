@@ -13,10 +13,11 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{Deliver, DeliverError, Payload, Sink};
+use super::{Deliver, DeliverError, Sink};
 use crate::clock::unix_now;
+use crate::component::{Shared, Wiring};
 use crate::config::Config;
-use crate::topology::{Shared, Wiring};
+use crate::flush::Payload;
 
 /// The sink's settings.
 pub struct GraphiteSink {
@@ -107,7 +108,7 @@ impl Sink for Graphite {
         }
     }
 
-    fn finish(self: Box<Self>) -> crate::topology::Stopping {
+    fn finish(self: Box<Self>) -> crate::component::Stopping {
         self.delivery.finish()
     }
 }

@@ -20,7 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use prost::Message;
 
-use super::{Deliver, DeliverError, Payload};
+use super::{Deliver, DeliverError};
+use crate::flush::Payload;
 
 /// `prometheus.WriteRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -194,9 +195,9 @@ impl Deliver for RemoteWriteSink {
 
 /// `[prometheus_remote_write]`: the sink and its delivery loop; `None` when not set.
 pub fn build(
-    shared: &std::sync::Arc<crate::topology::Shared>,
+    shared: &std::sync::Arc<crate::component::Shared>,
     config: &crate::config::Config,
-    wiring: &mut crate::topology::Wiring,
+    wiring: &mut crate::component::Wiring,
 ) -> anyhow::Result<Option<Box<dyn super::Sink>>> {
     use anyhow::Context;
     let Some(rw) = &config.prometheus_remote_write else { return Ok(None) };

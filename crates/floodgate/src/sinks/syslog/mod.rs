@@ -807,9 +807,9 @@ impl crate::metrics::Report for OutputReport {
 /// The syslog record output, open while syslog has listeners: their records go through the
 /// [`RecordPipe`](crate::record::RecordPipe) this puts in the wiring.
 pub fn build(
-    shared: &Arc<crate::topology::Shared>,
+    shared: &Arc<crate::component::Shared>,
     config: &crate::config::Config,
-    wiring: &mut crate::topology::Wiring,
+    wiring: &mut crate::component::Wiring,
 ) -> Result<Option<Box<dyn super::Sink>>> {
     let y = &config.syslog;
     if !y.has_listeners() {
@@ -845,7 +845,7 @@ impl super::Sink for RecordOutput {
     }
 
     /// Once the listeners have ended (they hold its channel), hands on what is held.
-    fn finish(self: Box<Self>) -> crate::topology::Stopping {
+    fn finish(self: Box<Self>) -> crate::component::Stopping {
         Box::pin(async move {
             tracing::info!(output = %self.output.describe, "syslog: handing on what is held");
             self.output.finish().await;

@@ -13,10 +13,10 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::TcpListener;
 
 use crate::clock::unix_now;
+use crate::component::{Shared, Wiring};
 use crate::guard::ListenerGuard;
 use crate::listener::Counters;
 use crate::net::stream::Stalled;
-use crate::topology::{Shared, Wiring};
 
 /// Longest command line accepted.
 const MAX_COMMAND: usize = 4096;

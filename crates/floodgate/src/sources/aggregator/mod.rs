@@ -27,11 +27,11 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::component::{Shared, Wiring};
 use crate::guard::ListenerGuard;
 use crate::listener::Counters;
 use crate::net::stream::{Connection, Peer};
 use crate::net::tls::SharedServerConfig;
-use crate::topology::{Shared, Wiring};
 
 /// An agent process: who it is and the random number it chose at start.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -521,7 +521,7 @@ pub fn build(
     let kind = Kind::new(Protocol::Aggregator, if tls.is_some() { Transport::Tls } else { Transport::Tcp });
     let listener = crate::sources::running::bind_stream(kind, a.listen)?;
     let address = listener.local_addr()?;
-    let id = format!("{}@{address}", crate::topology::host_name());
+    let id = format!("{}@{address}", crate::component::host_name());
     let limits = Limits {
         max_frame: a.max_frame as usize,
         max_agents: a.max_agents,
@@ -540,7 +540,7 @@ pub fn build(
         sinks_full: shared.sinks_full.clone(),
     };
     let accept = tokio::spawn(serve(listener, guard, counters, tls, aggregator.clone(), target));
-    wiring.flush.aggregator = Some(aggregator);
+    wiring.flush.acknowledged = Some(aggregator);
     Ok(Some(Box::new(crate::sources::running::AcceptTask { name: "aggregator", task: accept })))
 }
 
@@ -684,5 +684,19 @@ impl crate::metrics::Report for Aggregator {
         for r in Invalid::ALL {
             out.add(invalid, &[("reason", r.as_str())], c.invalid_series[r as usize].load(Relaxed));
         }
+    }
+}
+
+impl crate::flush::Acknowledged for Aggregator {
+    fn gate(&self) -> &RwLock<()> {
+        &self.merge_gate
+    }
+
+    fn receipt(self: Arc<Self>) -> Option<Box<dyn FnOnce() + Send>> {
+        let marks = self.merged_marks();
+        if marks.is_empty() {
+            return None;
+        }
+        Some(Box::new(move || self.handled(marks)))
     }
 }

@@ -60,9 +60,9 @@ struct ConntrackSource {
 
 /// `[conntrack]`: starts following the kernel's table unless it is off.
 pub fn build(
-    shared: &Arc<crate::topology::Shared>,
+    shared: &Arc<crate::component::Shared>,
     config: &crate::config::Config,
-    _wiring: &mut crate::topology::Wiring,
+    _wiring: &mut crate::component::Wiring,
 ) -> anyhow::Result<Option<Box<dyn crate::sources::Source>>> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let Some(conntrack) = start(&config.conntrack, shutdown.clone())? else { return Ok(None) };
@@ -75,7 +75,7 @@ impl crate::sources::Source for ConntrackSource {
         "conntrack"
     }
 
-    fn stop(self: Box<Self>) -> crate::topology::Stopping {
+    fn stop(self: Box<Self>) -> crate::component::Stopping {
         self.shutdown.store(true, Relaxed);
         Box::pin(async {})
     }

@@ -21,10 +21,10 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::component::{Shared, Wiring};
 use crate::guard::ListenerGuard;
 use crate::listener::Counters;
 use crate::net::stream::Stalled;
-use crate::topology::{Shared, Wiring};
 
 /// Largest request head (request line and headers) read.
 const MAX_HEAD: usize = 16 << 10;
@@ -186,11 +186,14 @@ async fn reload(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl I
             "POST /-/reload needs an `X-Floodgate-Reload: 1` header (a web page cannot send one)\n".to_string(),
         );
     }
-    let result = tokio::task::spawn_blocking(move || crate::topology::reload(&shared)).await;
-    match result {
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    if shared.reload_requests.send(reply).is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_string());
+    }
+    match outcome.await {
         Ok(Ok(())) => (StatusCode::OK, "reloaded\n".to_string()),
         Ok(Err(e)) => (StatusCode::BAD_REQUEST, format!("config refused; the running one stays: {e}\n")),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_string()),
     }
 }
 

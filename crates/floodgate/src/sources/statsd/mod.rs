@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use floodgate_statsd::{PacketCounts, Parser, Shard};
 
+use crate::component::Stopping;
+use crate::component::{Shared, Wiring};
 use crate::config::{Config, StatsdConfig};
 use crate::listener::{Address, Kind, Protocol, Transport};
 use crate::net::tls::SharedServerConfig;
 use crate::sources::running::{bind_stream, start_datagrams, DatagramSizes, ListenerSet, Running, Spec};
 use crate::sources::Source;
-use crate::topology::Stopping;
-use crate::topology::{Shared, Wiring};
 
 use crate::listener::Counters;
 

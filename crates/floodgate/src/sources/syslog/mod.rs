@@ -18,14 +18,14 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
+use crate::component::Stopping;
+use crate::component::{Shared, Wiring};
 use crate::config::{Config, SyslogConfig};
 use crate::listener::{Address, Kind, Protocol, Transport};
 use crate::net::tls::SharedServerConfig;
 use crate::record::{Chunk, Encoding, RecordPipe};
 use crate::sources::running::{bind_stream, start_datagrams, DatagramSizes, ListenerSet, Running, Spec};
 use crate::sources::Source;
-use crate::topology::Stopping;
-use crate::topology::{Shared, Wiring};
 
 /// Turns messages into output records, for one listener thread or connection.
 pub struct Encoder {

@@ -1,5 +1,7 @@
-//! The state the running agent shares: configuration, the aggregation store and its shards,
-//! the guard, self-metrics, and the operator's switches.
+//! What every component is given when it is built ([`Shared`]: configuration, aggregation,
+//! the guard, self-metrics, the operator's switches; [`Wiring`]: where its output goes) and
+//! what its shutdown step returns ([`Stopping`]). Sources, sinks and the topology all use
+//! these; none of them is defined by another.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -17,6 +19,10 @@ use crate::flush::SinksFull;
 use crate::guard::Guard;
 use crate::listener::Listeners;
 use crate::metrics::Registry;
+use crate::record::RecordPipe;
+
+/// A reload asked for over HTTP: the topology answers with the outcome.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// State shared by every part of the running agent.
 pub struct Shared {
@@ -50,8 +56,11 @@ pub struct Shared {
     pub epoch_wall_ns: i64,
     /// The async runtime (for the flusher thread's follow-up work).
     pub runtime: tokio::runtime::Handle,
-    /// The running sources and sinks (reload reconfigures them; shutdown stops them).
-    pub components: super::ComponentsSlot,
+    /// Asks the topology to reload (`POST /-/reload`); the answer comes back on the sender
+    /// given.
+    pub reload_requests: tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
+    /// The other end, taken by the topology when it starts.
+    pub reload_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>>>,
 }
 
 impl Shared {
@@ -63,6 +72,7 @@ impl Shared {
         let guard = Guard::new(&config.limits, epoch);
         let (metrics, listeners) = (Arc::new(Registry::default()), Arc::new(Listeners::default()));
         let flush = Arc::new(FlushCounters::default());
+        let (reload_requests, reload_queue) = tokio::sync::mpsc::unbounded_channel();
         metrics.add(listeners.clone());
         metrics.add(guard.clone());
         metrics.add(flush.clone());
@@ -82,7 +92,8 @@ impl Shared {
             config_path,
             epoch_wall_ns,
             runtime: tokio::runtime::Handle::current(),
-            components: Mutex::new(None),
+            reload_requests,
+            reload_queue: Mutex::new(Some(reload_queue)),
         }
     }
 
@@ -96,4 +107,27 @@ impl Shared {
             runtime: self.runtime.clone(),
         }
     }
+}
+
+/// What components leave for each other while they are built: the flusher's outputs (flush
+/// sinks, forward links, the aggregator to acknowledge) and the record output's pipe for the
+/// syslog listeners.
+#[derive(Default)]
+pub struct Wiring {
+    /// Where flushes go.
+    pub flush: crate::flush::Outputs,
+    /// Where syslog records go (set by the syslog output, taken by the syslog source).
+    pub records: Option<RecordPipe>,
+}
+
+/// A future a component's shutdown step returns.
+pub type Stopping = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// This host's name (the agent id's and aggregator id's default).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }

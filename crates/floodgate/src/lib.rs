@@ -24,3 +24,4 @@ pub mod sources;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod topology;
+pub mod units;

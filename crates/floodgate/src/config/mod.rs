@@ -12,10 +12,9 @@ use floodgate_statsd::graphite::{GraphiteNaming, Protocol};
 use floodgate_statsd::AggregationConfig;
 use serde::{Deserialize, Serialize};
 
-pub mod units;
-
 pub use crate::guard::config::LimitsConfig;
-pub use crate::sinks::forward::config::{ForwardConfig, ForwardTls};
+pub use crate::net::tls::ClientTls as ForwardTls;
+pub use crate::sinks::forward::config::ForwardConfig;
 pub use crate::sinks::graphite::config::{GraphiteConfig, GraphiteProtocol};
 pub use crate::sinks::remote_write::config::RemoteWriteConfig;
 pub use crate::sinks::syslog::config::{SyslogForward, SyslogOutput};
@@ -25,7 +24,7 @@ pub use crate::sources::conntrack::config::{ConntrackConfig, Enabled, EventForma
 pub use crate::sources::http::config::HttpConfig;
 pub use crate::sources::statsd::config::{Bin, HistogramConfig, StatsdConfig};
 pub use crate::sources::syslog::config::{SyslogConfig, SyslogTlsListener};
-pub use units::{parse_duration, parse_size, Fsync};
+pub use crate::units::{parse_duration, parse_size, Fsync};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

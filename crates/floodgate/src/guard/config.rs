@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::duration;
+use crate::units::duration;
 
 /// `[limits]`: the guard in front of every listener. A rate of 0 turns that limit off.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

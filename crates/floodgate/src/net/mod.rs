@@ -13,7 +13,7 @@ pub type TlsTarget = (std::sync::Arc<rustls::ClientConfig>, rustls_pki_types::Se
 
 /// The client side of TLS to `address` (`host:port`): the configured CA and client
 /// certificate, and `server_name`, or else the address's host, as the name to verify.
-pub fn tls_target(tls: &crate::config::ForwardTls, address: &str) -> anyhow::Result<TlsTarget> {
+pub fn tls_target(tls: &tls::ClientTls, address: &str) -> anyhow::Result<TlsTarget> {
     use anyhow::Context;
     let config = crate::net::tls::client_config(tls)?;
     let host = tls.server_name.clone().unwrap_or_else(|| {

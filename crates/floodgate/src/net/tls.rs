@@ -73,9 +73,27 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<ServerConfig>> {
     Ok(Arc::new(server))
 }
 
+/// The client side of TLS (`[forward] tls`, the syslog forward output's `tls`): the CA the
+/// server's certificate must chain to, and an optional client certificate.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    /// PEM CA certificates the aggregators' certificates must chain to.
+    pub ca: std::path::PathBuf,
+    /// PEM client certificate chain (for aggregators that require one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<std::path::PathBuf>,
+    /// Its PEM private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<std::path::PathBuf>,
+    /// Name to check the aggregators' certificates against (default: the host of each address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
 /// A rustls client configuration (`[forward] tls`, the syslog forward output's `tls`): the
 /// CA to check the server against and an optional client certificate.
-pub fn client_config(tls: &crate::config::ForwardTls) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+pub fn client_config(tls: &ClientTls) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     use anyhow::Context;
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::{size, Fsync};
+use crate::units::{size, Fsync};
 
 /// `[forward]`: ship each flush, pre-aggregated, to aggregators over TCP/TLS.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -12,7 +12,7 @@ pub struct ForwardConfig {
     pub aggregators: Vec<String>,
     /// TLS to the aggregators (`ca`, and `cert` + `key` for mutual TLS); absent = plain TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<ForwardTls>,
+    pub tls: Option<crate::net::tls::ClientTls>,
     /// Name of this agent (default: the host name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
@@ -21,32 +21,15 @@ pub struct ForwardConfig {
     pub buffer: u64,
     /// Where unacknowledged batches are kept on disk (and the agent's session), so a restart
     /// or a crash loses none of them.
-    #[serde(default = "crate::config::units::default_state_dir")]
+    #[serde(default = "crate::units::default_state_dir")]
     pub state_dir: std::path::PathBuf,
     /// When those files are synced to disk.
-    #[serde(default, skip_serializing_if = "crate::config::units::is_never")]
+    #[serde(default, skip_serializing_if = "crate::units::is_never")]
     pub fsync: Fsync,
 }
 
 fn default_forward_buffer() -> u64 {
     256 << 20
-}
-
-/// The agent side of TLS.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ForwardTls {
-    /// PEM CA certificates the aggregators' certificates must chain to.
-    pub ca: std::path::PathBuf,
-    /// PEM client certificate chain (for aggregators that require one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert: Option<std::path::PathBuf>,
-    /// Its PEM private key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<std::path::PathBuf>,
-    /// Name to check the aggregators' certificates against (default: the host of each address).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_name: Option<String>,
 }
 
 impl ForwardConfig {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::{duration, size};
+use crate::units::{duration, size};
 
 /// `[graphite]`: the Carbon output and Etsy's naming options.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::{duration, size};
+use crate::units::{duration, size};
 
 /// `[prometheus_remote_write]`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

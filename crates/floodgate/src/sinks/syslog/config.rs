@@ -5,8 +5,7 @@ use std::fmt;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::{size, Fsync};
-use crate::config::*;
+use crate::units::{size, Fsync};
 
 /// Where syslog records go: `"stdout"`, `{ kind = "file", path = ... }`, or
 /// `{ kind = "forward", address = "host:port", tls = { ca = ... } }`.
@@ -18,7 +17,7 @@ pub enum SyslogOutput {
         /// The file.
         path: std::path::PathBuf,
         /// When it is synced to disk.
-        #[serde(default, skip_serializing_if = "crate::config::units::is_never")]
+        #[serde(default, skip_serializing_if = "crate::units::is_never")]
         fsync: Fsync,
     },
     /// JSON lines on standard output.
@@ -35,7 +34,7 @@ pub struct SyslogForward {
     pub address: String,
     /// TLS to it (`ca`, and `cert` + `key` if it wants a client certificate); absent = TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<ForwardTls>,
+    pub tls: Option<crate::net::tls::ClientTls>,
     /// Bytes held in memory while the server is down.
     #[serde(default = "default_syslog_buffer", with = "size")]
     pub buffer: u64,
@@ -46,7 +45,7 @@ pub struct SyslogForward {
     #[serde(default = "default_syslog_spill_max", with = "size")]
     pub spill_max: u64,
     /// When the spill file is synced to disk.
-    #[serde(default, skip_serializing_if = "crate::config::units::is_never")]
+    #[serde(default, skip_serializing_if = "crate::units::is_never")]
     pub fsync: Fsync,
 }
 

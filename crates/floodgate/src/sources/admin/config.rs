@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::duration;
+use crate::units::duration;
 
 /// `[admin]`: the statsd-compatible management console.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

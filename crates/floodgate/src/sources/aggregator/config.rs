@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::{duration, opt_duration, size};
+use crate::units::{duration, opt_duration, size};
 
 /// `[aggregator]`: accept agents, merge, flush on this host's interval.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -17,7 +17,7 @@ pub struct AggregatorConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::net::tls::TlsConfig>,
     /// Where the handled marks of agents' sessions are kept across restarts.
-    #[serde(default = "crate::config::units::default_state_dir")]
+    #[serde(default = "crate::units::default_state_dir")]
     pub state_dir: std::path::PathBuf,
     /// How long after an interval ends the aggregator waits for agents' batches before it
     /// flushes (default: half the interval, at most 5 s).

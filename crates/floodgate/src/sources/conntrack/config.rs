@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::{duration, size};
+use crate::units::{duration, size};
 
 /// `[conntrack]`: the host's connections per remote endpoint and state.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::{duration, size};
+use crate::units::{duration, size};
 
 /// `[statsd]`: listeners and Etsy statsd's aggregation options.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

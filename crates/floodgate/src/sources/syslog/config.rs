@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::{duration, size, Fsync};
 use crate::config::*;
+use crate::units::{duration, size, Fsync};
 
 /// `[syslog]`: listeners and where the records go.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -1,4 +1,4 @@
-//! Value types and serde helpers every section uses: durations (`"10s"`), sizes (`"64MiB"`), `fsync`.
+//! Value types and serde helpers every configuration section uses: durations (`"10s"`), sizes (`"64MiB"`), `fsync`.
 
 use std::time::Duration;
 

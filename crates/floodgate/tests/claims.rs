@@ -385,3 +385,25 @@ fn sigterm_flushes_every_sink() {
         (totals(&agg, "last_interval_total").values().next() == Some(&7.0)).then_some(())
     });
 }
+
+/// The README's quick start works as written with bash alone (no `nc` on a fresh Debian): its
+/// StatsD and console lines, run by bash against this floodgate's ports, show the counter.
+#[test]
+fn the_quick_start_runs_with_bash_alone() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let lines: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.contains("/dev/udp/127.0.0.1/8125") || l.contains("/dev/tcp/127.0.0.1/8126"))
+        .collect();
+    assert_eq!(lines.len(), 2, "the quick start's two bash lines: {lines:?}");
+    let fg = Floodgate::start("flush_interval = \"1h\"", "");
+    let send = lines[0].replace("/8125", &format!("/{}", fg.statsd));
+    let out = std::process::Command::new("bash").arg("-c").arg(&send).output().unwrap();
+    assert!(out.status.success(), "{send}: {}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the counter on the console", Duration::from_secs(10), || {
+        let ask = lines[1].replace("/8126", &format!("/{}", fg.admin));
+        let out = std::process::Command::new("bash").arg("-c").arg(&ask).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("deploys").then_some(())
+    });
+}

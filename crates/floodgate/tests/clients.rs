@@ -53,8 +53,12 @@ fn python_statsd_and_datadog_clients() {
             ("stats.timers.dd.dist.upper", "7"),
             ("stats.timers.dd.lat.upper", "11"),
             ("stats.sets.dd.users.count", "1"),
+            ("stats_counts.dogstatsd.events;alert_type=error", "1"),
+            ("stats.gauges.service_check;check=db.up;env=prod", "2"),
         ]),
     );
+    // The client's event and service check are not bad lines (Etsy statsd counted them so).
+    assert_eq!(fg.sample("floodgate_bad_lines_total", &["listener=\"statsd_udp\""]), 0.0);
 }
 
 #[test]

@@ -6,7 +6,11 @@
 //!
 //! Differences from Etsy statsd, all on lines it mishandles:
 //! - `h` and `d` are timers (Etsy statsd counts them as counters), and accept negative values.
-//! - A `|T<unix ts>` field is accepted and ignored (Etsy statsd calls the line bad).
+//! - A `|T<unix ts>` field is accepted and ignored (Etsy statsd calls the line bad), as are
+//!   DogStatsD's origin fields `|c:` (container id), `|e:` (external data) and `|card:`.
+//! - DogStatsD events (`_e{…}`) and service checks (`_sc|…`) are read ([`crate::dogstatsd`]),
+//!   handed to the sink whole and counted: `dogstatsd.events;alert_type=…` (a counter) and
+//!   `service_check;check=…;tags` (a gauge holding the status). Etsy statsd calls both bad.
 //! - A sample rate that reads as zero, or whose digits Etsy statsd cannot extract (`@+1`),
 //!   makes the value bad (Etsy statsd would count infinity, or throw).
 //! - In the tag section anything from a following `|` on (DogStatsD extension fields) is
@@ -17,6 +21,7 @@
 //!   whose square would overflow) make the value bad. Etsy statsd takes them and writes
 //!   `Infinity`, `NaN` or an empty name to Graphite.
 
+use crate::dogstatsd::{parse_event, parse_service_check, Event, Reason, ServiceCheck};
 use crate::number::{is_js_number, js_trim, leading_space_len, parse_js_number, utf8_len};
 use crate::valid::{self, KeyRule};
 
@@ -56,6 +61,12 @@ pub trait MetricSink {
     fn metric(&mut self, metric: &Metric<'_>);
     /// A line (or one value of a multi-value line) that could not be read.
     fn bad_line(&mut self, line: &[u8]);
+    /// A DogStatsD event (its `dogstatsd.events` counter has gone to [`MetricSink::metric`]).
+    fn event(&mut self, _event: &Event<'_>) {}
+    /// A DogStatsD service check (its `service_check` gauge has gone to [`MetricSink::metric`]).
+    fn service_check(&mut self, _check: &ServiceCheck<'_>) {}
+    /// Why a DogStatsD event or service check line was bad (after [`MetricSink::bad_line`]).
+    fn bad_reason(&mut self, _line: &[u8], _reason: Reason) {}
 }
 
 /// Counts from one [`Parser::parse_packet`] call.
@@ -119,6 +130,9 @@ impl Parser {
     /// Parses one line; returns how many of its values were bad, and how many of those for a
     /// key or member over the length bound.
     fn parse_line_counted<S: MetricSink>(&mut self, line: &[u8], sink: &mut S) -> (u64, u64) {
+        if line.starts_with(b"_e{") || line.starts_with(b"_sc|") {
+            return self.parse_dogstatsd(line, sink);
+        }
         let (head, tags) = match find2(line, b'|', b'#') {
             Some(i) => {
                 let rest = &line[i + 2..];
@@ -130,6 +144,7 @@ impl Parser {
             }
             None => (line, &[][..]),
         };
+        let head = &head[..origin_fields_start(head)];
         let mut parts = head.split(|b| *b == b':');
         let name = parts.next().unwrap_or_default();
         let key: &[u8] = if tags.is_empty() && (!self.sanitize || is_clean(name)) {
@@ -184,6 +199,99 @@ impl Parser {
         }
         (bad, too_long)
     }
+}
+
+impl Parser {
+    /// An event or a service check: handed to the sink whole, and counted as a metric of its
+    /// own (`dogstatsd.events` by alert type; `service_check` by check and tags, the status as
+    /// a gauge). Returns (bad, too long) as for a metric line.
+    fn parse_dogstatsd<S: MetricSink>(&mut self, line: &[u8], sink: &mut S) -> (u64, u64) {
+        let bad = |sink: &mut S, reason| {
+            sink.bad_line(line);
+            sink.bad_reason(line, reason);
+            (1, 0)
+        };
+        if line.starts_with(b"_e{") {
+            let event = match parse_event(line) {
+                Ok(e) => e,
+                Err(reason) => return bad(sink, reason),
+            };
+            let alert = [b"alert_type:".as_slice(), event.alert_type.as_str().as_bytes()].concat();
+            match self.build_key(b"dogstatsd.events", [alert.as_slice()].into_iter()) {
+                Ok(key) => sink.metric(&Metric::counter(key, 1.0)),
+                Err(_) => return bad(sink, "the event's key is not valid"),
+            }
+            sink.event(&event);
+        } else {
+            let check = match parse_service_check(line) {
+                Ok(c) => c,
+                Err(reason) => return bad(sink, reason),
+            };
+            let named = [b"check:".as_slice(), check.name].concat();
+            let tags =
+                std::iter::once(named.as_slice()).chain(check.tags.split(|b| *b == b',').filter(|t| !t.is_empty()));
+            match self.build_key(b"service_check", tags) {
+                Ok(key) => sink.metric(&Metric::gauge(key, f64::from(check.status.code()))),
+                Err(valid::Invalid::TooLong) => {
+                    sink.bad_line(line);
+                    sink.bad_reason(line, "the service check's key is over max_key_length");
+                    return (1, 1);
+                }
+                Err(_) => return bad(sink, "the service check's key is not valid"),
+            }
+            sink.service_check(&check);
+        }
+        (0, 0)
+    }
+
+    /// `name` with `tags` (`k:v`, as DogStatsD sends them) as Etsy statsd builds a key,
+    /// sanitised when configured, checked by the key rule.
+    fn build_key<'t>(&mut self, name: &[u8], tags: impl Iterator<Item = &'t [u8]>) -> Result<&[u8], valid::Invalid> {
+        self.raw_key.clear();
+        self.raw_key.extend_from_slice(name);
+        for tag in tags {
+            self.raw_key.push(b';');
+            push_tag(&mut self.raw_key, tag);
+        }
+        let key = if self.sanitize {
+            self.key.clear();
+            sanitize_into(&self.raw_key, &mut self.key);
+            &self.key
+        } else {
+            &self.raw_key
+        };
+        self.rule.check_built(key)?;
+        Ok(key)
+    }
+}
+
+impl<'a> Metric<'a> {
+    fn counter(key: &'a [u8], value: f64) -> Metric<'a> {
+        Metric { key, kind: Kind::Counter, value, sample_rate: 1.0, gauge_delta: false, set_member: &[] }
+    }
+
+    fn gauge(key: &'a [u8], value: f64) -> Metric<'a> {
+        Metric { key, kind: Kind::Gauge, value, sample_rate: 1.0, gauge_delta: false, set_member: &[] }
+    }
+}
+
+/// Where DogStatsD's origin fields (`|c:`, `|e:`, `|card:`) begin in a line's head (its
+/// length when there are none). They hold `:`, which would split the value list, so they end
+/// the head. A `|c:` is such a field only after a value that already has its type (`1|c|c:id`);
+/// right after a bare value it is Etsy's next value of a multi-value line (`1|c:2|c`).
+fn origin_fields_start(head: &[u8]) -> usize {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b'|', &head[from..]).map(|i| from + i) {
+        let rest = &head[i + 1..];
+        if rest.starts_with(b"c:") || rest.starts_with(b"e:") || rest.starts_with(b"card:") {
+            let value_start = head[..i].iter().rposition(|b| *b == b':').map_or(0, |c| c + 1);
+            if head[value_start..i].contains(&b'|') {
+                return i;
+            }
+        }
+        from = i + 1;
+    }
+    head.len()
 }
 
 /// Position of the two-byte sequence `a b`.
@@ -274,9 +382,11 @@ fn parse_value<'a>(key: &'a [u8], part: &'a [u8]) -> Option<Metric<'a>> {
     let value = fields.next()?;
     let raw_type = fields.next()?;
     let mut sample_rate = 1.0;
-    if let Some(extra) = fields.next() {
+    let (mut rate_seen, mut time_seen) = (false, false);
+    for extra in fields {
         match extra.first() {
-            Some(b'@') if extra.len() > 1 && is_js_number(&extra[1..]) && extra[1] != b'-' => {
+            Some(b'@') if !rate_seen && extra.len() > 1 && is_js_number(&extra[1..]) && extra[1] != b'-' => {
+                rate_seen = true;
                 // Etsy: Number(field.match(/^@([\d\.]+)/)[1])
                 let digits = &extra[1..];
                 let run = digits.iter().take_while(|b| b.is_ascii_digit() || **b == b'.').count();
@@ -285,7 +395,9 @@ fn parse_value<'a>(key: &'a [u8], part: &'a [u8]) -> Option<Metric<'a>> {
                     return None;
                 }
             }
-            Some(b'T') if extra.len() > 1 && extra[1..].iter().all(u8::is_ascii_digit) => {}
+            Some(b'T') if !time_seen && extra.len() > 1 && extra[1..].iter().all(u8::is_ascii_digit) => {
+                time_seen = true
+            }
             _ => return None,
         }
     }
@@ -319,6 +431,9 @@ mod tests {
     struct Collect {
         metrics: Vec<(String, Kind, f64, f64, bool, String)>,
         bad: usize,
+        events: Vec<String>,
+        checks: Vec<String>,
+        reasons: Vec<Reason>,
     }
     impl MetricSink for Collect {
         fn metric(&mut self, m: &Metric<'_>) {
@@ -333,6 +448,15 @@ mod tests {
         }
         fn bad_line(&mut self, _: &[u8]) {
             self.bad += 1;
+        }
+        fn event(&mut self, e: &Event<'_>) {
+            self.events.push(String::from_utf8_lossy(e.title).into_owned());
+        }
+        fn service_check(&mut self, c: &ServiceCheck<'_>) {
+            self.checks.push(String::from_utf8_lossy(c.name).into_owned());
+        }
+        fn bad_reason(&mut self, _: &[u8], reason: Reason) {
+            self.reasons.push(reason);
         }
     }
 
@@ -467,5 +591,49 @@ mod tests {
             proptest::prop_assert!(is_clean(&out));
             proptest::prop_assert_eq!(sanitize(&out), out);
         }
+    }
+
+    #[test]
+    fn dogstatsd_origin_fields_and_timestamps_are_never_bad_lines() {
+        for line in [
+            "a:1|c|c:0123abcd",
+            "a:1|c|#env:prod|c:0123abcd|e:it-false,cn-x,pu-y|card:high",
+            "a:1|c|@0.5|T1700000000",
+            "a:1|c|T1700000000|@0.5",
+            "a:1|c|c:ci-1|#env:prod",
+            "a:1|c|card:orchestrator",
+        ] {
+            let c = parse(line);
+            assert_eq!((c.bad, c.metrics.len()), (0, 1), "{line}");
+            assert!(c.metrics[0].0.starts_with('a'), "{line}: {:?}", c.metrics);
+        }
+        assert_eq!(parse("a:1|c|@0.5|#env:prod|c:x").metrics[0].0, "a;env=prod");
+        // Etsy's multi-value lines keep their `|c:` (the next value), an origin field after them.
+        let multi = parse("a:1|c:2|c|c:0123abcd");
+        assert_eq!((multi.bad, multi.metrics.len()), (0, 2));
+        // Two rates, or an unknown field, are still bad.
+        assert_eq!(parse("a:1|c|@0.5|@0.5").bad, 1);
+        assert_eq!(parse("a:1|c|zz").bad, 1);
+    }
+
+    #[test]
+    fn events_and_service_checks_are_counted_not_bad() {
+        let c = parse("_e{6,6}:deploy|v1.2.3|t:error|#env:prod\n_sc|db.up|2|#env:prod,az:b|m:down\n_e{2,2}:ok|ok");
+        assert_eq!(
+            (c.bad, c.events.clone(), c.checks.clone()),
+            (0, vec!["deploy".to_string(), "ok".into()], vec!["db.up".to_string()])
+        );
+        let keys: Vec<(&str, Kind, f64)> = c.metrics.iter().map(|m| (m.0.as_str(), m.1, m.2)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("dogstatsd.events;alert_type=error", Kind::Counter, 1.0),
+                ("service_check;check=db.up;env=prod;az=b", Kind::Gauge, 2.0),
+                ("dogstatsd.events;alert_type=info", Kind::Counter, 1.0),
+            ]
+        );
+        let bad = parse("_e{9,2}:short|ab\n_sc|x|7");
+        assert_eq!((bad.bad, bad.metrics.len()), (2, 0));
+        assert_eq!(bad.reasons.len(), 2, "each bad DogStatsD line says why: {:?}", bad.reasons);
     }
 }

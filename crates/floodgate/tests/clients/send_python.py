@@ -36,6 +36,10 @@ dd.histogram("dd.hist", 5)
 dd.distribution("dd.dist", 7)
 dd.timing("dd.lat", 11)
 dd.set("dd.users", "u1")
+# Events and service checks: counted (dogstatsd.events by alert type; service_check's status
+# as a gauge), never bad lines.
+dd.event("Deploy", "v1.2.3 is out\nall green", alert_type="error", tags=["env:prod"])
+dd.service_check("db.up", DogStatsd.CRITICAL, tags=["env:prod"], message="replica lag")
 dd.flush()
 dd.close_socket()
 print("sent")

@@ -259,11 +259,15 @@ impl<'a> Src<'a> {
         if s.get(3) != Some(&b' ') {
             return None;
         }
-        let day = two(s.get(4..6)?)?;
-        if !(1..=31).contains(&day) || s.get(6) != Some(&b' ') {
+        // The day: `dd`, ` d` (RFC 3164's padding) or `d` (a single space, as many senders write).
+        let (day, after) = match (s.get(4), s.get(5)) {
+            (Some(d), Some(b' ')) if d.is_ascii_digit() => (u32::from(d - b'0'), 5),
+            _ => (two(s.get(4..6)?)?, 6),
+        };
+        if !(1..=31).contains(&day) || s.get(after) != Some(&b' ') {
             return None;
         }
-        let mut r = &s[7..];
+        let mut r = &s[after + 1..];
         // An explicit year: `Mmm dd yyyy hh:mm:ss`.
         let year = if r.len() > 5 && r[..4].iter().all(u8::is_ascii_digit) && r[4] == b' ' {
             let y = r[..4].iter().fold(0i32, |n, d| n * 10 + i32::from(d - b'0'));
@@ -287,6 +291,17 @@ impl<'a> Src<'a> {
         let r = r.strip_prefix(b":").unwrap_or(r);
         let r = r.strip_prefix(b" ").unwrap_or(r);
         Some((Cow::Owned(format!("{year:04}-{month:02}-{day:02}T{time}{zone}")), r))
+    }
+
+    /// A `program[pid]:` tag with the text straight after it (`app[1]:msg`, no space): the tag
+    /// (with its `:`) and the text. Only the bracketed form: `word:text` is as likely text.
+    fn glued_tag(&self, s: &'a [u8]) -> Option<(Tag<'a>, &'a [u8])> {
+        let token = &s[..s.iter().position(|b| *b == b' ').unwrap_or(s.len())];
+        let end = token.windows(2).position(|w| w == b"]:")? + 2;
+        if end == token.len() {
+            return None; // `app[1]: text`: the usual form, read as a field.
+        }
+        Some((self.tag(&s[..end])?, &s[end..]))
     }
 
     fn tag(&self, token: &'a [u8]) -> Option<Tag<'a>> {
@@ -331,6 +346,11 @@ impl<'a> Src<'a> {
             }
         }
         // Hostname, unless the next token is already the tag.
+        if let Some(((app, pid, mnemonic), rest)) = self.glued_tag(s) {
+            (r.app_name, r.procid, r.msgid) = (app, pid, mnemonic);
+            r.message = self.text(rest);
+            return r;
+        }
         if let Some((token, rest)) = field(s) {
             match self.tag(token) {
                 Some((app, pid, mnemonic)) => {
@@ -344,7 +364,10 @@ impl<'a> Src<'a> {
                 {
                     r.hostname = Some(self.text(token));
                     s = rest;
-                    if let Some((t, rest)) = field(s) {
+                    if let Some(((app, pid, mnemonic), rest)) = self.glued_tag(s) {
+                        (r.app_name, r.procid, r.msgid) = (app, pid, mnemonic);
+                        s = rest;
+                    } else if let Some((t, rest)) = field(s) {
                         if let Some((app, pid, mnemonic)) = self.tag(t) {
                             (r.app_name, r.procid, r.msgid) = (app, pid, mnemonic);
                             s = rest;

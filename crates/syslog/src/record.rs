@@ -25,7 +25,8 @@ pub struct Received<'a> {
     pub transport: &'a str,
 }
 
-/// Facility names, as rsyslog and syslog-ng print them.
+/// Facility names, as rsyslog and syslog-ng print them; 13 and 14 by RFC 5424's table ("log
+/// audit", "log alert": on Linux `security` is an old name of `auth`, so it would mislead).
 pub const FACILITIES: [&str; 24] = [
     "kern",
     "user",
@@ -40,8 +41,8 @@ pub const FACILITIES: [&str; 24] = [
     "authpriv",
     "ftp",
     "ntp",
-    "security",
-    "console",
+    "audit",
+    "alert",
     "solaris-cron",
     "local0",
     "local1",
@@ -90,6 +91,14 @@ pub fn write_json_after(prefix: &[u8], record: &Record, raw: Option<&[u8]>, out:
     json_name(out, record.facility.and_then(|f| FACILITIES.get(usize::from(f)).copied()));
     out.extend_from_slice(b",\"severity\":");
     json_name(out, record.severity.and_then(|s| SEVERITIES.get(usize::from(s)).copied()));
+    // The numbers too: a store filters and sorts on them without a name table.
+    for (key, code) in [(&b",\"facility_code\":"[..], record.facility), (b",\"severity_code\":", record.severity)] {
+        out.extend_from_slice(key);
+        match code {
+            Some(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
     out.extend_from_slice(b",\"timestamp\":");
     json_opt(out, record.timestamp.as_deref());
     out.extend_from_slice(b",\"hostname\":");
@@ -363,6 +372,9 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["facility"], "local4");
         assert_eq!(v["severity"], "notice");
+        assert_eq!((v["facility_code"].as_u64(), v["severity_code"].as_u64()), (Some(20), Some(5)));
+        // RFC 5424's names for 13 and 14 (not `security`, an old Linux name of `auth`).
+        assert_eq!((FACILITIES[13], FACILITIES[14]), ("audit", "alert"));
         assert_eq!(v["structured_data"]["ex@1"]["b"], "x\"y");
         assert_eq!(v["message"], "\"quoted\" and \\ back");
         assert_eq!(v["msgid"], "ID47");

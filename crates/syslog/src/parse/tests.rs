@@ -222,6 +222,48 @@ fn rfc3164_variants() {
 }
 
 #[test]
+fn senders_variants_of_days_and_tags() {
+    // A day written with one space, as many senders do: the header is still read.
+    check(&Case {
+        input: b"<13>Feb 5 17:32:18 web-1 app: started",
+        pri: Some((1, 5)),
+        timestamp: Some("2026-02-05T17:32:18"),
+        hostname: Some("web-1"),
+        app_name: Some("app"),
+        message: "started",
+        ..BASE
+    });
+    // A tag with the text straight after its colon, with and without a hostname.
+    check(&Case {
+        input: b"<13>Feb 15 17:32:18 web-1 app[1]:msg here",
+        pri: Some((1, 5)),
+        timestamp: Some("2026-02-15T17:32:18"),
+        hostname: Some("web-1"),
+        app_name: Some("app"),
+        procid: Some("1"),
+        message: "msg here",
+        ..BASE
+    });
+    check(&Case {
+        input: b"<13>app[77]:no space",
+        pri: Some((1, 5)),
+        app_name: Some("app"),
+        procid: Some("77"),
+        message: "no space",
+        ..BASE
+    });
+    // Text that merely holds `]:` later on is not a tag.
+    check(&Case {
+        input: b"<13>Feb 15 17:32:18 web-1 hello a[b]:c",
+        pri: Some((1, 5)),
+        timestamp: Some("2026-02-15T17:32:18"),
+        hostname: Some("web-1"),
+        message: "hello a[b]:c",
+        ..BASE
+    });
+}
+
+#[test]
 fn malformed_messages_are_kept_whole() {
     for bad in [&b"<999>Nov 22 10:05:01 h a: x"[..], b"<>x", b"<13", b"<013>x", b"<1a>x"] {
         let r = parse(bad, NOW);

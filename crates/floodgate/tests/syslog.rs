@@ -965,3 +965,35 @@ fn sighup_adds_and_removes_syslog_listeners() {
     assert_eq!(r[1]["message"], "to the added listener");
     assert_eq!(r[1]["listener"], "syslog_tcp");
 }
+
+/// `logger --socket` (util-linux), as the host's own programs write to `/dev/log`: messages over
+/// a Unix datagram socket become records like any listener's, and are counted as `syslog_unix`.
+#[test]
+fn logger_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, sock) = (dir.path().join("out.jsonl"), dir.path().join("log.sock"));
+    let fg = start(free_port(), &out, &format!("unix = [\"{}\"]\nunix_mode = \"0600\"\n", sock.display()), "");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o7777, 0o600);
+    for (args, message) in [(&["--rfc3164"][..], "from logger 3164"), (&["--rfc5424"][..], "from logger 5424")] {
+        let status = Command::new(require_tool("logger"))
+            .args(["--socket", sock.to_str().unwrap(), "--socket-errors=on", "-t", "unixapp", "-i"])
+            .args(args)
+            .arg(message)
+            .status()
+            .unwrap();
+        assert!(status.success(), "logger {args:?}");
+    }
+    let records = wait_records(&out, 2);
+    for message in ["from logger 3164", "from logger 5424"] {
+        let r = find(&records, message);
+        assert_eq!(r["listener"], "syslog_unix", "{r}");
+        assert_eq!(r["transport"], "unix", "{r}");
+        assert_eq!(r["app_name"], "unixapp", "{r}");
+        assert!(r["procid"].as_str().is_some_and(|p| p.parse::<u32>().is_ok()), "logger -i sends its pid: {r}");
+        assert_eq!(r["parse_error"], Value::Null, "{r}");
+    }
+    let labels = ["listener=\"syslog_unix\"".to_string(), format!("address=\"{}\"", sock.display())];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    assert_eq!(sample(&fg, "floodgate_syslog_messages_total", &labels), 2.0);
+}

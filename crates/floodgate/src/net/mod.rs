@@ -5,6 +5,7 @@
 pub mod datagram;
 pub mod stream;
 pub mod tls;
+pub mod unix;
 
 use std::time::Duration;
 

@@ -207,7 +207,7 @@ impl StatsdConfig {
         if s.max_line_length < 64 {
             return Err(("statsd.max_line_length", "must be at least 64 bytes".into()));
         }
-        if u32::from_str_radix(s.unix_mode.trim_start_matches("0o"), 8).map_or(true, |m| m > 0o7777) {
+        if !crate::net::unix::valid_mode(&s.unix_mode) {
             return Err(("statsd.unix_mode", format!("`{}` is not an octal file mode like \"0660\"", s.unix_mode)));
         }
         if s.unix.iter().any(|p| p.as_os_str().len() > 107) {

@@ -5,7 +5,6 @@
 pub mod config;
 pub mod tcp;
 pub mod udp;
-pub mod unix;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -127,7 +126,13 @@ impl StatsdSource {
                     udp::StatsdDatagrams::new(shared.aggregation.new_shard(), counters, rule)
                 })?;
                 if let Address::Path(path) = address {
-                    unix::set_access(path, &s).with_context(|| format!("statsd unix socket {}", path.display()))?;
+                    let access = crate::net::unix::Access {
+                        mode: &s.unix_mode,
+                        owner: s.unix_owner.as_deref(),
+                        group: s.unix_group.as_deref(),
+                    };
+                    crate::net::unix::set_access(path, access)
+                        .with_context(|| format!("statsd unix socket {}", path.display()))?;
                 }
                 Ok(running)
             }

@@ -18,6 +18,17 @@ pub struct SyslogConfig {
     pub tcp: Vec<SocketAddr>,
     /// TLS listeners, each with its certificate (and optional client CA for mutual TLS).
     pub tls: Vec<SyslogTlsListener>,
+    /// Unix datagram sockets (as `/dev/log` is): one message a datagram, e.g.
+    /// `logger --socket PATH`.
+    pub unix: Vec<std::path::PathBuf>,
+    /// Mode of those socket files (octal); the default lets any local user send.
+    pub unix_mode: String,
+    /// Owner of the socket files (name or number); unchanged when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_owner: Option<String>,
+    /// Group of the socket files (name or number); unchanged when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_group: Option<String>,
     /// Longest message: longer frames are skipped and counted, longer datagrams truncated and
     /// flagged.
     #[serde(with = "size")]
@@ -45,6 +56,10 @@ impl Default for SyslogConfig {
             udp: vec![SocketAddr::from(([127, 0, 0, 1], 5514))],
             tcp: vec![SocketAddr::from(([127, 0, 0, 1], 5514))],
             tls: Vec::new(),
+            unix: Vec::new(),
+            unix_mode: "0622".into(),
+            unix_owner: None,
+            unix_group: None,
             max_message: 64 << 10,
             output: SyslogOutput::File { path: "floodgate-syslog.jsonl".into(), fsync: Fsync::Never },
             raw: false,
@@ -82,6 +97,12 @@ impl SyslogConfig {
     /// Checks the values serde cannot: ranges, combinations. The error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let y = self;
+        if !crate::net::unix::valid_mode(&y.unix_mode) {
+            return Err(("syslog.unix_mode", format!("`{}` is not an octal file mode like \"0660\"", y.unix_mode)));
+        }
+        if y.unix.iter().any(|p| p.as_os_str().len() > 107) {
+            return Err(("syslog.unix", "a socket path is at most 107 bytes".into()));
+        }
         if !(480..=(64 << 20)).contains(&y.max_message) {
             return Err(("syslog.max_message", "must be between 480 bytes (RFC 5424's minimum) and 64MiB".into()));
         }
@@ -106,6 +127,6 @@ impl SyslogConfig {
 impl SyslogConfig {
     /// Whether any listener is named (the output opens only then).
     pub fn has_listeners(&self) -> bool {
-        !self.udp.is_empty() || !self.tcp.is_empty() || !self.tls.is_empty()
+        !self.udp.is_empty() || !self.tcp.is_empty() || !self.tls.is_empty() || !self.unix.is_empty()
     }
 }

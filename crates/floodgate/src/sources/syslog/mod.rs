@@ -207,6 +207,7 @@ fn wanted(y: &SyslogConfig) -> Vec<Spec> {
     let mut out: Vec<Spec> = y.udp.iter().map(|a| (kind(Transport::Udp), Address::Inet(*a))).collect();
     out.extend(y.tcp.iter().map(|a| (kind(Transport::Tcp), Address::Inet(*a))));
     out.extend(y.tls.iter().map(|t| (kind(Transport::Tls), Address::Inet(t.listen))));
+    out.extend(y.unix.iter().map(|p| (kind(Transport::Unix), Address::Path(p.clone()))));
     out
 }
 
@@ -216,17 +217,28 @@ impl SyslogSource {
         let Some(pipe) = self.pipe.clone() else { anyhow::bail!("syslog output not open") };
         let shared = &self.shared;
         let (kind, address) = spec;
-        let Address::Inet(addr) = address else { anyhow::bail!("{kind} does not listen on a socket file") };
-        if kind.transport == Transport::Udp {
+        if matches!(kind.transport, Transport::Udp | Transport::Unix) {
+            let unix = kind.transport == Transport::Unix;
             let sizes = DatagramSizes {
-                threads: y.receive_threads,
+                threads: if unix { 1 } else { y.receive_threads },
                 buffer: y.receive_buffer,
                 max_datagram: y.max_message.min(65_535) as usize,
             };
-            return start_datagrams(shared, spec, sizes, listener_families, |counters| {
-                udp::SyslogDatagrams::new(pipe.encoding, pipe.sender.clone(), counters)
-            });
+            let running = start_datagrams(shared, spec, sizes, listener_families, |counters| {
+                udp::SyslogDatagrams::new(*kind, pipe.encoding, pipe.sender.clone(), counters)
+            })?;
+            if let Address::Path(path) = address {
+                let access = crate::net::unix::Access {
+                    mode: &y.unix_mode,
+                    owner: y.unix_owner.as_deref(),
+                    group: y.unix_group.as_deref(),
+                };
+                crate::net::unix::set_access(path, access)
+                    .map_err(|e| anyhow::anyhow!("syslog unix socket {}: {e:#}", path.display()))?;
+            }
+            return Ok(running);
         }
+        let Address::Inet(addr) = address else { anyhow::bail!("{kind} does not listen on a socket file") };
         let tls = match y.tls.iter().find(|t| kind.is_tls() && t.listen == *addr) {
             Some(t) => {
                 let config = crate::net::tls::server_config(&t.tls())

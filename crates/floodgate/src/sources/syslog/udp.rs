@@ -1,4 +1,5 @@
-//! Syslog over UDP (RFC 5426): each admitted datagram is one message. A datagram longer than
+//! Syslog over UDP (RFC 5426) and Unix datagram sockets (as `/dev/log`): each admitted
+//! datagram is one message. A datagram longer than
 //! `max_message` is kept as far as it was read, with `parse_error` saying it was cut.
 
 use std::sync::Arc;
@@ -6,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::Encoder;
-use crate::listener::{Counters, Kind, Protocol, Transport};
+use crate::listener::{Counters, Kind};
 use crate::net::datagram::{Admitted, DatagramHandler};
 use crate::record::{Chunk, Encoding};
 
@@ -21,13 +22,14 @@ pub struct SyslogDatagrams {
 }
 
 impl SyslogDatagrams {
-    /// A decoder sending to `output`.
-    pub fn new(encoding: Encoding, output: mpsc::Sender<Chunk>, counters: Arc<Counters>) -> SyslogDatagrams {
-        SyslogDatagrams {
-            encoder: Encoder::new(encoding, Kind::new(Protocol::Syslog, Transport::Udp)),
-            output,
-            counters,
-        }
+    /// A decoder for a listener of `kind` (UDP, or a Unix socket) sending to `output`.
+    pub fn new(
+        kind: Kind,
+        encoding: Encoding,
+        output: mpsc::Sender<Chunk>,
+        counters: Arc<Counters>,
+    ) -> SyslogDatagrams {
+        SyslogDatagrams { encoder: Encoder::new(encoding, kind), output, counters }
     }
 }
 

@@ -1,23 +1,35 @@
-//! StatsD on a Unix datagram socket (`[statsd] unix = ["/run/floodgate/statsd.sock"]`), the
-//! DogStatsD clients' default in containers: one datagram a packet, as over UDP, read by the
-//! same receive loop. Who may send is the socket file's mode and owner (`unix_mode`,
-//! `unix_owner`, `unix_group`), set here right after binding.
+//! Unix socket files: who may send to one is its mode and owner (`unix_mode`, `unix_owner`,
+//! `unix_group` in `[statsd]` and `[syslog]`), set right after binding.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::StatsdConfig;
+/// Who may use a socket file: its mode (octal text), owner and group (names or numbers).
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    /// `"0622"`.
+    pub mode: &'a str,
+    /// Unchanged when `None`.
+    pub owner: Option<&'a str>,
+    /// Unchanged when `None`.
+    pub group: Option<&'a str>,
+}
+
+/// Whether `mode` is an octal file mode (`"0660"`, `"0o660"`).
+pub fn valid_mode(mode: &str) -> bool {
+    u32::from_str_radix(mode.trim_start_matches("0o"), 8).is_ok_and(|m| m <= 0o7777)
+}
 
 /// Gives the socket file at `path` the configured mode, owner and group.
-pub fn set_access(path: &Path, s: &StatsdConfig) -> Result<()> {
-    let mode = u32::from_str_radix(s.unix_mode.trim_start_matches("0o"), 8)
-        .with_context(|| format!("unix_mode `{}` is not an octal mode", s.unix_mode))?;
+pub fn set_access(path: &Path, access: Access<'_>) -> Result<()> {
+    let mode = u32::from_str_radix(access.mode.trim_start_matches("0o"), 8)
+        .with_context(|| format!("unix_mode `{}` is not an octal mode", access.mode))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set mode {:o}", mode))?;
-    let uid = s.unix_owner.as_deref().map(|o| id_of(o, Path::new("/etc/passwd"))).transpose()?;
-    let gid = s.unix_group.as_deref().map(|g| id_of(g, Path::new("/etc/group"))).transpose()?;
+    let uid = access.owner.map(|o| id_of(o, Path::new("/etc/passwd"))).transpose()?;
+    let gid = access.group.map(|g| id_of(g, Path::new("/etc/group"))).transpose()?;
     if uid.is_some() || gid.is_some() {
         std::os::unix::fs::chown(path, uid, gid).context("cannot change the owner")?;
     }

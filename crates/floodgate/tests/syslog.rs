@@ -997,3 +997,20 @@ fn logger_over_a_unix_socket() {
     let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
     assert_eq!(sample(&fg, "floodgate_syslog_messages_total", &labels), 2.0);
 }
+
+/// Every record's `timestamp` is RFC 3339 with an offset: an RFC 3164 time without a zone is
+/// read in `[syslog] timezone`, a known abbreviation in its own zone.
+#[test]
+fn rfc3164_times_get_the_configured_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let port = free_port();
+    let _fg = start(port, &out, "timezone = \"+05:30\"\n", "");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(b"<13>Feb  5 17:32:18 web-1 app: zoneless", ("127.0.0.1", port)).unwrap();
+    udp.send_to(b"<13>Feb  5 17:32:18 PST web-1 app: pacific", ("127.0.0.1", port)).unwrap();
+    let records = wait_records(&out, 2);
+    let stamp = |m: &str| find(&records, m)["timestamp"].as_str().unwrap().to_string();
+    assert!(stamp("zoneless").ends_with("-02-05T17:32:18+05:30"), "{records:?}");
+    assert!(stamp("pacific").ends_with("-02-05T17:32:18-08:00"), "{records:?}");
+}

@@ -22,7 +22,7 @@ pub use parse::{parse, Format, Now, Record, SdElement};
 /// JSON). Used by the fuzz target and its regression corpus; panics only on a bug.
 #[doc(hidden)]
 pub fn exercise(data: &[u8]) -> Vec<u8> {
-    let now = Now { year: 2026, month: 6 };
+    let now = Now { year: 2026, month: 6, offset_minutes: 0 };
     let received =
         record::Received { at: "2026-06-01T00:00:00.000Z", source: "[::1]:1", listener: "l", transport: "udp" };
     let mut json = Vec::new();

@@ -44,8 +44,8 @@ pub struct Record<'a> {
     pub facility: Option<u8>,
     /// Severity (PRI % 8).
     pub severity: Option<u8>,
-    /// As given (RFC 5424), or as ISO 8601 (RFC 3164: the year added when missing, no zone
-    /// when the message had none).
+    /// As given (RFC 5424), or as RFC 3339 (RFC 3164: the year added when missing, the zone's
+    /// offset always: a known abbreviation, else the configured zone).
     pub timestamp: Option<Text<'a>>,
     /// HOSTNAME.
     pub hostname: Option<Text<'a>>,
@@ -63,13 +63,18 @@ pub struct Record<'a> {
     pub parse_error: Option<String>,
 }
 
-/// What the parser needs to know of the present: RFC 3164 timestamps have no year.
+/// What the parser needs to know of the present: RFC 3164 timestamps have no year and
+/// usually no zone.
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
-    /// The current year.
+    /// The current year, in the configured zone.
     pub year: i32,
     /// The current month (1–12): a December message read in January belongs to last year.
     pub month: u32,
+    /// The configured zone's offset from UTC now, in minutes: an RFC 3164 time without a zone
+    /// is read in it (messages are read as they are sent, so the offset in force now is the
+    /// one their senders used, but for the hour around a daylight-saving change).
+    pub offset_minutes: i32,
 }
 
 /// Parses one message (a frame, or a datagram without its trailing newline).
@@ -251,7 +256,13 @@ impl<'a> Src<'a> {
         if s.len() >= 19 && looks_like_rfc3339(s) {
             let end = s.iter().position(|b| *b == b' ').unwrap_or(s.len());
             let rest = &s[end..];
-            return Some((self.text(&s[..end]), rest.strip_prefix(b" ").unwrap_or(rest)));
+            let stamp = &s[..end];
+            let text = if has_offset(stamp) {
+                self.text(stamp)
+            } else {
+                Cow::Owned(format!("{}{}", self.text(stamp), offset(self.now.offset_minutes)))
+            };
+            return Some((text, rest.strip_prefix(b" ").unwrap_or(rest)));
         }
         // Cisco marks unsynchronised clocks with `*` and synchronised ones with `.`.
         let s = s.strip_prefix(b"*").or_else(|| s.strip_prefix(b".")).unwrap_or(s);
@@ -275,22 +286,27 @@ impl<'a> Src<'a> {
             y
         } else if month > self.now.month + 1 {
             self.now.year - 1 // December's message read in January.
+        } else if month == 1 && self.now.month == 12 {
+            self.now.year + 1 // January's message read in December: a clock ahead, or midnight.
         } else {
             self.now.year
         };
         let (time, mut r) = self.clock(r)?;
-        // A zone name after the time (Cisco `UTC`, `CET`): kept.
-        let mut zone = String::new();
+        // A zone name after the time (Cisco `UTC`, `CET`): read when known, else the time is
+        // read in the configured zone (the name stays in the message's raw text).
+        let mut minutes = self.now.offset_minutes;
         if r.len() > 1 && r[0] == b' ' && r[1].is_ascii_uppercase() {
             let z = r[1..].iter().take_while(|b| b.is_ascii_uppercase()).count();
             if (2..=5).contains(&z) && matches!(r.get(1 + z), Some(b' ' | b':') | None) {
-                zone = format!(" {}", self.text(&r[1..1 + z]));
-                r = &r[1 + z..];
+                if let Some(known) = zone_offset(&r[1..1 + z]) {
+                    minutes = known;
+                    r = &r[1 + z..];
+                }
             }
         }
         let r = r.strip_prefix(b":").unwrap_or(r);
         let r = r.strip_prefix(b" ").unwrap_or(r);
-        Some((Cow::Owned(format!("{year:04}-{month:02}-{day:02}T{time}{zone}")), r))
+        Some((Cow::Owned(format!("{year:04}-{month:02}-{day:02}T{time}{}", offset(minutes))), r))
     }
 
     /// A `program[pid]:` tag with the text straight after it (`app[1]:msg`, no space): the tag
@@ -428,6 +444,48 @@ fn unescape(raw: &[u8]) -> Text<'static> {
 
 const MONTHS: [&[u8; 3]; 12] =
     [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+
+/// `+hh:mm` / `-hh:mm` for an offset in minutes.
+fn offset(minutes: i32) -> String {
+    let sign = if minutes < 0 { '-' } else { '+' };
+    let m = minutes.unsigned_abs();
+    format!("{sign}{:02}:{:02}", m / 60, m % 60)
+}
+
+/// Whether an ISO 8601 time ends with its zone (`Z`, `+hh:mm`, `-hhmm`).
+fn has_offset(stamp: &[u8]) -> bool {
+    let Some(t) = stamp.iter().position(|b| *b == b'T' || *b == b' ') else { return false };
+    let time = &stamp[t + 1..];
+    time.ends_with(b"Z") || time.ends_with(b"z") || time.iter().any(|b| *b == b'+' || *b == b'-')
+}
+
+/// Zone abbreviations network devices print after the time, as offsets in minutes. Where an
+/// abbreviation is ambiguous the common reading is taken: `CST` is US Central (not China),
+/// `IST` India (not Ireland), `BST` British Summer Time.
+fn zone_offset(name: &[u8]) -> Option<i32> {
+    Some(match name {
+        b"UTC" | b"GMT" | b"UT" | b"Z" | b"WET" => 0,
+        b"BST" | b"WEST" | b"CET" | b"MET" => 60,
+        b"CEST" | b"MEST" | b"EET" | b"SAST" => 120,
+        b"EEST" | b"MSK" => 180,
+        b"IST" => 330,
+        b"SGT" | b"HKT" | b"AWST" => 480,
+        b"JST" | b"KST" => 540,
+        b"ACST" => 570,
+        b"AEST" => 600,
+        b"AEDT" => 660,
+        b"NZST" => 720,
+        b"NZDT" => 780,
+        b"EDT" | b"AST" => -240,
+        b"EST" | b"CDT" => -300,
+        b"CST" | b"MDT" => -360,
+        b"MST" | b"PDT" => -420,
+        b"PST" | b"AKDT" => -480,
+        b"AKST" => -540,
+        b"HST" => -600,
+        _ => return None,
+    })
+}
 
 fn two(b: &[u8]) -> Option<u32> {
     match b {

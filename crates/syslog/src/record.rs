@@ -297,8 +297,13 @@ pub fn rfc3339_millis(unix_millis: i64) -> String {
 impl crate::parse::Now {
     /// The parser's idea of the present for a Unix time (UTC).
     pub fn at_unix(unix_secs: i64) -> crate::parse::Now {
-        let (year, month, ..) = civil(unix_secs);
-        crate::parse::Now { year: year as i32, month }
+        Self::at_unix_in(unix_secs, 0)
+    }
+
+    /// The present at `unix_secs` in a zone `offset_minutes` from UTC.
+    pub fn at_unix_in(unix_secs: i64, offset_minutes: i32) -> crate::parse::Now {
+        let (year, month, ..) = civil(unix_secs + i64::from(offset_minutes) * 60);
+        crate::parse::Now { year: year as i32, month, offset_minutes }
     }
 }
 
@@ -328,7 +333,7 @@ mod tests {
     #[test]
     fn repeated_ids_and_names_keep_the_last_value() {
         let msg = br#"<13>1 - h a - - [x a="1" a="2" b="3"][y c="4"][x a="5"] m"#;
-        let record = parse(msg, Now { year: 2026, month: 1 });
+        let record = parse(msg, Now { year: 2026, month: 1, offset_minutes: 0 });
         let received = Received { at: "t", source: "s", listener: "l", transport: "udp" };
         let mut out = Vec::new();
         write_json(&record, &received, None, &mut out);
@@ -336,7 +341,7 @@ mod tests {
         assert_eq!(v["structured_data"], serde_json::json!({"x": {"a": "5"}, "y": {"c": "4"}}));
         let many: String = (0..40).map(|i| format!(" p{}=\"{i}\"", i % 20)).collect();
         let msg = format!("<13>1 - h a - - [x{many}] m");
-        let record = parse(msg.as_bytes(), Now { year: 2026, month: 1 });
+        let record = parse(msg.as_bytes(), Now { year: 2026, month: 1, offset_minutes: 0 });
         let mut out = Vec::new();
         write_json(&record, &received, None, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -359,7 +364,7 @@ mod tests {
     #[test]
     fn one_json_line_per_record() {
         let msg = br#"<165>1 2003-10-11T22:14:15.003Z host app - ID47 [ex@1 a="1" b="x\"y"] "quoted" and \ back"#;
-        let record = parse(msg, Now { year: 2026, month: 1 });
+        let record = parse(msg, Now { year: 2026, month: 1, offset_minutes: 0 });
         let received = Received {
             at: "2026-11-22T10:00:00.000Z",
             source: "127.0.0.1:5000",
@@ -381,7 +386,7 @@ mod tests {
         assert_eq!(v["procid"], serde_json::Value::Null);
         assert_eq!(v["raw"].as_str().unwrap().as_bytes(), msg);
         assert_eq!(v["parse_error"], serde_json::Value::Null);
-        let bad = parse(b"<999>x", Now { year: 2026, month: 1 });
+        let bad = parse(b"<999>x", Now { year: 2026, month: 1, offset_minutes: 0 });
         let mut out = Vec::new();
         write_json(&bad, &received, None, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();

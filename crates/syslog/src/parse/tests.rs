@@ -3,7 +3,7 @@
 
 use super::*;
 
-const NOW: Now = Now { year: 2026, month: 11 };
+const NOW: Now = Now { year: 2026, month: 11, offset_minutes: 0 };
 
 /// Expected fields; `None` in a column means "absent".
 struct Case {
@@ -140,7 +140,7 @@ fn rfc3164_variants() {
     check(&Case {
         input: b"<34>Oct 11 22:14:15 mymachine su: 'su root' failed for lonvick on /dev/pts/8",
         pri: Some((4, 2)),
-        timestamp: Some("2026-10-11T22:14:15"),
+        timestamp: Some("2026-10-11T22:14:15+00:00"),
         hostname: Some("mymachine"),
         app_name: Some("su"),
         message: "'su root' failed for lonvick on /dev/pts/8",
@@ -149,7 +149,7 @@ fn rfc3164_variants() {
     check(&Case {
         input: b"<13>Feb  5 17:32:18 10.0.0.99 Use the BFG!",
         pri: Some((1, 5)),
-        timestamp: Some("2026-02-05T17:32:18"),
+        timestamp: Some("2026-02-05T17:32:18+00:00"),
         hostname: Some("10.0.0.99"),
         message: "Use the BFG!",
         ..BASE
@@ -158,7 +158,7 @@ fn rfc3164_variants() {
     check(&Case {
         input: b"<13>Nov 22 10:05:01 web-1 root[4242]: deploy finished",
         pri: Some((1, 5)),
-        timestamp: Some("2026-11-22T10:05:01"),
+        timestamp: Some("2026-11-22T10:05:01+00:00"),
         hostname: Some("web-1"),
         app_name: Some("root"),
         procid: Some("4242"),
@@ -166,13 +166,13 @@ fn rfc3164_variants() {
         ..BASE
     });
     // A December message read in November is this year's; in January, last year's.
-    let jan = parse(b"<13>Dec 31 23:59:59 h app: x", Now { year: 2027, month: 1 });
-    assert_eq!(jan.timestamp.as_deref(), Some("2026-12-31T23:59:59"));
+    let jan = parse(b"<13>Dec 31 23:59:59 h app: x", Now { year: 2027, month: 1, offset_minutes: 0 });
+    assert_eq!(jan.timestamp.as_deref(), Some("2026-12-31T23:59:59+00:00"));
     // No hostname: the tag comes straight after the timestamp.
     check(&Case {
         input: b"<38>Nov 22 10:05:01 sshd[99]: Accepted publickey",
         pri: Some((4, 6)),
-        timestamp: Some("2026-11-22T10:05:01"),
+        timestamp: Some("2026-11-22T10:05:01+00:00"),
         app_name: Some("sshd"),
         procid: Some("99"),
         message: "Accepted publickey",
@@ -181,7 +181,7 @@ fn rfc3164_variants() {
     // No PRI at all.
     check(&Case {
         input: b"Nov 22 10:05:01 host cron[1]: job done",
-        timestamp: Some("2026-11-22T10:05:01"),
+        timestamp: Some("2026-11-22T10:05:01+00:00"),
         hostname: Some("host"),
         app_name: Some("cron"),
         procid: Some("1"),
@@ -203,7 +203,7 @@ fn rfc3164_variants() {
     check(&Case {
         input: b"<189>1234: *Mar  1 2026 18:46:11.123 UTC: %LINK-3-UPDOWN: Interface Gi0/1, changed state to up",
         pri: Some((23, 5)),
-        timestamp: Some("2026-03-01T18:46:11.123 UTC"),
+        timestamp: Some("2026-03-01T18:46:11.123+00:00"),
         msgid: Some("LINK-3-UPDOWN"),
         message: "Interface Gi0/1, changed state to up",
         ..BASE
@@ -211,7 +211,7 @@ fn rfc3164_variants() {
     check(&Case {
         input: b"<187>57: router1: Nov 22 10:05:01: %SYS-5-CONFIG_I: Configured from console",
         pri: Some((23, 3)),
-        timestamp: Some("2026-11-22T10:05:01"),
+        timestamp: Some("2026-11-22T10:05:01+00:00"),
         hostname: Some("router1"),
         msgid: Some("SYS-5-CONFIG_I"),
         message: "Configured from console",
@@ -227,7 +227,7 @@ fn senders_variants_of_days_and_tags() {
     check(&Case {
         input: b"<13>Feb 5 17:32:18 web-1 app: started",
         pri: Some((1, 5)),
-        timestamp: Some("2026-02-05T17:32:18"),
+        timestamp: Some("2026-02-05T17:32:18+00:00"),
         hostname: Some("web-1"),
         app_name: Some("app"),
         message: "started",
@@ -237,7 +237,7 @@ fn senders_variants_of_days_and_tags() {
     check(&Case {
         input: b"<13>Feb 15 17:32:18 web-1 app[1]:msg here",
         pri: Some((1, 5)),
-        timestamp: Some("2026-02-15T17:32:18"),
+        timestamp: Some("2026-02-15T17:32:18+00:00"),
         hostname: Some("web-1"),
         app_name: Some("app"),
         procid: Some("1"),
@@ -256,11 +256,36 @@ fn senders_variants_of_days_and_tags() {
     check(&Case {
         input: b"<13>Feb 15 17:32:18 web-1 hello a[b]:c",
         pri: Some((1, 5)),
-        timestamp: Some("2026-02-15T17:32:18"),
+        timestamp: Some("2026-02-15T17:32:18+00:00"),
         hostname: Some("web-1"),
         message: "hello a[b]:c",
         ..BASE
     });
+}
+
+#[test]
+fn every_rfc3164_time_gets_an_offset() {
+    // No zone: read in the configured one (here UTC+05:30).
+    let india = Now { year: 2026, month: 11, offset_minutes: 330 };
+    let r = parse(b"<13>Nov 22 10:05:01 web-1 app: x", india);
+    assert_eq!(r.timestamp.as_deref(), Some("2026-11-22T10:05:01+05:30"));
+    let iso = parse(b"<13>2026-11-22T10:05:01.5 web-1 app: x", india);
+    assert_eq!(iso.timestamp.as_deref(), Some("2026-11-22T10:05:01.5+05:30"));
+    // A known abbreviation wins over the configured zone; negative offsets.
+    let cisco = parse(b"<189>12: *Mar  1 18:46:11.123 EST: %SYS-5-CONFIG_I: Configured", india);
+    assert_eq!(cisco.timestamp.as_deref(), Some("2026-03-01T18:46:11.123-05:00"));
+    // An unknown one: the configured zone, the name left in the text.
+    let odd = parse(b"<13>Mar  1 18:46:11 XYZT host app: x", india);
+    assert_eq!(odd.timestamp.as_deref(), Some("2026-03-01T18:46:11+05:30"));
+    // An ISO time that has its zone keeps it.
+    let zoned = parse(b"<13>2026-11-22T10:05:01-03:00 web-1 app: x", india);
+    assert_eq!(zoned.timestamp.as_deref(), Some("2026-11-22T10:05:01-03:00"));
+    // The year: December read in January is last year's; January read in December (a sender
+    // whose clock is ahead, or a message sent just after midnight), next year's.
+    let january = Now { year: 2027, month: 1, offset_minutes: 0 };
+    assert_eq!(parse(b"<13>Dec 31 23:59:59 h a: x", january).timestamp.as_deref(), Some("2026-12-31T23:59:59+00:00"));
+    let december = Now { year: 2026, month: 12, offset_minutes: 0 };
+    assert_eq!(parse(b"<13>Jan  1 00:00:01 h a: x", december).timestamp.as_deref(), Some("2027-01-01T00:00:01+00:00"));
 }
 
 #[test]

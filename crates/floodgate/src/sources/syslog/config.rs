@@ -37,6 +37,9 @@ pub struct SyslogConfig {
     pub output: SyslogOutput,
     /// Add each message as received (`raw`) to its record.
     pub raw: bool,
+    /// The zone an RFC 3164 time without one is read in: `"local"` (the host's), `"UTC"`, an
+    /// offset (`"+05:30"`) or an IANA name (`"Europe/Paris"`).
+    pub timezone: String,
     /// Receive threads (and `SO_REUSEPORT` sockets) per UDP address; 0 = one per core.
     pub receive_threads: usize,
     /// Socket receive buffer asked of the kernel for each UDP socket.
@@ -63,6 +66,7 @@ impl Default for SyslogConfig {
             max_message: 64 << 10,
             output: SyslogOutput::File { path: "floodgate-syslog.jsonl".into(), fsync: Fsync::Never },
             raw: false,
+            timezone: "local".into(),
             receive_threads: 0,
             receive_buffer: 32 << 20,
             tcp_max_connections: 10_000,
@@ -97,6 +101,9 @@ impl SyslogConfig {
     /// Checks the values serde cannot: ranges, combinations. The error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let y = self;
+        if let Err(e) = crate::sources::syslog::zone::parse(&y.timezone) {
+            return Err(("syslog.timezone", e));
+        }
         if !crate::net::unix::valid_mode(&y.unix_mode) {
             return Err(("syslog.unix_mode", format!("`{}` is not an octal file mode like \"0660\"", y.unix_mode)));
         }

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod tcp;
 pub mod udp;
+pub mod zone;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -30,6 +31,8 @@ use crate::sources::Source;
 /// Turns messages into output records, for one listener thread or connection.
 pub struct Encoder {
     encoding: Encoding,
+    /// Where an RFC 3164 time without a zone is read.
+    zone: jiff::tz::TimeZone,
     listener: &'static str,
     transport: &'static str,
     received_at: String,
@@ -41,14 +44,15 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// An encoder for a listener of kind `kind`.
-    pub fn new(encoding: Encoding, kind: crate::listener::Kind) -> Encoder {
+    /// An encoder for a listener of kind `kind`, reading zone-less times in `zone`.
+    pub fn new(encoding: Encoding, kind: crate::listener::Kind, zone: jiff::tz::TimeZone) -> Encoder {
         let mut e = Encoder {
             encoding,
+            zone,
             listener: kind.as_str(),
             transport: kind.transport_name(),
             received_at: String::new(),
-            now: Now { year: 1970, month: 1 },
+            now: Now { year: 1970, month: 1, offset_minutes: 0 },
             source: String::new(),
             source_addr: None,
             prefix: Vec::new(),
@@ -61,7 +65,7 @@ impl Encoder {
     pub fn stamp(&mut self) {
         let ms = crate::clock::unix_ms();
         self.received_at = rfc3339_millis(ms);
-        self.now = Now::at_unix(ms.div_euclid(1000));
+        self.now = Now::at_unix_in(ms.div_euclid(1000), zone::offset_minutes(&self.zone, ms));
         self.render_prefix();
     }
 
@@ -217,6 +221,7 @@ impl SyslogSource {
         let Some(pipe) = self.pipe.clone() else { anyhow::bail!("syslog output not open") };
         let shared = &self.shared;
         let (kind, address) = spec;
+        let zone = zone::parse(&y.timezone).map_err(|e| anyhow::anyhow!("syslog.timezone: {e}"))?;
         if matches!(kind.transport, Transport::Udp | Transport::Unix) {
             let unix = kind.transport == Transport::Unix;
             let sizes = DatagramSizes {
@@ -225,7 +230,7 @@ impl SyslogSource {
                 max_datagram: y.max_message.min(65_535) as usize,
             };
             let running = start_datagrams(shared, spec, sizes, listener_families, |counters| {
-                udp::SyslogDatagrams::new(*kind, pipe.encoding, pipe.sender.clone(), counters)
+                udp::SyslogDatagrams::new(*kind, pipe.encoding, pipe.sender.clone(), counters, zone.clone())
             })?;
             if let Address::Path(path) = address {
                 let access = crate::net::unix::Access {
@@ -252,6 +257,7 @@ impl SyslogSource {
         let listener = bind_stream(*kind, *addr)?;
         let bound = listener.local_addr()?;
         let opts = tcp::TcpOptions {
+            zone,
             kind: *kind,
             output: pipe.sender,
             encoding: pipe.encoding,

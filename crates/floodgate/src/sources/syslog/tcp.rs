@@ -27,6 +27,8 @@ use crate::record::{Chunk, Encoding};
 pub struct TcpOptions {
     /// Syslog over TCP or TLS.
     pub kind: Kind,
+    /// Where an RFC 3164 time without a zone is read.
+    pub zone: jiff::tz::TimeZone,
     /// Where chunks go.
     pub output: mpsc::Sender<Chunk>,
     /// How records are encoded.
@@ -55,7 +57,7 @@ pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedSe
 
 /// Reads one connection to its end (or to shutdown).
 async fn read_frames(mut conn: Connection, peer: SocketAddr, mut opts: TcpOptions) -> std::io::Result<()> {
-    let mut encoder = Encoder::new(opts.encoding, opts.kind);
+    let mut encoder = Encoder::new(opts.encoding, opts.kind, opts.zone.clone());
     encoder.set_source(peer);
     let mut framer = Framer::new(opts.max_message);
     // Large reads: fewer hand-offs to the output per message at high rates.

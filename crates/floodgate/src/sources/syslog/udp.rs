@@ -28,8 +28,9 @@ impl SyslogDatagrams {
         encoding: Encoding,
         output: mpsc::Sender<Chunk>,
         counters: Arc<Counters>,
+        zone: jiff::tz::TimeZone,
     ) -> SyslogDatagrams {
-        SyslogDatagrams { encoder: Encoder::new(encoding, kind), output, counters }
+        SyslogDatagrams { encoder: Encoder::new(encoding, kind, zone), output, counters }
     }
 }
 

@@ -52,6 +52,8 @@ impl UdpReceiver {
             Err(_) => {}
         }
         let socket = Socket::new(Domain::UNIX, Type::DGRAM, None)?;
+        // Every datagram then carries its sender's pid, uid and gid (SCM_CREDENTIALS).
+        set_int_opt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
         if set_int_opt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, buffer).is_err() {
             let _ = socket.set_recv_buffer_size(buffer);
         }
@@ -124,8 +126,26 @@ pub struct RecvBatch {
     buf: Box<[u8]>,
     _iov: Box<[libc::iovec]>,
     addrs: Box<[libc::sockaddr_storage]>,
+    /// Ancillary data per slot: room for one `SCM_CREDENTIALS` (Unix sockets with
+    /// `SO_PASSCRED`); u64s for `cmsghdr`'s alignment.
+    _control: Box<[[u64; CONTROL_WORDS]]>,
     hdrs: Box<[libc::mmsghdr]>,
     received: usize,
+}
+
+/// 64 bytes a slot: `CMSG_SPACE(sizeof(struct ucred))` is 32 on Linux.
+const CONTROL_WORDS: usize = 8;
+
+/// Who sent a datagram on a Unix socket, as the kernel saw it (`SCM_CREDENTIALS`): a sender
+/// cannot claim another process's (only root may pass other ids, and the kernel checks them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials {
+    /// Process id.
+    pub pid: i32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
 }
 
 impl RecvBatch {
@@ -142,6 +162,7 @@ impl RecvBatch {
                 iov_len: slot_size,
             })
             .collect();
+        let mut control: Box<[[u64; CONTROL_WORDS]]> = vec![[0u64; CONTROL_WORDS]; slots].into_boxed_slice();
         let hdrs: Box<[libc::mmsghdr]> = (0..slots)
             .map(|i| {
                 // SAFETY: as above, zeroed mmsghdr is valid; the fields set below point into
@@ -151,10 +172,12 @@ impl RecvBatch {
                 h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 h.msg_hdr.msg_iov = &mut iov[i];
                 h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_control = control[i].as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>() as _;
                 h
             })
             .collect();
-        RecvBatch { slot_size, buf, _iov: iov, addrs, hdrs, received: 0 }
+        RecvBatch { slot_size, buf, _iov: iov, addrs, _control: control, hdrs, received: 0 }
     }
 
     /// Blocks until at least one datagram is queued (or the socket's read timeout passes),
@@ -171,6 +194,7 @@ impl RecvBatch {
     fn recv_flags(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
         for h in self.hdrs.iter_mut() {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>() as _;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
         }
@@ -195,6 +219,39 @@ impl RecvBatch {
         let len = (h.msg_len as usize).min(self.slot_size);
         let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         (&self.buf[i * self.slot_size..i * self.slot_size + len], truncated)
+    }
+
+    /// The sender's credentials for datagram `i` of the last call (Unix sockets with
+    /// `SO_PASSCRED`; `None` otherwise).
+    pub fn credentials(&self, i: usize) -> Option<Credentials> {
+        let h = &self.hdrs[i].msg_hdr;
+        // usize on glibc, socklen_t on musl.
+        #[allow(clippy::unnecessary_cast)]
+        let control_len = h.msg_controllen as usize;
+        if control_len < std::mem::size_of::<libc::cmsghdr>() {
+            return None;
+        }
+        // SAFETY: `h` is a header the kernel filled in the last recvmmsg; its msg_control
+        // points at this slot's `control` buffer (alive and unmoved while `self` is) and
+        // msg_controllen is the length the kernel wrote there, so CMSG_FIRSTHDR/CMSG_NXTHDR
+        // walk only inside it and return null at its end.
+        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(h) };
+        while !cmsg.is_null() {
+            // SAFETY: non-null headers from CMSG_FIRSTHDR/NXTHDR lie inside the buffer.
+            let c = unsafe { &*cmsg };
+            if c.cmsg_level == libc::SOL_SOCKET
+                && c.cmsg_type == libc::SCM_CREDENTIALS
+                && c.cmsg_len as usize >= std::mem::size_of::<libc::cmsghdr>() + std::mem::size_of::<libc::ucred>()
+            {
+                // SAFETY: the header says a ucred follows (length checked above);
+                // read_unaligned because CMSG_DATA's alignment is not ucred's guarantee.
+                let u: libc::ucred = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
+                return Some(Credentials { pid: u.pid, uid: u.uid, gid: u.gid });
+            }
+            // SAFETY: as for CMSG_FIRSTHDR.
+            cmsg = unsafe { libc::CMSG_NXTHDR(h, cmsg) };
+        }
+        None
     }
 
     /// Source address of datagram `i` of the last call.

@@ -23,8 +23,13 @@ pub use parse::{parse, Format, Now, Record, SdElement};
 #[doc(hidden)]
 pub fn exercise(data: &[u8]) -> Vec<u8> {
     let now = Now { year: 2026, month: 6, offset_minutes: 0 };
-    let received =
-        record::Received { at: "2026-06-01T00:00:00.000Z", source: "[::1]:1", listener: "l", transport: "udp" };
+    let received = record::Received {
+        at: "2026-06-01T00:00:00.000Z",
+        source: "[::1]:1",
+        listener: "l",
+        transport: "udp",
+        peer: None,
+    };
     let mut json = Vec::new();
     record::write_json(&parse(data, now), &received, Some(data), &mut json);
     for piece in 1..=7 {

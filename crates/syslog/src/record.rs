@@ -12,6 +12,19 @@
 
 use crate::parse::Record;
 
+/// The process that sent a message on a Unix socket, from the kernel's credentials.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    /// Process id.
+    pub pid: i32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Its program name (`/proc/PID/comm`), empty when it has already exited.
+    pub program: &'a str,
+}
+
 /// Where and when a message came in.
 #[derive(Debug, Clone, Copy)]
 pub struct Received<'a> {
@@ -21,6 +34,9 @@ pub struct Received<'a> {
     pub source: &'a str,
     /// Listener kind (`syslog_udp`, `syslog_tcp`, `syslog_tls`).
     pub listener: &'a str,
+    /// The sending process as the kernel saw it (Unix sockets), beside the `procid` the
+    /// message claims.
+    pub peer: Option<Peer<'a>>,
     /// `udp`, `tcp` or `tls`.
     pub transport: &'a str,
 }
@@ -82,6 +98,13 @@ pub fn json_prefix(received: &Received<'_>, out: &mut Vec<u8>) {
     json_str(out, received.listener);
     out.extend_from_slice(b",\"transport\":");
     json_str(out, received.transport);
+    if let Some(p) = received.peer {
+        out.extend_from_slice(
+            format!(",\"peer_pid\":{},\"peer_uid\":{},\"peer_gid\":{}", p.pid, p.uid, p.gid).as_bytes(),
+        );
+        out.extend_from_slice(b",\"peer_program\":");
+        json_str(out, p.program);
+    }
 }
 
 /// Appends a record's JSON line given its rendered [`json_prefix`].
@@ -334,7 +357,7 @@ mod tests {
     fn repeated_ids_and_names_keep_the_last_value() {
         let msg = br#"<13>1 - h a - - [x a="1" a="2" b="3"][y c="4"][x a="5"] m"#;
         let record = parse(msg, Now { year: 2026, month: 1, offset_minutes: 0 });
-        let received = Received { at: "t", source: "s", listener: "l", transport: "udp" };
+        let received = Received { at: "t", source: "s", listener: "l", transport: "udp", peer: None };
         let mut out = Vec::new();
         write_json(&record, &received, None, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -370,6 +393,7 @@ mod tests {
             source: "127.0.0.1:5000",
             listener: "syslog_tcp",
             transport: "tcp",
+            peer: None,
         };
         let mut out = Vec::new();
         write_json(&record, &received, Some(msg), &mut out);

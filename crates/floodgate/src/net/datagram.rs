@@ -37,6 +37,8 @@ pub struct Datagram<'a> {
     pub truncated: bool,
     /// The sender.
     pub source: Option<SocketAddr>,
+    /// The sending process, on a Unix socket.
+    pub peer: Option<crate::sys::Credentials>,
 }
 
 /// The admitted datagrams of one batch.
@@ -53,7 +55,7 @@ impl<'a> Admitted<'a> {
         let batch = self.batch;
         (0..self.n).filter(|i| self.refused & (1 << i) == 0).map(move |i| {
             let (data, truncated) = batch.datagram(i);
-            Datagram { data, truncated, source: batch.source(i) }
+            Datagram { data, truncated, source: batch.source(i), peer: batch.credentials(i) }
         })
     }
 

@@ -39,6 +39,10 @@ pub struct Encoder {
     now: Now,
     source: String,
     source_addr: Option<SocketAddr>,
+    /// The sending process (Unix sockets) and its program name.
+    peer: Option<(crate::sys::Credentials, String)>,
+    /// Program names by pid, read once each (bounded: cleared when full).
+    programs: std::collections::HashMap<i32, String>,
     /// The records' common start (time, source, listener), rendered when one of them changes.
     prefix: Vec<u8>,
 }
@@ -55,6 +59,8 @@ impl Encoder {
             now: Now { year: 1970, month: 1, offset_minutes: 0 },
             source: String::new(),
             source_addr: None,
+            peer: None,
+            programs: std::collections::HashMap::new(),
             prefix: Vec::new(),
         };
         e.stamp();
@@ -80,6 +86,28 @@ impl Encoder {
         self.render_prefix();
     }
 
+    /// The process that sent the messages that follow (Unix sockets: the kernel's word, not
+    /// the message's).
+    pub fn set_peer(&mut self, peer: crate::sys::Credentials) {
+        if self.peer.as_ref().is_some_and(|(p, _)| *p == peer) {
+            return;
+        }
+        if self.programs.len() >= 1024 {
+            self.programs.clear();
+        }
+        let program = self
+            .programs
+            .entry(peer.pid)
+            .or_insert_with(|| {
+                std::fs::read_to_string(format!("/proc/{}/comm", peer.pid))
+                    .map(|c| c.trim_end().to_string())
+                    .unwrap_or_default()
+            })
+            .clone();
+        self.peer = Some((peer, program));
+        self.render_prefix();
+    }
+
     fn render_prefix(&mut self) {
         self.prefix.clear();
         let received = Received {
@@ -87,6 +115,12 @@ impl Encoder {
             source: &self.source,
             listener: self.listener,
             transport: self.transport,
+            peer: self.peer.as_ref().map(|(p, program)| floodgate_syslog::record::Peer {
+                pid: p.pid,
+                uid: p.uid,
+                gid: p.gid,
+                program,
+            }),
         };
         json_prefix(&received, &mut self.prefix);
     }

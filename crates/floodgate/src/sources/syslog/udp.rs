@@ -47,6 +47,9 @@ impl DatagramHandler for SyslogDatagrams {
             if let Some(source) = d.source {
                 self.encoder.set_source(source);
             }
+            if let Some(peer) = d.peer {
+                self.encoder.set_peer(peer);
+            }
             if self.encoder.encode(d.data, d.truncated.then_some(TRUNCATED), &mut chunk) == Some(false) {
                 bad += 1;
             }

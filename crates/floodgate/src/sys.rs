@@ -63,6 +63,11 @@ impl UdpReceiver {
         Ok(UdpReceiver { socket, granted_buffer })
     }
 
+    /// Whether it is a Unix socket (its datagrams carry the sender's credentials).
+    pub fn is_unix(&self) -> bool {
+        self.socket.domain().is_ok_and(|d| d == Domain::UNIX)
+    }
+
     /// Binds `count` sockets to one address as a `SO_REUSEPORT` group (one per receive
     /// thread). The address is first bound once without `SO_REUSEPORT`, so a port another
     /// process already holds is an error ("address in use") rather than silently shared.
@@ -129,6 +134,8 @@ pub struct RecvBatch {
     /// Ancillary data per slot: room for one `SCM_CREDENTIALS` (Unix sockets with
     /// `SO_PASSCRED`); u64s for `cmsghdr`'s alignment.
     _control: Box<[[u64; CONTROL_WORDS]]>,
+    /// `_control` is in use.
+    credentials: bool,
     hdrs: Box<[libc::mmsghdr]>,
     received: usize,
 }
@@ -151,6 +158,16 @@ pub struct Credentials {
 impl RecvBatch {
     /// Room for `slots` datagrams of up to `slot_size` bytes.
     pub fn new(slots: usize, slot_size: usize) -> RecvBatch {
+        RecvBatch::build(slots, slot_size, false)
+    }
+
+    /// The same, with room for each datagram's sender credentials (a Unix socket with
+    /// `SO_PASSCRED`). UDP batches go without: nothing to fill, nothing to reset per call.
+    pub fn with_credentials(slots: usize, slot_size: usize) -> RecvBatch {
+        RecvBatch::build(slots, slot_size, true)
+    }
+
+    fn build(slots: usize, slot_size: usize, credentials: bool) -> RecvBatch {
         let mut buf = vec![0u8; slots * slot_size].into_boxed_slice();
         // SAFETY: sockaddr_storage and mmsghdr are plain C structs for which all-zero bytes
         // are a valid value.
@@ -162,7 +179,8 @@ impl RecvBatch {
                 iov_len: slot_size,
             })
             .collect();
-        let mut control: Box<[[u64; CONTROL_WORDS]]> = vec![[0u64; CONTROL_WORDS]; slots].into_boxed_slice();
+        let mut control: Box<[[u64; CONTROL_WORDS]]> =
+            vec![[0u64; CONTROL_WORDS]; if credentials { slots } else { 0 }].into_boxed_slice();
         let hdrs: Box<[libc::mmsghdr]> = (0..slots)
             .map(|i| {
                 // SAFETY: as above, zeroed mmsghdr is valid; the fields set below point into
@@ -172,12 +190,14 @@ impl RecvBatch {
                 h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 h.msg_hdr.msg_iov = &mut iov[i];
                 h.msg_hdr.msg_iovlen = 1;
-                h.msg_hdr.msg_control = control[i].as_mut_ptr().cast();
-                h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>() as _;
+                if let Some(c) = control.get_mut(i) {
+                    h.msg_hdr.msg_control = c.as_mut_ptr().cast();
+                    h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>() as _;
+                }
                 h
             })
             .collect();
-        RecvBatch { slot_size, buf, _iov: iov, addrs, _control: control, hdrs, received: 0 }
+        RecvBatch { slot_size, buf, _iov: iov, addrs, credentials, _control: control, hdrs, received: 0 }
     }
 
     /// Blocks until at least one datagram is queued (or the socket's read timeout passes),
@@ -194,7 +214,9 @@ impl RecvBatch {
     fn recv_flags(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
         for h in self.hdrs.iter_mut() {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>() as _;
+            if self.credentials {
+                h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>() as _;
+            }
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
         }
@@ -224,6 +246,9 @@ impl RecvBatch {
     /// The sender's credentials for datagram `i` of the last call (Unix sockets with
     /// `SO_PASSCRED`; `None` otherwise).
     pub fn credentials(&self, i: usize) -> Option<Credentials> {
+        if !self.credentials {
+            return None;
+        }
         let h = &self.hdrs[i].msg_hdr;
         // usize on glibc, socklen_t on musl.
         #[allow(clippy::unnecessary_cast)]

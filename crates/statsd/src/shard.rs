@@ -471,7 +471,7 @@ impl<V: Default> EntryRef<V> for Map<V> {
 }
 
 impl MetricSink for Shard {
-    #[inline]
+    #[inline(always)]
     fn metric(&mut self, metric: &Metric<'_>) {
         self.record(metric);
     }

@@ -110,7 +110,11 @@ impl<H: DatagramHandler> UdpWorker<H> {
     }
 
     fn run(mut self) {
-        let mut batch = RecvBatch::new(BATCH, self.max_datagram);
+        let mut batch = if self.socket.is_unix() {
+            RecvBatch::with_credentials(BATCH, self.max_datagram)
+        } else {
+            RecvBatch::new(BATCH, self.max_datagram)
+        };
         let fd = self.socket.fd();
         let mut drain_until = None;
         loop {

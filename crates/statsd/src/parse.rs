@@ -147,15 +147,16 @@ impl Parser {
         // The name, then the values (`1|c`, or `1|c:2|ms` on a multi-value line). Values are
         // short: only when they hold another `:` can they carry origin fields.
         let is_colon: fn(&u8) -> bool = |b| *b == b':';
-        let (name, parts) = match head.iter().position(is_colon) {
+        let (name, values, skip) = match head.iter().position(is_colon) {
             Some(i) => {
                 let values = &head[i + 1..];
                 let values = if values.iter().any(is_colon) { &values[..origin_fields_start(values)] } else { values };
-                (&head[..i], values.split(is_colon).skip(0))
+                (&head[..i], values, 0)
             }
-            // No `:`: no values (an empty iterator of the same type).
-            None => (head, head.split(is_colon).skip(1)),
+            // No `:`: no values (skipping the one piece a split of the name gives).
+            None => (head, head, 1),
         };
+        let parts = values.split(is_colon).skip(skip);
         let key: &[u8] = if tags.is_empty() && (!self.sanitize || is_clean(name)) {
             name
         } else {

@@ -766,9 +766,10 @@ fn bad_input_is_kept_counted_or_closed_never_fatal() {
     s.write_all(b"50 cut short").unwrap();
     drop(s);
     let r = wait_records(&out, 5);
-    // Noise without a PRI reads as a bare RFC 3164 message: kept whole (invalid UTF-8 replaced).
+    // Noise without a PRI is kept whole (invalid UTF-8 replaced) and flagged: not text.
     let noise_record = r.iter().find(|x| x["message"].as_str().is_some_and(|m| m.starts_with('x'))).unwrap();
     assert!(noise_record["message"].as_str().unwrap().chars().count() >= 2000);
+    assert_eq!(noise_record["parse_error"], "no PRI, and not text");
     assert!(find(&r, "<999>not a pri")["parse_error"].is_string());
     assert_eq!(find(&r, "no pri at all, just text")["facility"], Value::Null);
     find(&r, "before-lie");
@@ -776,7 +777,7 @@ fn bad_input_is_kept_counted_or_closed_never_fatal() {
     assert!(!r.iter().any(|x| x["message"].as_str().is_some_and(|m| m.contains("after-lie"))));
     wait_sample(&fg, "floodgate_dropped_total", &[tcp[0], "reason=\"oversize\""], 1.0);
     wait_sample(&fg, "floodgate_dropped_total", &[tcp[0], "reason=\"framing\""], 2.0);
-    assert_eq!(sample(&fg, "floodgate_syslog_parse_errors_total", &tcp), 1.0);
+    assert_eq!(sample(&fg, "floodgate_syslog_parse_errors_total", &tcp), 2.0);
     assert_eq!(sample(&fg, "floodgate_syslog_messages_total", &tcp), 5.0);
 
     // Garbage instead of a ClientHello.

@@ -85,6 +85,10 @@ pub fn parse(input: &[u8], now: Now) -> Record<'_> {
         Ok(p) => p,
         Err(why) => return src.unparsed(input, why),
     };
+    // No PRI and not text (control bytes, invalid UTF-8): noise, not a message. Kept, flagged.
+    if pri.is_none() && (src.whole.is_none() || rest.iter().any(|b| *b < 0x20 && *b != b'\t')) {
+        return src.unparsed(input, "no PRI, and not text");
+    }
     let (facility, severity) = match pri {
         Some(p) => (Some((p / 8) as u8), Some((p % 8) as u8)),
         None => (None, None),
@@ -157,6 +161,9 @@ impl<'a> Src<'a> {
         let (msgid, s) = field(s).unwrap_or((s, &[]));
         if timestamp != b"-" && !looks_like_rfc3339(timestamp) {
             return Err("RFC 5424 timestamp is not RFC 3339");
+        }
+        if timestamp != b"-" && !real_date(timestamp) {
+            return Err("RFC 5424 timestamp is not a real date and time");
         }
         let (structured_data, s) = self.structured_data(s)?;
         let msg = s.strip_prefix(b" ").unwrap_or(s);
@@ -426,6 +433,30 @@ fn looks_like_rfc3339(t: &[u8]) -> bool {
         && (t[10] == b'T' || t[10] == b't')
         && t[13] == b':'
         && t[16] == b':'
+}
+
+/// Whether an RFC 3339 time names a real date and time (month 1–12, a day the month has,
+/// hours 0–23, minutes 0–59, seconds 0–60 for a leap second).
+fn real_date(t: &[u8]) -> bool {
+    let num = |r: std::ops::Range<usize>| {
+        t.get(r)
+            .filter(|d| d.iter().all(u8::is_ascii_digit))
+            .map(|d| d.iter().fold(0u32, |n, b| n * 10 + u32::from(b - b'0')))
+    };
+    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(sec)) =
+        (num(0..4), num(5..7), num(8..10), num(11..13), num(14..16), num(17..19))
+    else {
+        return false;
+    };
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days = match mo {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days).contains(&d) && h <= 23 && mi <= 59 && sec <= 60
 }
 
 /// A structured-data value without its `\"`, `\\`, `\]` escapes.

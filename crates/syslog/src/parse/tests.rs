@@ -289,6 +289,29 @@ fn every_rfc3164_time_gets_an_offset() {
 }
 
 #[test]
+fn impossible_dates_and_noise_are_kept_whole_and_flagged() {
+    for input in [
+        &b"<13>1 2026-02-30T10:00:00Z host app - - - thirtieth of February"[..],
+        b"<13>1 2026-13-01T10:00:00Z host app - - - month 13",
+        b"<13>1 2026-11-22T24:00:00Z host app - - - hour 24",
+        b"\x00\x01\x02binary junk\xff",
+        b"\xc3\x28 not utf-8 and no pri",
+    ] {
+        let r = parse(input, NOW);
+        assert!(r.parse_error.is_some(), "{} is flagged", String::from_utf8_lossy(input));
+        assert_eq!(r.message.len(), String::from_utf8_lossy(input).len(), "every byte kept");
+    }
+    // A leap day and a leap second are real.
+    for ok in
+        [&b"<13>1 2028-02-29T10:00:00Z h a - - - leap day"[..], b"<13>1 2026-12-31T23:59:60Z h a - - - leap second"]
+    {
+        assert_eq!(parse(ok, NOW).parse_error, None, "{}", String::from_utf8_lossy(ok));
+    }
+    // Plain text without a PRI is still a message.
+    assert_eq!(parse(b"just some text", NOW).parse_error, None);
+}
+
+#[test]
 fn malformed_messages_are_kept_whole() {
     for bad in [&b"<999>Nov 22 10:05:01 h a: x"[..], b"<>x", b"<13", b"<013>x", b"<1a>x"] {
         let r = parse(bad, NOW);

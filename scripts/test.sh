@@ -18,6 +18,8 @@ command -v whisper-fetch >/dev/null || apt_needed+=(python3-whisper)
 command -v promtool >/dev/null || apt_needed+=(prometheus)
 command -v node >/dev/null || apt_needed+=(nodejs)
 command -v npm >/dev/null || apt_needed+=(npm)
+# hot-shots' Unix socket transport needs its optional native module unix-dgram, built by node-gyp.
+command -v make >/dev/null && command -v g++ >/dev/null || apt_needed+=(make g++)
 command -v ip >/dev/null || apt_needed+=(iproute2)
 command -v openssl >/dev/null || apt_needed+=(openssl)
 command -v logger >/dev/null || apt_needed+=(bsdutils)
@@ -42,7 +44,7 @@ if [ ! -f "$peers/statsd-0.9.0/stats.js" ]; then
   (cd "$peers" && rm -rf package statsd-0.9.0 && npm pack --silent statsd@0.9.0 >/dev/null &&
     tar xzf statsd-0.9.0.tgz && mv package statsd-0.9.0 && rm statsd-0.9.0.tgz)
 fi
-[ -d "$peers/js/node_modules/hot-shots" ] || npm install --silent --prefix "$peers/js" hot-shots >/dev/null
+[ -d "$peers/js/node_modules/unix-dgram/build" ] || npm install --silent --prefix "$peers/js" hot-shots unix-dgram >/dev/null
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

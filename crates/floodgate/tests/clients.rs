@@ -104,18 +104,21 @@ fn datadog_client_over_a_unix_socket_is_counted_like_any_listener() {
 }
 
 #[test]
-fn npm_hot_shots_over_udp_and_tcp() {
+fn npm_hot_shots_over_udp_tcp_and_a_unix_socket() {
     let carbon = Capture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("statsd.sock");
     let fg = Floodgate::start(
-        "flush_interval = \"500ms\"",
+        &format!("flush_interval = \"500ms\"\nunix = [\"{}\"]", sock.display()),
         &format!("[graphite]\naddress = \"127.0.0.1:{}\"\n", carbon.port),
     );
     let module = repo_root().join("target/peers/js/node_modules/hot-shots");
     assert!(module.exists(), "hot-shots not installed: run ./scripts/test.sh");
     let script = repo_root().join("crates/floodgate/tests/clients/send_hotshots.js");
-    run_client("node", &[script.to_str().unwrap(), &fg.statsd.to_string(), module.to_str().unwrap()]);
+    let args = [script.to_str().unwrap(), &fg.statsd.to_string(), module.to_str().unwrap(), sock.to_str().unwrap()];
+    run_client("node", &args);
     let mut want = Vec::new();
-    for proto in ["udp", "tcp"] {
+    for proto in ["udp", "tcp", "uds"] {
         for (name, value) in [
             ("stats_counts.js.PROTO.hits;env=prod", "4"),
             ("stats.gauges.js.PROTO.temp", "12.5"),

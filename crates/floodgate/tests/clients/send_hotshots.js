@@ -1,11 +1,14 @@
-// Sends StatsD with the real npm client hot-shots, over UDP and TCP.
-// Usage: node send_hotshots.js PORT NODE_PATH_TO_HOT_SHOTS
+// Sends StatsD with the real npm client hot-shots, over UDP, TCP and (given a socket path) a
+// Unix datagram socket.
+// Usage: node send_hotshots.js PORT NODE_PATH_TO_HOT_SHOTS [SOCKET_PATH]
 const StatsD = require(process.argv[3]);
 const port = Number(process.argv[2]);
+const socketPath = process.argv[4];
 
 function send(protocol, prefix) {
   return new Promise((resolve, reject) => {
-    const c = new StatsD({ host: '127.0.0.1', port, protocol, prefix, errorHandler: reject });
+    const where = protocol === 'uds' ? { path: socketPath } : { host: '127.0.0.1', port };
+    const c = new StatsD({ ...where, protocol, prefix, errorHandler: reject });
     c.increment('hits', 4, ['env:prod']);
     c.gauge('temp', 12.5);
     c.timing('lat', 42);
@@ -18,5 +21,6 @@ function send(protocol, prefix) {
 
 send('udp', 'js.udp.')
   .then(() => send('tcp', 'js.tcp.'))
+  .then(() => (socketPath ? send('uds', 'js.uds.') : null))
   .then(() => console.log('sent'))
   .catch((e) => { console.error(e); process.exit(1); });

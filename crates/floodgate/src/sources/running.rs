@@ -74,6 +74,7 @@ impl ListenerSet {
         for spec in gone {
             if let Some(running) = self.running.remove(&spec) {
                 let threads = running.stop();
+                remove_socket_file(&spec.1);
                 std::thread::spawn(move || threads.into_iter().for_each(|t| drop(t.join())));
                 stopped(&spec);
                 tracing::info!(listener = %spec.0, address = %spec.1, "SIGHUP: listener stopped (open connections finish)");
@@ -107,8 +108,23 @@ impl ListenerSet {
     /// Stops everything and waits (off the async runtime) until every receive thread has read
     /// what was queued and exited.
     pub async fn stop_all(self) {
-        let threads: Vec<_> = self.running.into_values().flat_map(Running::stop).collect();
+        let mut threads = Vec::new();
+        for (spec, running) in self.running {
+            threads.extend(running.stop());
+            remove_socket_file(&spec.1);
+        }
         let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
+    }
+}
+
+/// A Unix listener's socket file goes when the listener does (its receive thread keeps the
+/// open socket until it has read what was queued; new senders find no file instead of a dead
+/// socket).
+fn remove_socket_file(address: &Address) {
+    if let Address::Path(path) = address {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the socket file");
+        }
     }
 }
 

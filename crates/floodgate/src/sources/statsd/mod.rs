@@ -243,6 +243,7 @@ mod tests {
         }
         drop(tcp);
         source.stop().await;
+        assert!(!path.exists(), "the socket file goes with the listener");
         let by = lines();
         for kind in ["statsd_udp", "statsd_tcp", "statsd_unix"] {
             let n: u64 = by.iter().filter(|((k, _), _)| k == kind).map(|(_, v)| v).sum();

@@ -210,15 +210,20 @@ fn write_labels(out: &mut String, key: &[u8]) {
         }
         out.push_str(&k);
         out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
+        escape_label_value(&v, out);
         out.push('"');
+    }
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+pub fn escape_label_value(v: &str, out: &mut String) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 
 use std::fmt::Write as _;
 
+use floodgate_statsd::prometheus::escape_label_value;
+
 use super::{Families, Value};
 
 /// Writes every family: `# HELP`, `# TYPE`, then its samples.
@@ -23,7 +25,7 @@ pub fn render(families: &Families, out: &mut String) {
                         out.push(',');
                     }
                     let _ = write!(out, "{k}=\"");
-                    escape_label(v, out);
+                    escape_label_value(v, out);
                     out.push('"');
                 }
                 out.push('}');
@@ -32,18 +34,6 @@ pub fn render(families: &Families, out: &mut String) {
                 Value::Count(n) => writeln!(out, " {n}"),
                 Value::Real(x) => writeln!(out, " {x}"),
             };
-        }
-    }
-}
-
-/// A label value as the text format wants it: backslash, double quote and newline escaped.
-fn escape_label(v: &str, out: &mut String) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
         }
     }
 }

@@ -1041,3 +1041,116 @@ fn rfc3164_times_get_the_configured_zone() {
     assert!(stamp("zoneless").ends_with("-02-05T17:32:18+05:30"), "{records:?}");
     assert!(stamp("pacific").ends_with("-02-05T17:32:18-08:00"), "{records:?}");
 }
+
+/// A Python sender over a Unix datagram socket, run as `uid` (`setpriv`): sends `count`
+/// messages tagged `tag` (blocking sends: none lost before floodgate reads them), then waits
+/// for its stdin to close, so it is alive while floodgate reads its program name.
+fn unix_sender_as(uid: u32, sock: &Path, tag: &str, count: usize) -> Child {
+    let script = "import socket, sys\n\
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+        path, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])\n\
+        for i in range(n):\n    s.sendto(f'<13>Feb  5 17:32:18 host {tag}: {i}'.encode(), path)\n\
+        print('sent', flush=True)\n\
+        sys.stdin.read()";
+    // Debian's own Python: another user may not be able to run one under root's home (pyenv).
+    let python = Path::new("/usr/bin/python3");
+    assert!(python.exists(), "/usr/bin/python3 is missing (apt-get install python3)");
+    Command::new(require_tool("setpriv"))
+        .args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()])
+        .arg(python)
+        .args(["-c", script, sock.to_str().unwrap(), tag, &count.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a [`unix_sender_as`] to say it has sent everything.
+fn wait_sent(child: &mut Child) {
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    if line.trim() != "sent" {
+        let mut err = String::new();
+        child.stderr.as_mut().unwrap().read_to_string(&mut err).unwrap();
+        panic!("the sender failed: {line} {err}");
+    }
+}
+
+/// `unix_per_uid` keys the limit by the kernel's uid: one user flooding a Unix socket is
+/// limited (and named in `/offenders` with its program) while another user's messages all get
+/// through; every datagram is either written or counted as dropped.
+#[test]
+fn a_flooding_user_is_limited_by_uid_and_another_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (out, sock) = (dir.path().join("out.jsonl"), dir.path().join("log.sock"));
+    let limits = "[limits]\nunix_per_uid = 100\nburst = \"1s\"\nudp_per_source = 0\nudp_per_port = 0\n";
+    let fg = start(free_port(), &out, &format!("unix = [\"{}\"]\nunix_mode = \"0666\"\n", sock.display()), limits);
+    let (flood_uid, quiet_uid, flood_n, quiet_n) = (65534, 65533, 5000, 60);
+    let started = Instant::now();
+    let mut flooder = unix_sender_as(flood_uid, &sock, "flood", flood_n);
+    let mut quiet = unix_sender_as(quiet_uid, &sock, "quiet", quiet_n);
+    wait_sent(&mut flooder);
+    wait_sent(&mut quiet);
+    // Every datagram is decided: written, or dropped by the flooder's limit.
+    let labels = ["listener=\"syslog_unix\"", "reason=\"source_limit\""];
+    let by_uid = |records: &[Value], uid: u32| records.iter().filter(|r| r["peer_uid"] == uid).count();
+    let records = wait_for("every datagram written or dropped", WAIT, || {
+        let records = records(&out);
+        let dropped = fg.self_metrics();
+        let dropped = metric(&dropped, "floodgate_dropped_total", &labels).unwrap_or(0.0) as usize;
+        (records.len() + dropped == flood_n + quiet_n).then_some(records)
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(by_uid(&records, quiet_uid), quiet_n, "the quiet user loses nothing");
+    let admitted = by_uid(&records, flood_uid);
+    // Its burst (100) and what the limit refilled while it sent.
+    assert!(admitted >= 100 && admitted as f64 <= 100.0 + 100.0 * elapsed + 1.0, "{admitted} in {elapsed:.1}s");
+    assert!(records.iter().all(|r| r["peer_uid"] == flood_uid || r["peer_uid"] == quiet_uid));
+    let (_, body) = http_get(fg.http, "/offenders").unwrap();
+    let report: Value = serde_json::from_str(&body).unwrap();
+    let offenders = report["offenders"].as_array().unwrap();
+    assert_eq!(offenders.len(), 1, "only the flooding user: {report}");
+    let o = &offenders[0];
+    assert_eq!(o["source"], format!("uid:{flood_uid}"), "{o}");
+    assert_eq!(o["uid"], flood_uid, "{o}");
+    assert_eq!(o["program"], "python3", "{o}");
+    assert_eq!(o["listener"], "syslog_unix", "{o}");
+    assert_eq!(o["dropped"].as_u64(), Some((flood_n - admitted) as u64), "{o}");
+    for mut child in [flooder, quiet] {
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+/// The socket file's mode is the kernel's access check: a user it does not let in gets
+/// "Permission denied" from `sendto` and nothing of theirs arrives; a user it lets in is read.
+#[test]
+fn the_socket_mode_decides_who_may_send() {
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (out, closed, open) =
+        (dir.path().join("out.jsonl"), dir.path().join("closed.sock"), dir.path().join("open.sock"));
+    let unix = format!("unix = [\"{}\"]\nunix_mode = \"0600\"\n", closed.display());
+    let fg = start(free_port(), &out, &unix, "");
+    let mut refused = unix_sender_as(65534, &closed, "refused", 1);
+    let status = refused.wait().unwrap();
+    let mut err = String::new();
+    refused.stderr.as_mut().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!status.success() && err.contains("PermissionError"), "{status} {err}");
+    // The same user on a socket whose mode lets others write.
+    drop(fg);
+    let unix = format!("unix = [\"{}\"]\nunix_mode = \"0622\"\n", open.display());
+    let _fg = start(free_port(), &out, &unix, "");
+    let mut allowed = unix_sender_as(65534, &open, "allowed", 1);
+    wait_sent(&mut allowed);
+    let records = wait_records(&out, 1);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["app_name"], "allowed");
+    assert_eq!(records[0]["peer_uid"], 65534);
+    drop(allowed.stdin.take());
+    assert!(allowed.wait().unwrap().success());
+}

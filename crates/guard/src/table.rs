@@ -88,7 +88,8 @@ pub struct SourceKey {
     /// cleared.
     pub addr: u128,
     /// 32 for IPv4; for IPv6 the prefix the key stands for: 64 (one host's network), or
-    /// [`SourceKey::V6_AGGREGATE`] (the whole allocation of one customer).
+    /// [`SourceKey::V6_AGGREGATE`] (the whole allocation of one customer); [`SourceKey::UID`]
+    /// for a local user (`addr` is the uid).
     pub prefix: u8,
 }
 
@@ -97,6 +98,20 @@ impl SourceKey {
     /// (or more), so one sender can rotate through 256 /64s and would otherwise get 256
     /// budgets.
     pub const V6_AGGREGATE: u8 = 56;
+
+    /// [`SourceKey::prefix`] of a key that is a local user, not an address.
+    pub const UID: u8 = 0;
+
+    /// The key of a local user (the sender's uid on a Unix socket, as the kernel tells it) on
+    /// `listener`.
+    pub fn uid(listener: u16, uid: u32) -> SourceKey {
+        SourceKey { listener, addr: u128::from(uid), prefix: Self::UID }
+    }
+
+    /// The uid of a [`SourceKey::uid`] key.
+    pub fn as_uid(&self) -> Option<u32> {
+        (self.prefix == Self::UID).then_some(self.addr as u32)
+    }
 
     /// The key of `ip` on `listener`.
     pub fn new(listener: u16, ip: IpAddr) -> SourceKey {
@@ -111,7 +126,7 @@ impl SourceKey {
 
     /// True for an IPv6 key.
     pub fn is_v6(&self) -> bool {
-        self.prefix != 32
+        self.prefix == 64 || self.prefix == Self::V6_AGGREGATE
     }
 
     /// For an IPv6 key, the key of its /56 (the aggregate budget of its allocation).
@@ -124,9 +139,11 @@ impl SourceKey {
         })
     }
 
-    /// The source as text: the IPv4 address, or the IPv6 prefix.
+    /// The source as text: the IPv4 address, the IPv6 prefix, or `uid:N`.
     pub fn source(&self) -> String {
-        if self.is_v6() {
+        if let Some(uid) = self.as_uid() {
+            format!("uid:{uid}")
+        } else if self.is_v6() {
             format!("{}/{}", std::net::Ipv6Addr::from(self.addr), self.prefix)
         } else {
             std::net::Ipv4Addr::from(self.addr as u32).to_string()
@@ -413,6 +430,22 @@ mod tests {
         assert_eq!(t.check(key(2), &l, SEC, 1), Verdict::Allowed);
         let other_listener = SourceKey { listener: 1, ..a };
         assert_eq!(t.check(other_listener, &l, SEC, 1), Verdict::Allowed);
+    }
+
+    #[test]
+    fn a_uid_is_a_source_of_its_own_never_an_address() {
+        let t = SourceTable::new(1000);
+        let l = Limit::new(10, SEC);
+        let uid = SourceKey::uid(0, 1000);
+        assert_eq!(
+            (uid.as_uid(), uid.is_v6(), uid.aggregate(), uid.source()),
+            (Some(1000), false, None, "uid:1000".into())
+        );
+        // uid 1000 and the address 0.0.3.232 (1000 as a number) are different budgets.
+        let allowed = (0..100).filter(|_| t.check(uid, &l, SEC, 1) == Verdict::Allowed).count();
+        assert_eq!(allowed, 10);
+        assert_eq!(t.check(key(1000), &l, SEC, 1), Verdict::Allowed);
+        assert_eq!(key(1000).as_uid(), None);
     }
 
     #[test]

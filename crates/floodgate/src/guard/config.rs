@@ -13,8 +13,12 @@ pub struct LimitsConfig {
     /// Messages per second per source IP (IPv6: per /64), per listener. For StatsD a message is
     /// a line: a 20-line datagram is 20 messages.
     pub udp_per_source: u64,
-    /// Messages per second per listening port, all sources together.
+    /// Messages per second per listening port, all sources together (Unix datagram listeners
+    /// too).
     pub udp_per_port: u64,
+    /// Messages per second per local user (the sender's uid, as the kernel tells it) on each
+    /// Unix datagram listener.
+    pub unix_per_uid: u64,
     /// New TCP connections per second per source IP, per listening port, checked at accept.
     pub tcp_connections_per_source: u64,
     /// Open TCP connections one source IP may hold on one listener (0 = no cap).
@@ -38,6 +42,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             udp_per_source: 3000,
             udp_per_port: 10_000,
+            unix_per_uid: 3000,
             tcp_connections_per_source: 10,
             tcp_open_per_source: 100,
             burst: Duration::from_secs(1),

@@ -10,7 +10,7 @@
 
 pub mod config;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -42,6 +42,8 @@ pub struct Policy {
     /// An IPv6 /56's budget, all its /64s together.
     udp_aggregate: Limit,
     udp_port: Limit,
+    /// A local user's budget on one Unix listener.
+    unix_uid: Limit,
     tcp_rate: Limit,
     tcp_aggregate: Limit,
     tcp_open_per_source: usize,
@@ -66,6 +68,7 @@ impl Policy {
             udp_source,
             udp_aggregate: Limit::new(limits.udp_per_source.saturating_mul(V6_AGGREGATE_SOURCES), burst),
             udp_port,
+            unix_uid: Limit::new(limits.unix_per_uid, burst),
             tcp_rate: Limit::new(limits.tcp_connections_per_source, burst),
             tcp_aggregate: Limit::new(limits.tcp_connections_per_source.saturating_mul(V6_AGGREGATE_SOURCES), burst),
             tcp_open_per_source: limits.tcp_open_per_source,
@@ -130,7 +133,12 @@ impl Guard {
 
     /// Registers a listening address (all its sockets share the result). `max_open` caps its
     /// open connections (TCP).
-    pub fn listener(self: &Arc<Self>, kind: Kind, address: SocketAddr, max_open: usize) -> Arc<ListenerGuard> {
+    pub fn listener(
+        self: &Arc<Self>,
+        kind: Kind,
+        address: impl std::fmt::Display,
+        max_open: usize,
+    ) -> Arc<ListenerGuard> {
         let mut listeners = self.listeners.lock();
         let lg = Arc::new(ListenerGuard {
             id: listeners.len() as u16,
@@ -146,6 +154,7 @@ impl Guard {
             handshakes: PortLimiter::new(),
             handshakes_in_flight: Arc::default(),
             loopback_allowed: kind.is_operator(),
+            programs: Mutex::new(HashMap::new()),
             guard: Arc::downgrade(self),
         });
         listeners.push(lg.clone());
@@ -166,10 +175,12 @@ impl Guard {
         let key_name = match reason {
             Reason::ConnectionRate => "tcp_connections_per_source",
             Reason::SourceConnections => "tcp_open_per_source",
+            _ if key.as_uid().is_some() => "unix_per_uid",
             _ => "udp_per_source",
         };
         tracing::warn!(
             source = %key.source(),
+            program = lg.program_of(key).unwrap_or_default(),
             listener = lg.kind.as_str(),
             address = %lg.address,
             reason = reason.as_str(),
@@ -236,6 +247,8 @@ impl Guard {
                 let lg = listeners.get(o.key.listener as usize)?;
                 Some(OffenderReport {
                     source: o.key.source(),
+                    uid: o.key.as_uid(),
+                    program: lg.program_of(o.key),
                     listener: lg.kind.as_str(),
                     address: lg.address.clone(),
                     reason: o.reason.as_str(),
@@ -301,8 +314,15 @@ pub struct PortReport {
 /// One source in `/offenders`.
 #[derive(Debug, Serialize)]
 pub struct OffenderReport {
-    /// IPv4 address or IPv6 /64.
+    /// IPv4 address, IPv6 /64, or `uid:N` (a local user on a Unix socket).
     pub source: String,
+    /// A local user's uid (Unix sockets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The program a limited local user was sending from when it was limited
+    /// (`/proc/PID/comm`; empty if it had already exited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
     /// Listener kind.
     pub listener: &'static str,
     /// Listening address.
@@ -342,6 +362,9 @@ pub struct ListenerGuard {
     /// The host itself always passes the allow-list (the console and HTTP: an operator on the
     /// host keeps their management ports whatever `allow` lets in from the network).
     loopback_allowed: bool,
+    /// Unix listeners: the program each limited uid was sending from, read when its limit
+    /// started (cold: once a limited period), for the log line and `/offenders`. Bounded.
+    programs: Mutex<HashMap<u32, String>>,
     guard: std::sync::Weak<Guard>,
 }
 
@@ -407,6 +430,57 @@ impl ListenerGuard {
                 Err((reason, n))
             }
         }
+    }
+
+    /// Decides one datagram a local process sent on a Unix socket, by the kernel's word on who
+    /// sent it: its user's budget (`unix_per_uid`, so one program's flood cannot starve
+    /// another user's) and the listener's (`udp_per_port`). `pid` names the program in the log
+    /// line and `/offenders` when a limit starts (read only then).
+    #[inline]
+    pub fn admit_local(
+        &self,
+        policy: &Policy,
+        uid: u32,
+        pid: i32,
+        messages: impl FnOnce() -> u64,
+        now_ns: u64,
+    ) -> Result<(), (Reason, u64)> {
+        if policy.unix_uid.is_unlimited() && policy.udp_port.is_unlimited() {
+            return Ok(());
+        }
+        let n = messages();
+        let key = SourceKey::uid(self.id, uid);
+        let port = Some((&self.port, &policy.udp_port));
+        match policy.table.admit(key, &policy.unix_uid, Reason::SourceLimit, port, now_ns, n) {
+            Verdict::Allowed => Ok(()),
+            Verdict::Limited { reason, started } => {
+                if reason == Reason::PortLimit {
+                    self.port_refused(now_ns);
+                } else if started {
+                    self.note_program(uid, pid);
+                    if let Some(g) = self.guard.upgrade() {
+                        g.log_started(self, key, reason, now_ns);
+                    }
+                }
+                Err((reason, n))
+            }
+        }
+    }
+
+    /// Remembers which program `uid` sent from (cold: when a limit starts).
+    #[cold]
+    fn note_program(&self, uid: u32, pid: i32) {
+        let program = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let mut programs = self.programs.lock();
+        if programs.len() >= 4096 && !programs.contains_key(&uid) {
+            programs.clear();
+        }
+        programs.insert(uid, program.trim_end().to_string());
+    }
+
+    /// The program a limited local user sent from.
+    fn program_of(&self, key: SourceKey) -> Option<String> {
+        self.programs.lock().get(&key.as_uid()?).cloned()
     }
 
     /// Adds a batch's port-limit refusals (once per batch, not per datagram).
@@ -579,7 +653,7 @@ mod tests {
     #[test]
     fn datagrams_limited_by_source_then_port() {
         let g = Guard::new(&limits(|l| l.udp_per_port = 5), Instant::now());
-        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "127.0.0.1:8125".parse().unwrap(), 0);
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "127.0.0.1:8125", 0);
         let p = g.policy();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let now = 5_000_000_000;
@@ -587,7 +661,7 @@ mod tests {
         let verdicts: Vec<_> = (0..4).map(|_| lg.admit_datagram(&p, a, || 1, now)).collect();
         assert_eq!(verdicts, vec![Ok(()), Ok(()), Err((Reason::PortLimit, 1)), Err((Reason::PortLimit, 1))]);
         let g = Guard::new(&limits(|l| l.udp_per_source = 10), Instant::now());
-        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "127.0.0.1:8125".parse().unwrap(), 0);
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "127.0.0.1:8125", 0);
         let p = g.policy();
         assert_eq!(lg.admit_datagram(&p, a, || 10, now), Ok(()));
         assert_eq!(lg.admit_datagram(&p, a, || 1, now), Err((Reason::SourceLimit, 1)));
@@ -600,7 +674,7 @@ mod tests {
     #[test]
     fn an_ipv6_allocation_shares_one_aggregate_budget() {
         let g = Guard::new(&limits(|l| l.udp_per_source = 10), Instant::now());
-        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "[::1]:8125".parse().unwrap(), 0);
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "[::1]:8125", 0);
         let p = g.policy();
         let now = 5_000_000_000;
         // 128 /64s of one /57: each could send 10 a second, together they get 40.
@@ -620,7 +694,7 @@ mod tests {
     #[test]
     fn allow_list_and_off() {
         let g = Guard::new(&limits(|l| l.allow = vec!["10.0.0.0/8".into()]), Instant::now());
-        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "127.0.0.1:8125".parse().unwrap(), 0);
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "127.0.0.1:8125", 0);
         let p = g.policy();
         assert_eq!(lg.admit_datagram(&p, "11.0.0.1".parse().unwrap(), || 3, 1), Err((Reason::NotAllowed, 3)));
         assert_eq!(lg.admit_datagram(&p, "10.9.0.1".parse().unwrap(), || 1, 1), Ok(()));
@@ -642,7 +716,7 @@ mod tests {
             }),
             Instant::now(),
         );
-        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Tcp), "127.0.0.1:8125".parse().unwrap(), 3);
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Tcp), "127.0.0.1:8125", 3);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let p1 = lg.admit_connection(a).unwrap();
@@ -663,7 +737,7 @@ mod tests {
             }),
             Instant::now(),
         );
-        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Tls), "127.0.0.1:8125".parse().unwrap(), 1000);
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Tls), "127.0.0.1:8125", 1000);
         let a = lg.admit_handshake().unwrap();
         let _b = lg.admit_handshake().unwrap();
         assert_eq!(lg.admit_handshake().err(), Some(Reason::HandshakeLimit), "two in flight");
@@ -675,7 +749,7 @@ mod tests {
     #[test]
     fn connection_rate() {
         let g = Guard::new(&limits(|l| l.tcp_connections_per_source = 10), Instant::now());
-        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Tcp), "127.0.0.1:8125".parse().unwrap(), 1000);
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Tcp), "127.0.0.1:8125", 1000);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let admitted = (0..100).filter_map(|_| lg.admit_connection(a).ok()).count();
         assert_eq!(admitted, 10, "a burst of one second at 10/s");

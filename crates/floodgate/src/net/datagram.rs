@@ -152,14 +152,19 @@ impl<H: DatagramHandler> UdpWorker<H> {
                 for i in 0..n {
                     let (data, truncated) = batch.datagram(i);
                     bytes += data.len() as u64;
-                    if let Some(source) = batch.source(i) {
-                        if let Err((reason, messages)) =
+                    let verdict = match (batch.source(i), batch.credentials(i)) {
+                        (Some(source), _) => {
                             self.listener.admit_datagram(&policy, source.ip(), || H::messages(data), now)
-                        {
-                            dropped[reason as usize] += messages;
-                            refused |= 1 << i;
-                            continue;
                         }
+                        (None, Some(peer)) => {
+                            self.listener.admit_local(&policy, peer.uid, peer.pid, || H::messages(data), now)
+                        }
+                        (None, None) => Ok(()),
+                    };
+                    if let Err((reason, messages)) = verdict {
+                        dropped[reason as usize] += messages;
+                        refused |= 1 << i;
+                        continue;
                     }
                     oversize += truncated as u64;
                 }

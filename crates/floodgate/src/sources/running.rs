@@ -184,13 +184,9 @@ pub fn start_datagrams<H: DatagramHandler>(
             "kernel granted a smaller receive buffer (raise net.core.rmem_max or run as root)"
         );
     }
-    let guard_address = match &bound {
-        Address::Inet(addr) => *addr,
-        // A socket file has no port: the guard still counts its listener (no source limits:
-        // every sender is local, and the file's mode says who may send).
-        Address::Path(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
-    };
-    let listener = shared.guard.listener(*kind, guard_address, 0);
+    // A socket file has no source addresses: its senders are limited by uid (the file's mode
+    // says who may send at all).
+    let listener = shared.guard.listener(*kind, &bound, 0);
     let stop = Arc::new(AtomicBool::new(false));
     let mut running = Vec::new();
     for (i, socket) in sockets.into_iter().enumerate() {

@@ -138,7 +138,7 @@ fn reserve(path: &Path) -> bool {
 /// The guard switched off: tests that are not about it send bursts far over the default
 /// limits from one source. Guard tests write their own `[limits]`.
 pub const NO_LIMITS: &str =
-    "[limits]\nudp_per_source = 0\nudp_per_port = 0\ntcp_connections_per_source = 0\ntcp_open_per_source = 0\n";
+    "[limits]\nudp_per_source = 0\nudp_per_port = 0\nunix_per_uid = 0\ntcp_connections_per_source = 0\ntcp_open_per_source = 0\n";
 
 /// Syslog's default listeners (127.0.0.1:5514) off: tests run many floodgates at once, and
 /// only the syslog tests want them (on free ports, with their own `[syslog]`).

@@ -157,6 +157,8 @@ pub struct Counters {
     pub tls_handshake_failures: AtomicU64,
     /// Open TCP connections.
     pub open_connections: AtomicI64,
+    /// StatsD datagrams from senders past `origin_max`, tagged `other`.
+    pub origin_other: AtomicU64,
 }
 
 impl Counters {

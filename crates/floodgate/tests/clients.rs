@@ -26,9 +26,16 @@ fn run_client(program: &str, args: &[&str]) {
 #[test]
 fn python_statsd_and_datadog_clients() {
     let carbon = Capture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("records.jsonl");
     let fg = Floodgate::start(
         "flush_interval = \"500ms\"",
-        &format!("[graphite]\naddress = \"127.0.0.1:{}\"\n", carbon.port),
+        &format!(
+            "[graphite]\naddress = \"127.0.0.1:{}\"\n[syslog]\nudp = [\"127.0.0.1:{}\"]\ntcp = []\noutput = {{ kind = \"file\", path = \"{}\" }}\n",
+            carbon.port,
+            free_port(),
+            records.display()
+        ),
     );
     let script = repo_root().join("crates/floodgate/tests/clients/send_python.py");
     run_client("python3", &[script.to_str().unwrap(), &fg.statsd.to_string()]);
@@ -59,6 +66,29 @@ fn python_statsd_and_datadog_clients() {
     );
     // The client's event and service check are not bad lines (Etsy statsd counted them so).
     assert_eq!(fg.sample("floodgate_bad_lines_total", &["listener=\"statsd_udp\""]), 0.0);
+    // They are records in the log output, field by field.
+    let found = wait_for("the event and the service check in the record output", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&records).unwrap_or_default();
+        let found: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        (found.len() >= 2).then_some(found)
+    });
+    assert_eq!(found.len(), 2, "{found:?}");
+    let event = found.iter().find(|r| r["kind"] == "event").expect("an event record");
+    assert_eq!(event["title"], "Deploy", "{event}");
+    assert_eq!(event["text"], "v1.2.3 is out\nall green", "the client's escaped newline is a newline: {event}");
+    assert_eq!(event["alert_type"], "error");
+    assert_eq!(event["priority"], "normal");
+    assert_eq!(event["tags"], serde_json::json!(["env:prod"]));
+    assert_eq!(event["listener"], "statsd_udp");
+    assert_eq!(event["transport"], "udp");
+    assert!(event["source"].as_str().unwrap().starts_with("127.0.0.1:"), "{event}");
+    assert!(event["received_at"].as_str().unwrap().ends_with('Z'), "{event}");
+    let check = found.iter().find(|r| r["kind"] == "service_check").expect("a service check record");
+    assert_eq!(check["check"], "db.up", "{check}");
+    assert_eq!(check["status"], 2);
+    assert_eq!(check["status_name"], "critical");
+    assert_eq!(check["message"], "replica lag");
+    assert_eq!(check["tags"], serde_json::json!(["env:prod"]));
 }
 
 #[test]

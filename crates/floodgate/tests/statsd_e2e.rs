@@ -375,3 +375,137 @@ fn sighup_reloads_settings_keeps_data_and_refuses_a_bad_file() {
     assert!(has(&payload, "stats.timers.reload.t.upper_50", "2"));
     assert!(!String::from_utf8_lossy(&payload).contains("upper_90"));
 }
+
+/// A cgroup of the test's own, named as Docker's systemd driver names a container's
+/// (`docker-<64 hex>.scope`), under the host's cgroup v2 mount; removed when dropped.
+struct ContainerCgroup {
+    dir: std::path::PathBuf,
+    id: String,
+}
+
+impl ContainerCgroup {
+    fn create() -> ContainerCgroup {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+            })
+            .expect("a cgroup v2 mount (the container id is read from the sender's cgroup)");
+        let id = format!("{:064x}", u128::from(std::process::id()) * 0x9e37_79b9_7f4a_7c15 + 0xfeed);
+        let dir = std::path::Path::new(&root).join(format!("floodgate-test-{}/docker-{id}.scope", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        ContainerCgroup { dir, id }
+    }
+
+    fn enter(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+        let _ = std::fs::remove_dir(self.dir.parent().unwrap());
+    }
+}
+
+/// A Python process that waits for a line on stdin, optionally renames itself (`prctl`, as any
+/// program may), sends `lines` to the Unix socket `path`, says "sent", and stays alive until
+/// stdin closes (its pid must still be there when floodgate reads who it is).
+fn unix_statsd_sender(path: &std::path::Path, rename: &str, lines: &str) -> std::process::Child {
+    let script = "import ctypes, socket, sys\n\
+        sys.stdin.readline()\n\
+        if sys.argv[2]:\n    ctypes.CDLL(None).prctl(15, sys.argv[2].encode(), 0, 0, 0)\n\
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+        s.sendto(sys.argv[3].encode(), sys.argv[1])\n\
+        print('sent', flush=True)\n\
+        sys.stdin.read()";
+    std::process::Command::new(require_tool("python3"))
+        .args(["-c", script, path.to_str().unwrap(), rename, lines])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn go_and_wait_sent(child: &mut std::process::Child) {
+    writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "sent");
+}
+
+/// `origin_tags` tags metrics from a Unix socket with the kernel's word on their sender: uid,
+/// program and the container id from its cgroup. Off by default; bounded by `origin_max`
+/// (a program renamed past it is tagged `other`, and counted). Events from the socket carry the
+/// sender in their record too.
+#[test]
+fn origin_tags_name_the_sending_process_and_container() {
+    let carbon = Capture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, records) = (dir.path().join("statsd.sock"), dir.path().join("records.jsonl"));
+    let syslog = format!(
+        "[syslog]\nudp = [\"127.0.0.1:{}\"]\ntcp = []\noutput = {{ kind = \"file\", path = \"{}\" }}\n",
+        free_port(),
+        records.display()
+    );
+    let fg = Floodgate::start(
+        &format!(
+            "flush_interval = \"500ms\"\nunix = [\"{}\"]\norigin_tags = [\"uid\", \"program\", \"container_id\"]\norigin_max = 1",
+            sock.display()
+        ),
+        &format!("{}{syslog}", graphite_section(carbon.port, "")),
+    );
+    let cgroup = ContainerCgroup::create();
+    let mut inside = unix_statsd_sender(&sock, "", "origin.hits:2|c|#env:prod\n_e{5,4}:title|text");
+    cgroup.enter(inside.id());
+    go_and_wait_sent(&mut inside);
+    let tags = format!("uid=0;program=python3;container_id={}", cgroup.id);
+    carbon.wait_seen(
+        WAIT,
+        &[
+            (format!("stats_counts.origin.hits;env=prod;{tags}"), "2".to_string()),
+            (format!("stats_counts.dogstatsd.events;alert_type=info;{tags}"), "1".to_string()),
+        ],
+    );
+    // A second origin (a program renamed itself) is past origin_max = 1: tagged `other`.
+    let mut renamed = unix_statsd_sender(&sock, "evil-name", "origin.hits:5|c");
+    go_and_wait_sent(&mut renamed);
+    carbon.wait_seen(
+        WAIT,
+        &[("stats_counts.origin.hits;uid=other;program=other;container_id=other".to_string(), "5".to_string())],
+    );
+    let labels = ["listener=\"statsd_unix\""];
+    assert_eq!(fg.sample("floodgate_statsd_origin_other_total", &labels), 1.0);
+    // The event's record names its sender as the kernel saw it.
+    let text = std::fs::read_to_string(&records).unwrap();
+    let event: serde_json::Value = serde_json::from_str(text.lines().next().expect("the event's record")).unwrap();
+    assert_eq!(event["kind"], "event");
+    assert_eq!(event["listener"], "statsd_unix");
+    assert_eq!(event["peer_pid"].as_u64(), Some(u64::from(inside.id())), "{event}");
+    assert_eq!(event["peer_uid"], 0);
+    assert_eq!(event["peer_program"], "python3");
+    for mut child in [inside, renamed] {
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+/// Without `origin_tags` (the default) a Unix socket's metrics keep their own names.
+#[test]
+fn origin_tags_are_off_by_default() {
+    let carbon = Capture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("statsd.sock");
+    let _fg = Floodgate::start(
+        &format!("flush_interval = \"500ms\"\nunix = [\"{}\"]", sock.display()),
+        &graphite_section(carbon.port, ""),
+    );
+    let mut sender = unix_statsd_sender(&sock, "", "plain.hits:3|c");
+    go_and_wait_sent(&mut sender);
+    carbon.wait_seen(WAIT, &[("stats_counts.plain.hits".to_string(), "3".to_string())]);
+    drop(sender.stdin.take());
+    assert!(sender.wait().unwrap().success());
+}

@@ -87,6 +87,8 @@ pub struct Parser {
     rule: KeyRule,
     raw_key: Vec<u8>,
     key: Vec<u8>,
+    /// Tags added to every key (`k:v,k:v`, as DogStatsD writes them): the sender's origin.
+    extra_tags: Vec<u8>,
 }
 
 impl Parser {
@@ -97,7 +99,20 @@ impl Parser {
 
     /// A parser applying `rule` (its `sanitized` is Etsy's `keyNameSanitize`).
     pub fn with_rule(rule: KeyRule) -> Self {
-        Parser { sanitize: rule.sanitized, rule, raw_key: Vec::with_capacity(256), key: Vec::with_capacity(256) }
+        Parser {
+            sanitize: rule.sanitized,
+            rule,
+            raw_key: Vec::with_capacity(256),
+            key: Vec::with_capacity(256),
+            extra_tags: Vec::new(),
+        }
+    }
+
+    /// Tags (`k:v,k:v`) added to every key parsed from now on, after the line's own (the
+    /// runtime sets the sending process's origin, per datagram); empty for none.
+    pub fn set_extra_tags(&mut self, tags: &[u8]) {
+        self.extra_tags.clear();
+        self.extra_tags.extend_from_slice(tags);
     }
 
     /// Parses every `\n`-separated line of a packet.
@@ -157,15 +172,17 @@ impl Parser {
             None => (head, head, 1),
         };
         let parts = values.split(is_colon).skip(skip);
-        let key: &[u8] = if tags.is_empty() && (!self.sanitize || is_clean(name)) {
+        let key: &[u8] = if tags.is_empty() && self.extra_tags.is_empty() && (!self.sanitize || is_clean(name)) {
             name
         } else {
             self.raw_key.clear();
             self.raw_key.extend_from_slice(name);
-            if !tags.is_empty() {
-                for tag in tags.split(|b| *b == b',') {
-                    self.raw_key.push(b';');
-                    push_tag(&mut self.raw_key, tag);
+            for list in [tags, &self.extra_tags] {
+                if !list.is_empty() {
+                    for tag in list.split(|b| *b == b',') {
+                        self.raw_key.push(b';');
+                        push_tag(&mut self.raw_key, tag);
+                    }
                 }
             }
             if self.sanitize {
@@ -263,6 +280,10 @@ impl Parser {
         self.raw_key.clear();
         self.raw_key.extend_from_slice(name);
         for tag in tags {
+            self.raw_key.push(b';');
+            push_tag(&mut self.raw_key, tag);
+        }
+        for tag in self.extra_tags.split(|b| *b == b',').filter(|t| !t.is_empty()) {
             self.raw_key.push(b';');
             push_tag(&mut self.raw_key, tag);
         }
@@ -648,5 +669,27 @@ mod tests {
         let bad = parse("_e{9,2}:short|ab\n_sc|x|7");
         assert_eq!((bad.bad, bad.metrics.len()), (2, 0));
         assert_eq!(bad.reasons.len(), 2, "each bad DogStatsD line says why: {:?}", bad.reasons);
+    }
+
+    #[test]
+    fn extra_tags_go_on_every_key_after_the_lines_own() {
+        let mut parser = Parser::new(true);
+        parser.set_extra_tags(b"uid:1000,program:web");
+        let mut c = Collect::default();
+        parser.parse_packet(b"hits:1|c\nlat:2|ms|#env:prod\n_sc|db|0|#az:b\n_e{1,1}:t|x", &mut c);
+        let keys: Vec<&str> = c.metrics.iter().map(|m| m.0.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "hits;uid=1000;program=web",
+                "lat;env=prod;uid=1000;program=web",
+                "service_check;check=db;az=b;uid=1000;program=web",
+                "dogstatsd.events;alert_type=info;uid=1000;program=web",
+            ]
+        );
+        parser.set_extra_tags(b"");
+        let mut c = Collect::default();
+        parser.parse_packet(b"hits:1|c", &mut c);
+        assert_eq!(c.metrics[0].0, "hits");
     }
 }

@@ -68,3 +68,107 @@ mod tests {
         assert!(id_of("nobody-here", &db).unwrap_err().to_string().contains("no `nobody-here`"));
     }
 }
+
+/// A process's program name (`/proc/PID/comm`), empty once it has exited.
+pub fn program_name(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_string()).unwrap_or_default()
+}
+
+/// A process's container id, from its cgroup (`/proc/PID/cgroup`), as DogStatsD's origin
+/// detection reads it; `None` outside a container or once it has exited.
+pub fn container_id(pid: i32) -> Option<String> {
+    container_id_in(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+/// The container id in the text of a `/proc/PID/cgroup`: the last path segment holding one
+/// (64 hex digits, bare as Docker and Kubernetes' cgroupfs driver write it, or inside a
+/// systemd scope: `docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`,
+/// `libpod-<id>.scope`).
+pub fn container_id_in(cgroup: &str) -> Option<String> {
+    let is_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut found = None;
+    for path in cgroup.lines().filter_map(|line| line.splitn(3, ':').nth(2)) {
+        for segment in path.split('/') {
+            let segment = segment.strip_suffix(".scope").unwrap_or(segment);
+            let id = segment.rsplit(['-', ':']).next().unwrap_or(segment);
+            if is_id(id) {
+                found = Some(id.to_ascii_lowercase());
+            }
+        }
+    }
+    found
+}
+
+/// What the kernel's pid of a Unix socket sender tells about it, read once per pid.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its program name (`/proc/PID/comm`).
+    pub program: String,
+    /// Its container's id, if it runs in one.
+    pub container_id: Option<String>,
+}
+
+/// [`PeerInfo`] by pid, for one receive thread. Bounded: cleared when full, so a sender that
+/// forks without end cannot grow it.
+#[derive(Debug, Default)]
+pub struct Peers {
+    by_pid: std::collections::HashMap<i32, PeerInfo>,
+}
+
+impl Peers {
+    /// Most pids remembered.
+    pub const MAX: usize = 1024;
+
+    /// What `pid` is (read from `/proc` the first time; the container id only when
+    /// `container` is asked for).
+    pub fn get(&mut self, pid: i32, container: bool) -> &PeerInfo {
+        if self.by_pid.len() >= Self::MAX && !self.by_pid.contains_key(&pid) {
+            self.by_pid.clear();
+        }
+        self.by_pid.entry(pid).or_insert_with(|| PeerInfo {
+            program: program_name(pid),
+            container_id: if container { container_id(pid) } else { None },
+        })
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_as_docker_kubernetes_and_systemd_write_them() {
+        let id = "3f2a9c0d1e4b5a6978f0e1d2c3b4a5968778695a4b3c2d1e0f9e8d7c6b5a4938";
+        for text in [
+            format!("12:memory:/docker/{id}\n0::/"),
+            format!("0::/system.slice/docker-{id}.scope"),
+            format!(
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{id}.scope"
+            ),
+            format!("0::/kubepods/besteffort/pod0f1e2d3c/{id}"),
+            format!("0::/machine.slice/libpod-{id}.scope/container"),
+            format!("0::/kubepods.slice/crio-{}.scope", id.to_uppercase()),
+        ] {
+            assert_eq!(container_id_in(&text).as_deref(), Some(id), "{text}");
+        }
+        for text in [
+            "0::/",
+            "0::/user.slice/user-1000.slice/session-2.scope",
+            "4:memory:/process_api/d027b760e109e3cd96f316aeeda35752",
+        ] {
+            assert_eq!(container_id_in(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn peers_are_read_once_and_bounded() {
+        let mut peers = Peers::default();
+        let me = std::process::id() as i32;
+        assert!(!peers.get(me, true).program.is_empty());
+        for pid in 0..(Peers::MAX as i32 + 10) {
+            peers.get(-pid - 2, false);
+        }
+        assert!(peers.by_pid.len() <= Peers::MAX);
+        assert_eq!(peers.get(-5, false).program, "", "a gone process has no name");
+    }
+}

@@ -8,6 +8,30 @@ use serde::{Deserialize, Serialize};
 
 use crate::units::{duration, size};
 
+/// One tag naming the sender of a metric on a Unix socket.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum OriginTag {
+    /// `uid:N`, the sending user.
+    Uid,
+    /// `program:NAME`, from `/proc/PID/comm`.
+    Program,
+    /// `container_id:ID`, from the sender's cgroup (DogStatsD's origin detection); absent
+    /// outside a container.
+    ContainerId,
+}
+
+impl OriginTag {
+    /// The tag's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginTag::Uid => "uid",
+            OriginTag::Program => "program",
+            OriginTag::ContainerId => "container_id",
+        }
+    }
+}
+
 /// `[statsd]`: listeners and Etsy statsd's aggregation options.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -29,6 +53,13 @@ pub struct StatsdConfig {
     /// Group of the socket files (name or number); unchanged when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unix_group: Option<String>,
+    /// Tags naming the sending process, added to every metric from a Unix socket, from the
+    /// kernel's credentials (never from the datagram): `uid`, `program`, `container_id`.
+    /// Empty (the default): none.
+    pub origin_tags: Vec<OriginTag>,
+    /// Most distinct origins (tag combinations) one Unix listener tags with; past it, new
+    /// senders are tagged `other` (a program can rename itself, so a bound is needed).
+    pub origin_max: usize,
     /// Certificate, key and optional client CA of the TLS listeners.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::net::tls::TlsConfig>,
@@ -101,6 +132,8 @@ impl Default for StatsdConfig {
             unix_mode: "0622".into(),
             unix_owner: None,
             unix_group: None,
+            origin_tags: Vec::new(),
+            origin_max: 1000,
             tls: None,
             flush_interval: Duration::from_secs(10),
             percentiles: vec![90.0],

@@ -3,6 +3,7 @@
 //! flusher merges.
 
 pub mod config;
+pub mod decode;
 pub mod tcp;
 pub mod udp;
 
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use floodgate_statsd::{PacketCounts, Parser, Shard};
+use floodgate_statsd::PacketCounts;
 
 use crate::component::Stopping;
 use crate::component::{Shared, Wiring};
@@ -21,20 +22,9 @@ use crate::sources::running::{bind_stream, start_datagrams, DatagramSizes, Liste
 use crate::sources::Source;
 
 use crate::listener::Counters;
+use decode::{Decoder, Origin};
 
 pub use crate::aggregation::SharedShard;
-
-/// Parses a block of complete lines into the shard and adds its line counts to `total` (the
-/// caller counts packets — a datagram, or a TCP read — and publishes `total` to its
-/// [`Counters`] once per batch, not per datagram).
-pub fn ingest(parser: &mut Parser, shard: &mut Shard, data: &[u8], total: &mut PacketCounts) {
-    let counts = parser.parse_packet(data, shard);
-    shard.lines += counts.lines;
-    shard.bad_lines += counts.bad;
-    total.lines += counts.lines;
-    total.bad += counts.bad;
-    total.too_long += counts.too_long;
-}
 
 /// Publishes a batch's line counts.
 pub fn publish(counters: &Counters, total: PacketCounts) {
@@ -64,6 +54,13 @@ pub fn listener_families(l: &crate::listener::Listener, out: &mut crate::metrics
     out.add(lines, &l.labels(), c.lines.load(Relaxed));
     out.add(bad, &l.labels(), c.bad_lines.load(Relaxed));
     l.dropped(out, "key_too_long", c.key_too_long.load(Relaxed));
+    if l.kind.transport == Transport::Unix {
+        let other = Describe::counter(
+            "floodgate_statsd_origin_other_total",
+            "Datagrams from senders past origin_max, tagged other.",
+        );
+        out.add(other, &l.labels(), c.origin_other.load(Relaxed));
+    }
 }
 
 /// The StatsD listeners and what they share.
@@ -74,10 +71,12 @@ struct StatsdSource {
     tls: Option<SharedServerConfig>,
     /// Turns true at shutdown: connections read what their senders already sent, then end.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// The record output (events and service checks), when open.
+    records: Option<crate::record::RecordPipe>,
 }
 
 /// `[statsd]`: every listener it names (none is fine: SIGHUP may add some).
-pub fn build(shared: &Arc<Shared>, config: &Config, _wiring: &mut Wiring) -> Result<Option<Box<dyn Source>>> {
+pub fn build(shared: &Arc<Shared>, config: &Config, wiring: &mut Wiring) -> Result<Option<Box<dyn Source>>> {
     let tls = match &config.statsd.tls {
         Some(tls) => Some(Arc::new(arc_swap::ArcSwap::new(crate::net::tls::server_config(tls).context("statsd tls")?))),
         None => None,
@@ -87,6 +86,9 @@ pub fn build(shared: &Arc<Shared>, config: &Config, _wiring: &mut Wiring) -> Res
         listeners: ListenerSet::default(),
         tls,
         stopping: tokio::sync::watch::channel(false).0,
+        // Cloned: the syslog source takes the wiring's (and the output stays open while
+        // either holds it).
+        records: wiring.records.clone(),
     };
     let mut listeners = std::mem::take(&mut source.listeners);
     listeners.start_all(&wanted(&config.statsd), |spec| source.start(spec))?;
@@ -122,8 +124,11 @@ impl StatsdSource {
                     buffer: s.receive_buffer,
                     max_datagram: s.max_datagram as usize,
                 };
+                let unix = kind.transport == Transport::Unix;
                 let running = start_datagrams(shared, spec, sizes, listener_families, |counters| {
-                    udp::StatsdDatagrams::new(shared.aggregation.new_shard(), counters, rule)
+                    let origin = if unix { Origin::new(&s.origin_tags, s.origin_max, counters.clone()) } else { None };
+                    let decoder = Decoder::new(*kind, rule, origin, self.records.as_ref());
+                    udp::StatsdDatagrams::new(shared.aggregation.new_shard(), counters, decoder)
                 })?;
                 if let Address::Path(path) = address {
                     let access = crate::net::unix::Access {
@@ -148,6 +153,8 @@ impl StatsdSource {
                     shard: shared.aggregation.new_shard(),
                     counters,
                     key_rule: rule,
+                    kind: *kind,
+                    records: self.records.clone(),
                     max_line_length: s.max_line_length as usize,
                     guard: shared.guard.listener(*kind, address, s.tcp_max_connections),
                     idle_timeout: s.tcp_idle_timeout,

@@ -8,11 +8,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use floodgate_statsd::{KeyRule, PacketCounts, Parser};
+use floodgate_statsd::{KeyRule, PacketCounts};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpListener;
 
-use super::{ingest, publish, SharedShard};
+use super::decode::Decoder;
+use super::{publish, SharedShard};
 use crate::clock::since as clock;
 use crate::guard::ListenerGuard;
 use crate::listener::Counters;
@@ -28,6 +29,10 @@ pub struct TcpOptions {
     pub counters: Arc<Counters>,
     /// `max_key_length` and Etsy's `keyNameSanitize`.
     pub key_rule: KeyRule,
+    /// The listener's kind (for event records).
+    pub kind: crate::listener::Kind,
+    /// The record output, for events and service checks.
+    pub records: Option<crate::record::RecordPipe>,
     /// Longest line accepted.
     pub max_line_length: usize,
     /// This listener's place in the guard (which also caps its open connections).
@@ -44,21 +49,26 @@ pub struct TcpOptions {
 /// a TLS server connection.
 pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedServerConfig>) {
     let (guard, counters) = (opts.guard.clone(), opts.counters.clone());
-    crate::net::stream::serve(listener, guard, counters, tls, "statsd", move |conn, _peer| {
+    crate::net::stream::serve(listener, guard, counters, tls, "statsd", move |conn, peer| {
         let mut opts = opts.clone();
-        async move { read_lines(conn, &mut opts).await }
+        async move { read_lines(conn, &mut opts, peer.addr).await }
     })
     .await
 }
 
 /// Reads one connection to its end.
-async fn read_lines<S: AsyncRead + Unpin>(mut stream: S, opts: &mut TcpOptions) -> std::io::Result<()> {
+async fn read_lines<S: AsyncRead + Unpin>(
+    mut stream: S,
+    opts: &mut TcpOptions,
+    peer: std::net::SocketAddr,
+) -> std::io::Result<()> {
     let max = opts.max_line_length;
     let mut buf = vec![0u8; (max + 1).max(64 * 1024)];
     let mut filled = 0;
     // Inside a line longer than the buffer: skip until its end.
     let mut skipping = false;
-    let mut parser = Parser::with_rule(opts.key_rule);
+    let mut decoder = Decoder::new(opts.kind, opts.key_rule, None, opts.records.as_ref());
+    decoder.sender(Some(peer), None);
     // Shutting down: read on until the sender pauses or this deadline passes.
     let mut draining: Option<tokio::time::Instant> = None;
     loop {
@@ -100,7 +110,8 @@ async fn read_lines<S: AsyncRead + Unpin>(mut stream: S, opts: &mut TcpOptions) 
         if n == 0 {
             // A last line without its newline is still a line.
             if filled > 0 && !skipping {
-                consume(&mut parser, &buf[..filled], opts);
+                consume(&mut decoder, &buf[..filled], opts);
+                decoder.send_records().await;
             }
             return Ok(());
         }
@@ -117,7 +128,8 @@ async fn read_lines<S: AsyncRead + Unpin>(mut stream: S, opts: &mut TcpOptions) 
             skipping = false;
         }
         if start <= last_nl {
-            consume(&mut parser, &buf[start..=last_nl], opts);
+            consume(&mut decoder, &buf[start..=last_nl], opts);
+            decoder.send_records().await;
         }
         buf.copy_within(last_nl + 1..filled, 0);
         filled -= last_nl + 1;
@@ -125,20 +137,20 @@ async fn read_lines<S: AsyncRead + Unpin>(mut stream: S, opts: &mut TcpOptions) 
 }
 
 /// Parses complete lines, skipping (and counting) those longer than the maximum.
-fn consume(parser: &mut Parser, block: &[u8], opts: &TcpOptions) {
+fn consume(decoder: &mut Decoder, block: &[u8], opts: &TcpOptions) {
     let max = opts.max_line_length;
     let mut shard = opts.shard.lock();
     shard.clock = clock(opts.epoch);
     shard.packets += 1;
     let mut lines = PacketCounts::default();
     if block.len() <= max || block.split(|b| *b == b'\n').all(|l| l.len() <= max) {
-        ingest(parser, &mut shard, block, &mut lines);
+        decoder.ingest(&mut shard, block, &mut lines);
     } else {
         for line in block.split(|b| *b == b'\n') {
             if line.len() > max {
                 opts.counters.oversize.fetch_add(1, Relaxed);
             } else if !line.is_empty() {
-                ingest(parser, &mut shard, line, &mut lines);
+                decoder.ingest(&mut shard, line, &mut lines);
             }
         }
     }

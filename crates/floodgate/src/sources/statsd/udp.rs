@@ -6,9 +6,10 @@
 
 use std::sync::Arc;
 
-use floodgate_statsd::{KeyRule, PacketCounts, Parser};
+use floodgate_statsd::PacketCounts;
 
-use super::{complete_lines, ingest, publish, SharedShard};
+use super::decode::Decoder;
+use super::{complete_lines, publish, SharedShard};
 use crate::guard::count_lines;
 use crate::listener::Counters;
 use crate::net::datagram::{Admitted, DatagramHandler};
@@ -16,14 +17,14 @@ use crate::net::datagram::{Admitted, DatagramHandler};
 /// Decodes one receive thread's datagrams into its shard.
 pub struct StatsdDatagrams {
     shard: SharedShard,
-    parser: Parser,
+    decoder: Decoder,
     counters: Arc<Counters>,
 }
 
 impl StatsdDatagrams {
-    /// A decoder writing into `shard`, with the key rule of `[statsd]`.
-    pub fn new(shard: SharedShard, counters: Arc<Counters>, rule: KeyRule) -> StatsdDatagrams {
-        StatsdDatagrams { shard, parser: Parser::with_rule(rule), counters }
+    /// A receive thread's handler writing into `shard`.
+    pub fn new(shard: SharedShard, counters: Arc<Counters>, decoder: Decoder) -> StatsdDatagrams {
+        StatsdDatagrams { shard, decoder, counters }
     }
 }
 
@@ -40,12 +41,15 @@ impl DatagramHandler for StatsdDatagrams {
         for d in datagrams.iter() {
             // A truncated datagram keeps its complete lines; the cut one is lost and counted.
             let data = if d.truncated { complete_lines(d.data) } else { d.data };
-            ingest(&mut self.parser, &mut shard, data, &mut lines);
+            self.decoder.sender(d.source, d.peer);
+            self.decoder.ingest(&mut shard, data, &mut lines);
         }
         // Published before the shard is released: whoever sees this batch's values (a flush,
         // the console) also sees its counts.
         publish_batch();
         publish(&self.counters, lines);
         drop(shard);
+        // Events and service checks, after the shard is released (the output may be slow).
+        self.decoder.send_records_blocking();
     }
 }

@@ -41,8 +41,8 @@ pub struct Encoder {
     source_addr: Option<SocketAddr>,
     /// The sending process (Unix sockets) and its program name.
     peer: Option<(crate::sys::Credentials, String)>,
-    /// Program names by pid, read once each (bounded: cleared when full).
-    programs: std::collections::HashMap<i32, String>,
+    /// Program names by pid, read once each.
+    peers: crate::net::unix::Peers,
     /// The records' common start (time, source, listener), rendered when one of them changes.
     prefix: Vec<u8>,
 }
@@ -60,7 +60,7 @@ impl Encoder {
             source: String::new(),
             source_addr: None,
             peer: None,
-            programs: std::collections::HashMap::new(),
+            peers: crate::net::unix::Peers::default(),
             prefix: Vec::new(),
         };
         e.stamp();
@@ -92,18 +92,7 @@ impl Encoder {
         if self.peer.as_ref().is_some_and(|(p, _)| *p == peer) {
             return;
         }
-        if self.programs.len() >= 1024 {
-            self.programs.clear();
-        }
-        let program = self
-            .programs
-            .entry(peer.pid)
-            .or_insert_with(|| {
-                std::fs::read_to_string(format!("/proc/{}/comm", peer.pid))
-                    .map(|c| c.trim_end().to_string())
-                    .unwrap_or_default()
-            })
-            .clone();
+        let program = self.peers.get(peer.pid, false).program.clone();
         self.peer = Some((peer, program));
         self.render_prefix();
     }

@@ -1,0 +1,293 @@
+//! What one StatsD receive thread or connection decodes with: the parser, the sender's origin
+//! tags (Unix sockets, when `origin_tags` asks), and where DogStatsD events and service checks
+//! go as records (the record output, when it is open and writes JSON).
+//!
+//! Metrics go straight into the shard, as before: [`Decoder::ingest`] hands the parser the
+//! shard itself when nothing else is wanted, and otherwise a sink that passes metrics on
+//! inline and only adds a cold path for events and checks.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use floodgate_statsd::dogstatsd::{Event, ServiceCheck};
+use floodgate_statsd::{KeyRule, Metric, MetricSink, PacketCounts, Parser, Shard};
+use serde_json::Value;
+
+use super::config::OriginTag;
+use crate::listener::{Counters, Kind};
+use crate::net::unix::Peers;
+use crate::record::{Chunk, Encoding, RecordPipe};
+use crate::sys::Credentials;
+
+/// The decoding state of one receive thread or connection.
+pub struct Decoder {
+    parser: Parser,
+    origin: Option<Origin>,
+    records: Option<EventRecords>,
+}
+
+impl Decoder {
+    /// A decoder for a listener of `kind` with the key rule of `[statsd]`; `origin` tags its
+    /// metrics by sender (Unix sockets only); `records` is the record output, if open.
+    pub fn new(kind: Kind, rule: KeyRule, origin: Option<Origin>, records: Option<&RecordPipe>) -> Decoder {
+        let records = records.filter(|p| matches!(p.encoding, Encoding::Json { .. })).map(|p| EventRecords {
+            output: p.sender.clone(),
+            chunk: Chunk::default(),
+            listener: kind.as_str(),
+            transport: kind.transport_name(),
+            source: None,
+            peer: None,
+            peers: Peers::default(),
+        });
+        Decoder { parser: Parser::with_rule(rule), origin, records }
+    }
+
+    /// The sender of the data that follows: its address, or (Unix sockets) the process the
+    /// kernel names.
+    pub fn sender(&mut self, source: Option<SocketAddr>, peer: Option<Credentials>) {
+        if let (Some(origin), Some(peer)) = (self.origin.as_mut(), peer) {
+            if origin.current != Some(peer) {
+                origin.current = Some(peer);
+                self.parser.set_extra_tags(origin.tags_of(peer));
+            }
+            if origin.is_other {
+                origin.counters.origin_other.fetch_add(1, Relaxed);
+            }
+        }
+        if let Some(r) = self.records.as_mut() {
+            r.source = source;
+            r.peer = peer;
+        }
+    }
+
+    /// Parses a block of complete lines into the shard and adds its line counts to `total`
+    /// (the caller counts packets and publishes `total` to its [`Counters`] once per batch).
+    #[inline]
+    pub fn ingest(&mut self, shard: &mut Shard, data: &[u8], total: &mut PacketCounts) {
+        let counts = match self.records.as_mut() {
+            None => self.parser.parse_packet(data, shard),
+            Some(records) => self.parser.parse_packet(data, &mut WithRecords { shard, records }),
+        };
+        shard.lines += counts.lines;
+        shard.bad_lines += counts.bad;
+        total.lines += counts.lines;
+        total.bad += counts.bad;
+        total.too_long += counts.too_long;
+    }
+
+    /// The records decoded since the last call, with where they go (none: `None`).
+    pub fn take_records(&mut self) -> Option<(tokio::sync::mpsc::Sender<Chunk>, Chunk)> {
+        let r = self.records.as_mut()?;
+        (r.chunk.messages > 0).then(|| (r.output.clone(), std::mem::take(&mut r.chunk)))
+    }
+
+    /// Hands the batch's records to the output, waiting for room (receive threads).
+    pub fn send_records_blocking(&mut self) {
+        if let Some((output, chunk)) = self.take_records() {
+            // The output has ended only at shutdown, after the listeners: nothing to tell.
+            let _ = output.blocking_send(chunk);
+        }
+    }
+
+    /// Hands the batch's records to the output, waiting for room (connections).
+    pub async fn send_records(&mut self) {
+        if let Some((output, chunk)) = self.take_records() {
+            let _ = output.send(chunk).await;
+        }
+    }
+}
+
+/// Metrics into the shard (inline, as without it), events and checks into records.
+struct WithRecords<'a> {
+    shard: &'a mut Shard,
+    records: &'a mut EventRecords,
+}
+
+impl MetricSink for WithRecords<'_> {
+    #[inline(always)]
+    fn metric(&mut self, metric: &Metric<'_>) {
+        self.shard.metric(metric);
+    }
+
+    fn bad_line(&mut self, line: &[u8]) {
+        self.shard.bad_line(line);
+    }
+
+    fn event(&mut self, event: &Event<'_>) {
+        self.records.event(event);
+    }
+
+    fn service_check(&mut self, check: &ServiceCheck<'_>) {
+        self.records.service_check(check);
+    }
+}
+
+/// Events and service checks as JSON records, one chunk a batch.
+struct EventRecords {
+    output: tokio::sync::mpsc::Sender<Chunk>,
+    chunk: Chunk,
+    listener: &'static str,
+    transport: &'static str,
+    source: Option<SocketAddr>,
+    peer: Option<Credentials>,
+    peers: Peers,
+}
+
+impl EventRecords {
+    /// The fields every record starts with: when, from where, and which listener.
+    fn received(&mut self, kind: &str) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("received_at".into(), floodgate_syslog::record::rfc3339_millis(crate::clock::unix_ms()).into());
+        m.insert("source".into(), self.source.map_or(String::new(), |s| s.to_string()).into());
+        m.insert("listener".into(), self.listener.into());
+        m.insert("transport".into(), self.transport.into());
+        if let Some(p) = self.peer {
+            m.insert("peer_pid".into(), p.pid.into());
+            m.insert("peer_uid".into(), p.uid.into());
+            m.insert("peer_gid".into(), p.gid.into());
+            m.insert("peer_program".into(), self.peers.get(p.pid, false).program.clone().into());
+        }
+        m.insert("kind".into(), kind.into());
+        m
+    }
+
+    #[cold]
+    fn event(&mut self, e: &Event<'_>) {
+        let mut m = self.received("event");
+        m.insert("title".into(), text(e.title).into());
+        // Clients escape the text's newlines as `\n`; the record holds the text itself.
+        m.insert("text".into(), text(e.text).replace("\\n", "\n").into());
+        m.insert("timestamp".into(), timestamp(e.timestamp));
+        m.insert("hostname".into(), optional(e.hostname));
+        m.insert("aggregation_key".into(), optional(e.aggregation_key));
+        m.insert("priority".into(), e.priority.as_str().into());
+        m.insert("source_type_name".into(), optional(e.source_type));
+        m.insert("alert_type".into(), e.alert_type.as_str().into());
+        m.insert("tags".into(), tags(e.tags));
+        m.insert("container_id".into(), optional(e.origin.container_id));
+        self.push(m);
+    }
+
+    #[cold]
+    fn service_check(&mut self, c: &ServiceCheck<'_>) {
+        let mut m = self.received("service_check");
+        m.insert("check".into(), text(c.name).into());
+        m.insert("status".into(), c.status.code().into());
+        m.insert("status_name".into(), c.status.as_str().into());
+        m.insert("timestamp".into(), timestamp(c.timestamp));
+        m.insert("hostname".into(), optional(c.hostname));
+        m.insert("tags".into(), tags(c.tags));
+        m.insert("message".into(), optional(c.message));
+        m.insert("container_id".into(), optional(c.origin.container_id));
+        self.push(m);
+    }
+
+    fn push(&mut self, record: serde_json::Map<String, Value>) {
+        // A map of strings and numbers always serialises.
+        if serde_json::to_writer(&mut self.chunk.bytes, &Value::Object(record)).is_ok() {
+            self.chunk.bytes.push(b'\n');
+            self.chunk.messages += 1;
+        }
+    }
+}
+
+/// Text as received, invalid UTF-8 replaced.
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A field the sender may leave out: `null` then.
+fn optional(b: &[u8]) -> Value {
+    if b.is_empty() {
+        Value::Null
+    } else {
+        text(b).into()
+    }
+}
+
+/// `d:` (Unix seconds) as RFC 3339, `null` when absent or out of range.
+fn timestamp(t: Option<i64>) -> Value {
+    t.filter(|s| (0..253_402_300_800).contains(s))
+        .map_or(Value::Null, |s| floodgate_syslog::record::rfc3339_millis(s * 1000).into())
+}
+
+/// `#a:b,c` as `["a:b","c"]`.
+fn tags(b: &[u8]) -> Value {
+    b.split(|c| *c == b',').filter(|t| !t.is_empty()).map(text).collect::<Vec<_>>().into()
+}
+
+/// The origin tags of one Unix listener's receive thread: what the kernel says of each sender,
+/// rendered once per sender, bounded in the number of distinct origins.
+pub struct Origin {
+    tags: Vec<OriginTag>,
+    max: usize,
+    peers: Peers,
+    /// Rendered tag lists already in use.
+    seen: HashSet<Vec<u8>>,
+    /// The sender whose tags the parser holds.
+    current: Option<Credentials>,
+    rendered: Vec<u8>,
+    /// The current sender is past the bound.
+    is_other: bool,
+    /// Where datagrams tagged `other` are counted.
+    counters: Arc<Counters>,
+}
+
+impl Origin {
+    /// Tags `tags` (in that order) on every metric, for at most `max` distinct origins.
+    pub fn new(tags: &[OriginTag], max: usize, counters: Arc<Counters>) -> Option<Origin> {
+        (!tags.is_empty()).then(|| Origin {
+            tags: tags.to_vec(),
+            max,
+            peers: Peers::default(),
+            seen: HashSet::new(),
+            current: None,
+            rendered: Vec::new(),
+            is_other: false,
+            counters,
+        })
+    }
+
+    /// `uid:1000,program:web,container_id:…` for `peer` (`other` for every value past the
+    /// bound).
+    fn tags_of(&mut self, peer: Credentials) -> &[u8] {
+        let want_container = self.tags.contains(&OriginTag::ContainerId);
+        let info = self.peers.get(peer.pid, want_container);
+        let mut out = Vec::with_capacity(64);
+        for tag in &self.tags {
+            let value = match tag {
+                OriginTag::Uid => peer.uid.to_string(),
+                OriginTag::Program => info.program.clone(),
+                OriginTag::ContainerId => match &info.container_id {
+                    Some(id) => id.clone(),
+                    None => continue,
+                },
+            };
+            if !out.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(tag.as_str().as_bytes());
+            out.push(b':');
+            // A program may name itself anything: nothing in it may end the tag or the line.
+            out.extend(value.bytes().map(|b| if b.is_ascii_graphic() && !b",|#:;=".contains(&b) { b } else { b'_' }));
+        }
+        self.is_other = false;
+        if !self.seen.contains(&out) {
+            if self.seen.len() >= self.max {
+                self.is_other = true;
+                out = self.other();
+            } else {
+                self.seen.insert(out.clone());
+            }
+        }
+        self.rendered = out;
+        &self.rendered
+    }
+
+    fn other(&self) -> Vec<u8> {
+        let tags: Vec<String> = self.tags.iter().map(|t| format!("{}:other", t.as_str())).collect();
+        tags.join(",").into_bytes()
+    }
+}

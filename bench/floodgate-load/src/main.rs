@@ -20,6 +20,7 @@ mod sender;
 mod spoof;
 mod syslog;
 mod targets;
+mod unix;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -108,11 +109,11 @@ enum Command {
         /// Carbon stand-in at 1M metrics/s), syslog (TCP/TLS against rsyslog, UDP against the
         /// raw sink), conntrack (100k entries, 5k new/s; root, netns), hotpath (lines per
         /// CPU-second draining a full 1 GiB socket buffer; root), attack (what each listener's
-        /// attacks cost in memory).
+        /// attacks cost in memory), uds (StatsD over a Unix datagram socket vs loopback UDP).
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,conntrack,hotpath,attack"
+            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,conntrack,hotpath,attack,uds"
         )]
         only: Vec<String>,
         /// Lines per datagram to measure.

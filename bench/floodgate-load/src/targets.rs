@@ -428,6 +428,9 @@ pub fn bench(opts: &BenchOptions) {
     if want("attack") {
         crate::hostile::attack_cost(opts);
     }
+    if want("uds") {
+        crate::unix::unix_vs_udp(opts);
+    }
 }
 
 pub(crate) fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {

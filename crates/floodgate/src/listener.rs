@@ -38,6 +38,8 @@ pub enum Transport {
     Tls,
     /// Unix datagrams (a socket file).
     Unix,
+    /// A Unix stream socket (a socket file), one connection per sender.
+    UnixStream,
 }
 
 /// A listener's kind: protocol × transport.
@@ -64,10 +66,12 @@ impl Kind {
             (Statsd, Tcp) => "statsd_tcp",
             (Statsd, Tls) => "statsd_tls",
             (Statsd, Unix) => "statsd_unix",
+            (Statsd, UnixStream) => "statsd_unix_stream",
             (Syslog, Udp) => "syslog_udp",
             (Syslog, Tcp) => "syslog_tcp",
             (Syslog, Tls) => "syslog_tls",
             (Syslog, Unix) => "syslog_unix",
+            (Syslog, UnixStream) => "syslog_unix_stream",
             (Aggregator, Tls) => "aggregator_tls",
             (Aggregator, _) => "aggregator_tcp",
             (Admin, _) => "admin",
@@ -82,12 +86,18 @@ impl Kind {
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
             Transport::Unix => "unix",
+            Transport::UnixStream => "unix_stream",
         }
     }
 
-    /// Connections (TCP or TLS) rather than datagrams.
+    /// Connections (TCP, TLS, Unix stream) rather than datagrams.
     pub fn is_stream(self) -> bool {
-        matches!(self.transport, Transport::Tcp | Transport::Tls)
+        matches!(self.transport, Transport::Tcp | Transport::Tls | Transport::UnixStream)
+    }
+
+    /// A socket file (Unix datagram or stream), whose senders the kernel names.
+    pub fn is_local(self) -> bool {
+        matches!(self.transport, Transport::Unix | Transport::UnixStream)
     }
 
     /// TLS handshakes happen on it.
@@ -260,7 +270,8 @@ const PACKETS: Describe =
 const BYTES: Describe = Describe::counter("floodgate_received_bytes_total", "Bytes received.").status(row("bytes"));
 const LIMITED: Describe =
     Describe::counter("floodgate_limited_total", "Messages (UDP) or connections (TCP) refused by a rate limit.");
-const CONNECTIONS: Describe = Describe::counter("floodgate_tcp_connections_total", "TCP connections accepted.");
+const CONNECTIONS: Describe =
+    Describe::counter("floodgate_tcp_connections_total", "Stream connections accepted (TCP, TLS, Unix stream).");
 const OPEN: Describe =
     Describe::gauge("floodgate_tcp_open_connections", "TCP connections open now.").status(row("open_connections"));
 const HANDSHAKES: Describe =

@@ -43,14 +43,7 @@ impl UdpReceiver {
     /// replaced; any other file there is an error), with a `buffer`-byte receive queue and the
     /// read timeout.
     pub fn bind_unix(path: &std::path::Path, buffer: usize, timeout: Duration) -> io::Result<UdpReceiver> {
-        use std::os::unix::fs::FileTypeExt;
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
-            Ok(_) => {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, "a file that is not a socket is in the way"))
-            }
-            Err(_) => {}
-        }
+        clear_stale_socket(path)?;
         let socket = Socket::new(Domain::UNIX, Type::DGRAM, None)?;
         // Every datagram then carries its sender's pid, uid and gid (SCM_CREDENTIALS).
         set_int_opt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
@@ -500,6 +493,17 @@ pub fn raise_open_files_limit() -> io::Result<u64> {
         return Ok(raised.rlim_cur);
     }
     Ok(limit.rlim_cur)
+}
+
+/// Makes way for a socket file at `path`: a stale one (left by a killed process) is removed;
+/// any other file there is an error, never deleted.
+pub fn clear_stale_socket(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "a file that is not a socket is in the way")),
+        Err(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]

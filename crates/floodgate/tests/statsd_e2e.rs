@@ -509,3 +509,62 @@ fn origin_tags_are_off_by_default() {
     drop(sender.stdin.take());
     assert!(sender.wait().unwrap().success());
 }
+
+/// A Unix stream listener: newline-separated lines as over TCP, tagged with the connecting
+/// process when `origin_tags` asks; the guard counts open connections per uid
+/// (`tcp_open_per_source`), so one user holding its share does not lock another out.
+#[test]
+fn unix_stream_lines_are_tagged_and_connections_are_limited_per_uid() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    let carbon = Capture::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("statsd-stream.sock");
+    let fg = Floodgate::start(
+        &format!(
+            "flush_interval = \"500ms\"\nunix_stream = [\"{}\"]\nunix_mode = \"0666\"\norigin_tags = [\"uid\", \"program\"]",
+            sock.display()
+        ),
+        &format!("{}[limits]\ntcp_open_per_source = 2\ntcp_connections_per_source = 0\n", graphite_section(carbon.port, "")),
+    );
+    // Two connections of ours (uid 0) are our share; a third is refused before a byte is read.
+    let mut first = UnixStream::connect(&sock).unwrap();
+    let _second = UnixStream::connect(&sock).unwrap();
+    first.write_all(b"stream.hits:2|c\nstream.hits:3|c\n").unwrap();
+    let labels = ["listener=\"statsd_unix_stream\"", "reason=\"source_connections\""];
+    let mut third = UnixStream::connect(&sock).unwrap();
+    let _ = third.write_all(b"stream.refused:1|c\n");
+    fg.wait_sample("floodgate_dropped_total", &labels, |v| v == 1.0);
+    // Another user still gets in.
+    let script = "import socket, sys\n\
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+        s.connect(sys.argv[1])\n\
+        s.sendall(b'stream.other:7|c\\n')\n\
+        print('sent', flush=True)\n\
+        sys.stdin.read()";
+    let mut other = std::process::Command::new(require_tool("setpriv"))
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script])
+        .arg(&sock)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(other.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "sent");
+    // Our own program name, as the kernel has it (the test binary's, cut to 15 bytes).
+    let me = std::fs::read_to_string("/proc/self/comm").unwrap().trim_end().to_string();
+    carbon.wait_seen(
+        WAIT,
+        &[
+            (format!("stats_counts.stream.hits;uid=0;program={me}"), "5".to_string()),
+            ("stats_counts.stream.other;uid=65534;program=python3".to_string(), "7".to_string()),
+        ],
+    );
+    drop(other.stdin.take());
+    assert!(other.wait().unwrap().success());
+    // The refused connection's line was never read: three lines in all.
+    let lines = ["listener=\"statsd_unix_stream\""];
+    assert_eq!(fg.sample("floodgate_received_lines_total", &lines), 3.0);
+}

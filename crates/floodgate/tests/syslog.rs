@@ -1154,3 +1154,45 @@ fn the_socket_mode_decides_who_may_send() {
     drop(allowed.stdin.take());
     assert!(allowed.wait().unwrap().success());
 }
+
+/// A Unix stream listener: `logger --socket PATH -T` (newline framing, and octet counting with
+/// `--octet-count`) in both formats; each record names the connecting process from the
+/// kernel (`SO_PEERCRED`), and the listener is counted as `syslog_unix_stream`.
+#[test]
+fn logger_over_a_unix_stream_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, sock) = (dir.path().join("out.jsonl"), dir.path().join("log-stream.sock"));
+    let fg = start(free_port(), &out, &format!("unix_stream = [\"{}\"]\n", sock.display()), "");
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o622);
+    let sent = [
+        (&["--rfc3164"][..], "stream 3164"),
+        (&["--rfc5424"][..], "stream 5424"),
+        (&["--rfc5424", "--octet-count"][..], "stream counted"),
+    ];
+    for (args, message) in sent {
+        let status = Command::new(require_tool("logger"))
+            .args(["--socket", sock.to_str().unwrap(), "--socket-errors=on", "-T", "-t", "streamapp", "-i"])
+            .args(args)
+            .arg(message)
+            .status()
+            .unwrap();
+        assert!(status.success(), "logger {args:?}");
+    }
+    let records = wait_records(&out, sent.len());
+    for (_, message) in sent {
+        let r = find(&records, message);
+        assert_eq!(r["listener"], "syslog_unix_stream", "{r}");
+        assert_eq!(r["transport"], "unix_stream", "{r}");
+        assert_eq!(r["app_name"], "streamapp", "{r}");
+        assert_eq!(r["parse_error"], Value::Null, "{r}");
+        assert_eq!(r["peer_pid"].to_string(), r["procid"].as_str().unwrap(), "{r}");
+        assert_eq!(r["peer_uid"].as_u64(), Some(0), "{r}");
+    }
+    let labels = ["listener=\"syslog_unix_stream\"".to_string(), format!("address=\"{}\"", sock.display())];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    assert_eq!(sample(&fg, "floodgate_syslog_messages_total", &labels), sent.len() as f64);
+    assert_eq!(sample(&fg, "floodgate_tcp_connections_total", &labels), sent.len() as f64);
+}

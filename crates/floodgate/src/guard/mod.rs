@@ -527,6 +527,37 @@ impl ListenerGuard {
                 return Err(reason);
             }
         }
+        self.admit_open(&guard, &policy, key, now)
+    }
+
+    /// Decides a connection a local process opened on a Unix stream socket, by the kernel's
+    /// word on its user (`SO_PEERCRED`): the user's connection rate and open connections (the
+    /// TCP limits, per uid instead of per address) and the listener's.
+    pub fn admit_local_connection(self: &Arc<Self>, uid: u32, pid: i32) -> Result<ConnectionPermit, Reason> {
+        let Some(guard) = self.guard.upgrade() else { return Err(Reason::ConnectionLimit) };
+        let policy = guard.policy();
+        let key = SourceKey::uid(self.id, uid);
+        let now = guard.now_ns();
+        if let Verdict::Limited { reason, started } =
+            policy.table.admit(key, &policy.tcp_rate, Reason::ConnectionRate, None, now, 1)
+        {
+            if started {
+                self.note_program(uid, pid);
+                guard.log_started(self, key, reason, now);
+            }
+            return Err(reason);
+        }
+        self.admit_open(&guard, &policy, key, now)
+    }
+
+    /// The open-connection caps: the source's (`tcp_open_per_source`) and the listener's.
+    fn admit_open(
+        self: &Arc<Self>,
+        guard: &Guard,
+        policy: &Policy,
+        key: SourceKey,
+        now: u64,
+    ) -> Result<ConnectionPermit, Reason> {
         let mut open = self.open.lock();
         if open.total >= self.max_open {
             return Err(Reason::ConnectionLimit);

@@ -1,7 +1,8 @@
-//! One server loop for every connection-oriented listener (StatsD TCP/TLS, the aggregator
-//! port, and syslog's next): accept, ask the guard (a refused connection is reset before a
-//! byte is read or a handshake starts), TLS if configured (with a deadline), then the
-//! listener's own handler in a task of its own, with the connection counted while it lives.
+//! One server loop for every connection-oriented listener (StatsD and syslog over TCP, TLS
+//! and Unix stream sockets, the aggregator port, the console, HTTP): accept, ask the guard (a
+//! refused connection is reset before a byte is read or a handshake starts), TLS if
+//! configured (with a deadline), then the listener's own handler in a task of its own, with
+//! the connection counted while it lives.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,11 +36,23 @@ pub type Connection = Box<dyn Stream>;
 /// Who is at the other end of an admitted connection.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    /// Its address.
-    pub addr: SocketAddr,
+    /// Its address (TCP, TLS).
+    pub addr: Option<SocketAddr>,
     /// With a client certificate (mutual TLS): the name on it (its subject's common name, else
     /// its first DNS name), checked against the listener's `client_ca` by the handshake.
     pub identity: Option<String>,
+    /// On a Unix stream socket: the process that connected, as the kernel tells it.
+    pub credentials: Option<crate::sys::Credentials>,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.addr, self.credentials) {
+            (Some(a), _) => write!(f, "{a}"),
+            (None, Some(c)) => write!(f, "pid {} uid {}", c.pid, c.uid),
+            (None, None) => f.write_str("?"),
+        }
+    }
 }
 
 /// A stream whose reads and writes may each wait at most `limit`: a peer that stops sending
@@ -191,29 +204,88 @@ pub async fn serve<H, F>(
             None => None,
         };
         counters.connections.fetch_add(1, Relaxed);
-        let (counters, tls, handle) = (counters.clone(), tls.clone(), handle.clone());
-        tokio::spawn(async move {
-            counters.open_connections.fetch_add(1, Relaxed);
-            let handshake = handshake(stream, tls, &counters).await;
+        let (tls, handle) = (tls.clone(), handle.clone());
+        let count = counters.clone();
+        let connect = async move {
+            let (conn, identity) = handshake(stream, tls, &count).await?;
             drop(handshake_permit);
-            let result = match handshake {
-                Ok((conn, identity)) => {
-                    let result = handle(conn, Peer { addr: peer, identity }).await;
-                    // A handler gives up on a silent or stalled peer with TimedOut.
-                    if result.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
-                        counters.idle_closed.fetch_add(1, Relaxed);
-                    }
-                    result
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, listener = what, error = %e, "connection ended with an error");
-            }
-            counters.open_connections.fetch_sub(1, Relaxed);
-            drop(permit);
-        });
+            Ok((conn, Peer { addr: Some(peer), identity, credentials: None }))
+        };
+        spawn_connection(counters.clone(), (what, peer.to_string()), permit, connect, handle);
     }
+}
+
+/// Accepts on a Unix stream socket until the task is aborted; each connection the guard
+/// admits (by the connecting process's uid, from `SO_PEERCRED`) goes to `handle`.
+pub async fn serve_unix<H, F>(
+    listener: tokio::net::UnixListener,
+    guard: Arc<ListenerGuard>,
+    counters: Arc<Counters>,
+    what: &'static str,
+    handle: H,
+) where
+    H: Fn(Connection, Peer) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "unix accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Without credentials there is no one to charge: refused.
+        let Ok(cred) = stream.peer_cred() else { continue };
+        let credentials = crate::sys::Credentials { pid: cred.pid().unwrap_or(0), uid: cred.uid(), gid: cred.gid() };
+        let permit = match guard.admit_local_connection(credentials.uid, credentials.pid) {
+            Ok(p) => p,
+            Err(reason) => {
+                counters.add_dropped(reason, 1);
+                continue;
+            }
+        };
+        counters.connections.fetch_add(1, Relaxed);
+        let peer = Peer { addr: None, identity: None, credentials: Some(credentials) };
+        let who = (what, peer.to_string());
+        let connect = async move { Ok((Box::new(stream) as Connection, peer)) };
+        spawn_connection(counters.clone(), who, permit, connect, handle.clone());
+    }
+}
+
+/// Runs one admitted connection in a task of its own: `connect` readies it (a TLS handshake),
+/// then `handle` reads it; counted open meanwhile, its guard permit held until it ends.
+/// `who` names the listener and the peer in the log.
+fn spawn_connection<H, F>(
+    counters: Arc<Counters>,
+    (what, who): (&'static str, String),
+    permit: ConnectionPermit,
+    connect: impl Future<Output = std::io::Result<(Connection, Peer)>> + Send + 'static,
+    handle: H,
+) where
+    H: Fn(Connection, Peer) -> F + Send + 'static,
+    F: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        counters.open_connections.fetch_add(1, Relaxed);
+        let result = match connect.await {
+            Ok((conn, peer)) => {
+                let result = handle(conn, peer).await;
+                // A handler gives up on a silent or stalled peer with TimedOut.
+                if result.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
+                    counters.idle_closed.fetch_add(1, Relaxed);
+                }
+                result
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::debug!(peer = %who, listener = what, error = %e, "connection ended with an error");
+        }
+        counters.open_connections.fetch_sub(1, Relaxed);
+        drop(permit);
+    });
 }
 
 async fn handshake(

@@ -101,6 +101,7 @@ impl ListenerSet {
         for spec in streams {
             if let Some(running) = self.running.remove(&spec) {
                 running.stop();
+                remove_socket_file(&spec.1);
             }
         }
     }
@@ -216,6 +217,22 @@ pub fn start_datagrams<H: DatagramHandler>(
         running.push(worker.spawn(name)?);
     }
     Ok(Running::Threads(stop, running))
+}
+
+/// Binds a Unix stream listener at `path` (replacing a stale socket file) and sets who may
+/// connect (the file's mode and owner).
+pub fn bind_unix_stream(
+    kind: Kind,
+    path: &std::path::Path,
+    access: crate::net::unix::Access<'_>,
+) -> Result<tokio::net::UnixListener> {
+    let what = kind.as_str().replace('_', " ");
+    crate::sys::clear_stale_socket(path).with_context(|| format!("cannot bind {what} {}", path.display()))?;
+    let listener =
+        tokio::net::UnixListener::bind(path).with_context(|| format!("cannot bind {what} {}", path.display()))?;
+    crate::net::unix::set_access(path, access).with_context(|| format!("{what} {}", path.display()))?;
+    tracing::info!(address = %path.display(), "{what} listening");
+    Ok(listener)
 }
 
 /// Binds a stream listener (TCP; TLS runs over it) with the backlog every listener gets.

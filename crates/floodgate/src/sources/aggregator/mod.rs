@@ -301,7 +301,7 @@ pub async fn serve(
         async move {
             aggregator.counters.connected.fetch_add(1, Relaxed);
             if let Err(e) = agent(conn, &peer, &aggregator, &target, &counters).await {
-                tracing::warn!(peer = %peer.addr, error = %e, "agent connection closed");
+                tracing::warn!(peer = %peer, error = %e, "agent connection closed");
             }
             aggregator.counters.connected.fetch_sub(1, Relaxed);
             Ok(())

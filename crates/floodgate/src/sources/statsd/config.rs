@@ -44,6 +44,9 @@ pub struct StatsdConfig {
     pub tls_listen: Vec<SocketAddr>,
     /// Unix datagram socket files (DogStatsD's `socket_path`), one packet a datagram.
     pub unix: Vec<std::path::PathBuf>,
+    /// Unix stream socket files: newline-separated lines, as over TCP, one connection per
+    /// sender.
+    pub unix_stream: Vec<std::path::PathBuf>,
     /// Mode of those socket files (octal). The default lets any local user send, as UDP on
     /// loopback does; `"0620"` with `unix_group` limits it to one group.
     pub unix_mode: String,
@@ -129,6 +132,7 @@ impl Default for StatsdConfig {
             tcp: vec![SocketAddr::from(([127, 0, 0, 1], 8125))],
             tls_listen: Vec::new(),
             unix: Vec::new(),
+            unix_stream: Vec::new(),
             unix_mode: "0622".into(),
             unix_owner: None,
             unix_group: None,
@@ -243,7 +247,7 @@ impl StatsdConfig {
         if !crate::net::unix::valid_mode(&s.unix_mode) {
             return Err(("statsd.unix_mode", format!("`{}` is not an octal file mode like \"0660\"", s.unix_mode)));
         }
-        if s.unix.iter().any(|p| p.as_os_str().len() > 107) {
+        if s.unix.iter().chain(&s.unix_stream).any(|p| p.as_os_str().len() > 107) {
             return Err(("statsd.unix", "a socket path is at most 107 bytes".into()));
         }
         if !s.tls_listen.is_empty() && s.tls.is_none() {

@@ -218,14 +218,41 @@ fn tags(b: &[u8]) -> Value {
     b.split(|c| *c == b',').filter(|t| !t.is_empty()).map(text).collect::<Vec<_>>().into()
 }
 
-/// The origin tags of one Unix listener's receive thread: what the kernel says of each sender,
-/// rendered once per sender, bounded in the number of distinct origins.
-pub struct Origin {
-    tags: Vec<OriginTag>,
+/// A Unix listener's origin tags: which to add, and the distinct origins tagged so far, shared
+/// by its receive thread or connections (the bound is the listener's, however many
+/// connections a sender opens).
+#[derive(Clone)]
+pub struct OriginTags {
+    tags: Arc<[OriginTag]>,
     max: usize,
+    seen: Arc<parking_lot::Mutex<HashSet<Vec<u8>>>>,
+}
+
+impl OriginTags {
+    /// Tags `tags` (in that order) for at most `max` distinct origins; `None` when `tags` is
+    /// empty (the default: no origin tags).
+    pub fn new(tags: &[OriginTag], max: usize) -> Option<OriginTags> {
+        (!tags.is_empty()).then(|| OriginTags { tags: tags.into(), max, seen: Arc::default() })
+    }
+
+    /// The state of one receive thread or connection, counting into `counters`.
+    pub fn for_connection(&self, counters: Arc<Counters>) -> Option<Origin> {
+        Some(Origin {
+            shared: self.clone(),
+            peers: Peers::default(),
+            current: None,
+            rendered: Vec::new(),
+            is_other: false,
+            counters,
+        })
+    }
+}
+
+/// The origin tags of one receive thread or connection: what the kernel says of each sender,
+/// rendered once per sender.
+pub struct Origin {
+    shared: OriginTags,
     peers: Peers,
-    /// Rendered tag lists already in use.
-    seen: HashSet<Vec<u8>>,
     /// The sender whose tags the parser holds.
     current: Option<Credentials>,
     rendered: Vec<u8>,
@@ -236,27 +263,13 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// Tags `tags` (in that order) on every metric, for at most `max` distinct origins.
-    pub fn new(tags: &[OriginTag], max: usize, counters: Arc<Counters>) -> Option<Origin> {
-        (!tags.is_empty()).then(|| Origin {
-            tags: tags.to_vec(),
-            max,
-            peers: Peers::default(),
-            seen: HashSet::new(),
-            current: None,
-            rendered: Vec::new(),
-            is_other: false,
-            counters,
-        })
-    }
-
     /// `uid:1000,program:web,container_id:…` for `peer` (`other` for every value past the
     /// bound).
     fn tags_of(&mut self, peer: Credentials) -> &[u8] {
-        let want_container = self.tags.contains(&OriginTag::ContainerId);
-        let info = self.peers.get(peer.pid, want_container);
+        let tags = &self.shared.tags;
+        let info = self.peers.get(peer.pid, tags.contains(&OriginTag::ContainerId));
         let mut out = Vec::with_capacity(64);
-        for tag in &self.tags {
+        for tag in tags.iter() {
             let value = match tag {
                 OriginTag::Uid => peer.uid.to_string(),
                 OriginTag::Program => info.program.clone(),
@@ -274,20 +287,18 @@ impl Origin {
             out.extend(value.bytes().map(|b| if b.is_ascii_graphic() && !b",|#:;=".contains(&b) { b } else { b'_' }));
         }
         self.is_other = false;
-        if !self.seen.contains(&out) {
-            if self.seen.len() >= self.max {
+        let mut seen = self.shared.seen.lock();
+        if !seen.contains(&out) {
+            if seen.len() >= self.shared.max {
                 self.is_other = true;
-                out = self.other();
+                let other: Vec<String> = tags.iter().map(|t| format!("{}:other", t.as_str())).collect();
+                out = other.join(",").into_bytes();
             } else {
-                self.seen.insert(out.clone());
+                seen.insert(out.clone());
             }
         }
+        drop(seen);
         self.rendered = out;
         &self.rendered
-    }
-
-    fn other(&self) -> Vec<u8> {
-        let tags: Vec<String> = self.tags.iter().map(|t| format!("{}:other", t.as_str())).collect();
-        tags.join(",").into_bytes()
     }
 }

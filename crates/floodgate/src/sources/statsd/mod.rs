@@ -18,11 +18,13 @@ use crate::component::{Shared, Wiring};
 use crate::config::{Config, StatsdConfig};
 use crate::listener::{Address, Kind, Protocol, Transport};
 use crate::net::tls::SharedServerConfig;
-use crate::sources::running::{bind_stream, start_datagrams, DatagramSizes, ListenerSet, Running, Spec};
+use crate::sources::running::{
+    bind_stream, bind_unix_stream, start_datagrams, DatagramSizes, ListenerSet, Running, Spec,
+};
 use crate::sources::Source;
 
 use crate::listener::Counters;
-use decode::{Decoder, Origin};
+use decode::{Decoder, OriginTags};
 
 pub use crate::aggregation::SharedShard;
 
@@ -104,11 +106,43 @@ fn wanted(s: &StatsdConfig) -> Vec<Spec> {
     let mut out = inet(Transport::Udp, &s.udp);
     out.extend(inet(Transport::Tcp, &s.tcp));
     out.extend(inet(Transport::Tls, &s.tls_listen));
-    out.extend(s.unix.iter().map(|p| (Kind::new(Protocol::Statsd, Transport::Unix), Address::Path(p.clone()))));
+    for (transport, paths) in [(Transport::Unix, &s.unix), (Transport::UnixStream, &s.unix_stream)] {
+        out.extend(paths.iter().map(|p| (Kind::new(Protocol::Statsd, transport), Address::Path(p.clone()))));
+    }
     out
 }
 
+/// Who may send to `[statsd]`'s socket files.
+fn access(s: &StatsdConfig) -> crate::net::unix::Access<'_> {
+    crate::net::unix::Access { mode: &s.unix_mode, owner: s.unix_owner.as_deref(), group: s.unix_group.as_deref() }
+}
+
 impl StatsdSource {
+    /// What each connection of a stream listener (TCP, TLS, Unix stream) at `address` needs.
+    fn stream_options(
+        &self,
+        s: &StatsdConfig,
+        kind: Kind,
+        key_rule: floodgate_statsd::KeyRule,
+        counters: Arc<Counters>,
+        address: &dyn std::fmt::Display,
+    ) -> tcp::TcpOptions {
+        let shared = &self.shared;
+        tcp::TcpOptions {
+            shard: shared.aggregation.new_shard(),
+            counters,
+            key_rule,
+            kind,
+            records: self.records.clone(),
+            origin: OriginTags::new(&s.origin_tags, s.origin_max).filter(|_| kind.is_local()),
+            max_line_length: s.max_line_length as usize,
+            guard: shared.guard.listener(kind, address, s.tcp_max_connections),
+            idle_timeout: s.tcp_idle_timeout,
+            epoch: shared.epoch,
+            shutdown: self.stopping.subscribe(),
+        }
+    }
+
     /// Binds one listener and starts it.
     fn start(&self, spec: &Spec) -> Result<Running> {
         let shared = &self.shared;
@@ -125,21 +159,24 @@ impl StatsdSource {
                     max_datagram: s.max_datagram as usize,
                 };
                 let unix = kind.transport == Transport::Unix;
+                let tags = OriginTags::new(&s.origin_tags, s.origin_max).filter(|_| unix);
                 let running = start_datagrams(shared, spec, sizes, listener_families, |counters| {
-                    let origin = if unix { Origin::new(&s.origin_tags, s.origin_max, counters.clone()) } else { None };
+                    let origin = tags.as_ref().and_then(|t| t.for_connection(counters.clone()));
                     let decoder = Decoder::new(*kind, rule, origin, self.records.as_ref());
                     udp::StatsdDatagrams::new(shared.aggregation.new_shard(), counters, decoder)
                 })?;
                 if let Address::Path(path) = address {
-                    let access = crate::net::unix::Access {
-                        mode: &s.unix_mode,
-                        owner: s.unix_owner.as_deref(),
-                        group: s.unix_group.as_deref(),
-                    };
-                    crate::net::unix::set_access(path, access)
+                    crate::net::unix::set_access(path, access(&s))
                         .with_context(|| format!("statsd unix socket {}", path.display()))?;
                 }
                 Ok(running)
+            }
+            (Transport::UnixStream, Address::Path(path)) => {
+                let listener = bind_unix_stream(*kind, path, access(&s))?;
+                let address = path.display().to_string();
+                let counters = shared.listeners.register_stream(*kind, address.clone(), Some(listener_families));
+                let opts = self.stream_options(&s, *kind, rule, counters, &address);
+                Ok(Running::Task(tokio::spawn(tcp::serve_unix(listener, opts))))
             }
             (Transport::Tcp | Transport::Tls, Address::Inet(addr)) => {
                 let tls = match kind.transport {
@@ -149,21 +186,11 @@ impl StatsdSource {
                 let listener = bind_stream(*kind, *addr)?;
                 let address = listener.local_addr()?;
                 let counters = shared.listeners.register_stream(*kind, address.to_string(), Some(listener_families));
-                let opts = tcp::TcpOptions {
-                    shard: shared.aggregation.new_shard(),
-                    counters,
-                    key_rule: rule,
-                    kind: *kind,
-                    records: self.records.clone(),
-                    max_line_length: s.max_line_length as usize,
-                    guard: shared.guard.listener(*kind, address, s.tcp_max_connections),
-                    idle_timeout: s.tcp_idle_timeout,
-                    epoch: shared.epoch,
-                    shutdown: self.stopping.subscribe(),
-                };
+                let opts = self.stream_options(&s, *kind, rule, counters, &address);
                 Ok(Running::Task(tokio::spawn(tcp::serve(listener, opts, tls))))
             }
             (_, Address::Path(_)) => anyhow::bail!("{kind} does not listen on a socket file"),
+            (Transport::UnixStream, Address::Inet(_)) => anyhow::bail!("{kind} listens on a socket file"),
         }
     }
 }
@@ -215,8 +242,9 @@ mod tests {
         s.tcp = vec!["127.0.0.1:2".parse().unwrap()];
         s.tls_listen = vec!["127.0.0.1:3".parse().unwrap()];
         s.unix = vec!["/run/x.sock".into()];
+        s.unix_stream = vec!["/run/y.sock".into()];
         let kinds: Vec<&str> = wanted(&s).iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(kinds, ["statsd_udp", "statsd_tcp", "statsd_tls", "statsd_unix"]);
+        assert_eq!(kinds, ["statsd_udp", "statsd_tcp", "statsd_tls", "statsd_unix", "statsd_unix_stream"]);
     }
 
     /// The source end to end in-process: lines over UDP, TCP and a Unix socket reach the
@@ -229,6 +257,8 @@ mod tests {
         config.statsd.udp = vec!["127.0.0.1:0".parse().unwrap()];
         config.statsd.tcp = vec!["127.0.0.1:0".parse().unwrap()];
         config.statsd.unix = vec![path.clone()];
+        let stream_path = dir.path().join("stream.sock");
+        config.statsd.unix_stream = vec![stream_path.clone()];
         config.statsd.receive_threads = 1;
         config.limits.udp_per_source = 0;
         let shared = Arc::new(Shared::new(config.clone(), None));
@@ -243,16 +273,18 @@ mod tests {
         tcp.write_all(b"t.tcp:2|c\n").unwrap();
         let unix = std::os::unix::net::UnixDatagram::unbound().unwrap();
         unix.send_to(b"t.unix:3|c", &path).unwrap();
+        let mut stream = std::os::unix::net::UnixStream::connect(&stream_path).unwrap();
+        stream.write_all(b"t.stream:4|c\n").unwrap();
         let lines = || shared.listeners.by_listener(|c| c.lines.load(std::sync::atomic::Ordering::Relaxed));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while lines().values().sum::<u64>() < 3 && Instant::now() < deadline {
+        while lines().values().sum::<u64>() < 4 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        drop(tcp);
+        drop((tcp, stream));
         source.stop().await;
-        assert!(!path.exists(), "the socket file goes with the listener");
+        assert!(!path.exists() && !stream_path.exists(), "the socket files go with their listeners");
         let by = lines();
-        for kind in ["statsd_udp", "statsd_tcp", "statsd_unix"] {
+        for kind in ["statsd_udp", "statsd_tcp", "statsd_unix", "statsd_unix_stream"] {
             let n: u64 = by.iter().filter(|((k, _), _)| k == kind).map(|(_, v)| v).sum();
             assert_eq!(n, 1, "{kind}: {by:?}");
         }
@@ -260,7 +292,7 @@ mod tests {
         shared.aggregation.merge_shards(&mut store);
         let mut text = String::new();
         floodgate_statsd::prometheus::render(&store, &mut text);
-        for name in ["t_udp", "t_tcp", "t_unix"] {
+        for name in ["t_udp", "t_tcp", "t_unix", "t_stream"] {
             assert!(text.lines().any(|l| l.starts_with(name)), "{name} not in the store:\n{text}");
         }
     }

@@ -1,4 +1,4 @@
-//! StatsD over TCP and TLS: newline-separated lines, a maximum line length (longer lines are skipped
+//! StatsD over TCP, TLS and Unix stream sockets: newline-separated lines, a maximum line length (longer lines are skipped
 //! and counted, the connection kept) and an idle timeout. Each accepted connection is put to
 //! the guard before anything is read from it; a refused one is reset at once. At shutdown each
 //! connection reads on what its sender already sent (until it pauses, 2 s at most) and takes a
@@ -33,6 +33,8 @@ pub struct TcpOptions {
     pub kind: crate::listener::Kind,
     /// The record output, for events and service checks.
     pub records: Option<crate::record::RecordPipe>,
+    /// Origin tags (Unix stream sockets, when `origin_tags` asks).
+    pub origin: Option<super::decode::OriginTags>,
     /// Longest line accepted.
     pub max_line_length: usize,
     /// This listener's place in the guard (which also caps its open connections).
@@ -51,7 +53,17 @@ pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedSe
     let (guard, counters) = (opts.guard.clone(), opts.counters.clone());
     crate::net::stream::serve(listener, guard, counters, tls, "statsd", move |conn, peer| {
         let mut opts = opts.clone();
-        async move { read_lines(conn, &mut opts, peer.addr).await }
+        async move { read_lines(conn, &mut opts, peer).await }
+    })
+    .await
+}
+
+/// Accepts connections on a Unix stream socket until the task is aborted.
+pub async fn serve_unix(listener: tokio::net::UnixListener, opts: TcpOptions) {
+    let (guard, counters, kind) = (opts.guard.clone(), opts.counters.clone(), opts.kind);
+    crate::net::stream::serve_unix(listener, guard, counters, kind.as_str(), move |conn, peer| {
+        let mut opts = opts.clone();
+        async move { read_lines(conn, &mut opts, peer).await }
     })
     .await
 }
@@ -60,15 +72,16 @@ pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedSe
 async fn read_lines<S: AsyncRead + Unpin>(
     mut stream: S,
     opts: &mut TcpOptions,
-    peer: std::net::SocketAddr,
+    peer: crate::net::stream::Peer,
 ) -> std::io::Result<()> {
     let max = opts.max_line_length;
     let mut buf = vec![0u8; (max + 1).max(64 * 1024)];
     let mut filled = 0;
     // Inside a line longer than the buffer: skip until its end.
     let mut skipping = false;
-    let mut decoder = Decoder::new(opts.kind, opts.key_rule, None, opts.records.as_ref());
-    decoder.sender(Some(peer), None);
+    let origin = opts.origin.as_ref().and_then(|o| o.for_connection(opts.counters.clone()));
+    let mut decoder = Decoder::new(opts.kind, opts.key_rule, origin, opts.records.as_ref());
+    decoder.sender(peer.addr, peer.credentials);
     // Shutting down: read on until the sender pauses or this deadline passes.
     let mut draining: Option<tokio::time::Instant> = None;
     loop {

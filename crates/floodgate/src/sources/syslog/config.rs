@@ -21,6 +21,9 @@ pub struct SyslogConfig {
     /// Unix datagram sockets (as `/dev/log` is): one message a datagram, e.g.
     /// `logger --socket PATH`.
     pub unix: Vec<std::path::PathBuf>,
+    /// Unix stream sockets: octet-counting or newline framing per connection, as over TCP
+    /// (`logger --socket PATH --socket-errors=on -T`, rsyslog's `omuxsock`-style senders).
+    pub unix_stream: Vec<std::path::PathBuf>,
     /// Mode of those socket files (octal); the default lets any local user send.
     pub unix_mode: String,
     /// Owner of the socket files (name or number); unchanged when unset.
@@ -60,6 +63,7 @@ impl Default for SyslogConfig {
             tcp: vec![SocketAddr::from(([127, 0, 0, 1], 5514))],
             tls: Vec::new(),
             unix: Vec::new(),
+            unix_stream: Vec::new(),
             unix_mode: "0622".into(),
             unix_owner: None,
             unix_group: None,
@@ -107,7 +111,7 @@ impl SyslogConfig {
         if !crate::net::unix::valid_mode(&y.unix_mode) {
             return Err(("syslog.unix_mode", format!("`{}` is not an octal file mode like \"0660\"", y.unix_mode)));
         }
-        if y.unix.iter().any(|p| p.as_os_str().len() > 107) {
+        if y.unix.iter().chain(&y.unix_stream).any(|p| p.as_os_str().len() > 107) {
             return Err(("syslog.unix", "a socket path is at most 107 bytes".into()));
         }
         if !(480..=(64 << 20)).contains(&y.max_message) {
@@ -134,6 +138,10 @@ impl SyslogConfig {
 impl SyslogConfig {
     /// Whether any listener is named (the output opens only then).
     pub fn has_listeners(&self) -> bool {
-        !self.udp.is_empty() || !self.tcp.is_empty() || !self.tls.is_empty() || !self.unix.is_empty()
+        !self.udp.is_empty()
+            || !self.tcp.is_empty()
+            || !self.tls.is_empty()
+            || !self.unix.is_empty()
+            || !self.unix_stream.is_empty()
     }
 }

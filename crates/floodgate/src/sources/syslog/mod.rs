@@ -235,7 +235,13 @@ fn wanted(y: &SyslogConfig) -> Vec<Spec> {
     out.extend(y.tcp.iter().map(|a| (kind(Transport::Tcp), Address::Inet(*a))));
     out.extend(y.tls.iter().map(|t| (kind(Transport::Tls), Address::Inet(t.listen))));
     out.extend(y.unix.iter().map(|p| (kind(Transport::Unix), Address::Path(p.clone()))));
+    out.extend(y.unix_stream.iter().map(|p| (kind(Transport::UnixStream), Address::Path(p.clone()))));
     out
+}
+
+/// Who may send to `[syslog]`'s socket files.
+fn access(y: &SyslogConfig) -> crate::net::unix::Access<'_> {
+    crate::net::unix::Access { mode: &y.unix_mode, owner: y.unix_owner.as_deref(), group: y.unix_group.as_deref() }
 }
 
 impl SyslogSource {
@@ -256,15 +262,28 @@ impl SyslogSource {
                 udp::SyslogDatagrams::new(*kind, pipe.encoding, pipe.sender.clone(), counters, zone.clone())
             })?;
             if let Address::Path(path) = address {
-                let access = crate::net::unix::Access {
-                    mode: &y.unix_mode,
-                    owner: y.unix_owner.as_deref(),
-                    group: y.unix_group.as_deref(),
-                };
-                crate::net::unix::set_access(path, access)
+                crate::net::unix::set_access(path, access(y))
                     .map_err(|e| anyhow::anyhow!("syslog unix socket {}: {e:#}", path.display()))?;
             }
             return Ok(running);
+        }
+        let stream_options = |counters, guard| tcp::TcpOptions {
+            zone: zone.clone(),
+            kind: *kind,
+            output: pipe.sender.clone(),
+            encoding: pipe.encoding,
+            counters,
+            max_message: y.max_message as usize,
+            idle_timeout: y.tcp_idle_timeout,
+            guard,
+            shutdown: self.stopping.subscribe(),
+        };
+        if let (Transport::UnixStream, Address::Path(path)) = (kind.transport, address) {
+            let listener = crate::sources::running::bind_unix_stream(*kind, path, access(y))?;
+            let address = path.display().to_string();
+            let counters = shared.listeners.register_stream(*kind, address.clone(), Some(listener_families));
+            let opts = stream_options(counters, shared.guard.listener(*kind, &address, y.tcp_max_connections));
+            return Ok(Running::Task(tokio::spawn(tcp::serve_unix(listener, opts))));
         }
         let Address::Inet(addr) = address else { anyhow::bail!("{kind} does not listen on a socket file") };
         let tls = match y.tls.iter().find(|t| kind.is_tls() && t.listen == *addr) {
@@ -279,17 +298,8 @@ impl SyslogSource {
         };
         let listener = bind_stream(*kind, *addr)?;
         let bound = listener.local_addr()?;
-        let opts = tcp::TcpOptions {
-            zone,
-            kind: *kind,
-            output: pipe.sender,
-            encoding: pipe.encoding,
-            counters: shared.listeners.register_stream(*kind, bound.to_string(), Some(listener_families)),
-            max_message: y.max_message as usize,
-            idle_timeout: y.tcp_idle_timeout,
-            guard: shared.guard.listener(*kind, bound, y.tcp_max_connections),
-            shutdown: self.stopping.subscribe(),
-        };
+        let counters = shared.listeners.register_stream(*kind, bound.to_string(), Some(listener_families));
+        let opts = stream_options(counters, shared.guard.listener(*kind, bound, y.tcp_max_connections));
         Ok(Running::Task(tokio::spawn(tcp::serve(listener, opts, tls))))
     }
 }

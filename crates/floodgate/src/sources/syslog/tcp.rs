@@ -1,10 +1,9 @@
-//! Syslog over TCP and TLS (RFC 6587): octet counting or newline framing, chosen from the
-//! connection's first byte. A message longer than `max_message` is skipped and counted, the
+//! Syslog over TCP, TLS and Unix stream sockets (RFC 6587): octet counting or newline
+//! framing, chosen from the connection's first byte. A message longer than `max_message` is skipped and counted, the
 //! connection kept; a length field that is not a number closes the connection after every
 //! message before it has been handed on. A connection silent for `idle_timeout`, or one that
 //! takes longer than that to finish a message it started (slowloris), is closed.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use tokio::time::Instant;
 use super::Encoder;
 use crate::guard::ListenerGuard;
 use crate::listener::{Counters, Kind};
-use crate::net::stream::{read_now, Connection, ReadNow, DRAIN_LIMIT, DRAIN_PAUSE};
+use crate::net::stream::{read_now, Connection, Peer, ReadNow, DRAIN_LIMIT, DRAIN_PAUSE};
 use crate::net::tls::SharedServerConfig;
 use crate::record::{Chunk, Encoding};
 
@@ -50,15 +49,31 @@ pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedSe
     let (guard, counters, kind) = (opts.guard.clone(), opts.counters.clone(), opts.kind);
     crate::net::stream::serve(listener, guard, counters, tls, kind.as_str(), move |conn, peer| {
         let opts = opts.clone();
-        async move { read_frames(conn, peer.addr, opts).await }
+        async move { read_frames(conn, peer, opts).await }
+    })
+    .await
+}
+
+/// Accepts connections on a Unix stream socket until the task is aborted (each record names
+/// the connecting process, as the kernel tells it).
+pub async fn serve_unix(listener: tokio::net::UnixListener, opts: TcpOptions) {
+    let (guard, counters, kind) = (opts.guard.clone(), opts.counters.clone(), opts.kind);
+    crate::net::stream::serve_unix(listener, guard, counters, kind.as_str(), move |conn, peer| {
+        let opts = opts.clone();
+        async move { read_frames(conn, peer, opts).await }
     })
     .await
 }
 
 /// Reads one connection to its end (or to shutdown).
-async fn read_frames(mut conn: Connection, peer: SocketAddr, mut opts: TcpOptions) -> std::io::Result<()> {
+async fn read_frames(mut conn: Connection, peer: Peer, mut opts: TcpOptions) -> std::io::Result<()> {
     let mut encoder = Encoder::new(opts.encoding, opts.kind, opts.zone.clone());
-    encoder.set_source(peer);
+    if let Some(addr) = peer.addr {
+        encoder.set_source(addr);
+    }
+    if let Some(credentials) = peer.credentials {
+        encoder.set_peer(credentials);
+    }
     let mut framer = Framer::new(opts.max_message);
     // Large reads: fewer hand-offs to the output per message at high rates.
     let mut buf = vec![0u8; 256 * 1024];

@@ -2,9 +2,8 @@
 //! tags (Unix sockets, when `origin_tags` asks), and where DogStatsD events and service checks
 //! go as records (the record output, when it is open and writes JSON).
 //!
-//! Metrics go straight into the shard, as before: [`Decoder::ingest`] hands the parser the
-//! shard itself when nothing else is wanted, and otherwise a sink that passes metrics on
-//! inline and only adds a cold path for events and checks.
+//! Metrics go straight into the shard: [`Decoder::ingest`] hands the parser a sink that
+//! passes metrics on inline and only adds a cold path for events and checks.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -64,11 +63,11 @@ impl Decoder {
 
     /// Parses a block of complete lines into the shard and adds its line counts to `total`
     /// (the caller counts packets and publishes `total` to its [`Counters`] once per batch).
-    #[inline]
     pub fn ingest(&mut self, shard: &mut Shard, data: &[u8], total: &mut PacketCounts) {
         let counts = match self.records.as_mut() {
+            // The shard itself: the sink the parser's hot path is tuned for.
             None => self.parser.parse_packet(data, shard),
-            Some(records) => self.parser.parse_packet(data, &mut WithRecords { shard, records }),
+            records => self.parser.parse_packet(data, &mut WithRecords { shard, records }),
         };
         shard.lines += counts.lines;
         shard.bad_lines += counts.bad;
@@ -99,10 +98,11 @@ impl Decoder {
     }
 }
 
-/// Metrics into the shard (inline, as without it), events and checks into records.
+/// Metrics into the shard (inline, as without it), events and checks into records (if the
+/// output is open).
 struct WithRecords<'a> {
     shard: &'a mut Shard,
-    records: &'a mut EventRecords,
+    records: Option<&'a mut EventRecords>,
 }
 
 impl MetricSink for WithRecords<'_> {
@@ -116,11 +116,15 @@ impl MetricSink for WithRecords<'_> {
     }
 
     fn event(&mut self, event: &Event<'_>) {
-        self.records.event(event);
+        if let Some(r) = self.records.as_mut() {
+            r.event(event);
+        }
     }
 
     fn service_check(&mut self, check: &ServiceCheck<'_>) {
-        self.records.service_check(check);
+        if let Some(r) = self.records.as_mut() {
+            r.service_check(check);
+        }
     }
 }
 

@@ -99,9 +99,15 @@ fn datadog_client_over_a_unix_socket_is_counted_like_any_listener() {
     let path = dir.path().join("statsd.sock");
     // A stale socket file from an earlier run is replaced; the mode is the one configured.
     drop(std::os::unix::net::UnixDatagram::bind(&path).unwrap());
+    let records = dir.path().join("records.jsonl");
     let fg = Floodgate::start(
         &format!("flush_interval = \"500ms\"\nunix = [\"{}\"]\nunix_mode = \"0660\"", path.display()),
-        &format!("[graphite]\naddress = \"127.0.0.1:{}\"\n", carbon.port),
+        &format!(
+            "[graphite]\naddress = \"127.0.0.1:{}\"\n[syslog]\nudp = [\"127.0.0.1:{}\"]\ntcp = []\noutput = {{ kind = \"file\", path = \"{}\" }}\n",
+            carbon.port,
+            free_port(),
+            records.display()
+        ),
     );
     let meta = std::fs::metadata(&path).unwrap();
     assert!(meta.file_type().is_socket());
@@ -117,20 +123,45 @@ fn datadog_client_over_a_unix_socket_is_counted_like_any_listener() {
             ("stats.timers.uds.dist.upper", "7"),
             ("stats.timers.uds.lat.upper", "11"),
             ("stats.sets.uds.users.count", "2"),
+            ("stats_counts.dogstatsd.events;alert_type=success", "1"),
+            ("stats.gauges.service_check;check=uds.check", "1"),
         ]),
     );
     // Counted like any listener, on /metrics and /api/status.
     let address = path.display().to_string();
     let labels = ["listener=\"statsd_unix\"".to_string(), format!("address=\"{address}\"")];
     let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-    assert_eq!(fg.sample("floodgate_received_lines_total", &labels), 56.0);
+    assert_eq!(fg.sample("floodgate_received_lines_total", &labels), 58.0);
     assert_eq!(fg.sample("floodgate_bad_lines_total", &labels), 0.0);
     assert!(fg.sample("floodgate_received_packets_total", &labels) >= 1.0);
     let status: serde_json::Value = serde_json::from_str(&http_get(fg.http, "/api/status").unwrap().1).unwrap();
     let row = status["listeners"].as_array().unwrap().iter().find(|l| l["listener"] == "statsd_unix").cloned();
     let row = row.expect("a statsd_unix row in /api/status");
     assert_eq!(row["address"], address.as_str());
-    assert_eq!(row["messages"], 56);
+    assert_eq!(row["messages"], 58);
+    // The event and the service check are records naming the client's process.
+    let found = wait_for("two records", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&records).unwrap_or_default();
+        let found: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        (found.len() >= 2).then_some(found)
+    });
+    let event = found.iter().find(|r| r["kind"] == "event").expect("an event record");
+    assert_eq!(
+        (&event["title"], &event["text"], &event["alert_type"], &event["priority"]),
+        (&"Backup done".into(), &"3 files".into(), &"success".into(), &"low".into()),
+        "{event}"
+    );
+    assert_eq!(event["tags"], serde_json::json!(["job:nightly"]));
+    assert_eq!(event["listener"], "statsd_unix");
+    assert_eq!(event["transport"], "unix");
+    assert!(event["peer_pid"].as_u64().is_some_and(|p| p > 0), "{event}");
+    assert_eq!(event["peer_uid"], 0);
+    let check = found.iter().find(|r| r["kind"] == "service_check").expect("a service check record");
+    assert_eq!(
+        (&check["check"], &check["status"], &check["status_name"]),
+        (&"uds.check".into(), &1.into(), &"warning".into())
+    );
+    assert_eq!(check["message"], "slow disk");
 }
 
 #[test]

@@ -193,3 +193,23 @@ fn npm_hot_shots_over_udp_tcp_and_a_unix_socket() {
     }
     carbon.wait_seen(Duration::from_secs(20), &want);
 }
+
+/// With `origin_tags = ["container_id"]`, a UDP client's own `|c:` container id (the Python
+/// `datadog` client's `container_id`) becomes the `container_id` tag; without it, the field is
+/// read and dropped.
+#[test]
+fn datadog_client_container_id_over_udp() {
+    let carbon = Capture::start();
+    let graphite = format!("[graphite]\naddress = \"127.0.0.1:{}\"\n", carbon.port);
+    let script = repo_root().join("crates/floodgate/tests/clients/send_container.py");
+    let id = "6f1d2c3b4a59687f0e1d2c3b4a5968778695a4b3c2d1e0f9e8d7c6b5a4938271";
+    for (extra, want) in [
+        ("origin_tags = [\"container_id\"]", format!("stats_counts.ctr.hits;env=prod;container_id={id}")),
+        ("", "stats_counts.ctr.hits;env=prod".to_string()),
+    ] {
+        let fg = Floodgate::start(&format!("flush_interval = \"500ms\"\n{extra}"), &graphite);
+        run_client("python3", &[script.to_str().unwrap(), &fg.statsd.to_string(), id]);
+        carbon.wait_seen(Duration::from_secs(20), &[(want, "4".to_string())]);
+        assert_eq!(fg.sample("floodgate_bad_lines_total", &["listener=\"statsd_udp\""]), 0.0);
+    }
+}

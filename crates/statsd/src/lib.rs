@@ -43,6 +43,16 @@ pub fn exercise(data: &[u8]) {
         assert_eq!(counts.lines, lines);
         assert!(shard.series() <= 64);
         store.merge(&mut shard);
+        // The same packet with origin tags: the sender's, and each line's `|c:` container id
+        // within a bound of 2.
+        let mut origin = Parser::new(sanitize);
+        origin.set_extra_tags(b"uid:0,program:fuzz");
+        origin.set_client_containers(Some(parse::ClientContainers::new(2, std::sync::Arc::default())));
+        let tagged = origin.parse_packet(data, &mut shard);
+        assert_eq!(tagged.lines, lines);
+        assert!(tagged.origin_other <= lines);
+        assert!(shard.series() <= 64);
+        store.merge(&mut shard);
         for (legacy, protocol) in [(true, Protocol::Plaintext), (false, Protocol::Pickle)] {
             let naming = GraphiteNaming { legacy_namespace: legacy, sanitize_names: !sanitize, ..Default::default() };
             let payload = store.flush(1, |view| graphite::render(view, &naming, protocol, &GraphiteStats::default()));

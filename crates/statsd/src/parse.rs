@@ -78,6 +78,8 @@ pub struct PacketCounts {
     pub bad: u64,
     /// Of those, values refused because their key or set member was over `max_key_length`.
     pub too_long: u64,
+    /// Lines whose client-declared container id was past the bound (tagged `other`).
+    pub origin_other: u64,
 }
 
 /// A reusable StatsD parser: owns the scratch buffers used to build sanitised keys.
@@ -89,6 +91,47 @@ pub struct Parser {
     key: Vec<u8>,
     /// Tags added to every key (`k:v,k:v`, as DogStatsD writes them): the sender's origin.
     extra_tags: Vec<u8>,
+    /// Client-declared container ids (`|c:`) become a `container_id` tag, bounded.
+    containers: Option<Box<ClientContainers>>,
+    /// Either of the two above is set: keys take the out-of-line path.
+    origin: bool,
+    /// Lines tagged `container_id:other` since the last packet's counts.
+    origin_other: u64,
+}
+
+/// The bound on client-declared container ids (`|c:`) a listener tags with: the ids tagged so
+/// far, shared by the listener's threads and connections, with each parser's own copy of the
+/// ones it has met (so the shared set is only locked for an id new to this parser).
+#[derive(Debug, Clone)]
+pub struct ClientContainers {
+    max: usize,
+    shared: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Vec<u8>>>>,
+    known: std::collections::HashSet<Vec<u8>>,
+}
+
+impl ClientContainers {
+    /// At most `max` distinct ids in `shared` (one set per listener); past it, `other`.
+    pub fn new(max: usize, shared: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Vec<u8>>>>) -> Self {
+        ClientContainers { max, shared, known: std::collections::HashSet::new() }
+    }
+
+    /// Whether `id` may be a tag value (it is known, or there is room for it).
+    fn admit(&mut self, id: &[u8]) -> bool {
+        if self.known.contains(id) {
+            return true;
+        }
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let fits = shared.contains(id) || shared.len() < self.max;
+        if fits {
+            shared.insert(id.to_vec());
+            drop(shared);
+            if self.known.len() >= self.max {
+                self.known.clear();
+            }
+            self.known.insert(id.to_vec());
+        }
+        fits
+    }
 }
 
 impl Parser {
@@ -105,7 +148,17 @@ impl Parser {
             raw_key: Vec::with_capacity(256),
             key: Vec::with_capacity(256),
             extra_tags: Vec::new(),
+            containers: None,
+            origin: false,
+            origin_other: 0,
         }
+    }
+
+    /// Tags each line's client-declared container id (`|c:`, as DogStatsD clients send it;
+    /// a `ci-` prefix dropped) as `container_id`, within `bound`; `None` turns it off.
+    pub fn set_client_containers(&mut self, bound: Option<ClientContainers>) {
+        self.containers = bound.map(Box::new);
+        self.origin = !self.extra_tags.is_empty() || self.containers.is_some();
     }
 
     /// Tags (`k:v,k:v`) added to every key parsed from now on, after the line's own (the
@@ -113,6 +166,7 @@ impl Parser {
     pub fn set_extra_tags(&mut self, tags: &[u8]) {
         self.extra_tags.clear();
         self.extra_tags.extend_from_slice(tags);
+        self.origin = !self.extra_tags.is_empty() || self.containers.is_some();
     }
 
     /// Parses every `\n`-separated line of a packet.
@@ -132,7 +186,10 @@ impl Parser {
             }
             match next {
                 Some(n) => rest = n,
-                None => return counts,
+                None => {
+                    counts.origin_other = std::mem::take(&mut self.origin_other);
+                    return counts;
+                }
             }
         }
     }
@@ -172,10 +229,18 @@ impl Parser {
             None => (head, head, 1),
         };
         let parts = values.split(is_colon).skip(skip);
-        let key: &[u8] = if !self.extra_tags.is_empty() {
-            // The sender's origin tags: off the common path (kept out of line, so the path
-            // below stays small enough for the shard's insert to be inlined into it).
-            origin_key(&mut self.raw_key, &mut self.key, self.sanitize, name, tags, &self.extra_tags)
+        let key: &[u8] = if self.origin {
+            // The sender's origin tags: off the common path (kept out of line).
+            let container = match self.containers.as_deref_mut().zip(client_container(line)) {
+                Some((bound, id)) => Some(if bound.admit(id) {
+                    id
+                } else {
+                    self.origin_other += 1;
+                    &b"other"[..]
+                }),
+                None => None,
+            };
+            origin_key(&mut self.raw_key, &mut self.key, self.sanitize, name, tags, &self.extra_tags, container)
         } else if tags.is_empty() && (!self.sanitize || is_clean(name)) {
             name
         } else {
@@ -321,12 +386,17 @@ fn origin_key<'k>(
     name: &[u8],
     tags: &[u8],
     extra: &[u8],
+    container: Option<&[u8]>,
 ) -> &'k [u8] {
     raw_key.clear();
     raw_key.extend_from_slice(name);
     for tag in tags.split(|b| *b == b',').chain(extra.split(|b| *b == b',')).filter(|t| !t.is_empty()) {
         raw_key.push(b';');
         push_tag(raw_key, tag);
+    }
+    if let Some(id) = container {
+        raw_key.extend_from_slice(b";container_id=");
+        raw_key.extend_from_slice(id);
     }
     if sanitize {
         key.clear();
@@ -335,6 +405,17 @@ fn origin_key<'k>(
     } else {
         raw_key
     }
+}
+
+/// The container id a client declared on a line (`|c:ID` or `|c:ci-ID`), if any: a `c:`
+/// field after the value's type (right after a bare value, `|c:2` is Etsy's next value of a
+/// multi-value line, as in [`origin_fields_start`]). Ids longer than 128 bytes are ignored.
+fn client_container(line: &[u8]) -> Option<&[u8]> {
+    // Field 0 is `name:value`; field 1 its type (or, as `c:2`, the next value).
+    let field = line.split(|b| *b == b'|').skip(2).find(|f| f.starts_with(b"c:"))?;
+    let id = &field[2..];
+    let id = id.strip_prefix(b"ci-").unwrap_or(id);
+    (!id.is_empty() && id.len() <= 128).then_some(id)
 }
 
 /// Where DogStatsD's origin fields (`|c:`, `|e:`, `|card:`) begin in a line's values (their
@@ -719,5 +800,40 @@ mod tests {
         let mut c = Collect::default();
         parser.parse_packet(b"hits:1|c", &mut c);
         assert_eq!(c.metrics[0].0, "hits");
+    }
+
+    #[test]
+    fn client_container_ids_are_tags_within_their_bound() {
+        let shared = std::sync::Arc::default();
+        let mut parser = Parser::new(true);
+        parser.set_client_containers(Some(ClientContainers::new(2, std::sync::Arc::clone(&shared))));
+        let mut c = Collect::default();
+        let counts = parser.parse_packet(
+            b"a:1|c|#env:prod|c:ci-abc\nb:1|c|c:def\nm:1|c:2|c\nd:1|c|c:ghi\ne:1|c|@0.5|c:abc\nplain:1|c",
+            &mut c,
+        );
+        let keys: Vec<&str> = c.metrics.iter().map(|m| m.0.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "a;env=prod;container_id=abc",
+                "b;container_id=def",
+                // `c:2` right after a bare value is the next value, not a container id.
+                "m",
+                "m",
+                "d;container_id=other",
+                "e;container_id=abc",
+                "plain",
+            ]
+        );
+        assert_eq!((counts.bad, counts.origin_other), (0, 1));
+        assert_eq!(shared.lock().unwrap().len(), 2);
+        // Another parser of the same listener shares the bound.
+        let mut other = Parser::new(true);
+        other.set_client_containers(Some(ClientContainers::new(2, shared)));
+        let mut c = Collect::default();
+        other.parse_packet(b"x:1|c|c:zzz\ny:1|c|c:def", &mut c);
+        assert_eq!(c.metrics[0].0, "x;container_id=other");
+        assert_eq!(c.metrics[1].0, "y;container_id=def");
     }
 }

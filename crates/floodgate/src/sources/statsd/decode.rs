@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use floodgate_statsd::dogstatsd::{Event, ServiceCheck};
+use floodgate_statsd::parse::ClientContainers;
 use floodgate_statsd::{KeyRule, Metric, MetricSink, PacketCounts, Parser, Shard};
 use serde_json::Value;
 
@@ -29,7 +30,8 @@ pub struct Decoder {
 
 impl Decoder {
     /// A decoder for a listener of `kind` with the key rule of `[statsd]`; `origin` tags its
-    /// metrics by sender (Unix sockets only); `records` is the record output, if open.
+    /// metrics by sender: the kernel's word on Unix sockets, the lines' own `|c:` container
+    /// ids elsewhere; `records` is the record output, if open.
     pub fn new(kind: Kind, rule: KeyRule, origin: Option<Origin>, records: Option<&RecordPipe>) -> Decoder {
         let records = records.filter(|p| matches!(p.encoding, Encoding::Json { .. })).map(|p| EventRecords {
             output: p.sender.clone(),
@@ -40,7 +42,16 @@ impl Decoder {
             peer: None,
             peers: Peers::default(),
         });
-        Decoder { parser: Parser::with_rule(rule), origin, records }
+        let mut parser = Parser::with_rule(rule);
+        let origin = match origin {
+            Some(o) if !kind.is_local() => {
+                // No kernel word here: a client's own `|c:` is the container id, if asked.
+                parser.set_client_containers(o.shared.client_containers());
+                None
+            }
+            o => o,
+        };
+        Decoder { parser, origin, records }
     }
 
     /// The sender of the data that follows: its address, or (Unix sockets) the process the
@@ -74,6 +85,7 @@ impl Decoder {
         total.lines += counts.lines;
         total.bad += counts.bad;
         total.too_long += counts.too_long;
+        total.origin_other += counts.origin_other;
     }
 
     /// The records decoded since the last call, with where they go (none: `None`).
@@ -230,13 +242,25 @@ pub struct OriginTags {
     tags: Arc<[OriginTag]>,
     max: usize,
     seen: Arc<parking_lot::Mutex<HashSet<Vec<u8>>>>,
+    /// Client-declared container ids tagged so far (UDP, TCP, TLS listeners).
+    containers: Arc<std::sync::Mutex<HashSet<Vec<u8>>>>,
 }
 
 impl OriginTags {
     /// Tags `tags` (in that order) for at most `max` distinct origins; `None` when `tags` is
     /// empty (the default: no origin tags).
     pub fn new(tags: &[OriginTag], max: usize) -> Option<OriginTags> {
-        (!tags.is_empty()).then(|| OriginTags { tags: tags.into(), max, seen: Arc::default() })
+        (!tags.is_empty()).then(|| OriginTags {
+            tags: tags.into(),
+            max,
+            seen: Arc::default(),
+            containers: Arc::default(),
+        })
+    }
+
+    /// The bound on client-declared container ids, when `container_id` is asked for.
+    fn client_containers(&self) -> Option<ClientContainers> {
+        self.tags.contains(&OriginTag::ContainerId).then(|| ClientContainers::new(self.max, self.containers.clone()))
     }
 
     /// The state of one receive thread or connection, counting into `counters`.

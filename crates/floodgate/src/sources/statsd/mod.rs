@@ -33,6 +33,7 @@ pub fn publish(counters: &Counters, total: PacketCounts) {
     Counters::add(&counters.lines, total.lines);
     Counters::add(&counters.bad_lines, total.bad);
     Counters::add(&counters.key_too_long, total.too_long);
+    Counters::add(&counters.origin_other, total.origin_other);
 }
 
 /// The part of `data` up to and including its last `\n` (nothing if there is none).
@@ -56,13 +57,11 @@ pub fn listener_families(l: &crate::listener::Listener, out: &mut crate::metrics
     out.add(lines, &l.labels(), c.lines.load(Relaxed));
     out.add(bad, &l.labels(), c.bad_lines.load(Relaxed));
     l.dropped(out, "key_too_long", c.key_too_long.load(Relaxed));
-    if l.kind.transport == Transport::Unix {
-        let other = Describe::counter(
-            "floodgate_statsd_origin_other_total",
-            "Datagrams from senders past origin_max, tagged other.",
-        );
-        out.add(other, &l.labels(), c.origin_other.load(Relaxed));
-    }
+    let other = Describe::counter(
+        "floodgate_statsd_origin_other_total",
+        "Datagrams (Unix sockets) or lines (a client's |c: container id) past origin_max, tagged other.",
+    );
+    out.add(other, &l.labels(), c.origin_other.load(Relaxed));
 }
 
 /// The StatsD listeners and what they share.
@@ -134,7 +133,7 @@ impl StatsdSource {
             key_rule,
             kind,
             records: self.records.clone(),
-            origin: OriginTags::new(&s.origin_tags, s.origin_max).filter(|_| kind.is_local()),
+            origin: OriginTags::new(&s.origin_tags, s.origin_max),
             max_line_length: s.max_line_length as usize,
             guard: shared.guard.listener(kind, address, s.tcp_max_connections),
             idle_timeout: s.tcp_idle_timeout,
@@ -158,8 +157,7 @@ impl StatsdSource {
                     buffer: s.receive_buffer,
                     max_datagram: s.max_datagram as usize,
                 };
-                let unix = kind.transport == Transport::Unix;
-                let tags = OriginTags::new(&s.origin_tags, s.origin_max).filter(|_| unix);
+                let tags = OriginTags::new(&s.origin_tags, s.origin_max);
                 let running = start_datagrams(shared, spec, sizes, listener_families, |counters| {
                     let origin = tags.as_ref().and_then(|t| t.for_connection(counters.clone()));
                     let decoder = Decoder::new(*kind, rule, origin, self.records.as_ref());

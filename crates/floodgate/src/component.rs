@@ -61,6 +61,8 @@ pub struct Shared {
     pub reload_requests: tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
     /// The other end, taken by the topology when it starts.
     pub reload_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>>>,
+    /// The Prometheus names of the StatsD series (`[prometheus] mapping_config`).
+    pub naming: Arc<crate::naming::Naming>,
 }
 
 impl Shared {
@@ -77,6 +79,7 @@ impl Shared {
         metrics.add(guard.clone());
         metrics.add(flush.clone());
         Shared {
+            naming: Arc::new(crate::naming::Naming::new(&config.prometheus)),
             aggregation: Arc::new(Aggregation::new(config.aggregation())),
             metrics,
             listeners,

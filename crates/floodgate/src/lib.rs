@@ -17,6 +17,7 @@ pub mod flush;
 pub mod guard;
 pub mod listener;
 pub mod metrics;
+pub mod naming;
 pub mod net;
 pub mod record;
 pub mod sinks;

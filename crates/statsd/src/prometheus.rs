@@ -6,6 +6,9 @@
 //! timers are summaries with one quantile per configured percentile (a negative percentile
 //! -N is the quantile 1-N/100), from the last flush, and cumulative `_sum`/`_count`.
 //! Two series whose names collide across types keep the first type; the rest are skipped.
+//!
+//! A [`Namer`] (statsd_exporter's mapping files, in `floodgate-mapping`) may name the series
+//! instead: its own family name (no `_total` added), extra labels and help, or drop the series.
 
 use std::fmt::Write as _;
 use std::ops::Range;
@@ -29,6 +32,15 @@ impl Value<'_> {
             Value::Timer(_) => "summary",
         }
     }
+    /// The kind a [`Namer`] is asked about.
+    fn series_kind(&self) -> SeriesKind {
+        match self {
+            Value::Counter(_) => SeriesKind::Counter,
+            Value::Gauge(_) => SeriesKind::Gauge,
+            Value::Set(_) => SeriesKind::Set,
+            Value::Timer(_) => SeriesKind::Timer,
+        }
+    }
     fn help(&self) -> &'static str {
         match self {
             Value::Counter(_) => "StatsD counter (sum since start).",
@@ -39,27 +51,95 @@ impl Value<'_> {
     }
 }
 
-/// One series: its family name (a range of the shared name arena), key and value.
+/// One series: its family name (a range of the shared name arena), key, value, and what a
+/// [`Namer`] said of it.
 struct Row<'a> {
     name: Range<usize>,
     key: &'a [u8],
     value: Value<'a>,
+    named: Option<std::sync::Arc<Named>>,
+}
+
+/// The StatsD type of a series, as a [`Namer`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SeriesKind {
+    /// A counter.
+    Counter,
+    /// A gauge.
+    Gauge,
+    /// A set (its size).
+    Set,
+    /// A timer, histogram or distribution.
+    Timer,
+}
+
+/// A series as a [`Namer`] names it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Named {
+    /// The family name (valid for Prometheus).
+    pub name: String,
+    /// Labels added to the series' own tags.
+    pub labels: Vec<(String, String)>,
+    /// `HELP` text, instead of the default.
+    pub help: Option<String>,
+    /// On a clash, the series' own tag wins over the namer's label (else the namer's does).
+    pub honor_labels: bool,
+}
+
+/// Names series for the exposition (statsd_exporter's mapping files).
+pub trait Namer {
+    /// What to call the series whose key's name part is `name`: `Some` to rename it, `None`
+    /// to drop it.
+    fn name(&mut self, name: &str, kind: SeriesKind) -> Option<std::sync::Arc<Named>>;
+}
+
+/// A series' labels: its key's tags, and a [`Namer`]'s.
+#[derive(Clone, Copy)]
+pub struct Labels<'a> {
+    /// The key (`name;k=v;...`).
+    pub key: &'a [u8],
+    /// The namer's labels, and whether the key's tags win a clash.
+    pub named: Option<(&'a [(String, String)], bool)>,
+}
+
+impl Labels<'_> {
+    /// Every label pair, sorted by name: the tags ([`tag_labels`]) and the namer's, a clash
+    /// settled by `honor_labels`.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        let mut pairs = tag_labels(self.key);
+        if let Some((extra, honor)) = self.named {
+            for (k, v) in extra {
+                match pairs.iter_mut().find(|(n, _)| n == k) {
+                    Some(_) if honor => {}
+                    Some(slot) => slot.1 = v.clone(),
+                    None => pairs.push((k.clone(), v.clone())),
+                }
+            }
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        pairs
+    }
 }
 
 /// What an exposition does with the series: the text format writes them, remote-write
 /// collects them.
 pub trait Exposition {
     /// A new metric family starts.
-    fn family(&mut self, name: &str, kind: &'static str, help: &'static str);
+    fn family(&mut self, name: &str, kind: &'static str, help: &str);
     /// One sample of the current family: `suffix` (`_sum`, `_count` or empty) follows the
-    /// family name; `key` carries the tags; `quantile` is set for summary quantiles.
-    fn sample(&mut self, name: &str, suffix: &str, key: &[u8], quantile: Option<f64>, value: f64);
+    /// family name; `labels` are the series'; `quantile` is set for summary quantiles.
+    fn sample(&mut self, name: &str, suffix: &str, labels: Labels<'_>, quantile: Option<f64>, value: f64);
 }
 
 /// Renders `store` to `out`; returns how many series were skipped for name collisions.
 pub fn render(store: &Store, out: &mut String) -> usize {
+    render_named(store, None, out)
+}
+
+/// [`render`], with series named by `namer` when there is one.
+pub fn render_named(store: &Store, namer: Option<&mut dyn Namer>, out: &mut String) -> usize {
     let mut text = Text { out, labels: String::new() };
-    visit(store, &mut text)
+    visit_named(store, namer, &mut text)
 }
 
 struct Text<'a> {
@@ -68,14 +148,28 @@ struct Text<'a> {
 }
 
 impl Exposition for Text<'_> {
-    fn family(&mut self, name: &str, kind: &'static str, help: &'static str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
+    fn family(&mut self, name: &str, kind: &'static str, help: &str) {
+        self.out.push_str("# HELP ");
+        self.out.push_str(name);
+        self.out.push(' ');
+        // The text format escapes backslash and newline in HELP.
+        for c in help.chars() {
+            match c {
+                '\\' => self.out.push_str("\\\\"),
+                '\n' => self.out.push_str("\\n"),
+                c => self.out.push(c),
+            }
+        }
+        self.out.push('\n');
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, suffix: &str, key: &[u8], quantile: Option<f64>, value: f64) {
+    fn sample(&mut self, name: &str, suffix: &str, labels: Labels<'_>, quantile: Option<f64>, value: f64) {
         self.labels.clear();
-        write_labels(&mut self.labels, key);
+        match labels.named {
+            None => write_labels(&mut self.labels, labels.key),
+            Some(_) => write_pairs(&mut self.labels, &labels.pairs()),
+        }
         sample(self.out, name, suffix, &self.labels, quantile, value);
     }
 }
@@ -86,30 +180,34 @@ impl Exposition for Text<'_> {
 /// Built for a million series: family names go into one shared arena, rows are sorted so each
 /// family is contiguous, and samples go straight to the sink.
 pub fn visit(store: &Store, sink: &mut impl Exposition) -> usize {
+    visit_named(store, None, sink)
+}
+
+/// [`visit`], with series named by `namer` when there is one (a series it drops is not
+/// visited, nor counted as skipped).
+pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink: &mut impl Exposition) -> usize {
     let mut arena = String::new();
-    let mut rows: Vec<Row<'_>> = Vec::with_capacity(store.series());
-    let mut add = |key: &'_ [u8], suffix: &str, value| {
+    let mut rows: Vec<Row<'s>> = Vec::with_capacity(store.series());
+    let mut add = |key: &'s [u8], suffix: &str, value: Value<'s>| -> Option<Row<'s>> {
         let start = arena.len();
-        push_metric_name(&mut arena, name_part(key));
-        arena.push_str(suffix);
-        (start..arena.len(), value)
+        let named = match namer.as_deref_mut() {
+            Some(n) => {
+                let named = n.name(&String::from_utf8_lossy(name_part(key)), value.series_kind())?;
+                arena.push_str(&named.name);
+                Some(named)
+            }
+            None => {
+                push_metric_name(&mut arena, name_part(key));
+                arena.push_str(suffix);
+                None
+            }
+        };
+        Some(Row { name: start..arena.len(), key, value, named })
     };
-    for (key, c) in store.counters() {
-        let (name, value) = add(key, "_total", Value::Counter(c));
-        rows.push(Row { name, key, value });
-    }
-    for (key, g) in store.gauges() {
-        let (name, value) = add(key, "", Value::Gauge(g));
-        rows.push(Row { name, key, value });
-    }
-    for (key, s) in store.sets() {
-        let (name, value) = add(key, "", Value::Set(s));
-        rows.push(Row { name, key, value });
-    }
-    for (key, t) in store.timers() {
-        let (name, value) = add(key, "", Value::Timer(t));
-        rows.push(Row { name, key, value });
-    }
+    rows.extend(store.counters().filter_map(|(key, c)| add(key, "_total", Value::Counter(c))));
+    rows.extend(store.gauges().filter_map(|(key, g)| add(key, "", Value::Gauge(g))));
+    rows.extend(store.sets().filter_map(|(key, s)| add(key, "", Value::Set(s))));
+    rows.extend(store.timers().filter_map(|(key, t)| add(key, "", Value::Timer(t))));
     rows.sort_unstable_by(|a, b| arena[a.name.clone()].cmp(&arena[b.name.clone()]).then_with(|| a.key.cmp(b.key)));
 
     let percentiles = &store.config().percentiles;
@@ -126,11 +224,12 @@ pub fn visit(store: &Store, sink: &mut impl Exposition) -> usize {
                 }
             }
             _ => {
-                sink.family(name, kind, row.value.help());
+                let help = row.named.as_ref().and_then(|n| n.help.as_deref()).unwrap_or(row.value.help());
+                sink.family(name, kind, help);
                 family = Some((name, kind));
             }
         }
-        let key = row.key;
+        let key = Labels { key: row.key, named: row.named.as_ref().map(|n| (n.labels.as_slice(), n.honor_labels)) };
         match row.value {
             Value::Counter(c) => sink.sample(name, "", key, None, c.total),
             Value::Gauge(g) => sink.sample(name, "", key, None, g.value),
@@ -211,6 +310,19 @@ fn write_labels(out: &mut String, key: &[u8]) {
         out.push_str(&k);
         out.push_str("=\"");
         escape_label_value(&v, out);
+        out.push('"');
+    }
+}
+
+/// Label pairs as `k="v",...`.
+fn write_pairs(out: &mut String, pairs: &[(String, String)]) {
+    for (k, v) in pairs {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_label_value(v, out);
         out.push('"');
     }
 }

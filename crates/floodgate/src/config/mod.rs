@@ -53,6 +53,8 @@ pub struct Config {
     /// `[prometheus_remote_write]`: each flush to a remote-write endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prometheus_remote_write: Option<RemoteWriteConfig>,
+    /// `[prometheus]`: the Prometheus names of the StatsD series (`/metrics`, remote-write).
+    pub prometheus: crate::naming::PrometheusConfig,
 }
 
 /// A configuration error, already phrased for the user.
@@ -103,6 +105,7 @@ impl Config {
         if let Some(rw) = &self.prometheus_remote_write {
             rw.check_files().map_err(|e| ("prometheus_remote_write.ca", e))?;
         }
+        crate::naming::load(&self.prometheus).map_err(|e| ("prometheus.mapping_config", e))?;
         Ok(())
     }
 

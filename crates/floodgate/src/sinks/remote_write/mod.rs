@@ -11,7 +11,7 @@ pub mod config;
 use std::time::Duration;
 
 use bytes::Bytes;
-use floodgate_statsd::prometheus::{tag_labels, visit, Exposition};
+use floodgate_statsd::prometheus::{visit_named, Exposition, Labels, Namer};
 use floodgate_statsd::Store;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -70,13 +70,13 @@ struct Collect {
 }
 
 impl Exposition for Collect {
-    fn family(&mut self, _: &str, _: &'static str, _: &'static str) {}
+    fn family(&mut self, _: &str, _: &'static str, _: &str) {}
 
-    fn sample(&mut self, name: &str, suffix: &str, key: &[u8], quantile: Option<f64>, value: f64) {
+    fn sample(&mut self, name: &str, suffix: &str, key: Labels<'_>, quantile: Option<f64>, value: f64) {
         if value.is_nan() {
             return; // NaN is Prometheus' staleness marker's kin: leave the gap instead.
         }
-        let mut labels: Vec<Label> = tag_labels(key).into_iter().map(|(name, value)| Label { name, value }).collect();
+        let mut labels: Vec<Label> = key.pairs().into_iter().map(|(name, value)| Label { name, value }).collect();
         labels.push(Label { name: "__name__".into(), value: format!("{name}{suffix}") });
         if let Some(q) = quantile {
             labels.push(Label { name: "quantile".into(), value: q.to_string() });
@@ -87,9 +87,9 @@ impl Exposition for Collect {
 }
 
 /// The store's series after a flush as one compressed `WriteRequest`; also how many.
-pub fn encode(store: &Store, timestamp_ms: i64) -> (Vec<u8>, usize) {
+pub fn encode(store: &Store, timestamp_ms: i64, namer: Option<&mut dyn Namer>) -> (Vec<u8>, usize) {
     let mut collect = Collect { timestamp_ms, series: Vec::with_capacity(store.series()) };
-    visit(store, &mut collect);
+    visit_named(store, namer, &mut collect);
     let n = collect.series.len();
     let raw = WriteRequest { timeseries: collect.series }.encode_to_vec();
     // Cannot fail for an in-memory buffer below snappy's 4 GiB bound; an empty body if it did.
@@ -203,15 +203,19 @@ pub fn build(
     let Some(rw) = &config.prometheus_remote_write else { return Ok(None) };
     let sink = RemoteWriteSink::new(rw).context("prometheus_remote_write")?;
     tracing::info!(url = %crate::config::redact_url(&rw.url), "prometheus remote-write output on");
-    Ok(Some(super::start_flush_sink(shared, wiring, sink, rw.buffer, Box::new(Render))))
+    let render = Render { naming: shared.naming.clone() };
+    Ok(Some(super::start_flush_sink(shared, wiring, sink, rw.buffer, Box::new(render))))
 }
 
-/// Remote-write takes the store as it stands after the flush, as a scrape would.
-struct Render;
+/// Remote-write takes the store as it stands after the flush, as a scrape would, named as
+/// `/metrics` names it.
+struct Render {
+    naming: std::sync::Arc<crate::naming::Naming>,
+}
 
 impl crate::flush::Render for Render {
     fn render_store(&self, store: &Store, timestamp: i64) -> Option<(Vec<u8>, usize)> {
-        Some(encode(store, timestamp * 1000))
+        Some(self.naming.with_namer(|namer| encode(store, timestamp * 1000, namer)))
     }
 }
 
@@ -227,7 +231,7 @@ mod tests {
         Parser::new(true).parse_packet(b"api.hits:2|c|#env:prod,zone:a\napi.lat:10|ms\n", &mut shard);
         store.merge(&mut shard);
         store.flush(1, |_| ());
-        let (body, n) = encode(&store, 1_700_000_000_000);
+        let (body, n) = encode(&store, 1_700_000_000_000, None);
         let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
         let req = WriteRequest::decode(&raw[..]).unwrap();
         assert_eq!(req.timeseries.len(), n);
@@ -240,5 +244,29 @@ mod tests {
         assert_eq!(names, ["__name__", "env", "zone"]);
         assert_eq!(hits.samples, vec![Sample { value: 2.0, timestamp: 1_700_000_000_000 }]);
         assert!(req.timeseries.iter().any(|t| t.labels.iter().any(|l| l.name == "quantile")));
+    }
+
+    /// Remote-write names series as `/metrics` does: the mapping file's names and labels.
+    #[test]
+    fn a_mapping_file_names_remote_write_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.yml");
+        std::fs::write(&file, "mappings:\n- match: api.*.hits\n  name: hits_total\n  labels: { env: $1 }\n").unwrap();
+        let naming = crate::naming::Naming::new(&crate::naming::PrometheusConfig { mapping_config: Some(file) });
+        let mut store = Store::new(AggregationConfig::default());
+        let mut shard = Shard::new(100);
+        Parser::new(true).parse_packet(b"api.prod.hits:2|c|#zone:a\n", &mut shard);
+        store.merge(&mut shard);
+        store.flush(1, |_| ());
+        let (body, _) = naming.with_namer(|namer| encode(&store, 1_700_000_000_000, namer));
+        let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
+        let req = WriteRequest::decode(&raw[..]).unwrap();
+        let hits = req
+            .timeseries
+            .iter()
+            .find(|t| t.labels.iter().any(|l| l.name == "__name__" && l.value == "hits_total"))
+            .expect("the mapped series");
+        let labels: Vec<(&str, &str)> = hits.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())).collect();
+        assert_eq!(labels, [("__name__", "hits_total"), ("env", "prod"), ("zone", "a")]);
     }
 }

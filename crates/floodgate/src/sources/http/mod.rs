@@ -110,7 +110,7 @@ async fn metrics(State(shared): State<Arc<Shared>>, uri: Uri) -> impl IntoRespon
         crate::metrics::prometheus::render(&shared.metrics.collect(), &mut out);
         if !self_only {
             let store = shared.aggregation.store.lock();
-            floodgate_statsd::prometheus::render(&store, &mut out);
+            shared.naming.with_namer(|namer| floodgate_statsd::prometheus::render_named(&store, namer, &mut out));
         }
         out
     })

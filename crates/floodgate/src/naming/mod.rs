@@ -1,0 +1,133 @@
+//! The Prometheus names of the StatsD series: statsd_exporter's mapping file when
+//! `[prometheus] mapping_config` names one (`floodgate-mapping` reads it), else the built-in
+//! naming (`.` → `_`, `_total` on counters). Shared by `/metrics` and remote-write; swapped
+//! whole on SIGHUP.
+//!
+//! Mapping runs when the series are exposed, not per line, and each name's outcome is cached
+//! until the file changes, so a scrape maps each series once.
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwapOption;
+use floodgate_mapping::{Mapped, Mapper, MetricType};
+use floodgate_statsd::prometheus::{Named, Namer, SeriesKind};
+use parking_lot::Mutex;
+
+pub use config::PrometheusConfig;
+
+/// Most names cached; past it the cache starts afresh (a flood of distinct names cannot grow
+/// it without bound).
+const CACHE_MAX: usize = 1 << 20;
+
+/// Each name's outcome (`None`: dropped), by name and type.
+type Outcomes = HashMap<(String, SeriesKind), Option<Arc<Named>>>;
+
+/// A loaded mapping file and its outcomes so far.
+pub struct Mapping {
+    mapper: Mapper,
+    cache: Mutex<Outcomes>,
+    /// Series a rule matched but whose name expanded to one Prometheus cannot take.
+    invalid: AtomicU64,
+}
+
+/// The naming in force.
+#[derive(Default)]
+pub struct Naming {
+    current: ArcSwapOption<Mapping>,
+}
+
+/// Reads and checks the mapping file `[prometheus]` names (none: `Ok(None)`).
+pub fn load(config: &PrometheusConfig) -> Result<Option<Mapper>> {
+    let Some(path) = &config.mapping_config else { return Ok(None) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mapper = Mapper::from_yaml(&text).with_context(|| path.display().to_string())?;
+    Ok(Some(mapper))
+}
+
+impl Naming {
+    /// The naming `[prometheus]` asks for (the file was checked with the configuration).
+    pub fn new(config: &PrometheusConfig) -> Naming {
+        let naming = Naming::default();
+        naming.apply(config);
+        naming
+    }
+
+    /// Puts `config`'s mapping in force (SIGHUP). A file that cannot be read keeps the one in
+    /// force, said in the log.
+    pub fn apply(&self, config: &PrometheusConfig) {
+        match load(config) {
+            Ok(mapper) => {
+                if let Some(m) = &mapper {
+                    if !m.unused_keys.is_empty() {
+                        tracing::warn!(keys = ?m.unused_keys, "mapping file: keys floodgate does not use are ignored");
+                    }
+                    tracing::info!(rules = m.len(), "prometheus mapping file in force");
+                }
+                self.current.store(mapper.map(|mapper| {
+                    Arc::new(Mapping { mapper, cache: Mutex::new(HashMap::new()), invalid: AtomicU64::new(0) })
+                }));
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "mapping file refused; the one in force stays"),
+        }
+    }
+
+    /// Runs `f` with the namer in force (`None`: the built-in naming).
+    pub fn with_namer<R>(&self, f: impl FnOnce(Option<&mut dyn Namer>) -> R) -> R {
+        let Some(mapping) = self.current.load_full() else { return f(None) };
+        let mut cache = mapping.cache.lock();
+        if cache.len() > CACHE_MAX {
+            cache.clear();
+        }
+        let mut namer = CachedNamer { mapping: &mapping, cache: &mut cache };
+        f(Some(&mut namer))
+    }
+
+    /// Series refused because their mapped name was not valid, since the file was loaded.
+    pub fn invalid(&self) -> u64 {
+        self.current.load().as_ref().map_or(0, |m| m.invalid.load(Relaxed))
+    }
+}
+
+struct CachedNamer<'a> {
+    mapping: &'a Mapping,
+    cache: &'a mut Outcomes,
+}
+
+impl Namer for CachedNamer<'_> {
+    fn name(&mut self, name: &str, kind: SeriesKind) -> Option<Arc<Named>> {
+        if let Some(hit) = self.cache.get(&(name.to_string(), kind)) {
+            return hit.clone();
+        }
+        let metric_type = match kind {
+            SeriesKind::Counter => MetricType::Counter,
+            SeriesKind::Gauge | SeriesKind::Set => MetricType::Gauge,
+            SeriesKind::Timer => MetricType::Observer,
+        };
+        let named = match self.mapping.mapper.map(name, metric_type) {
+            Mapped::Unmapped(mut name) => {
+                // Escaped as statsd_exporter does; a counter keeps floodgate's `_total` (the
+                // Prometheus convention promtool checks), as it has without a mapping file.
+                if kind == SeriesKind::Counter {
+                    name.push_str("_total");
+                }
+                Some(Arc::new(Named { name, labels: Vec::new(), help: None, honor_labels: false }))
+            }
+            Mapped::Dropped => None,
+            Mapped::Invalid(bad) => {
+                self.mapping.invalid.fetch_add(1, Relaxed);
+                tracing::debug!(name = %bad, "mapped name is not a valid Prometheus name: series not exported");
+                None
+            }
+            Mapped::Rule { name, labels, options } => {
+                Some(Arc::new(Named { name, labels, help: options.help, honor_labels: options.honor_labels }))
+            }
+        };
+        self.cache.insert((name.to_string(), kind), named.clone());
+        named
+    }
+}

@@ -146,3 +146,56 @@ fn a_bad_mapping_file_is_a_config_error_naming_the_rule() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("prometheus.mapping_config") && err.contains("mappings[1]") && err.contains("9bad"), "{err}");
 }
+
+/// `observer_type: histogram` exposes a timer as a classic histogram: cumulative `_bucket`
+/// counts over every value since start (from the timer's sketch), `+Inf`, `_sum`, `_count`;
+/// a rule without it keeps the summary. `promtool` accepts both.
+#[test]
+fn observer_type_histogram_exposes_buckets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = r#"
+mappings:
+- match: "svc.*.latency"
+  name: "svc_request_latency"
+  observer_type: histogram
+  histogram_options:
+    buckets: [10, 100, 1000]
+  labels: { svc: "$1" }
+- match: "svc.*.size"
+  name: "svc_size"
+  labels: { svc: "$1" }
+"#;
+    let (fg, _) = mapping_floodgate(dir.path(), mapping);
+    fg.send_udp(b"svc.web.latency:5|ms\nsvc.web.latency:50|ms\nsvc.web.latency:500|ms\nsvc.web.size:3|ms");
+    let body = scrape(&fg, "svc_request_latency_count{svc=\"web\"} 3");
+    for want in [
+        "# TYPE svc_request_latency histogram",
+        "svc_request_latency_bucket{svc=\"web\",le=\"10\"} 1",
+        "svc_request_latency_bucket{svc=\"web\",le=\"100\"} 2",
+        "svc_request_latency_bucket{svc=\"web\",le=\"1000\"} 3",
+        "svc_request_latency_bucket{svc=\"web\",le=\"+Inf\"} 3",
+        "svc_request_latency_sum{svc=\"web\"} 555",
+        "# TYPE svc_size summary",
+    ] {
+        assert!(body.lines().any(|l| l == want), "{want} missing:\n{body}");
+    }
+    // More values add up: the buckets are cumulative since start.
+    fg.send_udp(b"svc.web.latency:7|ms");
+    let body = scrape(&fg, "svc_request_latency_count{svc=\"web\"} 4");
+    assert!(body.lines().any(|l| l == "svc_request_latency_bucket{svc=\"web\",le=\"10\"} 2"), "{body}");
+    let mut child = std::process::Command::new(require_tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

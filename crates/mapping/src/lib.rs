@@ -175,6 +175,12 @@ impl Mapper {
         Ok(Mapper { rules, disable_ordering: d.glob_disable_ordering, unused_keys })
     }
 
+    /// Whether any rule exposes observers as histograms (they then need every value since
+    /// start).
+    pub fn uses_histograms(&self) -> bool {
+        self.rules.iter().any(|r| !r.drop && r.options.observer_type == Some(ObserverType::Histogram))
+    }
+
     /// Rules in the file.
     pub fn len(&self) -> usize {
         self.rules.len()

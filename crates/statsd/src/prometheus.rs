@@ -84,6 +84,35 @@ pub struct Named {
     pub help: Option<String>,
     /// On a clash, the series' own tag wins over the namer's label (else the namer's does).
     pub honor_labels: bool,
+    /// Timers: expose as a histogram with these bucket bounds (from the timer's cumulative
+    /// sketch, when the store keeps one) instead of a summary.
+    pub histogram_buckets: Option<Vec<f64>>,
+}
+
+/// The label that sets one sample of a family apart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bound {
+    /// A summary's `quantile`.
+    Quantile(f64),
+    /// A histogram bucket's `le` (upper bound, `+Inf` for the last).
+    Le(f64),
+}
+
+impl Bound {
+    /// The label's name.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Bound::Quantile(_) => "quantile",
+            Bound::Le(_) => "le",
+        }
+    }
+
+    /// Its value.
+    pub fn value(&self) -> f64 {
+        match self {
+            Bound::Quantile(v) | Bound::Le(v) => *v,
+        }
+    }
 }
 
 /// Names series for the exposition (statsd_exporter's mapping files).
@@ -126,9 +155,10 @@ impl Labels<'_> {
 pub trait Exposition {
     /// A new metric family starts.
     fn family(&mut self, name: &str, kind: &'static str, help: &str);
-    /// One sample of the current family: `suffix` (`_sum`, `_count` or empty) follows the
-    /// family name; `labels` are the series'; `quantile` is set for summary quantiles.
-    fn sample(&mut self, name: &str, suffix: &str, labels: Labels<'_>, quantile: Option<f64>, value: f64);
+    /// One sample of the current family: `suffix` (`_sum`, `_count`, `_bucket` or empty)
+    /// follows the family name; `labels` are the series'; `bound` is a summary's quantile or
+    /// a histogram bucket's `le`.
+    fn sample(&mut self, name: &str, suffix: &str, labels: Labels<'_>, bound: Option<Bound>, value: f64);
 }
 
 /// Renders `store` to `out`; returns how many series were skipped for name collisions.
@@ -164,13 +194,13 @@ impl Exposition for Text<'_> {
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, suffix: &str, labels: Labels<'_>, quantile: Option<f64>, value: f64) {
+    fn sample(&mut self, name: &str, suffix: &str, labels: Labels<'_>, bound: Option<Bound>, value: f64) {
         self.labels.clear();
         match labels.named {
             None => write_labels(&mut self.labels, labels.key),
             Some(_) => write_pairs(&mut self.labels, &labels.pairs()),
         }
-        sample(self.out, name, suffix, &self.labels, quantile, value);
+        sample(self.out, name, suffix, &self.labels, bound, value);
     }
 }
 
@@ -215,7 +245,11 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
     let mut family: Option<(&str, &'static str)> = None;
     for row in &rows {
         let name = &arena[row.name.clone()];
-        let kind = row.value.prom_type();
+        let histogram = match (row.value, row.named.as_ref().and_then(|n| n.histogram_buckets.as_deref())) {
+            (Value::Timer(t), Some(buckets)) => t.cumulative.as_deref().map(|c| (t, c, buckets)),
+            _ => None,
+        };
+        let kind = if histogram.is_some() { "histogram" } else { row.value.prom_type() };
         match family {
             Some((f, k)) if f == name => {
                 if k != kind {
@@ -224,7 +258,9 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
                 }
             }
             _ => {
-                let help = row.named.as_ref().and_then(|n| n.help.as_deref()).unwrap_or(row.value.help());
+                let default_help =
+                    if histogram.is_some() { "StatsD timer: all values since start." } else { row.value.help() };
+                let help = row.named.as_ref().and_then(|n| n.help.as_deref()).unwrap_or(default_help);
                 sink.family(name, kind, help);
                 family = Some((name, kind));
             }
@@ -234,6 +270,11 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
             Value::Counter(c) => sink.sample(name, "", key, None, c.total),
             Value::Gauge(g) => sink.sample(name, "", key, None, g.value),
             Value::Set(s) => sink.sample(name, "", key, None, s.last_size as f64),
+            Value::Timer(_) if histogram.is_some() => {
+                if let Some((t, sketch, buckets)) = histogram {
+                    histogram_samples(sink, name, key, t, sketch, buckets);
+                }
+            }
             Value::Timer(t) => {
                 let mut seen: Vec<u64> = Vec::new();
                 for (pct, bound) in percentiles.iter().zip(&t.last_bounds) {
@@ -242,7 +283,7 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
                         continue;
                     }
                     seen.push(q.to_bits());
-                    sink.sample(name, "", key, Some(q), bound.unwrap_or(f64::NAN));
+                    sink.sample(name, "", key, Some(Bound::Quantile(q)), bound.unwrap_or(f64::NAN));
                 }
                 sink.sample(name, "_sum", key, None, t.total_sum);
                 sink.sample(name, "_count", key, None, t.total_count);
@@ -252,19 +293,53 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
     skipped
 }
 
+/// A timer as a classic histogram: cumulative bucket counts from its sketch of every value
+/// since start (a value within the sketch's 1 % of a bound may land in the bucket next to
+/// it), scaled to the sample-rate-weighted count; then `+Inf`, `_sum`, `_count`.
+fn histogram_samples(
+    sink: &mut impl Exposition,
+    name: &str,
+    labels: Labels<'_>,
+    t: &crate::store::TimerEntry,
+    sketch: &floodgate_sketch::DDSketch,
+    buckets: &[f64],
+) {
+    let raw = sketch.count().max(1) as f64;
+    let scale = t.total_count / raw;
+    let mut bins = sketch.bins().peekable();
+    let mut below = 0u64;
+    let mut bounds: Vec<f64> = buckets.iter().copied().filter(|b| b.is_finite()).collect();
+    bounds.sort_by(f64::total_cmp);
+    bounds.dedup();
+    for le in bounds {
+        while let Some((v, c)) = bins.peek() {
+            if *v > le {
+                break;
+            }
+            below += c;
+            bins.next();
+        }
+        sink.sample(name, "_bucket", labels, Some(Bound::Le(le)), (below as f64 * scale).round());
+    }
+    sink.sample(name, "_bucket", labels, Some(Bound::Le(f64::INFINITY)), t.total_count);
+    sink.sample(name, "_sum", labels, None, t.total_sum);
+    sink.sample(name, "_count", labels, None, t.total_count);
+}
+
 /// One sample line; `labels` is the inside of the braces (may be empty).
-fn sample(out: &mut String, name: &str, suffix: &str, labels: &str, quantile: Option<f64>, value: f64) {
+fn sample(out: &mut String, name: &str, suffix: &str, labels: &str, bound: Option<Bound>, value: f64) {
     out.push_str(name);
     out.push_str(suffix);
-    if !labels.is_empty() || quantile.is_some() {
+    if !labels.is_empty() || bound.is_some() {
         out.push('{');
         out.push_str(labels);
-        if let Some(q) = quantile {
+        if let Some(b) = bound {
             if !labels.is_empty() {
                 out.push(',');
             }
-            out.push_str("quantile=\"");
-            push_value(out, q);
+            out.push_str(b.label());
+            out.push_str("=\"");
+            push_value(out, b.value());
             out.push('"');
         }
         out.push('}');
@@ -396,5 +471,49 @@ mod tests {
         ] {
             assert!(out.lines().any(|l| l == want), "missing {want:?} in\n{out}");
         }
+    }
+
+    struct Histograms;
+
+    impl Namer for Histograms {
+        fn name(&mut self, name: &str, kind: SeriesKind) -> Option<std::sync::Arc<Named>> {
+            if name == "drop.me" {
+                return None;
+            }
+            Some(std::sync::Arc::new(Named {
+                name: name.replace('.', "_"),
+                labels: vec![("team".into(), "a".into())],
+                help: Some("Mapped.".into()),
+                honor_labels: false,
+                histogram_buckets: (kind == SeriesKind::Timer).then(|| vec![10.0, 100.0]),
+            }))
+        }
+    }
+
+    #[test]
+    fn a_namer_renames_drops_and_makes_histograms_from_the_cumulative_sketch() {
+        let mut store = Store::new(AggregationConfig { cumulative_sketches: true, ..AggregationConfig::default() });
+        for packet in [&b"lat:5|ms\nlat:50|ms\ndrop.me:1|c\nhits:1|c|#team:b"[..], b"lat:500|ms\nlat:9|ms"] {
+            let mut shard = Shard::new(100);
+            Parser::new(true).parse_packet(packet, &mut shard);
+            store.merge(&mut shard);
+            store.flush(1, |_| ());
+        }
+        let mut out = String::new();
+        render_named(&store, Some(&mut Histograms), &mut out);
+        for want in [
+            "# HELP lat Mapped.",
+            "# TYPE lat histogram",
+            "lat_bucket{team=\"a\",le=\"10\"} 2",
+            "lat_bucket{team=\"a\",le=\"100\"} 3",
+            "lat_bucket{team=\"a\",le=\"+Inf\"} 4",
+            "lat_sum{team=\"a\"} 564",
+            "lat_count{team=\"a\"} 4",
+            // The namer's label wins over the tag unless honor_labels.
+            "hits{team=\"a\"} 1",
+        ] {
+            assert!(out.lines().any(|l| l == want), "missing {want:?} in\n{out}");
+        }
+        assert!(!out.contains("drop_me"), "{out}");
     }
 }

@@ -62,6 +62,9 @@ pub struct AggregationConfig {
     /// Estimated bytes the whole aggregation state may hold (0: no limit); past it new series
     /// are refused and timer values summarised.
     pub max_memory: u64,
+    /// Keep every timer's values since start in a sketch ([`TimerEntry::cumulative`]), for
+    /// Prometheus histograms (cumulative bucket counts).
+    pub cumulative_sketches: bool,
 }
 
 impl Default for AggregationConfig {
@@ -81,6 +84,7 @@ impl Default for AggregationConfig {
             max_timer_samples: 100_000,
             max_set_members: 100_000,
             max_memory: 0,
+            cumulative_sketches: false,
         }
     }
 }
@@ -125,6 +129,9 @@ pub struct TimerEntry {
     /// What agents forwarded this interval (aggregators), and values past
     /// `max_timer_samples`, summarised; the raw values join it at flush.
     pub forwarded: Option<TimerSummary>,
+    /// Every value since start, when [`AggregationConfig::cumulative_sketches`] asks (merged
+    /// exactly from agents' sketches at an aggregator).
+    pub cumulative: Option<Box<floodgate_sketch::DDSketch>>,
 }
 
 /// A set's state.
@@ -522,7 +529,14 @@ impl Store {
                 t.total_count += f.count;
                 t.total_sum += f.sum;
                 t.last_bounds = crate::forwarded::percentile_bounds(f, &self.cfg.percentiles);
+                if self.cfg.cumulative_sketches {
+                    t.cumulative.get_or_insert_with(Default::default).merge(&f.sketch);
+                }
                 continue;
+            }
+            if self.cfg.cumulative_sketches {
+                let c = t.cumulative.get_or_insert_with(Default::default);
+                t.values.iter().for_each(|v| c.add(*v));
             }
             t.total_count += t.count;
             t.total_sum += t.values.iter().sum::<f64>();

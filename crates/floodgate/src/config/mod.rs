@@ -156,7 +156,12 @@ impl Config {
 
     /// Etsy statsd's aggregation options.
     pub fn aggregation(&self) -> AggregationConfig {
-        self.statsd.aggregation()
+        let mut a = self.statsd.aggregation();
+        // Timers keep a sketch of every value since start only when a mapping rule exposes
+        // them as histograms (the file was checked when the configuration was read).
+        a.cumulative_sketches =
+            crate::naming::load(&self.prometheus).ok().flatten().is_some_and(|m| m.uses_histograms());
+        a
     }
 
     /// The StatsD key rule (`max_key_length`, `key_name_sanitize`): what the parser accepts,

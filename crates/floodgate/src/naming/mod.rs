@@ -115,7 +115,13 @@ impl Namer for CachedNamer<'_> {
                 if kind == SeriesKind::Counter {
                     name.push_str("_total");
                 }
-                Some(Arc::new(Named { name, labels: Vec::new(), help: None, honor_labels: false }))
+                Some(Arc::new(Named {
+                    name,
+                    labels: Vec::new(),
+                    help: None,
+                    honor_labels: false,
+                    histogram_buckets: None,
+                }))
             }
             Mapped::Dropped => None,
             Mapped::Invalid(bad) => {
@@ -124,7 +130,14 @@ impl Namer for CachedNamer<'_> {
                 None
             }
             Mapped::Rule { name, labels, options } => {
-                Some(Arc::new(Named { name, labels, help: options.help, honor_labels: options.honor_labels }))
+                let histogram = options.observer_type == Some(floodgate_mapping::ObserverType::Histogram);
+                Some(Arc::new(Named {
+                    name,
+                    labels,
+                    help: options.help,
+                    honor_labels: options.honor_labels,
+                    histogram_buckets: histogram.then_some(options.buckets),
+                }))
             }
         };
         self.cache.insert((name.to_string(), kind), named.clone());

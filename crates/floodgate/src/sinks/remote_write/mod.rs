@@ -11,7 +11,7 @@ pub mod config;
 use std::time::Duration;
 
 use bytes::Bytes;
-use floodgate_statsd::prometheus::{visit_named, Exposition, Labels, Namer};
+use floodgate_statsd::prometheus::{visit_named, Bound, Exposition, Labels, Namer};
 use floodgate_statsd::Store;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -72,14 +72,15 @@ struct Collect {
 impl Exposition for Collect {
     fn family(&mut self, _: &str, _: &'static str, _: &str) {}
 
-    fn sample(&mut self, name: &str, suffix: &str, key: Labels<'_>, quantile: Option<f64>, value: f64) {
+    fn sample(&mut self, name: &str, suffix: &str, key: Labels<'_>, bound: Option<Bound>, value: f64) {
         if value.is_nan() {
             return; // NaN is Prometheus' staleness marker's kin: leave the gap instead.
         }
         let mut labels: Vec<Label> = key.pairs().into_iter().map(|(name, value)| Label { name, value }).collect();
         labels.push(Label { name: "__name__".into(), value: format!("{name}{suffix}") });
-        if let Some(q) = quantile {
-            labels.push(Label { name: "quantile".into(), value: q.to_string() });
+        if let Some(b) = bound {
+            let value = if b.value() == f64::INFINITY { "+Inf".to_string() } else { b.value().to_string() };
+            labels.push(Label { name: b.label().into(), value });
         }
         labels.sort_by(|a, b| a.name.cmp(&b.name));
         self.series.push(TimeSeries { labels, samples: vec![Sample { value, timestamp: self.timestamp_ms }] });

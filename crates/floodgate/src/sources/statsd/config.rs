@@ -287,6 +287,7 @@ impl StatsdConfig {
             max_timer_samples: s.max_timer_samples,
             max_set_members: s.max_set_members,
             max_memory: s.max_memory,
+            cumulative_sketches: false,
         }
     }
 }

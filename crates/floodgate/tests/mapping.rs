@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::Duration;
 
 use common::*;
@@ -92,21 +91,7 @@ override.me:1|g|#env:tagged\ndebug.noise:1|c\njob.backup.runs:2|c\nunmapped.name
     }
     assert!(!body.contains("never_used"), "the first matching glob wins:\n{body}");
     assert!(!body.lines().any(|l| l.starts_with("debug_noise") || l.starts_with("dropped")), "action: drop:\n{body}");
-    let mut child = std::process::Command::new(require_tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&body);
 }
 
 #[test]
@@ -183,19 +168,5 @@ mappings:
     fg.send_udp(b"svc.web.latency:7|ms");
     let body = scrape(&fg, "svc_request_latency_count{svc=\"web\"} 4");
     assert!(body.lines().any(|l| l == "svc_request_latency_bucket{svc=\"web\",le=\"10\"} 2"), "{body}");
-    let mut child = std::process::Command::new(require_tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&body);
 }

@@ -256,7 +256,6 @@ fn management_console_commands() {
 
 #[test]
 fn metrics_exposition_passes_promtool() {
-    let promtool = require_tool("promtool");
     let carbon = Capture::start();
     let fg =
         Floodgate::start("flush_interval = \"300ms\"\npercentiles = [90, 99, -10]", &graphite_section(carbon.port, ""));
@@ -272,21 +271,7 @@ fn metrics_exposition_passes_promtool() {
     ] {
         assert!(body.contains(want), "{want} missing:\n{body}");
     }
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{body}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&body);
 }
 
 #[test]

@@ -994,3 +994,23 @@ impl Endpoint {
         self.requests.lock().unwrap().clone()
     }
 }
+
+/// `promtool check metrics` on an exposition body: fails the test with promtool's words (and
+/// the body) when it finds a problem.
+pub fn promtool_check(body: &str) {
+    let mut child = Command::new(require_tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -149,21 +149,8 @@ impl Mapper {
         };
         let default_observer = observer_type(d.observer_type.as_deref().or(d.timer_type.as_deref()))
             .map_err(|e| Error(format!("defaults: {e}")))?;
-        let default_buckets = d
-            .histogram_options
-            .as_ref()
-            .and_then(|h| h.buckets.clone())
-            .or_else(|| d.buckets.clone())
-            .filter(|b| !b.is_empty())
-            .unwrap_or_else(|| DEFAULT_BUCKETS.to_vec());
-        let default_quantiles = d
-            .summary_options
-            .as_ref()
-            .and_then(|s| s.quantiles.clone())
-            .or_else(|| d.quantiles.clone())
-            .filter(|q| !q.is_empty())
-            .map(|q| quantiles(&q))
-            .unwrap_or_else(|| DEFAULT_QUANTILES.to_vec());
+        let default_buckets = buckets_of(d.histogram_options.as_ref(), d.buckets.as_ref(), &DEFAULT_BUCKETS);
+        let default_quantiles = quantiles_of(d.summary_options.as_ref(), d.quantiles.as_ref(), &DEFAULT_QUANTILES);
         let default_ttl = ttl(d.ttl.as_deref()).map_err(|e| Error(format!("defaults: {e}")))?;
         let mut rules = Vec::with_capacity(file.mappings.len());
         for (i, r) in file.mappings.iter().enumerate() {
@@ -288,8 +275,28 @@ fn observer_type(s: Option<&str>) -> Result<Option<ObserverType>, String> {
     }
 }
 
-fn quantiles(q: &[Objective]) -> Vec<f64> {
-    q.iter().map(|o| o.quantile).collect()
+/// Histogram buckets: `histogram_options.buckets`, else the old top-level `buckets`, else
+/// `fallback` (an empty list counts as none, as in statsd_exporter).
+fn buckets_of(options: Option<&config::HistogramOptions>, legacy: Option<&Vec<f64>>, fallback: &[f64]) -> Vec<f64> {
+    options
+        .and_then(|h| h.buckets.as_ref())
+        .or(legacy)
+        .filter(|b| !b.is_empty())
+        .map_or_else(|| fallback.to_vec(), Clone::clone)
+}
+
+/// Summary quantiles: `summary_options.quantiles`, else the old top-level `quantiles`, else
+/// `fallback`.
+fn quantiles_of(
+    options: Option<&config::SummaryOptions>,
+    legacy: Option<&Vec<Objective>>,
+    fallback: &[f64],
+) -> Vec<f64> {
+    options
+        .and_then(|s| s.quantiles.as_ref())
+        .or(legacy)
+        .filter(|q| !q.is_empty())
+        .map_or_else(|| fallback.to_vec(), |q| q.iter().map(|o| o.quantile).collect())
 }
 
 /// A Go duration (`30s`, `1m30s`, `2h`, `500ms`); `0` or `0s` is none.
@@ -375,8 +382,6 @@ fn compile(
         Some(other) => return Err(format!("invalid match_metric_type {other:?}")),
     };
     let observer = observer_type(r.observer_type.as_deref().or(r.timer_type.as_deref()))?.or(default_observer);
-    let has_histogram = r.histogram_options.is_some() || r.buckets.is_some();
-    let has_summary = r.summary_options.is_some() || r.quantiles.is_some();
     match observer {
         Some(ObserverType::Histogram) if r.summary_options.is_some() => {
             return Err("histogram observer_type with summary_options".into())
@@ -392,22 +397,8 @@ fn compile(
     if r.summary_options.as_ref().is_some_and(|s| s.quantiles.is_some()) && r.quantiles.is_some() {
         return Err("quantiles both at the top level and in summary_options".into());
     }
-    let _ = (has_histogram, has_summary);
-    let buckets = r
-        .histogram_options
-        .as_ref()
-        .and_then(|h| h.buckets.clone())
-        .or_else(|| r.buckets.clone())
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| default_buckets.to_vec());
-    let quantiles = r
-        .summary_options
-        .as_ref()
-        .and_then(|s| s.quantiles.clone())
-        .or_else(|| r.quantiles.clone())
-        .filter(|q| !q.is_empty())
-        .map(|q| quantiles(&q))
-        .unwrap_or_else(|| default_quantiles.to_vec());
+    let buckets = buckets_of(r.histogram_options.as_ref(), r.buckets.as_ref(), default_buckets);
+    let quantiles = quantiles_of(r.summary_options.as_ref(), r.quantiles.as_ref(), default_quantiles);
     if let Some(q) = quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
         return Err(format!("quantile {q} is not between 0 and 1"));
     }

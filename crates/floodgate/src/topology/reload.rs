@@ -29,10 +29,8 @@ pub fn reload(shared: &Arc<Shared>, components: &mut Components) -> Result<(), S
         shared.guard.reconfigure(&new.limits);
         tracing::info!(limits = ?new.limits, "SIGHUP: new limits in force");
     }
-    if new.prometheus != old.prometheus || new.prometheus.mapping_config.is_some() {
-        // The mapping file is re-read on every reload: it may have changed under its name.
-        shared.naming.apply(&new.prometheus);
-    }
+    // The mapping file is re-read on every reload: it may have changed under its name.
+    shared.naming.apply(&new.prometheus);
     *shared.config.write() = new.clone();
     for sink in &mut components.sinks {
         sink.reload(&new);

@@ -134,7 +134,8 @@ fn a_bad_mapping_file_is_a_config_error_naming_the_rule() {
 
 /// `observer_type: histogram` exposes a timer as a classic histogram: cumulative `_bucket`
 /// counts over every value since start (from the timer's sketch), `+Inf`, `_sum`, `_count`;
-/// a rule without it keeps the summary. `promtool` accepts both.
+/// a rule without it keeps the summary. Values are in seconds, as statsd_exporter exposes `ms`
+/// timers. `promtool` accepts both.
 #[test]
 fn observer_type_histogram_exposes_buckets() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,7 +145,7 @@ mappings:
   name: "svc_request_latency"
   observer_type: histogram
   histogram_options:
-    buckets: [10, 100, 1000]
+    buckets: [0.01, 0.1, 1]
   labels: { svc: "$1" }
 - match: "svc.*.size"
   name: "svc_size"
@@ -155,18 +156,20 @@ mappings:
     let body = scrape(&fg, "svc_request_latency_count{svc=\"web\"} 3");
     for want in [
         "# TYPE svc_request_latency histogram",
-        "svc_request_latency_bucket{svc=\"web\",le=\"10\"} 1",
-        "svc_request_latency_bucket{svc=\"web\",le=\"100\"} 2",
-        "svc_request_latency_bucket{svc=\"web\",le=\"1000\"} 3",
+        "svc_request_latency_bucket{svc=\"web\",le=\"0.01\"} 1",
+        "svc_request_latency_bucket{svc=\"web\",le=\"0.1\"} 2",
+        "svc_request_latency_bucket{svc=\"web\",le=\"1\"} 3",
         "svc_request_latency_bucket{svc=\"web\",le=\"+Inf\"} 3",
-        "svc_request_latency_sum{svc=\"web\"} 555",
         "# TYPE svc_size summary",
     ] {
         assert!(body.lines().any(|l| l == want), "{want} missing:\n{body}");
     }
+    let sum = sample(&body, "svc_request_latency_sum", &["svc=\"web\""]);
+    assert!((sum - 0.555).abs() < 1e-9, "{sum}");
+    assert!((sample(&body, "svc_size_sum", &["svc=\"web\""]) - 0.003).abs() < 1e-9, "{body}");
     // More values add up: the buckets are cumulative since start.
     fg.send_udp(b"svc.web.latency:7|ms");
     let body = scrape(&fg, "svc_request_latency_count{svc=\"web\"} 4");
-    assert!(body.lines().any(|l| l == "svc_request_latency_bucket{svc=\"web\",le=\"10\"} 2"), "{body}");
+    assert!(body.lines().any(|l| l == "svc_request_latency_bucket{svc=\"web\",le=\"0.01\"} 2"), "{body}");
     promtool_check(&body);
 }

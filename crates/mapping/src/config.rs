@@ -94,7 +94,12 @@ pub struct Rule {
 pub struct HistogramOptions {
     /// Upper bounds of the classic buckets.
     pub buckets: Option<Vec<f64>>,
-    /// Keys not read (native histogram settings among them).
+    /// Above 1: also a native histogram, each bucket at most this factor wider than the last
+    /// (client_golang's `NativeHistogramBucketFactor`).
+    pub native_histogram_bucket_factor: Option<f64>,
+    /// Most native buckets; past it the resolution halves until they fit (0: no limit).
+    pub native_histogram_max_buckets: Option<u32>,
+    /// Keys not read.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_yaml_ng::Value>,
 }

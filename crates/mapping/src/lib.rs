@@ -49,17 +49,48 @@ pub enum ObserverType {
     Histogram,
 }
 
-/// What a rule says beyond the name: the options of the rule that matched.
+/// A native histogram's resolution: Prometheus' exponential schema (bucket bounds are powers
+/// of `2^(2^-schema)`), and the most buckets before it is lowered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NativeOptions {
+    /// -4 to 8.
+    pub schema: i32,
+    /// 0: no limit.
+    pub max_buckets: u32,
+}
+
+impl NativeOptions {
+    /// The schema client_golang picks for a bucket factor (the largest whose growth factor
+    /// does not pass it); `None` for a factor of 1 or less (no native histogram).
+    pub fn from_factor(factor: f64, max_buckets: u32) -> Option<NativeOptions> {
+        if factor.is_nan() || factor <= 1.0 {
+            return None;
+        }
+        let floor = factor.log2().log2().floor();
+        let schema = if floor <= -8.0 {
+            8
+        } else if floor >= 4.0 {
+            -4
+        } else {
+            -(floor as i32)
+        };
+        Some(NativeOptions { schema, max_buckets })
+    }
+}
+
+/// What a rule says beyond the name: the options of the rule that matched, or the defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleOptions {
-    /// Its index in the file.
-    pub index: usize,
+    /// Its index in the file (`None`: the `defaults` block, for names no rule matched).
+    pub index: Option<usize>,
     /// `help`.
     pub help: Option<String>,
     /// `observer_type` (after defaults); `None`: the exporter's own default.
     pub observer_type: Option<ObserverType>,
     /// Histogram buckets (after defaults).
     pub buckets: Vec<f64>,
+    /// Histograms: also native, at this resolution (after defaults).
+    pub native: Option<NativeOptions>,
     /// Summary quantiles (after defaults).
     pub quantiles: Vec<f64>,
     /// `ttl` (after defaults); `None`: never expires.
@@ -118,6 +149,7 @@ struct CompiledRule {
 /// A loaded mapping file.
 pub struct Mapper {
     rules: Vec<CompiledRule>,
+    defaults: RuleOptions,
     disable_ordering: bool,
     /// Keys of the file that were not read (reported once at load).
     pub unused_keys: Vec<String>,
@@ -149,23 +181,38 @@ impl Mapper {
         };
         let default_observer = observer_type(d.observer_type.as_deref().or(d.timer_type.as_deref()))
             .map_err(|e| Error(format!("defaults: {e}")))?;
-        let default_buckets = buckets_of(d.histogram_options.as_ref(), d.buckets.as_ref(), &DEFAULT_BUCKETS);
-        let default_quantiles = quantiles_of(d.summary_options.as_ref(), d.quantiles.as_ref(), &DEFAULT_QUANTILES);
-        let default_ttl = ttl(d.ttl.as_deref()).map_err(|e| Error(format!("defaults: {e}")))?;
+        let defaults = RuleOptions {
+            index: None,
+            help: None,
+            observer_type: default_observer,
+            buckets: buckets_of(d.histogram_options.as_ref(), d.buckets.as_ref(), &DEFAULT_BUCKETS),
+            native: native_of(d.histogram_options.as_ref(), None).map_err(|e| Error(format!("defaults: {e}")))?,
+            quantiles: quantiles_of(d.summary_options.as_ref(), d.quantiles.as_ref(), &DEFAULT_QUANTILES),
+            ttl: ttl(d.ttl.as_deref()).map_err(|e| Error(format!("defaults: {e}")))?,
+            honor_labels: false,
+        };
+        if let Some(q) = defaults.quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
+            return Err(Error(format!("defaults: quantile {q} is not between 0 and 1")));
+        }
         let mut rules = Vec::with_capacity(file.mappings.len());
         for (i, r) in file.mappings.iter().enumerate() {
-            let rule =
-                compile(i, r, default_match, default_observer, &default_buckets, &default_quantiles, default_ttl)
-                    .map_err(|e| Error(format!("mappings[{i}] (match {:?}): {e}", r.pattern)))?;
+            let rule = compile(i, r, default_match, &defaults)
+                .map_err(|e| Error(format!("mappings[{i}] (match {:?}): {e}", r.pattern)))?;
             rules.push(rule);
         }
-        Ok(Mapper { rules, disable_ordering: d.glob_disable_ordering, unused_keys })
+        Ok(Mapper { rules, defaults, disable_ordering: d.glob_disable_ordering, unused_keys })
     }
 
     /// Whether any rule exposes observers as histograms (they then need every value since
     /// start).
     pub fn uses_histograms(&self) -> bool {
-        self.rules.iter().any(|r| !r.drop && r.options.observer_type == Some(ObserverType::Histogram))
+        self.defaults.observer_type == Some(ObserverType::Histogram)
+            || self.rules.iter().any(|r| !r.drop && r.options.observer_type == Some(ObserverType::Histogram))
+    }
+
+    /// The `defaults` block's options: what applies to a name no rule matched.
+    pub fn defaults(&self) -> &RuleOptions {
+        &self.defaults
     }
 
     /// Rules in the file.
@@ -335,15 +382,24 @@ fn parse_go_duration(s: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(total).ok()
 }
 
-fn compile(
-    index: usize,
-    r: &Rule,
-    default_match: MatchType,
-    default_observer: Option<ObserverType>,
-    default_buckets: &[f64],
-    default_quantiles: &[f64],
-    default_ttl: Option<Duration>,
-) -> Result<CompiledRule, String> {
+/// A native histogram's options: the rule's `histogram_options`, else the defaults' (per key).
+fn native_of(
+    options: Option<&config::HistogramOptions>,
+    defaults: Option<NativeOptions>,
+) -> Result<Option<NativeOptions>, String> {
+    let factor = options.and_then(|h| h.native_histogram_bucket_factor);
+    let max = options.and_then(|h| h.native_histogram_max_buckets);
+    if let Some(f) = factor.filter(|f| !f.is_finite()) {
+        return Err(format!("native_histogram_bucket_factor {f} is not a number"));
+    }
+    Ok(match (factor, defaults) {
+        (Some(f), d) => NativeOptions::from_factor(f, max.or(d.map(|d| d.max_buckets)).unwrap_or(0)),
+        (None, Some(d)) => Some(NativeOptions { max_buckets: max.unwrap_or(d.max_buckets), ..d }),
+        (None, None) => None,
+    })
+}
+
+fn compile(index: usize, r: &Rule, default_match: MatchType, defaults: &RuleOptions) -> Result<CompiledRule, String> {
     for k in r.labels.keys() {
         if !valid_label_name(k) {
             return Err(format!("invalid label name {k:?}"));
@@ -381,7 +437,7 @@ fn compile(
         Some("observer") | Some("timer") | Some("histogram") | Some("distribution") => Some(MetricType::Observer),
         Some(other) => return Err(format!("invalid match_metric_type {other:?}")),
     };
-    let observer = observer_type(r.observer_type.as_deref().or(r.timer_type.as_deref()))?.or(default_observer);
+    let observer = observer_type(r.observer_type.as_deref().or(r.timer_type.as_deref()))?.or(defaults.observer_type);
     match observer {
         Some(ObserverType::Histogram) if r.summary_options.is_some() => {
             return Err("histogram observer_type with summary_options".into())
@@ -397,12 +453,13 @@ fn compile(
     if r.summary_options.as_ref().is_some_and(|s| s.quantiles.is_some()) && r.quantiles.is_some() {
         return Err("quantiles both at the top level and in summary_options".into());
     }
-    let buckets = buckets_of(r.histogram_options.as_ref(), r.buckets.as_ref(), default_buckets);
-    let quantiles = quantiles_of(r.summary_options.as_ref(), r.quantiles.as_ref(), default_quantiles);
+    let buckets = buckets_of(r.histogram_options.as_ref(), r.buckets.as_ref(), &defaults.buckets);
+    let native = native_of(r.histogram_options.as_ref(), defaults.native)?;
+    let quantiles = quantiles_of(r.summary_options.as_ref(), r.quantiles.as_ref(), &defaults.quantiles);
     if let Some(q) = quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
         return Err(format!("quantile {q} is not between 0 and 1"));
     }
-    let ttl = ttl(r.ttl.as_deref())?.or(default_ttl);
+    let ttl = ttl(r.ttl.as_deref())?.or(defaults.ttl);
     Ok(CompiledRule {
         matcher,
         metric_type,
@@ -410,10 +467,11 @@ fn compile(
         labels: r.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>().into_iter().collect(),
         drop,
         options: RuleOptions {
-            index,
+            index: Some(index),
             help: r.help.clone(),
             observer_type: observer,
             buckets,
+            native,
             quantiles,
             ttl,
             honor_labels: r.honor_labels,

@@ -191,3 +191,46 @@ fn unmapped_names_are_escaped_as_statsd_exporter_does() {
         assert_eq!(escape_metric_name(name), want, "{name}");
     }
 }
+
+#[test]
+fn native_histograms_take_client_golangs_schema_for_the_bucket_factor() {
+    for (factor, schema) in [(1.1, 3), (2.0, 0), (1.01, 7), (1.0001, 8), (65537.0, -4), (4.0, -1)] {
+        assert_eq!(NativeOptions::from_factor(factor, 0).map(|n| n.schema), Some(schema), "{factor}");
+    }
+    assert_eq!(NativeOptions::from_factor(1.0, 0), None);
+    let m = Mapper::from_yaml(
+        r#"
+defaults:
+  observer_type: histogram
+  histogram_options:
+    native_histogram_bucket_factor: 1.1
+    native_histogram_max_buckets: 100
+mappings:
+- match: "a.*"
+  name: "a"
+- match: "b.*"
+  name: "b"
+  histogram_options:
+    native_histogram_bucket_factor: 2
+- match: "c.*"
+  name: "c"
+  histogram_options:
+    native_histogram_bucket_factor: 1
+"#,
+    )
+    .unwrap();
+    let native = |name: &str| match m.map(name, MetricType::Observer) {
+        Mapped::Rule { options, .. } => options.native,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(native("a.x"), Some(NativeOptions { schema: 3, max_buckets: 100 }));
+    // A rule's factor with the defaults' limit.
+    assert_eq!(native("b.x"), Some(NativeOptions { schema: 0, max_buckets: 100 }));
+    // A factor of 1 turns native off for the rule.
+    assert_eq!(native("c.x"), None);
+    // Names no rule matched take the defaults, as in statsd_exporter.
+    assert!(matches!(m.map("z.x", MetricType::Observer), Mapped::Unmapped(_)));
+    assert_eq!(m.defaults().observer_type, Some(ObserverType::Histogram));
+    assert_eq!(m.defaults().native, Some(NativeOptions { schema: 3, max_buckets: 100 }));
+    assert!(m.uses_histograms());
+}

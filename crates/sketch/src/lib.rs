@@ -6,6 +6,7 @@
 //! - [`Distinct`]: set cardinality, exact (64-bit member hashes) up to [`Distinct::EXACT_MAX`]
 //!   members, then a HyperLogLog with 2^16 registers (standard error 0.4 %); merging is a
 //!   union either way.
+//! - [`Exponential`]: a DDSketch in Prometheus' native histogram layout, with its error bound.
 //!
 //! Both are written here rather than taken from a crate because their bytes go on the wire
 //! between floodgate processes and must be simple enough for a third party to implement from
@@ -17,6 +18,8 @@
 
 pub mod ddsketch;
 pub mod distinct;
+pub mod exponential;
 
 pub use ddsketch::DDSketch;
 pub use distinct::Distinct;
+pub use exponential::Exponential;

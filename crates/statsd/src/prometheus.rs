@@ -13,6 +13,8 @@
 use std::fmt::Write as _;
 use std::ops::Range;
 
+pub use floodgate_sketch::Exponential;
+
 use crate::store::{CounterEntry, GaugeEntry, SetEntry, Store, TimerEntry};
 
 /// Where a series' value is.
@@ -84,9 +86,75 @@ pub struct Named {
     pub help: Option<String>,
     /// On a clash, the series' own tag wins over the namer's label (else the namer's does).
     pub honor_labels: bool,
-    /// Timers: expose as a histogram with these bucket bounds (from the timer's cumulative
-    /// sketch, when the store keeps one) instead of a summary.
-    pub histogram_buckets: Option<Vec<f64>>,
+    /// Timers: expose as a histogram (from the timer's cumulative sketch, when the store keeps
+    /// one) instead of a summary.
+    pub histogram: Option<HistogramLayout>,
+    /// Timers: values are multiplied by this (statsd_exporter exposes `ms` timers in seconds:
+    /// 0.001).
+    pub timer_scale: f64,
+}
+
+/// How a timer is exposed as a histogram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramLayout {
+    /// Classic buckets' upper bounds (`+Inf` is added).
+    pub buckets: Vec<f64>,
+    /// Also a native histogram: its schema and most buckets (0: no limit).
+    pub native: Option<(i32, usize)>,
+}
+
+/// One series' value as an [`Exposition`] receives it.
+#[derive(Debug, Clone, Copy)]
+pub enum Series<'a> {
+    /// A cumulative counter.
+    Counter(f64),
+    /// A gauge.
+    Gauge(f64),
+    /// A summary: (quantile, value) pairs, `_sum`, `_count`.
+    Summary {
+        /// Quantile and value.
+        quantiles: &'a [(f64, f64)],
+        /// Sum of every value since start.
+        sum: f64,
+        /// Values since start.
+        count: f64,
+    },
+    /// A histogram: classic buckets as (upper bound, cumulative count), `+Inf` last; and the
+    /// native layout when asked for.
+    Histogram {
+        /// Upper bound and cumulative count.
+        buckets: &'a [(f64, f64)],
+        /// Sum of every value since start.
+        sum: f64,
+        /// Values since start.
+        count: f64,
+        /// The native histogram.
+        native: Option<&'a Exponential>,
+    },
+}
+
+impl Series<'_> {
+    /// The text format's samples of the series: suffix (`_sum`, `_count`, `_bucket` or empty),
+    /// bound, value.
+    pub fn samples(&self, mut sample: impl FnMut(&'static str, Option<Bound>, f64)) {
+        match *self {
+            Series::Counter(v) | Series::Gauge(v) => sample("", None, v),
+            Series::Summary { quantiles, sum, count } => {
+                for &(q, v) in quantiles {
+                    sample("", Some(Bound::Quantile(q)), v);
+                }
+                sample("_sum", None, sum);
+                sample("_count", None, count);
+            }
+            Series::Histogram { buckets, sum, count, .. } => {
+                for &(le, n) in buckets {
+                    sample("_bucket", Some(Bound::Le(le)), n);
+                }
+                sample("_sum", None, sum);
+                sample("_count", None, count);
+            }
+        }
+    }
 }
 
 /// The label that sets one sample of a family apart.
@@ -151,14 +219,12 @@ impl Labels<'_> {
 }
 
 /// What an exposition does with the series: the text format writes them, remote-write
-/// collects them.
+/// collects them, the protobuf format encodes them.
 pub trait Exposition {
-    /// A new metric family starts.
+    /// A new metric family starts (`kind`: `counter`, `gauge`, `summary` or `histogram`).
     fn family(&mut self, name: &str, kind: &'static str, help: &str);
-    /// One sample of the current family: `suffix` (`_sum`, `_count`, `_bucket` or empty)
-    /// follows the family name; `labels` are the series'; `bound` is a summary's quantile or
-    /// a histogram bucket's `le`.
-    fn sample(&mut self, name: &str, suffix: &str, labels: Labels<'_>, bound: Option<Bound>, value: f64);
+    /// One series of the current family.
+    fn series(&mut self, name: &str, labels: Labels<'_>, value: &Series<'_>);
 }
 
 /// Renders `store` to `out`; returns how many series were skipped for name collisions.
@@ -178,6 +244,16 @@ struct Text<'a> {
 }
 
 impl Exposition for Text<'_> {
+    fn series(&mut self, name: &str, labels: Labels<'_>, value: &Series<'_>) {
+        self.labels.clear();
+        match labels.named {
+            None => write_labels(&mut self.labels, labels.key),
+            Some(_) => write_pairs(&mut self.labels, &labels.pairs()),
+        }
+        let (out, labels) = (&mut *self.out, self.labels.as_str());
+        value.samples(|suffix, bound, v| sample(out, name, suffix, labels, bound, v));
+    }
+
     fn family(&mut self, name: &str, kind: &'static str, help: &str) {
         self.out.push_str("# HELP ");
         self.out.push_str(name);
@@ -192,15 +268,6 @@ impl Exposition for Text<'_> {
         }
         self.out.push('\n');
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, suffix: &str, labels: Labels<'_>, bound: Option<Bound>, value: f64) {
-        self.labels.clear();
-        match labels.named {
-            None => write_labels(&mut self.labels, labels.key),
-            Some(_) => write_pairs(&mut self.labels, &labels.pairs()),
-        }
-        sample(self.out, name, suffix, &self.labels, bound, value);
     }
 }
 
@@ -243,10 +310,11 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
     let percentiles = &store.config().percentiles;
     let mut skipped = 0;
     let mut family: Option<(&str, &'static str)> = None;
+    let mut pairs = Vec::new();
     for row in &rows {
         let name = &arena[row.name.clone()];
-        let histogram = match (row.value, row.named.as_ref().and_then(|n| n.histogram_buckets.as_deref())) {
-            (Value::Timer(t), Some(buckets)) => t.cumulative.as_deref().map(|c| (t, c, buckets)),
+        let histogram = match (row.value, row.named.as_ref().and_then(|n| n.histogram.as_ref())) {
+            (Value::Timer(t), Some(layout)) => t.cumulative.as_deref().map(|c| (t, c, layout)),
             _ => None,
         };
         let kind = if histogram.is_some() { "histogram" } else { row.value.prom_type() };
@@ -266,46 +334,55 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
             }
         }
         let key = Labels { key: row.key, named: row.named.as_ref().map(|n| (n.labels.as_slice(), n.honor_labels)) };
-        match row.value {
-            Value::Counter(c) => sink.sample(name, "", key, None, c.total),
-            Value::Gauge(g) => sink.sample(name, "", key, None, g.value),
-            Value::Set(s) => sink.sample(name, "", key, None, s.last_size as f64),
-            Value::Timer(_) if histogram.is_some() => {
-                if let Some((t, sketch, buckets)) = histogram {
-                    histogram_samples(sink, name, key, t, sketch, buckets);
-                }
-            }
-            Value::Timer(t) => {
-                let mut seen: Vec<u64> = Vec::new();
-                for (pct, bound) in percentiles.iter().zip(&t.last_bounds) {
-                    let q = if *pct > 0.0 { pct / 100.0 } else { 1.0 + pct / 100.0 };
-                    if !(0.0..=1.0).contains(&q) || seen.contains(&q.to_bits()) {
-                        continue;
+        let scale = row.named.as_ref().map_or(1.0, |n| n.timer_scale);
+        pairs.clear();
+        let native;
+        let series = match row.value {
+            Value::Counter(c) => Series::Counter(c.total),
+            Value::Gauge(g) => Series::Gauge(g.value),
+            Value::Set(s) => Series::Gauge(s.last_size as f64),
+            Value::Timer(t) => match histogram {
+                Some((_, sketch, layout)) => {
+                    classic_buckets(t, sketch, &layout.buckets, scale, &mut pairs);
+                    let weight = t.total_count / sketch.count().max(1) as f64;
+                    native = layout.native.map(|(schema, max)| sketch.to_exponential(schema, max, scale, weight));
+                    Series::Histogram {
+                        buckets: &pairs,
+                        sum: t.total_sum * scale,
+                        count: t.total_count,
+                        native: native.as_ref(),
                     }
-                    seen.push(q.to_bits());
-                    sink.sample(name, "", key, Some(Bound::Quantile(q)), bound.unwrap_or(f64::NAN));
                 }
-                sink.sample(name, "_sum", key, None, t.total_sum);
-                sink.sample(name, "_count", key, None, t.total_count);
-            }
-        }
+                None => {
+                    for (pct, bound) in percentiles.iter().zip(&t.last_bounds) {
+                        let q = if *pct > 0.0 { pct / 100.0 } else { 1.0 + pct / 100.0 };
+                        if !(0.0..=1.0).contains(&q) || pairs.iter().any(|(seen, _)| *seen == q) {
+                            continue;
+                        }
+                        pairs.push((q, bound.map_or(f64::NAN, |b| b * scale)));
+                    }
+                    Series::Summary { quantiles: &pairs, sum: t.total_sum * scale, count: t.total_count }
+                }
+            },
+        };
+        sink.series(name, key, &series);
     }
     skipped
 }
 
-/// A timer as a classic histogram: cumulative bucket counts from its sketch of every value
-/// since start (a value within the sketch's 1 % of a bound may land in the bucket next to
-/// it), scaled to the sample-rate-weighted count; then `+Inf`, `_sum`, `_count`.
-fn histogram_samples(
-    sink: &mut impl Exposition,
-    name: &str,
-    labels: Labels<'_>,
-    t: &crate::store::TimerEntry,
+/// A timer's classic histogram buckets as (upper bound, cumulative count), `+Inf` last: from
+/// its sketch of every value since start (values multiplied by `scale`; a value within the
+/// sketch's 1 % of a bound may land in the bucket next to it), scaled to the
+/// sample-rate-weighted count.
+fn classic_buckets(
+    t: &TimerEntry,
     sketch: &floodgate_sketch::DDSketch,
     buckets: &[f64],
+    scale: f64,
+    out: &mut Vec<(f64, f64)>,
 ) {
     let raw = sketch.count().max(1) as f64;
-    let scale = t.total_count / raw;
+    let weight = t.total_count / raw;
     let mut bins = sketch.bins().peekable();
     let mut below = 0u64;
     let mut bounds: Vec<f64> = buckets.iter().copied().filter(|b| b.is_finite()).collect();
@@ -313,17 +390,15 @@ fn histogram_samples(
     bounds.dedup();
     for le in bounds {
         while let Some((v, c)) = bins.peek() {
-            if *v > le {
+            if v * scale > le {
                 break;
             }
             below += c;
             bins.next();
         }
-        sink.sample(name, "_bucket", labels, Some(Bound::Le(le)), (below as f64 * scale).round());
+        out.push((le, (below as f64 * weight).round()));
     }
-    sink.sample(name, "_bucket", labels, Some(Bound::Le(f64::INFINITY)), t.total_count);
-    sink.sample(name, "_sum", labels, None, t.total_sum);
-    sink.sample(name, "_count", labels, None, t.total_count);
+    out.push((f64::INFINITY, t.total_count));
 }
 
 /// One sample line; `labels` is the inside of the braces (may be empty).
@@ -485,7 +560,9 @@ mod tests {
                 labels: vec![("team".into(), "a".into())],
                 help: Some("Mapped.".into()),
                 honor_labels: false,
-                histogram_buckets: (kind == SeriesKind::Timer).then(|| vec![10.0, 100.0]),
+                histogram: (kind == SeriesKind::Timer)
+                    .then(|| HistogramLayout { buckets: vec![10.0, 100.0], native: Some((0, 0)) }),
+                timer_scale: 1.0,
             }))
         }
     }

@@ -10,6 +10,7 @@
 //! own threads write, and `report` reads them.
 
 pub mod prometheus;
+pub mod protobuf;
 pub mod status;
 
 use std::collections::BTreeMap;

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwapOption;
-use floodgate_mapping::{Mapped, Mapper, MetricType};
-use floodgate_statsd::prometheus::{Named, Namer, SeriesKind};
+use floodgate_mapping::{Mapped, Mapper, MetricType, ObserverType, RuleOptions};
+use floodgate_statsd::prometheus::{HistogramLayout, Named, Namer, SeriesKind};
 use parking_lot::Mutex;
 
 pub use config::PrometheusConfig;
@@ -93,6 +93,17 @@ impl Naming {
     }
 }
 
+/// statsd_exporter exposes timers in seconds; StatsD clients send milliseconds.
+const TIMER_SCALE: f64 = 0.001;
+
+/// A rule's (or the defaults') histogram, when it asks for one.
+fn histogram_layout(options: &RuleOptions) -> Option<HistogramLayout> {
+    (options.observer_type == Some(ObserverType::Histogram)).then(|| HistogramLayout {
+        buckets: options.buckets.clone(),
+        native: options.native.map(|n| (n.schema, n.max_buckets as usize)),
+    })
+}
+
 struct CachedNamer<'a> {
     mapping: &'a Mapping,
     cache: &'a mut Outcomes,
@@ -120,7 +131,8 @@ impl Namer for CachedNamer<'_> {
                     labels: Vec::new(),
                     help: None,
                     honor_labels: false,
-                    histogram_buckets: None,
+                    histogram: histogram_layout(self.mapping.mapper.defaults()),
+                    timer_scale: TIMER_SCALE,
                 }))
             }
             Mapped::Dropped => None,
@@ -129,16 +141,14 @@ impl Namer for CachedNamer<'_> {
                 tracing::debug!(name = %bad, "mapped name is not a valid Prometheus name: series not exported");
                 None
             }
-            Mapped::Rule { name, labels, options } => {
-                let histogram = options.observer_type == Some(floodgate_mapping::ObserverType::Histogram);
-                Some(Arc::new(Named {
-                    name,
-                    labels,
-                    help: options.help,
-                    honor_labels: options.honor_labels,
-                    histogram_buckets: histogram.then_some(options.buckets),
-                }))
-            }
+            Mapped::Rule { name, labels, options } => Some(Arc::new(Named {
+                name,
+                labels,
+                histogram: histogram_layout(&options),
+                help: options.help,
+                honor_labels: options.honor_labels,
+                timer_scale: TIMER_SCALE,
+            })),
         };
         self.cache.insert((name.to_string(), kind), named.clone());
         named

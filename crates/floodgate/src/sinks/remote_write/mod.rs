@@ -11,7 +11,7 @@ pub mod config;
 use std::time::Duration;
 
 use bytes::Bytes;
-use floodgate_statsd::prometheus::{visit_named, Bound, Exposition, Labels, Namer};
+use floodgate_statsd::prometheus::{visit_named, Exposition, Labels, Namer, Series};
 use floodgate_statsd::Store;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -40,6 +40,60 @@ pub struct TimeSeries {
     /// Samples, oldest first.
     #[prost(message, repeated, tag = "2")]
     pub samples: Vec<Sample>,
+    /// Native histogram samples, oldest first.
+    #[prost(message, repeated, tag = "4")]
+    pub histograms: Vec<Histogram>,
+}
+
+/// `prometheus.Histogram`: a native histogram sample (integer counts).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Histogram {
+    /// `count_int` (field 1 of the `count` oneof).
+    #[prost(uint64, optional, tag = "1")]
+    pub count_int: Option<u64>,
+    /// Sum of the values.
+    #[prost(double, tag = "3")]
+    pub sum: f64,
+    /// The schema.
+    #[prost(sint32, tag = "4")]
+    pub schema: i32,
+    /// The zero bucket's width.
+    #[prost(double, tag = "5")]
+    pub zero_threshold: f64,
+    /// `zero_count_int` (field 6 of the `zero_count` oneof).
+    #[prost(uint64, optional, tag = "6")]
+    pub zero_count_int: Option<u64>,
+    /// Negative spans.
+    #[prost(message, repeated, tag = "8")]
+    pub negative_spans: Vec<BucketSpan>,
+    /// Negative counts as deltas.
+    #[prost(sint64, repeated, tag = "9")]
+    pub negative_deltas: Vec<i64>,
+    /// Positive spans.
+    #[prost(message, repeated, tag = "11")]
+    pub positive_spans: Vec<BucketSpan>,
+    /// Positive counts as deltas.
+    #[prost(sint64, repeated, tag = "12")]
+    pub positive_deltas: Vec<i64>,
+    /// Unix milliseconds.
+    #[prost(int64, tag = "15")]
+    pub timestamp: i64,
+}
+
+/// `prometheus.BucketSpan`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BucketSpan {
+    /// Gap before the run.
+    #[prost(sint32, tag = "1")]
+    pub offset: i32,
+    /// Buckets in the run.
+    #[prost(uint32, tag = "2")]
+    pub length: u32,
+}
+
+fn spans(buckets: &[(i32, u64)]) -> (Vec<BucketSpan>, Vec<i64>) {
+    let (spans, deltas) = floodgate_statsd::prometheus::Exponential::encode(buckets);
+    (spans.into_iter().map(|s| BucketSpan { offset: s.offset, length: s.length }).collect(), deltas)
 }
 
 /// `prometheus.Label`.
@@ -69,21 +123,53 @@ struct Collect {
     series: Vec<TimeSeries>,
 }
 
+impl Collect {
+    /// The series' labels with `__name__` (and the bound's label), sorted.
+    fn labels(key: Labels<'_>, name: String, bound: Option<(&'static str, f64)>) -> Vec<Label> {
+        let mut labels: Vec<Label> = key.pairs().into_iter().map(|(name, value)| Label { name, value }).collect();
+        labels.push(Label { name: "__name__".into(), value: name });
+        if let Some((label, v)) = bound {
+            let value = if v == f64::INFINITY { "+Inf".to_string() } else { v.to_string() };
+            labels.push(Label { name: label.into(), value });
+        }
+        labels.sort_by(|a, b| a.name.cmp(&b.name));
+        labels
+    }
+}
+
 impl Exposition for Collect {
     fn family(&mut self, _: &str, _: &'static str, _: &str) {}
 
-    fn sample(&mut self, name: &str, suffix: &str, key: Labels<'_>, bound: Option<Bound>, value: f64) {
-        if value.is_nan() {
-            return; // NaN is Prometheus' staleness marker's kin: leave the gap instead.
+    fn series(&mut self, name: &str, key: Labels<'_>, value: &Series<'_>) {
+        // A native histogram goes as one histogram sample in place of the classic series, as
+        // Prometheus stores a scraped one by default.
+        if let Series::Histogram { sum, native: Some(n), .. } = *value {
+            let (positive_spans, positive_deltas) = spans(&n.positive);
+            let (negative_spans, negative_deltas) = spans(&n.negative);
+            let histogram = Histogram {
+                count_int: Some(n.count()),
+                sum,
+                schema: n.schema,
+                zero_threshold: n.zero_threshold,
+                zero_count_int: Some(n.zero_count),
+                negative_spans,
+                negative_deltas,
+                positive_spans,
+                positive_deltas,
+                timestamp: self.timestamp_ms,
+            };
+            let labels = Collect::labels(key, name.to_string(), None);
+            self.series.push(TimeSeries { labels, samples: Vec::new(), histograms: vec![histogram] });
+            return;
         }
-        let mut labels: Vec<Label> = key.pairs().into_iter().map(|(name, value)| Label { name, value }).collect();
-        labels.push(Label { name: "__name__".into(), value: format!("{name}{suffix}") });
-        if let Some(b) = bound {
-            let value = if b.value() == f64::INFINITY { "+Inf".to_string() } else { b.value().to_string() };
-            labels.push(Label { name: b.label().into(), value });
-        }
-        labels.sort_by(|a, b| a.name.cmp(&b.name));
-        self.series.push(TimeSeries { labels, samples: vec![Sample { value, timestamp: self.timestamp_ms }] });
+        value.samples(|suffix, bound, value| {
+            if value.is_nan() {
+                return; // NaN is Prometheus' staleness marker's kin: leave the gap instead.
+            }
+            let labels = Collect::labels(key, format!("{name}{suffix}"), bound.map(|b| (b.label(), b.value())));
+            let samples = vec![Sample { value, timestamp: self.timestamp_ms }];
+            self.series.push(TimeSeries { labels, samples, histograms: Vec::new() });
+        });
     }
 }
 

@@ -103,20 +103,35 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 /// `/metrics`; `/metrics?only=floodgate` leaves out the StatsD series (cheap with many series).
-async fn metrics(State(shared): State<Arc<Shared>>, uri: Uri) -> impl IntoResponse {
+/// Text, or the protobuf format when the scraper asks for it (native histograms need it).
+async fn metrics(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> impl IntoResponse {
+    use crate::metrics::protobuf;
     let self_only = uri.query().is_some_and(|q| q.split('&').any(|p| p == "only=floodgate"));
-    let text = tokio::task::spawn_blocking(move || {
-        let mut out = String::with_capacity(64 * 1024);
-        crate::metrics::prometheus::render(&shared.metrics.collect(), &mut out);
-        if !self_only {
-            let store = shared.aggregation.store.lock();
-            shared.naming.with_namer(|namer| floodgate_statsd::prometheus::render_named(&store, namer, &mut out));
+    let proto = headers.get_all(header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(protobuf::accepted));
+    let body = tokio::task::spawn_blocking(move || {
+        let families = shared.metrics.collect();
+        let store = (!self_only).then(|| shared.aggregation.store.lock());
+        if proto {
+            let mut out = protobuf::Protobuf::default();
+            out.add_families(&families);
+            if let Some(store) = &store {
+                shared.naming.with_namer(|namer| floodgate_statsd::prometheus::visit_named(store, namer, &mut out));
+            }
+            drop(store);
+            out.encode()
+        } else {
+            let mut out = String::with_capacity(64 * 1024);
+            crate::metrics::prometheus::render(&families, &mut out);
+            if let Some(store) = &store {
+                shared.naming.with_namer(|namer| floodgate_statsd::prometheus::render_named(store, namer, &mut out));
+            }
+            out.into_bytes()
         }
-        out
     })
     .await
     .unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+    let content_type = if proto { protobuf::CONTENT_TYPE } else { "text/plain; version=0.0.4; charset=utf-8" };
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
 
 /// `/offenders[?limit=N]`: the guard's table size and the sources that dropped most (100 by

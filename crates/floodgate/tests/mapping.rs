@@ -1,6 +1,7 @@
 //! statsd_exporter's mapping files through the real binary: `[prometheus] mapping_config`
 //! names `/metrics` series (and remote-write's: the same naming) by glob and regex rules,
-//! checked by `promtool`, re-read on SIGHUP, and a bad file is refused naming the rule.
+//! checked by `promtool`, re-read on SIGHUP, and a bad file is refused naming the rule; timers
+//! as classic and native histograms, into a real Prometheus.
 
 mod common;
 
@@ -171,5 +172,94 @@ mappings:
     fg.send_udp(b"svc.web.latency:7|ms");
     let body = scrape(&fg, "svc_request_latency_count{svc=\"web\"} 4");
     assert!(body.lines().any(|l| l == "svc_request_latency_bucket{svc=\"web\",le=\"0.01\"} 2"), "{body}");
+    promtool_check(&body);
+}
+
+/// Three agents → an aggregator → remote-write into a real Prometheus with native histograms
+/// on, which also scrapes the aggregator's `/metrics` (in the protobuf format it then asks
+/// for). Over the fleet's native histogram, `histogram_count` is exact and
+/// `histogram_quantile` is within the stated error ((1 + 1 %)·base − 1) of the exact quantile
+/// of all 9,000 samples, by both paths; the text `/metrics` has the classic histogram.
+#[test]
+fn native_histograms_from_three_agents_into_a_real_prometheus() {
+    const INTERVAL: &str = "flush_interval = \"2000ms\"";
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = dir.path().join("mapping.yml");
+    std::fs::write(
+        &mapping,
+        "defaults:\n  observer_type: histogram\n  histogram_options:\n    buckets: [0.01, 0.05, 0.1]\n    \
+         native_histogram_bucket_factor: 1.02\n\
+         mappings:\n- match: fleet.lat\n  name: fleet_latency_seconds\n  help: Request latency.\n",
+    )
+    .unwrap();
+    let (aggregator_port, prometheus_port) = (free_port(), free_port());
+    let agg = Floodgate::start(
+        INTERVAL,
+        &format!(
+            "[aggregator]\nlisten = \"127.0.0.1:{aggregator_port}\"\nstate_dir = \"{}\"\n\n\
+             [prometheus]\nmapping_config = \"{}\"\n\n\
+             [prometheus_remote_write]\nurl = \"http://127.0.0.1:{prometheus_port}/api/v1/write\"\n",
+            dir.path().display(),
+            mapping.display()
+        ),
+    );
+    let options = PrometheusOptions { native_histograms: true, scrape: vec![agg.http], port: Some(prometheus_port) };
+    let prom = Prometheus::start(None, &options);
+    let agents: Vec<Floodgate> = (0..3)
+        .map(|i| {
+            Floodgate::start(
+                INTERVAL,
+                &format!("[forward]\naggregators = [\"127.0.0.1:{aggregator_port}\"]\nagent_id = \"agent{i}\"\n"),
+            )
+        })
+        .collect();
+    let label = format!("aggregator=\"127.0.0.1:{aggregator_port}\"");
+    for a in &agents {
+        a.wait_sample("floodgate_forward_connected", &[&label], |v| v == 1.0);
+    }
+    // Three distributions of milliseconds: uniform, long-tailed, clustered.
+    let mut all = Vec::new();
+    for (k, a) in agents.iter().enumerate() {
+        let mut lines = Vec::new();
+        for i in 0..3000u64 {
+            let u = ((i * 2_654_435_761) % 1_000_003) as f64 / 1_000_003.0;
+            let ms = match k {
+                0 => 1.0 + (u * 990.0).round() / 10.0,
+                1 => 1.0 + (-(1.0 - u).ln() * 250.0).round() / 10.0,
+                _ => 30.0 + ((u - 0.5) * (u - 0.5) * 400.0).round() / 10.0,
+            };
+            all.push(ms / 1000.0);
+            lines.push(format!("fleet.lat:{ms}|ms"));
+        }
+        for chunk in lines.chunks(20) {
+            a.send_udp(chunk.join("\n").as_bytes());
+        }
+    }
+    all.sort_by(f64::total_cmp);
+    let n = all.len() as f64;
+    for job in ["", "floodgate"] {
+        let series = format!("fleet_latency_seconds{{job=\"{job}\"}}");
+        wait_for(&format!("histogram_count({series}) = 9000"), Duration::from_secs(60), || {
+            (prom.query(&promql(&format!("histogram_count({series})"))) == Some(n)).then_some(())
+        });
+        let sum = prom.query(&promql(&format!("histogram_sum({series})"))).unwrap();
+        let exact_sum: f64 = all.iter().sum();
+        assert!((sum - exact_sum).abs() <= 1e-6 * exact_sum, "{job}: sum {sum} vs {exact_sum}");
+        // Factor 1.02 is schema 6: base 2^(1/64).
+        let bound = 1.01 * 2f64.powf(1.0 / 64.0) - 1.0;
+        for q in [0.1, 0.5, 0.9, 0.99] {
+            let got = prom.query(&promql(&format!("histogram_quantile({q}, {series})"))).unwrap();
+            let exact = all[((q * n).ceil() as usize).max(1) - 1];
+            eprintln!("{job:>9} q{q}: prometheus {got}, exact {exact}, error {:.4}", (got - exact).abs() / exact);
+            assert!((got - exact).abs() <= bound * exact, "{job} q{q}: {got} vs exact {exact} (bound {bound})");
+        }
+    }
+    // The classic histogram in the text format, checked by promtool.
+    let body = http_get(agg.http, "/metrics").unwrap().1;
+    assert_eq!(sample(&body, "fleet_latency_seconds_count", &[]), n, "{body}");
+    assert_eq!(sample(&body, "fleet_latency_seconds_bucket", &["le=\"+Inf\""]), n);
+    let below = |le: f64| all.iter().filter(|v| **v <= le).count() as f64;
+    let got = sample(&body, "fleet_latency_seconds_bucket", &["le=\"0.05\""]);
+    assert!((got - below(0.05)).abs() <= below(0.0505) - below(0.0495), "le 0.05: {got} vs {}", below(0.05));
     promtool_check(&body);
 }

@@ -1014,3 +1014,120 @@ pub fn promtool_check(body: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What a test's Prometheus does besides receiving remote-write.
+#[derive(Default)]
+pub struct PrometheusOptions {
+    /// `--enable-feature=native-histograms` (it then scrapes the protobuf format).
+    pub native_histograms: bool,
+    /// Scrape these `/metrics` ports every second, as job `floodgate`.
+    pub scrape: Vec<u16>,
+    /// Listen here (else a free port).
+    pub port: Option<u16>,
+}
+
+/// A PromQL expression as a query-string value.
+pub fn promql(expr: &str) -> String {
+    expr.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Debian's Prometheus with its remote-write receiver on, in a temporary folder; with `tls`
+/// (a certificate for 127.0.0.1, its key) it serves https only.
+pub struct Prometheus {
+    child: std::process::Child,
+    pub port: u16,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    pub fn start(tls: Option<&rcgen::CertifiedKey<rcgen::KeyPair>>, options: &PrometheusOptions) -> Prometheus {
+        let bin = require_tool("prometheus");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        let mut yml = String::from("global:\n  scrape_interval: 1h\n");
+        if !options.scrape.is_empty() {
+            let targets: Vec<String> = options.scrape.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
+            yml += &format!(
+                "scrape_configs:\n- job_name: floodgate\n  scrape_interval: 1s\n  static_configs:\n  - targets: [{}]\n",
+                targets.join(", ")
+            );
+        }
+        std::fs::write(&config, yml).unwrap();
+        let web = dir.path().join("web.yml");
+        let client = tls.map(|cert| {
+            let (c, k) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+            std::fs::write(&c, cert.cert.pem()).unwrap();
+            std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+            std::fs::write(
+                &web,
+                format!("tls_server_config:\n  cert_file: {}\n  key_file: {}\n", c.display(), k.display()),
+            )
+            .unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(cert.cert.der().clone()).unwrap();
+            std::sync::Arc::new(
+                rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+            )
+        });
+        let port = options.port.unwrap_or_else(free_port);
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.enable-remote-write-receiver")
+            .args(options.native_histograms.then_some("--enable-feature=native-histograms"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if client.is_some() {
+            cmd.arg(format!("--web.config.file={}", web.display()));
+        }
+        let child = cmd.spawn().expect("start prometheus");
+        let p = Prometheus { child, port, tls: client, _dir: dir };
+        wait_for("prometheus ready", Duration::from_secs(60), || p.get("/-/ready").filter(|(c, _)| *c == 200));
+        p
+    }
+
+    /// GET over http or https.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let Some(tls) = &self.tls else { return http_get(self.port, path).ok() };
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let conn = rustls::ClientConnection::new(tls.clone(), "127.0.0.1".try_into().ok()?).ok()?;
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        std::io::Write::write_all(&mut s, format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).ok()?;
+        let mut resp = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut resp);
+        let resp = String::from_utf8_lossy(&resp).into_owned();
+        let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    }
+
+    /// The value of an instant query's only result, if any.
+    pub fn query(&self, promql: &str) -> Option<f64> {
+        let (_, body) = self.get(&format!("/api/v1/query?query={promql}"))?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}

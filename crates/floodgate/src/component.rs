@@ -78,8 +78,10 @@ impl Shared {
         metrics.add(listeners.clone());
         metrics.add(guard.clone());
         metrics.add(flush.clone());
+        let naming = Arc::new(crate::naming::Naming::new(&config.prometheus));
+        metrics.add(naming.clone());
         Shared {
-            naming: Arc::new(crate::naming::Naming::new(&config.prometheus)),
+            naming,
             aggregation: Arc::new(Aggregation::new(config.aggregation())),
             metrics,
             listeners,

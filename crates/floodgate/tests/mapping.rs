@@ -263,3 +263,61 @@ fn native_histograms_from_three_agents_into_a_real_prometheus() {
     assert!((got - below(0.05)).abs() <= below(0.0505) - below(0.0495), "le 0.05: {got} vs {}", below(0.05));
     promtool_check(&body);
 }
+
+/// Names that collide across types, two keys mapped to one series, different tag keys under
+/// one name and a rule that makes an invalid name, all at once: every scrape (text and
+/// protobuf) answers 200 with the rest, and the self-metrics say what was left out and why.
+#[test]
+fn conflicts_never_fail_a_scrape_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = r#"
+mappings:
+- match: "conflict.*"
+  name: "conflicted_total"
+- match: "dup.*"
+  name: "duplicated"
+- match: "^bad\\.(.*)$"
+  match_type: regex
+  name: "bad_$1"
+"#;
+    let (fg, _) = mapping_floodgate(dir.path(), mapping);
+    fg.send_udp(b"conflict.a:1|c\nconflict.b:2|g\ndup.a:1|g\ndup.b:2|g\nlbl:1|g|#k:1\nlbl:2|g|#j:2\nbad.a.b:1|c");
+    let body = scrape(&fg, "lbl{j=\"2\"} 2");
+    assert!(body.lines().any(|l| l == "lbl{k=\"1\"} 1"), "{body}");
+    assert_eq!(body.lines().filter(|l| l.starts_with("conflicted_total")).count(), 1, "{body}");
+    assert_eq!(body.lines().filter(|l| l.starts_with("duplicated ")).count(), 1, "{body}");
+    assert!(!body.lines().any(|l| l.starts_with("bad_")), "{body}");
+    promtool_check(&body);
+    // The scrape above recorded what it left out.
+    let left_out = |reason: &str| fg.sample("floodgate_prometheus_series_left_out", &[&format!("reason=\"{reason}\"")]);
+    assert_eq!(left_out("conflicting_type"), 1.0);
+    assert_eq!(left_out("duplicate"), 1.0);
+    assert_eq!(fg.sample("floodgate_prometheus_invalid_mapped_names_total", &[]), 1.0);
+    assert_eq!(fg.sample("floodgate_prometheus_mapping_rules", &[]), 3.0);
+
+    // The protobuf format, as Prometheus asks for it with native histograms on.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", fg.http)).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"GET /metrics HTTP/1.0\r\nAccept: application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+          encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3\r\n\r\n",
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).to_lowercase();
+    assert!(head.starts_with("http/1.0 200") || head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: application/vnd.google.protobuf"), "{head}");
+    let mut rest = &response[split + 4..];
+    let mut families = std::collections::HashMap::new();
+    while !rest.is_empty() {
+        let f = <floodgate::metrics::protobuf::MetricFamily as prost::Message>::decode_length_delimited(&mut rest)
+            .expect("a length-delimited MetricFamily");
+        families.insert(f.name.clone(), f);
+    }
+    assert_eq!(families["conflicted_total"].metric.len(), 1);
+    assert_eq!(families["duplicated"].metric.len(), 1);
+    assert_eq!(families["lbl"].metric.len(), 2);
+    assert!(families.contains_key("floodgate_prometheus_series_left_out"));
+}

@@ -5,7 +5,9 @@
 //! cumulative `<name>_total`; gauges and sets (distinct members at the last flush) are gauges;
 //! timers are summaries with one quantile per configured percentile (a negative percentile
 //! -N is the quantile 1-N/100), from the last flush, and cumulative `_sum`/`_count`.
-//! Two series whose names collide across types keep the first type; the rest are skipped.
+//! Two series whose names collide across types keep the first type; the rest are left out, as
+//! is a second series with the same name and labels (two keys that sanitise or map to one):
+//! a scrape never fails over them, and [`Dropped`] says how many.
 //!
 //! A [`Namer`] (statsd_exporter's mapping files, in `floodgate-mapping`) may name the series
 //! instead: its own family name (no `_total` added), extra labels and help, or drop the series.
@@ -227,13 +229,29 @@ pub trait Exposition {
     fn series(&mut self, name: &str, labels: Labels<'_>, value: &Series<'_>);
 }
 
-/// Renders `store` to `out`; returns how many series were skipped for name collisions.
-pub fn render(store: &Store, out: &mut String) -> usize {
+/// Series an exposition left out, by why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Their family name was already taken by a series of another type.
+    pub conflicting_type: usize,
+    /// A series with the same name and labels came first.
+    pub duplicate: usize,
+}
+
+impl Dropped {
+    /// Both.
+    pub fn total(&self) -> usize {
+        self.conflicting_type + self.duplicate
+    }
+}
+
+/// Renders `store` to `out`; returns what was left out.
+pub fn render(store: &Store, out: &mut String) -> Dropped {
     render_named(store, None, out)
 }
 
 /// [`render`], with series named by `namer` when there is one.
-pub fn render_named(store: &Store, namer: Option<&mut dyn Namer>, out: &mut String) -> usize {
+pub fn render_named(store: &Store, namer: Option<&mut dyn Namer>, out: &mut String) -> Dropped {
     let mut text = Text { out, labels: String::new() };
     visit_named(store, namer, &mut text)
 }
@@ -271,18 +289,17 @@ impl Exposition for Text<'_> {
     }
 }
 
-/// Every series of `store`, in exposition order, to `sink`; returns how many were skipped for
-/// name collisions.
+/// Every series of `store`, in exposition order, to `sink`; returns what was left out.
 ///
 /// Built for a million series: family names go into one shared arena, rows are sorted so each
 /// family is contiguous, and samples go straight to the sink.
-pub fn visit(store: &Store, sink: &mut impl Exposition) -> usize {
+pub fn visit(store: &Store, sink: &mut impl Exposition) -> Dropped {
     visit_named(store, None, sink)
 }
 
 /// [`visit`], with series named by `namer` when there is one (a series it drops is not
-/// visited, nor counted as skipped).
-pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink: &mut impl Exposition) -> usize {
+/// visited, nor counted as left out).
+pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink: &mut impl Exposition) -> Dropped {
     let mut arena = String::new();
     let mut rows: Vec<Row<'s>> = Vec::with_capacity(store.series());
     let mut add = |key: &'s [u8], suffix: &str, value: Value<'s>| -> Option<Row<'s>> {
@@ -308,10 +325,12 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
     rows.sort_unstable_by(|a, b| arena[a.name.clone()].cmp(&arena[b.name.clone()]).then_with(|| a.key.cmp(b.key)));
 
     let percentiles = &store.config().percentiles;
-    let mut skipped = 0;
+    let mut dropped = Dropped::default();
     let mut family: Option<(&str, &'static str)> = None;
     let mut pairs = Vec::new();
-    for row in &rows {
+    // The label sets of the current family so far, when it has more than one series.
+    let mut label_sets: std::collections::HashSet<Vec<(String, String)>> = std::collections::HashSet::new();
+    for (i, row) in rows.iter().enumerate() {
         let name = &arena[row.name.clone()];
         let histogram = match (row.value, row.named.as_ref().and_then(|n| n.histogram.as_ref())) {
             (Value::Timer(t), Some(layout)) => t.cumulative.as_deref().map(|c| (t, c, layout)),
@@ -321,11 +340,12 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
         match family {
             Some((f, k)) if f == name => {
                 if k != kind {
-                    skipped += 1;
+                    dropped.conflicting_type += 1;
                     continue;
                 }
             }
             _ => {
+                label_sets.clear();
                 let default_help =
                     if histogram.is_some() { "StatsD timer: all values since start." } else { row.value.help() };
                 let help = row.named.as_ref().and_then(|n| n.help.as_deref()).unwrap_or(default_help);
@@ -334,6 +354,13 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
             }
         }
         let key = Labels { key: row.key, named: row.named.as_ref().map(|n| (n.labels.as_slice(), n.honor_labels)) };
+        let shares_family = |r: Option<&Row<'_>>| r.is_some_and(|r| arena[r.name.clone()] == *name);
+        if (shares_family(i.checked_sub(1).map(|j| &rows[j])) || shares_family(rows.get(i + 1)))
+            && !label_sets.insert(key.pairs())
+        {
+            dropped.duplicate += 1;
+            continue;
+        }
         let scale = row.named.as_ref().map_or(1.0, |n| n.timer_scale);
         pairs.clear();
         let native;
@@ -367,7 +394,7 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
         };
         sink.series(name, key, &series);
     }
-    skipped
+    dropped
 }
 
 /// A timer's classic histogram buckets as (upper bound, cumulative count), `+Inf` last: from
@@ -533,7 +560,7 @@ mod tests {
         store.merge(&mut shard);
         store.flush(1, |_| ());
         let mut out = String::new();
-        assert_eq!(render(&store, &mut out), 0);
+        assert_eq!(render(&store, &mut out), Dropped::default());
         for want in [
             "# TYPE api_hits_total counter",
             "api_hits_total{env=\"prod\"} 2",
@@ -592,5 +619,29 @@ mod tests {
             assert!(out.lines().any(|l| l == want), "missing {want:?} in\n{out}");
         }
         assert!(!out.contains("drop_me"), "{out}");
+    }
+
+    #[test]
+    fn colliding_names_and_duplicate_series_are_left_out_and_counted() {
+        let mut store = Store::new(AggregationConfig::default());
+        let mut shard = Shard::new(100);
+        // `a.b` and `a_b` are one series in Prometheus; `x.total` (a gauge) takes the counter
+        // `x`'s name. Different tag keys under one name are fine.
+        Parser::new(true).parse_packet(
+            b"a.b:1|g
+a_b:2|g
+x:1|c
+x.total:5|g
+l:1|g|#k:1
+l:2|g|#j:2",
+            &mut shard,
+        );
+        store.merge(&mut shard);
+        store.flush(1, |_| ());
+        let mut out = String::new();
+        let dropped = render(&store, &mut out);
+        assert_eq!(dropped, Dropped { conflicting_type: 1, duplicate: 1 }, "{out}");
+        assert_eq!(out.lines().filter(|l| l.starts_with("a_b ")).count(), 1, "{out}");
+        assert!(out.lines().any(|l| l == "l{k=\"1\"} 1") && out.lines().any(|l| l == "l{j=\"2\"} 2"), "{out}");
     }
 }

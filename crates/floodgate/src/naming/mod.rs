@@ -15,7 +15,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use arc_swap::ArcSwapOption;
 use floodgate_mapping::{Mapped, Mapper, MetricType, ObserverType, RuleOptions};
-use floodgate_statsd::prometheus::{HistogramLayout, Named, Namer, SeriesKind};
+use floodgate_statsd::prometheus::{Dropped, Exposition, HistogramLayout, Named, Namer, SeriesKind};
+use floodgate_statsd::Store;
+
+use crate::metrics::{Describe, Families, Report};
 use parking_lot::Mutex;
 
 pub use config::PrometheusConfig;
@@ -35,10 +38,16 @@ pub struct Mapping {
     invalid: AtomicU64,
 }
 
-/// The naming in force.
+/// The naming in force, and what the expositions left out.
 #[derive(Default)]
 pub struct Naming {
     current: ArcSwapOption<Mapping>,
+    /// Series left out of the last exposition (scrape or remote-write) for a type conflict.
+    last_conflicting_type: AtomicU64,
+    /// ... for being a duplicate of a series before them.
+    last_duplicate: AtomicU64,
+    /// Names a rule mapped to something Prometheus cannot take, counted once per name and load.
+    invalid_total: AtomicU64,
 }
 
 /// Reads and checks the mapping file `[prometheus]` names (none: `Ok(None)`).
@@ -68,9 +77,12 @@ impl Naming {
                     }
                     tracing::info!(rules = m.len(), "prometheus mapping file in force");
                 }
-                self.current.store(mapper.map(|mapper| {
+                let old = self.current.swap(mapper.map(|mapper| {
                     Arc::new(Mapping { mapper, cache: Mutex::new(HashMap::new()), invalid: AtomicU64::new(0) })
                 }));
+                if let Some(old) = old {
+                    self.invalid_total.fetch_add(old.invalid.load(Relaxed), Relaxed);
+                }
             }
             Err(e) => tracing::error!(error = %format!("{e:#}"), "mapping file refused; the one in force stays"),
         }
@@ -87,9 +99,47 @@ impl Naming {
         f(Some(&mut namer))
     }
 
-    /// Series refused because their mapped name was not valid, since the file was loaded.
-    pub fn invalid(&self) -> u64 {
-        self.current.load().as_ref().map_or(0, |m| m.invalid.load(Relaxed))
+    /// Every series of `store` to `sink`, named; what was left out is kept for the
+    /// self-metrics.
+    pub fn expose(&self, store: &Store, sink: &mut impl Exposition) -> Dropped {
+        let dropped = self.with_namer(|namer| floodgate_statsd::prometheus::visit_named(store, namer, sink));
+        self.record(dropped);
+        dropped
+    }
+
+    /// [`Naming::expose`] in the text format.
+    pub fn render(&self, store: &Store, out: &mut String) -> Dropped {
+        let dropped = self.with_namer(|namer| floodgate_statsd::prometheus::render_named(store, namer, out));
+        self.record(dropped);
+        dropped
+    }
+
+    fn record(&self, dropped: Dropped) {
+        self.last_conflicting_type.store(dropped.conflicting_type as u64, Relaxed);
+        self.last_duplicate.store(dropped.duplicate as u64, Relaxed);
+        if dropped.total() > 0 {
+            tracing::debug!(?dropped, "series left out of the Prometheus exposition");
+        }
+    }
+}
+
+impl Report for Naming {
+    fn report(&self, out: &mut Families) {
+        let left_out = Describe::gauge(
+            "floodgate_prometheus_series_left_out",
+            "StatsD series left out of the last Prometheus exposition (scrape or remote-write), by why: \
+             conflicting_type (the name is another type's), duplicate (same name and labels as one before).",
+        );
+        out.add(left_out, &[("reason", "conflicting_type")], self.last_conflicting_type.load(Relaxed));
+        out.add(left_out, &[("reason", "duplicate")], self.last_duplicate.load(Relaxed));
+        let invalid = Describe::counter(
+            "floodgate_prometheus_invalid_mapped_names_total",
+            "StatsD names a mapping rule turned into a name Prometheus cannot take (not exported), once per name.",
+        );
+        let counted = self.current.load().as_ref().map_or(0, |m| m.invalid.load(Relaxed));
+        out.add(invalid, &[], self.invalid_total.load(Relaxed) + counted);
+        let rules = Describe::gauge("floodgate_prometheus_mapping_rules", "Rules of the mapping file in force.");
+        out.add(rules, &[], self.current.load().as_ref().map_or(0, |m| m.mapper.len() as u64));
     }
 }
 

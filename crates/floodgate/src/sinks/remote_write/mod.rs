@@ -11,7 +11,7 @@ pub mod config;
 use std::time::Duration;
 
 use bytes::Bytes;
-use floodgate_statsd::prometheus::{visit_named, Exposition, Labels, Namer, Series};
+use floodgate_statsd::prometheus::{Exposition, Labels, Series};
 use floodgate_statsd::Store;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -174,9 +174,9 @@ impl Exposition for Collect {
 }
 
 /// The store's series after a flush as one compressed `WriteRequest`; also how many.
-pub fn encode(store: &Store, timestamp_ms: i64, namer: Option<&mut dyn Namer>) -> (Vec<u8>, usize) {
+pub fn encode(store: &Store, timestamp_ms: i64, naming: &crate::naming::Naming) -> (Vec<u8>, usize) {
     let mut collect = Collect { timestamp_ms, series: Vec::with_capacity(store.series()) };
-    visit_named(store, namer, &mut collect);
+    naming.expose(store, &mut collect);
     let n = collect.series.len();
     let raw = WriteRequest { timeseries: collect.series }.encode_to_vec();
     // Cannot fail for an in-memory buffer below snappy's 4 GiB bound; an empty body if it did.
@@ -302,7 +302,7 @@ struct Render {
 
 impl crate::flush::Render for Render {
     fn render_store(&self, store: &Store, timestamp: i64) -> Option<(Vec<u8>, usize)> {
-        Some(self.naming.with_namer(|namer| encode(store, timestamp * 1000, namer)))
+        Some(encode(store, timestamp * 1000, &self.naming))
     }
 }
 
@@ -318,7 +318,7 @@ mod tests {
         Parser::new(true).parse_packet(b"api.hits:2|c|#env:prod,zone:a\napi.lat:10|ms\n", &mut shard);
         store.merge(&mut shard);
         store.flush(1, |_| ());
-        let (body, n) = encode(&store, 1_700_000_000_000, None);
+        let (body, n) = encode(&store, 1_700_000_000_000, &crate::naming::Naming::default());
         let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
         let req = WriteRequest::decode(&raw[..]).unwrap();
         assert_eq!(req.timeseries.len(), n);
@@ -345,7 +345,7 @@ mod tests {
         Parser::new(true).parse_packet(b"api.prod.hits:2|c|#zone:a\n", &mut shard);
         store.merge(&mut shard);
         store.flush(1, |_| ());
-        let (body, _) = naming.with_namer(|namer| encode(&store, 1_700_000_000_000, namer));
+        let (body, _) = encode(&store, 1_700_000_000_000, &naming);
         let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
         let req = WriteRequest::decode(&raw[..]).unwrap();
         let hits = req

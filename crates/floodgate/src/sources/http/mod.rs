@@ -115,7 +115,7 @@ async fn metrics(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap
             let mut out = protobuf::Protobuf::default();
             out.add_families(&families);
             if let Some(store) = &store {
-                shared.naming.with_namer(|namer| floodgate_statsd::prometheus::visit_named(store, namer, &mut out));
+                shared.naming.expose(store, &mut out);
             }
             drop(store);
             out.encode()
@@ -123,7 +123,7 @@ async fn metrics(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap
             let mut out = String::with_capacity(64 * 1024);
             crate::metrics::prometheus::render(&families, &mut out);
             if let Some(store) = &store {
-                shared.naming.with_namer(|namer| floodgate_statsd::prometheus::render_named(store, namer, &mut out));
+                shared.naming.render(store, &mut out);
             }
             out.into_bytes()
         }

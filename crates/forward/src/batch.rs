@@ -98,6 +98,7 @@ fn timer_to_wire(t: &TimerSummary) -> proto::Timer {
         min: t.min,
         max: t.max,
         sketch: Some(convert::sketch_to_wire(&t.sketch)),
+        unitless: t.unitless,
     }
 }
 
@@ -172,8 +173,15 @@ fn decode_series(bytes: &[u8], rule: &KeyRule) -> Result<Series, Invalid> {
         Some(Value::Timer(t)) => {
             let sketch =
                 convert::sketch_from_wire(t.sketch.as_ref().ok_or(Invalid::Inconsistent)?).map_err(bad_state)?;
-            let summary =
-                TimerSummary { count: t.count, sum: t.sum, sum_squares: t.sum_squares, min: t.min, max: t.max, sketch };
+            let summary = TimerSummary {
+                count: t.count,
+                sum: t.sum,
+                sum_squares: t.sum_squares,
+                min: t.min,
+                max: t.max,
+                sketch,
+                unitless: t.unitless,
+            };
             valid::timer_state(&summary)?;
             Series::Timer(s.key, summary)
         }
@@ -381,6 +389,27 @@ mod tests {
         let mut agg = Store::new(AggregationConfig::default());
         let applied = apply(&mut agg, &encode(parts.shares.into_iter().next().unwrap()), KeyRule::default()).unwrap();
         assert_eq!((applied.merged, applied.invalid.total()), (n as u64, 0));
+    }
+
+    #[test]
+    fn whether_a_timer_had_a_unit_crosses_the_wire() {
+        // `h`/`d` only: unitless; `ms` (alone or mixed): milliseconds.
+        let mut a = agent(
+            "dist:5|d
+hist:5|h
+lat:5|ms
+mixed:5|h
+mixed:5|ms
+",
+        );
+        let ring = Ring::new(&["a:1"]);
+        let parts = a.flush(10, |v| split(v, &ring, 1, |s| s as i64, &KeyRule::default()));
+        let mut agg = Store::new(AggregationConfig::default());
+        apply(&mut agg, &encode(parts.shares.into_iter().next().unwrap()), KeyRule::default()).unwrap();
+        let unitless: Vec<(&[u8], bool)> = agg.timers().map(|(k, t)| (k, t.units.unitless_only())).collect();
+        for (key, want) in [(&b"dist"[..], true), (b"hist", true), (b"lat", false), (b"mixed", false)] {
+            assert!(unitless.contains(&(key, want)), "{}: {unitless:?}", String::from_utf8_lossy(key));
+        }
     }
 
     #[test]

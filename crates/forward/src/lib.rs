@@ -125,6 +125,7 @@ mod regressions {
                             min: -4.0,
                             max: 1e3,
                             sketch: Some(crate::convert::sketch_to_wire(&sketch)),
+                            unitless: false,
                         })),
                     },
                 ],

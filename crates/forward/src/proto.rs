@@ -128,6 +128,9 @@ pub struct Timer {
     pub max: f64,
     #[prost(message, optional, tag = "6")]
     pub sketch: Option<Sketch>,
+    /// Every value came as DogStatsD's `h` or `d` (no unit), none as `ms`.
+    #[prost(bool, tag = "7")]
+    pub unitless: bool,
 }
 
 /// A DDSketch with α = 0.01: bin `offset + k` holds `counts[k]` values.

@@ -39,6 +39,8 @@ pub struct TimerSummary {
     pub max: f64,
     /// The raw values.
     pub sketch: DDSketch,
+    /// Every value came as `h` or `d` (no unit), none as `ms`.
+    pub unitless: bool,
 }
 
 impl Default for TimerSummary {
@@ -50,6 +52,7 @@ impl Default for TimerSummary {
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
             sketch: DDSketch::new(),
+            unitless: false,
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct Metric<'a> {
     pub gauge_delta: bool,
     /// For sets: the member (`"0"` for an empty value, as Etsy statsd).
     pub set_member: &'a [u8],
+    /// For timers: sent as DogStatsD's `h` or `d` (no unit) rather than `ms`.
+    pub unitless: bool,
 }
 
 /// Receives what the parser reads.
@@ -368,11 +370,19 @@ impl Parser {
 
 impl<'a> Metric<'a> {
     fn counter(key: &'a [u8], value: f64) -> Metric<'a> {
-        Metric { key, kind: Kind::Counter, value, sample_rate: 1.0, gauge_delta: false, set_member: &[] }
+        Metric {
+            key,
+            kind: Kind::Counter,
+            value,
+            sample_rate: 1.0,
+            gauge_delta: false,
+            set_member: &[],
+            unitless: false,
+        }
     }
 
     fn gauge(key: &'a [u8], value: f64) -> Metric<'a> {
-        Metric { key, kind: Kind::Gauge, value, sample_rate: 1.0, gauge_delta: false, set_member: &[] }
+        Metric { key, kind: Kind::Gauge, value, sample_rate: 1.0, gauge_delta: false, set_member: &[], unitless: false }
     }
 }
 
@@ -550,7 +560,9 @@ fn parse_value<'a>(key: &'a [u8], part: &'a [u8]) -> Option<Metric<'a>> {
         b"ms" => Some(parse_js_number(value).filter(|v| !value.is_empty() && *v >= 0.0)?),
         _ => Some(parse_js_number(value).filter(|_| !value.is_empty())?),
     };
-    let kind = match js_trim(raw_type) {
+    let trimmed_type = js_trim(raw_type);
+    let unitless = matches!(trimmed_type, b"h" | b"d");
+    let kind = match trimmed_type {
         b"ms" | b"h" | b"d" => Kind::Timer,
         b"g" => Kind::Gauge,
         b"s" => Kind::Set,
@@ -563,7 +575,7 @@ fn parse_value<'a>(key: &'a [u8], part: &'a [u8]) -> Option<Metric<'a>> {
         _ => (numeric?, &[][..]),
     };
     valid::sample(value, sample_rate).ok()?;
-    Some(Metric { key, kind, value, sample_rate, gauge_delta, set_member })
+    Some(Metric { key, kind, value, sample_rate, gauge_delta, set_member, unitless })
 }
 
 #[cfg(test)]

@@ -361,7 +361,11 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
             dropped.duplicate += 1;
             continue;
         }
-        let scale = row.named.as_ref().map_or(1.0, |n| n.timer_scale);
+        // Only `ms` values are scaled: DogStatsD's `h` and `d` carry no unit.
+        let scale = match row.value {
+            Value::Timer(t) if !t.units.unitless_only() => row.named.as_ref().map_or(1.0, |n| n.timer_scale),
+            _ => 1.0,
+        };
         pairs.clear();
         let native;
         let series = match row.value {
@@ -643,5 +647,41 @@ l:2|g|#j:2",
         assert_eq!(dropped, Dropped { conflicting_type: 1, duplicate: 1 }, "{out}");
         assert_eq!(out.lines().filter(|l| l.starts_with("a_b ")).count(), 1, "{out}");
         assert!(out.lines().any(|l| l == "l{k=\"1\"} 1") && out.lines().any(|l| l == "l{j=\"2\"} 2"), "{out}");
+    }
+
+    struct Seconds;
+
+    impl Namer for Seconds {
+        fn name(&mut self, name: &str, _: SeriesKind) -> Option<std::sync::Arc<Named>> {
+            Some(std::sync::Arc::new(Named {
+                name: name.into(),
+                labels: Vec::new(),
+                help: None,
+                honor_labels: false,
+                histogram: None,
+                timer_scale: 0.001,
+            }))
+        }
+    }
+
+    #[test]
+    fn only_millisecond_timers_are_scaled() {
+        let mut store = Store::new(AggregationConfig::default());
+        let mut shard = Shard::new(100);
+        Parser::new(true).parse_packet(
+            b"lat:500|ms
+size:500|d
+bytes:500|h
+mixed:500|h
+mixed:500|ms",
+            &mut shard,
+        );
+        store.merge(&mut shard);
+        store.flush(1, |_| ());
+        let mut out = String::new();
+        render_named(&store, Some(&mut Seconds), &mut out);
+        for want in ["lat_sum 0.5", "size_sum 500", "bytes_sum 500", "mixed_sum 1"] {
+            assert!(out.lines().any(|l| l == want), "missing {want:?} in\n{out}");
+        }
     }
 }

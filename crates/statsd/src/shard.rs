@@ -250,6 +250,8 @@ pub struct TimerUpdate {
     /// Values past the cap (or past the memory allowance), summarised: exact moments and a
     /// sketch.
     pub folded: Option<Box<TimerSummary>>,
+    /// The StatsD types the values came as.
+    pub units: crate::store::TimerUnits,
 }
 
 /// One receive thread's aggregation since the last flush.
@@ -406,6 +408,7 @@ impl Shard {
                 let over = self.over_budget();
                 let t = self.timers.entry_ref_or_default(m.key);
                 let weight = 1.0 / m.sample_rate;
+                t.units.add(m.unitless);
                 if t.values.len() < self.limits.max_timer_samples && !over {
                     t.values.push(m.value);
                     t.count += weight;

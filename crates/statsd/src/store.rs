@@ -132,6 +132,34 @@ pub struct TimerEntry {
     /// Every value since start, when [`AggregationConfig::cumulative_sketches`] asks (merged
     /// exactly from agents' sketches at an aggregator).
     pub cumulative: Option<Box<floodgate_sketch::DDSketch>>,
+    /// The StatsD types its values came as, since start.
+    pub units: TimerUnits,
+}
+
+/// Which StatsD types a timer's values came as: `ms`, or DogStatsD's unitless `h` and `d`
+/// (statsd_exporter turns `ms` into seconds and leaves the others as sent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimerUnits(u8);
+
+impl TimerUnits {
+    const MILLISECONDS: u8 = 1;
+    const UNITLESS: u8 = 2;
+
+    /// One more value, unitless (`h`, `d`) or not (`ms`).
+    #[inline]
+    pub fn add(&mut self, unitless: bool) {
+        self.0 |= if unitless { Self::UNITLESS } else { Self::MILLISECONDS };
+    }
+
+    /// Both sets of types.
+    pub fn merge(&mut self, other: TimerUnits) {
+        self.0 |= other.0;
+    }
+
+    /// Every value came as `h` or `d`: none is in milliseconds.
+    pub fn unitless_only(self) -> bool {
+        self.0 == Self::UNITLESS
+    }
 }
 
 /// A set's state.
@@ -259,10 +287,11 @@ impl<'a> FlushView<'a> {
 
     /// Timers that received values this interval, as summaries.
     pub fn changed_timers(&self) -> impl Iterator<Item = (&'a [u8], TimerSummary)> + 'a {
-        self.timer_entries
-            .iter()
-            .filter(|(_, t)| !t.values.is_empty())
-            .map(|(k, t)| (&k[..], TimerSummary::from_values(&t.values, t.count)))
+        self.timer_entries.iter().filter(|(_, t)| !t.values.is_empty()).map(|(k, t)| {
+            let mut summary = TimerSummary::from_values(&t.values, t.count);
+            summary.unitless = t.units.unitless_only();
+            (&k[..], summary)
+        })
     }
 
     /// Sets that received members this interval, as distinct counts.
@@ -396,6 +425,7 @@ impl Store {
             Some(f) => f.merge(summary),
             None => t.forwarded = Some(summary.clone()),
         }
+        t.units.add(summary.unitless);
         true
     }
 
@@ -478,6 +508,7 @@ impl Store {
             }
             let cap = self.cfg.max_timer_samples;
             let t = self.timers.entry(key).or_default();
+            t.units.merge(update.units);
             if t.values.is_empty() {
                 t.values = update.values;
                 t.count += update.count;

@@ -151,9 +151,17 @@ mappings:
 - match: "svc.*.size"
   name: "svc_size"
   labels: { svc: "$1" }
+- match: "svc.*.queue"
+  name: "svc_queue_seconds"
+  summary_options:
+    quantiles: [{ quantile: 0.75, error: 0.01 }]
+  labels: { svc: "$1" }
 "#;
     let (fg, _) = mapping_floodgate(dir.path(), mapping);
-    fg.send_udp(b"svc.web.latency:5|ms\nsvc.web.latency:50|ms\nsvc.web.latency:500|ms\nsvc.web.size:3|ms");
+    fg.send_udp(
+        b"svc.web.latency:5|ms\nsvc.web.latency:50|ms\nsvc.web.latency:500|ms\nsvc.web.size:3|ms\n\
+                  svc.web.queue:1000|ms\nsvc.web.queue:2000|ms\nsvc.web.queue:3000|ms\nsvc.web.queue:4000|ms",
+    );
     let body = scrape(&fg, "svc_request_latency_count{svc=\"web\"} 3");
     for want in [
         "# TYPE svc_request_latency histogram",
@@ -168,6 +176,17 @@ mappings:
     let sum = sample(&body, "svc_request_latency_sum", &["svc=\"web\""]);
     assert!((sum - 0.555).abs() < 1e-9, "{sum}");
     assert!((sample(&body, "svc_size_sum", &["svc=\"web\""]) - 0.003).abs() < 1e-9, "{body}");
+    // Summaries take the rule's quantiles, else the defaults' (0.5, 0.9, 0.99), over the last
+    // flush interval.
+    let quantiles = |name: &str| -> Vec<String> {
+        body.lines().filter(|l| l.starts_with(name) && l.contains("quantile=")).map(String::from).collect()
+    };
+    assert_eq!(
+        quantiles("svc_size{"),
+        [0.5, 0.9, 0.99].map(|q| format!("svc_size{{svc=\"web\",quantile=\"{q}\"}} 0.003")),
+        "{body}"
+    );
+    assert_eq!(quantiles("svc_queue_seconds{"), ["svc_queue_seconds{svc=\"web\",quantile=\"0.75\"} 3"], "{body}");
     // More values add up: the buckets are cumulative since start.
     fg.send_udp(b"svc.web.latency:7|ms");
     let body = scrape(&fg, "svc_request_latency_count{svc=\"web\"} 4");
@@ -320,4 +339,23 @@ mappings:
     assert_eq!(families["duplicated"].metric.len(), 1);
     assert_eq!(families["lbl"].metric.len(), 2);
     assert!(families.contains_key("floodgate_prometheus_series_left_out"));
+}
+
+/// A rule's `ttl`: a series that receives nothing for that long leaves `/metrics` (as in
+/// statsd_exporter), and comes back, still cumulative, with its next value.
+#[test]
+fn a_rules_ttl_takes_idle_series_off_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapping =
+        "mappings:\n- match: \"job.*.runs\"\n  name: \"job_runs_total\"\n  ttl: 1s\n  labels: { job: \"$1\" }\n";
+    let (fg, _) = mapping_floodgate(dir.path(), mapping);
+    fg.send_udp(b"job.nightly.runs:1|c\nother:1|c");
+    scrape(&fg, "job_runs_total{job=\"nightly\"} 1");
+    let body = wait_for("the idle series to leave /metrics", WAIT, || {
+        let (_, body) = http_get(fg.http, "/metrics").ok()?;
+        (!body.contains("job_runs_total{")).then_some(body)
+    });
+    assert!(body.lines().any(|l| l == "other_total 1"), "series without a ttl stay:\n{body}");
+    fg.send_udp(b"job.nightly.runs:1|c");
+    scrape(&fg, "job_runs_total{job=\"nightly\"} 2");
 }

@@ -210,6 +210,17 @@ impl Mapper {
             || self.rules.iter().any(|r| !r.drop && r.options.observer_type == Some(ObserverType::Histogram))
     }
 
+    /// Every quantile a summary may be asked for: the defaults' and each rule's, ascending.
+    pub fn summary_quantiles(&self) -> Vec<f64> {
+        let mut all: Vec<f64> = self.defaults.quantiles.clone();
+        for r in self.rules.iter().filter(|r| !r.drop) {
+            all.extend_from_slice(&r.options.quantiles);
+        }
+        all.sort_by(f64::total_cmp);
+        all.dedup();
+        all
+    }
+
     /// The `defaults` block's options: what applies to a name no rule matched.
     pub fn defaults(&self) -> &RuleOptions {
         &self.defaults

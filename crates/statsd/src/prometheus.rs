@@ -45,6 +45,16 @@ impl Value<'_> {
             Value::Timer(_) => SeriesKind::Timer,
         }
     }
+    /// Flushes since the series last received a value.
+    fn idle(&self) -> crate::store::Idle {
+        match self {
+            Value::Counter(c) => c.idle,
+            Value::Gauge(g) => g.idle,
+            Value::Set(s) => s.idle,
+            Value::Timer(t) => t.idle,
+        }
+    }
+
     fn help(&self) -> &'static str {
         match self {
             Value::Counter(_) => "StatsD counter (sum since start).",
@@ -94,6 +104,11 @@ pub struct Named {
     /// Timers: values are multiplied by this (statsd_exporter exposes `ms` timers in seconds:
     /// 0.001).
     pub timer_scale: f64,
+    /// Timers as summaries: these quantiles (0 to 1; each must be among the store's
+    /// `summary_quantiles`) instead of the store's `percentiles`.
+    pub quantiles: Option<Vec<f64>>,
+    /// Left out once it has received nothing for this long (statsd_exporter's `ttl`).
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// How a timer is exposed as a histogram.
@@ -302,11 +317,15 @@ pub fn visit(store: &Store, sink: &mut impl Exposition) -> Dropped {
 pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink: &mut impl Exposition) -> Dropped {
     let mut arena = String::new();
     let mut rows: Vec<Row<'s>> = Vec::with_capacity(store.series());
+    let interval_ms = store.config().flush_interval_ms;
     let mut add = |key: &'s [u8], suffix: &str, value: Value<'s>| -> Option<Row<'s>> {
         let start = arena.len();
         let named = match namer.as_deref_mut() {
             Some(n) => {
                 let named = n.name(&String::from_utf8_lossy(name_part(key)), value.series_kind())?;
+                if named.ttl.is_some_and(|ttl| u128::from(value.idle().for_ms(interval_ms)) >= ttl.as_millis()) {
+                    return None;
+                }
                 arena.push_str(&named.name);
                 Some(named)
             }
@@ -383,6 +402,21 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
                         count: t.total_count,
                         native: native.as_ref(),
                     }
+                }
+                None if row.named.as_ref().is_some_and(|n| n.quantiles.is_some()) => {
+                    let wanted = row.named.as_ref().and_then(|n| n.quantiles.as_deref()).unwrap_or_default();
+                    let have = &store.config().summary_quantiles;
+                    for q in wanted {
+                        // A quantile the store does not compute (yet: a reload in between) is
+                        // left out.
+                        let Some(i) = have.iter().position(|h| h == q) else { continue };
+                        if pairs.iter().any(|(seen, _)| seen == q) {
+                            continue;
+                        }
+                        let value = t.last_quantiles.get(i).copied().flatten();
+                        pairs.push((*q, value.map_or(f64::NAN, |v| v * scale)));
+                    }
+                    Series::Summary { quantiles: &pairs, sum: t.total_sum * scale, count: t.total_count }
                 }
                 None => {
                     for (pct, bound) in percentiles.iter().zip(&t.last_bounds) {
@@ -594,6 +628,8 @@ mod tests {
                 histogram: (kind == SeriesKind::Timer)
                     .then(|| HistogramLayout { buckets: vec![10.0, 100.0], native: Some((0, 0)) }),
                 timer_scale: 1.0,
+                quantiles: None,
+                ttl: None,
             }))
         }
     }
@@ -660,6 +696,8 @@ l:2|g|#j:2",
                 honor_labels: false,
                 histogram: None,
                 timer_scale: 0.001,
+                quantiles: None,
+                ttl: None,
             }))
         }
     }
@@ -683,5 +721,40 @@ mixed:500|ms",
         for want in ["lat_sum 0.5", "size_sum 500", "bytes_sum 500", "mixed_sum 1"] {
             assert!(out.lines().any(|l| l == want), "missing {want:?} in\n{out}");
         }
+    }
+
+    struct Expiring;
+
+    impl Namer for Expiring {
+        fn name(&mut self, name: &str, _: SeriesKind) -> Option<std::sync::Arc<Named>> {
+            Some(std::sync::Arc::new(Named {
+                name: name.into(),
+                labels: Vec::new(),
+                help: None,
+                honor_labels: false,
+                histogram: None,
+                timer_scale: 1.0,
+                quantiles: None,
+                ttl: Some(std::time::Duration::from_millis(1500)),
+            }))
+        }
+    }
+
+    #[test]
+    fn a_ttl_hides_series_idle_that_long_until_they_come_back() {
+        let mut store = Store::new(AggregationConfig { flush_interval_ms: 1000, ..AggregationConfig::default() });
+        let mut flush = |packet: &[u8]| {
+            let mut shard = Shard::new(100);
+            Parser::new(true).parse_packet(packet, &mut shard);
+            store.merge(&mut shard);
+            store.flush(1, |_| ());
+            let mut out = String::new();
+            render_named(&store, Some(&mut Expiring), &mut out);
+            out.lines().find(|l| l.starts_with("hits ")).map(String::from)
+        };
+        assert_eq!(flush(b"hits:1|c").as_deref(), Some("hits 1"));
+        assert_eq!(flush(b"").as_deref(), Some("hits 1"), "idle 1 s");
+        assert_eq!(flush(b""), None, "idle 2 s: past the ttl");
+        assert_eq!(flush(b"hits:1|c").as_deref(), Some("hits 2"), "back, still cumulative");
     }
 }

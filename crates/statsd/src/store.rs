@@ -65,6 +65,9 @@ pub struct AggregationConfig {
     /// Keep every timer's values since start in a sketch ([`TimerEntry::cumulative`]), for
     /// Prometheus histograms (cumulative bucket counts).
     pub cumulative_sketches: bool,
+    /// Quantiles (0 to 1) Prometheus summaries ask for besides `percentiles` (a mapping file's
+    /// `quantiles`), computed per timer at each flush ([`TimerEntry::last_quantiles`]).
+    pub summary_quantiles: Vec<f64>,
 }
 
 impl Default for AggregationConfig {
@@ -85,6 +88,7 @@ impl Default for AggregationConfig {
             max_set_members: 100_000,
             max_memory: 0,
             cumulative_sketches: false,
+            summary_quantiles: Vec::new(),
         }
     }
 }
@@ -96,6 +100,21 @@ pub struct CounterEntry {
     pub value: f64,
     /// Sum since start (for Prometheus, whose counters are cumulative).
     pub total: f64,
+    /// Flushes since it last received a value (see [`Idle`]).
+    pub idle: Idle,
+}
+
+/// Flushes since a series last received a value: 0 until the flush that carries the value, 1
+/// right after it, then one more per flush. A mapping rule's `ttl` hides a series from
+/// Prometheus once it has been idle that long.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Idle(pub u32);
+
+impl Idle {
+    /// How long it has been idle, at `interval_ms` per flush (zero before the next flush).
+    pub fn for_ms(self, interval_ms: u64) -> u64 {
+        u64::from(self.0.saturating_sub(1)) * interval_ms
+    }
 }
 
 /// A gauge's state.
@@ -111,6 +130,8 @@ pub struct GaugeEntry {
     interval: Option<GaugeChange>,
     /// Time of the forwarded set last applied (Unix ns; aggregators).
     forwarded_stamp: i64,
+    /// Flushes since it last received a value.
+    pub idle: Idle,
 }
 
 /// A timer's state.
@@ -134,6 +155,10 @@ pub struct TimerEntry {
     pub cumulative: Option<Box<floodgate_sketch::DDSketch>>,
     /// The StatsD types its values came as, since start.
     pub units: TimerUnits,
+    /// The last flush's value at each of [`AggregationConfig::summary_quantiles`].
+    pub last_quantiles: Vec<Option<f64>>,
+    /// Flushes since it last received a value.
+    pub idle: Idle,
 }
 
 /// Which StatsD types a timer's values came as: `ms`, or DogStatsD's unitless `h` and `d`
@@ -169,6 +194,8 @@ pub struct SetEntry {
     pub members: MemberSet,
     /// Distinct members at the last flush.
     pub last_size: usize,
+    /// Flushes since it last received a value.
+    pub idle: Idle,
 }
 
 impl SetEntry {
@@ -383,6 +410,7 @@ impl Store {
         };
         c.value += value;
         c.total += value;
+        c.idle = Idle(0);
         true
     }
 
@@ -402,6 +430,7 @@ impl Store {
             g.forwarded_stamp = set_at_ns;
         }
         g.ttl = ttl;
+        g.idle = Idle(0);
         true
     }
 
@@ -411,6 +440,7 @@ impl Store {
         let (dropped, changed) = (&mut self.dropped_max_series, &mut self.keys_changed);
         let Some(s) = entry_within(&mut self.sets, key, room, dropped, changed, Default::default) else { return false };
         s.members.merge_distinct(members, self.cfg.max_set_members);
+        s.idle = Idle(0);
         true
     }
 
@@ -426,6 +456,7 @@ impl Store {
             None => t.forwarded = Some(summary.clone()),
         }
         t.units.add(summary.unitless);
+        t.idle = Idle(0);
         true
     }
 
@@ -460,6 +491,7 @@ impl Store {
             let c = self.counters.entry_ref_or_default(key);
             c.value += add as f64;
             c.total += add as f64;
+            c.idle = Idle(0);
         }
         self.dropped_max_series += shard.dropped_max_series;
         self.dropped_max_memory += shard.dropped_max_memory;
@@ -467,8 +499,9 @@ impl Store {
             if let Some(c) = self.counters.get_mut(&key) {
                 c.value += add;
                 c.total += add;
+                c.idle = Idle(0);
             } else if self.series() < self.cfg.max_series {
-                self.counters.insert(key, CounterEntry { value: 0.0 + add, total: add });
+                self.counters.insert(key, CounterEntry { value: 0.0 + add, total: add, idle: Idle(0) });
             } else {
                 self.dropped_max_series += 1;
             }
@@ -495,6 +528,7 @@ impl Store {
             }
             g.value = current.unwrap_or(0.0);
             g.ttl = ttl;
+            g.idle = Idle(0);
             g.interval = match g.interval {
                 _ if set => Some(GaugeChange::Set { value: g.value, stamp: g.set_stamp }),
                 Some(GaugeChange::Set { stamp, .. }) => Some(GaugeChange::Set { value: g.value, stamp }),
@@ -509,6 +543,7 @@ impl Store {
             let cap = self.cfg.max_timer_samples;
             let t = self.timers.entry(key).or_default();
             t.units.merge(update.units);
+            t.idle = Idle(0);
             if t.values.is_empty() {
                 t.values = update.values;
                 t.count += update.count;
@@ -530,6 +565,7 @@ impl Store {
                 continue;
             }
             let s = self.sets.entry(key).or_default();
+            s.idle = Idle(0);
             if s.members.is_empty() {
                 s.members = members;
             } else {
@@ -548,10 +584,12 @@ impl Store {
             let lag = (timestamp - self.old_timestamp) as f64 - interval_secs;
             let g = self.gauges.entry(self.key_timestamp_lag.clone()).or_default();
             g.value = lag;
+            g.idle = Idle(0);
         }
         self.old_timestamp = timestamp;
 
         // Sorted once here; the Prometheus totals and percentile bounds are kept as we go.
+        let quantile_pcts: Vec<f64> = self.cfg.summary_quantiles.iter().map(|q| q * 100.0).collect();
         for t in self.timers.values_mut() {
             sort_js(&mut t.values);
             if let Some(f) = &mut t.forwarded {
@@ -560,6 +598,7 @@ impl Store {
                 t.total_count += f.count;
                 t.total_sum += f.sum;
                 t.last_bounds = crate::forwarded::percentile_bounds(f, &self.cfg.percentiles);
+                t.last_quantiles = crate::forwarded::percentile_bounds(f, &quantile_pcts);
                 if self.cfg.cumulative_sketches {
                     t.cumulative.get_or_insert_with(Default::default).merge(&f.sketch);
                 }
@@ -572,6 +611,7 @@ impl Store {
             t.total_count += t.count;
             t.total_sum += t.values.iter().sum::<f64>();
             t.last_bounds = percentile_bounds(&t.values, &self.cfg.percentiles);
+            t.last_quantiles = percentile_bounds(&t.values, &quantile_pcts);
         }
         let cfg = &self.cfg;
         let pct_names = &self.pct_names;
@@ -629,6 +669,7 @@ impl Store {
         }
         for c in self.counters.values_mut() {
             c.value = 0.0;
+            c.idle.0 = c.idle.0.saturating_add(1);
         }
         if self.cfg.delete_timers {
             self.timers.clear();
@@ -637,6 +678,7 @@ impl Store {
                 t.values.clear();
                 t.count = 0.0;
                 t.forwarded = None;
+                t.idle.0 = t.idle.0.saturating_add(1);
             }
         }
         if self.cfg.delete_sets {
@@ -645,10 +687,12 @@ impl Store {
             for s in self.sets.values_mut() {
                 s.last_size = s.size();
                 s.members = MemberSet::default();
+                s.idle.0 = s.idle.0.saturating_add(1);
             }
         }
         for g in self.gauges.values_mut() {
             g.interval = None;
+            g.idle.0 = g.idle.0.saturating_add(1);
         }
         if self.cfg.delete_gauges {
             self.gauges.retain(|_, g| match &mut g.ttl {

@@ -158,9 +158,12 @@ impl Config {
     pub fn aggregation(&self) -> AggregationConfig {
         let mut a = self.statsd.aggregation();
         // Timers keep a sketch of every value since start only when a mapping rule exposes
-        // them as histograms (the file was checked when the configuration was read).
-        a.cumulative_sketches =
-            crate::naming::load(&self.prometheus).ok().flatten().is_some_and(|m| m.uses_histograms());
+        // them as histograms, and the quantiles its summaries ask for (the file was checked
+        // when the configuration was read).
+        if let Some(mapper) = crate::naming::load(&self.prometheus).ok().flatten() {
+            a.cumulative_sketches = mapper.uses_histograms();
+            a.summary_quantiles = mapper.summary_quantiles();
+        }
         a
     }
 

@@ -183,6 +183,8 @@ impl Namer for CachedNamer<'_> {
                     honor_labels: false,
                     histogram: histogram_layout(self.mapping.mapper.defaults()),
                     timer_scale: TIMER_SCALE,
+                    quantiles: Some(self.mapping.mapper.defaults().quantiles.clone()),
+                    ttl: self.mapping.mapper.defaults().ttl,
                 }))
             }
             Mapped::Dropped => None,
@@ -195,6 +197,8 @@ impl Namer for CachedNamer<'_> {
                 name,
                 labels,
                 histogram: histogram_layout(&options),
+                quantiles: Some(options.quantiles.clone()),
+                ttl: options.ttl,
                 help: options.help,
                 honor_labels: options.honor_labels,
                 timer_scale: TIMER_SCALE,

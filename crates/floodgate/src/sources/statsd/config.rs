@@ -288,6 +288,7 @@ impl StatsdConfig {
             max_set_members: s.max_set_members,
             max_memory: s.max_memory,
             cumulative_sketches: false,
+            summary_quantiles: Vec::new(),
         }
     }
 }

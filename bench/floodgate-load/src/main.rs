@@ -16,6 +16,7 @@ mod carbon;
 mod conntrack;
 mod forward;
 mod hostile;
+mod prometheus;
 mod sender;
 mod spoof;
 mod syslog;
@@ -109,11 +110,12 @@ enum Command {
         /// Carbon stand-in at 1M metrics/s), syslog (TCP/TLS against rsyslog, UDP against the
         /// raw sink), conntrack (100k entries, 5k new/s; root, netns), hotpath (lines per
         /// CPU-second draining a full 1 GiB socket buffer; root), attack (what each listener's
-        /// attacks cost in memory), uds (StatsD over a Unix datagram socket vs loopback UDP).
+        /// attacks cost in memory), uds (StatsD over a Unix datagram socket vs loopback UDP),
+        /// prometheus (a 50-rule mapping file's cost per line; scraping 100k histogram series).
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,conntrack,hotpath,attack,uds"
+            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,conntrack,hotpath,attack,uds,prometheus"
         )]
         only: Vec<String>,
         /// Lines per datagram to measure.

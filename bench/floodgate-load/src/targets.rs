@@ -431,6 +431,9 @@ pub fn bench(opts: &BenchOptions) {
     if want("uds") {
         crate::unix::unix_vs_udp(opts);
     }
+    if want("prometheus") {
+        crate::prometheus::prometheus(opts);
+    }
 }
 
 pub(crate) fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {

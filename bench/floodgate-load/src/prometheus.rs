@@ -109,7 +109,8 @@ fn trial(opts: &BenchOptions, mapping: bool, rate: u64, pool: &[Datagram]) -> Tr
         std::fs::write(&file, mapping_file()).unwrap();
         sections += &format!("[prometheus]\nmapping_config = \"{}\"\n", file.display());
     }
-    let mut running = spawn_floodgate(opts, &dir, "floodgate", "flush_interval = \"1s\"\nreceive_threads = 1\n", &sections);
+    let mut running =
+        spawn_floodgate(opts, &dir, "floodgate", "flush_interval = \"1s\"\nreceive_threads = 1\n", &sections);
     let http = running.http.expect("http on");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let scraper = {
@@ -200,7 +201,9 @@ pub fn prometheus(opts: &BenchOptions) {
         "\n## Prometheus: statsd_exporter mapping file (50 rules: 40 globs, 10 regexes; timers as classic + native \
          histograms) vs none, same run ({rate} lines/s, 20 lines/datagram, 5,000 series, /metrics scraped every second)"
     );
-    println!("| mapping | lines/s | loss | floodgate CPU (of one core) | ns of CPU per line | vs none | mean scrape time |");
+    println!(
+        "| mapping | lines/s | loss | floodgate CPU (of one core) | ns of CPU per line | vs none | mean scrape time |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let none = trial(opts, false, rate, &pool);
     let mapped = trial(opts, true, rate, &pool);

@@ -176,12 +176,14 @@ impl DDSketch {
     /// Every bin as (representative value, count), ascending: for sums and histograms over
     /// the sketch.
     pub fn bins(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        // Empty bins are skipped before their value is computed (a `powi` each).
         let neg = self
             .negative
             .counts
             .iter()
             .enumerate()
             .rev()
+            .filter(|(_, &c)| c > 0)
             .map(|(k, &c)| (-Self::bin_value(self.negative.offset + k as i32), c));
         let zero = std::iter::once((0.0, self.zeros));
         let pos = self
@@ -189,6 +191,7 @@ impl DDSketch {
             .counts
             .iter()
             .enumerate()
+            .filter(|(_, &c)| c > 0)
             .map(|(k, &c)| (Self::bin_value(self.positive.offset + k as i32), c));
         neg.chain(zero).chain(pos).filter(|(_, c)| *c > 0)
     }

@@ -114,10 +114,22 @@ pub struct Named {
 /// How a timer is exposed as a histogram.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistogramLayout {
-    /// Classic buckets' upper bounds (`+Inf` is added).
+    /// Classic buckets' upper bounds, finite and ascending ([`HistogramLayout::new`]; `+Inf`
+    /// is added).
     pub buckets: Vec<f64>,
     /// Also a native histogram: its schema and most buckets (0: no limit).
     pub native: Option<(i32, usize)>,
+}
+
+impl HistogramLayout {
+    /// Classic `buckets` (sorted, repeats and non-finite bounds left out) and the native
+    /// layout, if any.
+    pub fn new(buckets: &[f64], native: Option<(i32, usize)>) -> HistogramLayout {
+        let mut buckets: Vec<f64> = buckets.iter().copied().filter(|b| b.is_finite()).collect();
+        buckets.sort_by(f64::total_cmp);
+        buckets.dedup();
+        HistogramLayout { buckets, native }
+    }
 }
 
 /// One series' value as an [`Exposition`] receives it.
@@ -435,7 +447,8 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
     dropped
 }
 
-/// A timer's classic histogram buckets as (upper bound, cumulative count), `+Inf` last: from
+/// A timer's classic histogram buckets (ascending `buckets`) as (upper bound, cumulative
+/// count), `+Inf` last: from
 /// its sketch of every value since start (values multiplied by `scale`; a value within the
 /// sketch's 1 % of a bound may land in the bucket next to it), scaled to the
 /// sample-rate-weighted count.
@@ -450,10 +463,7 @@ fn classic_buckets(
     let weight = t.total_count / raw;
     let mut bins = sketch.bins().peekable();
     let mut below = 0u64;
-    let mut bounds: Vec<f64> = buckets.iter().copied().filter(|b| b.is_finite()).collect();
-    bounds.sort_by(f64::total_cmp);
-    bounds.dedup();
-    for le in bounds {
+    for &le in buckets {
         while let Some((v, c)) = bins.peek() {
             if v * scale > le {
                 break;
@@ -625,8 +635,7 @@ mod tests {
                 labels: vec![("team".into(), "a".into())],
                 help: Some("Mapped.".into()),
                 honor_labels: false,
-                histogram: (kind == SeriesKind::Timer)
-                    .then(|| HistogramLayout { buckets: vec![10.0, 100.0], native: Some((0, 0)) }),
+                histogram: (kind == SeriesKind::Timer).then(|| HistogramLayout::new(&[100.0, 10.0], Some((0, 0)))),
                 timer_scale: 1.0,
                 quantiles: None,
                 ttl: None,

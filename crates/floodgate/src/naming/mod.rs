@@ -148,10 +148,8 @@ const TIMER_SCALE: f64 = 0.001;
 
 /// A rule's (or the defaults') histogram, when it asks for one.
 fn histogram_layout(options: &RuleOptions) -> Option<HistogramLayout> {
-    (options.observer_type == Some(ObserverType::Histogram)).then(|| HistogramLayout {
-        buckets: options.buckets.clone(),
-        native: options.native.map(|n| (n.schema, n.max_buckets as usize)),
-    })
+    (options.observer_type == Some(ObserverType::Histogram))
+        .then(|| HistogramLayout::new(&options.buckets, options.native.map(|n| (n.schema, n.max_buckets as usize))))
 }
 
 struct CachedNamer<'a> {

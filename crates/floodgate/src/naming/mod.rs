@@ -48,6 +48,8 @@ pub struct Naming {
     last_duplicate: AtomicU64,
     /// Names a rule mapped to something Prometheus cannot take, counted once per name and load.
     invalid_total: AtomicU64,
+    /// Most names cached (0: [`CACHE_MAX`]; tests set less).
+    cache_max: usize,
 }
 
 /// Reads and checks the mapping file `[prometheus]` names (none: `Ok(None)`).
@@ -92,7 +94,8 @@ impl Naming {
     pub fn with_namer<R>(&self, f: impl FnOnce(Option<&mut dyn Namer>) -> R) -> R {
         let Some(mapping) = self.current.load_full() else { return f(None) };
         let mut cache = mapping.cache.lock();
-        if cache.len() > CACHE_MAX {
+        let cache_max = if self.cache_max == 0 { CACHE_MAX } else { self.cache_max };
+        if cache.len() >= cache_max {
             cache.clear();
         }
         let mut namer = CachedNamer { mapping: &mapping, cache: &mut cache };
@@ -204,5 +207,38 @@ impl Namer for CachedNamer<'_> {
         };
         self.cache.insert((name.to_string(), kind), named.clone());
         named
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floodgate_statsd::{AggregationConfig, Parser, Shard};
+
+    /// A flood of distinct names cannot grow the cache past its bound: it starts afresh, and
+    /// names are still mapped.
+    #[test]
+    fn the_cache_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.yml");
+        std::fs::write(&file, "mappings:\n- match: \"n.*\"\n  name: \"n_total\"\n  labels: { id: $1 }\n").unwrap();
+        let naming = Naming { cache_max: 100, ..Naming::default() };
+        naming.apply(&PrometheusConfig { mapping_config: Some(file) });
+        // Names come and go: each flush forgets the interval's counters.
+        let mut store = Store::new(AggregationConfig { delete_counters: true, ..AggregationConfig::default() });
+        for round in 0..5 {
+            let mut shard = Shard::new(10_000);
+            let text: Vec<String> = (0..80).map(|i| format!("n.{}:1|c", round * 80 + i)).collect();
+            Parser::new(true).parse_packet(text.join("\n").as_bytes(), &mut shard);
+            store.merge(&mut shard);
+            let mut out = String::new();
+            naming.render(&store, &mut out);
+            let cached = naming.current.load_full().map_or(0, |m| m.cache.lock().len());
+            // At most the bound, plus what one scrape adds after starting afresh (400 names
+            // were seen in all).
+            assert!(cached <= 100 + store.series(), "round {round}: {cached} names cached");
+            assert!(out.contains(&format!("n_total{{id=\"{}\"}} 1", round * 80 + 79)), "{out}");
+            store.flush(1, |_| ());
+        }
     }
 }

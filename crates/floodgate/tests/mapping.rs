@@ -359,3 +359,23 @@ fn a_rules_ttl_takes_idle_series_off_metrics() {
     fg.send_udp(b"job.nightly.runs:1|c");
     scrape(&fg, "job_runs_total{job=\"nightly\"} 2");
 }
+
+/// With `key_name_sanitize = false`, rules see names exactly as sent (statsd_exporter does
+/// not sanitise): a `/` in a name reaches a regex rule (globs, as statsd_exporter's, take
+/// only letters, digits, `_` and `-`).
+#[test]
+fn unsanitised_names_reach_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("statsd_mapping.yml");
+    std::fs::write(
+        &path,
+        "mappings:\n- match: \"^api/v1\\\\.(.+)$\"\n  match_type: regex\n  name: \"api_v1_total\"\n  labels: { route: \"$1\" }\n",
+    )
+    .unwrap();
+    let fg = Floodgate::start(
+        "flush_interval = \"300ms\"\nkey_name_sanitize = false",
+        &format!("[prometheus]\nmapping_config = \"{}\"\n", path.display()),
+    );
+    fg.send_udp(b"api/v1.users:2|c");
+    scrape(&fg, "api_v1_total{route=\"users\"} 2");
+}

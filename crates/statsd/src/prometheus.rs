@@ -623,23 +623,26 @@ mod tests {
         }
     }
 
-    struct Histograms;
+    /// A namer from a function.
+    struct FnNamer<F>(F);
 
-    impl Namer for Histograms {
+    impl<F: FnMut(&str, SeriesKind) -> Option<Named>> Namer for FnNamer<F> {
         fn name(&mut self, name: &str, kind: SeriesKind) -> Option<std::sync::Arc<Named>> {
-            if name == "drop.me" {
-                return None;
-            }
-            Some(std::sync::Arc::new(Named {
-                name: name.replace('.', "_"),
-                labels: vec![("team".into(), "a".into())],
-                help: Some("Mapped.".into()),
-                honor_labels: false,
-                histogram: (kind == SeriesKind::Timer).then(|| HistogramLayout::new(&[100.0, 10.0], Some((0, 0)))),
-                timer_scale: 1.0,
-                quantiles: None,
-                ttl: None,
-            }))
+            (self.0)(name, kind).map(std::sync::Arc::new)
+        }
+    }
+
+    /// The built-in name, nothing else.
+    fn plain(name: &str) -> Named {
+        Named {
+            name: name.replace('.', "_"),
+            labels: Vec::new(),
+            help: None,
+            honor_labels: false,
+            histogram: None,
+            timer_scale: 1.0,
+            quantiles: None,
+            ttl: None,
         }
     }
 
@@ -653,7 +656,15 @@ mod tests {
             store.flush(1, |_| ());
         }
         let mut out = String::new();
-        render_named(&store, Some(&mut Histograms), &mut out);
+        let mut histograms = FnNamer(|name: &str, kind| {
+            (name != "drop.me").then(|| Named {
+                labels: vec![("team".into(), "a".into())],
+                help: Some("Mapped.".into()),
+                histogram: (kind == SeriesKind::Timer).then(|| HistogramLayout::new(&[100.0, 10.0], Some((0, 0)))),
+                ..plain(name)
+            })
+        });
+        render_named(&store, Some(&mut histograms), &mut out);
         for want in [
             "# HELP lat Mapped.",
             "# TYPE lat histogram",
@@ -676,15 +687,7 @@ mod tests {
         let mut shard = Shard::new(100);
         // `a.b` and `a_b` are one series in Prometheus; `x.total` (a gauge) takes the counter
         // `x`'s name. Different tag keys under one name are fine.
-        Parser::new(true).parse_packet(
-            b"a.b:1|g
-a_b:2|g
-x:1|c
-x.total:5|g
-l:1|g|#k:1
-l:2|g|#j:2",
-            &mut shard,
-        );
+        Parser::new(true).parse_packet(b"a.b:1|g\na_b:2|g\nx:1|c\nx.total:5|g\nl:1|g|#k:1\nl:2|g|#j:2", &mut shard);
         store.merge(&mut shard);
         store.flush(1, |_| ());
         let mut out = String::new();
@@ -694,58 +697,18 @@ l:2|g|#j:2",
         assert!(out.lines().any(|l| l == "l{k=\"1\"} 1") && out.lines().any(|l| l == "l{j=\"2\"} 2"), "{out}");
     }
 
-    struct Seconds;
-
-    impl Namer for Seconds {
-        fn name(&mut self, name: &str, _: SeriesKind) -> Option<std::sync::Arc<Named>> {
-            Some(std::sync::Arc::new(Named {
-                name: name.into(),
-                labels: Vec::new(),
-                help: None,
-                honor_labels: false,
-                histogram: None,
-                timer_scale: 0.001,
-                quantiles: None,
-                ttl: None,
-            }))
-        }
-    }
-
     #[test]
     fn only_millisecond_timers_are_scaled() {
         let mut store = Store::new(AggregationConfig::default());
         let mut shard = Shard::new(100);
-        Parser::new(true).parse_packet(
-            b"lat:500|ms
-size:500|d
-bytes:500|h
-mixed:500|h
-mixed:500|ms",
-            &mut shard,
-        );
+        Parser::new(true).parse_packet(b"lat:500|ms\nsize:500|d\nbytes:500|h\nmixed:500|h\nmixed:500|ms", &mut shard);
         store.merge(&mut shard);
         store.flush(1, |_| ());
         let mut out = String::new();
-        render_named(&store, Some(&mut Seconds), &mut out);
+        let mut seconds = FnNamer(|name: &str, _| Some(Named { timer_scale: 0.001, ..plain(name) }));
+        render_named(&store, Some(&mut seconds), &mut out);
         for want in ["lat_sum 0.5", "size_sum 500", "bytes_sum 500", "mixed_sum 1"] {
             assert!(out.lines().any(|l| l == want), "missing {want:?} in\n{out}");
-        }
-    }
-
-    struct Expiring;
-
-    impl Namer for Expiring {
-        fn name(&mut self, name: &str, _: SeriesKind) -> Option<std::sync::Arc<Named>> {
-            Some(std::sync::Arc::new(Named {
-                name: name.into(),
-                labels: Vec::new(),
-                help: None,
-                honor_labels: false,
-                histogram: None,
-                timer_scale: 1.0,
-                quantiles: None,
-                ttl: Some(std::time::Duration::from_millis(1500)),
-            }))
         }
     }
 
@@ -758,7 +721,10 @@ mixed:500|ms",
             store.merge(&mut shard);
             store.flush(1, |_| ());
             let mut out = String::new();
-            render_named(&store, Some(&mut Expiring), &mut out);
+            let mut expiring = FnNamer(|name: &str, _| {
+                Some(Named { ttl: Some(std::time::Duration::from_millis(1500)), ..plain(name) })
+            });
+            render_named(&store, Some(&mut expiring), &mut out);
             out.lines().find(|l| l.starts_with("hits ")).map(String::from)
         };
         assert_eq!(flush(b"hits:1|c").as_deref(), Some("hits 1"));

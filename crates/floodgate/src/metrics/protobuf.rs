@@ -208,7 +208,8 @@ impl Protobuf {
     }
 }
 
-fn spans(buckets: &[(i32, u64)]) -> (Vec<BucketSpan>, Vec<i64>) {
+/// Native buckets as spans and deltas (remote-write's `BucketSpan` is the same message).
+pub fn spans(buckets: &[(i32, u64)]) -> (Vec<BucketSpan>, Vec<i64>) {
     let (spans, deltas) = Exponential::encode(buckets);
     (spans.into_iter().map(|s| BucketSpan { offset: s.offset, length: s.length }).collect(), deltas)
 }

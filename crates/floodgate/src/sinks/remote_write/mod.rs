@@ -21,7 +21,9 @@ use hyper_util::rt::TokioExecutor;
 use prost::Message;
 
 use super::{Deliver, DeliverError};
+// `prometheus.BucketSpan` has the same fields as client_model's.
 use crate::flush::Payload;
+use crate::metrics::protobuf::{spans, BucketSpan};
 
 /// `prometheus.WriteRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -78,22 +80,6 @@ pub struct Histogram {
     /// Unix milliseconds.
     #[prost(int64, tag = "15")]
     pub timestamp: i64,
-}
-
-/// `prometheus.BucketSpan`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct BucketSpan {
-    /// Gap before the run.
-    #[prost(sint32, tag = "1")]
-    pub offset: i32,
-    /// Buckets in the run.
-    #[prost(uint32, tag = "2")]
-    pub length: u32,
-}
-
-fn spans(buckets: &[(i32, u64)]) -> (Vec<BucketSpan>, Vec<i64>) {
-    let (spans, deltas) = floodgate_statsd::prometheus::Exponential::encode(buckets);
-    (spans.into_iter().map(|s| BucketSpan { offset: s.offset, length: s.length }).collect(), deltas)
 }
 
 /// `prometheus.Label`.

@@ -65,20 +65,68 @@ fn drain_rate(bin: &Path, lines: usize, datagrams: usize) -> f64 {
     last * lines as f64 / cpu.max(0.01)
 }
 
-/// StatsD lines per CPU-second, this build against `--baseline`.
+/// Lines per CPU-second of the raw receive loop (`floodgate-load raw-recv`) draining the same
+/// queue: what reading alone costs.
+fn raw_drain_rate(lines: usize, datagrams: usize) -> f64 {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("floodgate-raw-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let count = dir.join("count");
+    let me = std::env::current_exe().expect("this binary");
+    let mut child = Command::new(me)
+        .args(["raw-recv", "--port", &port.to_string(), "--count"])
+        .arg(&count)
+        .spawn()
+        .expect("start raw-recv");
+    let read = || std::fs::read_to_string(&count).ok().and_then(|s| s.trim().parse::<f64>().ok());
+    while read().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id();
+    let load = crate::sender::Load::counters(0, lines, 1000, 1, "load");
+    let pool = crate::sender::pool(&load);
+    signal(pid, "STOP");
+    let s = UdpSocket::bind("127.0.0.2:0").unwrap();
+    for i in 0..datagrams {
+        let _ = s.send_to(&pool[i % pool.len()].bytes, ("127.0.0.1", port));
+    }
+    let before = cpu_ticks(pid);
+    signal(pid, "CONT");
+    let mut last = -1.0;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = read().unwrap_or(0.0);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let cpu = (cpu_ticks(pid) - before) as f64 / 100.0;
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("  raw: {last} of {datagrams} datagrams drained in {cpu:.2} CPU-s");
+    last * lines as f64 / cpu.max(0.01)
+}
+
+/// StatsD lines per CPU-second, this build against `--baseline` and the raw receive loop.
 pub fn hot_path(opts: &BenchOptions) {
     println!("\n## Hot path: StatsD lines per CPU-second (1 GiB receive buffer filled while floodgate is stopped, then drained; one receive thread, guard off)");
-    let mut builds = vec![("this build", opts.floodgate.clone())];
+    let mut builds: Vec<(&str, Option<std::path::PathBuf>)> = vec![("raw recvmmsg loop", None)];
     if let Some(b) = &opts.baseline {
-        builds.insert(0, ("baseline", b.clone()));
+        builds.push(("baseline", Some(b.clone())));
     }
+    builds.push(("this build", Some(opts.floodgate.clone())));
     // As many datagrams as a 1 GiB buffer holds (about 2 KiB each, whatever their size).
     let cases = [(1usize, 450_000usize), (20, 450_000)];
     let mut results: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); cases.len()]; builds.len()];
     for round in 0..5 {
         for (c, (lines, datagrams)) in cases.iter().enumerate() {
             for (b, (name, bin)) in builds.iter().enumerate() {
-                let rate = drain_rate(bin, *lines, *datagrams);
+                let rate = match bin {
+                    Some(bin) => drain_rate(bin, *lines, *datagrams),
+                    None => raw_drain_rate(*lines, *datagrams),
+                };
                 eprintln!("round {round}: {name}, {lines} line(s)/datagram: {rate:.0} lines/CPU-s");
                 results[b][c].push(rate);
             }
@@ -89,17 +137,25 @@ pub fn hot_path(opts: &BenchOptions) {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    let header: Vec<&str> = builds.iter().map(|(n, _)| *n).collect();
-    println!(
-        "\n| lines/datagram | {} | this build ÷ baseline |",
-        header.join(" lines/CPU-s (median of 5) | ") + " lines/CPU-s (median of 5)"
-    );
-    println!("|---|{}---|", "---|".repeat(builds.len()));
+    let mut header = String::from("| lines/datagram |");
+    for (name, _) in &builds {
+        header += &format!(" {name}: lines/CPU-s (median of 5) |");
+    }
+    header += " this build ÷ raw |";
+    if opts.baseline.is_some() {
+        header += " this build ÷ baseline |";
+    }
+    println!("\n{header}");
+    println!("|---|{}---|{}", "---|".repeat(builds.len()), if opts.baseline.is_some() { "---|" } else { "" });
     for (c, (lines, _)) in cases.iter().enumerate() {
         let medians: Vec<f64> = (0..builds.len()).map(|b| median(&results[b][c])).collect();
-        let ratio = if builds.len() == 2 { format!("{:.1} %", medians[1] / medians[0] * 100.0) } else { String::new() };
+        let this = medians[medians.len() - 1];
         let cells: Vec<String> = medians.iter().map(|m| format!("{:.2}M", m / 1e6)).collect();
-        println!("| {lines} | {} | {ratio} |", cells.join(" | "));
+        let mut row = format!("| {lines} | {} | {:.1} % |", cells.join(" | "), this / medians[0] * 100.0);
+        if opts.baseline.is_some() {
+            row += &format!(" {:.1} % |", this / medians[1] * 100.0);
+        }
+        println!("{row}");
     }
 }
 

@@ -77,6 +77,21 @@ enum Command {
         #[arg(long, default_value_t = 3.0)]
         duration: f64,
     },
+    /// The raw receive loop the hot path is measured against: binds `127.0.0.1:PORT` with a
+    /// receive buffer of `buffer` bytes and reads with floodgate's own `recvmmsg` batches (64
+    /// slots of 64 KiB), counting datagrams and nothing else; the count goes to `count` (a
+    /// file, rewritten every 100 ms).
+    RawRecv {
+        /// The port.
+        #[arg(long)]
+        port: u16,
+        /// Receive buffer bytes (SO_RCVBUFFORCE as root).
+        #[arg(long, default_value_t = 1 << 30)]
+        buffer: usize,
+        /// Where the count goes.
+        #[arg(long)]
+        count: PathBuf,
+    },
     /// Record the kernel's ctnetlink messages as received — events for `seconds`, then a dump
     /// of the table — into `out/events-N.bin` and `out/dump-N.bin` (one file per receive
     /// buffer): fixtures for the decoder's tests. Root; run it in a network namespace that has
@@ -143,6 +158,7 @@ fn main() {
             let rate = targets::parse_capacity(&load, Duration::from_secs_f64(duration));
             println!("{{\"lines_per_datagram\": {lines}, \"lines_per_second_one_core\": {rate:.0}}}");
         }
+        Command::RawRecv { port, buffer, count } => raw_recv(port, buffer, &count),
         Command::CaptureCtnetlink { out, seconds } => capture_ctnetlink(&out, Duration::from_secs_f64(seconds)),
         Command::Bench { floodgate, etsy, baseline, duration, only, lines } => {
             targets::bench(&targets::BenchOptions {
@@ -153,6 +169,26 @@ fn main() {
                 only,
                 lines,
             });
+        }
+    }
+}
+
+/// `raw-recv`: read and count, nothing else.
+fn raw_recv(port: u16, buffer: usize, count: &std::path::Path) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let socket = floodgate::sys::UdpReceiver::bind(addr, buffer, Duration::from_millis(100)).expect("bind");
+    let total = std::sync::Arc::new(AtomicU64::new(0));
+    let (seen, path) = (total.clone(), count.to_path_buf());
+    std::thread::spawn(move || loop {
+        let _ = std::fs::write(&path, seen.load(Relaxed).to_string());
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    let _ = std::fs::write(count, "0");
+    let mut batch = floodgate::sys::RecvBatch::new(64, 65_536);
+    loop {
+        if let Ok(n) = batch.recv(socket.fd()) {
+            total.fetch_add(n as u64, Relaxed);
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Memory with a million spoofed sources: floodgate runs in a network namespace made for the
-//! run, `scripts/spoof-udp.py` sends one datagram from each of 1,000,000 forged addresses to
-//! it through a raw socket there (the traffic never leaves the namespace), and floodgate's RSS
-//! is read before and after. Needs root, `ip`, `curl` and `python3`.
+//! run, `scripts/spoof-udp.py` sends one datagram from each of 1,000,000 forged sources to it
+//! through a raw socket there (the traffic never leaves the namespace): all 131,072 addresses
+//! of the benchmarking range 198.18.0.0/15, and 868,928 /64s of the documentation prefix
+//! 2001:db8::/32 (forged sources come from nowhere else). floodgate's RSS is read before and
+//! after. Needs root, `ip`, `curl` and `python3`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -40,7 +42,7 @@ pub fn sources_memory(opts: &BenchOptions) {
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("floodgate.toml");
     // Default [limits] (tracked_sources = 100,000); the console is not needed.
-    std::fs::write(&cfg, "[statsd]\nudp = [\"127.0.0.1:8125\"]\ntcp = []\n[admin]\n").unwrap();
+    std::fs::write(&cfg, "[statsd]\nudp = [\"127.0.0.1:8125\", \"[::1]:8125\"]\ntcp = []\n[admin]\n").unwrap();
     let mut fg = Command::new("ip")
         .args(["netns", "exec", &ns])
         .arg(&opts.floodgate)
@@ -59,13 +61,19 @@ pub fn sources_memory(opts: &BenchOptions) {
     let pid = fg.id();
     let baseline = proc_status(pid, "VmRSS:");
     let script = Path::new("scripts/spoof-udp.py");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns, "python3"])
-        .arg(script)
-        .args(["--to", "127.0.0.1:8125", "--sources", "10.0.0.0/12", "--count", &SOURCES.to_string()])
-        .output()
-        .expect("run scripts/spoof-udp.py");
-    let summary = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let v4 = 1u64 << 17;
+    let mut summary = Vec::new();
+    for (to, sources, count) in [("127.0.0.1:8125", "198.18.0.0/15", v4), ("[::1]:8125", "2001:db8::/32", SOURCES - v4)]
+    {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3"])
+            .arg(script)
+            .args(["--to", to, "--sources", sources, "--count", &count.to_string()])
+            .output()
+            .expect("run scripts/spoof-udp.py");
+        summary.push(format!("{sources}: {}", String::from_utf8_lossy(&out.stdout).trim()));
+    }
+    let summary = summary.join("; ");
     std::thread::sleep(Duration::from_secs(1));
     let after = proc_status(pid, "VmRSS:");
     let peak = proc_status(pid, "VmHWM:");

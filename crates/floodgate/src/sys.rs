@@ -1,9 +1,12 @@
 //! The syscall layer: UDP sockets with `SO_REUSEPORT` and a large receive buffer, batched
 //! receive with `recvmmsg(2)`, netlink sockets (conntrack) and the host's interface
-//! addresses. All of floodgate's `unsafe` lives here.
+//! addresses, and `bpf(2)` for the kernel guard ([`bpf`]). All of floodgate's `unsafe` lives
+//! here.
 //!
 //! `recvmmsg` is written against libc directly: nix's wrapper allocates per call and hides the
 //! per-message truncation flag we count, and the loop is small.
+
+pub mod bpf;
 
 use std::io;
 use std::net::SocketAddr;

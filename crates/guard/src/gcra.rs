@@ -37,6 +37,11 @@ impl Limit {
         self.interval_ns == 0
     }
 
+    /// Nanoseconds per message (0: unlimited).
+    pub fn interval_ns(&self) -> u64 {
+        self.interval_ns
+    }
+
     /// The burst tolerance, nanoseconds.
     pub fn tolerance_ns(&self) -> u64 {
         self.tolerance_ns

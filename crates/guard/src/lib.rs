@@ -11,6 +11,7 @@
 
 pub mod allow;
 pub mod gcra;
+pub mod kernel;
 pub mod port;
 pub mod table;
 

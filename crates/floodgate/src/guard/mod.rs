@@ -9,6 +9,7 @@
 //! same instant.
 
 pub mod config;
+pub mod kernel;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

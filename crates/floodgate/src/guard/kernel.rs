@@ -1,0 +1,148 @@
+//! The guard's kernel layer: the eBPF socket filter of `floodgate_guard::kernel`, loaded once
+//! per UDP listener and attached to each of its sockets, so the per-source and per-port limits
+//! hold before a datagram is queued. Where the kernel refuses (no privilege, no BPF, a
+//! verifier rejection) the listener runs with the user-space guard alone, and the log says
+//! which is in use.
+
+use floodgate_guard::kernel::{self, Config, Maps, SourceCell, Stat, SOURCE_KEY_SIZE, SOURCE_VALUE_SIZE};
+use floodgate_guard::Limit;
+
+use super::config::LimitsConfig;
+use crate::sys::bpf::{self, Map, MapKind, Program};
+
+/// One listener's program and maps.
+#[derive(Debug)]
+pub struct KernelGuard {
+    program: Program,
+    config: Map,
+    sources: Map,
+    stats: Map,
+    // Kept open: the program refers to it.
+    _port: Map,
+}
+
+impl KernelGuard {
+    /// Creates the maps (the sources map holds `limits.tracked_sources`) and loads the program;
+    /// an error says why the kernel layer is not available.
+    pub fn new(limits: &LimitsConfig) -> Result<KernelGuard, String> {
+        let entries = limits.tracked_sources.clamp(1, u32::MAX as usize) as u32;
+        let map =
+            |kind, key, value, n, name| Map::create(kind, key, value, n, name).map_err(|e| format!("{name}: {e}"));
+        let config = map(MapKind::Array, 4, 32, 1, "fg_config")?;
+        let sources = map(MapKind::LruHash, SOURCE_KEY_SIZE, SOURCE_VALUE_SIZE, entries, "fg_sources")?;
+        let port = map(MapKind::Array, 4, 8, 1, "fg_port")?;
+        let stats = map(MapKind::PerCpuArray, 4, 8, Stat::COUNT, "fg_stats")?;
+        let maps = Maps { config: config.fd(), sources: sources.fd(), port: port.fd(), stats: stats.fd() };
+        let insns: Vec<u8> = kernel::program(maps).into_iter().flat_map(|i| i.to_bytes()).collect();
+        let program = Program::load_socket_filter(&insns, "fg_guard").map_err(|e| {
+            let tail: Vec<&str> = e.log.lines().rev().take(3).collect();
+            format!("{} (verifier: {})", e.error, tail.into_iter().rev().collect::<Vec<_>>().join(" / "))
+        })?;
+        let guard = KernelGuard { program, config, sources, stats, _port: port };
+        guard.configure(limits).map_err(|e| format!("fg_config: {e}"))?;
+        Ok(guard)
+    }
+
+    /// Writes the limits into the program's config (start and reload); the cells stay.
+    pub fn configure(&self, limits: &LimitsConfig) -> std::io::Result<()> {
+        let burst = limits.burst.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let (source_interval_ns, source_tolerance_ns) = kernel::gcra(&Limit::new(limits.udp_per_source, burst));
+        let (port_interval_ns, port_tolerance_ns) = kernel::gcra(&Limit::new(limits.udp_per_port, burst));
+        let config = Config { source_interval_ns, source_tolerance_ns, port_interval_ns, port_tolerance_ns };
+        self.config.update(&0u32.to_ne_bytes(), &config.to_bytes())
+    }
+
+    /// Attaches the program to a socket of the listener.
+    pub fn attach(&self, socket: std::os::fd::RawFd) -> std::io::Result<()> {
+        self.program.attach(socket)
+    }
+
+    /// Datagrams passed and dropped so far, by [`Stat`] (summed over CPUs).
+    pub fn stats(&self) -> [u64; Stat::COUNT as usize] {
+        let cpus = bpf::possible_cpus();
+        let mut out = [0u64; Stat::COUNT as usize];
+        let mut values = vec![0u8; 8 * cpus];
+        for stat in Stat::ALL {
+            if let Ok(true) = self.stats.lookup(&(stat as u32).to_ne_bytes(), &mut values) {
+                out[stat as usize] = values
+                    .chunks_exact(8)
+                    .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+                    .fold(0u64, u64::saturating_add);
+            }
+        }
+        out
+    }
+
+    /// The sources the kernel dropped from, most first, at most `max` (a walk of the map:
+    /// bounded by its size).
+    pub fn offenders(&self, max: usize) -> Vec<SourceCell> {
+        let mut out = Vec::new();
+        let (mut key, mut next) = (vec![0u8; SOURCE_KEY_SIZE as usize], vec![0u8; SOURCE_KEY_SIZE as usize]);
+        let mut value = vec![0u8; SOURCE_VALUE_SIZE as usize];
+        let mut first = true;
+        while let Ok(true) = self.sources.next_key((!first).then_some(&key[..]), &mut next) {
+            first = false;
+            if let Ok(true) = self.sources.lookup(&next, &mut value) {
+                if let Some(cell) = SourceCell::from_bytes(&next, &value).filter(|c| c.dropped > 0) {
+                    out.push(cell);
+                }
+            }
+            std::mem::swap(&mut key, &mut next);
+        }
+        out.sort_by(|a, b| b.dropped.cmp(&a.dropped));
+        out.truncate(max);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    /// Loads in this kernel (root): a source over its limit is dropped in the kernel, counted
+    /// in the stats and in its entry; another source is unaffected.
+    #[test]
+    fn the_kernel_holds_a_source_to_its_limit() {
+        let limits = LimitsConfig {
+            udp_per_source: 10,
+            udp_per_port: 0,
+            burst: Duration::from_secs(1),
+            ..LimitsConfig::default()
+        };
+        // The test command runs as root, where BPF is available.
+        let guard = KernelGuard::new(&limits).unwrap_or_else(|e| panic!("the kernel guard did not load: {e}"));
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        guard.attach(socket.as_raw_fd()).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let to = socket.local_addr().unwrap();
+        let flood = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+        let other = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();
+        for _ in 0..100 {
+            flood.send_to(b"x:1|c", to).unwrap();
+        }
+        for _ in 0..5 {
+            other.send_to(b"y:1|c", to).unwrap();
+        }
+        let (mut from_flood, mut from_other) = (0, 0);
+        let mut buf = [0u8; 64];
+        while let Ok((_, from)) = socket.recv_from(&mut buf) {
+            if from.ip() == flood.local_addr().unwrap().ip() {
+                from_flood += 1;
+            } else {
+                from_other += 1;
+            }
+        }
+        // A burst of one second at 10/s: 10 (and perhaps one more as time passes).
+        assert!((10..=11).contains(&from_flood), "{from_flood} of the flood's 100 passed");
+        assert_eq!(from_other, 5);
+        let stats = guard.stats();
+        assert_eq!(stats[Stat::SourceLimit as usize], 100 - from_flood);
+        assert_eq!(stats[Stat::Passed as usize], from_flood + 5);
+        let offenders = guard.offenders(10);
+        assert_eq!(offenders.len(), 1);
+        assert_eq!(offenders[0].ip(), flood.local_addr().unwrap().ip());
+        assert_eq!(offenders[0].dropped, 100 - from_flood);
+    }
+}

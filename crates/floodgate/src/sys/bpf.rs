@@ -1,0 +1,212 @@
+//! The `bpf(2)` calls the kernel guard needs: create maps, read and write their entries, load
+//! a socket filter (with the verifier's log when it refuses), attach it to a socket.
+//!
+//! Written against the raw syscall with libc: the attribute block is a 128-byte buffer whose
+//! fields are set at their `union bpf_attr` offsets (include/uapi/linux/bpf.h), so nothing
+//! depends on a crate's idea of the kernel's layout.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+const MAP_CREATE: libc::c_long = 0;
+const MAP_LOOKUP_ELEM: libc::c_long = 1;
+const MAP_UPDATE_ELEM: libc::c_long = 2;
+const MAP_GET_NEXT_KEY: libc::c_long = 4;
+const PROG_LOAD: libc::c_long = 5;
+const PROG_TYPE_SOCKET_FILTER: u32 = 1;
+const SO_ATTACH_BPF: libc::c_int = 50;
+
+/// Map kinds used.
+#[derive(Debug, Clone, Copy)]
+pub enum MapKind {
+    /// `BPF_MAP_TYPE_ARRAY`.
+    Array = 2,
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
+    PerCpuArray = 6,
+    /// `BPF_MAP_TYPE_LRU_HASH`.
+    LruHash = 9,
+}
+
+/// The attribute block.
+struct Attr([u8; 128]);
+
+impl Attr {
+    fn new() -> Attr {
+        Attr([0; 128])
+    }
+    fn u32(&mut self, at: usize, v: u32) -> &mut Attr {
+        self.0[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn u64(&mut self, at: usize, v: u64) -> &mut Attr {
+        self.0[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn name(&mut self, at: usize, name: &str) -> &mut Attr {
+        let n = name.len().min(15);
+        self.0[at..at + n].copy_from_slice(&name.as_bytes()[..n]);
+        self
+    }
+    fn call(&mut self, cmd: libc::c_long) -> io::Result<libc::c_long> {
+        // SAFETY: the attribute block is 128 valid bytes, and every pointer written into it
+        // (keys, values, instructions, license, log) points to memory the caller keeps alive
+        // and sized as the command reads or writes it for the duration of this call.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, self.0.as_mut_ptr(), self.0.len()) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    }
+}
+
+fn fd_of(r: libc::c_long) -> OwnedFd {
+    // SAFETY: a successful MAP_CREATE or PROG_LOAD returns a new file descriptor that nothing
+    // else owns.
+    unsafe { OwnedFd::from_raw_fd(r as RawFd) }
+}
+
+/// A BPF map.
+#[derive(Debug)]
+pub struct Map {
+    fd: OwnedFd,
+    key_size: usize,
+    value_size: usize,
+}
+
+impl Map {
+    /// Creates a map (`name` is shown by `bpftool`).
+    pub fn create(kind: MapKind, key_size: u32, value_size: u32, max_entries: u32, name: &str) -> io::Result<Map> {
+        let r = Attr::new()
+            .u32(0, kind as u32)
+            .u32(4, key_size)
+            .u32(8, value_size)
+            .u32(12, max_entries)
+            .name(28, name)
+            .call(MAP_CREATE)?;
+        Ok(Map { fd: fd_of(r), key_size: key_size as usize, value_size: value_size as usize })
+    }
+
+    /// Its file descriptor (for the program's map loads).
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Sets `key` to `value` (flags: 0 any).
+    pub fn update(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        if key.len() != self.key_size || value.len() != self.value_size {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "map key or value of the wrong size"));
+        }
+        Attr::new()
+            .u32(0, self.fd() as u32)
+            .u64(8, key.as_ptr() as u64)
+            .u64(16, value.as_ptr() as u64)
+            .call(MAP_UPDATE_ELEM)
+            .map(drop)
+    }
+
+    /// Reads `key` into `value` (a per-CPU map writes one value per possible CPU, so `value`
+    /// must hold that many); false when absent.
+    pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+        if key.len() != self.key_size || value.len() < self.value_size {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "map key or value of the wrong size"));
+        }
+        match Attr::new()
+            .u32(0, self.fd() as u32)
+            .u64(8, key.as_ptr() as u64)
+            .u64(16, value.as_mut_ptr() as u64)
+            .call(MAP_LOOKUP_ELEM)
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The key after `key` (the first with `None`) into `next`; false at the end.
+    pub fn next_key(&self, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<bool> {
+        if next.len() != self.key_size || key.is_some_and(|k| k.len() != self.key_size) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "map key of the wrong size"));
+        }
+        match Attr::new()
+            .u32(0, self.fd() as u32)
+            .u64(8, key.map_or(0, |k| k.as_ptr() as u64))
+            .u64(16, next.as_mut_ptr() as u64)
+            .call(MAP_GET_NEXT_KEY)
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A loaded program.
+#[derive(Debug)]
+pub struct Program {
+    fd: OwnedFd,
+}
+
+/// Why a program did not load.
+#[derive(Debug)]
+pub struct LoadError {
+    /// The syscall's error.
+    pub error: io::Error,
+    /// The verifier's log (its last lines say why).
+    pub log: String,
+}
+
+impl Program {
+    /// Loads `insns` (8 bytes each) as a socket filter.
+    pub fn load_socket_filter(insns: &[u8], name: &str) -> Result<Program, LoadError> {
+        let license = b"GPL\0";
+        let mut log = vec![0u8; 1 << 16];
+        let r = Attr::new()
+            .u32(0, PROG_TYPE_SOCKET_FILTER)
+            .u32(4, (insns.len() / 8) as u32)
+            .u64(8, insns.as_ptr() as u64)
+            .u64(16, license.as_ptr() as u64)
+            .u32(24, 1)
+            .u32(28, log.len() as u32)
+            .u64(32, log.as_mut_ptr() as u64)
+            .name(48, name)
+            .call(PROG_LOAD);
+        match r {
+            Ok(fd) => Ok(Program { fd: fd_of(fd) }),
+            Err(error) => {
+                let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+                Err(LoadError { error, log: String::from_utf8_lossy(&log[..end]).into_owned() })
+            }
+        }
+    }
+
+    /// Attaches it to socket `socket` (`SO_ATTACH_BPF`); it stays until the socket closes.
+    pub fn attach(&self, socket: RawFd) -> io::Result<()> {
+        let fd: libc::c_int = self.fd.as_raw_fd();
+        // SAFETY: `fd` is a valid c_int for the duration of the call and the length given is
+        // its size; the kernel only reads it.
+        let r = unsafe {
+            libc::setsockopt(
+                socket,
+                libc::SOL_SOCKET,
+                SO_ATTACH_BPF,
+                (&fd as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Possible CPUs (the number of values a per-CPU map lookup returns).
+pub fn possible_cpus() -> usize {
+    // "0-7" or "0,2-3": the highest index plus one.
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| s.trim().split([',', '-']).filter_map(|p| p.parse::<usize>().ok()).max())
+        .map_or(1, |m| m + 1)
+}

@@ -89,7 +89,7 @@ impl KernelGuard {
             }
             std::mem::swap(&mut key, &mut next);
         }
-        out.sort_by(|a, b| b.dropped.cmp(&a.dropped));
+        out.sort_by_key(|c| std::cmp::Reverse(c.dropped));
         out.truncate(max);
         out
     }

@@ -35,6 +35,23 @@ pub struct LimitsConfig {
     pub tls_handshakes_per_second: u64,
     /// TLS handshakes in progress at once on one TLS listener; connections past it are reset.
     pub tls_handshakes_in_flight: usize,
+    /// The kernel layer: `auto` applies `udp_per_source` and `udp_per_port` to UDP datagrams
+    /// in the kernel too (an eBPF socket filter, before the datagram is queued) where the
+    /// kernel allows it, else the user-space guard alone, logged; `off` (the default for now:
+    /// issue 17 makes `auto` the default once kernel drops count in `floodgate_dropped_total`)
+    /// never tries.
+    pub kernel: KernelMode,
+}
+
+/// `[limits] kernel`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelMode {
+    /// Use the kernel layer where it loads.
+    Auto,
+    /// User space only.
+    #[default]
+    Off,
 }
 
 impl Default for LimitsConfig {
@@ -50,6 +67,7 @@ impl Default for LimitsConfig {
             tracked_sources: 100_000,
             tls_handshakes_per_second: 200,
             tls_handshakes_in_flight: 64,
+            kernel: KernelMode::Off,
         }
     }
 }

@@ -83,6 +83,8 @@ impl Policy {
 /// The guard shared by every listener.
 pub struct Guard {
     policy: ArcSwap<Policy>,
+    /// `[limits]` as configured (the kernel layer is set up from it).
+    limits: Mutex<LimitsConfig>,
     listeners: Mutex<Vec<Arc<ListenerGuard>>>,
     epoch: Instant,
     epoch_wall: SystemTime,
@@ -102,6 +104,7 @@ impl Guard {
         let table = Arc::new(SourceTable::new(limits.tracked_sources));
         Arc::new(Guard {
             policy: ArcSwap::from_pointee(Policy::new(limits, table)),
+            limits: Mutex::new(limits.clone()),
             listeners: Mutex::new(Vec::new()),
             epoch_wall: SystemTime::now() - epoch.elapsed(),
             epoch,
@@ -120,6 +123,18 @@ impl Guard {
             Arc::new(SourceTable::new(limits.tracked_sources))
         };
         self.policy.store(Arc::new(Policy::new(limits, table)));
+        *self.limits.lock() = limits.clone();
+        // The kernel layer's limits change in place (`kernel = "off"` on reload leaves the
+        // programs attached, with no limit).
+        for lg in self.listeners.lock().iter() {
+            if let Some(k) = lg.kernel.get() {
+                let off = LimitsConfig { udp_per_source: 0, udp_per_port: 0, ..limits.clone() };
+                let applied = if limits.kernel == config::KernelMode::Off { &off } else { limits };
+                if let Err(e) = k.configure(applied) {
+                    tracing::warn!(error = %e, address = %lg.address, "kernel guard: new limits not applied");
+                }
+            }
+        }
     }
 
     /// The policy in force (cheap; hold it for a batch, not forever).
@@ -156,6 +171,7 @@ impl Guard {
             handshakes_in_flight: Arc::default(),
             loopback_allowed: kind.is_operator(),
             programs: Mutex::new(HashMap::new()),
+            kernel: std::sync::OnceLock::new(),
             guard: Arc::downgrade(self),
         });
         listeners.push(lg.clone());
@@ -237,10 +253,36 @@ impl Guard {
         humantime::format_rfc3339_millis(self.epoch_wall + Duration::from_nanos(ns)).to_string()
     }
 
-    /// The `max` sources that dropped most, for `/offenders` and the labelled metric.
+    /// The `max` sources that dropped most, for `/offenders` and the labelled metric: the
+    /// user-space table's, and the kernel layer's (`reason` `kernel_*`).
     pub fn offenders(&self, max: usize) -> Vec<OffenderReport> {
         let listeners = self.listeners.lock().clone();
-        self.policy()
+        let mut kernel: Vec<OffenderReport> = listeners
+            .iter()
+            .filter_map(|lg| Some((lg, lg.kernel.get()?)))
+            .flat_map(|(lg, k)| {
+                k.offenders(max).into_iter().map(|cell| {
+                    let source = match cell.ip() {
+                        IpAddr::V6(a) => format!("{a}/64"),
+                        a => a.to_string(),
+                    };
+                    OffenderReport {
+                        source,
+                        uid: None,
+                        program: None,
+                        listener: lg.kind.as_str(),
+                        address: lg.address.clone(),
+                        reason: "kernel_source_limit",
+                        dropped: cell.dropped,
+                        first_seen: String::new(),
+                        last_seen: String::new(),
+                        currently_limited: false,
+                    }
+                })
+            })
+            .collect();
+        let mut all: Vec<OffenderReport> = self
+            .policy()
             .table
             .offenders(max)
             .into_iter()
@@ -259,6 +301,20 @@ impl Guard {
                     currently_limited: o.currently_limited,
                 })
             })
+            .collect();
+        all.append(&mut kernel);
+        all.sort_by_key(|o| std::cmp::Reverse(o.dropped));
+        all.truncate(max);
+        all
+    }
+
+    /// Each listener with the kernel layer attached: its stats (passed, dropped by source,
+    /// dropped by port).
+    pub fn kernel_stats(&self) -> Vec<(&'static str, String, [u64; 3])> {
+        self.listeners
+            .lock()
+            .iter()
+            .filter_map(|lg| Some((lg.kind.as_str(), lg.address.clone(), lg.kernel.get()?.stats())))
             .collect()
     }
 
@@ -366,7 +422,48 @@ pub struct ListenerGuard {
     /// Unix listeners: the program each limited uid was sending from, read when its limit
     /// started (cold: once a limited period), for the log line and `/offenders`. Bounded.
     programs: Mutex<HashMap<u32, String>>,
+    /// The kernel layer, when it is attached to this listener's sockets.
+    kernel: std::sync::OnceLock<kernel::KernelGuard>,
     guard: std::sync::Weak<Guard>,
+}
+
+impl ListenerGuard {
+    /// Puts the kernel layer on this listener's UDP sockets when `[limits] kernel` allows and
+    /// the kernel takes it; says in the log which layer limits the listener.
+    pub fn attach_kernel(&self, sockets: &[std::os::fd::RawFd]) {
+        let Some(guard) = self.guard.upgrade() else { return };
+        let limits = guard.limits.lock().clone();
+        if limits.kernel == config::KernelMode::Off {
+            tracing::info!(address = %self.address, "kernel guard off ([limits] kernel = \"off\"): the user-space guard limits this listener");
+            return;
+        }
+        let loaded = kernel::KernelGuard::new(&limits).and_then(|k| {
+            for fd in sockets {
+                k.attach(*fd).map_err(|e| format!("SO_ATTACH_BPF: {e}"))?;
+            }
+            Ok(k)
+        });
+        match loaded {
+            Ok(k) => {
+                tracing::info!(
+                    address = %self.address,
+                    sockets = sockets.len(),
+                    "kernel guard attached: udp_per_source and udp_per_port also hold in the kernel, per datagram, before it is queued"
+                );
+                let _ = self.kernel.set(k);
+            }
+            Err(e) => tracing::warn!(
+                address = %self.address,
+                error = %e,
+                "kernel guard unavailable (needs root or CAP_BPF and CAP_NET_ADMIN): the user-space guard alone limits this listener"
+            ),
+        }
+    }
+
+    /// Whether the kernel layer is attached.
+    pub fn kernel_attached(&self) -> bool {
+        self.kernel.get().is_some()
+    }
 }
 
 /// Messages in a StatsD datagram: its lines (a last line without `\n` counts).
@@ -642,6 +739,22 @@ impl crate::metrics::Report for Guard {
             ),
             report.tracked_sources_capacity as u64,
         );
+        let attached = Describe::gauge(
+            "floodgate_kernel_guard_attached",
+            "1 where the kernel layer of the guard (an eBPF socket filter) limits a UDP listener.",
+        );
+        let kernel = Describe::counter(
+            "floodgate_kernel_guard_datagrams_total",
+            "Datagrams the kernel layer of the guard saw, by outcome: passed, source_limit, port_limit.",
+        );
+        out.family(attached);
+        out.family(kernel);
+        for (listener, address, stats) in self.kernel_stats() {
+            out.add(attached, &[("listener", listener), ("address", address.as_str())], 1u64);
+            for (outcome, n) in ["passed", "source_limit", "port_limit"].into_iter().zip(stats) {
+                out.add(kernel, &[("listener", listener), ("address", address.as_str()), ("outcome", outcome)], n);
+            }
+        }
         let dropped = Describe::counter(
             "floodgate_offender_dropped_total",
             "Dropped from the 10 sources that dropped most (see /offenders).",

@@ -188,6 +188,10 @@ pub fn start_datagrams<H: DatagramHandler>(
     // A socket file has no source addresses: its senders are limited by uid (the file's mode
     // says who may send at all).
     let listener = shared.guard.listener(*kind, &bound, 0);
+    if udp_port.is_some() {
+        let fds: Vec<std::os::fd::RawFd> = sockets.iter().map(|s| s.fd()).collect();
+        listener.attach_kernel(&fds);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let mut running = Vec::new();
     for (i, socket) in sockets.into_iter().enumerate() {

@@ -203,6 +203,8 @@ pub struct Listener {
     pub udp_port: Option<u16>,
     /// The protocol's own families (messages, parse errors, its drop reasons).
     pub extra: Option<ExtraFamilies>,
+    /// Its guard (UDP: the kernel layer's drops are read from it).
+    pub guard: Option<Arc<crate::guard::ListenerGuard>>,
 }
 
 impl Listener {
@@ -243,7 +245,15 @@ impl Listeners {
     /// Registers a stream listener (TCP, TLS) and returns its counters.
     pub fn register_stream(&self, kind: Kind, address: String, extra: Option<ExtraFamilies>) -> Arc<Counters> {
         let counters = Arc::new(Counters::default());
-        self.register(Listener { kind, address, counters: counters.clone(), receive_buffer: 0, udp_port: None, extra });
+        self.register(Listener {
+            kind,
+            address,
+            counters: counters.clone(),
+            receive_buffer: 0,
+            udp_port: None,
+            extra,
+            guard: None,
+        });
         counters
     }
 
@@ -283,13 +293,16 @@ const RECEIVE_BUFFER: Describe = Describe::gauge(
     "Socket receive buffer granted by the kernel, summed over the listener's sockets.",
 );
 
+/// A listener's guard, as the report reads it.
+type GuardRef = Arc<crate::guard::ListenerGuard>;
+
 impl Report for Listeners {
     fn report(&self, out: &mut Families) {
         let listeners = self.listeners.lock().clone();
         for d in [PACKETS, BYTES, LIMITED, CONNECTIONS, OPEN, HANDSHAKES, HANDSHAKE_FAILURES, RECEIVE_BUFFER, DROPPED] {
             out.family(d);
         }
-        let mut kernel_ports: BTreeMap<(Kind, &str), u16> = BTreeMap::new();
+        let mut kernel_ports: BTreeMap<(Kind, &str), (u16, Option<&GuardRef>)> = BTreeMap::new();
         for l in &listeners {
             let (c, labels, kind) = (&l.counters, l.labels(), l.kind);
             out.add(PACKETS, &labels, c.packets.load(Relaxed));
@@ -319,16 +332,24 @@ impl Report for Listeners {
             }
             if let Some(port) = l.udp_port {
                 out.add(RECEIVE_BUFFER, &labels, l.receive_buffer as u64);
-                kernel_ports.insert((kind, &l.address), port);
+                kernel_ports.insert((kind, &l.address), (port, l.guard.as_ref()));
             }
             if let Some(extra) = l.extra {
                 extra(l, out);
             }
         }
-        for ((kind, address), port) in kernel_ports {
-            // The kernel counts per socket; every socket on the port is ours (SO_REUSEPORT).
-            let labels = [("listener", kind.as_str()), ("address", address), ("reason", "kernel_receive_buffer")];
-            out.add(DROPPED, &labels, crate::sys::kernel_udp_drops(port));
+        for ((kind, address), (port, guard)) in kernel_ports {
+            // The kernel counts per socket; every socket on the port is ours (SO_REUSEPORT). Its
+            // count includes what the guard's kernel layer filtered out, reported apart.
+            let filtered = guard.and_then(|g| g.kernel_dropped());
+            let label = |reason| [("listener", kind.as_str()), ("address", address), ("reason", reason)];
+            let all = crate::sys::kernel_udp_drops(port);
+            let [by_source, by_port] = filtered.unwrap_or_default();
+            out.add(DROPPED, &label("kernel_receive_buffer"), all.saturating_sub(by_source + by_port));
+            if filtered.is_some() {
+                out.add(DROPPED, &label("kernel_source_limit"), by_source);
+                out.add(DROPPED, &label("kernel_port_limit"), by_port);
+            }
         }
     }
 }
@@ -371,6 +392,7 @@ mod tests {
                 receive_buffer: 10,
                 udp_port: None,
                 extra: None,
+                guard: None,
             });
         }
         let mut out = Families::default();

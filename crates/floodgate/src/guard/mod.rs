@@ -427,6 +427,15 @@ pub struct ListenerGuard {
     guard: std::sync::Weak<Guard>,
 }
 
+impl std::fmt::Debug for ListenerGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerGuard")
+            .field("kind", &self.kind)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ListenerGuard {
     /// Puts the kernel layer on this listener's UDP sockets when `[limits] kernel` allows and
     /// the kernel takes it; says in the log which layer limits the listener.
@@ -463,6 +472,14 @@ impl ListenerGuard {
     /// Whether the kernel layer is attached.
     pub fn kernel_attached(&self) -> bool {
         self.kernel.get().is_some()
+    }
+
+    /// Datagrams the kernel layer dropped, by the source limit and by the port limit (`None`:
+    /// not attached).
+    pub fn kernel_dropped(&self) -> Option<[u64; 2]> {
+        let s = self.kernel.get()?.stats();
+        use floodgate_guard::kernel::Stat;
+        Some([s[Stat::SourceLimit as usize], s[Stat::PortLimit as usize]])
     }
 }
 

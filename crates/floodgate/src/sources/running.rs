@@ -203,6 +203,7 @@ pub fn start_datagrams<H: DatagramHandler>(
             receive_buffer: socket.granted_buffer,
             udp_port,
             extra: Some(extra),
+            guard: Some(listener.clone()),
         });
         let worker = UdpWorker {
             socket,

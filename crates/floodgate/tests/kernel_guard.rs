@@ -1,0 +1,133 @@
+//! The guard's kernel layer (an eBPF socket filter) through the real binary: it loads where
+//! the kernel allows (the test command runs as root), says so in the log and the metrics, and
+//! past what floodgate can read it keeps a legitimate sender whole while a flood from another
+//! source fills what is left — which the user-space guard alone cannot, since the kernel drops
+//! from a full socket buffer without looking at the source.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A cgroup (v1 `cpu` controller) holding a process's threads to a share of one core.
+struct CpuShare {
+    dir: std::path::PathBuf,
+}
+
+impl CpuShare {
+    /// Moves every thread of `pid` into a new group allowed `percent` % of a core.
+    fn confine(pid: u32, percent: u32) -> CpuShare {
+        let dir = std::path::PathBuf::from(format!("/sys/fs/cgroup/cpu/floodgate-test-{pid}"));
+        std::fs::create_dir_all(&dir).expect("a cpu cgroup (cgroup v1 cpu controller, root)");
+        std::fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
+        std::fs::write(dir.join("cpu.cfs_quota_us"), (percent * 1000).to_string()).unwrap();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let tid = task.unwrap().file_name();
+            std::fs::write(dir.join("tasks"), tid.to_string_lossy().as_bytes()).unwrap();
+        }
+        CpuShare { dir }
+    }
+}
+
+impl Drop for CpuShare {
+    fn drop(&mut self) {
+        // Empty once the process has exited.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+struct Outcome {
+    legit_sent: u64,
+    legit_received: f64,
+    flood_sent: u64,
+    flood_received: f64,
+    seconds: f64,
+    buffer_drops: f64,
+    kernel_source_drops: f64,
+}
+
+/// floodgate held to 10 % of a core; one source floods as fast as it can, another sends 500
+/// lines a second (its limit is 2,000) for 10 s; what reached Carbon from each.
+fn beyond_capacity(kernel: &str) -> Outcome {
+    let carbon = Carbon::start();
+    let mut fg = Floodgate::start(
+        "flush_interval = \"2s\"\nreceive_threads = 1\nreceive_buffer = \"1MiB\"",
+        &format!(
+            "[graphite]\naddress = \"127.0.0.1:{}\"\n\n[limits]\nudp_per_source = 2000\nudp_per_port = 0\nkernel = \"{kernel}\"\n",
+            carbon.line_port
+        ),
+    );
+    let share = CpuShare::confine(fg.child.id(), 10);
+    let to = fg.udp_addr();
+    let start = Instant::now();
+    let flood = Sender::start("127.0.0.2", to, "flood.hits:1|c", 0, 4);
+    let legit = Sender::start("127.0.0.3", to, "legit.hits:1|c", 500, 1);
+    std::thread::sleep(Duration::from_secs(10));
+    let (flood_sent, legit_sent) = (flood.stop(), legit.stop());
+    let seconds = start.elapsed().as_secs_f64();
+    // Everything queued is read, flushed, and in Whisper once the sums stop moving.
+    let sum = |name: &str| carbon.fetch(name).iter().sum::<f64>();
+    let mut last = (-1.0, -1.0);
+    let (legit_received, flood_received) = wait_for("Carbon's sums to settle", Duration::from_secs(120), || {
+        std::thread::sleep(Duration::from_secs(3));
+        let now = (sum("stats_counts.legit.hits"), sum("stats_counts.flood.hits"));
+        let settled = now == last && now.0 > 0.0;
+        last = now;
+        settled.then_some(now)
+    });
+    let m = fg.self_metrics();
+    let buffer_drops = metric(&m, "floodgate_dropped_total", &["reason=\"kernel_receive_buffer\""]).unwrap_or(0.0);
+    let kernel_source_drops = metric(&m, "floodgate_dropped_total", &["reason=\"kernel_source_limit\""]).unwrap_or(0.0);
+    if kernel == "auto" {
+        let outcome = ["outcome=\"source_limit\""];
+        assert_eq!(metric(&m, "floodgate_kernel_guard_datagrams_total", &outcome), Some(kernel_source_drops));
+        assert_eq!(metric(&m, "floodgate_kernel_guard_attached", &[]), Some(1.0));
+        // The limited source is in /offenders, from the kernel's map.
+        let (_, offenders) = http_get(fg.http, "/offenders").unwrap();
+        assert!(offenders.contains("\"kernel_source_limit\"") && offenders.contains("127.0.0.2"), "{offenders}");
+    }
+    let log = fg.stderr();
+    if kernel == "auto" {
+        assert!(log.contains("kernel guard attached"), "{log}");
+    } else {
+        assert!(log.contains("kernel guard off"), "{log}");
+    }
+    fg.signal("TERM");
+    let _ = fg.child.wait();
+    drop(share);
+    Outcome { legit_sent, legit_received, flood_sent, flood_received, seconds, buffer_drops, kernel_source_drops }
+}
+
+/// Past what floodgate can read: with the kernel layer the legitimate source loses nothing and
+/// the flood is held to its limit; without it (same run) the socket buffer overflows and the
+/// kernel drops without regard to source, the legitimate sender's datagrams included.
+#[test]
+fn beyond_capacity_the_kernel_layer_keeps_the_legitimate_sender_whole() {
+    let with = beyond_capacity("auto");
+    let without = beyond_capacity("off");
+    for (name, o) in [("kernel layer", &with), ("user space only", &without)] {
+        eprintln!(
+            "{name}: legit {}/{} ({:.2} % lost), flood {}/{} in {:.1} s, socket buffer drops {}, kernel source drops {}",
+            o.legit_received,
+            o.legit_sent,
+            (1.0 - o.legit_received / o.legit_sent as f64) * 100.0,
+            o.flood_received,
+            o.flood_sent,
+            o.seconds,
+            o.buffer_drops,
+            o.kernel_source_drops
+        );
+    }
+    assert_eq!(with.legit_received, with.legit_sent as f64, "the legitimate source lost nothing");
+    assert!(with.flood_received <= 2000.0 * (with.seconds + 1.0), "the flood held to its limit");
+    assert!(with.kernel_source_drops > 0.0, "the kernel dropped the flood");
+    // The effect: without the kernel layer the buffer overflowed (what was lost of the
+    // legitimate sender's is printed above).
+    assert!(without.buffer_drops > 0.0, "the flood was beyond what floodgate could read");
+}

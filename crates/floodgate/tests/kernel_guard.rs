@@ -131,3 +131,46 @@ fn beyond_capacity_the_kernel_layer_keeps_the_legitimate_sender_whole() {
     // legitimate sender's is printed above).
     assert!(without.buffer_drops > 0.0, "the flood was beyond what floodgate could read");
 }
+
+/// Where the kernel refuses (here: floodgate run as `nobody` with no capabilities), the
+/// user-space guard limits the listener alone, and the log and metrics say so.
+#[test]
+fn without_privilege_the_user_space_guard_runs_and_says_so() {
+    let wrapper =
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"];
+    let fg = Floodgate::start_as(&wrapper, "", "[limits]\nudp_per_source = 5\nkernel = \"auto\"\n");
+    let log = fg.stderr();
+    assert!(log.contains("kernel guard unavailable"), "{log}");
+    assert!(!log.contains("kernel guard attached"), "{log}");
+    let m = fg.self_metrics();
+    assert_eq!(metric(&m, "floodgate_kernel_guard_attached", &[]), None);
+    // And the user-space guard limits: 20 lines from one source, 5 in.
+    let socket = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    for _ in 0..20 {
+        socket.send_to(b"x:1|c", fg.udp_addr()).unwrap();
+    }
+    fg.wait_sample("floodgate_dropped_total", &["listener=\"statsd_udp\"", "reason=\"source_limit\""], |v| v == 15.0);
+}
+
+/// SIGHUP changes the kernel layer's limits in place: the program stays attached, its maps
+/// take the new rates.
+#[test]
+fn limits_change_in_the_kernel_on_sighup() {
+    let sections = |rate: u32| format!("[limits]\nudp_per_source = {rate}\nudp_per_port = 0\nkernel = \"auto\"\n");
+    let fg = Floodgate::start("", &sections(5));
+    assert!(fg.stderr().contains("kernel guard attached"), "{}", fg.stderr());
+    let socket = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    let send = |n: usize| {
+        for _ in 0..n {
+            socket.send_to(b"x:1|c", fg.udp_addr()).unwrap();
+        }
+    };
+    let outcome = |o: &str| format!("outcome=\"{o}\"");
+    send(20);
+    fg.wait_sample("floodgate_kernel_guard_datagrams_total", &[&outcome("source_limit")], |v| v == 15.0);
+    fg.reload("", &sections(100_000));
+    wait_for("the reload", Duration::from_secs(20), || fg.stderr().contains("config reloaded").then_some(()));
+    send(20);
+    fg.wait_sample("floodgate_kernel_guard_datagrams_total", &[&outcome("passed")], |v| v == 25.0);
+    assert_eq!(fg.sample("floodgate_kernel_guard_datagrams_total", &[&outcome("source_limit")]), 15.0);
+}

@@ -187,14 +187,31 @@ impl Floodgate {
     /// and TCP, console, HTTP); `extra` may add keys to `[statsd]` (it is placed inside it)
     /// and further sections.
     pub fn start(statsd_extra: &str, sections: &str) -> Floodgate {
+        Floodgate::start_as(&[], statsd_extra, sections)
+    }
+
+    /// [`Floodgate::start`] through a wrapper command (`setpriv ...` to run it unprivileged);
+    /// its folder and config are then open to every user.
+    pub fn start_as(wrapper: &[&str], statsd_extra: &str, sections: &str) -> Floodgate {
         let (statsd, admin, http) = (free_port(), free_port(), free_port());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("floodgate.toml");
         std::fs::write(&path, config_text(statsd, admin, http, statsd_extra, sections)).unwrap();
         let stderr_path = dir.path().join("stderr.log");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_floodgate"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_floodgate")),
+        };
         // Run in its own folder: relative defaults (the agent's forward journal, the syslog
         // file) stay apart from other tests' floodgates.
-        let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        let child = command
             .current_dir(dir.path())
             .arg("--config")
             .arg(&path)

@@ -2,7 +2,9 @@
 //! datagrams to floodgate from every address of 198.18.0.0/15 (131,072 sources, twice over),
 //! while a legitimate sender outside the namespace reaches it over a veth pair. The limiter
 //! table stays within `tracked_sources`, the per-port limit holds, the legitimate sender loses
-//! nothing and `/offenders` stays bounded.
+//! nothing and `/offenders` stays bounded — with the guard's kernel layer (the flood is then
+//! refused before it is queued; its source map is an LRU of `tracked_sources` entries) and with
+//! the user-space layer alone.
 
 mod common;
 
@@ -21,7 +23,16 @@ fn counter(admin: &str, name: &str) -> f64 {
 
 #[test]
 fn spoofed_sources_cannot_grow_memory_or_starve_a_real_sender() {
-    let ns = Namespace::create("spoof");
+    spoofed_sources("off");
+}
+
+#[test]
+fn spoofed_sources_are_refused_in_the_kernel() {
+    spoofed_sources("auto");
+}
+
+fn spoofed_sources(kernel: &str) {
+    let ns = Namespace::create(if kernel == "auto" { "spoofk" } else { "spoof" });
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("floodgate.toml");
     let http = format!("{}:9318", ns.inside);
@@ -31,7 +42,8 @@ fn spoofed_sources_cannot_grow_memory_or_starve_a_real_sender() {
         format!(
             "[statsd]\nudp = [\"0.0.0.0:8125\"]\ntcp = []\nflush_interval = \"1h\"\n\
              [admin]\nlisten = \"{admin}\"\n[http]\nlisten = \"{http}\"\n\
-             [limits]\ntracked_sources = 10_000\ntcp_connections_per_source = 0\n[syslog]\nudp = []\ntcp = []\n"
+             [limits]\ntracked_sources = 10_000\ntcp_connections_per_source = 0\nkernel = \"{kernel}\"\n\
+             [syslog]\nudp = []\ntcp = []\n"
         ),
     )
     .unwrap();
@@ -80,7 +92,11 @@ fn spoofed_sources_cannot_grow_memory_or_starve_a_real_sender() {
     let (spoofed, dropped, m) = wait_until("every spoofed datagram decided on", Duration::from_secs(30), || {
         let spoofed = counter(&admin, "spoof");
         let m = get(&http, "/metrics?only=floodgate");
-        let dropped = sample(&m, "floodgate_dropped_total", &["reason=\"port_limit\""]);
+        // In user space, and (with the kernel layer) before the datagram was queued.
+        let dropped = ["port_limit", "kernel_port_limit", "kernel_source_limit"]
+            .iter()
+            .map(|r| metric(&m, "floodgate_dropped_total", &[&format!("reason=\"{r}\"")]).unwrap_or(0.0))
+            .sum::<f64>();
         if dropped + spoofed == 262_144.0 {
             Ok((spoofed, dropped, m))
         } else {
@@ -99,7 +115,12 @@ fn spoofed_sources_cannot_grow_memory_or_starve_a_real_sender() {
     assert!(tracked <= 10_048.0, "{tracked} sources tracked");
     let report: serde_json::Value = serde_json::from_str(&get(&http, "/offenders")).unwrap();
     assert!(report["offenders"].as_array().unwrap().len() <= 100);
-    assert_eq!(report["ports"][0]["currently_limited"], true, "{report}");
+    if kernel == "auto" {
+        assert!(log().contains("kernel guard attached"), "{}", log());
+        assert!(sample(&m, "floodgate_dropped_total", &["reason=\"kernel_port_limit\""]) > 0.0, "{m}");
+    } else {
+        assert_eq!(report["ports"][0]["currently_limited"], true, "{report}");
+    }
     let limited_lines = log().lines().filter(|l| l.contains("over its limit")).count();
     assert!(limited_lines <= 3, "one line for the port, not one per source:\n{}", log());
     eprintln!(

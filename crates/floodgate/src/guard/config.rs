@@ -37,9 +37,8 @@ pub struct LimitsConfig {
     pub tls_handshakes_in_flight: usize,
     /// The kernel layer: `auto` applies `udp_per_source` and `udp_per_port` to UDP datagrams
     /// in the kernel too (an eBPF socket filter, before the datagram is queued) where the
-    /// kernel allows it, else the user-space guard alone, logged; `off` (the default for now:
-    /// issue 17 makes `auto` the default once kernel drops count in `floodgate_dropped_total`)
-    /// never tries.
+    /// kernel allows it (the default), else the user-space guard alone, logged; `off` never
+    /// tries.
     pub kernel: KernelMode,
 }
 
@@ -48,9 +47,9 @@ pub struct LimitsConfig {
 #[serde(rename_all = "lowercase")]
 pub enum KernelMode {
     /// Use the kernel layer where it loads.
+    #[default]
     Auto,
     /// User space only.
-    #[default]
     Off,
 }
 
@@ -67,7 +66,7 @@ impl Default for LimitsConfig {
             tracked_sources: 100_000,
             tls_handshakes_per_second: 200,
             tls_handshakes_in_flight: 64,
-            kernel: KernelMode::Off,
+            kernel: KernelMode::Auto,
         }
     }
 }

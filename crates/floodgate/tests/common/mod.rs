@@ -138,7 +138,8 @@ fn reserve(path: &Path) -> bool {
 /// The guard switched off: tests that are not about it send bursts far over the default
 /// limits from one source. Guard tests write their own `[limits]`.
 pub const NO_LIMITS: &str =
-    "[limits]\nudp_per_source = 0\nudp_per_port = 0\nunix_per_uid = 0\ntcp_connections_per_source = 0\ntcp_open_per_source = 0\n";
+    "[limits]\nudp_per_source = 0\nudp_per_port = 0\nunix_per_uid = 0\ntcp_connections_per_source = 0\n\
+     tcp_open_per_source = 0\nkernel = \"off\"\n";
 
 /// Syslog's default listeners (127.0.0.1:5514) off: tests run many floodgates at once, and
 /// only the syslog tests want them (on free ports, with their own `[syslog]`).
@@ -149,6 +150,14 @@ pub const NO_CONNTRACK: &str = "[conntrack]\nenabled = false\n";
 
 fn config_text(statsd: u16, admin: u16, http: u16, statsd_extra: &str, sections: &str) -> String {
     let limits = if sections.contains("[limits]") { "" } else { NO_LIMITS };
+    // The guard's tests are of its user-space layer unless they ask for the kernel's
+    // (tests/kernel_guard.rs): what the kernel drops first, user space never counts.
+    let sections = if sections.contains("kernel =") {
+        sections.to_string()
+    } else {
+        sections.replacen("[limits]\n", "[limits]\nkernel = \"off\"\n", 1)
+    };
+    let sections = sections.as_str();
     let syslog = if sections.contains("[syslog]") { "" } else { NO_SYSLOG };
     let conntrack = if sections.contains("[conntrack]") { "" } else { NO_CONNTRACK };
     // `[admin]` and `[http]` get their ports; a test's own section of that name gets them added.

@@ -644,7 +644,8 @@ fn a_remote_write_endpoint_streaming_an_endless_error_cannot_stall_delivery() {
 /// IPv6 sources from one /57 — 128 /64s, each of which could claim a budget of its own — fill
 /// a listener: together they get one /56's aggregate budget (4 sources' worth), and a sender
 /// of another allocation next to them loses nothing. In a namespace the test makes, from
-/// 2001:db8::/32 addresses.
+/// 2001:db8::/32 addresses. The /56 aggregate is the user-space layer's (the kernel layer keys by /64
+/// only), so this runs with `kernel = "off"`.
 #[test]
 fn ipv6_sources_from_one_prefix_share_one_budget() {
     let ns = Namespace::create("v6flood");
@@ -661,7 +662,7 @@ fn ipv6_sources_from_one_prefix_share_one_budget() {
         format!(
             "[statsd]\nudp = [\"[::1]:8125\"]\ntcp = []\nflush_interval = \"1h\"\n\
              [admin]\nlisten = \"{admin}\"\n[http]\nlisten = \"{http}\"\n\
-             [limits]\nudp_per_source = 100\nudp_per_port = 0\n[syslog]\nudp = []\ntcp = []\n[conntrack]\nenabled = false\n"
+             [limits]\nudp_per_source = 100\nudp_per_port = 0\nkernel = \"off\"\n[syslog]\nudp = []\ntcp = []\n[conntrack]\nenabled = false\n"
         ),
     )
     .unwrap();

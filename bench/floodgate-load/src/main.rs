@@ -16,6 +16,7 @@ mod carbon;
 mod conntrack;
 mod forward;
 mod hostile;
+mod kernel;
 mod prometheus;
 mod sender;
 mod spoof;
@@ -126,11 +127,13 @@ enum Command {
         /// raw sink), conntrack (100k entries, 5k new/s; root, netns), hotpath (lines per
         /// CPU-second draining a full 1 GiB socket buffer; root), attack (what each listener's
         /// attacks cost in memory), uds (StatsD over a Unix datagram socket vs loopback UDP),
-        /// prometheus (a 50-rule mapping file's cost per line; scraping 100k histogram series).
+        /// prometheus (a 50-rule mapping file's cost per line; scraping 100k histogram series),
+        /// kernel (the guard's eBPF layer: CPU per dropped datagram, the largest flood a
+        /// legitimate sender survives at 10 % of a core; root).
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,conntrack,hotpath,attack,uds,prometheus"
+            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,conntrack,hotpath,attack,uds,prometheus,kernel"
         )]
         only: Vec<String>,
         /// Lines per datagram to measure.

@@ -130,7 +130,7 @@ fn drained(http: u16) -> f64 {
 }
 
 /// The guard switched off: throughput trials send far past its default limits from one source.
-pub(crate) const GUARD_OFF: &str = "[limits]\nudp_per_source = 0\nudp_per_port = 0\n";
+pub(crate) const GUARD_OFF: &str = "[limits]\nudp_per_source = 0\nudp_per_port = 0\nkernel = \"off\"\n";
 
 fn start_floodgate_with(opts: &BenchOptions, carbon: u16, statsd_extra: &str, limits: &str) -> Running {
     start_build(&opts.floodgate, carbon, statsd_extra, limits)
@@ -433,6 +433,9 @@ pub fn bench(opts: &BenchOptions) {
     }
     if want("prometheus") {
         crate::prometheus::prometheus(opts);
+    }
+    if want("kernel") {
+        crate::kernel::kernel_guard(opts);
     }
 }
 

@@ -22,7 +22,13 @@ fn signal(pid: u32, sig: &str) {
     let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
 }
 
-fn floodgate(opts: &BenchOptions, kernel: &str, per_source: u64, extra: &str, carbon: Option<u16>) -> (Running, std::path::PathBuf) {
+fn floodgate(
+    opts: &BenchOptions,
+    kernel: &str,
+    per_source: u64,
+    extra: &str,
+    carbon: Option<u16>,
+) -> (Running, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("floodgate-bench-kernel-{}", free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     let graphite = carbon.map(|p| format!("[graphite]\naddress = \"127.0.0.1:{p}\"\n")).unwrap_or_default();
@@ -190,10 +196,7 @@ pub fn kernel_guard(opts: &BenchOptions) {
         ("raw recvmmsg loop (queued, read, counted)", raw_cost(n)),
     ];
     for (name, (sender, receiver)) in rows {
-        println!(
-            "| {name} | {sender:.2} s | {receiver:.2} s | {:.0} ns |",
-            (sender + receiver) * 1e9 / n as f64
-        );
+        println!("| {name} | {sender:.2} s | {receiver:.2} s | {:.0} ns |", (sender + receiver) * 1e9 / n as f64);
     }
     println!("\n## The largest flood under which a legitimate source (500 lines/s, limit 2,000/s) loses nothing, floodgate held to 10 % of a core (5 s a trial)");
     println!("| flood offered (datagrams/s) | kernel layer: legitimate lost | user space only: legitimate lost |");

@@ -464,7 +464,7 @@ impl ListenerGuard {
             Err(e) => tracing::warn!(
                 address = %self.address,
                 error = %e,
-                "kernel guard unavailable (needs root or CAP_BPF and CAP_NET_ADMIN): the user-space guard alone limits this listener"
+                "kernel guard unavailable (needs root or CAP_BPF): the user-space guard alone limits this listener"
             ),
         }
     }

@@ -79,8 +79,8 @@ fn the_debian_package_installs_binary_unit_and_a_config_that_checks() {
     for line in [
         "ExecStartPre=/usr/bin/floodgate check --config /etc/floodgate/floodgate.toml",
         "ExecStart=/usr/bin/floodgate run --config /etc/floodgate/floodgate.toml",
-        "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
-        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
+        "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_BPF",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_BPF",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ProtectHome=yes",

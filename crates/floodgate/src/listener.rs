@@ -344,11 +344,12 @@ impl Report for Listeners {
             let filtered = guard.and_then(|g| g.kernel_dropped());
             let label = |reason| [("listener", kind.as_str()), ("address", address), ("reason", reason)];
             let all = crate::sys::kernel_udp_drops(port);
-            let [by_source, by_port] = filtered.unwrap_or_default();
-            out.add(DROPPED, &label("kernel_receive_buffer"), all.saturating_sub(by_source + by_port));
+            let [by_source, by_port, not_allowed] = filtered.unwrap_or_default();
+            out.add(DROPPED, &label("kernel_receive_buffer"), all.saturating_sub(by_source + by_port + not_allowed));
             if filtered.is_some() {
                 out.add(DROPPED, &label("kernel_source_limit"), by_source);
                 out.add(DROPPED, &label("kernel_port_limit"), by_port);
+                out.add(DROPPED, &label("kernel_not_allowed"), not_allowed);
             }
         }
     }

@@ -55,6 +55,18 @@ impl AllowList {
         Ok(list)
     }
 
+    /// Every block as an IPv6 prefix (IPv4 ones IPv4-mapped, `::ffff:0:0/96` inside): the
+    /// prefix length and the address's 16 bytes, as the kernel layer's longest-prefix map
+    /// holds them.
+    pub fn as_v6_prefixes(&self) -> Vec<(u32, [u8; 16])> {
+        let v4 = self.v4.iter().map(|(net, mask)| {
+            let mapped = std::net::Ipv4Addr::from(*net).to_ipv6_mapped();
+            (96 + mask.count_ones(), mapped.octets())
+        });
+        let v6 = self.v6.iter().map(|(net, mask)| (mask.count_ones(), net.to_be_bytes()));
+        v4.chain(v6).collect()
+    }
+
     /// True when no block is listed (everyone is allowed).
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()

@@ -11,12 +11,15 @@
 //! What it does with each datagram, in order:
 //! 1. The source: an IPv4 address, or an IPv6 address's /64 (as the user-space guard keys
 //!    them), read from the network header (`SKF_NET_OFF`). Anything else passes.
-//! 2. The per-source limit: a GCRA cell per source in an LRU hash map of bounded size (the
+//! 2. The allow-list, when one is set: the source's whole address looked up in a
+//!    longest-prefix-match map of the listed blocks (IPv4 ones IPv4-mapped); a source outside
+//!    it is dropped.
+//! 3. The per-source limit: a GCRA cell per source in an LRU hash map of bounded size (the
 //!    least recently seen sources are forgotten first, as in the user-space table). A source
 //!    over its limit is dropped and counted in its entry.
-//! 3. The per-port limit: one GCRA cell for the listener; newcomers (a source just added to
+//! 4. The per-port limit: one GCRA cell for the listener; newcomers (a source just added to
 //!    the map) get half the burst, as in user space.
-//! 4. Counters per outcome in a per-CPU array ([`Stat`]).
+//! 5. Counters per outcome in a per-CPU array ([`Stat`]).
 //!
 //! The kernel charges datagrams, not messages: it cannot count StatsD lines without parsing.
 //! It uses the same rates per datagram, so it never refuses what the user-space guard would
@@ -39,6 +42,20 @@ pub struct Maps {
     pub port: i32,
     /// `BPF_MAP_TYPE_PERCPU_ARRAY`, [`Stat::COUNT`] `u64` entries.
     pub stats: i32,
+    /// `BPF_MAP_TYPE_LPM_TRIE`: [`ALLOW_KEY_SIZE`]-byte keys (prefix length, IPv6 address),
+    /// one-byte values: the allow-list.
+    pub allow: i32,
+}
+
+/// The allow map's key: the prefix length (u32, host order) and 16 address bytes.
+pub const ALLOW_KEY_SIZE: u32 = 20;
+
+/// An allow map key.
+pub fn allow_key(prefix_len: u32, addr: &[u8; 16]) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..4].copy_from_slice(&prefix_len.to_ne_bytes());
+    key[4..].copy_from_slice(addr);
+    key
 }
 
 /// The config map's one entry: the limits as GCRA parameters (ns; an interval of 0 is no
@@ -53,16 +70,25 @@ pub struct Config {
     pub port_interval_ns: u64,
     /// Per-port burst tolerance for established sources (newcomers get half).
     pub port_tolerance_ns: u64,
+    /// 1 when the allow-list is in force (the allow map holds it).
+    pub allow_on: u64,
 }
 
 impl Config {
+    /// Bytes of the map value.
+    pub const SIZE: u32 = 40;
+
     /// The map value's bytes.
-    pub fn to_bytes(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for (i, v) in [self.source_interval_ns, self.source_tolerance_ns, self.port_interval_ns, self.port_tolerance_ns]
-            .iter()
-            .enumerate()
-        {
+    pub fn to_bytes(&self) -> [u8; 40] {
+        let mut out = [0u8; 40];
+        let fields = [
+            self.source_interval_ns,
+            self.source_tolerance_ns,
+            self.port_interval_ns,
+            self.port_tolerance_ns,
+            self.allow_on,
+        ];
+        for (i, v) in fields.iter().enumerate() {
             out[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
         }
         out
@@ -112,13 +138,15 @@ pub enum Stat {
     SourceLimit = 1,
     /// Dropped: the port over its limit.
     PortLimit = 2,
+    /// Dropped: the source is outside the allow-list.
+    NotAllowed = 3,
 }
 
 impl Stat {
     /// Entries in the stats map.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
     /// Every stat, in index order.
-    pub const ALL: [Stat; 3] = [Stat::Passed, Stat::SourceLimit, Stat::PortLimit];
+    pub const ALL: [Stat; 4] = [Stat::Passed, Stat::SourceLimit, Stat::PortLimit, Stat::NotAllowed];
 }
 
 /// One instruction, as the kernel reads it (`struct bpf_insn`).
@@ -152,7 +180,11 @@ const LDX: u8 = 0x01;
 const ST: u8 = 0x02;
 const STX: u8 = 0x03;
 const JMP: u8 = 0x05;
+const ALU: u8 = 0x04;
 const ALU64: u8 = 0x07;
+/// Byte swap (`BPF_END`), to big-endian with `BPF_TO_BE`.
+const END: u8 = 0xd0;
+const TO_BE: u8 = 0x08;
 const W: u8 = 0x00;
 const DW: u8 = 0x18;
 const IMM: u8 = 0x00;
@@ -261,6 +293,18 @@ impl Asm {
     fn load64(&mut self, dst: R, src: R, off: i16) {
         self.raw(LDX | MEM | DW, dst, src, off, 0);
     }
+    /// `*(u32 *)(dst + off) = src`.
+    fn store32(&mut self, dst: R, off: i16, src: R) {
+        self.raw(STX | MEM | W, dst, src, off, 0);
+    }
+    /// `*(u32 *)(dst + off) = imm`.
+    fn store32_imm(&mut self, dst: R, off: i16, imm: i32) {
+        self.raw(ST | MEM | W, dst, R::R0, off, imm);
+    }
+    /// `dst = htobe32(dst)`.
+    fn swap_to_be32(&mut self, dst: R) {
+        self.raw(ALU | END | TO_BE, dst, R::R0, 0, 32);
+    }
     /// `dst = *(u32 *)(src + off)`.
     fn load32(&mut self, dst: R, src: R, off: i16) {
         self.raw(LDX | MEM | W, dst, src, off, 0);
@@ -318,6 +362,7 @@ impl Asm {
 const KEY: i16 = -16; // 16 bytes: addr, family
 const VALUE: i16 = -32; // 16 bytes: cell, dropped
 const INDEX: i16 = -40; // u32 array index (8-byte slot)
+const ALLOW: i16 = -64; // 20 bytes: prefix length, IPv6 address
 
 /// The program, for the maps `maps`.
 pub fn program(maps: Maps) -> Vec<Insn> {
@@ -357,6 +402,33 @@ pub fn program(maps: Maps) -> Vec<Insn> {
     a.call(MAP_LOOKUP_ELEM);
     a.jump(JEQ, R0, None, 0, pass);
     a.mov(R8, R0);
+    // The allow-list: the whole address (IPv4-mapped) in the longest-prefix map.
+    let (allowed, allow_v6, allow_lookup, drop_allow) = (a.label(), a.label(), a.label(), a.label());
+    a.load64(R1, R8, 32);
+    a.jump(JEQ, R1, None, 0, allowed);
+    a.store32_imm(R10, ALLOW, 128);
+    a.load64(R1, R10, KEY + 8);
+    a.jump(JEQ, R1, None, 6, allow_v6);
+    a.store32_imm(R10, ALLOW + 4, 0);
+    a.store32_imm(R10, ALLOW + 8, 0);
+    a.store32_imm(R10, ALLOW + 12, 0xffff_0000u32 as i32); // bytes 00 00 ff ff
+    a.load_abs32(NET_OFF + 12);
+    a.swap_to_be32(R0);
+    a.store32(R10, ALLOW + 16, R0);
+    a.goto(allow_lookup);
+    a.place(allow_v6);
+    for k in 0..4i16 {
+        a.load_abs32(NET_OFF + 8 + 4 * i32::from(k));
+        a.swap_to_be32(R0);
+        a.store32(R10, ALLOW + 4 + 4 * k, R0);
+    }
+    a.place(allow_lookup);
+    a.load_map(R1, maps.allow);
+    a.mov(R2, R10);
+    a.add_imm(R2, ALLOW as i32);
+    a.call(MAP_LOOKUP_ELEM);
+    a.jump(JEQ, R0, None, 0, drop_allow);
+    a.place(allowed);
     // r9: 1 when the source is new (for the port's newcomer burst).
     a.mov_imm(R9, 0);
     // Per source: no limit, no lookup.
@@ -443,6 +515,11 @@ pub fn program(maps: Maps) -> Vec<Insn> {
     count(&mut a, maps.stats);
     a.mov_imm(R0, 0);
     a.exit();
+    a.place(drop_allow);
+    a.mov_imm(R1, Stat::NotAllowed as i32);
+    count(&mut a, maps.stats);
+    a.mov_imm(R0, 0);
+    a.exit();
     a.finish()
 }
 
@@ -478,7 +555,7 @@ mod tests {
 
     #[test]
     fn every_jump_lands_inside_the_program() {
-        let p = program(Maps { config: 3, sources: 4, port: 5, stats: 6 });
+        let p = program(Maps { config: 3, sources: 4, port: 5, stats: 6, allow: 7 });
         for (i, insn) in p.iter().enumerate() {
             let class = insn.code & 0x07;
             let op = insn.code & 0xf0;
@@ -489,7 +566,7 @@ mod tests {
         }
         // Map loads carry the fd and the pseudo flag.
         let loads: Vec<&Insn> = p.iter().filter(|i| i.code == (LD | DW | IMM)).collect();
-        assert!(loads.iter().all(|i| i.regs >> 4 == PSEUDO_MAP_FD && (3..=6).contains(&i.imm)));
+        assert!(loads.iter().all(|i| i.regs >> 4 == PSEUDO_MAP_FD && (3..=7).contains(&i.imm)));
         assert_eq!(p.last().map(|i| i.code), Some(JMP | EXIT));
     }
 

@@ -35,7 +35,7 @@ pub struct LimitsConfig {
     pub tls_handshakes_per_second: u64,
     /// TLS handshakes in progress at once on one TLS listener; connections past it are reset.
     pub tls_handshakes_in_flight: usize,
-    /// The kernel layer: `auto` applies `udp_per_source` and `udp_per_port` to UDP datagrams
+    /// The kernel layer: `auto` applies `allow`, `udp_per_source` and `udp_per_port` to UDP datagrams
     /// in the kernel too (an eBPF socket filter, before the datagram is queued) where the
     /// kernel allows it (the default), else the user-space guard alone, logged; `off` never
     /// tries.

@@ -4,8 +4,13 @@
 //! verifier rejection) the listener runs with the user-space guard alone, and the log says
 //! which is in use.
 
-use floodgate_guard::kernel::{self, Config, Maps, SourceCell, Stat, SOURCE_KEY_SIZE, SOURCE_VALUE_SIZE};
-use floodgate_guard::Limit;
+use floodgate_guard::kernel::{
+    self, Config, Maps, SourceCell, Stat, ALLOW_KEY_SIZE, SOURCE_KEY_SIZE, SOURCE_VALUE_SIZE,
+};
+use floodgate_guard::{AllowList, Limit};
+
+/// Most allow-list blocks the kernel layer holds; a longer list stays in user space alone.
+const ALLOW_MAX: u32 = 4096;
 
 use super::config::LimitsConfig;
 use crate::sys::bpf::{self, Map, MapKind, Program};
@@ -17,6 +22,7 @@ pub struct KernelGuard {
     config: Map,
     sources: Map,
     stats: Map,
+    allow: Map,
     // Kept open: the program refers to it.
     _port: Map,
 }
@@ -28,28 +34,60 @@ impl KernelGuard {
         let entries = limits.tracked_sources.clamp(1, u32::MAX as usize) as u32;
         let map =
             |kind, key, value, n, name| Map::create(kind, key, value, n, name).map_err(|e| format!("{name}: {e}"));
-        let config = map(MapKind::Array, 4, 32, 1, "fg_config")?;
+        let config = map(MapKind::Array, 4, Config::SIZE, 1, "fg_config")?;
+        let allow = map(MapKind::LpmTrie, ALLOW_KEY_SIZE, 1, ALLOW_MAX, "fg_allow")?;
         let sources = map(MapKind::LruHash, SOURCE_KEY_SIZE, SOURCE_VALUE_SIZE, entries, "fg_sources")?;
         let port = map(MapKind::Array, 4, 8, 1, "fg_port")?;
         let stats = map(MapKind::PerCpuArray, 4, 8, Stat::COUNT, "fg_stats")?;
-        let maps = Maps { config: config.fd(), sources: sources.fd(), port: port.fd(), stats: stats.fd() };
+        let maps =
+            Maps { config: config.fd(), sources: sources.fd(), port: port.fd(), stats: stats.fd(), allow: allow.fd() };
         let insns: Vec<u8> = kernel::program(maps).into_iter().flat_map(|i| i.to_bytes()).collect();
         let program = Program::load_socket_filter(&insns, "fg_guard").map_err(|e| {
             let tail: Vec<&str> = e.log.lines().rev().take(3).collect();
             format!("{} (verifier: {})", e.error, tail.into_iter().rev().collect::<Vec<_>>().join(" / "))
         })?;
-        let guard = KernelGuard { program, config, sources, stats, _port: port };
+        let guard = KernelGuard { program, config, sources, stats, allow, _port: port };
         guard.configure(limits).map_err(|e| format!("fg_config: {e}"))?;
         Ok(guard)
     }
 
-    /// Writes the limits into the program's config (start and reload); the cells stay.
+    /// Writes the limits and the allow-list into the program's maps (start and reload); the
+    /// cells stay.
     pub fn configure(&self, limits: &LimitsConfig) -> std::io::Result<()> {
         let burst = limits.burst.as_nanos().min(u128::from(u64::MAX)) as u64;
         let (source_interval_ns, source_tolerance_ns) = kernel::gcra(&Limit::new(limits.udp_per_source, burst));
         let (port_interval_ns, port_tolerance_ns) = kernel::gcra(&Limit::new(limits.udp_per_port, burst));
-        let config = Config { source_interval_ns, source_tolerance_ns, port_interval_ns, port_tolerance_ns };
-        self.config.update(&0u32.to_ne_bytes(), &config.to_bytes())
+        let blocks = AllowList::parse(&limits.allow).unwrap_or_default().as_v6_prefixes();
+        let allow_on = !blocks.is_empty() && blocks.len() <= ALLOW_MAX as usize;
+        if blocks.len() > ALLOW_MAX as usize {
+            tracing::warn!(
+                blocks = blocks.len(),
+                "allow-list longer than the kernel layer holds: it is applied in user space only"
+            );
+        }
+        // Off while the map is rewritten, so no datagram meets a half-written list.
+        let mut config =
+            Config { source_interval_ns, source_tolerance_ns, port_interval_ns, port_tolerance_ns, allow_on: 0 };
+        self.config.update(&0u32.to_ne_bytes(), &config.to_bytes())?;
+        let mut stale = Vec::new();
+        let (mut key, mut next) = (vec![0u8; ALLOW_KEY_SIZE as usize], vec![0u8; ALLOW_KEY_SIZE as usize]);
+        let mut first = true;
+        while let Ok(true) = self.allow.next_key((!first).then_some(&key[..]), &mut next) {
+            first = false;
+            stale.push(next.clone());
+            std::mem::swap(&mut key, &mut next);
+        }
+        for k in stale {
+            self.allow.delete(&k)?;
+        }
+        if allow_on {
+            for (len, addr) in &blocks {
+                self.allow.update(&kernel::allow_key(*len, addr), &[1])?;
+            }
+            config.allow_on = 1;
+            self.config.update(&0u32.to_ne_bytes(), &config.to_bytes())?;
+        }
+        Ok(())
     }
 
     /// Attaches the program to a socket of the listener.
@@ -144,5 +182,59 @@ mod tests {
         assert_eq!(offenders.len(), 1);
         assert_eq!(offenders[0].ip(), flood.local_addr().unwrap().ip());
         assert_eq!(offenders[0].dropped, 100 - from_flood);
+    }
+
+    /// An allow-list in the kernel: a source outside it is dropped before it is queued and
+    /// counted; one inside passes; a reload that empties the list lets everyone in.
+    #[test]
+    fn the_kernel_applies_the_allow_list() {
+        let limits = LimitsConfig {
+            udp_per_source: 0,
+            udp_per_port: 0,
+            allow: vec!["127.0.0.3/32".into(), "2001:db8::/32".into()],
+            ..LimitsConfig::default()
+        };
+        let guard = KernelGuard::new(&limits).unwrap_or_else(|e| panic!("the kernel guard did not load: {e}"));
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        guard.attach(socket.as_raw_fd()).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let to = socket.local_addr().unwrap();
+        let outside = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+        let inside = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();
+        let received = |n_out: usize, n_in: usize| {
+            for _ in 0..n_out {
+                outside.send_to(b"x:1|c", to).unwrap();
+            }
+            for _ in 0..n_in {
+                inside.send_to(b"y:1|c", to).unwrap();
+            }
+            let mut buf = [0u8; 64];
+            let mut from = Vec::new();
+            while let Ok((_, addr)) = socket.recv_from(&mut buf) {
+                from.push(addr.ip().to_string());
+            }
+            from
+        };
+        let from = received(4, 3);
+        assert_eq!(from, vec!["127.0.0.3"; 3]);
+        assert_eq!(guard.stats()[Stat::NotAllowed as usize], 4);
+        guard.configure(&LimitsConfig { allow: Vec::new(), ..limits.clone() }).unwrap();
+        assert_eq!(received(2, 0).len(), 2, "an empty list allows everyone");
+
+        // IPv6: the whole address is looked up.
+        let v6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        guard.attach(v6.as_raw_fd()).unwrap();
+        v6.set_nonblocking(true).unwrap();
+        let sender = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let through = |allow: &[&str]| {
+            let l = LimitsConfig { allow: allow.iter().map(|a| a.to_string()).collect(), ..limits.clone() };
+            guard.configure(&l).unwrap();
+            sender.send_to(b"z:1|c", v6.local_addr().unwrap()).unwrap();
+            let mut buf = [0u8; 64];
+            std::iter::from_fn(|| v6.recv_from(&mut buf).ok()).count()
+        };
+        assert_eq!(through(&["::1"]), 1);
+        assert_eq!(through(&["::2", "127.0.0.1"]), 0);
+        assert_eq!(through(&["::/1"]), 1);
     }
 }

@@ -308,9 +308,9 @@ impl Guard {
         all
     }
 
-    /// Each listener with the kernel layer attached: its stats (passed, dropped by source,
-    /// dropped by port).
-    pub fn kernel_stats(&self) -> Vec<(&'static str, String, [u64; 3])> {
+    /// Each listener with the kernel layer attached: its stats (passed, dropped by source, by
+    /// port, outside the allow-list).
+    pub fn kernel_stats(&self) -> Vec<(&'static str, String, [u64; 4])> {
         self.listeners
             .lock()
             .iter()
@@ -457,7 +457,7 @@ impl ListenerGuard {
                 tracing::info!(
                     address = %self.address,
                     sockets = sockets.len(),
-                    "kernel guard attached: udp_per_source and udp_per_port also hold in the kernel, per datagram, before it is queued"
+                    "kernel guard attached: allow, udp_per_source and udp_per_port also hold in the kernel, per datagram, before it is queued"
                 );
                 let _ = self.kernel.set(k);
             }
@@ -474,12 +474,12 @@ impl ListenerGuard {
         self.kernel.get().is_some()
     }
 
-    /// Datagrams the kernel layer dropped, by the source limit and by the port limit (`None`:
-    /// not attached).
-    pub fn kernel_dropped(&self) -> Option<[u64; 2]> {
+    /// Datagrams the kernel layer dropped: by the source limit, the port limit, the
+    /// allow-list (`None`: not attached).
+    pub fn kernel_dropped(&self) -> Option<[u64; 3]> {
         let s = self.kernel.get()?.stats();
         use floodgate_guard::kernel::Stat;
-        Some([s[Stat::SourceLimit as usize], s[Stat::PortLimit as usize]])
+        Some([s[Stat::SourceLimit as usize], s[Stat::PortLimit as usize], s[Stat::NotAllowed as usize]])
     }
 }
 
@@ -762,13 +762,13 @@ impl crate::metrics::Report for Guard {
         );
         let kernel = Describe::counter(
             "floodgate_kernel_guard_datagrams_total",
-            "Datagrams the kernel layer of the guard saw, by outcome: passed, source_limit, port_limit.",
+            "Datagrams the kernel layer of the guard saw, by outcome: passed, source_limit, port_limit, not_allowed.",
         );
         out.family(attached);
         out.family(kernel);
         for (listener, address, stats) in self.kernel_stats() {
             out.add(attached, &[("listener", listener), ("address", address.as_str())], 1u64);
-            for (outcome, n) in ["passed", "source_limit", "port_limit"].into_iter().zip(stats) {
+            for (outcome, n) in ["passed", "source_limit", "port_limit", "not_allowed"].into_iter().zip(stats) {
                 out.add(kernel, &[("listener", listener), ("address", address.as_str()), ("outcome", outcome)], n);
             }
         }

@@ -11,7 +11,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 const MAP_CREATE: libc::c_long = 0;
 const MAP_LOOKUP_ELEM: libc::c_long = 1;
 const MAP_UPDATE_ELEM: libc::c_long = 2;
+const MAP_DELETE_ELEM: libc::c_long = 3;
 const MAP_GET_NEXT_KEY: libc::c_long = 4;
+/// `BPF_F_NO_PREALLOC`: required of a longest-prefix-match map.
+const NO_PREALLOC: u32 = 1;
 const PROG_LOAD: libc::c_long = 5;
 const PROG_TYPE_SOCKET_FILTER: u32 = 1;
 const SO_ATTACH_BPF: libc::c_int = 50;
@@ -25,6 +28,8 @@ pub enum MapKind {
     PerCpuArray = 6,
     /// `BPF_MAP_TYPE_LRU_HASH`.
     LruHash = 9,
+    /// `BPF_MAP_TYPE_LPM_TRIE`.
+    LpmTrie = 11,
 }
 
 /// The attribute block.
@@ -82,6 +87,7 @@ impl Map {
             .u32(4, key_size)
             .u32(8, value_size)
             .u32(12, max_entries)
+            .u32(16, if matches!(kind, MapKind::LpmTrie) { NO_PREALLOC } else { 0 })
             .name(28, name)
             .call(MAP_CREATE)?;
         Ok(Map { fd: fd_of(r), key_size: key_size as usize, value_size: value_size as usize })
@@ -103,6 +109,17 @@ impl Map {
             .u64(16, value.as_ptr() as u64)
             .call(MAP_UPDATE_ELEM)
             .map(drop)
+    }
+
+    /// Removes `key` (absent: nothing to do).
+    pub fn delete(&self, key: &[u8]) -> io::Result<()> {
+        if key.len() != self.key_size {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "map key of the wrong size"));
+        }
+        match Attr::new().u32(0, self.fd() as u32).u64(8, key.as_ptr() as u64).call(MAP_DELETE_ELEM) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Reads `key` into `value` (a per-CPU map writes one value per possible CPU, so `value`

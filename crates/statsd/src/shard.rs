@@ -436,7 +436,8 @@ impl Shard {
     pub fn record(&mut self, m: &Metric<'_>) {
         match m.kind {
             Kind::Counter => {
-                let add = m.value * (1.0 / m.sample_rate);
+                // No division for the common unsampled line (x * 1.0 is x).
+                let add = if m.sample_rate == 1.0 { m.value } else { m.value * (1.0 / m.sample_rate) };
                 if let Some(v) = self.counters.get_mut(&KeyRef(m.key)) {
                     *v += add;
                 } else if self.has_room(Kind::Counter, m.key) {

@@ -28,10 +28,14 @@ fn start(port: u16, out: &Path, extra: &str, sections: &str) -> Floodgate {
     )
 }
 
-/// Every record in the output file.
+/// Every complete record in the output file (a last line still being written, without its
+/// newline yet, is left for the next read).
 fn records(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
 }
 
 /// Polls a file until `read` finds at least `n` items in it; returns them.
@@ -290,9 +294,11 @@ impl Drop for Rsyslog {
     }
 }
 
-/// Lines of a file (empty when it does not exist yet).
+/// Complete lines of a file (empty when it does not exist yet; a last line still being
+/// written is left for the next read).
 fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split_inclusive('\n').filter_map(|l| l.strip_suffix('\n')).map(str::to_string).collect()
 }
 
 fn wait_lines(path: &Path, n: usize) -> Vec<String> {

@@ -91,6 +91,9 @@ fn beyond_capacity(kernel: &str) -> Outcome {
         // The limited source is in /offenders, from the kernel's map.
         let (_, offenders) = http_get(fg.http, "/offenders").unwrap();
         assert!(offenders.contains("\"kernel_source_limit\"") && offenders.contains("127.0.0.2"), "{offenders}");
+        // And /api/status, which /ui draws from.
+        let (_, status) = http_get(fg.http, "/api/status").unwrap();
+        assert!(status.contains("\"kernel_source_limit\"") && status.contains("127.0.0.2"), "{status}");
     }
     let log = fg.stderr();
     if kernel == "auto" {

@@ -16,13 +16,103 @@ use std::time::{Duration, Instant};
 
 use crate::targets::{cpu_ticks, free_port, metric_sum, proc_status, spawn_with, BenchOptions, Running, GUARD_OFF};
 
-fn signal(pid: u32, sig: &str) {
+pub(crate) fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
 }
 
 /// Datagrams floodgate's StatsD UDP threads have read.
-fn read_datagrams(http: u16) -> f64 {
+pub(crate) fn read_datagrams(http: u16) -> f64 {
     metric_sum(http, "floodgate_received_packets_total{", &["statsd_udp"])
+}
+
+/// What one drain measured.
+pub(crate) struct Drain {
+    /// Datagrams the receiver counted.
+    pub datagrams: f64,
+    /// This process's CPU-seconds to queue them (on loopback the kernel's receive path runs in
+    /// the send call).
+    pub sender_cpu: f64,
+    /// The receiver's CPU-seconds to drain them.
+    pub receiver_cpu: f64,
+}
+
+/// The drain method: stops `pid`, queues `n` datagrams (`payloads` in turn) from 127.0.0.2 to
+/// `port`, resumes it, and waits until `count()` stops moving.
+pub(crate) fn drain(pid: u32, port: u16, payloads: &[&[u8]], n: usize, count: impl Fn() -> f64) -> Drain {
+    signal(pid, "STOP");
+    let socket = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let own = cpu_ticks(std::process::id());
+    for i in 0..n {
+        let _ = socket.send_to(payloads[i % payloads.len()], ("127.0.0.1", port));
+    }
+    let sender_cpu = (cpu_ticks(std::process::id()) - own) as f64 / 100.0;
+    let before = cpu_ticks(pid);
+    signal(pid, "CONT");
+    let mut last = -1.0;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = count();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    Drain { datagrams: last, sender_cpu, receiver_cpu: (cpu_ticks(pid) - before) as f64 / 100.0 }
+}
+
+/// `floodgate-load raw-recv` on a free port: the raw receive loop, its count read from a file.
+pub(crate) struct RawRecv {
+    child: std::process::Child,
+    /// Its port.
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl RawRecv {
+    /// Starts it and waits until it counts.
+    pub(crate) fn start() -> RawRecv {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("floodgate-raw-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new(std::env::current_exe().expect("this binary"))
+            .args(["raw-recv", "--port", &port.to_string(), "--count"])
+            .arg(dir.join("count"))
+            .spawn()
+            .expect("start raw-recv");
+        let raw = RawRecv { child, port, dir };
+        while raw.read().is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        raw
+    }
+
+    fn read(&self) -> Option<f64> {
+        std::fs::read_to_string(self.dir.join("count")).ok().and_then(|s| s.trim().parse::<f64>().ok())
+    }
+
+    /// Datagrams it has read.
+    pub(crate) fn count(&self) -> f64 {
+        self.read().unwrap_or(0.0)
+    }
+
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RawRecv {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The same 1,000 counters as the throughput trials, `lines` a datagram.
+fn payloads(lines: usize) -> Vec<Vec<u8>> {
+    let load = crate::sender::Load::counters(0, lines, 1000, 1, "load");
+    crate::sender::pool(&load).into_iter().map(|d| d.bytes).collect()
 }
 
 /// Lines per CPU-second floodgate `bin` takes to drain `datagrams` datagrams of `lines` lines
@@ -38,75 +128,24 @@ fn drain_rate(bin: &Path, lines: usize, datagrams: usize, limits: &str) -> f64 {
         &format!("{limits}[conntrack]\nenabled = false\n"),
     );
     let http = fg.http.unwrap_or(0);
-    let pid = fg.child.id();
-    // The same 1,000 counters as the throughput trials.
-    let load = crate::sender::Load::counters(0, lines, 1000, 1, "load");
-    let pool = crate::sender::pool(&load);
-    signal(pid, "STOP");
-    let s = UdpSocket::bind("127.0.0.2:0").unwrap();
-    for i in 0..datagrams {
-        let _ = s.send_to(&pool[i % pool.len()].bytes, ("127.0.0.1", fg.port));
-    }
-    let before = cpu_ticks(pid);
-    signal(pid, "CONT");
-    let mut last = -1.0;
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = read_datagrams(http);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    let cpu = (cpu_ticks(pid) - before) as f64 / 100.0;
+    let pool = payloads(lines);
+    let refs: Vec<&[u8]> = pool.iter().map(Vec::as_slice).collect();
+    let d = drain(fg.child.id(), fg.port, &refs, datagrams, || read_datagrams(http));
     let _ = std::fs::remove_dir_all(&dir);
     drop(fg);
-    eprintln!("  {last} of {datagrams} datagrams drained in {cpu:.2} CPU-s");
-    last * lines as f64 / cpu.max(0.01)
+    eprintln!("  {} of {datagrams} datagrams drained in {:.2} CPU-s", d.datagrams, d.receiver_cpu);
+    d.datagrams * lines as f64 / d.receiver_cpu.max(0.01)
 }
 
-/// Lines per CPU-second of the raw receive loop (`floodgate-load raw-recv`) draining the same
-/// queue: what reading alone costs.
+/// Lines per CPU-second of the raw receive loop draining the same queue: what reading alone
+/// costs.
 fn raw_drain_rate(lines: usize, datagrams: usize) -> f64 {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("floodgate-raw-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let count = dir.join("count");
-    let me = std::env::current_exe().expect("this binary");
-    let mut child = Command::new(me)
-        .args(["raw-recv", "--port", &port.to_string(), "--count"])
-        .arg(&count)
-        .spawn()
-        .expect("start raw-recv");
-    let read = || std::fs::read_to_string(&count).ok().and_then(|s| s.trim().parse::<f64>().ok());
-    while read().is_none() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let pid = child.id();
-    let load = crate::sender::Load::counters(0, lines, 1000, 1, "load");
-    let pool = crate::sender::pool(&load);
-    signal(pid, "STOP");
-    let s = UdpSocket::bind("127.0.0.2:0").unwrap();
-    for i in 0..datagrams {
-        let _ = s.send_to(&pool[i % pool.len()].bytes, ("127.0.0.1", port));
-    }
-    let before = cpu_ticks(pid);
-    signal(pid, "CONT");
-    let mut last = -1.0;
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = read().unwrap_or(0.0);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    let cpu = (cpu_ticks(pid) - before) as f64 / 100.0;
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-    eprintln!("  raw: {last} of {datagrams} datagrams drained in {cpu:.2} CPU-s");
-    last * lines as f64 / cpu.max(0.01)
+    let raw = RawRecv::start();
+    let pool = payloads(lines);
+    let refs: Vec<&[u8]> = pool.iter().map(Vec::as_slice).collect();
+    let d = drain(raw.pid(), raw.port, &refs, datagrams, || raw.count());
+    eprintln!("  raw: {} of {datagrams} datagrams drained in {:.2} CPU-s", d.datagrams, d.receiver_cpu);
+    d.datagrams * lines as f64 / d.receiver_cpu.max(0.01)
 }
 
 /// StatsD lines per CPU-second, this build against `--baseline` and the raw receive loop.

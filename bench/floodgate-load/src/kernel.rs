@@ -16,11 +16,8 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use crate::carbon::CarbonStandIn;
-use crate::targets::{cpu_ticks, free_port, metric_sum, spawn_floodgate, terminate, BenchOptions, Running, PREFIX};
-
-fn signal(pid: u32, sig: &str) {
-    let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
-}
+use crate::hostile::{drain, read_datagrams, RawRecv};
+use crate::targets::{free_port, spawn_floodgate, terminate, BenchOptions, Running, PREFIX};
 
 fn floodgate(
     opts: &BenchOptions,
@@ -42,69 +39,18 @@ fn floodgate(
 /// Sender CPU-seconds and floodgate CPU-seconds for `n` datagrams over the limit.
 fn drop_cost(opts: &BenchOptions, kernel: &str, n: usize) -> (f64, f64) {
     let (fg, dir) = floodgate(opts, kernel, 1, "flush_interval = \"1h\"\nreceive_buffer = \"1GiB\"", None);
-    let (pid, http) = (fg.child.id(), fg.http.unwrap_or(0));
-    signal(pid, "STOP");
-    let socket = UdpSocket::bind("127.0.0.2:0").unwrap();
-    let own = cpu_ticks(std::process::id());
-    for _ in 0..n {
-        let _ = socket.send_to(b"flood.x:1|c", ("127.0.0.1", fg.port));
-    }
-    let sender = (cpu_ticks(std::process::id()) - own) as f64 / 100.0;
-    let before = cpu_ticks(pid);
-    signal(pid, "CONT");
-    let mut last = -1.0;
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = metric_sum(http, "floodgate_received_packets_total{", &["statsd_udp"]);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    let drain = (cpu_ticks(pid) - before) as f64 / 100.0;
+    let http = fg.http.unwrap_or(0);
+    let d = drain(fg.child.id(), fg.port, &[b"flood.x:1|c"], n, || read_datagrams(http));
     drop(fg);
     let _ = std::fs::remove_dir_all(&dir);
-    (sender, drain)
+    (d.sender_cpu, d.receiver_cpu)
 }
 
 /// The raw loop's cost for the same datagrams: the sender's CPU and the loop's.
 fn raw_cost(n: usize) -> (f64, f64) {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("floodgate-raw-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let count = dir.join("count");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["raw-recv", "--port", &port.to_string(), "--count"])
-        .arg(&count)
-        .spawn()
-        .expect("start raw-recv");
-    let read = || std::fs::read_to_string(&count).ok().and_then(|s| s.trim().parse::<f64>().ok());
-    while read().is_none() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    signal(child.id(), "STOP");
-    let socket = UdpSocket::bind("127.0.0.2:0").unwrap();
-    let own = cpu_ticks(std::process::id());
-    for _ in 0..n {
-        let _ = socket.send_to(b"flood.x:1|c", ("127.0.0.1", port));
-    }
-    let sender = (cpu_ticks(std::process::id()) - own) as f64 / 100.0;
-    let before = cpu_ticks(child.id());
-    signal(child.id(), "CONT");
-    let mut last = -1.0;
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = read().unwrap_or(0.0);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    let drain = (cpu_ticks(child.id()) - before) as f64 / 100.0;
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-    (sender, drain)
+    let raw = RawRecv::start();
+    let d = drain(raw.pid(), raw.port, &[b"flood.x:1|c"], n, || raw.count());
+    (d.sender_cpu, d.receiver_cpu)
 }
 
 /// A cgroup holding a process's threads to `percent` % of a core.

@@ -415,28 +415,29 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
                         native: native.as_ref(),
                     }
                 }
-                None if row.named.as_ref().is_some_and(|n| n.quantiles.is_some()) => {
-                    let wanted = row.named.as_ref().and_then(|n| n.quantiles.as_deref()).unwrap_or_default();
-                    let have = &store.config().summary_quantiles;
-                    for q in wanted {
-                        // A quantile the store does not compute (yet: a reload in between) is
-                        // left out.
-                        let Some(i) = have.iter().position(|h| h == q) else { continue };
-                        if pairs.iter().any(|(seen, _)| seen == q) {
-                            continue;
-                        }
-                        let value = t.last_quantiles.get(i).copied().flatten();
-                        pairs.push((*q, value.map_or(f64::NAN, |v| v * scale)));
-                    }
-                    Series::Summary { quantiles: &pairs, sum: t.total_sum * scale, count: t.total_count }
-                }
                 None => {
-                    for (pct, bound) in percentiles.iter().zip(&t.last_bounds) {
-                        let q = if *pct > 0.0 { pct / 100.0 } else { 1.0 + pct / 100.0 };
-                        if !(0.0..=1.0).contains(&q) || pairs.iter().any(|(seen, _)| *seen == q) {
-                            continue;
+                    // The namer's quantiles (computed per flush for those the store was told
+                    // of: one it does not compute yet, after a reload, is left out), else the
+                    // store's percentiles (`-N` is quantile 1 - N/100).
+                    let mut push = |q: f64, value: Option<f64>| {
+                        if (0.0..=1.0).contains(&q) && !pairs.iter().any(|(seen, _)| *seen == q) {
+                            pairs.push((q, value.map_or(f64::NAN, |v| v * scale)));
                         }
-                        pairs.push((q, bound.map_or(f64::NAN, |b| b * scale)));
+                    };
+                    match row.named.as_ref().and_then(|n| n.quantiles.as_deref()) {
+                        Some(wanted) => {
+                            let have = &store.config().summary_quantiles;
+                            for q in wanted {
+                                if let Some(i) = have.iter().position(|h| h == q) {
+                                    push(*q, t.last_quantiles.get(i).copied().flatten());
+                                }
+                            }
+                        }
+                        None => {
+                            for (pct, bound) in percentiles.iter().zip(&t.last_bounds) {
+                                push(if *pct > 0.0 { pct / 100.0 } else { 1.0 + pct / 100.0 }, *bound);
+                            }
+                        }
                     }
                     Series::Summary { quantiles: &pairs, sum: t.total_sum * scale, count: t.total_count }
                 }

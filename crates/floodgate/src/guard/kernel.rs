@@ -25,7 +25,14 @@ pub struct KernelGuard {
     allow: Map,
     // Kept open: the program refers to it.
     _port: Map,
+    /// The last walk of the sources map: when, and its top offenders.
+    offenders: parking_lot::Mutex<Option<(std::time::Instant, Vec<SourceCell>)>>,
 }
+
+/// Walks of the sources map are at least this far apart.
+const OFFENDERS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Offenders a walk keeps (`/offenders` shows at most 10,000).
+const OFFENDERS_KEPT: usize = 10_000;
 
 impl KernelGuard {
     /// Creates the maps (the sources map holds `limits.tracked_sources`) and loads the program;
@@ -46,7 +53,7 @@ impl KernelGuard {
             let tail: Vec<&str> = e.log.lines().rev().take(3).collect();
             format!("{} (verifier: {})", e.error, tail.into_iter().rev().collect::<Vec<_>>().join(" / "))
         })?;
-        let guard = KernelGuard { program, config, sources, stats, allow, _port: port };
+        let guard = KernelGuard { program, config, sources, stats, allow, _port: port, offenders: Default::default() };
         guard.configure(limits).map_err(|e| format!("fg_config: {e}"))?;
         Ok(guard)
     }
@@ -69,16 +76,8 @@ impl KernelGuard {
         let mut config =
             Config { source_interval_ns, source_tolerance_ns, port_interval_ns, port_tolerance_ns, allow_on: 0 };
         self.config.update(&0u32.to_ne_bytes(), &config.to_bytes())?;
-        let mut stale = Vec::new();
-        let (mut key, mut next) = (vec![0u8; ALLOW_KEY_SIZE as usize], vec![0u8; ALLOW_KEY_SIZE as usize]);
-        let mut first = true;
-        while let Ok(true) = self.allow.next_key((!first).then_some(&key[..]), &mut next) {
-            first = false;
-            stale.push(next.clone());
-            std::mem::swap(&mut key, &mut next);
-        }
-        for k in stale {
-            self.allow.delete(&k)?;
+        for key in self.allow.keys() {
+            self.allow.delete(&key)?;
         }
         if allow_on {
             for (len, addr) in &blocks {
@@ -113,23 +112,28 @@ impl KernelGuard {
 
     /// The sources the kernel dropped from, most first, at most `max` (a walk of the map:
     /// bounded by its size).
+    ///
+    /// A walk costs two syscalls a source (a full map of 100,000: about 0.1 s), so it runs at
+    /// most once a second ([`OFFENDERS_EVERY`]) however often `/metrics`, `/offenders` and
+    /// `/api/status` ask; in between they get the last walk's list.
     pub fn offenders(&self, max: usize) -> Vec<SourceCell> {
-        let mut out = Vec::new();
-        let (mut key, mut next) = (vec![0u8; SOURCE_KEY_SIZE as usize], vec![0u8; SOURCE_KEY_SIZE as usize]);
-        let mut value = vec![0u8; SOURCE_VALUE_SIZE as usize];
-        let mut first = true;
-        while let Ok(true) = self.sources.next_key((!first).then_some(&key[..]), &mut next) {
-            first = false;
-            if let Ok(true) = self.sources.lookup(&next, &mut value) {
-                if let Some(cell) = SourceCell::from_bytes(&next, &value).filter(|c| c.dropped > 0) {
-                    out.push(cell);
-                }
-            }
-            std::mem::swap(&mut key, &mut next);
+        let mut cache = self.offenders.lock();
+        if cache.as_ref().is_none_or(|(at, _)| at.elapsed() >= OFFENDERS_EVERY) {
+            let mut value = vec![0u8; SOURCE_VALUE_SIZE as usize];
+            let mut cells: Vec<SourceCell> = self
+                .sources
+                .keys()
+                .into_iter()
+                .filter_map(|key| {
+                    let found = self.sources.lookup(&key, &mut value).ok()?;
+                    SourceCell::from_bytes(&key, &value).filter(|c| found && c.dropped > 0)
+                })
+                .collect();
+            cells.sort_by_key(|c| std::cmp::Reverse(c.dropped));
+            cells.truncate(OFFENDERS_KEPT);
+            *cache = Some((std::time::Instant::now(), cells));
         }
-        out.sort_by_key(|c| std::cmp::Reverse(c.dropped));
-        out.truncate(max);
-        out
+        cache.as_ref().map(|(_, cells)| cells.iter().take(max).copied().collect()).unwrap_or_default()
     }
 }
 

@@ -125,10 +125,10 @@ impl Guard {
         self.policy.store(Arc::new(Policy::new(limits, table)));
         *self.limits.lock() = limits.clone();
         // The kernel layer's limits change in place (`kernel = "off"` on reload leaves the
-        // programs attached, with no limit).
+        // programs attached, passing everything).
         for lg in self.listeners.lock().iter() {
             if let Some(k) = lg.kernel.get() {
-                let off = LimitsConfig { udp_per_source: 0, udp_per_port: 0, ..limits.clone() };
+                let off = LimitsConfig { udp_per_source: 0, udp_per_port: 0, allow: Vec::new(), ..limits.clone() };
                 let applied = if limits.kernel == config::KernelMode::Off { &off } else { limits };
                 if let Err(e) = k.configure(applied) {
                     tracing::warn!(error = %e, address = %lg.address, "kernel guard: new limits not applied");

@@ -77,6 +77,7 @@ pub struct Map {
     fd: OwnedFd,
     key_size: usize,
     value_size: usize,
+    max_entries: usize,
 }
 
 impl Map {
@@ -90,7 +91,12 @@ impl Map {
             .u32(16, if matches!(kind, MapKind::LpmTrie) { NO_PREALLOC } else { 0 })
             .name(28, name)
             .call(MAP_CREATE)?;
-        Ok(Map { fd: fd_of(r), key_size: key_size as usize, value_size: value_size as usize })
+        Ok(Map {
+            fd: fd_of(r),
+            key_size: key_size as usize,
+            value_size: value_size as usize,
+            max_entries: max_entries as usize,
+        })
     }
 
     /// Its file descriptor (for the program's map loads).
@@ -140,8 +146,26 @@ impl Map {
         }
     }
 
+    /// Every key, at most as many as the map holds. A walk whose current key was removed
+    /// meanwhile starts again from the first key, so under churn (an LRU map evicting during a
+    /// flood) an unbounded walk might never end: this one stops at the map's size.
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut next = vec![0u8; self.key_size];
+        while keys.len() < self.max_entries {
+            match self.next_key(keys.last().map(Vec::as_slice), &mut next) {
+                Ok(true) => keys.push(next.clone()),
+                _ => break,
+            }
+        }
+        // A restarted walk meets some keys twice.
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
     /// The key after `key` (the first with `None`) into `next`; false at the end.
-    pub fn next_key(&self, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<bool> {
+    fn next_key(&self, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<bool> {
         if next.len() != self.key_size || key.is_some_and(|k| k.len() != self.key_size) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "map key of the wrong size"));
         }
@@ -226,4 +250,27 @@ pub fn possible_cpus() -> usize {
         .ok()
         .and_then(|s| s.trim().split([',', '-']).filter_map(|p| p.parse::<usize>().ok()).max())
         .map_or(1, |m| m + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An LRU map holds at most its size whatever is written (the oldest go), and a walk of it
+    /// never yields more keys than that, each once (root: the test command runs as root).
+    #[test]
+    fn a_walk_is_bounded_by_the_map() {
+        let map = Map::create(MapKind::LruHash, 8, 8, 64, "fg_test").expect("bpf map (root)");
+        for k in 0u64..1000 {
+            map.update(&k.to_ne_bytes(), &k.to_ne_bytes()).unwrap();
+        }
+        let keys = map.keys();
+        assert!(!keys.is_empty() && keys.len() <= 64, "{} keys", keys.len());
+        let mut value = [0u8; 8];
+        assert!(map.lookup(&999u64.to_ne_bytes(), &mut value).unwrap(), "the newest stays");
+        for k in &keys {
+            map.delete(k).unwrap();
+        }
+        assert!(map.keys().is_empty());
+    }
 }

@@ -38,6 +38,14 @@ impl KernelGuard {
     /// Creates the maps (the sources map holds `limits.tracked_sources`) and loads the program;
     /// an error says why the kernel layer is not available.
     pub fn new(limits: &LimitsConfig) -> Result<KernelGuard, String> {
+        KernelGuard::with_program(limits, kernel::program)
+    }
+
+    /// [`KernelGuard::new`] with another program (tests: one the verifier rejects).
+    pub(crate) fn with_program(
+        limits: &LimitsConfig,
+        program: fn(Maps) -> Vec<kernel::Insn>,
+    ) -> Result<KernelGuard, String> {
         let entries = limits.tracked_sources.clamp(1, u32::MAX as usize) as u32;
         let map =
             |kind, key, value, n, name| Map::create(kind, key, value, n, name).map_err(|e| format!("{name}: {e}"));
@@ -48,7 +56,7 @@ impl KernelGuard {
         let stats = map(MapKind::PerCpuArray, 4, 8, Stat::COUNT, "fg_stats")?;
         let maps =
             Maps { config: config.fd(), sources: sources.fd(), port: port.fd(), stats: stats.fd(), allow: allow.fd() };
-        let insns: Vec<u8> = kernel::program(maps).into_iter().flat_map(|i| i.to_bytes()).collect();
+        let insns: Vec<u8> = program(maps).into_iter().flat_map(|i| i.to_bytes()).collect();
         let program = Program::load_socket_filter(&insns, "fg_guard").map_err(|e| {
             let tail: Vec<&str> = e.log.lines().rev().take(3).collect();
             format!("{} (verifier: {})", e.error, tail.into_iter().rev().collect::<Vec<_>>().join(" / "))
@@ -138,10 +146,27 @@ impl KernelGuard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
     use std::time::Duration;
+
+    /// The guard's program without its last instruction (the `exit`): the verifier refuses it.
+    pub(crate) fn rejected_program(maps: Maps) -> Vec<kernel::Insn> {
+        let mut insns = kernel::program(maps);
+        insns.pop();
+        insns
+    }
+
+    /// A program the verifier refuses is an error that carries the verifier's own words.
+    #[test]
+    fn a_verifier_rejection_is_an_error_with_the_verifier_log() {
+        let e = KernelGuard::with_program(&LimitsConfig::default(), rejected_program)
+            .expect_err("the verifier took a program with no exit");
+        assert!(e.contains("(verifier: ") && e.contains("last insn is not an exit or jmp"), "{e}");
+        // The real program loads with the same maps (so it was the program that was refused).
+        KernelGuard::new(&LimitsConfig::default()).unwrap_or_else(|e| panic!("the kernel guard did not load: {e}"));
+    }
 
     /// Loads in this kernel (root): a source over its limit is dropped in the kernel, counted
     /// in the stats and in its entry; another source is unaffected.

@@ -440,13 +440,22 @@ impl ListenerGuard {
     /// Puts the kernel layer on this listener's UDP sockets when `[limits] kernel` allows and
     /// the kernel takes it; says in the log which layer limits the listener.
     pub fn attach_kernel(&self, sockets: &[std::os::fd::RawFd]) {
+        self.attach_kernel_with(sockets, kernel::KernelGuard::new);
+    }
+
+    /// [`ListenerGuard::attach_kernel`] with another loader (tests: one the verifier refuses).
+    fn attach_kernel_with(
+        &self,
+        sockets: &[std::os::fd::RawFd],
+        load: impl FnOnce(&LimitsConfig) -> Result<kernel::KernelGuard, String>,
+    ) {
         let Some(guard) = self.guard.upgrade() else { return };
         let limits = guard.limits.lock().clone();
         if limits.kernel == config::KernelMode::Off {
             tracing::info!(address = %self.address, "kernel guard off ([limits] kernel = \"off\"): the user-space guard limits this listener");
             return;
         }
-        let loaded = kernel::KernelGuard::new(&limits).and_then(|k| {
+        let loaded = load(&limits).and_then(|k| {
             for fd in sockets {
                 k.attach(*fd).map_err(|e| format!("SO_ATTACH_BPF: {e}"))?;
             }
@@ -464,7 +473,7 @@ impl ListenerGuard {
             Err(e) => tracing::warn!(
                 address = %self.address,
                 error = %e,
-                "kernel guard unavailable (needs root or CAP_BPF): the user-space guard alone limits this listener"
+                "kernel guard unavailable (it needs root or CAP_BPF, and a kernel whose verifier takes it): the user-space guard alone limits this listener"
             ),
         }
     }
@@ -810,6 +819,35 @@ mod tests {
         assert_eq!(count_lines(b"a:1|c\nb:2|c"), 2);
         assert_eq!(count_lines(b"a:1|c\nb:2|c\n"), 2);
         assert_eq!(count_lines(b""), 1);
+    }
+
+    /// A program the verifier refuses leaves the listener on the user-space guard: nothing is
+    /// attached to its socket, which still receives, and the user-space limits hold.
+    #[test]
+    fn a_verifier_rejection_falls_back_to_the_user_space_guard() {
+        use std::os::fd::AsRawFd;
+        let g = Guard::new(&limits(|l| l.udp_per_source = 10), Instant::now());
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "127.0.0.1:8125", 0);
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        lg.attach_kernel_with(&[socket.as_raw_fd()], |l| {
+            kernel::KernelGuard::with_program(l, kernel::tests::rejected_program)
+        });
+        assert!(!lg.kernel_attached());
+        assert_eq!(lg.kernel_dropped(), None);
+        // Not filtered: 20 datagrams from one source all arrive (the program would hold 10).
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..20 {
+            sender.send_to(b"a:1|c", socket.local_addr().unwrap()).unwrap();
+        }
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        for _ in 0..20 {
+            socket.recv(&mut buf).expect("a datagram the rejected program would not have filtered");
+        }
+        let p = g.policy();
+        let a: IpAddr = "198.18.0.1".parse().unwrap();
+        assert_eq!(lg.admit_datagram(&p, a, || 10, 5_000_000_000), Ok(()));
+        assert_eq!(lg.admit_datagram(&p, a, || 1, 5_000_000_000), Err((Reason::SourceLimit, 1)));
     }
 
     #[test]

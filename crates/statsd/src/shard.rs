@@ -431,6 +431,14 @@ impl Shard {
         admitted
     }
 
+    /// A counter not held yet: held if there is room.
+    #[inline(never)]
+    fn new_counter(&mut self, key: &[u8], add: f64) {
+        if self.has_room(Kind::Counter, key) {
+            self.counters.insert(key.into(), 0.0 + add);
+        }
+    }
+
     /// Records one parsed value.
     #[inline]
     pub fn record(&mut self, m: &Metric<'_>) {
@@ -438,10 +446,9 @@ impl Shard {
             Kind::Counter => {
                 // No division for the common unsampled line (x * 1.0 is x).
                 let add = if m.sample_rate == 1.0 { m.value } else { m.value * (1.0 / m.sample_rate) };
-                if let Some(v) = self.counters.get_mut(&KeyRef(m.key)) {
-                    *v += add;
-                } else if self.has_room(Kind::Counter, m.key) {
-                    self.counters.insert(m.key.into(), 0.0 + add);
+                match self.counters.get_mut(&KeyRef(m.key)) {
+                    Some(v) => *v += add,
+                    None => self.new_counter(m.key, add),
                 }
             }
             Kind::Timer => {
@@ -524,6 +531,15 @@ impl MetricSink for Shard {
     }
 
     fn bad_line(&mut self, _line: &[u8]) {}
+
+    /// Inline, and short: a lookup and an add (a new series goes out of line).
+    #[inline(always)]
+    fn counter(&mut self, key: &[u8], value: f64) {
+        match self.counters.get_mut(&KeyRef(key)) {
+            Some(v) => *v += value,
+            None => self.new_counter(key, value),
+        }
+    }
 }
 
 #[cfg(test)]

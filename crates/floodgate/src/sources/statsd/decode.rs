@@ -123,6 +123,11 @@ impl MetricSink for WithRecords<'_> {
         self.shard.metric(metric);
     }
 
+    #[inline(always)]
+    fn counter(&mut self, key: &[u8], value: f64) {
+        self.shard.counter(key, value);
+    }
+
     fn bad_line(&mut self, line: &[u8]) {
         self.shard.bad_line(line);
     }

@@ -23,6 +23,7 @@ pub mod label;
 pub mod log;
 pub mod netlink;
 pub mod sockdiag;
+pub mod stats;
 pub mod table;
 
 pub use ctnetlink::{Entry, EventType, Phase, TcpState, Tuple};

@@ -14,6 +14,8 @@ pub const NLMSG_OVERRUN: u16 = 4;
 
 /// `NLM_F_REQUEST`.
 pub const NLM_F_REQUEST: u16 = 0x1;
+/// `NLM_F_ACK`: answer with an acknowledgement (an error message with code 0) at the end.
+pub const NLM_F_ACK: u16 = 0x4;
 /// `NLM_F_MULTI`: part of a multipart reply.
 pub const NLM_F_MULTI: u16 = 0x2;
 /// `NLM_F_DUMP` (`NLM_F_ROOT | NLM_F_MATCH`).

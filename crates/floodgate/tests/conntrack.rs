@@ -32,6 +32,73 @@ fn tracked_namespace(what: &str) -> Namespace {
     ns
 }
 
+/// The table's health on floodgate's `/metrics` (port 9318 inside `ns`) equals the kernel's
+/// own figures for the namespace: the count and limit from `/proc/sys/net/netfilter`, the
+/// statistics from `conntrack -S` summed over CPUs (read every 5 s, so waited for).
+fn table_health_is_the_kernels(ns: &Namespace) {
+    // The scrapes themselves are not tracked, so the table holds still while it is compared.
+    for rule in [
+        vec!["add", "chain", "inet", "fgtest", "raw_in", "{ type filter hook prerouting priority -300; }"],
+        vec!["add", "rule", "inet", "fgtest", "raw_in", "tcp", "dport", "9318", "notrack"],
+        vec!["add", "chain", "inet", "fgtest", "raw_out", "{ type filter hook output priority -300; }"],
+        vec!["add", "rule", "inet", "fgtest", "raw_out", "tcp", "sport", "9318", "notrack"],
+    ] {
+        let out = ns.command(&require_tool("nft")).args(&rule).output().unwrap();
+        assert!(out.status.success(), "nft {rule:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let read = |path: &str| -> f64 {
+        let out = ns.command(&require_tool("cat")).arg(path).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let stats = || -> BTreeMap<String, f64> {
+        let out = ns.command(&require_tool("conntrack")).arg("-S").output().unwrap();
+        let mut sums = BTreeMap::new();
+        for word in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Some((k, v)) = word.split_once('=') {
+                if k != "cpu" {
+                    let k = if k == "chaintoolong" { "chain_toolong" } else { k };
+                    *sums.entry(k.to_string()).or_default() += v.parse::<f64>().unwrap();
+                }
+            }
+        }
+        sums
+    };
+    // A scrape every 250 ms: the figures change between two reads, so this may take many.
+    wait_until_every("floodgate's table health equal to the kernel's", WAIT, Duration::from_millis(250), || {
+        let body = get(ns, 9318, "/metrics").unwrap_or_default();
+        let got = |name: &str| metric(&body, name, &[]).ok_or(format!("{name} not exported"));
+        let (count, max, want) = (
+            read("/proc/sys/net/netfilter/nf_conntrack_count"),
+            read("/proc/sys/net/netfilter/nf_conntrack_max"),
+            stats(),
+        );
+        if want.is_empty() {
+            return Err("conntrack -S printed nothing".into());
+        }
+        let mut differ = vec![];
+        if got("conntrack_table_entries")? != count {
+            differ.push(format!("entries {} vs {count}", got("conntrack_table_entries")?));
+        }
+        if got("conntrack_entries_limit")? != max {
+            differ.push(format!("limit {} vs {max}", got("conntrack_entries_limit")?));
+        }
+        if (got("conntrack_table_fill_ratio")? - got("conntrack_table_entries")? / max).abs() > 1e-12 {
+            differ.push("fill ratio".into());
+        }
+        for (stat, v) in &want {
+            let name = format!("conntrack_stat_{stat}_total");
+            if got(&name)? != *v {
+                differ.push(format!("{name} {} vs conntrack -S {v}", got(&name)?));
+            }
+        }
+        if differ.is_empty() {
+            Ok(())
+        } else {
+            Err(differ.join("; "))
+        }
+    });
+}
+
 /// floodgate inside `ns`, HTTP on `inside:http`, with `[conntrack]` keys `extra`.
 fn start(ns: &Namespace, dir: &std::path::Path, name: &str, http: u16, admin: u16, extra: &str) -> Running {
     start_with(ns, dir, name, http, admin, extra, true, &[])
@@ -268,6 +335,7 @@ fn gauges_equal_the_kernel_table_and_events_are_logged() {
     assert_eq!((got_out["open"], got_out["closing"]), (2, 1), "{body}");
     assert!(sample(&body, "conntrack_entries", &["protocol=\"udp\""]) >= 1.0);
     assert!(sample(&body, "conntrack_events_total", &["type=\"new\""]) >= 5.0);
+    table_health_is_the_kernels(&ns);
 
     // The JSON log: the inbound connections' events carry the service label.
     let events = wait_until("three inbound `new` events in the JSON log", WAIT, || {

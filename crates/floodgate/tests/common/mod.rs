@@ -471,14 +471,25 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Opt
 
 /// [`wait_for`] with a probe that says what it saw when not yet satisfied (`Err`); the last
 /// of those is in the panic message.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+pub fn wait_until<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Result<T, String>) -> T {
+    wait_until_every(what, timeout, Duration::from_millis(20), probe)
+}
+
+/// [`wait_until`], probing every `every`: for a probe that opens a connection to floodgate and
+/// may need many tries, so it stays under the listener's per-source connection limit.
+pub fn wait_until_every<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         match probe() {
             Ok(v) => return v,
             Err(seen) => assert!(Instant::now() < deadline, "{what}: not within {timeout:?}\n{seen}"),
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use floodgate_conntrack::ctnetlink::{self, GROUP_DESTROY, GROUP_NEW, GROUP_UPDATE};
 use floodgate_conntrack::netlink::{self, AF_UNSPEC};
+use floodgate_conntrack::stats::{self, TableHealth};
 use floodgate_conntrack::{log, Locality, Remote, Table};
 use parking_lot::Mutex;
 
@@ -26,6 +27,9 @@ use crate::sys::NetlinkSocket;
 
 /// How often the host's addresses and listening ports are re-read (for the inbound rule).
 const LOCALITY_REFRESH: Duration = Duration::from_secs(5);
+/// How often the table's health (size, limit, statistics) is read: two small requests the
+/// kernel answers from counters, whatever the table's size.
+const HEALTH_REFRESH: Duration = Duration::from_secs(5);
 
 /// Figures of the conntrack source.
 #[derive(Debug, Default)]
@@ -51,6 +55,8 @@ pub struct Conntrack {
     pub counters: ConntrackCounters,
     /// `ctnetlink` or `sock_diag`.
     pub source: &'static str,
+    /// The kernel's figures for the table, last read (ctnetlink only).
+    pub health: Mutex<Option<TableHealth>>,
 }
 
 /// The conntrack source as a component: its threads stop when `shutdown` is set.
@@ -109,6 +115,7 @@ pub fn start(config: &ConntrackConfig, shutdown: Arc<AtomicBool>) -> anyhow::Res
                         table: Mutex::new(Table::new(config.max_remote_hosts)),
                         counters: ConntrackCounters::default(),
                         source: "sock_diag",
+                        health: Mutex::new(None),
                     });
                     let poller = Poller { state: state.clone(), socket, interval: config.poll_interval, seq: 1, buf: vec![0u8; 1 << 20] };
                     std::thread::Builder::new().name("conntrack".into()).spawn(move || poller.run(&shutdown))?;
@@ -129,6 +136,7 @@ pub fn start(config: &ConntrackConfig, shutdown: Arc<AtomicBool>) -> anyhow::Res
         table: Mutex::new(Table::new(config.max_remote_hosts)),
         counters: ConntrackCounters::default(),
         source: "ctnetlink",
+        health: Mutex::new(None),
     });
     let log: Option<(EventFormat, Box<dyn Write + Send>)> = if config.log_events {
         let out: Box<dyn Write + Send> = if config.log_events_output == "stdout" {
@@ -150,6 +158,7 @@ pub fn start(config: &ConntrackConfig, shutdown: Arc<AtomicBool>) -> anyhow::Res
         dumps,
         local: read_locality(),
         local_at: Instant::now(),
+        health_at: None,
         seq: 1,
         buf: vec![0u8; 1 << 20],
         log: log.map(|(f, w)| (f, std::io::BufWriter::new(w))),
@@ -164,6 +173,8 @@ struct Follower {
     dumps: NetlinkSocket,
     local: Locality,
     local_at: Instant,
+    /// When the table's health was last read.
+    health_at: Option<Instant>,
     seq: u32,
     buf: Vec<u8>,
     log: Option<(EventFormat, std::io::BufWriter<Box<dyn Write + Send>>)>,
@@ -180,6 +191,13 @@ impl Follower {
             if self.local_at.elapsed() > LOCALITY_REFRESH {
                 self.local = read_locality();
                 self.local_at = Instant::now();
+            }
+            if self.health_at.is_none_or(|at| at.elapsed() >= HEALTH_REFRESH) {
+                self.health_at = Some(Instant::now());
+                match self.read_health() {
+                    Ok(health) => *self.state.health.lock() = Some(health),
+                    Err(e) => tracing::warn!(error = %e, "conntrack: the table's statistics could not be read"),
+                }
             }
             match self.events.recv(&mut self.buf) {
                 Ok(n) => {
@@ -239,6 +257,42 @@ impl Follower {
         self.state.counters.last_dump_us.store(took.as_micros() as u64, Relaxed);
         tracing::info!(entries = self.state.table.lock().len(), took = ?took, "conntrack: table read");
         Ok(())
+    }
+
+    /// The table's size, limit and statistics (`conntrack -C`, `conntrack -S`): two requests
+    /// on the dump socket, each read to its end.
+    fn read_health(&mut self) -> std::io::Result<TableHealth> {
+        let mut health = TableHealth::default();
+        for request in [stats::cpu_stats_request as fn(u32) -> Vec<u8>, stats::table_size_request] {
+            self.seq = self.seq.wrapping_add(1);
+            let seq = self.seq;
+            self.dumps.send(&request(seq))?;
+            let mut done = false;
+            while !done {
+                let n = self.dumps.recv(&mut self.buf)?;
+                for m in netlink::messages(&self.buf[..n]) {
+                    let m = m.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.0))?;
+                    if m.seq != seq {
+                        continue;
+                    }
+                    match m.kind {
+                        netlink::NLMSG_DONE => done = true,
+                        // The acknowledgement (0) that ends the size request, or a refusal.
+                        netlink::NLMSG_ERROR => match m.error_code() {
+                            Some(0) => done = true,
+                            Some(code) => return Err(std::io::Error::from_raw_os_error(-code)),
+                            None => return Err(std::io::Error::other("short netlink error message")),
+                        },
+                        _ => match stats::decode_stats(&m) {
+                            Ok(Some(s)) => health.take(s),
+                            Ok(None) => {}
+                            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.0)),
+                        },
+                    }
+                }
+            }
+        }
+        Ok(health)
     }
 
     /// Applies every conntrack message in one buffer (under one lock).
@@ -451,6 +505,9 @@ impl crate::metrics::Report for Conntrack {
             Describe::gauge("conntrack_dump_duration_seconds", "How long the last full read of the table took."),
             self.counters.last_dump_us.load(Relaxed) as f64 / 1e6,
         );
+        if let Some(health) = *self.health.lock() {
+            report_health(out, &health);
+        }
         out.add(
             Describe::gauge("conntrack_source_info", "Where connections are read from (ctnetlink or sock_diag)."),
             &[("source", self.source)],
@@ -458,7 +515,7 @@ impl crate::metrics::Report for Conntrack {
         );
     }
 
-    /// Connections by state and the ten remote hosts with the most.
+    /// Connections by state, the ten remote hosts with the most, and the table's fill.
     fn status(&self) -> Option<(&'static str, serde_json::Value)> {
         use serde_json::json;
         let rows = self.table.lock().snapshot();
@@ -477,7 +534,64 @@ impl crate::metrics::Report for Conntrack {
             .map(|(l, c)| json!({"host": l.to_string(), "opening": c.phases[0], "open": c.phases[1], "closing": c.phases[2], "closed": c.phases[3] + c.recently_closed}))
             .collect();
         let value = json!({"source": self.source, "states": {"opening": states[0], "open": states[1], "closing": states[2], "closed": states[3]},
-                           "top_hosts": top, "resyncs": self.counters.resyncs.load(Relaxed)});
+                           "top_hosts": top, "resyncs": self.counters.resyncs.load(Relaxed),
+                           "table": self.health.lock().map(|h| json!({"entries": h.entries, "limit": h.limit,
+                               "fill_ratio": h.fill_ratio(), "drop": h.stats.drop, "early_drop": h.stats.early_drop,
+                               "insert_failed": h.stats.insert_failed}))});
         Some(("conntrack", value))
+    }
+}
+
+/// The table's health: node_exporter's `node_nf_conntrack_entries_limit` and
+/// `node_nf_conntrack_stat_*` as `conntrack_entries_limit` and `conntrack_stat_*_total`
+/// (counters, as they are), and the fill ratio alerts page on.
+fn report_health(out: &mut crate::metrics::Families, health: &TableHealth) {
+    use crate::metrics::Describe;
+    out.one(
+        Describe::gauge("conntrack_entries_limit", "Entries the kernel's table may hold (nf_conntrack_max)."),
+        u64::from(health.limit),
+    );
+    out.one(
+        Describe::gauge(
+            "conntrack_table_entries",
+            "Entries in the kernel's table now, as the kernel counts them (nf_conntrack_count).",
+        ),
+        u64::from(health.entries),
+    );
+    if let Some(ratio) = health.fill_ratio() {
+        out.one(
+            Describe::gauge("conntrack_table_fill_ratio", "conntrack_table_entries / conntrack_entries_limit."),
+            ratio,
+        );
+    }
+    // The same order as `CpuStats::named` (a test holds them together).
+    for ((_, value), (_, metric, help)) in health.stats.named().into_iter().zip(STAT_METRICS) {
+        out.one(Describe::counter(metric, help), value);
+    }
+}
+
+/// Each kernel statistic's name, metric and help, in `CpuStats::named`'s order.
+const STAT_METRICS: [(&str, &str, &str); 10] = [
+    ("found", "conntrack_stat_found_total", "Lookups that found an entry (summed over CPUs)."),
+    ("invalid", "conntrack_stat_invalid_total", "Packets conntrack could not track."),
+    ("insert", "conntrack_stat_insert_total", "Entries inserted (0 on kernels from 5.10)."),
+    ("insert_failed", "conntrack_stat_insert_failed_total", "Inserts that failed (a race, or the table full)."),
+    ("drop", "conntrack_stat_drop_total", "Packets dropped because no entry could be made (table full)."),
+    ("early_drop", "conntrack_stat_early_drop_total", "Entries evicted to make room in a full table."),
+    ("error", "conntrack_stat_error_total", "ICMP errors conntrack could not match."),
+    ("search_restart", "conntrack_stat_search_restart_total", "Lookups restarted by a table resize."),
+    ("clash_resolve", "conntrack_stat_clash_resolve_total", "Insert races resolved by reusing the other entry."),
+    ("chain_toolong", "conntrack_stat_chain_toolong_total", "Hash chains found too long."),
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_statistic_has_its_own_metric() {
+        let named = floodgate_conntrack::stats::CpuStats::default().named();
+        for ((name, _), (stat, metric, _)) in named.iter().zip(super::STAT_METRICS) {
+            assert_eq!(*name, stat);
+            assert_eq!(metric, format!("conntrack_stat_{name}_total"));
+        }
     }
 }

@@ -116,3 +116,21 @@ fn every_metric_family_passes_promtool_with_every_feature_on() {
     }
     promtool_check(&body);
 }
+
+/// The alert rules in `dashboards/` are valid (`promtool check rules`) and each fires on the
+/// series it is meant for and on no other (`promtool test rules`, with series that fire and
+/// that do not fire each alert).
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+    let dir = repo_root().join("dashboards");
+    for args in [["check", "rules", "floodgate-alerts.yml"], ["test", "rules", "floodgate-alerts.test.yml"]] {
+        let out = std::process::Command::new(require_tool("promtool")).args(args).current_dir(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -15,6 +15,7 @@ step "installing test dependencies"
 apt_needed=()
 command -v carbon-cache >/dev/null || apt_needed+=(graphite-carbon)
 command -v whisper-fetch >/dev/null || apt_needed+=(python3-whisper)
+command -v carbon-c-relay >/dev/null || apt_needed+=(carbon-c-relay) # the Graphite cluster test's relay
 command -v promtool >/dev/null || apt_needed+=(prometheus)
 command -v node >/dev/null || apt_needed+=(nodejs)
 command -v npm >/dev/null || apt_needed+=(npm)

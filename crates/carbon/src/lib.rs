@@ -30,7 +30,8 @@ use md5::{Digest, Md5};
 pub const REPLICAS: usize = 100;
 
 /// The ring's hash (Carbon's `ROUTER_HASH_TYPE`, carbon-c-relay's cluster type).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HashType {
     /// The first 16 bits of MD5 (Carbon's default).
     #[default]
@@ -82,7 +83,8 @@ fn fnv1a_32(data: &[u8]) -> u32 {
 
 /// One Carbon destination: `host:port` or `host:port:instance`, an IPv6 host in brackets
 /// (`[::1]:2004:a`), as Carbon's `parseDestination` reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Destination {
     /// The server, as written (a name or an address).
     pub host: String,
@@ -100,6 +102,20 @@ impl Destination {
         } else {
             format!("{}:{}", self.host, self.port)
         }
+    }
+}
+
+impl TryFrom<String> for Destination {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<Destination> for String {
+    fn from(d: Destination) -> String {
+        d.to_string()
     }
 }
 
@@ -208,9 +224,17 @@ impl Ring {
     /// `DIVERSE_REPLICAS`, on by default). Carbon with one destination and a replication
     /// above 1 sends it the same datapoint twice; this picks it once.
     pub fn destinations(&self, metric: &[u8], replication: usize, diverse: bool) -> Vec<usize> {
-        let mut picked: Vec<usize> = Vec::with_capacity(replication.min(self.len()));
+        let mut picked = Vec::with_capacity(replication.min(self.len()));
+        self.destinations_into(metric, replication, diverse, &mut picked);
+        picked
+    }
+
+    /// [`Ring::destinations`] into the caller's `picked` (cleared first): no allocation per
+    /// metric once it has grown to `replication`.
+    pub fn destinations_into(&self, metric: &[u8], replication: usize, diverse: bool, picked: &mut Vec<usize>) {
+        picked.clear();
         if self.entries.is_empty() {
-            return picked;
+            return;
         }
         let position = self.hash.position(metric);
         let len = self.entries.len();
@@ -227,7 +251,6 @@ impl Ring {
             }
             index = (index + 1) % len;
         }
-        picked
     }
 }
 

@@ -60,24 +60,29 @@ pub trait Acknowledged: Send + Sync {
     fn receipt(self: Arc<Self>) -> Option<Box<dyn FnOnce() + Send>>;
 }
 
-/// How a flush sink turns a flush into its payload (bytes and how many metrics they hold).
+/// A flush rendered for one sink: a payload (its bytes, and how many metrics they hold) per
+/// queue of the sink, in the order of its queues; empty when the sink has nothing this flush.
+/// A payload holding no metric is not sent.
+pub type Rendered = Vec<(Vec<u8>, usize)>;
+
+/// How a flush sink turns a flush into its payloads.
 pub trait Render: Send {
     /// From the flush itself, while the store is held (Graphite: this interval's values).
-    fn render_view(&self, _view: &FlushView<'_>, _config: &Config) -> Option<(Vec<u8>, usize)> {
-        None
+    fn render_view(&self, _view: &FlushView<'_>, _config: &Config) -> Rendered {
+        Vec::new()
     }
 
     /// From the store as it stands after the flush, as a scrape would see it (remote-write:
     /// cumulative counters).
-    fn render_store(&self, _store: &Store, _timestamp: i64) -> Option<(Vec<u8>, usize)> {
-        None
+    fn render_store(&self, _store: &Store, _timestamp: i64) -> Rendered {
+        Vec::new()
     }
 }
 
 /// A sink the flusher hands each flush to.
 pub struct FlushSink {
-    /// The sink's delivery queue.
-    pub queue: UnboundedSender<Payload>,
+    /// The sink's delivery queues, one per destination.
+    pub queues: Vec<UnboundedSender<Payload>>,
     /// Its rendering.
     pub render: Box<dyn Render>,
 }
@@ -157,7 +162,7 @@ pub fn flush_once(f: &Flusher, out: &Outputs, timestamp: i64, boundary_ms: i64) 
         .sinks
         .iter()
         .zip(payload)
-        .map(|(sink, during)| during.or_else(|| sink.render.render_store(&store, timestamp)))
+        .map(|(sink, during)| if during.is_empty() { sink.render.render_store(&store, timestamp) } else { during })
         .collect();
     f.aggregation.share_budgets(&mut store);
     let memory = store.memory_bytes();
@@ -184,9 +189,11 @@ pub fn flush_once(f: &Flusher, out: &Outputs, timestamp: i64, boundary_ms: i64) 
         let _ = tx.send(Payload { bytes, metrics, delivered: Some(done), pinned });
         deliveries.push(delivered);
     };
-    for (sink, payload) in out.sinks.iter().zip(payloads) {
-        if let Some((bytes, metrics)) = payload {
-            send(&sink.queue, bytes, metrics);
+    for (sink, parts) in out.sinks.iter().zip(payloads) {
+        for (queue, (bytes, metrics)) in sink.queues.iter().zip(parts) {
+            if metrics > 0 {
+                send(queue, bytes, metrics);
+            }
         }
     }
     if let Some(receipt) = receipt {

@@ -121,58 +121,89 @@ impl GraphiteNaming {
     }
 }
 
-/// A payload being built.
-struct Payload {
+/// The payloads of one flush being built, one per destination. Each metric goes to the
+/// destinations `route` picks for its name (one destination: always the first).
+struct Payloads<R> {
     protocol: Protocol,
-    buf: Vec<u8>,
-    number: String,
+    /// Each destination's bytes and metric count.
+    out: Vec<(Vec<u8>, usize)>,
+    /// The metric being written: its name (filled by the caller), number, and encoding.
     name: Vec<u8>,
+    number: String,
+    encoded: Vec<u8>,
+    picks: Vec<usize>,
+    route: R,
 }
 
-impl Payload {
-    fn new(protocol: Protocol, capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(capacity);
-        if protocol == Protocol::Pickle {
-            buf.extend_from_slice(&[0, 0, 0, 0]); // length, filled in by `finish`
-            buf.extend_from_slice(b"(l");
+impl<R: FnMut(&[u8], &mut Vec<usize>)> Payloads<R> {
+    fn new(protocol: Protocol, destinations: usize, capacity: usize, route: R) -> Self {
+        let each = capacity / destinations.max(1);
+        let out = (0..destinations)
+            .map(|_| {
+                let mut buf = Vec::with_capacity(each);
+                if protocol == Protocol::Pickle {
+                    buf.extend_from_slice(&[0, 0, 0, 0]); // length, filled in by `finish`
+                    buf.extend_from_slice(b"(l");
+                }
+                (buf, 0)
+            })
+            .collect();
+        Payloads {
+            protocol,
+            out,
+            name: Vec::with_capacity(128),
+            number: String::with_capacity(32),
+            encoded: Vec::with_capacity(192),
+            picks: Vec::with_capacity(destinations),
+            route,
         }
-        Payload { protocol, buf, number: String::with_capacity(32), name: Vec::with_capacity(128) }
     }
 
-    /// Adds the metric whose name is in `self.name`.
+    /// Adds the metric whose name is in `self.name` to the payloads of its destinations.
     fn push(&mut self, value: f64, ts: i64) {
         self.number.clear();
         write_js_number(&mut self.number, value);
         let mut ts_buf = itoa::Buffer::new();
         let ts = ts_buf.format(ts).as_bytes();
+        let e = &mut self.encoded;
+        e.clear();
         match self.protocol {
             Protocol::Plaintext => {
-                self.buf.extend_from_slice(&self.name);
-                self.buf.push(b' ');
-                self.buf.extend_from_slice(self.number.as_bytes());
-                self.buf.push(b' ');
-                self.buf.extend_from_slice(ts);
-                self.buf.push(b'\n');
+                e.extend_from_slice(&self.name);
+                e.push(b' ');
+                e.extend_from_slice(self.number.as_bytes());
+                e.push(b' ');
+                e.extend_from_slice(ts);
+                e.push(b'\n');
             }
             Protocol::Pickle => {
-                self.buf.extend_from_slice(b"(S'");
-                self.buf.extend_from_slice(&self.name);
-                self.buf.extend_from_slice(b"'\n(L");
-                self.buf.extend_from_slice(ts);
-                self.buf.extend_from_slice(b"L\nS'");
-                self.buf.extend_from_slice(self.number.as_bytes());
-                self.buf.extend_from_slice(b"'\ntta");
+                e.extend_from_slice(b"(S'");
+                e.extend_from_slice(&self.name);
+                e.extend_from_slice(b"'\n(L");
+                e.extend_from_slice(ts);
+                e.extend_from_slice(b"L\nS'");
+                e.extend_from_slice(self.number.as_bytes());
+                e.extend_from_slice(b"'\ntta");
+            }
+        }
+        (self.route)(&self.name, &mut self.picks);
+        for &i in &self.picks {
+            if let Some((buf, metrics)) = self.out.get_mut(i) {
+                buf.extend_from_slice(&self.encoded);
+                *metrics += 1;
             }
         }
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    fn finish(mut self) -> Vec<(Vec<u8>, usize)> {
         if self.protocol == Protocol::Pickle {
-            self.buf.push(b'.');
-            let len = (self.buf.len() - 4) as u32;
-            self.buf[..4].copy_from_slice(&len.to_be_bytes());
+            for (buf, _) in &mut self.out {
+                buf.push(b'.');
+                let len = (buf.len() - 4) as u32;
+                buf[..4].copy_from_slice(&len.to_be_bytes());
+            }
         }
-        self.buf
+        self.out
     }
 }
 
@@ -203,13 +234,32 @@ fn write_name(out: &mut Vec<u8>, namespace: &[&str], key: &[u8], extras: &[&str]
 
 /// Builds the whole payload of one flush, as Etsy statsd's graphite backend would send it.
 pub fn render(view: &FlushView<'_>, naming: &GraphiteNaming, protocol: Protocol, stats: &GraphiteStats) -> Vec<u8> {
+    let only = |_: &[u8], picks: &mut Vec<usize>| {
+        picks.clear();
+        picks.push(0);
+    };
+    render_sharded(view, naming, protocol, stats, 1, only).pop().map(|(bytes, _)| bytes).unwrap_or_default()
+}
+
+/// One flush as [`render`] builds it, split over `destinations` payloads: `route` puts the
+/// indexes of a metric's destinations (below `destinations`) into its vector, given the
+/// metric's full name. Each payload comes with the number of metrics in it; a payload can be
+/// empty (pickle: an empty list).
+pub fn render_sharded(
+    view: &FlushView<'_>,
+    naming: &GraphiteNaming,
+    protocol: Protocol,
+    stats: &GraphiteStats,
+    destinations: usize,
+    route: impl FnMut(&[u8], &mut Vec<usize>),
+) -> Vec<(Vec<u8>, usize)> {
     let started = Instant::now();
     let ns = naming.namespaces();
     let suffix = naming.suffix();
     let sanitize = naming.sanitize_names;
     let ts = view.timestamp;
     let lines = view.counters().len() * 2 + view.timers.len() * 16 + view.gauges().len() + view.sets().len() + 8;
-    let mut p = Payload::new(protocol, lines * 48);
+    let mut p = Payloads::new(protocol, destinations, lines * 48, route);
 
     for (key, value) in view.counters() {
         let rate = value / view.interval_secs;
@@ -346,6 +396,52 @@ mod tests {
         ] {
             assert!(out.iter().any(|l| l == want), "missing {want:?} in {out:#?}");
         }
+    }
+
+    #[test]
+    fn a_sharded_flush_puts_each_metric_in_its_destinations_payloads_only() {
+        let input = "a:3|c\ng:5|g\nt:1|ms\nu:x|s\nr;env=p:1|c\nlonger.name:2|c";
+        let naming = GraphiteNaming::default();
+        // Two of three destinations, chosen by the name's length.
+        let route = |name: &[u8], picks: &mut Vec<usize>| {
+            picks.clear();
+            picks.extend([name.len() % 3, (name.len() + 1) % 3]);
+        };
+        let mut store = Store::new(AggregationConfig::default());
+        let mut shard = Shard::new(1000);
+        Parser::new(true).parse_packet(input.as_bytes(), &mut shard);
+        store.merge(&mut shard);
+        let parts = store.flush(1_700_000_000, |view| {
+            render_sharded(view, &naming, Protocol::Plaintext, &GraphiteStats::default(), 3, route)
+        });
+        let whole = lines(&flush_text(input, &naming, Protocol::Plaintext));
+        let parts: Vec<Vec<String>> = parts
+            .iter()
+            .map(|(bytes, metrics)| {
+                assert_eq!(*metrics, count_metrics(bytes, Protocol::Plaintext));
+                lines(bytes)
+            })
+            .collect();
+        // The calculation time is measured per render; every other line is the same.
+        for line in whole.iter().filter(|l| !l.contains("calculationtime")) {
+            let name = line.split(' ').next().unwrap();
+            let mut want = vec![name.len() % 3, (name.len() + 1) % 3];
+            want.sort();
+            let have: Vec<usize> = (0..3).filter(|i| parts[*i].contains(line)).collect();
+            assert_eq!(have, want, "{line}");
+        }
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), whole.len() * 2);
+        // Pickle: each part framed on its own, an empty one an empty list.
+        let mut store = Store::new(AggregationConfig::default());
+        let parts = store.flush(1_700_000_000, |view| {
+            let first = |_: &[u8], picks: &mut Vec<usize>| {
+                picks.clear();
+                picks.push(0);
+            };
+            render_sharded(view, &naming, Protocol::Pickle, &GraphiteStats::default(), 2, first)
+        });
+        assert!(parts[0].1 > 0 && parts[0].0.ends_with(b"tta."));
+        assert_eq!(parts[1], (b"\0\0\0\x03(l.".to_vec(), 0));
     }
 
     #[test]

@@ -391,6 +391,30 @@ tracked_sources = 100_000
     }
 
     #[test]
+    fn a_graphite_cluster_is_read_in_carbons_syntax_and_checked() {
+        let c = Config::parse(
+            "[graphite]\ndestinations = [\"10.0.0.1:2004:a\", \"[2001:db8::1]:2004\"]\nhashing = \"fnv1a_ch\"\nreplication = 2\n",
+            "f.toml",
+        )
+        .unwrap();
+        let g = &c.graphite;
+        assert_eq!(g.destinations[0].to_string(), "10.0.0.1:2004:a");
+        assert_eq!(g.destinations[1].address(), "[2001:db8::1]:2004");
+        assert_eq!((g.hashing, g.replication, g.diverse_replicas), (floodgate_carbon::HashType::Fnv1aCh, 2, true));
+        assert_eq!(g.ring().unwrap().map(|r| r.len()), Some(2));
+        for (text, want) in [
+            ("destinations = [\"10.0.0.1\"]", "f.toml:2: destination \"10.0.0.1\": no port"),
+            ("destinations = [\"h:1:a\", \"h:2:a\"]", "already configured"),
+            ("hashing = \"md5\"", "expected `carbon_ch` or `fnv1a_ch`"),
+            ("destinations = [\"h:1\"]\nreplication = 0", "graphite.replication"),
+            ("address = \"h:1\"\ndestinations = [\"h:1\"]", "not both"),
+        ] {
+            let err = Config::parse(&format!("[graphite]\n{text}\n"), "f.toml").unwrap_err();
+            assert!(err.0.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn durations_and_sizes() {
         assert_eq!(parse_duration("200ms"), Some(Duration::from_millis(200)));
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));

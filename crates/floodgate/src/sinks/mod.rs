@@ -39,13 +39,13 @@ pub type Build = fn(
 /// listeners write into the syslog output).
 pub const SINKS: &[Build] = &[graphite::build, remote_write::build, forward::build, syslog::build];
 
-/// A delivery task as a [`Sink`]: it ends once its queue's sender is gone and the queue is
+/// Delivery tasks as a [`Sink`]: each ends once its queue's sender is gone and the queue is
 /// delivered (or its last-try deadline passed).
 pub struct DeliveryTask {
     /// For logs.
     pub name: &'static str,
-    /// The task.
-    pub task: tokio::task::JoinHandle<()>,
+    /// The tasks, one per destination.
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Sink for DeliveryTask {
@@ -55,28 +55,41 @@ impl Sink for DeliveryTask {
 
     fn finish(self: Box<Self>) -> crate::component::Stopping {
         Box::pin(async move {
-            let _ = self.task.await;
+            for task in self.tasks {
+                let _ = task.await;
+            }
         })
     }
 }
 
-/// Starts the delivery loop of a flush sink: its counters reported under `name`, payloads
-/// rendered by `render` each flush.
+/// Starts the delivery loops of a flush sink, one per destination, each with its own queue of
+/// up to `buffer` bytes, back-off and counters (labelled by destination when there are
+/// several); payloads rendered by `render` each flush, one per destination in this order.
 pub fn start_flush_sink<D: Deliver + 'static>(
     shared: &crate::component::Shared,
     wiring: &mut crate::component::Wiring,
-    deliver: D,
+    destinations: Vec<D>,
     buffer: u64,
     render: Box<dyn crate::flush::Render>,
 ) -> Box<dyn Sink> {
-    let name = deliver.name();
-    let counters = Arc::new(SinkCounters::default());
-    shared.sinks_full.add(counters.full.clone());
-    shared.metrics.add(Arc::new(SinkReport { name, counters: counters.clone() }));
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    wiring.flush.sinks.push(crate::flush::FlushSink { queue: tx, render });
-    let task = tokio::spawn(async move { deliver_all(deliver, rx, buffer, &counters, Duration::from_secs(10)).await });
-    Box::new(DeliveryTask { name, task })
+    let name = destinations.first().map_or("none", Deliver::name);
+    let (mut queues, mut tasks) = (Vec::new(), Vec::new());
+    for deliver in destinations {
+        let counters = Arc::new(SinkCounters::default());
+        shared.sinks_full.add(counters.full.clone());
+        let destination = deliver.destination();
+        shared.metrics.add(Arc::new(SinkReport { name, destination: destination.clone(), counters: counters.clone() }));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        queues.push(tx);
+        let span = match &destination {
+            Some(d) => tracing::info_span!("destination", address = %d),
+            None => tracing::Span::none(),
+        };
+        let run = async move { deliver_all(deliver, rx, buffer, &counters, Duration::from_secs(10)).await };
+        tasks.push(tokio::spawn(tracing::Instrument::instrument(run, span)));
+    }
+    wiring.flush.sinks.push(crate::flush::FlushSink { queues, render });
+    Box::new(DeliveryTask { name, tasks })
 }
 
 use std::collections::VecDeque;
@@ -110,6 +123,10 @@ impl From<std::io::Error> for DeliverError {
 pub trait Deliver: Send + Sync {
     /// Its name in logs and metrics (`sink="..."`).
     fn name(&self) -> &'static str;
+    /// Which of the sink's destinations it is (`destination="..."`), when it has several.
+    fn destination(&self) -> Option<String> {
+        None
+    }
     /// Delivers one payload.
     fn deliver(&self, payload: &Payload) -> impl Future<Output = Result<(), DeliverError>> + Send;
 }
@@ -167,6 +184,7 @@ pub async fn deliver_all<D: Deliver>(
                 if result.is_err() {
                     c.errors.fetch_add(1, Relaxed);
                 }
+                c.reachable.store(result.as_ref().map_or_else(|e| !e.retry, |_| true), Relaxed);
                 match result {
                     Ok(()) => {
                         if let Some(since) = failing_since.take() {
@@ -246,7 +264,7 @@ fn delivered(mut p: Payload, c: &SinkCounters) {
 }
 
 /// A flush sink's figures (Graphite, remote-write).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SinkCounters {
     /// Payloads (flushes) delivered.
     pub sent_payloads: AtomicU64,
@@ -267,12 +285,33 @@ pub struct SinkCounters {
     /// The buffer is at its bound with flushes that may not be dropped: an aggregator takes no
     /// agent batches until it drains.
     pub full: Arc<AtomicBool>,
+    /// The last attempt succeeded (true until one fails).
+    pub reachable: AtomicBool,
 }
 
-/// A flush sink's figures under its name (`sink="graphite"`).
+impl Default for SinkCounters {
+    fn default() -> Self {
+        SinkCounters {
+            sent_payloads: AtomicU64::new(0),
+            sent_bytes: AtomicU64::new(0),
+            sent_metrics: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            dropped_payloads: AtomicU64::new(0),
+            dropped_bytes: AtomicU64::new(0),
+            buffer_bytes: AtomicU64::new(0),
+            buffer_payloads: AtomicU64::new(0),
+            full: Arc::default(),
+            reachable: AtomicBool::new(true),
+        }
+    }
+}
+
+/// A flush sink's figures under its name (`sink="graphite"`) and destination.
 pub struct SinkReport {
     /// The `sink` label.
     pub name: &'static str,
+    /// The `destination` label, for a sink with several.
+    pub destination: Option<String>,
     /// Its counters.
     pub counters: Arc<SinkCounters>,
 }
@@ -320,8 +359,21 @@ impl Report for SinkReport {
                 |c| &c.buffer_payloads,
             ),
         ];
-        for (describe, field) in rows {
-            out.add(describe, &[("sink", self.name)], field(&self.counters).load(Relaxed));
+        let mut labels = vec![("sink", self.name)];
+        if let Some(d) = &self.destination {
+            labels.push(("destination", d));
         }
+        for (describe, field) in rows {
+            out.add(describe, &labels, field(&self.counters).load(Relaxed));
+        }
+        out.add(
+            Describe::gauge(
+                "floodgate_sink_reachable",
+                "1 while the destination takes deliveries, 0 from a failed attempt until one succeeds.",
+            )
+            .status(place("reachable")),
+            &labels,
+            u64::from(self.counters.reachable.load(Relaxed)),
+        );
     }
 }

@@ -4,14 +4,26 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use floodgate_carbon::{Destination, HashType, Ring};
+
 use crate::units::{duration, size};
 
 /// `[graphite]`: the Carbon output and Etsy's naming options.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct GraphiteConfig {
-    /// `host:port` of Carbon; absent = no Graphite output.
+    /// `host:port` of Carbon (or of a relay); absent, and no `destinations`: no Graphite output.
     pub address: Option<String>,
+    /// A Carbon cluster, in Carbon's `DESTINATIONS` syntax (`host:port` or
+    /// `host:port:instance`): each metric goes to the node(s) Carbon's relay would pick.
+    /// Instead of `address`.
+    pub destinations: Vec<Destination>,
+    /// The cluster's ring: `"carbon_ch"` (Carbon's default) or `"fnv1a_ch"`.
+    pub hashing: HashType,
+    /// Nodes each metric goes to (Carbon's `REPLICATION_FACTOR`).
+    pub replication: usize,
+    /// Replicas on distinct hosts only (Carbon's `DIVERSE_REPLICAS`).
+    pub diverse_replicas: bool,
     /// `"plaintext"` or `"pickle"`.
     pub protocol: GraphiteProtocol,
     /// statsd `graphite.legacyNamespace`.
@@ -30,7 +42,8 @@ pub struct GraphiteConfig {
     pub global_suffix: String,
     /// statsd `flush_counts`.
     pub flush_counts: bool,
-    /// Payload bytes held while Carbon is unreachable; the oldest are dropped past it.
+    /// Payload bytes held while Carbon is unreachable (per destination); the oldest are
+    /// dropped past it.
     #[serde(with = "size")]
     pub buffer: u64,
     /// Connect and write timeout for one flush.
@@ -42,6 +55,10 @@ impl Default for GraphiteConfig {
     fn default() -> Self {
         GraphiteConfig {
             address: None,
+            destinations: Vec::new(),
+            hashing: HashType::CarbonCh,
+            replication: 1,
+            diverse_replicas: true,
             protocol: GraphiteProtocol::Plaintext,
             legacy_namespace: true,
             global_prefix: "stats".into(),
@@ -74,8 +91,26 @@ impl GraphiteConfig {
             if address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
                 return Err(("graphite.address", format!("`{address}` is not host:port")));
             }
+            if !self.destinations.is_empty() {
+                return Err((
+                    "graphite.destinations",
+                    "set either address (one Carbon or a relay) or destinations (a sharded cluster), not both".into(),
+                ));
+            }
         }
+        if self.replication == 0 {
+            return Err(("graphite.replication", "must be at least 1".into()));
+        }
+        self.ring().map_err(|e| ("graphite.destinations", e))?;
         Ok(())
+    }
+
+    /// The cluster's ring (`None` without `destinations`).
+    pub fn ring(&self) -> Result<Option<Ring>, String> {
+        if self.destinations.is_empty() {
+            return Ok(None);
+        }
+        Ring::new(&self.destinations, self.hashing).map(Some)
     }
 }
 

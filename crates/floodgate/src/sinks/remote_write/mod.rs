@@ -277,7 +277,7 @@ pub fn build(
     let sink = RemoteWriteSink::new(rw).context("prometheus_remote_write")?;
     tracing::info!(url = %crate::config::redact_url(&rw.url), "prometheus remote-write output on");
     let render = Render { naming: shared.naming.clone() };
-    Ok(Some(super::start_flush_sink(shared, wiring, sink, rw.buffer, Box::new(render))))
+    Ok(Some(super::start_flush_sink(shared, wiring, vec![sink], rw.buffer, Box::new(render))))
 }
 
 /// Remote-write takes the store as it stands after the flush, as a scrape would, named as
@@ -287,8 +287,8 @@ struct Render {
 }
 
 impl crate::flush::Render for Render {
-    fn render_store(&self, store: &Store, timestamp: i64) -> Option<(Vec<u8>, usize)> {
-        Some(encode(store, timestamp * 1000, &self.naming))
+    fn render_store(&self, store: &Store, timestamp: i64) -> crate::flush::Rendered {
+        vec![encode(store, timestamp * 1000, &self.naming)]
     }
 }
 

@@ -169,7 +169,12 @@ async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
                        "flush_interval": humantime::format_duration(config.statsd.flush_interval).to_string()},
             "syslog": {"udp": config.syslog.udp, "tcp": config.syslog.tcp,
                        "tls": config.syslog.tls.iter().map(|t| t.listen).collect::<Vec<_>>(), "output": config.syslog.output},
-            "graphite": config.graphite.address,
+            "graphite": match (&config.graphite.address, &config.graphite.destinations) {
+                (Some(address), _) => serde_json::json!(address),
+                (None, cluster) if !cluster.is_empty() => serde_json::json!({"destinations": cluster,
+                    "hashing": config.graphite.hashing, "replication": config.graphite.replication}),
+                _ => serde_json::Value::Null,
+            },
             "forward": config.forward.as_ref().map(|f| &f.aggregators),
             "aggregator": config.aggregator.as_ref().map(|a| a.listen),
             "remote_write": config.prometheus_remote_write.as_ref().map(|r| redacted_url(&r.url)),

@@ -169,6 +169,9 @@ pub struct Ring {
     /// Each destination's server, as an index shared by destinations on the same host.
     servers: Vec<usize>,
     hash: HashType,
+    /// Positions two destinations' replica keys hashed to: (position, the destination whose
+    /// entry Carbon moved up).
+    collisions: Vec<(u32, usize)>,
 }
 
 impl Ring {
@@ -186,10 +189,14 @@ impl Ring {
             }
         }
         let mut taken = HashSet::new();
+        let mut collisions = Vec::new();
         let mut entries = Vec::with_capacity(destinations.len() * REPLICAS);
         for (index, d) in destinations.iter().enumerate() {
             for i in 0..REPLICAS {
                 let mut position = hash.position(replica_key(hash, d, i).as_bytes());
+                if taken.contains(&position) {
+                    collisions.push((position, index));
+                }
                 while !taken.insert(position) {
                     position += 1;
                 }
@@ -201,7 +208,15 @@ impl Ring {
             .iter()
             .map(|d| destinations.iter().position(|o| o.host == d.host).unwrap_or_default())
             .collect();
-        Ok(Ring { entries, servers, hash })
+        Ok(Ring { entries, servers, hash, collisions })
+    }
+
+    /// Where two destinations' replica keys hash to the same position: `(position, index)` of
+    /// the destination whose entry moved up to the next free one, as Carbon moves it. Routers
+    /// that do not move it (carbon-c-relay 3.7 keeps one entry per position) place some
+    /// metrics near such a position elsewhere; worth a warning.
+    pub fn collisions(&self) -> &[(u32, usize)] {
+        &self.collisions
     }
 
     /// The hash in use.
@@ -292,6 +307,19 @@ mod tests {
         assert_eq!(replica_key(HashType::CarbonCh, &dest("10.0.0.1:2004:a"), 7), "('10.0.0.1', 'a'):7");
         assert_eq!(replica_key(HashType::CarbonCh, &dest("10.0.0.1:2004"), 0), "('10.0.0.1', None):0");
         assert_eq!(replica_key(HashType::Fnv1aCh, &dest("10.0.0.1:2004:a"), 3), "3-a");
+    }
+
+    #[test]
+    fn a_collision_moves_the_later_entry_up_and_is_reported() {
+        // ('127.0.0.1', 'a'):i and ('127.0.0.3', 'c'):j both hash to 26406 (graphite-carbon
+        // puts a there and c at 26407, as its ring printed).
+        let ds = [dest("127.0.0.1:2104:a"), dest("127.0.0.2:2204:b"), dest("127.0.0.3:2304:c")];
+        let ring = Ring::new(&ds, HashType::CarbonCh).unwrap();
+        assert!(ring.collisions().contains(&(26406, 2)), "{:?}", ring.collisions());
+        assert!(ring.entries.contains(&(26406, 0)) && ring.entries.contains(&(26407, 2)));
+        // A metric at 26352 goes to a, then c (carbon-c-relay 3.7 says a, then b).
+        assert_eq!(HashType::CarbonCh.position(b"stats_counts.relay.m1"), 26352);
+        assert_eq!(ring.destinations(b"stats_counts.relay.m1", 2, true), vec![0, 2]);
     }
 
     #[test]

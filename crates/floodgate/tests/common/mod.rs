@@ -712,22 +712,28 @@ pub fn repo_root() -> PathBuf {
 
 /// Debian's carbon-cache on free loopback ports, storing 1-second points in a temporary folder.
 pub struct Carbon {
-    child: Child,
+    child: Option<Child>,
     dir: tempfile::TempDir,
+    /// The loopback address it listens on (a cluster's caches each have their own, so that
+    /// Carbon's ring, keyed by host, tells them apart).
+    pub ip: String,
     pub line_port: u16,
     pub pickle_port: u16,
 }
 
 impl Drop for Carbon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
 impl Carbon {
     pub fn start() -> Carbon {
-        let bin = require_tool("carbon-cache");
+        Carbon::start_on("127.0.0.1")
+    }
+
+    /// A carbon-cache listening on `ip` (any 127.0.0.0/8 address).
+    pub fn start_on(ip: &str) -> Carbon {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
         let (line_port, pickle_port, query_port) = (free_port(), free_port(), free_port());
@@ -737,30 +743,66 @@ impl Carbon {
                 "[cache]\nSTORAGE_DIR = {d}/storage\nLOCAL_DATA_DIR = {d}/storage/whisper\nWHITELISTS_DIR = {d}/lists\n\
                  CONF_DIR = {d}\nLOG_DIR = {d}/log\nPID_DIR = {d}\nUSER =\nMAX_CACHE_SIZE = inf\n\
                  MAX_UPDATES_PER_SECOND = inf\nMAX_CREATES_PER_MINUTE = inf\n\
-                 LINE_RECEIVER_INTERFACE = 127.0.0.1\nLINE_RECEIVER_PORT = {line_port}\n\
-                 PICKLE_RECEIVER_INTERFACE = 127.0.0.1\nPICKLE_RECEIVER_PORT = {pickle_port}\n\
-                 CACHE_QUERY_INTERFACE = 127.0.0.1\nCACHE_QUERY_PORT = {query_port}\nENABLE_UDP_LISTENER = False\n"
+                 LINE_RECEIVER_INTERFACE = {ip}\nLINE_RECEIVER_PORT = {line_port}\n\
+                 PICKLE_RECEIVER_INTERFACE = {ip}\nPICKLE_RECEIVER_PORT = {pickle_port}\n\
+                 CACHE_QUERY_INTERFACE = {ip}\nCACHE_QUERY_PORT = {query_port}\nENABLE_UDP_LISTENER = False\n"
             ),
         )
         .unwrap();
         // One-second steps: with Carbon's default 60 s, several flushes a minute overwrite each other.
         std::fs::write(dir.path().join("storage-schemas.conf"), "[all]\npattern = .*\nretentions = 1s:1h\n").unwrap();
-        let child = Command::new(bin)
+        let mut carbon = Carbon { child: None, dir, ip: ip.to_string(), line_port, pickle_port };
+        carbon.restart();
+        carbon
+    }
+
+    /// Starts it again (same address, ports and storage) after [`Carbon::stop`].
+    pub fn restart(&mut self) {
+        let d = self.dir.path().display().to_string();
+        // carbon-cache refuses to start while its pid file names a process; a killed one leaves it.
+        let _ = std::fs::remove_file(self.dir.path().join("carbon-cache-a.pid"));
+        let child = Command::new(require_tool("carbon-cache"))
             .arg(format!("--config={d}/carbon.conf"))
             .args(["--nodaemon", "start"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start carbon-cache");
-        let carbon = Carbon { child, dir, line_port, pickle_port };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", pickle_port)).is_err()
-            || TcpStream::connect(("127.0.0.1", line_port)).is_err()
+        while TcpStream::connect((self.ip.as_str(), self.pickle_port)).is_err()
+            || TcpStream::connect((self.ip.as_str(), self.line_port)).is_err()
         {
             assert!(Instant::now() < deadline, "carbon-cache did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        carbon
+    }
+
+    /// Kills it: what it has not written to Whisper yet is lost, as in a crash.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Every metric it has a Whisper file for, by its dotted name.
+    pub fn metrics(&self) -> Vec<String> {
+        fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, &format!("{prefix}{name}."), out);
+                } else if let Some(stem) = name.strip_suffix(".wsp") {
+                    out.push(format!("{prefix}{stem}"));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.path().join("storage/whisper"), "", &mut out);
+        out.sort();
+        out
     }
 
     pub fn whisper(&self, metric: &str) -> PathBuf {

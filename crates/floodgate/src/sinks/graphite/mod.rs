@@ -99,6 +99,14 @@ pub fn build(shared: &Arc<Shared>, config: &Config, wiring: &mut Wiring) -> anyh
                 protocol = ?g.protocol,
                 "graphite output on: a Carbon cluster, sharded as Carbon's relay shards it"
             );
+            for (position, moved) in ring.collisions() {
+                tracing::warn!(
+                    position,
+                    destination = %g.destinations[*moved],
+                    "two destinations share a ring position; floodgate moves the later one up as Carbon does, \
+                     carbon-c-relay 3.7 does not: some metrics near it are placed differently by the two"
+                );
+            }
             let sinks = g.destinations.iter().map(|d| sink(d.address(), Some(d.to_string()))).collect();
             (sinks, Some(ring), None)
         }

@@ -326,3 +326,55 @@ fn a_stopped_cache_gets_its_share_after_restart_and_nothing_is_doubled() {
     assert!(fg.sample("floodgate_sink_errors_total", &[&b]) >= 1.0);
     assert_placed_as_carbon_places(&caches, "carbon_ch", 1, &ring);
 }
+
+/// The README's Graphite cluster example: `floodgate check` accepts its configuration, and
+/// carbon-c-relay, given its relay configuration, routes a metric to the nodes floodgate's
+/// ring picks for the same list.
+#[test]
+fn the_readme_cluster_example_is_valid_for_floodgate_and_carbon_c_relay() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme.split("### Graphite clusters").nth(1).expect("the section");
+    let toml = section.split("```toml\n").nth(1).and_then(|s| s.split("```").next()).expect("its toml block");
+    let relay = section.split("  ```\n").nth(1).expect("its relay block");
+    let relay: String = relay.lines().map(|l| l.strip_prefix("  ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("floodgate.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = floodgate_check(&path);
+    assert!(out.status.success(), "floodgate check: {}", String::from_utf8_lossy(&out.stderr));
+
+    std::fs::write(dir.path().join("relay.conf"), &relay).unwrap();
+    let mut child = Command::new(require_tool("carbon-c-relay"))
+        .args(["-t", "-f"])
+        .arg(dir.path().join("relay.conf"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let names: Vec<String> = (0..50).map(|i| format!("stats_counts.readme.m{i}")).collect();
+    let input: String = names.iter().map(|n| format!("{n} 1 1\n")).collect();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "carbon-c-relay -t: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let config: toml::Value = toml::from_str(toml).unwrap();
+    let list: Vec<floodgate_carbon::Destination> = config["graphite"]["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().parse().unwrap())
+        .collect();
+    let ring = floodgate_carbon::Ring::new(&list, floodgate_carbon::HashType::CarbonCh).unwrap();
+    assert!(ring.collisions().is_empty(), "the example's ring has a collision");
+    // `-t` prints each metric's match with the members it goes to, one per line.
+    assert_eq!(text.matches("    * -> ").count(), names.len(), "{text}");
+    for (name, block) in names.iter().zip(text.split("    * -> ").skip(1)) {
+        assert!(block.starts_with(&format!("{name}\n")), "{block}");
+        let relay_hosts: Vec<&str> =
+            block.lines().filter_map(|l| l.trim().split(':').next().filter(|h| h.starts_with("10."))).collect();
+        let ours: Vec<&str> =
+            ring.destinations(name.as_bytes(), 2, true).iter().map(|i| list[*i].host.as_str()).collect();
+        assert_eq!(relay_hosts, ours, "{name}");
+    }
+}

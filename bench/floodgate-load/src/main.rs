@@ -129,11 +129,13 @@ enum Command {
         /// attacks cost in memory), uds (StatsD over a Unix datagram socket vs loopback UDP),
         /// prometheus (a 50-rule mapping file's cost per line; scraping 100k histogram series),
         /// kernel (the guard's eBPF layer: CPU per dropped datagram, the largest flood a
-        /// legitimate sender survives at 10 % of a core; root).
+        /// legitimate sender survives at 10 % of a core; root), fanout (Graphite: one Carbon vs
+        /// three sharded by Carbon's ring), cthealth (the conntrack table's health read with
+        /// 100k entries; root, netns).
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,conntrack,hotpath,attack,uds,prometheus,kernel"
+            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,conntrack,hotpath,attack,uds,prometheus,kernel,fanout,cthealth"
         )]
         only: Vec<String>,
         /// Lines per datagram to measure.

@@ -437,6 +437,9 @@ pub fn bench(opts: &BenchOptions) {
     if want("kernel") {
         crate::kernel::kernel_guard(opts);
     }
+    if want("fanout") {
+        crate::carbon::fanout(opts);
+    }
 }
 
 pub(crate) fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {

@@ -426,7 +426,20 @@ impl NetlinkSocket {
     }
 }
 
-/// The addresses of this host's interfaces (`getifaddrs`).
+/// Moves the calling thread into the network namespace `file` refers to (`/run/netns/NAME`,
+/// `/proc/PID/ns/net`): the sockets it opens from then on, and the interfaces it lists,
+/// are that namespace's. Needs CAP_SYS_ADMIN.
+pub fn enter_network_namespace(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns takes an open descriptor and a namespace type; it changes only the
+    // calling thread's network namespace and touches no memory of ours.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The addresses of this host's interfaces (`getifaddrs`; the calling thread's namespace).
 pub fn interface_addresses() -> Vec<std::net::IpAddr> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();

@@ -387,6 +387,72 @@ fn gauges_equal_the_kernel_table_and_events_are_logged() {
     assert!(after.len() >= before.len(), "entries vanished: {} before, {} after", before.len(), after.len());
 }
 
+/// Two other namespaces read at once (`netns`), from floodgate in a third: each one's
+/// connections and table health under its own `netns` label, equal to its own kernel table,
+/// and nothing of one under the other's label or floodgate's own.
+#[test]
+fn other_namespaces_are_read_each_under_its_own_label() {
+    let home = tracked_namespace("nshome");
+    let (b, c) = (tracked_namespace("bns"), tracked_namespace("dns"));
+    // Entries put straight into each table (as a busy container would have them): b holds
+    // three to 10.2.0.1:443, c five to 10.3.0.1:443.
+    for (ns, remote, count) in [(&b, "10.2.0.1", 3), (&c, "10.3.0.1", 5)] {
+        for i in 0..count {
+            let out = ns
+                .command(&require_tool("conntrack"))
+                .args(["-I", "-p", "tcp", "-s", "10.1.0.1", "-d", remote, "--sport", &(40_000 + i).to_string()])
+                .args(["--dport", "443", "--state", "ESTABLISHED", "-t", "3600", "-u", "SEEN_REPLY,ASSURED"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "conntrack -I: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let netns = format!("netns = [\"/run/netns/{}\", \"/run/netns/{}\"]", b.name, c.name);
+    let _fg = start(&home, dir.path(), "netns", 9318, 8126, &netns);
+    let count = |ns: &Namespace| -> f64 {
+        let out = ns.command(&require_tool("cat")).arg("/proc/sys/net/netfilter/nf_conntrack_count").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    wait_until_every("each namespace under its own label", WAIT, Duration::from_millis(250), || {
+        let body = get(&home, 9318, "/metrics").unwrap_or_default();
+        let mut differ = vec![];
+        for (ns, remote, want, other) in
+            [(&b, "10.2.0.1:443", 3.0, "10.3.0.1:443"), (&c, "10.3.0.1:443", 5.0, "10.2.0.1:443")]
+        {
+            let label = format!("netns=\"{}\"", ns.name);
+            let open = metric(&body, "conntrack_open_connections", &[&format!("host=\"{remote}\""), &label]);
+            if open != Some(want) {
+                differ.push(format!("{}: {open:?} open to {remote}, want {want}", ns.name));
+            }
+            if metric(&body, "conntrack_open_connections", &[&format!("host=\"{other}\""), &label]).is_some() {
+                differ.push(format!("{}: holds {other}, the other namespace's", ns.name));
+            }
+            let entries = metric(&body, "conntrack_table_entries", &[&label]);
+            if entries != Some(count(ns)) {
+                differ.push(format!("{}: conntrack_table_entries {entries:?}, the kernel {}", ns.name, count(ns)));
+            }
+            if metric(&body, "conntrack_source_info", &[&label]) != Some(1.0) {
+                differ.push(format!("{}: no conntrack_source_info", ns.name));
+            }
+        }
+        // floodgate's own namespace: no label, none of the others' connections.
+        for remote in ["10.2.0.1:443", "10.3.0.1:443"] {
+            let unlabelled = body
+                .lines()
+                .any(|l| l.starts_with("conntrack_open_connections{") && l.contains(remote) && !l.contains("netns="));
+            if unlabelled {
+                differ.push(format!("{remote} in floodgate's own table"));
+            }
+        }
+        if differ.is_empty() {
+            Ok(())
+        } else {
+            Err(differ.join("; "))
+        }
+    });
+}
+
 #[test]
 fn lost_events_force_a_resync_that_recovers_the_counts() {
     let ns = tracked_namespace("rs");

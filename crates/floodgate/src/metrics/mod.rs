@@ -179,6 +179,23 @@ impl Families {
         *slot = slot.add(value);
     }
 
+    /// Adds every family and sample of `other`, each sample with `label` too (the same
+    /// figures from several instances of a component, told apart by it).
+    pub fn absorb_labelled(&mut self, other: Families, label: (&'static str, &str)) {
+        for family in other.families {
+            let samples = &mut self.family(family.describe).samples;
+            for (mut labels, value) in family.samples {
+                labels.push((label.0, label.1.to_string()));
+                labels.sort();
+                let slot = samples.entry(labels).or_insert(match value {
+                    Value::Count(_) => Value::Count(0),
+                    Value::Real(_) => Value::Real(0.0),
+                });
+                *slot = slot.add(value);
+            }
+        }
+    }
+
     /// A sample without labels.
     pub fn one(&mut self, describe: Describe, value: impl Into<Value>) {
         self.add(describe, &[], value);

@@ -28,6 +28,9 @@ pub struct ConntrackConfig {
     /// How often the fallback (sock_diag) re-reads the host's sockets.
     #[serde(with = "duration")]
     pub poll_interval: Duration,
+    /// Other network namespaces whose tables are read too (`/run/netns/NAME`,
+    /// `/proc/PID/ns/net`), each by its own thread, its metrics labelled `netns`.
+    pub netns: Vec<std::path::PathBuf>,
 }
 
 impl Default for ConntrackConfig {
@@ -40,6 +43,7 @@ impl Default for ConntrackConfig {
             max_remote_hosts: 10_000,
             event_buffer: 16 << 20,
             poll_interval: Duration::from_secs(5),
+            netns: Vec::new(),
         }
     }
 }
@@ -98,6 +102,49 @@ impl ConntrackConfig {
         if self.max_remote_hosts == 0 {
             return Err(("conntrack.max_remote_hosts", "must be at least 1".into()));
         }
+        let mut names = std::collections::HashSet::new();
+        for path in &self.netns {
+            if !names.insert(namespace_label(path)) {
+                return Err((
+                    "conntrack.netns",
+                    format!("{} has the same label as another namespace ({})", path.display(), namespace_label(path)),
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+/// The `netns` label of a namespace file: its name under `/run/netns`, `pid:PID` for
+/// `/proc/PID/ns/net`, else the path.
+pub fn namespace_label(path: &std::path::Path) -> String {
+    let text = path.display().to_string();
+    if let Some(pid) = text.strip_prefix("/proc/").and_then(|r| r.strip_suffix("/ns/net")) {
+        return format!("pid:{pid}");
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name))
+            if dir == std::path::Path::new("/run/netns") || dir == std::path::Path::new("/var/run/netns") =>
+        {
+            name.to_string_lossy().into_owned()
+        }
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_labelled_by_name_and_two_alike_are_refused() {
+        use std::path::Path;
+        assert_eq!(namespace_label(Path::new("/run/netns/web")), "web");
+        assert_eq!(namespace_label(Path::new("/var/run/netns/db")), "db");
+        assert_eq!(namespace_label(Path::new("/proc/4242/ns/net")), "pid:4242");
+        assert_eq!(namespace_label(Path::new("/srv/ns/x")), "/srv/ns/x");
+        let twice =
+            ConntrackConfig { netns: vec!["/run/netns/a".into(), "/var/run/netns/a".into()], ..Default::default() };
+        assert_eq!(twice.validate().unwrap_err().0, "conntrack.netns");
     }
 }

@@ -57,6 +57,8 @@ pub struct Conntrack {
     pub source: &'static str,
     /// The kernel's figures for the table, last read (ctnetlink only).
     pub health: Mutex<Option<TableHealth>>,
+    /// The namespace's `netns` label; `None` for floodgate's own.
+    pub netns: Option<String>,
 }
 
 /// The conntrack source as a component: its threads stop when `shutdown` is set.
@@ -71,8 +73,13 @@ pub fn build(
     _wiring: &mut crate::component::Wiring,
 ) -> anyhow::Result<Option<Box<dyn crate::sources::Source>>> {
     let shutdown = Arc::new(AtomicBool::new(false));
-    let Some(conntrack) = start(&config.conntrack, shutdown.clone())? else { return Ok(None) };
-    shared.metrics.add(conntrack);
+    let tables = start(&config.conntrack, shutdown.clone())?;
+    if tables.is_empty() {
+        return Ok(None);
+    }
+    for conntrack in tables {
+        shared.metrics.add(conntrack);
+    }
     Ok(Some(Box::new(ConntrackSource { shutdown })))
 }
 
@@ -87,19 +94,74 @@ impl crate::sources::Source for ConntrackSource {
     }
 }
 
-/// Starts the source as configured: `Ok(None)` when off (or unavailable with `auto`, which
-/// is logged); an error when required (`enabled = true`) and unavailable.
-pub fn start(config: &ConntrackConfig, shutdown: Arc<AtomicBool>) -> anyhow::Result<Option<Arc<Conntrack>>> {
+/// Starts the source as configured: the host's table, then each of `netns`; none when off
+/// (or unavailable with `auto`, which is logged); an error when required (`enabled = true`)
+/// and unavailable.
+pub fn start(config: &ConntrackConfig, shutdown: Arc<AtomicBool>) -> anyhow::Result<Vec<Arc<Conntrack>>> {
     if config.enabled == Enabled::Off {
         tracing::info!("connection tracking off ([conntrack] enabled = false)");
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let opened = NetlinkSocket::netfilter(
+    let mut tables: Vec<Arc<Conntrack>> = start_host(config, shutdown.clone())?.into_iter().collect();
+    for path in &config.netns {
+        match start_in_namespace(config, path, shutdown.clone()) {
+            Ok(table) => tables.push(table),
+            Err(e) if config.enabled == Enabled::Auto => {
+                tracing::warn!(netns = %path.display(), error = %format!("{e:#}"), "connection tracking: namespace not read")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(tables)
+}
+
+/// ctnetlink's event socket (subscribed) and dump socket, in the calling thread's namespace.
+fn open_ctnetlink(config: &ConntrackConfig) -> std::io::Result<(NetlinkSocket, NetlinkSocket)> {
+    NetlinkSocket::netfilter(
         &[GROUP_NEW, GROUP_UPDATE, GROUP_DESTROY],
         config.event_buffer as usize,
         Duration::from_millis(500),
     )
-    .and_then(|events| Ok((events, NetlinkSocket::netfilter(&[], 4 << 20, Duration::from_secs(5))?)));
+    .and_then(|events| Ok((events, NetlinkSocket::netfilter(&[], 4 << 20, Duration::from_secs(5))?)))
+}
+
+/// Another namespace's table, read by a thread of its own that enters it first (its sockets
+/// and the addresses and ports that make a connection inbound are then the namespace's).
+fn start_in_namespace(
+    config: &ConntrackConfig,
+    path: &std::path::Path,
+    shutdown: Arc<AtomicBool>,
+) -> anyhow::Result<Arc<Conntrack>> {
+    let label = crate::sources::conntrack::config::namespace_label(path);
+    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("[conntrack] netns {}: {e}", path.display()))?;
+    let (config, name) = (config.clone(), label.clone());
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new().name(format!("conntrack {label}")).spawn(move || {
+        let opened = crate::sys::enter_network_namespace(&file)
+            .map_err(|e| anyhow::anyhow!("cannot enter it (needs CAP_SYS_ADMIN): {e}"))
+            .and_then(|()| open_ctnetlink(&config).map_err(|e| anyhow::anyhow!("ctnetlink: {e}")))
+            .and_then(|(events, dumps)| follower(&config, events, dumps, Some(name)));
+        match opened {
+            Ok((state, mut follower)) => {
+                let _ = tx.send(Ok(state));
+                follower.run(&shutdown);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    })?;
+    let state = rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the namespace's thread ended"))?
+        .map_err(|e| e.context(format!("[conntrack] netns {}", path.display())))?;
+    tracing::info!(netns = %label, path = %path.display(), "connection tracking on in another network namespace");
+    Ok(state)
+}
+
+/// The host's own table: ctnetlink, else sock_diag.
+fn start_host(config: &ConntrackConfig, shutdown: Arc<AtomicBool>) -> anyhow::Result<Option<Arc<Conntrack>>> {
+    let opened = open_ctnetlink(config);
     let (events, dumps) = match opened {
         Ok(s) => s,
         Err(e) => {
@@ -116,6 +178,7 @@ pub fn start(config: &ConntrackConfig, shutdown: Arc<AtomicBool>) -> anyhow::Res
                         counters: ConntrackCounters::default(),
                         source: "sock_diag",
                         health: Mutex::new(None),
+                        netns: None,
                     });
                     let poller = Poller { state: state.clone(), socket, interval: config.poll_interval, seq: 1, buf: vec![0u8; 1 << 20] };
                     std::thread::Builder::new().name("conntrack".into()).spawn(move || poller.run(&shutdown))?;
@@ -132,13 +195,20 @@ pub fn start(config: &ConntrackConfig, shutdown: Arc<AtomicBool>) -> anyhow::Res
         }
     };
     tracing::info!(source = "ctnetlink", event_buffer = events.recv_buffer(), "connection tracking on");
-    let state = Arc::new(Conntrack {
-        table: Mutex::new(Table::new(config.max_remote_hosts)),
-        counters: ConntrackCounters::default(),
-        source: "ctnetlink",
-        health: Mutex::new(None),
-    });
-    let log: Option<(EventFormat, Box<dyn Write + Send>)> = if config.log_events {
+    let (state, mut follower) = follower(config, events, dumps, None)?;
+    std::thread::Builder::new().name("conntrack".into()).spawn(move || follower.run(&shutdown))?;
+    Ok(Some(state))
+}
+
+/// The state a table's follower keeps up to date, and the follower. Events are logged for
+/// floodgate's own namespace only.
+fn follower(
+    config: &ConntrackConfig,
+    events: NetlinkSocket,
+    dumps: NetlinkSocket,
+    netns: Option<String>,
+) -> anyhow::Result<(Arc<Conntrack>, Follower)> {
+    let log: Option<(EventFormat, Box<dyn Write + Send>)> = if config.log_events && netns.is_none() {
         let out: Box<dyn Write + Send> = if config.log_events_output == "stdout" {
             Box::new(std::io::stdout())
         } else {
@@ -152,7 +222,14 @@ pub fn start(config: &ConntrackConfig, shutdown: Arc<AtomicBool>) -> anyhow::Res
     } else {
         None
     };
-    let mut follower = Follower {
+    let state = Arc::new(Conntrack {
+        table: Mutex::new(Table::new(config.max_remote_hosts)),
+        counters: ConntrackCounters::default(),
+        source: "ctnetlink",
+        health: Mutex::new(None),
+        netns,
+    });
+    let follower = Follower {
         state: state.clone(),
         events,
         dumps,
@@ -163,8 +240,7 @@ pub fn start(config: &ConntrackConfig, shutdown: Arc<AtomicBool>) -> anyhow::Res
         buf: vec![0u8; 1 << 20],
         log: log.map(|(f, w)| (f, std::io::BufWriter::new(w))),
     };
-    std::thread::Builder::new().name("conntrack".into()).spawn(move || follower.run(&shutdown))?;
-    Ok(Some(state))
+    Ok((state, follower))
 }
 
 struct Follower {
@@ -404,10 +480,10 @@ impl Poller {
 fn read_locality() -> Locality {
     let mut listening = Vec::new();
     for (file, proto, state) in [
-        ("/proc/net/tcp", ctnetlink::IPPROTO_TCP, "0A"),
-        ("/proc/net/tcp6", ctnetlink::IPPROTO_TCP, "0A"),
-        ("/proc/net/udp", ctnetlink::IPPROTO_UDP, "07"),
-        ("/proc/net/udp6", ctnetlink::IPPROTO_UDP, "07"),
+        ("/proc/thread-self/net/tcp", ctnetlink::IPPROTO_TCP, "0A"),
+        ("/proc/thread-self/net/tcp6", ctnetlink::IPPROTO_TCP, "0A"),
+        ("/proc/thread-self/net/udp", ctnetlink::IPPROTO_UDP, "07"),
+        ("/proc/thread-self/net/udp6", ctnetlink::IPPROTO_UDP, "07"),
     ] {
         let Ok(text) = std::fs::read_to_string(file) else { continue };
         for line in text.lines().skip(1) {
@@ -429,8 +505,31 @@ fn read_locality() -> Locality {
 pub const EVENT_NAMES: [&str; 3] = ["new", "update", "destroy"];
 
 impl crate::metrics::Report for Conntrack {
-    /// conntrack_exporter's four gauges (same names, help and `host` label), then floodgate's own.
+    /// conntrack_exporter's four gauges (same names, help and `host` label), then floodgate's
+    /// own; another namespace's with its `netns` label.
     fn report(&self, out: &mut crate::metrics::Families) {
+        match &self.netns {
+            None => self.report_table(out),
+            Some(netns) => {
+                let mut own = crate::metrics::Families::default();
+                self.report_table(&mut own);
+                out.absorb_labelled(own, ("netns", netns));
+            }
+        }
+    }
+
+    /// Connections by state, the ten remote hosts with the most, and the table's fill (of
+    /// floodgate's own namespace; other namespaces are on `/metrics` only).
+    fn status(&self) -> Option<(&'static str, serde_json::Value)> {
+        if self.netns.is_some() {
+            return None;
+        }
+        self.status_table()
+    }
+}
+
+impl Conntrack {
+    fn report_table(&self, out: &mut crate::metrics::Families) {
         use crate::metrics::Describe;
         use floodgate_conntrack::Phase;
         let (rows, protocols, folded) = {
@@ -515,8 +614,7 @@ impl crate::metrics::Report for Conntrack {
         );
     }
 
-    /// Connections by state, the ten remote hosts with the most, and the table's fill.
-    fn status(&self) -> Option<(&'static str, serde_json::Value)> {
+    fn status_table(&self) -> Option<(&'static str, serde_json::Value)> {
         use serde_json::json;
         let rows = self.table.lock().snapshot();
         let mut states = [0u64; 4];

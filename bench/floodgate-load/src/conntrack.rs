@@ -202,3 +202,125 @@ fn measure(opts: &BenchOptions, ns: &str, dir: &std::path::Path) {
         caught_up.map_or("not within 10 s".to_string(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
     );
 }
+
+/// A namespace made for the run, with tracking switched on by an nftables rule; deleted on drop.
+struct BenchNamespace(String);
+
+impl BenchNamespace {
+    fn create(name: String) -> BenchNamespace {
+        let ok = Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "ip netns add failed (run as root)");
+        let ns = BenchNamespace(name);
+        run({
+            let mut c = Command::new("ip");
+            c.args(["-n", &ns.0, "link", "set", "lo", "up"]);
+            c
+        });
+        for rule in [
+            &["add", "table", "inet", "fgbench"][..],
+            &["add", "chain", "inet", "fgbench", "out", "{ type filter hook output priority 0; }"],
+            &["add", "rule", "inet", "fgbench", "out", "ct", "state", "new", "counter"],
+        ] {
+            let mut c = in_ns(&ns.0, "nft");
+            c.args(rule);
+            run(c);
+        }
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for BenchNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Mean time of floodgate's health read (`sources::conntrack::read_health`) in `ns`, over
+/// `reads`, and the entry count it read.
+fn time_health_read(ns: &BenchNamespace, reads: u32) -> (Duration, u32) {
+    let file = std::fs::File::open(ns.path()).unwrap();
+    std::thread::spawn(move || {
+        floodgate::sys::enter_network_namespace(&file).expect("setns");
+        let socket = floodgate::sys::NetlinkSocket::netfilter(&[], 4 << 20, Duration::from_secs(5)).expect("ctnetlink");
+        let (mut seq, mut buf) = (1u32, vec![0u8; 1 << 20]);
+        let mut entries = 0;
+        let started = Instant::now();
+        for _ in 0..reads {
+            entries = floodgate::sources::conntrack::read_health(&socket, &mut seq, &mut buf).expect("health").entries;
+        }
+        (started.elapsed() / reads, entries)
+    })
+    .join()
+    .unwrap()
+}
+
+/// The table's health read with an empty table and with 100k entries (it must not grow: two
+/// statistics requests, never a dump), against `conntrack -L`; then what each namespace of
+/// `netns` costs: floodgate with 10 namespaces of 1,000 entries each vs with none.
+pub fn health(opts: &BenchOptions) {
+    let pid = std::process::id();
+    let dir = std::env::temp_dir().join(format!("fg-bench-cth-{pid}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ns = BenchNamespace::create(format!("fg-bench-cth-{pid}"));
+    let (empty, at_empty) = time_health_read(&ns, 2000);
+    load(&ns.0, &dir, 0, ENTRIES);
+    let (full, at_full) = time_health_read(&ns, 2000);
+    let list = (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            let mut c = in_ns(&ns.0, "conntrack");
+            c.arg("-L").stdout(Stdio::null()).stderr(Stdio::null());
+            run(c);
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min);
+    drop(ns);
+    println!("\n## Conntrack table health read (two ctnetlink statistics requests), mean of 2,000");
+    println!("| entries | health read | conntrack -L > /dev/null (best of 3) |");
+    println!("|---|---|---|");
+    println!("| {at_empty} | {:.1} µs | — |", empty.as_secs_f64() * 1e6);
+    println!("| {at_full} | {:.1} µs | {:.0} ms |", full.as_secs_f64() * 1e6, list * 1e3);
+
+    const NAMESPACES: usize = 10;
+    const EACH: usize = 1_000;
+    let namespaces: Vec<BenchNamespace> =
+        (0..NAMESPACES).map(|i| BenchNamespace::create(format!("fg-bench-ctn{i}-{pid}"))).collect();
+    for (i, ns) in namespaces.iter().enumerate() {
+        load(&ns.0, &dir, i * EACH, EACH);
+    }
+    println!("\n## Conntrack: each namespace of `netns` ({NAMESPACES} namespaces of {EACH} entries, floodgate idle over 10 s)");
+    println!("| namespaces read | threads | RSS | CPU (of one core) | /metrics scrape |");
+    println!("|---|---|---|---|---|");
+    for with in [false, true] {
+        let list: Vec<String> =
+            if with { namespaces.iter().map(|n| format!("\"{}\"", n.path())).collect() } else { vec![] };
+        let sections = format!("[conntrack]\nenabled = true\nnetns = [{}]\n", list.join(", "));
+        let fg = crate::targets::spawn_floodgate(opts, &dir, if with { "netns" } else { "own" }, "", &sections);
+        let http = fg.http.unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while crate::targets::metric_sum(http, "conntrack_table_entries{", &["netns="]) < (list.len() * EACH) as f64 {
+            assert!(Instant::now() < deadline, "floodgate never read the namespaces");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let pid = fg.child.id();
+        let ticks = crate::targets::cpu_ticks(pid);
+        std::thread::sleep(Duration::from_secs(10));
+        let cpu = (crate::targets::cpu_ticks(pid) - ticks) as f64 / 100.0 / 10.0 * 100.0;
+        let started = Instant::now();
+        let _ = crate::targets::http_get(http, "/metrics");
+        let scrape = started.elapsed();
+        println!(
+            "| {} | {} | {:.1} MB | {cpu:.2} % | {:.1} ms |",
+            list.len(),
+            proc_status(pid, "Threads:"),
+            proc_status(pid, "VmRSS:") as f64 / 1024.0,
+            scrape.as_secs_f64() * 1e3
+        );
+    }
+    drop(namespaces);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -437,6 +437,9 @@ pub fn bench(opts: &BenchOptions) {
     if want("kernel") {
         crate::kernel::kernel_guard(opts);
     }
+    if want("cthealth") {
+        crate::conntrack::health(opts);
+    }
     if want("fanout") {
         crate::carbon::fanout(opts);
     }

@@ -335,40 +335,9 @@ impl Follower {
         Ok(())
     }
 
-    /// The table's size, limit and statistics (`conntrack -C`, `conntrack -S`): two requests
-    /// on the dump socket, each read to its end.
+    /// The table's health, on the dump socket.
     fn read_health(&mut self) -> std::io::Result<TableHealth> {
-        let mut health = TableHealth::default();
-        for request in [stats::cpu_stats_request as fn(u32) -> Vec<u8>, stats::table_size_request] {
-            self.seq = self.seq.wrapping_add(1);
-            let seq = self.seq;
-            self.dumps.send(&request(seq))?;
-            let mut done = false;
-            while !done {
-                let n = self.dumps.recv(&mut self.buf)?;
-                for m in netlink::messages(&self.buf[..n]) {
-                    let m = m.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.0))?;
-                    if m.seq != seq {
-                        continue;
-                    }
-                    match m.kind {
-                        netlink::NLMSG_DONE => done = true,
-                        // The acknowledgement (0) that ends the size request, or a refusal.
-                        netlink::NLMSG_ERROR => match m.error_code() {
-                            Some(0) => done = true,
-                            Some(code) => return Err(std::io::Error::from_raw_os_error(-code)),
-                            None => return Err(std::io::Error::other("short netlink error message")),
-                        },
-                        _ => match stats::decode_stats(&m) {
-                            Ok(Some(s)) => health.take(s),
-                            Ok(None) => {}
-                            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.0)),
-                        },
-                    }
-                }
-            }
-        }
-        Ok(health)
+        read_health(&self.dumps, &mut self.seq, &mut self.buf)
     }
 
     /// Applies every conntrack message in one buffer (under one lock).
@@ -475,8 +444,46 @@ impl Poller {
     }
 }
 
-/// This host's addresses and the ports something listens on (`/proc/net/{tcp,udp}{,6}`: TCP
-/// in LISTEN, UDP bound without a peer).
+/// The table's size, limit and statistics (`conntrack -C`, `conntrack -S`): two requests on
+/// a ctnetlink socket (`seq` advanced for each), each read to its end into `buf`. The kernel
+/// answers both from counters: the cost does not grow with the table.
+pub fn read_health(socket: &NetlinkSocket, seq: &mut u32, buf: &mut [u8]) -> std::io::Result<TableHealth> {
+    let mut health = TableHealth::default();
+    for request in [stats::cpu_stats_request as fn(u32) -> Vec<u8>, stats::table_size_request] {
+        *seq = seq.wrapping_add(1);
+        let seq = *seq;
+        socket.send(&request(seq))?;
+        let mut done = false;
+        while !done {
+            let n = socket.recv(buf)?;
+            for m in netlink::messages(&buf[..n]) {
+                let m = m.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.0))?;
+                if m.seq != seq {
+                    continue;
+                }
+                match m.kind {
+                    netlink::NLMSG_DONE => done = true,
+                    // The acknowledgement (0) that ends the size request, or a refusal.
+                    netlink::NLMSG_ERROR => match m.error_code() {
+                        Some(0) => done = true,
+                        Some(code) => return Err(std::io::Error::from_raw_os_error(-code)),
+                        None => return Err(std::io::Error::other("short netlink error message")),
+                    },
+                    _ => match stats::decode_stats(&m) {
+                        Ok(Some(s)) => health.take(s),
+                        Ok(None) => {}
+                        Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.0)),
+                    },
+                }
+            }
+        }
+    }
+    Ok(health)
+}
+
+/// This namespace's addresses and the ports something listens on
+/// (`/proc/thread-self/net/{tcp,udp}{,6}`: TCP in LISTEN, UDP bound without a peer), which
+/// make a connection inbound.
 fn read_locality() -> Locality {
     let mut listening = Vec::new();
     for (file, proto, state) in [

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use common::*;
 
@@ -67,6 +68,13 @@ fn every_dashboard_query_names_a_metric_floodgate_exports() {
         .collect();
     let missing: Vec<&String> = wanted.iter().filter(|m| !exported.contains(*m)).collect();
     assert!(missing.is_empty(), "the dashboard queries metrics floodgate does not export: {missing:?}");
+    // The alert rules too (the names in their expressions; the test file's series are theirs).
+    let rules = std::fs::read_to_string(repo_root().join("dashboards/floodgate-alerts.yml")).unwrap();
+    let named: BTreeSet<String> =
+        rules.lines().filter_map(|l| l.trim_start().strip_prefix("expr:")).flat_map(metric_names).collect();
+    assert!(named.len() >= 6, "{named:?}");
+    let missing: Vec<&String> = named.iter().filter(|m| !exported.contains(*m)).collect();
+    assert!(missing.is_empty(), "the alert rules name metrics floodgate does not export: {missing:?}");
 }
 
 /// A floodgate with every feature on — StatsD and syslog over UDP, TCP and TLS, forward,
@@ -96,7 +104,11 @@ fn everything_on() -> (Floodgate, String, tempfile::TempDir) {
         b"all.req:1|c|#env:prod,code:200\nall.lat:5|ms\nall.depth:4|g\nall.users:a|s\nweird name/x:1|c\n9digit:1|c",
     );
     fg.wait_sample("floodgate_flushes_total", &[], |n| n >= 2.0);
-    let (_, body) = http_get(fg.http, "/metrics").unwrap();
+    // The table's health is read by the conntrack thread once it has dumped the table.
+    let body = wait_for("conntrack's table health on /metrics", Duration::from_secs(30), || {
+        let (_, body) = http_get(fg.http, "/metrics").ok()?;
+        body.contains("\nconntrack_table_entries ").then_some(body)
+    });
     (fg, body, dir)
 }
 

@@ -27,9 +27,13 @@ const CTA_STATUS: u16 = 3;
 const CTA_PROTOINFO: u16 = 4;
 const CTA_TIMEOUT: u16 = 7;
 const CTA_MARK: u16 = 8;
+const CTA_COUNTERS_ORIG: u16 = 9;
+const CTA_COUNTERS_REPLY: u16 = 10;
 const CTA_ID: u16 = 12;
 const CTA_ZONE: u16 = 18;
 
+const CTA_COUNTERS_PACKETS: u16 = 1;
+const CTA_COUNTERS_BYTES: u16 = 2;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -230,6 +234,22 @@ pub struct Entry {
     pub mark: Option<u32>,
     /// Zone.
     pub zone: Option<u16>,
+    /// Packets and bytes each way, when the kernel counts them (`nf_conntrack_acct=1`): in
+    /// dumps and DESTROY events.
+    pub counters: Option<Counters>,
+}
+
+/// An entry's accounting (`CTA_COUNTERS_ORIG`, `CTA_COUNTERS_REPLY`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets in the original direction.
+    pub orig_packets: u64,
+    /// Bytes in the original direction.
+    pub orig_bytes: u64,
+    /// Packets in the reply direction.
+    pub reply_packets: u64,
+    /// Bytes in the reply direction.
+    pub reply_bytes: u64,
 }
 
 impl Entry {
@@ -272,6 +292,7 @@ pub fn decode(msg: &Message) -> Result<Option<(EventType, Entry)>, Malformed> {
         timeout: None,
         mark: None,
         zone: None,
+        counters: None,
     };
     for attr in netlink::attrs(rest) {
         let attr = attr?;
@@ -283,6 +304,23 @@ pub fn decode(msg: &Message) -> Result<Option<(EventType, Entry)>, Malformed> {
             CTA_MARK => entry.mark = Some(attr.be32()?),
             CTA_ID => entry.id = attr.be32()?,
             CTA_ZONE => entry.zone = Some(attr.be16()?),
+            CTA_COUNTERS_ORIG | CTA_COUNTERS_REPLY => {
+                let (mut packets, mut bytes) = (0, 0);
+                for c in attr.nested() {
+                    let c = c?;
+                    match c.kind {
+                        CTA_COUNTERS_PACKETS => packets = c.be64()?,
+                        CTA_COUNTERS_BYTES => bytes = c.be64()?,
+                        _ => {}
+                    }
+                }
+                let counters = entry.counters.get_or_insert_with(Counters::default);
+                if attr.kind == CTA_COUNTERS_ORIG {
+                    (counters.orig_packets, counters.orig_bytes) = (packets, bytes);
+                } else {
+                    (counters.reply_packets, counters.reply_bytes) = (packets, bytes);
+                }
+            }
             CTA_PROTOINFO => {
                 for p in attr.nested() {
                     let p = p?;
@@ -411,6 +449,15 @@ pub fn encode(event: EventType, entry: &Entry, seq: u32) -> Vec<u8> {
     if let Some(z) = entry.zone {
         payload.extend(a(CTA_ZONE, false, &z.to_be_bytes()));
     }
+    if let Some(c) = entry.counters {
+        for (kind, packets, bytes) in
+            [(CTA_COUNTERS_ORIG, c.orig_packets, c.orig_bytes), (CTA_COUNTERS_REPLY, c.reply_packets, c.reply_bytes)]
+        {
+            let mut nested = a(CTA_COUNTERS_PACKETS, false, &packets.to_be_bytes());
+            nested.extend(a(CTA_COUNTERS_BYTES, false, &bytes.to_be_bytes()));
+            payload.extend(a(kind, true, &nested));
+        }
+    }
     let (kind, flags) = match event {
         EventType::New => (msg_type(IPCTNL_MSG_CT_NEW), netlink::NLM_F_CREATE | netlink::NLM_F_EXCL),
         EventType::Update => (msg_type(IPCTNL_MSG_CT_NEW), 0),
@@ -435,6 +482,7 @@ mod tests {
             timeout: Some(431_999),
             mark: Some(0),
             zone: None,
+            counters: None,
         }
     }
 
@@ -453,6 +501,10 @@ mod tests {
                 reply: None,
                 tcp_state: None,
                 ..tcp(9, "10.0.0.1", 0, "10.0.0.3", 0, TcpState::None)
+            },
+            Entry {
+                counters: Some(Counters { orig_packets: 5, orig_bytes: 300, reply_packets: 4, reply_bytes: 1 << 40 }),
+                ..tcp(10, "10.0.0.1", 40002, "10.0.0.2", 80, TcpState::Established)
             },
         ];
         for (i, e) in entries.iter().enumerate() {

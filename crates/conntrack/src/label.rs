@@ -95,6 +95,7 @@ mod tests {
             timeout: None,
             mark: None,
             zone: None,
+            counters: None,
         }
     }
 

@@ -96,6 +96,7 @@ mod regressions {
             timeout: Some(120),
             mark: Some(0),
             zone: Some(1),
+            counters: None,
         };
         let mut all = Vec::new();
         for (i, ev) in [EventType::New, EventType::Update, EventType::Destroy].into_iter().enumerate() {

@@ -128,6 +128,7 @@ mod tests {
             timeout: Some(120),
             mark: Some(0),
             zone: None,
+            counters: None,
         }
     }
 

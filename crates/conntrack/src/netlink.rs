@@ -136,6 +136,14 @@ impl<'a> Attr<'a> {
         }
     }
 
+    /// A big-endian 64-bit value, as ctnetlink sends packet and byte counters.
+    pub fn be64(&self) -> Result<u64, Malformed> {
+        match self.value.first_chunk::<8>() {
+            Some(b) => Ok(u64::from_be_bytes(*b)),
+            None => Err(Malformed("short u64 attribute")),
+        }
+    }
+
     /// A big-endian 32-bit value, as ctnetlink sends ids, status and timeouts.
     pub fn be32(&self) -> Result<u32, Malformed> {
         match self.value {

@@ -119,6 +119,7 @@ pub fn to_entry(s: &Socket, inbound: bool) -> Option<Entry> {
         timeout: None,
         mark: None,
         zone: None,
+        counters: None,
     })
 }
 

@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::ctnetlink::{Entry, EventType, Phase, IPPROTO_TCP};
+use crate::ctnetlink::{Counters, Entry, EventType, Phase, IPPROTO_TCP};
 use crate::label::{Locality, Remote};
 
 /// A series label: a remote endpoint, or the overflow bucket.
@@ -41,6 +41,52 @@ struct Tracked {
     phase: Option<Phase>,
     proto: u8,
     generation: u64,
+    /// Whether the remote opened it (which way is "in").
+    inbound: bool,
+    /// Its traffic as last read (accounting on).
+    traffic: Traffic,
+}
+
+/// Bytes and packets between this side and the remote, each way: `out` towards the remote
+/// (the original direction of an outbound connection, the reply of an inbound one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes towards the remote.
+    pub out_bytes: u64,
+    /// Packets towards the remote.
+    pub out_packets: u64,
+    /// Bytes from the remote.
+    pub in_bytes: u64,
+    /// Packets from the remote.
+    pub in_packets: u64,
+}
+
+impl Traffic {
+    /// An entry's counters seen from this side.
+    pub fn of(c: &Counters, inbound: bool) -> Traffic {
+        let (orig, reply) = ((c.orig_bytes, c.orig_packets), (c.reply_bytes, c.reply_packets));
+        let ((out_bytes, out_packets), (in_bytes, in_packets)) = if inbound { (reply, orig) } else { (orig, reply) };
+        Traffic { out_bytes, out_packets, in_bytes, in_packets }
+    }
+
+    /// Adds what grew from `old` to `new` (an entry's counters only grow; a smaller value,
+    /// which the kernel does not send, adds nothing rather than going back).
+    fn add_growth(&mut self, old: &Traffic, new: &Traffic) {
+        self.out_bytes += new.out_bytes.saturating_sub(old.out_bytes);
+        self.out_packets += new.out_packets.saturating_sub(old.out_packets);
+        self.in_bytes += new.in_bytes.saturating_sub(old.in_bytes);
+        self.in_packets += new.in_packets.saturating_sub(old.in_packets);
+    }
+
+    /// Each field's larger value: the reading to compare the next one with.
+    fn max(&self, other: &Traffic) -> Traffic {
+        Traffic {
+            out_bytes: self.out_bytes.max(other.out_bytes),
+            out_packets: self.out_packets.max(other.out_packets),
+            in_bytes: self.in_bytes.max(other.in_bytes),
+            in_packets: self.in_packets.max(other.in_packets),
+        }
+    }
 }
 
 /// Counts of one label.
@@ -52,6 +98,9 @@ pub struct Counts {
     pub recently_closed: u64,
     /// Entries of any protocol under this label.
     pub entries: u64,
+    /// Traffic of its connections since the label appeared: those gone (their last reading)
+    /// and those live (as last read). Never decreases while the label lives.
+    pub traffic: Traffic,
 }
 
 impl Counts {
@@ -71,6 +120,7 @@ pub struct Table {
     generation: u64,
     resyncing: bool,
     destroyed_during_resync: HashSet<u32>,
+    accounting: bool,
 }
 
 fn index(p: Phase) -> usize {
@@ -89,6 +139,7 @@ impl Table {
             generation: 0,
             resyncing: false,
             destroyed_during_resync: HashSet::new(),
+            accounting: false,
         }
     }
 
@@ -107,6 +158,11 @@ impl Table {
         self.folded
     }
 
+    /// Whether the kernel counts traffic (an entry came with counters: `nf_conntrack_acct`).
+    pub fn accounting(&self) -> bool {
+        self.accounting
+    }
+
     /// Entries tracked now, by IP protocol number.
     pub fn by_protocol(&self) -> &HashMap<u8, u64> {
         &self.by_protocol
@@ -119,12 +175,17 @@ impl Table {
         if from_dump && self.resyncing && self.destroyed_during_resync.contains(&entry.id) {
             return self.label_for(entry, local, false);
         }
+        self.accounting |= entry.counters.is_some();
         if event == EventType::Destroy {
             if self.resyncing {
                 self.destroyed_during_resync.insert(entry.id);
             }
             return match self.entries.remove(&entry.id) {
                 Some(old) => {
+                    // The final reading, when the kernel sent one.
+                    if let (Some(counters), Some(c)) = (&entry.counters, self.labels.get_mut(&old.label)) {
+                        c.traffic.add_growth(&old.traffic, &Traffic::of(counters, old.inbound));
+                    }
                     self.forget(&old, true);
                     old.label
                 }
@@ -145,17 +206,26 @@ impl Table {
                 if let Some(p) = phase {
                     c.phases[index(p)] += 1;
                 }
+                if let Some(counters) = &entry.counters {
+                    let now = Traffic::of(counters, t.inbound);
+                    c.traffic.add_growth(&t.traffic, &now);
+                    t.traffic = t.traffic.max(&now);
+                }
                 label
             }
             None => {
+                let inbound = Remote::of(entry, local).inbound;
                 let label = self.label_for(entry, local, true);
+                let traffic = entry.counters.map(|c| Traffic::of(&c, inbound)).unwrap_or_default();
                 let c = self.labels.entry(label).or_default();
                 c.entries += 1;
                 if let Some(p) = phase {
                     c.phases[index(p)] += 1;
                 }
+                c.traffic.add_growth(&Traffic::default(), &traffic);
                 *self.by_protocol.entry(entry.orig.proto).or_insert(0) += 1;
-                self.entries.insert(entry.id, Tracked { label, phase, proto: entry.orig.proto, generation });
+                let tracked = Tracked { label, phase, proto: entry.orig.proto, generation, inbound, traffic };
+                self.entries.insert(entry.id, tracked);
                 label
             }
         }
@@ -270,6 +340,7 @@ mod tests {
             timeout: None,
             mark: None,
             zone: None,
+            counters: None,
         }
     }
 
@@ -297,7 +368,10 @@ mod tests {
         t.apply(EventType::Destroy, &e(1, "10.0.0.1", 40000, "10.0.0.9", 5432, None), &local, false);
         assert_eq!((t.count(&db, Phase::Closing), t.count(&db, Phase::Closed)), (0, 1));
         let first = t.scrape();
-        assert_eq!(first, vec![(db, Counts { phases: [0, 0, 0, 0], recently_closed: 1, entries: 0 })]);
+        assert_eq!(
+            first,
+            vec![(db, Counts { phases: [0, 0, 0, 0], recently_closed: 1, entries: 0, ..Default::default() })]
+        );
         assert!(t.scrape().is_empty(), "shown once, then freed");
         assert!(t.is_empty());
     }
@@ -345,6 +419,41 @@ mod tests {
         assert_eq!(t.count(&label, Phase::Open), 1);
         assert_eq!(t.count(&label, Phase::Closed), 2);
         assert_eq!(t.by_protocol().get(&IPPROTO_UDP), Some(&1));
+    }
+
+    #[test]
+    fn traffic_adds_up_per_remote_each_way_and_never_goes_back() {
+        use crate::ctnetlink::Counters;
+        let local = Locality::new(["10.0.0.1".parse().unwrap()], [(IPPROTO_TCP, 22)]);
+        let mut t = Table::new(100);
+        let with = |mut entry: Entry, ob, rb| {
+            entry.counters = Some(Counters { orig_packets: 1, orig_bytes: ob, reply_packets: 2, reply_bytes: rb });
+            entry
+        };
+        let out = e(1, "10.0.0.1", 40000, "10.0.0.9", 443, Some(TcpState::Established));
+        let inbound = e(2, "10.0.0.7", 50000, "10.0.0.1", 22, Some(TcpState::Established));
+        t.apply(EventType::Update, &with(out.clone(), 100, 5000), &local, true);
+        t.apply(EventType::Update, &with(inbound.clone(), 700, 90), &local, true);
+        t.apply(EventType::Update, &with(out.clone(), 150, 9000), &local, true);
+        // A lower reading (never sent by the kernel) does not take the counter back.
+        t.apply(EventType::Update, &with(out.clone(), 120, 9000), &local, true);
+        let traffic = |t: &Table, l: &Label| t.snapshot().into_iter().find(|(x, _)| x == l).unwrap().1.traffic;
+        let web = host("10.0.0.9:443");
+        assert_eq!(traffic(&t, &web), Traffic { out_bytes: 150, out_packets: 1, in_bytes: 9000, in_packets: 2 });
+        // Inbound: the client's original direction comes in.
+        let ssh = Label::Host(Remote { ip: "10.0.0.7".parse().unwrap(), port: 22, inbound: true });
+        assert_eq!(traffic(&t, &ssh), Traffic { out_bytes: 90, out_packets: 2, in_bytes: 700, in_packets: 1 });
+        // Its end: the final reading counts, the connection's bytes stay in the total.
+        t.apply(EventType::Destroy, &with(out.clone(), 400, 9100), &local, false);
+        t.apply(
+            EventType::New,
+            &with(e(3, "10.0.0.1", 40001, "10.0.0.9", 443, Some(TcpState::SynSent)), 60, 0),
+            &local,
+            false,
+        );
+        assert_eq!(traffic(&t, &web).out_bytes, 460);
+        assert_eq!(traffic(&t, &web).in_bytes, 9100);
+        assert!(t.accounting());
     }
 
     proptest::proptest! {

@@ -6,6 +6,7 @@ after each, so the test knows the kernel has seen it:
   serve PORT            listen on 0.0.0.0:PORT and accept (and hold) whatever connects
   serve6 PORT           the same on [::]:PORT
   connect HOST PORT N   open N TCP connections and hold them
+  send I N              send N bytes on held outbound connection I
   halfclose I           shutdown(SHUT_WR) held outbound connection I
   close I               close held outbound connection I
   closeaccepted I       close accepted connection I
@@ -47,6 +48,8 @@ for line in sys.stdin:
     elif cmd[0] == "connect":
         for _ in range(int(cmd[3])):
             held.append(socket.create_connection((cmd[1], int(cmd[2]))))
+    elif cmd[0] == "send":
+        held[int(cmd[1])].sendall(b"x" * int(cmd[2]))
     elif cmd[0] == "halfclose":
         held[int(cmd[1])].shutdown(socket.SHUT_WR)
     elif cmd[0] == "close":

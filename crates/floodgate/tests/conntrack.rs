@@ -32,11 +32,9 @@ fn tracked_namespace(what: &str) -> Namespace {
     ns
 }
 
-/// The table's health on floodgate's `/metrics` (port 9318 inside `ns`) equals the kernel's
-/// own figures for the namespace: the count and limit from `/proc/sys/net/netfilter`, the
-/// statistics from `conntrack -S` summed over CPUs (read every 5 s, so waited for).
-fn table_health_is_the_kernels(ns: &Namespace) {
-    // The scrapes themselves are not tracked, so the table holds still while it is compared.
+/// floodgate's scrapes on port 9318 inside `ns` are not tracked, so the table holds still
+/// while it is compared.
+fn untrack_scrapes(ns: &Namespace) {
     for rule in [
         vec!["add", "chain", "inet", "fgtest", "raw_in", "{ type filter hook prerouting priority -300; }"],
         vec!["add", "rule", "inet", "fgtest", "raw_in", "tcp", "dport", "9318", "notrack"],
@@ -46,6 +44,13 @@ fn table_health_is_the_kernels(ns: &Namespace) {
         let out = ns.command(&require_tool("nft")).args(&rule).output().unwrap();
         assert!(out.status.success(), "nft {rule:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
+}
+
+/// The table's health on floodgate's `/metrics` (port 9318 inside `ns`) equals the kernel's
+/// own figures for the namespace: the count and limit from `/proc/sys/net/netfilter`, the
+/// statistics from `conntrack -S` summed over CPUs (read every 5 s, so waited for).
+fn table_health_is_the_kernels(ns: &Namespace) {
+    untrack_scrapes(ns);
     let read = |path: &str| -> f64 {
         let out = ns.command(&require_tool("cat")).arg(path).output().unwrap();
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
@@ -451,6 +456,70 @@ fn other_namespaces_are_read_each_under_its_own_label() {
             Err(differ.join("; "))
         }
     });
+}
+
+/// With the kernel's accounting on in the namespace, bytes and packets per remote and
+/// direction equal the sums of `conntrack -L -o extended` for that remote, before and after
+/// more traffic on a live connection (which only a re-read of the table shows).
+#[test]
+fn bytes_and_packets_per_remote_equal_the_kernels_accounting() {
+    let ns = tracked_namespace("acct");
+    let out = ns.command(&require_tool("sysctl")).args(["-w", "net.netfilter.nf_conntrack_acct=1"]).output().unwrap();
+    assert!(out.status.success(), "sysctl: {}", String::from_utf8_lossy(&out.stderr));
+    untrack_scrapes(&ns);
+    let host = ns.host.clone();
+    let _held = hold_incoming(&host, 7200);
+    let mut peer = Peer::start(&ns);
+    peer.run(&format!("connect {host} 7200 3"));
+    peer.run("send 0 10000");
+    peer.run("send 1 3000");
+    peer.run("send 2 5000");
+    peer.run("close 2");
+    let dir = tempfile::tempdir().unwrap();
+    let _fg = start(&ns, dir.path(), "acct", 9318, 8126, "accounting_interval = \"1s\"");
+    let label = format!("{host}:7200");
+    // (direction, bytes or packets) → sum over the kernel's entries to the remote.
+    let kernel = || -> BTreeMap<(&'static str, &'static str), f64> {
+        let out = ns.command(&require_tool("conntrack")).args(["-L", "-o", "extended", "-p", "tcp"]).output().unwrap();
+        let mut sums = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("dport=7200")) {
+            let values = |key: &str| -> Vec<f64> {
+                line.split_whitespace().filter_map(|w| w.strip_prefix(key)?.parse().ok()).collect()
+            };
+            let (bytes, packets) = (values("bytes="), values("packets="));
+            assert_eq!((bytes.len(), packets.len()), (2, 2), "no accounting in: {line}");
+            // Outbound: the original direction goes towards the remote.
+            for (i, direction) in ["out", "in"].into_iter().enumerate() {
+                *sums.entry((direction, "bytes")).or_default() += bytes[i];
+                *sums.entry((direction, "packets")).or_default() += packets[i];
+            }
+        }
+        sums
+    };
+    let equal = |what: &str| {
+        wait_until_every(what, WAIT, Duration::from_millis(250), || {
+            let body = get(&ns, 9318, "/metrics").unwrap_or_default();
+            let want = kernel();
+            let mut differ = vec![];
+            for ((direction, unit), v) in &want {
+                let labels = [format!("host=\"{label}\""), format!("direction=\"{direction}\"")];
+                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                let got = metric(&body, &format!("conntrack_{unit}_total"), &labels);
+                if got != Some(*v) {
+                    differ.push(format!("{unit} {direction}: {got:?} vs conntrack -L {v}"));
+                }
+            }
+            if want.is_empty() || !differ.is_empty() {
+                return Err(format!("{want:?}: {}", differ.join("; ")));
+            }
+            Ok(want)
+        })
+    };
+    let before = equal("floodgate's traffic per remote equal to the kernel's accounting");
+    assert!(before[&("out", "bytes")] > 18_000.0, "{before:?}");
+    peer.run("send 0 20000");
+    let after = equal("more traffic on a live connection, read again");
+    assert!(after[&("out", "bytes")] >= before[&("out", "bytes")] + 20_000.0, "{before:?} → {after:?}");
 }
 
 #[test]

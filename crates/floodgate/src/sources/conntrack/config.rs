@@ -28,6 +28,11 @@ pub struct ConntrackConfig {
     /// How often the fallback (sock_diag) re-reads the host's sockets.
     #[serde(with = "duration")]
     pub poll_interval: Duration,
+    /// When the kernel counts traffic (`nf_conntrack_acct=1`), how often the table is re-read
+    /// to bring live connections' bytes and packets up to date (the kernel reports them in
+    /// dumps and at a connection's end, not in its other events); `"0s"`: at the end only.
+    #[serde(with = "duration")]
+    pub accounting_interval: Duration,
     /// Other network namespaces whose tables are read too (`/run/netns/NAME`,
     /// `/proc/PID/ns/net`), each by its own thread, its metrics labelled `netns`.
     pub netns: Vec<std::path::PathBuf>,
@@ -43,6 +48,7 @@ impl Default for ConntrackConfig {
             max_remote_hosts: 10_000,
             event_buffer: 16 << 20,
             poll_interval: Duration::from_secs(5),
+            accounting_interval: Duration::from_secs(15),
             netns: Vec::new(),
         }
     }

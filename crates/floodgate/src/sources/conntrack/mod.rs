@@ -44,6 +44,8 @@ pub struct ConntrackCounters {
     pub malformed: AtomicU64,
     /// How long the last dump (or sock_diag poll) took, microseconds.
     pub last_dump_us: AtomicU64,
+    /// Full reads of the table (the first, resyncs, accounting refreshes).
+    pub dumps: AtomicU64,
 }
 
 /// The running conntrack source, shared with `/metrics`.
@@ -236,6 +238,8 @@ fn follower(
         local: read_locality(),
         local_at: Instant::now(),
         health_at: None,
+        accounting_interval: config.accounting_interval,
+        dumped_at: Instant::now(),
         seq: 1,
         buf: vec![0u8; 1 << 20],
         log: log.map(|(f, w)| (f, std::io::BufWriter::new(w))),
@@ -251,6 +255,10 @@ struct Follower {
     local_at: Instant,
     /// When the table's health was last read.
     health_at: Option<Instant>,
+    /// How often, with accounting on, the table is re-read for live counters (zero: never).
+    accounting_interval: Duration,
+    /// When it was last read whole.
+    dumped_at: Instant,
     seq: u32,
     buf: Vec<u8>,
     log: Option<(EventFormat, std::io::BufWriter<Box<dyn Write + Send>>)>,
@@ -273,6 +281,15 @@ impl Follower {
                 match self.read_health() {
                     Ok(health) => *self.state.health.lock() = Some(health),
                     Err(e) => tracing::warn!(error = %e, "conntrack: the table's statistics could not be read"),
+                }
+            }
+            if !self.accounting_interval.is_zero()
+                && self.dumped_at.elapsed() >= self.accounting_interval
+                && self.state.table.lock().accounting()
+            {
+                // Live connections' counters are only in dumps: re-read the table.
+                if let Err(e) = self.dump() {
+                    tracing::warn!(error = %e, "conntrack: re-reading the table for its traffic counters failed");
                 }
             }
             match self.events.recv(&mut self.buf) {
@@ -331,7 +348,13 @@ impl Follower {
         self.state.counters.resync_removed.fetch_add(removed as u64, Relaxed);
         let took = started.elapsed();
         self.state.counters.last_dump_us.store(took.as_micros() as u64, Relaxed);
-        tracing::info!(entries = self.state.table.lock().len(), took = ?took, "conntrack: table read");
+        let entries = self.state.table.lock().len();
+        if self.state.counters.dumps.fetch_add(1, Relaxed) == 0 {
+            tracing::info!(entries, took = ?took, "conntrack: table read");
+        } else {
+            tracing::debug!(entries, took = ?took, "conntrack: table read");
+        }
+        self.dumped_at = Instant::now();
         Ok(())
     }
 
@@ -539,10 +562,10 @@ impl Conntrack {
     fn report_table(&self, out: &mut crate::metrics::Families) {
         use crate::metrics::Describe;
         use floodgate_conntrack::Phase;
-        let (rows, protocols, folded) = {
+        let (rows, protocols, folded, accounting) = {
             let mut table = self.table.lock();
             let protocols: Vec<(u8, u64)> = table.by_protocol().iter().map(|(p, n)| (*p, *n)).collect();
-            (table.scrape(), protocols, table.folded())
+            (table.scrape(), protocols, table.folded(), table.accounting())
         };
         let families = [
             (
@@ -582,6 +605,24 @@ impl Conntrack {
                     v += counts.recently_closed;
                 }
                 out.add(describe, &[("host", &label.to_string())], v);
+            }
+        }
+        if accounting {
+            let bytes = Describe::counter(
+                "conntrack_bytes_total",
+                "Bytes of the connections to and from the remote host (out: towards it), with nf_conntrack_acct=1.",
+            );
+            let packets = Describe::counter(
+                "conntrack_packets_total",
+                "Packets of the connections to and from the remote host (out: towards it), with nf_conntrack_acct=1.",
+            );
+            for (label, counts) in &rows {
+                let host = label.to_string();
+                let t = &counts.traffic;
+                for (direction, b, p) in [("out", t.out_bytes, t.out_packets), ("in", t.in_bytes, t.in_packets)] {
+                    out.add(bytes, &[("host", &host), ("direction", direction)], b);
+                    out.add(packets, &[("host", &host), ("direction", direction)], p);
+                }
             }
         }
         let entries = Describe::gauge("conntrack_entries", "Connections the kernel tracks now, by protocol.");

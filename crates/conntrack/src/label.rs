@@ -46,6 +46,8 @@ pub struct Remote {
     pub port: u16,
     /// Whether the connection came in.
     pub inbound: bool,
+    /// The conntrack zone (0: the default, unlabelled).
+    pub zone: u16,
 }
 
 impl Remote {
@@ -53,9 +55,9 @@ impl Remote {
     pub fn of(entry: &Entry, local: &Locality) -> Remote {
         let o = &entry.orig;
         if local.is_local(&o.dst) && local.is_listening(o.proto, o.dport) {
-            Remote { ip: o.src, port: o.dport, inbound: true }
+            Remote { ip: o.src, port: o.dport, inbound: true, zone: entry.zone.unwrap_or(0) }
         } else {
-            Remote { ip: o.dst, port: o.dport, inbound: false }
+            Remote { ip: o.dst, port: o.dport, inbound: false, zone: entry.zone.unwrap_or(0) }
         }
     }
 }

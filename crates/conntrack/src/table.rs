@@ -26,6 +26,16 @@ pub enum Label {
     Other,
 }
 
+impl Label {
+    /// Its conntrack zone, where not the default (`zone` label).
+    pub fn zone(&self) -> Option<u16> {
+        match self {
+            Label::Host(r) if r.zone != 0 => Some(r.zone),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for Label {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -346,7 +356,7 @@ mod tests {
 
     fn host(s: &str) -> Label {
         let (ip, port) = s.rsplit_once(':').unwrap();
-        Label::Host(Remote { ip: ip.parse().unwrap(), port: port.parse().unwrap(), inbound: false })
+        Label::Host(Remote { ip: ip.parse().unwrap(), port: port.parse().unwrap(), inbound: false, zone: 0 })
     }
 
     #[test]
@@ -441,7 +451,7 @@ mod tests {
         let web = host("10.0.0.9:443");
         assert_eq!(traffic(&t, &web), Traffic { out_bytes: 150, out_packets: 1, in_bytes: 9000, in_packets: 2 });
         // Inbound: the client's original direction comes in.
-        let ssh = Label::Host(Remote { ip: "10.0.0.7".parse().unwrap(), port: 22, inbound: true });
+        let ssh = Label::Host(Remote { ip: "10.0.0.7".parse().unwrap(), port: 22, inbound: true, zone: 0 });
         assert_eq!(traffic(&t, &ssh), Traffic { out_bytes: 90, out_packets: 2, in_bytes: 700, in_packets: 1 });
         // Its end: the final reading counts, the connection's bytes stay in the total.
         t.apply(EventType::Destroy, &with(out.clone(), 400, 9100), &local, false);

@@ -394,7 +394,8 @@ fn gauges_equal_the_kernel_table_and_events_are_logged() {
 
 /// Two other namespaces read at once (`netns`), from floodgate in a third: each one's
 /// connections and table health under its own `netns` label, equal to its own kernel table,
-/// and nothing of one under the other's label or floodgate's own.
+/// and nothing of one under the other's label or floodgate's own; connections in a
+/// non-default conntrack zone counted under their `zone` label.
 #[test]
 fn other_namespaces_are_read_each_under_its_own_label() {
     let home = tracked_namespace("nshome");
@@ -412,6 +413,28 @@ fn other_namespaces_are_read_each_under_its_own_label() {
             assert!(out.status.success(), "conntrack -I: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
+    // Two more in c to the same remote, in conntrack zone 7: a series of their own.
+    for i in 0..2 {
+        let out = c
+            .command(&require_tool("conntrack"))
+            .args([
+                "-I",
+                "-w",
+                "7",
+                "-p",
+                "tcp",
+                "-s",
+                "10.1.0.1",
+                "-d",
+                "10.3.0.1",
+                "--sport",
+                &(41_000 + i).to_string(),
+            ])
+            .args(["--dport", "443", "--state", "ESTABLISHED", "-t", "3600", "-u", "SEEN_REPLY,ASSURED"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "conntrack -I -w 7: {}", String::from_utf8_lossy(&out.stderr));
+    }
     let dir = tempfile::tempdir().unwrap();
     let netns = format!("netns = [\"/run/netns/{}\", \"/run/netns/{}\"]", b.name, c.name);
     let _fg = start(&home, dir.path(), "netns", 9318, 8126, &netns);
@@ -426,7 +449,16 @@ fn other_namespaces_are_read_each_under_its_own_label() {
             [(&b, "10.2.0.1:443", 3.0, "10.3.0.1:443"), (&c, "10.3.0.1:443", 5.0, "10.2.0.1:443")]
         {
             let label = format!("netns=\"{}\"", ns.name);
-            let open = metric(&body, "conntrack_open_connections", &[&format!("host=\"{remote}\""), &label]);
+            // The default zone's series carries no zone label.
+            let open = body
+                .lines()
+                .find(|l| {
+                    l.starts_with("conntrack_open_connections{")
+                        && l.contains(&format!("host=\"{remote}\""))
+                        && l.contains(&label)
+                        && !l.contains("zone=")
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
             if open != Some(want) {
                 differ.push(format!("{}: {open:?} open to {remote}, want {want}", ns.name));
             }
@@ -440,6 +472,14 @@ fn other_namespaces_are_read_each_under_its_own_label() {
             if metric(&body, "conntrack_source_info", &[&label]) != Some(1.0) {
                 differ.push(format!("{}: no conntrack_source_info", ns.name));
             }
+        }
+        let zoned = metric(
+            &body,
+            "conntrack_open_connections",
+            &["host=\"10.3.0.1:443\"", "zone=\"7\"", &format!("netns=\"{}\"", c.name)],
+        );
+        if zoned != Some(2.0) {
+            differ.push(format!("zone 7 in {}: {zoned:?}, want 2", c.name));
         }
         // floodgate's own namespace: no label, none of the others' connections.
         for remote in ["10.2.0.1:443", "10.3.0.1:443"] {

@@ -597,14 +597,30 @@ impl Conntrack {
                 ),
             ),
         ];
+        // `host`, and `zone` where the connection is in a non-default conntrack zone.
+        let labelled: Vec<(String, Option<String>)> =
+            rows.iter().map(|(l, _)| (l.to_string(), l.zone().map(|z| z.to_string()))).collect();
+        let with = |i: usize, more: &[(&'static str, &'static str)]| -> Vec<(&'static str, String)> {
+            let (host, zone) = &labelled[i];
+            let mut labels = vec![("host", host.clone())];
+            if let Some(z) = zone {
+                labels.push(("zone", z.clone()));
+            }
+            labels.extend(more.iter().map(|(k, v)| (*k, v.to_string())));
+            labels
+        };
+        let add = |out: &mut crate::metrics::Families, d: Describe, labels: Vec<(&'static str, String)>, v: u64| {
+            let labels: Vec<(&'static str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            out.add(d, &labels, v);
+        };
         for (phase, describe) in families {
             out.family(describe);
-            for (label, counts) in &rows {
+            for (i, (_, counts)) in rows.iter().enumerate() {
                 let mut v = counts.phases[phase as usize];
                 if phase == Phase::Closed {
                     v += counts.recently_closed;
                 }
-                out.add(describe, &[("host", &label.to_string())], v);
+                add(out, describe, with(i, &[]), v);
             }
         }
         if accounting {
@@ -616,12 +632,11 @@ impl Conntrack {
                 "conntrack_packets_total",
                 "Packets of the connections to and from the remote host (out: towards it), with nf_conntrack_acct=1.",
             );
-            for (label, counts) in &rows {
-                let host = label.to_string();
+            for (i, (_, counts)) in rows.iter().enumerate() {
                 let t = &counts.traffic;
                 for (direction, b, p) in [("out", t.out_bytes, t.out_packets), ("in", t.in_bytes, t.in_packets)] {
-                    out.add(bytes, &[("host", &host), ("direction", direction)], b);
-                    out.add(packets, &[("host", &host), ("direction", direction)], p);
+                    add(out, bytes, with(i, &[("direction", direction)]), b);
+                    add(out, packets, with(i, &[("direction", direction)]), p);
                 }
             }
         }

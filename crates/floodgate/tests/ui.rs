@@ -52,12 +52,18 @@ fn chromium(args: &[&str], url: &str) -> std::process::Output {
 
 #[test]
 fn the_live_page_shows_rates_and_the_flooding_source() {
-    let fg = Floodgate::start("", "[limits]\nudp_per_source = 200\nudp_per_port = 0\n");
+    // Connection tracking on (the tests run as root): the page shows the table's fill.
+    let fg = Floodgate::start("", "[limits]\nudp_per_source = 200\nudp_per_port = 0\n[conntrack]\nenabled = true\n");
     let stop = Arc::new(AtomicBool::new(false));
     let threads = traffic(&fg, stop.clone());
     // The flood is an offender before the page loads (the page is not what is being waited on).
     wait_for("the flood listed as an offender", Duration::from_secs(30), || {
         http_get(fg.http, "/offenders").unwrap().1.contains("127.0.0.2").then_some(())
+    });
+    wait_for("the conntrack table's health read", Duration::from_secs(30), || {
+        let (_, body) = http_get(fg.http, "/api/status").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["conntrack"]["table"]["fill_ratio"].as_f64().map(|_| ())
     });
     let url = format!("http://127.0.0.1:{}/ui", fg.http);
     let (_, html) = http_get(fg.http, "/ui").unwrap();
@@ -72,6 +78,8 @@ fn the_live_page_shows_rates_and_the_flooding_source() {
     assert!(rates.iter().any(|r| *r > 0.0), "no non-zero rate in {rates:?}:\n{dom}");
     assert!(dom.contains("127.0.0.2") && dom.contains("limited now"), "the flooding source is not listed:\n{dom}");
     assert!(dom.contains("source_limit"), "drops by reason missing:\n{dom}");
+    let fill = dom.split("id=\"ctFill\" data-fill=\"").nth(1).and_then(|s| s.split('"').next()?.parse::<f64>().ok());
+    assert!(fill.is_some_and(|f| (0.0..=1.0).contains(&f)), "the conntrack table's fill is not shown:\n{dom}");
     let artifacts = repo_root().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("ui.png");

@@ -283,13 +283,14 @@ impl Follower {
                     Err(e) => tracing::warn!(error = %e, "conntrack: the table's statistics could not be read"),
                 }
             }
-            if !self.accounting_interval.is_zero()
-                && self.dumped_at.elapsed() >= self.accounting_interval
-                && self.state.table.lock().accounting()
-            {
-                // Live connections' counters are only in dumps: re-read the table.
-                if let Err(e) = self.dump() {
-                    tracing::warn!(error = %e, "conntrack: re-reading the table for its traffic counters failed");
+            // Live connections' counters are only in dumps: with accounting on, re-read the
+            // table. Checked once an interval (not at every event batch), on or not.
+            if !self.accounting_interval.is_zero() && self.dumped_at.elapsed() >= self.accounting_interval {
+                self.dumped_at = Instant::now();
+                if self.state.table.lock().accounting() {
+                    if let Err(e) = self.dump() {
+                        tracing::warn!(error = %e, "conntrack: re-reading the table for its traffic counters failed");
+                    }
                 }
             }
             match self.events.recv(&mut self.buf) {
@@ -600,18 +601,10 @@ impl Conntrack {
         // `host`, and `zone` where the connection is in a non-default conntrack zone.
         let labelled: Vec<(String, Option<String>)> =
             rows.iter().map(|(l, _)| (l.to_string(), l.zone().map(|z| z.to_string()))).collect();
-        let with = |i: usize, more: &[(&'static str, &'static str)]| -> Vec<(&'static str, String)> {
+        // Row `i`'s labels: `host`, `zone` where set, then `more`.
+        let labels = |i: usize, more: Option<(&'static str, &'static str)>| -> Vec<(&'static str, &str)> {
             let (host, zone) = &labelled[i];
-            let mut labels = vec![("host", host.clone())];
-            if let Some(z) = zone {
-                labels.push(("zone", z.clone()));
-            }
-            labels.extend(more.iter().map(|(k, v)| (*k, v.to_string())));
-            labels
-        };
-        let add = |out: &mut crate::metrics::Families, d: Describe, labels: Vec<(&'static str, String)>, v: u64| {
-            let labels: Vec<(&'static str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            out.add(d, &labels, v);
+            [Some(("host", host.as_str())), zone.as_deref().map(|z| ("zone", z)), more].into_iter().flatten().collect()
         };
         for (phase, describe) in families {
             out.family(describe);
@@ -620,7 +613,7 @@ impl Conntrack {
                 if phase == Phase::Closed {
                     v += counts.recently_closed;
                 }
-                add(out, describe, with(i, &[]), v);
+                out.add(describe, &labels(i, None), v);
             }
         }
         if accounting {
@@ -635,8 +628,8 @@ impl Conntrack {
             for (i, (_, counts)) in rows.iter().enumerate() {
                 let t = &counts.traffic;
                 for (direction, b, p) in [("out", t.out_bytes, t.out_packets), ("in", t.in_bytes, t.in_packets)] {
-                    add(out, bytes, with(i, &[("direction", direction)]), b);
-                    add(out, packets, with(i, &[("direction", direction)]), p);
+                    out.add(bytes, &labels(i, Some(("direction", direction))), b);
+                    out.add(packets, &labels(i, Some(("direction", direction))), p);
                 }
             }
         }

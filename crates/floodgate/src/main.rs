@@ -37,7 +37,27 @@ enum Command {
     /// Run (the default): bind every listener, aggregate, flush, until SIGTERM/SIGINT.
     Run(RunArgs),
     /// Validate the config, print the effective config, exit 1 on any error.
-    Check,
+    Check(CheckArgs),
+    /// Validate the config, then tell the running floodgate (`--pid`) to reload it (SIGHUP):
+    /// what `systemctl reload` runs, so a file that does not validate is refused with its
+    /// error on the terminal and the running process is never disturbed. Needs no other
+    /// program (`kill` is not on a minimal system).
+    Reload(ReloadArgs),
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct CheckArgs {
+    /// Print nothing when the config is valid (errors still go to stderr): for the systemd
+    /// unit, whose journal should not hold the whole config at every start.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct ReloadArgs {
+    /// The running floodgate's process id (the unit passes `$MAINPID`).
+    #[arg(long, value_name = "PID")]
+    pid: i32,
 }
 
 /// conntrack_exporter's flags, for those who run floodgate in its place; each overrides the
@@ -92,7 +112,10 @@ fn main() -> ExitCode {
         None => Config::default(),
     };
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
-        Command::Check => {
+        Command::Check(args) => {
+            if args.quiet {
+                return ExitCode::SUCCESS;
+            }
             if cli.config.is_none() {
                 eprintln!("floodgate check: no --config given; these are the built-in defaults");
             }
@@ -100,6 +123,21 @@ fn main() -> ExitCode {
             // failed check.
             print!("{}", config.to_toml_redacted());
             ExitCode::SUCCESS
+        }
+        Command::Reload(args) => {
+            // The config loaded above (certificates included): a file the process would refuse
+            // is refused here, before it is signalled.
+            if cli.config.is_none() {
+                eprintln!("floodgate reload: --config FILE is required (the file the running floodgate reads)");
+                return ExitCode::from(2);
+            }
+            match floodgate::sys::send_hangup(args.pid) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("floodgate reload: cannot signal process {}: {e}", args.pid);
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Run(args) => {
             args.apply(&mut config);

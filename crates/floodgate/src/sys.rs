@@ -20,6 +20,19 @@ pub struct UdpReceiver {
     socket: Socket,
     /// `SO_RCVBUF` as read back (the kernel reports twice what it accounts for).
     pub granted_buffer: usize,
+    /// Whether `SO_RCVBUFFORCE` was allowed (CAP_NET_ADMIN); otherwise the buffer was capped
+    /// at `net.core.rmem_max`.
+    pub forced: bool,
+}
+
+/// Asks for a `buffer`-byte receive queue: `SO_RCVBUFFORCE` past `net.core.rmem_max` when the
+/// process has CAP_NET_ADMIN (true), else `SO_RCVBUF`, which the kernel caps at rmem_max.
+fn set_receive_buffer(socket: &Socket, buffer: usize) -> bool {
+    if set_int_opt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, buffer).is_ok() {
+        return true;
+    }
+    let _ = socket.set_recv_buffer_size(buffer);
+    false
 }
 
 impl UdpReceiver {
@@ -32,14 +45,11 @@ impl UdpReceiver {
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
         }
-        if set_int_opt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, buffer).is_err() {
-            // Unprivileged: the kernel caps this at net.core.rmem_max.
-            let _ = socket.set_recv_buffer_size(buffer);
-        }
+        let forced = set_receive_buffer(&socket, buffer);
         socket.set_read_timeout(Some(timeout))?;
         socket.bind(&addr.into())?;
         let granted_buffer = socket.recv_buffer_size()?;
-        Ok(UdpReceiver { socket, granted_buffer })
+        Ok(UdpReceiver { socket, granted_buffer, forced })
     }
 
     /// Binds a Unix datagram socket at `path` (a stale socket file left by an earlier run is
@@ -50,13 +60,11 @@ impl UdpReceiver {
         let socket = Socket::new(Domain::UNIX, Type::DGRAM, None)?;
         // Every datagram then carries its sender's pid, uid and gid (SCM_CREDENTIALS).
         set_int_opt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
-        if set_int_opt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, buffer).is_err() {
-            let _ = socket.set_recv_buffer_size(buffer);
-        }
+        let forced = set_receive_buffer(&socket, buffer);
         socket.set_read_timeout(Some(timeout))?;
         socket.bind(&socket2::SockAddr::unix(path)?)?;
         let granted_buffer = socket.recv_buffer_size()?;
-        Ok(UdpReceiver { socket, granted_buffer })
+        Ok(UdpReceiver { socket, granted_buffer, forced })
     }
 
     /// Whether it is a Unix socket (its datagrams carry the sender's credentials).
@@ -397,9 +405,7 @@ impl NetlinkSocket {
         for group in groups {
             set_int_opt(socket.as_raw_fd(), SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, *group as usize)?;
         }
-        if set_int_opt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, buffer).is_err() {
-            let _ = socket.set_recv_buffer_size(buffer);
-        }
+        set_receive_buffer(&socket, buffer);
         socket.set_read_timeout(Some(timeout))?;
         Ok(NetlinkSocket { socket })
     }
@@ -489,6 +495,20 @@ pub fn kernel_udp_drops(port: u16) -> u64 {
         }
     }
     total
+}
+
+/// Sends SIGHUP to process `pid` (`floodgate reload`). Only a single process: 0 and negative
+/// ids (a process group, or every process) are refused.
+pub fn send_hangup(pid: i32) -> io::Result<()> {
+    if pid <= 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a process id"));
+    }
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Raises the soft limit on open descriptors to the hard limit (as Go's runtime does): every

@@ -161,6 +161,18 @@ pub struct TimerEntry {
     pub idle: Idle,
 }
 
+impl TimerEntry {
+    /// Counts a summary's values (forwarded by an agent, or folded past `max_timer_samples`)
+    /// in the since-start totals, and its sketch in the cumulative one when kept.
+    fn add_to_totals(&mut self, summary: &TimerSummary, cumulative_sketches: bool) {
+        self.total_count += summary.count;
+        self.total_sum += summary.sum;
+        if cumulative_sketches {
+            self.cumulative.get_or_insert_with(Default::default).merge(&summary.sketch);
+        }
+    }
+}
+
 /// Which StatsD types a timer's values came as: `ms`, or DogStatsD's unitless `h` and `d`
 /// (statsd_exporter turns `ms` into seconds and leaves the others as sent).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -455,6 +467,7 @@ impl Store {
             Some(f) => f.merge(summary),
             None => t.forwarded = Some(summary.clone()),
         }
+        t.add_to_totals(summary, self.cfg.cumulative_sketches);
         t.units.add(summary.unitless);
         t.idle = Idle(0);
         true
@@ -544,6 +557,17 @@ impl Store {
             let t = self.timers.entry(key).or_default();
             t.units.merge(update.units);
             t.idle = Idle(0);
+            // The since-start totals count a value when it reaches the store, so a scrape
+            // between flushes sees every value merged before it.
+            t.total_count += update.count;
+            t.total_sum += update.values.iter().sum::<f64>();
+            if self.cfg.cumulative_sketches {
+                let c = t.cumulative.get_or_insert_with(Default::default);
+                update.values.iter().for_each(|v| c.add(*v));
+            }
+            if let Some(folded) = &update.folded {
+                t.add_to_totals(folded, self.cfg.cumulative_sketches);
+            }
             if t.values.is_empty() {
                 t.values = update.values;
                 t.count += update.count;
@@ -592,24 +616,14 @@ impl Store {
         let quantile_pcts: Vec<f64> = self.cfg.summary_quantiles.iter().map(|q| q * 100.0).collect();
         for t in self.timers.values_mut() {
             sort_js(&mut t.values);
+            // The since-start totals were kept as values were merged (see `merge_inner`).
             if let Some(f) = &mut t.forwarded {
                 // Forwarded state: local values join the summary, statistics come from it.
                 f.merge(&TimerSummary::from_values(&t.values, t.count));
-                t.total_count += f.count;
-                t.total_sum += f.sum;
                 t.last_bounds = crate::forwarded::percentile_bounds(f, &self.cfg.percentiles);
                 t.last_quantiles = crate::forwarded::percentile_bounds(f, &quantile_pcts);
-                if self.cfg.cumulative_sketches {
-                    t.cumulative.get_or_insert_with(Default::default).merge(&f.sketch);
-                }
                 continue;
             }
-            if self.cfg.cumulative_sketches {
-                let c = t.cumulative.get_or_insert_with(Default::default);
-                t.values.iter().for_each(|v| c.add(*v));
-            }
-            t.total_count += t.count;
-            t.total_sum += t.values.iter().sum::<f64>();
             t.last_bounds = percentile_bounds(&t.values, &self.cfg.percentiles);
             t.last_quantiles = percentile_bounds(&t.values, &quantile_pcts);
         }

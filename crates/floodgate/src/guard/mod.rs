@@ -169,7 +169,7 @@ impl Guard {
             max_open,
             handshakes: PortLimiter::new(),
             handshakes_in_flight: Arc::default(),
-            loopback_allowed: kind.is_operator(),
+            operator: kind.is_operator(),
             programs: Mutex::new(HashMap::new()),
             kernel: std::sync::OnceLock::new(),
             guard: Arc::downgrade(self),
@@ -416,9 +416,10 @@ pub struct ListenerGuard {
     max_open: usize,
     handshakes: PortLimiter,
     handshakes_in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    /// The host itself always passes the allow-list (the console and HTTP: an operator on the
-    /// host keeps their management ports whatever `allow` lets in from the network).
-    loopback_allowed: bool,
+    /// An operator's port (the console, HTTP): the host itself always passes the allow-list
+    /// and the per-source limits (an operator on the host keeps their management ports
+    /// whatever `allow` lets in from the network and however often they poll).
+    operator: bool,
     /// Unix listeners: the program each limited uid was sending from, read when its limit
     /// started (cold: once a limited period), for the log line and `/offenders`. Bounded.
     programs: Mutex<HashMap<u32, String>>,
@@ -629,17 +630,29 @@ impl ListenerGuard {
         }
     }
 
-    /// Decides a connection just accepted from `ip`: the allow-list, the source's connection
-    /// rate, its open connections and the listener's. Nothing has been read from it yet.
-    pub fn admit_connection(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Reason> {
+    /// Decides a connection just accepted from `ip` on the local address `local`: the
+    /// allow-list, the source's connection rate, its open connections and the listener's.
+    /// Nothing has been read from it yet.
+    ///
+    /// On the console and HTTP the host itself (a loopback source, or a connection from the
+    /// very address it came to: a process of this host reaching its own interface address)
+    /// passes the allow-list and is not held to the per-source limits: an operator's `watch`,
+    /// a local agent or a harness may poll as often as it likes. TCP cannot be spoofed past
+    /// the handshake, so no remote sender passes as the host; the listener's own cap on open
+    /// connections still holds for everyone.
+    pub fn admit_connection(self: &Arc<Self>, ip: IpAddr, local: IpAddr) -> Result<ConnectionPermit, Reason> {
         let Some(guard) = self.guard.upgrade() else { return Err(Reason::ConnectionLimit) };
         let policy = guard.policy();
-        let host_itself = self.loopback_allowed && ip.to_canonical().is_loopback();
+        let ip = ip.to_canonical();
+        let host_itself = self.operator && (ip.is_loopback() || ip == local.to_canonical());
         if !(policy.allow.allows(ip) || host_itself) {
             return Err(Reason::NotAllowed);
         }
         let key = SourceKey::new(self.id, ip);
         let now = guard.now_ns();
+        if host_itself {
+            return self.admit_open(&guard, &policy, key, now, false);
+        }
         let checks = key.aggregate().map(|a| (a, &policy.tcp_aggregate)).into_iter().chain([(key, &policy.tcp_rate)]);
         for (k, limit) in checks {
             if let Verdict::Limited { reason, started } =
@@ -651,7 +664,7 @@ impl ListenerGuard {
                 return Err(reason);
             }
         }
-        self.admit_open(&guard, &policy, key, now)
+        self.admit_open(&guard, &policy, key, now, true)
     }
 
     /// Decides a connection a local process opened on a Unix stream socket, by the kernel's
@@ -671,23 +684,25 @@ impl ListenerGuard {
             }
             return Err(reason);
         }
-        self.admit_open(&guard, &policy, key, now)
+        self.admit_open(&guard, &policy, key, now, true)
     }
 
-    /// The open-connection caps: the source's (`tcp_open_per_source`) and the listener's.
+    /// The open-connection caps: the source's (`tcp_open_per_source`, when `per_source`) and
+    /// the listener's.
     fn admit_open(
         self: &Arc<Self>,
         guard: &Guard,
         policy: &Policy,
         key: SourceKey,
         now: u64,
+        per_source: bool,
     ) -> Result<ConnectionPermit, Reason> {
         let mut open = self.open.lock();
         if open.total >= self.max_open {
             return Err(Reason::ConnectionLimit);
         }
         let mine = open.by_source.get(&key).copied().unwrap_or(0);
-        if policy.tcp_open_per_source > 0 && mine >= policy.tcp_open_per_source {
+        if per_source && policy.tcp_open_per_source > 0 && mine >= policy.tcp_open_per_source {
             drop(open);
             if policy.table.record(key, Reason::SourceConnections, now, 1) {
                 guard.log_started(self, key, Reason::SourceConnections, now);
@@ -919,13 +934,14 @@ mod tests {
         let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Tcp), "127.0.0.1:8125", 3);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let p1 = lg.admit_connection(a).unwrap();
-        let _p2 = lg.admit_connection(a).unwrap();
-        assert_eq!(lg.admit_connection(a).err(), Some(Reason::SourceConnections));
-        let _p3 = lg.admit_connection(b).unwrap();
-        assert_eq!(lg.admit_connection(b).err(), Some(Reason::ConnectionLimit));
+        let local: IpAddr = "10.0.0.100".parse().unwrap();
+        let p1 = lg.admit_connection(a, local).unwrap();
+        let _p2 = lg.admit_connection(a, local).unwrap();
+        assert_eq!(lg.admit_connection(a, local).err(), Some(Reason::SourceConnections));
+        let _p3 = lg.admit_connection(b, local).unwrap();
+        assert_eq!(lg.admit_connection(b, local).err(), Some(Reason::ConnectionLimit));
         drop(p1);
-        assert!(lg.admit_connection(a).is_ok(), "a closed connection gives its place back");
+        assert!(lg.admit_connection(a, local).is_ok(), "a closed connection gives its place back");
     }
 
     #[test]
@@ -951,7 +967,45 @@ mod tests {
         let g = Guard::new(&limits(|l| l.tcp_connections_per_source = 10), Instant::now());
         let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Tcp), "127.0.0.1:8125", 1000);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let admitted = (0..100).filter_map(|_| lg.admit_connection(a).ok()).count();
+        let local: IpAddr = "10.0.0.100".parse().unwrap();
+        let admitted = (0..100).filter_map(|_| lg.admit_connection(a, local).ok()).count();
         assert_eq!(admitted, 10, "a burst of one second at 10/s");
+    }
+
+    /// The console and HTTP: the host itself (loopback, IPv4 or IPv6, or a connection from the
+    /// address it came to) is not rate-limited; a remote source is, as on any listener. StatsD
+    /// over TCP holds loopback to its limits like anyone.
+    #[test]
+    fn operator_ports_do_not_limit_the_host_itself() {
+        let g = Guard::new(
+            &limits(|l| {
+                l.tcp_connections_per_source = 10;
+                l.tcp_open_per_source = 2;
+            }),
+            Instant::now(),
+        );
+        let http = g.listener(Kind::new(Protocol::Http, Transport::Tcp), "0.0.0.0:9318", 1000);
+        let local: IpAddr = "10.0.0.100".parse().unwrap();
+        let mut held = Vec::new();
+        for source in ["127.0.0.1", "::1", "::ffff:127.0.0.1", "10.0.0.100"] {
+            let ip: IpAddr = source.parse().unwrap();
+            for n in 0..100 {
+                held.push(http.admit_connection(ip, local).unwrap_or_else(|r| panic!("{source} #{n}: {r:?}")));
+            }
+        }
+        let remote: IpAddr = "10.0.0.1".parse().unwrap();
+        let admitted: Vec<_> = (0..100).filter_map(|_| http.admit_connection(remote, local).ok()).collect();
+        assert_eq!(admitted.len(), 2, "a remote source: its open-connection cap");
+        drop(admitted);
+        let admitted = (0..100).filter_map(|_| http.admit_connection(remote, local).ok()).count();
+        assert_eq!(admitted, 8, "a remote source: what is left of its second's burst of 10");
+        let statsd = g.listener(Kind::new(Protocol::Statsd, Transport::Tcp), "127.0.0.1:8125", 1000);
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let admitted: Vec<_> = (0..100).filter_map(|_| statsd.admit_connection(loopback, loopback).ok()).collect();
+        assert_eq!(admitted.len(), 2, "StatsD: loopback is a source like any other");
+        // The listener's own cap holds for the host too.
+        let small = g.listener(Kind::new(Protocol::Admin, Transport::Tcp), "127.0.0.1:8126", 3);
+        let kept: Vec<_> = (0..10).filter_map(|_| small.admit_connection(loopback, loopback).ok()).collect();
+        assert_eq!(kept.len(), 3);
     }
 }

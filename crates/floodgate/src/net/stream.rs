@@ -349,7 +349,8 @@ pub async fn accept(
                 continue;
             }
         };
-        match guard.admit_connection(peer.ip()) {
+        let local = stream.local_addr().map_or(peer.ip(), |a| a.ip());
+        match guard.admit_connection(peer.ip(), local) {
             Ok(permit) => {
                 keepalive(&stream);
                 return (stream, peer, permit);

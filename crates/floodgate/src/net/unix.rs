@@ -69,6 +69,14 @@ mod tests {
     }
 }
 
+/// Whether other users' processes are hidden from this one in /proc (mounted with `hidepid`, as
+/// systemd's `ProtectProc=invisible` does): the origin tags `program` and `container_id`, read
+/// from the sender's /proc/PID, then come out empty for senders running as another user. Told
+/// by trying what origin tags do on PID 1, which belongs to root.
+pub fn proc_hides_other_users() -> bool {
+    std::fs::read_to_string("/proc/1/comm").is_err() && std::path::Path::new("/proc/self/comm").exists()
+}
+
 /// A process's program name (`/proc/PID/comm`), empty once it has exited.
 pub fn program_name(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_string()).unwrap_or_default()

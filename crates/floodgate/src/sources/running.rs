@@ -179,11 +179,16 @@ pub fn start_datagrams<H: DatagramHandler>(
     let granted = sockets[0].granted_buffer;
     tracing::info!(address = %bound, sockets = sockets.len(), receive_buffer = granted, "{what} listening");
     if (granted as u64) < sizes.buffer {
-        tracing::warn!(
-            asked = sizes.buffer,
-            granted,
-            "kernel granted a smaller receive buffer (raise net.core.rmem_max or run as root)"
-        );
+        // SO_RCVBUFFORCE needs CAP_NET_ADMIN in the process's effective set: the packaged unit
+        // grants it, but a container runtime whose bounding set lacks it (systemd-nspawn's
+        // default without --private-network, Docker's default) takes it away silently.
+        let why = if sockets[0].forced {
+            "the kernel capped the forced size"
+        } else {
+            "SO_RCVBUFFORCE refused (no CAP_NET_ADMIN): capped at twice net.core.rmem_max; grant \
+             CAP_NET_ADMIN (a container must pass it on) or raise net.core.rmem_max"
+        };
+        tracing::warn!(asked = sizes.buffer, granted, "kernel granted a smaller receive buffer: {why}");
     }
     // A socket file has no source addresses: its senders are limited by uid (the file's mode
     // says who may send at all).

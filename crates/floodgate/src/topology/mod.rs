@@ -29,6 +29,23 @@ pub struct Components {
     sinks: Vec<Box<dyn Sink>>,
 }
 
+/// Tells systemd (a `Type=notify` unit: `NOTIFY_SOCKET` is set) how the service stands, so
+/// `systemctl start` returns once every listener is bound and `systemctl reload` shows the
+/// unit reloading. Nothing happens outside systemd.
+fn notify_service_manager(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
+}
+
+/// [`reload`], with the service manager told while it runs.
+fn reload_notified(shared: &Arc<Shared>, components: &mut Components) -> Result<(), String> {
+    notify_service_manager(&[sd_notify::NotifyState::Reloading]);
+    let result = reload(shared, components);
+    notify_service_manager(&[sd_notify::NotifyState::Ready]);
+    result
+}
+
 /// Runs floodgate until SIGTERM or SIGINT.
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     for addr in config.public_listeners() {
@@ -76,6 +93,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let mut reload_requests = shared.reload_queue.lock().take().context("started twice")?;
     shared.ready.store(true, Ordering::SeqCst);
     tracing::info!(flush_interval = ?s.flush_interval, "ready");
+    notify_service_manager(&[sd_notify::NotifyState::Ready]);
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -84,12 +102,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => { let _ = reload(&shared, &mut components); }
-            Some(reply) = reload_requests.recv() => { let _ = reply.send(reload(&shared, &mut components)); }
+            _ = hup.recv() => { let _ = reload_notified(&shared, &mut components); }
+            Some(reply) = reload_requests.recv() => { let _ = reply.send(reload_notified(&shared, &mut components)); }
         }
     }
 
     tracing::info!("stopping: no new input, flushing what is held");
+    notify_service_manager(&[sd_notify::NotifyState::Stopping]);
     shared.ready.store(false, Ordering::SeqCst);
     let Components { sources, sinks } = components;
     // Every source at once: each reads what its senders already sent, bounded in time.

@@ -371,3 +371,30 @@ fn max_series_is_one_bound_for_the_store_and_all_its_shards() {
     assert_eq!(c.series(), 1, "a series the store holds still gets in; a new one does not");
     assert_eq!(c.dropped_max_series, 1);
 }
+
+/// The since-start totals Prometheus reads count a value as soon as it is merged (a scrape
+/// between flushes sees it), and a flush does not count it again: local values, values
+/// summarised past the sample cap, and an agent's forwarded summary alike.
+#[test]
+fn timer_totals_count_values_at_merge_once() {
+    let cfg = AggregationConfig { max_timer_samples: 4, cumulative_sketches: true, ..Default::default() };
+    let mut store = store_with(cfg.clone());
+    let totals = |s: &Store| {
+        let t = s.timers().find(|(k, _)| *k == b"t").map(|(_, t)| t).expect("timer t");
+        (t.total_count, t.total_sum, t.cumulative.as_ref().map_or(0, |c| c.count()))
+    };
+    feed(&mut store, "t:1|ms\nt:2|ms|@0.5\n");
+    assert_eq!(totals(&store), (3.0, 3.0, 2), "merged, not yet flushed");
+    // Past the cap of 4: this shard's values are summarised, still counted once.
+    feed(&mut store, "t:10|ms\nt:20|ms\nt:30|ms\n");
+    assert_eq!(totals(&store), (6.0, 63.0, 5));
+    flush(&mut store, 1);
+    assert_eq!(totals(&store), (6.0, 63.0, 5), "the flush adds nothing");
+    // An aggregator: a forwarded summary counts when it arrives.
+    let mut agent = store_with(cfg.clone());
+    feed(&mut agent, "t:5|ms\nt:7|ms\n");
+    forward(&mut agent, &mut store, 2);
+    assert_eq!(totals(&store), (8.0, 75.0, 7));
+    flush(&mut store, 3);
+    assert_eq!(totals(&store), (8.0, 75.0, 7));
+}

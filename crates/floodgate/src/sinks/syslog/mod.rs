@@ -804,7 +804,9 @@ impl crate::metrics::Report for OutputReport {
     }
 }
 
-/// The syslog record output, open while syslog has listeners: their records go through the
+/// The record output (`[syslog] output`), open while anything can produce records: syslog
+/// listeners, and StatsD listeners (DogStatsD events and service checks are records too, and
+/// go to the configured output whether or not syslog listens). Records go through the
 /// [`RecordPipe`](crate::record::RecordPipe) this puts in the wiring.
 pub fn build(
     shared: &Arc<crate::component::Shared>,
@@ -812,7 +814,7 @@ pub fn build(
     wiring: &mut crate::component::Wiring,
 ) -> Result<Option<Box<dyn super::Sink>>> {
     let y = &config.syslog;
-    if !y.has_listeners() {
+    if !y.has_listeners() && !config.statsd.has_listeners() {
         return Ok(None);
     }
     let output = Output::start(&y.output, y.raw, Duration::from_secs(10)).context("[syslog] output")?;

@@ -110,7 +110,13 @@ async fn metrics(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap
     let proto = headers.get_all(header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(protobuf::accepted));
     let body = tokio::task::spawn_blocking(move || {
         let families = shared.metrics.collect();
-        let store = (!self_only).then(|| shared.aggregation.store.lock());
+        // Every line received before the scrape: the receive shards are merged in first (as
+        // the console's `counters` does). The per-interval values Graphite gets are unchanged.
+        let store = (!self_only).then(|| {
+            let mut store = shared.aggregation.store.lock();
+            shared.aggregation.merge_shards(&mut store);
+            store
+        });
         if proto {
             let mut out = protobuf::Protobuf::default();
             out.add_families(&families);

@@ -261,6 +261,16 @@ impl StatsdConfig {
 }
 
 impl StatsdConfig {
+    /// Whether any StatsD listener is configured: DogStatsD events and service checks can then
+    /// arrive, and they go to the record output.
+    pub fn has_listeners(&self) -> bool {
+        !self.udp.is_empty()
+            || !self.tcp.is_empty()
+            || !self.tls_listen.is_empty()
+            || !self.unix.is_empty()
+            || !self.unix_stream.is_empty()
+    }
+
     /// Etsy statsd's aggregation options.
     pub fn aggregation(&self) -> floodgate_statsd::AggregationConfig {
         let s = self;

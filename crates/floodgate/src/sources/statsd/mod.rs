@@ -158,6 +158,9 @@ impl StatsdSource {
                     max_datagram: s.max_datagram as usize,
                 };
                 let tags = OriginTags::new(&s.origin_tags, s.origin_max);
+                if kind.transport == Transport::Unix {
+                    warn_if_origins_hidden(&s.origin_tags, address);
+                }
                 let running = start_datagrams(shared, spec, sizes, listener_families, |counters| {
                     let origin = tags.as_ref().and_then(|t| t.for_connection(counters.clone()));
                     let decoder = Decoder::new(*kind, rule, origin, self.records.as_ref());
@@ -170,6 +173,7 @@ impl StatsdSource {
                 Ok(running)
             }
             (Transport::UnixStream, Address::Path(path)) => {
+                warn_if_origins_hidden(&s.origin_tags, address);
                 let listener = bind_unix_stream(*kind, path, access(&s))?;
                 let address = path.display().to_string();
                 let counters = shared.listeners.register_stream(*kind, address.clone(), Some(listener_families));
@@ -293,5 +297,21 @@ mod tests {
         for name in ["t_udp", "t_tcp", "t_unix", "t_stream"] {
             assert!(text.lines().any(|l| l.starts_with(name)), "{name} not in the store:\n{text}");
         }
+    }
+}
+
+/// Origin tags that read the sender's /proc/PID (`program`, `container_id`) cannot see senders
+/// running as other users when /proc hides them (the packaged unit's `ProtectProc=invisible`):
+/// said once per listener at start, with the fix, rather than left to tags that come out empty.
+fn warn_if_origins_hidden(tags: &[config::OriginTag], address: &Address) {
+    use config::OriginTag;
+    if tags.iter().any(|t| matches!(t, OriginTag::Program | OriginTag::ContainerId))
+        && crate::net::unix::proc_hides_other_users()
+    {
+        tracing::warn!(
+            %address,
+            "origin tags `program` and `container_id` cannot see senders running as other users: /proc hides \
+             their processes (systemd ProtectProc=invisible; add ProtectProc=default in a drop-in)"
+        );
     }
 }

@@ -28,6 +28,11 @@ command -v chromium >/dev/null || apt_needed+=(chromium)     # the /ui page test
 command -v nft >/dev/null || apt_needed+=(nftables)           # conntrack tests: a rule that turns tracking on
 command -v conntrack >/dev/null || apt_needed+=(conntrack)    # conntrack tests: `conntrack -L` to compare with
 command -v systemd-analyze >/dev/null || apt_needed+=(systemd) # the packaging test verifies the unit
+# The packaging test boots a minimal Debian root (debootstrap) with systemd (systemd-nspawn) and
+# installs the .deb into it; curl is the README quick start's, and talks to the booted unit.
+command -v debootstrap >/dev/null || apt_needed+=(debootstrap)
+command -v systemd-nspawn >/dev/null || apt_needed+=(systemd-container)
+command -v curl >/dev/null || apt_needed+=(curl)
 # rsyslog with its TLS driver (syslog tests). Debian's syslog-ng conflicts with it.
 command -v rsyslogd >/dev/null || apt_needed+=(rsyslog)
 ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || apt_needed+=(rsyslog-gnutls)

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("floodgate: config error: {e}");
+                print_error(&format!("floodgate: config error: {e}"));
                 return ExitCode::from(1);
             }
         },
@@ -128,13 +128,15 @@ fn main() -> ExitCode {
             // The config loaded above (certificates included): a file the process would refuse
             // is refused here, before it is signalled.
             if cli.config.is_none() {
-                eprintln!("floodgate reload: --config FILE is required (the file the running floodgate reads)");
+                print_error(&format!(
+                    "floodgate reload: --config FILE is required (the file the running floodgate reads)"
+                ));
                 return ExitCode::from(2);
             }
             match floodgate::sys::send_hangup(args.pid) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("floodgate reload: cannot signal process {}: {e}", args.pid);
+                    print_error(&format!("floodgate reload: cannot signal process {}: {e}", args.pid));
                     ExitCode::from(1)
                 }
             }
@@ -144,7 +146,7 @@ fn main() -> ExitCode {
             let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("floodgate: cannot start the runtime: {e}");
+                    print_error(&format!("floodgate: cannot start the runtime: {e}"));
                     return ExitCode::from(1);
                 }
             };
@@ -152,7 +154,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
-                    eprintln!("floodgate: {e:#}");
+                    print_error(&format!("floodgate: {e:#}"));
                     ExitCode::from(1)
                 }
             }
@@ -167,7 +169,55 @@ fn init_logging(format: LogFormat) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
+        LogFormat::Text if stderr_is_journal() => {
+            builder.event_format(JournalPriority(tracing_subscriber::fmt::format().without_time())).init()
+        }
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// An error for the operator on stderr; with the journal's error priority under systemd, so a
+/// refused config shows in `journalctl -p err`. A config error's text spans lines: each gets it.
+fn print_error(text: &str) {
+    let prefix = if stderr_is_journal() { "<3>" } else { "" };
+    for line in text.lines() {
+        eprintln!("{prefix}{line}");
+    }
+}
+
+/// Whether stderr is systemd's journal stream (`JOURNAL_STREAM` names its device and inode).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    stream.to_string_lossy() == format!("{}:{}", stderr.dev(), stderr.ino())
+}
+
+/// Text lines for the journal: each starts with its syslog priority (`<3>` error, `<4>`
+/// warning, ...), which journald reads, so `journalctl -p warning -u floodgate` finds what
+/// floodgate warned of; no time stamp (the journal has its own).
+struct JournalPriority<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalPriority<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            tracing::Level::DEBUG | tracing::Level::TRACE => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
     }
 }

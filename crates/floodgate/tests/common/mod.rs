@@ -553,7 +553,12 @@ pub struct Capture {
 
 impl Capture {
     pub fn start() -> Capture {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Capture::start_on("127.0.0.1")
+    }
+
+    /// A capture listening on `ip` (a veth address a namespace's floodgate can reach).
+    pub fn start_on(ip: &str) -> Capture {
+        let listener = TcpListener::bind((ip, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

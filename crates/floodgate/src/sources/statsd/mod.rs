@@ -233,6 +233,22 @@ impl Source for StatsdSource {
     }
 }
 
+/// Origin tags that read the sender's /proc/PID (`program`, `container_id`) cannot see senders
+/// running as other users when /proc hides them (the packaged unit's `ProtectProc=invisible`):
+/// said once per listener at start, with the fix, rather than left to tags that come out empty.
+fn warn_if_origins_hidden(tags: &[config::OriginTag], address: &Address) {
+    use config::OriginTag;
+    if tags.iter().any(|t| matches!(t, OriginTag::Program | OriginTag::ContainerId))
+        && crate::net::unix::proc_hides_other_users()
+    {
+        tracing::warn!(
+            %address,
+            "origin tags `program` and `container_id` cannot see senders running as other users: /proc hides \
+             their processes (systemd ProtectProc=invisible; add ProtectProc=default in a drop-in)"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,21 +313,5 @@ mod tests {
         for name in ["t_udp", "t_tcp", "t_unix", "t_stream"] {
             assert!(text.lines().any(|l| l.starts_with(name)), "{name} not in the store:\n{text}");
         }
-    }
-}
-
-/// Origin tags that read the sender's /proc/PID (`program`, `container_id`) cannot see senders
-/// running as other users when /proc hides them (the packaged unit's `ProtectProc=invisible`):
-/// said once per listener at start, with the fix, rather than left to tags that come out empty.
-fn warn_if_origins_hidden(tags: &[config::OriginTag], address: &Address) {
-    use config::OriginTag;
-    if tags.iter().any(|t| matches!(t, OriginTag::Program | OriginTag::ContainerId))
-        && crate::net::unix::proc_hides_other_users()
-    {
-        tracing::warn!(
-            %address,
-            "origin tags `program` and `container_id` cannot see senders running as other users: /proc hides \
-             their processes (systemd ProtectProc=invisible; add ProtectProc=default in a drop-in)"
-        );
     }
 }

@@ -128,9 +128,7 @@ fn main() -> ExitCode {
             // The config loaded above (certificates included): a file the process would refuse
             // is refused here, before it is signalled.
             if cli.config.is_none() {
-                print_error(&format!(
-                    "floodgate reload: --config FILE is required (the file the running floodgate reads)"
-                ));
+                print_error("floodgate reload: --config FILE is required (the file the running floodgate reads)");
                 return ExitCode::from(2);
             }
             match floodgate::sys::send_hangup(args.pid) {

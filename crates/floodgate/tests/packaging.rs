@@ -333,7 +333,7 @@ fn the_package_runs_under_systemd_as_shipped() {
     wait_until("the StatsD line on /metrics", Duration::from_secs(30), || {
         let (_, body) = c.http_get("/metrics");
         match metric(&body, "deploys_total", &["env=\"prod\""]) {
-            Some(v) if v == 1.0 => Ok(()),
+            Some(1.0) => Ok(()),
             got => Err(format!("deploys_total = {got:?}")),
         }
     });

@@ -433,3 +433,78 @@ fn the_quick_start_runs_with_bash_alone() {
         text.contains("deploys").then_some(())
     });
 }
+
+/// The README's configuration reference is the binary's: every key it shows uncommented has
+/// the value `floodgate check` prints for an empty file (plus the one key that switches each of
+/// `[forward]`, `[aggregator]` and `[prometheus_remote_write]` on, its value taken from the
+/// README too), and every key `check` prints is in the reference.
+#[test]
+fn the_readme_configuration_reference_shows_the_binarys_defaults() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section_at = readme.find("\n## Configuration\n").expect("the README's Configuration section");
+    let block = readme[section_at..].find("```toml\n").map(|i| section_at + i + "```toml\n".len()).unwrap();
+    let reference = &readme[block..block + readme[block..].find("```").unwrap()];
+
+    // (section, key, value) for every uncommented key; each section's whole text.
+    let mut shown: Vec<(String, String, toml::Value)> = Vec::new();
+    let mut texts: std::collections::BTreeMap<String, String> = Default::default();
+    let mut section = String::new();
+    for line in reference.lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.split_once(']')).map(|(n, _)| n) {
+            section = name.to_string();
+            continue;
+        }
+        texts.entry(section.clone()).or_default().push_str(&format!("{t}\n"));
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let table: toml::Table = toml::from_str(t).unwrap_or_else(|e| panic!("README [{section}] `{t}`: {e}"));
+        shown.extend(table.into_iter().map(|(k, v)| (section.clone(), k, v)));
+    }
+    assert!(shown.len() > 80, "only {} keys read from the reference", shown.len());
+
+    let value = |section: &str, key: &str| {
+        shown.iter().find(|(s, k, _)| s == section && k == key).map(|(_, _, v)| v.clone()).unwrap()
+    };
+    let mut enabling = toml::Table::new();
+    for (section, key) in [("forward", "aggregators"), ("aggregator", "listen"), ("prometheus_remote_write", "url")] {
+        let mut t = toml::Table::new();
+        t.insert(key.to_string(), value(section, key));
+        enabling.insert(section.to_string(), toml::Value::Table(t));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("floodgate.toml");
+    std::fs::write(&config, toml::to_string(&enabling).unwrap()).unwrap();
+    let out = floodgate_check(&config);
+    assert!(out.status.success(), "floodgate check: {}", String::from_utf8_lossy(&out.stderr));
+    let effective: toml::Table = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+
+    let mut differ = Vec::new();
+    for (section, key, want) in &shown {
+        let got = effective.get(section.as_str()).and_then(|s| s.get(key.as_str()));
+        if got != Some(want) {
+            differ.push(format!(
+                "[{section}] {key}: README {want}, floodgate check {}",
+                got.map_or("nothing".into(), |g| g.to_string())
+            ));
+        }
+    }
+    assert!(differ.is_empty(), "the README's defaults differ from the binary's:\n{}", differ.join("\n"));
+
+    // Every key the binary has is documented in its section (uncommented or in a comment).
+    let mut undocumented = Vec::new();
+    for (section, keys) in &effective {
+        let text = texts.get(section.as_str()).map(String::as_str).unwrap_or("");
+        for key in keys.as_table().into_iter().flat_map(|t| t.keys()) {
+            let word = |i: usize| {
+                text[i + key.len()..].starts_with(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    && !text[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+            };
+            if !text.match_indices(key.as_str()).any(|(i, _)| word(i)) {
+                undocumented.push(format!("[{section}] {key}"));
+            }
+        }
+    }
+    assert!(undocumented.is_empty(), "keys missing from the README's reference: {undocumented:?}");
+}

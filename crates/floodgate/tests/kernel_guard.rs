@@ -10,38 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A cgroup (v1 `cpu` controller) holding a process's threads to a share of one core.
-struct CpuShare {
-    dir: std::path::PathBuf,
-}
-
-impl CpuShare {
-    /// Moves every thread of `pid` into a new group allowed `percent` % of a core.
-    fn confine(pid: u32, percent: u32) -> CpuShare {
-        let dir = std::path::PathBuf::from(format!("/sys/fs/cgroup/cpu/floodgate-test-{pid}"));
-        std::fs::create_dir_all(&dir).expect("a cpu cgroup (cgroup v1 cpu controller, root)");
-        std::fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
-        std::fs::write(dir.join("cpu.cfs_quota_us"), (percent * 1000).to_string()).unwrap();
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-            let tid = task.unwrap().file_name();
-            std::fs::write(dir.join("tasks"), tid.to_string_lossy().as_bytes()).unwrap();
-        }
-        CpuShare { dir }
-    }
-}
-
-impl Drop for CpuShare {
-    fn drop(&mut self) {
-        // Empty once the process has exited.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 struct Outcome {
     legit_sent: u64,
     legit_received: f64,
@@ -63,7 +31,7 @@ fn beyond_capacity(kernel: &str) -> Outcome {
             carbon.line_port
         ),
     );
-    let share = CpuShare::confine(fg.child.id(), 10);
+    let share = cgroup::CpuShare::confine(fg.child.id(), 10, "floodgate-test");
     let to = fg.udp_addr();
     let start = Instant::now();
     let flood = Sender::start("127.0.0.2", to, "flood.hits:1|c", 0, 4);
@@ -176,4 +144,52 @@ fn limits_change_in_the_kernel_on_sighup() {
     send(20);
     fg.wait_sample("floodgate_kernel_guard_datagrams_total", &[&outcome("passed")], |v| v == 25.0);
     assert_eq!(fg.sample("floodgate_kernel_guard_datagrams_total", &[&outcome("source_limit")]), 15.0);
+}
+
+/// The cgroup helpers find the `cpu` controller and a place for a container's group on each
+/// layout a Debian host has, so this suite runs on a unified (v2-only) host as on a hybrid one.
+mod cgroup_layouts {
+    use super::cgroup::*;
+    use std::path::Path;
+
+    const HYBRID: &str = "tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
+cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+";
+    const UNIFIED: &str =
+        "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate,memory_recursiveprot 0 0\n";
+    const V1_ONLY: &str = "cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,nodev,noexec,relatime,cpu,cpuacct 0 0
+cgroup /sys/fs/cgroup/systemd cgroup rw,nosuid,nodev,noexec,relatime,xattr,name=systemd 0 0
+";
+
+    fn offering(text: &'static str) -> impl Fn(&Path) -> String {
+        move |_| text.to_string()
+    }
+
+    #[test]
+    fn a_hybrid_host_uses_v1_cpu_and_v2_for_names() {
+        // The hybrid v2 mount offers no controllers: they are bound to v1.
+        let all = hierarchies_in(HYBRID, offering(""));
+        assert_eq!(cpu_hierarchy(&all).unwrap().mount, Path::new("/sys/fs/cgroup/cpu"));
+        assert_eq!(naming_hierarchy(&all).unwrap().mount, Path::new("/sys/fs/cgroup/unified"));
+    }
+
+    #[test]
+    fn a_unified_host_uses_v2_for_both() {
+        let all = hierarchies_in(UNIFIED, offering("cpuset cpu io memory pids\n"));
+        let cpu = cpu_hierarchy(&all).unwrap();
+        assert!(cpu.v2 && cpu.mount == Path::new("/sys/fs/cgroup"));
+        assert_eq!(naming_hierarchy(&all).unwrap().mount, Path::new("/sys/fs/cgroup"));
+        // Without the cpu controller offered there is nothing to confine with.
+        assert!(cpu_hierarchy(&hierarchies_in(UNIFIED, offering("memory pids"))).is_none());
+    }
+
+    #[test]
+    fn a_v1_only_host_names_in_systemds_hierarchy() {
+        let all = hierarchies_in(V1_ONLY, offering(""));
+        assert_eq!(cpu_hierarchy(&all).unwrap().mount, Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(naming_hierarchy(&all).unwrap().mount, Path::new("/sys/fs/cgroup/systemd"));
+    }
 }

@@ -361,41 +361,6 @@ fn sighup_reloads_settings_keeps_data_and_refuses_a_bad_file() {
     assert!(!String::from_utf8_lossy(&payload).contains("upper_90"));
 }
 
-/// A cgroup of the test's own, named as Docker's systemd driver names a container's
-/// (`docker-<64 hex>.scope`), under the host's cgroup v2 mount; removed when dropped.
-struct ContainerCgroup {
-    dir: std::path::PathBuf,
-    id: String,
-}
-
-impl ContainerCgroup {
-    fn create() -> ContainerCgroup {
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-        let root = mounts
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
-            })
-            .expect("a cgroup v2 mount (the container id is read from the sender's cgroup)");
-        let id = format!("{:064x}", u128::from(std::process::id()) * 0x9e37_79b9_7f4a_7c15 + 0xfeed);
-        let dir = std::path::Path::new(&root).join(format!("floodgate-test-{}/docker-{id}.scope", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        ContainerCgroup { dir, id }
-    }
-
-    fn enter(&self, pid: u32) {
-        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
-    }
-}
-
-impl Drop for ContainerCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
-        let _ = std::fs::remove_dir(self.dir.parent().unwrap());
-    }
-}
-
 /// A Python process that waits for a line on stdin, optionally renames itself (`prctl`, as any
 /// program may), sends `lines` to the Unix socket `path`, says "sent", and stays alive until
 /// stdin closes (its pid must still be there when floodgate reads who it is).
@@ -443,7 +408,7 @@ fn origin_tags_name_the_sending_process_and_container() {
         ),
         &format!("{}{syslog}", graphite_section(carbon.port, "")),
     );
-    let cgroup = ContainerCgroup::create();
+    let cgroup = cgroup::ContainerCgroup::create();
     let mut inside = unix_statsd_sender(&sock, "", "origin.hits:2|c|#env:prod\n_e{5,4}:title|text");
     cgroup.enter(inside.id());
     go_and_wait_sent(&mut inside);

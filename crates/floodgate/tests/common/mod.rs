@@ -2,6 +2,8 @@
 //! loopback ports, wait for `/healthz`, capture what it writes to Graphite, and talk to it.
 #![allow(dead_code)]
 
+pub mod cgroup;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -135,47 +137,66 @@ fn reserve(path: &Path) -> bool {
     }
 }
 
-/// The guard switched off: tests that are not about it send bursts far over the default
-/// limits from one source. Guard tests write their own `[limits]`.
+/// The ports one test's floodgate listens on: every listener gets a port of its own, since
+/// many floodgates run at once on one machine and the defaults (8125, 8126, 9318, 5514) would
+/// clash. Nothing else about the product's defaults is changed by the harness.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub statsd: u16,
+    pub admin: u16,
+    pub http: u16,
+    pub syslog: u16,
+}
+
+impl Ports {
+    pub fn free() -> Ports {
+        Ports { statsd: free_port(), admin: free_port(), http: free_port(), syslog: free_port() }
+    }
+}
+
+/// The guard's limits off, for a test that measures something else at a rate no one source
+/// may send by default (the test says why it uses it).
 pub const NO_LIMITS: &str =
     "[limits]\nudp_per_source = 0\nudp_per_port = 0\nunix_per_uid = 0\ntcp_connections_per_source = 0\n\
-     tcp_open_per_source = 0\nkernel = \"off\"\n";
+     tcp_open_per_source = 0\n";
 
-/// Syslog's default listeners (127.0.0.1:5514) off: tests run many floodgates at once, and
-/// only the syslog tests want them (on free ports, with their own `[syslog]`).
+/// Syslog's listeners off (a floodgate started by hand, outside the harness's ports).
 pub const NO_SYSLOG: &str = "[syslog]\nudp = []\ntcp = []\n";
 
-/// Connection tracking off: only the conntrack tests (in namespaces of their own) want it.
-pub const NO_CONNTRACK: &str = "[conntrack]\nenabled = false\n";
-
-fn config_text(statsd: u16, admin: u16, http: u16, statsd_extra: &str, sections: &str) -> String {
-    let limits = if sections.contains("[limits]") { "" } else { NO_LIMITS };
-    // The guard's tests are of its user-space layer unless they ask for the kernel's
-    // (tests/kernel_guard.rs): what the kernel drops first, user space never counts.
-    let sections = if sections.contains("kernel =") {
-        sections.to_string()
-    } else {
-        sections.replacen("[limits]\n", "[limits]\nkernel = \"off\"\n", 1)
-    };
-    let sections = sections.as_str();
-    let syslog = if sections.contains("[syslog]") { "" } else { NO_SYSLOG };
-    let conntrack = if sections.contains("[conntrack]") { "" } else { NO_CONNTRACK };
-    // `[admin]` and `[http]` get their ports; a test's own section of that name gets them added.
-    let mut sections = sections.to_string();
-    let mut own = String::new();
-    for (section, port) in [("[admin]\n", admin), ("[http]\n", http)] {
-        let listen = format!("{section}listen = \"127.0.0.1:{port}\"\n");
-        if sections.contains(section) {
-            sections = sections.replacen(section, &listen, 1);
-        } else {
-            own.push_str(&listen);
-            own.push('\n');
+/// Adds `line` to the TOML `section` of `text` (creating the section) unless the section
+/// already sets `key`.
+fn set_default_key(text: &mut String, section: &str, key: &str, line: &str) {
+    let header = format!("[{section}]\n");
+    match text.find(&header) {
+        Some(at) => {
+            let body_start = at + header.len();
+            let body_end = text[body_start..].find("\n[").map_or(text.len(), |i| body_start + i + 1);
+            let sets_key = text[body_start..body_end].lines().any(|l| {
+                l.split('=').next().is_some_and(|k| k.trim() == key)
+                    && l.contains('=')
+                    && !l.trim_start().starts_with('#')
+            });
+            if !sets_key {
+                text.insert_str(body_start, &format!("{line}\n"));
+            }
         }
+        None => text.push_str(&format!("\n{header}{line}\n")),
     }
-    // A test's own `udp =` / `tcp =` in `statsd_extra` replace the defaults.
-    let udp = if statsd_extra.contains("udp =") { String::new() } else { format!("udp = [\"127.0.0.1:{statsd}\"]\n") };
-    let tcp = if statsd_extra.contains("tcp =") { String::new() } else { format!("tcp = [\"127.0.0.1:{statsd}\"]\n") };
-    format!("[statsd]\n{udp}{tcp}{statsd_extra}\n\n{own}{sections}\n{limits}{syslog}{conntrack}")
+}
+
+/// A test's config: the product's defaults, every listener on a port of its own (see
+/// [`Ports`]), plus what the test adds: `statsd_extra` inside `[statsd]`, `sections` after.
+/// A test's own `udp =`/`tcp =` (StatsD or syslog) and `listen =` replace the harness's.
+pub fn config_text(ports: Ports, statsd_extra: &str, sections: &str) -> String {
+    let mut text = format!("[statsd]\n{statsd_extra}\n\n{sections}\n");
+    let local = |port: u16| format!("[\"127.0.0.1:{port}\"]");
+    set_default_key(&mut text, "statsd", "udp", &format!("udp = {}", local(ports.statsd)));
+    set_default_key(&mut text, "statsd", "tcp", &format!("tcp = {}", local(ports.statsd)));
+    set_default_key(&mut text, "syslog", "udp", &format!("udp = {}", local(ports.syslog)));
+    set_default_key(&mut text, "syslog", "tcp", &format!("tcp = {}", local(ports.syslog)));
+    set_default_key(&mut text, "admin", "listen", &format!("listen = \"127.0.0.1:{}\"", ports.admin));
+    set_default_key(&mut text, "http", "listen", &format!("listen = \"127.0.0.1:{}\"", ports.http));
+    text
 }
 
 /// A running floodgate.
@@ -184,6 +205,7 @@ pub struct Floodgate {
     pub statsd: u16,
     pub admin: u16,
     pub http: u16,
+    pub syslog: u16,
     pub dir: tempfile::TempDir,
     pub stderr_path: PathBuf,
     /// One sending socket: a fixed source keeps every datagram on the same receive thread,
@@ -202,10 +224,10 @@ impl Floodgate {
     /// [`Floodgate::start`] through a wrapper command (`setpriv ...` to run it unprivileged);
     /// its folder and config are then open to every user.
     pub fn start_as(wrapper: &[&str], statsd_extra: &str, sections: &str) -> Floodgate {
-        let (statsd, admin, http) = (free_port(), free_port(), free_port());
+        let ports = Ports::free();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("floodgate.toml");
-        std::fs::write(&path, config_text(statsd, admin, http, statsd_extra, sections)).unwrap();
+        std::fs::write(&path, config_text(ports, statsd_extra, sections)).unwrap();
         let stderr_path = dir.path().join("stderr.log");
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
@@ -229,7 +251,8 @@ impl Floodgate {
             .spawn()
             .expect("start floodgate");
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut fg = Floodgate { child, statsd, admin, http, dir, stderr_path, sender };
+        let Ports { statsd, admin, http, syslog } = ports;
+        let mut fg = Floodgate { child, statsd, admin, http, syslog, dir, stderr_path, sender };
         fg.wait_ready();
         fg
     }
@@ -242,7 +265,8 @@ impl Floodgate {
 
     /// Rewrites the config file (same ports) without telling floodgate (for `POST /-/reload`).
     pub fn rewrite_config(&self, statsd_extra: &str, sections: &str) {
-        let text = config_text(self.statsd, self.admin, self.http, statsd_extra, sections);
+        let ports = Ports { statsd: self.statsd, admin: self.admin, http: self.http, syslog: self.syslog };
+        let text = config_text(ports, statsd_extra, sections);
         std::fs::write(self.dir.path().join("floodgate.toml"), text).unwrap();
     }
 

@@ -24,7 +24,7 @@ pub struct ForwardConfig {
     #[serde(default = "crate::units::default_state_dir")]
     pub state_dir: std::path::PathBuf,
     /// When those files are synced to disk.
-    #[serde(default, skip_serializing_if = "crate::units::is_never")]
+    #[serde(default)]
     pub fsync: Fsync,
 }
 

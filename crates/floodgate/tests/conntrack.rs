@@ -128,7 +128,7 @@ fn start_with(
     std::fs::write(
         &cfg,
         format!(
-            "[statsd]\nudp = []\ntcp = []\n[syslog]\nudp = []\ntcp = []\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
              [http]\nlisten = \"{}:{config_http}\"\n[conntrack]\nenabled = true\n{extra}\n",
             ns.inside
         ),

@@ -32,10 +32,12 @@ fn wait_log(fg: &Floodgate, needle: &str, count: usize) -> String {
 #[test]
 fn a_flooding_source_is_held_to_its_limit_and_its_neighbours_lose_nothing() {
     let carbon = Carbon::start();
-    // 2-second flushes: each lands in its own 1-second Whisper point whatever the jitter.
+    // 2-second flushes: each lands in its own 1-second Whisper point whatever the jitter. The
+    // user-space guard's accounting, log lines and report are under test: its kernel layer,
+    // which would drop the flood first, is off (kernel_guard.rs tests it).
     let fg = Floodgate::start(
         "flush_interval = \"2s\"",
-        &format!("[graphite]\naddress = \"127.0.0.1:{}\"\n\n[limits]\n", carbon.line_port),
+        &format!("[graphite]\naddress = \"127.0.0.1:{}\"\n\n[limits]\nkernel = \"off\"\n", carbon.line_port),
     );
     let to = fg.udp_addr();
     let start = Instant::now();
@@ -114,7 +116,16 @@ fn sources_outside_the_allow_list_are_dropped_and_counted() {
     assert!(refused.is_none_or(is_reset), "the outside source's connection must be reset");
 
     // Two lines per datagram: messages are counted, not datagrams.
-    fg.wait_sample("floodgate_dropped_total", &["listener=\"statsd_udp\"", "reason=\"not_allowed\""], |v| v == 10.0);
+    // Over UDP the guard's kernel layer (on by default) drops them before they are queued and
+    // counts datagrams (it does not parse), two lines each; user space counts lines.
+    wait_for("10 lines dropped as not allowed", Duration::from_secs(30), || {
+        let m = fg.self_metrics();
+        let dropped = |reason: &str| {
+            metric(&m, "floodgate_dropped_total", &["listener=\"statsd_udp\"", &format!("reason=\"{reason}\"")])
+                .unwrap_or(0.0)
+        };
+        (dropped("not_allowed") + 2.0 * dropped("kernel_not_allowed") == 10.0).then_some(())
+    });
     fg.wait_sample("floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"not_allowed\""], |v| v == 1.0);
     let counters = fg.admin("counters\n");
     assert!(!counters.contains("outside"), "{counters}");
@@ -255,8 +266,16 @@ fn limits_reload_on_sighup_without_dropping_listeners() {
     let mut open = connect_from("127.0.0.1", fg.statsd);
     open.write_all(b"before:1|c\n").unwrap();
     fg.wait_counter("before", "1");
+    // Every datagram decided: read, or dropped by the guard's kernel layer (on by default)
+    // before it was queued.
     let datagrams = |n: f64| {
-        fg.wait_sample("floodgate_received_packets_total", &["listener=\"statsd_udp\""], |v| v == n);
+        wait_for(&format!("{n} datagrams read or dropped in the kernel"), Duration::from_secs(30), || {
+            let m = fg.self_metrics();
+            let read = sample(&m, "floodgate_received_packets_total", &["listener=\"statsd_udp\""]);
+            let kernel =
+                metric(&m, "floodgate_dropped_total", &["listener=\"statsd_udp\"", "reason=\"kernel_source_limit\""]);
+            (read + kernel.unwrap_or(0.0) == n).then_some(())
+        });
     };
     for _ in 0..50 {
         fg.send_udp(b"limited:1|c");

@@ -42,8 +42,7 @@ fn spoofed_sources(kernel: &str) {
         format!(
             "[statsd]\nudp = [\"0.0.0.0:8125\"]\ntcp = []\nflush_interval = \"1h\"\n\
              [admin]\nlisten = \"{admin}\"\n[http]\nlisten = \"{http}\"\n\
-             [limits]\ntracked_sources = 10_000\ntcp_connections_per_source = 0\nkernel = \"{kernel}\"\n\
-             [syslog]\nudp = []\ntcp = []\n"
+             [limits]\ntracked_sources = 10_000\ntcp_connections_per_source = 0\nkernel = \"{kernel}\"\n"
         ),
     )
     .unwrap();

@@ -162,7 +162,11 @@ mappings:
         b"svc.web.latency:5|ms\nsvc.web.latency:50|ms\nsvc.web.latency:500|ms\nsvc.web.size:3|ms\n\
                   svc.web.queue:1000|ms\nsvc.web.queue:2000|ms\nsvc.web.queue:3000|ms\nsvc.web.queue:4000|ms",
     );
+    // Counts, sums and buckets show every value at once; a summary's quantiles are the last
+    // flush interval's, so the scrape waits for the flush.
     let body = scrape(&fg, "svc_request_latency_count{svc=\"web\"} 3");
+    assert!(body.lines().any(|l| l == "svc_queue_seconds_count{svc=\"web\"} 4"), "{body}");
+    let body = scrape(&fg, "svc_queue_seconds{svc=\"web\",quantile=\"0.75\"} 3");
     for want in [
         "# TYPE svc_request_latency histogram",
         "svc_request_latency_bucket{svc=\"web\",le=\"0.01\"} 1",

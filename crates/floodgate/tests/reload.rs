@@ -89,8 +89,11 @@ fn reload_under_traffic_adds_a_listener_and_loses_nothing() {
 fn a_removed_listener_drains_its_socket_and_open_connections() {
     let (a, b) = (free_port(), free_port());
     let both = |p: u16| format!("udp = [\"127.0.0.1:{p}\"]\ntcp = [\"127.0.0.1:{p}\"]\n");
-    let fg =
-        Floodgate::start(&format!("udp = [\"127.0.0.1:{a}\", \"127.0.0.1:{b}\"]\ntcp = [\"127.0.0.1:{a}\"]\n"), "");
+    // A burst of 20,000 from one address: draining, not the guard, is under test.
+    let fg = Floodgate::start(
+        &format!("udp = [\"127.0.0.1:{a}\", \"127.0.0.1:{b}\"]\ntcp = [\"127.0.0.1:{a}\"]\n"),
+        BULK_UDP,
+    );
     let mut open = TcpStream::connect(("127.0.0.1", a)).unwrap();
     open.write_all(&b"drain.tcp:1|c\n".repeat(100)).unwrap();
     fg.wait_counter("drain.tcp", "100");
@@ -100,7 +103,7 @@ fn a_removed_listener_drains_its_socket_and_open_connections() {
     for _ in 0..BURST {
         udp.send_to(b"drain.udp:1|c", ("127.0.0.1", a)).unwrap();
     }
-    fg.reload(&both(b), "");
+    fg.reload(&both(b), BULK_UDP);
     wait_for(&format!("127.0.0.1:{a} closed to new connections"), WAIT, || {
         TcpStream::connect(("127.0.0.1", a)).is_err().then_some(())
     });

@@ -127,7 +127,11 @@ fn max_series_bounds_memory_and_keeps_existing_series() {
 #[test]
 fn tcp_skips_oversize_lines_and_keeps_the_connection() {
     let carbon = Capture::start();
-    let mut fg = Floodgate::start("flush_interval = \"1h\"\nmax_line_length = 100", &graphite_section(carbon.port, ""));
+    // 50 connections from one address at once, past the default 10 new connections/s per source.
+    let mut fg = Floodgate::start(
+        "flush_interval = \"1h\"\nmax_line_length = 100",
+        &format!("{}[limits]\ntcp_connections_per_source = 0\n", graphite_section(carbon.port, "")),
+    );
     let mut conns: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(("127.0.0.1", fg.statsd)).unwrap()).collect();
     for c in conns.iter_mut() {
         c.write_all(b"tcp.many:1|c\n").unwrap();
@@ -297,16 +301,14 @@ fn cli_check_help_and_version() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let cfg = dir.path().join("busy.toml");
-    std::fs::write(&cfg, format!("[statsd]\nudp = []\ntcp = [\"127.0.0.1:{port}\"]\n[admin]\n[http]\n{NO_SYSLOG}"))
-        .unwrap();
+    std::fs::write(&cfg, config_text(Ports::free(), &format!("udp = []\ntcp = [\"127.0.0.1:{port}\"]"), "")).unwrap();
     let out = std::process::Command::new(bin).args(["run", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot bind statsd tcp 127.0.0.1:{port}")));
     // A UDP port another process holds is refused too, not silently shared via SO_REUSEPORT.
     let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    std::fs::write(&cfg, format!("[statsd]\nudp = [\"127.0.0.1:{port}\"]\ntcp = []\n[admin]\n[http]\n{NO_SYSLOG}"))
-        .unwrap();
+    std::fs::write(&cfg, config_text(Ports::free(), &format!("udp = [\"127.0.0.1:{port}\"]\ntcp = []"), "")).unwrap();
     let out = std::process::Command::new(bin).args(["run", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot bind statsd udp 127.0.0.1:{port}")));
@@ -316,14 +318,9 @@ fn cli_check_help_and_version() {
 fn json_logs_on_request() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("f.toml");
-    let (statsd, admin, http) = (free_port(), free_port(), free_port());
-    std::fs::write(
-        &cfg,
-        format!(
-            "[statsd]\nudp = [\"127.0.0.1:{statsd}\"]\ntcp = []\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{NO_SYSLOG}"
-        ),
-    )
-    .unwrap();
+    let ports = Ports::free();
+    let http = ports.http;
+    std::fs::write(&cfg, config_text(ports, "", "")).unwrap();
     let log = dir.path().join("stderr");
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"));
     command.args(["--log-format", "json", "--config"]).arg(&cfg);

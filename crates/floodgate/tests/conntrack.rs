@@ -125,10 +125,12 @@ fn start_with(
 ) -> Running {
     let config_http = if run_args.contains(&"--listen-port") { 1 } else { http };
     let cfg = dir.join(format!("{name}.toml"));
+    // Connection tracking is under test, and a test may run two floodgates in one namespace:
+    // the StatsD and syslog listeners are off so their default ports do not clash.
     std::fs::write(
         &cfg,
         format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+            "[statsd]\nudp = []\ntcp = []\n[syslog]\nudp = []\ntcp = []\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
              [http]\nlisten = \"{}:{config_http}\"\n[conntrack]\nenabled = true\n{extra}\n",
             ns.inside
         ),

@@ -128,6 +128,7 @@ enum Command {
         /// CPU-second draining a full 1 GiB socket buffer; root), attack (what each listener's
         /// attacks cost in memory), uds (StatsD over a Unix datagram socket vs loopback UDP),
         /// prometheus (a 50-rule mapping file's cost per line; scraping 100k histogram series),
+        /// scrape (scrapes that merge the receive shards, against `--baseline`),
         /// kernel (the guard's eBPF layer: CPU per dropped datagram, the largest flood a
         /// legitimate sender survives at 10 % of a core; root), fanout (Graphite: one Carbon vs
         /// three sharded by Carbon's ring), cthealth (the conntrack table's health read with

@@ -9,6 +9,11 @@
 //! 2. **Scrape time and size for 100,000 histogram series**: classic in the text format,
 //!    classic and native in the protobuf format (what Prometheus with native histograms asks
 //!    for), and the first scrape after a (re)load, when every name is mapped afresh.
+//!
+//! `bench --only scrape --baseline BUILD`: what a scrape that first merges the receive threads'
+//! shards costs (so it shows every line received before it): the same paced traffic into this
+//! build and the baseline, `/metrics` scraped ten times a second (a busy poller), CPU per line
+//! and scrape time side by side, two rounds alternated.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -98,8 +103,16 @@ struct Trial {
     scrape_ms: f64,
 }
 
-/// One trial at `rate` lines/s, with or without the mapping file; a scrape a second.
-fn trial(opts: &BenchOptions, mapping: bool, rate: u64, pool: &[Datagram]) -> Trial {
+/// One trial of `bin` at `rate` lines/s, with or without the mapping file; a scrape every
+/// `scrape_every`.
+fn trial(
+    opts: &BenchOptions,
+    bin: &std::path::Path,
+    mapping: bool,
+    rate: u64,
+    pool: &[Datagram],
+    scrape_every: Duration,
+) -> Trial {
     let carbon = CarbonStandIn::start(PREFIX);
     let dir = std::env::temp_dir().join(format!("floodgate-bench-prom-{}", crate::targets::free_port()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -110,7 +123,7 @@ fn trial(opts: &BenchOptions, mapping: bool, rate: u64, pool: &[Datagram]) -> Tr
         sections += &format!("[prometheus]\nmapping_config = \"{}\"\n", file.display());
     }
     let mut running =
-        spawn_floodgate(opts, &dir, "floodgate", "flush_interval = \"1s\"\nreceive_threads = 1\n", &sections);
+        crate::targets::spawn_with(bin, &dir, "floodgate", "flush_interval = \"1s\"\nreceive_threads = 1\n", &sections);
     let http = running.http.expect("http on");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let scraper = {
@@ -120,7 +133,7 @@ fn trial(opts: &BenchOptions, mapping: bool, rate: u64, pool: &[Datagram]) -> Tr
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let (_, _, took) = get(http, "/metrics", "text/plain");
                 times.push(took.as_secs_f64() * 1000.0);
-                std::thread::sleep(Duration::from_secs(1).saturating_sub(took));
+                std::thread::sleep(scrape_every.saturating_sub(took));
             }
             times.iter().sum::<f64>() / times.len().max(1) as f64
         })
@@ -207,8 +220,8 @@ pub fn prometheus(opts: &BenchOptions) {
     let per_line = |t: &Trial| t.cpu_seconds * 1e9 / t.lines.max(1) as f64;
     let mut sums = [0.0f64; 2];
     for round in 1..=2 {
-        let none = trial(opts, false, rate, &pool);
-        let mapped = trial(opts, true, rate, &pool);
+        let none = trial(opts, &opts.floodgate, false, rate, &pool, Duration::from_secs(1));
+        let mapped = trial(opts, &opts.floodgate, true, rate, &pool, Duration::from_secs(1));
         for (i, (name, t)) in [("none", &none), ("50 rules", &mapped)].into_iter().enumerate() {
             let secs = opts.trial.as_secs_f64();
             sums[i] += per_line(t);
@@ -230,4 +243,52 @@ pub fn prometheus(opts: &BenchOptions) {
         (sums[1] / sums[0] - 1.0) * 100.0
     );
     scrape_sizes(opts);
+}
+
+/// `bench --only scrape --baseline BUILD`: this build, whose scrape merges the receive shards
+/// first, against a build whose scrape does not, under one load: a scrape a second (as often
+/// as Prometheus is set to scrape) and ten a second (a busy poller), two rounds each.
+pub fn scrape_merge(opts: &BenchOptions) {
+    let Some(baseline) = opts.baseline.clone() else {
+        println!("\n(scrape: needs --baseline BUILD, the build to compare with)");
+        return;
+    };
+    let pool = pool();
+    let rate = 1_000_000;
+    println!(
+        "\n## Scrapes that merge the receive shards: this build vs the baseline, same run ({rate} lines/s, \
+         20 lines/datagram, 5,000 series, flush every 1 s)"
+    );
+    println!(
+        "| scrape every | round | build | lines/s | loss | floodgate CPU (of one core) | ns of CPU per line | vs baseline | mean scrape time |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let per_line = |t: &Trial| t.cpu_seconds * 1e9 / t.lines.max(1) as f64;
+    for every in [Duration::from_secs(1), Duration::from_millis(100)] {
+        let ms = every.as_millis();
+        let mut sums = [0.0f64; 2];
+        for round in 1..=2 {
+            let before = trial(opts, &baseline, false, rate, &pool, every);
+            let after = trial(opts, &opts.floodgate, false, rate, &pool, every);
+            for (i, (name, t)) in [("baseline", &before), ("this build", &after)].into_iter().enumerate() {
+                let secs = opts.trial.as_secs_f64();
+                sums[i] += per_line(t);
+                println!(
+                    "| {ms} ms | {round} | {name} | {:.0} | {:.3}% | {:.0}% | {:.0} | {:+.1}% | {:.1} ms |",
+                    t.lines as f64 / secs,
+                    t.loss * 100.0,
+                    t.cpu_seconds / secs * 100.0,
+                    per_line(t),
+                    (per_line(t) / per_line(&before) - 1.0) * 100.0,
+                    t.scrape_ms
+                );
+            }
+        }
+        println!(
+            "| {ms} ms | both | this build vs baseline | | | | {:.0} vs {:.0} | {:+.1}% | |",
+            sums[1] / 2.0,
+            sums[0] / 2.0,
+            (sums[1] / sums[0] - 1.0) * 100.0
+        );
+    }
 }

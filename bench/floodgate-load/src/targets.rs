@@ -434,6 +434,9 @@ pub fn bench(opts: &BenchOptions) {
     if want("prometheus") {
         crate::prometheus::prometheus(opts);
     }
+    if want("scrape") {
+        crate::prometheus::scrape_merge(opts);
+    }
     if want("kernel") {
         crate::kernel::kernel_guard(opts);
     }

@@ -217,31 +217,9 @@ pub fn prometheus(opts: &BenchOptions) {
     );
     println!("| round | mapping | lines/s | loss | floodgate CPU (of one core) | ns of CPU per line | vs none | mean scrape time |");
     println!("|---|---|---|---|---|---|---|---|");
-    let per_line = |t: &Trial| t.cpu_seconds * 1e9 / t.lines.max(1) as f64;
-    let mut sums = [0.0f64; 2];
-    for round in 1..=2 {
-        let none = trial(opts, &opts.floodgate, false, rate, &pool, Duration::from_secs(1));
-        let mapped = trial(opts, &opts.floodgate, true, rate, &pool, Duration::from_secs(1));
-        for (i, (name, t)) in [("none", &none), ("50 rules", &mapped)].into_iter().enumerate() {
-            let secs = opts.trial.as_secs_f64();
-            sums[i] += per_line(t);
-            println!(
-                "| {round} | {name} | {:.0} | {:.3}% | {:.0}% | {:.0} | {:+.1}% | {:.1} ms |",
-                t.lines as f64 / secs,
-                t.loss * 100.0,
-                t.cpu_seconds / secs * 100.0,
-                per_line(t),
-                (per_line(t) / per_line(&none) - 1.0) * 100.0,
-                t.scrape_ms
-            );
-        }
-    }
-    println!(
-        "| both | 50 rules vs none | | | | {:.0} vs {:.0} | {:+.1}% | |",
-        sums[1] / 2.0,
-        sums[0] / 2.0,
-        (sums[1] / sums[0] - 1.0) * 100.0
-    );
+    compare_rounds(opts, "", ["none", "50 rules"], || {
+        [false, true].map(|mapping| trial(opts, &opts.floodgate, mapping, rate, &pool, Duration::from_secs(1)))
+    });
     scrape_sizes(opts);
 }
 
@@ -263,32 +241,42 @@ pub fn scrape_merge(opts: &BenchOptions) {
         "| scrape every | round | build | lines/s | loss | floodgate CPU (of one core) | ns of CPU per line | vs baseline | mean scrape time |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let per_line = |t: &Trial| t.cpu_seconds * 1e9 / t.lines.max(1) as f64;
     for every in [Duration::from_secs(1), Duration::from_millis(100)] {
-        let ms = every.as_millis();
-        let mut sums = [0.0f64; 2];
-        for round in 1..=2 {
-            let before = trial(opts, &baseline, false, rate, &pool, every);
-            let after = trial(opts, &opts.floodgate, false, rate, &pool, every);
-            for (i, (name, t)) in [("baseline", &before), ("this build", &after)].into_iter().enumerate() {
-                let secs = opts.trial.as_secs_f64();
-                sums[i] += per_line(t);
-                println!(
-                    "| {ms} ms | {round} | {name} | {:.0} | {:.3}% | {:.0}% | {:.0} | {:+.1}% | {:.1} ms |",
-                    t.lines as f64 / secs,
-                    t.loss * 100.0,
-                    t.cpu_seconds / secs * 100.0,
-                    per_line(t),
-                    (per_line(t) / per_line(&before) - 1.0) * 100.0,
-                    t.scrape_ms
-                );
-            }
-        }
-        println!(
-            "| {ms} ms | both | this build vs baseline | | | | {:.0} vs {:.0} | {:+.1}% | |",
-            sums[1] / 2.0,
-            sums[0] / 2.0,
-            (sums[1] / sums[0] - 1.0) * 100.0
-        );
+        compare_rounds(opts, &format!("{} ms | ", every.as_millis()), ["baseline", "this build"], || {
+            [&baseline, &opts.floodgate].map(|bin| trial(opts, bin, false, rate, &pool, every))
+        });
     }
+}
+
+/// Two rounds of two trials (alternated, so drift in the machine falls on both alike): a row
+/// per trial, the second's CPU per line against the first's, then a row of both rounds'
+/// means. `lead` starts each row (the columns before `round`).
+fn compare_rounds(opts: &BenchOptions, lead: &str, names: [&str; 2], mut run: impl FnMut() -> [Trial; 2]) {
+    let per_line = |t: &Trial| t.cpu_seconds * 1e9 / t.lines.max(1) as f64;
+    let secs = opts.trial.as_secs_f64();
+    let mut sums = [0.0f64; 2];
+    for round in 1..=2 {
+        let trials = run();
+        for (i, t) in trials.iter().enumerate() {
+            sums[i] += per_line(t);
+            println!(
+                "| {lead}{round} | {} | {:.0} | {:.3}% | {:.0}% | {:.0} | {:+.1}% | {:.1} ms |",
+                names[i],
+                t.lines as f64 / secs,
+                t.loss * 100.0,
+                t.cpu_seconds / secs * 100.0,
+                per_line(t),
+                (per_line(t) / per_line(&trials[0]) - 1.0) * 100.0,
+                t.scrape_ms
+            );
+        }
+    }
+    println!(
+        "| {lead}both | {} vs {} | | | | {:.0} vs {:.0} | {:+.1}% | |",
+        names[1],
+        names[0],
+        sums[1] / 2.0,
+        sums[0] / 2.0,
+        (sums[1] / sums[0] - 1.0) * 100.0
+    );
 }

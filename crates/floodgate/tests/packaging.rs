@@ -301,6 +301,11 @@ impl Drop for Booted {
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
         let _ = std::fs::remove_dir_all(&self.root);
+        // The container's console and nspawn's own log stay for a failed test to read.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.console);
+            let _ = std::fs::remove_file(self.root.with_extension("stderr.log"));
+        }
     }
 }
 

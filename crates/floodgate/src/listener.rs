@@ -169,6 +169,9 @@ pub struct Counters {
     pub open_connections: AtomicI64,
     /// StatsD datagrams from senders past `origin_max`, tagged `other`.
     pub origin_other: AtomicU64,
+    /// Descriptors senders attached to datagrams on a Unix socket (`SCM_RIGHTS`), closed
+    /// unread (where the kernel cannot refuse them itself).
+    pub passed_descriptors: AtomicU64,
 }
 
 impl Counters {
@@ -288,6 +291,10 @@ const HANDSHAKES: Describe =
     Describe::counter("floodgate_tls_handshakes_total", "TLS handshakes started (on admitted connections only).");
 const HANDSHAKE_FAILURES: Describe =
     Describe::counter("floodgate_tls_handshake_failures_total", "TLS handshakes that failed or timed out.");
+const PASSED_DESCRIPTORS: Describe = Describe::counter(
+    "floodgate_unix_passed_descriptors_total",
+    "Descriptors senders attached to datagrams on a Unix socket (SCM_RIGHTS), closed unread.",
+);
 const RECEIVE_BUFFER: Describe = Describe::gauge(
     "floodgate_udp_receive_buffer_bytes",
     "Socket receive buffer granted by the kernel, summed over the listener's sockets.",
@@ -299,7 +306,18 @@ type GuardRef = Arc<crate::guard::ListenerGuard>;
 impl Report for Listeners {
     fn report(&self, out: &mut Families) {
         let listeners = self.listeners.lock().clone();
-        for d in [PACKETS, BYTES, LIMITED, CONNECTIONS, OPEN, HANDSHAKES, HANDSHAKE_FAILURES, RECEIVE_BUFFER, DROPPED] {
+        for d in [
+            PACKETS,
+            BYTES,
+            LIMITED,
+            CONNECTIONS,
+            OPEN,
+            HANDSHAKES,
+            HANDSHAKE_FAILURES,
+            PASSED_DESCRIPTORS,
+            RECEIVE_BUFFER,
+            DROPPED,
+        ] {
             out.family(d);
         }
         let mut kernel_ports: BTreeMap<(Kind, &str), (u16, Option<&GuardRef>)> = BTreeMap::new();
@@ -325,6 +343,9 @@ impl Report for Listeners {
                 out.add(CONNECTIONS, &labels, c.connections.load(Relaxed));
                 out.add(OPEN, &labels, c.open_connections.load(Relaxed).max(0) as u64);
                 l.dropped(out, "idle_timeout", c.idle_closed.load(Relaxed));
+            }
+            if kind.transport == Transport::Unix {
+                out.add(PASSED_DESCRIPTORS, &labels, c.passed_descriptors.load(Relaxed));
             }
             if kind.is_tls() {
                 out.add(HANDSHAKES, &labels, c.tls_handshakes.load(Relaxed));

@@ -25,6 +25,18 @@ pub struct UdpReceiver {
     pub forced: bool,
 }
 
+/// `SO_PASSRIGHTS` (Linux 6.16): 0 makes the kernel refuse `SCM_RIGHTS` to this socket, so a
+/// sender's descriptors never reach floodgate (its `sendmsg` fails with EPERM).
+const SO_PASSRIGHTS: libc::c_int = 83;
+
+/// Asks the kernel to refuse descriptors passed to the Unix socket `fd` (a listener's accepted
+/// connections too: call it on each). Older kernels lack the option; there, and always,
+/// [`RecvBatch`] closes whatever descriptors a datagram brings, and stream connections are
+/// read with `read(2)`, which makes the kernel close them.
+pub fn refuse_passed_descriptors(fd: RawFd) {
+    let _ = set_int_opt(fd, libc::SOL_SOCKET, SO_PASSRIGHTS, 0);
+}
+
 /// Asks for a `buffer`-byte receive queue: `SO_RCVBUFFORCE` past `net.core.rmem_max` when the
 /// process has CAP_NET_ADMIN (true), else `SO_RCVBUF`, which the kernel caps at rmem_max.
 fn set_receive_buffer(socket: &Socket, buffer: usize) -> bool {
@@ -60,6 +72,7 @@ impl UdpReceiver {
         let socket = Socket::new(Domain::UNIX, Type::DGRAM, None)?;
         // Every datagram then carries its sender's pid, uid and gid (SCM_CREDENTIALS).
         set_int_opt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
+        refuse_passed_descriptors(socket.as_raw_fd());
         let forced = set_receive_buffer(&socket, buffer);
         socket.set_read_timeout(Some(timeout))?;
         socket.bind(&socket2::SockAddr::unix(path)?)?;
@@ -142,9 +155,13 @@ pub struct RecvBatch {
     credentials: bool,
     hdrs: Box<[libc::mmsghdr]>,
     received: usize,
+    /// Descriptors senders passed (`SCM_RIGHTS`) and this batch closed, since it was made.
+    pub descriptors_closed: u64,
 }
 
-/// 64 bytes a slot: `CMSG_SPACE(sizeof(struct ucred))` is 32 on Linux.
+/// 64 bytes a slot: `CMSG_SPACE(sizeof(struct ucred))` is 32 on Linux, which leaves room for
+/// a few passed descriptors too; every one that arrives is closed at once (see
+/// [`RecvBatch::recv`]), and those that did not fit the kernel closes itself (`MSG_CTRUNC`).
 const CONTROL_WORDS: usize = 8;
 
 /// Who sent a datagram on a Unix socket, as the kernel saw it (`SCM_CREDENTIALS`): a sender
@@ -201,11 +218,23 @@ impl RecvBatch {
                 h
             })
             .collect();
-        RecvBatch { slot_size, buf, _iov: iov, addrs, credentials, _control: control, hdrs, received: 0 }
+        RecvBatch {
+            slot_size,
+            buf,
+            _iov: iov,
+            addrs,
+            credentials,
+            _control: control,
+            hdrs,
+            received: 0,
+            descriptors_closed: 0,
+        }
     }
 
     /// Blocks until at least one datagram is queued (or the socket's read timeout passes),
-    /// then takes as many as are queued, up to the batch size. Returns how many.
+    /// then takes as many as are queued, up to the batch size. Returns how many. Descriptors a
+    /// sender passed with a datagram (Unix sockets) are closed before this returns: nothing a
+    /// control message brings is kept.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.recv_flags(fd, libc::MSG_WAITFORONE)
     }
@@ -227,6 +256,9 @@ impl RecvBatch {
         // SAFETY: every header points at a live iovec and sockaddr_storage inside `self`
         // (boxed, never moved or freed while `self` lives), each iovec at `slot_size` bytes of
         // `self.buf`; the count passed equals the number of headers. A null timeout is allowed.
+        // MSG_CMSG_CLOEXEC: a passed descriptor is never inherited, even in the moment
+        // before it is closed below.
+        let flags = if self.credentials { flags | libc::MSG_CMSG_CLOEXEC } else { flags };
         let n = unsafe {
             libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), self.hdrs.len() as libc::c_uint, flags, std::ptr::null_mut())
         };
@@ -235,7 +267,50 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         self.received = n as usize;
+        if self.credentials {
+            for i in 0..self.received {
+                self.descriptors_closed += self.close_passed_descriptors(i);
+            }
+        }
         Ok(self.received)
+    }
+
+    /// Closes every descriptor that arrived with datagram `i` (`SCM_RIGHTS`); returns how many.
+    fn close_passed_descriptors(&self, i: usize) -> u64 {
+        let h = &self.hdrs[i].msg_hdr;
+        // usize on glibc, socklen_t on musl.
+        #[allow(clippy::unnecessary_cast)]
+        if (h.msg_controllen as usize) < std::mem::size_of::<libc::cmsghdr>() {
+            return 0;
+        }
+        let mut closed = 0;
+        // SAFETY: as in `credentials`: the kernel filled this header's control buffer in the
+        // last recvmmsg, and CMSG_FIRSTHDR/NXTHDR walk only inside it.
+        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(h) };
+        while !cmsg.is_null() {
+            // SAFETY: non-null headers from CMSG_FIRSTHDR/NXTHDR lie inside the buffer.
+            let c = unsafe { &*cmsg };
+            if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_RIGHTS {
+                // SAFETY: CMSG_LEN(0) is the header's size with padding: what precedes the data.
+                let header = unsafe { libc::CMSG_LEN(0) } as usize;
+                #[allow(clippy::unnecessary_cast)]
+                let count = (c.cmsg_len as usize).saturating_sub(header) / std::mem::size_of::<libc::c_int>();
+                for k in 0..count {
+                    // SAFETY: the kernel wrote `count` ints after the header (cmsg_len says so,
+                    // and it lies inside the buffer); read_unaligned for CMSG_DATA's alignment.
+                    let passed: libc::c_int =
+                        unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>().add(k)) };
+                    // SAFETY: the kernel just installed `passed` in our table for us; nothing
+                    // else knows of it, so closing it cannot close anything of ours.
+                    if passed >= 0 && unsafe { libc::close(passed) } == 0 {
+                        closed += 1;
+                    }
+                }
+            }
+            // SAFETY: as for CMSG_FIRSTHDR.
+            cmsg = unsafe { libc::CMSG_NXTHDR(h, cmsg) };
+        }
+        closed
     }
 
     /// Datagram `i` of the last call: its bytes (up to the slot size) and whether the kernel
@@ -547,6 +622,58 @@ mod tests {
     use super::*;
     use std::net::UdpSocket;
     use std::os::fd::AsRawFd;
+
+    fn open_descriptors() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    /// Descriptors a sender attaches to datagrams (`SCM_RIGHTS`, four a datagram: as many as
+    /// fit beside the credentials, and more than fit) are closed as they arrive: the process's
+    /// descriptor count does not grow. The socket here keeps the kernel's default (descriptors
+    /// allowed), as on a kernel without `SO_PASSRIGHTS`.
+    #[test]
+    fn descriptors_passed_with_datagrams_are_closed() {
+        use std::os::unix::net::UnixDatagram;
+        let (tx, rx) = UnixDatagram::pair().unwrap();
+        set_int_opt(rx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 1).unwrap();
+        let spare: Vec<std::fs::File> = (0..8).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+        let fds: Vec<libc::c_int> = spare.iter().map(|f| f.as_raw_fd()).collect();
+        let mut batch = RecvBatch::with_credentials(16, 256);
+        let before = open_descriptors();
+        let mut received = 0;
+        for round in 0..50 {
+            for attach in [&fds[..1], &fds[..4], &fds[..8]] {
+                send_with_descriptors(tx.as_raw_fd(), format!("x:{round}|c").as_bytes(), attach);
+            }
+            while received < (round + 1) * 3 {
+                received += batch.recv(rx.as_raw_fd()).unwrap();
+            }
+        }
+        assert_eq!(open_descriptors(), before, "a passed descriptor was kept");
+        assert!(batch.descriptors_closed >= 50 * 5, "closed {}", batch.descriptors_closed);
+    }
+
+    /// sendmsg(2) of `data` with `fds` attached, on a Unix socket.
+    fn send_with_descriptors(fd: RawFd, data: &[u8], fds: &[libc::c_int]) {
+        let mut control = [0u64; 16];
+        let bytes = std::mem::size_of_val(fds);
+        let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
+        // SAFETY: a zeroed msghdr is valid; every pointer set below is to a local that outlives
+        // the call, and the control buffer (128 bytes) holds CMSG_SPACE of up to 8 ints.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(bytes as u32) as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), bytes);
+            assert!(libc::sendmsg(fd, &msg, 0) >= 0, "sendmsg: {}", io::Error::last_os_error());
+        }
+    }
 
     #[test]
     fn receives_a_batch_with_sources_and_truncation() {

@@ -117,6 +117,7 @@ impl<H: DatagramHandler> UdpWorker<H> {
         };
         let fd = self.socket.fd();
         let mut drain_until = None;
+        let mut descriptors_reported = 0;
         loop {
             let n = if let Some(deadline) = drain_until {
                 // Shutting down: take what the kernel already queued for us (bounded in time,
@@ -169,6 +170,8 @@ impl<H: DatagramHandler> UdpWorker<H> {
                     oversize += truncated as u64;
                 }
             }
+            let passed = batch.descriptors_closed - descriptors_reported;
+            descriptors_reported = batch.descriptors_closed;
             let counters = &self.counters;
             let listener = &self.listener;
             let mut publish = || {
@@ -179,6 +182,7 @@ impl<H: DatagramHandler> UdpWorker<H> {
                 Counters::add(&counters.packets, n as u64);
                 Counters::add(&counters.bytes, bytes);
                 Counters::add(&counters.oversize, oversize);
+                Counters::add(&counters.passed_descriptors, passed);
             };
             self.handler.handle(Admitted { batch: &batch, n, refused }, now, &mut publish);
             if self.coalesce && n < BATCH / 4 && drain_until.is_none() {

@@ -236,6 +236,9 @@ pub async fn serve_unix<H, F>(
                 continue;
             }
         };
+        // Descriptors a sender attaches are refused by the kernel where it can (Linux 6.16+);
+        // elsewhere `read(2)` makes it close them unread.
+        crate::sys::refuse_passed_descriptors(std::os::fd::AsRawFd::as_raw_fd(&stream));
         // Without credentials there is no one to charge: refused.
         let Ok(cred) = stream.peer_cred() else { continue };
         let credentials = crate::sys::Credentials { pid: cred.pid().unwrap_or(0), uid: cred.uid(), gid: cred.gid() };

@@ -240,6 +240,7 @@ pub fn bind_unix_stream(
     crate::sys::clear_stale_socket(path).with_context(|| format!("cannot bind {what} {}", path.display()))?;
     let listener =
         tokio::net::UnixListener::bind(path).with_context(|| format!("cannot bind {what} {}", path.display()))?;
+    crate::sys::refuse_passed_descriptors(std::os::fd::AsRawFd::as_raw_fd(&listener));
     crate::net::unix::set_access(path, access).with_context(|| format!("{what} {}", path.display()))?;
     tracing::info!(address = %path.display(), "{what} listening");
     Ok(listener)

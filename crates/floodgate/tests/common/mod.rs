@@ -432,10 +432,13 @@ impl Drop for Running {
 /// Sends `commands` to the management console at `addr`, then `quit`; returns the answer.
 pub fn console(addr: impl ToSocketAddrs, commands: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
+    // A floodgate that cannot accept (out of descriptors) leaves the connection in its
+    // backlog: fail, do not hang.
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(commands.as_bytes()).unwrap();
     s.write_all(b"quit\n").unwrap();
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    s.read_to_string(&mut out).unwrap_or_else(|e| panic!("the console did not answer: {e}"));
     out
 }
 

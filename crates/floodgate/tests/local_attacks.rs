@@ -82,3 +82,88 @@ fn descriptors_passed_on_unix_sockets_are_never_kept() {
     }
     assert_eq!(http_get(fg.http, "/healthz").unwrap().0, 200);
 }
+
+/// A Python process as `nobody` (uid 65534) that sends `lines` as one datagram to the Unix
+/// socket `path` and waits for stdin to close (its pid must still be there when floodgate
+/// reads who it is).
+fn send_as_nobody(path: &std::path::Path, lines: &str) -> std::process::Child {
+    let script = "import socket, sys\n\
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+        s.sendto(sys.argv[2].encode(), sys.argv[1])\n\
+        print('sent', flush=True)\n\
+        sys.stdin.read()";
+    // Debian's own Python: one under /root (pyenv) is out of `nobody`'s reach.
+    let python = ["/usr/bin/python3"].into_iter().map(std::path::PathBuf::from).find(|p| p.exists());
+    let mut child = std::process::Command::new(require_tool("setpriv"))
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(python.unwrap_or_else(|| require_tool("python3")))
+        .args(["-c", script, path.to_str().unwrap(), lines])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "sent");
+    child
+}
+
+/// `/metrics` in the protobuf format, as Prometheus asks for it with native histograms on.
+fn protobuf_metrics(port: u16) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(
+        b"GET /metrics HTTP/1.0\r\nAccept: application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+          encoding=delimited\r\n\r\n",
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).unwrap();
+    response
+}
+
+/// Item 2: origin tags cannot be forged. A user with `origin_tags` on sent
+/// `billing.charge:100|c|#uid:0,program:payroll,container_id:<id>` and `/metrics` showed
+/// `uid="0",program="payroll"`, the kernel's values nowhere; Graphite got both pairs. Now a
+/// line's own tags of those names (DogStatsD `#`, Graphite `;k=v` in the name) are dropped and
+/// only the kernel's word is kept, in Graphite, the text and the protobuf `/metrics`.
+#[test]
+fn origin_tags_cannot_be_forged_from_the_datagram() {
+    use std::os::unix::fs::PermissionsExt;
+    let carbon = Capture::start();
+    let dir = tempfile::tempdir().unwrap();
+    // `nobody` must reach the socket: the folder is open, the socket's mode (0622) lets it send.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("statsd.sock");
+    let fg = Floodgate::start(
+        &format!(
+            "flush_interval = \"500ms\"\nunix = [\"{}\"]\norigin_tags = [\"uid\", \"program\", \"container_id\"]",
+            sock.display()
+        ),
+        &format!("[graphite]\naddress = \"127.0.0.1:{}\"\n", carbon.port),
+    );
+    let forged_id = "f".repeat(64);
+    let mut sender = send_as_nobody(
+        &sock,
+        &format!(
+            "billing.charge:100|c|#uid:0,program:payroll,container_id:{forged_id}\n\
+             billing.refund;uid=0;program=payroll:5|c"
+        ),
+    );
+    let payload = carbon.wait_for(WAIT, |p| has(p, "stats_counts.billing.refund;uid=65534;program=python3", "5"));
+    let text = String::from_utf8_lossy(&payload);
+    assert!(has(&payload, "stats_counts.billing.charge;uid=65534;program=python3", "100"), "{text}");
+    for forged in ["payroll", "uid=0", &forged_id] {
+        assert!(!text.contains(forged), "`{forged}` reached Graphite:\n{text}");
+    }
+    let (_, metrics) = http_get(fg.http, "/metrics").unwrap();
+    assert_eq!(sample(&metrics, "billing_charge_total", &["uid=\"65534\"", "program=\"python3\""]), 100.0);
+    let protobuf = protobuf_metrics(fg.http);
+    for forged in ["payroll", &forged_id] {
+        assert!(!metrics.contains(forged), "`{forged}` in /metrics");
+        assert!(!protobuf.windows(forged.len()).any(|w| w == forged.as_bytes()), "`{forged}` in protobuf /metrics");
+    }
+    assert!(protobuf.windows(5).any(|w| w == b"65534"), "the kernel's uid in protobuf /metrics");
+    drop(sender.stdin.take());
+    let _ = sender.wait();
+}

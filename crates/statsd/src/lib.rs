@@ -46,9 +46,10 @@ pub fn exercise(data: &[u8]) {
         // The same packet with origin tags: the sender's, and each line's `|c:` container id
         // within a bound of 2.
         let mut origin = Parser::new(sanitize);
+        origin.reserve_tag_names(b"uid,program,container_id");
         origin.set_extra_tags(b"uid:0,program:fuzz");
         origin.set_client_containers(Some(parse::ClientContainers::new(2, std::sync::Arc::default())));
-        let tagged = origin.parse_packet(data, &mut shard);
+        let tagged = origin.parse_packet(data, &mut OriginChecked(&mut shard));
         assert_eq!(tagged.lines, lines);
         assert!(tagged.origin_other <= lines);
         assert!(shard.series() <= 64);
@@ -60,6 +61,41 @@ pub fn exercise(data: &[u8]) {
         }
         let mut text = String::new();
         prometheus::render(&store, &mut text);
+    }
+}
+
+/// A sink that checks every key of a parser with origin tags before the shard takes it: the
+/// sender's `uid` and `program` appear once each, with the values the listener gave, whatever
+/// the line said (a line cannot claim or contradict them).
+struct OriginChecked<'a>(&'a mut Shard);
+
+impl OriginChecked<'_> {
+    fn check(key: &[u8]) {
+        // Each tag as Graphite's naming would sanitise it later.
+        let tags: Vec<Vec<u8>> = key
+            .split(|b| *b == b';')
+            .skip(1)
+            .map(|t| {
+                let mut clean = Vec::new();
+                parse::sanitize_into(t, &mut clean);
+                clean
+            })
+            .collect();
+        for (name, value) in [(&b"uid="[..], &b"uid=0"[..]), (b"program=", b"program=fuzz")] {
+            let found: Vec<&[u8]> = tags.iter().map(Vec::as_slice).filter(|t| t.starts_with(name)).collect();
+            assert_eq!(found, [value], "key {}", String::from_utf8_lossy(key));
+        }
+    }
+}
+
+impl MetricSink for OriginChecked<'_> {
+    fn metric(&mut self, metric: &Metric<'_>) {
+        OriginChecked::check(metric.key);
+        self.0.metric(metric);
+    }
+
+    fn bad_line(&mut self, line: &[u8]) {
+        self.0.bad_line(line);
     }
 }
 

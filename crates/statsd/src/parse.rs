@@ -22,7 +22,7 @@
 //!   `Infinity`, `NaN` or an empty name to Graphite.
 
 use crate::dogstatsd::{parse_event, parse_service_check, Event, Reason, ServiceCheck};
-use crate::number::{is_js_number, js_trim, leading_space_len, parse_js_number, utf8_len};
+use crate::number::{is_js_number, js_trim, leading_space_len, parse_js_number};
 use crate::valid::{self, KeyRule};
 
 /// The aggregate a value feeds.
@@ -108,9 +108,12 @@ pub struct Parser {
     key: Vec<u8>,
     /// Tags added to every key (`k:v,k:v`, as DogStatsD writes them): the sender's origin.
     extra_tags: Vec<u8>,
+    /// Tag names only the listener may set (`k,k`): the origin tags it adds, whether or not
+    /// the current sender has a value for each. A line's own tag of such a name is dropped.
+    reserved: Vec<u8>,
     /// Client-declared container ids (`|c:`) become a `container_id` tag, bounded.
     containers: Option<Box<ClientContainers>>,
-    /// Either of the two above is set: keys take the out-of-line path.
+    /// Any of the three above is set: keys take the out-of-line path.
     origin: bool,
     /// Lines tagged `container_id:other` since the last packet's counts.
     origin_other: u64,
@@ -165,6 +168,7 @@ impl Parser {
             raw_key: Vec::with_capacity(256),
             key: Vec::with_capacity(256),
             extra_tags: Vec::new(),
+            reserved: Vec::new(),
             containers: None,
             origin: false,
             origin_other: 0,
@@ -175,7 +179,7 @@ impl Parser {
     /// a `ci-` prefix dropped) as `container_id`, within `bound`; `None` turns it off.
     pub fn set_client_containers(&mut self, bound: Option<ClientContainers>) {
         self.containers = bound.map(Box::new);
-        self.origin = !self.extra_tags.is_empty() || self.containers.is_some();
+        self.update_origin();
     }
 
     /// Tags (`k:v,k:v`) added to every key parsed from now on, after the line's own (the
@@ -183,7 +187,21 @@ impl Parser {
     pub fn set_extra_tags(&mut self, tags: &[u8]) {
         self.extra_tags.clear();
         self.extra_tags.extend_from_slice(tags);
-        self.origin = !self.extra_tags.is_empty() || self.containers.is_some();
+        self.update_origin();
+    }
+
+    /// Tag names (`k,k`) only the listener sets: the origin tags it is configured to add. A
+    /// line's own tags of these names (DogStatsD `#k:v`, or `;k=v` in the name) are dropped,
+    /// so what the kernel says of a sender cannot be claimed or contradicted from the wire,
+    /// even for a sender with no value of its own (a process outside any container).
+    pub fn reserve_tag_names(&mut self, names: &[u8]) {
+        self.reserved.clear();
+        self.reserved.extend_from_slice(names);
+        self.update_origin();
+    }
+
+    fn update_origin(&mut self) {
+        self.origin = !self.extra_tags.is_empty() || !self.reserved.is_empty() || self.containers.is_some();
     }
 
     /// Parses every `\n`-separated line of a packet.
@@ -286,7 +304,9 @@ impl Parser {
                 }),
                 None => None,
             };
-            origin_key(&mut self.raw_key, &mut self.key, self.sanitize, name, tags, &self.extra_tags, container)
+            let reserved =
+                Reserved { names: &self.reserved, extra: &self.extra_tags, container: self.containers.is_some() };
+            origin_key(&mut self.raw_key, &mut self.key, self.sanitize, name, tags, reserved, container)
         } else if tags.is_empty() && (!self.sanitize || is_clean(name)) {
             name
         } else {
@@ -396,17 +416,9 @@ impl Parser {
             self.raw_key.push(b';');
             push_tag(&mut self.raw_key, tag);
         }
-        for tag in self.extra_tags.split(|b| *b == b',').filter(|t| !t.is_empty()) {
-            self.raw_key.push(b';');
-            push_tag(&mut self.raw_key, tag);
-        }
-        let key = if self.sanitize {
-            self.key.clear();
-            sanitize_into(&self.raw_key, &mut self.key);
-            &self.key
-        } else {
-            &self.raw_key
-        };
+        let reserved =
+            Reserved { names: &self.reserved, extra: &self.extra_tags, container: self.containers.is_some() };
+        let key = with_origin(&mut self.raw_key, &mut self.key, self.sanitize, reserved, None);
         self.rule.check_built(key)?;
         Ok(key)
     }
@@ -430,8 +442,8 @@ impl<'a> Metric<'a> {
     }
 }
 
-/// A key with the line's own tags and then `extra` (`k:v,k:v`), built in `raw_key` (and
-/// sanitised into `key` when asked).
+/// A key with the line's own tags and then the origin tags, built in `raw_key` (and sanitised
+/// into `key` when asked).
 #[inline(never)]
 fn origin_key<'k>(
     raw_key: &'k mut Vec<u8>,
@@ -439,26 +451,134 @@ fn origin_key<'k>(
     sanitize: bool,
     name: &[u8],
     tags: &[u8],
-    extra: &[u8],
+    reserved: Reserved<'_>,
     container: Option<&[u8]>,
 ) -> &'k [u8] {
     raw_key.clear();
     raw_key.extend_from_slice(name);
-    for tag in tags.split(|b| *b == b',').chain(extra.split(|b| *b == b',')).filter(|t| !t.is_empty()) {
+    for tag in tags.split(|b| *b == b',').filter(|t| !t.is_empty()) {
         raw_key.push(b';');
         push_tag(raw_key, tag);
     }
-    if let Some(id) = container {
-        raw_key.extend_from_slice(b";container_id=");
-        raw_key.extend_from_slice(id);
-    }
+    with_origin(raw_key, key, sanitize, reserved, container)
+}
+
+/// Finishes a key whose name and the line's own tags are in `raw_key`: sanitised into `key`
+/// when asked, the line's tags of reserved names dropped (from the key as it will be, so no
+/// byte sanitising removes can hide a name), then the origin tags (`reserved.extra`) and the
+/// container id added.
+fn with_origin<'k>(
+    raw_key: &'k mut Vec<u8>,
+    key: &'k mut Vec<u8>,
+    sanitize: bool,
+    reserved: Reserved<'_>,
+    container: Option<&[u8]>,
+) -> &'k [u8] {
+    let push_origin = |out: &mut Vec<u8>| {
+        for tag in reserved.extra.split(|b| *b == b',').filter(|t| !t.is_empty()) {
+            out.push(b';');
+            push_tag(out, tag);
+        }
+        if let Some(id) = container {
+            out.extend_from_slice(b";container_id=");
+            // A client's own word: nothing in it may start another tag.
+            out.extend(id.iter().map(|b| if matches!(b, b';' | b'=' | b',') { b'_' } else { *b }));
+        }
+    };
     if sanitize {
         key.clear();
         sanitize_into(raw_key, key);
+        reserved.drop_from(key);
+        // Sanitised on their own: a `;` starts them, so no run of spaces spans the join.
+        raw_key.clear();
+        push_origin(raw_key);
+        sanitize_into(raw_key, key);
         key
     } else {
+        reserved.drop_from(raw_key);
+        push_origin(raw_key);
         raw_key
     }
+}
+
+/// The tag names a line may not set itself: those the listener reserves, those of the origin
+/// tags it adds, and `container_id` when it tags client-declared container ids.
+#[derive(Clone, Copy)]
+struct Reserved<'a> {
+    /// `k,k`.
+    names: &'a [u8],
+    /// The origin tags added (`k:v,k:v`).
+    extra: &'a [u8],
+    container: bool,
+}
+
+impl Reserved<'_> {
+    /// Whether `name`, as any later stage may sanitise it (Etsy's key sanitising, which
+    /// Graphite's naming applies to unsanitised keys), is reserved.
+    fn contains(&self, name: &[u8]) -> bool {
+        let is = |reserved: &[u8]| !reserved.is_empty() && sanitizes_to(name, reserved);
+        (self.container && is(b"container_id"))
+            || self.names.split(|b| *b == b',').any(is)
+            || self.extra.split(|b| *b == b',').any(|e| is(&e[..tag_name_len(e)]))
+    }
+
+    /// Drops from `raw_key` (a name, then `;`-separated tags: from the name itself or from
+    /// the line's `#` tags) every tag of a reserved name: what the kernel says of a sender
+    /// cannot also be said, or contradicted, from the wire.
+    fn drop_from(&self, raw_key: &mut Vec<u8>) {
+        let Some(name_end) = raw_key.iter().position(|b| *b == b';') else { return };
+        // Compacted in place: each kept tag is moved down over the dropped ones.
+        let mut write = name_end;
+        let mut read = name_end;
+        while read < raw_key.len() {
+            // raw_key[read] is a `;`; the tag runs to the next one.
+            let start = read + 1;
+            let end = raw_key[start..].iter().position(|b| *b == b';').map_or(raw_key.len(), |i| start + i);
+            let tag = &raw_key[start..end];
+            if !self.contains(&tag[..tag_name_len(tag)]) {
+                raw_key.copy_within(read..end, write);
+                write += end - read;
+            }
+            read = end;
+        }
+        raw_key.truncate(write);
+    }
+}
+
+/// Whether Etsy's sanitising ([`sanitize_into`]) turns `raw` into exactly `want`, compared as
+/// it goes (no allocation: this runs for every tag of every line on the origin path).
+fn sanitizes_to(raw: &[u8], want: &[u8]) -> bool {
+    let mut want = want.iter();
+    let (mut i, mut in_space) = (0, false);
+    while i < raw.len() {
+        let space = leading_space_len(&raw[i..]);
+        let out = if space > 0 {
+            i += space;
+            if in_space {
+                continue;
+            }
+            in_space = true;
+            b'_'
+        } else {
+            in_space = false;
+            let b = raw[i];
+            i += 1;
+            match b {
+                b'/' => b'-',
+                b if is_allowed(b) => b,
+                _ => continue,
+            }
+        };
+        if want.next() != Some(&out) {
+            return false;
+        }
+    }
+    want.next().is_none()
+}
+
+/// The length of a tag's name: up to its `=` (Graphite) or `:` (DogStatsD), or all of it.
+fn tag_name_len(tag: &[u8]) -> usize {
+    tag.iter().position(|b| *b == b'=' || *b == b':').unwrap_or(tag.len())
 }
 
 /// The container id a client declared on a line (`|c:ID` or `|c:ci-ID`), if any: a `c:`
@@ -569,7 +689,11 @@ pub fn sanitize_into(raw: &[u8], out: &mut Vec<u8>) {
         } else if is_allowed(b) {
             out.push(b);
         }
-        i += if b < 0x80 { 1 } else { utf8_len(b).min(raw.len() - i) };
+        // One byte at a time: a non-ASCII byte is never kept, and stepping over a whole
+        // sequence by its lead byte would swallow the ASCII after a cut one (`\xc3;` lost
+        // its `;`, merging the next tag into the name). Etsy's JavaScript reads a cut
+        // sequence as U+FFFD and keeps what follows, as this does.
+        i += 1;
     }
 }
 
@@ -970,6 +1094,44 @@ mod tests {
         let mut c = Collect::default();
         parser.parse_packet(b"hits:1|c", &mut c);
         assert_eq!(c.metrics[0].0, "hits");
+    }
+
+    /// What the kernel says of a sender cannot be said from the wire: a line's own `uid`,
+    /// `program` or `container_id` tags (DogStatsD `#` tags, Graphite `;k=v` in the name, or
+    /// smuggled through a tag value's second `;`) are dropped, and only the kernel's remain.
+    #[test]
+    fn origin_tags_cannot_be_claimed_from_the_wire() {
+        for sanitize in [true, false] {
+            let mut parser = Parser::new(sanitize);
+            parser.reserve_tag_names(b"uid,program,container_id");
+            parser.set_extra_tags(b"uid:65534,program:web");
+            parser.set_client_containers(Some(ClientContainers::new(10, std::sync::Arc::default())));
+            let mut c = Collect::default();
+            parser.parse_packet(
+                b"billing.charge:100|c|#uid:0,program:payroll,container_id:feed,env:prod\n\
+                  billing.charge;uid=0;program=payroll;az=b:1|c\n\
+                  billing.charge:1|c|#env:a;b;uid=0\n\
+                  billing.charge:1|c|#uid,program\n\
+                  _sc|db|0|#uid:0,az:b\n\
+                  billing.charge:1|c|#pro\xffgram:payroll,ui\xc3\xa9d:0\n\
+                  billing.charge:1|c|c:real-container",
+                &mut c,
+            );
+            let keys: Vec<&str> = c.metrics.iter().map(|m| m.0.as_str()).collect();
+            assert_eq!(
+                keys,
+                [
+                    "billing.charge;env=prod;uid=65534;program=web",
+                    "billing.charge;az=b;uid=65534;program=web",
+                    "billing.charge;env=a_b;uid=65534;program=web",
+                    "billing.charge;uid=65534;program=web",
+                    "service_check;check=db;az=b;uid=65534;program=web",
+                    "billing.charge;uid=65534;program=web",
+                    "billing.charge;uid=65534;program=web;container_id=real-container",
+                ],
+                "sanitize {sanitize}"
+            );
+        }
     }
 
     #[test]

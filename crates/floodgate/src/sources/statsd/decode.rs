@@ -49,7 +49,13 @@ impl Decoder {
                 parser.set_client_containers(o.shared.client_containers());
                 None
             }
-            o => o,
+            Some(o) => {
+                // The kernel's word: a line may not set these tags itself.
+                let names: Vec<&str> = o.shared.tags.iter().map(|t| t.as_str()).collect();
+                parser.reserve_tag_names(names.join(",").as_bytes());
+                Some(o)
+            }
+            None => None,
         };
         Decoder { parser, origin, records }
     }

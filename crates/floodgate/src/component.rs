@@ -63,6 +63,8 @@ pub struct Shared {
     pub reload_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>>>,
     /// The Prometheus names of the StatsD series (`[prometheus] mapping_config`).
     pub naming: Arc<crate::naming::Naming>,
+    /// Large responses (HTTP pages, console dumps), shared and capped.
+    pub responses: Arc<crate::net::shared_response::SharedResponses>,
 }
 
 impl Shared {
@@ -80,8 +82,11 @@ impl Shared {
         metrics.add(flush.clone());
         let naming = Arc::new(crate::naming::Naming::new(&config.prometheus));
         metrics.add(naming.clone());
+        let responses = Arc::new(crate::net::shared_response::SharedResponses::default());
+        metrics.add(responses.clone());
         Shared {
             naming,
+            responses,
             aggregation: Arc::new(Aggregation::new(config.aggregation())),
             metrics,
             listeners,

@@ -3,6 +3,7 @@
 //! Neither sources nor sinks own these, so neither imports the other.
 
 pub mod datagram;
+pub mod shared_response;
 pub mod stream;
 pub mod tls;
 pub mod unix;

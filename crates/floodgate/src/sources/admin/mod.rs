@@ -50,7 +50,7 @@ pub async fn serve(
 ) {
     crate::net::stream::serve(listener, guard, counters, None, "admin", move |conn, _peer| {
         let shared = shared.clone();
-        async move { session(Stalled::new(conn, idle), &shared).await }
+        async move { session(Stalled::new(conn, idle), shared).await }
     })
     .await
 }
@@ -72,7 +72,7 @@ pub fn is_http(line: &str) -> bool {
     request_line || header
 }
 
-async fn session<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: &Shared) -> std::io::Result<()> {
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Shared>) -> std::io::Result<()> {
     let (read, mut write) = tokio::io::split(stream);
     let mut reader = BufReader::new(read);
     let mut buf = Vec::new();
@@ -101,7 +101,30 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: &Shared) 
         if cmd == "quit" {
             return Ok(());
         }
-        let reply = command(shared, cmd, &args);
+        // The dumps of the whole store are shared with other sessions that ask meanwhile: a
+        // session that never reads them holds one rendering among a few, not its own.
+        let dump = match cmd {
+            "counters" => Some("counters"),
+            "gauges" => Some("gauges"),
+            "timers" => Some("timers"),
+            _ => None,
+        };
+        if let Some(dump) = dump {
+            let (asked, shared) = (std::time::Instant::now(), shared.clone());
+            let reply = tokio::task::spawn_blocking(move || {
+                let kind = crate::net::shared_response::ResponseKind::Console(dump);
+                shared.responses.get(kind, asked, || command(&shared, dump, &[]).into_bytes())
+            })
+            .await
+            .ok()
+            .flatten();
+            match reply {
+                Some(reply) => write.write_all(&reply).await?,
+                None => write.write_all(b"ERROR: busy: too many replies are held unread; try again\n").await?,
+            }
+            continue;
+        }
+        let reply = command(&shared, cmd, &args);
         write.write_all(reply.as_bytes()).await?;
     }
 }

@@ -103,68 +103,158 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 /// `/metrics`; `/metrics?only=floodgate` leaves out the StatsD series (cheap with many series).
-/// Text, or the protobuf format when the scraper asks for it (native histograms need it).
+/// Text, or the protobuf format when the scraper asks for it (native histograms need it). The
+/// full page is rendered once for the requests that arrive while it is alive
+/// ([`SharedResponses`](crate::net::shared_response::SharedResponses)): unread responses hold
+/// a few renderings, not one each.
 async fn metrics(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> impl IntoResponse {
     use crate::metrics::protobuf;
+    use crate::net::shared_response::ResponseKind;
+    let asked = std::time::Instant::now();
     let self_only = uri.query().is_some_and(|q| q.split('&').any(|p| p == "only=floodgate"));
     let proto = headers.get_all(header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(protobuf::accepted));
+    let content_type = if proto { protobuf::CONTENT_TYPE } else { "text/plain; version=0.0.4; charset=utf-8" };
     let body = tokio::task::spawn_blocking(move || {
-        let families = shared.metrics.collect();
-        // Every line received before the scrape: the receive shards are merged in first (as
-        // the console's `counters` does). The per-interval values Graphite gets are unchanged.
-        let store = (!self_only).then(|| {
-            let mut store = shared.aggregation.store.lock();
-            shared.aggregation.merge_shards(&mut store);
-            store
-        });
-        if proto {
-            let mut out = protobuf::Protobuf::default();
-            out.add_families(&families);
-            if let Some(store) = &store {
-                shared.naming.expose(store, &mut out);
+        let render = || {
+            let families = shared.metrics.collect();
+            // Every line received before the scrape: the receive shards are merged in first (as
+            // the console's `counters` does). The per-interval values Graphite gets are unchanged.
+            let store = (!self_only).then(|| {
+                let mut store = shared.aggregation.store.lock();
+                shared.aggregation.merge_shards(&mut store);
+                store
+            });
+            if proto {
+                let mut out = protobuf::Protobuf::default();
+                out.add_families(&families);
+                if let Some(store) = &store {
+                    shared.naming.expose(store, &mut out);
+                }
+                drop(store);
+                out.encode()
+            } else {
+                let mut out = String::with_capacity(64 * 1024);
+                crate::metrics::prometheus::render(&families, &mut out);
+                if let Some(store) = &store {
+                    shared.naming.render(store, &mut out);
+                }
+                out.into_bytes()
             }
-            drop(store);
-            out.encode()
-        } else {
-            let mut out = String::with_capacity(64 * 1024);
-            crate::metrics::prometheus::render(&families, &mut out);
-            if let Some(store) = &store {
-                shared.naming.render(store, &mut out);
-            }
-            out.into_bytes()
+        };
+        if self_only {
+            // floodgate's own figures: small, rendered for each request.
+            return Some(Arc::new(render()));
         }
+        let kind = if proto { ResponseKind::MetricsProtobuf } else { ResponseKind::MetricsText };
+        shared.responses.get(kind, asked, render)
     })
     .await
-    .unwrap_or_default();
-    let content_type = if proto { protobuf::CONTENT_TYPE } else { "text/plain; version=0.0.4; charset=utf-8" };
-    ([(header::CONTENT_TYPE, content_type)], body)
+    .ok()
+    .flatten();
+    shared_body(body, content_type)
+}
+
+/// A rendering shared with other responses, as bytes for a body.
+struct SharedBytes(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// How much of a shared rendering a response hands hyper at once.
+const BODY_SLICE: usize = 64 << 10;
+
+/// A shared rendering sent in [`BODY_SLICE`] slices. hyper copies what it writes into its own
+/// buffer (a connection here has no vectored writes), so handed the page whole it would keep
+/// a copy per connection; a slice at a time, a connection holds one slice of it.
+struct SlicedBody(bytes::Bytes);
+
+impl http_body::Body for SlicedBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.0.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.0.len().min(BODY_SLICE);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.0.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.len() as u64)
+    }
+}
+
+/// A shared rendering as a response body, or 503 when too many are held unread.
+fn shared_body(body: Option<Arc<Vec<u8>>>, content_type: &'static str) -> axum::response::Response {
+    match body {
+        Some(body) => {
+            let body = axum::body::Body::new(SlicedBody(bytes::Bytes::from_owner(SharedBytes(body))));
+            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "busy: too many large responses are held by clients that do not read them; try again\n",
+        )
+            .into_response(),
+    }
 }
 
 /// `/offenders[?limit=N]`: the guard's table size and the sources that dropped most (100 by
-/// default, at most 10,000), JSON.
+/// default, at most 10,000), JSON; shared as `/metrics` is.
 async fn offenders(State(shared): State<Arc<Shared>>, uri: Uri) -> impl IntoResponse {
+    use crate::net::shared_response::ResponseKind;
+    let asked = std::time::Instant::now();
     let limit = uri
         .query()
         .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("limit=")))
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(100)
         .min(10_000);
-    let body = tokio::task::spawn_blocking(move || serde_json::to_string_pretty(&shared.guard.report(limit)))
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .unwrap_or_else(|| "{}".into());
-    ([(header::CONTENT_TYPE, "application/json")], body)
+    let body = tokio::task::spawn_blocking(move || {
+        shared.responses.get(ResponseKind::Offenders(limit), asked, || {
+            serde_json::to_vec_pretty(&shared.guard.report(limit)).unwrap_or_else(|_| b"{}".to_vec())
+        })
+    })
+    .await
+    .ok()
+    .flatten();
+    shared_body(body, "application/json")
 }
 
 async fn index() -> impl IntoResponse {
     "floodgate: /ui (live page), /metrics (Prometheus), /healthz, /offenders (JSON), /api/status (JSON)\n"
 }
 
-/// `/api/status`: what `/ui` shows, as JSON (totals since start; rates are for the client).
+/// `/api/status`: what `/ui` shows, as JSON (totals since start; rates are for the client);
+/// shared as `/metrics` is.
 async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let asked = std::time::Instant::now();
     let body = tokio::task::spawn_blocking(move || {
-        let mut v = status_counters(&shared);
+        let render = || status_json(&shared).into_bytes();
+        shared.responses.get(crate::net::shared_response::ResponseKind::Status, asked, render)
+    })
+    .await
+    .ok()
+    .flatten();
+    shared_body(body, "application/json")
+}
+
+/// `/api/status`'s JSON.
+fn status_json(shared: &Shared) -> String {
+    {
+        let mut v = status_counters(shared);
         let config = shared.config.read();
         v["version"] = env!("CARGO_PKG_VERSION").into();
         v["uptime_seconds"] = (crate::clock::unix_now() - shared.started_unix).max(0).into();
@@ -188,10 +278,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             "conntrack": config.conntrack.enabled != crate::config::Enabled::Off,
         });
         serde_json::to_string(&v).unwrap_or_else(|_| "{}".into())
-    })
-    .await
-    .unwrap_or_else(|_| "{}".into());
-    ([(header::CONTENT_TYPE, "application/json")], body)
+    }
 }
 
 /// The header `POST /-/reload` must carry. A cross-site form or `fetch` without CORS cannot

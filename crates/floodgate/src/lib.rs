@@ -13,6 +13,7 @@ pub mod aggregation;
 pub mod clock;
 pub mod component;
 pub mod config;
+pub mod files;
 pub mod flush;
 pub mod guard;
 pub mod listener;

@@ -606,14 +606,38 @@ pub fn raise_open_files_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
-/// Makes way for a socket file at `path`: a stale one (left by a killed process) is removed;
-/// any other file there is an error, never deleted.
+/// Makes way for a socket file at `path`: a stale one (left by a killed process: nothing
+/// answers on it) is removed; a live one (another daemon's, a second floodgate's) and any
+/// other file there are an error, never deleted.
 pub fn clear_stale_socket(path: &std::path::Path) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(m) if m.file_type().is_socket() => {
+            if socket_is_live(path) {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is listening on this socket (it is not stale: not removed)",
+                ));
+            }
+            std::fs::remove_file(path)
+        }
         Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "a file that is not a socket is in the way")),
         Err(_) => Ok(()),
+    }
+}
+
+/// Whether a process is bound to the socket file at `path`: a stream connection is accepted
+/// or pending, or refused as the wrong type (a datagram socket). Only "connection refused"
+/// (nothing bound: a stale file) says no; anything else that cannot be told is taken as live.
+fn socket_is_live(path: &std::path::Path) -> bool {
+    let Ok(probe) = Socket::new(Domain::UNIX, Type::STREAM, None) else { return true };
+    if probe.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let Ok(address) = socket2::SockAddr::unix(path) else { return true };
+    match probe.connect(&address) {
+        Ok(()) => true,
+        Err(e) => !matches!(e.raw_os_error(), Some(libc::ECONNREFUSED) | Some(libc::ENOENT)),
     }
 }
 
@@ -622,6 +646,24 @@ mod tests {
     use super::*;
     use std::net::UdpSocket;
     use std::os::fd::AsRawFd;
+
+    /// A socket file another process still listens on (datagram or stream) is left alone; one
+    /// nobody answers on (its process was killed) is removed.
+    #[test]
+    fn only_stale_socket_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dgram = dir.path().join("dgram.sock");
+        let live = std::os::unix::net::UnixDatagram::bind(&dgram).unwrap();
+        assert_eq!(clear_stale_socket(&dgram).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+        let stream = dir.path().join("stream.sock");
+        let listening = std::os::unix::net::UnixListener::bind(&stream).unwrap();
+        assert_eq!(clear_stale_socket(&stream).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+        assert!(dgram.exists() && stream.exists());
+        drop((live, listening));
+        clear_stale_socket(&dgram).unwrap();
+        clear_stale_socket(&stream).unwrap();
+        assert!(!dgram.exists() && !stream.exists());
+    }
 
     fn open_descriptors() -> usize {
         std::fs::read_dir("/proc/self/fd").unwrap().count()

@@ -167,3 +167,67 @@ fn origin_tags_cannot_be_forged_from_the_datagram() {
     drop(sender.stdin.take());
     let _ = sender.wait();
 }
+
+/// floodgate run by hand on `config`, expected to refuse to start: its exit code and stderr
+/// (`None` and the log so far if it is still running after 30 s: it started).
+fn run_to_exit(config: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, log) = (dir.path().join("floodgate.toml"), dir.path().join("stderr.log"));
+    std::fs::write(&path, config).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (code, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+/// Item 4: floodgate (root here) writes through no link. A link put at the spill path used to
+/// truncate its target at every start; one at the syslog output file, to append to it. Now
+/// the start fails and says why, and the file the link points at is as it was.
+#[test]
+fn a_link_where_floodgate_writes_is_refused_and_its_target_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious\n").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    for output in [
+        format!("{{ kind = \"forward\", address = \"127.0.0.1:{}\", spill = \"{}\" }}", free_port(), link.display()),
+        format!("{{ kind = \"file\", path = \"{}\" }}", link.display()),
+    ] {
+        let (code, stderr) = run_to_exit(&config_text(Ports::free(), "", &format!("[syslog]\noutput = {output}\n")));
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("is a symbolic link"), "{stderr}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
+    }
+}
+
+/// Item 11: a second floodgate (or any daemon) on a live socket file used to delete it as
+/// "stale", cutting the first off. Now it refuses to start, and the first keeps its socket.
+#[test]
+fn a_live_socket_is_not_taken_as_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("statsd.sock");
+    let first = Floodgate::start(&format!("unix = [\"{}\"]", sock.display()), "");
+    let (code, stderr) = run_to_exit(&config_text(Ports::free(), &format!("unix = [\"{}\"]", sock.display()), ""));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("another process is listening"), "{stderr}");
+    std::os::unix::net::UnixDatagram::unbound().unwrap().send_to(b"still.mine:1|c", &sock).unwrap();
+    first.wait_counter("still.mine", "1");
+}

@@ -23,15 +23,32 @@ pub fn valid_mode(mode: &str) -> bool {
 }
 
 /// Gives the socket file at `path` the configured mode, owner and group.
+///
+/// The file is first opened as itself (`O_PATH | O_NOFOLLOW`) and must be a socket; the mode
+/// and owner are then set on that inode (through `/proc/self/fd`), never on a path looked up
+/// again. In a directory someone else can write into, a link swapped in after `bind` would
+/// otherwise have made a root-run floodgate give a file of its choosing the socket's mode and
+/// owner.
 pub fn set_access(path: &Path, access: Access<'_>) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let mode = u32::from_str_radix(access.mode.trim_start_matches("0o"), 8)
         .with_context(|| format!("unix_mode `{}` is not an octal mode", access.mode))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set mode {:o}", mode))?;
     let uid = access.owner.map(|o| id_of(o, Path::new("/etc/passwd"))).transpose()?;
     let gid = access.group.map(|g| id_of(g, Path::new("/etc/group"))).transpose()?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if !file.metadata().context("cannot read what it is")?.file_type().is_socket() {
+        bail!("{} is no longer the socket floodgate bound (a link or another file was put there)", path.display());
+    }
+    let itself = format!("/proc/self/fd/{}", file.as_raw_fd());
+    std::fs::set_permissions(&itself, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set mode {:o}", mode))?;
     if uid.is_some() || gid.is_some() {
-        std::os::unix::fs::chown(path, uid, gid).context("cannot change the owner")?;
+        std::os::unix::fs::chown(&itself, uid, gid).context("cannot change the owner")?;
     }
     Ok(())
 }
@@ -57,6 +74,29 @@ fn id_of(name: &str, database: &Path) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The attack: the socket file replaced by a link to a root-owned 0600 file between `bind`
+    /// and this call. Refused, and the file keeps its mode and owner.
+    #[test]
+    fn a_link_in_place_of_the_socket_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("shadow");
+        std::fs::write(&victim, b"secret").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let sock = dir.path().join("statsd.sock");
+        let bound = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+        let access = Access { mode: "0622", owner: Some("65534"), group: Some("65534") };
+        set_access(&sock, access).unwrap();
+        assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o7777, 0o622);
+        std::fs::remove_file(&sock).unwrap();
+        std::os::unix::fs::symlink(&victim, &sock).unwrap();
+        let e = set_access(&sock, access).unwrap_err();
+        assert!(format!("{e:#}").contains("no longer the socket"), "{e:#}");
+        let m = std::fs::metadata(&victim).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o600);
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&m), 0);
+        drop(bound);
+    }
 
     #[test]
     fn names_and_numbers_resolve() {

@@ -45,7 +45,7 @@ pub struct Recovered {
 }
 
 fn open_rw(path: &Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)
+    crate::files::read_write(path)
 }
 
 /// The file-name stem for an aggregator address.
@@ -65,11 +65,11 @@ struct SessionFile {
 pub fn session(dir: &Path, agent_id: &str, aggregators: &[String], fresh: u64) -> std::io::Result<u64> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("forward-session.json");
-    let saved: Option<SessionFile> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let saved: Option<SessionFile> = crate::files::read_all(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
     if let Some(saved) = saved.filter(|s| s.agent_id == agent_id) {
         let consistent = aggregators.iter().all(|a| {
             let mut head = [0u8; 8];
-            match std::fs::File::open(dir.join(format!("{}.mark", stem(a)))) {
+            match crate::files::read(&dir.join(format!("{}.mark", stem(a)))) {
                 Ok(f) => f.read_exact_at(&mut head, 0).is_ok_and(|()| u64::from_le_bytes(head) == saved.session),
                 Err(e) => e.kind() == std::io::ErrorKind::NotFound,
             }
@@ -79,9 +79,10 @@ pub fn session(dir: &Path, agent_id: &str, aggregators: &[String], fresh: u64) -
         }
         tracing::warn!(dir = %dir.display(), "forward journals missing or from another session: starting a new session");
     }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&SessionFile { agent_id: agent_id.into(), session: fresh })?)?;
-    std::fs::rename(&tmp, &path)?;
+    crate::files::write_atomically(
+        &path,
+        &serde_json::to_vec(&SessionFile { agent_id: agent_id.into(), session: fresh })?,
+    )?;
     Ok(fresh)
 }
 
@@ -173,8 +174,8 @@ impl Journal {
             self.log.set_len(0)?;
             self.log_len = 0;
         } else if self.log_len > 2 * (waiting + waiting / 8 + 4096) {
-            let tmp = self.log_path.with_extension("log.tmp");
-            let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+            let (tmp, file) = crate::files::temporary(&self.log_path)?;
+            let mut out = std::io::BufWriter::new(file);
             let mut len = 0;
             for (seq, frame) in left {
                 out.write_all(&seq.to_le_bytes())?;
@@ -184,7 +185,7 @@ impl Journal {
             }
             let file = out.into_inner().map_err(|e| e.into_error())?;
             file.sync_data()?;
-            std::fs::rename(&tmp, &self.log_path)?;
+            crate::files::replace(&tmp, &self.log_path)?;
             self.log = file;
             self.log_len = len;
         }

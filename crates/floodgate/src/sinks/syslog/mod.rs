@@ -127,11 +127,7 @@ impl Output {
 }
 
 fn open_append(path: &std::path::Path) -> Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("cannot open syslog output {}", path.display()))
+    crate::files::append(path).with_context(|| format!("cannot open syslog output {}", path.display()))
 }
 
 /// Where the file/stdout writer writes.
@@ -308,13 +304,7 @@ impl Spill {
     fn open(path: &std::path::Path, max: u64, fsync: Fsync) -> Result<Spill> {
         use std::os::unix::fs::FileExt;
         let open = |p: &std::path::Path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(p)
-                .with_context(|| format!("cannot open syslog spill file {}", p.display()))
+            crate::files::read_write(p).with_context(|| format!("cannot open syslog spill file {}", p.display()))
         };
         let file = open(path)?;
         let pos_path = PathBuf::from(format!("{}.pos", path.display()));
@@ -417,8 +407,8 @@ impl Spill {
     /// Rewrites the file as `first` followed by what it still holds unsent (at shutdown: the
     /// memory queue is older than the file's records), so the next run sends it all in order.
     fn keep(&mut self, first: &mut VecDeque<Chunk>) -> std::io::Result<u64> {
-        let tmp = PathBuf::from(format!("{}.tmp", self.path.display()));
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let (tmp, file) = crate::files::temporary(&self.path)?;
+        let mut out = std::io::BufWriter::new(file);
         let mut messages = 0;
         for chunk in first.drain(..) {
             out.write_all(&(chunk.bytes.len() as u32).to_be_bytes())?;
@@ -434,7 +424,7 @@ impl Spill {
         }
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_data()?;
-        std::fs::rename(&tmp, &self.path)?;
+        crate::files::replace(&tmp, &self.path)?;
         self.file = file;
         self.read_at = 0;
         self.len = self.file.metadata()?.len();

@@ -155,7 +155,7 @@ impl Aggregator {
             .with_context(|| format!("cannot create aggregator state_dir {}", state_dir.display()))?;
         let state_file = state_dir.join("sessions.json");
         let mut sessions = HashMap::new();
-        match std::fs::read(&state_file) {
+        match crate::files::read_all(&state_file) {
             Ok(bytes) => {
                 let saved: StateFile = serde_json::from_slice(&bytes)
                     .with_context(|| format!("{} is not an aggregator state file", state_file.display()))?;
@@ -273,14 +273,7 @@ impl Aggregator {
 }
 
 fn write_atomically(path: &std::path::Path, state: &StateFile) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec(state).map_err(std::io::Error::other)?;
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, &bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+    crate::files::write_atomically(path, &serde_json::to_vec(state).map_err(std::io::Error::other)?)
 }
 
 /// A `Hello` must arrive within this (or `read_timeout`, if shorter).

@@ -211,15 +211,14 @@ fn follower(
     netns: Option<String>,
 ) -> anyhow::Result<(Arc<Conntrack>, Follower)> {
     let log: Option<(EventFormat, Box<dyn Write + Send>)> = if config.log_events && netns.is_none() {
-        let out: Box<dyn Write + Send> = if config.log_events_output == "stdout" {
-            Box::new(std::io::stdout())
-        } else {
-            Box::new(
-                std::fs::OpenOptions::new().create(true).append(true).open(&config.log_events_output).map_err(|e| {
+        let out: Box<dyn Write + Send> =
+            if config.log_events_output == "stdout" {
+                Box::new(std::io::stdout())
+            } else {
+                Box::new(crate::files::append(std::path::Path::new(&config.log_events_output)).map_err(|e| {
                     anyhow::anyhow!("cannot open conntrack event log {}: {e}", config.log_events_output)
-                })?,
-            )
-        };
+                })?)
+            };
         Some((config.log_events_format, out))
     } else {
         None

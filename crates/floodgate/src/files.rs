@@ -1,0 +1,111 @@
+//! Files floodgate writes, opened without following links. floodgate often runs as root, and
+//! a spool, state or socket directory may be writable by someone else: a link put where
+//! floodgate writes must not make it append to, truncate, replace or change the mode of the
+//! file the link points at. Every file it writes is opened here (`O_NOFOLLOW`); a temporary
+//! file is created new (`O_EXCL`) and renamed into place, which replaces a link rather than
+//! following it.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Options that refuse a link in the last component (`ELOOP`, told as such).
+fn no_follow() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.custom_flags(libc::O_NOFOLLOW);
+    o
+}
+
+/// What an open's error says when the path is a link.
+fn explain(path: &Path, e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{} is a symbolic link: floodgate does not write through links (a link could point anywhere)",
+                path.display()
+            ),
+        )
+    } else {
+        e
+    }
+}
+
+/// Opens `path` for appending, creating it (mode 0640) if missing.
+pub fn append(path: &Path) -> io::Result<File> {
+    no_follow().create(true).append(true).mode(0o640).open(path).map_err(|e| explain(path, e))
+}
+
+/// Opens `path` to read and write, creating it (mode 0640) if missing, never truncating.
+pub fn read_write(path: &Path) -> io::Result<File> {
+    no_follow().create(true).truncate(false).read(true).write(true).mode(0o640).open(path).map_err(|e| explain(path, e))
+}
+
+/// Opens `path` to read (not through a link).
+pub fn read(path: &Path) -> io::Result<File> {
+    no_follow().read(true).open(path).map_err(|e| explain(path, e))
+}
+
+/// The whole of the file at `path` (not through a link).
+pub fn read_all(path: &Path) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    io::Read::read_to_end(&mut read(path)?, &mut out)?;
+    Ok(out)
+}
+
+/// A new, empty file beside `path` to write a replacement into (then [`replace`]): whatever
+/// was at its name (a leftover, or a link someone put there) is removed first, and it is
+/// created new, so nothing it points at is touched.
+pub fn temporary(path: &Path) -> io::Result<(PathBuf, File)> {
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let file =
+        no_follow().create_new(true).write(true).read(true).mode(0o640).open(&tmp).map_err(|e| explain(&tmp, e))?;
+    Ok((tmp, file))
+}
+
+/// Puts the temporary file `tmp` in place of `path` (a link at `path` is replaced, not
+/// followed).
+pub fn replace(tmp: &Path, path: &Path) -> io::Result<()> {
+    std::fs::rename(tmp, path)
+}
+
+/// Writes `bytes` to `path` whole or not at all: a new temporary file, synced, renamed over.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let (tmp, mut file) = temporary(path)?;
+    io::Write::write_all(&mut file, bytes)?;
+    file.sync_all()?;
+    replace(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link where floodgate writes: appending, opening and writing atomically leave the
+    /// file it points at as it was; the atomic write replaces the link itself.
+    #[test]
+    fn links_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let link = dir.path().join("spill");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = append(&link).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(read_write(&link).is_err());
+        assert!(read(&link).is_err());
+        // A link at the temporary name too.
+        std::os::unix::fs::symlink(&victim, dir.path().join("state.tmp")).unwrap();
+        write_atomically(&dir.path().join("state"), b"new").unwrap();
+        write_atomically(&link, b"replaced").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(dir.path().join("state")).unwrap(), b"new");
+        assert!(!std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&link).unwrap(), b"replaced");
+    }
+}

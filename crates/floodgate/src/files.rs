@@ -54,6 +54,35 @@ pub fn read_all(path: &Path) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// An exclusive hold on a state directory for one role (`forward`, `aggregator`): the lock
+/// file `dir/ROLE.lock`, locked (`flock`) while the returned file is open, with the holder's
+/// pid in it. Two floodgates on one `state_dir` would share a session and lose what each
+/// other sends; the second is refused, naming the first.
+pub fn lock_dir(dir: &Path, role: &str) -> io::Result<File> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{role}.lock"));
+    let mut file = read_write(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "{} is in use by another floodgate ({}): two on one state_dir would share a session",
+                    dir.display(),
+                    if holder.is_empty() { "pid unknown".to_string() } else { format!("pid {holder}") }
+                ),
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e),
+    }
+    file.set_len(0)?;
+    io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes())?;
+    Ok(file)
+}
+
 /// A new, empty file beside `path` to write a replacement into (then [`replace`]): whatever
 /// was at its name (a leftover, or a link someone put there) is removed first, and it is
 /// created new, so nothing it points at is touched.
@@ -88,6 +117,17 @@ mod tests {
 
     /// A link where floodgate writes: appending, opening and writing atomically leave the
     /// file it points at as it was; the atomic write replaces the link itself.
+    #[test]
+    fn a_state_directory_has_one_holder_per_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_dir(dir.path(), "forward").unwrap();
+        let e = lock_dir(dir.path(), "forward").unwrap_err();
+        assert!(e.to_string().contains(&format!("pid {}", std::process::id())), "{e}");
+        let _other_role = lock_dir(dir.path(), "aggregator").unwrap();
+        drop(held);
+        lock_dir(dir.path(), "forward").unwrap();
+    }
+
     #[test]
     fn links_are_never_followed() {
         let dir = tempfile::tempdir().unwrap();

@@ -665,8 +665,14 @@ mod tests {
         assert!(!dgram.exists() && !stream.exists());
     }
 
-    fn open_descriptors() -> usize {
-        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    /// Descriptors of this process open on `path` (other tests run beside this one, so the
+    /// count is of one file's only).
+    fn open_on(path: &std::path::Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target == path)
+            .count()
     }
 
     /// Descriptors a sender attaches to datagrams (`SCM_RIGHTS`, four a datagram: as many as
@@ -678,10 +684,13 @@ mod tests {
         use std::os::unix::net::UnixDatagram;
         let (tx, rx) = UnixDatagram::pair().unwrap();
         set_int_opt(rx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 1).unwrap();
-        let spare: Vec<std::fs::File> = (0..8).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+        let marked = tempfile::NamedTempFile::new().unwrap();
+        let spare: Vec<std::fs::File> = (0..8).map(|_| std::fs::File::open(marked.path()).unwrap()).collect();
         let fds: Vec<libc::c_int> = spare.iter().map(|f| f.as_raw_fd()).collect();
         let mut batch = RecvBatch::with_credentials(16, 256);
-        let before = open_descriptors();
+        // The eight, and the temporary file's own.
+        let before = open_on(marked.path());
+        assert_eq!(before, 9);
         let mut received = 0;
         for round in 0..50 {
             for attach in [&fds[..1], &fds[..4], &fds[..8]] {
@@ -691,7 +700,7 @@ mod tests {
                 received += batch.recv(rx.as_raw_fd()).unwrap();
             }
         }
-        assert_eq!(open_descriptors(), before, "a passed descriptor was kept");
+        assert_eq!(open_on(marked.path()), before, "a passed descriptor was kept");
         assert!(batch.descriptors_closed >= 50 * 5, "closed {}", batch.descriptors_closed);
     }
 

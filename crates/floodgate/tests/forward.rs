@@ -384,3 +384,28 @@ fn the_readme_certificate_commands_work() {
         (metric(&http_get(agg.http, "/metrics").unwrap().1, "readme_example_total", &[]) == Some(1.0)).then_some(())
     });
 }
+
+/// Issue 27 item 5: two agents on one `state_dir` (the default is a relative path) used to
+/// share a session: the aggregator took one's batch N for the other's retry, and 100 of 100
+/// increments were lost, acknowledged. Now the directory is locked: the second agent refuses
+/// to start and names the first.
+#[test]
+fn two_agents_cannot_share_a_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("state_dir = \"{}\"\n", dir.path().display());
+    let port = free_port();
+    let first = Floodgate::start("", &format!("[forward]\naggregators = [\"127.0.0.1:{port}\"]\n{state}"));
+    let (code, stderr) = run_to_exit(&config_text(
+        Ports::free(),
+        "",
+        &format!("[forward]\naggregators = [\"127.0.0.1:{port}\"]\n{state}"),
+    ));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("in use by another floodgate (pid {})", first.child.id())), "{stderr}");
+    // An aggregator has its own lock in the same folder.
+    let aggregator = |port: u16| format!("[aggregator]\nlisten = \"127.0.0.1:{port}\"\n{state}");
+    let agg = Floodgate::start("", &aggregator(free_port()));
+    let (code, stderr) = run_to_exit(&config_text(Ports::free(), "", &aggregator(free_port())));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("in use by another floodgate (pid {})", agg.child.id())), "{stderr}");
+}

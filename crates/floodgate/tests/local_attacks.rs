@@ -168,35 +168,6 @@ fn origin_tags_cannot_be_forged_from_the_datagram() {
     let _ = sender.wait();
 }
 
-/// floodgate run by hand on `config`, expected to refuse to start: its exit code and stderr
-/// (`None` and the log so far if it is still running after 30 s: it started).
-fn run_to_exit(config: &str) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, log) = (dir.path().join("floodgate.toml"), dir.path().join("stderr.log"));
-    std::fs::write(&path, config).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (code, std::fs::read_to_string(&log).unwrap_or_default())
-}
-
 /// Item 4: floodgate (root here) writes through no link. A link put at the spill path used to
 /// truncate its target at every start; one at the syslog output file, to append to it. Now
 /// the start fails and says why, and the file the link points at is as it was.

@@ -361,6 +361,35 @@ impl Drop for Floodgate {
     }
 }
 
+/// floodgate run by hand on `config`, expected to refuse to start: its exit code and stderr
+/// (`None` and the log so far if it is still running after 30 s: it started).
+pub fn run_to_exit(config: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, log) = (dir.path().join("floodgate.toml"), dir.path().join("stderr.log"));
+    std::fs::write(&path, config).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (code, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
 /// Waits (30 s) until GET `http`/healthz answers 200; panics with the log at `stderr` when
 /// `child` exits first or it never does.
 pub fn wait_ready(child: &mut Child, http: impl ToSocketAddrs + Copy, stderr: &Path) {

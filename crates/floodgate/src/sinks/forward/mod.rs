@@ -464,6 +464,7 @@ pub fn build(
         use std::hash::BuildHasher;
         std::collections::hash_map::RandomState::new().hash_one(shared.epoch_wall_ns)
     };
+    let lock = crate::files::lock_dir(&f.state_dir, "forward").context("forward state_dir")?;
     let session = journal::session(&f.state_dir, &agent_id, &f.aggregators, fresh)
         .with_context(|| format!("forward state_dir {}", f.state_dir.display()))?;
     // The last batches are acknowledged after the aggregators' next flush; what is not by then
@@ -497,12 +498,14 @@ pub fn build(
     }
     tracing::info!(aggregators = ?f.aggregators, %agent_id, tls = f.tls.is_some(), "forwarding flushes to aggregators");
     wiring.flush.forward = Some((floodgate_forward::ring::Ring::new(&f.aggregators), queues));
-    Ok(Some(Box::new(Links { tasks })))
+    Ok(Some(Box::new(Links { tasks, _lock: lock })))
 }
 
 /// The running links.
 struct Links {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The state directory is this agent's while it runs.
+    _lock: std::fs::File,
 }
 
 impl super::Sink for Links {
@@ -513,9 +516,11 @@ impl super::Sink for Links {
     /// Each link empties its queue (bounded) once the flusher has dropped its sender.
     fn finish(self: Box<Self>) -> crate::component::Stopping {
         Box::pin(async move {
-            for task in self.tasks {
+            let Links { tasks, _lock } = *self;
+            for task in tasks {
                 let _ = task.await;
             }
+            drop(_lock);
         })
     }
 }

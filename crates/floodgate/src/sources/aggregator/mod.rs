@@ -108,6 +108,8 @@ pub struct Aggregator {
     /// One state-file writer at a time (the file is written outside the sessions lock).
     state_writer: Mutex<()>,
     state_file: PathBuf,
+    /// The state directory is this aggregator's while it runs.
+    _lock: std::fs::File,
     next_conn: AtomicU64,
     /// Figures.
     pub counters: AggregatorCounters,
@@ -153,6 +155,7 @@ impl Aggregator {
         use anyhow::Context;
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create aggregator state_dir {}", state_dir.display()))?;
+        let lock = crate::files::lock_dir(state_dir, "aggregator").context("aggregator state_dir")?;
         let state_file = state_dir.join("sessions.json");
         let mut sessions = HashMap::new();
         match crate::files::read_all(&state_file) {
@@ -174,6 +177,7 @@ impl Aggregator {
             merge_gate: RwLock::new(()),
             state_writer: Mutex::new(()),
             state_file,
+            _lock: lock,
             next_conn: AtomicU64::new(1),
             counters: AggregatorCounters::default(),
             limits,

@@ -202,3 +202,92 @@ fn a_live_socket_is_not_taken_as_stale() {
     std::os::unix::net::UnixDatagram::unbound().unwrap().send_to(b"still.mine:1|c", &sock).unwrap();
     first.wait_counter("still.mine", "1");
 }
+
+/// Python on a Unix datagram socket, as `user` (`None`: as the test, root): waits for a line
+/// on stdin, sends `lines` to `path`, says "sent", and lives until stdin closes.
+fn unix_sender(path: &std::path::Path, user: Option<u32>, lines: &str) -> std::process::Child {
+    let script = "import socket, sys\n\
+        sys.stdin.readline()\n\
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+        s.sendto(sys.argv[2].encode(), sys.argv[1])\n\
+        print('sent', flush=True)\n\
+        sys.stdin.read()";
+    let python = std::path::PathBuf::from("/usr/bin/python3");
+    let python = if python.exists() { python } else { require_tool("python3") };
+    let mut command = match user {
+        Some(uid) => {
+            let mut c = std::process::Command::new(require_tool("setpriv"));
+            c.args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()]).arg(python);
+            c
+        }
+        None => std::process::Command::new(python),
+    };
+    command
+        .args(["-c", script, path.to_str().unwrap(), lines])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Tells a [`unix_sender`] to send, and waits until it has.
+fn go(child: &mut std::process::Child) {
+    use std::io::Write;
+    writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "sent");
+}
+
+/// Item 6: a pid reused. floodgate remembered what a pid's process was (its program, its
+/// container) for good; an unprivileged process that got a dead sender's pid (31k forks, 6 s)
+/// was tagged with the dead one's container. Here the pid is handed over at once (the kernel's
+/// `ns_last_pid`, as root): a root sender in a container sends and exits, `nobody` takes its
+/// pid and sends. It is tagged as itself: its uid, no container.
+#[test]
+fn a_reused_pid_does_not_inherit_the_dead_processes_origin() {
+    use std::os::unix::fs::PermissionsExt;
+    let carbon = Capture::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("statsd.sock");
+    let _fg = Floodgate::start(
+        &format!(
+            "flush_interval = \"500ms\"\nunix = [\"{}\"]\norigin_tags = [\"uid\", \"container_id\"]",
+            sock.display()
+        ),
+        &format!("[graphite]\naddress = \"127.0.0.1:{}\"\n", carbon.port),
+    );
+    let container = cgroup::ContainerCgroup::create();
+    let mut victim = unix_sender(&sock, None, "reuse.hits:1|c");
+    container.enter(victim.id());
+    go(&mut victim);
+    let pid = victim.id();
+    carbon.wait_seen(WAIT, &[(format!("stats_counts.reuse.hits;uid=0;container_id={}", container.id), "1".into())]);
+    drop(victim.stdin.take());
+    victim.wait().unwrap();
+    // The next pid the kernel gives is the victim's (other processes fork too: try again).
+    let mut attacker = None;
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let child = unix_sender(&sock, Some(65534), "reuse.hits:1|c");
+        if child.id() == pid {
+            attacker = Some(child);
+            break;
+        }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut attacker = attacker.expect("the victim's pid handed to the attacker");
+    go(&mut attacker);
+    let payload = carbon.wait_for(WAIT, |p| String::from_utf8_lossy(p).contains("reuse.hits;uid=65534"));
+    let text = String::from_utf8_lossy(&payload);
+    assert!(has(&payload, "stats_counts.reuse.hits;uid=65534", "1"), "{text}");
+    assert!(
+        !text.contains(&format!("uid=65534;container_id={}", container.id)),
+        "the dead process's container:\n{text}"
+    );
+    drop(attacker.stdin.take());
+    let _ = attacker.wait();
+}

@@ -147,17 +147,32 @@ pub fn container_id_in(cgroup: &str) -> Option<String> {
     found
 }
 
-/// What the kernel's pid of a Unix socket sender tells about it, read once per pid.
+/// When process `pid` started (`/proc/PID/stat`'s 22nd field, clock ticks since boot): with
+/// the pid, it names one process, where a pid alone is reused once its process has exited.
+/// `None` once it has exited.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The program name (field 2) may hold spaces and `)`: the fields after it start after
+    // the last `)`, with field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// What the kernel's pid of a Unix socket sender tells about it, read once per process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerInfo {
     /// Its program name (`/proc/PID/comm`).
     pub program: String,
     /// Its container's id, if it runs in one.
     pub container_id: Option<String>,
+    /// When the process started ([`start_time`]): the pid's facts hold for this process only.
+    started: Option<u64>,
 }
 
 /// [`PeerInfo`] by pid, for one receive thread. Bounded: cleared when full, so a sender that
-/// forks without end cannot grow it.
+/// forks without end cannot grow it. An entry is checked against the process's start time
+/// each time it is asked for (once per change of sender): a process that took a dead one's
+/// pid gets its own facts, not the dead one's.
 #[derive(Debug, Default)]
 pub struct Peers {
     by_pid: std::collections::HashMap<i32, PeerInfo>,
@@ -173,10 +188,18 @@ impl Peers {
         if self.by_pid.len() >= Self::MAX && !self.by_pid.contains_key(&pid) {
             self.by_pid.clear();
         }
-        self.by_pid.entry(pid).or_insert_with(|| PeerInfo {
+        let started = start_time(pid);
+        let read = || PeerInfo {
             program: program_name(pid),
             container_id: if container { container_id(pid) } else { None },
-        })
+            started,
+        };
+        let entry = self.by_pid.entry(pid).or_insert_with(read);
+        if entry.started != started || started.is_none() {
+            // Another process under the same pid (or none now): read again, never reuse.
+            *entry = read();
+        }
+        entry
     }
 }
 

@@ -279,6 +279,38 @@ fn reload_over_http_needs_a_request_a_web_page_cannot_send() {
     assert_eq!(code, 200, "{text}");
 }
 
+/// An HTTP request with the given `Host` and extra header lines: its status.
+fn request_with_host(port: u16, method: &str, path: &str, host: &str, headers: &[&str]) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{extra}Content-Length: 0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response);
+    response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Issue 27 item 15: DNS rebinding. A page whose name is pointed at this host is the same
+/// origin to the browser: it could read every page and send the reload header. Browser
+/// requests (`Sec-Fetch-Site`, `Origin`) and every reload must name this host in `Host`; a
+/// scraper or curl by any name is served as before.
+#[test]
+fn a_page_rebound_to_this_host_can_neither_read_nor_reload() {
+    let fg = Floodgate::start("", "[http]\nreload = true\nhosts = [\"metrics.example.com\"]\n");
+    let browser = ["Sec-Fetch-Site: same-origin", "Sec-Fetch-Mode: cors"];
+    assert_eq!(request_with_host(fg.http, "GET", "/metrics", "evil.example:9318", &browser), 421);
+    assert_eq!(request_with_host(fg.http, "GET", "/api/status", "evil.example", &["Origin: http://evil.example"]), 421);
+    let reload = ["X-Floodgate-Reload: 1", "Origin: http://evil.example:9318"];
+    assert_eq!(request_with_host(fg.http, "POST", "/-/reload", "evil.example:9318", &reload), 421);
+    assert_eq!(request_with_host(fg.http, "POST", "/-/reload", "evil.example:9318", &reload[..1]), 421);
+    // By address, localhost or a configured name, and from a scraper by any name: served.
+    assert_eq!(request_with_host(fg.http, "GET", "/metrics", "127.0.0.1:9318", &browser), 200);
+    assert_eq!(request_with_host(fg.http, "GET", "/ui", "localhost:9318", &browser), 200);
+    assert_eq!(request_with_host(fg.http, "GET", "/metrics", "metrics.example.com", &browser), 200);
+    assert_eq!(request_with_host(fg.http, "GET", "/metrics", "web-1.internal:9318", &[]), 200);
+    assert_eq!(request_with_host(fg.http, "POST", "/-/reload", "127.0.0.1", &reload[..1]), 200);
+}
+
 /// Secrets never leave the process: `floodgate check` (whose output the systemd unit sends to
 /// the journal), the console's `config` and `/api/status` show `<redacted>` instead.
 #[test]

@@ -23,6 +23,10 @@ pub struct HttpConfig {
     /// it; a response nobody reads is abandoned after it.
     #[serde(with = "duration")]
     pub header_timeout: Duration,
+    /// Host names a browser may reach these pages by, besides IP addresses, `localhost` and
+    /// this host's own name (`Host` is checked on browser requests and on `POST /-/reload`,
+    /// so a page that rebinds its DNS name to this host cannot read or drive it).
+    pub hosts: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -32,6 +36,7 @@ impl Default for HttpConfig {
             reload: false,
             max_connections: 256,
             header_timeout: Duration::from_secs(10),
+            hosts: Vec::new(),
         }
     }
 }

@@ -89,7 +89,57 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/ui", get(ui))
         .route("/-/reload", axum::routing::post(reload))
         .route("/", get(index))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), host_check))
         .with_state(shared)
+}
+
+/// The DNS-rebinding guard. A web page whose name an attacker points at this host's address
+/// is "same origin" to the browser: it could read every page and send `POST /-/reload` with
+/// any header. Its requests carry that name in `Host`, so a browser's request (one with
+/// `Origin` or `Sec-Fetch-Site`, which browsers send and scrapers and `curl` do not) and every
+/// reload must name this host: an IP address, `localhost`, this host's name, or one of
+/// `[http] hosts`. Others get 421.
+async fn host_check(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let headers = request.headers();
+    let from_browser = headers.contains_key(header::ORIGIN) || headers.contains_key("sec-fetch-site");
+    let is_reload = request.uri().path() == "/-/reload";
+    if from_browser || is_reload {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let allowed = shared.config.read().http.hosts.clone();
+        if !host_allowed(host, &allowed) {
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "Host `{host}` is not a name of this host (a page's DNS name rebound here?); \
+                     reach it by IP address or localhost, or add the name to [http] hosts\n"
+                ),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether `Host` (`name[:port]`) names this host: an IP address, `localhost`, this host's
+/// name, or one of `allowed`.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(n, port)| if port.bytes().all(|b| b.is_ascii_digit()) { n } else { host }),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    !name.is_empty()
+        && (name.parse::<std::net::IpAddr>().is_ok()
+            || name == "localhost"
+            || name == crate::component::host_name().to_ascii_lowercase()
+            || allowed.iter().any(|a| a.trim_end_matches('.').eq_ignore_ascii_case(&name)))
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -327,4 +377,22 @@ fn status_counters(shared: &Shared) -> serde_json::Value {
         v.entry(list).or_insert_with(|| serde_json::Value::Array(Vec::new()));
     }
     serde_json::Value::Object(v)
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_names_of_this_host_are_allowed() {
+        let allowed = vec!["metrics.example.com".to_string()];
+        for ok in
+            ["127.0.0.1:9318", "[::1]:9318", "10.0.0.5", "localhost:9318", "LOCALHOST", "metrics.example.com:9318"]
+        {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for refused in ["evil.example:9318", "", "127.0.0.1.evil.example", "localhost.evil.example:9318"] {
+            assert!(!host_allowed(refused, &allowed), "{refused}");
+        }
+    }
 }

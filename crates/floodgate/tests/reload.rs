@@ -144,3 +144,23 @@ fn sighup_applies_a_renewed_statsd_tls_certificate() {
     assert_eq!(fg.stderr().matches("config reloaded").count(), 1);
     assert!(ok(&new), "the running certificate stays");
 }
+
+/// Issue 27 item 13: SIGHUP applies `unix_mode`, `unix_owner` and `unix_group` to the socket
+/// files of listeners that stay (it used to leave them as they were until a restart: an
+/// operator closing a socket to other users was not obeyed).
+#[test]
+fn sighup_applies_a_unix_sockets_mode_and_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (statsd, syslog) = (dir.path().join("statsd.sock"), dir.path().join("log.sock"));
+    let sections = |extra: &str| format!("[syslog]\nunix = [\"{}\"]\n{extra}", syslog.display());
+    let statsd_extra = |extra: &str| format!("unix = [\"{}\"]\n{extra}", statsd.display());
+    let fg = Floodgate::start(&statsd_extra(""), &sections(""));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!((mode(&statsd), mode(&syslog)), (0o622, 0o622));
+    let closed = "unix_mode = \"0620\"\nunix_group = \"65534\"\n";
+    fg.reload(&statsd_extra(closed), &sections(closed));
+    wait_for("the new modes", WAIT, || (mode(&statsd) == 0o620 && mode(&syslog) == 0o620).then_some(()));
+    assert_eq!(std::fs::metadata(&statsd).unwrap().gid(), 65534);
+    assert_eq!(std::fs::metadata(&syslog).unwrap().gid(), 65534);
+}

@@ -129,6 +129,18 @@ fn remove_socket_file(address: &Address) {
     }
 }
 
+/// SIGHUP: gives the socket files of `specs` (Unix listeners, kept or new) the access in
+/// force, so a changed `unix_mode`, `unix_owner` or `unix_group` applies without a restart.
+pub fn reapply_access(specs: &[Spec], access: crate::net::unix::Access<'_>) {
+    for (kind, address) in specs {
+        if let Address::Path(path) = address {
+            if let Err(e) = crate::net::unix::set_access(path, access) {
+                tracing::error!(listener = kind.as_str(), path = %path.display(), error = %format!("{e:#}"), "SIGHUP: cannot set the socket's mode and owner");
+            }
+        }
+    }
+}
+
 /// How a datagram listener is sized.
 #[derive(Debug, Clone, Copy)]
 pub struct DatagramSizes {

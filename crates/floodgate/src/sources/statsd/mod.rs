@@ -213,8 +213,10 @@ impl Source for StatsdSource {
             }
         }
         let mut listeners = std::mem::take(&mut self.listeners);
-        listeners.reconcile(&wanted(&config.statsd), |spec| self.start(spec), |_| {});
+        let specs = wanted(&config.statsd);
+        listeners.reconcile(&specs, |spec| self.start(spec), |_| {});
         self.listeners = listeners;
+        crate::sources::running::reapply_access(&specs, access(&config.statsd));
     }
 
     fn stop(self: Box<Self>) -> Stopping {

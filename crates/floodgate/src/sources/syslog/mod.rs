@@ -328,7 +328,9 @@ impl Source for SyslogSource {
         }
         let mut listeners = std::mem::take(&mut self.listeners);
         let mut removed = Vec::new();
-        listeners.reconcile(&wanted(y), |spec| self.start(spec, y), |(_, address)| removed.push(address.clone()));
+        let specs = wanted(y);
+        listeners.reconcile(&specs, |spec| self.start(spec, y), |(_, address)| removed.push(address.clone()));
+        crate::sources::running::reapply_access(&specs, access(y));
         for address in removed {
             if let Address::Inet(a) = address {
                 self.tls.remove(&a);

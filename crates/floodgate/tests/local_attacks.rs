@@ -291,3 +291,72 @@ fn a_reused_pid_does_not_inherit_the_dead_processes_origin() {
     drop(attacker.stdin.take());
     let _ = attacker.wait();
 }
+
+/// Item 10: one user filled `origin_max` for good (every program that came later was tagged
+/// `other`). Now one user holds at most a quarter of it: `nobody` renames itself 20 times and
+/// gets one origin of `origin_max = 4`, the rest `other`; root's program afterwards is still
+/// tagged as itself.
+#[test]
+fn one_user_cannot_take_the_origin_bound_from_the_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let carbon = Capture::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("statsd.sock");
+    let fg = Floodgate::start(
+        &format!(
+            "flush_interval = \"500ms\"\nunix = [\"{}\"]\norigin_tags = [\"uid\", \"program\"]\norigin_max = 4",
+            sock.display()
+        ),
+        &format!("[graphite]\naddress = \"127.0.0.1:{}\"\n", carbon.port),
+    );
+    // Twenty processes as nobody, each under a name of its own (prctl, as any program may),
+    // alive until floodgate has read who they are.
+    let script = "import ctypes, socket, sys\n\
+        ctypes.CDLL(None).prctl(15, sys.argv[2].encode(), 0, 0, 0)\n\
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+        s.sendto(b'flood.hits:1|c', sys.argv[1])\n\
+        print('sent', flush=True)\n\
+        sys.stdin.read()";
+    let mut flood: Vec<std::process::Child> = (0..20)
+        .map(|i| {
+            std::process::Command::new(require_tool("setpriv"))
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script])
+                .arg(&sock)
+                .arg(format!("evil{i}"))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in &mut flood {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+        assert_eq!(line.trim(), "sent");
+    }
+    // One of them has its own origin (whichever floodgate read first), the others `other`
+    // (read from /metrics, whose counters hold every line however the flushes fell).
+    let text = wait_until("20 lines counted", WAIT, || {
+        let (_, m) = http_get(fg.http, "/metrics").unwrap();
+        let other = metric(&m, "flood_hits_total", &["uid=\"other\"", "program=\"other\""]);
+        if other == Some(19.0) {
+            Ok(m)
+        } else {
+            Err(format!("other: {other:?}"))
+        }
+    });
+    let own: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("flood_hits_total{uid=\"65534\",program=\"evil")).collect();
+    assert_eq!(own.len(), 1, "{own:?}");
+    assert!(own[0].ends_with(" 1"), "{own:?}");
+    for mut child in flood {
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
+    let mut root = unix_sender(&sock, None, "web.hits:1|c");
+    go(&mut root);
+    carbon.wait_seen(WAIT, &[("stats_counts.web.hits;uid=0;program=python3".to_string(), "1".to_string())]);
+    drop(root.stdin.take());
+    let _ = root.wait();
+}

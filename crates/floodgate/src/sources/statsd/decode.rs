@@ -252,7 +252,7 @@ fn tags(b: &[u8]) -> Value {
 pub struct OriginTags {
     tags: Arc<[OriginTag]>,
     max: usize,
-    seen: Arc<parking_lot::Mutex<HashSet<Vec<u8>>>>,
+    seen: Arc<parking_lot::Mutex<OriginBound>>,
     /// Client-declared container ids tagged so far (UDP, TCP, TLS listeners).
     containers: Arc<std::sync::Mutex<HashSet<Vec<u8>>>>,
 }
@@ -264,7 +264,7 @@ impl OriginTags {
         (!tags.is_empty()).then(|| OriginTags {
             tags: tags.into(),
             max,
-            seen: Arc::default(),
+            seen: Arc::new(parking_lot::Mutex::new(OriginBound::new(max))),
             containers: Arc::default(),
         })
     }
@@ -284,6 +284,62 @@ impl OriginTags {
             is_other: false,
             counters,
         })
+    }
+}
+
+/// The distinct origins a listener tags, bounded three ways so that no one user can take the
+/// bound from the others: at most `max` in all; at most a quarter of it (at least one) per
+/// user; and an origin not seen for [`OriginBound::IDLE`] is forgotten, making room again.
+pub struct OriginBound {
+    max: usize,
+    /// Each origin's user and when it was last seen.
+    by_origin: std::collections::HashMap<Vec<u8>, (u32, std::time::Instant)>,
+    /// Origins held per user.
+    per_uid: std::collections::HashMap<u32, usize>,
+    /// The last time idle origins were looked for (at most once a second).
+    swept: Option<std::time::Instant>,
+}
+
+impl OriginBound {
+    /// An origin not seen this long is forgotten.
+    pub const IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+
+    fn new(max: usize) -> OriginBound {
+        OriginBound { max, by_origin: Default::default(), per_uid: Default::default(), swept: None }
+    }
+
+    /// Most origins one user may hold.
+    fn per_user(&self) -> usize {
+        (self.max / 4).max(1)
+    }
+
+    /// Whether `origin` (sent by `uid`, at `now`) is tagged as itself (else `other`).
+    pub fn admit(&mut self, origin: &[u8], uid: u32, now: std::time::Instant) -> bool {
+        if let Some((_, seen)) = self.by_origin.get_mut(origin) {
+            *seen = now;
+            return true;
+        }
+        let full = |b: &Self| b.by_origin.len() >= b.max || b.per_uid.get(&uid).copied().unwrap_or(0) >= b.per_user();
+        if full(self) && self.swept.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1)) {
+            self.swept = Some(now);
+            let per_uid = &mut self.per_uid;
+            self.by_origin.retain(|_, (owner, seen)| {
+                let keep = now.duration_since(*seen) < Self::IDLE;
+                if !keep {
+                    if let Some(n) = per_uid.get_mut(owner) {
+                        *n -= 1;
+                    }
+                }
+                keep
+            });
+            per_uid.retain(|_, n| *n > 0);
+        }
+        if full(self) {
+            return false;
+        }
+        self.by_origin.insert(origin.to_vec(), (uid, now));
+        *self.per_uid.entry(uid).or_default() += 1;
+        true
     }
 }
 
@@ -325,19 +381,40 @@ impl Origin {
             // A program may name itself anything: nothing in it may end the tag or the line.
             out.extend(value.bytes().map(|b| if b.is_ascii_graphic() && !b",|#:;=".contains(&b) { b } else { b'_' }));
         }
-        self.is_other = false;
-        let mut seen = self.shared.seen.lock();
-        if !seen.contains(&out) {
-            if seen.len() >= self.shared.max {
-                self.is_other = true;
-                let other: Vec<String> = tags.iter().map(|t| format!("{}:other", t.as_str())).collect();
-                out = other.join(",").into_bytes();
-            } else {
-                seen.insert(out.clone());
-            }
+        let admitted = self.shared.seen.lock().admit(&out, peer.uid, std::time::Instant::now());
+        self.is_other = !admitted;
+        if !admitted {
+            let other: Vec<String> = tags.iter().map(|t| format!("{}:other", t.as_str())).collect();
+            out = other.join(",").into_bytes();
         }
-        drop(seen);
         self.rendered = out;
         &self.rendered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OriginBound;
+    use std::time::{Duration, Instant};
+
+    /// One user cannot take the bound from the others: it gets a quarter; what goes idle is
+    /// forgotten and makes room.
+    #[test]
+    fn one_user_cannot_fill_the_origin_bound() {
+        let mut bound = OriginBound::new(8);
+        let t = Instant::now();
+        let admitted = (0..100).filter(|i| bound.admit(format!("program:evil{i}").as_bytes(), 65534, t)).count();
+        assert_eq!(admitted, 2, "a quarter of 8");
+        assert!(bound.admit(b"program:evil0", 65534, t), "an origin it holds stays");
+        for uid in 0..6 {
+            assert!(bound.admit(format!("program:web{uid}").as_bytes(), uid, t), "user {uid}");
+        }
+        assert!(!bound.admit(b"program:late", 7, t), "8 held in all");
+        // Idle long enough, the flood's origins are forgotten.
+        let later = t + OriginBound::IDLE + Duration::from_secs(1);
+        for uid in 0..6 {
+            bound.admit(format!("program:web{uid}").as_bytes(), uid, later - Duration::from_secs(5));
+        }
+        assert!(bound.admit(b"program:late", 7, later));
     }
 }

@@ -65,6 +65,8 @@ pub struct Shared {
     pub naming: Arc<crate::naming::Naming>,
     /// Large responses (HTTP pages, console dumps), shared and capped.
     pub responses: Arc<crate::net::shared_response::SharedResponses>,
+    /// The shutdown has begun (SIGTERM): what waits on something failing gives up in time.
+    pub stopping: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -87,6 +89,7 @@ impl Shared {
         Shared {
             naming,
             responses,
+            stopping: Arc::default(),
             aggregation: Arc::new(Aggregation::new(config.aggregation())),
             metrics,
             listeners,

@@ -172,6 +172,9 @@ pub struct Counters {
     /// Descriptors senders attached to datagrams on a Unix socket (`SCM_RIGHTS`), closed
     /// unread (where the kernel cannot refuse them itself).
     pub passed_descriptors: AtomicU64,
+    /// Records (DogStatsD events, service checks) dropped because the record output had no
+    /// room (a full disk, a stalled destination).
+    pub records_dropped: AtomicU64,
 }
 
 impl Counters {
@@ -346,6 +349,9 @@ impl Report for Listeners {
             }
             if kind.transport == Transport::Unix {
                 out.add(PASSED_DESCRIPTORS, &labels, c.passed_descriptors.load(Relaxed));
+            }
+            if kind.protocol == Protocol::Statsd {
+                l.dropped(out, "output_full", c.records_dropped.load(Relaxed));
             }
             if kind.is_tls() {
                 out.add(HANDSHAKES, &labels, c.tls_handshakes.load(Relaxed));

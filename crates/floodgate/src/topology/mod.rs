@@ -110,6 +110,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     tracing::info!("stopping: no new input, flushing what is held");
     notify_service_manager(&[sd_notify::NotifyState::Stopping]);
     shared.ready.store(false, Ordering::SeqCst);
+    shared.stopping.store(true, Ordering::SeqCst);
     let Components { sources, sinks } = components;
     // Every source at once: each reads what its senders already sent, bounded in time.
     let stopping: Vec<_> = sources.into_iter().map(|s| tokio::spawn(s.stop())).collect();

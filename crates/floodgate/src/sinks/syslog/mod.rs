@@ -74,8 +74,9 @@ enum OutputTask {
 
 impl Output {
     /// Opens the destination (a file must be writable now) and starts the writer. `drain` is
-    /// how long a forward output keeps trying at shutdown.
-    pub fn start(config: &SyslogOutput, raw: bool, drain: Duration) -> Result<Output> {
+    /// how long a forward output keeps trying at shutdown; `stopping` turns true when the
+    /// shutdown begins (a file writer then stops retrying a failing disk for long).
+    pub fn start(config: &SyslogOutput, raw: bool, drain: Duration, stopping: Arc<AtomicBool>) -> Result<Output> {
         let (sender, rx) = mpsc::channel(CHANNEL);
         let counters = Arc::new(OutputCounters::default());
         let reopen = Arc::new(AtomicBool::new(false));
@@ -84,17 +85,18 @@ impl Output {
                 let file = open_append(path)?;
                 let (c, r, path2, fsync) = (counters.clone(), reopen.clone(), path.clone(), *fsync);
                 let handle = tokio::runtime::Handle::current();
+                let stop = stopping.clone();
                 let thread = std::thread::Builder::new()
                     .name("syslog-out".into())
-                    .spawn(move || write_lines(rx, Out::File(file), Some((path2, r)), fsync, &c, &handle))?;
+                    .spawn(move || write_lines(rx, Out::File(file), Some((path2, r)), fsync, &c, &stop, &handle))?;
                 (OutputTask::Thread(thread), Encoding::Json { raw }, format!("file {}", path.display()))
             }
             SyslogOutput::Stdout => {
                 let c = counters.clone();
                 let handle = tokio::runtime::Handle::current();
-                let thread = std::thread::Builder::new()
-                    .name("syslog-out".into())
-                    .spawn(move || write_lines(rx, Out::Stdout(std::io::stdout()), None, Fsync::Never, &c, &handle))?;
+                let thread = std::thread::Builder::new().name("syslog-out".into()).spawn(move || {
+                    write_lines(rx, Out::Stdout(std::io::stdout()), None, Fsync::Never, &c, &stopping, &handle)
+                })?;
                 (OutputTask::Thread(thread), Encoding::Json { raw }, "stdout".to_string())
             }
             SyslogOutput::Forward(f) => {
@@ -153,14 +155,41 @@ impl Write for Out {
 }
 
 /// Flushes, then syncs a file to disk (retrying, as writes do).
-fn sync(out: &mut std::io::BufWriter<Out>, counters: &OutputCounters) {
-    flush_retrying(out, counters);
+fn sync(out: &mut std::io::BufWriter<Out>, retry: &mut Retry<'_>) {
+    flush_retrying(out, retry);
     if let Out::File(f) = out.get_ref() {
         while let Err(e) = f.sync_data() {
-            counters.errors.fetch_add(1, Relaxed);
-            tracing::error!(error = %e, "syslog output fsync failed; retrying in 1s");
-            std::thread::sleep(Duration::from_secs(1));
+            if !retry.again("fsync", &e) {
+                return;
+            }
         }
+    }
+}
+
+/// How the file writer retries a write that fails (a full disk): every second for as long as
+/// it takes, so nothing accepted is lost while floodgate runs; once it is stopping, three
+/// more tries in all, then what cannot be written is dropped and counted, so a full disk
+/// cannot hold the shutdown past its budget (the receive threads waiting on this output, and
+/// the final flush after them).
+struct Retry<'a> {
+    counters: &'a OutputCounters,
+    stopping: &'a AtomicBool,
+    tries_left: u32,
+}
+
+impl Retry<'_> {
+    /// After a failed `what`: waits to try again (true), or gives up (false).
+    fn again(&mut self, what: &str, e: &std::io::Error) -> bool {
+        self.counters.errors.fetch_add(1, Relaxed);
+        if self.stopping.load(Relaxed) {
+            if self.tries_left == 0 {
+                return false;
+            }
+            self.tries_left -= 1;
+        }
+        tracing::error!(error = %e, "syslog output {what} failed; retrying in 1s");
+        std::thread::sleep(Duration::from_secs(1));
+        true
     }
 }
 
@@ -172,8 +201,10 @@ fn write_lines(
     reopen: Option<(PathBuf, Arc<AtomicBool>)>,
     fsync: Fsync,
     counters: &OutputCounters,
+    stopping: &AtomicBool,
     runtime: &tokio::runtime::Handle,
 ) {
+    let mut retry = Retry { counters, stopping, tries_left: 3 };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
     // Written but not yet synced since (with an interval policy).
     let mut unsynced_since: Option<Instant> = None;
@@ -185,7 +216,7 @@ fn write_lines(
                     Ok(Some(c)) => c,
                     Ok(None) => break,
                     Err(_) => {
-                        sync(&mut out, counters);
+                        sync(&mut out, &mut retry);
                         unsynced_since = None;
                         continue;
                     }
@@ -199,9 +230,9 @@ fn write_lines(
         if let Some((path, flag)) = &reopen {
             if flag.swap(false, Relaxed) {
                 if fsync == Fsync::Never {
-                    flush_retrying(&mut out, counters);
+                    flush_retrying(&mut out, &mut retry);
                 } else {
-                    sync(&mut out, counters);
+                    sync(&mut out, &mut retry);
                 }
                 match open_append(path) {
                     Ok(f) => {
@@ -214,51 +245,57 @@ fn write_lines(
         }
         let mut chunk = Some(first);
         while let Some(c) = chunk.take().or_else(|| rx.try_recv().ok()) {
-            write_retrying(&mut out, &c.bytes, counters);
-            counters.written_messages.fetch_add(c.messages, Relaxed);
-            counters.written_bytes.fetch_add(c.bytes.len() as u64, Relaxed);
+            if write_retrying(&mut out, &c.bytes, &mut retry) {
+                counters.written_messages.fetch_add(c.messages, Relaxed);
+                counters.written_bytes.fetch_add(c.bytes.len() as u64, Relaxed);
+            } else {
+                counters.dropped_messages.fetch_add(c.messages, Relaxed);
+                tracing::error!(messages = c.messages, "stopping: syslog output still failing; records dropped");
+            }
         }
         match fsync {
-            Fsync::Never => flush_retrying(&mut out, counters),
-            Fsync::Always => sync(&mut out, counters),
+            Fsync::Never => flush_retrying(&mut out, &mut retry),
+            Fsync::Always => sync(&mut out, &mut retry),
             Fsync::Interval(every) => {
-                flush_retrying(&mut out, counters);
+                flush_retrying(&mut out, &mut retry);
                 let since = *unsynced_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= every {
-                    sync(&mut out, counters);
+                    sync(&mut out, &mut retry);
                     unsynced_since = None;
                 }
             }
         }
     }
     if fsync == Fsync::Never {
-        flush_retrying(&mut out, counters);
+        flush_retrying(&mut out, &mut retry);
     } else {
-        sync(&mut out, counters);
+        sync(&mut out, &mut retry);
     }
 }
 
-/// A full disk must not lose records: retry (and count, and say so) until the write goes.
-fn write_retrying(out: &mut impl Write, bytes: &[u8], counters: &OutputCounters) {
+/// A full disk must not lose records: retry (and count, and say so) until the write goes, or
+/// (stopping) [`Retry`] gives up: false.
+fn write_retrying(out: &mut impl Write, bytes: &[u8], retry: &mut Retry<'_>) -> bool {
     let mut written = 0;
     while written < bytes.len() {
         match out.write(&bytes[written..]) {
             Ok(n) => written += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
-                counters.errors.fetch_add(1, Relaxed);
-                tracing::error!(error = %e, "syslog output write failed; retrying in 1s");
-                std::thread::sleep(Duration::from_secs(1));
+                if !retry.again("write", &e) {
+                    return false;
+                }
             }
         }
     }
+    true
 }
 
-fn flush_retrying(out: &mut impl Write, counters: &OutputCounters) {
+fn flush_retrying(out: &mut impl Write, retry: &mut Retry<'_>) {
     while let Err(e) = out.flush() {
-        counters.errors.fetch_add(1, Relaxed);
-        tracing::error!(error = %e, "syslog output flush failed; retrying in 1s");
-        std::thread::sleep(Duration::from_secs(1));
+        if !retry.again("flush", &e) {
+            return;
+        }
     }
 }
 
@@ -807,7 +844,8 @@ pub fn build(
     if !y.has_listeners() && !config.statsd.has_listeners() {
         return Ok(None);
     }
-    let output = Output::start(&y.output, y.raw, Duration::from_secs(10)).context("[syslog] output")?;
+    let output =
+        Output::start(&y.output, y.raw, Duration::from_secs(10), shared.stopping.clone()).context("[syslog] output")?;
     tracing::info!(output = %output.describe, "syslog output");
     let kind = output.describe.split(' ').next().unwrap_or_default().to_string();
     shared.metrics.add(Arc::new(OutputReport { kind, counters: output.counters.clone() }));

@@ -100,18 +100,21 @@ impl Decoder {
         (r.chunk.messages > 0).then(|| (r.output.clone(), std::mem::take(&mut r.chunk)))
     }
 
-    /// Hands the batch's records to the output, waiting for room (receive threads).
-    pub fn send_records_blocking(&mut self) {
+    /// Hands the batch's records to the output if it has room, and counts them in
+    /// `counters` as dropped (`output_full`) if not. Never waits: events and service checks
+    /// are incidental to a StatsD listener, and an output stuck on a full disk must not stop
+    /// it reading metrics.
+    pub fn send_records(&mut self, counters: &Counters) {
         if let Some((output, chunk)) = self.take_records() {
-            // The output has ended only at shutdown, after the listeners: nothing to tell.
-            let _ = output.blocking_send(chunk);
-        }
-    }
-
-    /// Hands the batch's records to the output, waiting for room (connections).
-    pub async fn send_records(&mut self) {
-        if let Some((output, chunk)) = self.take_records() {
-            let _ = output.send(chunk).await;
+            let messages = chunk.messages;
+            match output.try_send(chunk) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    counters.records_dropped.fetch_add(messages, Relaxed);
+                }
+                // The output has ended only at shutdown, after the listeners: nothing to tell.
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+            }
         }
     }
 }

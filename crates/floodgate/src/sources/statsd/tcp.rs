@@ -124,7 +124,7 @@ async fn read_lines<S: AsyncRead + Unpin>(
             // A last line without its newline is still a line.
             if filled > 0 && !skipping {
                 consume(&mut decoder, &buf[..filled], opts);
-                decoder.send_records().await;
+                decoder.send_records(&opts.counters);
             }
             return Ok(());
         }
@@ -142,7 +142,7 @@ async fn read_lines<S: AsyncRead + Unpin>(
         }
         if start <= last_nl {
             consume(&mut decoder, &buf[start..=last_nl], opts);
-            decoder.send_records().await;
+            decoder.send_records(&opts.counters);
         }
         buf.copy_within(last_nl + 1..filled, 0);
         filled -= last_nl + 1;

@@ -50,6 +50,6 @@ impl DatagramHandler for StatsdDatagrams {
         publish(&self.counters, lines);
         drop(shard);
         // Events and service checks, after the shard is released (the output may be slow).
-        self.decoder.send_records_blocking();
+        self.decoder.send_records(&self.counters);
     }
 }

@@ -36,6 +36,11 @@ pub struct Payload {
     /// Holds agents' batches that are acknowledged once it is delivered: never dropped to make
     /// room (the sink reports itself full instead, and the aggregator stops taking batches).
     pub pinned: bool,
+    /// Holds agents' batches, for one node of a cluster: while this node is down, the payload
+    /// held in its own buffer counts as taken, so the acknowledgement waits for the healthy
+    /// nodes only and one dead node does not stop the cluster (its share waits in its buffer,
+    /// the oldest dropped and counted past it).
+    pub held_is_enough: bool,
 }
 
 /// One flush's share for an aggregator.
@@ -181,18 +186,21 @@ pub fn flush_once(f: &Flusher, out: &Outputs, timestamp: i64, boundary_ms: i64) 
     drop(store);
     drop(gate);
     let mut deliveries = Vec::new();
-    // A flush holding agents' batches is acknowledged to them once delivered: it may wait in a
-    // sink's buffer, never be dropped from it.
-    let pinned = receipt.is_some();
-    let mut send = |tx: &UnboundedSender<Payload>, bytes: Vec<u8>, metrics: usize| {
+    // A flush holding agents' batches is acknowledged to them once delivered: to a single
+    // destination it may wait in the buffer, never be dropped from it; to a cluster, each node
+    // delivers its share or, while down, holds it (see `Payload::held_is_enough`).
+    let holds_batches = receipt.is_some();
+    let mut send = |tx: &UnboundedSender<Payload>, bytes: Vec<u8>, metrics: usize, cluster: bool| {
         let (done, delivered) = tokio::sync::oneshot::channel();
-        let _ = tx.send(Payload { bytes, metrics, delivered: Some(done), pinned });
+        let (pinned, held_is_enough) = (holds_batches && !cluster, holds_batches && cluster);
+        let _ = tx.send(Payload { bytes, metrics, delivered: Some(done), pinned, held_is_enough });
         deliveries.push(delivered);
     };
     for (sink, parts) in out.sinks.iter().zip(payloads) {
+        let cluster = sink.queues.len() > 1;
         for (queue, (bytes, metrics)) in sink.queues.iter().zip(parts) {
             if metrics > 0 {
-                send(queue, bytes, metrics);
+                send(queue, bytes, metrics, cluster);
             }
         }
     }

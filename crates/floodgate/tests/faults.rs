@@ -83,3 +83,71 @@ fn a_full_disk_degrades_the_record_output_only() {
     carbon.wait_seen(WAIT, &[("stats_counts.others.hits".to_string(), "1000".to_string())]);
     assert!(fg.stderr().contains("records dropped"), "the loss is said: {}", fg.stderr());
 }
+
+/// Item 9: one Carbon node of an aggregator's cluster is down. Its buffer filled with flushes
+/// holding agents' batches, the aggregator answered every agent `busy`, and the healthy nodes
+/// got nothing new until the node came back. Now the down node holds its own share (in its
+/// buffer, the oldest dropped and counted past it) and the acknowledgement waits for the
+/// healthy nodes only: the aggregator never turns agents away, and every increment of the
+/// names the healthy nodes own reaches them, exactly.
+#[test]
+fn a_dead_carbon_node_holds_only_its_own_share() {
+    let (a, b) = (Capture::start_on("127.0.0.1"), Capture::start_on("127.0.0.2"));
+    let dead = free_port(); // nothing listens on 127.0.0.3:dead
+    let (port, dir) = (free_port(), tempfile::tempdir().unwrap());
+    let aggregator = Floodgate::start(
+        "flush_interval = \"1s\"",
+        &format!(
+            "[graphite]\ndestinations = [\"127.0.0.1:{}:a\", \"127.0.0.2:{}:b\", \"127.0.0.3:{dead}:c\"]\nbuffer = \"64KiB\"\n\
+             [aggregator]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n",
+            a.port,
+            b.port,
+            dir.path().display()
+        ),
+    );
+    // An agent on its own host's traffic: the UDP rates are off (README's sizing advice).
+    let agent = Floodgate::start(
+        "flush_interval = \"1s\"",
+        &format!("[forward]\naggregators = [\"127.0.0.1:{port}\"]\nagent_id = \"web-1\"\n{BULK_UDP}"),
+    );
+    let names = 600;
+    let rounds = 10;
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..rounds {
+        for chunk in 0..names / 20 {
+            let text: String = (0..20).map(|i| format!("cluster.name{}:1|c\n", chunk * 20 + i)).collect();
+            u.send_to(text.as_bytes(), agent.udp_addr()).unwrap();
+        }
+        // One round per agent flush (each lands in its own interval).
+        let flushes = agent.sample("floodgate_flushes_total", &[]);
+        agent.wait_sample("floodgate_flushes_total", &[], |f| f > flushes);
+    }
+    // Every line in the agent's flushes, every batch acknowledged: nothing left queued.
+    wait_until("the agent's batches all acknowledged", WAIT, || {
+        let queued = agent.sample("floodgate_forward_queued_batches", &[]);
+        if queued == 0.0 {
+            Ok(())
+        } else {
+            Err(format!("{queued} batches queued"))
+        }
+    });
+    assert_eq!(aggregator.sample("floodgate_aggregator_busy_total", &[]), 0.0, "agents were turned away");
+    // The healthy nodes' names: each exactly `rounds`, summed over the payloads they got.
+    let mut totals = std::collections::HashMap::<String, f64>::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for capture in [&a, &b] {
+        while let Some(p) = capture.next(deadline.saturating_duration_since(Instant::now())) {
+            for (name, value, _) in parse_plaintext(&p) {
+                if let Some(n) = name.strip_prefix("stats_counts.cluster.") {
+                    *totals.entry(n.to_string()).or_default() += value.parse::<f64>().unwrap();
+                }
+            }
+        }
+    }
+    assert!(totals.len() > names / 2, "the two healthy nodes own {} of {names} names", totals.len());
+    let short: Vec<_> = totals.iter().filter(|(_, v)| **v != rounds as f64).collect();
+    assert!(short.is_empty(), "names not exactly {rounds} on the healthy nodes: {short:?}");
+    // The dead node's share waited in its buffer, the oldest dropped and counted.
+    let c = "destination=\"127.0.0.3:".to_string() + &dead.to_string() + ":c\"";
+    assert!(aggregator.sample("floodgate_sink_dropped_payloads_total", &[&c]) > 0.0);
+}

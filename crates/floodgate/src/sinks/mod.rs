@@ -159,7 +159,10 @@ pub async fn deliver_all<D: Deliver>(
         };
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(p) => {
+                Some(mut p) => {
+                    if failing_since.is_some() {
+                        held(&mut p);
+                    }
                     queued_bytes += p.bytes.len() as u64;
                     queue.push_back(p);
                     // Past the bound the oldest flushes go, but never one holding agents'
@@ -208,6 +211,7 @@ pub async fn deliver_all<D: Deliver>(
                         if failing_since.is_none() {
                             tracing::warn!(sink = name, error = %e.message, "destination unreachable; buffering flushes");
                             failing_since = Some(Instant::now());
+                            queue.iter_mut().for_each(held);
                         }
                         retry_at = Some(tokio::time::Instant::now() + backoff);
                         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -218,7 +222,8 @@ pub async fn deliver_all<D: Deliver>(
         }
         c.buffer_bytes.store(queued_bytes, Relaxed);
         c.buffer_payloads.store(queue.len() as u64, Relaxed);
-        let full = queued_bytes >= buffer;
+        // Full only of what may not be dropped: a cluster node's held shares may.
+        let full = queued_bytes >= buffer && queue.iter().any(|p| p.pinned);
         if c.full.swap(full, Relaxed) != full {
             if full {
                 tracing::warn!(
@@ -252,6 +257,16 @@ pub async fn deliver_all<D: Deliver>(
     }
     c.buffer_bytes.store(0, Relaxed);
     c.buffer_payloads.store(0, Relaxed);
+}
+
+/// A payload waiting in the buffer of a destination that is down: where holding it there is
+/// enough (a cluster node), it counts as taken now.
+fn held(p: &mut Payload) {
+    if p.held_is_enough {
+        if let Some(tx) = p.delivered.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 fn delivered(mut p: Payload, c: &SinkCounters) {

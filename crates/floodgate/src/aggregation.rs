@@ -62,8 +62,9 @@ impl Aggregation {
     }
 
     /// After a flush: tells every shard which series exist (for `max_series`) and gives each
-    /// an equal share of what `max_memory` leaves until the next flush.
-    pub fn share_budgets(&self, store: &mut Store) {
+    /// an equal share of what `max_memory` leaves until the next flush, after the store and
+    /// `elsewhere` (state kept per series outside it: the mapping file's cache of names).
+    pub fn share_budgets(&self, store: &mut Store, elsewhere: u64) {
         let shards = self.shards.lock();
         if let Some(known) = store.known_series() {
             for shard in shards.iter() {
@@ -74,7 +75,7 @@ impl Aggregation {
         store.refill_budget();
         let allowance = match store.config().max_memory {
             0 => u64::MAX,
-            limit => limit.saturating_sub(store.memory_bytes()) / shards.len().max(1) as u64,
+            limit => limit.saturating_sub(store.memory_bytes() + elsewhere) / shards.len().max(1) as u64,
         };
         let limits = store.shard_limits(allowance);
         for shard in shards.iter() {

@@ -117,6 +117,7 @@ impl Shared {
             config: self.config.clone(),
             counters: self.flush.clone(),
             epoch_wall_ns: self.epoch_wall_ns,
+            naming: self.naming.clone(),
             runtime: self.runtime.clone(),
         }
     }

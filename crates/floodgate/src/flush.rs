@@ -136,6 +136,8 @@ pub struct Flusher {
     pub epoch_wall_ns: i64,
     /// The async runtime, for acknowledging agents once a flush is delivered.
     pub runtime: tokio::runtime::Handle,
+    /// The Prometheus naming, whose cache of names counts against `max_memory`.
+    pub naming: Arc<crate::naming::Naming>,
 }
 
 /// One flush at `timestamp` (Unix seconds) for the interval ending at `boundary_ms`.
@@ -169,8 +171,9 @@ pub fn flush_once(f: &Flusher, out: &Outputs, timestamp: i64, boundary_ms: i64) 
         .zip(payload)
         .map(|(sink, during)| if during.is_empty() { sink.render.render_store(&store, timestamp) } else { during })
         .collect();
-    f.aggregation.share_budgets(&mut store);
-    let memory = store.memory_bytes();
+    let naming_bytes = f.naming.cache_bytes();
+    f.aggregation.share_budgets(&mut store, naming_bytes);
+    let memory = store.memory_bytes() + naming_bytes;
     let limit = store.config().max_memory;
     let t = &f.counters;
     let refused_before = t.dropped_max_memory.swap(store.dropped_max_memory, Relaxed);

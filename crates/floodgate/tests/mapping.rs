@@ -383,3 +383,42 @@ fn unsanitised_names_reach_the_rules() {
     fg.send_udp(b"api/v1.users:2|c");
     scrape(&fg, "api_v1_total{route=\"users\"} 2");
 }
+
+/// Issue 27 item 16: the mapping file's cache of names (about 580 bytes a name) used to sit
+/// outside `max_memory`. Now it counts: 20,000 names scraped through a mapping file fill an
+/// 8 MiB budget that the series alone (about 3 MiB) would not, and new series are refused.
+#[test]
+fn the_mapping_cache_counts_against_max_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("statsd_mapping.yml");
+    std::fs::write(
+        &path,
+        "mappings:\n- match: \"cache.*.*\"\n  name: \"cache_total\"\n  labels: { svc: \"$1\", item: \"$2\" }\n",
+    )
+    .unwrap();
+    // 20,000 names from one address at once: the guard is not under test.
+    let fg = Floodgate::start(
+        "flush_interval = \"300ms\"\nmax_memory = \"8MiB\"",
+        &format!("[prometheus]\nmapping_config = \"{}\"\n{BULK_UDP}", path.display()),
+    );
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // In waves of 2,000 names, a flush apart: until the first flush a receive shard may use an
+    // eighth of the budget.
+    for wave in 0..10 {
+        for chunk in 0..100 {
+            let text: String = (0..20).map(|i| format!("cache.n{}.m{i}:1|c\n", wave * 100 + chunk)).collect();
+            u.send_to(text.as_bytes(), fg.udp_addr()).unwrap();
+        }
+        let flushes = fg.sample("floodgate_flushes_total", &[]);
+        fg.wait_sample("floodgate_flushes_total", &[], |f| f > flushes + 1.0);
+    }
+    let (_, body) = http_get(fg.http, "/metrics").unwrap();
+    assert_eq!(body.lines().filter(|l| l.starts_with("cache_total{")).count(), 20_000);
+    // After a flush the cache is in the estimate, and the budget is spent.
+    let memory = fg.wait_sample("floodgate_statsd_memory_bytes", &[], |v| v > 20_000.0 * 500.0);
+    assert!(memory > (8u64 << 20) as f64, "{memory}");
+    for i in 0..100 {
+        u.send_to(format!("late.series{i}:1|c").as_bytes(), fg.udp_addr()).unwrap();
+    }
+    fg.wait_sample("floodgate_statsd_dropped_series_total", &["reason=\"max_memory\""], |v| v > 0.0);
+}

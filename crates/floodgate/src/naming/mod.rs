@@ -27,6 +27,14 @@ pub use config::PrometheusConfig;
 /// it without bound).
 const CACHE_MAX: usize = 1 << 20;
 
+/// Estimated bytes one cached name costs (measured about 580: the name, the outcome's names
+/// and labels, the map's slot), counted against `[statsd] max_memory`.
+pub const CACHE_ENTRY_BYTES: u64 = 600;
+
+/// The cache starts afresh once it holds this many names per series the store has (plus a
+/// margin): names of series long gone are not kept.
+const CACHE_PER_SERIES: usize = 2;
+
 /// Each name's outcome (`None`: dropped), by name and type.
 type Outcomes = HashMap<(String, SeriesKind), Option<Arc<Named>>>;
 
@@ -102,9 +110,26 @@ impl Naming {
         f(Some(&mut namer))
     }
 
+    /// Estimated bytes of the cache of names ([`CACHE_ENTRY_BYTES`] each), for `max_memory`.
+    pub fn cache_bytes(&self) -> u64 {
+        self.current.load_full().map_or(0, |m| m.cache.lock().len() as u64 * CACHE_ENTRY_BYTES)
+    }
+
+    /// Lets the cache go when it holds far more names than `store` has series (names of
+    /// series since deleted), so what it costs follows the series `max_memory` admits.
+    fn trim_cache(&self, store: &Store) {
+        if let Some(mapping) = self.current.load_full() {
+            let mut cache = mapping.cache.lock();
+            if cache.len() > store.series() * CACHE_PER_SERIES + 1024 {
+                cache.clear();
+            }
+        }
+    }
+
     /// Every series of `store` to `sink`, named; what was left out is kept for the
     /// self-metrics.
     pub fn expose(&self, store: &Store, sink: &mut impl Exposition) -> Dropped {
+        self.trim_cache(store);
         let dropped = self.with_namer(|namer| floodgate_statsd::prometheus::visit_named(store, namer, sink));
         self.record(dropped);
         dropped
@@ -112,6 +137,7 @@ impl Naming {
 
     /// [`Naming::expose`] in the text format.
     pub fn render(&self, store: &Store, out: &mut String) -> Dropped {
+        self.trim_cache(store);
         let dropped = self.with_namer(|namer| floodgate_statsd::prometheus::render_named(store, namer, out));
         self.record(dropped);
         dropped

@@ -579,7 +579,8 @@ fn guard_capacity(duration: Duration) -> (f64, f64) {
         let policy = guard.policy();
         let now = guard.now_ns();
         for ip in &sources {
-            let ok = listener.admit_datagram(&policy, *ip, || floodgate::guard::count_lines(data), now).is_ok();
+            let ok =
+                listener.admit_datagram(&policy, *ip, data.len(), || floodgate::guard::count_lines(data), now).is_ok();
             checks += ok as u64;
         }
     }

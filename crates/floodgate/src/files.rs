@@ -83,6 +83,41 @@ pub fn lock_dir(dir: &Path, role: &str) -> io::Result<File> {
     Ok(file)
 }
 
+/// What recovery does with the bytes of a file of records that cannot be read as records,
+/// from `at` to its end: they are moved to `<path>.damaged-<unix seconds>` (kept for the
+/// operator, never deleted) and the file is cut at `at`. `record_end` says where the first
+/// unreadable record would end by its header; `plausible` is its length within what a record
+/// can be. A record that would end past the file, with a plausible length, is taken as one a
+/// crash cut short; anything else is damage, and the log says so (it is not a crash).
+pub fn set_aside_damaged_tail(
+    file: &File,
+    path: &Path,
+    at: u64,
+    record_end: Option<u64>,
+    plausible: bool,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if at >= len {
+        return Ok(());
+    }
+    let mut tail = vec![0u8; (len - at) as usize];
+    file.read_exact_at(&mut tail, at)?;
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let kept = PathBuf::from(format!("{}.damaged-{stamp}", path.display()));
+    let mut out = no_follow().create_new(true).write(true).mode(0o640).open(&kept).map_err(|e| explain(&kept, e))?;
+    io::Write::write_all(&mut out, &tail)?;
+    out.sync_all()?;
+    file.set_len(at)?;
+    let crash_cut = plausible && record_end.is_some_and(|end| end > len);
+    if crash_cut {
+        tracing::warn!(path = %path.display(), bytes = len - at, kept = %kept.display(), "the last record was cut short (a crash while writing it); its bytes are kept aside");
+    } else {
+        tracing::error!(path = %path.display(), at, bytes = len - at, kept = %kept.display(), "damaged: the bytes from here cannot be read as records (not a crash cut); the records before are recovered, the rest kept aside for inspection");
+    }
+    Ok(())
+}
+
 /// A new, empty file beside `path` to write a replacement into (then [`replace`]): whatever
 /// was at its name (a leftover, or a link someone put there) is removed first, and it is
 /// created new, so nothing it points at is touched.

@@ -151,3 +151,41 @@ fn a_dead_carbon_node_holds_only_its_own_share() {
     let c = "destination=\"127.0.0.3:".to_string() + &dead.to_string() + ":c\"";
     assert!(aggregator.sample("floodgate_sink_dropped_payloads_total", &[&c]) > 0.0);
 }
+
+/// Item 8, the byte half: a source's volume is bounded in bytes, not only in messages. 200
+/// syslog messages of 60 KiB from one address are 200 messages, far under the default
+/// 3,000/s, and used to be written whole (control bytes escaped six times larger on top).
+/// Now each costs 60 of the source's budget: a second's burst lets about 50 through.
+#[test]
+fn a_source_is_held_to_a_volume_in_bytes_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("records.jsonl");
+    let fg = Floodgate::start(
+        "",
+        &format!(
+            "[syslog]\nmax_message = \"64KiB\"\noutput = {{ kind = \"file\", path = \"{}\" }}\n",
+            output.display()
+        ),
+    );
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut message = b"<13>Dec  6 10:00:00 host app: ".to_vec();
+    message.resize(60 << 10, 0x01);
+    let started = Instant::now();
+    for _ in 0..200 {
+        s.send_to(&message, ("127.0.0.1", fg.syslog)).unwrap();
+    }
+    let took = started.elapsed().as_secs_f64();
+    let udp = "listener=\"syslog_udp\"";
+    let written = wait_for("all 200 decided", WAIT, || {
+        let m = fg.self_metrics();
+        let dropped: f64 = ["source_limit", "kernel_source_limit"]
+            .iter()
+            .filter_map(|r| metric(&m, "floodgate_dropped_total", &[udp, &format!("reason=\"{r}\"")]))
+            .sum();
+        let messages = metric(&m, "floodgate_syslog_messages_total", &[udp]).unwrap_or(0.0);
+        (messages + dropped == 200.0).then_some(messages)
+    });
+    // 3,000 units a second, 60 a message: a burst of 50, then 50 a second.
+    assert!(written <= 50.0 + 50.0 * (took + 1.0), "{written} messages of 60 KiB admitted in {took:.2} s");
+    assert!(written >= 1.0);
+}

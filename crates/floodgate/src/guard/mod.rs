@@ -501,15 +501,28 @@ pub fn count_lines(data: &[u8]) -> u64 {
     (newlines + unterminated).max(1)
 }
 
+/// What a datagram of `messages` messages and `bytes` bytes costs a source's and a port's
+/// budget: its messages, or one per KiB if that is more.
+#[inline]
+pub fn charge(messages: u64, bytes: usize) -> u64 {
+    messages.max(bytes.div_ceil(1024) as u64)
+}
+
 impl ListenerGuard {
-    /// Decides one datagram from `ip` at `now_ns`; `messages` counts what it holds (called at
-    /// most once, and only when a check needs it). A refusal says why and how many messages
-    /// it dropped.
+    /// Decides one datagram of `bytes` from `ip` at `now_ns`; `messages` counts what it holds
+    /// (called at most once, and only when a check needs it). A refusal says why and how many
+    /// messages it dropped.
+    ///
+    /// The budgets are in messages, but a datagram is charged at least one message per KiB
+    /// ([`charge`]): a source's volume is bounded in bytes as well, so large messages (which an
+    /// output may also write several times larger, escaped) cannot multiply what one source
+    /// puts downstream.
     #[inline]
     pub fn admit_datagram(
         &self,
         policy: &Policy,
         ip: IpAddr,
+        bytes: usize,
         messages: impl FnOnce() -> u64,
         now_ns: u64,
     ) -> Result<(), (Reason, u64)> {
@@ -517,6 +530,7 @@ impl ListenerGuard {
             return Ok(());
         }
         let n = messages();
+        let cost = charge(n, bytes);
         if !policy.allow.allows(ip) {
             return Err((Reason::NotAllowed, n));
         }
@@ -524,7 +538,7 @@ impl ListenerGuard {
         // IPv6: the /56 as a whole first, then the /64 (and the port).
         let verdict = match key.aggregate() {
             Some(aggregate) => {
-                policy.table.admit(aggregate, &policy.udp_aggregate, Reason::SourceLimit, None, now_ns, n)
+                policy.table.admit(aggregate, &policy.udp_aggregate, Reason::SourceLimit, None, now_ns, cost)
             }
             None => Verdict::Allowed,
         };
@@ -537,7 +551,7 @@ impl ListenerGuard {
                     Reason::SourceLimit,
                     Some((&self.port, &policy.udp_port)),
                     now_ns,
-                    n,
+                    cost,
                 ),
             ),
             limited => (key.aggregate().unwrap_or(key), limited),
@@ -567,6 +581,7 @@ impl ListenerGuard {
         policy: &Policy,
         uid: u32,
         pid: i32,
+        bytes: usize,
         messages: impl FnOnce() -> u64,
         now_ns: u64,
     ) -> Result<(), (Reason, u64)> {
@@ -576,7 +591,7 @@ impl ListenerGuard {
         let n = messages();
         let key = SourceKey::uid(self.id, uid);
         let port = Some((&self.port, &policy.udp_port));
-        match policy.table.admit(key, &policy.unix_uid, Reason::SourceLimit, port, now_ns, n) {
+        match policy.table.admit(key, &policy.unix_uid, Reason::SourceLimit, port, now_ns, charge(n, bytes)) {
             Verdict::Allowed => Ok(()),
             Verdict::Limited { reason, started } => {
                 if reason == Reason::PortLimit {
@@ -859,8 +874,8 @@ mod tests {
         }
         let p = g.policy();
         let a: IpAddr = "198.18.0.1".parse().unwrap();
-        assert_eq!(lg.admit_datagram(&p, a, || 10, 5_000_000_000), Ok(()));
-        assert_eq!(lg.admit_datagram(&p, a, || 1, 5_000_000_000), Err((Reason::SourceLimit, 1)));
+        assert_eq!(lg.admit_datagram(&p, a, 0, || 10, 5_000_000_000), Ok(()));
+        assert_eq!(lg.admit_datagram(&p, a, 0, || 1, 5_000_000_000), Err((Reason::SourceLimit, 1)));
     }
 
     #[test]
@@ -871,13 +886,13 @@ mod tests {
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let now = 5_000_000_000;
         // A newcomer gets half the port's burst of 5.
-        let verdicts: Vec<_> = (0..4).map(|_| lg.admit_datagram(&p, a, || 1, now)).collect();
+        let verdicts: Vec<_> = (0..4).map(|_| lg.admit_datagram(&p, a, 0, || 1, now)).collect();
         assert_eq!(verdicts, vec![Ok(()), Ok(()), Err((Reason::PortLimit, 1)), Err((Reason::PortLimit, 1))]);
         let g = Guard::new(&limits(|l| l.udp_per_source = 10), Instant::now());
         let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "127.0.0.1:8125", 0);
         let p = g.policy();
-        assert_eq!(lg.admit_datagram(&p, a, || 10, now), Ok(()));
-        assert_eq!(lg.admit_datagram(&p, a, || 1, now), Err((Reason::SourceLimit, 1)));
+        assert_eq!(lg.admit_datagram(&p, a, 0, || 10, now), Ok(()));
+        assert_eq!(lg.admit_datagram(&p, a, 0, || 1, now), Err((Reason::SourceLimit, 1)));
         let report = g.report(10);
         assert_eq!(report.offenders[0].source, "10.0.0.1");
         assert_eq!(report.offenders[0].reason, "source_limit");
@@ -894,12 +909,12 @@ mod tests {
         let admitted: u64 = (0x80..0x100u32)
             .map(|net| {
                 let ip: IpAddr = format!("2001:db8:0:{net:x}::1").parse().unwrap();
-                (0..10).filter(|_| lg.admit_datagram(&p, ip, || 1, now).is_ok()).count() as u64
+                (0..10).filter(|_| lg.admit_datagram(&p, ip, 0, || 1, now).is_ok()).count() as u64
             })
             .sum();
         assert_eq!(admitted, 10 * V6_AGGREGATE_SOURCES);
         // Another allocation is not affected.
-        assert!(lg.admit_datagram(&p, "2001:db8:1::1".parse().unwrap(), || 1, now).is_ok());
+        assert!(lg.admit_datagram(&p, "2001:db8:1::1".parse().unwrap(), 0, || 1, now).is_ok());
         let report = g.report(10);
         assert_eq!(report.offenders[0].source, "2001:db8::/56");
     }
@@ -909,15 +924,15 @@ mod tests {
         let g = Guard::new(&limits(|l| l.allow = vec!["10.0.0.0/8".into()]), Instant::now());
         let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "127.0.0.1:8125", 0);
         let p = g.policy();
-        assert_eq!(lg.admit_datagram(&p, "11.0.0.1".parse().unwrap(), || 3, 1), Err((Reason::NotAllowed, 3)));
-        assert_eq!(lg.admit_datagram(&p, "10.9.0.1".parse().unwrap(), || 1, 1), Ok(()));
+        assert_eq!(lg.admit_datagram(&p, "11.0.0.1".parse().unwrap(), 0, || 3, 1), Err((Reason::NotAllowed, 3)));
+        assert_eq!(lg.admit_datagram(&p, "10.9.0.1".parse().unwrap(), 0, || 1, 1), Ok(()));
         g.reconfigure(&limits(|l| {
             l.udp_per_source = 0;
             l.udp_per_port = 0;
         }));
         let p = g.policy();
         assert!(p.udp_off);
-        assert_eq!(lg.admit_datagram(&p, "11.0.0.1".parse().unwrap(), || unreachable!(), 1), Ok(()));
+        assert_eq!(lg.admit_datagram(&p, "11.0.0.1".parse().unwrap(), 0, || unreachable!(), 1), Ok(()));
     }
 
     #[test]
@@ -958,6 +973,28 @@ mod tests {
         drop(a);
         let admitted = (0..20).filter_map(|_| lg.admit_handshake().ok()).count();
         assert!(admitted <= 4, "a second's burst of 5, four of them left: {admitted}");
+    }
+
+    /// A datagram costs at least one message per KiB: a source's volume is bounded in bytes.
+    #[test]
+    fn large_datagrams_are_charged_by_the_kib() {
+        let g = Guard::new(
+            &limits(|l| {
+                l.udp_per_source = 10;
+                l.udp_per_port = 0;
+            }),
+            Instant::now(),
+        );
+        let lg = g.listener(Kind::new(Protocol::Syslog, Transport::Udp), "127.0.0.1:5514", 0);
+        let p = g.policy();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let now = 5_000_000_000;
+        // One message of 8 KiB costs 8 of a second's burst of 10; the second is refused and
+        // counted as the one message it is.
+        assert_eq!(lg.admit_datagram(&p, a, 8 << 10, || 1, now), Ok(()));
+        assert_eq!(lg.admit_datagram(&p, a, 8 << 10, || 1, now), Err((Reason::SourceLimit, 1)));
+        assert_eq!(lg.admit_datagram(&p, a, 100, || 1, now), Ok(()), "small ones still fit");
+        assert_eq!((charge(20, 600), charge(1, 1024), charge(1, 1025), charge(1, 0)), (20, 1, 2, 1));
     }
 
     #[test]

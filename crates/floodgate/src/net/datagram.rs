@@ -155,11 +155,16 @@ impl<H: DatagramHandler> UdpWorker<H> {
                     bytes += data.len() as u64;
                     let verdict = match (batch.source(i), batch.credentials(i)) {
                         (Some(source), _) => {
-                            self.listener.admit_datagram(&policy, source.ip(), || H::messages(data), now)
+                            self.listener.admit_datagram(&policy, source.ip(), data.len(), || H::messages(data), now)
                         }
-                        (None, Some(peer)) => {
-                            self.listener.admit_local(&policy, peer.uid, peer.pid, || H::messages(data), now)
-                        }
+                        (None, Some(peer)) => self.listener.admit_local(
+                            &policy,
+                            peer.uid,
+                            peer.pid,
+                            data.len(),
+                            || H::messages(data),
+                            now,
+                        ),
                         (None, None) => Ok(()),
                     };
                     if let Err((reason, messages)) = verdict {

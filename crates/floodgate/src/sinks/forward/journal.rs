@@ -44,6 +44,9 @@ pub struct Recovered {
     pub batches: Vec<(u64, Bytes)>,
 }
 
+/// The longest batch a journal record can hold (an agent's frames are far smaller).
+const MAX_RECORD: u64 = 64 << 20;
+
 fn open_rw(path: &Path) -> std::io::Result<File> {
     crate::files::read_write(path)
 }
@@ -111,12 +114,16 @@ impl Journal {
         }
         let file_len = journal.log.metadata()?.len();
         let (mut at, mut batches) = (0u64, Vec::new());
+        let (mut record_end, mut plausible, mut last_seq) = (None, true, None::<u64>);
         while at + HEAD <= file_len {
             let mut head = [0u8; HEAD as usize];
             journal.log.read_exact_at(&mut head, at)?;
             let seq = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
             let len = u64::from(u32::from_le_bytes(head[8..].try_into().unwrap_or_default()));
-            if at + HEAD + len > file_len {
+            // Batches are appended in sequence, each at most a frame: anything else is damage.
+            plausible = len <= MAX_RECORD && seq != 0 && last_seq.is_none_or(|last| seq > last);
+            record_end = Some(at + HEAD + len);
+            if at + HEAD + len > file_len || !plausible {
                 break;
             }
             if seq > through {
@@ -124,12 +131,11 @@ impl Journal {
                 journal.log.read_exact_at(&mut frame, at + HEAD)?;
                 batches.push((seq, Bytes::from(frame)));
             }
+            last_seq = Some(seq);
             at += HEAD + len;
+            record_end = None;
         }
-        if at < file_len {
-            tracing::warn!(path = %journal.log_path.display(), bytes = file_len - at, "forward journal: a batch cut short (a crash while writing it) dropped");
-            journal.log.set_len(at)?;
-        }
+        crate::files::set_aside_damaged_tail(&journal.log, &journal.log_path, at, record_end, plausible)?;
         journal.log_len = at;
         Ok((journal, Recovered { through, batches }))
     }
@@ -240,5 +246,37 @@ mod tests {
         assert_eq!(session(dir.path(), "b", &["x:1".into(), "z:1".into()], 12).unwrap(), 11);
         Journal::open(dir.path(), "z:1", 99, Fsync::Never).unwrap();
         assert_eq!(session(dir.path(), "b", &["x:1".into(), "z:1".into()], 12).unwrap(), 12);
+    }
+
+    /// Issue 27 item 12: damage in the middle of a journal (a length field overwritten) used
+    /// to cut off everything after it, and the log blamed a crash. Now the batches before it
+    /// are recovered, the rest is kept aside in a `.damaged-` file, and the log says damage.
+    #[test]
+    fn damage_in_the_middle_is_kept_aside_not_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), "x:1", 7, Fsync::Never).unwrap();
+        for seq in 1..=5u64 {
+            j.append(seq, &[seq as u8; 100]).unwrap();
+        }
+        drop(j);
+        let log = dir.path().join(format!("{}.log", stem("x:1")));
+        let len = std::fs::metadata(&log).unwrap().len();
+        // Record 3's length field: 0xffffffff.
+        let third = 2 * (HEAD + 100);
+        std::os::unix::fs::FileExt::write_all_at(
+            &std::fs::OpenOptions::new().write(true).open(&log).unwrap(),
+            &[0xff; 4],
+            third + 8,
+        )
+        .unwrap();
+        let (_, r) = Journal::open(dir.path(), "x:1", 7, Fsync::Never).unwrap();
+        assert_eq!(r.batches.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2]);
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".damaged-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "the damaged rest kept aside");
+        assert_eq!(std::fs::metadata(kept[0].path()).unwrap().len(), len - third);
     }
 }

@@ -335,6 +335,9 @@ struct Spill {
 /// Bytes of a record's header.
 const RECORD_HEAD: u64 = 12;
 
+/// The longest chunk a spill record can hold (a read's or a batch's worth is far less).
+const MAX_SPILL_RECORD: u64 = 64 << 20;
+
 impl Spill {
     /// Opens the spill file, keeping what an earlier run left unsent (a record cut short by a
     /// crash is dropped).
@@ -354,23 +357,28 @@ impl Spill {
         let file_len = file.metadata()?.len();
         let mut at = read_at.min(file_len);
         let mut held_messages = 0;
+        let (mut record_end, mut plausible) = (None, true);
         loop {
             let mut head = [0u8; RECORD_HEAD as usize];
             if at + RECORD_HEAD > file_len || file.read_exact_at(&mut head, at).is_err() {
                 break;
             }
             let len = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
-            if at + RECORD_HEAD + len > file_len {
+            let messages =
+                u64::from_be_bytes([head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11]]);
+            // A chunk holds at least one message, never more messages than bytes, and is at
+            // most a chunk's size: anything else is damage.
+            plausible = len <= MAX_SPILL_RECORD && messages >= 1 && messages <= len.max(1);
+            record_end = Some(at + RECORD_HEAD + len);
+            if at + RECORD_HEAD + len > file_len || !plausible {
                 break;
             }
-            held_messages +=
-                u64::from_be_bytes([head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11]]);
+            held_messages += messages;
             at += RECORD_HEAD + len;
+            record_end = None;
         }
-        if at < file_len {
-            tracing::warn!(path = %path.display(), bytes = file_len - at, "syslog spill file: a record cut short (a crash while writing it) dropped");
-            file.set_len(at)?;
-        }
+        crate::files::set_aside_damaged_tail(&file, path, at, record_end, plausible)
+            .with_context(|| format!("syslog spill file {}", path.display()))?;
         let read_at = read_at.min(at);
         if held_messages > 0 {
             tracing::info!(path = %path.display(), messages = held_messages, bytes = at - read_at, "syslog spill file: sending what the last run left unsent");
@@ -880,5 +888,39 @@ impl super::Sink for RecordOutput {
             tracing::info!(output = %self.output.describe, "syslog: handing on what is held");
             self.output.finish().await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 27 item 12: damage in the middle of the spill file (a length field overwritten)
+    /// used to cut off every record after it, blamed on a crash. Now the records before it
+    /// are kept for sending, the rest is set aside in a `.damaged-` file; a record really cut
+    /// short at the end is set aside too, as a crash's.
+    #[test]
+    fn a_damaged_spill_file_keeps_what_it_can_and_sets_the_rest_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("syslog.spill");
+        let mut spill = Spill::open(&path, 1 << 20, Fsync::Never).unwrap();
+        for i in 0..5u8 {
+            assert!(spill.push(&Chunk { bytes: vec![b'a' + i; 50], messages: 2 }).unwrap());
+        }
+        drop(spill);
+        let third = 2 * (RECORD_HEAD + 50);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &[0x7f, 0xff, 0xff, 0xff], third).unwrap();
+        let spill = Spill::open(&path, 1 << 20, Fsync::Never).unwrap();
+        assert_eq!((spill.held_messages, spill.len), (4, third));
+        let damaged = |dir: &std::path::Path| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains(".damaged-"))
+                .count()
+        };
+        assert_eq!(damaged(dir.path()), 1);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), third);
     }
 }

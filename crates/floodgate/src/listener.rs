@@ -172,6 +172,9 @@ pub struct Counters {
     /// Descriptors senders attached to datagrams on a Unix socket (`SCM_RIGHTS`), closed
     /// unread (where the kernel cannot refuse them itself).
     pub passed_descriptors: AtomicU64,
+    /// Reads of a Unix datagram socket that took a full kernel queue's worth of datagrams at
+    /// once: senders were held then, and those that do not block dropped on their side.
+    pub queue_full: AtomicU64,
     /// Records (DogStatsD events, service checks) dropped because the record output had no
     /// room (a full disk, a stalled destination).
     pub records_dropped: AtomicU64,
@@ -207,6 +210,9 @@ pub struct Listener {
     pub receive_buffer: usize,
     /// Local UDP port, for reading the kernel's drop counters.
     pub udp_port: Option<u16>,
+    /// Unix datagram sockets: the kernel's queue limit (`net.unix.max_dgram_qlen` when the
+    /// socket was made), 0 otherwise.
+    pub datagram_queue: u32,
     /// The protocol's own families (messages, parse errors, its drop reasons).
     pub extra: Option<ExtraFamilies>,
     /// Its guard (UDP: the kernel layer's drops are read from it).
@@ -257,6 +263,7 @@ impl Listeners {
             counters: counters.clone(),
             receive_buffer: 0,
             udp_port: None,
+            datagram_queue: 0,
             extra,
             guard: None,
         });
@@ -298,6 +305,14 @@ const PASSED_DESCRIPTORS: Describe = Describe::counter(
     "floodgate_unix_passed_descriptors_total",
     "Descriptors senders attached to datagrams on a Unix socket (SCM_RIGHTS), closed unread.",
 );
+const QUEUE_LIMIT: Describe = Describe::gauge(
+    "floodgate_unix_datagram_queue_limit",
+    "Datagrams the kernel queues for a Unix datagram socket (net.unix.max_dgram_qlen, plus one); a sender past it waits, or gets EAGAIN.",
+);
+const QUEUE_FULL: Describe = Describe::counter(
+    "floodgate_unix_queue_full_total",
+    "Reads of a Unix datagram socket that found its kernel queue full (counted when the queue holds at most 64): senders then waited, or dropped on their side.",
+);
 const RECEIVE_BUFFER: Describe = Describe::gauge(
     "floodgate_udp_receive_buffer_bytes",
     "Socket receive buffer granted by the kernel, summed over the listener's sockets.",
@@ -318,6 +333,8 @@ impl Report for Listeners {
             HANDSHAKES,
             HANDSHAKE_FAILURES,
             PASSED_DESCRIPTORS,
+            QUEUE_LIMIT,
+            QUEUE_FULL,
             RECEIVE_BUFFER,
             DROPPED,
         ] {
@@ -349,6 +366,10 @@ impl Report for Listeners {
             }
             if kind.transport == Transport::Unix {
                 out.add(PASSED_DESCRIPTORS, &labels, c.passed_descriptors.load(Relaxed));
+            }
+            if l.datagram_queue > 0 {
+                out.add(QUEUE_LIMIT, &labels, l.datagram_queue as u64);
+                out.add(QUEUE_FULL, &labels, c.queue_full.load(Relaxed));
             }
             if kind.protocol == Protocol::Statsd {
                 l.dropped(out, "output_full", c.records_dropped.load(Relaxed));
@@ -419,6 +440,7 @@ mod tests {
                 counters,
                 receive_buffer: 10,
                 udp_port: None,
+                datagram_queue: 0,
                 extra: None,
                 guard: None,
             });

@@ -360,3 +360,48 @@ fn one_user_cannot_take_the_origin_bound_from_the_others() {
     drop(root.stdin.take());
     let _ = root.wait();
 }
+
+/// Whether every thread of `pid` is stopped (SIGSTOP taken).
+fn all_threads_stopped(pid: u32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks.flatten().all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // The state follows the command name's closing parenthesis.
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
+}
+
+/// Item 7: a Unix datagram socket's queue is the kernel's (`net.unix.max_dgram_qlen`, shared by
+/// every sender), and a sender that does not block drops past it where floodgate cannot see.
+/// floodgate now says what it can: the queue's limit, and each read that found the queue full.
+/// Here floodgate is stopped (SIGSTOP) while a non-blocking sender sends 100 datagrams: the
+/// kernel queues exactly the limit and refuses the rest (EAGAIN); once floodgate runs again it
+/// counts every queued line, exports the limit, and counts the full queue it found.
+#[test]
+fn a_full_unix_datagram_queue_is_exported_not_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("statsd.sock");
+    let fg = Floodgate::start(&format!("unix = [\"{}\"]", sock.display()), "");
+    let qlen: u32 = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen").unwrap().trim().parse().unwrap();
+    let labels = ["listener=\"statsd_unix\""];
+    assert_eq!(fg.sample("floodgate_unix_datagram_queue_limit", &labels), f64::from(qlen + 1));
+    assert_eq!(fg.sample("floodgate_unix_queue_full_total", &labels), 0.0);
+    signal(&fg.child, "STOP");
+    wait_for("floodgate stopped", WAIT, || all_threads_stopped(fg.child.id()).then_some(()));
+    let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    sender.set_nonblocking(true).unwrap();
+    let mut queued = 0;
+    for _ in 0..100 {
+        match sender.send_to(b"queue.full:1|c", &sock) {
+            Ok(_) => queued += 1,
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+        }
+    }
+    signal(&fg.child, "CONT");
+    assert_eq!(queued, qlen.min(99) + 1, "the kernel queues max_dgram_qlen + 1");
+    fg.wait_counter("queue.full", &queued.to_string());
+    if queued <= 64 {
+        // One read takes at most 64 datagrams; a larger queue's fullness cannot be seen.
+        assert_eq!(fg.sample("floodgate_unix_queue_full_total", &labels), 1.0);
+    }
+}

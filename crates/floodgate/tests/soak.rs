@@ -167,6 +167,15 @@ fn assert_flat(name: &str, samples: &[(Instant, Usage)], since: Instant) {
     let (first, last) = (&samples[..60], &samples[samples.len() - 60..]);
     let max = |s: &[&Usage], f: fn(&Usage) -> u64| s.iter().map(|u| f(u)).max().unwrap_or(0);
     let (fds, threads, rss) = (|u: &Usage| u.fds as u64, |u: &Usage| u.threads as u64, |u: &Usage| u.rss_kb);
+    eprintln!(
+        "{name}: first minute / last minute highest: descriptors {} / {}, threads {} / {}, RSS {} / {} kB",
+        max(first, fds),
+        max(last, fds),
+        max(first, threads),
+        max(last, threads),
+        max(first, rss),
+        max(last, rss)
+    );
     assert!(max(last, fds) <= max(first, fds) + 16, "{name}: descriptors {} then {}", max(first, fds), max(last, fds));
     assert!(
         max(last, threads) <= max(first, threads) + 4,
@@ -440,6 +449,7 @@ fn a_fleet_under_faults_loses_and_doubles_nothing_and_grows_nothing() {
             }
         });
         assert_eq!(got, read, "{}: Whisper has {got}, the agent read {read} (sent {sent})", a.name);
+        eprintln!("{}: sent {sent} increments, read {read}, in Whisper {got}", a.name);
     }
     // A doubled batch would show after more flushes: two more, then the same sums.
     std::thread::sleep(Duration::from_secs(5));
@@ -491,6 +501,11 @@ fn a_fleet_under_faults_loses_and_doubles_nothing_and_grows_nothing() {
     let from_rsyslog = seen.keys().filter(|k| k.contains("soak-rsyslog-")).count();
     assert!(from_rsyslog as u64 > logger_rounds / 2, "{from_rsyslog} of {logger_rounds} messages through rsyslog");
     assert!(x.sample("floodgate_syslog_output_errors_total", &[]) > 0.0, "the disk was full");
+    eprintln!(
+        "syslog: {} records written once each; {} of {logger_rounds} logger messages sent directly, {from_rsyslog} through rsyslog",
+        records.len(),
+        direct_sent.len()
+    );
 
     // Resources flat.
     sampling.store(false, Relaxed);

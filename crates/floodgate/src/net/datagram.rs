@@ -101,6 +101,10 @@ pub struct UdpWorker<H> {
     /// queues only `net.unix.max_dgram_qlen` datagrams (10 by default) for one, and a sender
     /// past that gets EAGAIN and drops.
     pub coalesce: bool,
+    /// Unix datagram sockets: how many datagrams the kernel queues for this one (0: not one).
+    /// A read that takes that many at once found the queue full ([`Counters::queue_full`]);
+    /// past [`BATCH`] a read cannot tell.
+    pub datagram_queue: u32,
 }
 
 impl<H: DatagramHandler> UdpWorker<H> {
@@ -189,6 +193,9 @@ impl<H: DatagramHandler> UdpWorker<H> {
                 Counters::add(&counters.oversize, oversize);
                 Counters::add(&counters.passed_descriptors, passed);
             };
+            if self.datagram_queue > 0 && n >= self.datagram_queue as usize {
+                Counters::add(&self.counters.queue_full, 1);
+            }
             self.handler.handle(Admitted { batch: &batch, n, refused }, now, &mut publish);
             if self.coalesce && n < BATCH / 4 && drain_until.is_none() {
                 std::thread::sleep(COALESCE);

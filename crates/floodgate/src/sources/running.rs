@@ -168,24 +168,28 @@ pub fn start_datagrams<H: DatagramHandler>(
         n => n,
     };
     let timeout = Duration::from_millis(200);
-    let (sockets, bound, udp_port) = match address {
+    let (sockets, bound, udp_port, datagram_queue) = match address {
         Address::Inet(addr) => {
             let group = UdpReceiver::bind_group(*addr, threads, sizes.buffer as usize, timeout)
                 .with_context(|| format!("cannot bind {what} {addr}"))?;
             let bound = group[0].local_addr()?;
-            (group, Address::Inet(bound), Some(bound.port()))
+            (group, Address::Inet(bound), Some(bound.port()), 0)
         }
         Address::Path(path) => {
             let socket = UdpReceiver::bind_unix(path, sizes.buffer as usize, timeout)
                 .with_context(|| format!("cannot bind {what} {}", path.display()))?;
-            let queue = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen").unwrap_or_default();
-            if queue.trim().parse::<u32>().is_ok_and(|q| q < 512) {
+            // The socket took the limit in force when it was made (this network namespace's).
+            let qlen = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
+                .ok()
+                .and_then(|q| q.trim().parse::<u32>().ok());
+            if let Some(qlen) = qlen.filter(|q| *q < 512) {
                 tracing::warn!(
-                    max_dgram_qlen = queue.trim(),
+                    max_dgram_qlen = qlen,
                     "the kernel queues few datagrams for a Unix socket: a client that does not block drops past it (sysctl -w net.unix.max_dgram_qlen=512)"
                 );
             }
-            (vec![socket], address.clone(), None)
+            // The kernel refuses a datagram once more than the limit wait: the queue holds one more.
+            (vec![socket], address.clone(), None, qlen.map_or(0, |q| q.saturating_add(1)))
         }
     };
     let granted = sockets[0].granted_buffer;
@@ -219,6 +223,7 @@ pub fn start_datagrams<H: DatagramHandler>(
             counters: counters.clone(),
             receive_buffer: socket.granted_buffer,
             udp_port,
+            datagram_queue,
             extra: Some(extra),
             guard: Some(listener.clone()),
         });
@@ -231,6 +236,7 @@ pub fn start_datagrams<H: DatagramHandler>(
             max_datagram: sizes.max_datagram,
             shutdown: stop.clone(),
             coalesce: udp_port.is_some(),
+            datagram_queue,
         };
         let name = match udp_port {
             Some(port) => format!("{kind}-{port}-{i}"),

@@ -29,8 +29,10 @@ fn floodgate(
     let dir = std::env::temp_dir().join(format!("floodgate-bench-kernel-{}", free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     let graphite = carbon.map(|p| format!("[graphite]\naddress = \"127.0.0.1:{p}\"\n")).unwrap_or_default();
+    // The flood (127.0.0.2) and the legitimate sender (127.0.0.3) stand for two hosts.
     let sections = format!(
-        "{graphite}[limits]\nudp_per_source = {per_source}\nudp_per_port = 0\nkernel = \"{kernel}\"\n[conntrack]\nenabled = false\n"
+        "{graphite}[limits]\nudp_per_source = {per_source}\nudp_per_port = 0\nkernel = \"{kernel}\"\n\
+         local_senders = \"by_address\"\n[conntrack]\nenabled = false\n"
     );
     let running = spawn_floodgate(opts, &dir, "floodgate", &format!("receive_threads = 1\n{extra}"), &sections);
     (running, dir)

@@ -27,10 +27,11 @@ fn udp_from(source: &str) -> UdpSocket {
 #[test]
 fn offenders_are_limited_to_what_is_asked() {
     // The user-space guard's report (refill bounds, first and last seen): its kernel layer,
-    // which would drop first, reports its own (kernel_guard.rs).
+    // which would drop first, reports its own (kernel_guard.rs). Five loopback addresses stand
+    // for five hosts (`by_address`).
     let fg = Floodgate::start(
         "flush_interval = \"1h\"",
-        "[limits]\nudp_per_source = 2\nudp_per_port = 0\nkernel = \"off\"\n",
+        "[limits]\nudp_per_source = 2\nudp_per_port = 0\nkernel = \"off\"\nlocal_senders = \"by_address\"\n",
     );
     // Five sources over their limit of 2/s (a burst of 2): source i sends 20 + 10 i lines.
     let started = std::time::Instant::now();
@@ -219,9 +220,10 @@ fn one_budget_per_source_across_reuseport_sockets() {
 #[test]
 fn the_guards_log_lines_are_capped_and_summarised() {
     // The user-space guard's log lines (the kernel layer, which would drop first, logs none).
+    // Loopback addresses stand for 40 hosts (`by_address`).
     let fg = Floodgate::start(
         "flush_interval = \"1h\"",
-        "[limits]\nudp_per_source = 1\nudp_per_port = 0\nkernel = \"off\"\n",
+        "[limits]\nudp_per_source = 1\nudp_per_port = 0\nkernel = \"off\"\nlocal_senders = \"by_address\"\n",
     );
     let sources = 40;
     for i in 0..sources {

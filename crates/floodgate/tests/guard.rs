@@ -34,10 +34,14 @@ fn a_flooding_source_is_held_to_its_limit_and_its_neighbours_lose_nothing() {
     let carbon = Carbon::start();
     // 2-second flushes: each lands in its own 1-second Whisper point whatever the jitter. The
     // user-space guard's accounting, log lines and report are under test: its kernel layer,
-    // which would drop the flood first, is off (kernel_guard.rs tests it).
+    // which would drop the flood first, is off (kernel_guard.rs tests it). The three loopback
+    // addresses stand for three hosts (`by_address`).
     let fg = Floodgate::start(
         "flush_interval = \"2s\"",
-        &format!("[graphite]\naddress = \"127.0.0.1:{}\"\n\n[limits]\nkernel = \"off\"\n", carbon.line_port),
+        &format!(
+            "[graphite]\naddress = \"127.0.0.1:{}\"\n\n[limits]\nkernel = \"off\"\nlocal_senders = \"by_address\"\n",
+            carbon.line_port
+        ),
     );
     let to = fg.udp_addr();
     let start = Instant::now();
@@ -160,7 +164,8 @@ fn is_reset(mut s: TcpStream) -> bool {
 /// other one is reset before a byte of it is read, and another source is served meanwhile.
 #[test]
 fn a_connection_storm_is_refused_at_accept() {
-    let fg = Floodgate::start("flush_interval = \"1h\"", "[limits]\n");
+    // The storm's and the other source's loopback addresses stand for two hosts.
+    let fg = Floodgate::start("flush_interval = \"1h\"", "[limits]\nlocal_senders = \"by_address\"\n");
     let secs = 3.0;
     let start = Instant::now();
     let (mut attempts, mut legit_served) = (0u64, false);
@@ -212,7 +217,8 @@ fn a_connection_storm_is_refused_at_accept() {
 /// starts (the server never answers their ClientHello); admitted ones handshake and are read.
 #[test]
 fn a_tls_listener_never_handshakes_with_a_refused_connection() {
-    let (fg, tls_port, cert) = start_with_tls("[limits]\n");
+    // The storm's and the other source's loopback addresses stand for two hosts.
+    let (fg, tls_port, cert) = start_with_tls("[limits]\nlocal_senders = \"by_address\"\n");
     let client = tls_client_trusting(cert.cert.der());
     // Sends one line over TLS from `source`; Ok(true) when served, Ok(false) when reset.
     let attempt = |source: &str, line: &[u8]| -> bool {

@@ -343,10 +343,13 @@ fn idle_and_half_sent_connections_cannot_starve_any_port() {
     let dir = tempfile::tempdir().unwrap();
     let (syslog, aggregator_port) = (free_port(), free_port());
     let out = dir.path().join("syslog.jsonl");
+    // Each held connection comes from a loopback address of its own, standing for a host
+    // (`by_address`), so the per-source cap is what it would be for many hosts.
     let fg = Floodgate::start(
         "tcp_idle_timeout = \"1s\"",
         &format!(
-            "[limits]\nudp_per_source = 0\nudp_per_port = 0\ntcp_connections_per_source = 0\ntcp_open_per_source = 20\n\n\
+            "[limits]\nudp_per_source = 0\nudp_per_port = 0\ntcp_connections_per_source = 0\ntcp_open_per_source = 20\n\
+             local_senders = \"by_address\"\n\n\
              [admin]\nidle_timeout = \"1s\"\n\n[http]\nheader_timeout = \"1s\"\n\n\
              [syslog]\nudp = []\ntcp = [\"127.0.0.1:{syslog}\"]\ntcp_idle_timeout = \"1s\"\noutput = {{ kind = \"file\", path = \"{}\" }}\n\n\
              [aggregator]\nlisten = \"127.0.0.1:{aggregator_port}\"\nstate_dir = \"{}\"\nread_timeout = \"1s\"\n",
@@ -574,9 +577,10 @@ fn memory_is_bounded_in_bytes() {
 #[test]
 fn a_tls_handshake_storm_stays_within_the_listeners_cap() {
     const RATE: u64 = 40;
+    // The 50 loopback sources stand for 50 hosts (`by_address`).
     let (fg, tls_port, cert) = start_with_tls(&format!(
         "[limits]\nudp_per_source = 0\nudp_per_port = 0\ntcp_connections_per_source = 10\n\
-         tls_handshakes_per_second = {RATE}\n"
+         tls_handshakes_per_second = {RATE}\nlocal_senders = \"by_address\"\n"
     ));
     let client = tls_client_trusting(cert.cert.der());
     let started = Instant::now();
@@ -687,6 +691,8 @@ fn ipv6_sources_from_one_prefix_share_one_budget() {
         ip(&["-n", &ns.name, "addr", "add", &format!("2001:db8:0:{net:x}::1/128"), "dev", "lo", "nodad"]);
     }
     ip(&["-n", &ns.name, "addr", "add", "2001:db8:1::1/128", "dev", "lo", "nodad"]);
+    // These addresses are on the namespace's loopback, so this host's own: `by_address` lets
+    // them stand for remote allocations.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("floodgate.toml");
     let http = format!("{}:9318", ns.inside);
@@ -696,7 +702,7 @@ fn ipv6_sources_from_one_prefix_share_one_budget() {
         format!(
             "[statsd]\nudp = [\"[::1]:8125\"]\ntcp = []\nflush_interval = \"1h\"\n\
              [admin]\nlisten = \"{admin}\"\n[http]\nlisten = \"{http}\"\n\
-             [limits]\nudp_per_source = 100\nudp_per_port = 0\nkernel = \"off\"\n"
+             [limits]\nudp_per_source = 100\nudp_per_port = 0\nkernel = \"off\"\nlocal_senders = \"by_address\"\n"
         ),
     )
     .unwrap();

@@ -24,10 +24,12 @@ struct Outcome {
 /// lines a second (its limit is 2,000) for 10 s; what reached Carbon from each.
 fn beyond_capacity(kernel: &str) -> Outcome {
     let carbon = Carbon::start();
+    // The flood's and the legitimate sender's loopback addresses stand for two hosts.
     let mut fg = Floodgate::start(
         "flush_interval = \"2s\"\nreceive_threads = 1\nreceive_buffer = \"1MiB\"",
         &format!(
-            "[graphite]\naddress = \"127.0.0.1:{}\"\n\n[limits]\nudp_per_source = 2000\nudp_per_port = 0\nkernel = \"{kernel}\"\n",
+            "[graphite]\naddress = \"127.0.0.1:{}\"\n\n[limits]\nudp_per_source = 2000\nudp_per_port = 0\nkernel = \"{kernel}\"\n\
+             local_senders = \"by_address\"\n",
             carbon.line_port
         ),
     );

@@ -405,3 +405,80 @@ fn a_full_unix_datagram_queue_is_exported_not_silent() {
         assert_eq!(fg.sample("floodgate_unix_queue_full_total", &labels), 1.0);
     }
 }
+
+/// Item 14: a local process may send from any address of 127.0.0.0/8. Eight of them, each
+/// at the per-source limit (3,000/s), took the port's 10,000/s from an established remote
+/// sender, which lost about 15 %. Now this host's processes are one source: the flood gets
+/// one source's budget and the remote sender loses nothing. floodgate runs in a namespace
+/// this test makes, on its defaults (the kernel layer included), listening on every address
+/// so the remote sender reaches it over a veth; the attacker runs inside, on loopback.
+#[test]
+fn local_addresses_cannot_take_the_ports_budget_from_a_remote_sender() {
+    let ns = Namespace::create("locals");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("floodgate.toml");
+    let (http, admin) = (format!("{}:9318", ns.inside), format!("{}:8126", ns.inside));
+    // Counters are read on the console: no flush needed (`1h`), no TCP listener needed. The
+    // test polls the console from outside the namespace, which the connection rate would
+    // hold to 10 a second.
+    std::fs::write(
+        &config,
+        format!(
+            "[statsd]\nudp = [\"0.0.0.0:8125\"]\ntcp = []\nflush_interval = \"1h\"\n\
+             [admin]\nlisten = \"{admin}\"\n[http]\nlisten = \"{http}\"\n\
+             [limits]\ntcp_connections_per_source = 0\n"
+        ),
+    )
+    .unwrap();
+    let mut command = ns.command(std::path::Path::new(env!("CARGO_BIN_EXE_floodgate")));
+    command.arg("--config").arg(&config);
+    let fg = Running::ready(command, http.as_str(), &dir.path().join("stderr.log"));
+    let counter = |name: &str| console_counter(&admin, name).unwrap_or(0.0);
+
+    // The remote sender, established (tracked for the guard's `ESTABLISHED_NS`) before the
+    // flood, as in `guard_spoof`.
+    let to: std::net::SocketAddr = format!("{}:8125", ns.inside).parse().unwrap();
+    let legit = Sender::start(&ns.host, to, "legit:1|c", 1000, 1);
+    wait_for("the remote sender counted", WAIT, || (counter("legit") > 0.0).then_some(()));
+    std::thread::sleep(Duration::from_nanos(floodgate_guard::ESTABLISHED_NS) + Duration::from_millis(100));
+
+    // Eight loopback addresses, 3,000 datagrams a second each, for 4 s.
+    let script = "import socket, sys, time\n\
+        socks = []\n\
+        for i in range(2, 10):\n\
+        \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        \x20   s.bind(('127.0.0.%d' % i, 0))\n\
+        \x20   socks.append(s)\n\
+        start, sent = time.monotonic(), 0\n\
+        while time.monotonic() - start < 4:\n\
+        \x20   due = int((time.monotonic() - start) * 24000)\n\
+        \x20   while sent < due:\n\
+        \x20       socks[sent % 8].sendto(b'flood:1|c', ('127.0.0.1', 8125))\n\
+        \x20       sent += 1\n\
+        \x20   time.sleep(0.001)\n\
+        print(sent)\n";
+    let flood_start = std::time::Instant::now();
+    let out = ns.command(&require_tool("python3")).args(["-c", script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let flood_sent: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(flood_sent > 80_000.0, "the flood sent {flood_sent}");
+    legit.wait_more(500);
+    let legit_sent = legit.stop();
+
+    wait_until("every remote datagram counted", WAIT, || {
+        let counted = counter("legit");
+        if counted == legit_sent as f64 {
+            Ok(())
+        } else {
+            Err(format!("sent {legit_sent}, counted {counted}; {}", fg.log()))
+        }
+    });
+    // The flood got one source's budget: 3,000/s plus a burst of a second's worth.
+    let flood_secs = flood_start.elapsed().as_secs_f64();
+    let flooded = counter("flood");
+    assert!(flooded <= 3000.0 * flood_secs + 3000.0, "{flooded} of the flood's lines accepted in {flood_secs} s");
+    let offenders: serde_json::Value = serde_json::from_str(&http_get_at(&http, "/offenders").unwrap().1).unwrap();
+    let local = offenders["offenders"].as_array().unwrap().iter().find(|o| o["source"] == "local");
+    assert!(local.is_some(), "the flood is reported as `local`: {offenders}");
+    eprintln!("flood sent {flood_sent}, accepted {flooded}; remote sender {legit_sent} all counted");
+}

@@ -53,7 +53,11 @@ fn chromium(args: &[&str], url: &str) -> std::process::Output {
 #[test]
 fn the_live_page_shows_rates_and_the_flooding_source() {
     // Connection tracking on (the tests run as root): the page shows the table's fill.
-    let fg = Floodgate::start("", "[limits]\nudp_per_source = 200\nudp_per_port = 0\n[conntrack]\nenabled = true\n");
+    // The page names the flooding address: loopback addresses stand for hosts (`by_address`).
+    let fg = Floodgate::start(
+        "",
+        "[limits]\nudp_per_source = 200\nudp_per_port = 0\nlocal_senders = \"by_address\"\n[conntrack]\nenabled = true\n",
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let threads = traffic(&fg, stop.clone());
     // The flood is an offender before the page loads (the page is not what is being waited on).
@@ -99,7 +103,11 @@ fn the_live_page_shows_rates_and_the_flooding_source() {
 fn api_status_reports_listeners_guard_and_outputs() {
     // A Graphite sink with nothing listening: it is listed, with its errors.
     let graphite = format!("[graphite]\naddress = \"127.0.0.1:{}\"\n", free_port());
-    let fg = Floodgate::start("", &format!("[limits]\nudp_per_source = 50\nudp_per_port = 0\n{graphite}"));
+    // The offender is named by its address: loopback addresses stand for hosts (`by_address`).
+    let fg = Floodgate::start(
+        "",
+        &format!("[limits]\nudp_per_source = 50\nudp_per_port = 0\nlocal_senders = \"by_address\"\n{graphite}"),
+    );
     let sock = UdpSocket::bind("127.0.0.2:0").unwrap();
     for _ in 0..500 {
         sock.send_to(b"a:1|c", fg.udp_addr()).unwrap();

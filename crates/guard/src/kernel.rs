@@ -10,7 +10,9 @@
 //!
 //! What it does with each datagram, in order:
 //! 1. The source: an IPv4 address, or an IPv6 address's /64 (as the user-space guard keys
-//!    them), read from the network header (`SKF_NET_OFF`). Anything else passes.
+//!    them), read from the network header (`SKF_NET_OFF`). Anything else passes. With
+//!    `local_one_source`, a datagram that came over loopback from one of the host's addresses
+//!    (the host map) is one source: this host's processes, whichever address they chose.
 //! 2. The allow-list, when one is set: the source's whole address looked up in a
 //!    longest-prefix-match map of the listed blocks (IPv4 ones IPv4-mapped); a source outside
 //!    it is dropped.
@@ -45,6 +47,9 @@ pub struct Maps {
     /// `BPF_MAP_TYPE_LPM_TRIE`: [`ALLOW_KEY_SIZE`]-byte keys (prefix length, IPv6 address),
     /// one-byte values: the allow-list.
     pub allow: i32,
+    /// `BPF_MAP_TYPE_LPM_TRIE`, keyed as `allow`: this host's addresses (127.0.0.0/8, ::1 and
+    /// its interfaces'), whose senders are one source with `local_one_source`.
+    pub host: i32,
 }
 
 /// The allow map's key: the prefix length (u32, host order) and 16 address bytes.
@@ -72,21 +77,25 @@ pub struct Config {
     pub port_tolerance_ns: u64,
     /// 1 when the allow-list is in force (the allow map holds it).
     pub allow_on: u64,
+    /// 1 when every datagram from this host (it came over loopback from an address in the
+    /// host map) counts as one source, whichever address it was sent from.
+    pub local_one_source: u64,
 }
 
 impl Config {
     /// Bytes of the map value.
-    pub const SIZE: u32 = 40;
+    pub const SIZE: u32 = 48;
 
     /// The map value's bytes.
-    pub fn to_bytes(&self) -> [u8; 40] {
-        let mut out = [0u8; 40];
+    pub fn to_bytes(&self) -> [u8; 48] {
+        let mut out = [0u8; 48];
         let fields = [
             self.source_interval_ns,
             self.source_tolerance_ns,
             self.port_interval_ns,
             self.port_tolerance_ns,
             self.allow_on,
+            self.local_one_source,
         ];
         for (i, v) in fields.iter().enumerate() {
             out[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
@@ -96,8 +105,13 @@ impl Config {
 }
 
 /// The sources map's key: 16 bytes, the address (IPv4 in host order; an IPv6 /64 as its top
-/// 64 bits, host order) and the family (4 or 6).
+/// 64 bits, host order) and the family (4 or 6; [`LOCAL_FAMILY`] with address 0 for this
+/// host's processes as one source).
 pub const SOURCE_KEY_SIZE: u32 = 16;
+/// The family of the sources map's key for this host's processes, all as one source.
+pub const LOCAL_FAMILY: u8 = 1;
+/// The loopback interface's index: the kernel gives it 1 in every network namespace.
+const LOOPBACK_IFINDEX: i32 = 1;
 /// The sources map's value: the cell (u64 ns) and datagrams dropped (u64).
 pub const SOURCE_VALUE_SIZE: u32 = 16;
 
@@ -119,8 +133,17 @@ impl SourceCell {
         Some(SourceCell { addr: word(key, 0)?, family: word(key, 8)? as u8, dropped: word(value, 8)? })
     }
 
-    /// The source as an address (an IPv6 /64 as its first address).
+    /// Whether it stands for this host's processes ([`LOCAL_FAMILY`]).
+    pub fn is_local(&self) -> bool {
+        self.family == LOCAL_FAMILY
+    }
+
+    /// The source as an address (an IPv6 /64 as its first address; this host's processes
+    /// as 127.0.0.1).
     pub fn ip(&self) -> std::net::IpAddr {
+        if self.is_local() {
+            return std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        }
         if self.family == 6 {
             std::net::IpAddr::V6(std::net::Ipv6Addr::from(u128::from(self.addr) << 64))
         } else {
@@ -219,6 +242,8 @@ const NOEXIST: i32 = 1;
 // `struct __sk_buff` fields.
 const SKB_LEN: i16 = 0;
 const SKB_PROTOCOL: i16 = 16;
+/// The interface the packet arrived on (`skb_iif`).
+const SKB_INGRESS_IFINDEX: i16 = 36;
 /// `htons(ETH_P_IP)` and `htons(ETH_P_IPV6)` as the `protocol` field reads on little-endian.
 const PROTO_IPV4: i32 = 0x0008;
 const PROTO_IPV6: i32 = 0xdd86;
@@ -402,10 +427,19 @@ pub fn program(maps: Maps) -> Vec<Insn> {
     a.call(MAP_LOOKUP_ELEM);
     a.jump(JEQ, R0, None, 0, pass);
     a.mov(R8, R0);
-    // The allow-list: the whole address (IPv4-mapped) in the longest-prefix map.
-    let (allowed, allow_v6, allow_lookup, drop_allow) = (a.label(), a.label(), a.label(), a.label());
+    // The source's whole address (IPv4-mapped), as the allow and host maps' key: built when
+    // the allow-list is on, or when the datagram came over loopback and local senders are one
+    // source (only then can it be from this host: the kernel drops a local source arriving
+    // from outside).
+    let (build, allow_v6, built, allowed, local_done, drop_allow) =
+        (a.label(), a.label(), a.label(), a.label(), a.label(), a.label());
     a.load64(R1, R8, 32);
-    a.jump(JEQ, R1, None, 0, allowed);
+    a.jump(JNE, R1, None, 0, build);
+    a.load64(R1, R8, 40);
+    a.jump(JEQ, R1, None, 0, local_done);
+    a.load32(R1, R6, SKB_INGRESS_IFINDEX);
+    a.jump(JNE, R1, None, LOOPBACK_IFINDEX, local_done);
+    a.place(build);
     a.store32_imm(R10, ALLOW, 128);
     a.load64(R1, R10, KEY + 8);
     a.jump(JEQ, R1, None, 6, allow_v6);
@@ -415,20 +449,38 @@ pub fn program(maps: Maps) -> Vec<Insn> {
     a.load_abs32(NET_OFF + 12);
     a.swap_to_be32(R0);
     a.store32(R10, ALLOW + 16, R0);
-    a.goto(allow_lookup);
+    a.goto(built);
     a.place(allow_v6);
     for k in 0..4i16 {
         a.load_abs32(NET_OFF + 8 + 4 * i32::from(k));
         a.swap_to_be32(R0);
         a.store32(R10, ALLOW + 4 + 4 * k, R0);
     }
-    a.place(allow_lookup);
+    a.place(built);
+    // The allow-list: the address in the longest-prefix map of the listed blocks.
+    a.load64(R1, R8, 32);
+    a.jump(JEQ, R1, None, 0, allowed);
     a.load_map(R1, maps.allow);
     a.mov(R2, R10);
     a.add_imm(R2, ALLOW as i32);
     a.call(MAP_LOOKUP_ELEM);
     a.jump(JEQ, R0, None, 0, drop_allow);
     a.place(allowed);
+    // This host's processes as one source: came over loopback from one of the host's
+    // addresses (127.0.0.0/8, ::1, its interfaces': the host map). A local process may send
+    // from any of them; a source forged onto loopback (a raw socket) stays itself.
+    a.load64(R1, R8, 40);
+    a.jump(JEQ, R1, None, 0, local_done);
+    a.load32(R1, R6, SKB_INGRESS_IFINDEX);
+    a.jump(JNE, R1, None, LOOPBACK_IFINDEX, local_done);
+    a.load_map(R1, maps.host);
+    a.mov(R2, R10);
+    a.add_imm(R2, ALLOW as i32);
+    a.call(MAP_LOOKUP_ELEM);
+    a.jump(JEQ, R0, None, 0, local_done);
+    a.store64_imm(R10, KEY, 0);
+    a.store64_imm(R10, KEY + 8, i32::from(LOCAL_FAMILY));
+    a.place(local_done);
     // r9: 1 when the source is new (for the port's newcomer burst).
     a.mov_imm(R9, 0);
     // Per source: no limit, no lookup.
@@ -555,7 +607,7 @@ mod tests {
 
     #[test]
     fn every_jump_lands_inside_the_program() {
-        let p = program(Maps { config: 3, sources: 4, port: 5, stats: 6, allow: 7 });
+        let p = program(Maps { config: 3, sources: 4, port: 5, stats: 6, allow: 7, host: 8 });
         for (i, insn) in p.iter().enumerate() {
             let class = insn.code & 0x07;
             let op = insn.code & 0xf0;
@@ -566,7 +618,7 @@ mod tests {
         }
         // Map loads carry the fd and the pseudo flag.
         let loads: Vec<&Insn> = p.iter().filter(|i| i.code == (LD | DW | IMM)).collect();
-        assert!(loads.iter().all(|i| i.regs >> 4 == PSEUDO_MAP_FD && (3..=7).contains(&i.imm)));
+        assert!(loads.iter().all(|i| i.regs >> 4 == PSEUDO_MAP_FD && (3..=8).contains(&i.imm)));
         assert_eq!(p.last().map(|i| i.code), Some(JMP | EXIT));
     }
 

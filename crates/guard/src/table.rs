@@ -89,7 +89,8 @@ pub struct SourceKey {
     pub addr: u128,
     /// 32 for IPv4; for IPv6 the prefix the key stands for: 64 (one host's network), or
     /// [`SourceKey::V6_AGGREGATE`] (the whole allocation of one customer); [`SourceKey::UID`]
-    /// for a local user (`addr` is the uid).
+    /// for a local user (`addr` is the uid); [`SourceKey::LOCAL`] for every process of this
+    /// host at once.
     pub prefix: u8,
 }
 
@@ -101,6 +102,16 @@ impl SourceKey {
 
     /// [`SourceKey::prefix`] of a key that is a local user, not an address.
     pub const UID: u8 = 0;
+
+    /// [`SourceKey::prefix`] of the key that stands for this host's own processes, whatever
+    /// address they send from: a local process may take any of 127.0.0.0/8 and every address
+    /// of the host, so keying them apart would let it multiply its budget.
+    pub const LOCAL: u8 = 1;
+
+    /// The key of this host's processes on `listener` (see [`SourceKey::LOCAL`]).
+    pub fn local(listener: u16) -> SourceKey {
+        SourceKey { listener, addr: 0, prefix: Self::LOCAL }
+    }
 
     /// The key of a local user (the sender's uid on a Unix socket, as the kernel tells it) on
     /// `listener`.
@@ -139,10 +150,12 @@ impl SourceKey {
         })
     }
 
-    /// The source as text: the IPv4 address, the IPv6 prefix, or `uid:N`.
+    /// The source as text: the IPv4 address, the IPv6 prefix, `uid:N`, or `local`.
     pub fn source(&self) -> String {
         if let Some(uid) = self.as_uid() {
             format!("uid:{uid}")
+        } else if self.prefix == Self::LOCAL {
+            "local".to_string()
         } else if self.is_v6() {
             format!("{}/{}", std::net::Ipv6Addr::from(self.addr), self.prefix)
         } else {

@@ -40,6 +40,22 @@ pub struct LimitsConfig {
     /// kernel allows it (the default), else the user-space guard alone, logged; `off` never
     /// tries.
     pub kernel: KernelMode,
+    /// `one_source` (the default): every process of this host is one source, whichever of
+    /// the host's addresses it sends from (any of 127.0.0.0/8, `::1`, the interfaces' own), so
+    /// a local process cannot multiply its budget by choosing addresses; `by_address` keys
+    /// them apart like remote hosts.
+    pub local_senders: LocalSenders,
+}
+
+/// `[limits] local_senders`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalSenders {
+    /// This host's processes share one source's budget.
+    #[default]
+    OneSource,
+    /// Each local address is a source of its own.
+    ByAddress,
 }
 
 /// `[limits] kernel`.
@@ -67,6 +83,7 @@ impl Default for LimitsConfig {
             tls_handshakes_per_second: 200,
             tls_handshakes_in_flight: 64,
             kernel: KernelMode::Auto,
+            local_senders: LocalSenders::OneSource,
         }
     }
 }

@@ -11,6 +11,9 @@ use floodgate_guard::{AllowList, Limit};
 
 /// Most allow-list blocks the kernel layer holds; a longer list stays in user space alone.
 const ALLOW_MAX: u32 = 4096;
+/// Most of this host's addresses the kernel layer knows (loopback included); past it, a local
+/// sender on a further address is keyed by its address there (user space still knows it).
+const HOST_MAX: u32 = 256;
 
 use super::config::LimitsConfig;
 use crate::sys::bpf::{self, Map, MapKind, Program};
@@ -23,6 +26,8 @@ pub struct KernelGuard {
     sources: Map,
     stats: Map,
     allow: Map,
+    /// This host's addresses (see [`KernelGuard::set_host`]).
+    host: Map,
     // Kept open: the program refers to it.
     _port: Map,
     /// The last walk of the sources map: when, and its top offenders.
@@ -51,18 +56,27 @@ impl KernelGuard {
             |kind, key, value, n, name| Map::create(kind, key, value, n, name).map_err(|e| format!("{name}: {e}"));
         let config = map(MapKind::Array, 4, Config::SIZE, 1, "fg_config")?;
         let allow = map(MapKind::LpmTrie, ALLOW_KEY_SIZE, 1, ALLOW_MAX, "fg_allow")?;
+        let host = map(MapKind::LpmTrie, ALLOW_KEY_SIZE, 1, HOST_MAX, "fg_host")?;
         let sources = map(MapKind::LruHash, SOURCE_KEY_SIZE, SOURCE_VALUE_SIZE, entries, "fg_sources")?;
         let port = map(MapKind::Array, 4, 8, 1, "fg_port")?;
         let stats = map(MapKind::PerCpuArray, 4, 8, Stat::COUNT, "fg_stats")?;
-        let maps =
-            Maps { config: config.fd(), sources: sources.fd(), port: port.fd(), stats: stats.fd(), allow: allow.fd() };
+        let maps = Maps {
+            config: config.fd(),
+            sources: sources.fd(),
+            port: port.fd(),
+            stats: stats.fd(),
+            allow: allow.fd(),
+            host: host.fd(),
+        };
         let insns: Vec<u8> = program(maps).into_iter().flat_map(|i| i.to_bytes()).collect();
         let program = Program::load_socket_filter(&insns, "fg_guard").map_err(|e| {
             let tail: Vec<&str> = e.log.lines().rev().take(3).collect();
             format!("{} (verifier: {})", e.error, tail.into_iter().rev().collect::<Vec<_>>().join(" / "))
         })?;
-        let guard = KernelGuard { program, config, sources, stats, allow, _port: port, offenders: Default::default() };
+        let guard =
+            KernelGuard { program, config, sources, stats, allow, host, _port: port, offenders: Default::default() };
         guard.configure(limits).map_err(|e| format!("fg_config: {e}"))?;
+        guard.set_host(&[]).map_err(|e| format!("fg_host: {e}"))?;
         Ok(guard)
     }
 
@@ -81,8 +95,15 @@ impl KernelGuard {
             );
         }
         // Off while the map is rewritten, so no datagram meets a half-written list.
-        let mut config =
-            Config { source_interval_ns, source_tolerance_ns, port_interval_ns, port_tolerance_ns, allow_on: 0 };
+        let local_one_source = u64::from(limits.local_senders == super::config::LocalSenders::OneSource);
+        let mut config = Config {
+            source_interval_ns,
+            source_tolerance_ns,
+            port_interval_ns,
+            port_tolerance_ns,
+            allow_on: 0,
+            local_one_source,
+        };
         self.config.update(&0u32.to_ne_bytes(), &config.to_bytes())?;
         for key in self.allow.keys() {
             self.allow.delete(&key)?;
@@ -93,6 +114,33 @@ impl KernelGuard {
             }
             config.allow_on = 1;
             self.config.update(&0u32.to_ne_bytes(), &config.to_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Writes this host's addresses into the host map: loopback (127.0.0.0/8, ::1) and
+    /// `addresses` (its interfaces'; at most [`HOST_MAX`] in all). A datagram that came over
+    /// loopback from one of them is from this host.
+    pub fn set_host(&self, addresses: &[std::net::IpAddr]) -> std::io::Result<()> {
+        let loopback =
+            [(104, std::net::Ipv4Addr::new(127, 0, 0, 0).to_ipv6_mapped()), (128, std::net::Ipv6Addr::LOCALHOST)];
+        let own = addresses.iter().map(|a| match a.to_canonical() {
+            std::net::IpAddr::V4(v4) => (128, v4.to_ipv6_mapped()),
+            std::net::IpAddr::V6(v6) => (128, v6),
+        });
+        let wanted: std::collections::BTreeSet<[u8; 20]> = loopback
+            .into_iter()
+            .chain(own)
+            .take(HOST_MAX as usize)
+            .map(|(len, a)| kernel::allow_key(len, &a.octets()))
+            .collect();
+        for key in self.host.keys() {
+            if !key.as_slice().try_into().is_ok_and(|k: [u8; 20]| wanted.contains(&k)) {
+                self.host.delete(&key)?;
+            }
+        }
+        for key in &wanted {
+            self.host.update(key, &[1])?;
         }
         Ok(())
     }
@@ -148,6 +196,7 @@ impl KernelGuard {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::guard::config::LocalSenders;
     use std::os::fd::AsRawFd;
     use std::time::Duration;
 
@@ -172,10 +221,12 @@ pub(crate) mod tests {
     /// in the stats and in its entry; another source is unaffected.
     #[test]
     fn the_kernel_holds_a_source_to_its_limit() {
+        // Two loopback addresses stand for two hosts here.
         let limits = LimitsConfig {
             udp_per_source: 10,
             udp_per_port: 0,
             burst: Duration::from_secs(1),
+            local_senders: LocalSenders::ByAddress,
             ..LimitsConfig::default()
         };
         // The test command runs as root, where BPF is available.
@@ -211,6 +262,32 @@ pub(crate) mod tests {
         assert_eq!(offenders.len(), 1);
         assert_eq!(offenders[0].ip(), flood.local_addr().unwrap().ip());
         assert_eq!(offenders[0].dropped, 100 - from_flood);
+    }
+
+    /// Issue 27 item 14: a local process may send from any address of 127.0.0.0/8 (and the
+    /// host's own). By default the kernel counts whatever arrived over loopback as one source,
+    /// so ten addresses get one budget, and its offender entry says `local`.
+    #[test]
+    fn the_kernel_counts_every_local_address_as_one_source() {
+        let limits = LimitsConfig { udp_per_source: 10, udp_per_port: 0, ..LimitsConfig::default() };
+        let guard = KernelGuard::new(&limits).unwrap_or_else(|e| panic!("the kernel guard did not load: {e}"));
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        guard.attach(socket.as_raw_fd()).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let to = socket.local_addr().unwrap();
+        for i in 2..12 {
+            let sender = std::net::UdpSocket::bind(format!("127.0.0.{i}:0")).unwrap();
+            for _ in 0..10 {
+                sender.send_to(b"x:1|c", to).unwrap();
+            }
+        }
+        let mut buf = [0u8; 64];
+        let passed = std::iter::from_fn(|| socket.recv_from(&mut buf).ok()).count() as u64;
+        assert!((10..=11).contains(&passed), "{passed} of 100 from ten loopback addresses passed");
+        let offenders = guard.offenders(10);
+        assert_eq!(offenders.len(), 1);
+        assert!(offenders[0].is_local(), "{:?}", offenders[0]);
+        assert_eq!(offenders[0].dropped, 100 - passed);
     }
 
     /// An allow-list in the kernel: a source outside it is dropped before it is queued and

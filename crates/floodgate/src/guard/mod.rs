@@ -54,10 +54,25 @@ pub struct Policy {
     pub table: Arc<SourceTable>,
     /// No check at all is configured (no allow-list, every rate 0).
     udp_off: bool,
+    /// `local_senders = "one_source"`: this host's interfaces' addresses (loopback is always
+    /// this host's), whose senders are one source.
+    local: Option<Box<[IpAddr]>>,
+}
+
+/// This host's interfaces' addresses (loopback aside), as the sweeper last read them. A
+/// datagram or connection from one of them, or from loopback, came from a process of this
+/// host: the kernel drops a packet that claims a local source and arrives from outside
+/// ("martian source").
+fn host_addresses() -> Vec<IpAddr> {
+    let mut addresses: Vec<IpAddr> =
+        crate::sys::interface_addresses().into_iter().map(|a| a.to_canonical()).filter(|a| !a.is_loopback()).collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
 }
 
 impl Policy {
-    fn new(limits: &LimitsConfig, table: Arc<SourceTable>) -> Policy {
+    fn new(limits: &LimitsConfig, table: Arc<SourceTable>, host: &[IpAddr]) -> Policy {
         let burst = limits.burst.as_nanos() as u64;
         // Validated when the config was read.
         let allow = AllowList::parse(&limits.allow).unwrap_or_default();
@@ -76,6 +91,19 @@ impl Policy {
             handshake_rate: Limit::new(limits.tls_handshakes_per_second, burst),
             handshakes_in_flight: limits.tls_handshakes_in_flight,
             table,
+            local: (limits.local_senders == config::LocalSenders::OneSource).then(|| host.into()),
+        }
+    }
+
+    /// The key `ip` is counted under on `listener`: this host's processes as one
+    /// ([`SourceKey::local`], with `local_senders = "one_source"`), others by address.
+    #[inline]
+    fn source_key(&self, listener: u16, ip: IpAddr) -> SourceKey {
+        match &self.local {
+            Some(host) if ip.to_canonical().is_loopback() || host.contains(&ip.to_canonical()) => {
+                SourceKey::local(listener)
+            }
+            _ => SourceKey::new(listener, ip),
         }
     }
 }
@@ -90,6 +118,10 @@ pub struct Guard {
     epoch_wall: SystemTime,
     log_cell: PortLimiter,
     log_suppressed: AtomicU64,
+    /// This host's interfaces' addresses, as last read (see [`host_addresses`]).
+    host: Mutex<Vec<IpAddr>>,
+    /// Sweeps since the host's addresses were last read.
+    sweeps: AtomicU64,
 }
 
 impl std::fmt::Debug for Guard {
@@ -102,8 +134,11 @@ impl Guard {
     /// A guard applying `limits`, timing everything from `epoch`.
     pub fn new(limits: &LimitsConfig, epoch: Instant) -> Arc<Guard> {
         let table = Arc::new(SourceTable::new(limits.tracked_sources));
+        let host = host_addresses();
         Arc::new(Guard {
-            policy: ArcSwap::from_pointee(Policy::new(limits, table)),
+            policy: ArcSwap::from_pointee(Policy::new(limits, table, &host)),
+            host: Mutex::new(host),
+            sweeps: AtomicU64::new(0),
             limits: Mutex::new(limits.clone()),
             listeners: Mutex::new(Vec::new()),
             epoch_wall: SystemTime::now() - epoch.elapsed(),
@@ -122,8 +157,13 @@ impl Guard {
             tracing::info!(tracked_sources = limits.tracked_sources, "limiter table resized: sources start afresh");
             Arc::new(SourceTable::new(limits.tracked_sources))
         };
-        self.policy.store(Arc::new(Policy::new(limits, table)));
-        *self.limits.lock() = limits.clone();
+        {
+            // Held while the policy is replaced: a refresh of the host's addresses builds it
+            // from the limits too, and must see these.
+            let host = self.host.lock();
+            *self.limits.lock() = limits.clone();
+            self.policy.store(Arc::new(Policy::new(limits, table, &host)));
+        }
         // The kernel layer's limits change in place (`kernel = "off"` on reload leaves the
         // programs attached, passing everything).
         for lg in self.listeners.lock().iter() {
@@ -207,6 +247,10 @@ impl Guard {
 
     /// Ends quiet limited periods and logs them; run about once a second.
     pub fn sweep(&self) {
+        // Addresses change rarely (and only by an administrator): every 2 s at 4 sweeps a second.
+        if self.sweeps.fetch_add(1, Relaxed) % 8 == 7 {
+            self.refresh_host_addresses();
+        }
         let now = self.now_ns();
         let quiet = QUIET.as_nanos() as u64;
         for o in self.policy().table.sweep(now, quiet) {
@@ -238,6 +282,24 @@ impl Guard {
         }
     }
 
+    /// Reads this host's addresses again; when they changed, the policy and every kernel
+    /// layer take the new ones (addresses change rarely, and only by an administrator).
+    fn refresh_host_addresses(&self) {
+        let addresses = host_addresses();
+        let mut host = self.host.lock();
+        if *host == addresses {
+            return;
+        }
+        *host = addresses;
+        let old = self.policy.load();
+        self.policy.store(Arc::new(Policy::new(&self.limits.lock(), old.table.clone(), &host)));
+        for lg in self.listeners.lock().iter() {
+            if let Some(Err(e)) = lg.kernel.get().map(|k| k.set_host(&host)) {
+                tracing::warn!(error = %e, address = %lg.address, "kernel guard: this host's addresses not updated");
+            }
+        }
+    }
+
     /// Runs [`sweep`](Self::sweep) every second until `stop` is set.
     pub fn spawn_sweeper(self: &Arc<Self>, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
         let guard = self.clone();
@@ -263,6 +325,7 @@ impl Guard {
             .flat_map(|(lg, k)| {
                 k.offenders(max).into_iter().map(|cell| {
                     let source = match cell.ip() {
+                        _ if cell.is_local() => "local".to_string(),
                         IpAddr::V6(a) => format!("{a}/64"),
                         a => a.to_string(),
                     };
@@ -457,6 +520,7 @@ impl ListenerGuard {
             return;
         }
         let loaded = load(&limits).and_then(|k| {
+            k.set_host(&guard.host.lock()).map_err(|e| format!("fg_host: {e}"))?;
             for fd in sockets {
                 k.attach(*fd).map_err(|e| format!("SO_ATTACH_BPF: {e}"))?;
             }
@@ -534,7 +598,7 @@ impl ListenerGuard {
         if !policy.allow.allows(ip) {
             return Err((Reason::NotAllowed, n));
         }
-        let key = SourceKey::new(self.id, ip);
+        let key = policy.source_key(self.id, ip);
         // IPv6: the /56 as a whole first, then the /64 (and the port).
         let verdict = match key.aggregate() {
             Some(aggregate) => {
@@ -663,7 +727,7 @@ impl ListenerGuard {
         if !(policy.allow.allows(ip) || host_itself) {
             return Err(Reason::NotAllowed);
         }
-        let key = SourceKey::new(self.id, ip);
+        let key = policy.source_key(self.id, ip);
         let now = guard.now_ns();
         if host_itself {
             return self.admit_open(&guard, &policy, key, now);
@@ -897,6 +961,43 @@ mod tests {
         assert_eq!(report.offenders[0].source, "10.0.0.1");
         assert_eq!(report.offenders[0].reason, "source_limit");
         assert!(report.offenders[0].currently_limited);
+    }
+
+    /// Issue 27 item 14: this host's processes are one source, whichever local address they
+    /// send from (127.0.0.0/8, `::1`, an interface's own address); a remote one is apart.
+    /// `local_senders = "by_address"` keys them apart again.
+    #[test]
+    fn every_local_address_is_one_source() {
+        let now = 5_000_000_000;
+        let own = crate::sys::interface_addresses().into_iter().find(|a| !a.is_loopback());
+        let local: Vec<IpAddr> = ["127.0.0.1", "127.0.0.2", "127.9.9.9", "::1", "::ffff:127.0.0.3"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .chain(own)
+            .collect();
+        let g = Guard::new(&limits(|l| l.udp_per_source = 10), Instant::now());
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "0.0.0.0:8125", 0);
+        let p = g.policy();
+        let admitted = |ips: &[IpAddr]| {
+            ips.iter().cycle().take(100).filter(|ip| lg.admit_datagram(&p, **ip, 0, || 1, now).is_ok()).count()
+        };
+        assert_eq!(admitted(&local), 10, "one budget for {local:?}");
+        assert_eq!(admitted(&["198.18.0.1".parse().unwrap()]), 10, "a remote source has its own");
+        let report = g.report(10);
+        assert!(report.offenders.iter().any(|o| o.source == "local" && o.dropped == 90), "{:?}", report.offenders);
+
+        let g = Guard::new(
+            &limits(|l| {
+                l.udp_per_source = 10;
+                l.local_senders = config::LocalSenders::ByAddress;
+            }),
+            Instant::now(),
+        );
+        let lg = g.listener(Kind::new(Protocol::Statsd, Transport::Udp), "0.0.0.0:8125", 0);
+        let p = g.policy();
+        let loopback: Vec<IpAddr> = (1..=5).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+        let admitted = loopback.iter().cycle().take(100).filter(|ip| lg.admit_datagram(&p, **ip, 0, || 1, now).is_ok());
+        assert_eq!(admitted.count(), 50, "by address: five budgets");
     }
 
     #[test]

@@ -149,9 +149,9 @@ pub struct RecvBatch {
     _iov: Box<[libc::iovec]>,
     addrs: Box<[libc::sockaddr_storage]>,
     /// Ancillary data per slot: room for one `SCM_CREDENTIALS` (Unix sockets with
-    /// `SO_PASSCRED`); u64s for `cmsghdr`'s alignment.
-    _control: Box<[[u64; CONTROL_WORDS]]>,
-    /// `_control` is in use.
+    /// `SO_PASSCRED`), read with `floodgate_ancillary`.
+    control: Box<[Control]>,
+    /// `control` is in use.
     credentials: bool,
     hdrs: Box<[libc::mmsghdr]>,
     received: usize,
@@ -162,19 +162,16 @@ pub struct RecvBatch {
 /// 64 bytes a slot: `CMSG_SPACE(sizeof(struct ucred))` is 32 on Linux, which leaves room for
 /// a few passed descriptors too; every one that arrives is closed at once (see
 /// [`RecvBatch::recv`]), and those that did not fit the kernel closes itself (`MSG_CTRUNC`).
-const CONTROL_WORDS: usize = 8;
+const CONTROL_BYTES: usize = 64;
+
+/// One slot's control buffer, aligned as `struct cmsghdr` wants.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Control([u8; CONTROL_BYTES]);
 
 /// Who sent a datagram on a Unix socket, as the kernel saw it (`SCM_CREDENTIALS`): a sender
 /// cannot claim another process's (only root may pass other ids, and the kernel checks them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Credentials {
-    /// Process id.
-    pub pid: i32,
-    /// User id.
-    pub uid: u32,
-    /// Group id.
-    pub gid: u32,
-}
+pub use floodgate_ancillary::Credentials;
 
 impl RecvBatch {
     /// Room for `slots` datagrams of up to `slot_size` bytes.
@@ -200,8 +197,8 @@ impl RecvBatch {
                 iov_len: slot_size,
             })
             .collect();
-        let mut control: Box<[[u64; CONTROL_WORDS]]> =
-            vec![[0u64; CONTROL_WORDS]; if credentials { slots } else { 0 }].into_boxed_slice();
+        let mut control: Box<[Control]> =
+            vec![Control([0; CONTROL_BYTES]); if credentials { slots } else { 0 }].into_boxed_slice();
         let hdrs: Box<[libc::mmsghdr]> = (0..slots)
             .map(|i| {
                 // SAFETY: as above, zeroed mmsghdr is valid; the fields set below point into
@@ -212,23 +209,13 @@ impl RecvBatch {
                 h.msg_hdr.msg_iov = &mut iov[i];
                 h.msg_hdr.msg_iovlen = 1;
                 if let Some(c) = control.get_mut(i) {
-                    h.msg_hdr.msg_control = c.as_mut_ptr().cast();
-                    h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>() as _;
+                    h.msg_hdr.msg_control = c.0.as_mut_ptr().cast();
+                    h.msg_hdr.msg_controllen = CONTROL_BYTES as _;
                 }
                 h
             })
             .collect();
-        RecvBatch {
-            slot_size,
-            buf,
-            _iov: iov,
-            addrs,
-            credentials,
-            _control: control,
-            hdrs,
-            received: 0,
-            descriptors_closed: 0,
-        }
+        RecvBatch { slot_size, buf, _iov: iov, addrs, credentials, control, hdrs, received: 0, descriptors_closed: 0 }
     }
 
     /// Blocks until at least one datagram is queued (or the socket's read timeout passes),
@@ -248,7 +235,7 @@ impl RecvBatch {
         for h in self.hdrs.iter_mut() {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             if self.credentials {
-                h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>() as _;
+                h.msg_hdr.msg_controllen = CONTROL_BYTES as _;
             }
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
@@ -275,31 +262,21 @@ impl RecvBatch {
         Ok(self.received)
     }
 
-    /// Closes every descriptor that arrived with datagram `i` (`SCM_RIGHTS`); returns how many.
-    fn close_passed_descriptors(&self, i: usize) -> u64 {
-        let h = &self.hdrs[i].msg_hdr;
+    /// The control messages the kernel wrote for datagram `i` of the last call.
+    fn control_messages(&self, i: usize) -> floodgate_ancillary::Messages<'_> {
         // usize on glibc, socklen_t on musl.
         #[allow(clippy::unnecessary_cast)]
-        if (h.msg_controllen as usize) < std::mem::size_of::<libc::cmsghdr>() {
-            return 0;
-        }
+        let len = (self.hdrs[i].msg_hdr.msg_controllen as usize).min(CONTROL_BYTES);
+        let bytes = self.control.get(i).map_or(&[][..], |c| &c.0[..len]);
+        floodgate_ancillary::messages(bytes)
+    }
+
+    /// Closes every descriptor that arrived with datagram `i` (`SCM_RIGHTS`); returns how many.
+    fn close_passed_descriptors(&self, i: usize) -> u64 {
         let mut closed = 0;
-        // SAFETY: as in `credentials`: the kernel filled this header's control buffer in the
-        // last recvmmsg, and CMSG_FIRSTHDR/NXTHDR walk only inside it.
-        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(h) };
-        while !cmsg.is_null() {
-            // SAFETY: non-null headers from CMSG_FIRSTHDR/NXTHDR lie inside the buffer.
-            let c = unsafe { &*cmsg };
-            if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_RIGHTS {
-                // SAFETY: CMSG_LEN(0) is the header's size with padding: what precedes the data.
-                let header = unsafe { libc::CMSG_LEN(0) } as usize;
-                #[allow(clippy::unnecessary_cast)]
-                let count = (c.cmsg_len as usize).saturating_sub(header) / std::mem::size_of::<libc::c_int>();
-                for k in 0..count {
-                    // SAFETY: the kernel wrote `count` ints after the header (cmsg_len says so,
-                    // and it lies inside the buffer); read_unaligned for CMSG_DATA's alignment.
-                    let passed: libc::c_int =
-                        unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>().add(k)) };
+        for m in self.control_messages(i) {
+            if let floodgate_ancillary::Message::Rights(descriptors) = m {
+                for passed in descriptors.iter() {
                     // SAFETY: the kernel just installed `passed` in our table for us; nothing
                     // else knows of it, so closing it cannot close anything of ours.
                     if passed >= 0 && unsafe { libc::close(passed) } == 0 {
@@ -307,8 +284,6 @@ impl RecvBatch {
                     }
                 }
             }
-            // SAFETY: as for CMSG_FIRSTHDR.
-            cmsg = unsafe { libc::CMSG_NXTHDR(h, cmsg) };
         }
         closed
     }
@@ -328,34 +303,10 @@ impl RecvBatch {
         if !self.credentials {
             return None;
         }
-        let h = &self.hdrs[i].msg_hdr;
-        // usize on glibc, socklen_t on musl.
-        #[allow(clippy::unnecessary_cast)]
-        let control_len = h.msg_controllen as usize;
-        if control_len < std::mem::size_of::<libc::cmsghdr>() {
-            return None;
-        }
-        // SAFETY: `h` is a header the kernel filled in the last recvmmsg; its msg_control
-        // points at this slot's `control` buffer (alive and unmoved while `self` is) and
-        // msg_controllen is the length the kernel wrote there, so CMSG_FIRSTHDR/CMSG_NXTHDR
-        // walk only inside it and return null at its end.
-        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(h) };
-        while !cmsg.is_null() {
-            // SAFETY: non-null headers from CMSG_FIRSTHDR/NXTHDR lie inside the buffer.
-            let c = unsafe { &*cmsg };
-            if c.cmsg_level == libc::SOL_SOCKET
-                && c.cmsg_type == libc::SCM_CREDENTIALS
-                && c.cmsg_len as usize >= std::mem::size_of::<libc::cmsghdr>() + std::mem::size_of::<libc::ucred>()
-            {
-                // SAFETY: the header says a ucred follows (length checked above);
-                // read_unaligned because CMSG_DATA's alignment is not ucred's guarantee.
-                let u: libc::ucred = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
-                return Some(Credentials { pid: u.pid, uid: u.uid, gid: u.gid });
-            }
-            // SAFETY: as for CMSG_FIRSTHDR.
-            cmsg = unsafe { libc::CMSG_NXTHDR(h, cmsg) };
-        }
-        None
+        self.control_messages(i).find_map(|m| match m {
+            floodgate_ancillary::Message::Credentials(c) => Some(c),
+            _ => None,
+        })
     }
 
     /// Source address of datagram `i` of the last call.

@@ -776,6 +776,8 @@ pub struct Carbon {
     pub ip: String,
     pub line_port: u16,
     pub pickle_port: u16,
+    /// Its cache query port (graphite-web's `CARBONLINK_HOSTS`).
+    pub query_port: u16,
 }
 
 impl Drop for Carbon {
@@ -808,7 +810,7 @@ impl Carbon {
         .unwrap();
         // One-second steps: with Carbon's default 60 s, several flushes a minute overwrite each other.
         std::fs::write(dir.path().join("storage-schemas.conf"), "[all]\npattern = .*\nretentions = 1s:1h\n").unwrap();
-        let mut carbon = Carbon { child: None, dir, ip: ip.to_string(), line_port, pickle_port };
+        let mut carbon = Carbon { child: None, dir, ip: ip.to_string(), line_port, pickle_port, query_port };
         carbon.restart();
         carbon
     }
@@ -833,6 +835,45 @@ impl Carbon {
             assert!(Instant::now() < deadline, "carbon-cache did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Points its cache holds for `metrics`, not yet written to Whisper (asked on its cache
+    /// query port, as graphite-web does: `cache-query-bulk`, length-prefixed pickles).
+    pub fn cached_points(&self, metrics: &[String]) -> usize {
+        let script = "import pickle, socket, struct, sys\n\
+            s = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n\
+            req = pickle.dumps({'type': 'cache-query-bulk', 'metrics': sys.argv[3:]}, protocol=2)\n\
+            s.sendall(struct.pack('!L', len(req)) + req)\n\
+            def read(n):\n\
+            \x20   b = b''\n\
+            \x20   while len(b) < n:\n\
+            \x20       c = s.recv(n - len(b))\n\
+            \x20       assert c, 'carbon closed the connection'\n\
+            \x20       b += c\n\
+            \x20   return b\n\
+            size = struct.unpack('!L', read(4))[0]\n\
+            res = pickle.loads(read(size))\n\
+            print(sum(len(p) for p in res['datapointsByMetric'].values()))\n";
+        let out = Command::new(require_tool("python3"))
+            .args(["-c", script, &self.ip, &self.query_port.to_string()])
+            .args(metrics)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cache query: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// TCP connections to its line and pickle ports, in any state but `TIME-WAIT` (closed on
+    /// both sides: it read everything sent on them), as `ss` lists them.
+    pub fn open_connections(&self) -> Vec<String> {
+        let out = Command::new(require_tool("ss")).args(["-Htan"]).output().unwrap();
+        let ours = [format!("{}:{}", self.ip, self.line_port), format!("{}:{}", self.ip, self.pickle_port)];
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("LISTEN") && !l.starts_with("TIME-WAIT"))
+            .filter(|l| l.split_whitespace().any(|field| ours.iter().any(|o| field == o)))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Kills it: what it has not written to Whisper yet is lost, as in a crash.

@@ -191,6 +191,16 @@ fn assert_flat(name: &str, samples: &[(Instant, Usage)], since: Instant) {
     );
 }
 
+/// A child killed when dropped, so a failed run leaves no rsyslogd behind.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Whether every thread of `pid` is stopped (SIGSTOP taken).
 fn all_threads_stopped(pid: u32) -> bool {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
@@ -350,17 +360,19 @@ fn a_fleet_under_faults_loses_and_doubles_nothing_and_grows_nothing() {
         ),
     )
     .unwrap();
-    let mut rsyslog = Command::new(require_tool("ip"))
-        .args(["netns", "exec", &namespaces[0].name])
-        .arg(require_tool("rsyslogd"))
-        .args(["-n", "-f"])
-        .arg(&rsyslog_conf)
-        .arg("-i")
-        .arg(dir.path().join("rsyslog.pid"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut rsyslog = KilledOnDrop(
+        Command::new(require_tool("ip"))
+            .args(["netns", "exec", &namespaces[0].name])
+            .arg(require_tool("rsyslogd"))
+            .args(["-n", "-f"])
+            .arg(&rsyslog_conf)
+            .arg("-i")
+            .arg(dir.path().join("rsyslog.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let logging = Arc::new(AtomicBool::new(true));
     let logger = {
         let (logging, ns) = (logging.clone(), namespaces[0].name.clone());
@@ -505,8 +517,8 @@ fn a_fleet_under_faults_loses_and_doubles_nothing_and_grows_nothing() {
 
     // Syslog: every message xagent read is in the output once; every logger message sent
     // directly is there.
-    let _ = Command::new("kill").args(["-TERM", &rsyslog.id().to_string()]).status();
-    let _ = rsyslog.wait();
+    let _ = Command::new("kill").args(["-TERM", &rsyslog.0.id().to_string()]).status();
+    let _ = rsyslog.0.wait();
     let x = &agents[0];
     let records = wait_until_every("every syslog message read is written", WAIT, POLL, || {
         let m = x.metrics();

@@ -167,13 +167,3 @@ pub fn is_never(f: &Fsync) -> bool {
     *f == Fsync::Never
 }
 
-impl Fsync {
-    /// Whether a file written under this policy, last synced at `last`, is due a sync now.
-    pub fn due(self, last: std::time::Instant) -> bool {
-        match self {
-            Fsync::Never => false,
-            Fsync::Always => true,
-            Fsync::Interval(every) => last.elapsed() >= every,
-        }
-    }
-}

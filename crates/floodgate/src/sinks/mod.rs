@@ -10,6 +10,7 @@
 //! agents on it). The forward links ([`forward`]) keep their own queue: theirs is emptied by
 //! acknowledgements, not by writes.
 
+pub mod delivery;
 pub mod forward;
 pub mod graphite;
 pub mod remote_write;

@@ -16,11 +16,11 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::config::Fsync;
+use crate::sinks::delivery::file_sync::FileSync;
 
 /// Bytes of a log record's header.
 const HEAD: u64 = 12;
@@ -32,8 +32,7 @@ pub struct Journal {
     log_len: u64,
     mark: File,
     session: u64,
-    fsync: Fsync,
-    last_sync: Instant,
+    sync: FileSync,
 }
 
 /// What a journal held when opened.
@@ -106,7 +105,8 @@ impl Journal {
             ),
             Err(_) => (0, 0),
         };
-        let mut journal = Journal { log_path, log, log_len: 0, mark, session, fsync, last_sync: Instant::now() };
+        let sync = FileSync::new(fsync, &[&log, &mark], "forward-fsync")?;
+        let mut journal = Journal { log_path, log, log_len: 0, mark, session, sync };
         if saved_session != session {
             journal.log.set_len(0)?;
             journal.write_mark(0)?;
@@ -148,12 +148,7 @@ impl Journal {
     }
 
     fn synced(&mut self) -> std::io::Result<()> {
-        if self.fsync.due(self.last_sync) {
-            self.log.sync_data()?;
-            self.mark.sync_data()?;
-            self.last_sync = Instant::now();
-        }
-        Ok(())
+        self.sync.written(&[&self.log, &self.mark])
     }
 
     /// Appends a batch.
@@ -194,6 +189,7 @@ impl Journal {
             crate::files::replace(&tmp, &self.log_path)?;
             self.log = file;
             self.log_len = len;
+            self.sync.replaced(&[&self.log, &self.mark])?;
         }
         self.synced()
     }

@@ -328,8 +328,7 @@ struct Spill {
     len: u64,
     max: u64,
     held_messages: u64,
-    fsync: Fsync,
-    last_sync: Instant,
+    sync: crate::sinks::delivery::file_sync::FileSync,
 }
 
 /// Bytes of a record's header.
@@ -383,17 +382,8 @@ impl Spill {
         if held_messages > 0 {
             tracing::info!(path = %path.display(), messages = held_messages, bytes = at - read_at, "syslog spill file: sending what the last run left unsent");
         }
-        Ok(Spill {
-            path: path.to_path_buf(),
-            file,
-            pos,
-            read_at,
-            len: at,
-            max,
-            held_messages,
-            fsync,
-            last_sync: Instant::now(),
-        })
+        let sync = crate::sinks::delivery::file_sync::FileSync::new(fsync, &[&file, &pos], "syslog-fsync")?;
+        Ok(Spill { path: path.to_path_buf(), file, pos, read_at, len: at, max, held_messages, sync })
     }
 
     fn push(&mut self, chunk: &Chunk) -> std::io::Result<bool> {
@@ -411,14 +401,9 @@ impl Spill {
         Ok(true)
     }
 
-    /// Syncs the file to disk if the policy says it is time.
+    /// Written: on disk as the `fsync` policy says.
     fn synced(&mut self) -> std::io::Result<()> {
-        if self.fsync.due(self.last_sync) {
-            self.file.sync_data()?;
-            self.pos.sync_data()?;
-            self.last_sync = Instant::now();
-        }
-        Ok(())
+        self.sync.written(&[&self.file, &self.pos])
     }
 
     fn pop(&mut self) -> std::io::Result<Option<Chunk>> {
@@ -471,6 +456,7 @@ impl Spill {
         file.sync_data()?;
         crate::files::replace(&tmp, &self.path)?;
         self.file = file;
+        self.sync.replaced(&[&self.file, &self.pos])?;
         self.read_at = 0;
         self.len = self.file.metadata()?.len();
         self.held_messages = messages;

@@ -16,6 +16,7 @@ pub mod config;
 pub mod files;
 pub mod flush;
 pub mod guard;
+pub mod kind;
 pub mod listener;
 pub mod metrics;
 pub mod naming;

@@ -166,4 +166,3 @@ pub fn default_state_dir() -> std::path::PathBuf {
 pub fn is_never(f: &Fsync) -> bool {
     *f == Fsync::Never
 }
-

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::config::LimitsConfig;
-use crate::listener::Kind;
+use crate::kind::Kind;
 
 /// An IPv6 /56 (one customer's allocation) gets this many sources' budgets in all, however
 /// many of its 256 /64s it sends from.
@@ -896,7 +896,7 @@ impl crate::metrics::Report for Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::listener::{Protocol, Transport};
+    use crate::kind::{Protocol, Transport};
 
     fn limits(f: impl FnOnce(&mut LimitsConfig)) -> LimitsConfig {
         let mut l = LimitsConfig::default();

@@ -5,7 +5,8 @@
 //! Adding a sink: a module here with a `build` function, and one line in [`SINKS`].
 //!
 //! Graphite and remote-write share one delivery loop ([`deliver_all`]): payloads in order, a
-//! bounded queue (the oldest dropped and counted past it), retries with exponential back-off,
+//! bounded queue (the oldest dropped and counted past it), retries with the one back-off
+//! ([`delivery::backoff`]),
 //! a last try at shutdown, and a `delivered` signal per payload (aggregators acknowledge
 //! agents on it). The forward links ([`forward`]) keep their own queue: theirs is emptied by
 //! acknowledgements, not by writes.
@@ -132,9 +133,6 @@ pub trait Deliver: Send + Sync {
     fn deliver(&self, payload: &Payload) -> impl Future<Output = Result<(), DeliverError>> + Send;
 }
 
-const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
 /// Delivers payloads from `rx` until it closes, then tries what is left once more within
 /// `drain_deadline`.
 pub async fn deliver_all<D: Deliver>(
@@ -147,7 +145,7 @@ pub async fn deliver_all<D: Deliver>(
     let name = sink.name();
     let mut queue: VecDeque<Payload> = VecDeque::new();
     let mut queued_bytes: u64 = 0;
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = delivery::backoff::Backoff::default();
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut failing_since: Option<Instant> = None;
     let c = counters;
@@ -198,7 +196,7 @@ pub async fn deliver_all<D: Deliver>(
                             queued_bytes -= p.bytes.len() as u64;
                             delivered(p, c);
                         }
-                        backoff = MIN_BACKOFF;
+                        backoff.succeeded();
                     }
                     Err(e) if !e.retry => {
                         tracing::error!(sink = name, error = %e.message, "flush refused by the destination; dropped");
@@ -214,8 +212,7 @@ pub async fn deliver_all<D: Deliver>(
                             failing_since = Some(Instant::now());
                             queue.iter_mut().for_each(held);
                         }
-                        retry_at = Some(tokio::time::Instant::now() + backoff);
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        retry_at = Some(tokio::time::Instant::now() + backoff.failed());
                         break;
                     }
                 }

@@ -1,5 +1,6 @@
-//! What every sink that holds data shares, so a new sink copies none of it. So far: how an
-//! on-disk queue keeps its `fsync` policy ([`file_sync`]), used by the agent's journal and the
-//! syslog spill file.
+//! What every sink that holds data shares, so a new sink copies none of it. So far: the
+//! back-off every retrying sink uses ([`backoff`]), and how an on-disk queue keeps its
+//! `fsync` policy ([`file_sync`]), used by the agent's journal and the syslog spill file.
 
+pub mod backoff;
 pub mod file_sync;

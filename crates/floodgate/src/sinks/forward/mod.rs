@@ -73,11 +73,9 @@ struct Queued {
     frame: bytes::Bytes,
 }
 
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// A batch the aggregator refuses this many times is dropped (and counted), so it never blocks
 /// the batches behind it.
 pub const MAX_REFUSALS: u32 = 3;
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Batches waiting for an acknowledgement: in memory, and on disk when there is a journal.
@@ -237,7 +235,9 @@ impl Link {
     /// what is still unacknowledged then stays in the journal for the next start.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Share>, drain: Duration) {
         let mut held = Held::new(&mut self);
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = crate::sinks::delivery::backoff::Backoff::default();
+        // The wait before the next attempt, when a failure already drew it (for the log).
+        let mut wait = None;
         let mut closing: Option<tokio::time::Instant> = None;
         let c = self.counters.clone();
         loop {
@@ -251,14 +251,15 @@ impl Link {
             let conn = match self.connect().await {
                 Ok((stream, acked_through, decoder)) => {
                     held.acked(acked_through);
-                    backoff = MIN_BACKOFF;
+                    backoff.succeeded();
                     c.connected.store(1, Relaxed);
                     tracing::info!(aggregator = %self.address, acked_through, queued = held.queue.len(), "connected to aggregator");
                     Some((stream, decoder))
                 }
                 Err(e) => {
                     c.errors.fetch_add(1, Relaxed);
-                    tracing::warn!(aggregator = %self.address, error = %e, retry_in = ?backoff, "aggregator unreachable; holding its batches");
+                    let retry_in = *wait.insert(backoff.failed());
+                    tracing::warn!(aggregator = %self.address, error = %e, ?retry_in, "aggregator unreachable; holding its batches");
                     None
                 }
             };
@@ -322,7 +323,7 @@ impl Link {
                 }
             }
             // Back off, still taking new shares meanwhile (they wait in the queue).
-            let sleep = tokio::time::sleep(backoff);
+            let sleep = tokio::time::sleep(wait.take().unwrap_or_else(|| backoff.failed()));
             tokio::pin!(sleep);
             loop {
                 tokio::select! {
@@ -333,7 +334,6 @@ impl Link {
                     _ = &mut sleep => break,
                 }
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         if !held.queue.is_empty() {
             if held.journal.is_some() {

@@ -299,8 +299,6 @@ fn flush_retrying(out: &mut impl Write, retry: &mut Retry<'_>) {
     }
 }
 
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The forward output's queue: memory first, then the spill file; always in order.
@@ -608,7 +606,7 @@ impl Forwarder {
 
     async fn run(mut self, mut rx: mpsc::Receiver<Chunk>, drain: Duration) {
         let mut conn: Option<Connection> = None;
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = crate::sinks::delivery::backoff::Backoff::default();
         let mut closing_since: Option<Instant> = None;
         loop {
             // The channel closes at shutdown: from then on the drain deadline runs, whether
@@ -669,15 +667,16 @@ impl Forwarder {
                     Ok(c) => {
                         tracing::info!(address = %self.address, "syslog forward: connected");
                         conn = Some(c);
-                        backoff = MIN_BACKOFF;
+                        backoff.succeeded();
                         self.counters.connected.store(1, Relaxed);
                     }
                     Err(e) => {
                         self.counters.errors.fetch_add(1, Relaxed);
-                        tracing::warn!(address = %self.address, error = %e, retry_in = ?backoff, "syslog forward: cannot connect");
+                        let retry_in = backoff.failed();
+                        tracing::warn!(address = %self.address, error = %e, ?retry_in, "syslog forward: cannot connect");
                         // Keep taking chunks while waiting, so listeners are not held up.
                         let wake =
-                            tokio::time::sleep(if closing_since.is_some() { backoff.min(patience) } else { backoff });
+                            tokio::time::sleep(if closing_since.is_some() { retry_in.min(patience) } else { retry_in });
                         tokio::pin!(wake);
                         loop {
                             tokio::select! {
@@ -688,7 +687,6 @@ impl Forwarder {
                                 },
                             }
                         }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
                 continue;

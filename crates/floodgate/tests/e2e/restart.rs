@@ -2,13 +2,11 @@
 //! the syslog spill file is replayed by the next run, an agent's unacknowledged batches are
 //! kept on disk and sent again after it restarts.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Data a TCP sender wrote before SIGTERM — a last line without its newline, and bytes still in
 /// the socket's receive queue — is in the final flush.

@@ -1,12 +1,10 @@
 //! The Grafana dashboard in `dashboards/`: valid JSON, well-formed panels, and every metric a
 //! query names is one floodgate exports (checked against a floodgate running every feature).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
     match v {

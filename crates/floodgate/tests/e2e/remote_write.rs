@@ -4,11 +4,9 @@
 //! double (a real Prometheus receives remote-write in `forward.rs`), answering with the status
 //! codes each test scripts.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn start(endpoint: u16, extra: &str) -> Floodgate {
     Floodgate::start(

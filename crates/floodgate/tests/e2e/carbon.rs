@@ -3,14 +3,12 @@
 //! are read back with `whisper-fetch`. Then a cluster of three: floodgate's own sharding
 //! checked against graphite-carbon's router and Debian's carbon-c-relay.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn flush_to_carbon(pickle: bool) {
     let carbon = Carbon::start();

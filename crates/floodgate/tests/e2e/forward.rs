@@ -2,12 +2,10 @@
 //! overwriting each other, every series lands at exactly one aggregator, and an aggregator
 //! killed mid-run loses and doubles nothing.
 
-mod common;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Flush interval of every process here; the aggregators wait half of it for the agents.
 const INTERVAL_MS: u64 = 2000;

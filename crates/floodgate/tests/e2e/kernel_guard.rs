@@ -4,11 +4,9 @@
 //! source fills what is left — which the user-space guard alone cannot, since the kernel drops
 //! from a full socket buffer without looking at the source.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 struct Outcome {
     legit_sent: u64,

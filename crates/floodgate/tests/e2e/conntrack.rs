@@ -6,15 +6,13 @@
 //! events are logged in both formats; a burst through a tiny event buffer forces a resync that
 //! recovers the counts; and the kernel table is never flushed.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{ChildStdin, ChildStdout, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 

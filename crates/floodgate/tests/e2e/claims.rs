@@ -1,13 +1,11 @@
 //! README claims that had no test of their own, one test each: what the README says is what a
 //! test checks here, with exact accounting rather than rates.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// `POST /-/reload` is refused (403) unless `[http] reload = true`.
 #[test]

@@ -1,12 +1,10 @@
 //! Faults that spread (issue 27): one failing output (a full disk, a dead Carbon node) must
 //! degrade only itself — never a receive path, never the shutdown's budget.
 
-mod common;
-
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -3,13 +3,11 @@
 //! Each asserts what floodgate counts, answers and delivers; what an attack costs in memory
 //! (peak RSS) is measured by the benchmark, `floodgate-load bench --only attack`.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use floodgate_forward::proto::{self, frame::Kind, series::Value, Frame};
 
 const INTERVAL_MS: u64 = 1000;

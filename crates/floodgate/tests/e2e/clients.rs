@@ -2,12 +2,10 @@
 //! floodgate over UDP, TCP and a Unix datagram socket; what they sent must come out of the
 //! flush.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn owned(want: &[(&str, &str)]) -> Vec<(String, String)> {
     want.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()

@@ -2,11 +2,9 @@
 //! through its Unix sockets, its files and what it learns of senders from the kernel. Each
 //! test is one attack, run against the real binary.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 

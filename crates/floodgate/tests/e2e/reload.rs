@@ -3,13 +3,11 @@
 //! every increment sent reaches Carbon (a real carbon-cache) exactly once; a listener the new
 //! file drops stops taking connections but drains what its socket and open connections hold.
 
-mod common;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 

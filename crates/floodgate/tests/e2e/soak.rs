@@ -17,15 +17,13 @@
 //! floodgate read is in the output once, and each process's descriptors, threads and memory
 //! (sampled every second all along) are flat.
 
-mod common;
-
 use std::io::{BufRead, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(180);
 const FLUSH: &str = "flush_interval = \"2s\"";

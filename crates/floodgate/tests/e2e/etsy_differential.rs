@@ -9,15 +9,13 @@
 //! arrive) and is bracketed by begin/end marker counters; a round that one daemon still split
 //! across two flushes is detected by the markers and repeated with fresh names.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const INTERVAL: Duration = Duration::from_millis(2000);
 

@@ -3,13 +3,11 @@
 //! before a byte is read. The spoofing test, which needs a network namespace, is in
 //! `guard_spoof.rs`.
 
-mod common;
-
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn offenders(fg: &Floodgate) -> serde_json::Value {
     let (code, body) = http_get(fg.http, "/offenders").unwrap();

@@ -6,12 +6,10 @@
 //! refused before it is queued; its source map is an LRU of `tracked_sources` entries) and with
 //! the user-space layer alone.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn get(addr: &str, path: &str) -> String {
     http_get_at(addr, path).unwrap().1

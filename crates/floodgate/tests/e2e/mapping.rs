@@ -3,11 +3,9 @@
 //! checked by `promtool`, re-read on SIGHUP, and a bad file is refused naming the rule; timers
 //! as classic and native histograms, into a real Prometheus.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -1,13 +1,11 @@
 //! End-to-end tests of the StatsD path through the real binary: UDP and TCP in, Graphite out,
 //! the console, /metrics, bad input, max_series, Carbon outages and shutdown.
 
-mod common;
-
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -3,12 +3,10 @@
 //! binary, the unit's capabilities and hardening, its maintainer scripts enabling the unit,
 //! and `systemd-analyze verify` on the unit.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn deb() -> std::path::PathBuf {
     let dir = repo_root().join("target/debian");

@@ -3,8 +3,6 @@
 //! source as an offender. A screenshot is saved as a test artifact
 //! (`target/test-artifacts/ui.png`). `/api/status` is checked on its own.
 
-mod common;
-
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
 use std::process::Command;
@@ -12,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// StatsD over TCP from 127.0.0.1 and a UDP flood from 127.0.0.2 until `stop`.
 fn traffic(fg: &Floodgate, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {

@@ -1,15 +1,13 @@
 //! Syslog end to end: real `logger` and rsyslog as clients, rsyslog as the forward target,
 //! 100,000 messages exactly once over TCP and TLS, and bad input of every kind.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);

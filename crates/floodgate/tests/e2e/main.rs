@@ -1,0 +1,28 @@
+//! floodgate's end-to-end tests, as one test binary: each module is one area, run against the
+//! real `floodgate` binary and real counterparts (see README.md here for what each holds and
+//! where a new test goes). One binary, so the shared harness (`common`) compiles once.
+
+mod common;
+
+mod carbon;
+mod claims;
+mod clients;
+mod conntrack;
+mod dashboard;
+mod etsy_differential;
+mod faults;
+mod forward;
+mod guard;
+mod guard_spoof;
+mod hostile;
+mod kernel_guard;
+mod local_attacks;
+mod mapping;
+mod packaging;
+mod reload;
+mod remote_write;
+mod restart;
+mod soak;
+mod statsd_e2e;
+mod syslog;
+mod ui;

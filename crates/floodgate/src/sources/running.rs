@@ -129,6 +129,43 @@ fn remove_socket_file(address: &Address) {
     }
 }
 
+/// What a section's listener keys say, by transport: StatsD and syslog both have `udp`, `tcp`,
+/// TLS addresses, `unix`, `unix_stream` and the socket files' access. Each section keeps its
+/// own TOML keys (serde cannot flatten a shared block into a section that refuses unknown
+/// keys) and lends them here, so the listeners wanted, and who may write to a socket file,
+/// are worked out once: a new transport is one more field and one more line below.
+#[derive(Debug, Clone)]
+pub struct Listening<'a> {
+    /// The protocol the listeners speak.
+    pub protocol: crate::kind::Protocol,
+    /// `udp`.
+    pub udp: &'a [std::net::SocketAddr],
+    /// `tcp`.
+    pub tcp: &'a [std::net::SocketAddr],
+    /// The TLS listeners' addresses.
+    pub tls: Vec<std::net::SocketAddr>,
+    /// `unix`.
+    pub unix: &'a [std::path::PathBuf],
+    /// `unix_stream`.
+    pub unix_stream: &'a [std::path::PathBuf],
+    /// `unix_mode`, `unix_owner`, `unix_group`.
+    pub access: crate::net::unix::Access<'a>,
+}
+
+impl Listening<'_> {
+    /// Every listener the keys name, as (kind, address).
+    pub fn specs(&self) -> Vec<Spec> {
+        use crate::kind::Transport;
+        let kind = |t| Kind::new(self.protocol, t);
+        let inet = [(Transport::Udp, self.udp), (Transport::Tcp, self.tcp), (Transport::Tls, &self.tls[..])];
+        let paths = [(Transport::Unix, self.unix), (Transport::UnixStream, self.unix_stream)];
+        let mut out: Vec<Spec> =
+            inet.iter().flat_map(|(t, addrs)| addrs.iter().map(move |a| (kind(*t), Address::Inet(*a)))).collect();
+        out.extend(paths.iter().flat_map(|(t, ps)| ps.iter().map(move |p| (kind(*t), Address::Path(p.clone())))));
+        out
+    }
+}
+
 /// SIGHUP: gives the socket files of `specs` (Unix listeners, kept or new) the access in
 /// force, so a changed `unix_mode`, `unix_owner` or `unix_group` applies without a restart.
 pub fn reapply_access(specs: &[Spec], access: crate::net::unix::Access<'_>) {
@@ -326,6 +363,35 @@ mod tests {
 
     fn spec(port: u16) -> Spec {
         (Kind::new(Protocol::Statsd, Transport::Tcp), Address::Inet(SocketAddr::from(([127, 0, 0, 1], port))))
+    }
+
+    /// StatsD's and syslog's keys give the same listeners for the same addresses: one place
+    /// turns keys into (kind, address), every transport in the same order.
+    #[test]
+    fn both_sections_name_their_listeners_alike() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let sock = std::path::PathBuf::from("/run/x.sock");
+        let statsd = crate::sources::statsd::config::StatsdConfig {
+            udp: vec![a],
+            tcp: vec![a],
+            tls_listen: vec![a],
+            unix: vec![sock.clone()],
+            unix_stream: vec![sock.clone()],
+            ..Default::default()
+        };
+        let transports = |specs: Vec<Spec>| specs.into_iter().map(|(k, _)| k.transport).collect::<Vec<_>>();
+        let want = [Transport::Udp, Transport::Tcp, Transport::Tls, Transport::Unix, Transport::UnixStream];
+        assert_eq!(transports(statsd.listening().specs()), want);
+        let syslog = crate::sources::syslog::config::SyslogConfig {
+            udp: vec![a],
+            tcp: vec![a],
+            unix: vec![sock.clone()],
+            unix_stream: vec![sock],
+            ..Default::default()
+        };
+        let specs = syslog.listening().specs();
+        assert!(specs.iter().all(|(k, _)| k.protocol == Protocol::Syslog));
+        assert_eq!(transports(specs), [Transport::Udp, Transport::Tcp, Transport::Unix, Transport::UnixStream]);
     }
 
     fn idle_task() -> Result<Running> {

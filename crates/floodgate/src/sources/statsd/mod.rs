@@ -99,21 +99,12 @@ pub fn build(shared: &Arc<Shared>, config: &Config, wiring: &mut Wiring) -> Resu
 
 /// The listeners `[statsd]` names.
 fn wanted(s: &StatsdConfig) -> Vec<Spec> {
-    let inet = |t, addrs: &[std::net::SocketAddr]| {
-        addrs.iter().map(move |a| (Kind::new(Protocol::Statsd, t), Address::Inet(*a))).collect::<Vec<_>>()
-    };
-    let mut out = inet(Transport::Udp, &s.udp);
-    out.extend(inet(Transport::Tcp, &s.tcp));
-    out.extend(inet(Transport::Tls, &s.tls_listen));
-    for (transport, paths) in [(Transport::Unix, &s.unix), (Transport::UnixStream, &s.unix_stream)] {
-        out.extend(paths.iter().map(|p| (Kind::new(Protocol::Statsd, transport), Address::Path(p.clone()))));
-    }
-    out
+    s.listening().specs()
 }
 
 /// Who may send to `[statsd]`'s socket files.
 fn access(s: &StatsdConfig) -> crate::net::unix::Access<'_> {
-    crate::net::unix::Access { mode: &s.unix_mode, owner: s.unix_owner.as_deref(), group: s.unix_group.as_deref() }
+    s.listening().access
 }
 
 impl StatsdSource {

@@ -102,6 +102,23 @@ impl SyslogTlsListener {
 }
 
 impl SyslogConfig {
+    /// Its listener keys, for what StatsD and syslog work out alike.
+    pub fn listening(&self) -> crate::sources::running::Listening<'_> {
+        crate::sources::running::Listening {
+            protocol: crate::kind::Protocol::Syslog,
+            udp: &self.udp,
+            tcp: &self.tcp,
+            tls: self.tls.iter().map(|t| t.listen).collect(),
+            unix: &self.unix,
+            unix_stream: &self.unix_stream,
+            access: crate::net::unix::Access {
+                mode: &self.unix_mode,
+                owner: self.unix_owner.as_deref(),
+                group: self.unix_group.as_deref(),
+            },
+        }
+    }
+
     /// Checks the values serde cannot: ranges, combinations. The error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let y = self;

@@ -22,7 +22,7 @@ use anyhow::Result;
 use crate::component::Stopping;
 use crate::component::{Shared, Wiring};
 use crate::config::{Config, SyslogConfig};
-use crate::listener::{Address, Kind, Protocol, Transport};
+use crate::listener::{Address, Transport};
 use crate::net::tls::SharedServerConfig;
 use crate::record::{Chunk, Encoding, RecordPipe};
 use crate::sources::running::{bind_stream, start_datagrams, DatagramSizes, ListenerSet, Running, Spec};
@@ -230,18 +230,12 @@ pub fn build(shared: &Arc<Shared>, config: &Config, wiring: &mut Wiring) -> Resu
 
 /// The listeners `[syslog]` names.
 fn wanted(y: &SyslogConfig) -> Vec<Spec> {
-    let kind = |t| Kind::new(Protocol::Syslog, t);
-    let mut out: Vec<Spec> = y.udp.iter().map(|a| (kind(Transport::Udp), Address::Inet(*a))).collect();
-    out.extend(y.tcp.iter().map(|a| (kind(Transport::Tcp), Address::Inet(*a))));
-    out.extend(y.tls.iter().map(|t| (kind(Transport::Tls), Address::Inet(t.listen))));
-    out.extend(y.unix.iter().map(|p| (kind(Transport::Unix), Address::Path(p.clone()))));
-    out.extend(y.unix_stream.iter().map(|p| (kind(Transport::UnixStream), Address::Path(p.clone()))));
-    out
+    y.listening().specs()
 }
 
 /// Who may send to `[syslog]`'s socket files.
 fn access(y: &SyslogConfig) -> crate::net::unix::Access<'_> {
-    crate::net::unix::Access { mode: &y.unix_mode, owner: y.unix_owner.as_deref(), group: y.unix_group.as_deref() }
+    y.listening().access
 }
 
 impl SyslogSource {

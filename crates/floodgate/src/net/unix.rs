@@ -17,6 +17,13 @@ pub struct Access<'a> {
     pub group: Option<&'a str>,
 }
 
+impl<'a> Access<'a> {
+    /// From a section's `unix_mode`, `unix_owner` and `unix_group`.
+    pub fn of(mode: &'a str, owner: &'a Option<String>, group: &'a Option<String>) -> Access<'a> {
+        Access { mode, owner: owner.as_deref(), group: group.as_deref() }
+    }
+}
+
 /// Whether `mode` is an octal file mode (`"0660"`, `"0o660"`).
 pub fn valid_mode(mode: &str) -> bool {
     u32::from_str_radix(mode.trim_start_matches("0o"), 8).is_ok_and(|m| m <= 0o7777)

@@ -111,11 +111,7 @@ impl SyslogConfig {
             tls: self.tls.iter().map(|t| t.listen).collect(),
             unix: &self.unix,
             unix_stream: &self.unix_stream,
-            access: crate::net::unix::Access {
-                mode: &self.unix_mode,
-                owner: self.unix_owner.as_deref(),
-                group: self.unix_group.as_deref(),
-            },
+            access: crate::net::unix::Access::of(&self.unix_mode, &self.unix_owner, &self.unix_group),
         }
     }
 

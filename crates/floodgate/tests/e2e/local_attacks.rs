@@ -359,16 +359,6 @@ fn one_user_cannot_take_the_origin_bound_from_the_others() {
     let _ = root.wait();
 }
 
-/// Whether every thread of `pid` is stopped (SIGSTOP taken).
-fn all_threads_stopped(pid: u32) -> bool {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-    tasks.flatten().all(|t| {
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        // The state follows the command name's closing parenthesis.
-        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
-    })
-}
-
 /// Item 7: a Unix datagram socket's queue is the kernel's (`net.unix.max_dgram_qlen`, shared by
 /// every sender), and a sender that does not block drops past it where floodgate cannot see.
 /// floodgate now says what it can: the queue's limit, and each read that found the queue full.

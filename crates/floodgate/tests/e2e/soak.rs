@@ -199,15 +199,6 @@ impl Drop for KilledOnDrop {
     }
 }
 
-/// Whether every thread of `pid` is stopped (SIGSTOP taken).
-fn all_threads_stopped(pid: u32) -> bool {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-    tasks.flatten().all(|t| {
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
-    })
-}
-
 /// Takes a Carbon node down without taking anything it accepted with it. carbon-cache keeps
 /// points in memory until its writer reaches them, and a flush is delivered once written
 /// (plaintext Carbon acknowledges nothing), so a node killed at a random moment loses what

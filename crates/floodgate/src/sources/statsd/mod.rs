@@ -92,19 +92,9 @@ pub fn build(shared: &Arc<Shared>, config: &Config, wiring: &mut Wiring) -> Resu
         records: wiring.records.clone(),
     };
     let mut listeners = std::mem::take(&mut source.listeners);
-    listeners.start_all(&wanted(&config.statsd), |spec| source.start(spec))?;
+    listeners.start_all(&config.statsd.listening().specs(), |spec| source.start(spec))?;
     source.listeners = listeners;
     Ok(Some(Box::new(source)))
-}
-
-/// The listeners `[statsd]` names.
-fn wanted(s: &StatsdConfig) -> Vec<Spec> {
-    s.listening().specs()
-}
-
-/// Who may send to `[statsd]`'s socket files.
-fn access(s: &StatsdConfig) -> crate::net::unix::Access<'_> {
-    s.listening().access
 }
 
 impl StatsdSource {
@@ -158,14 +148,14 @@ impl StatsdSource {
                     udp::StatsdDatagrams::new(shared.aggregation.new_shard(), counters, decoder)
                 })?;
                 if let Address::Path(path) = address {
-                    crate::net::unix::set_access(path, access(&s))
+                    crate::net::unix::set_access(path, s.listening().access)
                         .with_context(|| format!("statsd unix socket {}", path.display()))?;
                 }
                 Ok(running)
             }
             (Transport::UnixStream, Address::Path(path)) => {
                 warn_if_origins_hidden(&s.origin_tags, address);
-                let listener = bind_unix_stream(*kind, path, access(&s))?;
+                let listener = bind_unix_stream(*kind, path, s.listening().access)?;
                 let address = path.display().to_string();
                 let counters = shared.listeners.register_stream(*kind, address.clone(), Some(listener_families));
                 let opts = self.stream_options(&s, *kind, rule, counters, &address);
@@ -204,10 +194,10 @@ impl Source for StatsdSource {
             }
         }
         let mut listeners = std::mem::take(&mut self.listeners);
-        let specs = wanted(&config.statsd);
+        let specs = config.statsd.listening().specs();
         listeners.reconcile(&specs, |spec| self.start(spec), |_| {});
         self.listeners = listeners;
-        crate::sources::running::reapply_access(&specs, access(&config.statsd));
+        crate::sources::running::reapply_access(&specs, config.statsd.listening().access);
     }
 
     fn stop(self: Box<Self>) -> Stopping {
@@ -254,7 +244,7 @@ mod tests {
         s.tls_listen = vec!["127.0.0.1:3".parse().unwrap()];
         s.unix = vec!["/run/x.sock".into()];
         s.unix_stream = vec!["/run/y.sock".into()];
-        let kinds: Vec<&str> = wanted(&s).iter().map(|(k, _)| k.as_str()).collect();
+        let kinds: Vec<&str> = s.listening().specs().iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(kinds, ["statsd_udp", "statsd_tcp", "statsd_tls", "statsd_unix", "statsd_unix_stream"]);
     }
 

@@ -222,20 +222,10 @@ pub fn build(shared: &Arc<Shared>, config: &Config, wiring: &mut Wiring) -> Resu
     };
     if source.pipe.is_some() {
         let mut listeners = std::mem::take(&mut source.listeners);
-        listeners.start_all(&wanted(&config.syslog), |spec| source.start(spec, &config.syslog))?;
+        listeners.start_all(&config.syslog.listening().specs(), |spec| source.start(spec, &config.syslog))?;
         source.listeners = listeners;
     }
     Ok(Some(Box::new(source)))
-}
-
-/// The listeners `[syslog]` names.
-fn wanted(y: &SyslogConfig) -> Vec<Spec> {
-    y.listening().specs()
-}
-
-/// Who may send to `[syslog]`'s socket files.
-fn access(y: &SyslogConfig) -> crate::net::unix::Access<'_> {
-    y.listening().access
 }
 
 impl SyslogSource {
@@ -256,7 +246,7 @@ impl SyslogSource {
                 udp::SyslogDatagrams::new(*kind, pipe.encoding, pipe.sender.clone(), counters, zone.clone())
             })?;
             if let Address::Path(path) = address {
-                crate::net::unix::set_access(path, access(y))
+                crate::net::unix::set_access(path, y.listening().access)
                     .map_err(|e| anyhow::anyhow!("syslog unix socket {}: {e:#}", path.display()))?;
             }
             return Ok(running);
@@ -273,7 +263,7 @@ impl SyslogSource {
             shutdown: self.stopping.subscribe(),
         };
         if let (Transport::UnixStream, Address::Path(path)) = (kind.transport, address) {
-            let listener = crate::sources::running::bind_unix_stream(*kind, path, access(y))?;
+            let listener = crate::sources::running::bind_unix_stream(*kind, path, y.listening().access)?;
             let address = path.display().to_string();
             let counters = shared.listeners.register_stream(*kind, address.clone(), Some(listener_families));
             let opts = stream_options(counters, shared.guard.listener(*kind, &address, y.tcp_max_connections));
@@ -322,9 +312,9 @@ impl Source for SyslogSource {
         }
         let mut listeners = std::mem::take(&mut self.listeners);
         let mut removed = Vec::new();
-        let specs = wanted(y);
+        let specs = y.listening().specs();
         listeners.reconcile(&specs, |spec| self.start(spec, y), |(_, address)| removed.push(address.clone()));
-        crate::sources::running::reapply_access(&specs, access(y));
+        crate::sources::running::reapply_access(&specs, y.listening().access);
         for address in removed {
             if let Address::Inet(a) = address {
                 self.tls.remove(&a);

@@ -437,6 +437,16 @@ impl Running {
     }
 }
 
+/// Whether every thread of `pid` is stopped (a SIGSTOP taken: the state after the command
+/// name's closing parenthesis in each `/proc/PID/task/*/stat` is `T`).
+pub fn all_threads_stopped(pid: u32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks.flatten().all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
+}
+
 /// Sends a signal (`"TERM"`, `"STOP"`, ...) to `child` without waiting for anything.
 pub fn signal(child: &Child, name: &str) {
     let ok = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().unwrap();

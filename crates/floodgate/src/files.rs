@@ -104,8 +104,19 @@ pub fn set_aside_damaged_tail(
     let mut tail = vec![0u8; (len - at) as usize];
     file.read_exact_at(&mut tail, at)?;
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let kept = PathBuf::from(format!("{}.damaged-{stamp}", path.display()));
-    let mut out = no_follow().create_new(true).write(true).mode(0o640).open(&kept).map_err(|e| explain(&kept, e))?;
+    // A name of its own, even for a second damage within the same second (a restart loop).
+    let mut n = 0;
+    let (kept, mut out) = loop {
+        let kept = match n {
+            0 => PathBuf::from(format!("{}.damaged-{stamp}", path.display())),
+            n => PathBuf::from(format!("{}.damaged-{stamp}-{n}", path.display())),
+        };
+        match no_follow().create_new(true).write(true).mode(0o640).open(&kept) {
+            Ok(out) => break (kept, out),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+            Err(e) => return Err(explain(&kept, e)),
+        }
+    };
     io::Write::write_all(&mut out, &tail)?;
     out.sync_all()?;
     file.set_len(at)?;

@@ -3,4 +3,5 @@
 //! `fsync` policy ([`file_sync`]), used by the agent's journal and the syslog spill file.
 
 pub mod backoff;
+pub mod disk_log;
 pub mod file_sync;

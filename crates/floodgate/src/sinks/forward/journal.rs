@@ -12,27 +12,42 @@
 //! repeat under an old session, and an aggregator would skip new batches as retries: then the
 //! agent starts a new session.
 
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
 
 use crate::config::Fsync;
-use crate::sinks::delivery::file_sync::FileSync;
+use crate::sinks::delivery::disk_log::{DiskLog, Head};
 
-/// Bytes of a log record's header.
-const HEAD: u64 = 12;
+/// A log record's head: `u64 seq, u32 length`, little-endian.
+struct BatchHead {
+    seq: u64,
+}
+
+impl Head for BatchHead {
+    const LEN: usize = 12;
+
+    fn encode(&self, body_len: u32, out: &mut [u8]) {
+        out[..8].copy_from_slice(&self.seq.to_le_bytes());
+        out[8..12].copy_from_slice(&body_len.to_le_bytes());
+    }
+
+    fn decode(bytes: &[u8]) -> (Self, u64) {
+        let seq = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default());
+        (BatchHead { seq }, u64::from(len))
+    }
+
+    /// Batches are appended in sequence, numbered from 1.
+    fn plausible(&self, _: u64, previous: Option<&Self>) -> bool {
+        self.seq != 0 && previous.is_none_or(|p| self.seq > p.seq)
+    }
+}
 
 /// One aggregator's journal.
 pub struct Journal {
-    log_path: PathBuf,
-    log: File,
-    log_len: u64,
-    mark: File,
+    log: DiskLog<BatchHead>,
     session: u64,
-    sync: FileSync,
 }
 
 /// What a journal held when opened.
@@ -41,13 +56,6 @@ pub struct Recovered {
     pub through: u64,
     /// The batches after it, oldest first.
     pub batches: Vec<(u64, Bytes)>,
-}
-
-/// The longest batch a journal record can hold (an agent's frames are far smaller).
-const MAX_RECORD: u64 = 64 << 20;
-
-fn open_rw(path: &Path) -> std::io::Result<File> {
-    crate::files::read_write(path)
 }
 
 /// The file-name stem for an aggregator address.
@@ -65,6 +73,7 @@ struct SessionFile {
 /// journal in `dir` belongs to it (a missing one is a new aggregator), else `fresh` (saved for
 /// next time).
 pub fn session(dir: &Path, agent_id: &str, aggregators: &[String], fresh: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
     std::fs::create_dir_all(dir)?;
     let path = dir.join("forward-session.json");
     let saved: Option<SessionFile> = crate::files::read_all(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
@@ -94,49 +103,29 @@ impl Journal {
     pub fn open(dir: &Path, address: &str, session: u64, fsync: Fsync) -> std::io::Result<(Journal, Recovered)> {
         std::fs::create_dir_all(dir)?;
         let stem = stem(address);
-        let log_path = dir.join(format!("{stem}.log"));
-        let log = open_rw(&log_path)?;
-        let mark = open_rw(&dir.join(format!("{stem}.mark")))?;
+        let (log_path, mark_path) = (dir.join(format!("{stem}.log")), dir.join(format!("{stem}.mark")));
+        // Bounded by the link's memory buffer, which holds the same batches.
+        let log = DiskLog::open(&log_path, &mark_path, u64::MAX, fsync, "forward-fsync")?;
         let mut saved = [0u8; 16];
-        let (saved_session, through) = match mark.read_exact_at(&mut saved, 0) {
-            Ok(()) => (
+        let (saved_session, through) = match log.mark(&mut saved) {
+            true => (
                 u64::from_le_bytes(saved[..8].try_into().unwrap_or_default()),
                 u64::from_le_bytes(saved[8..].try_into().unwrap_or_default()),
             ),
-            Err(_) => (0, 0),
+            false => (0, 0),
         };
-        let sync = FileSync::new(fsync, &[&log, &mark], "forward-fsync")?;
-        let mut journal = Journal { log_path, log, log_len: 0, mark, session, sync };
+        let mut journal = Journal { log, session };
         if saved_session != session {
-            journal.log.set_len(0)?;
+            journal.log.clear()?;
             journal.write_mark(0)?;
             return Ok((journal, Recovered { through: 0, batches: Vec::new() }));
         }
-        let file_len = journal.log.metadata()?.len();
-        let (mut at, mut batches) = (0u64, Vec::new());
-        let (mut record_end, mut plausible, mut last_seq) = (None, true, None::<u64>);
-        while at + HEAD <= file_len {
-            let mut head = [0u8; HEAD as usize];
-            journal.log.read_exact_at(&mut head, at)?;
-            let seq = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
-            let len = u64::from(u32::from_le_bytes(head[8..].try_into().unwrap_or_default()));
-            // Batches are appended in sequence, each at most a frame: anything else is damage.
-            plausible = len <= MAX_RECORD && seq != 0 && last_seq.is_none_or(|last| seq > last);
-            record_end = Some(at + HEAD + len);
-            if at + HEAD + len > file_len || !plausible {
-                break;
+        let mut batches = Vec::new();
+        for found in journal.log.recover(0)? {
+            if found.head.seq > through {
+                batches.push((found.head.seq, Bytes::from(journal.log.body(found.at, found.body_len)?)));
             }
-            if seq > through {
-                let mut frame = vec![0u8; len as usize];
-                journal.log.read_exact_at(&mut frame, at + HEAD)?;
-                batches.push((seq, Bytes::from(frame)));
-            }
-            last_seq = Some(seq);
-            at += HEAD + len;
-            record_end = None;
         }
-        crate::files::set_aside_damaged_tail(&journal.log, &journal.log_path, at, record_end, plausible)?;
-        journal.log_len = at;
         Ok((journal, Recovered { through, batches }))
     }
 
@@ -144,22 +133,12 @@ impl Journal {
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&self.session.to_le_bytes());
         bytes[8..].copy_from_slice(&through.to_le_bytes());
-        self.mark.write_all_at(&bytes, 0)
-    }
-
-    fn synced(&mut self) -> std::io::Result<()> {
-        self.sync.written(&[&self.log, &self.mark])
+        self.log.set_mark(&bytes)
     }
 
     /// Appends a batch.
     pub fn append(&mut self, seq: u64, frame: &[u8]) -> std::io::Result<()> {
-        let mut record = Vec::with_capacity(HEAD as usize + frame.len());
-        record.extend_from_slice(&seq.to_le_bytes());
-        record.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-        record.extend_from_slice(frame);
-        self.log.write_all_at(&record, self.log_len)?;
-        self.log_len += record.len() as u64;
-        self.synced()
+        self.log.append(&BatchHead { seq }, frame).map(|_| ())
     }
 
     /// Everything up to `through` is acknowledged or given up; `waiting` is what is left (its
@@ -172,26 +151,11 @@ impl Journal {
     ) -> std::io::Result<()> {
         self.write_mark(through)?;
         if waiting == 0 {
-            self.log.set_len(0)?;
-            self.log_len = 0;
-        } else if self.log_len > 2 * (waiting + waiting / 8 + 4096) {
-            let (tmp, file) = crate::files::temporary(&self.log_path)?;
-            let mut out = std::io::BufWriter::new(file);
-            let mut len = 0;
-            for (seq, frame) in left {
-                out.write_all(&seq.to_le_bytes())?;
-                out.write_all(&(frame.len() as u32).to_le_bytes())?;
-                out.write_all(frame)?;
-                len += HEAD + frame.len() as u64;
-            }
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_data()?;
-            crate::files::replace(&tmp, &self.log_path)?;
-            self.log = file;
-            self.log_len = len;
-            self.sync.replaced(&[&self.log, &self.mark])?;
+            self.log.clear()?;
+        } else if self.log.len() > 2 * (waiting + waiting / 8 + 4096) {
+            self.log.rewrite(left.map(|(seq, frame)| (BatchHead { seq }, &frame[..])), false)?;
         }
-        self.synced()
+        self.log.settle()
     }
 }
 
@@ -258,7 +222,7 @@ mod tests {
         let log = dir.path().join(format!("{}.log", stem("x:1")));
         let len = std::fs::metadata(&log).unwrap().len();
         // Record 3's length field: 0xffffffff.
-        let third = 2 * (HEAD + 100);
+        let third = 2 * (12 + 100);
         std::os::unix::fs::FileExt::write_all_at(
             &std::fs::OpenOptions::new().write(true).open(&log).unwrap(),
             &[0xff; 4],

@@ -14,7 +14,7 @@
 
 pub mod config;
 use std::collections::VecDeque;
-use std::io::{Read, Seek, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use crate::config::{Fsync, SyslogForward, SyslogOutput};
 use crate::net::stream::{Connection, ReadNow};
 pub use crate::record::{Chunk, Encoding};
+use crate::sinks::delivery::disk_log::{DiskLog, Head};
 
 /// Chunks waiting in the channel at most (each up to a TCP read's or a UDP batch's worth).
 const CHANNEL: usize = 256;
@@ -312,160 +313,97 @@ struct Queue {
     counters: Arc<OutputCounters>,
 }
 
-/// Chunks on disk: `u32 length, u64 messages, bytes` records appended at the end and read from
-/// `read_at`. Where the unsent records start is saved in `<spill>.pos` each time a chunk from
-/// the file has been written to the server, so the next run sends what this one did not: after
-/// a restart nothing is lost, and after a crash at most the chunk in flight is sent twice. The
-/// file is emptied when everything in it has been sent.
+/// Chunks on disk: `u32 length, u64 messages, bytes` records (big-endian) in a [`DiskLog`],
+/// read from its start. Where the unsent records start is saved in `<spill>.pos` (8 bytes,
+/// little-endian) each time a chunk from the file has been written to the server, so the next
+/// run sends what this one did not: after a restart nothing is lost, and after a crash at most
+/// the chunk in flight is sent twice. The file is emptied when everything in it has been sent.
 struct Spill {
-    path: PathBuf,
-    file: std::fs::File,
-    /// `<spill>.pos`: 8 bytes, little-endian.
-    pos: std::fs::File,
-    read_at: u64,
-    len: u64,
-    max: u64,
+    log: DiskLog<ChunkHead>,
     held_messages: u64,
-    sync: crate::sinks::delivery::file_sync::FileSync,
 }
 
-/// Bytes of a record's header.
-const RECORD_HEAD: u64 = 12;
+/// A spill record's head.
+struct ChunkHead {
+    messages: u64,
+}
 
-/// The longest chunk a spill record can hold (a read's or a batch's worth is far less).
-const MAX_SPILL_RECORD: u64 = 64 << 20;
+impl Head for ChunkHead {
+    const LEN: usize = 12;
+
+    fn encode(&self, body_len: u32, out: &mut [u8]) {
+        out[..4].copy_from_slice(&body_len.to_be_bytes());
+        out[4..12].copy_from_slice(&self.messages.to_be_bytes());
+    }
+
+    fn decode(bytes: &[u8]) -> (Self, u64) {
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap_or_default());
+        let messages = u64::from_be_bytes(bytes[4..12].try_into().unwrap_or_default());
+        (ChunkHead { messages }, u64::from(len))
+    }
+
+    /// A chunk holds at least one message, and never more messages than bytes.
+    fn plausible(&self, body_len: u64, _: Option<&Self>) -> bool {
+        self.messages >= 1 && self.messages <= body_len.max(1)
+    }
+}
 
 impl Spill {
-    /// Opens the spill file, keeping what an earlier run left unsent (a record cut short by a
-    /// crash is dropped).
+    /// Opens the spill file, keeping what an earlier run left unsent (what cannot be read as
+    /// records is set aside).
     fn open(path: &std::path::Path, max: u64, fsync: Fsync) -> Result<Spill> {
-        use std::os::unix::fs::FileExt;
-        let open = |p: &std::path::Path| {
-            crate::files::read_write(p).with_context(|| format!("cannot open syslog spill file {}", p.display()))
-        };
-        let file = open(path)?;
         let pos_path = PathBuf::from(format!("{}.pos", path.display()));
-        let pos = open(&pos_path)?;
+        let mut log: DiskLog<ChunkHead> = DiskLog::open(path, &pos_path, max, fsync, "syslog-fsync")
+            .with_context(|| format!("cannot open syslog spill file {}", path.display()))?;
         let mut saved = [0u8; 8];
-        let read_at = match pos.read_exact_at(&mut saved, 0) {
-            Ok(()) => u64::from_le_bytes(saved),
-            Err(_) => 0,
-        };
-        let file_len = file.metadata()?.len();
-        let mut at = read_at.min(file_len);
-        let mut held_messages = 0;
-        let (mut record_end, mut plausible) = (None, true);
-        loop {
-            let mut head = [0u8; RECORD_HEAD as usize];
-            if at + RECORD_HEAD > file_len || file.read_exact_at(&mut head, at).is_err() {
-                break;
-            }
-            let len = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
-            let messages =
-                u64::from_be_bytes([head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11]]);
-            // A chunk holds at least one message, never more messages than bytes, and is at
-            // most a chunk's size: anything else is damage.
-            plausible = len <= MAX_SPILL_RECORD && messages >= 1 && messages <= len.max(1);
-            record_end = Some(at + RECORD_HEAD + len);
-            if at + RECORD_HEAD + len > file_len || !plausible {
-                break;
-            }
-            held_messages += messages;
-            at += RECORD_HEAD + len;
-            record_end = None;
-        }
-        crate::files::set_aside_damaged_tail(&file, path, at, record_end, plausible)
-            .with_context(|| format!("syslog spill file {}", path.display()))?;
-        let read_at = read_at.min(at);
+        let read_at = if log.mark(&mut saved) { u64::from_le_bytes(saved) } else { 0 };
+        let found = log.recover(read_at).with_context(|| format!("syslog spill file {}", path.display()))?;
+        let held_messages = found.iter().map(|f| f.head.messages).sum();
         if held_messages > 0 {
-            tracing::info!(path = %path.display(), messages = held_messages, bytes = at - read_at, "syslog spill file: sending what the last run left unsent");
+            tracing::info!(path = %path.display(), messages = held_messages, bytes = log.held(), "syslog spill file: sending what the last run left unsent");
         }
-        let sync = crate::sinks::delivery::file_sync::FileSync::new(fsync, &[&file, &pos], "syslog-fsync")?;
-        Ok(Spill { path: path.to_path_buf(), file, pos, read_at, len: at, max, held_messages, sync })
+        Ok(Spill { log, held_messages })
     }
 
+    /// Appends a chunk; false when the file is full.
     fn push(&mut self, chunk: &Chunk) -> std::io::Result<bool> {
-        let size = RECORD_HEAD + chunk.bytes.len() as u64;
-        if self.len - self.read_at + size > self.max {
-            return Ok(false);
+        let taken = self.log.append(&ChunkHead { messages: chunk.messages }, &chunk.bytes)?;
+        if taken {
+            self.held_messages += chunk.messages;
         }
-        self.file.seek(std::io::SeekFrom::Start(self.len))?;
-        self.file.write_all(&(chunk.bytes.len() as u32).to_be_bytes())?;
-        self.file.write_all(&chunk.messages.to_be_bytes())?;
-        self.file.write_all(&chunk.bytes)?;
-        self.len += size;
-        self.held_messages += chunk.messages;
-        self.synced()?;
-        Ok(true)
-    }
-
-    /// Written: on disk as the `fsync` policy says.
-    fn synced(&mut self) -> std::io::Result<()> {
-        self.sync.written(&[&self.file, &self.pos])
+        Ok(taken)
     }
 
     fn pop(&mut self) -> std::io::Result<Option<Chunk>> {
-        if self.read_at >= self.len {
-            return Ok(None);
-        }
-        self.file.seek(std::io::SeekFrom::Start(self.read_at))?;
-        let mut head = [0u8; RECORD_HEAD as usize];
-        self.file.read_exact(&mut head)?;
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let messages = u64::from_be_bytes([head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11]]);
-        let mut bytes = vec![0u8; len];
-        self.file.read_exact(&mut bytes)?;
-        self.read_at += RECORD_HEAD + len as u64;
-        self.held_messages -= messages;
-        Ok(Some(Chunk { bytes, messages }))
+        let Some((head, bytes)) = self.log.first()? else { return Ok(None) };
+        self.log.advance()?;
+        self.held_messages -= head.messages.min(self.held_messages);
+        Ok(Some(Chunk { bytes, messages: head.messages }))
     }
 
     /// What was taken out has been written to the server: save the position (and empty the file
     /// once all of it has been).
     fn commit(&mut self) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        if self.read_at >= self.len {
-            self.file.set_len(0)?;
-            (self.read_at, self.len) = (0, 0);
+        if self.log.is_empty() {
+            self.log.clear()?;
         }
-        self.pos.write_all_at(&self.read_at.to_le_bytes(), 0)?;
-        self.synced()
+        self.log.set_mark(&self.log.start().to_le_bytes())?;
+        self.log.settle()
     }
 
     /// Rewrites the file as `first` followed by what it still holds unsent (at shutdown: the
     /// memory queue is older than the file's records), so the next run sends it all in order.
     fn keep(&mut self, first: &mut VecDeque<Chunk>) -> std::io::Result<u64> {
-        let (tmp, file) = crate::files::temporary(&self.path)?;
-        let mut out = std::io::BufWriter::new(file);
-        let mut messages = 0;
-        for chunk in first.drain(..) {
-            out.write_all(&(chunk.bytes.len() as u32).to_be_bytes())?;
-            out.write_all(&chunk.messages.to_be_bytes())?;
-            out.write_all(&chunk.bytes)?;
-            messages += chunk.messages;
-        }
-        while let Some(chunk) = self.pop()? {
-            out.write_all(&(chunk.bytes.len() as u32).to_be_bytes())?;
-            out.write_all(&chunk.messages.to_be_bytes())?;
-            out.write_all(&chunk.bytes)?;
-            messages += chunk.messages;
-        }
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_data()?;
-        crate::files::replace(&tmp, &self.path)?;
-        self.file = file;
-        self.sync.replaced(&[&self.file, &self.pos])?;
-        self.read_at = 0;
-        self.len = self.file.metadata()?.len();
-        self.held_messages = messages;
-        use std::os::unix::fs::FileExt;
-        self.pos.write_all_at(&0u64.to_le_bytes(), 0)?;
-        self.pos.sync_data()?;
-        Ok(messages)
+        let older: u64 = first.iter().map(|c| c.messages).sum();
+        self.log.rewrite(first.iter().map(|c| (ChunkHead { messages: c.messages }, &c.bytes[..])), true)?;
+        first.clear();
+        self.log.set_mark_synced(&0u64.to_le_bytes())?;
+        self.held_messages += older;
+        Ok(self.held_messages)
     }
 
     fn held(&self) -> u64 {
-        self.len - self.read_at
+        self.log.held()
     }
 }
 
@@ -484,7 +422,7 @@ impl Queue {
                 Ok(true) => {}
                 Ok(false) => self.drop_chunk(&chunk, "spill file full"),
                 Err(e) => {
-                    tracing::error!(path = %spill.path.display(), error = %e, "syslog spill write failed");
+                    tracing::error!(path = %spill.log.path().display(), error = %e, "syslog spill write failed");
                     self.drop_chunk(&chunk, "spill write failed");
                 }
             }
@@ -516,8 +454,8 @@ impl Queue {
                     tracing::error!(error = %e, "syslog spill read failed; its contents are lost");
                     if let Some(s) = &mut self.spill {
                         self.counters.dropped_messages.fetch_add(s.held_messages, Relaxed);
-                        let _ = s.file.set_len(0);
-                        (s.read_at, s.len, s.held_messages) = (0, 0, 0);
+                        let _ = s.log.clear();
+                        s.held_messages = 0;
                         let _ = s.commit();
                     }
                     None
@@ -534,7 +472,7 @@ impl Queue {
         if std::mem::take(&mut self.popped_from_spill) {
             if let Some(spill) = &mut self.spill {
                 if let Err(e) = spill.commit() {
-                    tracing::error!(path = %spill.path.display(), error = %e, "syslog spill: cannot save the read position");
+                    tracing::error!(path = %spill.log.path().display(), error = %e, "syslog spill: cannot save the read position");
                 }
             }
         }
@@ -558,7 +496,7 @@ impl Queue {
                 Some(kept)
             }
             Err(e) => {
-                tracing::error!(path = %spill.path.display(), error = %e, "syslog spill: cannot keep the held messages");
+                tracing::error!(path = %spill.log.path().display(), error = %e, "syslog spill: cannot keep the held messages");
                 None
             }
         }
@@ -892,11 +830,11 @@ mod tests {
             assert!(spill.push(&Chunk { bytes: vec![b'a' + i; 50], messages: 2 }).unwrap());
         }
         drop(spill);
-        let third = 2 * (RECORD_HEAD + 50);
+        let third = 2 * (12 + 50);
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&file, &[0x7f, 0xff, 0xff, 0xff], third).unwrap();
         let spill = Spill::open(&path, 1 << 20, Fsync::Never).unwrap();
-        assert_eq!((spill.held_messages, spill.len), (4, third));
+        assert_eq!((spill.held_messages, spill.log.len()), (4, third));
         let damaged = |dir: &std::path::Path| {
             std::fs::read_dir(dir)
                 .unwrap()

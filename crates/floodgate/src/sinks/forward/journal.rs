@@ -239,4 +239,24 @@ mod tests {
         assert_eq!(kept.len(), 1, "the damaged rest kept aside");
         assert_eq!(std::fs::metadata(kept[0].path()).unwrap().len(), len - third);
     }
+
+    /// Journals written by releases before the shared disk log open the same: the record
+    /// format (`u64 seq, u32 length`, little-endian) and the mark (`u64 session, u64 through`)
+    /// are written here by hand.
+    #[test]
+    fn a_journal_in_the_earlier_format_is_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Vec::new();
+        for (seq, frame) in [(1u64, &b"one"[..]), (2, b"two!"), (3, b"three")] {
+            log.extend_from_slice(&seq.to_le_bytes());
+            log.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            log.extend_from_slice(frame);
+        }
+        std::fs::write(dir.path().join(format!("{}.log", stem("x:1"))), log).unwrap();
+        let mark = [7u64.to_le_bytes(), 1u64.to_le_bytes()].concat();
+        std::fs::write(dir.path().join(format!("{}.mark", stem("x:1"))), mark).unwrap();
+        let (_, r) = Journal::open(dir.path(), "x:1", 7, Fsync::Never).unwrap();
+        assert_eq!(r.through, 1);
+        assert_eq!(r.batches, [(2, Bytes::from_static(b"two!")), (3, Bytes::from_static(b"three"))]);
+    }
 }

@@ -845,4 +845,32 @@ mod tests {
         assert_eq!(damaged(dir.path()), 1);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), third);
     }
+
+    /// Spill files written by releases before the shared disk log open the same: records
+    /// `u32 length, u64 messages` (big-endian) and the position (`u64`, little-endian) are
+    /// written here by hand; the first record was already sent.
+    #[test]
+    fn a_spill_file_in_the_earlier_format_is_sent_from_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("syslog.spill");
+        let mut file = Vec::new();
+        for (messages, bytes) in [(1u64, &b"sent"[..]), (2, b"ab"), (1, b"c")] {
+            file.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            file.extend_from_slice(&messages.to_be_bytes());
+            file.extend_from_slice(bytes);
+        }
+        std::fs::write(&path, file).unwrap();
+        std::fs::write(dir.path().join("syslog.spill.pos"), 16u64.to_le_bytes()).unwrap();
+        let mut spill = Spill::open(&path, 1 << 20, Fsync::Never).unwrap();
+        assert_eq!(spill.held_messages, 3);
+        let chunk = spill.pop().unwrap().unwrap();
+        assert_eq!((chunk.bytes, chunk.messages), (b"ab".to_vec(), 2));
+        spill.commit().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("syslog.spill.pos")).unwrap(), 30u64.to_le_bytes());
+        let chunk = spill.pop().unwrap().unwrap();
+        assert_eq!((chunk.bytes, chunk.messages), (b"c".to_vec(), 1));
+        spill.commit().unwrap();
+        assert!(spill.pop().unwrap().is_none());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "emptied once all sent");
+    }
 }

@@ -13,7 +13,6 @@
 pub mod config;
 pub mod journal;
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::flush::Share;
+use crate::sinks::delivery::backoff::Backoff;
+use crate::sinks::delivery::inbox::Inbox;
+use crate::sinks::delivery::queue::{Bounded, Entry};
 
 /// Figures of one aggregator's link.
 #[derive(Debug, Default)]
@@ -73,6 +75,12 @@ struct Queued {
     frame: bytes::Bytes,
 }
 
+impl Entry for Queued {
+    fn bytes(&self) -> u64 {
+        self.frame.len() as u64
+    }
+}
+
 /// A batch the aggregator refuses this many times is dropped (and counted), so it never blocks
 /// the batches behind it.
 pub const MAX_REFUSALS: u32 = 3;
@@ -80,15 +88,13 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Batches waiting for an acknowledgement: in memory, and on disk when there is a journal.
 struct Held {
-    queue: VecDeque<Queued>,
-    bytes: u64,
+    queue: Bounded<Queued>,
     next_seq: u64,
     /// Acknowledged or given up through this sequence number.
     through: u64,
     journal: Option<journal::Journal>,
     /// The batch the aggregator last refused, and how many times in a row.
     refusals: (u64, u32),
-    buffer: u64,
     address: String,
     counters: Arc<LinkCounters>,
 }
@@ -104,13 +110,11 @@ fn series_in(frame: &bytes::Bytes) -> usize {
 impl Held {
     fn new(link: &mut Link) -> Held {
         let mut held = Held {
-            queue: VecDeque::new(),
-            bytes: 0,
+            queue: Bounded::new(link.buffer),
             next_seq: 1,
             through: 0,
             journal: None,
             refusals: (0, 0),
-            buffer: link.buffer,
             address: link.address.clone(),
             counters: link.counters.clone(),
         };
@@ -118,12 +122,12 @@ impl Held {
             held.through = recovered.through;
             held.next_seq = recovered.through + 1;
             for (seq, frame) in recovered.batches {
-                held.bytes += frame.len() as u64;
                 held.next_seq = held.next_seq.max(seq + 1);
-                held.queue.push_back(Queued { seq, series: series_in(&frame), frame });
+                // All of them, even past the buffer: they were taken under an earlier one.
+                held.queue.restore(Queued { seq, series: series_in(&frame), frame });
             }
             if !held.queue.is_empty() {
-                tracing::info!(aggregator = %held.address, batches = held.queue.len(), bytes = held.bytes, "batches left unacknowledged by the last run: sending them again");
+                tracing::info!(aggregator = %held.address, batches = held.queue.len(), bytes = held.queue.bytes(), "batches left unacknowledged by the last run: sending them again");
             }
             held.journal = Some(journal);
         }
@@ -133,7 +137,7 @@ impl Held {
 
     fn publish(&self) {
         self.counters.queued_batches.store(self.queue.len() as u64, Relaxed);
-        self.counters.queued_bytes.store(self.bytes, Relaxed);
+        self.counters.queued_bytes.store(self.queue.bytes(), Relaxed);
     }
 
     /// Records on disk that everything through `seq` is done with.
@@ -141,7 +145,7 @@ impl Held {
         self.through = self.through.max(seq);
         if let Some(j) = &mut self.journal {
             let left = self.queue.iter().map(|q| (q.seq, &q.frame));
-            if let Err(e) = j.through(self.through, self.bytes, left) {
+            if let Err(e) = j.through(self.through, self.queue.bytes(), left) {
                 tracing::error!(aggregator = %self.address, error = %e, "forward journal: cannot record acknowledged batches");
             }
         }
@@ -151,7 +155,7 @@ impl Held {
     /// numbers, encodes, journals and queues each (dropping the oldest past the buffer);
     /// returns the encoded frames.
     fn push(&mut self, share: Share) -> Vec<bytes::Bytes> {
-        let mut frames = Vec::new();
+        let (mut frames, mut dropped) = (Vec::new(), None);
         for series in floodgate_forward::batch::cut(share.series, floodgate_forward::frame::BATCH_BYTES) {
             let seq = self.next_seq;
             self.next_seq += 1;
@@ -170,18 +174,13 @@ impl Held {
                     tracing::error!(aggregator = %self.address, error = %e, "forward journal: cannot write a batch (it is held in memory only)");
                 }
             }
-            self.bytes += frame.len() as u64;
-            self.queue.push_back(Queued { seq, series: n, frame: frame.clone() });
-            frames.push(frame);
-        }
-        let mut dropped = None;
-        while self.bytes > self.buffer && self.queue.len() > 1 {
-            if let Some(old) = self.queue.pop_front() {
-                self.bytes -= old.frame.len() as u64;
-                self.counters.dropped_batches.fetch_add(1, Relaxed);
-                tracing::warn!(aggregator = %self.address, seq = old.seq, "forward buffer full: dropped the oldest batch");
+            let (counters, address) = (&self.counters, &self.address);
+            self.queue.push(Queued { seq, series: n, frame: frame.clone() }, |old| {
+                counters.dropped_batches.fetch_add(1, Relaxed);
+                tracing::warn!(aggregator = %address, seq = old.seq, "forward buffer full: dropped the oldest batch");
                 dropped = Some(old.seq);
-            }
+            });
+            frames.push(frame);
         }
         if let Some(seq) = dropped {
             self.mark(seq);
@@ -193,14 +192,15 @@ impl Held {
     /// The aggregator has handled everything through `seq`.
     fn acked(&mut self, seq: u64) {
         let mut any = false;
-        while self.queue.front().is_some_and(|q| q.seq <= seq) {
-            if let Some(q) = self.queue.pop_front() {
-                self.bytes -= q.frame.len() as u64;
-                self.counters.acked_batches.fetch_add(1, Relaxed);
-                self.counters.acked_series.fetch_add(q.series as u64, Relaxed);
+        let counters = &self.counters;
+        self.queue.pop_acknowledged(
+            |q| q.seq <= seq,
+            |q| {
+                counters.acked_batches.fetch_add(1, Relaxed);
+                counters.acked_series.fetch_add(q.series as u64, Relaxed);
                 any = true;
-            }
-        }
+            },
+        );
         if any || seq > self.through {
             self.mark(seq);
         }
@@ -214,15 +214,12 @@ impl Held {
         if self.refusals.1 < MAX_REFUSALS {
             return;
         }
-        if let Some(i) = self.queue.iter().position(|q| q.seq == seq) {
-            if let Some(q) = self.queue.remove(i) {
-                self.bytes -= q.frame.len() as u64;
-                self.counters.dropped_batches.fetch_add(1, Relaxed);
-                self.counters.refused_batches.fetch_add(1, Relaxed);
-                tracing::error!(aggregator = %self.address, seq, series = q.series, refusals = self.refusals.1, "the aggregator cannot read this batch: dropped");
-                if i == 0 {
-                    self.mark(seq);
-                }
+        if let Some((i, q)) = self.queue.remove_first(|q| q.seq == seq) {
+            self.counters.dropped_batches.fetch_add(1, Relaxed);
+            self.counters.refused_batches.fetch_add(1, Relaxed);
+            tracing::error!(aggregator = %self.address, seq, series = q.series, refusals = self.refusals.1, "the aggregator cannot read this batch: dropped");
+            if i == 0 {
+                self.mark(seq);
             }
         }
         self.refusals = (0, 0);
@@ -233,19 +230,16 @@ impl Held {
 impl Link {
     /// Runs until `rx` closes and everything held is acknowledged (or `drain` has passed);
     /// what is still unacknowledged then stays in the journal for the next start.
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Share>, drain: Duration) {
+    pub async fn run(mut self, rx: mpsc::UnboundedReceiver<Share>, drain: Duration) {
         let mut held = Held::new(&mut self);
-        let mut backoff = crate::sinks::delivery::backoff::Backoff::default();
+        let mut inbox = Inbox::new(rx, drain);
+        let mut backoff = Backoff::default();
         // The wait before the next attempt, when a failure already drew it (for the log).
         let mut wait = None;
-        let mut closing: Option<tokio::time::Instant> = None;
         let c = self.counters.clone();
         loop {
-            if closing.is_some_and(|t| tokio::time::Instant::now() >= t) {
-                break;
-            }
             // Connect (and say hello) unless shutting down with nothing left.
-            if closing.is_some() && held.queue.is_empty() {
+            if inbox.drain_over() || (inbox.closing() && held.queue.is_empty()) {
                 break;
             }
             let conn = match self.connect().await {
@@ -270,7 +264,7 @@ impl Link {
                 // here, where new shares still arrive.
                 let mut writer = crate::net::stream::Stalled::new(writer, TIMEOUT);
                 let result: std::io::Result<()> = async {
-                    for q in &held.queue {
+                    for q in held.queue.iter() {
                         writer.write_all(&q.frame).await?;
                         c.sent_bytes.fetch_add(q.frame.len() as u64, Relaxed);
                     }
@@ -289,27 +283,27 @@ impl Link {
                                 _ => {}
                             }
                         }
-                        if closing.is_some() && held.queue.is_empty() {
+                        if inbox.closing() && held.queue.is_empty() {
                             return Ok(());
                         }
-                        let deadline = closing.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+                        let drain_over = inbox.until_drain_over();
                         tokio::select! {
-                            share = rx.recv(), if closing.is_none() => match share {
-                                Some(share) => {
+                            share = inbox.next(), if !inbox.closing() => {
+                                // None: the drain has begun; the loop goes on until it ends.
+                                if let Some(share) = share {
                                     for q in held.push(share) {
                                         writer.write_all(&q).await?;
                                         c.sent_bytes.fetch_add(q.len() as u64, Relaxed);
                                     }
                                     writer.flush().await?;
                                 }
-                                None => closing = Some(tokio::time::Instant::now() + drain),
                             },
                             n = reader.read_buf(decoder.buffer()) => {
                                 if n? == 0 {
                                     return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "aggregator closed the connection"));
                                 }
                             }
-                            _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                            _ = drain_over => return Ok(()),
                         }
                     }
                 }
@@ -318,22 +312,17 @@ impl Link {
                 if let Err(e) = result {
                     c.errors.fetch_add(1, Relaxed);
                     tracing::warn!(aggregator = %self.address, error = %e, "aggregator connection lost; will resend what it has not acknowledged");
-                } else if closing.is_some() {
+                } else if inbox.closing() {
                     break;
                 }
             }
             // Back off, still taking new shares meanwhile (they wait in the queue).
-            let sleep = tokio::time::sleep(wait.take().unwrap_or_else(|| backoff.failed()));
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    share = rx.recv(), if closing.is_none() => match share {
-                        Some(share) => { held.push(share); }
-                        None => closing = Some(tokio::time::Instant::now() + drain),
-                    },
-                    _ = &mut sleep => break,
-                }
-            }
+            let retry_in = wait.take().unwrap_or_else(|| backoff.failed());
+            inbox
+                .wait(retry_in, |share| {
+                    held.push(share);
+                })
+                .await;
         }
         if !held.queue.is_empty() {
             if held.journal.is_some() {

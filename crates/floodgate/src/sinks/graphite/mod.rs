@@ -7,7 +7,7 @@
 //! buffer overflows, counted): its metrics are never re-hashed onto the others, whose Whisper
 //! files would then hold a piece of another node's history.
 //!
-//! Queueing, retries and back-off are [`super::deliver_all`]'s; nothing here ever blocks the
+//! Queueing, retries and back-off are [`deliver_all`](crate::sinks::delivery::flushes::deliver_all)'s; nothing here ever blocks the
 //! flusher or the receive path.
 
 pub mod config;
@@ -20,11 +20,12 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{Deliver, DeliverError, Sink};
+use super::Sink;
 use crate::clock::unix_now;
 use crate::component::{Shared, Wiring};
 use crate::config::Config;
 use crate::flush::{Payload, Rendered};
+use crate::sinks::delivery::flushes::{Deliver, DeliverError};
 
 /// One Carbon destination.
 pub struct GraphiteSink {
@@ -117,7 +118,7 @@ pub fn build(shared: &Arc<Shared>, config: &Config, wiring: &mut Wiring) -> anyh
     };
     let route = ring.map(|ring| Route { ring, replication: g.replication, diverse: g.diverse_replicas });
     let render = Box::new(Render { stats, route });
-    let delivery = super::start_flush_sink(shared, wiring, destinations, g.buffer, render);
+    let delivery = crate::sinks::delivery::flushes::start_flush_sink(shared, wiring, destinations, g.buffer, render);
     Ok(Some(Box::new(Graphite { address, destinations: g.destinations.clone(), delivery })))
 }
 

@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use prost::Message;
 
-use super::{Deliver, DeliverError};
+use crate::sinks::delivery::flushes::{Deliver, DeliverError};
 // `prometheus.BucketSpan` has the same fields as client_model's.
 use crate::flush::Payload;
 use crate::metrics::protobuf::{spans, BucketSpan};
@@ -277,7 +277,7 @@ pub fn build(
     let sink = RemoteWriteSink::new(rw).context("prometheus_remote_write")?;
     tracing::info!(url = %crate::config::redact_url(&rw.url), "prometheus remote-write output on");
     let render = Render { naming: shared.naming.clone() };
-    Ok(Some(super::start_flush_sink(shared, wiring, vec![sink], rw.buffer, Box::new(render))))
+    Ok(Some(crate::sinks::delivery::flushes::start_flush_sink(shared, wiring, vec![sink], rw.buffer, Box::new(render))))
 }
 
 /// Remote-write takes the store as it stands after the flush, as a scrape would, named as

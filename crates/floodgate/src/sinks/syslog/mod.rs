@@ -13,7 +13,6 @@
 //! senders are slowed (their reads wait) rather than anything accepted being dropped.
 
 pub mod config;
-use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -27,7 +26,10 @@ use tokio::sync::mpsc;
 use crate::config::{Fsync, SyslogForward, SyslogOutput};
 use crate::net::stream::{Connection, ReadNow};
 pub use crate::record::{Chunk, Encoding};
+use crate::sinks::delivery::backoff::Backoff;
 use crate::sinks::delivery::disk_log::{DiskLog, Head};
+use crate::sinks::delivery::inbox::Inbox;
+use crate::sinks::delivery::queue::{Bounded, Entry};
 
 /// Chunks waiting in the channel at most (each up to a TCP read's or a UDP batch's worth).
 const CHANNEL: usize = 256;
@@ -302,11 +304,15 @@ fn flush_retrying(out: &mut impl Write, retry: &mut Retry<'_>) {
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+impl Entry for Chunk {
+    fn bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+}
+
 /// The forward output's queue: memory first, then the spill file; always in order.
 struct Queue {
-    memory: VecDeque<Chunk>,
-    memory_bytes: u64,
-    limit: u64,
+    memory: Bounded<Chunk>,
     spill: Option<Spill>,
     /// The chunk last taken out came from the spill file (its write moves the saved position).
     popped_from_spill: bool,
@@ -393,10 +399,10 @@ impl Spill {
 
     /// Rewrites the file as `first` followed by what it still holds unsent (at shutdown: the
     /// memory queue is older than the file's records), so the next run sends it all in order.
-    fn keep(&mut self, first: &mut VecDeque<Chunk>) -> std::io::Result<u64> {
+    fn keep(&mut self, first: &mut Bounded<Chunk>) -> std::io::Result<u64> {
         let older: u64 = first.iter().map(|c| c.messages).sum();
         self.log.rewrite(first.iter().map(|c| (ChunkHead { messages: c.messages }, &c.bytes[..])), true)?;
-        first.clear();
+        first.drain().for_each(drop);
         self.log.set_mark_synced(&0u64.to_le_bytes())?;
         self.held_messages += older;
         Ok(self.held_messages)
@@ -414,9 +420,8 @@ impl Queue {
 
     fn push(&mut self, chunk: Chunk) {
         let spilling = self.spill.as_ref().is_some_and(|s| s.held() > 0);
-        if !spilling && self.memory_bytes + chunk.bytes.len() as u64 <= self.limit {
-            self.memory_bytes += chunk.bytes.len() as u64;
-            self.memory.push_back(chunk);
+        if !spilling && self.memory.fits(chunk.bytes.len() as u64) {
+            self.memory.push(chunk, |_| {});
         } else if let Some(spill) = &mut self.spill {
             match spill.push(&chunk) {
                 Ok(true) => {}
@@ -441,10 +446,7 @@ impl Queue {
     fn pop(&mut self) -> Option<Chunk> {
         self.popped_from_spill = false;
         let chunk = match self.memory.pop_front() {
-            Some(c) => {
-                self.memory_bytes -= c.bytes.len() as u64;
-                Some(c)
-            }
+            Some(c) => Some(c),
             None => match self.spill.as_mut().map(Spill::pop) {
                 Some(Ok(c)) => {
                     self.popped_from_spill = c.is_some();
@@ -481,7 +483,6 @@ impl Queue {
     /// Puts back a chunk that could not be written (it stays first).
     fn unpop(&mut self, chunk: Chunk) {
         self.popped_from_spill = false;
-        self.memory_bytes += chunk.bytes.len() as u64;
         self.memory.push_front(chunk);
         self.publish();
     }
@@ -491,10 +492,7 @@ impl Queue {
     fn keep(&mut self) -> Option<u64> {
         let spill = self.spill.as_mut()?;
         match spill.keep(&mut self.memory) {
-            Ok(kept) => {
-                self.memory_bytes = 0;
-                Some(kept)
-            }
+            Ok(kept) => Some(kept),
             Err(e) => {
                 tracing::error!(path = %spill.log.path().display(), error = %e, "syslog spill: cannot keep the held messages");
                 None
@@ -505,7 +503,7 @@ impl Queue {
     fn publish(&self) {
         let memory_messages: u64 = self.memory.iter().map(|c| c.messages).sum();
         let spill = self.spill.as_ref();
-        self.counters.buffer_bytes.store(self.memory_bytes, Relaxed);
+        self.counters.buffer_bytes.store(self.memory.bytes(), Relaxed);
         self.counters.spill_bytes.store(spill.map_or(0, Spill::held), Relaxed);
         self.counters.buffer_messages.store(memory_messages + spill.map_or(0, |s| s.held_messages), Relaxed);
     }
@@ -530,56 +528,37 @@ impl Forwarder {
             Some(path) => Some(Spill::open(path, config.spill_max, config.fsync)?),
             None => None,
         };
-        let queue = Queue {
-            memory: VecDeque::new(),
-            memory_bytes: 0,
-            limit: config.buffer,
-            spill,
-            popped_from_spill: false,
-            counters: counters.clone(),
-        };
+        let queue =
+            Queue { memory: Bounded::new(config.buffer), spill, popped_from_spill: false, counters: counters.clone() };
         queue.publish();
         Ok(Forwarder { address: config.address.clone(), tls, queue, counters })
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Chunk>, drain: Duration) {
+    async fn run(mut self, rx: mpsc::Receiver<Chunk>, drain: Duration) {
         let mut conn: Option<Connection> = None;
-        let mut backoff = crate::sinks::delivery::backoff::Backoff::default();
-        let mut closing_since: Option<Instant> = None;
+        let mut backoff = Backoff::default();
+        // The channel closes at shutdown: from then on the drain runs, whether or not the
+        // queue is empty (a server that accepts but never reads must not hold shutdown up
+        // forever).
+        let mut inbox = Inbox::new(rx, drain);
         loop {
-            // The channel closes at shutdown: from then on the drain deadline runs, whether
-            // or not the queue is empty (a server that accepts but never reads must not hold
-            // shutdown up forever).
-            loop {
-                match rx.try_recv() {
-                    Ok(c) => self.queue.push(c),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        closing_since.get_or_insert_with(Instant::now);
-                        break;
-                    }
-                }
-            }
-            // Connects and writes wait at most until the drain deadline once closing.
-            let patience = match closing_since {
-                Some(t) => TIMEOUT.min(drain.saturating_sub(t.elapsed())).max(Duration::from_millis(1)),
-                None => TIMEOUT,
-            };
+            inbox.take_ready(|c| self.queue.push(c));
+            // Connects and writes wait at most until the drain's end once closing.
+            let patience = inbox.patience(TIMEOUT);
             if self.queue.is_empty() {
-                if closing_since.is_some() {
+                if inbox.closing() {
                     break;
                 }
                 if let Some(c) = &mut conn {
                     // Idle: make sure everything written has left before waiting.
                     let _ = c.flush().await;
                 }
-                match rx.recv().await {
-                    Some(c) => self.queue.push(c),
-                    None => closing_since = Some(Instant::now()),
+                if let Some(c) = inbox.next().await {
+                    self.queue.push(c);
                 }
                 continue;
             }
-            if closing_since.is_some_and(|t| t.elapsed() > drain) {
+            if inbox.drain_over() {
                 match self.queue.keep() {
                     Some(kept) => {
                         tracing::warn!(messages = kept, "syslog forward: server still unreachable at shutdown; messages kept in the spill file for the next start");
@@ -613,18 +592,7 @@ impl Forwarder {
                         let retry_in = backoff.failed();
                         tracing::warn!(address = %self.address, error = %e, ?retry_in, "syslog forward: cannot connect");
                         // Keep taking chunks while waiting, so listeners are not held up.
-                        let wake =
-                            tokio::time::sleep(if closing_since.is_some() { retry_in.min(patience) } else { retry_in });
-                        tokio::pin!(wake);
-                        loop {
-                            tokio::select! {
-                                _ = &mut wake => break,
-                                c = rx.recv(), if closing_since.is_none() => match c {
-                                    Some(c) => self.queue.push(c),
-                                    None => closing_since = Some(Instant::now()),
-                                },
-                            }
-                        }
+                        inbox.wait(retry_in, |c| self.queue.push(c)).await;
                     }
                 }
                 continue;
@@ -635,16 +603,17 @@ impl Forwarder {
             let write = tokio::time::timeout(patience, c.write_all(&chunk.bytes));
             tokio::pin!(write);
             let result: std::result::Result<(), String> = loop {
-                let drain_over = drain_deadline(closing_since, drain);
+                let drain_over = inbox.until_drain_over();
                 tokio::select! {
                     r = &mut write => break match r {
                         Ok(Ok(())) => Ok(()),
                         Ok(Err(e)) => Err(e.to_string()),
                         Err(_) => Err("write timed out".into()),
                     },
-                    more = rx.recv(), if closing_since.is_none() => match more {
-                        Some(more) => self.queue.push(more),
-                        None => closing_since = Some(Instant::now()),
+                    more = inbox.next(), if !inbox.closing() => {
+                        if let Some(more) = more {
+                            self.queue.push(more);
+                        }
                     },
                     _ = drain_over => break Err("shutdown drain over".into()),
                 }
@@ -666,7 +635,10 @@ impl Forwarder {
         }
         if let Some(mut c) = conn {
             // What the drain left (a second at least) to flush and close politely.
-            let left = closing_since.map_or(TIMEOUT, |t| drain.saturating_sub(t.elapsed())).max(Duration::from_secs(1));
+            let left = inbox
+                .drain_ends()
+                .map_or(TIMEOUT, |end| end.saturating_duration_since(tokio::time::Instant::now()))
+                .max(Duration::from_secs(1));
             let _ = tokio::time::timeout(left, async {
                 let _ = c.flush().await;
                 let _ = c.shutdown().await;
@@ -674,15 +646,6 @@ impl Forwarder {
             .await;
         }
         self.counters.connected.store(0, Relaxed);
-    }
-}
-
-/// Resolves when the shutdown drain that began at `closing_since` is over; never before
-/// shutdown.
-async fn drain_deadline(closing_since: Option<Instant>, drain: Duration) {
-    match closing_since {
-        Some(t) => tokio::time::sleep(drain.saturating_sub(t.elapsed())).await,
-        None => std::future::pending().await,
     }
 }
 

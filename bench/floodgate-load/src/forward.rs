@@ -171,7 +171,11 @@ pub fn end_to_end(opts: &BenchOptions) {
                 opts,
                 &dir,
                 &format!("agent{i}"),
-                &format!("[forward]\naggregators = [\"127.0.0.1:{listen}\"]\nagent_id = \"agent{i}\"\n"),
+                // Each agent its own state directory: one is locked by the agent using it.
+                &format!(
+                    "[forward]\naggregators = [\"127.0.0.1:{listen}\"]\nagent_id = \"agent{i}\"\nstate_dir = \"{}\"\n",
+                    dir.join(format!("agent{i}-state")).display()
+                ),
             )
         })
         .collect();

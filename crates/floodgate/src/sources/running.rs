@@ -153,6 +153,25 @@ pub struct Listening<'a> {
 }
 
 impl Listening<'_> {
+    /// Whether any listener is named.
+    pub fn any(&self) -> bool {
+        [self.udp, self.tcp, &self.tls[..]].iter().any(|a| !a.is_empty())
+            || [self.unix, self.unix_stream].iter().any(|p| !p.is_empty())
+    }
+
+    /// Checks the keys every listening section shares; an error names `mode_key` (the
+    /// section's `unix_mode`) or `path_key` (its `unix`).
+    pub fn validate(&self, mode_key: &'static str, path_key: &'static str) -> Result<(), (&'static str, String)> {
+        if !crate::net::unix::valid_mode(self.access.mode) {
+            return Err((mode_key, format!("`{}` is not an octal file mode like \"0660\"", self.access.mode)));
+        }
+        // sun_path holds 108 bytes with its terminating NUL.
+        if self.unix.iter().chain(self.unix_stream).any(|p| p.as_os_str().len() > 107) {
+            return Err((path_key, "a socket path is at most 107 bytes".into()));
+        }
+        Ok(())
+    }
+
     /// Every listener the keys name, as (kind, address).
     pub fn specs(&self) -> Vec<Spec> {
         use crate::kind::Transport;
@@ -392,6 +411,26 @@ mod tests {
         let specs = syslog.listening().specs();
         assert!(specs.iter().all(|(k, _)| k.protocol == Protocol::Syslog));
         assert_eq!(transports(specs), [Transport::Udp, Transport::Tcp, Transport::Unix, Transport::UnixStream]);
+    }
+
+    /// The shared keys are checked once, and each section's error names its own key.
+    #[test]
+    fn both_sections_check_their_shared_keys_alike() {
+        use crate::sources::statsd::config::StatsdConfig;
+        use crate::sources::syslog::config::SyslogConfig;
+        let long = vec![std::path::PathBuf::from("/".repeat(108))];
+        let statsd = StatsdConfig { unix_mode: "rw-rw----".into(), ..Default::default() };
+        assert_eq!(statsd.validate().unwrap_err().0, "statsd.unix_mode");
+        let statsd = StatsdConfig { unix_stream: long.clone(), ..Default::default() };
+        assert_eq!(statsd.validate().unwrap_err().0, "statsd.unix");
+        let syslog = SyslogConfig { unix_mode: "999".into(), ..Default::default() };
+        assert_eq!(syslog.validate().unwrap_err().0, "syslog.unix_mode");
+        let syslog = SyslogConfig { unix: long, ..Default::default() };
+        assert_eq!(syslog.validate().unwrap_err().0, "syslog.unix");
+        let none = SyslogConfig { udp: Vec::new(), tcp: Vec::new(), ..Default::default() };
+        assert!(!none.has_listeners() && SyslogConfig::default().has_listeners());
+        let none = StatsdConfig { udp: Vec::new(), tcp: Vec::new(), ..Default::default() };
+        assert!(!none.has_listeners() && StatsdConfig::default().has_listeners());
     }
 
     fn idle_task() -> Result<Running> {

@@ -6,13 +6,14 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 
 use super::{Chunk, OutputCounters};
 use crate::config::Fsync;
+use crate::sinks::delivery::file_sync::FileSync;
 
 pub(super) fn open_append(path: &std::path::Path) -> Result<std::fs::File> {
     crate::files::append(path).with_context(|| format!("cannot open syslog output {}", path.display()))
@@ -80,7 +81,8 @@ impl Retry<'_> {
 }
 
 /// The file/stdout writer: chunks as they come, flushed whenever the channel runs dry, synced
-/// to disk as `fsync` says.
+/// to disk as `fsync` says ([`FileSync`]: `always` before the next chunk is taken, an
+/// interval within it of the write even when nothing follows).
 pub(super) fn write_lines(
     mut rx: mpsc::Receiver<Chunk>,
     out: Out,
@@ -88,33 +90,23 @@ pub(super) fn write_lines(
     fsync: Fsync,
     counters: &OutputCounters,
     stopping: &AtomicBool,
-    runtime: &tokio::runtime::Handle,
 ) {
     let mut retry = Retry { counters, stopping, tries_left: 3 };
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
-    // Written but not yet synced since (with an interval policy).
-    let mut unsynced_since: Option<Instant> = None;
-    loop {
-        let first = match (fsync, unsynced_since) {
-            (Fsync::Interval(every), Some(since)) => {
-                let left = every.saturating_sub(since.elapsed());
-                match runtime.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break,
-                    Err(_) => {
-                        sync(&mut out, &mut retry);
-                        unsynced_since = None;
-                        continue;
-                    }
-                }
+    let file_sync = match &out {
+        Out::File(f) => match FileSync::new(fsync, &[f], "syslog-out-sync") {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "syslog output: cannot start its fsync thread; syncing every write");
+                FileSync::new(Fsync::Always, &[f], "syslog-out-sync").ok()
             }
-            _ => match rx.blocking_recv() {
-                Some(c) => c,
-                None => break,
-            },
-        };
+        },
+        Out::Stdout(_) => None,
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    while let Some(first) = rx.blocking_recv() {
         if let Some((path, flag)) = &reopen {
             if flag.swap(false, Relaxed) {
+                // What went to the old file is on disk before it is let go.
                 if fsync == Fsync::Never {
                     flush_retrying(&mut out, &mut retry);
                 } else {
@@ -122,6 +114,11 @@ pub(super) fn write_lines(
                 }
                 match open_append(path) {
                     Ok(f) => {
+                        if let Some(s) = &file_sync {
+                            if let Err(e) = s.replaced(&[&f]) {
+                                tracing::error!(error = %e, "syslog output: the fsync thread keeps the old file");
+                            }
+                        }
                         out = std::io::BufWriter::with_capacity(1 << 20, Out::File(f));
                         tracing::info!(path = %path.display(), "syslog output reopened");
                     }
@@ -139,15 +136,11 @@ pub(super) fn write_lines(
                 tracing::error!(messages = c.messages, "stopping: syslog output still failing; records dropped");
             }
         }
-        match fsync {
-            Fsync::Never => flush_retrying(&mut out, &mut retry),
-            Fsync::Always => sync(&mut out, &mut retry),
-            Fsync::Interval(every) => {
-                flush_retrying(&mut out, &mut retry);
-                let since = *unsynced_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= every {
-                    sync(&mut out, &mut retry);
-                    unsynced_since = None;
+        flush_retrying(&mut out, &mut retry);
+        if let (Some(s), Out::File(f)) = (&file_sync, out.get_ref()) {
+            while let Err(e) = s.written(&[f]) {
+                if !retry.again("fsync", &e) {
+                    break;
                 }
             }
         }

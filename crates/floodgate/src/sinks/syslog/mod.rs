@@ -89,18 +89,16 @@ impl Output {
             SyslogOutput::File { path, fsync } => {
                 let file = open_append(path)?;
                 let (c, r, path2, fsync) = (counters.clone(), reopen.clone(), path.clone(), *fsync);
-                let handle = tokio::runtime::Handle::current();
                 let stop = stopping.clone();
                 let thread = std::thread::Builder::new()
                     .name("syslog-out".into())
-                    .spawn(move || write_lines(rx, Out::File(file), Some((path2, r)), fsync, &c, &stop, &handle))?;
+                    .spawn(move || write_lines(rx, Out::File(file), Some((path2, r)), fsync, &c, &stop))?;
                 (OutputTask::Thread(thread), Encoding::Json { raw }, format!("file {}", path.display()))
             }
             SyslogOutput::Stdout => {
                 let c = counters.clone();
-                let handle = tokio::runtime::Handle::current();
                 let thread = std::thread::Builder::new().name("syslog-out".into()).spawn(move || {
-                    write_lines(rx, Out::Stdout(std::io::stdout()), None, Fsync::Never, &c, &stopping, &handle)
+                    write_lines(rx, Out::Stdout(std::io::stdout()), None, Fsync::Never, &c, &stopping)
                 })?;
                 (OutputTask::Thread(thread), Encoding::Json { raw }, "stdout".to_string())
             }

@@ -257,12 +257,7 @@ impl StatsdConfig {
         if s.max_line_length < 64 {
             return Err(("statsd.max_line_length", "must be at least 64 bytes".into()));
         }
-        if !crate::net::unix::valid_mode(&s.unix_mode) {
-            return Err(("statsd.unix_mode", format!("`{}` is not an octal file mode like \"0660\"", s.unix_mode)));
-        }
-        if s.unix.iter().chain(&s.unix_stream).any(|p| p.as_os_str().len() > 107) {
-            return Err(("statsd.unix", "a socket path is at most 107 bytes".into()));
-        }
+        s.listening().validate("statsd.unix_mode", "statsd.unix")?;
         if !s.tls_listen.is_empty() && s.tls.is_none() {
             return Err(("statsd.tls_listen", "needs `tls = { cert = \"...\", key = \"...\" }` in [statsd]".into()));
         }
@@ -277,11 +272,7 @@ impl StatsdConfig {
     /// Whether any StatsD listener is configured: DogStatsD events and service checks can then
     /// arrive, and they go to the record output.
     pub fn has_listeners(&self) -> bool {
-        !self.udp.is_empty()
-            || !self.tcp.is_empty()
-            || !self.tls_listen.is_empty()
-            || !self.unix.is_empty()
-            || !self.unix_stream.is_empty()
+        self.listening().any()
     }
 
     /// Etsy statsd's aggregation options.

@@ -121,12 +121,7 @@ impl SyslogConfig {
         if let Err(e) = crate::sources::syslog::zone::parse(&y.timezone) {
             return Err(("syslog.timezone", e));
         }
-        if !crate::net::unix::valid_mode(&y.unix_mode) {
-            return Err(("syslog.unix_mode", format!("`{}` is not an octal file mode like \"0660\"", y.unix_mode)));
-        }
-        if y.unix.iter().chain(&y.unix_stream).any(|p| p.as_os_str().len() > 107) {
-            return Err(("syslog.unix", "a socket path is at most 107 bytes".into()));
-        }
+        y.listening().validate("syslog.unix_mode", "syslog.unix")?;
         if !(480..=(64 << 20)).contains(&y.max_message) {
             return Err(("syslog.max_message", "must be between 480 bytes (RFC 5424's minimum) and 64MiB".into()));
         }
@@ -151,10 +146,6 @@ impl SyslogConfig {
 impl SyslogConfig {
     /// Whether any listener is named (the output opens only then).
     pub fn has_listeners(&self) -> bool {
-        !self.udp.is_empty()
-            || !self.tcp.is_empty()
-            || !self.tls.is_empty()
-            || !self.unix.is_empty()
-            || !self.unix_stream.is_empty()
+        self.listening().any()
     }
 }

@@ -69,7 +69,7 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
-step "fuzzing the StatsD parser, the forward frames, syslog, conntrack and control messages briefly (crashes become regression tests in fuzz/regressions)"
+step "fuzzing the StatsD parser, the forward frames, syslog, conntrack, control messages and PROXY headers briefly (crashes become regression tests in fuzz/regressions)"
 ./scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 
 step "all tests passed"

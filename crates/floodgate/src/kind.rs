@@ -97,6 +97,13 @@ impl Kind {
         self.transport == Transport::Tls
     }
 
+    /// A StatsD or syslog TCP or TLS listener, which can sit behind a balancer that sends
+    /// PROXY protocol headers (`proxy_protocol`).
+    pub fn takes_proxy_headers(self) -> bool {
+        matches!(self.protocol, Protocol::Statsd | Protocol::Syslog)
+            && matches!(self.transport, Transport::Tcp | Transport::Tls)
+    }
+
     /// An operator's port (console, HTTP): the host itself always passes its allow-list.
     pub fn is_operator(self) -> bool {
         matches!(self.protocol, Protocol::Admin | Protocol::Http)

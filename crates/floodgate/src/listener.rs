@@ -232,6 +232,7 @@ impl Report for Listeners {
                     Reason::SourceLimit | Reason::PortLimit => !kind.is_stream(),
                     Reason::ConnectionRate | Reason::SourceConnections | Reason::ConnectionLimit => kind.is_stream(),
                     Reason::HandshakeLimit => kind.is_tls(),
+                    Reason::ProxyHeader => kind.takes_proxy_headers(),
                 };
                 if applies {
                     l.dropped(out, reason.as_str(), c.dropped[reason as usize].load(Relaxed));

@@ -44,11 +44,14 @@ pub enum Reason {
     ConnectionLimit,
     /// The TLS listener was at its cap of handshakes in flight or per second.
     HandshakeLimit,
+    /// A PROXY protocol header was missing where required (a balancer's connection), sent where
+    /// not allowed, malformed, longer than its bound, or not finished in time.
+    ProxyHeader,
 }
 
 impl Reason {
     /// Every reason, for exposition.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::NotAllowed,
         Reason::SourceLimit,
         Reason::PortLimit,
@@ -56,6 +59,7 @@ impl Reason {
         Reason::SourceConnections,
         Reason::ConnectionLimit,
         Reason::HandshakeLimit,
+        Reason::ProxyHeader,
     ];
 
     /// True for the rate limits (`floodgate_limited_total`), as opposed to the allow-list and
@@ -74,6 +78,7 @@ impl Reason {
             Reason::SourceConnections => "source_connections",
             Reason::ConnectionLimit => "connection_limit",
             Reason::HandshakeLimit => "handshake_limit",
+            Reason::ProxyHeader => "proxy_header",
         }
     }
 }

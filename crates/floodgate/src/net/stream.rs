@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::guard::{ConnectionPermit, ListenerGuard};
 use crate::listener::Counters;
 use crate::net::tls::SharedServerConfig;
+use floodgate_guard::Reason;
 
 /// A TLS client must finish its handshake within this (slow or silent clients hold a slot).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -178,13 +179,25 @@ pub fn read_now(conn: &mut Connection, buf: &mut [u8]) -> ReadNow {
     }
 }
 
+/// Where a listener takes PROXY protocol headers from (`proxy_protocol = true`): a connection
+/// from these addresses must start with one, and is then judged by the client it names; a
+/// connection from anywhere else may not.
+#[derive(Clone)]
+pub struct ProxyProtocol {
+    /// The balancers (`proxy_from`).
+    pub from: Arc<floodgate_guard::AllowList>,
+}
+
 /// Accepts until the task is aborted; each admitted connection goes to `handle` (TLS-wrapped
-/// when `tls` is set). `what` names the listener in logs.
+/// when `tls` is set). `what` names the listener in logs. With `proxy`, a balancer's
+/// connection is admitted by the client its header names, read (bounded, with a deadline)
+/// before any TLS work.
 pub async fn serve<H, F>(
     listener: TcpListener,
     guard: Arc<ListenerGuard>,
     counters: Arc<Counters>,
     tls: Option<SharedServerConfig>,
+    proxy: Option<ProxyProtocol>,
     what: &'static str,
     handle: H,
 ) where
@@ -192,9 +205,10 @@ pub async fn serve<H, F>(
     F: Future<Output = std::io::Result<()>> + Send + 'static,
 {
     loop {
-        let (stream, peer, permit) = accept(&listener, &guard, &counters).await;
-        // The handshake is the costly step: capped per listener before it starts.
-        let handshake_permit = match tls.is_some().then(|| guard.admit_handshake()) {
+        let (stream, peer, permit) = accept(&listener, &guard, &counters, proxy.as_ref()).await;
+        // The handshake (and a balancer's header, read before the connection is admitted) is
+        // the costly step: capped per listener before it starts.
+        let handshake_permit = match (tls.is_some() || permit.is_none()).then(|| guard.admit_handshake()) {
             Some(Err(reason)) => {
                 counters.add_dropped(reason, 1);
                 let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
@@ -204,14 +218,145 @@ pub async fn serve<H, F>(
             None => None,
         };
         counters.connections.fetch_add(1, Relaxed);
-        let (tls, handle) = (tls.clone(), handle.clone());
+        let (tls, handle, guard, proxied) = (tls.clone(), handle.clone(), guard.clone(), proxy.is_some());
         let count = counters.clone();
         let connect = async move {
+            let local = stream.local_addr().map_or(peer.ip(), |a| a.ip());
+            let (stream, client, permit) = match permit {
+                // A balancer's: the header first, then the guard judges the client it names.
+                None => {
+                    let (stream, client) = read_proxy_header(stream, &count).await?;
+                    let client = client.unwrap_or(peer);
+                    match guard.admit_connection(client.ip(), local) {
+                        Ok(permit) => (stream, client, permit),
+                        Err(reason) => {
+                            count.add_dropped(reason, 1);
+                            return Err(std::io::Error::other(format!("{client} refused: {}", reason.as_str())));
+                        }
+                    }
+                }
+                Some(permit) => (Prefixed::new(stream, Vec::new(), proxied.then(|| count.clone())), peer, permit),
+            };
             let (conn, identity) = handshake(stream, tls, &count).await?;
             drop(handshake_permit);
-            Ok((conn, Peer { addr: Some(peer), identity, credentials: None }))
+            Ok((conn, Peer { addr: Some(client), identity, credentials: None }, permit))
         };
-        spawn_connection(counters.clone(), (what, peer.to_string()), permit, connect, handle);
+        spawn_connection(counters.clone(), (what, peer.to_string()), connect, handle);
+    }
+}
+
+/// Reads a balancer's PROXY header: at most [`floodgate_proxy::MAX_HEADER`] bytes, within the
+/// handshake deadline. Returns the stream (what came after the header first) and the client;
+/// a missing, malformed or slow header is counted and ends the connection.
+async fn read_proxy_header(
+    mut stream: TcpStream,
+    counters: &Counters,
+) -> std::io::Result<(Prefixed, Option<SocketAddr>)> {
+    use floodgate_proxy::{Parsed, MAX_HEADER};
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut buf = vec![0u8; MAX_HEADER];
+        let mut have = 0;
+        loop {
+            match floodgate_proxy::parse(&buf[..have]) {
+                Parsed::Header { len, client } => {
+                    let rest = buf[len..have].to_vec();
+                    return Ok((rest, client));
+                }
+                Parsed::Invalid(why) => return Err(why.as_str()),
+                Parsed::Incomplete => {}
+            }
+            match stream.read(&mut buf[have..]).await {
+                Ok(0) | Err(_) => return Err("closed before its header"),
+                Ok(n) => have += n,
+            }
+        }
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, read).await {
+        Ok(Ok((rest, client))) => Ok((Prefixed::new(stream, rest, None), client)),
+        Ok(Err(why)) => {
+            counters.add_dropped(Reason::ProxyHeader, 1);
+            Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("PROXY header: {why}")))
+        }
+        Err(_) => {
+            counters.add_dropped(Reason::ProxyHeader, 1);
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "PROXY header not finished in time"))
+        }
+    }
+}
+
+/// A TCP stream with bytes already read from it in front (what followed a PROXY header).
+/// With `refuse_header`, the connection is not a balancer's: if its first bytes are a PROXY
+/// header it is refused (counted), since only `proxy_from` may name another client.
+pub struct Prefixed {
+    inner: TcpStream,
+    head: Vec<u8>,
+    at: usize,
+    refuse_header: Option<Arc<Counters>>,
+}
+
+impl Prefixed {
+    fn new(inner: TcpStream, head: Vec<u8>, refuse_header: Option<Arc<Counters>>) -> Prefixed {
+        Prefixed { inner, head, at: 0, refuse_header }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.head.len() {
+            let n = buf.remaining().min(this.head.len() - this.at);
+            buf.put_slice(&this.head[this.at..this.at + n]);
+            this.at += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let result = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (std::task::Poll::Ready(Ok(())), Some(counters)) = (&result, &this.refuse_header) {
+            let first = &buf.filled()[before..];
+            if !first.is_empty() {
+                let header = floodgate_proxy::looks_like_header(first) == Some(true);
+                if header {
+                    counters.add_dropped(Reason::ProxyHeader, 1);
+                }
+                this.refuse_header = None;
+                if header {
+                    return std::task::Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "a PROXY header from an address not in proxy_from",
+                    )));
+                }
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -252,19 +397,19 @@ pub async fn serve_unix<H, F>(
         counters.connections.fetch_add(1, Relaxed);
         let peer = Peer { addr: None, identity: None, credentials: Some(credentials) };
         let who = (what, peer.to_string());
-        let connect = async move { Ok((Box::new(stream) as Connection, peer)) };
-        spawn_connection(counters.clone(), who, permit, connect, handle.clone());
+        let connect = async move { Ok((Box::new(stream) as Connection, peer, permit)) };
+        spawn_connection(counters.clone(), who, connect, handle.clone());
     }
 }
 
-/// Runs one admitted connection in a task of its own: `connect` readies it (a TLS handshake),
-/// then `handle` reads it; counted open meanwhile, its guard permit held until it ends.
+/// Runs one connection in a task of its own: `connect` readies it (a PROXY header, a TLS
+/// handshake) and gives its guard permit, then `handle` reads it; counted open meanwhile, the
+/// permit held until it ends.
 /// `who` names the listener and the peer in the log.
 fn spawn_connection<H, F>(
     counters: Arc<Counters>,
     (what, who): (&'static str, String),
-    permit: ConnectionPermit,
-    connect: impl Future<Output = std::io::Result<(Connection, Peer)>> + Send + 'static,
+    connect: impl Future<Output = std::io::Result<(Connection, Peer, ConnectionPermit)>> + Send + 'static,
     handle: H,
 ) where
     H: Fn(Connection, Peer) -> F + Send + 'static,
@@ -273,8 +418,9 @@ fn spawn_connection<H, F>(
     tokio::spawn(async move {
         counters.open_connections.fetch_add(1, Relaxed);
         let result = match connect.await {
-            Ok((conn, peer)) => {
+            Ok((conn, peer, permit)) => {
                 let result = handle(conn, peer).await;
+                drop(permit);
                 // A handler gives up on a silent or stalled peer with TimedOut.
                 if result.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
                     counters.idle_closed.fetch_add(1, Relaxed);
@@ -287,12 +433,11 @@ fn spawn_connection<H, F>(
             tracing::debug!(peer = %who, listener = what, error = %e, "connection ended with an error");
         }
         counters.open_connections.fetch_sub(1, Relaxed);
-        drop(permit);
     });
 }
 
-async fn handshake(
-    stream: TcpStream,
+async fn handshake<S: Stream + 'static>(
+    stream: S,
     tls: Option<SharedServerConfig>,
     counters: &Counters,
 ) -> std::io::Result<(Connection, Option<String>)> {
@@ -336,12 +481,14 @@ pub fn certificate_name(der: &[u8]) -> String {
 }
 
 /// The next connection the guard admits. Refused ones are reset (`SO_LINGER` 0: an RST, no
-/// FIN handshake, no TIME_WAIT) before a byte is read and counted by reason.
+/// FIN handshake, no TIME_WAIT) before a byte is read and counted by reason. With `proxy`, a
+/// balancer's connection comes back unjudged (no permit): its header names who to judge.
 pub async fn accept(
     listener: &TcpListener,
     guard: &Arc<ListenerGuard>,
     counters: &Counters,
-) -> (TcpStream, SocketAddr, ConnectionPermit) {
+    proxy: Option<&ProxyProtocol>,
+) -> (TcpStream, SocketAddr, Option<ConnectionPermit>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -352,11 +499,15 @@ pub async fn accept(
                 continue;
             }
         };
+        if proxy.is_some_and(|p| p.from.allows(peer.ip())) {
+            keepalive(&stream);
+            return (stream, peer, None);
+        }
         let local = stream.local_addr().map_or(peer.ip(), |a| a.ip());
         match guard.admit_connection(peer.ip(), local) {
             Ok(permit) => {
                 keepalive(&stream);
-                return (stream, peer, permit);
+                return (stream, peer, Some(permit));
             }
             Err(reason) => {
                 counters.add_dropped(reason, 1);

@@ -150,6 +150,10 @@ pub struct Listening<'a> {
     pub unix_stream: &'a [std::path::PathBuf],
     /// `unix_mode`, `unix_owner`, `unix_group`.
     pub access: crate::net::unix::Access<'a>,
+    /// `proxy_protocol`.
+    pub proxy_protocol: bool,
+    /// `proxy_from`.
+    pub proxy_from: &'a [String],
 }
 
 impl Listening<'_> {
@@ -161,7 +165,18 @@ impl Listening<'_> {
 
     /// Checks the keys every listening section shares; an error names `mode_key` (the
     /// section's `unix_mode`) or `path_key` (its `unix`).
-    pub fn validate(&self, mode_key: &'static str, path_key: &'static str) -> Result<(), (&'static str, String)> {
+    pub fn validate(
+        &self,
+        mode_key: &'static str,
+        path_key: &'static str,
+        proxy_key: &'static str,
+    ) -> Result<(), (&'static str, String)> {
+        if let Err(e) = floodgate_guard::AllowList::parse(self.proxy_from) {
+            return Err((proxy_key, format!("`{}` is not a CIDR", e.0)));
+        }
+        if self.proxy_protocol == self.proxy_from.is_empty() {
+            return Err((proxy_key, "`proxy_protocol = true` and `proxy_from` (the balancers) go together".into()));
+        }
         if !crate::net::unix::valid_mode(self.access.mode) {
             return Err((mode_key, format!("`{}` is not an octal file mode like \"0660\"", self.access.mode)));
         }
@@ -170,6 +185,12 @@ impl Listening<'_> {
             return Err((path_key, "a socket path is at most 107 bytes".into()));
         }
         Ok(())
+    }
+
+    /// Where the TCP and TLS listeners take PROXY headers from; `None` without `proxy_protocol`.
+    pub fn proxy(&self) -> Option<crate::net::stream::ProxyProtocol> {
+        let from = floodgate_guard::AllowList::parse(self.proxy_from).ok()?;
+        self.proxy_protocol.then(|| crate::net::stream::ProxyProtocol { from: std::sync::Arc::new(from) })
     }
 
     /// Every listener the keys name, as (kind, address).

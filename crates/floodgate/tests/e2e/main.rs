@@ -19,6 +19,7 @@ mod kernel_guard;
 mod local_attacks;
 mod mapping;
 mod packaging;
+mod proxy_protocol;
 mod reload;
 mod remote_write;
 mod restart;

@@ -48,7 +48,7 @@ pub async fn serve(
     counters: Arc<Counters>,
     idle: Duration,
 ) {
-    crate::net::stream::serve(listener, guard, counters, None, "admin", move |conn, _peer| {
+    crate::net::stream::serve(listener, guard, counters, None, None, "admin", move |conn, _peer| {
         let shared = shared.clone();
         async move { session(Stalled::new(conn, idle), shared).await }
     })

@@ -293,7 +293,7 @@ pub async fn serve(
     target: MergeTarget,
 ) {
     let c = counters.clone();
-    crate::net::stream::serve(listener, guard, counters, tls, "aggregator", move |conn, peer| {
+    crate::net::stream::serve(listener, guard, counters, tls, None, "aggregator", move |conn, peer| {
         let (aggregator, target, counters) = (aggregator.clone(), target.clone(), c.clone());
         async move {
             aggregator.counters.connected.fetch_add(1, Relaxed);

@@ -56,7 +56,7 @@ pub async fn serve(
     header_timeout: Duration,
 ) {
     let app = router(shared);
-    crate::net::stream::serve(listener, guard, counters, None, "http", move |conn, _peer| {
+    crate::net::stream::serve(listener, guard, counters, None, None, "http", move |conn, _peer| {
         let app = app.clone();
         async move {
             let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {

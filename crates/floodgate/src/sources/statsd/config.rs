@@ -56,6 +56,12 @@ pub struct StatsdConfig {
     /// Group of the socket files (name or number); unchanged when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unix_group: Option<String>,
+    /// The TCP and TLS listeners sit behind a balancer that sends PROXY protocol headers (v1 or
+    /// v2): a connection from `proxy_from` must start with one, and is judged and recorded as
+    /// the client it names; from anywhere else a header is refused.
+    pub proxy_protocol: bool,
+    /// The balancers' addresses (CIDRs), required with `proxy_protocol`.
+    pub proxy_from: Vec<String>,
     /// Tags naming the sending process, added to every metric from a Unix socket, from the
     /// kernel's credentials (never from the datagram): `uid`, `program`, `container_id`.
     /// Empty (the default): none.
@@ -136,6 +142,8 @@ impl Default for StatsdConfig {
             unix_mode: "0622".into(),
             unix_owner: None,
             unix_group: None,
+            proxy_protocol: false,
+            proxy_from: Vec::new(),
             origin_tags: Vec::new(),
             origin_max: 1000,
             tls: None,
@@ -217,6 +225,8 @@ impl StatsdConfig {
             unix: &self.unix,
             unix_stream: &self.unix_stream,
             access: crate::net::unix::Access::of(&self.unix_mode, &self.unix_owner, &self.unix_group),
+            proxy_protocol: self.proxy_protocol,
+            proxy_from: &self.proxy_from,
         }
     }
 
@@ -257,7 +267,7 @@ impl StatsdConfig {
         if s.max_line_length < 64 {
             return Err(("statsd.max_line_length", "must be at least 64 bytes".into()));
         }
-        s.listening().validate("statsd.unix_mode", "statsd.unix")?;
+        s.listening().validate("statsd.unix_mode", "statsd.unix", "statsd.proxy_from")?;
         if !s.tls_listen.is_empty() && s.tls.is_none() {
             return Err(("statsd.tls_listen", "needs `tls = { cert = \"...\", key = \"...\" }` in [statsd]".into()));
         }

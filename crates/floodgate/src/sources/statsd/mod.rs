@@ -120,6 +120,7 @@ impl StatsdSource {
             idle_timeout: s.tcp_idle_timeout,
             epoch: shared.epoch,
             shutdown: self.stopping.subscribe(),
+            proxy: s.listening().proxy(),
         }
     }
 

@@ -45,13 +45,15 @@ pub struct TcpOptions {
     pub epoch: Instant,
     /// Turns true at shutdown.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Where PROXY headers come from (TCP and TLS, with `proxy_protocol`).
+    pub proxy: Option<crate::net::stream::ProxyProtocol>,
 }
 
 /// Accepts connections until the task is aborted; with `tls`, each admitted connection is
 /// a TLS server connection.
 pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedServerConfig>) {
     let (guard, counters) = (opts.guard.clone(), opts.counters.clone());
-    crate::net::stream::serve(listener, guard, counters, tls, "statsd", move |conn, peer| {
+    crate::net::stream::serve(listener, guard, counters, tls, opts.proxy.clone(), "statsd", move |conn, peer| {
         let mut opts = opts.clone();
         async move { read_lines(conn, &mut opts, peer).await }
     })

@@ -32,6 +32,12 @@ pub struct SyslogConfig {
     /// Group of the socket files (name or number); unchanged when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unix_group: Option<String>,
+    /// The TCP and TLS listeners sit behind a balancer that sends PROXY protocol headers (v1 or
+    /// v2): a connection from `proxy_from` must start with one, and is judged and recorded as
+    /// the client it names; from anywhere else a header is refused.
+    pub proxy_protocol: bool,
+    /// The balancers' addresses (CIDRs), required with `proxy_protocol`.
+    pub proxy_from: Vec<String>,
     /// Longest message: longer frames are skipped and counted, longer datagrams truncated and
     /// flagged.
     #[serde(with = "size")]
@@ -67,6 +73,8 @@ impl Default for SyslogConfig {
             unix_mode: "0622".into(),
             unix_owner: None,
             unix_group: None,
+            proxy_protocol: false,
+            proxy_from: Vec::new(),
             max_message: 64 << 10,
             output: SyslogOutput::File { path: "floodgate-syslog.jsonl".into(), fsync: Fsync::Never },
             raw: false,
@@ -112,6 +120,8 @@ impl SyslogConfig {
             unix: &self.unix,
             unix_stream: &self.unix_stream,
             access: crate::net::unix::Access::of(&self.unix_mode, &self.unix_owner, &self.unix_group),
+            proxy_protocol: self.proxy_protocol,
+            proxy_from: &self.proxy_from,
         }
     }
 
@@ -121,7 +131,7 @@ impl SyslogConfig {
         if let Err(e) = crate::sources::syslog::zone::parse(&y.timezone) {
             return Err(("syslog.timezone", e));
         }
-        y.listening().validate("syslog.unix_mode", "syslog.unix")?;
+        y.listening().validate("syslog.unix_mode", "syslog.unix", "syslog.proxy_from")?;
         if !(480..=(64 << 20)).contains(&y.max_message) {
             return Err(("syslog.max_message", "must be between 480 bytes (RFC 5424's minimum) and 64MiB".into()));
         }

@@ -261,6 +261,7 @@ impl SyslogSource {
             idle_timeout: y.tcp_idle_timeout,
             guard,
             shutdown: self.stopping.subscribe(),
+            proxy: y.listening().proxy(),
         };
         if let (Transport::UnixStream, Address::Path(path)) = (kind.transport, address) {
             let listener = crate::sources::running::bind_unix_stream(*kind, path, y.listening().access)?;

@@ -42,12 +42,14 @@ pub struct TcpOptions {
     pub guard: Arc<ListenerGuard>,
     /// Becomes `true` at shutdown: connections stop reading and hand on what they have.
     pub shutdown: watch::Receiver<bool>,
+    /// Where PROXY headers come from (TCP and TLS, with `proxy_protocol`).
+    pub proxy: Option<crate::net::stream::ProxyProtocol>,
 }
 
 /// Accepts connections until the task is aborted.
 pub async fn serve(listener: TcpListener, opts: TcpOptions, tls: Option<SharedServerConfig>) {
     let (guard, counters, kind) = (opts.guard.clone(), opts.counters.clone(), opts.kind);
-    crate::net::stream::serve(listener, guard, counters, tls, kind.as_str(), move |conn, peer| {
+    crate::net::stream::serve(listener, guard, counters, tls, opts.proxy.clone(), kind.as_str(), move |conn, peer| {
         let opts = opts.clone();
         async move { read_frames(conn, peer, opts).await }
     })

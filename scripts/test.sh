@@ -33,6 +33,7 @@ command -v systemd-analyze >/dev/null || apt_needed+=(systemd) # the packaging t
 command -v debootstrap >/dev/null || apt_needed+=(debootstrap)
 command -v systemd-nspawn >/dev/null || apt_needed+=(systemd-container)
 command -v curl >/dev/null || apt_needed+=(curl)
+command -v haproxy >/dev/null || apt_needed+=(haproxy)   # PROXY protocol tests: a real balancer in front
 # rsyslog with its TLS driver (syslog tests). Debian's syslog-ng conflicts with it.
 command -v rsyslogd >/dev/null || apt_needed+=(rsyslog)
 ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || apt_needed+=(rsyslog-gnutls)

@@ -1,7 +1,7 @@
 //! The PROXY protocol on the TCP listeners: a balancer's header names the client, which is
 //! what the record says and the guard judges; a connection from anywhere else may not send
-//! one, and a balancer's must. (Real HAProxy in front comes with the rest of issue 29; here
-//! the headers are written by hand, byte for byte as the specification lays them out.)
+//! one, and a balancer's must. First with headers written by hand, byte for byte as the
+//! specification lays them out, then with real HAProxy in front.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -81,4 +81,111 @@ fn a_balancers_header_names_the_client_and_no_one_else_may_send_one() {
     assert!(source("direct").starts_with("127.0.0.2:"), "{}", source("direct"));
     // Both refused connections are counted, so no record of theirs can still come.
     assert_eq!(records(&out).len(), 3, "{:#?}", records(&out));
+}
+
+/// HAProxy 2.6 in TCP mode, in the foreground: frontends on `frontends` (v1, v2), both to
+/// floodgate at `backend`, connecting from `source` and sending `send-proxy` / `send-proxy-v2`.
+struct Haproxy {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    fn start(frontends: [u16; 2], backend: u16, source: &str) -> Haproxy {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("haproxy.cfg");
+        let mut text = String::from(
+            "global\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n",
+        );
+        for (port, send) in frontends.iter().zip(["send-proxy", "send-proxy-v2"]) {
+            text += &format!(
+                "frontend f{port}\n  bind 127.0.0.1:{port}\n  default_backend b{port}\n\
+                 backend b{port}\n  server fg 127.0.0.1:{backend} {send} source {source}\n"
+            );
+        }
+        std::fs::write(&config, text).unwrap();
+        let child = std::process::Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy (Debian package haproxy; scripts/test.sh installs it)");
+        for port in frontends {
+            wait_for(&format!("haproxy listening on {port}"), Duration::from_secs(30), || {
+                TcpStream::connect(("127.0.0.1", port)).ok()
+            });
+        }
+        Haproxy { child, _dir: dir }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Real HAProxy in front of syslog over TCP, with `send-proxy` on one frontend and
+/// `send-proxy-v2` on the other: every record names the client that connected to HAProxy,
+/// not HAProxy. One client opening connections as fast as it can is held to its own
+/// connection rate, and the other client's messages all arrive.
+#[test]
+fn real_haproxy_in_front_names_each_client_and_one_flood_is_limited_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("records.jsonl");
+    let (port, v1, v2) = (free_port(), free_port(), free_port());
+    // The defaults, but: syslog on one TCP listener behind HAProxy at 127.0.0.3, a file output
+    // to read the records, and loopback addresses keyed apart (they stand in for remote hosts
+    // here; by default all local addresses are one source).
+    let fg = Floodgate::start(
+        "[limits]\nlocal_senders = \"by_address\"\n",
+        &format!(
+            "[syslog]\nudp = []\ntcp = [\"127.0.0.1:{port}\"]\nproxy_protocol = true\nproxy_from = [\"127.0.0.3/32\"]\n\
+             output = {{ kind = \"file\", path = \"{}\" }}\n",
+            out.display()
+        ),
+    );
+    let _haproxy = Haproxy::start([v1, v2], port, "127.0.0.3");
+    send([127, 0, 0, 4], v1, b"<13>client-4-via-v1\n");
+    send([127, 0, 0, 5], v2, b"<13>client-5-via-v2\n");
+    let r = wait_for("two records", Duration::from_secs(30), || {
+        let r = records(&out);
+        (r.len() >= 2).then_some(r)
+    });
+    let source = |r: &[Value], message: &str| {
+        let rec = r.iter().find(|x| x["message"] == message).unwrap_or_else(|| panic!("no `{message}` in {r:#?}"));
+        rec["source"].as_str().unwrap().to_string()
+    };
+    assert!(source(&r, "client-4-via-v1").starts_with("127.0.0.4:"), "{r:#?}");
+    assert!(source(&r, "client-5-via-v2").starts_with("127.0.0.5:"), "{r:#?}");
+
+    // Client 4 opens 200 connections at once through HAProxy, over its limit of 10 new
+    // connections a second (the default); client 5 sends 20 messages meanwhile, each on a
+    // connection of its own, at 5 a second, within its own limit.
+    let flood = std::thread::spawn(move || {
+        for i in 0..200 {
+            let mut s = connect_from([127, 0, 0, 4], v1);
+            let _ = s.write_all(format!("<13>flood-{i}\n").as_bytes());
+        }
+    });
+    for i in 0..20 {
+        send([127, 0, 0, 5], v2, format!("<13>steady-{i}\n").as_bytes());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    flood.join().unwrap();
+    fg.wait_sample("floodgate_dropped_total", &["listener=\"syslog_tcp\"", "reason=\"connection_rate\""], |v| v > 0.0);
+    let r = wait_for("client 5's twenty messages", Duration::from_secs(30), || {
+        let r = records(&out);
+        let steady = r.iter().filter(|x| x["message"].as_str().is_some_and(|m| m.starts_with("steady-"))).count();
+        (steady == 20).then_some(r)
+    });
+    let flooded = r.iter().filter(|x| x["message"].as_str().is_some_and(|m| m.starts_with("flood-"))).count();
+    assert!(flooded < 100, "client 4 was held to its limit: {flooded} of 200 went through");
+    assert!(r.iter().all(|x| {
+        let m = x["message"].as_str().unwrap_or_default();
+        let s = x["source"].as_str().unwrap_or_default();
+        !m.starts_with("steady-") || s.starts_with("127.0.0.5:")
+    }));
+    assert_eq!(fg.sample("floodgate_dropped_total", &["listener=\"syslog_tcp\"", "reason=\"proxy_header\""]), 0.0);
 }

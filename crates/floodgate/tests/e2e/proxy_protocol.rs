@@ -83,21 +83,22 @@ fn a_balancers_header_names_the_client_and_no_one_else_may_send_one() {
     assert_eq!(records(&out).len(), 3, "{:#?}", records(&out));
 }
 
-/// HAProxy 2.6 in TCP mode, in the foreground: frontends on `frontends` (v1, v2), both to
-/// floodgate at `backend`, connecting from `source` and sending `send-proxy` / `send-proxy-v2`.
+/// HAProxy 2.6 in TCP mode, in the foreground: one frontend per `(port, backend, send)`, each
+/// to floodgate's `backend` port, connecting from `source` and sending `send` (`send-proxy` or
+/// `send-proxy-v2`).
 struct Haproxy {
     child: std::process::Child,
     _dir: tempfile::TempDir,
 }
 
 impl Haproxy {
-    fn start(frontends: [u16; 2], backend: u16, source: &str) -> Haproxy {
+    fn start(frontends: &[(u16, u16, &str)], source: &str) -> Haproxy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("haproxy.cfg");
         let mut text = String::from(
             "global\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n",
         );
-        for (port, send) in frontends.iter().zip(["send-proxy", "send-proxy-v2"]) {
+        for (port, backend, send) in frontends {
             text += &format!(
                 "frontend f{port}\n  bind 127.0.0.1:{port}\n  default_backend b{port}\n\
                  backend b{port}\n  server fg 127.0.0.1:{backend} {send} source {source}\n"
@@ -110,9 +111,9 @@ impl Haproxy {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("haproxy (Debian package haproxy; scripts/test.sh installs it)");
-        for port in frontends {
+        for (port, ..) in frontends {
             wait_for(&format!("haproxy listening on {port}"), Duration::from_secs(30), || {
-                TcpStream::connect(("127.0.0.1", port)).ok()
+                TcpStream::connect(("127.0.0.1", *port)).ok()
             });
         }
         Haproxy { child, _dir: dir }
@@ -146,7 +147,7 @@ fn real_haproxy_in_front_names_each_client_and_one_flood_is_limited_alone() {
             out.display()
         ),
     );
-    let _haproxy = Haproxy::start([v1, v2], port, "127.0.0.3");
+    let _haproxy = Haproxy::start(&[(v1, port, "send-proxy"), (v2, port, "send-proxy-v2")], "127.0.0.3");
     send([127, 0, 0, 4], v1, b"<13>client-4-via-v1\n");
     send([127, 0, 0, 5], v2, b"<13>client-5-via-v2\n");
     let r = wait_for("two records", Duration::from_secs(30), || {
@@ -188,4 +189,79 @@ fn real_haproxy_in_front_names_each_client_and_one_flood_is_limited_alone() {
         !m.starts_with("steady-") || s.starts_with("127.0.0.5:")
     }));
     assert_eq!(fg.sample("floodgate_dropped_total", &["listener=\"syslog_tcp\"", "reason=\"proxy_header\""]), 0.0);
+}
+
+/// HAProxy passing TLS through (TCP mode) to a syslog TLS listener, with `send-proxy-v2`: the
+/// header is read before the handshake (mutual TLS, so the client's certificate is checked
+/// after it), and the record names the client.
+#[test]
+fn real_haproxy_in_front_of_tls_names_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "syslog");
+    let (cert, key) = pki.issue("server", "syslog.test");
+    let (ccert, ckey) = pki.issue("client", "client.test");
+    let ca = dir.path().join("syslog-ca.pem").display().to_string();
+    let out = dir.path().join("records.jsonl");
+    let (tls_port, front) = (free_port(), free_port());
+    // The defaults, but syslog on one TLS listener (mutual TLS) behind HAProxy at 127.0.0.3,
+    // and a file output to read the records.
+    let _fg = Floodgate::start(
+        "",
+        &format!(
+            "[syslog]\nudp = []\ntcp = []\nproxy_protocol = true\nproxy_from = [\"127.0.0.3/32\"]\n\
+             tls = [{{ listen = \"127.0.0.1:{tls_port}\", cert = \"{cert}\", key = \"{key}\", client_ca = \"{ca}\" }}]\n\
+             output = {{ kind = \"file\", path = \"{}\" }}\n",
+            out.display()
+        ),
+    );
+    let _haproxy = Haproxy::start(&[(front, tls_port, "send-proxy-v2")], "127.0.0.3");
+    let client = tls_client(&ca, Some((&ccert, &ckey)));
+    let tcp = connect_from([127, 0, 0, 4], front);
+    let conn = rustls::ClientConnection::new(client, "syslog.test".try_into().unwrap()).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    s.write_all(b"<13>over-tls-via-haproxy\n").unwrap();
+    s.flush().unwrap();
+    let r = wait_for("the record", Duration::from_secs(30), || {
+        let r = records(&out);
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(r[0]["message"], "over-tls-via-haproxy");
+    assert!(r[0]["source"].as_str().unwrap().starts_with("127.0.0.4:"), "{r:#?}");
+}
+
+/// From the balancer's address: garbage instead of a header is closed at once, and a header
+/// that stops halfway is closed at the 10 s deadline; both counted, neither gives a record.
+#[test]
+fn garbage_and_slow_headers_from_the_balancer_are_closed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("records.jsonl");
+    let port = free_port();
+    // The defaults, but syslog on one TCP listener behind a balancer at 127.0.0.1.
+    let fg = Floodgate::start(
+        "",
+        &format!(
+            "[syslog]\nudp = []\ntcp = [\"127.0.0.1:{port}\"]\nproxy_protocol = true\nproxy_from = [\"127.0.0.1/32\"]\n\
+             output = {{ kind = \"file\", path = \"{}\" }}\n",
+            out.display()
+        ),
+    );
+    let closed_within = |mut s: TcpStream, limit: Duration| {
+        use std::io::Read;
+        let start = std::time::Instant::now();
+        s.set_read_timeout(Some(limit + Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf);
+        assert!(matches!(n, Ok(0) | Err(_)), "closed, not answered: {n:?}");
+        assert!(start.elapsed() <= limit + Duration::from_secs(2), "closed after {:?}", start.elapsed());
+        start.elapsed()
+    };
+    let mut garbage = connect_from([127, 0, 0, 1], port);
+    garbage.write_all(b"\r\n\r\n\0\r\nQUIT\n\x99\x99\x00\x00<13>garbage\n").unwrap();
+    closed_within(garbage, Duration::from_secs(1));
+    let mut slow = connect_from([127, 0, 0, 1], port);
+    slow.write_all(b"PROXY TCP4 198.18.0.7 127.0.0.1 4").unwrap();
+    let waited = closed_within(slow, Duration::from_secs(10));
+    assert!(waited >= Duration::from_secs(9), "held until the deadline: {waited:?}");
+    fg.wait_sample("floodgate_dropped_total", &["listener=\"syslog_tcp\"", "reason=\"proxy_header\""], |v| v == 2.0);
+    assert!(records(&out).is_empty());
 }

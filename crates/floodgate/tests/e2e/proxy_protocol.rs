@@ -189,6 +189,13 @@ fn real_haproxy_in_front_names_each_client_and_one_flood_is_limited_alone() {
         !m.starts_with("steady-") || s.starts_with("127.0.0.5:")
     }));
     assert_eq!(fg.sample("floodgate_dropped_total", &["listener=\"syslog_tcp\"", "reason=\"proxy_header\""]), 0.0);
+    // /offenders names the client, never the balancer all the connections came from.
+    let (code, body) = http_get(fg.http, "/offenders").unwrap();
+    assert_eq!(code, 200);
+    let report: Value = serde_json::from_str(&body).unwrap();
+    let list = report["offenders"].as_array().unwrap();
+    assert!(list.iter().any(|o| o["source"] == "127.0.0.4" && o["reason"] == "connection_rate"), "{report}");
+    assert!(list.iter().all(|o| o["source"] != "127.0.0.3" && o["source"] != "127.0.0.5"), "{report}");
 }
 
 /// HAProxy passing TLS through (TCP mode) to a syslog TLS listener, with `send-proxy-v2`: the

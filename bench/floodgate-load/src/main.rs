@@ -124,7 +124,8 @@ enum Command {
         /// cost and drop path), sources (memory with 1M spoofed sources; root, netns),
         /// aggregator (merge rate from 10 agents over TLS), forward (3 agents → aggregator →
         /// Carbon stand-in at 1M metrics/s), syslog (TCP/TLS against rsyslog, UDP against the
-        /// raw sink), conntrack (100k entries, 5k new/s; root, netns), hotpath (lines per
+        /// raw sink), proxy (syslog TCP with and without PROXY headers), conntrack (100k
+        /// entries, 5k new/s; root, netns), hotpath (lines per
         /// CPU-second draining a full 1 GiB socket buffer; root), attack (what each listener's
         /// attacks cost in memory), uds (StatsD over a Unix datagram socket vs loopback UDP),
         /// prometheus (a 50-rule mapping file's cost per line; scraping 100k histogram series),
@@ -136,7 +137,7 @@ enum Command {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,conntrack,hotpath,attack,uds,prometheus,kernel,fanout,cthealth"
+            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,proxy,conntrack,hotpath,attack,uds,prometheus,kernel,fanout,cthealth"
         )]
         only: Vec<String>,
         /// Lines per datagram to measure.

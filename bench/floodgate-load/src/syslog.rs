@@ -333,3 +333,78 @@ fn sustained_udp(name: &str, mut trial: impl FnMut(u64) -> (f64, f64)) -> f64 {
     }
     best
 }
+
+/// `--only proxy`: what the PROXY protocol costs floodgate on a syslog TCP listener. The same
+/// messages go to a listener without it and to one behind a balancer at 127.0.0.1, where each
+/// connection starts with a v1 header: first as many short connections (10 messages each, the
+/// header's cost shows per connection), then as one long connection (one header for all).
+pub fn proxy(opts: &BenchOptions) {
+    const SHORT: usize = 20_000;
+    const PER_SHORT: usize = 10;
+    let dir = std::env::temp_dir().join(format!("floodgate-bench-proxy-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    println!(
+        "\n## PROXY protocol: syslog over TCP without it and behind a balancer (v1 header per connection), guard off"
+    );
+    println!("| listener | {SHORT} connections of {PER_SHORT} messages: connections/s | floodgate CPU-s per 1,000 connections | one connection of {MESSAGES} messages: messages/s | floodgate CPU (of one core) | messages per CPU-second |");
+    println!("|---|---|---|---|---|---|");
+    for (label, proxied) in [("plain TCP", false), ("behind a balancer (proxy_protocol)", true)] {
+        let port = free_port();
+        let out = dir.join(format!("records-{proxied}.jsonl"));
+        let extra = if proxied { "proxy_protocol = true\nproxy_from = [\"127.0.0.1/32\"]\n" } else { "" };
+        // The guard off, connection limits included: 20,000 connections from one address in
+        // a few seconds is the load here, not an attack.
+        let fg = spawn_floodgate(
+            opts,
+            &dir,
+            if proxied { "proxied" } else { "plain" },
+            "",
+            &format!(
+                "{GUARD_OFF}tcp_connections_per_source = 0\ntcp_open_per_source = 1000000\n[syslog]\n\
+                 udp = []\ntcp = [\"127.0.0.1:{port}\"]\ntcp_max_connections = 1000000\n{extra}\
+                 output = {{ kind = \"file\", path = \"{}\" }}\n",
+                out.display()
+            ),
+        );
+        let pid = fg.child.id();
+        let header = |p: u16| format!("PROXY TCP4 198.18.0.7 127.0.0.1 {p} {port}\r\n").into_bytes();
+        let body = octet_counted(PER_SHORT);
+        let mut counter = LineCounter::new(&out);
+        let ticks = cpu_ticks(pid);
+        let start = Instant::now();
+        for i in 0..SHORT {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            if proxied {
+                s.write_all(&header(1024 + (i % 60_000) as u16)).unwrap();
+            }
+            s.write_all(&body).unwrap();
+        }
+        let (done, got) = counter.wait((SHORT * PER_SHORT) as u64, Duration::from_secs(5));
+        let secs = done.duration_since(start).as_secs_f64();
+        let short_cpu = (cpu_ticks(pid) - ticks) as f64 / 100.0;
+        assert_eq!(got, (SHORT * PER_SHORT) as u64, "{label}: records lost");
+        // One long connection: the header once, then every message.
+        let mut payload = if proxied { header(40000) } else { Vec::new() };
+        payload.extend_from_slice(&octet_counted(MESSAGES));
+        let base = counter.count();
+        let ticks = cpu_ticks(pid);
+        let start = Instant::now();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(&payload).unwrap();
+        drop(s);
+        let (done, got) = counter.wait(base + MESSAGES as u64, Duration::from_secs(5));
+        let long_secs = done.duration_since(start).as_secs_f64();
+        let long_cpu = (cpu_ticks(pid) - ticks) as f64 / 100.0;
+        assert_eq!(got - base, MESSAGES as u64, "{label}: records lost");
+        println!(
+            "| {label} | {:.0} | {:.3} | {:.0} | {:.0}% | {:.2}M |",
+            SHORT as f64 / secs,
+            short_cpu / SHORT as f64 * 1000.0,
+            MESSAGES as f64 / long_secs,
+            long_cpu / long_secs * 100.0,
+            MESSAGES as f64 / long_cpu / 1e6,
+        );
+        drop(fg);
+        let _ = std::fs::remove_file(&out);
+    }
+}

@@ -410,6 +410,9 @@ pub fn bench(opts: &BenchOptions) {
     if want("forward") {
         crate::forward::end_to_end(opts);
     }
+    if want("proxy") {
+        crate::syslog::proxy(opts);
+    }
     if want("syslog") {
         crate::syslog::syslog(opts);
     }

@@ -375,6 +375,22 @@ impl ListenerGuard {
     }
 }
 
+impl ListenerGuard {
+    /// A plain TCP connection from a balancer (`proxy_from`), before its PROXY header names
+    /// the client. Not the TLS handshake caps (200/s, 64 in flight by default): every client's
+    /// connection comes through the balancer, in bursts, and each client's own limits are
+    /// checked once its header is read. What bounds the connections held unadmitted (1 KiB
+    /// each at most, 10 s at most) is the listener's cap on open connections.
+    pub fn admit_unnamed(&self) -> Result<HandshakePermit, Reason> {
+        let in_flight = self.handshakes_in_flight.fetch_add(1, Relaxed);
+        let permit = HandshakePermit(self.handshakes_in_flight.clone());
+        if in_flight >= self.max_open {
+            return Err(Reason::ConnectionLimit);
+        }
+        Ok(permit)
+    }
+}
+
 /// An admitted connection's place in its listener's counts; given back when dropped.
 pub struct ConnectionPermit {
     listener: Arc<ListenerGuard>,

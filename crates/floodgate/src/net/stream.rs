@@ -208,7 +208,12 @@ pub async fn serve<H, F>(
         let (stream, peer, permit) = accept(&listener, &guard, &counters, proxy.as_ref()).await;
         // The handshake (and a balancer's header, read before the connection is admitted) is
         // the costly step: capped per listener before it starts.
-        let handshake_permit = match (tls.is_some() || permit.is_none()).then(|| guard.admit_handshake()) {
+        let handshake_permit = match (tls.is_some(), permit.is_none()) {
+            (true, _) => Some(guard.admit_handshake()),
+            (false, true) => Some(guard.admit_unnamed()),
+            (false, false) => None,
+        };
+        let handshake_permit = match handshake_permit {
             Some(Err(reason)) => {
                 counters.add_dropped(reason, 1);
                 let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));

@@ -272,3 +272,39 @@ fn garbage_and_slow_headers_from_the_balancer_are_closed_and_counted() {
     fg.wait_sample("floodgate_dropped_total", &["listener=\"syslog_tcp\"", "reason=\"proxy_header\""], |v| v == 2.0);
     assert!(records(&out).is_empty());
 }
+
+/// A balancer opens connections in bursts (every client's come through it): 1,000 at once
+/// are all admitted, each judged as its own client. They used to fall under the TLS handshake
+/// caps (64 in flight), which the burst overran before their tasks ran (found by `bench
+/// --only proxy`).
+#[test]
+fn a_burst_of_connections_from_the_balancer_is_all_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("records.jsonl");
+    let port = free_port();
+    // The defaults, but syslog on one TCP listener behind a balancer at 127.0.0.1, and a file
+    // output to read the records.
+    let fg = Floodgate::start(
+        "",
+        &format!(
+            "[syslog]\nudp = []\ntcp = [\"127.0.0.1:{port}\"]\nproxy_protocol = true\nproxy_from = [\"127.0.0.1/32\"]\n\
+             output = {{ kind = \"file\", path = \"{}\" }}\n",
+            out.display()
+        ),
+    );
+    const N: usize = 1000;
+    // Each connection names another client (198.18.x.y), as a busy balancer's do, so no
+    // client's own connection rate is reached.
+    let streams: Vec<TcpStream> = (0..N)
+        .map(|i| {
+            let mut s = connect_from([127, 0, 0, 1], port);
+            let client = format!("198.18.{}.{}", i / 250, i % 250 + 1);
+            s.write_all(format!("PROXY TCP4 {client} 127.0.0.1 40000 {port}\r\n<13>burst-{i}\n").as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    drop(streams);
+    wait_for("every record of the burst", Duration::from_secs(60), || (records(&out).len() >= N).then_some(()));
+    assert_eq!(records(&out).len(), N);
+    assert_eq!(fg.sample("floodgate_limited_total", &["listener=\"syslog_tcp\""]), 0.0);
+}

@@ -308,3 +308,26 @@ fn a_burst_of_connections_from_the_balancer_is_all_taken() {
     assert_eq!(records(&out).len(), N);
     assert_eq!(fg.sample("floodgate_limited_total", &["listener=\"syslog_tcp\""]), 0.0);
 }
+
+/// StatsD over TCP behind a balancer: the allow-list judges the client the header names, not
+/// the balancer.
+#[test]
+fn statsd_tcp_behind_a_balancer_is_judged_by_the_client() {
+    // The defaults, but the StatsD TCP listener behind a balancer at 127.0.0.1, and an
+    // allow-list with one remote client (and loopback, which the harness itself uses).
+    let fg = Floodgate::start(
+        "proxy_protocol = true\nproxy_from = [\"127.0.0.1/32\"]\n",
+        "[limits]\nallow = [\"198.18.0.7/32\", \"127.0.0.0/8\"]\n",
+    );
+    let port = fg.statsd;
+    send(
+        [127, 0, 0, 1],
+        port,
+        format!("PROXY TCP4 198.18.0.8 127.0.0.1 40000 {port}\r\nproxied.refused:1|c\n").as_bytes(),
+    );
+    send([127, 0, 0, 1], port, format!("PROXY TCP4 198.18.0.7 127.0.0.1 40001 {port}\r\nproxied.ok:1|c\n").as_bytes());
+    fg.wait_counter("proxied.ok", "1");
+    fg.wait_sample("floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"not_allowed\""], |v| v == 1.0);
+    let (_, metrics) = http_get(fg.http, "/metrics").unwrap();
+    assert!(!metrics.contains("proxied_refused"), "the client outside the allow-list got nothing in");
+}

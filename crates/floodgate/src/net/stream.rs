@@ -260,7 +260,8 @@ async fn read_proxy_header(
     use floodgate_proxy::{Parsed, MAX_HEADER};
     use tokio::io::AsyncReadExt;
     let read = async {
-        let mut buf = vec![0u8; MAX_HEADER];
+        // In the task's own state: no allocation unless bytes follow the header.
+        let mut buf = [0u8; MAX_HEADER];
         let mut have = 0;
         loop {
             match floodgate_proxy::parse(&buf[..have]) {

@@ -33,6 +33,20 @@ fn v2_header(client: [u8; 4], client_port: u16, port: u16) -> Vec<u8> {
     h
 }
 
+/// floodgate from its defaults, changing only what these tests need: syslog on one TCP
+/// listener at `port` behind a balancer at `balancer`, a file output at `out` to read the
+/// records, and `limits` (a `[limits]` section, or nothing).
+fn syslog_behind_balancer(limits: &str, port: u16, balancer: &str, out: &std::path::Path) -> Floodgate {
+    Floodgate::start(
+        "",
+        &format!(
+            "{limits}[syslog]\nudp = []\ntcp = [\"127.0.0.1:{port}\"]\nproxy_protocol = true\n\
+             proxy_from = [\"{balancer}/32\"]\noutput = {{ kind = \"file\", path = \"{}\" }}\n",
+            out.display()
+        ),
+    )
+}
+
 fn records(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -51,14 +65,7 @@ fn a_balancers_header_names_the_client_and_no_one_else_may_send_one() {
     let port = free_port();
     // The defaults, but syslog on one TCP listener (127.0.0.2 connects to it as itself) behind
     // a balancer at 127.0.0.1, and a file output to read the records.
-    let fg = Floodgate::start(
-        "",
-        &format!(
-            "[syslog]\nudp = []\ntcp = [\"127.0.0.1:{port}\"]\nproxy_protocol = true\nproxy_from = [\"127.0.0.1/32\"]\n\
-             output = {{ kind = \"file\", path = \"{}\" }}\n",
-            out.display()
-        ),
-    );
+    let fg = syslog_behind_balancer("", port, "127.0.0.1", &out);
     let tcp = ["listener=\"syslog_tcp\""];
     send([127, 0, 0, 1], port, format!("PROXY TCP4 198.18.0.7 127.0.0.1 40000 {port}\r\n<13>via-v1\n").as_bytes());
     let mut v2 = v2_header([198, 18, 0, 9], 40001, port);
@@ -139,14 +146,7 @@ fn real_haproxy_in_front_names_each_client_and_one_flood_is_limited_alone() {
     // The defaults, but: syslog on one TCP listener behind HAProxy at 127.0.0.3, a file output
     // to read the records, and loopback addresses keyed apart (they stand in for remote hosts
     // here; by default all local addresses are one source).
-    let fg = Floodgate::start(
-        "[limits]\nlocal_senders = \"by_address\"\n",
-        &format!(
-            "[syslog]\nudp = []\ntcp = [\"127.0.0.1:{port}\"]\nproxy_protocol = true\nproxy_from = [\"127.0.0.3/32\"]\n\
-             output = {{ kind = \"file\", path = \"{}\" }}\n",
-            out.display()
-        ),
-    );
+    let fg = syslog_behind_balancer("[limits]\nlocal_senders = \"by_address\"\n", port, "127.0.0.3", &out);
     let _haproxy = Haproxy::start(&[(v1, port, "send-proxy"), (v2, port, "send-proxy-v2")], "127.0.0.3");
     send([127, 0, 0, 4], v1, b"<13>client-4-via-v1\n");
     send([127, 0, 0, 5], v2, b"<13>client-5-via-v2\n");
@@ -244,14 +244,7 @@ fn garbage_and_slow_headers_from_the_balancer_are_closed_and_counted() {
     let out = dir.path().join("records.jsonl");
     let port = free_port();
     // The defaults, but syslog on one TCP listener behind a balancer at 127.0.0.1.
-    let fg = Floodgate::start(
-        "",
-        &format!(
-            "[syslog]\nudp = []\ntcp = [\"127.0.0.1:{port}\"]\nproxy_protocol = true\nproxy_from = [\"127.0.0.1/32\"]\n\
-             output = {{ kind = \"file\", path = \"{}\" }}\n",
-            out.display()
-        ),
-    );
+    let fg = syslog_behind_balancer("", port, "127.0.0.1", &out);
     let closed_within = |mut s: TcpStream, limit: Duration| {
         use std::io::Read;
         let start = std::time::Instant::now();
@@ -284,14 +277,7 @@ fn a_burst_of_connections_from_the_balancer_is_all_taken() {
     let port = free_port();
     // The defaults, but syslog on one TCP listener behind a balancer at 127.0.0.1, and a file
     // output to read the records.
-    let fg = Floodgate::start(
-        "",
-        &format!(
-            "[syslog]\nudp = []\ntcp = [\"127.0.0.1:{port}\"]\nproxy_protocol = true\nproxy_from = [\"127.0.0.1/32\"]\n\
-             output = {{ kind = \"file\", path = \"{}\" }}\n",
-            out.display()
-        ),
-    );
+    let fg = syslog_behind_balancer("", port, "127.0.0.1", &out);
     const N: usize = 1000;
     // Each connection names another client (198.18.x.y), as a busy balancer's do, so no
     // client's own connection rate is reached.

@@ -34,6 +34,8 @@ command -v debootstrap >/dev/null || apt_needed+=(debootstrap)
 command -v systemd-nspawn >/dev/null || apt_needed+=(systemd-container)
 command -v curl >/dev/null || apt_needed+=(curl)
 command -v haproxy >/dev/null || apt_needed+=(haproxy)   # PROXY protocol tests: a real balancer in front
+command -v redis-server >/dev/null || apt_needed+=(redis-server) # shared port limits: the fleet's budgets
+command -v nats-server >/dev/null || apt_needed+=(nats-server)   # the JetStream records output
 # rsyslog with its TLS driver (syslog tests). Debian's syslog-ng conflicts with it.
 command -v rsyslogd >/dev/null || apt_needed+=(rsyslog)
 ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || apt_needed+=(rsyslog-gnutls)
@@ -43,6 +45,8 @@ if [ ${#apt_needed[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${apt_needed[@]}" >/dev/null
 fi
 # Debian starts a carbon-cache service on install where it can; the tests run their own.
+# (So it does redis-server: the tests start theirs on ports of their own, so one running
+# system-wide does not matter.)
 python3 -c 'import statsd, datadog' 2>/dev/null ||
   python3 -m pip install -q statsd datadog 2>/dev/null ||
   python3 -m pip install -q --break-system-packages statsd datadog

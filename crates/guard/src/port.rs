@@ -21,6 +21,13 @@ impl PortLimiter {
         PortLimiter::default()
     }
 
+    /// Starts the cell as a port busy with newcomers leaves it (half its burst taken), not
+    /// full: a cell taking over from another budget (a shared port falling back to its
+    /// share) gives no fresh burst on top of what the other already let through.
+    pub fn start_busy(&self, limit: &Limit, now_ns: u64) {
+        self.tat.store(now_ns + limit.tolerance_ns() / 2, Ordering::Relaxed);
+    }
+
     /// Charges `n` messages at `now_ns`; true when allowed. `established` sources may use the
     /// whole burst, others half of it.
     #[inline]

@@ -12,7 +12,7 @@
 //! churns a heavy source can get up to one extra burst per eviction. The per-port limit, which
 //! is not in the table, still bounds the total. A source tracked for [`ESTABLISHED_NS`] without
 //! being evicted is *established*: it has first claim on the port's budget (see
-//! [`PortLimiter`]), which is what keeps steady senders served while spoofed one-shot sources
+//! [`crate::PortLimiter`]), which is what keeps steady senders served while spoofed one-shot sources
 //! churn through the table.
 
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use parking_lot::Mutex;
 
 use crate::gcra::Limit;
-use crate::port::PortLimiter;
+use crate::shared::Port;
 
 /// How long a source must stay tracked to count as established.
 pub const ESTABLISHED_NS: u64 = 1_000_000_000;
@@ -340,11 +340,11 @@ impl SourceTable {
         key: SourceKey,
         limit: &Limit,
         reason: Reason,
-        port: Option<(&PortLimiter, &Limit)>,
+        port: Option<Port<'_>>,
         now_ns: u64,
         n: u64,
     ) -> Verdict {
-        let port = port.filter(|(_, l)| !l.is_unlimited());
+        let port = port.filter(|p| !p.is_unlimited());
         if limit.is_unlimited() && port.is_none() {
             return Verdict::Allowed;
         }
@@ -355,7 +355,7 @@ impl SourceTable {
             reason
         } else {
             match port {
-                Some((cell, l)) if !cell.check(l, now_ns, n, now_ns.saturating_sub(e.since_ns) >= ESTABLISHED_NS) => {
+                Some(p) if !p.check(now_ns, n, now_ns.saturating_sub(e.since_ns) >= ESTABLISHED_NS) => {
                     e.tat = before;
                     Reason::PortLimit
                 }
@@ -430,6 +430,7 @@ fn offender(e: &Entry) -> Offender {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::port::PortLimiter;
 
     const SEC: u64 = 1_000_000_000;
 
@@ -519,11 +520,13 @@ mod tests {
         let port_limit = Limit::new(10, SEC);
         let port = PortLimiter::new();
         let a = key(1);
-        let first = t.admit(a, &own, Reason::SourceLimit, Some((&port, &port_limit)), SEC, 1);
+        let first = t.admit(a, &own, Reason::SourceLimit, Some(Port::Local(&port, &port_limit)), SEC, 1);
         assert_eq!(first, Verdict::Allowed);
         // A newcomer gets half the port's burst.
         let allowed = (0..20)
-            .filter(|_| t.admit(a, &own, Reason::SourceLimit, Some((&port, &port_limit)), SEC, 1) == Verdict::Allowed)
+            .filter(|_| {
+                t.admit(a, &own, Reason::SourceLimit, Some(Port::Local(&port, &port_limit)), SEC, 1) == Verdict::Allowed
+            })
             .count();
         assert_eq!(allowed, 4);
         assert_eq!(t.offenders(1)[0].reason, Reason::PortLimit);
@@ -531,7 +534,10 @@ mod tests {
         // was not spent by the refusals.
         let later = 2 * SEC;
         let allowed = (0..20)
-            .filter(|_| t.admit(a, &own, Reason::SourceLimit, Some((&port, &port_limit)), later, 1) == Verdict::Allowed)
+            .filter(|_| {
+                t.admit(a, &own, Reason::SourceLimit, Some(Port::Local(&port, &port_limit)), later, 1)
+                    == Verdict::Allowed
+            })
             .count();
         assert_eq!(allowed, 10);
     }

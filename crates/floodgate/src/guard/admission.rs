@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use floodgate_guard::{PortLimiter, Reason, SourceKey, Verdict};
+use floodgate_guard::{Port, PortLimiter, Reason, SharedPort, SourceKey, Verdict};
 use parking_lot::Mutex;
 
 use super::{config, kernel, Guard, Policy};
@@ -26,6 +26,10 @@ pub struct ListenerGuard {
     pub(super) kind: Kind,
     pub(super) address: String,
     pub(super) port: PortLimiter,
+    /// The port's leases from the fleet's budget (`[limits] shared`).
+    pub(super) shared: SharedPort,
+    /// Hosts serving this port, as Redis last counted them (0: not yet).
+    pub(super) shared_hosts: AtomicU64,
     pub(super) port_limited: AtomicBool,
     pub(super) port_last_ns: AtomicU64,
     pub(super) port_dropped: AtomicU64,
@@ -98,6 +102,22 @@ impl ListenerGuard {
         }
     }
 
+    /// Which budget the port's limit is taken from: `local` (this host's own), `shared` (the
+    /// fleet's, in Redis) or `shared_fallback` (this host's share while Redis is away).
+    pub fn budget(&self) -> &'static str {
+        let shared = self.has_port_limit() && self.guard.upgrade().is_some_and(|g| g.policy().shared);
+        match (shared, self.shared.is_fallen_back()) {
+            (false, _) => "local",
+            (true, false) => "shared",
+            (true, true) => "shared_fallback",
+        }
+    }
+
+    /// Whether this listener's messages are held to a port limit (datagrams: UDP and Unix).
+    pub fn has_port_limit(&self) -> bool {
+        matches!(self.kind.transport, crate::kind::Transport::Udp | crate::kind::Transport::Unix)
+    }
+
     /// Whether the kernel layer is attached.
     pub fn kernel_attached(&self) -> bool {
         self.kernel.get().is_some()
@@ -168,7 +188,7 @@ impl ListenerGuard {
                     key,
                     &policy.udp_source,
                     Reason::SourceLimit,
-                    Some((&self.port, &policy.udp_port)),
+                    Some(self.port_budget(policy)),
                     now_ns,
                     cost,
                 ),
@@ -209,7 +229,7 @@ impl ListenerGuard {
         }
         let n = messages();
         let key = SourceKey::uid(self.id, uid);
-        let port = Some((&self.port, &policy.udp_port));
+        let port = Some(self.port_budget(policy));
         match policy.table.admit(key, &policy.unix_uid, Reason::SourceLimit, port, now_ns, charge(n, bytes)) {
             Verdict::Allowed => Ok(()),
             Verdict::Limited { reason, started } => {
@@ -223,6 +243,16 @@ impl ListenerGuard {
                 }
                 Err((reason, n))
             }
+        }
+    }
+
+    /// The port's budget: this host's own, or its leases of the fleet's (`[limits] shared`).
+    #[inline]
+    fn port_budget<'a>(&'a self, policy: &'a Policy) -> Port<'a> {
+        if policy.shared {
+            Port::Shared(&self.shared, &policy.udp_port)
+        } else {
+            Port::Local(&self.port, &policy.udp_port)
         }
     }
 
@@ -259,6 +289,7 @@ impl ListenerGuard {
             tracing::warn!(
                 listener = self.kind.as_str(),
                 address = %self.address,
+                budget = self.budget(),
                 "port over its limit (udp_per_port): sources tracked for a second keep priority, newcomers are dropped"
             );
         }

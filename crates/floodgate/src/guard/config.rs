@@ -45,6 +45,47 @@ pub struct LimitsConfig {
     /// a local process cannot multiply its budget by choosing addresses; `by_address` keys
     /// them apart like remote hosts.
     pub local_senders: LocalSenders,
+    /// Port limits (`udp_per_port`) shared by every host that names the same Redis: the
+    /// fleet's ports each take `udp_per_port` in all, not per host. Per-source limits stay
+    /// local (a balancer sends a source to one host).
+    pub shared: Option<SharedLimits>,
+}
+
+/// `[limits] shared`: where the fleet's port budgets are kept.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SharedLimits {
+    /// `redis://[user:password@]host:port[/db]` (a password is redacted wherever the
+    /// configuration is shown).
+    pub redis: String,
+    /// How often each port takes its next lease of messages (and says this host is alive).
+    #[serde(with = "duration", default = "SharedLimits::default_period")]
+    pub period: Duration,
+    /// How long a call to Redis may take before this host falls back to its share.
+    #[serde(with = "duration", default = "SharedLimits::default_timeout")]
+    pub timeout: Duration,
+    /// Hosts assumed to share each port until Redis has said how many do (the fallback's
+    /// divisor if Redis is down when floodgate starts).
+    #[serde(default = "SharedLimits::default_hosts")]
+    pub hosts: u64,
+    /// Prefix of the Redis keys (one fleet per prefix).
+    #[serde(default = "SharedLimits::default_prefix")]
+    pub key_prefix: String,
+}
+
+impl SharedLimits {
+    fn default_period() -> Duration {
+        Duration::from_millis(200)
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_millis(250)
+    }
+    fn default_hosts() -> u64 {
+        1
+    }
+    fn default_prefix() -> String {
+        "floodgate".into()
+    }
 }
 
 /// `[limits] local_senders`.
@@ -84,6 +125,7 @@ impl Default for LimitsConfig {
             tls_handshakes_in_flight: 64,
             kernel: KernelMode::Auto,
             local_senders: LocalSenders::OneSource,
+            shared: None,
         }
     }
 }
@@ -99,6 +141,20 @@ impl LimitsConfig {
         }
         if self.tracked_sources < 64 {
             return Err(("limits.tracked_sources", "must be at least 64".into()));
+        }
+        if let Some(shared) = &self.shared {
+            if let Err(e) = redis::Client::open(shared.redis.as_str()) {
+                return Err(("limits.shared.redis", format!("{}: {e}", crate::config::redact_url(&shared.redis))));
+            }
+            if shared.period < Duration::from_millis(10) || shared.period > Duration::from_secs(10) {
+                return Err(("limits.shared.period", "must be between 10ms and 10s".into()));
+            }
+            if shared.timeout.is_zero() {
+                return Err(("limits.shared.timeout", "must be more than 0".into()));
+            }
+            if shared.hosts == 0 {
+                return Err(("limits.shared.hosts", "must be at least 1".into()));
+            }
         }
         Ok(())
     }

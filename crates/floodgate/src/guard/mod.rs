@@ -15,6 +15,7 @@ pub mod config;
 pub mod kernel;
 pub mod policy;
 pub mod report;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use floodgate_guard::{Limit, PortLimiter, Reason, SourceKey, SourceTable};
+use floodgate_guard::{Limit, PortLimiter, Reason, SharedPort, SourceKey, SourceTable};
 use parking_lot::Mutex;
 
 pub use admission::{charge, count_lines, ConnectionPermit, HandshakePermit, ListenerGuard};
@@ -56,6 +57,8 @@ pub struct Guard {
     host: Mutex<Vec<IpAddr>>,
     /// Sweeps since the host's addresses were last read.
     sweeps: AtomicU64,
+    /// `[limits] shared`: calls, errors, fallbacks.
+    shared_stats: shared::SharedStats,
 }
 
 impl std::fmt::Debug for Guard {
@@ -79,6 +82,7 @@ impl Guard {
             epoch,
             log_cell: PortLimiter::new(),
             log_suppressed: AtomicU64::new(0),
+            shared_stats: Default::default(),
         })
     }
 
@@ -135,6 +139,8 @@ impl Guard {
             kind,
             address: address.to_string(),
             port: PortLimiter::new(),
+            shared: SharedPort::new(),
+            shared_hosts: AtomicU64::new(0),
             port_limited: AtomicBool::new(false),
             port_last_ns: AtomicU64::new(0),
             port_dropped: AtomicU64::new(0),

@@ -21,6 +21,8 @@ pub struct Policy {
     /// An IPv6 /56's budget, all its /64s together.
     pub(super) udp_aggregate: Limit,
     pub(super) udp_port: Limit,
+    /// `udp_port` is the fleet's, taken in leases from Redis (`[limits] shared`).
+    pub(super) shared: bool,
     /// A local user's budget on one Unix listener.
     pub(super) unix_uid: Limit,
     pub(super) tcp_rate: Limit,
@@ -62,6 +64,7 @@ impl Policy {
             udp_source,
             udp_aggregate: Limit::new(limits.udp_per_source.saturating_mul(V6_AGGREGATE_SOURCES), burst),
             udp_port,
+            shared: limits.shared.is_some(),
             unix_uid: Limit::new(limits.unix_per_uid, burst),
             tcp_rate: Limit::new(limits.tcp_connections_per_source, burst),
             tcp_aggregate: Limit::new(limits.tcp_connections_per_source.saturating_mul(V6_AGGREGATE_SOURCES), burst),

@@ -95,12 +95,17 @@ impl Guard {
                 address: lg.address.clone(),
                 dropped: lg.port_dropped.load(Relaxed),
                 currently_limited: lg.port_limited.load(Relaxed),
+                budget: lg.budget(),
+                limit: policy.udp_port.rate().round() as u64,
+                share: lg.shared.is_fallen_back().then(|| lg.shared.share()),
+                hosts: Some(lg.shared_hosts.load(Relaxed)).filter(|h| policy.shared && *h > 0),
             })
             .collect();
         GuardReport {
             tracked_sources: policy.table.len(),
             tracked_sources_capacity: policy.table.capacity(),
             ports,
+            shared: self.shared_report(),
             offenders: self.offenders(max),
         }
     }
@@ -115,6 +120,9 @@ pub struct GuardReport {
     pub tracked_sources_capacity: usize,
     /// Listening ports that have been over their own limit.
     pub ports: Vec<PortReport>,
+    /// `[limits] shared`: the fleet's budgets in Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<super::shared::SharedReport>,
     /// Sources that hit a limit, most dropped first.
     pub offenders: Vec<OffenderReport>,
 }
@@ -130,6 +138,17 @@ pub struct PortReport {
     pub dropped: u64,
     /// Over its limit within the last few seconds.
     pub currently_limited: bool,
+    /// Which budget its drops came from: `local` (this host's `udp_per_port`), `shared` (the
+    /// fleet's, in Redis) or `shared_fallback` (this host's share while Redis is away).
+    pub budget: &'static str,
+    /// The port's limit, messages/s (the fleet's, when shared).
+    pub limit: u64,
+    /// While fallen back: this host's share, messages/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share: Option<u64>,
+    /// When shared: the hosts serving the port, as Redis last counted them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<u64>,
 }
 
 /// One source in `/offenders`.
@@ -191,6 +210,47 @@ impl crate::metrics::Report for Guard {
             out.add(attached, &[("listener", listener), ("address", address.as_str())], 1u64);
             for (outcome, n) in ["passed", "source_limit", "port_limit", "not_allowed"].into_iter().zip(stats) {
                 out.add(kernel, &[("listener", listener), ("address", address.as_str()), ("outcome", outcome)], n);
+            }
+        }
+        if let Some(shared) = &report.shared {
+            for (name, help, value) in [
+                (
+                    "floodgate_guard_shared_calls_total",
+                    "Calls to Redis for leases of the fleet's port budgets ([limits] shared).",
+                    shared.calls,
+                ),
+                (
+                    "floodgate_guard_shared_errors_total",
+                    "Calls to Redis that failed or took longer than [limits] shared.timeout.",
+                    shared.errors,
+                ),
+                (
+                    "floodgate_guard_shared_fallbacks_total",
+                    "Times a port fell back to this host's share of its limit (Redis away).",
+                    shared.fallbacks,
+                ),
+                (
+                    "floodgate_guard_shared_granted_total",
+                    "Messages leased from the fleet's port budgets.",
+                    shared.granted,
+                ),
+            ] {
+                out.one(Describe::counter(name, help), value);
+            }
+            let fallen = Describe::gauge(
+                "floodgate_guard_shared_fallback",
+                "1 while a port is held to this host's share of its limit because Redis cannot be reached.",
+            );
+            let hosts = Describe::gauge(
+                "floodgate_guard_shared_hosts",
+                "Hosts sharing a port's budget, as Redis last counted them.",
+            );
+            out.family(fallen);
+            out.family(hosts);
+            for lg in self.listeners.lock().iter().filter(|lg| lg.budget() != "local") {
+                let labels = [("listener", lg.kind.as_str()), ("address", lg.address.as_str())];
+                out.add(fallen, &labels, lg.shared.is_fallen_back() as u64);
+                out.add(hosts, &labels, lg.shared_hosts.load(Relaxed));
             }
         }
         let dropped = Describe::counter(

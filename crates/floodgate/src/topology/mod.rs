@@ -89,6 +89,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     };
     let sweeper_stop = Arc::new(AtomicBool::new(false));
     let sweeper = shared.guard.spawn_sweeper(sweeper_stop.clone())?;
+    let leases = shared.guard.spawn_shared(sweeper_stop.clone())?;
     let mut components = Components { sources, sinks };
     let mut reload_requests = shared.reload_queue.lock().take().context("started twice")?;
     shared.ready.store(true, Ordering::SeqCst);
@@ -122,6 +123,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         let _ = flusher.join();
         sweeper_stop.store(true, Ordering::SeqCst);
         let _ = sweeper.join();
+        let _ = leases.join();
     })
     .await?;
     // The flusher dropped its queues: each sink delivers what it holds, then ends.

@@ -23,6 +23,7 @@ mod proxy_protocol;
 mod reload;
 mod remote_write;
 mod restart;
+mod shared_limits;
 mod soak;
 mod statsd_e2e;
 mod syslog;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use floodgate_guard::Reason;
 use parking_lot::Mutex;
 
-use crate::metrics::{Describe, Families, Report, StatusPlace};
+use crate::metrics::{Describe, Families, Report, StatusPlace, Value};
 
 pub use crate::kind::{Address, Kind, Protocol, Transport};
 
@@ -39,6 +39,8 @@ pub struct Counters {
     pub dropped: [AtomicU64; Reason::ALL.len()],
     /// TCP connections closed for idleness.
     pub idle_closed: AtomicU64,
+    /// Nanoseconds stream readers waited to hold sources to `tcp_per_source`.
+    pub paced_ns: AtomicU64,
     /// TLS handshakes started (only ever on connections the guard admitted).
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes that failed or timed out.
@@ -175,6 +177,10 @@ const CONNECTIONS: Describe =
     Describe::counter("floodgate_tcp_connections_total", "Stream connections accepted (TCP, TLS, Unix stream).");
 const OPEN: Describe =
     Describe::gauge("floodgate_tcp_open_connections", "TCP connections open now.").status(row("open_connections"));
+const PACED: Describe = Describe::counter(
+    "floodgate_paced_seconds_total",
+    "Seconds stream connections were not read, holding their sources to [limits] tcp_per_source (summed over connections).",
+);
 const HANDSHAKES: Describe =
     Describe::counter("floodgate_tls_handshakes_total", "TLS handshakes started (on admitted connections only).");
 const HANDSHAKE_FAILURES: Describe =
@@ -208,6 +214,7 @@ impl Report for Listeners {
             LIMITED,
             CONNECTIONS,
             OPEN,
+            PACED,
             HANDSHAKES,
             HANDSHAKE_FAILURES,
             PASSED_DESCRIPTORS,
@@ -242,6 +249,9 @@ impl Report for Listeners {
                 out.add(CONNECTIONS, &labels, c.connections.load(Relaxed));
                 out.add(OPEN, &labels, c.open_connections.load(Relaxed).max(0) as u64);
                 l.dropped(out, "idle_timeout", c.idle_closed.load(Relaxed));
+                if matches!(kind.protocol, Protocol::Statsd | Protocol::Syslog) {
+                    out.add(PACED, &labels, Value::Real(c.paced_ns.load(Relaxed) as f64 / 1e9));
+                }
             }
             if kind.transport == Transport::Unix {
                 out.add(PASSED_DESCRIPTORS, &labels, c.passed_descriptors.load(Relaxed));

@@ -17,7 +17,16 @@ use crate::kind::Kind;
 #[derive(Debug, Default)]
 pub(super) struct OpenConnections {
     pub(super) total: usize,
-    pub(super) by_source: HashMap<SourceKey, usize>,
+    pub(super) by_source: HashMap<SourceKey, OpenSource>,
+}
+
+/// A source with connections open on a listener.
+#[derive(Debug, Default)]
+pub(super) struct OpenSource {
+    connections: usize,
+    /// Its pacing cell (`tcp_per_source`), shared by its connections: a GCRA theoretical
+    /// arrival time. It lives as long as the source has a connection open.
+    tat: u64,
 }
 
 /// The guard of one listening address.
@@ -364,7 +373,7 @@ impl ListenerGuard {
         if open.total >= self.max_open {
             return Err(Reason::ConnectionLimit);
         }
-        let mine = open.by_source.get(&key).copied().unwrap_or(0);
+        let mine = open.by_source.get(&key).map_or(0, |s| s.connections);
         if policy.tcp_open_per_source > 0 && mine >= policy.tcp_open_per_source {
             drop(open);
             if policy.table.record(key, Reason::SourceConnections, now, 1) {
@@ -373,7 +382,7 @@ impl ListenerGuard {
             return Err(Reason::SourceConnections);
         }
         open.total += 1;
-        open.by_source.insert(key, mine + 1);
+        open.by_source.entry(key).or_default().connections += 1;
         Ok(ConnectionPermit { listener: self.clone(), key })
     }
 }
@@ -428,15 +437,61 @@ pub struct ConnectionPermit {
     key: SourceKey,
 }
 
+impl ConnectionPermit {
+    /// The handle its reader paces the source with (`tcp_per_source`).
+    pub fn pacer(&self) -> Pacer {
+        Pacer { listener: self.listener.clone(), key: self.key }
+    }
+}
+
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         let mut open = self.listener.open.lock();
         open.total = open.total.saturating_sub(1);
-        if let Some(n) = open.by_source.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(s) = open.by_source.get_mut(&self.key) {
+            s.connections -= 1;
+            if s.connections == 0 {
                 open.by_source.remove(&self.key);
             }
         }
+    }
+}
+
+/// Paces one source's stream connections to `tcp_per_source`: all its connections to a
+/// listener charge one cell, and a reader that has gone past it waits before reading again,
+/// so the sender's kernel blocks the sender (TCP's own flow control). Nothing is dropped.
+#[derive(Clone)]
+pub struct Pacer {
+    listener: Arc<ListenerGuard>,
+    key: SourceKey,
+}
+
+impl std::fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pacer").field("source", &self.key.source()).finish()
+    }
+}
+
+impl Pacer {
+    /// Charges `messages` just read; returns how long the reader must wait before reading
+    /// again (zero while the source is within its rate and burst, or with no limit).
+    pub fn charge(&self, messages: u64) -> std::time::Duration {
+        let Some(guard) = self.listener.guard.upgrade() else { return std::time::Duration::ZERO };
+        let limit = guard.policy().tcp_source;
+        if limit.is_unlimited() || messages == 0 {
+            return std::time::Duration::ZERO;
+        }
+        let now = guard.now_ns();
+        let mut open = self.listener.open.lock();
+        let Some(source) = open.by_source.get_mut(&self.key) else { return std::time::Duration::ZERO };
+        // Always charged (nothing is refused), so a source's later reads wait for what it
+        // has already sent.
+        source.tat = source.tat.max(now).saturating_add(messages.saturating_mul(limit.interval_ns()));
+        std::time::Duration::from_nanos((source.tat - now).saturating_sub(limit.tolerance_ns()))
+    }
+
+    /// Whether pacing is configured (`tcp_per_source` > 0).
+    pub fn is_on(&self) -> bool {
+        self.listener.guard.upgrade().is_some_and(|g| !g.policy().tcp_source.is_unlimited())
     }
 }

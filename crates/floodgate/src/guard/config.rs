@@ -23,6 +23,10 @@ pub struct LimitsConfig {
     pub tcp_connections_per_source: u64,
     /// Open TCP connections one source IP may hold on one listener (0 = no cap).
     pub tcp_open_per_source: usize,
+    /// Messages per second one source may send over stream connections (TCP, TLS; on Unix
+    /// stream sockets, one local user), all its connections to one listener together. Held by
+    /// reading more slowly: the sender's kernel then blocks it. Nothing is dropped. 0 = off.
+    pub tcp_per_source: u64,
     /// How much of a rate may arrive at once: `burst × rate` messages.
     #[serde(with = "duration")]
     pub burst: Duration,
@@ -118,6 +122,7 @@ impl Default for LimitsConfig {
             unix_per_uid: 3000,
             tcp_connections_per_source: 10,
             tcp_open_per_source: 100,
+            tcp_per_source: 0,
             burst: Duration::from_secs(1),
             allow: Vec::new(),
             tracked_sources: 100_000,

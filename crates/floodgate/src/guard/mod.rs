@@ -27,7 +27,7 @@ use arc_swap::ArcSwap;
 use floodgate_guard::{Limit, PortLimiter, Reason, SharedPort, SourceKey, SourceTable};
 use parking_lot::Mutex;
 
-pub use admission::{charge, count_lines, ConnectionPermit, HandshakePermit, ListenerGuard};
+pub use admission::{charge, count_lines, ConnectionPermit, HandshakePermit, ListenerGuard, Pacer};
 pub use policy::{Policy, V6_AGGREGATE_SOURCES};
 pub use report::{GuardReport, OffenderReport, PortReport};
 
@@ -455,6 +455,37 @@ mod tests {
         assert_eq!(lg.admit_datagram(&p, a, 8 << 10, || 1, now), Err((Reason::SourceLimit, 1)));
         assert_eq!(lg.admit_datagram(&p, a, 100, || 1, now), Ok(()), "small ones still fit");
         assert_eq!((charge(20, 600), charge(1, 1024), charge(1, 1025), charge(1, 0)), (20, 1, 2, 1));
+    }
+
+    /// `tcp_per_source`: a source's connections share one pacing cell (a second's burst, then
+    /// a wait for what is over it); another source, or another local user on a Unix stream
+    /// socket, has its own. Nothing is refused.
+    #[test]
+    fn stream_sources_are_paced_across_their_connections() {
+        let g = Guard::new(
+            &limits(|l| {
+                l.tcp_per_source = 1000;
+                l.tcp_connections_per_source = 0;
+            }),
+            Instant::now(),
+        );
+        let lg = g.listener(Kind::new(Protocol::Syslog, Transport::Tcp), "127.0.0.1:5514", 1000);
+        let (a, b, local): (IpAddr, IpAddr, IpAddr) =
+            ("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap(), "10.0.0.100".parse().unwrap());
+        let (one, two) = (lg.admit_connection(a, local).unwrap(), lg.admit_connection(a, local).unwrap());
+        assert_eq!(one.pacer().charge(600), Duration::ZERO, "within the burst");
+        let wait = two.pacer().charge(600);
+        assert!(wait > Duration::from_millis(150) && wait <= Duration::from_millis(200), "{wait:?}: one cell for both");
+        let other = lg.admit_connection(b, local).unwrap();
+        assert_eq!(other.pacer().charge(600), Duration::ZERO, "another source");
+        let unix = g.listener(Kind::new(Protocol::Syslog, Transport::UnixStream), "/run/x.sock", 1000);
+        let (u1, u2) = (unix.admit_local_connection(1000, 1).unwrap(), unix.admit_local_connection(1000, 2).unwrap());
+        let u3 = unix.admit_local_connection(1001, 3).unwrap();
+        assert_eq!(u1.pacer().charge(1000), Duration::ZERO);
+        assert!(u2.pacer().charge(500) >= Duration::from_millis(450), "one user's connections share a cell");
+        assert_eq!(u3.pacer().charge(1000), Duration::ZERO, "another user");
+        g.reconfigure(&limits(|l| l.tcp_per_source = 0));
+        assert_eq!(two.pacer().charge(1_000_000), Duration::ZERO, "off");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Policy {
     pub(super) tcp_rate: Limit,
     pub(super) tcp_aggregate: Limit,
     pub(super) tcp_open_per_source: usize,
+    /// Messages/s per source over its stream connections (paced, not dropped).
+    pub(super) tcp_source: Limit,
     pub(super) handshake_rate: Limit,
     pub(super) handshakes_in_flight: usize,
     /// The bounded table of sources.
@@ -69,6 +71,7 @@ impl Policy {
             tcp_rate: Limit::new(limits.tcp_connections_per_source, burst),
             tcp_aggregate: Limit::new(limits.tcp_connections_per_source.saturating_mul(V6_AGGREGATE_SOURCES), burst),
             tcp_open_per_source: limits.tcp_open_per_source,
+            tcp_source: Limit::new(limits.tcp_per_source, burst),
             handshake_rate: Limit::new(limits.tls_handshakes_per_second, burst),
             handshakes_in_flight: limits.tls_handshakes_in_flight,
             table,

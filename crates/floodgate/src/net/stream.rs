@@ -44,6 +44,8 @@ pub struct Peer {
     pub identity: Option<String>,
     /// On a Unix stream socket: the process that connected, as the kernel tells it.
     pub credentials: Option<crate::sys::Credentials>,
+    /// Its source's pacing (`[limits] tcp_per_source`), set once the guard admitted it.
+    pub pacer: Option<crate::guard::Pacer>,
 }
 
 impl std::fmt::Display for Peer {
@@ -244,7 +246,7 @@ pub async fn serve<H, F>(
             };
             let (conn, identity) = handshake(stream, tls, &count).await?;
             drop(handshake_permit);
-            Ok((conn, Peer { addr: Some(client), identity, credentials: None }, permit))
+            Ok((conn, Peer { addr: Some(client), identity, credentials: None, pacer: None }, permit))
         };
         spawn_connection(counters.clone(), (what, peer.to_string()), connect, handle);
     }
@@ -401,11 +403,34 @@ pub async fn serve_unix<H, F>(
             }
         };
         counters.connections.fetch_add(1, Relaxed);
-        let peer = Peer { addr: None, identity: None, credentials: Some(credentials) };
+        let peer = Peer { addr: None, identity: None, credentials: Some(credentials), pacer: None };
         let who = (what, peer.to_string());
         let connect = async move { Ok((Box::new(stream) as Connection, peer, permit)) };
         spawn_connection(counters.clone(), who, connect, handle.clone());
     }
+}
+
+/// Holds a stream reader to its source's `tcp_per_source` after it read `messages`: waits
+/// what the source's pacing cell says, counted as paced time, before the reader reads again.
+/// Ends early at shutdown (true), when the reader drains what is left without pacing.
+pub async fn pace(
+    peer: &Peer,
+    messages: u64,
+    counters: &Counters,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let Some(pacer) = &peer.pacer else { return false };
+    let wait = pacer.charge(messages);
+    if wait.is_zero() {
+        return false;
+    }
+    let started = tokio::time::Instant::now();
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(wait) => false,
+        _ = shutdown.changed() => true,
+    };
+    Counters::add(&counters.paced_ns, started.elapsed().as_nanos() as u64);
+    stopped
 }
 
 /// Runs one connection in a task of its own: `connect` readies it (a PROXY header, a TLS
@@ -424,7 +449,8 @@ fn spawn_connection<H, F>(
     tokio::spawn(async move {
         counters.open_connections.fetch_add(1, Relaxed);
         let result = match connect.await {
-            Ok((conn, peer, permit)) => {
+            Ok((conn, mut peer, permit)) => {
+                peer.pacer = Some(permit.pacer());
                 let result = handle(conn, peer).await;
                 drop(permit);
                 // A handler gives up on a silent or stalled peer with TimedOut.

@@ -86,11 +86,14 @@ async fn read_lines<S: AsyncRead + Unpin>(
     decoder.sender(peer.addr, peer.credentials);
     // Shutting down: read on until the sender pauses or this deadline passes.
     let mut draining: Option<tokio::time::Instant> = None;
+    // Paced (`tcp_per_source`): smaller reads, so the waits between them stay short.
+    let paced = peer.pacer.as_ref().is_some_and(|p| p.is_on());
+    let read_size = if paced { PACED_READ.max(max + 1) } else { buf.len() };
     loop {
         if draining.is_none() && *opts.shutdown.borrow() {
             draining = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
         }
-        if filled == buf.len() {
+        if filled >= read_size {
             if !skipping {
                 opts.counters.oversize.fetch_add(1, Relaxed);
             }
@@ -100,10 +103,10 @@ async fn read_lines<S: AsyncRead + Unpin>(
         let read = match draining {
             Some(until) => {
                 let deadline = until.min(tokio::time::Instant::now() + DRAIN_PAUSE);
-                tokio::time::timeout_at(deadline, stream.read(&mut buf[filled..])).await.ok()
+                tokio::time::timeout_at(deadline, stream.read(&mut buf[filled..read_size])).await.ok()
             }
             None => tokio::select! {
-                r = tokio::time::timeout(opts.idle_timeout, stream.read(&mut buf[filled..])) => match r {
+                r = tokio::time::timeout(opts.idle_timeout, stream.read(&mut buf[filled..read_size])) => match r {
                     Ok(r) => Some(r),
                     Err(_) => {
                         opts.counters.idle_closed.fetch_add(1, Relaxed);
@@ -142,14 +145,25 @@ async fn read_lines<S: AsyncRead + Unpin>(
             start = first_nl + 1;
             skipping = false;
         }
+        let mut lines = 0;
         if start <= last_nl {
             consume(&mut decoder, &buf[start..=last_nl], opts);
             decoder.send_records(&opts.counters);
+            lines = memchr::memchr_iter(b'\n', &buf[start..=last_nl]).count() as u64;
         }
         buf.copy_within(last_nl + 1..filled, 0);
         filled -= last_nl + 1;
+        if paced
+            && draining.is_none()
+            && crate::net::stream::pace(&peer, lines, &opts.counters, &mut opts.shutdown).await
+        {
+            draining = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+        }
     }
 }
+
+/// A paced connection's reads (`tcp_per_source`): small, so it waits little at a time.
+const PACED_READ: usize = 16 * 1024;
 
 /// Parses complete lines, skipping (and counting) those longer than the maximum.
 fn consume(decoder: &mut Decoder, block: &[u8], opts: &TcpOptions) {

@@ -84,6 +84,9 @@ async fn read_frames(mut conn: Connection, peer: Peer, mut opts: TcpOptions) -> 
     // Shutting down: read on until the sender pauses or this deadline passes.
     let mut draining: Option<Instant> = None;
     let c = opts.counters.clone();
+    // Paced (`tcp_per_source`): smaller reads, so the waits between them stay short.
+    let paced = peer.pacer.as_ref().is_some_and(|p| p.is_on());
+    let read_size = if paced { PACED_READ } else { buf.len() };
     loop {
         if draining.is_none() && *opts.shutdown.borrow() {
             draining = Some(Instant::now() + DRAIN_LIMIT);
@@ -91,14 +94,14 @@ async fn read_frames(mut conn: Connection, peer: Peer, mut opts: TcpOptions) -> 
         let n = if let Some(until) = draining {
             // What the sender already wrote is in our socket buffer: take it, then stop.
             let deadline = until.min(Instant::now() + DRAIN_PAUSE);
-            match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            match tokio::time::timeout_at(deadline, conn.read(&mut buf[..read_size])).await {
                 Ok(r) => r?,
                 Err(_) => return Ok(()),
             }
         } else {
             let deadline = started.unwrap_or_else(Instant::now) + opts.idle_timeout;
             tokio::select! {
-                r = tokio::time::timeout_at(deadline, conn.read(&mut buf)) => match r {
+                r = tokio::time::timeout_at(deadline, conn.read(&mut buf[..read_size])) => match r {
                     Ok(r) => r?,
                     Err(_) => {
                         c.idle_closed.fetch_add(1, Relaxed);
@@ -117,7 +120,7 @@ async fn read_frames(mut conn: Connection, peer: Peer, mut opts: TcpOptions) -> 
         };
         let mut n = n;
         let mut eof = n == 0;
-        if !eof {
+        if !eof && !paced {
             let (more, ended) = read_ready(&mut conn, &mut buf[n..]);
             n += more;
             eof = ended;
@@ -156,14 +159,25 @@ async fn read_frames(mut conn: Connection, peer: Peer, mut opts: TcpOptions) -> 
         c.packets.fetch_add(1, Relaxed);
         Counters::add(&c.lines, chunk.messages);
         Counters::add(&c.bad_lines, bad);
+        let messages = chunk.messages;
         if chunk.messages > 0 && opts.output.send(chunk).await.is_err() {
             return Ok(()); // The output is gone: shutting down.
         }
         if eof || framer.is_broken() {
             return Ok(());
         }
+        if paced && draining.is_none() {
+            if crate::net::stream::pace(&peer, messages, &c, &mut opts.shutdown).await {
+                draining = Some(Instant::now() + DRAIN_LIMIT);
+            }
+            // A message begun before the wait is not late because of it.
+            started = started.map(|_| Instant::now());
+        }
     }
 }
+
+/// A paced connection's reads (`tcp_per_source`): small, so it waits little at a time.
+const PACED_READ: usize = 16 * 1024;
 
 /// Reads whatever more is ready now, without waiting; returns the bytes read and whether the
 /// stream ended. A TLS stream yields one record (16 KiB at most) a read, and handing each to

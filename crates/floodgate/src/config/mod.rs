@@ -17,7 +17,7 @@ pub use crate::net::tls::ClientTls as ForwardTls;
 pub use crate::sinks::forward::config::ForwardConfig;
 pub use crate::sinks::graphite::config::{GraphiteConfig, GraphiteProtocol};
 pub use crate::sinks::remote_write::config::RemoteWriteConfig;
-pub use crate::sinks::syslog::config::{SyslogForward, SyslogOutput};
+pub use crate::sinks::syslog::config::{SyslogForward, SyslogNats, SyslogOutput};
 pub use crate::sources::admin::config::{AdminConfig, Health};
 pub use crate::sources::aggregator::config::AggregatorConfig;
 pub use crate::sources::conntrack::config::{ConntrackConfig, Enabled, EventFormat};
@@ -93,8 +93,12 @@ impl Config {
         for t in &self.syslog.tls {
             server_config(&t.tls()).map_err(|e| ("syslog.tls", e))?;
         }
-        if let SyslogOutput::Forward(SyslogForward { tls: Some(tls), .. }) = &self.syslog.output {
-            client_config(tls).map_err(|e| ("syslog.output", e))?;
+        match &self.syslog.output {
+            SyslogOutput::Forward(SyslogForward { tls: Some(tls), .. })
+            | SyslogOutput::Nats(SyslogNats { tls: Some(tls), .. }) => {
+                client_config(tls).map_err(|e| ("syslog.output", e))?;
+            }
+            _ => {}
         }
         if let Some(tls) = self.aggregator.as_ref().and_then(|a| a.tls.as_ref()) {
             server_config(tls).map_err(|e| ("aggregator.tls", e))?;
@@ -225,7 +229,7 @@ pub const REDACTED: &str = "<redacted>";
 /// True for a key whose value is a secret.
 fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["token", "password", "passwd", "secret", "authorization", "api_key", "apikey", "cookie"]
+    ["token", "password", "passwd", "secret", "authorization", "api_key", "apikey", "cookie", "nkey"]
         .iter()
         .any(|s| k.contains(s))
 }

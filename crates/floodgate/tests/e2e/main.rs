@@ -18,6 +18,7 @@ mod hostile;
 mod kernel_guard;
 mod local_attacks;
 mod mapping;
+mod nats_output;
 mod pacing;
 mod packaging;
 mod proxy_protocol;

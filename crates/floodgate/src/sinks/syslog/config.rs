@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::units::{size, Fsync};
 
-/// Where syslog records go: `"stdout"`, `{ kind = "file", path = ... }`, or
-/// `{ kind = "forward", address = "host:port", tls = { ca = ... } }`.
+/// Where syslog records go: `"stdout"`, `{ kind = "file", path = ... }`,
+/// `{ kind = "forward", address = "host:port", tls = { ca = ... } }`, or
+/// `{ kind = "nats", url = "nats://host:4222", subject = ..., stream = ... }`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SyslogOutput {
@@ -24,6 +25,60 @@ pub enum SyslogOutput {
     Stdout,
     /// The messages as received, re-sent with octet counting over TCP or TLS.
     Forward(SyslogForward),
+    /// Each record (JSON) published to a NATS JetStream stream, acknowledged, exactly once.
+    Nats(SyslogNats),
+}
+
+/// The NATS JetStream output.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogNats {
+    /// `nats://host:4222` (or `tls://`), several separated by commas (a cluster's members).
+    pub url: String,
+    /// The subject records are published on.
+    pub subject: String,
+    /// The stream that takes `subject`: created if missing (taking `subject`, with
+    /// `replicas`). Absent: a stream must already take the subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Replicas of a stream this creates (1, or 3 or 5 on a cluster).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Publishes awaiting their acknowledgement at most.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// An authentication token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A `.creds` file (a user JWT and its NKey seed, as `nsc` writes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<std::path::PathBuf>,
+    /// An NKey seed (`SU…`) to sign in with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nkey: Option<String>,
+    /// TLS to the servers (`ca`, and `cert` + `key` if they want a client certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::net::tls::ClientTls>,
+    /// Bytes held in memory while NATS is unreachable.
+    #[serde(default = "default_syslog_buffer", with = "size")]
+    pub buffer: u64,
+    /// A file to spill to when the memory buffer is full (absent = drop, counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spill: Option<std::path::PathBuf>,
+    /// Most bytes the spill file may hold; past it records are dropped and counted.
+    #[serde(default = "default_syslog_spill_max", with = "size")]
+    pub spill_max: u64,
+    /// When the spill file is synced to disk.
+    #[serde(default, skip_serializing_if = "crate::units::is_never")]
+    pub fsync: Fsync,
+}
+
+fn default_replicas() -> usize {
+    1
+}
+
+fn default_in_flight() -> usize {
+    256
 }
 
 /// The forward output.
@@ -69,12 +124,13 @@ impl<'de> Deserialize<'de> for SyslogOutput {
             },
             Stdout,
             Forward(SyslogForward),
+            Nats(SyslogNats),
         }
         struct Visitor;
         impl<'de> de::Visitor<'de> for Visitor {
             type Value = SyslogOutput;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("\"stdout\", or a table with kind = \"file\" | \"stdout\" | \"forward\"")
+                f.write_str("\"stdout\", or a table with kind = \"file\" | \"stdout\" | \"forward\" | \"nats\"")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<SyslogOutput, E> {
                 match v {
@@ -88,6 +144,7 @@ impl<'de> Deserialize<'de> for SyslogOutput {
                     Table::File { path, fsync } => SyslogOutput::File { path, fsync },
                     Table::Stdout => SyslogOutput::Stdout,
                     Table::Forward(f) => SyslogOutput::Forward(f),
+                    Table::Nats(n) => SyslogOutput::Nats(n),
                 })
             }
         }

@@ -9,123 +9,14 @@ use anyhow::Result;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::spill::Spill;
+use super::queue::Queue;
 use super::{Chunk, OutputCounters};
 use crate::config::SyslogForward;
 use crate::net::stream::{Connection, ReadNow};
 use crate::sinks::delivery::backoff::Backoff;
 use crate::sinks::delivery::inbox::Inbox;
-use crate::sinks::delivery::queue::{Bounded, Entry};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-impl Entry for Chunk {
-    fn bytes(&self) -> u64 {
-        self.bytes.len() as u64
-    }
-}
-
-/// The forward output's queue: memory first, then the spill file; always in order.
-struct Queue {
-    memory: Bounded<Chunk>,
-    spill: Option<Spill>,
-    /// The chunk last taken out came from the spill file (its write moves the saved position).
-    popped_from_spill: bool,
-    counters: Arc<OutputCounters>,
-}
-
-impl Queue {
-    fn is_empty(&self) -> bool {
-        self.memory.is_empty() && self.spill.as_ref().is_none_or(|s| s.held() == 0)
-    }
-
-    fn push(&mut self, chunk: Chunk) {
-        let spilling = self.spill.as_ref().is_some_and(|s| s.held() > 0);
-        if !spilling && self.memory.fits(chunk.bytes.len() as u64) {
-            self.memory.push(chunk, |_| {});
-        } else if let Some(spill) = &mut self.spill {
-            match spill.push(&chunk) {
-                Ok(true) => {}
-                Ok(false) => self.drop_chunk(&chunk, "spill file full"),
-                Err(e) => {
-                    tracing::error!(path = %spill.path().display(), error = %e, "syslog spill write failed");
-                    self.drop_chunk(&chunk, "spill write failed");
-                }
-            }
-        } else {
-            self.drop_chunk(&chunk, "buffer full");
-        }
-        self.publish();
-    }
-
-    fn drop_chunk(&self, chunk: &Chunk, why: &str) {
-        tracing::warn!(messages = chunk.messages, why, "syslog forward: dropping messages");
-        self.counters.dropped_messages.fetch_add(chunk.messages, Relaxed);
-    }
-
-    /// The oldest chunk, taken out (memory holds the oldest; the spill what came after).
-    fn pop(&mut self) -> Option<Chunk> {
-        self.popped_from_spill = false;
-        let chunk = match self.memory.pop_front() {
-            Some(c) => Some(c),
-            None => match self.spill.as_mut().map(Spill::pop) {
-                Some(Ok(c)) => {
-                    self.popped_from_spill = c.is_some();
-                    c
-                }
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "syslog spill read failed; its contents are lost");
-                    if let Some(s) = &mut self.spill {
-                        self.counters.dropped_messages.fetch_add(s.lost(), Relaxed);
-                    }
-                    None
-                }
-                None => None,
-            },
-        };
-        self.publish();
-        chunk
-    }
-
-    /// The chunk last taken out was written to the server.
-    fn written(&mut self) {
-        if std::mem::take(&mut self.popped_from_spill) {
-            if let Some(spill) = &mut self.spill {
-                if let Err(e) = spill.commit() {
-                    tracing::error!(path = %spill.path().display(), error = %e, "syslog spill: cannot save the read position");
-                }
-            }
-        }
-    }
-
-    /// Puts back a chunk that could not be written (it stays first).
-    fn unpop(&mut self, chunk: Chunk) {
-        self.popped_from_spill = false;
-        self.memory.push_front(chunk);
-        self.publish();
-    }
-
-    /// At shutdown, what is still held goes into the spill file for the next run; returns the
-    /// messages kept, or `None` without a spill file.
-    fn keep(&mut self) -> Option<u64> {
-        let spill = self.spill.as_mut()?;
-        match spill.keep(&mut self.memory) {
-            Ok(kept) => Some(kept),
-            Err(e) => {
-                tracing::error!(path = %spill.path().display(), error = %e, "syslog spill: cannot keep the held messages");
-                None
-            }
-        }
-    }
-
-    fn publish(&self) {
-        let memory_messages: u64 = self.memory.iter().map(|c| c.messages).sum();
-        let spill = self.spill.as_ref();
-        self.counters.buffer_bytes.store(self.memory.bytes(), Relaxed);
-        self.counters.spill_bytes.store(spill.map_or(0, Spill::held), Relaxed);
-        self.counters.buffer_messages.store(memory_messages + spill.map_or(0, Spill::held_messages), Relaxed);
-    }
-}
 
 /// The forward output's task.
 pub(super) struct Forwarder {
@@ -141,14 +32,8 @@ impl Forwarder {
             Some(tls) => Some(crate::net::tls_target(tls, &config.address)?),
             None => None,
         };
-        let spill = match &config.spill {
-            // Records are whole octet-counted messages: what an earlier run left is sent first.
-            Some(path) => Some(Spill::open(path, config.spill_max, config.fsync)?),
-            None => None,
-        };
-        let queue =
-            Queue { memory: Bounded::new(config.buffer), spill, popped_from_spill: false, counters: counters.clone() };
-        queue.publish();
+        // Records are whole octet-counted messages: what an earlier run left is sent first.
+        let queue = Queue::open(config.buffer, config.spill.as_deref(), config.spill_max, config.fsync, &counters)?;
         Ok(Forwarder { address: config.address.clone(), tls, queue, counters })
     }
 

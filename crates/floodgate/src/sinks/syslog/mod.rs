@@ -19,6 +19,8 @@
 pub mod config;
 mod file;
 mod forward;
+mod nats;
+mod queue;
 mod spill;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -106,6 +108,11 @@ impl Output {
                 let target = Forwarder::new(f, counters.clone())?;
                 let describe = format!("forward {}{}", f.address, if f.tls.is_some() { " (tls)" } else { "" });
                 (OutputTask::Task(tokio::spawn(target.run(rx, drain))), Encoding::OctetCounted, describe)
+            }
+            SyslogOutput::Nats(n) => {
+                let target = nats::NatsOutput::new(n, counters.clone())?;
+                let describe = format!("nats {} subject {}", crate::config::redact_url(&n.url), n.subject);
+                (OutputTask::Task(tokio::spawn(target.run(rx, drain))), Encoding::Json { raw }, describe)
             }
         };
         Ok(Output { sender, encoding, counters, reopen, task, describe })

@@ -1,0 +1,135 @@
+//! The queue of an output that sends records elsewhere (forward, NATS): memory first, then
+//! the spill file, always in order; past both, chunks are dropped and counted.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::spill::Spill;
+use super::{Chunk, OutputCounters};
+use crate::sinks::delivery::queue::{Bounded, Entry};
+
+impl Entry for Chunk {
+    fn bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+}
+
+/// The forward output's queue: memory first, then the spill file; always in order.
+pub(super) struct Queue {
+    memory: Bounded<Chunk>,
+    spill: Option<Spill>,
+    /// The chunk last taken out came from the spill file (its write moves the saved position).
+    popped_from_spill: bool,
+    counters: Arc<OutputCounters>,
+}
+
+impl Queue {
+    /// A queue of `buffer` bytes in memory, then the spill file at `spill` if any (what an
+    /// earlier run left in it comes first).
+    pub(super) fn open(
+        buffer: u64,
+        spill: Option<&std::path::Path>,
+        spill_max: u64,
+        fsync: crate::config::Fsync,
+        counters: &Arc<OutputCounters>,
+    ) -> anyhow::Result<Queue> {
+        let spill = match spill {
+            Some(path) => Some(Spill::open(path, spill_max, fsync)?),
+            None => None,
+        };
+        let queue = Queue { memory: Bounded::new(buffer), spill, popped_from_spill: false, counters: counters.clone() };
+        queue.publish();
+        Ok(queue)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.memory.is_empty() && self.spill.as_ref().is_none_or(|s| s.held() == 0)
+    }
+
+    pub(super) fn push(&mut self, chunk: Chunk) {
+        let spilling = self.spill.as_ref().is_some_and(|s| s.held() > 0);
+        if !spilling && self.memory.fits(chunk.bytes.len() as u64) {
+            self.memory.push(chunk, |_| {});
+        } else if let Some(spill) = &mut self.spill {
+            match spill.push(&chunk) {
+                Ok(true) => {}
+                Ok(false) => self.drop_chunk(&chunk, "spill file full"),
+                Err(e) => {
+                    tracing::error!(path = %spill.path().display(), error = %e, "syslog spill write failed");
+                    self.drop_chunk(&chunk, "spill write failed");
+                }
+            }
+        } else {
+            self.drop_chunk(&chunk, "buffer full");
+        }
+        self.publish();
+    }
+
+    fn drop_chunk(&self, chunk: &Chunk, why: &str) {
+        tracing::warn!(messages = chunk.messages, why, "syslog output: dropping messages");
+        self.counters.dropped_messages.fetch_add(chunk.messages, Relaxed);
+    }
+
+    /// The oldest chunk, taken out (memory holds the oldest; the spill what came after).
+    pub(super) fn pop(&mut self) -> Option<Chunk> {
+        self.popped_from_spill = false;
+        let chunk = match self.memory.pop_front() {
+            Some(c) => Some(c),
+            None => match self.spill.as_mut().map(Spill::pop) {
+                Some(Ok(c)) => {
+                    self.popped_from_spill = c.is_some();
+                    c
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "syslog spill read failed; its contents are lost");
+                    if let Some(s) = &mut self.spill {
+                        self.counters.dropped_messages.fetch_add(s.lost(), Relaxed);
+                    }
+                    None
+                }
+                None => None,
+            },
+        };
+        self.publish();
+        chunk
+    }
+
+    /// The chunk last taken out was written to the server.
+    pub(super) fn written(&mut self) {
+        if std::mem::take(&mut self.popped_from_spill) {
+            if let Some(spill) = &mut self.spill {
+                if let Err(e) = spill.commit() {
+                    tracing::error!(path = %spill.path().display(), error = %e, "syslog spill: cannot save the read position");
+                }
+            }
+        }
+    }
+
+    /// Puts back a chunk that could not be written (it stays first).
+    pub(super) fn unpop(&mut self, chunk: Chunk) {
+        self.popped_from_spill = false;
+        self.memory.push_front(chunk);
+        self.publish();
+    }
+
+    /// At shutdown, what is still held goes into the spill file for the next run; returns the
+    /// messages kept, or `None` without a spill file.
+    pub(super) fn keep(&mut self) -> Option<u64> {
+        let spill = self.spill.as_mut()?;
+        match spill.keep(&mut self.memory) {
+            Ok(kept) => Some(kept),
+            Err(e) => {
+                tracing::error!(path = %spill.path().display(), error = %e, "syslog spill: cannot keep the held messages");
+                None
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let memory_messages: u64 = self.memory.iter().map(|c| c.messages).sum();
+        let spill = self.spill.as_ref();
+        self.counters.buffer_bytes.store(self.memory.bytes(), Relaxed);
+        self.counters.spill_bytes.store(spill.map_or(0, Spill::held), Relaxed);
+        self.counters.buffer_messages.store(memory_messages + spill.map_or(0, Spill::held_messages), Relaxed);
+    }
+}

@@ -197,13 +197,16 @@ impl Config {
     /// `/api/status` show. Secrets are header values, any key named like a token, password,
     /// secret or authorization, and the password of a URL.
     pub fn to_toml_redacted(&self) -> String {
-        match toml::Value::try_from(self) {
-            Ok(mut v) => {
-                redact(&mut v, false);
-                toml::to_string_pretty(&v).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
-            }
-            Err(e) => format!("# cannot render: {e}\n"),
-        }
+        // Through TOML first (what TOML cannot hold, a `None`, is left out as in the file),
+        // then redacted as JSON: one walk for both views.
+        let rendered = toml::Value::try_from(self)
+            .and_then(|v| serde_json::to_value(v).map_err(serde::ser::Error::custom))
+            .and_then(|mut v| {
+                redact_json(&mut v);
+                toml::Value::try_from(v)
+            })
+            .and_then(|v| toml::to_string_pretty(&v));
+        rendered.unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
     /// Listener addresses not on loopback with no allow-list in front (warned about at start).
@@ -248,24 +251,28 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Replaces secrets in a config value: every value under a `headers` table, every key named
-/// like a secret, and URL passwords.
-fn redact(v: &mut toml::Value, all: bool) {
-    match v {
-        toml::Value::Table(t) => {
-            for (k, v) in t.iter_mut() {
-                if all || is_secret_key(k) {
-                    *v = toml::Value::String(REDACTED.into());
-                } else {
-                    redact(v, k == "headers");
+/// Replaces secrets in a view of the configuration (`floodgate check`, the console's
+/// `config`, `/api/status`): every value under a `headers` table, every key named like a
+/// secret, and URL passwords.
+pub fn redact_json(v: &mut serde_json::Value) {
+    fn walk(v: &mut serde_json::Value, all: bool) {
+        match v {
+            serde_json::Value::Object(o) => {
+                for (k, v) in o.iter_mut() {
+                    if (all || is_secret_key(k)) && !v.is_null() {
+                        *v = serde_json::Value::String(REDACTED.into());
+                    } else {
+                        walk(v, k == "headers");
+                    }
                 }
             }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| walk(v, all)),
+            serde_json::Value::String(s) if all => *s = REDACTED.into(),
+            serde_json::Value::String(s) if s.contains("://") => *s = redact_url(s),
+            _ => {}
         }
-        toml::Value::Array(a) => a.iter_mut().for_each(|v| redact(v, all)),
-        toml::Value::String(s) if all => *s = REDACTED.into(),
-        toml::Value::String(s) if s.contains("://") => *s = redact_url(s),
-        _ => {}
     }
+    walk(v, false);
 }
 
 /// The line of `section.key` in the text, for errors found after parsing.

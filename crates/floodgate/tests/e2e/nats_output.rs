@@ -186,6 +186,51 @@ fn a_chunk_published_again_after_lost_acknowledgements_is_not_doubled() {
     assert!(fg.stderr().contains("were not stored again"), "the retry found what the stream held: {}", fg.stderr());
 }
 
+/// TLS (the server's certificate checked against the configured CA) and a token: records
+/// arrive; the token is redacted wherever the configuration is shown (`floodgate check`,
+/// `/api/status`).
+#[test]
+fn tls_and_a_token_and_the_token_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("nats.pem"), dir.path().join("nats.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let mut args = server("tls", port, &dir.path().join("js"), None);
+    args.extend(["--tls", "--tlscert"].map(String::from));
+    args.push(cert_path.display().to_string());
+    args.push("--tlskey".into());
+    args.push(key_path.display().to_string());
+    args.extend(["--auth", "s3cret-token"].map(String::from));
+    let _nats = Nats::start(args, port);
+    let syslog_port = free_port();
+    let fg = floodgate(
+        syslog_port,
+        &format!(
+            "url = \"tls://127.0.0.1:{port}\", subject = \"logs.tls\", stream = \"TLS\", token = \"s3cret-token\", tls = {{ ca = \"{}\" }}",
+            cert_path.display()
+        ),
+    );
+    send(syslog_port, 0, 100);
+    fg.wait_sample("floodgate_syslog_output_messages_total", &[], |v| v >= 100.0);
+    runtime().block_on(async {
+        let client = async_nats::ConnectOptions::with_token("s3cret-token".into())
+            .add_root_certificates(cert_path.clone())
+            .require_tls(true)
+            .connect(format!("tls://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let mut stream = jetstream::new(client).get_stream("TLS").await.unwrap();
+        assert_eq!(stream.info().await.unwrap().state.messages, 100);
+    });
+    let shown = floodgate_check(&fg.dir().join("floodgate.toml"));
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("token = \"<redacted>\"") && !text.contains("s3cret"), "{text}");
+    let status = http_get(fg.http, "/api/status").unwrap().1;
+    assert!(!status.contains("s3cret"), "{status}");
+}
+
 #[test]
 fn an_r3_stream_loses_nothing_and_doubles_nothing_when_a_node_fails() {
     let dir = tempfile::tempdir().unwrap();

@@ -310,7 +310,7 @@ fn status_json(shared: &Shared) -> String {
         v["uptime_seconds"] = (crate::clock::unix_now() - shared.started_unix).max(0).into();
         v["ready"] = shared.ready.load(Relaxed).into();
         let redacted_url = |u: &String| crate::config::redact_url(u);
-        v["config"] = serde_json::json!({
+        let mut shown = serde_json::json!({
             "statsd": {"udp": config.statsd.udp, "tcp": config.statsd.tcp, "tls": config.statsd.tls_listen,
                        "flush_interval": humantime::format_duration(config.statsd.flush_interval).to_string()},
             "syslog": {"udp": config.syslog.udp, "tcp": config.syslog.tcp,
@@ -327,6 +327,9 @@ fn status_json(shared: &Shared) -> String {
             "limits": config.limits,
             "conntrack": config.conntrack.enabled != crate::config::Enabled::Off,
         });
+        // Secrets (an output's token, a password in a URL) never leave.
+        crate::config::redact_json(&mut shown);
+        v["config"] = shown;
         serde_json::to_string(&v).unwrap_or_else(|_| "{}".into())
     }
 }

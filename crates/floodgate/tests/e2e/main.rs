@@ -11,6 +11,7 @@ mod conntrack;
 mod dashboard;
 mod etsy_differential;
 mod faults;
+mod fleet_example;
 mod forward;
 mod guard;
 mod guard_spoof;

@@ -14,6 +14,7 @@
 
 mod carbon;
 mod conntrack;
+mod fleet;
 mod forward;
 mod hostile;
 mod kernel;
@@ -137,7 +138,7 @@ enum Command {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,proxy,conntrack,hotpath,attack,uds,prometheus,kernel,fanout,cthealth"
+            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,proxy,nats,shared,paced,conntrack,hotpath,attack,uds,prometheus,kernel,fanout,cthealth"
         )]
         only: Vec<String>,
         /// Lines per datagram to measure.

@@ -39,7 +39,7 @@ fn message(i: usize) -> String {
 }
 
 /// `count` octet-counted messages.
-fn octet_counted(count: usize) -> Vec<u8> {
+pub(crate) fn octet_counted(count: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(count * 170);
     for i in 0..count {
         let m = message(i);
@@ -49,7 +49,7 @@ fn octet_counted(count: usize) -> Vec<u8> {
 }
 
 /// Counts the lines of a growing file, reading only what is new each time.
-struct LineCounter {
+pub(crate) struct LineCounter {
     path: PathBuf,
     offset: u64,
     lines: u64,
@@ -57,11 +57,11 @@ struct LineCounter {
 }
 
 impl LineCounter {
-    fn new(path: &Path) -> LineCounter {
+    pub(crate) fn new(path: &Path) -> LineCounter {
         LineCounter { path: path.to_path_buf(), offset: 0, lines: 0, buf: vec![0; 4 << 20] }
     }
 
-    fn count(&mut self) -> u64 {
+    pub(crate) fn count(&mut self) -> u64 {
         let Ok(mut f) = std::fs::File::open(&self.path) else { return 0 };
         if f.seek(std::io::SeekFrom::Start(self.offset)).is_err() {
             return self.lines;
@@ -78,7 +78,7 @@ impl LineCounter {
 
     /// Waits until `want` lines are there (or `quiet` passes with no new line); returns when
     /// the last one arrived and the count.
-    fn wait(&mut self, want: u64, quiet: Duration) -> (Instant, u64) {
+    pub(crate) fn wait(&mut self, want: u64, quiet: Duration) -> (Instant, u64) {
         let mut last = (Instant::now(), self.count());
         loop {
             std::thread::sleep(Duration::from_millis(20));

@@ -413,6 +413,15 @@ pub fn bench(opts: &BenchOptions) {
     if want("proxy") {
         crate::syslog::proxy(opts);
     }
+    if want("nats") {
+        crate::fleet::nats(opts);
+    }
+    if want("shared") {
+        crate::fleet::shared(opts);
+    }
+    if want("paced") {
+        crate::fleet::paced(opts);
+    }
     if want("syslog") {
         crate::syslog::syslog(opts);
     }

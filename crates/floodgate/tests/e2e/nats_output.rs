@@ -163,6 +163,25 @@ fn every_record_reaches_jetstream_once_and_in_order_through_an_outage() {
     assert!(fg.sample("floodgate_syslog_output_errors_total", &[]) > 0.0, "the outage was seen");
 }
 
+/// A stream slower than the sender (acknowledged publishes against a TCP sender at full
+/// speed), with a memory buffer of 256 KiB and no spill file: the sender is slowed (floodgate
+/// stops reading it while the buffer is full), and nothing is dropped.
+#[test]
+fn a_stream_slower_than_the_sender_slows_it_and_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _nats = Nats::start(server("slow", port, &dir.path().join("js"), None), port);
+    let syslog_port = free_port();
+    let fg = floodgate(
+        syslog_port,
+        &format!("url = \"nats://127.0.0.1:{port}\", subject = \"logs.slow\", stream = \"SLOW\", buffer = \"256KiB\""),
+    );
+    send(syslog_port, 0, 100_000);
+    fg.wait_sample("floodgate_syslog_output_messages_total", &[], |v| v >= 100_000.0);
+    assert_eq!(fg.sample("floodgate_syslog_output_dropped_total", &[]), 0.0);
+    assert_exactly_once_in_order(&format!("nats://127.0.0.1:{port}"), "SLOW", 100_000);
+}
+
 /// Acknowledgements lost (the server frozen with SIGSTOP while publishes reach its socket):
 /// the chunk is published again after the thaw, and the stream's duplicate window, keyed by
 /// each record's `Nats-Msg-Id`, keeps one of each.

@@ -40,6 +40,11 @@ impl Backoff {
     pub fn succeeded(&mut self) {
         self.step = FIRST;
     }
+
+    /// Whether the last attempt failed (no success since): the destination is away.
+    pub fn is_failing(&self) -> bool {
+        self.step != FIRST
+    }
 }
 
 #[cfg(test)]

@@ -111,6 +111,27 @@ impl<R> Inbox<R> {
         entry
     }
 
+    /// One entry already waiting, without waiting (`None` if none is, or the input closed).
+    /// A sink whose destination is slow but working takes input only while it has room, so
+    /// the listeners wait (TCP senders are slowed) instead of anything accepted being dropped.
+    pub fn try_take<T>(&mut self) -> Option<T>
+    where
+        R: Receive<T>,
+    {
+        if self.closing() {
+            return None;
+        }
+        match self.rx.try_recv() {
+            Ok(entry) => Some(entry),
+            Err(closed) => {
+                if closed {
+                    self.closed();
+                }
+                None
+            }
+        }
+    }
+
     /// Every entry already waiting, handed to `take`, without waiting.
     pub fn take_ready<T>(&mut self, mut take: impl FnMut(T))
     where

@@ -45,7 +45,18 @@ impl Forwarder {
         // forever).
         let mut inbox = Inbox::new(rx, drain);
         loop {
-            inbox.take_ready(|c| self.queue.push(c));
+            if conn.is_some() {
+                // While the server takes what is written, input is taken only while there is
+                // room: a server slower than the senders slows the senders, and nothing is
+                // dropped.
+                while self.queue.has_room() {
+                    let Some(chunk) = inbox.try_take() else { break };
+                    self.queue.push_taken(chunk);
+                }
+            } else {
+                // Not connected: input goes on into memory, the spill file, then is dropped.
+                inbox.take_ready(|c| self.queue.push(c));
+            }
             // Connects and writes wait at most until the drain's end once closing.
             let patience = inbox.patience(TIMEOUT);
             if self.queue.is_empty() {
@@ -57,7 +68,10 @@ impl Forwarder {
                     let _ = c.flush().await;
                 }
                 if let Some(c) = inbox.next().await {
-                    self.queue.push(c);
+                    match conn {
+                        Some(_) => self.queue.push_taken(c),
+                        None => self.queue.push(c),
+                    }
                 }
                 continue;
             }
@@ -113,9 +127,9 @@ impl Forwarder {
                         Ok(Err(e)) => Err(e.to_string()),
                         Err(_) => Err("write timed out".into()),
                     },
-                    more = inbox.next(), if !inbox.closing() => {
+                    more = inbox.next(), if !inbox.closing() && self.queue.has_room() => {
                         if let Some(more) = more {
-                            self.queue.push(more);
+                            self.queue.push_taken(more);
                         }
                     },
                     _ = drain_over => break Err("shutdown drain over".into()),

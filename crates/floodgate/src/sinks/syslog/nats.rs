@@ -86,12 +86,19 @@ impl NatsOutput {
         Ok(options)
     }
 
-    /// Queues a chunk arriving from the listeners, its id written at its head.
-    fn take(&mut self, chunk: Chunk) {
+    /// Queues a chunk arriving from the listeners, its id written at its head: `taken` while
+    /// NATS works and the queue had room (kept whatever its size), else during an outage
+    /// (memory, then the spill file, then dropped).
+    fn take(&mut self, chunk: Chunk, taken: bool) {
         let mut bytes = format!("#{}.{}\n", self.run, self.next_chunk).into_bytes();
         self.next_chunk += 1;
         bytes.extend_from_slice(&chunk.bytes);
-        self.queue.push(Chunk { bytes, messages: chunk.messages });
+        let chunk = Chunk { bytes, messages: chunk.messages };
+        if taken {
+            self.queue.push_taken(chunk);
+        } else {
+            self.queue.push(chunk);
+        }
     }
 
     pub(super) async fn run(mut self, rx: mpsc::Receiver<Chunk>, drain: Duration) {
@@ -118,16 +125,28 @@ impl NatsOutput {
         let mut backoff = Backoff::default();
         let mut inbox = Inbox::new(rx, drain);
         loop {
-            inbox.take_ready(|c| self.take(c));
             let connected =
                 client.as_ref().is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected);
             self.counters.connected.store(connected as u64, Relaxed);
+            // Working until a publish fails (the client may still be connecting at the start).
+            let working = !backoff.is_failing();
+            if working {
+                // While NATS works, input is taken only while there is room: a stream slower
+                // than the senders slows the senders, and nothing is dropped.
+                while self.queue.has_room() {
+                    let Some(chunk) = inbox.try_take() else { break };
+                    self.take(chunk, true);
+                }
+            } else {
+                // Away: input goes on into memory, the spill file, then is dropped.
+                inbox.take_ready(|c| self.take(c, false));
+            }
             if self.queue.is_empty() {
                 if inbox.closing() {
                     break;
                 }
                 if let Some(chunk) = inbox.next().await {
-                    self.take(chunk);
+                    self.take(chunk, working);
                 }
                 continue;
             }
@@ -139,7 +158,7 @@ impl NatsOutput {
                 // Misconfigured beyond retrying (a credentials file that cannot be read):
                 // records wait for the shutdown, which keeps them in the spill file.
                 let wait = inbox.patience(Duration::from_secs(3600));
-                inbox.wait(wait, |c| self.take(c)).await;
+                inbox.wait(wait, |c| self.take(c, false)).await;
                 continue;
             };
             let attempt = async {
@@ -164,9 +183,9 @@ impl NatsOutput {
                     let drain_over = inbox.until_drain_over();
                     tokio::select! {
                         r = &mut publish => break r,
-                        more = inbox.next(), if !inbox.closing() => {
+                        more = inbox.next(), if !inbox.closing() && self.queue.has_room() => {
                             if let Some(more) = more {
-                                self.take(more);
+                                self.take(more, true);
                             }
                         },
                         _ = drain_over => break Err("shutdown drain over".into()),
@@ -209,7 +228,7 @@ impl NatsOutput {
         self.counters.errors.fetch_add(1, Relaxed);
         let retry_in = inbox.patience(backoff.failed());
         tracing::warn!(url, error, ?retry_in, "syslog nats: publish failed; records kept, publishing again");
-        inbox.wait(retry_in, |c| self.take(c)).await;
+        inbox.wait(retry_in, |c| self.take(c, false)).await;
     }
 
     /// The drain is over: what is held goes to the spill file, or is lost (counted).

@@ -42,13 +42,33 @@ impl Queue {
         Ok(queue)
     }
 
+    /// Whether more input should be taken while the destination is working: what is held
+    /// (memory and spill) is under the memory bound. Past it, input waits for the destination
+    /// (backpressure); only while the destination is away does input go on into the spill
+    /// file, then get dropped.
+    pub(super) fn has_room(&self) -> bool {
+        self.memory.bytes() + self.spill.as_ref().map_or(0, Spill::held) < self.memory.limit()
+    }
+
+    /// Appends a chunk taken while the destination works and the queue had room: kept whatever
+    /// its size (so at most one chunk past the bound), behind what is spilled if anything is.
+    pub(super) fn push_taken(&mut self, chunk: Chunk) {
+        if self.spill.as_ref().is_some_and(|s| s.held() > 0) {
+            self.push(chunk);
+        } else {
+            self.memory.restore(chunk);
+            self.publish();
+        }
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.memory.is_empty() && self.spill.as_ref().is_none_or(|s| s.held() == 0)
     }
 
     pub(super) fn push(&mut self, chunk: Chunk) {
         let spilling = self.spill.as_ref().is_some_and(|s| s.held() > 0);
-        if !spilling && self.memory.fits(chunk.bytes.len() as u64) {
+        // A lone chunk larger than the whole buffer is still kept (and goes out).
+        if !spilling && (self.memory.is_empty() || self.memory.fits(chunk.bytes.len() as u64)) {
             self.memory.push(chunk, |_| {});
         } else if let Some(spill) = &mut self.spill {
             match spill.push(&chunk) {

@@ -264,7 +264,10 @@ impl NatsOutput {
 /// Publishes every record of `chunk` with its id, at most `in_flight` unacknowledged; returns
 /// how many the stream already held (duplicates), or the first error.
 async fn publish(js: &jetstream::Context, subject: &str, chunk: &Chunk, in_flight: usize) -> Result<u64, String> {
-    let (id, records) = split(&chunk.bytes);
+    // One copy of the chunk; each record's payload is a slice of it, and the subject is shared.
+    let bytes = bytes::Bytes::copy_from_slice(&chunk.bytes);
+    let subject = async_nats::Subject::from(subject);
+    let (id, records) = split(&bytes);
     let mut pending = std::collections::VecDeque::with_capacity(in_flight);
     let mut duplicates = 0;
     let mut settle = |ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>| match ack {
@@ -280,9 +283,9 @@ async fn publish(js: &jetstream::Context, subject: &str, chunk: &Chunk, in_fligh
             settle(ack.await)?;
         }
         let message = jetstream::message::PublishMessage::build()
-            .payload(bytes::Bytes::copy_from_slice(record))
+            .payload(bytes.slice_ref(record))
             .message_id(format!("{id}.{i}"));
-        let ack = js.send_publish(subject.to_string(), message).await.map_err(|e| e.to_string())?;
+        let ack = js.send_publish(subject.clone(), message).await.map_err(|e| e.to_string())?;
         pending.push_back(ack);
     }
     while let Some(ack) = pending.pop_front() {

@@ -99,8 +99,9 @@ impl SharedPort {
     }
 
     /// Charges `n` messages at `now_ns` against the store (or, fallen back, the local cell of
-    /// this host's share, with `limit`'s burst); true when allowed.
-    #[inline]
+    /// this host's share, with `limit`'s burst); true when allowed. Not inlined: it is the
+    /// fleet's path, kept out of the single host's (see [`crate::SourceTable::admit`]).
+    #[inline(never)]
     pub fn check(&self, limit: &Limit, now_ns: u64, n: u64, established: bool) -> bool {
         if limit.is_unlimited() {
             return true;

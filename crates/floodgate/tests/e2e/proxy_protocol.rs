@@ -317,3 +317,30 @@ fn statsd_tcp_behind_a_balancer_is_judged_by_the_client() {
     let (_, metrics) = http_get(fg.http, "/metrics").unwrap();
     assert!(!metrics.contains("proxied_refused"), "the client outside the allow-list got nothing in");
 }
+
+/// StatsD over TCP behind real HAProxy (`send-proxy-v2`, connecting from 127.0.0.3): the
+/// allow-list (127.0.0.4, and 127.0.0.1 whose readiness probe HAProxy passes on) judges each
+/// client HAProxy names. 127.0.0.4's line is counted;
+/// 127.0.0.5's connection is refused as `not_allowed`; HAProxy itself is not in the allow-list
+/// and nothing of its own is judged.
+#[test]
+fn statsd_tcp_behind_real_haproxy_is_judged_by_each_client() {
+    // The defaults, but the StatsD TCP listener behind the balancer at 127.0.0.3, and an
+    // allow-list of one client and the harness (its probe that HAProxy listens).
+    let fg = Floodgate::start(
+        "proxy_protocol = true\nproxy_from = [\"127.0.0.3/32\"]\n",
+        "[limits]\nallow = [\"127.0.0.4/32\", \"127.0.0.1/32\"]\n",
+    );
+    let front = free_port();
+    let _haproxy = Haproxy::start(&[(front, fg.statsd, "send-proxy-v2")], "127.0.0.3");
+    send([127, 0, 0, 5], front, b"via.haproxy.five:1|c\n");
+    fg.wait_sample("floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"not_allowed\""], |v| v == 1.0);
+    send([127, 0, 0, 4], front, b"via.haproxy.four:1|c\n");
+    fg.wait_counter("via.haproxy.four", "1");
+    let (_, metrics) = http_get(fg.http, "/metrics").unwrap();
+    assert!(!metrics.contains("via_haproxy_five"), "the client outside the allow-list got nothing in");
+    assert_eq!(
+        sample(&metrics, "floodgate_dropped_total", &["listener=\"statsd_tcp\"", "reason=\"proxy_header\""]),
+        0.0
+    );
+}

@@ -242,7 +242,7 @@ mod tests {
             let now = 10 * SEC + ms * 1_000_000;
             for (h, port) in hosts.iter().enumerate() {
                 // Leases at phases 0, 67 and 133 ms into each 200 ms.
-                if (ms + h as u64 * 67) % 200 == 0 {
+                if (ms + h as u64 * 67).is_multiple_of(200) {
                     let r = port.lease_request(&limit, PERIOD);
                     port.granted(cell.take(now as f64 / 1e3, r.want, 3));
                 }

@@ -76,19 +76,7 @@ impl Forwarder {
                 continue;
             }
             if inbox.drain_over() {
-                match self.queue.keep() {
-                    Some(kept) => {
-                        tracing::warn!(messages = kept, "syslog forward: server still unreachable at shutdown; messages kept in the spill file for the next start");
-                    }
-                    None => {
-                        let held = self.counters.buffer_messages.load(Relaxed);
-                        tracing::error!(
-                            messages = held,
-                            "syslog forward: shutdown drain timed out; messages lost (set a spill file to keep them)"
-                        );
-                        self.counters.dropped_messages.fetch_add(held, Relaxed);
-                    }
-                }
+                self.queue.give_up("syslog forward");
                 break;
             }
             if conn.as_mut().is_some_and(server_closed) {

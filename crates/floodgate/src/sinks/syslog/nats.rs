@@ -151,7 +151,7 @@ impl NatsOutput {
                 continue;
             }
             if inbox.drain_over() {
-                self.give_up();
+                self.queue.give_up("syslog nats");
                 break;
             }
             let Some(js) = &js else {
@@ -229,23 +229,6 @@ impl NatsOutput {
         let retry_in = inbox.patience(backoff.failed());
         tracing::warn!(url, error, ?retry_in, "syslog nats: publish failed; records kept, publishing again");
         inbox.wait(retry_in, |c| self.take(c, false)).await;
-    }
-
-    /// The drain is over: what is held goes to the spill file, or is lost (counted).
-    fn give_up(&mut self) {
-        match self.queue.keep() {
-            Some(kept) => {
-                tracing::warn!(messages = kept, "syslog nats: NATS still unreachable at shutdown; records kept in the spill file for the next start");
-            }
-            None => {
-                let held = self.counters.buffer_messages.load(Relaxed);
-                tracing::error!(
-                    messages = held,
-                    "syslog nats: shutdown drain timed out; records lost (set a spill file to keep them)"
-                );
-                self.counters.dropped_messages.fetch_add(held, Relaxed);
-            }
-        }
     }
 
     /// Creates the stream if it is missing (taking the subject).

@@ -132,9 +132,28 @@ impl Queue {
         self.publish();
     }
 
+    /// The shutdown drain is over and the destination still does not take what is held: it
+    /// goes into the spill file for the next run, or (with none) is lost, logged and counted.
+    /// `output` names the output in the log.
+    pub(super) fn give_up(&mut self, output: &str) {
+        match self.keep() {
+            Some(kept) => {
+                tracing::warn!(messages = kept, "{output}: destination still unreachable at shutdown; messages kept in the spill file for the next start");
+            }
+            None => {
+                let held = self.counters.buffer_messages.load(Relaxed);
+                tracing::error!(
+                    messages = held,
+                    "{output}: shutdown drain timed out; messages lost (set a spill file to keep them)"
+                );
+                self.counters.dropped_messages.fetch_add(held, Relaxed);
+            }
+        }
+    }
+
     /// At shutdown, what is still held goes into the spill file for the next run; returns the
     /// messages kept, or `None` without a spill file.
-    pub(super) fn keep(&mut self) -> Option<u64> {
+    fn keep(&mut self) -> Option<u64> {
         let spill = self.spill.as_mut()?;
         match spill.keep(&mut self.memory) {
             Ok(kept) => Some(kept),

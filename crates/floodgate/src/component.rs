@@ -136,12 +136,3 @@ pub struct Wiring {
 
 /// A future a component's shutdown step returns.
 pub type Stopping = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-/// This host's name (the agent id's and aggregator id's default).
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}

@@ -471,6 +471,16 @@ pub fn enter_network_namespace(file: &std::fs::File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// This host's name (the agent id's and aggregator id's default, and part of the ids a fleet's
+/// hosts give themselves in Redis and NATS).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// The addresses of this host's interfaces (`getifaddrs`; the calling thread's namespace).
 pub fn interface_addresses() -> Vec<std::net::IpAddr> {
     let mut out = Vec::new();

@@ -137,7 +137,7 @@ fn connect(config: &SharedLimits) -> redis::RedisResult<Link> {
 }
 
 fn run(guard: &Guard, stop: &AtomicBool) {
-    let me = format!("{}/{}", crate::component::host_name(), std::process::id());
+    let me = format!("{}/{}", crate::sys::host_name(), std::process::id());
     let script = redis::Script::new(LEASE_SCRIPT);
     let mut link: Option<Link> = None;
     let mut first = true;

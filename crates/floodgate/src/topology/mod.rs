@@ -7,7 +7,7 @@
 
 mod reload;
 
-pub use crate::component::{host_name, Shared, Stopping, Wiring};
+pub use crate::component::{Shared, Stopping, Wiring};
 pub use reload::reload;
 
 use std::path::PathBuf;

@@ -448,7 +448,7 @@ pub fn build(
 ) -> anyhow::Result<Option<Box<dyn super::Sink>>> {
     use anyhow::Context;
     let Some(f) = &config.forward else { return Ok(None) };
-    let agent_id = f.agent_id.clone().unwrap_or_else(crate::component::host_name);
+    let agent_id = f.agent_id.clone().unwrap_or_else(crate::sys::host_name);
     let fresh = {
         use std::hash::BuildHasher;
         std::collections::hash_map::RandomState::new().hash_one(shared.epoch_wall_ns)

@@ -48,7 +48,7 @@ impl NatsOutput {
         if config.max_in_flight == 0 {
             anyhow::bail!("max_in_flight must be at least 1");
         }
-        let run = format!("{}-{:016x}", crate::component::host_name(), fastrand::u64(..));
+        let run = format!("{}-{:016x}", crate::sys::host_name(), fastrand::u64(..));
         let servers = config
             .url
             .split(',')

@@ -518,7 +518,7 @@ pub fn build(
     let kind = Kind::new(Protocol::Aggregator, if tls.is_some() { Transport::Tls } else { Transport::Tcp });
     let listener = crate::sources::running::bind_stream(kind, a.listen)?;
     let address = listener.local_addr()?;
-    let id = format!("{}@{address}", crate::component::host_name());
+    let id = format!("{}@{address}", crate::sys::host_name());
     let limits = Limits {
         max_frame: a.max_frame as usize,
         max_agents: a.max_agents,

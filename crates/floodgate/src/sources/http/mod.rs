@@ -138,7 +138,7 @@ fn host_allowed(host: &str, allowed: &[String]) -> bool {
     !name.is_empty()
         && (name.parse::<std::net::IpAddr>().is_ok()
             || name == "localhost"
-            || name == crate::component::host_name().to_ascii_lowercase()
+            || name == crate::sys::host_name().to_ascii_lowercase()
             || allowed.iter().any(|a| a.trim_end_matches('.').eq_ignore_ascii_case(&name)))
 }
 

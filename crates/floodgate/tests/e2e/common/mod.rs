@@ -1029,14 +1029,10 @@ impl Namespace {
     /// Runs `f` on a thread inside the namespace: the sockets it opens (and the threads it
     /// starts) are the namespace's, so a test reaches the namespace's own loopback.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        use std::os::fd::AsRawFd;
         let handle = std::fs::File::open(format!("/var/run/netns/{}", self.name)).expect("the namespace's handle");
         std::thread::scope(|s| {
             s.spawn(|| {
-                // SAFETY: setns on a valid namespace file descriptor, held open for the call;
-                // it moves only this thread.
-                let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+                floodgate::sys::enter_network_namespace(&handle).expect("setns");
                 f()
             })
             .join()

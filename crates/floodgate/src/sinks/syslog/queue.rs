@@ -67,8 +67,7 @@ impl Queue {
 
     pub(super) fn push(&mut self, chunk: Chunk) {
         let spilling = self.spill.as_ref().is_some_and(|s| s.held() > 0);
-        // A lone chunk larger than the whole buffer is still kept (and goes out).
-        if !spilling && (self.memory.is_empty() || self.memory.fits(chunk.bytes.len() as u64)) {
+        if !spilling && self.memory.fits(chunk.bytes.len() as u64) {
             self.memory.push(chunk, |_| {});
         } else if let Some(spill) = &mut self.spill {
             match spill.push(&chunk) {

@@ -182,6 +182,31 @@ fn a_stream_slower_than_the_sender_slows_it_and_drops_nothing() {
     assert_exactly_once_in_order(&format!("nats://127.0.0.1:{port}"), "SLOW", 100_000);
 }
 
+/// A record larger than the server's `max_payload` (2 KiB here) is dropped and counted, not
+/// retried: the records around it are stored, and the output goes on.
+#[test]
+fn a_record_over_the_servers_max_payload_is_dropped_and_the_output_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, "max_payload: 2048\n").unwrap();
+    let port = free_port();
+    let mut args = server("small", port, &dir.path().join("js"), None);
+    args.extend(["-c".to_string(), conf.display().to_string()]);
+    let _nats = Nats::start(args, port);
+    let syslog_port = free_port();
+    let fg =
+        floodgate(syslog_port, &format!("url = \"nats://127.0.0.1:{port}\", subject = \"logs.big\", stream = \"BIG\""));
+    let mut s = TcpStream::connect(("127.0.0.1", syslog_port)).unwrap();
+    write_records(&mut s, 0, 1);
+    s.write_all(format!("<13>{}\n", "x".repeat(4096)).as_bytes()).unwrap();
+    drop(s);
+    fg.wait_sample("floodgate_syslog_output_dropped_total", &[], |v| v == 1.0);
+    send(syslog_port, 1, 2);
+    fg.wait_sample("floodgate_syslog_output_messages_total", &[], |v| v >= 2.0);
+    assert_exactly_once_in_order(&format!("nats://127.0.0.1:{port}"), "BIG", 2);
+    assert!(fg.stderr().contains("larger than the server's max_payload"), "{}", fg.stderr());
+}
+
 /// Acknowledgements lost (the server frozen with SIGSTOP while publishes reach its socket):
 /// the chunk is published again after the thaw, and the stream's duplicate window, keyed by
 /// each record's `Nats-Msg-Id`, keeps one of each.

@@ -193,11 +193,19 @@ impl NatsOutput {
                 }
             };
             match result {
-                Ok(duplicates) => {
+                Ok(Published { duplicates, too_large }) => {
                     backoff.succeeded();
                     self.queue.written();
-                    self.counters.written_messages.fetch_add(chunk.messages, Relaxed);
+                    let stored = chunk.messages.saturating_sub(too_large);
+                    self.counters.written_messages.fetch_add(stored, Relaxed);
                     self.counters.written_bytes.fetch_add(chunk.bytes.len() as u64, Relaxed);
+                    if too_large > 0 {
+                        self.counters.dropped_messages.fetch_add(too_large, Relaxed);
+                        tracing::warn!(
+                            records = too_large,
+                            "syslog nats: records larger than the server's max_payload dropped (raise max_payload, or lower [syslog] max_message)"
+                        );
+                    }
                     if duplicates > 0 {
                         tracing::info!(
                             duplicates,
@@ -244,37 +252,54 @@ impl NatsOutput {
     }
 }
 
-/// Publishes every record of `chunk` with its id, at most `in_flight` unacknowledged; returns
-/// how many the stream already held (duplicates), or the first error.
-async fn publish(js: &jetstream::Context, subject: &str, chunk: &Chunk, in_flight: usize) -> Result<u64, String> {
+/// What one chunk's publishing came to.
+struct Published {
+    /// Records the stream already held (a retry).
+    duplicates: u64,
+    /// Records larger than the server takes (`max_payload`): dropped, not retried, or one
+    /// such record would hold the output up for ever.
+    too_large: u64,
+}
+
+/// Publishes every record of `chunk` with its id, at most `in_flight` unacknowledged; the
+/// first other error fails the chunk (it is published again).
+async fn publish(js: &jetstream::Context, subject: &str, chunk: &Chunk, in_flight: usize) -> Result<Published, String> {
+    use jetstream::context::{PublishAckFuture, PublishErrorKind};
     // One copy of the chunk; each record's payload is a slice of it, and the subject is shared.
     let bytes = bytes::Bytes::copy_from_slice(&chunk.bytes);
     let subject = async_nats::Subject::from(subject);
     let (id, records) = split(&bytes);
-    let mut pending = std::collections::VecDeque::with_capacity(in_flight);
-    let mut duplicates = 0;
+    let mut pending: std::collections::VecDeque<PublishAckFuture> =
+        std::collections::VecDeque::with_capacity(in_flight);
+    let mut done = Published { duplicates: 0, too_large: 0 };
     let mut settle = |ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>| match ack {
         Ok(ack) => {
-            duplicates += ack.duplicate as u64;
+            done.duplicates += ack.duplicate as u64;
             Ok(())
         }
         Err(e) => Err(e.to_string()),
     };
+    let mut too_large = 0;
     for (i, record) in records.enumerate() {
         if pending.len() >= in_flight {
-            let ack: jetstream::context::PublishAckFuture = pending.pop_front().ok_or("no publish in flight")?;
+            let ack = pending.pop_front().ok_or("no publish in flight")?;
             settle(ack.await)?;
         }
         let message = jetstream::message::PublishMessage::build()
             .payload(bytes.slice_ref(record))
             .message_id(format!("{id}.{i}"));
-        let ack = js.send_publish(subject.clone(), message).await.map_err(|e| e.to_string())?;
-        pending.push_back(ack);
+        match js.send_publish(subject.clone(), message).await {
+            Ok(ack) => pending.push_back(ack),
+            // Refused by the client before it is sent: no acknowledgement to wait for.
+            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => too_large += 1,
+            Err(e) => return Err(e.to_string()),
+        }
     }
     while let Some(ack) = pending.pop_front() {
         settle(ack.await)?;
     }
-    Ok(duplicates)
+    done.too_large = too_large;
+    Ok(done)
 }
 
 /// A stamped chunk's id and its records (one JSON line each).

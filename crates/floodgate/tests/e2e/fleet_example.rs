@@ -7,20 +7,10 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
-
-/// A peer process killed when the test ends.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn quiet(mut c: Command) -> Peer {
     Peer(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start a peer"))

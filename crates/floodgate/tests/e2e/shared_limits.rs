@@ -8,7 +8,7 @@
 //! - throughout, no legitimate message is lost and no host stops.
 
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -29,16 +29,6 @@ impl Host {
 
     fn metrics(&self) -> String {
         http_get_at(&self.http, "/metrics?only=floodgate_guard").map(|r| r.1).unwrap_or_default()
-    }
-}
-
-/// A peer process killed when the test ends, passed or not.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

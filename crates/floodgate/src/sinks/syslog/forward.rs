@@ -45,18 +45,8 @@ impl Forwarder {
         // forever).
         let mut inbox = Inbox::new(rx, drain);
         loop {
-            if conn.is_some() {
-                // While the server takes what is written, input is taken only while there is
-                // room: a server slower than the senders slows the senders, and nothing is
-                // dropped.
-                while self.queue.has_room() {
-                    let Some(chunk) = inbox.try_take() else { break };
-                    self.queue.push_taken(chunk);
-                }
-            } else {
-                // Not connected: input goes on into memory, the spill file, then is dropped.
-                inbox.take_ready(|c| self.queue.push(c));
-            }
+            // Connected, the server sets the pace; not connected, input is held or dropped.
+            self.queue.take_ready(&mut inbox, conn.is_some(), |c| c);
             // Connects and writes wait at most until the drain's end once closing.
             let patience = inbox.patience(TIMEOUT);
             if self.queue.is_empty() {
@@ -68,10 +58,7 @@ impl Forwarder {
                     let _ = c.flush().await;
                 }
                 if let Some(c) = inbox.next().await {
-                    match conn {
-                        Some(_) => self.queue.push_taken(c),
-                        None => self.queue.push(c),
-                    }
+                    self.queue.take(c, conn.is_some());
                 }
                 continue;
             }
@@ -97,7 +84,7 @@ impl Forwarder {
                         let retry_in = backoff.failed();
                         tracing::warn!(address = %self.address, error = %e, ?retry_in, "syslog forward: cannot connect");
                         // Keep taking chunks while waiting, so listeners are not held up.
-                        inbox.wait(retry_in, |c| self.queue.push(c)).await;
+                        inbox.wait(retry_in, |c| self.queue.take(c, false)).await;
                     }
                 }
                 continue;
@@ -117,7 +104,7 @@ impl Forwarder {
                     },
                     more = inbox.next(), if !inbox.closing() && self.queue.has_room() => {
                         if let Some(more) = more {
-                            self.queue.push_taken(more);
+                            self.queue.take(more, true);
                         }
                     },
                     _ = drain_over => break Err("shutdown drain over".into()),

@@ -86,19 +86,11 @@ impl NatsOutput {
         Ok(options)
     }
 
-    /// Queues a chunk arriving from the listeners, its id written at its head: `taken` while
-    /// NATS works and the queue had room (kept whatever its size), else during an outage
-    /// (memory, then the spill file, then dropped).
-    fn take(&mut self, chunk: Chunk, taken: bool) {
-        let mut bytes = format!("#{}.{}\n", self.run, self.next_chunk).into_bytes();
-        self.next_chunk += 1;
-        bytes.extend_from_slice(&chunk.bytes);
-        let chunk = Chunk { bytes, messages: chunk.messages };
-        if taken {
-            self.queue.push_taken(chunk);
-        } else {
-            self.queue.push(chunk);
-        }
+    /// Queues a chunk arriving from the listeners, its id written at its head (`works` as in
+    /// [`Queue::take`]).
+    fn take(&mut self, chunk: Chunk, works: bool) {
+        let chunk = stamp(&self.run, &mut self.next_chunk, chunk);
+        self.queue.take(chunk, works);
     }
 
     pub(super) async fn run(mut self, rx: mpsc::Receiver<Chunk>, drain: Duration) {
@@ -130,17 +122,8 @@ impl NatsOutput {
             self.counters.connected.store(connected as u64, Relaxed);
             // Working until a publish fails (the client may still be connecting at the start).
             let working = !backoff.is_failing();
-            if working {
-                // While NATS works, input is taken only while there is room: a stream slower
-                // than the senders slows the senders, and nothing is dropped.
-                while self.queue.has_room() {
-                    let Some(chunk) = inbox.try_take() else { break };
-                    self.take(chunk, true);
-                }
-            } else {
-                // Away: input goes on into memory, the spill file, then is dropped.
-                inbox.take_ready(|c| self.take(c, false));
-            }
+            let (run, next) = (&self.run, &mut self.next_chunk);
+            self.queue.take_ready(&mut inbox, working, |c| stamp(run, next, c));
             if self.queue.is_empty() {
                 if inbox.closing() {
                     break;
@@ -250,6 +233,14 @@ impl NatsOutput {
         };
         js.get_or_create_stream(config).await.map(|_| ()).map_err(|e| format!("stream {name}: {e}"))
     }
+}
+
+/// A chunk with its id (`#<run>.<n>`, then a newline) written at its head.
+fn stamp(run: &str, next: &mut u64, chunk: Chunk) -> Chunk {
+    let mut bytes = format!("#{run}.{next}\n").into_bytes();
+    *next += 1;
+    bytes.extend_from_slice(&chunk.bytes);
+    Chunk { bytes, messages: chunk.messages }
 }
 
 /// What one chunk's publishing came to.

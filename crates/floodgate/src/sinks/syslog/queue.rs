@@ -5,7 +5,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::spill::Spill;
+use tokio::sync::mpsc;
+
 use super::{Chunk, OutputCounters};
+use crate::sinks::delivery::inbox::Inbox;
 use crate::sinks::delivery::queue::{Bounded, Entry};
 
 impl Entry for Chunk {
@@ -50,9 +53,39 @@ impl Queue {
         self.memory.bytes() + self.spill.as_ref().map_or(0, Spill::held) < self.memory.limit()
     }
 
+    /// Takes what the listeners have sent, without waiting. While the destination `works`:
+    /// only while there is room ([`Queue::has_room`]), so a destination slower than the
+    /// senders slows the senders (their sends wait) and nothing accepted is dropped. While it
+    /// is away: everything ready, into memory, then the spill file, then dropped (counted).
+    /// `prepare` readies each chunk (the NATS output writes its id at its head).
+    pub(super) fn take_ready(
+        &mut self,
+        inbox: &mut Inbox<mpsc::Receiver<Chunk>>,
+        works: bool,
+        mut prepare: impl FnMut(Chunk) -> Chunk,
+    ) {
+        if works {
+            while self.has_room() {
+                let Some(chunk) = inbox.try_take() else { break };
+                self.take(prepare(chunk), true);
+            }
+        } else {
+            inbox.take_ready(|chunk| self.take(prepare(chunk), false));
+        }
+    }
+
+    /// Appends one chunk taken from the listeners, `works` as in [`Queue::take_ready`].
+    pub(super) fn take(&mut self, chunk: Chunk, works: bool) {
+        if works {
+            self.push_taken(chunk);
+        } else {
+            self.push(chunk);
+        }
+    }
+
     /// Appends a chunk taken while the destination works and the queue had room: kept whatever
     /// its size (so at most one chunk past the bound), behind what is spilled if anything is.
-    pub(super) fn push_taken(&mut self, chunk: Chunk) {
+    fn push_taken(&mut self, chunk: Chunk) {
         if self.spill.as_ref().is_some_and(|s| s.held() > 0) {
             self.push(chunk);
         } else {
@@ -65,7 +98,7 @@ impl Queue {
         self.memory.is_empty() && self.spill.as_ref().is_none_or(|s| s.held() == 0)
     }
 
-    pub(super) fn push(&mut self, chunk: Chunk) {
+    fn push(&mut self, chunk: Chunk) {
         let spilling = self.spill.as_ref().is_some_and(|s| s.held() > 0);
         if !spilling && self.memory.fits(chunk.bytes.len() as u64) {
             self.memory.push(chunk, |_| {});

@@ -147,9 +147,8 @@ async fn read_lines<S: AsyncRead + Unpin>(
         }
         let mut lines = 0;
         if start <= last_nl {
-            consume(&mut decoder, &buf[start..=last_nl], opts);
+            lines = consume(&mut decoder, &buf[start..=last_nl], opts);
             decoder.send_records(&opts.counters);
-            lines = memchr::memchr_iter(b'\n', &buf[start..=last_nl]).count() as u64;
         }
         buf.copy_within(last_nl + 1..filled, 0);
         filled -= last_nl + 1;
@@ -165,8 +164,9 @@ async fn read_lines<S: AsyncRead + Unpin>(
 /// A paced connection's reads (`tcp_per_source`): small, so it waits little at a time.
 const PACED_READ: usize = 16 * 1024;
 
-/// Parses complete lines, skipping (and counting) those longer than the maximum.
-fn consume(decoder: &mut Decoder, block: &[u8], opts: &TcpOptions) {
+/// Parses complete lines, skipping (and counting) those longer than the maximum; returns the
+/// non-empty lines taken (what a paced source is charged).
+fn consume(decoder: &mut Decoder, block: &[u8], opts: &TcpOptions) -> u64 {
     let max = opts.max_line_length;
     let mut shard = opts.shard.lock();
     shard.clock = clock(opts.epoch);
@@ -183,8 +183,10 @@ fn consume(decoder: &mut Decoder, block: &[u8], opts: &TcpOptions) {
             }
         }
     }
+    let taken = lines.lines;
     // Counted before the shard is released, as in the UDP threads.
     publish(&opts.counters, lines);
     opts.counters.packets.fetch_add(1, Relaxed);
     drop(shard);
+    taken
 }

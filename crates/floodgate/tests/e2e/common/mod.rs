@@ -437,6 +437,17 @@ impl Running {
     }
 }
 
+/// A peer server a test started (redis-server, nats-server, HAProxy), killed when the test
+/// ends, passed or not.
+pub struct Peer(pub Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Whether every thread of `pid` is stopped (a SIGSTOP taken: the state after the command
 /// name's closing parenthesis in each `/proc/PID/task/*/stat` is `T`).
 pub fn all_threads_stopped(pid: u32) -> bool {

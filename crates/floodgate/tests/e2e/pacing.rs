@@ -125,3 +125,23 @@ fn a_stream_sender_is_paced_to_its_rate_and_loses_nothing() {
     assert!(sample(&m, "floodgate_paced_seconds_total", &["listener=\"syslog_tcp\""]) > 1.0, "{m}");
     assert_eq!(metric(&m, "floodgate_dropped_total", &["listener=\"syslog_tcp\"", "reason=\"source_limit\""]), None);
 }
+
+/// StatsD over TCP is paced the same way. 20,000 lines sent at once against 5,000/s: all are
+/// counted, and not before (20,000 − a second's burst − one read's worth) / 5,000 s. A read
+/// (64 KiB: it must hold a longest line, about 4,096 of these lines) is admitted whole, and the
+/// wait comes before the next one.
+#[test]
+fn statsd_over_tcp_is_paced_and_loses_nothing() {
+    // The defaults, but the pacing on.
+    let fg = Floodgate::start("", "[limits]\ntcp_per_source = 5000\n");
+    let text: String = (0..20_000).map(|_| "paced.lines:1|c\n").collect();
+    let start = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", fg.statsd)).unwrap();
+    s.write_all(text.as_bytes()).unwrap();
+    drop(s);
+    fg.wait_counter("paced.lines", "20000");
+    let took = start.elapsed();
+    let least = Duration::from_secs_f64((20_000.0 - 5_000.0 - 65_537.0 / 16.0) / 5_000.0);
+    assert!(took >= least, "20,000 lines at 5,000/s took {took:?}, less than {least:?}");
+    assert!(fg.sample("floodgate_paced_seconds_total", &["listener=\"statsd_tcp\""]) > 1.0);
+}

@@ -84,6 +84,8 @@ pub struct Rule {
     /// Tags from the metric win over the rule's labels of the same name.
     #[serde(default)]
     pub honor_labels: bool,
+    /// Multiplies every value (`1024`, `1e-3`, `0.001`).
+    pub scale: Option<Scale>,
     /// Keys not read.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_yaml_ng::Value>,
@@ -134,5 +136,29 @@ impl MappingFile {
             out.extend(r.other.keys().map(|k| format!("mappings[{i}].{k}")));
         }
         out
+    }
+}
+
+/// A rule's `scale`: a YAML number, or a string holding one in scientific notation (`1e3`,
+/// which YAML 1.2 reads as a string and Go's YAML reader as a number).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scale(pub f64);
+
+impl<'de> Deserialize<'de> for Scale {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Number {
+            Float(f64),
+            Text(String),
+        }
+        match Number::deserialize(d)? {
+            Number::Float(f) => Ok(Scale(f)),
+            Number::Text(t) => t
+                .trim()
+                .parse::<f64>()
+                .map(Scale)
+                .map_err(|_| serde::de::Error::custom(format!("scale {t:?} is not a number"))),
+        }
     }
 }

@@ -19,17 +19,16 @@ pub struct Glob {
 
 impl Glob {
     /// Parses `pattern` under statsd_exporter's rule for globs: fields separated by `.`, each
-    /// `*` or `[a-zA-Z_](-?[a-zA-Z0-9_])*`, at least two fields.
+    /// `*` or a literal of letters, digits, `_` and `-`; the first literal may not start with a
+    /// digit or a dash, later ones may start with a digit (statsd_exporter issue 328). One field
+    /// is a glob too (`*` matches every name without a dot).
     pub fn parse(pattern: &str) -> Option<Glob> {
-        let parts: Vec<&str> = pattern.split('.').collect();
-        if parts.len() < 2 {
-            return None;
-        }
-        let fields = parts
-            .iter()
-            .map(|p| match *p {
+        let fields = pattern
+            .split('.')
+            .enumerate()
+            .map(|(i, p)| match p {
                 "*" => Some(Field::Star),
-                p if valid_literal(p) => Some(Field::Literal(p.to_string())),
+                p if valid_literal(p, i == 0) => Some(Field::Literal(p.to_string())),
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()?;
@@ -53,30 +52,23 @@ impl Glob {
     }
 }
 
-/// `[a-zA-Z_](-?[a-zA-Z0-9_])*`: a letter or `_`, then letters, digits and `_` with single
-/// dashes between them.
-fn valid_literal(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.is_empty() || !(b[0].is_ascii_alphabetic() || b[0] == b'_') {
-        return false;
-    }
-    let mut i = 1;
-    while i < b.len() {
-        if b[i] == b'-' {
-            i += 1;
+/// `[a-zA-Z_][a-zA-Z0-9_-]*` for the first field, `[a-zA-Z0-9_][a-zA-Z0-9_-]*` for the others.
+fn valid_literal(s: &str, first: bool) -> bool {
+    let word = |c: &u8| c.is_ascii_alphanumeric() || *c == b'_';
+    match s.as_bytes() {
+        [head, rest @ ..] => {
+            (if first { head.is_ascii_alphabetic() || *head == b'_' } else { word(head) })
+                && rest.iter().all(|c| word(c) || *c == b'-')
         }
-        match b.get(i) {
-            Some(c) if c.is_ascii_alphanumeric() || *c == b'_' => i += 1,
-            _ => return false,
-        }
+        [] => false,
     }
-    true
 }
 
 /// Expands a glob rule's template: `$N` or `${N}` (the longest run of `[a-zA-Z0-9_$]` after
-/// the `$`, braces optional) becomes capture N (from 1); anything else so written, or a
-/// capture that does not exist, becomes nothing — as statsd_exporter's glob formatter does.
-pub fn expand(template: &str, captures: &[&str], out: &mut String) {
+/// the `$`, braces optional) becomes capture N (from 1), `$0` the whole name; anything else so
+/// written, or a capture that does not exist, becomes nothing — as statsd_exporter's glob
+/// formatter does.
+pub fn expand(template: &str, whole: &str, captures: &[&str], out: &mut String) {
     let b = template.as_bytes();
     let mut i = 0;
     let mut literal_from = 0;
@@ -104,10 +96,10 @@ pub fn expand(template: &str, captures: &[&str], out: &mut String) {
             j += 1;
         }
         out.push_str(&template[literal_from..i]);
-        if let Ok(n) = reference.parse::<usize>() {
-            if n >= 1 && n <= captures.len() {
-                out.push_str(captures[n - 1]);
-            }
+        match reference.parse::<usize>() {
+            Ok(0) => out.push_str(whole),
+            Ok(n) if n <= captures.len() => out.push_str(captures[n - 1]),
+            _ => {}
         }
         i = j;
         literal_from = j;
@@ -121,10 +113,23 @@ mod tests {
 
     #[test]
     fn globs_as_statsd_exporter_accepts_them() {
-        for ok in ["a1.b2", "client.*.request.count", "*.*", "my-app.x_y.*", "_x.y"] {
+        for ok in [
+            "a1.b2",
+            "client.*.request.count",
+            "*.*",
+            "my-app.x_y.*",
+            "_x.y",
+            "*",
+            "single",
+            "test.99.myapp.*",
+            "test.99test.myapp.*",
+            "foo--bar.*",
+            "a.b-",
+            "kafka.server.brokerPort.9092.clientId.ReplicaFetcherThread-0-1.*",
+        ] {
             assert!(Glob::parse(ok).is_some(), "{ok}");
         }
-        for bad in ["single", "a..b", "a.b-", "a.--b", "a.b*c", "a.1b", "a.b c", "a.x-"] {
+        for bad in ["", "a..b", "a.-b", "a.b*c", "1a.b", "-a.b", "a.b c", "a.b/c", "a.", ".a"] {
             assert!(Glob::parse(bad).is_none(), "{bad}");
         }
     }
@@ -143,7 +148,7 @@ mod tests {
         let caps = ["a", "b"];
         let x = |t: &str| {
             let mut s = String::new();
-            expand(t, &caps, &mut s);
+            expand(t, "w.a.b", &caps, &mut s);
             s
         };
         assert_eq!(x("name_$1_x"), "name_");
@@ -152,5 +157,6 @@ mod tests {
         assert_eq!(x("$3x"), "", "an unknown reference is nothing");
         assert_eq!(x("plain"), "plain");
         assert_eq!(x("cost $"), "cost $");
+        assert_eq!(x("all_$0"), "all_w.a.b", "$0 is the whole name");
     }
 }

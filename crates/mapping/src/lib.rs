@@ -14,6 +14,8 @@
 //! - `$1`, `${1}` in `name` and label values are captures. Glob templates expand as
 //!   statsd_exporter's glob formatter does; regex templates as Go's `Regexp.Expand` does,
 //!   which Rust's `regex` follows.
+//! - `$0` is the whole name, in glob and regex templates alike.
+//! - `scale` multiplies a rule's values (`processed_kilobytes` → `processed_bytes`).
 //! - `action: drop` drops the metric. A name matched by no rule is escaped
 //!   ([`escape_metric_name`]).
 //! - The file is checked as statsd_exporter checks it: a rule without a name, a name or label
@@ -97,6 +99,9 @@ pub struct RuleOptions {
     pub ttl: Option<Duration>,
     /// The metric's own tags win over the rule's labels.
     pub honor_labels: bool,
+    /// `scale`: every value is multiplied by it (a timer's after milliseconds become
+    /// seconds), as statsd_exporter does; `None`: unscaled.
+    pub scale: Option<f64>,
 }
 
 /// The outcome of mapping one name.
@@ -190,6 +195,7 @@ impl Mapper {
             quantiles: quantiles_of(d.summary_options.as_ref(), d.quantiles.as_ref(), &DEFAULT_QUANTILES),
             ttl: ttl(d.ttl.as_deref()).map_err(|e| Error(format!("defaults: {e}")))?,
             honor_labels: false,
+            scale: None,
         };
         if let Some(q) = defaults.quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
             return Err(Error(format!("defaults: quantile {q} is not between 0 and 1")));
@@ -257,18 +263,18 @@ impl Mapper {
             }
         }
         if let Some((rule, caps)) = best {
-            let mut name = String::new();
-            glob::expand(&rule.name, &caps, &mut name);
+            let mut out = String::new();
+            glob::expand(&rule.name, name, &caps, &mut out);
             let labels = rule
                 .labels
                 .iter()
                 .map(|(k, v)| {
                     let mut value = String::new();
-                    glob::expand(v, &caps, &mut value);
+                    glob::expand(v, name, &caps, &mut value);
                     (k.clone(), value)
                 })
                 .collect();
-            return finish(rule, name, labels);
+            return finish(rule, out, labels);
         }
         for rule in &self.rules {
             let Matcher::Regex(re) = &rule.matcher else { continue };
@@ -471,6 +477,9 @@ fn compile(index: usize, r: &Rule, default_match: MatchType, defaults: &RuleOpti
         return Err(format!("quantile {q} is not between 0 and 1"));
     }
     let ttl = ttl(r.ttl.as_deref())?.or(defaults.ttl);
+    if let Some(s) = r.scale.filter(|s| !s.0.is_finite()) {
+        return Err(format!("scale {} is not a finite number", s.0));
+    }
     Ok(CompiledRule {
         matcher,
         metric_type,
@@ -486,6 +495,7 @@ fn compile(index: usize, r: &Rule, default_match: MatchType, defaults: &RuleOpti
             quantiles,
             ttl,
             honor_labels: r.honor_labels,
+            scale: r.scale.map(|s| s.0),
         },
     })
 }

@@ -155,7 +155,7 @@ fn bad_files_name_the_rule() {
     for (text, want) in [
         ("mappings:\n- match: a.b\n", "mappings[0] (match \"a.b\"): the rule sets no metric name"),
         ("mappings:\n- match: a.b\n  name: 1bad\n", "is not a valid Prometheus name"),
-        ("mappings:\n- match: a.b\n  name: ok\n- match: a\n  name: x\n", "mappings[1] (match \"a\"): invalid glob"),
+        ("mappings:\n- match: a.b\n  name: ok\n- match: 1a\n  name: x\n", "mappings[1] (match \"1a\"): invalid glob"),
         ("mappings:\n- match: \"(\"\n  match_type: regex\n  name: x\n", "invalid regex"),
         ("mappings:\n- match: a.b\n  name: x\n  labels: { \"bad-label\": v }\n", "invalid label name"),
         ("mappings:\n- match: a.b\n  name: x\n  action: keep\n", "invalid action"),
@@ -173,8 +173,8 @@ fn bad_files_name_the_rule() {
 
 #[test]
 fn unknown_keys_are_kept_aside_not_refused() {
-    let m = Mapper::from_yaml("mappings:\n- match: a.b\n  name: x\n  scale: 2\n").unwrap();
-    assert_eq!(m.unused_keys, ["mappings[0].scale"]);
+    let m = Mapper::from_yaml("mappings:\n- match: a.b\n  name: x\n  unheard_of: 2\n").unwrap();
+    assert_eq!(m.unused_keys, ["mappings[0].unheard_of"]);
 }
 
 #[test]

@@ -39,13 +39,14 @@ pub fn exercise(data: &[u8]) {
         };
         let mut store = Store::new(cfg);
         let mut shard = Shard::new(64);
-        let counts = Parser::new(sanitize).parse_packet(data, &mut shard);
+        let counts = Parser::with_rule(KeyRule { sanitized: sanitize, sent_names: sanitize, ..KeyRule::default() })
+            .parse_packet(data, &mut shard);
         assert_eq!(counts.lines, lines);
         assert!(shard.series() <= 64);
         store.merge(&mut shard);
         // The same packet with origin tags: the sender's, and each line's `|c:` container id
         // within a bound of 2.
-        let mut origin = Parser::new(sanitize);
+        let mut origin = Parser::with_rule(KeyRule { sanitized: sanitize, sent_names: sanitize, ..KeyRule::default() });
         origin.reserve_tag_names(b"uid,program,container_id");
         origin.set_extra_tags(b"uid:0,program:fuzz");
         origin.set_client_containers(Some(parse::ClientContainers::new(2, std::sync::Arc::default())));
@@ -96,6 +97,10 @@ impl MetricSink for OriginChecked<'_> {
 
     fn bad_line(&mut self, line: &[u8]) {
         self.0.bad_line(line);
+    }
+
+    fn sent_name(&mut self, stored: &[u8], sent: &[u8]) {
+        self.0.sent_name(stored, sent);
     }
 }
 

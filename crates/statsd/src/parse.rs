@@ -69,6 +69,10 @@ pub trait MetricSink {
     fn service_check(&mut self, _check: &ServiceCheck<'_>) {}
     /// Why a DogStatsD event or service check line was bad (after [`MetricSink::bad_line`]).
     fn bad_reason(&mut self, _line: &[u8], _reason: Reason) {}
+    /// A name as sent, when sanitising changed it: `stored` is the name part of the keys the
+    /// metrics went under (once per line whose name sanitising changed, when the
+    /// [`KeyRule`]'s `sent_names` asks for it).
+    fn sent_name(&mut self, _stored: &[u8], _sent: &[u8]) {}
     /// An unsampled counter value: the same as [`MetricSink::metric`] with it, which is what
     /// it does unless a sink has a shorter path for the commonest line.
     #[inline]
@@ -306,10 +310,19 @@ impl Parser {
             };
             let reserved =
                 Reserved { names: &self.reserved, extra: &self.extra_tags, container: self.containers.is_some() };
-            origin_key(&mut self.raw_key, &mut self.key, self.sanitize, name, tags, reserved, container)
+            let key = origin_key(&mut self.raw_key, &mut self.key, self.sanitize, name, tags, reserved, container);
+            if self.rule.sent_names && !is_clean(name) {
+                sink.sent_name(name_of(key), name);
+            }
+            key
         } else if tags.is_empty() && (!self.sanitize || is_clean(name)) {
             name
         } else {
+            if self.rule.sent_names && !is_clean(name) {
+                self.key.clear();
+                sanitize_into(name, &mut self.key);
+                sink.sent_name(&self.key, name);
+            }
             self.raw_key.clear();
             self.raw_key.extend_from_slice(name);
             if !tags.is_empty() {
@@ -662,6 +675,11 @@ pub(crate) fn is_allowed(b: u8) -> bool {
 }
 
 /// True when sanitising would not change the key.
+/// The name part of a key (before its tags).
+fn name_of(key: &[u8]) -> &[u8] {
+    key.split(|b| *b == b';').next().unwrap_or(key)
+}
+
 fn is_clean(key: &[u8]) -> bool {
     key.iter().all(|b| is_allowed(*b))
 }
@@ -933,7 +951,7 @@ mod tests {
         assert_eq!((c.bad, c.metrics.len()), (0, 3));
         assert_eq!(c.metrics[2].0, "ok;env=x");
         // Keys and set members over max_key_length.
-        let mut p = Parser::with_rule(KeyRule { max_length: 10, sanitized: true });
+        let mut p = Parser::with_rule(KeyRule { max_length: 10, sanitized: true, sent_names: false });
         let mut c = Collect::default();
         let counts = p.parse_packet(
             b"abcdefghij:1|c\nabcdefghijk:1|c:2|c\nu:0123456789|s\nu:0123456789a|s\nx:1|c|#t:abcdefgh",

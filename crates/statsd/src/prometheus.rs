@@ -104,6 +104,9 @@ pub struct Named {
     /// Timers: values are multiplied by this (statsd_exporter exposes `ms` timers in seconds:
     /// 0.001).
     pub timer_scale: f64,
+    /// Every value is multiplied by this (a mapping rule's `scale`; a timer's after
+    /// `timer_scale`): 1 for none.
+    pub scale: f64,
     /// Timers as summaries: these quantiles (0 to 1; each must be among the store's
     /// `summary_quantiles`) instead of the store's `percentiles`.
     pub quantiles: Option<Vec<f64>>,
@@ -334,7 +337,11 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
         let start = arena.len();
         let named = match namer.as_deref_mut() {
             Some(n) => {
-                let named = n.name(&String::from_utf8_lossy(name_part(key)), value.series_kind())?;
+                // The name as the client sent it, when sanitising changed it (statsd_exporter's
+                // rules see raw names).
+                let name = name_part(key);
+                let sent = store.sent_name(name).unwrap_or(name);
+                let named = n.name(&String::from_utf8_lossy(sent), value.series_kind())?;
                 if named.ttl.is_some_and(|ttl| u128::from(value.idle().for_ms(interval_ms)) >= ttl.as_millis()) {
                     return None;
                 }
@@ -392,17 +399,18 @@ pub fn visit_named<'s>(store: &'s Store, mut namer: Option<&mut dyn Namer>, sink
             dropped.duplicate += 1;
             continue;
         }
-        // Only `ms` values are scaled: DogStatsD's `h` and `d` carry no unit.
-        let scale = match row.value {
+        // Only `ms` values are in a unit to convert: DogStatsD's `h` and `d` carry none.
+        let unit = match row.value {
             Value::Timer(t) if !t.units.unitless_only() => row.named.as_ref().map_or(1.0, |n| n.timer_scale),
             _ => 1.0,
         };
+        let scale = unit * row.named.as_ref().map_or(1.0, |n| n.scale);
         pairs.clear();
         let native;
         let series = match row.value {
-            Value::Counter(c) => Series::Counter(c.total),
-            Value::Gauge(g) => Series::Gauge(g.value),
-            Value::Set(s) => Series::Gauge(s.last_size as f64),
+            Value::Counter(c) => Series::Counter(c.total * scale),
+            Value::Gauge(g) => Series::Gauge(g.value * scale),
+            Value::Set(s) => Series::Gauge(s.last_size as f64 * scale),
             Value::Timer(t) => match histogram {
                 Some((_, sketch, layout)) => {
                     classic_buckets(t, sketch, &layout.buckets, scale, &mut pairs);
@@ -642,6 +650,7 @@ mod tests {
             honor_labels: false,
             histogram: None,
             timer_scale: 1.0,
+            scale: 1.0,
             quantiles: None,
             ttl: None,
         }

@@ -303,6 +303,8 @@ pub struct Shard {
     pub(crate) gauges: Map<GaugeUpdate>,
     pub(crate) timers: Map<TimerUpdate>,
     pub(crate) sets: Map<MemberSet>,
+    /// Names as sent, by the name sanitising made of them (only when the key rule asks).
+    pub(crate) sent_names: Map<Key>,
     limits: ShardLimits,
     /// Estimated bytes held (see [`ShardLimits::memory_allowance`]).
     bytes: u64,
@@ -376,6 +378,7 @@ impl Shard {
         self.gauges.clear();
         self.timers.clear();
         self.sets.clear();
+        self.sent_names.clear();
         self.packets = 0;
         self.lines = 0;
         self.bad_lines = 0;
@@ -538,6 +541,14 @@ impl MetricSink for Shard {
     }
 
     fn bad_line(&mut self, _line: &[u8]) {}
+
+    /// Kept once per name and interval, within the memory allowance.
+    fn sent_name(&mut self, stored: &[u8], sent: &[u8]) {
+        if !self.sent_names.contains_key(&KeyRef(stored)) && !self.over_budget() {
+            self.bytes += (stored.len() + sent.len()) as u64 + SERIES_OVERHEAD;
+            self.sent_names.insert(stored.into(), sent.into());
+        }
+    }
 
     /// Straight to the add, without `record`'s frame and its match on the kind.
     #[inline(always)]

@@ -256,6 +256,9 @@ pub struct Store {
     gauges: Map<GaugeEntry>,
     timers: Map<TimerEntry>,
     sets: Map<SetEntry>,
+    /// Names as sent, by the name sanitising made of them: what the Prometheus mapping sees
+    /// ([`KeyRule::sent_names`](crate::KeyRule)). At most one per series name.
+    sent_names: Map<Key>,
     key_bad_lines: Key,
     key_packets: Key,
     key_metrics: Key,
@@ -351,6 +354,7 @@ impl Store {
             gauges: Map::default(),
             timers: Map::default(),
             sets: Map::default(),
+            sent_names: Map::default(),
             key_bad_lines: k("bad_lines_seen"),
             key_packets: k("packets_received"),
             key_metrics: k("metrics_received"),
@@ -508,6 +512,9 @@ impl Store {
         }
         self.dropped_max_series += shard.dropped_max_series;
         self.dropped_max_memory += shard.dropped_max_memory;
+        for (stored, sent) in shard.sent_names.drain() {
+            self.sent_names.entry(stored).or_insert(sent);
+        }
         for (key, add) in shard.counters.drain() {
             if let Some(c) = self.counters.get_mut(&key) {
                 c.value += add;
@@ -669,7 +676,10 @@ impl Store {
     fn clear_after_flush(&mut self) {
         let before = self.series();
         self.clear_idle();
-        self.keys_changed |= self.series() != before;
+        if self.series() != before {
+            self.keys_changed = true;
+            self.prune_sent_names();
+        }
     }
 
     fn clear_idle(&mut self) {
@@ -759,7 +769,31 @@ impl Store {
             })
             .sum();
         let sets: u64 = self.sets.iter().map(|(k, s)| per_key(k) + s.members.bytes()).sum();
-        counters + gauges + timers + sets
+        let sent: u64 = self.sent_names.iter().map(|(k, v)| per_key(k) + v.len() as u64).sum();
+        counters + gauges + timers + sets + sent
+    }
+
+    /// The name a series name (a key's part before its tags) was sent as, when sanitising
+    /// changed it and the key rule kept it.
+    pub fn sent_name(&self, name: &[u8]) -> Option<&[u8]> {
+        if self.sent_names.is_empty() {
+            return None;
+        }
+        self.sent_names.get(&crate::shard::KeyRef(name)).map(|v| &v[..])
+    }
+
+    /// Lets go of the names as sent of series no longer held (after a flush deleted some).
+    fn prune_sent_names(&mut self) {
+        if self.sent_names.is_empty() {
+            return;
+        }
+        let name = |k: &Key| -> Key { k.split(|b| *b == b';').next().unwrap_or(k).into() };
+        let live: std::collections::HashSet<Key> = (self.counters.keys().map(name))
+            .chain(self.gauges.keys().map(name))
+            .chain(self.timers.keys().map(name))
+            .chain(self.sets.keys().map(name))
+            .collect();
+        self.sent_names.retain(|k, _| live.contains(k));
     }
 
     /// Counters (key, state).

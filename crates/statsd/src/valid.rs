@@ -72,11 +72,15 @@ pub struct KeyRule {
     pub max_length: usize,
     /// Keys are sanitised (Etsy's `keyNameSanitize`): only `[a-zA-Z0-9_\-.;=]` may remain.
     pub sanitized: bool,
+    /// With `sanitized`: a name sanitising changed is also kept as sent
+    /// ([`MetricSink::sent_name`](crate::MetricSink::sent_name)), so the Prometheus mapping
+    /// sees what the client sent while Graphite sees Etsy's name.
+    pub sent_names: bool,
 }
 
 impl Default for KeyRule {
     fn default() -> Self {
-        KeyRule { max_length: DEFAULT_MAX_KEY_LENGTH, sanitized: true }
+        KeyRule { max_length: DEFAULT_MAX_KEY_LENGTH, sanitized: true, sent_names: false }
     }
 }
 
@@ -156,14 +160,14 @@ mod tests {
 
     #[test]
     fn keys() {
-        let rule = KeyRule { max_length: 8, sanitized: true };
+        let rule = KeyRule { max_length: 8, sanitized: true, sent_names: false };
         assert_eq!(rule.check(b"a.b;c=d"), Ok(()));
         assert_eq!(rule.check(b""), Err(Invalid::EmptyName));
         assert_eq!(rule.check(b";env=x"), Err(Invalid::EmptyName));
         assert_eq!(rule.check(b"123456789"), Err(Invalid::TooLong));
         assert_eq!(rule.check(b"a b"), Err(Invalid::BadKeyByte));
         assert_eq!(rule.check(b"a\nb"), Err(Invalid::BadKeyByte));
-        let raw = KeyRule { max_length: 8, sanitized: false };
+        let raw = KeyRule { max_length: 8, sanitized: false, sent_names: false };
         assert_eq!(raw.check(b"a b"), Ok(()));
         assert_eq!(raw.check(b"a\nb"), Err(Invalid::BadKeyByte), "a newline would split a Graphite line");
     }

@@ -174,7 +174,12 @@ impl Config {
     /// The StatsD key rule (`max_key_length`, `key_name_sanitize`): what the parser accepts,
     /// what an agent forwards and what an aggregator takes.
     pub fn key_rule(&self) -> floodgate_statsd::KeyRule {
-        floodgate_statsd::KeyRule { max_length: self.statsd.max_key_length, sanitized: self.statsd.key_name_sanitize }
+        floodgate_statsd::KeyRule {
+            max_length: self.statsd.max_key_length,
+            sanitized: self.statsd.key_name_sanitize,
+            // statsd_exporter's rules see names as sent: kept when a mapping file is in use.
+            sent_names: self.statsd.key_name_sanitize && self.prometheus.mapping_config.is_some(),
+        }
     }
 
     /// Etsy statsd's Graphite naming options.

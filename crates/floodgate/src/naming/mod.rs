@@ -210,6 +210,7 @@ impl Namer for CachedNamer<'_> {
                     honor_labels: false,
                     histogram: histogram_layout(self.mapping.mapper.defaults()),
                     timer_scale: TIMER_SCALE,
+                    scale: 1.0,
                     quantiles: Some(self.mapping.mapper.defaults().quantiles.clone()),
                     ttl: self.mapping.mapper.defaults().ttl,
                 }))
@@ -229,6 +230,7 @@ impl Namer for CachedNamer<'_> {
                 help: options.help,
                 honor_labels: options.honor_labels,
                 timer_scale: TIMER_SCALE,
+                scale: options.scale.unwrap_or(1.0),
             })),
         };
         self.cache.insert((name.to_string(), kind), named.clone());

@@ -7,10 +7,6 @@ use std::time::Duration;
 
 use crate::common::*;
 
-fn owned(want: &[(&str, &str)]) -> Vec<(String, String)> {
-    want.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
-}
-
 fn run_client(program: &str, args: &[&str]) {
     let out = Command::new(require_tool(program)).args(args).output().unwrap();
     assert!(

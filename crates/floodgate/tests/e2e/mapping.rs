@@ -420,3 +420,62 @@ fn the_mapping_cache_counts_against_max_memory() {
     }
     fg.wait_sample("floodgate_statsd_dropped_series_total", &["reason=\"max_memory\""], |v| v > 0.0);
 }
+
+/// statsd_exporter's rules see the name as sent: the Prometheus path maps
+/// `request_time.get/threads/1/posts.200` from the raw name while Graphite, on floodgate's
+/// default `key_name_sanitize`, keeps Etsy's `get-threads-1-posts`. A rule's `scale`
+/// multiplies the values; names no rule matched are escaped as statsd_exporter escapes them
+/// (one `_` per character, an emoji included). Only `[graphite]` and the mapping file differ
+/// from the defaults: this is what both outputs get from one datagram.
+#[test]
+fn rules_see_names_as_sent_while_graphite_sees_etsys() {
+    let carbon = Capture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("statsd_mapping.yml");
+    std::fs::write(
+        &path,
+        r#"
+mappings:
+- match: "request_time\\.(.*)\\.(\\d+)$"
+  match_type: regex
+  name: "http_requests_total"
+  labels:
+    method_and_path: "$1"
+    code: "$2"
+- match: "app.processed_kilobytes"
+  name: "app_processed_bytes_total"
+  scale: 1024
+- match: "app.latency"
+  name: "app_latency_seconds"
+  scale: 1e-3
+"#,
+    )
+    .unwrap();
+    let fg = Floodgate::start(
+        "flush_interval = \"300ms\"",
+        &format!(
+            "[graphite]\naddress = \"127.0.0.1:{}\"\n[prometheus]\nmapping_config = \"{}\"\n",
+            carbon.port,
+            path.display()
+        ),
+    );
+    fg.send_udp(
+        "request_time.get/threads/1/posts.200:3|c\napp.processed_kilobytes:2|c\napp.latency:7|g\nwith😱emoji:5|g\nwith.*.multiple:1|g"
+            .as_bytes(),
+    );
+    let body = scrape(&fg, "http_requests_total{code=\"200\",method_and_path=\"get/threads/1/posts\"} 3");
+    for want in ["app_processed_bytes_total 2048", "app_latency_seconds 0.007", "with_emoji 5", "with___multiple 1"] {
+        assert!(body.lines().any(|l| l == want), "{want} missing:\n{body}");
+    }
+    promtool_check(&body);
+    // Graphite keeps Etsy's sanitised names (and unscaled values).
+    carbon.wait_seen(
+        WAIT,
+        &owned(&[
+            ("stats_counts.request_time.get-threads-1-posts.200", "3"),
+            ("stats_counts.app.processed_kilobytes", "2"),
+            ("stats.gauges.withemoji", "5"),
+            ("stats.gauges.with..multiple", "1"),
+        ]),
+    );
+}

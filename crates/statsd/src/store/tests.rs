@@ -398,3 +398,27 @@ fn timer_totals_count_values_at_merge_once() {
     flush(&mut store, 3);
     assert_eq!(totals(&store), (8.0, 75.0, 7));
 }
+
+/// With `sent_names`, a name sanitising changed is kept as sent (once, whatever the tags),
+/// for the Prometheus mapping; Graphite's keys stay Etsy's. It goes with its series.
+#[test]
+fn names_as_sent_are_kept_beside_the_sanitised_keys() {
+    let rule = crate::KeyRule { sent_names: true, ..crate::KeyRule::default() };
+    let mut store = Store::new(AggregationConfig { delete_counters: true, ..AggregationConfig::default() });
+    let mut shard = Shard::new(100);
+    crate::Parser::with_rule(rule)
+        .parse_packet(b"get/users ok:1|c\nget/users ok:2|c|#zone:a\nclean.name:1|c\nother:1|g", &mut shard);
+    store.merge(&mut shard);
+    assert!(store.counters().any(|(k, _)| k == b"get-users_ok"));
+    assert_eq!(store.sent_name(b"get-users_ok"), Some(&b"get/users ok"[..]));
+    assert_eq!(store.sent_name(b"clean.name"), None, "clean names are not kept twice");
+    // Without the rule's word nothing is kept.
+    let mut plain = Store::new(AggregationConfig::default());
+    let mut shard = Shard::new(100);
+    crate::Parser::new(true).parse_packet(b"get/users ok:1|c", &mut shard);
+    plain.merge(&mut shard);
+    assert_eq!(plain.sent_name(b"get-users_ok"), None);
+    // The counters go at the flush (delete_counters): their names as sent go too.
+    store.flush(1, |_| ());
+    assert_eq!(store.sent_name(b"get-users_ok"), None);
+}

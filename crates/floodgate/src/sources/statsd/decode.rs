@@ -141,6 +141,10 @@ impl MetricSink for WithRecords<'_> {
         self.shard.bad_line(line);
     }
 
+    fn sent_name(&mut self, stored: &[u8], sent: &[u8]) {
+        self.shard.sent_name(stored, sent);
+    }
+
     fn event(&mut self, event: &Event<'_>) {
         if let Some(r) = self.records.as_mut() {
             r.event(event);

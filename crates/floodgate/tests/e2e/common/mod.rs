@@ -615,6 +615,11 @@ pub fn metric(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
     })
 }
 
+/// Graphite (name, value) pairs, owned, for [`Capture::wait_seen`].
+pub fn owned(want: &[(&str, &str)]) -> Vec<(String, String)> {
+    want.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+}
+
 /// A TCP server that records each connection's bytes as one payload (how Etsy statsd and
 /// floodgate deliver a flush to Carbon). A test double for Carbon's line receiver, used to
 /// compare outputs byte for byte; the real Carbon is exercised in `carbon.rs`.

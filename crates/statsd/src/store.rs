@@ -329,17 +329,46 @@ impl<'a> FlushView<'a> {
 
     /// Timers that received values this interval, as summaries.
     pub fn changed_timers(&self) -> impl Iterator<Item = (&'a [u8], TimerSummary)> + 'a {
-        self.timer_entries.iter().filter(|(_, t)| !t.values.is_empty()).map(|(k, t)| {
-            let mut summary = TimerSummary::from_values(&t.values, t.count);
-            summary.unitless = t.units.unitless_only();
-            (&k[..], summary)
-        })
+        self.timer_entries.iter().filter_map(|(k, t)| Some((&k[..], interval_summary(t)?)))
+    }
+
+    /// Counters and their state (this interval's value, the total since start).
+    pub fn counter_entries(&self) -> impl Iterator<Item = (&'a [u8], &'a CounterEntry)> + 'a {
+        self.counters.iter().map(|(k, c)| (&k[..], c))
+    }
+
+    /// Gauges and their state.
+    pub fn gauge_entries(&self) -> impl Iterator<Item = (&'a [u8], &'a GaugeEntry)> + 'a {
+        self.gauges.iter().map(|(k, g)| (&k[..], g))
+    }
+
+    /// Sets and their state (this interval's members).
+    pub fn set_entries(&self) -> impl Iterator<Item = (&'a [u8], &'a SetEntry)> + 'a {
+        self.sets.iter().map(|(k, s)| (&k[..], s))
+    }
+
+    /// Timers and their state (the since-start totals and sketch, when kept).
+    pub fn timer_entries(&self) -> impl Iterator<Item = (&'a [u8], &'a TimerEntry)> + 'a {
+        self.timer_entries.iter().map(|(k, t)| (&k[..], t))
     }
 
     /// Sets that received members this interval, as distinct counts.
     pub fn changed_sets(&self) -> impl Iterator<Item = (&'a [u8], Distinct)> + 'a {
         self.sets.iter().filter(|(_, s)| !s.members.is_empty()).map(|(k, s)| (&k[..], s.members.to_distinct()))
     }
+}
+
+/// What a timer received this interval, as one summary (at flush: an aggregator's agents'
+/// summaries, and values folded past `max_timer_samples`, merged with the raw values); `None`
+/// when it received nothing.
+pub fn interval_summary(t: &TimerEntry) -> Option<TimerSummary> {
+    let mut summary = match &t.forwarded {
+        Some(f) => f.clone(),
+        None if t.values.is_empty() => return None,
+        None => TimerSummary::from_values(&t.values, t.count),
+    };
+    summary.unitless = t.units.unitless_only();
+    Some(summary)
 }
 
 impl Store {

@@ -82,11 +82,25 @@ pub struct DeliverError {
     pub retry: bool,
     /// What happened.
     pub message: String,
+    /// When to try again, if the destination said (`Retry-After`); else the back-off's.
+    pub retry_after: Option<Duration>,
+}
+
+impl DeliverError {
+    /// A failure worth a retry after the back-off.
+    pub fn retry(message: impl Into<String>) -> DeliverError {
+        DeliverError { retry: true, message: message.into(), retry_after: None }
+    }
+
+    /// A payload the destination will never take: dropped.
+    pub fn dropped(message: impl Into<String>) -> DeliverError {
+        DeliverError { retry: false, message: message.into(), retry_after: None }
+    }
 }
 
 impl From<std::io::Error> for DeliverError {
     fn from(e: std::io::Error) -> Self {
-        DeliverError { retry: true, message: e.to_string() }
+        DeliverError::retry(e.to_string())
     }
 }
 
@@ -180,7 +194,9 @@ pub async fn deliver_all<D: Deliver, R: Receive<Payload>>(
                             failing_since = Some(Instant::now());
                             queue.iter_mut().for_each(held);
                         }
-                        retry_at = Some(tokio::time::Instant::now() + backoff.failed());
+                        // The destination's word on when, else the back-off (which still grows).
+                        let wait = backoff.failed();
+                        retry_at = Some(tokio::time::Instant::now() + e.retry_after.unwrap_or(wait));
                         break;
                     }
                 }
@@ -386,12 +402,12 @@ mod tests {
             let mut d = self.0.lock();
             d.attempts.push(TokioInstant::now());
             let result = if std::mem::take(&mut d.refuse_next) {
-                Err(DeliverError { retry: false, message: "refused".into() })
+                Err(DeliverError::dropped("refused"))
             } else if d.up {
                 d.taken.push(payload.bytes.clone());
                 Ok(())
             } else {
-                Err(DeliverError { retry: true, message: "down".into() })
+                Err(DeliverError::retry("down"))
             };
             std::future::ready(result)
         }

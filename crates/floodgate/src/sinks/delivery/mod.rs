@@ -6,5 +6,6 @@ pub mod backoff;
 pub mod disk_log;
 pub mod file_sync;
 pub mod flushes;
+pub mod http;
 pub mod inbox;
 pub mod queue;

@@ -8,19 +8,13 @@
 //! file; `headers` carry authentication or a tenant (`X-Scope-OrgID`).
 
 pub mod config;
-use std::time::Duration;
-
 use bytes::Bytes;
 use floodgate_statsd::prometheus::{Exposition, Labels, Series};
 use floodgate_statsd::Store;
-use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use prost::Message;
 
 use crate::sinks::delivery::flushes::{Deliver, DeliverError};
+use crate::sinks::delivery::http::HttpEndpoint;
 // `prometheus.BucketSpan` has the same fields as client_model's.
 use crate::flush::Payload;
 use crate::metrics::protobuf::{spans, BucketSpan};
@@ -173,61 +167,15 @@ pub fn encode(store: &Store, timestamp_ms: i64, naming: &crate::naming::Naming) 
 /// The sink.
 pub struct RemoteWriteSink {
     url: hyper::Uri,
-    timeout: Duration,
-    headers: hyper::HeaderMap,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    endpoint: HttpEndpoint,
 }
 
 impl RemoteWriteSink {
     /// A sink for `[prometheus_remote_write]`.
     pub fn new(config: &crate::config::RemoteWriteConfig) -> anyhow::Result<RemoteWriteSink> {
         use anyhow::Context;
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-        if let Some(ca) = &config.ca {
-            for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("cannot read remote-write CA {}", ca.display()))?
-            {
-                roots.add(cert.with_context(|| format!("bad certificate in {}", ca.display()))?)?;
-            }
-        }
-        let tls =
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let connector =
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
-        let mut headers = hyper::HeaderMap::new();
-        for (name, value) in &config.headers {
-            headers.insert(
-                hyper::header::HeaderName::try_from(name.as_str()).context("remote-write header name")?,
-                hyper::header::HeaderValue::try_from(value.as_str()).context("remote-write header value")?,
-            );
-        }
-        Ok(RemoteWriteSink {
-            url: config.url.parse().context("prometheus_remote_write.url")?,
-            timeout: config.timeout,
-            headers,
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        })
-    }
-}
-
-impl RemoteWriteSink {
-    /// The POST for one compressed `WriteRequest`.
-    fn request(&self, body: Bytes) -> Result<hyper::Request<Full<Bytes>>, DeliverError> {
-        let mut request = hyper::Request::post(self.url.clone())
-            .header(hyper::header::CONTENT_TYPE, "application/x-protobuf")
-            .header(hyper::header::CONTENT_ENCODING, "snappy")
-            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
-            .header(hyper::header::USER_AGENT, concat!("floodgate/", env!("CARGO_PKG_VERSION")))
-            .body(Full::new(body))
-            .map_err(|e| DeliverError { retry: false, message: e.to_string() })?;
-        request.headers_mut().extend(self.headers.clone());
-        Ok(request)
+        let endpoint = HttpEndpoint::new("remote-write", config.timeout, config.ca.as_deref(), &config.headers)?;
+        Ok(RemoteWriteSink { url: config.url.parse().context("prometheus_remote_write.url")?, endpoint })
     }
 }
 
@@ -237,32 +185,19 @@ impl Deliver for RemoteWriteSink {
     }
 
     async fn deliver(&self, p: &Payload) -> Result<(), DeliverError> {
-        let request = self.request(Bytes::from(p.bytes.clone()))?;
-        let response = tokio::time::timeout(self.timeout, self.client.request(request))
-            .await
-            .map_err(|_| DeliverError { retry: true, message: "timed out".into() })?
-            .map_err(|e| DeliverError { retry: true, message: e.to_string() })?;
-        let status = response.status();
+        let headers = [
+            ("content-type", "application/x-protobuf"),
+            ("content-encoding", "snappy"),
+            ("x-prometheus-remote-write-version", "0.1.0"),
+        ];
+        let answer = self.endpoint.post(&self.url, &headers, Bytes::from(p.bytes.clone())).await?;
+        let status = answer.status;
         if status.is_success() {
             return Ok(());
         }
-        // The start of the body says why; an endpoint may send an endless one, so at most 300
-        // bytes within 2 s are read, and the connection is dropped with the rest.
-        let mut body = response.into_body();
-        let mut head = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while head.len() < 300 {
-                match body.frame().await {
-                    Some(Ok(frame)) => head.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..])),
-                    _ => break,
-                }
-            }
-        })
-        .await;
-        drop(body);
-        let message = format!("HTTP {status}: {}", String::from_utf8_lossy(&head[..head.len().min(300)]).trim());
         // The spec: retry 5xx and 429; any other 4xx will never succeed.
-        Err(DeliverError { retry: status.is_server_error() || status.as_u16() == 429, message })
+        let retry = status.is_server_error() || status.as_u16() == 429;
+        Err(DeliverError { retry, message: answer.message(), retry_after: answer.retry_after })
     }
 }
 

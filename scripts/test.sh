@@ -47,9 +47,10 @@ fi
 # Debian starts a carbon-cache service on install where it can; the tests run their own.
 # (So it does redis-server: the tests start theirs on ports of their own, so one running
 # system-wide does not matter.)
-python3 -c 'import statsd, datadog' 2>/dev/null ||
-  python3 -m pip install -q statsd datadog 2>/dev/null ||
-  python3 -m pip install -q --break-system-packages statsd datadog
+# Client libraries, and OpenTelemetry's own protobuf definitions for the OTLP receiver.
+python3 -c 'import statsd, datadog, opentelemetry.proto' 2>/dev/null ||
+  python3 -m pip install -q statsd datadog opentelemetry-proto 2>/dev/null ||
+  python3 -m pip install -q --break-system-packages statsd datadog opentelemetry-proto
 mkdir -p "$peers"
 if [ ! -f "$peers/statsd-0.9.0/stats.js" ]; then
   (cd "$peers" && rm -rf package statsd-0.9.0 && npm pack --silent statsd@0.9.0 >/dev/null &&

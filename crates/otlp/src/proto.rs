@@ -382,3 +382,14 @@ pub struct ExportLogsPartialSuccess {
     #[prost(string, tag = "2")]
     pub error_message: String,
 }
+
+/// `google.rpc.Status`: what an OTLP/HTTP endpoint sends with a 4xx or 5xx.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Status {
+    /// `code` (a gRPC code).
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    /// `message`.
+    #[prost(string, tag = "2")]
+    pub message: String,
+}

@@ -290,6 +290,7 @@ pub struct FlushView<'a> {
     gauges: &'a Map<GaugeEntry>,
     sets: &'a Map<SetEntry>,
     timer_entries: &'a Map<TimerEntry>,
+    sent_names: &'a Map<Key>,
     internal: [&'a [u8]; 4],
     /// Etsy's `numStats`: counters + timers + gauges + sets.
     pub num_stats: usize,
@@ -330,6 +331,12 @@ impl<'a> FlushView<'a> {
     /// Timers that received values this interval, as summaries.
     pub fn changed_timers(&self) -> impl Iterator<Item = (&'a [u8], TimerSummary)> + 'a {
         self.timer_entries.iter().filter_map(|(k, t)| Some((&k[..], interval_summary(t)?)))
+    }
+
+    /// The name a series name was sent as, when sanitising changed it (see
+    /// [`Store::sent_name`]).
+    pub fn sent_name(&self, name: &[u8]) -> Option<&'a [u8]> {
+        self.sent_names.get(&crate::shard::KeyRef(name)).map(|v| &v[..])
     }
 
     /// Counters and their state (this interval's value, the total since start).
@@ -691,6 +698,7 @@ impl Store {
             gauges: &self.gauges,
             sets: &self.sets,
             timer_entries: &self.timers,
+            sent_names: &self.sent_names,
             internal: [&self.key_bad_lines, &self.key_packets, &self.key_metrics, &self.key_timestamp_lag],
             num_stats: self.series(),
             processing_time_ms: started.elapsed().as_millis() as u64,

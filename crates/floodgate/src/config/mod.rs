@@ -16,6 +16,7 @@ pub use crate::guard::config::LimitsConfig;
 pub use crate::net::tls::ClientTls as ForwardTls;
 pub use crate::sinks::forward::config::ForwardConfig;
 pub use crate::sinks::graphite::config::{GraphiteConfig, GraphiteProtocol};
+pub use crate::sinks::otlp::config::OtlpConfig;
 pub use crate::sinks::remote_write::config::RemoteWriteConfig;
 pub use crate::sinks::syslog::config::{SyslogForward, SyslogNats, SyslogOutput};
 pub use crate::sources::admin::config::{AdminConfig, Health};
@@ -55,6 +56,9 @@ pub struct Config {
     pub prometheus_remote_write: Option<RemoteWriteConfig>,
     /// `[prometheus]`: the Prometheus names of the StatsD series (`/metrics`, remote-write).
     pub prometheus: crate::naming::PrometheusConfig,
+    /// `[otlp]`: each flush to an OpenTelemetry (OTLP/HTTP) endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpConfig>,
 }
 
 /// A configuration error, already phrased for the user.
@@ -109,6 +113,9 @@ impl Config {
         if let Some(rw) = &self.prometheus_remote_write {
             rw.check_files().map_err(|e| ("prometheus_remote_write.ca", e))?;
         }
+        if let Some(otlp) = &self.otlp {
+            otlp.check_files().map_err(|e| ("otlp.ca", e))?;
+        }
         crate::naming::load(&self.prometheus).map_err(|e| ("prometheus.mapping_config", e))?;
         Ok(())
     }
@@ -155,6 +162,9 @@ impl Config {
         if let Some(rw) = &self.prometheus_remote_write {
             rw.validate()?;
         }
+        if let Some(otlp) = &self.otlp {
+            otlp.validate()?;
+        }
         Ok(())
     }
 
@@ -167,6 +177,10 @@ impl Config {
         if let Some(mapper) = crate::naming::load(&self.prometheus).ok().flatten() {
             a.cumulative_sketches = mapper.uses_histograms();
             a.summary_quantiles = mapper.summary_quantiles();
+        }
+        // Cumulative OTLP histograms hold every value since start.
+        if self.otlp.as_ref().is_some_and(|o| o.temporality == crate::sinks::otlp::Temporality::Cumulative) {
+            a.cumulative_sketches = true;
         }
         a
     }

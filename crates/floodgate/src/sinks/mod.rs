@@ -10,6 +10,7 @@
 pub mod delivery;
 pub mod forward;
 pub mod graphite;
+pub mod otlp;
 pub mod remote_write;
 pub mod syslog;
 
@@ -37,4 +38,4 @@ pub type Build = fn(
 
 /// Every sink: the one place a new sink is added. Sinks start before sources (the syslog
 /// listeners write into the syslog output).
-pub const SINKS: &[Build] = &[graphite::build, remote_write::build, forward::build, syslog::build];
+pub const SINKS: &[Build] = &[graphite::build, remote_write::build, otlp::build, forward::build, syslog::build];

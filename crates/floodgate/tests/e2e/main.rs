@@ -20,6 +20,7 @@ mod kernel_guard;
 mod local_attacks;
 mod mapping;
 mod nats_output;
+mod otlp;
 mod pacing;
 mod packaging;
 mod proxy_protocol;

@@ -1,0 +1,334 @@
+//! A flush as an `ExportMetricsServiceRequest`: the store's series (named by the mapping file
+//! when a rule matches, else as sent with their tags as attributes) in OTLP's data model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::Arc;
+
+use floodgate_otlp::proto::{self, metric::Data, AggregationTemporality, KeyValue};
+use floodgate_statsd::prometheus::{Labels, Named, Namer, SeriesKind};
+use floodgate_statsd::store::interval_summary;
+use floodgate_statsd::FlushView;
+use parking_lot::Mutex;
+use prost::Message;
+
+use super::config::{Compression, OtlpConfig, Temporality};
+
+/// Renders each flush.
+pub struct Render {
+    naming: Arc<crate::naming::Naming>,
+    temporality: Temporality,
+    compression: Compression,
+    max_buckets: usize,
+    resource: proto::Resource,
+    starts: Mutex<Starts>,
+}
+
+/// When each series' cumulative points start, and when the last flush was (a delta point's
+/// start).
+struct Starts {
+    by_series: HashMap<(SeriesKind, Box<[u8]>), u64>,
+    last_flush_ns: u64,
+}
+
+impl Render {
+    /// The rendering `[otlp]` asks for; `agent` is this agent's id when it forwards.
+    pub fn new(naming: Arc<crate::naming::Naming>, config: &OtlpConfig, agent: Option<String>) -> Render {
+        let host = crate::sys::host_name();
+        let mut attributes: BTreeMap<String, String> = BTreeMap::new();
+        attributes.insert("service.name".into(), "floodgate".into());
+        attributes.insert("service.version".into(), env!("CARGO_PKG_VERSION").into());
+        attributes.insert("host.name".into(), host.clone());
+        attributes.insert("service.instance.id".into(), agent.unwrap_or(host));
+        attributes.extend(config.resource.clone());
+        let resource =
+            proto::Resource { attributes: attributes.into_iter().map(|(k, v)| KeyValue::string(k, v)).collect() };
+        Render {
+            naming,
+            temporality: config.temporality,
+            compression: config.compression,
+            max_buckets: config.histogram_max_buckets,
+            resource,
+            starts: Mutex::new(Starts {
+                by_series: HashMap::new(),
+                last_flush_ns: u64::try_from(crate::clock::unix_ms()).unwrap_or(0) * 1_000_000,
+            }),
+        }
+    }
+
+    /// The request for one flush, and how many data points it holds.
+    pub fn request(&self, view: &FlushView<'_>) -> (proto::ExportMetricsServiceRequest, usize) {
+        // The flush's own timestamp is whole seconds (Graphite's); points need finer.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let mut starts = self.starts.lock();
+        let previous = std::mem::take(&mut starts.by_series);
+        let mut points = Points {
+            view,
+            now,
+            interval_start: starts.last_flush_ns.min(now),
+            temporality: self.temporality,
+            max_buckets: self.max_buckets,
+            previous,
+            starts: HashMap::new(),
+            metrics: BTreeMap::new(),
+            count: 0,
+        };
+        self.naming.with_namer(|namer| points.all(namer));
+        starts.by_series = std::mem::take(&mut points.starts);
+        starts.last_flush_ns = now;
+        let scope = proto::InstrumentationScope { name: "floodgate".into(), version: env!("CARGO_PKG_VERSION").into() };
+        let request = proto::ExportMetricsServiceRequest {
+            resource_metrics: vec![proto::ResourceMetrics {
+                resource: Some(self.resource.clone()),
+                scope_metrics: vec![proto::ScopeMetrics {
+                    scope: Some(scope),
+                    metrics: points.metrics.into_values().collect(),
+                }],
+            }],
+        };
+        (request, points.count)
+    }
+}
+
+impl crate::flush::Render for Render {
+    fn render_view(&self, view: &FlushView<'_>, _config: &crate::config::Config) -> crate::flush::Rendered {
+        let (request, count) = self.request(view);
+        let raw = request.encode_to_vec();
+        let body = match self.compression {
+            Compression::None => raw,
+            Compression::Gzip => {
+                let mut gz =
+                    flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
+                // Writing to memory cannot fail.
+                let _ = gz.write_all(&raw);
+                gz.finish().unwrap_or_default()
+            }
+        };
+        vec![(body, count)]
+    }
+}
+
+/// One flush's points as they are gathered, by metric.
+struct Points<'v, 'a> {
+    view: &'v FlushView<'a>,
+    now: u64,
+    interval_start: u64,
+    temporality: Temporality,
+    max_buckets: usize,
+    previous: HashMap<(SeriesKind, Box<[u8]>), u64>,
+    starts: HashMap<(SeriesKind, Box<[u8]>), u64>,
+    /// By name and kind (a name may be a counter and a gauge; OTLP keeps them apart).
+    metrics: BTreeMap<(String, u8), proto::Metric>,
+    count: usize,
+}
+
+/// A series' OTLP identity: its metric name, attributes and what its values are multiplied by.
+struct Identity {
+    name: String,
+    attributes: Vec<KeyValue>,
+    scale: f64,
+    unit: &'static str,
+    named: Option<Arc<Named>>,
+}
+
+impl Points<'_, '_> {
+    fn all(&mut self, mut namer: Option<&mut dyn Namer>) {
+        let view = self.view;
+        let delta = self.temporality == Temporality::Delta;
+        for (key, c) in view.counter_entries() {
+            // A delta sum holds what came this flush: a counter that got nothing has no point.
+            if delta && c.idle.0 != 0 {
+                continue;
+            }
+            let Some(id) = self.identity(&mut namer, key, SeriesKind::Counter, false) else { continue };
+            let value = if delta { c.value } else { c.total } * id.scale;
+            let start = self.start(SeriesKind::Counter, key);
+            let point = proto::NumberDataPoint {
+                start_time_unix_nano: start,
+                time_unix_nano: self.now,
+                as_double: Some(value),
+                attributes: id.attributes,
+            };
+            let temporality = self.temporality();
+            match &mut self.metric(id.name, 0, id.unit).data {
+                Some(Data::Sum(sum)) => sum.data_points.push(point),
+                data => {
+                    *data = Some(Data::Sum(proto::Sum {
+                        data_points: vec![point],
+                        aggregation_temporality: temporality as i32,
+                        is_monotonic: true,
+                    }))
+                }
+            }
+        }
+        let gauges = view.gauge_entries().map(|(k, g)| (k, g.value, SeriesKind::Gauge));
+        let sets = view.set_entries().map(|(k, s)| (k, s.size() as f64, SeriesKind::Set));
+        for (key, value, kind) in gauges.chain(sets).collect::<Vec<_>>() {
+            let Some(id) = self.identity(&mut namer, key, kind, false) else { continue };
+            let point = proto::NumberDataPoint {
+                start_time_unix_nano: 0,
+                time_unix_nano: self.now,
+                as_double: Some(value * id.scale),
+                attributes: id.attributes,
+            };
+            match &mut self.metric(id.name, 1, id.unit).data {
+                Some(Data::Gauge(g)) => g.data_points.push(point),
+                data => *data = Some(Data::Gauge(proto::Gauge { data_points: vec![point] })),
+            }
+        }
+        for (key, t) in view.timer_entries() {
+            self.timer(&mut namer, key, t);
+        }
+    }
+
+    fn temporality(&self) -> AggregationTemporality {
+        match self.temporality {
+            Temporality::Cumulative => AggregationTemporality::Cumulative,
+            Temporality::Delta => AggregationTemporality::Delta,
+        }
+    }
+
+    /// A point's start: the flush before for delta; for cumulative, the start of the flush
+    /// interval in which the series first had a value (kept while the series lives).
+    fn start(&mut self, kind: SeriesKind, key: &[u8]) -> u64 {
+        if self.temporality == Temporality::Delta {
+            return self.interval_start;
+        }
+        let id = (kind, Box::<[u8]>::from(key));
+        let start = self.previous.remove(&id).unwrap_or(self.interval_start);
+        self.starts.insert(id, start);
+        start
+    }
+
+    fn metric(&mut self, name: String, kind: u8, unit: &'static str) -> &mut proto::Metric {
+        self.count += 1;
+        self.metrics.entry((name, kind)).or_insert_with_key(|(name, _)| proto::Metric {
+            name: name.clone(),
+            unit: unit.into(),
+            ..Default::default()
+        })
+    }
+
+    /// The series' name and attributes: the mapping rule's when one matches (its scale, and
+    /// seconds for `ms` timers as statsd_exporter), else the StatsD name and tags as sent;
+    /// `None` when a rule drops it.
+    fn identity(
+        &self,
+        namer: &mut Option<&mut dyn Namer>,
+        key: &[u8],
+        kind: SeriesKind,
+        milliseconds: bool,
+    ) -> Option<Identity> {
+        let name = key.split(|b| *b == b';').next().unwrap_or(key);
+        let sent = self.view.sent_name(name).unwrap_or(name);
+        let Some(namer) = namer.as_deref_mut() else {
+            let unit = if milliseconds { "ms" } else { "" };
+            let attributes = tag_attributes(key);
+            return Some(Identity {
+                name: String::from_utf8_lossy(sent).into_owned(),
+                attributes,
+                scale: 1.0,
+                unit,
+                named: None,
+            });
+        };
+        let named = namer.name(&String::from_utf8_lossy(sent), kind)?;
+        let labels = Labels { key, named: Some((&named.labels, named.honor_labels)) };
+        let attributes = labels.pairs().into_iter().map(|(k, v)| KeyValue::string(k, v)).collect();
+        let (scale, unit) = if milliseconds { (named.timer_scale * named.scale, "s") } else { (named.scale, "") };
+        Some(Identity { name: named.name.clone(), attributes, scale, unit, named: Some(named) })
+    }
+
+    fn timer(&mut self, namer: &mut Option<&mut dyn Namer>, key: &[u8], t: &floodgate_statsd::store::TimerEntry) {
+        let delta = self.temporality == Temporality::Delta;
+        let summary = if delta {
+            match interval_summary(t) {
+                Some(s) => Some(s),
+                None => return,
+            }
+        } else {
+            None
+        };
+        let milliseconds = !t.units.unitless_only();
+        let Some(id) = self.identity(namer, key, SeriesKind::Timer, milliseconds) else { return };
+        // The values: this flush's (delta), or every value since start (cumulative; the store
+        // keeps the sketch when [otlp] asks for cumulative points).
+        let (sketch, count, sum, min, max) = match &summary {
+            Some(s) => (&s.sketch, s.count, s.sum, Some(s.min), Some(s.max)),
+            None => match t.cumulative.as_deref() {
+                Some(c) => (c, t.total_count, t.total_sum, None, None),
+                None => return,
+            },
+        };
+        let weight = if sketch.count() == 0 { 1.0 } else { count / sketch.count() as f64 };
+        let start = self.start(SeriesKind::Timer, key);
+        let temporality = self.temporality() as i32;
+        let (scale, attributes) = (id.scale, id.attributes);
+        // Min and max flip when the scale is negative; OTLP wants them as the values are.
+        let (min, max) = match (min, max) {
+            (Some(a), Some(b)) if scale >= 0.0 => (Some(a * scale), Some(b * scale)),
+            (Some(a), Some(b)) => (Some(b * scale), Some(a * scale)),
+            _ => (None, None),
+        };
+        let buckets = id.named.as_ref().and_then(|n| n.histogram.as_ref()).map(|l| l.buckets.clone());
+        match buckets {
+            // The mapping file asks for these buckets: a classic histogram.
+            Some(bounds) => {
+                let bucket_counts = floodgate_otlp::explicit_counts(sketch, &bounds, scale, weight);
+                let point = proto::HistogramDataPoint {
+                    start_time_unix_nano: start,
+                    time_unix_nano: self.now,
+                    count: bucket_counts.iter().sum(),
+                    sum: Some(sum * scale),
+                    bucket_counts,
+                    explicit_bounds: bounds,
+                    attributes,
+                };
+                match &mut self.metric(id.name, 2, id.unit).data {
+                    Some(Data::Histogram(h)) => h.data_points.push(point),
+                    data => {
+                        *data = Some(Data::Histogram(proto::Histogram {
+                            data_points: vec![point],
+                            aggregation_temporality: temporality,
+                        }))
+                    }
+                }
+            }
+            None => {
+                let mut point = floodgate_otlp::exponential(sketch, self.max_buckets, scale, weight);
+                point.start_time_unix_nano = start;
+                point.time_unix_nano = self.now;
+                point.sum = Some(sum * scale);
+                point.min = min;
+                point.max = max;
+                point.attributes = attributes;
+                match &mut self.metric(id.name, 3, id.unit).data {
+                    Some(Data::ExponentialHistogram(h)) => h.data_points.push(point),
+                    data => {
+                        *data = Some(Data::ExponentialHistogram(proto::ExponentialHistogram {
+                            data_points: vec![point],
+                            aggregation_temporality: temporality,
+                        }))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A key's tags as attributes, as sent (`k=v`; a tag without a value has an empty one).
+fn tag_attributes(key: &[u8]) -> Vec<KeyValue> {
+    key.split(|b| *b == b';')
+        .skip(1)
+        .filter(|t| !t.is_empty())
+        .map(|tag| {
+            let tag = String::from_utf8_lossy(tag);
+            match tag.split_once('=') {
+                Some((k, v)) => KeyValue::string(k, v),
+                None => KeyValue::string(tag.as_ref(), ""),
+            }
+        })
+        .collect()
+}

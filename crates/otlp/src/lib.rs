@@ -3,6 +3,7 @@
 //! exponential histograms ([`exponential`]). No IO: the runtime's `otlp` sink POSTs what is
 //! built here.
 
+pub mod logs;
 pub mod proto;
 
 use floodgate_sketch::{DDSketch, Exponential};

@@ -363,3 +363,110 @@ fn three_agents_through_an_aggregator_give_one_merged_histogram() {
         assert_eq!(int(&p["count"]), 3000);
     }
 }
+
+/// The log records of every request taken.
+fn log_records(receiver: &Receiver) -> Vec<(Value, Value)> {
+    let mut out = Vec::new();
+    for r in receiver.taken().into_iter().filter(|r| r["path"] == "/v1/logs") {
+        for rl in r["request"]["resourceLogs"].as_array().into_iter().flatten() {
+            for sl in rl["scopeLogs"].as_array().into_iter().flatten() {
+                for lr in sl["logRecords"].as_array().into_iter().flatten() {
+                    out.push((rl["resource"].clone(), lr.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn resource_attribute(resource: &Value, key: &str) -> Option<String> {
+    let attributes = resource["attributes"].as_array()?;
+    attributes.iter().find(|a| a["key"] == key).map(|a| a["value"]["stringValue"].as_str().unwrap_or("").to_string())
+}
+
+/// Syslog from util-linux `logger` (RFC 5424 over TCP, RFC 3164 over UDP) and a DogStatsD
+/// event and service check, through `[syslog] output = { kind = "otlp" }`: severity numbers,
+/// times, bodies, attributes and resources as the OpenTelemetry log data model maps syslog;
+/// a 503 first loses nothing and doubles nothing.
+#[test]
+fn syslog_records_events_and_service_checks_as_otlp_log_records() {
+    let receiver = Receiver::start("503");
+    let fg = Floodgate::start(
+        "",
+        &format!("[syslog]\noutput = {{ kind = \"otlp\", endpoint = \"http://127.0.0.1:{}\" }}\n", receiver.port),
+    );
+    let logger = |args: &[&str], message: &str| {
+        let status = Command::new(require_tool("logger"))
+            .args(["-n", "127.0.0.1", "-P", &fg.syslog.to_string()])
+            .args(args)
+            .arg(message)
+            .status()
+            .unwrap();
+        assert!(status.success(), "logger {args:?}");
+    };
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    logger(
+        &[
+            "-T",
+            "--rfc5424",
+            "-t",
+            "sshd",
+            "-p",
+            "auth.crit",
+            "--msgid",
+            "LOGIN",
+            "--sd-id",
+            "origin@1",
+            "--sd-param",
+            "ip=\"10.1.1.1\"",
+        ],
+        "Accepted publickey",
+    );
+    logger(&["-d", "--rfc3164", "-t", "cron", "-p", "cron.info"], "job done");
+    send(&fg, "_e{6,6}:Deploy|v2 out|t:warning|#env:prod");
+    send(&fg, "_sc|db.up|2|m:replica down");
+    let records = wait_for("four log records", WAIT, || {
+        let r = log_records(&receiver);
+        (r.len() >= 4).then_some(r)
+    });
+    assert_eq!(records.len(), 4, "each record once, after the 503: {records:#?}");
+    assert_eq!(receiver.requests()[0]["answered"], "503");
+    let find = |body: &str| {
+        records
+            .iter()
+            .find(|(_, r)| r["body"]["stringValue"] == body)
+            .unwrap_or_else(|| panic!("no `{body}` in {records:#?}"))
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let (resource, ssh) = find("Accepted publickey");
+    assert_eq!(ssh["severityNumber"], "SEVERITY_NUMBER_ERROR2");
+    assert_eq!(ssh["severityText"], "crit");
+    let (time, observed) = (int(&ssh["timeUnixNano"]), int(&ssh["observedTimeUnixNano"]));
+    // logger stamps microseconds; the receive time is floodgate's, in milliseconds.
+    assert!(before - 1_000_000 <= time && time <= observed + 1_000_000 && observed <= now, "{time} {observed}");
+    let attrs = attributes(ssh);
+    for want in
+        [("syslog.facility", "auth"), ("syslog.msgid", "LOGIN"), ("syslog.structured_data.origin@1.ip", "10.1.1.1")]
+    {
+        assert!(attrs.contains(&(want.0.into(), want.1.into())), "{want:?} in {attrs:?}");
+    }
+    assert!(attrs.iter().any(|(k, v)| k == "floodgate.transport" && v == "tcp"), "{attrs:?}");
+    assert_eq!(resource_attribute(resource, "service.name").as_deref(), Some("sshd"));
+    assert!(resource_attribute(resource, "host.name").is_some_and(|h| !h.is_empty()));
+    let (resource, cron) = find("job done");
+    assert_eq!(cron["severityNumber"], "SEVERITY_NUMBER_INFO");
+    assert_eq!(resource_attribute(resource, "service.name").as_deref(), Some("cron"));
+    // RFC 3164 times have whole seconds and the host's zone.
+    let time = int(&cron["timeUnixNano"]);
+    assert!(before - 2_000_000_000 <= time && time <= now, "{time}");
+    let (_, event) = find("v2 out");
+    assert_eq!(event["severityNumber"], "SEVERITY_NUMBER_WARN");
+    let attrs = attributes(event);
+    assert!(attrs.contains(&("dogstatsd.title".into(), "Deploy".into())), "{attrs:?}");
+    assert!(attrs.contains(&("env".into(), "prod".into())), "{attrs:?}");
+    let (_, check) = find("replica down");
+    assert_eq!(check["severityNumber"], "SEVERITY_NUMBER_ERROR");
+    assert_eq!(check["severityText"], "critical");
+    assert!(attributes(check).contains(&("dogstatsd.check".into(), "db.up".into())));
+    fg.wait_sample("floodgate_syslog_output_messages_total", &["output=\"otlp\""], |v| v == 4.0);
+}

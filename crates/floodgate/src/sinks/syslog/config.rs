@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::units::{size, Fsync};
 
 /// Where syslog records go: `"stdout"`, `{ kind = "file", path = ... }`,
-/// `{ kind = "forward", address = "host:port", tls = { ca = ... } }`, or
-/// `{ kind = "nats", url = "nats://host:4222", subject = ..., stream = ... }`.
+/// `{ kind = "forward", address = "host:port", tls = { ca = ... } }`,
+/// `{ kind = "nats", url = "nats://host:4222", subject = ..., stream = ... }`, or
+/// `{ kind = "otlp", endpoint = "http://host:4318" }`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SyslogOutput {
@@ -27,6 +28,48 @@ pub enum SyslogOutput {
     Forward(SyslogForward),
     /// Each record (JSON) published to a NATS JetStream stream, acknowledged, exactly once.
     Nats(SyslogNats),
+    /// Records as OpenTelemetry log records, POSTed to an OTLP/HTTP endpoint.
+    Otlp(SyslogOtlp),
+}
+
+/// The OTLP logs output.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogOtlp {
+    /// The endpoint's base URL (`http://127.0.0.1:4318`): records go to `{endpoint}/v1/logs`.
+    pub endpoint: String,
+    /// `gzip` (default) or `none`.
+    #[serde(default)]
+    pub compression: crate::sinks::otlp::Compression,
+    /// Per-request timeout.
+    #[serde(default = "default_otlp_timeout", with = "crate::units::duration")]
+    pub timeout: std::time::Duration,
+    /// Extra PEM CA certificates for an https endpoint (the system's are trusted too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Headers sent with every request (an API key, a tenant).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Resource attributes every record's resource has (its own `host.name` and
+    /// `service.name`, from the message, win).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub resource: std::collections::BTreeMap<String, String>,
+    /// Bytes held in memory while the endpoint is down.
+    #[serde(default = "default_syslog_buffer", with = "size")]
+    pub buffer: u64,
+    /// A file to spill to when the memory buffer is full (absent = drop, counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spill: Option<std::path::PathBuf>,
+    /// Most bytes the spill file may hold; past it records are dropped and counted.
+    #[serde(default = "default_syslog_spill_max", with = "size")]
+    pub spill_max: u64,
+    /// When the spill file is synced to disk.
+    #[serde(default, skip_serializing_if = "crate::units::is_never")]
+    pub fsync: Fsync,
+}
+
+fn default_otlp_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 /// The NATS JetStream output.
@@ -125,12 +168,15 @@ impl<'de> Deserialize<'de> for SyslogOutput {
             Stdout,
             Forward(SyslogForward),
             Nats(SyslogNats),
+            Otlp(SyslogOtlp),
         }
         struct Visitor;
         impl<'de> de::Visitor<'de> for Visitor {
             type Value = SyslogOutput;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("\"stdout\", or a table with kind = \"file\" | \"stdout\" | \"forward\" | \"nats\"")
+                f.write_str(
+                    "\"stdout\", or a table with kind = \"file\" | \"stdout\" | \"forward\" | \"nats\" | \"otlp\"",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<SyslogOutput, E> {
                 match v {
@@ -145,6 +191,7 @@ impl<'de> Deserialize<'de> for SyslogOutput {
                     Table::Stdout => SyslogOutput::Stdout,
                     Table::Forward(f) => SyslogOutput::Forward(f),
                     Table::Nats(n) => SyslogOutput::Nats(n),
+                    Table::Otlp(o) => SyslogOutput::Otlp(o),
                 })
             }
         }

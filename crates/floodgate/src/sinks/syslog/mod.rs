@@ -20,6 +20,7 @@ pub mod config;
 mod file;
 mod forward;
 mod nats;
+mod otlp;
 mod queue;
 mod spill;
 
@@ -112,6 +113,11 @@ impl Output {
             SyslogOutput::Nats(n) => {
                 let target = nats::NatsOutput::new(n, counters.clone())?;
                 let describe = format!("nats {} subject {}", crate::config::redact_url(&n.url), n.subject);
+                (OutputTask::Task(tokio::spawn(target.run(rx, drain))), Encoding::Json { raw }, describe)
+            }
+            SyslogOutput::Otlp(o) => {
+                let target = otlp::OtlpLogs::new(o, counters.clone())?;
+                let describe = format!("otlp {}", crate::config::redact_url(&o.url()));
                 (OutputTask::Task(tokio::spawn(target.run(rx, drain))), Encoding::Json { raw }, describe)
             }
         };

@@ -332,3 +332,92 @@ fn tag_attributes(key: &[u8]) -> Vec<KeyValue> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floodgate_statsd::{AggregationConfig, Parser, Shard, Store};
+
+    fn config(temporality: Temporality) -> OtlpConfig {
+        let temporality = format!("{temporality:?}").to_lowercase();
+        toml::from_str(&format!("endpoint = \"http://127.0.0.1:1\"\ntemporality = \"{temporality}\"")).unwrap()
+    }
+
+    /// Two flushes of `lines` each through a render; the requests.
+    fn flushes(render: &Render, store: &mut Store, batches: &[&str]) -> Vec<proto::ExportMetricsServiceRequest> {
+        batches
+            .iter()
+            .map(|lines| {
+                let mut shard = Shard::new(1000);
+                Parser::with_rule(floodgate_statsd::KeyRule { sent_names: true, ..Default::default() })
+                    .parse_packet(lines.as_bytes(), &mut shard);
+                store.merge(&mut shard);
+                store.flush(1, |view| render.request(view).0)
+            })
+            .collect()
+    }
+
+    fn metric<'a>(r: &'a proto::ExportMetricsServiceRequest, name: &str) -> Option<&'a proto::Metric> {
+        r.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == name)
+    }
+
+    #[test]
+    fn delta_histograms_hold_one_flush_and_carry_min_and_max() {
+        let render = Render::new(Arc::default(), &config(Temporality::Delta), Some("agent-7".into()));
+        let mut store = Store::new(AggregationConfig::default());
+        let requests = flushes(&render, &mut store, &["lat:10|ms\nlat:30|ms", "lat:5|ms", ""]);
+        let point = |i: usize| match metric(&requests[i], "lat").and_then(|m| m.data.clone()) {
+            Some(Data::ExponentialHistogram(h)) => {
+                assert_eq!(h.aggregation_temporality, AggregationTemporality::Delta as i32);
+                Some(h.data_points[0].clone())
+            }
+            None => None,
+            other => panic!("{other:?}"),
+        };
+        let first = point(0).unwrap();
+        assert_eq!((first.count, first.sum, first.min, first.max), (2, Some(40.0), Some(10.0), Some(30.0)));
+        let second = point(1).unwrap();
+        assert_eq!((second.count, second.sum), (1, Some(5.0)));
+        assert_eq!(second.start_time_unix_nano, first.time_unix_nano, "from the flush before");
+        assert!(point(2).is_none(), "a flush without values has no delta point");
+        assert_eq!(metric(&requests[0], "lat").unwrap().unit, "ms");
+        let resource = &requests[0].resource_metrics[0].resource.as_ref().unwrap().attributes;
+        assert!(resource.contains(&KeyValue::string("service.instance.id", "agent-7")));
+    }
+
+    #[test]
+    fn a_mapping_file_names_scales_drops_and_asks_for_classic_buckets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.yml");
+        std::fs::write(
+            &file,
+            "mappings:\n\
+             - match: api.*.latency\n  name: api_latency_seconds\n  observer_type: histogram\n  labels: { route: $1 }\n  \
+               histogram_options: { buckets: [0.01, 0.1, 1] }\n\
+             - match: disk.kb\n  name: disk_bytes\n  scale: 1024\n\
+             - match: noise.*\n  name: x\n  action: drop\n",
+        )
+        .unwrap();
+        let naming =
+            Arc::new(crate::naming::Naming::new(&crate::naming::PrometheusConfig { mapping_config: Some(file) }));
+        let render = Render::new(naming, &config(Temporality::Cumulative), None);
+        let mut store = Store::new(AggregationConfig { cumulative_sketches: true, ..AggregationConfig::default() });
+        let requests = flushes(
+            &render,
+            &mut store,
+            &["api.users.latency:5|ms\napi.users.latency:50|ms\napi.users.latency:500|ms\ndisk.kb:3|g\nnoise.a:1|c"],
+        );
+        let r = &requests[0];
+        let Some(Data::Histogram(h)) = metric(r, "api_latency_seconds").and_then(|m| m.data.clone()) else {
+            panic!("{r:?}")
+        };
+        let p = &h.data_points[0];
+        assert_eq!(p.explicit_bounds, [0.01, 0.1, 1.0]);
+        assert_eq!(p.bucket_counts, [1, 1, 1, 0], "5 ms, 50 ms, 500 ms in seconds");
+        assert_eq!(p.attributes, [KeyValue::string("route", "users")]);
+        assert_eq!(metric(r, "api_latency_seconds").unwrap().unit, "s");
+        let Some(Data::Gauge(g)) = metric(r, "disk_bytes").and_then(|m| m.data.clone()) else { panic!() };
+        assert_eq!(g.data_points[0].as_double, Some(3072.0));
+        assert!(metric(r, "x").is_none() && metric(r, "noise.a").is_none(), "dropped by the rule");
+    }
+}

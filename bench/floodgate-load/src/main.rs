@@ -18,6 +18,7 @@ mod fleet;
 mod forward;
 mod hostile;
 mod kernel;
+mod otlp;
 mod prometheus;
 mod sender;
 mod spoof;

@@ -458,6 +458,9 @@ pub fn bench(opts: &BenchOptions) {
     if want("fanout") {
         crate::carbon::fanout(opts);
     }
+    if want("otlp") {
+        crate::otlp::otlp_vs_remote_write(opts);
+    }
 }
 
 pub(crate) fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {

@@ -1,6 +1,7 @@
 //! A flush as an `ExportMetricsServiceRequest`: the store's series (named by the mapping file
 //! when a rule matches, else as sent with their tags as attributes) in OTLP's data model.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::Arc;
@@ -27,8 +28,15 @@ pub struct Render {
 /// When each series' cumulative points start, and when the last flush was (a delta point's
 /// start).
 struct Starts {
-    by_series: HashMap<(SeriesKind, Box<[u8]>), u64>,
+    /// By the series' [`series_id`].
+    by_series: HashMap<u64, u64>,
     last_flush_ns: u64,
+}
+
+/// A series' identity in [`Starts`]: a 64-bit hash of its type and key (two series sharing one
+/// would share a start time; at 2^-64 a pair, kept so the map holds no copy of every key).
+fn series_id(kind: SeriesKind, key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(key, kind as u64)
 }
 
 impl Render {
@@ -72,20 +80,21 @@ impl Render {
             max_buckets: self.max_buckets,
             previous,
             starts: HashMap::new(),
-            metrics: BTreeMap::new(),
+            metrics: Vec::new(),
+            index: Default::default(),
             count: 0,
         };
         self.naming.with_namer(|namer| points.all(namer));
         starts.by_series = std::mem::take(&mut points.starts);
         starts.last_flush_ns = now;
+        // Sorted by name (and kind), so one flush reads like the next.
+        let mut metrics = points.metrics;
+        metrics.sort_by(|a, b| a.name.cmp(&b.name));
         let scope = proto::InstrumentationScope { name: "floodgate".into(), version: env!("CARGO_PKG_VERSION").into() };
         let request = proto::ExportMetricsServiceRequest {
             resource_metrics: vec![proto::ResourceMetrics {
                 resource: Some(self.resource.clone()),
-                scope_metrics: vec![proto::ScopeMetrics {
-                    scope: Some(scope),
-                    metrics: points.metrics.into_values().collect(),
-                }],
+                scope_metrics: vec![proto::ScopeMetrics { scope: Some(scope), metrics }],
             }],
         };
         (request, points.count)
@@ -117,23 +126,25 @@ struct Points<'v, 'a> {
     interval_start: u64,
     temporality: Temporality,
     max_buckets: usize,
-    previous: HashMap<(SeriesKind, Box<[u8]>), u64>,
-    starts: HashMap<(SeriesKind, Box<[u8]>), u64>,
-    /// By name and kind (a name may be a counter and a gauge; OTLP keeps them apart).
-    metrics: BTreeMap<(String, u8), proto::Metric>,
+    previous: HashMap<u64, u64>,
+    starts: HashMap<u64, u64>,
+    /// The metrics so far, and where each is, by kind and name (a name may be a counter and a
+    /// gauge; OTLP keeps them apart).
+    metrics: Vec<proto::Metric>,
+    index: [HashMap<String, usize>; 4],
     count: usize,
 }
 
 /// A series' OTLP identity: its metric name, attributes and what its values are multiplied by.
-struct Identity {
-    name: String,
+struct Identity<'k> {
+    name: Cow<'k, str>,
     attributes: Vec<KeyValue>,
     scale: f64,
     unit: &'static str,
     named: Option<Arc<Named>>,
 }
 
-impl Points<'_, '_> {
+impl<'a> Points<'_, 'a> {
     fn all(&mut self, mut namer: Option<&mut dyn Namer>) {
         let view = self.view;
         let delta = self.temporality == Temporality::Delta;
@@ -196,49 +207,52 @@ impl Points<'_, '_> {
         if self.temporality == Temporality::Delta {
             return self.interval_start;
         }
-        let id = (kind, Box::<[u8]>::from(key));
+        let id = series_id(kind, key);
         let start = self.previous.remove(&id).unwrap_or(self.interval_start);
         self.starts.insert(id, start);
         start
     }
 
-    fn metric(&mut self, name: String, kind: u8, unit: &'static str) -> &mut proto::Metric {
+    fn metric(&mut self, name: Cow<'_, str>, kind: u8, unit: &'static str) -> &mut proto::Metric {
         self.count += 1;
-        self.metrics.entry((name, kind)).or_insert_with_key(|(name, _)| proto::Metric {
-            name: name.clone(),
-            unit: unit.into(),
-            ..Default::default()
-        })
+        let index = &mut self.index[usize::from(kind)];
+        let at = match index.get(name.as_ref()) {
+            Some(at) => *at,
+            None => {
+                let name = name.into_owned();
+                index.insert(name.clone(), self.metrics.len());
+                self.metrics.push(proto::Metric { name, unit: unit.into(), ..Default::default() });
+                self.metrics.len() - 1
+            }
+        };
+        &mut self.metrics[at]
     }
 
     /// The series' name and attributes: the mapping rule's when one matches (its scale, and
     /// seconds for `ms` timers as statsd_exporter), else the StatsD name and tags as sent;
     /// `None` when a rule drops it.
-    fn identity(
+    fn identity<'k>(
         &self,
         namer: &mut Option<&mut dyn Namer>,
-        key: &[u8],
+        key: &'k [u8],
         kind: SeriesKind,
         milliseconds: bool,
-    ) -> Option<Identity> {
+    ) -> Option<Identity<'k>>
+    where
+        'a: 'k,
+    {
         let name = key.split(|b| *b == b';').next().unwrap_or(key);
         let sent = self.view.sent_name(name).unwrap_or(name);
         let Some(namer) = namer.as_deref_mut() else {
             let unit = if milliseconds { "ms" } else { "" };
             let attributes = tag_attributes(key);
-            return Some(Identity {
-                name: String::from_utf8_lossy(sent).into_owned(),
-                attributes,
-                scale: 1.0,
-                unit,
-                named: None,
-            });
+            return Some(Identity { name: String::from_utf8_lossy(sent), attributes, scale: 1.0, unit, named: None });
         };
         let named = namer.name(&String::from_utf8_lossy(sent), kind)?;
         let labels = Labels { key, named: Some((&named.labels, named.honor_labels)) };
         let attributes = labels.pairs().into_iter().map(|(k, v)| KeyValue::string(k, v)).collect();
         let (scale, unit) = if milliseconds { (named.timer_scale * named.scale, "s") } else { (named.scale, "") };
-        Some(Identity { name: named.name.clone(), attributes, scale, unit, named: Some(named) })
+        Some(Identity { name: Cow::Owned(named.name.clone()), attributes, scale, unit, named: Some(named) })
     }
 
     fn timer(&mut self, namer: &mut Option<&mut dyn Namer>, key: &[u8], t: &floodgate_statsd::store::TimerEntry) {

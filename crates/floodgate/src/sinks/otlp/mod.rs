@@ -10,7 +10,7 @@
 //! flush with the endpoint's reason.
 
 pub mod config;
-mod metrics;
+pub mod metrics;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;

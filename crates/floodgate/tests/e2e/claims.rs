@@ -462,7 +462,9 @@ fn the_readme_configuration_reference_shows_the_binarys_defaults() {
         shown.iter().find(|(s, k, _)| s == section && k == key).map(|(_, _, v)| v.clone()).unwrap()
     };
     let mut enabling = toml::Table::new();
-    for (section, key) in [("forward", "aggregators"), ("aggregator", "listen"), ("prometheus_remote_write", "url")] {
+    for (section, key) in
+        [("forward", "aggregators"), ("aggregator", "listen"), ("prometheus_remote_write", "url"), ("otlp", "endpoint")]
+    {
         let mut t = toml::Table::new();
         t.insert(key.to_string(), value(section, key));
         enabling.insert(section.to_string(), toml::Value::Table(t));

@@ -470,3 +470,45 @@ fn syslog_records_events_and_service_checks_as_otlp_log_records() {
     assert!(attributes(check).contains(&("dogstatsd.check".into(), "db.up".into())));
     fg.wait_sample("floodgate_syslog_output_messages_total", &["output=\"otlp\""], |v| v == 4.0);
 }
+
+/// README "OpenTelemetry (OTLP)": `examples/otlp/floodgate.toml` as written, in a network
+/// namespace (its ports are fixed: the receiver on 4318, floodgate's defaults for the rest),
+/// with the receiver the README names. Only the flush interval is shortened (1 s), so the
+/// test does not wait the default 10 s.
+#[test]
+fn the_readmes_otlp_example_runs_as_written() {
+    let ns = Namespace::create("otlpex");
+    let dir = tempfile::tempdir().unwrap();
+    let (port_file, out) = (dir.path().join("port"), dir.path().join("requests.jsonl"));
+    let mut receiver = ns.command(&require_tool("python3"));
+    receiver.arg(repo_root().join("crates/floodgate/tests/otlp/receiver.py")).args(["--port", "4318"]);
+    receiver.arg(&port_file).arg(&out);
+    let _receiver = Peer(receiver.spawn().unwrap());
+    wait_for("the receiver", WAIT, || std::fs::read_to_string(&port_file).ok());
+    let config = std::fs::read_to_string(repo_root().join("examples/otlp/floodgate.toml")).unwrap();
+    let path = dir.path().join("floodgate.toml");
+    std::fs::write(&path, format!("{config}\n[statsd]\nflush_interval = \"1s\"\n")).unwrap();
+    let mut command = ns.command(std::path::Path::new(env!("CARGO_BIN_EXE_floodgate")));
+    command.arg("--config").arg(&path).current_dir(dir.path());
+    let _floodgate = ns.run(|| Running::ready(command, "127.0.0.1:9318", &dir.path().join("stderr.log")));
+    ns.run(|| {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(b"deploys:1|c|#team:web", "127.0.0.1:8125").unwrap();
+    });
+    let status = ns
+        .command(&require_tool("logger"))
+        .args(["-n", "127.0.0.1", "-P", "5514", "-d", "--rfc5424", "-t", "shop", "-p", "user.warning"])
+        .arg("payment slow")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for("the counter and the log record at the receiver", WAIT, || {
+        let text = std::fs::read_to_string(&out).ok()?;
+        let requests: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let counter = requests.iter().any(|r| {
+            points(r, "deploys").iter().any(|(kind, _, p)| *kind == "sum" && p["asDouble"] == 1.0)
+        });
+        let log = text.contains("payment slow") && text.contains("SEVERITY_NUMBER_WARN");
+        (counter && log).then_some(())
+    });
+}

@@ -3,13 +3,15 @@
 OpenTelemetry's own protobuf definitions (the `opentelemetry-proto` package) and appends it,
 as the official JSON mapping of the message, one line per request, to a file.
 
-    receiver.py PORT_FILE OUT_FILE [ANSWERS]
+    receiver.py [--port N] PORT_FILE OUT_FILE [ANSWERS]
 
-Binds 127.0.0.1 on a free port and writes it to PORT_FILE. ANSWERS scripts the first
+Binds 127.0.0.1 on port N (default: a free one) and writes the port to PORT_FILE. OUT_FILE
+`-` is standard output (the README's worked example). ANSWERS scripts the first
 responses, comma-separated: `503`, `429:2` (429 with `Retry-After: 2`), `400`, `partial:N`
 (200 with a partial success rejecting N points); past the script, 200. Requests answered
 with anything but 200 are still logged, with "answered": the status.
 """
+import argparse
 import gzip
 import json
 import os
@@ -22,8 +24,14 @@ from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 
-port_file, out_file = sys.argv[1], sys.argv[2]
-answers = [a for a in (sys.argv[3].split(",") if len(sys.argv) > 3 else []) if a]
+parser = argparse.ArgumentParser(description="An OTLP/HTTP receiver that prints what it decodes.")
+parser.add_argument("--port", type=int, default=0)
+parser.add_argument("port_file")
+parser.add_argument("out_file")
+parser.add_argument("answers", nargs="?", default="")
+args = parser.parse_args()
+port_file, out_file = args.port_file, args.out_file
+answers = [a for a in args.answers.split(",") if a]
 lock = threading.Lock()
 
 
@@ -46,8 +54,11 @@ class Handler(BaseHTTPRequestHandler):
             answer = answers.pop(0) if answers else "200"
             status, _, arg = answer.partition(":")
             record = {"path": self.path, "answered": status, "at": time.time(), "request": MessageToDict(request)}
-            with open(out_file, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if out_file == "-":
+                print(json.dumps(record, indent=1), flush=True)
+            else:
+                with open(out_file, "a") as f:
+                    f.write(json.dumps(record) + "\n")
         if status == "partial":
             if self.path == "/v1/metrics":
                 response.partial_success.rejected_data_points = int(arg)
@@ -73,7 +84,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
 with open(port_file + ".tmp", "w") as f:
     f.write(str(server.server_address[1]))
 os.rename(port_file + ".tmp", port_file)

@@ -314,7 +314,9 @@ fn a_page_rebound_to_this_host_can_neither_read_nor_reload() {
 #[test]
 fn secrets_are_redacted_everywhere_they_are_shown() {
     let secret_sections = "[prometheus_remote_write]\nurl = \"http://writer:hunter2pw@127.0.0.1:9/api/v1/write\"\n\
-         headers = { Authorization = \"Bearer s3cr3t-token\", X-Scope-OrgID = \"tenant-secret\" }\n";
+         headers = { Authorization = \"Bearer s3cr3t-token\", X-Scope-OrgID = \"tenant-secret\" }\n\
+         [otlp]\nendpoint = \"http://127.0.0.1:9\"\nheaders = { api-key = \"otlp-metrics-key\" }\n\
+         [syslog]\noutput = { kind = \"otlp\", endpoint = \"http://127.0.0.1:9\", headers = { api-key = \"otlp-logs-key\" } }\n";
     let fg = Floodgate::start("", secret_sections);
     let check = floodgate_check(&fg.dir().join("floodgate.toml"));
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
@@ -324,7 +326,7 @@ fn secrets_are_redacted_everywhere_they_are_shown() {
         http_get(fg.http, "/api/status").unwrap().1,
     ];
     for text in &shown {
-        for secret in ["hunter2pw", "s3cr3t-token", "tenant-secret"] {
+        for secret in ["hunter2pw", "s3cr3t-token", "tenant-secret", "otlp-metrics-key", "otlp-logs-key"] {
             assert!(!text.contains(secret), "{secret} shown in:\n{text}");
         }
     }

@@ -28,20 +28,7 @@ pub fn exponential(
 ) -> proto::ExponentialHistogramDataPoint {
     let mut h = sketch.to_exponential(MAX_SCALE, max_buckets, scale, weight);
     // OTLP's buckets are dense: lower the resolution until the populated range fits.
-    while max_buckets > 0 && dense_len(&h.positive).max(dense_len(&h.negative)) > max_buckets && h.schema > -4 {
-        h.schema -= 1;
-        for b in [&mut h.positive, &mut h.negative] {
-            let mut merged: Vec<(i32, u64)> = Vec::with_capacity(b.len());
-            for &(i, c) in b.iter() {
-                let j = (i + 1) >> 1;
-                match merged.last_mut() {
-                    Some((m, n)) if *m == j => *n = n.saturating_add(c),
-                    _ => merged.push((j, c)),
-                }
-            }
-            *b = merged;
-        }
-    }
+    while max_buckets > 0 && dense_len(&h.positive).max(dense_len(&h.negative)) > max_buckets && h.lower() {}
     proto::ExponentialHistogramDataPoint {
         count: h.count(),
         scale: h.schema,

@@ -96,7 +96,7 @@ impl DDSketch {
     pub fn to_exponential(&self, schema: i32, max_buckets: usize, scale: f64, weight: f64) -> Exponential {
         let scale = if scale.is_finite() && scale > 0.0 { scale } else { 1.0 };
         let weighted = |c: u64| if weight == 1.0 { c } else { (c as f64 * weight).round() as u64 };
-        let mut schema = schema.clamp(*SCHEMAS.start(), *SCHEMAS.end());
+        let schema = schema.clamp(*SCHEMAS.start(), *SCHEMAS.end());
         let place = |store: &crate::ddsketch::Store, schema: i32| -> Vec<(i32, u64)> {
             let mut out: Vec<(i32, u64)> = Vec::new();
             for (k, &c) in store.counts.iter().enumerate() {
@@ -114,30 +114,40 @@ impl DDSketch {
             }
             out
         };
-        let mut positive = place(&self.positive, schema);
-        let mut negative = place(&self.negative, schema);
-        while max_buckets > 0 && positive.len() + negative.len() > max_buckets && schema > *SCHEMAS.start() {
-            schema -= 1;
-            // Bucket i at schema s lies within bucket ceil(i/2) at s - 1.
-            for buckets in [&mut positive, &mut negative] {
-                let mut merged: Vec<(i32, u64)> = Vec::with_capacity(buckets.len());
-                for &(i, c) in buckets.iter() {
-                    let j = (i + 1) >> 1;
-                    match merged.last_mut() {
-                        Some((m, n)) if *m == j => *n = n.saturating_add(c),
-                        _ => merged.push((j, c)),
-                    }
-                }
-                *buckets = merged;
-            }
-        }
-        Exponential {
+        let positive = place(&self.positive, schema);
+        let negative = place(&self.negative, schema);
+        let mut h = Exponential {
             schema,
             zero_threshold: MIN_INDEXABLE * scale,
             zero_count: weighted(self.zeros),
             positive,
             negative,
+        };
+        while max_buckets > 0 && h.positive.len() + h.negative.len() > max_buckets && h.lower() {}
+        h
+    }
+}
+
+impl Exponential {
+    /// Halves the resolution: schema − 1, each bucket merged into the one holding it (bucket
+    /// i at schema s lies within bucket ceil(i/2) at s − 1). False at the lowest schema.
+    pub fn lower(&mut self) -> bool {
+        if self.schema <= *SCHEMAS.start() {
+            return false;
         }
+        self.schema -= 1;
+        for buckets in [&mut self.positive, &mut self.negative] {
+            let mut merged: Vec<(i32, u64)> = Vec::with_capacity(buckets.len());
+            for &(i, c) in buckets.iter() {
+                let j = (i + 1) >> 1;
+                match merged.last_mut() {
+                    Some((m, n)) if *m == j => *n = n.saturating_add(c),
+                    _ => merged.push((j, c)),
+                }
+            }
+            *buckets = merged;
+        }
+        true
     }
 }
 

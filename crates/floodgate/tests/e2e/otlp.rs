@@ -505,9 +505,9 @@ fn the_readmes_otlp_example_runs_as_written() {
     wait_for("the counter and the log record at the receiver", WAIT, || {
         let text = std::fs::read_to_string(&out).ok()?;
         let requests: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        let counter = requests.iter().any(|r| {
-            points(r, "deploys").iter().any(|(kind, _, p)| *kind == "sum" && p["asDouble"] == 1.0)
-        });
+        let counter = requests
+            .iter()
+            .any(|r| points(r, "deploys").iter().any(|(kind, _, p)| *kind == "sum" && p["asDouble"] == 1.0));
         let log = text.contains("payment slow") && text.contains("SEVERITY_NUMBER_WARN");
         (counter && log).then_some(())
     });

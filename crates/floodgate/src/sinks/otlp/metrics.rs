@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::sync::Arc;
 
 use floodgate_otlp::proto::{self, metric::Data, AggregationTemporality, KeyValue};
@@ -104,17 +103,7 @@ impl Render {
 impl crate::flush::Render for Render {
     fn render_view(&self, view: &FlushView<'_>, _config: &crate::config::Config) -> crate::flush::Rendered {
         let (request, count) = self.request(view);
-        let raw = request.encode_to_vec();
-        let body = match self.compression {
-            Compression::None => raw,
-            Compression::Gzip => {
-                let mut gz =
-                    flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
-                // Writing to memory cannot fail.
-                let _ = gz.write_all(&raw);
-                gz.finish().unwrap_or_default()
-            }
-        };
+        let body = super::compress(request.encode_to_vec(), self.compression);
         vec![(body, count)]
     }
 }

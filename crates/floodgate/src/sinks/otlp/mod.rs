@@ -75,16 +75,15 @@ impl Deliver for OtlpSink {
     }
 
     async fn deliver(&self, p: &Payload) -> Result<(), DeliverError> {
-        let mut headers = vec![("content-type", "application/x-protobuf")];
-        if self.compression == Compression::Gzip {
-            headers.push(("content-encoding", "gzip"));
-        }
-        let answer = self.endpoint.post(&self.url, &headers, Bytes::from(p.bytes.clone())).await?;
-        let status = answer.status;
-        if status.is_success() {
-            // An empty body, or one that is not the protobuf response, is a full success.
-            if let Ok(response) = proto::ExportMetricsServiceResponse::decode(&answer.body[..]) {
-                if let Some(partial) = response.partial_success.filter(|p| p.rejected_data_points > 0) {
+        let answer = self.endpoint.post(&self.url, &headers(self.compression), Bytes::from(p.bytes.clone())).await?;
+        match outcome(&answer) {
+            Outcome::Taken => {
+                // An empty body, or one that is not the protobuf response, is a full success.
+                if let Some(partial) = proto::ExportMetricsServiceResponse::decode(&answer.body[..])
+                    .ok()
+                    .and_then(|r| r.partial_success)
+                    .filter(|p| p.rejected_data_points > 0)
+                {
                     self.counters.partial_successes.fetch_add(1, Relaxed);
                     self.counters.rejected_points.fetch_add(partial.rejected_data_points as u64, Relaxed);
                     tracing::warn!(
@@ -93,16 +92,62 @@ impl Deliver for OtlpSink {
                         "otlp: the endpoint rejected part of a flush"
                     );
                 }
+                Ok(())
             }
-            return Ok(());
+            Outcome::Retry(message) => Err(DeliverError { retry: true, message, retry_after: answer.retry_after }),
+            Outcome::Refused(message) => Err(DeliverError::dropped(message)),
         }
-        // OTLP/HTTP: only these are worth a retry; the body is a `google.rpc.Status`.
-        let retry = matches!(status.as_u16(), 429 | 502 | 503 | 504);
-        let message = match proto::Status::decode(&answer.body[..]) {
-            Ok(s) if !s.message.is_empty() => format!("HTTP {status}: {}", s.message),
-            _ => answer.message(),
-        };
-        Err(DeliverError { retry, message, retry_after: answer.retry_after })
+    }
+}
+
+/// The headers of an OTLP/HTTP protobuf request.
+pub(crate) fn headers(compression: Compression) -> Vec<(&'static str, &'static str)> {
+    let mut headers = vec![("content-type", "application/x-protobuf")];
+    if compression == Compression::Gzip {
+        headers.push(("content-encoding", "gzip"));
+    }
+    headers
+}
+
+/// A request body, compressed as configured.
+pub(crate) fn compress(raw: Vec<u8>, compression: Compression) -> Vec<u8> {
+    use std::io::Write;
+    match compression {
+        Compression::None => raw,
+        Compression::Gzip => {
+            let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
+            // Writing to memory cannot fail.
+            let _ = gz.write_all(&raw);
+            gz.finish().unwrap_or_default()
+        }
+    }
+}
+
+/// What an OTLP/HTTP answer means.
+pub(crate) enum Outcome {
+    /// Taken (its body may still report a partial success).
+    Taken,
+    /// Worth another try (429, 502, 503, 504), after `Retry-After` if it says.
+    Retry(String),
+    /// Refused for good, with the endpoint's reason.
+    Refused(String),
+}
+
+/// OTLP/HTTP's rules: only 429, 502, 503 and 504 are worth a retry; a refusal's body is a
+/// `google.rpc.Status` whose message says why.
+pub(crate) fn outcome(answer: &crate::sinks::delivery::http::Answer) -> Outcome {
+    let status = answer.status;
+    if status.is_success() {
+        return Outcome::Taken;
+    }
+    let message = match proto::Status::decode(&answer.body[..]) {
+        Ok(s) if !s.message.is_empty() => format!("HTTP {status}: {}", s.message),
+        _ => answer.message(),
+    };
+    if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
+        Outcome::Retry(message)
+    } else {
+        Outcome::Refused(message)
     }
 }
 

@@ -4,7 +4,6 @@
 //! 429, 502, 503 and 504 are retried (after `Retry-After` when it says), a partial success's
 //! rejected records and a refused chunk's are counted as dropped, with the endpoint's reason.
 
-use std::io::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +20,7 @@ use super::{Chunk, OutputCounters};
 use crate::sinks::delivery::backoff::Backoff;
 use crate::sinks::delivery::http::HttpEndpoint;
 use crate::sinks::delivery::inbox::Inbox;
-use crate::sinks::otlp::Compression;
+use crate::sinks::otlp::{Compression, Outcome};
 
 impl SyslogOtlp {
     /// Where records go: `{endpoint}/v1/logs`.
@@ -148,46 +147,28 @@ impl Target {
             .collect();
         let scope = proto::InstrumentationScope { name: "floodgate".into(), version: env!("CARGO_PKG_VERSION").into() };
         let raw = floodgate_otlp::logs::request(records, &self.resource, &scope).encode_to_vec();
-        Bytes::from(match self.compression {
-            Compression::None => raw,
-            Compression::Gzip => {
-                let mut gz =
-                    flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
-                // Writing to memory cannot fail.
-                let _ = gz.write_all(&raw);
-                gz.finish().unwrap_or_default()
-            }
-        })
+        Bytes::from(crate::sinks::otlp::compress(raw, self.compression))
     }
 
     async fn send(&self, body: Bytes) -> Sent {
-        let mut headers = vec![("content-type", "application/x-protobuf")];
-        if self.compression == Compression::Gzip {
-            headers.push(("content-encoding", "gzip"));
-        }
+        let headers = crate::sinks::otlp::headers(self.compression);
         let answer = match self.endpoint.post(&self.url, &headers, body).await {
             Ok(a) => a,
             Err(e) => return Sent::Retry(e.message, None),
         };
-        let status = answer.status;
-        if status.is_success() {
-            let rejected = proto::ExportLogsServiceResponse::decode(&answer.body[..])
-                .ok()
-                .and_then(|r| r.partial_success)
-                .filter(|p| p.rejected_log_records > 0);
-            if let Some(p) = &rejected {
-                tracing::warn!(rejected = p.rejected_log_records, reason = %p.error_message, "syslog otlp: the endpoint rejected part of a chunk");
+        match crate::sinks::otlp::outcome(&answer) {
+            Outcome::Taken => {
+                let rejected = proto::ExportLogsServiceResponse::decode(&answer.body[..])
+                    .ok()
+                    .and_then(|r| r.partial_success)
+                    .filter(|p| p.rejected_log_records > 0);
+                if let Some(p) = &rejected {
+                    tracing::warn!(rejected = p.rejected_log_records, reason = %p.error_message, "syslog otlp: the endpoint rejected part of a chunk");
+                }
+                Sent::Taken(rejected.map_or(0, |p| p.rejected_log_records as u64))
             }
-            return Sent::Taken(rejected.map_or(0, |p| p.rejected_log_records as u64));
-        }
-        let message = match proto::Status::decode(&answer.body[..]) {
-            Ok(s) if !s.message.is_empty() => format!("HTTP {status}: {}", s.message),
-            _ => answer.message(),
-        };
-        if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
-            Sent::Retry(message, answer.retry_after)
-        } else {
-            Sent::Refused(message)
+            Outcome::Retry(message) => Sent::Retry(message, answer.retry_after),
+            Outcome::Refused(message) => Sent::Refused(message),
         }
     }
 }

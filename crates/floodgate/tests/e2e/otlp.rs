@@ -29,11 +29,22 @@ struct Receiver {
 impl Receiver {
     /// A receiver answering `answers` first (see receiver.py), then 200.
     fn start(answers: &str) -> Receiver {
+        Receiver::start_with(answers, &[])
+    }
+
+    /// The same with more arguments (`--tls CERT KEY`).
+    fn start_with(answers: &str, args: &[&std::ffi::OsStr]) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let (port_file, out) = (dir.path().join("port"), dir.path().join("requests.jsonl"));
         let script = repo_root().join("crates/floodgate/tests/otlp/receiver.py");
-        let child =
-            Command::new(require_tool("python3")).arg(script).arg(&port_file).arg(&out).arg(answers).spawn().unwrap();
+        let child = Command::new(require_tool("python3"))
+            .arg(script)
+            .args(args)
+            .arg(&port_file)
+            .arg(&out)
+            .arg(answers)
+            .spawn()
+            .unwrap();
         let peer = Peer(child);
         let port = wait_for("the receiver's port", WAIT, || std::fs::read_to_string(&port_file).ok()?.parse().ok());
         Receiver { port, out, _peer: peer, _dir: dir }
@@ -511,4 +522,37 @@ fn the_readmes_otlp_example_runs_as_written() {
         let log = text.contains("payment slow") && text.contains("SEVERITY_NUMBER_WARN");
         (counter && log).then_some(())
     });
+}
+
+/// OTLP over https: the endpoint's certificate verified against `ca`, the configured headers
+/// sent (and redacted from every view of the configuration, tested in `hostile.rs`).
+#[test]
+fn metrics_over_https_with_a_private_ca() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let receiver = Receiver::start_with("", &["--tls".as_ref(), cert_path.as_os_str(), key_path.as_os_str()]);
+    let fg = Floodgate::start(
+        "flush_interval = \"300ms\"",
+        &format!(
+            "[otlp]\nendpoint = \"https://127.0.0.1:{}\"\nca = \"{}\"\nheaders = {{ api-key = \"k-1\" }}\n",
+            receiver.port,
+            cert_path.display()
+        ),
+    );
+    send(&fg, "secure.hits:5|c");
+    wait_for("secure.hits over https", WAIT, || {
+        receiver
+            .taken()
+            .iter()
+            .any(|r| points(r, "secure.hits").iter().any(|(_, _, p)| p["asDouble"] == 5.0))
+            .then_some(())
+    });
+    assert_eq!(fg.sample("floodgate_sink_errors_total", &["sink=\"otlp\""]), 0.0);
+    let headers = &receiver.taken()[0]["headers"];
+    assert_eq!(headers["api-key"], "k-1");
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert_eq!(headers["content-type"], "application/x-protobuf");
 }

@@ -3,7 +3,7 @@
 OpenTelemetry's own protobuf definitions (the `opentelemetry-proto` package) and appends it,
 as the official JSON mapping of the message, one line per request, to a file.
 
-    receiver.py [--port N] PORT_FILE OUT_FILE [ANSWERS]
+    receiver.py [--port N] [--tls CERT KEY] PORT_FILE OUT_FILE [ANSWERS]
 
 Binds 127.0.0.1 on port N (default: a free one) and writes the port to PORT_FILE. OUT_FILE
 `-` is standard output (the README's worked example). ANSWERS scripts the first
@@ -15,6 +15,7 @@ import argparse
 import gzip
 import json
 import os
+import ssl
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 
 parser = argparse.ArgumentParser(description="An OTLP/HTTP receiver that prints what it decodes.")
 parser.add_argument("--port", type=int, default=0)
+parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), help="serve https with this certificate")
 parser.add_argument("port_file")
 parser.add_argument("out_file")
 parser.add_argument("answers", nargs="?", default="")
@@ -53,7 +55,13 @@ class Handler(BaseHTTPRequestHandler):
         with lock:
             answer = answers.pop(0) if answers else "200"
             status, _, arg = answer.partition(":")
-            record = {"path": self.path, "answered": status, "at": time.time(), "request": MessageToDict(request)}
+            record = {
+                "path": self.path,
+                "answered": status,
+                "at": time.time(),
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "request": MessageToDict(request),
+            }
             if out_file == "-":
                 print(json.dumps(record, indent=1), flush=True)
             else:
@@ -85,6 +93,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+if args.tls:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.tls[0], args.tls[1])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 with open(port_file + ".tmp", "w") as f:
     f.write(str(server.server_address[1]))
 os.rename(port_file + ".tmp", port_file)

@@ -24,6 +24,9 @@ pub fn reload(shared: &Arc<Shared>, components: &mut Components) -> Result<(), S
     if new.admin.listen != old.admin.listen || new.http.listen != old.http.listen {
         tracing::warn!("SIGHUP: changes to the console and HTTP addresses take effect at the next restart");
     }
+    if new.otlp != old.otlp || new.prometheus_remote_write != old.prometheus_remote_write {
+        tracing::warn!("SIGHUP: changes to [otlp] and [prometheus_remote_write] take effect at the next restart");
+    }
     shared.aggregation.reconfigure(new.aggregation());
     if new.limits != old.limits {
         shared.guard.reconfigure(&new.limits);

@@ -341,6 +341,23 @@ fn past_the_sample_cap_moments_stay_exact() {
     assert_eq!((f["t:t.count"], f["t:t.upper_90"], f["s:u"]), (2.0, 2.0, 1.0));
 }
 
+/// An agent forwards what a timer received past `max_timer_samples` too: the interval's
+/// summary (what `changed_timers` gives the forward batch) holds every value, not only the
+/// ones kept raw.
+#[test]
+fn a_forwarded_summary_holds_the_values_past_the_sample_cap() {
+    let mut store = store_with(AggregationConfig { max_timer_samples: 10, ..Default::default() });
+    for shard in 0..3 {
+        let text: String = (0..8).map(|i| format!("t:{}|ms\n", shard * 8 + i)).collect();
+        feed(&mut store, &text);
+    }
+    let (count, sum) = store.flush(1, |v| {
+        let (_, s) = v.changed_timers().find(|(k, _)| *k == b"t").expect("t changed");
+        (s.count, s.sum)
+    });
+    assert_eq!((count, sum), (24.0, (0..24).sum::<i32>() as f64));
+}
+
 #[test]
 fn memory_is_estimated_in_bytes() {
     let mut store = store_with(AggregationConfig::default());

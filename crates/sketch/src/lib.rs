@@ -19,7 +19,9 @@
 pub mod ddsketch;
 pub mod distinct;
 pub mod exponential;
+pub mod topk;
 
 pub use ddsketch::DDSketch;
 pub use distinct::Distinct;
 pub use exponential::Exponential;
+pub use topk::TopK;

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod dogstatsd;
 pub mod forwarded;
 pub mod graphite;

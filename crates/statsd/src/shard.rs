@@ -16,6 +16,8 @@ use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use crate::budget::{kind_index, Sender, SeriesBudgets};
+
 use floodgate_sketch::Distinct;
 
 use crate::forwarded::TimerSummary;
@@ -305,6 +307,14 @@ pub struct Shard {
     pub(crate) sets: Map<MemberSet>,
     /// Names as sent, by the name sanitising made of them (only when the key rule asks).
     pub(crate) sent_names: Map<Key>,
+    /// Who sends the lines being parsed (the receive loop sets it per datagram or connection).
+    pub sender: Sender,
+    /// Series budgets per sender, shared with the store (when any is set).
+    budgets: Option<Arc<SeriesBudgets>>,
+    /// The new series this shard charged, by kind (counter, gauge, timer, set), and to whom.
+    pub(crate) owners: [Map<Sender>; 4],
+    /// New series refused because their sender was over its series budget.
+    pub dropped_series_budget: u64,
     limits: ShardLimits,
     /// Estimated bytes held (see [`ShardLimits::memory_allowance`]).
     bytes: u64,
@@ -367,6 +377,8 @@ impl Shard {
             clock: self.clock,
             known: self.known.clone(),
             budget: self.budget.clone(),
+            budgets: self.budgets.clone(),
+            sender: self.sender,
             ..Shard::default()
         };
         std::mem::replace(self, fresh)
@@ -379,6 +391,8 @@ impl Shard {
         self.timers.clear();
         self.sets.clear();
         self.sent_names.clear();
+        self.owners.iter_mut().for_each(Map::clear);
+        self.dropped_series_budget = 0;
         self.packets = 0;
         self.lines = 0;
         self.bad_lines = 0;
@@ -397,6 +411,11 @@ impl Shard {
         self.budget = Some(budget);
     }
 
+    /// Charges new series to their senders against these budgets.
+    pub fn set_series_budgets(&mut self, budgets: Option<Arc<SeriesBudgets>>) {
+        self.budgets = budgets;
+    }
+
     /// Gives the shard the store's series, admitted even when the shard is full.
     pub fn set_known(&mut self, known: Arc<KnownSeries>) {
         self.known = Some(known);
@@ -413,9 +432,19 @@ impl Shard {
     /// `record` keeps the path every known series takes short.
     #[inline(never)]
     fn has_room(&mut self, kind: Kind, key: &[u8]) -> bool {
-        let admitted = if self.known.as_ref().is_some_and(|k| k.contains(kind, key)) {
-            true
-        } else if self.over_budget() {
+        if self.known.as_ref().is_some_and(|k| k.contains(kind, key)) {
+            self.bytes += key.len() as u64 + SERIES_OVERHEAD;
+            return true;
+        }
+        // A series new to the store: its sender's budget first, then the shared bounds.
+        let budgets = self.budgets.as_ref().filter(|_| self.sender != Sender::Unknown);
+        if let Some(b) = budgets {
+            if !b.charge(self.sender) {
+                self.dropped_series_budget += 1;
+                return false;
+            }
+        }
+        let admitted = if self.over_budget() {
             self.dropped_max_memory += 1;
             false
         } else {
@@ -428,6 +457,13 @@ impl Shard {
             }
             room
         };
+        match (admitted, budgets) {
+            (true, Some(_)) => {
+                self.owners[kind_index(kind)].insert(key.into(), self.sender);
+            }
+            (false, Some(b)) => b.refund(self.sender),
+            _ => {}
+        }
         if admitted {
             self.bytes += key.len() as u64 + SERIES_OVERHEAD;
         }

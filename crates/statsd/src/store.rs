@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use floodgate_sketch::Distinct;
 
+use crate::budget::{Sender, SeriesBudgets};
 use crate::forwarded::{GaugeChange, TimerSummary};
 
 use crate::parse::Kind;
@@ -259,6 +260,11 @@ pub struct Store {
     /// Names as sent, by the name sanitising made of them: what the Prometheus mapping sees
     /// ([`KeyRule::sent_names`](crate::KeyRule)). At most one per series name.
     sent_names: Map<Key>,
+    /// Series budgets per sender (when any is set), and who created each series they charged.
+    budgets: Option<Arc<SeriesBudgets>>,
+    owners: [Map<Sender>; 4],
+    /// Series refused by a sender's series budget since start (shards' refusals).
+    pub dropped_series_budget: u64,
     key_bad_lines: Key,
     key_packets: Key,
     key_metrics: Key,
@@ -391,6 +397,9 @@ impl Store {
             timers: Map::default(),
             sets: Map::default(),
             sent_names: Map::default(),
+            budgets: None,
+            owners: Default::default(),
+            dropped_series_budget: 0,
             key_bad_lines: k("bad_lines_seen"),
             key_packets: k("packets_received"),
             key_metrics: k("metrics_received"),
@@ -449,8 +458,62 @@ impl Store {
     /// Merges a shard in, draining it (its maps keep their capacity for reuse).
     pub fn merge(&mut self, shard: &mut Shard) {
         let before = self.series();
+        // Who made which new series, taken before the merge recycles the shard.
+        let owners: [Map<Sender>; 4] = std::mem::take(&mut shard.owners);
         self.merge_inner(shard);
+        self.take_owners(owners);
         self.keys_changed |= self.series() != before;
+    }
+
+    /// Charges kept for the series a shard created that the store now holds and nobody made
+    /// first; the others (another shard's first, or refused here) given back.
+    fn take_owners(&mut self, owners: [Map<Sender>; 4]) {
+        let Some(budgets) = self.budgets.clone() else { return };
+        for (kind, made) in owners.into_iter().enumerate() {
+            for (key, sender) in made {
+                let held = match kind {
+                    0 => self.counters.contains_key(&key),
+                    1 => self.gauges.contains_key(&key),
+                    2 => self.timers.contains_key(&key),
+                    _ => self.sets.contains_key(&key),
+                };
+                if !held || self.owners[kind].contains_key(&key) {
+                    budgets.refund(sender);
+                } else {
+                    self.owners[kind].insert(key, sender);
+                }
+            }
+        }
+    }
+
+    /// Gives back the charge of a series the store let go.
+    fn release(&mut self, kind: usize, key: &[u8]) {
+        if let (Some(b), Some(sender)) = (&self.budgets, self.owners[kind].remove(&crate::shard::KeyRef(key))) {
+            b.refund(sender);
+        }
+    }
+
+    /// Gives back every charge of a kind whose series all went.
+    fn release_all(&mut self, kind: usize) {
+        if let Some(b) = &self.budgets {
+            for (_, sender) in self.owners[kind].drain() {
+                b.refund(sender);
+            }
+        }
+    }
+
+    /// Charges new series to their senders against `budgets` (shards made after take them
+    /// too); `None` stops it.
+    pub fn set_series_budgets(&mut self, budgets: Option<Arc<SeriesBudgets>>) {
+        if budgets.is_none() {
+            self.owners.iter_mut().for_each(Map::clear);
+        }
+        self.budgets = budgets;
+    }
+
+    /// The series budgets in force.
+    pub fn series_budgets(&self) -> Option<&Arc<SeriesBudgets>> {
+        self.budgets.as_ref()
     }
 
     /// Adds a counter increment forwarded by an agent; false when `max_series` refused it.
@@ -548,6 +611,7 @@ impl Store {
         }
         self.dropped_max_series += shard.dropped_max_series;
         self.dropped_max_memory += shard.dropped_max_memory;
+        self.dropped_series_budget += shard.dropped_series_budget;
         for (stored, sent) in shard.sent_names.drain() {
             self.sent_names.entry(stored).or_insert(sent);
         }
@@ -726,6 +790,10 @@ impl Store {
                     .iter()
                     .any(|s| k.windows(s.len()).any(|w| w == *s))
             };
+            if !self.owners[0].is_empty() {
+                let gone: Vec<Key> = self.counters.keys().filter(|k| !keep(k)).cloned().collect();
+                gone.iter().for_each(|k| self.release(0, k));
+            }
             self.counters.retain(|k, _| keep(k));
         }
         for c in self.counters.values_mut() {
@@ -733,6 +801,7 @@ impl Store {
             c.idle.0 = c.idle.0.saturating_add(1);
         }
         if self.cfg.delete_timers {
+            self.release_all(2);
             self.timers.clear();
         } else {
             for t in self.timers.values_mut() {
@@ -743,6 +812,7 @@ impl Store {
             }
         }
         if self.cfg.delete_sets {
+            self.release_all(3);
             self.sets.clear();
         } else {
             for s in self.sets.values_mut() {
@@ -756,13 +826,20 @@ impl Store {
             g.idle.0 = g.idle.0.saturating_add(1);
         }
         if self.cfg.delete_gauges {
-            self.gauges.retain(|_, g| match &mut g.ttl {
+            let mut gone: Vec<Key> = Vec::new();
+            let track = !self.owners[1].is_empty();
+            self.gauges.retain(|k, g| match &mut g.ttl {
                 Some(ttl) => {
                     *ttl -= 1;
-                    *ttl >= 1
+                    let keep = *ttl >= 1;
+                    if !keep && track {
+                        gone.push(k.clone());
+                    }
+                    keep
                 }
                 None => true,
             });
+            gone.iter().for_each(|k| self.release(1, k));
         }
     }
 
@@ -771,6 +848,7 @@ impl Store {
     pub fn new_shard(&self, allowance: u64) -> Shard {
         let mut shard = Shard::with_limits(self.shard_limits(allowance));
         shard.set_budget(self.budget.clone());
+        shard.set_series_budgets(self.budgets.clone());
         shard
     }
 
@@ -807,7 +885,8 @@ impl Store {
             .sum();
         let sets: u64 = self.sets.iter().map(|(k, s)| per_key(k) + s.members.bytes()).sum();
         let sent: u64 = self.sent_names.iter().map(|(k, v)| per_key(k) + v.len() as u64).sum();
-        counters + gauges + timers + sets + sent
+        let owners: u64 = self.owners.iter().flat_map(|m| m.keys()).map(per_key).sum();
+        counters + gauges + timers + sets + sent + owners
     }
 
     /// The name a series name (a key's part before its tags) was sent as, when sanitising

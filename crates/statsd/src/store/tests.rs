@@ -439,3 +439,97 @@ fn names_as_sent_are_kept_beside_the_sanitised_keys() {
     store.flush(1, |_| ());
     assert_eq!(store.sent_name(b"get-users_ok"), None);
 }
+
+mod series_budgets {
+    use super::*;
+    use crate::budget::{BudgetLimits, Sender, SeriesBudgets};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+
+    fn sender(last: u8) -> Sender {
+        Sender::Address(IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)))
+    }
+
+    fn budgeted(limits: BudgetLimits, cfg: AggregationConfig) -> (Store, Arc<SeriesBudgets>) {
+        let budgets = Arc::new(SeriesBudgets::new(limits));
+        let mut store = Store::new(cfg);
+        store.set_series_budgets(Some(budgets.clone()));
+        (store, budgets)
+    }
+
+    fn feed_from(store: &mut Store, from: Sender, text: &str) -> Shard {
+        let mut shard = store.new_shard(u64::MAX);
+        shard.sender = from;
+        Parser::new(true).parse_packet(text.as_bytes(), &mut shard);
+        shard
+    }
+
+    /// One sender making a thousand series is held to its hundred exactly; another's new
+    /// series all arrive.
+    #[test]
+    fn a_sender_is_held_to_its_budget_and_others_are_not() {
+        let limits = BudgetLimits { series_per_sender: 100, new_series_per_minute: 0, fold: false };
+        let (mut store, budgets) = budgeted(limits, AggregationConfig::default());
+        let flood: String = (0..1000).map(|i| format!("req.{i}:1|c\n")).collect();
+        let mut shard = feed_from(&mut store, sender(7), &flood);
+        assert_eq!(shard.dropped_series_budget, 900);
+        store.merge(&mut shard);
+        let calm: String = (0..50).map(|i| format!("calm.{i}:1|c\n")).collect();
+        let mut shard = feed_from(&mut store, sender(8), &calm);
+        store.merge(&mut shard);
+        let names: Vec<String> = store.counters().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect();
+        assert_eq!(names.iter().filter(|n| n.starts_with("req.")).count(), 100);
+        assert_eq!(names.iter().filter(|n| n.starts_with("calm.")).count(), 50);
+        assert_eq!((budgets.get(sender(7)).live, budgets.get(sender(7)).refused), (100, 900));
+        assert_eq!(budgets.get(sender(8)).live, 50);
+        assert_eq!(store.dropped_series_budget, 900);
+        // Values of series it already has still count: the shard knows the store's series
+        // (the flusher tells every shard after each flush).
+        let known = store.known_series().expect("series changed");
+        let mut shard = store.new_shard(u64::MAX);
+        shard.sender = sender(7);
+        shard.set_known(known);
+        Parser::new(true).parse_packet(b"req.3:5|c\n", &mut shard);
+        assert_eq!(shard.dropped_series_budget, 0);
+        store.merge(&mut shard);
+        assert_eq!(store.counters().find(|(k, _)| *k == b"req.3").unwrap().1.value, 6.0);
+        assert_eq!(budgets.top(1)[0].0, sender(7));
+    }
+
+    /// Two receive threads making the same series in one interval: one owner, one charge.
+    #[test]
+    fn a_series_two_shards_made_is_charged_once() {
+        let limits = BudgetLimits { series_per_sender: 10, new_series_per_minute: 0, fold: false };
+        let (mut store, budgets) = budgeted(limits, AggregationConfig::default());
+        let mut a = feed_from(&mut store, sender(1), "same:1|c\n");
+        let mut b = feed_from(&mut store, sender(2), "same:1|c\n");
+        store.merge(&mut a);
+        store.merge(&mut b);
+        assert_eq!((budgets.get(sender(1)).live, budgets.get(sender(2)).live), (1, 0));
+    }
+
+    /// Series the store lets go give their charge back.
+    #[test]
+    fn deleted_series_give_their_charge_back() {
+        let limits = BudgetLimits { series_per_sender: 10, new_series_per_minute: 0, fold: false };
+        let cfg = AggregationConfig { delete_counters: true, delete_timers: true, ..Default::default() };
+        let (mut store, budgets) = budgeted(limits, cfg);
+        let mut shard = feed_from(&mut store, sender(3), "a:1|c\nb:1|c\nt:4|ms\n");
+        store.merge(&mut shard);
+        assert_eq!(budgets.get(sender(3)).live, 3);
+        store.flush(1, |_| ());
+        assert_eq!(budgets.get(sender(3)).live, 0);
+    }
+
+    /// New series a minute: the eleventh in the minute is refused.
+    #[test]
+    fn new_series_a_minute() {
+        let limits = BudgetLimits { series_per_sender: 0, new_series_per_minute: 10, fold: false };
+        let (mut store, budgets) = budgeted(limits, AggregationConfig::default());
+        let lines: String = (0..25).map(|i| format!("n{i}:1|g\n")).collect();
+        let mut shard = feed_from(&mut store, sender(4), &lines);
+        store.merge(&mut shard);
+        assert_eq!(store.gauges().count(), 10);
+        assert_eq!(budgets.get(sender(4)).refused, 15);
+    }
+}

@@ -1,0 +1,219 @@
+//! Series budgets per sender: one client that puts a request id in its metric names must not
+//! take every other sender's series. Each new series is charged to the sender whose line
+//! created it (its address, its uid on a Unix socket, its certificate's name, its agent on an
+//! aggregator); past `series_per_source` live series, or `new_series_per_source` new ones in a
+//! minute, its new series are refused (or folded into one overflow series per metric), and
+//! everyone else's still arrive.
+//!
+//! Live counts are exact: a series is charged when a shard first holds it, the charge is
+//! returned when another shard had created it first (the store keeps one owner per series), and
+//! when the store lets the series go.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Who sent a line: what a series is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Sender {
+    /// Not known (a test, an internal series): never charged.
+    #[default]
+    Unknown,
+    /// A network source's address.
+    Address(IpAddr),
+    /// A local process's user, on a Unix socket.
+    Uid(u32),
+    /// A client certificate's name or an agent's id, by its 64-bit hash (the text is kept by
+    /// [`SeriesBudgets::name`]).
+    Named(u64),
+}
+
+impl Sender {
+    /// A sender known by a name (certificate, agent).
+    pub fn named(name: &str) -> Sender {
+        use std::hash::BuildHasher;
+        Sender::Named(foldhash::fast::FixedState::with_seed(0x5e4d).hash_one(name))
+    }
+}
+
+/// The budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetLimits {
+    /// Live series one sender may have created (0: no limit).
+    pub series_per_sender: u64,
+    /// New series one sender may create in a minute (0: no limit).
+    pub new_series_per_minute: u64,
+    /// Over budget, values go to one overflow series per metric (`name;overflow=true`)
+    /// instead of being dropped.
+    pub fold: bool,
+}
+
+impl BudgetLimits {
+    /// Whether any budget is set.
+    pub fn any(&self) -> bool {
+        self.series_per_sender > 0 || self.new_series_per_minute > 0
+    }
+}
+
+/// One sender's series.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SenderSeries {
+    /// Series it created that the store (or a shard) holds.
+    pub live: u64,
+    /// New series it created in the current minute.
+    pub new_this_minute: u64,
+    /// Which minute that is (minutes since the budgets were made).
+    minute: u64,
+    /// New series refused (or folded) since start.
+    pub refused: u64,
+}
+
+/// Shards in the table: new series from different receive threads rarely wait on each other.
+const SHARDS: usize = 16;
+
+/// Most senders tracked; past it, a new sender is charged to no one until some leave (their
+/// series gone), and counted.
+pub const MAX_SENDERS: usize = 1 << 16;
+
+/// Every sender's series, shared by the shards and the store.
+#[derive(Debug)]
+pub struct SeriesBudgets {
+    limits: Mutex<BudgetLimits>,
+    table: [Mutex<HashMap<Sender, SenderSeries>>; SHARDS],
+    names: Mutex<HashMap<u64, Box<str>>>,
+    epoch: Instant,
+}
+
+impl SeriesBudgets {
+    /// Budgets with these limits.
+    pub fn new(limits: BudgetLimits) -> SeriesBudgets {
+        SeriesBudgets {
+            limits: Mutex::new(limits),
+            table: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            names: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> BudgetLimits {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// New limits (reload); the counts are kept.
+    pub fn set_limits(&self, limits: BudgetLimits) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    fn shard(&self, sender: &Sender) -> std::sync::MutexGuard<'_, HashMap<Sender, SenderSeries>> {
+        // The same sender always lands in the same shard.
+        let index = match sender {
+            Sender::Unknown => 0,
+            Sender::Address(IpAddr::V4(a)) => u32::from(*a) as usize,
+            Sender::Address(IpAddr::V6(a)) => u128::from(*a) as usize,
+            Sender::Uid(u) => *u as usize,
+            Sender::Named(n) => *n as usize,
+        };
+        self.table[index % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Charges one new series to `sender`: false when it is over a budget (the series is
+    /// refused or folded, and counted against the sender).
+    pub fn charge(&self, sender: Sender) -> bool {
+        if sender == Sender::Unknown {
+            return true;
+        }
+        let limits = self.limits();
+        if !limits.any() {
+            return true;
+        }
+        let minute = self.epoch.elapsed().as_secs() / 60;
+        let mut table = self.shard(&sender);
+        let full = table.len() >= MAX_SENDERS / SHARDS;
+        let entry = match table.get_mut(&sender) {
+            Some(e) => e,
+            None if full => return true,
+            None => table.entry(sender).or_default(),
+        };
+        if entry.minute != minute {
+            entry.minute = minute;
+            entry.new_this_minute = 0;
+        }
+        let over = (limits.series_per_sender > 0 && entry.live >= limits.series_per_sender)
+            || (limits.new_series_per_minute > 0 && entry.new_this_minute >= limits.new_series_per_minute);
+        if over {
+            entry.refused += 1;
+            return false;
+        }
+        entry.live += 1;
+        entry.new_this_minute += 1;
+        true
+    }
+
+    /// Gives back one series' charge (the series is gone, or another shard made it first).
+    pub fn refund(&self, sender: Sender) {
+        if sender == Sender::Unknown {
+            return;
+        }
+        let mut table = self.shard(&sender);
+        if let Some(e) = table.get_mut(&sender) {
+            e.live = e.live.saturating_sub(1);
+            if e.live == 0 && e.refused == 0 {
+                table.remove(&sender);
+            }
+        }
+    }
+
+    /// Remembers the text of a named sender (a certificate's or an agent's name).
+    pub fn name(&self, name: &str) -> Sender {
+        let sender = Sender::named(name);
+        if let Sender::Named(h) = sender {
+            let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+            if names.len() < MAX_SENDERS && !names.contains_key(&h) {
+                names.insert(h, name.into());
+            }
+        }
+        sender
+    }
+
+    /// How a sender reads: its address, `uid 1000`, or its name.
+    pub fn describe(&self, sender: Sender) -> String {
+        match sender {
+            Sender::Unknown => "unknown".into(),
+            Sender::Address(a) => a.to_string(),
+            Sender::Uid(u) => format!("uid {u}"),
+            Sender::Named(h) => {
+                let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+                names.get(&h).map_or_else(|| format!("#{h:016x}"), |n| n.to_string())
+            }
+        }
+    }
+
+    /// The `n` senders with the most live series, with their counts.
+    pub fn top(&self, n: usize) -> Vec<(Sender, SenderSeries)> {
+        let mut all: Vec<(Sender, SenderSeries)> = Vec::new();
+        for shard in &self.table {
+            let t = shard.lock().unwrap_or_else(|e| e.into_inner());
+            all.extend(t.iter().map(|(s, e)| (*s, e.clone())));
+        }
+        all.sort_by(|a, b| b.1.live.cmp(&a.1.live).then(b.1.refused.cmp(&a.1.refused)).then(a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+
+    /// One sender's series.
+    pub fn get(&self, sender: Sender) -> SenderSeries {
+        self.shard(&sender).get(&sender).cloned().unwrap_or_default()
+    }
+}
+
+/// Which of a store's four maps a series is in.
+pub(crate) fn kind_index(kind: crate::Kind) -> usize {
+    match kind {
+        crate::Kind::Counter => 0,
+        crate::Kind::Gauge => 1,
+        crate::Kind::Timer => 2,
+        crate::Kind::Set => 3,
+    }
+}

@@ -23,15 +23,22 @@ pub struct Aggregation {
     shards: Mutex<Vec<SharedShard>>,
     /// Last time a StatsD packet was merged, Unix seconds (console `stats`).
     pub last_msg_seen: AtomicI64,
+    /// Series budgets per sender (`[limits] series_per_source`), shared by the store and the
+    /// shards.
+    pub budgets: Arc<floodgate_statsd::budget::SeriesBudgets>,
 }
 
 impl Aggregation {
     /// Empty, with Etsy statsd's options.
-    pub fn new(config: AggregationConfig) -> Aggregation {
+    pub fn new(config: AggregationConfig, budgets: floodgate_statsd::budget::BudgetLimits) -> Aggregation {
+        let budgets = Arc::new(floodgate_statsd::budget::SeriesBudgets::new(budgets));
+        let mut store = Store::new(config);
+        store.set_series_budgets(Some(budgets.clone()));
         Aggregation {
-            store: Mutex::new(Store::new(config)),
+            store: Mutex::new(store),
             shards: Mutex::new(Vec::new()),
             last_msg_seen: AtomicI64::new(unix_now()),
+            budgets,
         }
     }
 

@@ -90,7 +90,7 @@ impl Shared {
             naming,
             responses,
             stopping: Arc::default(),
-            aggregation: Arc::new(Aggregation::new(config.aggregation())),
+            aggregation: Arc::new(Aggregation::new(config.aggregation(), config.limits.series_budgets())),
             metrics,
             listeners,
             flush,

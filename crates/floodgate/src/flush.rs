@@ -186,6 +186,8 @@ pub fn flush_once(f: &Flusher, out: &Outputs, timestamp: i64, boundary_ms: i64) 
     t.memory_limit.store(limit, Relaxed);
     t.series.store(store.series() as u64, Relaxed);
     t.dropped_max_series.store(store.dropped_max_series, Relaxed);
+    t.dropped_series_budget.store(store.dropped_series_budget, Relaxed);
+    t.folded_series_budget.store(store.folded_series_budget, Relaxed);
     drop(store);
     drop(gate);
     let mut deliveries = Vec::new();
@@ -278,6 +280,10 @@ pub struct FlushCounters {
     pub series: AtomicU64,
     /// New series refused by `max_series`, total.
     pub dropped_max_series: AtomicU64,
+    /// Series refused by their sender's series budget since start.
+    pub dropped_series_budget: AtomicU64,
+    /// Values of series over their sender's budget folded into overflow series, since start.
+    pub folded_series_budget: AtomicU64,
     /// New series refused by `max_memory`, total.
     pub dropped_max_memory: AtomicU64,
     /// Refusals for memory happened in the last interval (for the log lines).
@@ -300,6 +306,12 @@ impl Report for FlushCounters {
         )
         .status(place("dropped_series").by("reason"));
         out.add(dropped, &[("reason", "max_series")], self.dropped_max_series.load(Relaxed));
+        out.add(dropped, &[("reason", "series_budget")], self.dropped_series_budget.load(Relaxed));
+        let folded = Describe::counter(
+            "floodgate_statsd_series_budget_folded_total",
+            "Values of new series over their sender's series budget, folded into the metric's overflow series.",
+        );
+        out.add(folded, &[], self.folded_series_budget.load(Relaxed));
         out.add(dropped, &[("reason", "max_memory")], self.dropped_max_memory.load(Relaxed));
         let rows = [
             Describe::gauge(

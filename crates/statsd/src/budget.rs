@@ -47,6 +47,8 @@ pub struct BudgetLimits {
     /// Over budget, values go to one overflow series per metric (`name;overflow=true`)
     /// instead of being dropped.
     pub fold: bool,
+    /// Every loopback address is one sender (the guard's `local_senders = "one_source"`).
+    pub loopback_as_one: bool,
 }
 
 impl BudgetLimits {
@@ -106,6 +108,17 @@ impl SeriesBudgets {
         *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
     }
 
+    /// The sender a series is charged to: loopback addresses as one when asked.
+    fn canonical(&self, sender: Sender, limits: &BudgetLimits) -> Sender {
+        match sender {
+            Sender::Address(ip) if limits.loopback_as_one && ip.to_canonical().is_loopback() => {
+                Sender::Address(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+            }
+            Sender::Address(ip) => Sender::Address(ip.to_canonical()),
+            other => other,
+        }
+    }
+
     fn shard(&self, sender: &Sender) -> std::sync::MutexGuard<'_, HashMap<Sender, SenderSeries>> {
         // The same sender always lands in the same shard.
         let index = match sender {
@@ -128,6 +141,7 @@ impl SeriesBudgets {
         if !limits.any() {
             return true;
         }
+        let sender = self.canonical(sender, &limits);
         let minute = self.epoch.elapsed().as_secs() / 60;
         let mut table = self.shard(&sender);
         let full = table.len() >= MAX_SENDERS / SHARDS;
@@ -156,6 +170,7 @@ impl SeriesBudgets {
         if sender == Sender::Unknown {
             return;
         }
+        let sender = self.canonical(sender, &self.limits());
         let mut table = self.shard(&sender);
         if let Some(e) = table.get_mut(&sender) {
             e.live = e.live.saturating_sub(1);
@@ -204,6 +219,7 @@ impl SeriesBudgets {
 
     /// One sender's series.
     pub fn get(&self, sender: Sender) -> SenderSeries {
+        let sender = self.canonical(sender, &self.limits());
         self.shard(&sender).get(&sender).cloned().unwrap_or_default()
     }
 }

@@ -315,6 +315,13 @@ pub struct Shard {
     pub(crate) owners: [Map<Sender>; 4],
     /// New series refused because their sender was over its series budget.
     pub dropped_series_budget: u64,
+    /// Values of new series over their sender's budget folded into the metric's overflow
+    /// series (`series_budget_overflow = "fold"`).
+    pub folded_series_budget: u64,
+    /// Set by `has_room` when it refused a series that is to be folded instead.
+    fold_next: bool,
+    /// Scratch for an overflow series' key.
+    fold_key: Vec<u8>,
     limits: ShardLimits,
     /// Estimated bytes held (see [`ShardLimits::memory_allowance`]).
     bytes: u64,
@@ -393,6 +400,7 @@ impl Shard {
         self.sent_names.clear();
         self.owners.iter_mut().for_each(Map::clear);
         self.dropped_series_budget = 0;
+        self.folded_series_budget = 0;
         self.packets = 0;
         self.lines = 0;
         self.bad_lines = 0;
@@ -440,7 +448,12 @@ impl Shard {
         let budgets = self.budgets.as_ref().filter(|_| self.sender != Sender::Unknown);
         if let Some(b) = budgets {
             if !b.charge(self.sender) {
-                self.dropped_series_budget += 1;
+                if b.limits().fold {
+                    self.folded_series_budget += 1;
+                    self.fold_next = true;
+                } else {
+                    self.dropped_series_budget += 1;
+                }
                 return false;
             }
         }
@@ -485,7 +498,32 @@ impl Shard {
     fn new_counter(&mut self, key: &[u8], add: f64) {
         if self.has_room(Kind::Counter, key) {
             self.counters.insert(key.into(), 0.0 + add);
+        } else if std::mem::take(&mut self.fold_next) {
+            let m = Metric {
+                key,
+                kind: Kind::Counter,
+                value: add,
+                sample_rate: 1.0,
+                gauge_delta: false,
+                set_member: &[],
+                unitless: false,
+            };
+            self.fold(&m);
         }
+    }
+
+    /// A value of a series over its sender's budget, into the metric's overflow series
+    /// (`name;overflow=true`, its tags dropped), which no sender is charged for.
+    #[inline(never)]
+    fn fold(&mut self, m: &Metric<'_>) {
+        let mut key = std::mem::take(&mut self.fold_key);
+        key.clear();
+        key.extend_from_slice(m.key.split(|b| *b == b';').next().unwrap_or(m.key));
+        key.extend_from_slice(b";overflow=true");
+        let sender = std::mem::replace(&mut self.sender, Sender::Unknown);
+        self.record(&Metric { key: &key, ..*m });
+        self.sender = sender;
+        self.fold_key = key;
     }
 
     /// Records one parsed value.
@@ -499,6 +537,9 @@ impl Shard {
             }
             Kind::Timer => {
                 if !self.timers.contains_key(&KeyRef(m.key)) && !self.has_room(Kind::Timer, m.key) {
+                    if std::mem::take(&mut self.fold_next) {
+                        self.fold(m);
+                    }
                     return;
                 }
                 let over = self.over_budget();
@@ -515,6 +556,9 @@ impl Shard {
             }
             Kind::Gauge => {
                 if !self.gauges.contains_key(&KeyRef(m.key)) && !self.has_room(Kind::Gauge, m.key) {
+                    if std::mem::take(&mut self.fold_next) {
+                        self.fold(m);
+                    }
                     return;
                 }
                 let clock = self.clock;
@@ -533,6 +577,9 @@ impl Shard {
             }
             Kind::Set => {
                 if !self.sets.contains_key(&KeyRef(m.key)) && !self.has_room(Kind::Set, m.key) {
+                    if std::mem::take(&mut self.fold_next) {
+                        self.fold(m);
+                    }
                     return;
                 }
                 let cap = self.limits.max_set_members;

@@ -265,6 +265,8 @@ pub struct Store {
     owners: [Map<Sender>; 4],
     /// Series refused by a sender's series budget since start (shards' refusals).
     pub dropped_series_budget: u64,
+    /// Values of series over their sender's budget folded into overflow series, since start.
+    pub folded_series_budget: u64,
     key_bad_lines: Key,
     key_packets: Key,
     key_metrics: Key,
@@ -400,6 +402,7 @@ impl Store {
             budgets: None,
             owners: Default::default(),
             dropped_series_budget: 0,
+            folded_series_budget: 0,
             key_bad_lines: k("bad_lines_seen"),
             key_packets: k("packets_received"),
             key_metrics: k("metrics_received"),
@@ -612,6 +615,7 @@ impl Store {
         self.dropped_max_series += shard.dropped_max_series;
         self.dropped_max_memory += shard.dropped_max_memory;
         self.dropped_series_budget += shard.dropped_series_budget;
+        self.folded_series_budget += shard.folded_series_budget;
         for (stored, sent) in shard.sent_names.drain() {
             self.sent_names.entry(stored).or_insert(sent);
         }

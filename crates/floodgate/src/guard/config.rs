@@ -53,6 +53,39 @@ pub struct LimitsConfig {
     /// fleet's ports each take `udp_per_port` in all, not per host. Per-source limits stay
     /// local (a balancer sends a source to one host).
     pub shared: Option<SharedLimits>,
+    /// StatsD series one sender may have made that floodgate holds: a source address (this
+    /// host's processes as one with `local_senders = "one_source"`), a local user on a Unix
+    /// socket. Past it, its new series are refused (`series_budget`), everyone else's still
+    /// arrive. 0 = off.
+    pub series_per_source: u64,
+    /// New StatsD series one sender may make in a minute (0 = off).
+    pub new_series_per_source: u64,
+    /// What a sender's series past its budget become: `drop` (refused and counted) or `fold`
+    /// (their values go to one overflow series per metric, `name;overflow=true`).
+    pub series_budget_overflow: SeriesOverflow,
+}
+
+/// `[limits] series_budget_overflow`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SeriesOverflow {
+    /// Refused and counted.
+    #[default]
+    Drop,
+    /// Folded into `name;overflow=true`.
+    Fold,
+}
+
+impl LimitsConfig {
+    /// The series budgets `[limits]` sets.
+    pub fn series_budgets(&self) -> floodgate_statsd::budget::BudgetLimits {
+        floodgate_statsd::budget::BudgetLimits {
+            series_per_sender: self.series_per_source,
+            new_series_per_minute: self.new_series_per_source,
+            fold: self.series_budget_overflow == SeriesOverflow::Fold,
+            loopback_as_one: self.local_senders == LocalSenders::OneSource,
+        }
+    }
 }
 
 /// `[limits] shared`: where the fleet's port budgets are kept.
@@ -131,6 +164,9 @@ impl Default for LimitsConfig {
             kernel: KernelMode::Auto,
             local_senders: LocalSenders::OneSource,
             shared: None,
+            series_per_source: 250_000,
+            new_series_per_source: 250_000,
+            series_budget_overflow: SeriesOverflow::Drop,
         }
     }
 }

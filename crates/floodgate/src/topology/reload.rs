@@ -30,6 +30,7 @@ pub fn reload(shared: &Arc<Shared>, components: &mut Components) -> Result<(), S
     shared.aggregation.reconfigure(new.aggregation());
     if new.limits != old.limits {
         shared.guard.reconfigure(&new.limits);
+        shared.aggregation.budgets.set_limits(new.limits.series_budgets());
         tracing::info!(limits = ?new.limits, "SIGHUP: new limits in force");
     }
     // The mapping file is re-read on every reload: it may have changed under its name.

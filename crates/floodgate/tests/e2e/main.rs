@@ -5,6 +5,7 @@
 mod common;
 
 mod carbon;
+mod cardinality;
 mod claims;
 mod clients;
 mod conntrack;

@@ -468,7 +468,8 @@ mod series_budgets {
     /// series all arrive.
     #[test]
     fn a_sender_is_held_to_its_budget_and_others_are_not() {
-        let limits = BudgetLimits { series_per_sender: 100, new_series_per_minute: 0, fold: false };
+        let limits =
+            BudgetLimits { series_per_sender: 100, new_series_per_minute: 0, fold: false, loopback_as_one: false };
         let (mut store, budgets) = budgeted(limits, AggregationConfig::default());
         let flood: String = (0..1000).map(|i| format!("req.{i}:1|c\n")).collect();
         let mut shard = feed_from(&mut store, sender(7), &flood);
@@ -499,7 +500,8 @@ mod series_budgets {
     /// Two receive threads making the same series in one interval: one owner, one charge.
     #[test]
     fn a_series_two_shards_made_is_charged_once() {
-        let limits = BudgetLimits { series_per_sender: 10, new_series_per_minute: 0, fold: false };
+        let limits =
+            BudgetLimits { series_per_sender: 10, new_series_per_minute: 0, fold: false, loopback_as_one: false };
         let (mut store, budgets) = budgeted(limits, AggregationConfig::default());
         let mut a = feed_from(&mut store, sender(1), "same:1|c\n");
         let mut b = feed_from(&mut store, sender(2), "same:1|c\n");
@@ -511,7 +513,8 @@ mod series_budgets {
     /// Series the store lets go give their charge back.
     #[test]
     fn deleted_series_give_their_charge_back() {
-        let limits = BudgetLimits { series_per_sender: 10, new_series_per_minute: 0, fold: false };
+        let limits =
+            BudgetLimits { series_per_sender: 10, new_series_per_minute: 0, fold: false, loopback_as_one: false };
         let cfg = AggregationConfig { delete_counters: true, delete_timers: true, ..Default::default() };
         let (mut store, budgets) = budgeted(limits, cfg);
         let mut shard = feed_from(&mut store, sender(3), "a:1|c\nb:1|c\nt:4|ms\n");
@@ -521,10 +524,33 @@ mod series_budgets {
         assert_eq!(budgets.get(sender(3)).live, 0);
     }
 
+    /// Folded, a sender's series past its budget go to one overflow series per metric: every
+    /// value is still counted, so totals (what Graphite sums) stay exact.
+    #[test]
+    fn folded_series_keep_the_totals() {
+        let limits =
+            BudgetLimits { series_per_sender: 3, new_series_per_minute: 0, fold: true, loopback_as_one: false };
+        let (mut store, budgets) = budgeted(limits, AggregationConfig::default());
+        let lines: String = (0..10).map(|i| format!("hits:{}|c|#req:{i}\nlat:{i}|ms|#req:{i}\n", i + 1)).collect();
+        let mut shard = feed_from(&mut store, sender(9), &lines);
+        // Admitted: hits;req=0, lat;req=0, hits;req=1. Folded: 8 counters' and 9 timers' values.
+        assert_eq!(shard.folded_series_budget, 17);
+        store.merge(&mut shard);
+        let total: f64 = store.counters().filter(|(k, _)| k.starts_with(b"hits")).map(|(_, c)| c.value).sum();
+        assert_eq!(total, 55.0, "every increment counted");
+        let overflow = store.counters().find(|(k, _)| *k == b"hits;overflow=true").unwrap().1.value;
+        assert_eq!(overflow, (3..=10).sum::<i32>() as f64);
+        let timer = store.timers().find(|(k, _)| *k == b"lat;overflow=true").unwrap().1;
+        assert_eq!(timer.values.len(), 9);
+        assert_eq!(budgets.get(sender(9)).live, 3);
+        assert_eq!(store.dropped_series_budget, 0);
+    }
+
     /// New series a minute: the eleventh in the minute is refused.
     #[test]
     fn new_series_a_minute() {
-        let limits = BudgetLimits { series_per_sender: 0, new_series_per_minute: 10, fold: false };
+        let limits =
+            BudgetLimits { series_per_sender: 0, new_series_per_minute: 10, fold: false, loopback_as_one: false };
         let (mut store, budgets) = budgeted(limits, AggregationConfig::default());
         let lines: String = (0..25).map(|i| format!("n{i}:1|g\n")).collect();
         let mut shard = feed_from(&mut store, sender(4), &lines);

@@ -274,13 +274,44 @@ async fn offenders(State(shared): State<Arc<Shared>>, uri: Uri) -> impl IntoResp
         .min(10_000);
     let body = tokio::task::spawn_blocking(move || {
         shared.responses.get(ResponseKind::Offenders(limit), asked, || {
-            serde_json::to_vec_pretty(&shared.guard.report(limit)).unwrap_or_else(|_| b"{}".to_vec())
+            let mut report = serde_json::to_value(shared.guard.report(limit)).unwrap_or_default();
+            if let Some(o) = report.as_object_mut() {
+                o.insert("series".into(), series_offenders(&shared, limit));
+            }
+            serde_json::to_vec_pretty(&report).unwrap_or_else(|_| b"{}".to_vec())
         })
     })
     .await
     .ok()
     .flatten();
     shared_body(body, "application/json")
+}
+
+/// `/offenders`' `series`: the senders holding the most StatsD series, and what their series
+/// budgets refused, with the budgets (`[limits] series_per_source`).
+fn series_offenders(shared: &Shared, limit: usize) -> serde_json::Value {
+    let budgets = &shared.aggregation.budgets;
+    let limits = budgets.limits();
+    let senders: Vec<serde_json::Value> = budgets
+        .top(limit)
+        .into_iter()
+        .map(|(sender, s)| {
+            serde_json::json!({
+                "sender": budgets.describe(sender),
+                "live_series": s.live,
+                "new_series_this_minute": s.new_this_minute,
+                "refused": s.refused,
+                "over_budget": (limits.series_per_sender > 0 && s.live >= limits.series_per_sender)
+                    || (limits.new_series_per_minute > 0 && s.new_this_minute >= limits.new_series_per_minute),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "series_per_source": limits.series_per_sender,
+        "new_series_per_source": limits.new_series_per_minute,
+        "overflow": if limits.fold { "fold" } else { "drop" },
+        "senders": senders,
+    })
 }
 
 async fn index() -> impl IntoResponse {

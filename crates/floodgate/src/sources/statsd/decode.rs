@@ -5,6 +5,7 @@
 //! Metrics go straight into the shard: [`Decoder::ingest`] hands the parser a sink that
 //! passes metrics on inline and only adds a cold path for events and checks.
 
+use floodgate_statsd::budget::Sender;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,6 +27,8 @@ pub struct Decoder {
     parser: Parser,
     origin: Option<Origin>,
     records: Option<EventRecords>,
+    /// Who the series the next lines make are charged to (series budgets).
+    charged: Sender,
 }
 
 impl Decoder {
@@ -57,12 +60,18 @@ impl Decoder {
             }
             None => None,
         };
-        Decoder { parser, origin, records }
+        Decoder { parser, origin, records, charged: Sender::Unknown }
     }
 
     /// The sender of the data that follows: its address, or (Unix sockets) the process the
     /// kernel names.
     pub fn sender(&mut self, source: Option<SocketAddr>, peer: Option<Credentials>) {
+        // Who new series are charged to: the local user on a Unix socket, else the address.
+        self.charged = match (peer, source) {
+            (Some(p), _) => Sender::Uid(p.uid),
+            (None, Some(a)) => Sender::Address(a.ip()),
+            (None, None) => Sender::Unknown,
+        };
         if let (Some(origin), Some(peer)) = (self.origin.as_mut(), peer) {
             if origin.current != Some(peer) {
                 origin.current = Some(peer);
@@ -81,6 +90,7 @@ impl Decoder {
     /// Parses a block of complete lines into the shard and adds its line counts to `total`
     /// (the caller counts packets and publishes `total` to its [`Counters`] once per batch).
     pub fn ingest(&mut self, shard: &mut Shard, data: &[u8], total: &mut PacketCounts) {
+        shard.sender = self.charged;
         let counts = match self.records.as_mut() {
             // The shard itself: the sink the parser's hot path is tuned for.
             None => self.parser.parse_packet(data, shard),

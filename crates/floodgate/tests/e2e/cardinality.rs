@@ -1,0 +1,89 @@
+//! Cardinality is the other flood: series budgets per sender (`[limits] series_per_source`).
+//! One sender making many series is held to its budget, exactly, while another's new series
+//! all arrive; `/offenders` names it with its counts and the budget.
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn send_from(source: &str, to: u16, lines: &[String]) {
+    let socket = UdpSocket::bind((source, 0)).unwrap();
+    for chunk in lines.chunks(20) {
+        socket.send_to(chunk.join("\n").as_bytes(), ("127.0.0.1", to)).unwrap();
+        // Paced a little: the test is about series, not the receive buffer.
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// 20,000 new series from 127.0.0.2 against a budget of 1,000; 500 from 127.0.0.3. The
+/// defaults change only where the test needs: the budget itself (its default, 250,000, would
+/// take too long to reach), local addresses kept apart (`by_address`: the two senders are both
+/// on this host), and the per-source and per-port rates off (the flood is fast, and is about
+/// series, not lines).
+#[test]
+fn a_sender_is_held_to_its_series_budget_while_another_gets_all_of_its_own() {
+    let fg = Floodgate::start(
+        "flush_interval = \"500ms\"",
+        "[limits]\nseries_per_source = 1000\nlocal_senders = \"by_address\"\nudp_per_source = 0\nudp_per_port = 0\n",
+    );
+    let flood: Vec<String> = (0..20_000).map(|i| format!("flood.{i}:1|c")).collect();
+    let calm: Vec<String> = (0..500).map(|i| format!("calm.{i}:1|c")).collect();
+    send_from("127.0.0.2", fg.statsd, &flood);
+    send_from("127.0.0.3", fg.statsd, &calm);
+    fg.wait_sample("floodgate_statsd_dropped_series_total", &["reason=\"series_budget\""], |v| v == 19_000.0);
+    let body = wait_for("every admitted series on /metrics", WAIT, || {
+        let (_, body) = http_get(fg.http, "/metrics").ok()?;
+        let count = |prefix: &str| body.lines().filter(|l| l.starts_with(prefix)).count();
+        (count("flood_") == 1000 && count("calm_") == 500).then_some(body)
+    });
+    assert!(body.lines().filter(|l| l.starts_with("flood_")).all(|l| l.ends_with(" 1")), "each admitted once");
+    let (_, offenders) = http_get(fg.http, "/offenders").unwrap();
+    let report: Value = serde_json::from_str(&offenders).unwrap();
+    let series = &report["series"];
+    assert_eq!(series["series_per_source"], 1000);
+    let top = &series["senders"][0];
+    assert_eq!(top["sender"], "127.0.0.2", "{series:#}");
+    assert_eq!((top["live_series"].as_u64(), top["refused"].as_u64()), (Some(1000), Some(19_000)));
+    assert_eq!(top["over_budget"], true);
+    let calm_sender = series["senders"].as_array().unwrap().iter().find(|s| s["sender"] == "127.0.0.3").unwrap();
+    assert_eq!((calm_sender["live_series"].as_u64(), calm_sender["refused"].as_u64()), (Some(500), Some(0)));
+}
+
+/// `series_budget_overflow = "fold"`: past its budget, a sender's values go to one overflow
+/// series per metric, so the Graphite sums stay exact. Graphite is the only other change
+/// from the test above (the capture stands for Carbon).
+#[test]
+fn folded_series_keep_the_graphite_sum_exact() {
+    let carbon = Capture::start();
+    let fg = Floodgate::start(
+        "flush_interval = \"500ms\"",
+        &format!(
+            "[graphite]\naddress = \"127.0.0.1:{}\"\n[limits]\nseries_per_source = 100\nseries_budget_overflow = \"fold\"\n\
+             local_senders = \"by_address\"\nudp_per_source = 0\nudp_per_port = 0\n",
+            carbon.port
+        ),
+    );
+    let lines: Vec<String> = (0..2000).map(|i| format!("orders:{}|c|#request_id:r{i}", i % 7 + 1)).collect();
+    let sent: u64 = (0..2000).map(|i| i % 7 + 1).sum();
+    send_from("127.0.0.2", fg.statsd, &lines);
+    fg.wait_sample("floodgate_statsd_series_budget_folded_total", &[], |v| v == 1900.0);
+    let mut total = 0.0;
+    let mut series = std::collections::BTreeSet::new();
+    while total < sent as f64 {
+        let payload = carbon.next(WAIT).expect("a flush");
+        for (name, value, _) in parse_plaintext(&payload) {
+            if name.starts_with("stats_counts.orders") {
+                total += value.parse::<f64>().unwrap();
+                series.insert(name);
+            }
+        }
+    }
+    assert_eq!(total, sent as f64, "every increment reached Graphite once");
+    assert!(series.contains("stats_counts.orders;overflow=true"), "{series:?}");
+    assert_eq!(series.len(), 101, "the 100 admitted and the overflow series");
+}

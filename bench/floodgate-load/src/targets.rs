@@ -606,7 +606,9 @@ fn guard_capacity(duration: Duration) -> (f64, f64) {
 /// 1M distinct counters: peak RSS, flush duration, and no loss of a steady stream meanwhile.
 fn memory(opts: &BenchOptions) {
     let carbon = CarbonStandIn::start(PREFIX);
-    let mut fg = start_floodgate(opts, carbon.port, "max_series = 2_000_000");
+    // One sender makes all 1M series: its series budget (250,000 by default) is off too.
+    let limits = format!("{GUARD_OFF}series_per_source = 0\nnew_series_per_source = 0\n");
+    let mut fg = start_floodgate_with(opts, carbon.port, "max_series = 2_000_000", &limits);
     let dest = SocketAddr::from(([127, 0, 0, 1], fg.port));
     let http = fg.http.unwrap_or(0);
     let series = Load::counters(500_000, 20, 1_000_000, 1, "load.series");

@@ -165,15 +165,29 @@ impl SeriesBudgets {
         true
     }
 
-    /// Gives back one series' charge (the series is gone, or another shard made it first).
+    /// Gives back one series' charge: the series is gone.
     pub fn refund(&self, sender: Sender) {
+        self.give_back(sender, false);
+    }
+
+    /// Takes back a charge that did not make a series (another bound refused it, or another
+    /// shard made it first): it is neither live nor new.
+    pub fn uncharge(&self, sender: Sender) {
+        self.give_back(sender, true);
+    }
+
+    fn give_back(&self, sender: Sender, not_new: bool) {
         if sender == Sender::Unknown {
             return;
         }
         let sender = self.canonical(sender, &self.limits());
+        let minute = self.epoch.elapsed().as_secs() / 60;
         let mut table = self.shard(&sender);
         if let Some(e) = table.get_mut(&sender) {
             e.live = e.live.saturating_sub(1);
+            if not_new && e.minute == minute {
+                e.new_this_minute = e.new_this_minute.saturating_sub(1);
+            }
             if e.live == 0 && e.refused == 0 {
                 table.remove(&sender);
             }

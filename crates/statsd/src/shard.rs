@@ -474,7 +474,7 @@ impl Shard {
             (true, Some(_)) => {
                 self.owners[kind_index(kind)].insert(key.into(), self.sender);
             }
-            (false, Some(b)) => b.refund(self.sender),
+            (false, Some(b)) => b.uncharge(self.sender),
             _ => {}
         }
         if admitted {

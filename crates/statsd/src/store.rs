@@ -481,7 +481,7 @@ impl Store {
                     _ => self.sets.contains_key(&key),
                 };
                 if !held || self.owners[kind].contains_key(&key) {
-                    budgets.refund(sender);
+                    budgets.uncharge(sender);
                 } else {
                     self.owners[kind].insert(key, sender);
                 }

@@ -263,6 +263,8 @@ pub struct Store {
     /// Series budgets per sender (when any is set), and who created each series they charged.
     budgets: Option<Arc<SeriesBudgets>>,
     owners: [Map<Sender>; 4],
+    /// Who the forwarded series being merged come from (an aggregator's agent).
+    forward_sender: Sender,
     /// Series refused by a sender's series budget since start (shards' refusals).
     pub dropped_series_budget: u64,
     /// Values of series over their sender's budget folded into overflow series, since start.
@@ -401,6 +403,7 @@ impl Store {
             sent_names: Map::default(),
             budgets: None,
             owners: Default::default(),
+            forward_sender: Sender::Unknown,
             dropped_series_budget: 0,
             folded_series_budget: 0,
             key_bad_lines: k("bad_lines_seen"),
@@ -519,8 +522,51 @@ impl Store {
         self.budgets.as_ref()
     }
 
+    /// Charges the forwarded series merged from now on that the store does not hold yet to
+    /// `sender` (an aggregator's agent); `Sender::Unknown` charges no one.
+    pub fn set_forward_sender(&mut self, sender: Sender) {
+        self.forward_sender = sender;
+    }
+
+    /// A forwarded series new to the store: charged to the agent; false (refused, counted) when
+    /// the agent is over its budget.
+    fn charge_forwarded(&mut self) -> bool {
+        match &self.budgets {
+            Some(b) if self.forward_sender != Sender::Unknown && !b.charge(self.forward_sender) => {
+                self.dropped_series_budget += 1;
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// After a charged forwarded series: its owner, or the charge back if it was refused.
+    fn settle_forwarded(&mut self, kind: usize, key: &[u8], held: bool) {
+        let Some(b) = &self.budgets else { return };
+        if self.forward_sender == Sender::Unknown {
+            return;
+        }
+        if held {
+            self.owners[kind].insert(key.into(), self.forward_sender);
+        } else {
+            b.uncharge(self.forward_sender);
+        }
+    }
+
     /// Adds a counter increment forwarded by an agent; false when `max_series` refused it.
     pub fn add_forwarded_counter(&mut self, key: &[u8], value: f64) -> bool {
+        let new = !self.counters.contains_key(key);
+        if new && !self.charge_forwarded() {
+            return false;
+        }
+        let done = self.merge_forwarded_counter(key, value);
+        if new {
+            self.settle_forwarded(0, key, done);
+        }
+        done
+    }
+
+    fn merge_forwarded_counter(&mut self, key: &[u8], value: f64) -> bool {
         let room = self.series() < self.cfg.max_series;
         let (dropped, changed) = (&mut self.dropped_max_series, &mut self.keys_changed);
         let Some(c) = entry_within(&mut self.counters, key, room, dropped, changed, Default::default) else {
@@ -535,6 +581,18 @@ impl Store {
     /// Applies a gauge change forwarded by an agent: a delta adds; a set replaces the value
     /// unless a later forwarded set (`set_at_ns`, Unix ns) was applied already.
     pub fn add_forwarded_gauge(&mut self, key: &[u8], value: f64, delta: bool, set_at_ns: i64) -> bool {
+        let new = !self.gauges.contains_key(key);
+        if new && !self.charge_forwarded() {
+            return false;
+        }
+        let done = self.merge_forwarded_gauge(key, value, delta, set_at_ns);
+        if new {
+            self.settle_forwarded(1, key, done);
+        }
+        done
+    }
+
+    fn merge_forwarded_gauge(&mut self, key: &[u8], value: f64, delta: bool, set_at_ns: i64) -> bool {
         let ttl = self.cfg.delete_gauges.then_some(self.cfg.gauges_max_ttl);
         let room = self.series() < self.cfg.max_series;
         let (dropped, changed) = (&mut self.dropped_max_series, &mut self.keys_changed);
@@ -554,6 +612,18 @@ impl Store {
 
     /// Adds a set's members forwarded by an agent (a union).
     pub fn add_forwarded_set(&mut self, key: &[u8], members: &Distinct) -> bool {
+        let new = !self.sets.contains_key(key);
+        if new && !self.charge_forwarded() {
+            return false;
+        }
+        let done = self.merge_forwarded_set(key, members);
+        if new {
+            self.settle_forwarded(3, key, done);
+        }
+        done
+    }
+
+    fn merge_forwarded_set(&mut self, key: &[u8], members: &Distinct) -> bool {
         let room = self.series() < self.cfg.max_series;
         let (dropped, changed) = (&mut self.dropped_max_series, &mut self.keys_changed);
         let Some(s) = entry_within(&mut self.sets, key, room, dropped, changed, Default::default) else { return false };
@@ -564,6 +634,18 @@ impl Store {
 
     /// Adds a timer summary forwarded by an agent.
     pub fn add_forwarded_timer(&mut self, key: &[u8], summary: &TimerSummary) -> bool {
+        let new = !self.timers.contains_key(key);
+        if new && !self.charge_forwarded() {
+            return false;
+        }
+        let done = self.merge_forwarded_timer(key, summary);
+        if new {
+            self.settle_forwarded(2, key, done);
+        }
+        done
+    }
+
+    fn merge_forwarded_timer(&mut self, key: &[u8], summary: &TimerSummary) -> bool {
         let room = self.series() < self.cfg.max_series;
         let (dropped, changed) = (&mut self.dropped_max_series, &mut self.keys_changed);
         let Some(t) = entry_within(&mut self.timers, key, room, dropped, changed, Default::default) else {

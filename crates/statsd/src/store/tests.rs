@@ -546,6 +546,24 @@ mod series_budgets {
         assert_eq!(store.dropped_series_budget, 0);
     }
 
+    /// On an aggregator, the series an agent forwards are charged to the agent.
+    #[test]
+    fn forwarded_series_are_charged_to_their_agent() {
+        let limits =
+            BudgetLimits { series_per_sender: 5, new_series_per_minute: 0, fold: false, loopback_as_one: false };
+        let (mut store, budgets) = budgeted(limits, AggregationConfig::default());
+        let (web1, web2) = (budgets.name("web-1"), budgets.name("web-2"));
+        store.set_forward_sender(web1);
+        let taken = (0..8).filter(|i| store.add_forwarded_counter(format!("req.{i}").as_bytes(), 1.0)).count();
+        assert_eq!(taken, 5);
+        assert!(store.add_forwarded_counter(b"req.1", 2.0), "a series it has still takes values");
+        store.set_forward_sender(web2);
+        assert!((0..5).all(|i| store.add_forwarded_counter(format!("other.{i}").as_bytes(), 1.0)));
+        assert_eq!((budgets.get(web1).live, budgets.get(web1).refused, budgets.get(web2).live), (5, 3, 5));
+        assert_eq!(budgets.describe(web1), "web-1");
+        assert_eq!(store.dropped_series_budget, 3);
+    }
+
     /// New series a minute: the eleventh in the minute is refused.
     #[test]
     fn new_series_a_minute() {

@@ -601,9 +601,14 @@ fn merge(aggregator: &Aggregator, target: &MergeTarget, id: &SessionId, body: &[
         }
     }
     let mut applied = Applied::default();
+    // New series are charged to the agent: its certificate's name with mutual TLS, else the
+    // name it gave.
+    let agent = target.aggregation.budgets.name(id.identity.as_deref().unwrap_or(&id.agent_id));
     for chunk in view.chunks(rule, CHUNK_BYTES) {
         let mut store = target.aggregation.store.lock();
+        store.set_forward_sender(agent);
         applied.merge(&chunk.merge_into(&mut store));
+        store.set_forward_sender(floodgate_statsd::budget::Sender::Unknown);
     }
     c.batches.fetch_add(1, Relaxed);
     c.series.fetch_add(applied.merged, Relaxed);

@@ -98,6 +98,11 @@ impl SeriesBudgets {
         }
     }
 
+    /// Minutes since the budgets were made (the clock of the per-minute budget).
+    pub fn minute(&self) -> u64 {
+        self.epoch.elapsed().as_secs() / 60
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> BudgetLimits {
         *self.limits.lock().unwrap_or_else(|e| e.into_inner())

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod budget;
+pub mod cardinality;
 pub mod dogstatsd;
 pub mod forwarded;
 pub mod graphite;

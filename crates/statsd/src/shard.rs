@@ -445,7 +445,7 @@ impl Shard {
             return true;
         }
         // A series new to the store: its sender's budget first, then the shared bounds.
-        let budgets = self.budgets.as_ref().filter(|_| self.sender != Sender::Unknown);
+        let budgets = self.budgets.as_ref().filter(|b| self.sender != Sender::Unknown && b.limits().any());
         if let Some(b) = budgets {
             if !b.charge(self.sender) {
                 if b.limits().fold {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use floodgate_sketch::Distinct;
 
 use crate::budget::{Sender, SeriesBudgets};
+use crate::cardinality::Attribution;
 use crate::forwarded::{GaugeChange, TimerSummary};
 
 use crate::parse::Kind;
@@ -265,6 +266,8 @@ pub struct Store {
     owners: [Map<Sender>; 4],
     /// Who the forwarded series being merged come from (an aggregator's agent).
     forward_sender: Sender,
+    /// New series by name and sender, for `/api/cardinality` (fixed memory).
+    attribution: Attribution,
     /// Series refused by a sender's series budget since start (shards' refusals).
     pub dropped_series_budget: u64,
     /// Values of series over their sender's budget folded into overflow series, since start.
@@ -404,6 +407,7 @@ impl Store {
             budgets: None,
             owners: Default::default(),
             forward_sender: Sender::Unknown,
+            attribution: Attribution::default(),
             dropped_series_budget: 0,
             folded_series_budget: 0,
             key_bad_lines: k("bad_lines_seen"),
@@ -486,6 +490,7 @@ impl Store {
                 if !held || self.owners[kind].contains_key(&key) {
                     budgets.uncharge(sender);
                 } else {
+                    self.attribution.new_series(&key, sender, budgets.minute(), Some(&budgets));
                     self.owners[kind].insert(key, sender);
                 }
             }
@@ -517,6 +522,17 @@ impl Store {
         self.budgets = budgets;
     }
 
+    /// New series by name and sender (when budgets are on).
+    pub fn attribution(&self) -> &Attribution {
+        &self.attribution
+    }
+
+    /// Every series' key, all types.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        (self.counters.keys().chain(self.gauges.keys()).chain(self.timers.keys()).chain(self.sets.keys()))
+            .map(|k| &k[..])
+    }
+
     /// The series budgets in force.
     pub fn series_budgets(&self) -> Option<&Arc<SeriesBudgets>> {
         self.budgets.as_ref()
@@ -531,7 +547,7 @@ impl Store {
     /// A forwarded series new to the store: charged to the agent; false (refused, counted) when
     /// the agent is over its budget.
     fn charge_forwarded(&mut self) -> bool {
-        match &self.budgets {
+        match self.budgets.as_ref().filter(|b| b.limits().any()) {
             Some(b) if self.forward_sender != Sender::Unknown && !b.charge(self.forward_sender) => {
                 self.dropped_series_budget += 1;
                 false
@@ -542,11 +558,12 @@ impl Store {
 
     /// After a charged forwarded series: its owner, or the charge back if it was refused.
     fn settle_forwarded(&mut self, kind: usize, key: &[u8], held: bool) {
-        let Some(b) = &self.budgets else { return };
+        let Some(b) = self.budgets.as_ref().filter(|b| b.limits().any()) else { return };
         if self.forward_sender == Sender::Unknown {
             return;
         }
         if held {
+            self.attribution.new_series(key, self.forward_sender, b.minute(), Some(b));
             self.owners[kind].insert(key.into(), self.forward_sender);
         } else {
             b.uncharge(self.forward_sender);
@@ -972,7 +989,8 @@ impl Store {
         let sets: u64 = self.sets.iter().map(|(k, s)| per_key(k) + s.members.bytes()).sum();
         let sent: u64 = self.sent_names.iter().map(|(k, v)| per_key(k) + v.len() as u64).sum();
         let owners: u64 = self.owners.iter().flat_map(|m| m.keys()).map(per_key).sum();
-        counters + gauges + timers + sets + sent + owners
+        let attribution = if self.budgets.is_some() { self.attribution.bytes() } else { 0 };
+        counters + gauges + timers + sets + sent + owners + attribution
     }
 
     /// The name a series name (a key's part before its tags) was sent as, when sanitising

@@ -87,3 +87,35 @@ fn folded_series_keep_the_graphite_sum_exact() {
     assert!(series.contains("stats_counts.orders;overflow=true"), "{series:?}");
     assert_eq!(series.len(), 101, "the 100 admitted and the overflow series");
 }
+
+/// `/api/cardinality` names who makes the series: the metric with the most new series, its
+/// prefix, and the sender that made them, next to the live counts. The budget is off here
+/// (set to 0: this test is about attribution alone); local addresses kept apart as above.
+#[test]
+fn the_cardinality_api_names_the_metric_and_the_sender_behind_new_series() {
+    let fg = Floodgate::start(
+        "flush_interval = \"500ms\"",
+        "[limits]\nseries_per_source = 0\nlocal_senders = \"by_address\"\nudp_per_source = 0\nudp_per_port = 0\n",
+    );
+    let requests: Vec<String> = (0..3000).map(|i| format!("api.requests.by_id:1|c|#request_id:r{i}")).collect();
+    let steady: Vec<String> = (0..40).map(|i| format!("db.pool.size:{i}|g|#pool:p{i}")).collect();
+    send_from("127.0.0.2", fg.statsd, &requests);
+    send_from("127.0.0.3", fg.statsd, &steady);
+    let report: Value = wait_for("attribution of 3,040 new series", WAIT, || {
+        let (_, body) = http_get(fg.http, "/api/cardinality").ok()?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let top = &v["by_new_series_a_minute"]["names"][0];
+        (top["series"] == 3000).then_some(v)
+    });
+    let top = &report["by_new_series_a_minute"]["names"][0];
+    assert_eq!(top["name"], "api.requests.by_id");
+    assert_eq!(top["error"], 0);
+    assert_eq!(top["senders"][0]["sender"], "127.0.0.2");
+    assert_eq!(top["senders"][0]["series"], 3000);
+    assert_eq!(report["by_new_series_a_minute"]["prefixes"][0]["name"], "api.requests");
+    let second = &report["by_new_series_a_minute"]["names"][1];
+    assert_eq!((second["name"].as_str(), second["series"].as_u64()), (Some("db.pool.size"), Some(40)));
+    assert_eq!(second["senders"][0]["sender"], "127.0.0.3");
+    let live = &report["by_live_series"]["names"][0];
+    assert_eq!((live["name"].as_str(), live["series"].as_u64()), (Some("api.requests.by_id"), Some(3000)));
+}

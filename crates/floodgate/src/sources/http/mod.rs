@@ -86,6 +86,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/offenders", get(offenders))
         .route("/api/status", get(status))
+        .route("/api/cardinality", get(cardinality))
         .route("/ui", get(ui))
         .route("/-/reload", axum::routing::post(reload))
         .route("/", get(index))
@@ -314,8 +315,50 @@ fn series_offenders(shared: &Shared, limit: usize) -> serde_json::Value {
     })
 }
 
+/// `/api/cardinality[?limit=N]`: the metric names and prefixes with the most live series and
+/// the most new series in the last minute, each new-series row with its top senders, and the
+/// senders with the most series (JSON; 20 rows by default, at most 256).
+async fn cardinality(State(shared): State<Arc<Shared>>, uri: Uri) -> impl IntoResponse {
+    let limit = uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("limit=")))
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(20)
+        .min(floodgate_statsd::cardinality::TOP_KEYS);
+    let body = tokio::task::spawn_blocking(move || {
+        use floodgate_statsd::cardinality::{top_live, Heavy};
+        let rows = |rows: Vec<Heavy>| -> serde_json::Value {
+            rows.into_iter()
+                .map(|h| {
+                    let senders: Vec<serde_json::Value> =
+                        h.senders.into_iter().map(|(s, n)| serde_json::json!({ "sender": s, "series": n })).collect();
+                    serde_json::json!({ "name": h.name, "series": h.series, "error": h.error, "senders": senders })
+                })
+                .collect()
+        };
+        let store = shared.aggregation.store.lock();
+        let value = serde_json::json!({
+            "live_series": store.series(),
+            "by_live_series": {
+                "names": rows(top_live(store.keys(), limit, false)),
+                "prefixes": rows(top_live(store.keys(), limit, true)),
+            },
+            "by_new_series_a_minute": {
+                "names": rows(store.attribution().top_new(limit, false)),
+                "prefixes": rows(store.attribution().top_new(limit, true)),
+            },
+            "senders": series_offenders(&shared, limit)["senders"].clone(),
+        });
+        drop(store);
+        serde_json::to_vec_pretty(&value).unwrap_or_else(|_| b"{}".to_vec())
+    })
+    .await
+    .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
 async fn index() -> impl IntoResponse {
-    "floodgate: /ui (live page), /metrics (Prometheus), /healthz, /offenders (JSON), /api/status (JSON)\n"
+    "floodgate: /ui (live page), /metrics (Prometheus), /healthz, /offenders (JSON), /api/status (JSON), /api/cardinality (JSON)\n"
 }
 
 /// `/api/status`: what `/ui` shows, as JSON (totals since start; rates are for the client);

@@ -1,0 +1,139 @@
+//! Who makes the series: the metric names and name prefixes with the most new series a
+//! minute, and for each the senders that made them, kept in heavy-hitter sketches of a fixed
+//! size ([`TopK`]) whatever the number of names; and the same by live series, counted from the
+//! store when asked.
+
+use floodgate_sketch::TopK;
+
+use crate::budget::{Sender, SeriesBudgets};
+
+/// Keys kept by each sketch.
+pub const TOP_KEYS: usize = 256;
+
+/// One minute's new series: by name, by prefix, and by (name, sender).
+#[derive(Debug)]
+struct Minute {
+    names: TopK,
+    prefixes: TopK,
+    senders: TopK,
+}
+
+impl Minute {
+    fn new() -> Minute {
+        Minute { names: TopK::new(TOP_KEYS), prefixes: TopK::new(TOP_KEYS), senders: TopK::new(TOP_KEYS) }
+    }
+
+    fn clear(&mut self) {
+        self.names.clear();
+        self.prefixes.clear();
+        self.senders.clear();
+    }
+
+    fn bytes(&self) -> u64 {
+        self.names.bytes() + self.prefixes.bytes() + self.senders.bytes()
+    }
+}
+
+/// New series by name and sender, this minute and the one before.
+#[derive(Debug)]
+pub struct Attribution {
+    current: Minute,
+    previous: Minute,
+    minute: u64,
+}
+
+impl Default for Attribution {
+    fn default() -> Self {
+        Attribution { current: Minute::new(), previous: Minute::new(), minute: 0 }
+    }
+}
+
+/// A name (or prefix) and how many series it has, with its heaviest senders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heavy {
+    /// The metric name or prefix.
+    pub name: String,
+    /// Series (live, or new in the last full minute), at most `error` too many.
+    pub series: u64,
+    /// How much of `series` may belong to other names (the sketch's bound).
+    pub error: u64,
+    /// The senders that made most of them, with their counts.
+    pub senders: Vec<(String, u64)>,
+}
+
+/// A series' metric name (its key before the tags).
+pub fn name_of(key: &[u8]) -> &[u8] {
+    key.split(|b| *b == b';').next().unwrap_or(key)
+}
+
+/// A name's prefix: its first two dotted fields (`api.requests` of `api.requests.get.200`).
+pub fn prefix_of(name: &[u8]) -> &[u8] {
+    let mut dots = name.iter().enumerate().filter(|(_, b)| **b == b'.').map(|(i, _)| i);
+    match (dots.next(), dots.next()) {
+        (Some(_), Some(second)) => &name[..second],
+        _ => name,
+    }
+}
+
+impl Attribution {
+    /// A new series `key`, made by `sender`, in `minute` (minutes since some epoch).
+    pub fn new_series(&mut self, key: &[u8], sender: Sender, minute: u64, budgets: Option<&SeriesBudgets>) {
+        if minute != self.minute {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+            if minute > self.minute + 1 {
+                self.previous.clear();
+            }
+            self.minute = minute;
+        }
+        let name = String::from_utf8_lossy(name_of(key));
+        self.current.names.add(&name, 1);
+        self.current.prefixes.add(&String::from_utf8_lossy(prefix_of(name.as_bytes())), 1);
+        let who = budgets.map_or_else(|| format!("{sender:?}"), |b| b.describe(sender));
+        self.current.senders.add(&format!("{name}\u{0}{who}"), 1);
+    }
+
+    /// The names (or prefixes, `by_prefix`) with the most new series in the last full minute
+    /// (this one's so far when none), each with its top senders.
+    pub fn top_new(&self, n: usize, by_prefix: bool) -> Vec<Heavy> {
+        let m = if self.previous.names.total() > 0 { &self.previous } else { &self.current };
+        let keys = if by_prefix { &m.prefixes } else { &m.names };
+        let pairs = m.senders.top(TOP_KEYS);
+        keys.top(n)
+            .into_iter()
+            .map(|h| {
+                let senders = pairs
+                    .iter()
+                    .filter_map(|p| {
+                        let (name, who) = p.key.split_once('\u{0}')?;
+                        let matches =
+                            if by_prefix { prefix_of(name.as_bytes()) == h.key.as_bytes() } else { name == h.key };
+                        matches.then(|| (who.to_string(), p.count))
+                    })
+                    .take(5)
+                    .collect();
+                Heavy { name: h.key, series: h.count, error: h.error, senders }
+            })
+            .collect()
+    }
+
+    /// The memory it takes: fixed.
+    pub fn bytes(&self) -> u64 {
+        self.current.bytes() + self.previous.bytes()
+    }
+}
+
+/// The names (or prefixes) holding the most series in `keys` (a walk of the store's series),
+/// counted in a sketch of fixed size.
+pub fn top_live<'k>(keys: impl Iterator<Item = &'k [u8]>, n: usize, by_prefix: bool) -> Vec<Heavy> {
+    let mut top = TopK::new(TOP_KEYS);
+    for key in keys {
+        let name = name_of(key);
+        let k = if by_prefix { prefix_of(name) } else { name };
+        top.add(&String::from_utf8_lossy(k), 1);
+    }
+    top.top(n)
+        .into_iter()
+        .map(|h| Heavy { name: h.key, series: h.count, error: h.error, senders: Vec::new() })
+        .collect()
+}

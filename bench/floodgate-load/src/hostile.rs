@@ -161,6 +161,7 @@ pub fn hot_path(opts: &BenchOptions) {
     }
     builds.push(("this build, kernel layer attached", Some(opts.floodgate.clone()), KERNEL_PASSING));
     builds.push(("this build", Some(opts.floodgate.clone()), GUARD_OFF));
+    builds.push(("this build, budgets off", Some(opts.floodgate.clone()), "[limits]\nudp_per_source = 0\nudp_per_port = 0\nkernel = \"off\"\nseries_per_source = 0\nnew_series_per_source = 0\n"));
     // As many datagrams as a 1 GiB buffer holds (about 2 KiB each, whatever their size).
     let cases = [(1usize, 450_000usize), (20, 450_000)];
     let mut results: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); cases.len()]; builds.len()];

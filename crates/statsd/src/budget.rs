@@ -82,6 +82,8 @@ pub const MAX_SENDERS: usize = 1 << 16;
 #[derive(Debug)]
 pub struct SeriesBudgets {
     limits: Mutex<BudgetLimits>,
+    /// `limits.fold`, read by the receive path once a datagram without the lock.
+    folding: std::sync::atomic::AtomicBool,
     table: [Mutex<HashMap<Sender, SenderSeries>>; SHARDS],
     names: Mutex<HashMap<u64, Box<str>>>,
     epoch: Instant,
@@ -91,6 +93,7 @@ impl SeriesBudgets {
     /// Budgets with these limits.
     pub fn new(limits: BudgetLimits) -> SeriesBudgets {
         SeriesBudgets {
+            folding: std::sync::atomic::AtomicBool::new(limits.fold && limits.any()),
             limits: Mutex::new(limits),
             table: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             names: Mutex::new(HashMap::new()),
@@ -110,7 +113,13 @@ impl SeriesBudgets {
 
     /// New limits (reload); the counts are kept.
     pub fn set_limits(&self, limits: BudgetLimits) {
+        self.folding.store(limits.fold && limits.any(), std::sync::atomic::Ordering::Relaxed);
         *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    /// Whether values over a budget are folded rather than dropped.
+    pub fn folding(&self) -> bool {
+        self.folding.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The sender a series is charged to: loopback addresses as one when asked.

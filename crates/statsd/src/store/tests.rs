@@ -460,7 +460,12 @@ mod series_budgets {
     fn feed_from(store: &mut Store, from: Sender, text: &str) -> Shard {
         let mut shard = store.new_shard(u64::MAX);
         shard.sender = from;
-        Parser::new(true).parse_packet(text.as_bytes(), &mut shard);
+        // As the receive path does: through the folding sink when values are folded.
+        if shard.folding() {
+            Parser::new(true).parse_packet(text.as_bytes(), &mut crate::shard::Folding(&mut shard));
+        } else {
+            Parser::new(true).parse_packet(text.as_bytes(), &mut shard);
+        }
         shard
     }
 

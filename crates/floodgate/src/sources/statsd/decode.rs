@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use floodgate_statsd::dogstatsd::{Event, ServiceCheck};
 use floodgate_statsd::parse::ClientContainers;
+use floodgate_statsd::shard::Folding;
 use floodgate_statsd::{KeyRule, Metric, MetricSink, PacketCounts, Parser, Shard};
 use serde_json::Value;
 
@@ -92,9 +93,12 @@ impl Decoder {
     pub fn ingest(&mut self, shard: &mut Shard, data: &[u8], total: &mut PacketCounts) {
         shard.sender = self.charged;
         let counts = match self.records.as_mut() {
+            // Values over a sender's series budget folded: the shard through its folding sink.
+            None if shard.folding() => self.parser.parse_packet(data, &mut Folding(shard)),
             // The shard itself: the sink the parser's hot path is tuned for.
             None => self.parser.parse_packet(data, shard),
-            records => self.parser.parse_packet(data, &mut WithRecords { shard, records }),
+            records if shard.folding() => self.parser.parse_packet(data, &mut WithRecords::<true> { shard, records }),
+            records => self.parser.parse_packet(data, &mut WithRecords::<false> { shard, records }),
         };
         shard.lines += counts.lines;
         shard.bad_lines += counts.bad;
@@ -131,20 +135,30 @@ impl Decoder {
 
 /// Metrics into the shard (inline, as without it), events and checks into records (if the
 /// output is open).
-struct WithRecords<'a> {
+/// With `FOLD`, values over a sender's series budget are folded (see [`Folding`]); a type of
+/// its own, so the common path carries no fold code.
+struct WithRecords<'a, const FOLD: bool> {
     shard: &'a mut Shard,
     records: Option<&'a mut EventRecords>,
 }
 
-impl MetricSink for WithRecords<'_> {
+impl<const FOLD: bool> MetricSink for WithRecords<'_, FOLD> {
     #[inline(always)]
     fn metric(&mut self, metric: &Metric<'_>) {
-        self.shard.metric(metric);
+        if FOLD {
+            self.shard.record_folding(metric);
+        } else {
+            self.shard.metric(metric);
+        }
     }
 
     #[inline(always)]
     fn counter(&mut self, key: &[u8], value: f64) {
-        self.shard.counter(key, value);
+        if FOLD {
+            self.shard.counter_folding(key, value);
+        } else {
+            self.shard.counter(key, value);
+        }
     }
 
     fn bad_line(&mut self, line: &[u8]) {

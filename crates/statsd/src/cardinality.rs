@@ -77,7 +77,7 @@ pub fn prefix_of(name: &[u8]) -> &[u8] {
 
 impl Attribution {
     /// A new series `key`, made by `sender`, in `minute` (minutes since some epoch).
-    pub fn new_series(&mut self, key: &[u8], sender: Sender, minute: u64, budgets: Option<&SeriesBudgets>) {
+    pub fn new_series(&mut self, key: &[u8], sender: Sender, minute: u64, budgets: &SeriesBudgets) {
         if minute != self.minute {
             std::mem::swap(&mut self.current, &mut self.previous);
             self.current.clear();
@@ -89,7 +89,7 @@ impl Attribution {
         let name = String::from_utf8_lossy(name_of(key));
         self.current.names.add(&name, 1);
         self.current.prefixes.add(&String::from_utf8_lossy(prefix_of(name.as_bytes())), 1);
-        let who = budgets.map_or_else(|| format!("{sender:?}"), |b| b.describe(sender));
+        let who = budgets.describe(sender);
         self.current.senders.add(&format!("{name}\u{0}{who}"), 1);
     }
 
@@ -123,17 +123,20 @@ impl Attribution {
     }
 }
 
-/// The names (or prefixes) holding the most series in `keys` (a walk of the store's series),
-/// counted in a sketch of fixed size.
-pub fn top_live<'k>(keys: impl Iterator<Item = &'k [u8]>, n: usize, by_prefix: bool) -> Vec<Heavy> {
-    let mut top = TopK::new(TOP_KEYS);
+/// The names and the prefixes holding the most series in `keys` (a walk of the store's
+/// series, done once for both), counted in sketches of fixed size.
+pub fn top_live<'k>(keys: impl Iterator<Item = &'k [u8]>, n: usize) -> (Vec<Heavy>, Vec<Heavy>) {
+    let (mut names, mut prefixes) = (TopK::new(TOP_KEYS), TopK::new(TOP_KEYS));
     for key in keys {
         let name = name_of(key);
-        let k = if by_prefix { prefix_of(name) } else { name };
-        top.add(&String::from_utf8_lossy(k), 1);
+        names.add(&String::from_utf8_lossy(name), 1);
+        prefixes.add(&String::from_utf8_lossy(prefix_of(name)), 1);
     }
-    top.top(n)
-        .into_iter()
-        .map(|h| Heavy { name: h.key, series: h.count, error: h.error, senders: Vec::new() })
-        .collect()
+    let rows = |top: TopK| {
+        top.top(n)
+            .into_iter()
+            .map(|h| Heavy { name: h.key, series: h.count, error: h.error, senders: Vec::new() })
+            .collect()
+    };
+    (rows(names), rows(prefixes))
 }

@@ -490,7 +490,7 @@ impl Store {
                 if !held || self.owners[kind].contains_key(&key) {
                     budgets.uncharge(sender);
                 } else {
-                    self.attribution.new_series(&key, sender, budgets.minute(), Some(&budgets));
+                    self.attribution.new_series(&key, sender, budgets.minute(), &budgets);
                     self.owners[kind].insert(key, sender);
                 }
             }
@@ -563,7 +563,7 @@ impl Store {
             return;
         }
         if held {
-            self.attribution.new_series(key, self.forward_sender, b.minute(), Some(b));
+            self.attribution.new_series(key, self.forward_sender, b.minute(), b);
             self.owners[kind].insert(key.into(), self.forward_sender);
         } else {
             b.uncharge(self.forward_sender);

@@ -26,6 +26,8 @@ pub enum ResponseKind {
     Status,
     /// `/offenders?limit=N`.
     Offenders(usize),
+    /// `/api/cardinality?limit=N`.
+    Cardinality(usize),
     /// A console command's reply (`counters`, `gauges`, `timers`).
     Console(&'static str),
 }

@@ -325,36 +325,44 @@ async fn cardinality(State(shared): State<Arc<Shared>>, uri: Uri) -> impl IntoRe
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(20)
         .min(floodgate_statsd::cardinality::TOP_KEYS);
+    use crate::net::shared_response::ResponseKind;
+    let asked = std::time::Instant::now();
+    // Shared as /metrics is: concurrent askers get one rendering, and the walk of every series
+    // under the store's lock is done once for them all.
     let body = tokio::task::spawn_blocking(move || {
-        use floodgate_statsd::cardinality::{top_live, Heavy};
-        let rows = |rows: Vec<Heavy>| -> serde_json::Value {
-            rows.into_iter()
-                .map(|h| {
-                    let senders: Vec<serde_json::Value> =
-                        h.senders.into_iter().map(|(s, n)| serde_json::json!({ "sender": s, "series": n })).collect();
-                    serde_json::json!({ "name": h.name, "series": h.series, "error": h.error, "senders": senders })
-                })
-                .collect()
-        };
-        let store = shared.aggregation.store.lock();
-        let value = serde_json::json!({
-            "live_series": store.series(),
-            "by_live_series": {
-                "names": rows(top_live(store.keys(), limit, false)),
-                "prefixes": rows(top_live(store.keys(), limit, true)),
-            },
-            "by_new_series_a_minute": {
-                "names": rows(store.attribution().top_new(limit, false)),
-                "prefixes": rows(store.attribution().top_new(limit, true)),
-            },
-            "senders": series_offenders(&shared, limit)["senders"].clone(),
-        });
-        drop(store);
-        serde_json::to_vec_pretty(&value).unwrap_or_else(|_| b"{}".to_vec())
+        shared.responses.get(ResponseKind::Cardinality(limit), asked, || cardinality_json(&shared, limit))
     })
     .await
-    .unwrap_or_default();
-    ([(header::CONTENT_TYPE, "application/json")], body)
+    .ok()
+    .flatten();
+    shared_body(body, "application/json")
+}
+
+/// `/api/cardinality`'s body. The store's lock is held for one walk of its keys and the copy
+/// of the attribution's rows, not for the rendering.
+fn cardinality_json(shared: &Shared, limit: usize) -> Vec<u8> {
+    use floodgate_statsd::cardinality::{top_live, Heavy};
+    let rows = |rows: Vec<Heavy>| -> serde_json::Value {
+        rows.into_iter()
+            .map(|h| {
+                let senders: Vec<serde_json::Value> =
+                    h.senders.into_iter().map(|(s, n)| serde_json::json!({ "sender": s, "series": n })).collect();
+                serde_json::json!({ "name": h.name, "series": h.series, "error": h.error, "senders": senders })
+            })
+            .collect()
+    };
+    let (series, (live_names, live_prefixes), new_names, new_prefixes) = {
+        let store = shared.aggregation.store.lock();
+        let a = store.attribution();
+        (store.series(), top_live(store.keys(), limit), a.top_new(limit, false), a.top_new(limit, true))
+    };
+    let value = serde_json::json!({
+        "live_series": series,
+        "by_live_series": { "names": rows(live_names), "prefixes": rows(live_prefixes) },
+        "by_new_series_a_minute": { "names": rows(new_names), "prefixes": rows(new_prefixes) },
+        "senders": series_offenders(shared, limit)["senders"].clone(),
+    });
+    serde_json::to_vec_pretty(&value).unwrap_or_else(|_| b"{}".to_vec())
 }
 
 async fn index() -> impl IntoResponse {

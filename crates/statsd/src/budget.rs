@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -81,9 +82,14 @@ pub const MAX_SENDERS: usize = 1 << 16;
 /// Every sender's series, shared by the shards and the store.
 #[derive(Debug)]
 pub struct SeriesBudgets {
-    limits: Mutex<BudgetLimits>,
-    /// `limits.fold`, read by the receive path once a datagram without the lock.
-    folding: std::sync::atomic::AtomicBool,
+    /// The limits, as atomics: read at every new series (and once a datagram for `folding`)
+    /// by every receive thread, so without a lock.
+    series_per_sender: AtomicU64,
+    new_series_per_minute: AtomicU64,
+    fold: AtomicBool,
+    loopback_as_one: AtomicBool,
+    /// `fold` and a budget set: values over a budget are folded.
+    folding: AtomicBool,
     table: [Mutex<HashMap<Sender, SenderSeries>>; SHARDS],
     names: Mutex<HashMap<u64, Box<str>>>,
     epoch: Instant,
@@ -92,13 +98,18 @@ pub struct SeriesBudgets {
 impl SeriesBudgets {
     /// Budgets with these limits.
     pub fn new(limits: BudgetLimits) -> SeriesBudgets {
-        SeriesBudgets {
-            folding: std::sync::atomic::AtomicBool::new(limits.fold && limits.any()),
-            limits: Mutex::new(limits),
+        let budgets = SeriesBudgets {
+            series_per_sender: AtomicU64::new(0),
+            new_series_per_minute: AtomicU64::new(0),
+            fold: AtomicBool::new(false),
+            loopback_as_one: AtomicBool::new(false),
+            folding: AtomicBool::new(false),
             table: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             names: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
-        }
+        };
+        budgets.set_limits(limits);
+        budgets
     }
 
     /// Minutes since the budgets were made (the clock of the per-minute budget).
@@ -108,18 +119,26 @@ impl SeriesBudgets {
 
     /// The limits in force.
     pub fn limits(&self) -> BudgetLimits {
-        *self.limits.lock().unwrap_or_else(|e| e.into_inner())
+        BudgetLimits {
+            series_per_sender: self.series_per_sender.load(Relaxed),
+            new_series_per_minute: self.new_series_per_minute.load(Relaxed),
+            fold: self.fold.load(Relaxed),
+            loopback_as_one: self.loopback_as_one.load(Relaxed),
+        }
     }
 
     /// New limits (reload); the counts are kept.
     pub fn set_limits(&self, limits: BudgetLimits) {
-        self.folding.store(limits.fold && limits.any(), std::sync::atomic::Ordering::Relaxed);
-        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+        self.series_per_sender.store(limits.series_per_sender, Relaxed);
+        self.new_series_per_minute.store(limits.new_series_per_minute, Relaxed);
+        self.fold.store(limits.fold, Relaxed);
+        self.loopback_as_one.store(limits.loopback_as_one, Relaxed);
+        self.folding.store(limits.fold && limits.any(), Relaxed);
     }
 
     /// Whether values over a budget are folded rather than dropped.
     pub fn folding(&self) -> bool {
-        self.folding.load(std::sync::atomic::Ordering::Relaxed)
+        self.folding.load(Relaxed)
     }
 
     /// The sender a series is charged to: loopback addresses as one when asked.
@@ -259,5 +278,29 @@ pub(crate) fn kind_index(kind: crate::Kind) -> usize {
         crate::Kind::Gauge => 1,
         crate::Kind::Timer => 2,
         crate::Kind::Set => 3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flood of forged senders, each making series, holds at most `MAX_SENDERS` entries;
+    /// senders past it are charged to no one (so never refused), and the table lets go of a
+    /// sender whose series are all gone.
+    #[test]
+    fn the_sender_table_is_bounded_under_a_flood_of_senders() {
+        let limits =
+            BudgetLimits { series_per_sender: 1, new_series_per_minute: 0, fold: false, loopback_as_one: false };
+        let b = SeriesBudgets::new(limits);
+        for i in 0..(2 * MAX_SENDERS as u32) {
+            assert!(b.charge(Sender::Address(IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + i)))));
+        }
+        let held: usize = b.table.iter().map(|t| t.lock().unwrap().len()).sum();
+        assert!(held <= MAX_SENDERS, "{held} senders held");
+        let first = Sender::Address(IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000)));
+        assert!(!b.charge(first), "a tracked sender is still held to its budget");
+        b.refund(first);
+        assert_eq!(b.get(first).live, 0);
     }
 }

@@ -448,7 +448,7 @@ impl Shard {
         let budgets = self.budgets.as_ref().filter(|b| self.sender != Sender::Unknown && b.limits().any());
         if let Some(b) = budgets {
             if !b.charge(self.sender) {
-                if b.limits().fold {
+                if b.folding() {
                     self.folded_series_budget += 1;
                     self.fold_next = true;
                 } else {

@@ -1007,13 +1007,16 @@ impl Store {
         if self.sent_names.is_empty() {
             return;
         }
-        let name = |k: &Key| -> Key { k.split(|b| *b == b';').next().unwrap_or(k).into() };
-        let live: std::collections::HashSet<Key> = (self.counters.keys().map(name))
+        // The live names borrowed from the keys, not copied.
+        fn name(k: &Key) -> &[u8] {
+            k.split(|b| *b == b';').next().unwrap_or(k)
+        }
+        let live: std::collections::HashSet<&[u8]> = (self.counters.keys().map(name))
             .chain(self.gauges.keys().map(name))
             .chain(self.timers.keys().map(name))
             .chain(self.sets.keys().map(name))
             .collect();
-        self.sent_names.retain(|k, _| live.contains(k));
+        self.sent_names.retain(|k, _| live.contains(&k[..]));
     }
 
     /// Counters (key, state).

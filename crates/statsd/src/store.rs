@@ -544,6 +544,20 @@ impl Store {
         self.forward_sender = sender;
     }
 
+    /// Merges one forwarded series (`merge`), a `new` one charged to the agent first: refused
+    /// (false, counted) when the agent is over its budget; its owner kept if the store took it,
+    /// the charge taken back if not.
+    fn charged_forwarded(&mut self, kind: usize, new: bool, key: &[u8], merge: impl FnOnce(&mut Self) -> bool) -> bool {
+        if new && !self.charge_forwarded() {
+            return false;
+        }
+        let done = merge(self);
+        if new {
+            self.settle_forwarded(kind, key, done);
+        }
+        done
+    }
+
     /// A forwarded series new to the store: charged to the agent; false (refused, counted) when
     /// the agent is over its budget.
     fn charge_forwarded(&mut self) -> bool {
@@ -573,14 +587,7 @@ impl Store {
     /// Adds a counter increment forwarded by an agent; false when `max_series` refused it.
     pub fn add_forwarded_counter(&mut self, key: &[u8], value: f64) -> bool {
         let new = !self.counters.contains_key(key);
-        if new && !self.charge_forwarded() {
-            return false;
-        }
-        let done = self.merge_forwarded_counter(key, value);
-        if new {
-            self.settle_forwarded(0, key, done);
-        }
-        done
+        self.charged_forwarded(0, new, key, |store| store.merge_forwarded_counter(key, value))
     }
 
     fn merge_forwarded_counter(&mut self, key: &[u8], value: f64) -> bool {
@@ -599,14 +606,7 @@ impl Store {
     /// unless a later forwarded set (`set_at_ns`, Unix ns) was applied already.
     pub fn add_forwarded_gauge(&mut self, key: &[u8], value: f64, delta: bool, set_at_ns: i64) -> bool {
         let new = !self.gauges.contains_key(key);
-        if new && !self.charge_forwarded() {
-            return false;
-        }
-        let done = self.merge_forwarded_gauge(key, value, delta, set_at_ns);
-        if new {
-            self.settle_forwarded(1, key, done);
-        }
-        done
+        self.charged_forwarded(1, new, key, |store| store.merge_forwarded_gauge(key, value, delta, set_at_ns))
     }
 
     fn merge_forwarded_gauge(&mut self, key: &[u8], value: f64, delta: bool, set_at_ns: i64) -> bool {
@@ -630,14 +630,7 @@ impl Store {
     /// Adds a set's members forwarded by an agent (a union).
     pub fn add_forwarded_set(&mut self, key: &[u8], members: &Distinct) -> bool {
         let new = !self.sets.contains_key(key);
-        if new && !self.charge_forwarded() {
-            return false;
-        }
-        let done = self.merge_forwarded_set(key, members);
-        if new {
-            self.settle_forwarded(3, key, done);
-        }
-        done
+        self.charged_forwarded(3, new, key, |store| store.merge_forwarded_set(key, members))
     }
 
     fn merge_forwarded_set(&mut self, key: &[u8], members: &Distinct) -> bool {
@@ -652,14 +645,7 @@ impl Store {
     /// Adds a timer summary forwarded by an agent.
     pub fn add_forwarded_timer(&mut self, key: &[u8], summary: &TimerSummary) -> bool {
         let new = !self.timers.contains_key(key);
-        if new && !self.charge_forwarded() {
-            return false;
-        }
-        let done = self.merge_forwarded_timer(key, summary);
-        if new {
-            self.settle_forwarded(2, key, done);
-        }
-        done
+        self.charged_forwarded(2, new, key, |store| store.merge_forwarded_timer(key, summary))
     }
 
     fn merge_forwarded_timer(&mut self, key: &[u8], summary: &TimerSummary) -> bool {

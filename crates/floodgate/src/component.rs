@@ -86,6 +86,7 @@ impl Shared {
         metrics.add(naming.clone());
         let responses = Arc::new(crate::net::shared_response::SharedResponses::default());
         metrics.add(responses.clone());
+        metrics.add(Arc::new(crate::tap::TapMetrics));
         Shared {
             naming,
             responses,

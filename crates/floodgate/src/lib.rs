@@ -26,5 +26,6 @@ pub mod sinks;
 pub mod sources;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tap;
 pub mod topology;
 pub mod units;

@@ -43,6 +43,36 @@ enum Command {
     /// error on the terminal and the running process is never disturbed. Needs no other
     /// program (`kill` is not on a minimal system).
     Reload(ReloadArgs),
+    /// Watch the lines and records arriving at a running floodgate, live and sampled, each with
+    /// what became of it (admitted, or dropped and why). Reads its `/api/tap` (allowed from
+    /// `[http] tap_from`: loopback by default). Stops on Ctrl-C or after `--count` lines.
+    Tap(TapArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TapArgs {
+    /// The running floodgate's HTTP address (default: `[http] listen` of --config, else
+    /// 127.0.0.1:9318).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+    /// Only these listeners: `statsd`, `syslog`, or one kind (`statsd_udp`, `syslog_tcp`...).
+    #[arg(long, value_name = "KIND")]
+    listener: Option<String>,
+    /// Only this sender: an address, a CIDR block, or `uid:N` (Unix sockets).
+    #[arg(long, value_name = "SOURCE")]
+    source: Option<String>,
+    /// Only metric names (StatsD) or programs (syslog) matching this glob (`*`, `?`).
+    #[arg(long, value_name = "GLOB")]
+    name: Option<String>,
+    /// Lines a second at most (the rest are counted, not shown; up to 1000).
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// Print each event as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many lines.
+    #[arg(long, default_value_t = 0)]
+    count: u64,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -135,6 +165,36 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     print_error(&format!("floodgate reload: cannot signal process {}: {e}", args.pid));
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Tap(args) => {
+            let http = args.http.unwrap_or_else(|| {
+                let listen = config.http.listen.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9318)));
+                // A wildcard listener is reached on loopback.
+                match listen.ip() {
+                    ip if ip.is_unspecified() && ip.is_ipv4() => {
+                        std::net::SocketAddr::from(([127, 0, 0, 1], listen.port()))
+                    }
+                    ip if ip.is_unspecified() => {
+                        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port()))
+                    }
+                    _ => listen,
+                }
+            });
+            let request = floodgate::tap::client::TapRequest {
+                listener: args.listener,
+                source: args.source,
+                name: args.name,
+                rate: Some(args.rate),
+                json: args.json,
+                count: args.count,
+            };
+            match floodgate::tap::client::run(http, &request, &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    print_error(&format!("floodgate tap: {e:#}"));
                     ExitCode::from(1)
                 }
             }

@@ -39,7 +39,7 @@ impl Sender {
 }
 
 /// The budgets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BudgetLimits {
     /// Live series one sender may have created (0: no limit).
     pub series_per_sender: u64,

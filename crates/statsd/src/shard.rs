@@ -352,6 +352,11 @@ impl Shard {
         Shard { limits, ..Shard::default() }
     }
 
+    /// The series budgets this shard charges against, when any is set.
+    pub fn budget_limits(&self) -> Option<crate::budget::BudgetLimits> {
+        self.budgets.as_ref().map(|b| b.limits())
+    }
+
     /// Estimated bytes held.
     pub fn bytes(&self) -> u64 {
         self.bytes

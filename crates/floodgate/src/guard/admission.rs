@@ -69,6 +69,11 @@ impl std::fmt::Debug for ListenerGuard {
 }
 
 impl ListenerGuard {
+    /// The listener's kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
     /// Puts the kernel layer on this listener's UDP sockets when `[limits] kernel` allows and
     /// the kernel takes it; says in the log which layer limits the listener.
     pub fn attach_kernel(&self, sockets: &[std::os::fd::RawFd]) {

@@ -174,6 +174,10 @@ impl<H: DatagramHandler> UdpWorker<H> {
                     if let Err((reason, messages)) = verdict {
                         dropped[reason as usize] += messages;
                         refused |= 1 << i;
+                        if crate::tap::TAP.watching() {
+                            let source = crate::tap::TapSource::new(batch.source(i), batch.credentials(i));
+                            crate::tap::TAP.refused(self.listener.kind(), source, data, reason);
+                        }
                         continue;
                     }
                     oversize += truncated as u64;

@@ -543,6 +543,10 @@ pub async fn accept(
             }
             Err(reason) => {
                 counters.add_dropped(reason, 1);
+                if crate::tap::TAP.watching() {
+                    let source = crate::tap::TapSource::Address(peer);
+                    crate::tap::TAP.refused_connection(guard.kind(), source, reason);
+                }
                 let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                 drop(stream);
             }

@@ -32,4 +32,5 @@ mod shared_limits;
 mod soak;
 mod statsd_e2e;
 mod syslog;
+mod tap;
 mod ui;

@@ -27,6 +27,12 @@ pub struct HttpConfig {
     /// this host's own name (`Host` is checked on browser requests and on `POST /-/reload`,
     /// so a page that rebinds its DNS name to this host cannot read or drive it).
     pub hosts: Vec<String>,
+    /// Who may open the tap (`GET /api/tap`, `floodgate tap`, the tap on `/ui`): addresses or
+    /// CIDR blocks. It shows what senders send, so loopback only unless widened; empty turns
+    /// it off.
+    pub tap_from: Vec<String>,
+    /// Tap viewers at once (each holds at most a few hundred events queued).
+    pub tap_viewers: usize,
 }
 
 impl Default for HttpConfig {
@@ -37,6 +43,8 @@ impl Default for HttpConfig {
             max_connections: 256,
             header_timeout: Duration::from_secs(10),
             hosts: Vec::new(),
+            tap_from: vec!["127.0.0.0/8".into(), "::1".into()],
+            tap_viewers: 4,
         }
     }
 }
@@ -49,6 +57,9 @@ impl HttpConfig {
         }
         if self.header_timeout < Duration::from_millis(100) {
             return Err(("http.header_timeout", "must be at least 100ms".into()));
+        }
+        if let Err(e) = floodgate_guard::AllowList::parse(&self.tap_from) {
+            return Err(("http.tap_from", e.to_string()));
         }
         Ok(())
     }

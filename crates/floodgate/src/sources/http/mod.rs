@@ -56,10 +56,12 @@ pub async fn serve(
     header_timeout: Duration,
 ) {
     let app = router(shared);
-    crate::net::stream::serve(listener, guard, counters, None, None, "http", move |conn, _peer| {
+    crate::net::stream::serve(listener, guard, counters, None, None, "http", move |conn, peer| {
         let app = app.clone();
+        let client = ClientAddress(peer.addr.map(|a| a.ip()));
         async move {
-            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(client);
                 tower_service::Service::call(&mut app.clone(), request)
             });
             let io = TokioIo::new(Stalled::new(conn, header_timeout));
@@ -87,6 +89,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/offenders", get(offenders))
         .route("/api/status", get(status))
         .route("/api/cardinality", get(cardinality))
+        .route("/api/tap", get(tap))
         .route("/ui", get(ui))
         .route("/-/reload", axum::routing::post(reload))
         .route("/", get(index))
@@ -365,8 +368,24 @@ fn cardinality_json(shared: &Shared, limit: usize) -> Vec<u8> {
     serde_json::to_vec_pretty(&value).unwrap_or_else(|_| b"{}".to_vec())
 }
 
+/// The address a request came from (the `/api/tap` allow-list checks it).
+#[derive(Debug, Clone, Copy)]
+struct ClientAddress(Option<std::net::IpAddr>);
+
+/// `GET /api/tap[?listener=&source=&name=&rate=]`: the lines and records arriving, live, as
+/// server-sent events; only for `[http] tap_from`.
+async fn tap(
+    State(shared): State<Arc<Shared>>,
+    client: Option<axum::Extension<ClientAddress>>,
+    query: axum::extract::Query<crate::tap::sse::TapQuery>,
+) -> axum::response::Response {
+    let peer = client.and_then(|c| c.0 .0);
+    let config = shared.config.read().clone();
+    crate::tap::sse::respond(peer, query.0, &config)
+}
+
 async fn index() -> impl IntoResponse {
-    "floodgate: /ui (live page), /metrics (Prometheus), /healthz, /offenders (JSON), /api/status (JSON), /api/cardinality (JSON)\n"
+    "floodgate: /ui (live page), /metrics (Prometheus), /healthz, /offenders (JSON), /api/status (JSON), /api/cardinality (JSON), /api/tap (live lines, server-sent events)\n"
 }
 
 /// `/api/status`: what `/ui` shows, as JSON (totals since start; rates are for the client);

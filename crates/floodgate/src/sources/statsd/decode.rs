@@ -30,6 +30,9 @@ pub struct Decoder {
     records: Option<EventRecords>,
     /// Who the series the next lines make are charged to (series budgets).
     charged: Sender,
+    /// The listener, and the sender as the tap shows it.
+    kind: Kind,
+    tap_source: crate::tap::TapSource,
 }
 
 impl Decoder {
@@ -61,7 +64,7 @@ impl Decoder {
             }
             None => None,
         };
-        Decoder { parser, origin, records, charged: Sender::Unknown }
+        Decoder { parser, origin, records, charged: Sender::Unknown, kind, tap_source: crate::tap::TapSource::Unknown }
     }
 
     /// The sender of the data that follows: its address, or (Unix sockets) the process the
@@ -73,6 +76,7 @@ impl Decoder {
             (None, Some(a)) => Sender::Address(a.ip()),
             (None, None) => Sender::Unknown,
         };
+        self.tap_source = crate::tap::TapSource::new(source, peer);
         if let (Some(origin), Some(peer)) = (self.origin.as_mut(), peer) {
             if origin.current != Some(peer) {
                 origin.current = Some(peer);
@@ -91,6 +95,66 @@ impl Decoder {
     /// Parses a block of complete lines into the shard and adds its line counts to `total`
     /// (the caller counts packets and publishes `total` to its [`Counters`] once per batch).
     pub fn ingest(&mut self, shard: &mut Shard, data: &[u8], total: &mut PacketCounts) {
+        if crate::tap::TAP.watching() {
+            if let Some(watchers) = crate::tap::TAP.watchers(self.kind, self.tap_source) {
+                return self.ingest_watched(shard, data, total, &watchers);
+            }
+        }
+        self.ingest_lines(shard, data, total);
+    }
+
+    /// [`Self::ingest`] while a tap watches this sender: the lines a viewer wants are parsed
+    /// one at a time, so each is shown with what became of it.
+    #[cold]
+    fn ingest_watched(
+        &mut self,
+        shard: &mut Shard,
+        data: &[u8],
+        total: &mut PacketCounts,
+        watchers: &crate::tap::Watchers,
+    ) {
+        use crate::tap::Decision;
+        for line in data.split_inclusive(|b| *b == b'\n') {
+            let name = crate::tap::statsd_name(line);
+            if !watchers.wants(name) {
+                self.ingest_lines(shard, line, total);
+                continue;
+            }
+            let before = (total.bad, total.too_long, shard.dropped_series_budget, shard.folded_series_budget);
+            let memory = (shard.dropped_max_series, shard.dropped_max_memory);
+            self.ingest_lines(shard, line, total);
+            let decision = if total.bad > before.0 {
+                Decision::Dropped { reason: "bad_line", why: "not a StatsD line floodgate can read".into() }
+            } else if total.too_long > before.1 {
+                Decision::Dropped {
+                    reason: "key_too_long",
+                    why: "its name is longer than [statsd] max_key_length".into(),
+                }
+            } else if shard.dropped_series_budget > before.2 {
+                let limits = shard.budget_limits().unwrap_or_default();
+                Decision::Dropped {
+                    reason: "series_budget",
+                    why: format!(
+                        "a new series, and its sender is over its series budget ([limits] series_per_source = {}, \
+                         new_series_per_source = {} a minute)",
+                        limits.series_per_sender, limits.new_series_per_minute
+                    ),
+                }
+            } else if shard.folded_series_budget > before.3 {
+                Decision::Folded
+            } else if (shard.dropped_max_series, shard.dropped_max_memory) != memory {
+                Decision::Dropped {
+                    reason: "max_series",
+                    why: "a new series, and the store is full ([limits] max_series or max_memory)".into(),
+                }
+            } else {
+                Decision::Admitted
+            };
+            watchers.offer(name, line, || decision);
+        }
+    }
+
+    fn ingest_lines(&mut self, shard: &mut Shard, data: &[u8], total: &mut PacketCounts) {
         shard.sender = self.charged;
         let counts = match self.records.as_mut() {
             // Values over a sender's series budget folded: the shard through its folding sink.

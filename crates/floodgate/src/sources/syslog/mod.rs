@@ -33,6 +33,7 @@ pub struct Encoder {
     encoding: Encoding,
     /// Where an RFC 3164 time without a zone is read.
     zone: jiff::tz::TimeZone,
+    kind: crate::listener::Kind,
     listener: &'static str,
     transport: &'static str,
     received_at: String,
@@ -53,6 +54,7 @@ impl Encoder {
         let mut e = Encoder {
             encoding,
             zone,
+            kind,
             listener: kind.as_str(),
             transport: kind.transport_name(),
             received_at: String::new(),
@@ -130,6 +132,13 @@ impl Encoder {
             });
         }
         let clean = record.parse_error.is_none();
+        if crate::tap::TAP.watching() {
+            let source = crate::tap::TapSource::new(self.source_addr, self.peer.as_ref().map(|(c, _)| *c));
+            if let Some(watchers) = crate::tap::TAP.watchers(self.kind, source) {
+                let name = record.app_name.as_deref().unwrap_or("");
+                watchers.offer(name.as_bytes(), trimmed, || crate::tap::Decision::Admitted);
+            }
+        }
         match self.encoding {
             Encoding::Json { raw } => {
                 write_json_after(&self.prefix, &record, raw.then_some(trimmed), &mut chunk.bytes);

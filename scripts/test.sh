@@ -57,6 +57,8 @@ if [ ! -f "$peers/statsd-0.9.0/stats.js" ]; then
     tar xzf statsd-0.9.0.tgz && mv package statsd-0.9.0 && rm statsd-0.9.0.tgz)
 fi
 [ -d "$peers/js/node_modules/unix-dgram/build" ] || npm install --silent --prefix "$peers/js" hot-shots unix-dgram >/dev/null
+# playwright-core drives Debian's chromium for the /ui tests (no browser download: executablePath).
+[ -d "$peers/js/node_modules/playwright-core" ] || npm install --silent --prefix "$peers/js" playwright-core >/dev/null
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -58,6 +58,8 @@ impl Aggregation {
     /// live values).
     pub fn merge_shards(&self, store: &mut Store) {
         let shards = self.shards.lock().clone();
+        // New series merged now were first seen now (to the merge).
+        store.set_clock(unix_now());
         for shard in shards {
             // Swap under the lock (cheap), merge outside it so the receiver is not held up.
             let mut taken = shard.lock().take();
@@ -65,6 +67,13 @@ impl Aggregation {
                 self.last_msg_seen.store(unix_now(), Relaxed);
             }
             store.merge(&mut taken);
+        }
+        // The shards learn the series merged now: a series merged between flushes (a scrape, a
+        // console read) is not new to them any more, so they do not charge its sender again.
+        if let Some(known) = store.known_series() {
+            for shard in self.shards.lock().iter() {
+                shard.lock().set_known(known.clone());
+            }
         }
     }
 
@@ -100,5 +109,34 @@ impl Aggregation {
             let allowance = if unlimited { u64::MAX } else { shard.limits().memory_allowance };
             shard.set_limits(store.shard_limits(allowance));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floodgate_statsd::budget::{BudgetLimits, Sender};
+    use floodgate_statsd::{KeyRule, Parser};
+
+    /// A series merged between flushes (a scrape) is charged to its sender once: the shards
+    /// learn it at that merge, so its next value is not a new series to them.
+    #[test]
+    fn a_series_merged_between_flushes_is_not_charged_again() {
+        let limits = BudgetLimits { series_per_sender: 100, new_series_per_minute: 100, ..Default::default() };
+        let aggregation = Aggregation::new(AggregationConfig::default(), limits);
+        let shard = aggregation.new_shard();
+        let sender = Sender::Address("198.18.0.9".parse().unwrap());
+        let mut parser = Parser::with_rule(KeyRule::default());
+        let mut send = |line: &[u8]| {
+            let mut s = shard.lock();
+            s.sender = sender;
+            parser.parse_packet(line, &mut *s);
+        };
+        send(b"scraped.a:1|c\n");
+        aggregation.merge_shards(&mut aggregation.store.lock());
+        send(b"scraped.a:1|c\n");
+        assert_eq!(aggregation.budgets.get(sender).live, 1, "charged once, before the next merge too");
+        aggregation.merge_shards(&mut aggregation.store.lock());
+        assert_eq!(aggregation.budgets.get(sender).live, 1);
     }
 }

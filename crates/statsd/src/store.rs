@@ -263,7 +263,10 @@ pub struct Store {
     sent_names: Map<Key>,
     /// Series budgets per sender (when any is set), and who created each series they charged.
     budgets: Option<Arc<SeriesBudgets>>,
-    owners: [Map<Sender>; 4],
+    owners: [Map<Owner>; 4],
+    /// The time new series are first seen at (Unix seconds; the runtime sets it before it
+    /// merges, and each flush).
+    now: u32,
     /// Who the forwarded series being merged come from (an aggregator's agent).
     forward_sender: Sender,
     /// New series by name and sender, for `/api/cardinality` (fixed memory).
@@ -285,6 +288,15 @@ pub struct Store {
     pub dropped_max_memory: u64,
     /// New series still allowed under `max_series`, shared with the shards.
     budget: Arc<crate::shard::SeriesBudget>,
+}
+
+/// Who made a series, and when the store first held it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    /// The sender its charge is held for.
+    pub sender: Sender,
+    /// Unix seconds (to the merge: a flush, a scrape or a console read).
+    pub first_seen: u32,
 }
 
 /// One timer's statistics: Etsy's names (`upper_90`, `histogram.bin_0_1`, ...) and values.
@@ -406,6 +418,7 @@ impl Store {
             sent_names: Map::default(),
             budgets: None,
             owners: Default::default(),
+            now: 0,
             forward_sender: Sender::Unknown,
             attribution: Attribution::default(),
             dropped_series_budget: 0,
@@ -491,7 +504,7 @@ impl Store {
                     budgets.uncharge(sender);
                 } else {
                     self.attribution.new_series(&key, sender, budgets.minute(), &budgets);
-                    self.owners[kind].insert(key, sender);
+                    self.owners[kind].insert(key, Owner { sender, first_seen: self.now });
                 }
             }
         }
@@ -499,16 +512,16 @@ impl Store {
 
     /// Gives back the charge of a series the store let go.
     fn release(&mut self, kind: usize, key: &[u8]) {
-        if let (Some(b), Some(sender)) = (&self.budgets, self.owners[kind].remove(&crate::shard::KeyRef(key))) {
-            b.refund(sender);
+        if let (Some(b), Some(owner)) = (&self.budgets, self.owners[kind].remove(&crate::shard::KeyRef(key))) {
+            b.refund(owner.sender);
         }
     }
 
     /// Gives back every charge of a kind whose series all went.
     fn release_all(&mut self, kind: usize) {
         if let Some(b) = &self.budgets {
-            for (_, sender) in self.owners[kind].drain() {
-                b.refund(sender);
+            for (_, owner) in self.owners[kind].drain() {
+                b.refund(owner.sender);
             }
         }
     }
@@ -520,6 +533,30 @@ impl Store {
             self.owners.iter_mut().for_each(Map::clear);
         }
         self.budgets = budgets;
+    }
+
+    /// Sets the time new series are first seen at (Unix seconds).
+    pub fn set_clock(&mut self, unix_seconds: i64) {
+        self.now = unix_seconds.clamp(0, u32::MAX as i64) as u32;
+    }
+
+    /// Who made a series and when the store first held it (series charged to a sender's
+    /// budget; `None` for the others, and when budgets are off).
+    pub fn owner(&self, kind: crate::Kind, key: &[u8]) -> Option<Owner> {
+        self.owners[crate::budget::kind_index(kind)].get(&crate::shard::KeyRef(key)).copied()
+    }
+
+    /// A series' value now (counters: this interval's sum; gauges: the value; timers: this
+    /// interval's samples; sets: this interval's distinct members) and its total since start
+    /// (counters and timers), if the store holds it.
+    pub fn value_of(&self, kind: crate::Kind, key: &[u8]) -> Option<(f64, Option<f64>)> {
+        let key = crate::shard::KeyRef(key);
+        match kind {
+            crate::Kind::Counter => self.counters.get(&key).map(|c| (c.value, Some(c.total))),
+            crate::Kind::Gauge => self.gauges.get(&key).map(|g| (g.value, None)),
+            crate::Kind::Timer => self.timers.get(&key).map(|t| (t.count, Some(t.total_count))),
+            crate::Kind::Set => self.sets.get(&key).map(|s| (s.size() as f64, None)),
+        }
     }
 
     /// New series by name and sender (when budgets are on).
@@ -578,7 +615,7 @@ impl Store {
         }
         if held {
             self.attribution.new_series(key, self.forward_sender, b.minute(), b);
-            self.owners[kind].insert(key.into(), self.forward_sender);
+            self.owners[kind].insert(key.into(), Owner { sender: self.forward_sender, first_seen: self.now });
         } else {
             b.uncharge(self.forward_sender);
         }
@@ -799,6 +836,7 @@ impl Store {
     /// then clears as Etsy statsd does.
     pub fn flush<R>(&mut self, timestamp: i64, write: impl FnOnce(&FlushView<'_>) -> R) -> R {
         let started = Instant::now();
+        self.set_clock(timestamp);
         let interval_secs = self.cfg.flush_interval_ms as f64 / 1000.0;
         if self.old_timestamp > 0 {
             let lag = (timestamp - self.old_timestamp) as f64 - interval_secs;

@@ -19,7 +19,9 @@ impl Guard {
     /// The `max` sources that dropped most, for `/offenders` and the labelled metric: the
     /// user-space table's, and the kernel layer's (`reason` `kernel_*`).
     pub fn offenders(&self, max: usize) -> Vec<OffenderReport> {
+        use floodgate_guard::Reason;
         let listeners = self.listeners.lock().clone();
+        let policy = self.policy();
         let mut kernel: Vec<OffenderReport> = listeners
             .iter()
             .filter_map(|lg| Some((lg, lg.kernel.get()?)))
@@ -37,6 +39,8 @@ impl Guard {
                         listener: lg.kind.as_str(),
                         address: lg.address.clone(),
                         reason: "kernel_source_limit",
+                        limit_key: Some("udp_per_source"),
+                        limit: Some(policy.udp_source.rate().round() as u64),
                         dropped: cell.dropped,
                         first_seen: String::new(),
                         last_seen: String::new(),
@@ -45,13 +49,21 @@ impl Guard {
                 })
             })
             .collect();
-        let mut all: Vec<OffenderReport> = self
-            .policy()
+        let mut all: Vec<OffenderReport> = policy
             .table
             .offenders(max)
             .into_iter()
             .filter_map(|o: Offender| {
                 let lg = listeners.get(o.key.listener as usize)?;
+                let rate = |l: &floodgate_guard::Limit| l.rate().round() as u64;
+                let limit = match o.reason {
+                    Reason::SourceLimit if o.key.as_uid().is_some() => Some(("unix_per_uid", rate(&policy.unix_uid))),
+                    Reason::SourceLimit if lg.kind.is_stream() => Some(("tcp_per_source", rate(&policy.tcp_source))),
+                    Reason::SourceLimit => Some(("udp_per_source", rate(&policy.udp_source))),
+                    Reason::ConnectionRate => Some(("tcp_connections_per_source", rate(&policy.tcp_rate))),
+                    Reason::SourceConnections => Some(("tcp_open_per_source", policy.tcp_open_per_source as u64)),
+                    _ => None,
+                };
                 Some(OffenderReport {
                     source: o.key.source(),
                     uid: o.key.as_uid(),
@@ -59,6 +71,8 @@ impl Guard {
                     listener: lg.kind.as_str(),
                     address: lg.address.clone(),
                     reason: o.reason.as_str(),
+                    limit_key: limit.map(|(k, _)| k),
+                    limit: limit.map(|(_, v)| v),
                     dropped: o.dropped,
                     first_seen: self.wall(o.first_seen_ns),
                     last_seen: self.wall(o.last_seen_ns),
@@ -169,6 +183,12 @@ pub struct OffenderReport {
     pub address: String,
     /// The limit it hit last.
     pub reason: &'static str,
+    /// That limit's key in `[limits]` (`udp_per_source`...), when it is a rate or a count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_key: Option<&'static str>,
+    /// Its value: messages or connections a second, or open connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
     /// Messages (UDP) or connections (TCP) dropped while tracked.
     pub dropped: u64,
     /// First drop (RFC 3339).

@@ -144,3 +144,33 @@ fn api_status_reports_listeners_guard_and_outputs() {
     assert_eq!(v["syslog_output"]["output"], "file", "{v}");
     assert_eq!(v["conntrack"]["source"], "ctnetlink", "{v}");
 }
+
+/// `/ui` driven in real headless Chromium by playwright-core (`tests/ui/explains.cjs`): the
+/// series browser, the tap, an offender over its series budget named in words and on the
+/// cardinality view, the configuration with its non-defaults marked. Screenshots are kept in
+/// `target/test-artifacts/ui-*.png`. Changed from the defaults: a series budget of 500 (the
+/// default, 250,000, would take long to reach) and local addresses as separate senders (two
+/// loopback addresses stand for two hosts).
+#[test]
+fn the_page_explains_who_sends_what_in_real_chromium() {
+    let fg = Floodgate::start("", "[limits]\nseries_per_source = 500\nlocal_senders = \"by_address\"\n");
+    let modules = repo_root().join("target/peers/js/node_modules");
+    assert!(modules.join("playwright-core").exists(), "playwright-core not installed: run ./scripts/test.sh");
+    let artifacts = repo_root().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let out = Command::new(require_tool("node"))
+        .arg(repo_root().join("tests/ui/explains.cjs"))
+        .env("NODE_PATH", &modules)
+        .env("FLOODGATE_HTTP", format!("127.0.0.1:{}", fg.http))
+        .env("FLOODGATE_STATSD", fg.statsd.to_string())
+        .env("SCREENSHOTS", &artifacts)
+        .env("CHROMIUM", require_tool("chromium"))
+        .output()
+        .expect("run node");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert!(said.ends_with("ok\n"), "{said}");
+    for shot in ["series", "tap", "overview", "cardinality", "config"] {
+        assert!(artifacts.join(format!("ui-{shot}.png")).exists(), "no screenshot of {shot}");
+    }
+}

@@ -8,6 +8,7 @@
 //! reads is abandoned after it. hyper is driven directly for those timeouts (axum's `serve`
 //! sets none).
 
+mod browse;
 pub mod config;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -90,6 +91,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/status", get(status))
         .route("/api/cardinality", get(cardinality))
         .route("/api/tap", get(tap))
+        .route("/api/series", get(series))
+        .route("/api/config", get(config_table))
         .route("/ui", get(ui))
         .route("/-/reload", axum::routing::post(reload))
         .route("/", get(index))
@@ -368,6 +371,30 @@ fn cardinality_json(shared: &Shared, limit: usize) -> Vec<u8> {
     serde_json::to_vec_pretty(&value).unwrap_or_else(|_| b"{}".to_vec())
 }
 
+/// `GET /api/series?match=GLOB&limit=N`: the series browser (see [`browse::series_json`]).
+async fn series(State(shared): State<Arc<Shared>>, query: axum::extract::Query<SeriesQuery>) -> impl IntoResponse {
+    let SeriesQuery { r#match, limit } = query.0;
+    let body = tokio::task::spawn_blocking(move || browse::series_json(&shared, &r#match, limit.unwrap_or(100)))
+        .await
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// The query of `/api/series`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct SeriesQuery {
+    r#match: String,
+    limit: Option<usize>,
+}
+
+/// `GET /api/config`: the configuration in force, key by key, with the defaults and what
+/// differs (secrets redacted).
+async fn config_table(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let body = browse::config_json(&shared.config.read());
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
 /// The address a request came from (the `/api/tap` allow-list checks it).
 #[derive(Debug, Clone, Copy)]
 struct ClientAddress(Option<std::net::IpAddr>);
@@ -385,7 +412,7 @@ async fn tap(
 }
 
 async fn index() -> impl IntoResponse {
-    "floodgate: /ui (live page), /metrics (Prometheus), /healthz, /offenders (JSON), /api/status (JSON), /api/cardinality (JSON), /api/tap (live lines, server-sent events)\n"
+    "floodgate: /ui (live page), /metrics (Prometheus), /healthz, /offenders (JSON), /api/status (JSON), /api/cardinality (JSON), /api/tap (live lines, server-sent events), /api/series, /api/config\n"
 }
 
 /// `/api/status`: what `/ui` shows, as JSON (totals since start; rates are for the client);

@@ -83,6 +83,7 @@ const sleep = ms => new Promise(r => setTimeout(r, ms));
     assert.match(said, /500 live series/);
     assert.match(said, /series_per_source = 500/);
     assert.match(said, /1,500 new series refused/);
+    assert.match(said, /mostly checkout\.request \(500\)/, "its top name prefix");
     await page.screenshot({ path: `${shots}/ui-overview.png`, fullPage: true });
     await page.goto(`${base}/ui#cardinality`);
     const sender = page.locator('tr[data-sender="127.0.0.2"]');

@@ -112,6 +112,50 @@ impl Aggregation {
     }
 }
 
+/// Senders and names shown as labelled self-metrics: only this many, so labels stay bounded.
+const TOP_LABELLED: usize = 5;
+
+/// Cardinality attribution as self-metrics: the senders holding the most series, how many are
+/// over their budget, and the names making the most new series (`/api/cardinality` has more).
+impl crate::metrics::Report for Aggregation {
+    fn report(&self, out: &mut crate::metrics::Families) {
+        use crate::metrics::Describe;
+        let limits = self.budgets.limits();
+        let top = self.budgets.top(floodgate_statsd::budget::MAX_SENDERS);
+        let over = top
+            .iter()
+            .filter(|(_, s)| {
+                (limits.series_per_sender > 0 && s.live >= limits.series_per_sender)
+                    || (limits.new_series_per_minute > 0 && s.new_this_minute >= limits.new_series_per_minute)
+            })
+            .count();
+        out.one(
+            Describe::gauge(
+                "floodgate_statsd_senders_over_series_budget",
+                "Senders at their series budget ([limits] series_per_source, new_series_per_source) now.",
+            ),
+            over as u64,
+        );
+        let live = Describe::gauge(
+            "floodgate_statsd_sender_series",
+            "Live StatsD series created by each of the 5 senders holding the most (see /api/cardinality).",
+        );
+        out.family(live);
+        for (sender, s) in top.iter().take(TOP_LABELLED) {
+            out.add(live, &[("sender", self.budgets.describe(*sender).as_str())], s.live);
+        }
+        let new = Describe::gauge(
+            "floodgate_statsd_new_series_by_name",
+            "New StatsD series in the last full minute for each of the 5 metric names making the most (heavy-hitter              estimate; see /api/cardinality).",
+        );
+        out.family(new);
+        let names = self.store.lock().attribution().top_new(TOP_LABELLED, false);
+        for h in names {
+            out.add(new, &[("name", h.name.as_str())], h.series);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,11 +87,13 @@ impl Shared {
         let responses = Arc::new(crate::net::shared_response::SharedResponses::default());
         metrics.add(responses.clone());
         metrics.add(Arc::new(crate::tap::TapMetrics));
+        let aggregation = Arc::new(Aggregation::new(config.aggregation(), config.limits.series_budgets()));
+        metrics.add(aggregation.clone());
         Shared {
             naming,
             responses,
             stopping: Arc::default(),
-            aggregation: Arc::new(Aggregation::new(config.aggregation(), config.limits.series_budgets())),
+            aggregation,
             metrics,
             listeners,
             flush,

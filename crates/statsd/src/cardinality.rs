@@ -66,11 +66,13 @@ pub fn name_of(key: &[u8]) -> &[u8] {
     key.split(|b| *b == b';').next().unwrap_or(key)
 }
 
-/// A name's prefix: its first two dotted fields (`api.requests` of `api.requests.get.200`).
+/// A name's prefix: its first two dotted fields (`api.requests` of `api.requests.get.200`),
+/// the first of a name of two (`flood` of `flood.8123`: an id in the last field still groups).
 pub fn prefix_of(name: &[u8]) -> &[u8] {
     let mut dots = name.iter().enumerate().filter(|(_, b)| **b == b'.').map(|(i, _)| i);
     match (dots.next(), dots.next()) {
         (Some(_), Some(second)) => &name[..second],
+        (Some(first), None) => &name[..first],
         _ => name,
     }
 }

@@ -559,6 +559,23 @@ impl Store {
         }
     }
 
+    /// For each of `senders`, the name prefixes (first two fields) of the live series it made,
+    /// the `n` with the most (one walk of the charged series; counted in sketches of fixed size,
+    /// so an estimate past [`crate::cardinality::TOP_KEYS`] prefixes).
+    pub fn top_prefixes_by_sender(&self, senders: &[Sender], n: usize) -> Vec<Vec<(String, u64)>> {
+        use crate::cardinality::{name_of, prefix_of, TOP_KEYS};
+        let mut sketches: Vec<floodgate_sketch::TopK> =
+            senders.iter().map(|_| floodgate_sketch::TopK::new(TOP_KEYS)).collect();
+        let index: std::collections::HashMap<Sender, usize> =
+            senders.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+        for (key, owner) in self.owners.iter().flat_map(|m| m.iter()) {
+            if let Some(&i) = index.get(&owner.sender) {
+                sketches[i].add(&String::from_utf8_lossy(prefix_of(name_of(key))), 1);
+            }
+        }
+        sketches.into_iter().map(|t| t.top(n).into_iter().map(|h| (h.key, h.count)).collect()).collect()
+    }
+
     /// New series by name and sender (when budgets are on).
     pub fn attribution(&self) -> &Attribution {
         &self.attribution

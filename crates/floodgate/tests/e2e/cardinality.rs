@@ -50,8 +50,14 @@ fn a_sender_is_held_to_its_series_budget_while_another_gets_all_of_its_own() {
     assert_eq!(top["sender"], "127.0.0.2", "{series:#}");
     assert_eq!((top["live_series"].as_u64(), top["refused"].as_u64()), (Some(1000), Some(19_000)));
     assert_eq!(top["over_budget"], true);
+    assert_eq!(top["top_prefixes"][0], serde_json::json!({"prefix": "flood", "series": 1000}), "{top}");
     let calm_sender = series["senders"].as_array().unwrap().iter().find(|s| s["sender"] == "127.0.0.3").unwrap();
     assert_eq!((calm_sender["live_series"].as_u64(), calm_sender["refused"].as_u64()), (Some(500), Some(0)));
+    // The same on /metrics, for the alert rule (FloodgateSeriesBudgetExceeded) and dashboards.
+    let metrics = fg.self_metrics();
+    assert_eq!(sample(&metrics, "floodgate_statsd_senders_over_series_budget", &[]), 1.0);
+    assert_eq!(sample(&metrics, "floodgate_statsd_sender_series", &["sender=\"127.0.0.2\""]), 1000.0);
+    assert_eq!(sample(&metrics, "floodgate_statsd_sender_series", &["sender=\"127.0.0.3\""]), 500.0);
 }
 
 /// `series_budget_overflow = "fold"`: past its budget, a sender's values go to one overflow
@@ -118,4 +124,7 @@ fn the_cardinality_api_names_the_metric_and_the_sender_behind_new_series() {
     assert_eq!(second["senders"][0]["sender"], "127.0.0.3");
     let live = &report["by_live_series"]["names"][0];
     assert_eq!((live["name"].as_str(), live["series"].as_u64()), (Some("api.requests.by_id"), Some(3000)));
+    let metrics = fg.self_metrics();
+    assert_eq!(sample(&metrics, "floodgate_statsd_new_series_by_name", &["name=\"api.requests.by_id\""]), 3000.0);
+    assert_eq!(sample(&metrics, "floodgate_statsd_new_series_by_name", &["name=\"db.pool.size\""]), 40.0);
 }

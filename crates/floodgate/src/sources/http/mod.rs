@@ -294,17 +294,38 @@ async fn offenders(State(shared): State<Arc<Shared>>, uri: Uri) -> impl IntoResp
     shared_body(body, "application/json")
 }
 
+/// Senders whose series' name prefixes `/offenders` lists.
+const PREFIXES_FOR: usize = 20;
+
 /// `/offenders`' `series`: the senders holding the most StatsD series, and what their series
 /// budgets refused, with the budgets (`[limits] series_per_source`).
 fn series_offenders(shared: &Shared, limit: usize) -> serde_json::Value {
     let budgets = &shared.aggregation.budgets;
     let limits = budgets.limits();
-    let senders: Vec<serde_json::Value> = budgets
-        .top(limit)
+    let top = budgets.top(limit);
+    // The name prefixes of the series the first few hold: what an operator looks for (an id in
+    // a name shows as one prefix with many series).
+    let shown: Vec<floodgate_statsd::budget::Sender> = top.iter().take(PREFIXES_FOR).map(|(s, _)| *s).collect();
+    let prefixes = {
+        // Merged first: a series is charged when a receive thread meets it, and its owner is
+        // known to the store from the next merge.
+        let mut store = shared.aggregation.store.lock();
+        shared.aggregation.merge_shards(&mut store);
+        store.top_prefixes_by_sender(&shown, 5)
+    };
+    let senders: Vec<serde_json::Value> = top
         .into_iter()
-        .map(|(sender, s)| {
+        .enumerate()
+        .map(|(i, (sender, s))| {
+            let top_prefixes: Vec<serde_json::Value> = prefixes
+                .get(i)
+                .into_iter()
+                .flatten()
+                .map(|(prefix, n)| serde_json::json!({ "prefix": prefix, "series": n }))
+                .collect();
             serde_json::json!({
                 "sender": budgets.describe(sender),
+                "top_prefixes": top_prefixes,
                 "live_series": s.live,
                 "new_series_this_minute": s.new_this_minute,
                 "refused": s.refused,

@@ -142,14 +142,27 @@ impl SeriesBudgets {
     }
 
     /// The sender a series is charged to: loopback addresses as one when asked.
+    /// The sender a charge is held for: loopback as one (`loopback_as_one`), an IPv4-mapped
+    /// address as IPv4, an IPv6 address as its /64 (as the guard counts it: a host given a /64
+    /// can send from any of its addresses).
     fn canonical(&self, sender: Sender, limits: &BudgetLimits) -> Sender {
         match sender {
             Sender::Address(ip) if limits.loopback_as_one && ip.to_canonical().is_loopback() => {
                 Sender::Address(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
             }
-            Sender::Address(ip) => Sender::Address(ip.to_canonical()),
+            Sender::Address(ip) => match ip.to_canonical() {
+                IpAddr::V6(v6) if !v6.is_loopback() => {
+                    Sender::Address(IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()))
+                }
+                other => Sender::Address(other),
+            },
             other => other,
         }
+    }
+
+    /// The sender `sender`'s series are counted under (see [`Self::canonical`]).
+    pub fn counted_as(&self, sender: Sender) -> Sender {
+        self.canonical(sender, &self.limits())
     }
 
     fn shard(&self, sender: &Sender) -> std::sync::MutexGuard<'_, HashMap<Sender, SenderSeries>> {
@@ -157,7 +170,7 @@ impl SeriesBudgets {
         let index = match sender {
             Sender::Unknown => 0,
             Sender::Address(IpAddr::V4(a)) => u32::from(*a) as usize,
-            Sender::Address(IpAddr::V6(a)) => u128::from(*a) as usize,
+            Sender::Address(IpAddr::V6(a)) => (u128::from(*a) >> 64) as usize,
             Sender::Uid(u) => *u as usize,
             Sender::Named(n) => *n as usize,
         };
@@ -243,6 +256,7 @@ impl SeriesBudgets {
     pub fn describe(&self, sender: Sender) -> String {
         match sender {
             Sender::Unknown => "unknown".into(),
+            Sender::Address(IpAddr::V6(a)) if !a.is_loopback() => format!("{a}/64"),
             Sender::Address(a) => a.to_string(),
             Sender::Uid(u) => format!("uid {u}"),
             Sender::Named(h) => {
@@ -302,5 +316,25 @@ mod tests {
         assert!(!b.charge(first), "a tracked sender is still held to its budget");
         b.refund(first);
         assert_eq!(b.get(first).live, 0);
+    }
+
+    /// An IPv6 sender is its /64: a host given one cannot escape its budget by rotating
+    /// addresses; another /64 has a budget of its own.
+    #[test]
+    fn an_ipv6_sender_is_its_slash_64() {
+        let limits =
+            BudgetLimits { series_per_sender: 2, new_series_per_minute: 0, fold: false, loopback_as_one: false };
+        let b = SeriesBudgets::new(limits);
+        let at = |s: &str| Sender::Address(s.parse().unwrap());
+        assert!(b.charge(at("2001:db8:1:2::1")));
+        assert!(b.charge(at("2001:db8:1:2:ffff::9")));
+        assert!(!b.charge(at("2001:db8:1:2::77")), "the same /64, over its budget");
+        assert!(b.charge(at("2001:db8:1:3::1")), "another /64");
+        let (top, _) = b.top(1)[0];
+        assert_eq!(b.describe(top), "2001:db8:1:2::/64");
+        assert_eq!(b.get(at("2001:db8:1:2::abcd")).live, 2);
+        b.refund(at("2001:db8:1:2::1"));
+        assert_eq!(b.get(at("2001:db8:1:2::")).live, 1, "refunded to the /64");
+        assert_eq!(b.describe(b.counted_as(at("::ffff:198.18.0.1"))), "198.18.0.1");
     }
 }

@@ -91,7 +91,7 @@ impl Attribution {
         let name = String::from_utf8_lossy(name_of(key));
         self.current.names.add(&name, 1);
         self.current.prefixes.add(&String::from_utf8_lossy(prefix_of(name.as_bytes())), 1);
-        let who = budgets.describe(sender);
+        let who = budgets.describe(budgets.counted_as(sender));
         self.current.senders.add(&format!("{name}\u{0}{who}"), 1);
     }
 

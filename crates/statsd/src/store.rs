@@ -568,8 +568,9 @@ impl Store {
             senders.iter().map(|_| floodgate_sketch::TopK::new(TOP_KEYS)).collect();
         let index: std::collections::HashMap<Sender, usize> =
             senders.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+        let Some(budgets) = &self.budgets else { return vec![Vec::new(); senders.len()] };
         for (key, owner) in self.owners.iter().flat_map(|m| m.iter()) {
-            if let Some(&i) = index.get(&owner.sender) {
+            if let Some(&i) = index.get(&budgets.counted_as(owner.sender)) {
                 sketches[i].add(&String::from_utf8_lossy(prefix_of(name_of(key))), 1);
             }
         }

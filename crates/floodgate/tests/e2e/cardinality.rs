@@ -128,3 +128,49 @@ fn the_cardinality_api_names_the_metric_and_the_sender_behind_new_series() {
     assert_eq!(sample(&metrics, "floodgate_statsd_new_series_by_name", &["name=\"api.requests.by_id\""]), 3000.0);
     assert_eq!(sample(&metrics, "floodgate_statsd_new_series_by_name", &["name=\"db.pool.size\""]), 40.0);
 }
+
+/// With mutual TLS the client certificate names the sender: two services on one host (one
+/// address) each get their own series budget. Changed from the defaults: a TLS listener with a
+/// client CA (there is none by default), and a budget of 100.
+#[test]
+fn client_certificates_are_senders_of_their_own() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "services");
+    let (server_cert, server_key) = pki.issue("server", "statsd.test");
+    let (a_cert, a_key) = pki.issue("checkout", "checkout.test");
+    let (b_cert, b_key) = pki.issue("search", "search.test");
+    let ca = dir.path().join("services-ca.pem");
+    let tls_port = free_port();
+    let fg = Floodgate::start(
+        &format!(
+            "tls_listen = [\"127.0.0.1:{tls_port}\"]\ntls = {{ cert = \"{server_cert}\", key = \"{server_key}\", client_ca = \"{}\" }}",
+            ca.display()
+        ),
+        "[limits]\nseries_per_source = 100\n",
+    );
+    let send = |cert: &str, key: &str, prefix: &str, n: usize| {
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+        let conn = rustls::ClientConnection::new(tls_client(&ca, Some((cert, key))), "statsd.test".try_into().unwrap())
+            .unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let lines: String = (0..n).map(|i| format!("{prefix}.{i}:1|c\n")).collect();
+        tls.write_all(lines.as_bytes()).unwrap();
+        tls.flush().unwrap();
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+    };
+    send(&a_cert, &a_key, "checkout.cart", 300);
+    send(&b_cert, &b_key, "search.query", 50);
+    fg.wait_sample("floodgate_received_lines_total", &["listener=\"statsd_tls\""], |v| v == 350.0);
+    let senders = wait_for("both certificates charged", WAIT, || {
+        let (_, body) = http_get(fg.http, "/offenders").ok()?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let senders = v["series"]["senders"].as_array()?.clone();
+        (senders.len() == 2 && senders[1]["live_series"] == 50).then_some(senders)
+    });
+    assert_eq!(senders[0]["sender"], "checkout.test", "{senders:?}");
+    assert_eq!((senders[0]["live_series"].as_u64(), senders[0]["refused"].as_u64()), (Some(100), Some(200)));
+    assert_eq!(senders[1]["sender"], "search.test");
+    assert_eq!(senders[1]["refused"], 0);
+}

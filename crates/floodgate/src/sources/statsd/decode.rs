@@ -92,6 +92,12 @@ impl Decoder {
         }
     }
 
+    /// Charges the series the next lines make to `sender` (a client certificate's name)
+    /// rather than to the address or user [`Self::sender`] named.
+    pub fn charge_to(&mut self, sender: Sender) {
+        self.charged = sender;
+    }
+
     /// Parses a block of complete lines into the shard and adds its line counts to `total`
     /// (the caller counts packets and publishes `total` to its [`Counters`] once per batch).
     pub fn ingest(&mut self, shard: &mut Shard, data: &[u8], total: &mut PacketCounts) {

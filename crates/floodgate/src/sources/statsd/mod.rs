@@ -118,6 +118,7 @@ impl StatsdSource {
             max_line_length: s.max_line_length as usize,
             guard: shared.guard.listener(kind, address, s.tcp_max_connections),
             idle_timeout: s.tcp_idle_timeout,
+            budgets: shared.aggregation.budgets.clone(),
             epoch: shared.epoch,
             shutdown: self.stopping.subscribe(),
             proxy: s.listening().proxy(),

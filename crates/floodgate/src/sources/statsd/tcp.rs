@@ -47,6 +47,8 @@ pub struct TcpOptions {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Where PROXY headers come from (TCP and TLS, with `proxy_protocol`).
     pub proxy: Option<crate::net::stream::ProxyProtocol>,
+    /// Series budgets: a client certificate's name is a sender of its own (mutual TLS).
+    pub budgets: Arc<floodgate_statsd::budget::SeriesBudgets>,
 }
 
 /// Accepts connections until the task is aborted; with `tls`, each admitted connection is
@@ -84,6 +86,10 @@ async fn read_lines<S: AsyncRead + Unpin>(
     let origin = opts.origin.as_ref().and_then(|o| o.for_connection(opts.counters.clone()));
     let mut decoder = Decoder::new(opts.kind, opts.key_rule, origin, opts.records.as_ref());
     decoder.sender(peer.addr, peer.credentials);
+    if let Some(name) = &peer.identity {
+        // Mutual TLS: the certificate names the sender, wherever it connects from.
+        decoder.charge_to(opts.budgets.name(name));
+    }
     // Shutting down: read on until the sender pauses or this deadline passes.
     let mut draining: Option<tokio::time::Instant> = None;
     // Paced (`tcp_per_source`): smaller reads, so the waits between them stay short.

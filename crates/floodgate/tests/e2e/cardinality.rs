@@ -20,7 +20,8 @@ fn send_from(source: &str, to: u16, lines: &[String]) {
     }
 }
 
-/// 20,000 new series from 127.0.0.2 against a budget of 1,000; 500 from 127.0.0.3. The
+/// 100,000 new series from 127.0.0.2 (over TCP: none may be lost on the way, the count must
+/// be exact) against a budget of 1,000; 500 from 127.0.0.3. The
 /// defaults change only where the test needs: the budget itself (its default, 250,000, would
 /// take too long to reach), local addresses kept apart (`by_address`: the two senders are both
 /// on this host), and the per-source and per-port rates off (the flood is fast, and is about
@@ -31,11 +32,18 @@ fn a_sender_is_held_to_its_series_budget_while_another_gets_all_of_its_own() {
         "flush_interval = \"500ms\"",
         "[limits]\nseries_per_source = 1000\nlocal_senders = \"by_address\"\nudp_per_source = 0\nudp_per_port = 0\n",
     );
-    let flood: Vec<String> = (0..20_000).map(|i| format!("flood.{i}:1|c")).collect();
+    let flood: String = (0..100_000).map(|i| format!("flood.{i}:1|c\n")).collect();
     let calm: Vec<String> = (0..500).map(|i| format!("calm.{i}:1|c")).collect();
-    send_from("127.0.0.2", fg.statsd, &flood);
+    {
+        use std::io::Write;
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into()).unwrap();
+        socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], fg.statsd)).into()).unwrap();
+        let mut tcp: std::net::TcpStream = socket.into();
+        tcp.write_all(flood.as_bytes()).unwrap();
+    }
     send_from("127.0.0.3", fg.statsd, &calm);
-    fg.wait_sample("floodgate_statsd_dropped_series_total", &["reason=\"series_budget\""], |v| v == 19_000.0);
+    fg.wait_sample("floodgate_statsd_dropped_series_total", &["reason=\"series_budget\""], |v| v == 99_000.0);
     let body = wait_for("every admitted series on /metrics", WAIT, || {
         let (_, body) = http_get(fg.http, "/metrics").ok()?;
         let count = |prefix: &str| body.lines().filter(|l| l.starts_with(prefix)).count();
@@ -48,7 +56,7 @@ fn a_sender_is_held_to_its_series_budget_while_another_gets_all_of_its_own() {
     assert_eq!(series["series_per_source"], 1000);
     let top = &series["senders"][0];
     assert_eq!(top["sender"], "127.0.0.2", "{series:#}");
-    assert_eq!((top["live_series"].as_u64(), top["refused"].as_u64()), (Some(1000), Some(19_000)));
+    assert_eq!((top["live_series"].as_u64(), top["refused"].as_u64()), (Some(1000), Some(99_000)));
     assert_eq!(top["over_budget"], true);
     assert_eq!(top["top_prefixes"][0], serde_json::json!({"prefix": "flood", "series": 1000}), "{top}");
     let calm_sender = series["senders"].as_array().unwrap().iter().find(|s| s["sender"] == "127.0.0.3").unwrap();
@@ -173,4 +181,40 @@ fn client_certificates_are_senders_of_their_own() {
     assert_eq!((senders[0]["live_series"].as_u64(), senders[0]["refused"].as_u64()), (Some(100), Some(200)));
     assert_eq!(senders[1]["sender"], "search.test");
     assert_eq!(senders[1]["refused"], 0);
+}
+
+/// On an aggregator each agent is a sender (its `agent_id` here; its certificate's name with
+/// mutual TLS): one agent's flood of series is held to the budget while another's all arrive.
+/// Changed from the defaults: the aggregator's listener and a budget of 100 on it; the agents
+/// forward to it every 500 ms.
+#[test]
+fn budgets_hold_per_agent_on_an_aggregator() {
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let aggregator = Floodgate::start(
+        "flush_interval = \"500ms\"",
+        &format!(
+            "[aggregator]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n[limits]\nseries_per_source = 100\n",
+            state.path().display()
+        ),
+    );
+    let agent = |name: &str| {
+        Floodgate::start(
+            "flush_interval = \"500ms\"",
+            &format!("[forward]\naggregators = [\"127.0.0.1:{port}\"]\nagent_id = \"{name}\"\n{BULK_UDP}"),
+        )
+    };
+    let (web1, web2) = (agent("web-1"), agent("web-2"));
+    send_from("127.0.0.1", web1.statsd, &(0..300).map(|i| format!("sessions.by_id.{i}:1|c")).collect::<Vec<_>>());
+    send_from("127.0.0.1", web2.statsd, &(0..50).map(|i| format!("orders.placed.{i}:1|c")).collect::<Vec<_>>());
+    let senders = wait_for("both agents charged on the aggregator", WAIT, || {
+        let (_, body) = http_get(aggregator.http, "/offenders").ok()?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let senders = v["series"]["senders"].as_array()?.clone();
+        let done = senders.len() == 2 && senders[0]["refused"] == 200 && senders[1]["live_series"] == 50;
+        done.then_some(senders)
+    });
+    assert_eq!((senders[0]["sender"].as_str(), senders[0]["live_series"].as_u64()), (Some("web-1"), Some(100)));
+    assert_eq!((senders[1]["sender"].as_str(), senders[1]["refused"].as_u64()), (Some("web-2"), Some(0)));
+    aggregator.wait_sample("floodgate_statsd_dropped_series_total", &["reason=\"series_budget\""], |v| v == 200.0);
 }

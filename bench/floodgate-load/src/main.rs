@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 
 mod carbon;
+mod cardinality;
 mod conntrack;
 mod fleet;
 mod forward;
@@ -135,7 +136,8 @@ enum Command {
         /// kernel (the guard's eBPF layer: CPU per dropped datagram, the largest flood a
         /// legitimate sender survives at 10 % of a core; root), fanout (Graphite: one Carbon vs
         /// three sharded by Carbon's ring), cthealth (the conntrack table's health read with
-        /// 100k entries; root, netns).
+        /// 100k entries; root, netns), otlp (OTLP vs remote-write per flush), cardinality (series
+        /// budgets and attribution on vs off at 1M lines/s; attribution memory at 10M names).
         #[arg(
             long,
             value_delimiter = ',',

@@ -461,6 +461,9 @@ pub fn bench(opts: &BenchOptions) {
     if want("otlp") {
         crate::otlp::otlp_vs_remote_write(opts);
     }
+    if want("cardinality") {
+        crate::cardinality::cardinality(opts);
+    }
 }
 
 pub(crate) fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {

@@ -32,7 +32,8 @@ pub struct Heavy {
 /// The `k` heaviest keys.
 pub struct TopK {
     counts: FilteredSpaceSaving<u64>,
-    keys: HashMap<u64, Box<str>>,
+    /// Keyed by the keys' hashes already: hashed again by nothing.
+    keys: HashMap<u64, Box<str>, nohash_hasher::BuildNoHashHasher<u64>>,
 }
 
 impl std::fmt::Debug for TopK {
@@ -45,14 +46,17 @@ impl TopK {
     /// Room for `k` keys (at least 1).
     pub fn new(k: usize) -> TopK {
         let k = k.max(1);
-        TopK { counts: FilteredSpaceSaving::new(k), keys: HashMap::with_capacity(2 * k) }
+        TopK {
+            counts: FilteredSpaceSaving::new(k),
+            keys: HashMap::with_capacity_and_hasher(2 * k, nohash_hasher::BuildNoHashHasher::default()),
+        }
     }
 
     /// Counts `key` `weight` times.
     pub fn add(&mut self, key: &str, weight: u64) {
         let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
         self.counts.insert(hash, weight);
-        if self.counts.get(&hash).is_some() && !self.keys.contains_key(&hash) {
+        if !self.keys.contains_key(&hash) && self.counts.get(&hash).is_some() {
             if self.keys.len() >= 2 * self.counts.k() {
                 // Let go of the text of keys no longer kept.
                 let kept: std::collections::HashSet<u64> = self.counts.iter().map(|(h, _)| *h).collect();

@@ -254,16 +254,27 @@ impl SeriesBudgets {
 
     /// How a sender reads: its address, `uid 1000`, or its name.
     pub fn describe(&self, sender: Sender) -> String {
-        match sender {
-            Sender::Unknown => "unknown".into(),
-            Sender::Address(IpAddr::V6(a)) if !a.is_loopback() => format!("{a}/64"),
-            Sender::Address(a) => a.to_string(),
-            Sender::Uid(u) => format!("uid {u}"),
+        let mut text = String::new();
+        self.describe_into(sender, &mut text);
+        text
+    }
+
+    /// [`Self::describe`], written at the end of `out`.
+    pub fn describe_into(&self, sender: Sender, out: &mut String) {
+        use std::fmt::Write;
+        let _ = match sender {
+            Sender::Unknown => out.write_str("unknown"),
+            Sender::Address(IpAddr::V6(a)) if !a.is_loopback() => write!(out, "{a}/64"),
+            Sender::Address(a) => write!(out, "{a}"),
+            Sender::Uid(u) => write!(out, "uid {u}"),
             Sender::Named(h) => {
                 let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-                names.get(&h).map_or_else(|| format!("#{h:016x}"), |n| n.to_string())
+                match names.get(&h) {
+                    Some(n) => out.write_str(n),
+                    None => write!(out, "#{h:016x}"),
+                }
             }
-        }
+        };
     }
 
     /// The `n` senders with the most live series, with their counts.

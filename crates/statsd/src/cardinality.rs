@@ -40,11 +40,13 @@ pub struct Attribution {
     current: Minute,
     previous: Minute,
     minute: u64,
+    /// The (name, sender) key being counted, reused.
+    scratch: String,
 }
 
 impl Default for Attribution {
     fn default() -> Self {
-        Attribution { current: Minute::new(), previous: Minute::new(), minute: 0 }
+        Attribution { current: Minute::new(), previous: Minute::new(), minute: 0, scratch: String::new() }
     }
 }
 
@@ -91,8 +93,11 @@ impl Attribution {
         let name = String::from_utf8_lossy(name_of(key));
         self.current.names.add(&name, 1);
         self.current.prefixes.add(&String::from_utf8_lossy(prefix_of(name.as_bytes())), 1);
-        let who = budgets.describe(budgets.counted_as(sender));
-        self.current.senders.add(&format!("{name}\u{0}{who}"), 1);
+        self.scratch.clear();
+        self.scratch.push_str(&name);
+        self.scratch.push('\u{0}');
+        budgets.describe_into(budgets.counted_as(sender), &mut self.scratch);
+        self.current.senders.add(&self.scratch, 1);
     }
 
     /// The names (or prefixes, `by_prefix`) with the most new series in the last full minute

@@ -492,6 +492,7 @@ impl Store {
     /// first; the others (another shard's first, or refused here) given back.
     fn take_owners(&mut self, owners: [Map<Sender>; 4]) {
         let Some(budgets) = self.budgets.clone() else { return };
+        let minute = budgets.minute();
         for (kind, made) in owners.into_iter().enumerate() {
             for (key, sender) in made {
                 let held = match kind {
@@ -503,7 +504,7 @@ impl Store {
                 if !held || self.owners[kind].contains_key(&key) {
                     budgets.uncharge(sender);
                 } else {
-                    self.attribution.new_series(&key, sender, budgets.minute(), &budgets);
+                    self.attribution.new_series(&key, sender, minute, &budgets);
                     self.owners[kind].insert(key, Owner { sender, first_seen: self.now });
                 }
             }

@@ -10,6 +10,13 @@ use crate::budget::{Sender, SeriesBudgets};
 /// Keys kept by each sketch.
 pub const TOP_KEYS: usize = 256;
 
+/// New series a minute counted one by one; past it, sampled (see [`SAMPLE_RATE`]).
+pub const SAMPLE_FROM: u64 = 10_000;
+
+/// Past [`SAMPLE_FROM`] new series in a minute, one series in this many is counted, this many
+/// times.
+pub const SAMPLE_RATE: u64 = 8;
+
 /// One minute's new series: by name, by prefix, and by (name, sender).
 #[derive(Debug)]
 struct Minute {
@@ -90,14 +97,25 @@ impl Attribution {
             }
             self.minute = minute;
         }
+        // Past SAMPLE_FROM new series in the minute, one in SAMPLE_RATE (by the key's hash, so
+        // a series is in or out whatever shard made it) is counted SAMPLE_RATE times: a flood of
+        // new series costs an eighth of the sketch updates, and a name making thousands is still
+        // counted within a few per cent.
+        let weight = if self.current.names.total() < SAMPLE_FROM {
+            1
+        } else if xxhash_rust::xxh3::xxh3_64(key).is_multiple_of(SAMPLE_RATE) {
+            SAMPLE_RATE
+        } else {
+            return;
+        };
         let name = String::from_utf8_lossy(name_of(key));
-        self.current.names.add(&name, 1);
-        self.current.prefixes.add(&String::from_utf8_lossy(prefix_of(name.as_bytes())), 1);
+        self.current.names.add(&name, weight);
+        self.current.prefixes.add(&String::from_utf8_lossy(prefix_of(name.as_bytes())), weight);
         self.scratch.clear();
         self.scratch.push_str(&name);
         self.scratch.push('\u{0}');
         budgets.describe_into(budgets.counted_as(sender), &mut self.scratch);
-        self.current.senders.add(&self.scratch, 1);
+        self.current.senders.add(&self.scratch, weight);
     }
 
     /// The names (or prefixes, `by_prefix`) with the most new series in the last full minute
@@ -146,4 +164,34 @@ pub fn top_live<'k>(keys: impl Iterator<Item = &'k [u8]>, n: usize) -> (Vec<Heav
             .collect()
     };
     (rows(names), rows(prefixes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::BudgetLimits;
+
+    /// Counted one by one up to SAMPLE_FROM new series a minute; past it, sampled by the key's
+    /// hash and weighted: a flood's name is still counted within a few per cent, and a small
+    /// name before the flood exactly.
+    #[test]
+    fn a_flood_of_new_series_is_counted_by_sample_within_a_few_per_cent() {
+        let budgets = SeriesBudgets::new(BudgetLimits { series_per_sender: 1, ..Default::default() });
+        let mut a = Attribution::default();
+        let sender = Sender::Address("198.18.0.5".parse().unwrap());
+        for i in 0..40 {
+            a.new_series(format!("db.pool.size;pool=p{i}").as_bytes(), sender, 1, &budgets);
+        }
+        for i in 0..80_000 {
+            a.new_series(format!("api.requests;request_id=r{i}").as_bytes(), sender, 1, &budgets);
+        }
+        let top = a.top_new(2, false);
+        assert_eq!(top[0].name, "api.requests");
+        let estimate = top[0].series as f64;
+        assert!((estimate / 80_000.0 - 1.0).abs() < 0.03, "{estimate}");
+        assert_eq!((top[1].name.as_str(), top[1].series), ("db.pool.size", 40));
+        assert_eq!(top[0].senders[0].0, "198.18.0.5");
+        let prefixes = a.top_new(1, true);
+        assert_eq!(prefixes[0].name, "api", "a two-field name's prefix is its first field");
+    }
 }

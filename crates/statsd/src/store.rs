@@ -481,33 +481,36 @@ impl Store {
     /// Merges a shard in, draining it (its maps keep their capacity for reuse).
     pub fn merge(&mut self, shard: &mut Shard) {
         let before = self.series();
-        // Who made which new series, taken before the merge recycles the shard.
-        let owners: [Map<Sender>; 4] = std::mem::take(&mut shard.owners);
-        self.merge_inner(shard);
-        self.take_owners(owners);
+        // Who made which new series, taken before the merge recycles the shard: each series the
+        // store takes in as new keeps its charge (`adopt`); the rest are given back.
+        let mut owners: [Map<Sender>; 4] = std::mem::take(&mut shard.owners);
+        let minute = self.budgets.as_ref().map_or(0, |b| b.minute());
+        self.merge_inner(shard, &mut owners, minute);
+        self.give_back_charges(owners);
         self.keys_changed |= self.series() != before;
     }
 
-    /// Charges kept for the series a shard created that the store now holds and nobody made
-    /// first; the others (another shard's first, or refused here) given back.
-    fn take_owners(&mut self, owners: [Map<Sender>; 4]) {
-        let Some(budgets) = self.budgets.clone() else { return };
-        let minute = budgets.minute();
-        for (kind, made) in owners.into_iter().enumerate() {
-            for (key, sender) in made {
-                let held = match kind {
-                    0 => self.counters.contains_key(&key),
-                    1 => self.gauges.contains_key(&key),
-                    2 => self.timers.contains_key(&key),
-                    _ => self.sets.contains_key(&key),
-                };
-                if !held || self.owners[kind].contains_key(&key) {
-                    budgets.uncharge(sender);
-                } else {
-                    self.attribution.new_series(&key, sender, minute, &budgets);
-                    self.owners[kind].insert(key, Owner { sender, first_seen: self.now });
-                }
-            }
+    /// A series the store has just taken in as new: if a shard charged it to its sender, the
+    /// store keeps that charge (its owner), and attributes it.
+    fn adopt(&mut self, kind: usize, key: &[u8], owners: &mut [Map<Sender>; 4], minute: u64) {
+        if owners[kind].is_empty() {
+            return;
+        }
+        let (Some(budgets), Some((key, sender))) =
+            (self.budgets.as_ref(), owners[kind].remove_entry(&crate::shard::KeyRef(key)))
+        else {
+            return;
+        };
+        self.attribution.new_series(&key, sender, minute, budgets);
+        self.owners[kind].insert(key, Owner { sender, first_seen: self.now });
+    }
+
+    /// The charges of series a shard made that the store did not take in as new (another
+    /// shard's first, held since an earlier merge, or refused here): given back.
+    fn give_back_charges(&mut self, owners: [Map<Sender>; 4]) {
+        let Some(budgets) = &self.budgets else { return };
+        for (_, sender) in owners.into_iter().flatten() {
+            budgets.uncharge(sender);
         }
     }
 
@@ -742,7 +745,7 @@ impl Store {
         Some(Arc::new(known))
     }
 
-    fn merge_inner(&mut self, shard: &mut Shard) {
+    fn merge_inner(&mut self, shard: &mut Shard, owners: &mut [Map<Sender>; 4], minute: u64) {
         for (key, add) in [
             (&self.key_packets, shard.packets),
             (&self.key_metrics, shard.lines),
@@ -766,6 +769,7 @@ impl Store {
                 c.total += add;
                 c.idle = Idle(0);
             } else if self.series() < self.cfg.max_series {
+                self.adopt(0, &key, owners, minute);
                 self.counters.insert(key, CounterEntry { value: 0.0 + add, total: add, idle: Idle(0) });
             } else {
                 self.dropped_max_series += 1;
@@ -773,8 +777,11 @@ impl Store {
         }
         let ttl = self.cfg.delete_gauges.then_some(self.cfg.gauges_max_ttl);
         for (key, update) in shard.gauges.drain() {
-            if !self.gauges.contains_key(&key) && !self.has_room() {
-                continue;
+            if !self.gauges.contains_key(&key) {
+                if !self.has_room() {
+                    continue;
+                }
+                self.adopt(1, &key, owners, minute);
             }
             let g = self.gauges.entry(key).or_insert(GaugeEntry { value: f64::NAN, ..Default::default() });
             let mut current = (!g.value.is_nan()).then_some(g.value);
@@ -802,8 +809,11 @@ impl Store {
             };
         }
         for (key, update) in shard.timers.drain() {
-            if !self.timers.contains_key(&key) && !self.has_room() {
-                continue;
+            if !self.timers.contains_key(&key) {
+                if !self.has_room() {
+                    continue;
+                }
+                self.adopt(2, &key, owners, minute);
             }
             let cap = self.cfg.max_timer_samples;
             let t = self.timers.entry(key).or_default();
@@ -837,8 +847,11 @@ impl Store {
         }
         let cap = self.cfg.max_set_members;
         for (key, members) in shard.sets.drain() {
-            if !self.sets.contains_key(&key) && !self.has_room() {
-                continue;
+            if !self.sets.contains_key(&key) {
+                if !self.has_room() {
+                    continue;
+                }
+                self.adopt(3, &key, owners, minute);
             }
             let s = self.sets.entry(key).or_default();
             s.idle = Idle(0);

@@ -8,6 +8,7 @@
 //! - the memory of attribution as distinct names grow to 10M.
 
 use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::sender::{send_pool, Datagram};
@@ -23,7 +24,7 @@ const SECONDS: u64 = 8;
 /// (250,000 a minute), so nothing is refused and both configurations aggregate the same series.
 const NEW_PER_SECOND: [usize; 3] = [0, 1_000, 3_125];
 /// Trials of each configuration.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// CPU time of every thread of `pid` so far, in nanoseconds (`schedstat`: finer than the
 /// 10 ms ticks of `/proc/PID/stat`, which would be ±2 % of a trial).
@@ -39,8 +40,12 @@ fn cpu_ns(pid: u32) -> u64 {
 /// Datagrams for one trial with `new_per_second` new series a second (never a repeated
 /// request id, so every one is a new series).
 fn pool(new_per_second: usize) -> Vec<Datagram> {
+    pool_of((RATE as usize / LINES) * SECONDS as usize, new_per_second)
+}
+
+/// `count` datagrams with `new_per_second` new series in every second's worth at [`RATE`].
+fn pool_of(count: usize, new_per_second: usize) -> Vec<Datagram> {
     let per_second = RATE as usize / LINES;
-    let count = per_second * SECONDS as usize;
     let mut id = 0u64;
     (0..count)
         .map(|d| {
@@ -155,7 +160,86 @@ pub fn cardinality(opts: &BenchOptions) {
     for row in table {
         println!("{row}");
     }
+    drained(opts);
     attribution_memory();
+}
+
+/// The same streams by the drain method (a 1 GiB socket buffer filled while floodgate is
+/// stopped, then drained by one receive thread): lines per CPU-second of the whole process,
+/// precise to about a per cent where the paced trials above swing by ten.
+fn drained(opts: &BenchOptions) {
+    println!(
+        "\n### The same, drained: 450,000 datagrams of 20 lines queued while floodgate is stopped, then \
+         read by one receive thread (a flush every 250 ms during the drain)"
+    );
+    const OFF: &str = "series_per_source = 0\nnew_series_per_source = 0\n";
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    println!("\n| new series per 1M lines | off: lines/CPU-s (median of {ROUNDS}) | on | on vs off (CPU per line) | round by round |");
+    println!("|---|---|---|---|---|");
+    for new_per_million in NEW_PER_SECOND {
+        let pool = pool_of(450_000, new_per_million);
+        let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..ROUNDS {
+            let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let extra = if i == 0 { OFF } else { "" };
+                let rate = drain_trial(opts, &pool, &format!("{GUARD_OFF}{extra}"));
+                eprintln!("drained, {new_per_million} new per 1M lines, round {round}, budgets {}: {rate:.0} lines/CPU-s", if i == 0 { "off" } else { "on" });
+                rates[i].push(rate);
+            }
+        }
+        let pairs: Vec<String> =
+            (0..ROUNDS).map(|r| format!("{:+.1} %", (rates[0][r] / rates[1][r] - 1.0) * 100.0)).collect();
+        let (off, on) = (median(&rates[0]), median(&rates[1]));
+        println!(
+            "| {new_per_million} | {:.2}M | {:.2}M | {:+.1} % | {} |",
+            off / 1e6,
+            on / 1e6,
+            (off / on - 1.0) * 100.0,
+            pairs.join(", ")
+        );
+    }
+}
+
+/// One drain: lines per CPU-second (every thread's `schedstat`) floodgate with `limits` takes to
+/// read `pool`, queued while it was stopped, and merge it.
+fn drain_trial(opts: &BenchOptions, pool: &[Datagram], limits: &str) -> f64 {
+    let dir = std::env::temp_dir().join(format!("floodgate-cardinality-drain-{}", crate::targets::free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fg = spawn_with(
+        &opts.floodgate,
+        &dir,
+        "drain",
+        "flush_interval = \"250ms\"\nreceive_threads = 1\nreceive_buffer = \"1GiB\"",
+        &format!("{limits}[conntrack]\nenabled = false\n"),
+    );
+    let http = fg.http.unwrap_or(0);
+    let pid = fg.child.id();
+    let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+    let socket = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    for d in pool {
+        let _ = socket.send_to(&d.bytes, ("127.0.0.1", fg.port));
+    }
+    let before = cpu_ns(pid);
+    let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+    let lines = || metric_sum(http, "floodgate_received_lines_total{", &["statsd_udp"]);
+    let mut last = -1.0;
+    loop {
+        std::thread::sleep(Duration::from_millis(400));
+        let now = lines();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let cpu = (cpu_ns(pid) - before) as f64 / 1e9;
+    drop(fg);
+    let _ = std::fs::remove_dir_all(&dir);
+    last / cpu.max(1e-3)
 }
 
 /// Attribution's memory as distinct names grow to 10M: its own count of its bytes, and the

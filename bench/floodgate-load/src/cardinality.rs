@@ -188,7 +188,10 @@ fn drained(opts: &BenchOptions) {
             for i in order {
                 let extra = if i == 0 { OFF } else { "" };
                 let rate = drain_trial(opts, &pool, &format!("{GUARD_OFF}{extra}"));
-                eprintln!("drained, {new_per_million} new per 1M lines, round {round}, budgets {}: {rate:.0} lines/CPU-s", if i == 0 { "off" } else { "on" });
+                eprintln!(
+                    "drained, {new_per_million} new per 1M lines, round {round}, budgets {}: {rate:.0} lines/CPU-s",
+                    if i == 0 { "off" } else { "on" }
+                );
                 rates[i].push(rate);
             }
         }

@@ -37,6 +37,24 @@ fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
+/// StatsD lines floodgate's UDP listener has received.
+fn lines_received(http: u16) -> f64 {
+    metric_sum(http, "floodgate_received_lines_total{", &["statsd_udp"])
+}
+
+/// Waits until `count()` stops moving (looked at every `every`) and returns it.
+fn settled(count: impl Fn() -> f64, every: Duration) -> f64 {
+    let mut last = count();
+    loop {
+        std::thread::sleep(every);
+        let now = count();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Datagrams for one trial with `new_per_second` new series a second (never a repeated
 /// request id, so every one is a new series).
 fn pool(new_per_second: usize) -> Vec<Datagram> {
@@ -86,16 +104,7 @@ fn trial(opts: &BenchOptions, pool: &[Datagram], limits: &str) -> (f64, f64) {
     let before = cpu_ns(pid);
     let sent = send_pool(target, pool, LINES as u64, RATE, 1, 1, Duration::from_secs(SECONDS), "sending");
     // Drained: the line count stops moving; then one more flush, which merges the last of them.
-    let lines = || metric_sum(http, "floodgate_received_lines_total{", &["statsd_udp"]);
-    let mut last = lines();
-    loop {
-        std::thread::sleep(Duration::from_millis(300));
-        let now = lines();
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    let last = settled(|| lines_received(http), Duration::from_millis(300));
     let flushes = metric_sum(http, "floodgate_flushes_total", &[]);
     let deadline = Instant::now() + Duration::from_secs(5);
     while metric_sum(http, "floodgate_flushes_total", &[]) < flushes + 1.0 && Instant::now() < deadline {
@@ -229,16 +238,7 @@ fn drain_trial(opts: &BenchOptions, pool: &[Datagram], limits: &str) -> f64 {
     }
     let before = cpu_ns(pid);
     let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
-    let lines = || metric_sum(http, "floodgate_received_lines_total{", &["statsd_udp"]);
-    let mut last = -1.0;
-    loop {
-        std::thread::sleep(Duration::from_millis(400));
-        let now = lines();
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    let last = settled(|| lines_received(http), Duration::from_millis(400));
     let cpu = (cpu_ns(pid) - before) as f64 / 1e9;
     drop(fg);
     let _ = std::fs::remove_dir_all(&dir);

@@ -302,8 +302,12 @@ impl Tap {
             return None;
         }
         let viewers = self.viewers.read().unwrap_or_else(|e| e.into_inner());
+        // Most datagrams are nobody's while a filtered tap is open: no allocation for them.
+        if !viewers.iter().any(|v| v.filter.sees(kind, source)) {
+            return None;
+        }
         let seeing: Vec<Arc<Viewer>> = viewers.iter().filter(|v| v.filter.sees(kind, source)).cloned().collect();
-        (!seeing.is_empty()).then_some(Watchers { kind, source, viewers: seeing, time_ms: crate::clock::unix_ms() })
+        Some(Watchers { kind, source, viewers: seeing, time_ms: crate::clock::unix_ms() })
     }
 
     /// A datagram the guard refused, shown line by line (StatsD) or whole (syslog).

@@ -97,6 +97,13 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Waits until the stream holds `n` records, then checks each by sequence: sequence `s` holds
 /// `record-(s-1)`, with a message id, and nothing more is there.
 fn assert_exactly_once_in_order(url: &str, stream: &str, n: u64) {
+    assert_exactly_once(url, stream, n, true);
+}
+
+/// Waits until the stream holds `n` records, then checks that each of `record-0` …
+/// `record-(n-1)` is there exactly once, with a message id; with `in_order`, at its place
+/// (sequence `s` holds `record-(s-1)`).
+fn assert_exactly_once(url: &str, stream: &str, n: u64, in_order: bool) {
     runtime().block_on(async {
         let client = async_nats::connect(url).await.unwrap();
         let js = jetstream::new(client);
@@ -114,11 +121,20 @@ fn assert_exactly_once_in_order(url: &str, stream: &str, n: u64) {
         }
         assert_eq!(held, n, "records in the stream");
         let s = js.get_stream(stream).await.unwrap();
+        let mut seen = vec![false; n as usize];
         for seq in 1..=n {
             let m = s.get_raw_message(seq).await.unwrap_or_else(|e| panic!("sequence {seq}: {e}"));
             let record: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-            let want = format!("record-{:06}", seq - 1);
-            assert_eq!(record["message"], want.as_str(), "sequence {seq}: {record}");
+            let message = record["message"].as_str().unwrap_or_default();
+            if in_order {
+                let want = format!("record-{:06}", seq - 1);
+                assert_eq!(message, want.as_str(), "sequence {seq}: {record}");
+            }
+            let k: usize = message.trim_start_matches("record-").parse().expect("a record's number");
+            assert!(
+                k < n as usize && !std::mem::replace(&mut seen[k], true),
+                "sequence {seq}: {message} twice or unknown"
+            );
             assert!(m.headers.get("Nats-Msg-Id").is_some(), "sequence {seq} has no message id");
         }
     });
@@ -309,7 +325,10 @@ fn an_r3_stream_loses_nothing_and_doubles_nothing_when_a_node_fails() {
     nodes[lost].stop();
     sender.join().unwrap();
     fg.wait_sample("floodgate_syslog_output_messages_total", &[], |v| v >= 30_000.0);
-    assert_exactly_once_in_order(&urls[(lost + 1) % 3], "LOGS3", 30_000);
+    // Every record once, but not necessarily in order: with publishes in flight when the leader
+    // goes, some after a failed one can be stored by the new leader before the failed ones are
+    // published again (seen once in CI: record 13,567 stored after 13,739).
+    assert_exactly_once(&urls[(lost + 1) % 3], "LOGS3", 30_000, false);
     let now = stream_leader(&urls[(lost + 1) % 3], "LOGS3");
     assert_ne!(now, leader, "a new leader took over");
     assert_eq!(fg.sample("floodgate_syslog_output_dropped_total", &[]), 0.0);

@@ -393,12 +393,30 @@ fn cardinality_json(shared: &Shared, limit: usize) -> Vec<u8> {
 }
 
 /// `GET /api/series?match=GLOB&limit=N`: the series browser (see [`browse::series_json`]).
-async fn series(State(shared): State<Arc<Shared>>, query: axum::extract::Query<SeriesQuery>) -> impl IntoResponse {
+async fn series(
+    State(shared): State<Arc<Shared>>,
+    query: axum::extract::Query<SeriesQuery>,
+) -> axum::response::Response {
+    // One walk of every series at a time (it holds the store's lock while it looks): a client
+    // asking over and over cannot keep the flusher waiting; the others are told to come back.
+    static WALKING: parking_lot::Mutex<()> = parking_lot::const_mutex(());
     let SeriesQuery { r#match, limit } = query.0;
-    let body = tokio::task::spawn_blocking(move || browse::series_json(&shared, &r#match, limit.unwrap_or(100)))
-        .await
-        .unwrap_or_default();
-    ([(header::CONTENT_TYPE, "application/json")], body)
+    let body = tokio::task::spawn_blocking(move || {
+        let _walk = WALKING.try_lock()?;
+        Some(browse::series_json(&shared, &r#match, limit.unwrap_or(100)))
+    })
+    .await
+    .ok()
+    .flatten();
+    match body {
+        Some(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "busy: another series search is running; try again\n",
+        )
+            .into_response(),
+    }
 }
 
 /// The query of `/api/series`.

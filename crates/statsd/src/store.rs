@@ -104,6 +104,8 @@ pub struct CounterEntry {
     pub total: f64,
     /// Flushes since it last received a value (see [`Idle`]).
     pub idle: Idle,
+    /// The sender its series budget charge is held for (series budgets).
+    pub owner: Owner,
 }
 
 /// Flushes since a series last received a value: 0 until the flush that carries the value, 1
@@ -134,6 +136,8 @@ pub struct GaugeEntry {
     forwarded_stamp: i64,
     /// Flushes since it last received a value.
     pub idle: Idle,
+    /// The sender its series budget charge is held for (series budgets).
+    pub owner: Owner,
 }
 
 /// A timer's state.
@@ -161,6 +165,8 @@ pub struct TimerEntry {
     pub last_quantiles: Vec<Option<f64>>,
     /// Flushes since it last received a value.
     pub idle: Idle,
+    /// The sender its series budget charge is held for (series budgets).
+    pub owner: Owner,
 }
 
 impl TimerEntry {
@@ -210,6 +216,8 @@ pub struct SetEntry {
     pub last_size: usize,
     /// Flushes since it last received a value.
     pub idle: Idle,
+    /// The sender its series budget charge is held for (series budgets).
+    pub owner: Owner,
 }
 
 impl SetEntry {
@@ -263,7 +271,6 @@ pub struct Store {
     sent_names: Map<Key>,
     /// Series budgets per sender (when any is set), and who created each series they charged.
     budgets: Option<Arc<SeriesBudgets>>,
-    owners: [Map<Owner>; 4],
     /// The time new series are first seen at (Unix seconds; the runtime sets it before it
     /// merges, and each flush).
     now: u32,
@@ -290,8 +297,8 @@ pub struct Store {
     budget: Arc<crate::shard::SeriesBudget>,
 }
 
-/// Who made a series, and when the store first held it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who made a series, and when the store first held it (`Sender::Unknown`: nobody's charge).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Owner {
     /// The sender its charge is held for.
     pub sender: Sender,
@@ -417,7 +424,6 @@ impl Store {
             sets: Map::default(),
             sent_names: Map::default(),
             budgets: None,
-            owners: Default::default(),
             now: 0,
             forward_sender: Sender::Unknown,
             attribution: Attribution::default(),
@@ -483,50 +489,41 @@ impl Store {
         let before = self.series();
         // Who made which new series, taken before the merge recycles the shard: each series the
         // store takes in as new keeps its charge (`adopt`); the rest are given back.
-        let mut owners: [Map<Sender>; 4] = std::mem::take(&mut shard.owners);
+        let mut owners: [crate::shard::Owners; 4] = std::mem::take(&mut shard.owners);
         let minute = self.budgets.as_ref().map_or(0, |b| b.minute());
         self.merge_inner(shard, &mut owners, minute);
         self.give_back_charges(owners);
         self.keys_changed |= self.series() != before;
     }
 
-    /// A series the store has just taken in as new: if a shard charged it to its sender, the
-    /// store keeps that charge (its owner), and attributes it.
-    fn adopt(&mut self, kind: usize, key: &[u8], owners: &mut [Map<Sender>; 4], minute: u64) {
+    /// A series the store is taking in as new: if a shard charged it to its sender, the store
+    /// keeps that charge (the owner it returns goes into the series' entry), and attributes it.
+    fn adopt(&mut self, kind: usize, key: &[u8], owners: &mut [crate::shard::Owners; 4], minute: u64) -> Owner {
         if owners[kind].is_empty() {
-            return;
+            return Owner::default();
         }
-        let (Some(budgets), Some((key, sender))) =
-            (self.budgets.as_ref(), owners[kind].remove_entry(&crate::shard::KeyRef(key)))
+        let (Some(budgets), Some(sender)) =
+            (self.budgets.as_ref(), owners[kind].remove(&crate::shard::owner_hash(key)))
         else {
-            return;
+            return Owner::default();
         };
-        self.attribution.new_series(&key, sender, minute, budgets);
-        self.owners[kind].insert(key, Owner { sender, first_seen: self.now });
+        self.attribution.new_series(key, sender, minute, budgets);
+        Owner { sender, first_seen: self.now }
     }
 
     /// The charges of series a shard made that the store did not take in as new (another
     /// shard's first, held since an earlier merge, or refused here): given back.
-    fn give_back_charges(&mut self, owners: [Map<Sender>; 4]) {
+    fn give_back_charges(&mut self, owners: [crate::shard::Owners; 4]) {
         let Some(budgets) = &self.budgets else { return };
         for (_, sender) in owners.into_iter().flatten() {
             budgets.uncharge(sender);
         }
     }
 
-    /// Gives back the charge of a series the store let go.
-    fn release(&mut self, kind: usize, key: &[u8]) {
-        if let (Some(b), Some(owner)) = (&self.budgets, self.owners[kind].remove(&crate::shard::KeyRef(key))) {
+    /// Gives back the charge a series the store let go held.
+    fn release(budgets: &Option<Arc<SeriesBudgets>>, owner: Owner) {
+        if let (Some(b), true) = (budgets, owner.sender != Sender::Unknown) {
             b.refund(owner.sender);
-        }
-    }
-
-    /// Gives back every charge of a kind whose series all went.
-    fn release_all(&mut self, kind: usize) {
-        if let Some(b) = &self.budgets {
-            for (_, owner) in self.owners[kind].drain() {
-                b.refund(owner.sender);
-            }
         }
     }
 
@@ -534,7 +531,10 @@ impl Store {
     /// too); `None` stops it.
     pub fn set_series_budgets(&mut self, budgets: Option<Arc<SeriesBudgets>>) {
         if budgets.is_none() {
-            self.owners.iter_mut().for_each(Map::clear);
+            self.counters.values_mut().for_each(|e| e.owner = Owner::default());
+            self.gauges.values_mut().for_each(|e| e.owner = Owner::default());
+            self.timers.values_mut().for_each(|e| e.owner = Owner::default());
+            self.sets.values_mut().for_each(|e| e.owner = Owner::default());
         }
         self.budgets = budgets;
     }
@@ -547,7 +547,14 @@ impl Store {
     /// Who made a series and when the store first held it (series charged to a sender's
     /// budget; `None` for the others, and when budgets are off).
     pub fn owner(&self, kind: crate::Kind, key: &[u8]) -> Option<Owner> {
-        self.owners[crate::budget::kind_index(kind)].get(&crate::shard::KeyRef(key)).copied()
+        let key = crate::shard::KeyRef(key);
+        let owner = match kind {
+            crate::Kind::Counter => self.counters.get(&key).map(|e| e.owner),
+            crate::Kind::Gauge => self.gauges.get(&key).map(|e| e.owner),
+            crate::Kind::Timer => self.timers.get(&key).map(|e| e.owner),
+            crate::Kind::Set => self.sets.get(&key).map(|e| e.owner),
+        };
+        owner.filter(|o| o.sender != Sender::Unknown)
     }
 
     /// A series' value now (counters: this interval's sum; gauges: the value; timers: this
@@ -573,7 +580,12 @@ impl Store {
         let index: std::collections::HashMap<Sender, usize> =
             senders.iter().enumerate().map(|(i, s)| (*s, i)).collect();
         let Some(budgets) = &self.budgets else { return vec![Vec::new(); senders.len()] };
-        for (key, owner) in self.owners.iter().flat_map(|m| m.iter()) {
+        let owned = (self.counters.iter().map(|(k, e)| (k, e.owner)))
+            .chain(self.gauges.iter().map(|(k, e)| (k, e.owner)))
+            .chain(self.timers.iter().map(|(k, e)| (k, e.owner)))
+            .chain(self.sets.iter().map(|(k, e)| (k, e.owner)))
+            .filter(|(_, o)| o.sender != Sender::Unknown);
+        for (key, owner) in owned {
             if let Some(&i) = index.get(&budgets.counted_as(owner.sender)) {
                 sketches[i].add(&String::from_utf8_lossy(prefix_of(name_of(key))), 1);
             }
@@ -637,7 +649,14 @@ impl Store {
         }
         if held {
             self.attribution.new_series(key, self.forward_sender, b.minute(), b);
-            self.owners[kind].insert(key.into(), Owner { sender: self.forward_sender, first_seen: self.now });
+            let owner = Owner { sender: self.forward_sender, first_seen: self.now };
+            let key = crate::shard::KeyRef(key);
+            match kind {
+                0 => self.counters.get_mut(&key).map(|e| e.owner = owner),
+                1 => self.gauges.get_mut(&key).map(|e| e.owner = owner),
+                2 => self.timers.get_mut(&key).map(|e| e.owner = owner),
+                _ => self.sets.get_mut(&key).map(|e| e.owner = owner),
+            };
         } else {
             b.uncharge(self.forward_sender);
         }
@@ -745,7 +764,7 @@ impl Store {
         Some(Arc::new(known))
     }
 
-    fn merge_inner(&mut self, shard: &mut Shard, owners: &mut [Map<Sender>; 4], minute: u64) {
+    fn merge_inner(&mut self, shard: &mut Shard, owners: &mut [crate::shard::Owners; 4], minute: u64) {
         for (key, add) in [
             (&self.key_packets, shard.packets),
             (&self.key_metrics, shard.lines),
@@ -769,21 +788,25 @@ impl Store {
                 c.total += add;
                 c.idle = Idle(0);
             } else if self.series() < self.cfg.max_series {
-                self.adopt(0, &key, owners, minute);
-                self.counters.insert(key, CounterEntry { value: 0.0 + add, total: add, idle: Idle(0) });
+                let owner = self.adopt(0, &key, owners, minute);
+                self.counters.insert(key, CounterEntry { value: 0.0 + add, total: add, idle: Idle(0), owner });
             } else {
                 self.dropped_max_series += 1;
             }
         }
         let ttl = self.cfg.delete_gauges.then_some(self.cfg.gauges_max_ttl);
         for (key, update) in shard.gauges.drain() {
+            let mut owner = None;
             if !self.gauges.contains_key(&key) {
                 if !self.has_room() {
                     continue;
                 }
-                self.adopt(1, &key, owners, minute);
+                owner = Some(self.adopt(1, &key, owners, minute));
             }
             let g = self.gauges.entry(key).or_insert(GaugeEntry { value: f64::NAN, ..Default::default() });
+            if let Some(owner) = owner {
+                g.owner = owner;
+            }
             let mut current = (!g.value.is_nan()).then_some(g.value);
             let mut deltas = 0.0;
             for d in update.pending_deltas {
@@ -809,14 +832,18 @@ impl Store {
             };
         }
         for (key, update) in shard.timers.drain() {
+            let mut owner = None;
             if !self.timers.contains_key(&key) {
                 if !self.has_room() {
                     continue;
                 }
-                self.adopt(2, &key, owners, minute);
+                owner = Some(self.adopt(2, &key, owners, minute));
             }
             let cap = self.cfg.max_timer_samples;
             let t = self.timers.entry(key).or_default();
+            if let Some(owner) = owner {
+                t.owner = owner;
+            }
             t.units.merge(update.units);
             t.idle = Idle(0);
             // The since-start totals count a value when it reaches the store, so a scrape
@@ -847,13 +874,17 @@ impl Store {
         }
         let cap = self.cfg.max_set_members;
         for (key, members) in shard.sets.drain() {
+            let mut owner = None;
             if !self.sets.contains_key(&key) {
                 if !self.has_room() {
                     continue;
                 }
-                self.adopt(3, &key, owners, minute);
+                owner = Some(self.adopt(3, &key, owners, minute));
             }
             let s = self.sets.entry(key).or_default();
+            if let Some(owner) = owner {
+                s.owner = owner;
+            }
             s.idle = Idle(0);
             if s.members.is_empty() {
                 s.members = members;
@@ -949,18 +980,21 @@ impl Store {
                     .iter()
                     .any(|s| k.windows(s.len()).any(|w| w == *s))
             };
-            if !self.owners[0].is_empty() {
-                let gone: Vec<Key> = self.counters.keys().filter(|k| !keep(k)).cloned().collect();
-                gone.iter().for_each(|k| self.release(0, k));
-            }
-            self.counters.retain(|k, _| keep(k));
+            let budgets = &self.budgets;
+            self.counters.retain(|k, c| {
+                let kept = keep(k);
+                if !kept {
+                    Self::release(budgets, c.owner);
+                }
+                kept
+            });
         }
         for c in self.counters.values_mut() {
             c.value = 0.0;
             c.idle.0 = c.idle.0.saturating_add(1);
         }
         if self.cfg.delete_timers {
-            self.release_all(2);
+            self.timers.values().for_each(|t| Self::release(&self.budgets, t.owner));
             self.timers.clear();
         } else {
             for t in self.timers.values_mut() {
@@ -971,7 +1005,7 @@ impl Store {
             }
         }
         if self.cfg.delete_sets {
-            self.release_all(3);
+            self.sets.values().for_each(|e| Self::release(&self.budgets, e.owner));
             self.sets.clear();
         } else {
             for s in self.sets.values_mut() {
@@ -985,20 +1019,18 @@ impl Store {
             g.idle.0 = g.idle.0.saturating_add(1);
         }
         if self.cfg.delete_gauges {
-            let mut gone: Vec<Key> = Vec::new();
-            let track = !self.owners[1].is_empty();
-            self.gauges.retain(|k, g| match &mut g.ttl {
+            let budgets = &self.budgets;
+            self.gauges.retain(|_, g| match &mut g.ttl {
                 Some(ttl) => {
                     *ttl -= 1;
                     let keep = *ttl >= 1;
-                    if !keep && track {
-                        gone.push(k.clone());
+                    if !keep {
+                        Self::release(budgets, g.owner);
                     }
                     keep
                 }
                 None => true,
             });
-            gone.iter().for_each(|k| self.release(1, k));
         }
     }
 
@@ -1044,7 +1076,8 @@ impl Store {
             .sum();
         let sets: u64 = self.sets.iter().map(|(k, s)| per_key(k) + s.members.bytes()).sum();
         let sent: u64 = self.sent_names.iter().map(|(k, v)| per_key(k) + v.len() as u64).sum();
-        let owners: u64 = self.owners.iter().flat_map(|m| m.keys()).map(per_key).sum();
+        // An owner is a field of each entry (in SERIES_OVERHEAD).
+        let owners: u64 = 0;
         let attribution = if self.budgets.is_some() { self.attribution.bytes() } else { 0 };
         counters + gauges + timers + sets + sent + owners + attribution
     }
@@ -1095,31 +1128,35 @@ impl Store {
     /// Deletes counters named `pattern`, or starting with it when it ends in `.*` (statsd's
     /// `delcounters`); returns the deleted keys.
     pub fn delete_counters(&mut self, pattern: &str) -> Vec<String> {
-        delete_matching(&mut self.counters, pattern)
+        delete_matching(&mut self.counters, pattern, |e| Self::release(&self.budgets, e.owner))
     }
     /// `delgauges`.
     pub fn delete_gauges(&mut self, pattern: &str) -> Vec<String> {
-        delete_matching(&mut self.gauges, pattern)
+        delete_matching(&mut self.gauges, pattern, |e| Self::release(&self.budgets, e.owner))
     }
     /// `deltimers`.
     pub fn delete_timers(&mut self, pattern: &str) -> Vec<String> {
-        delete_matching(&mut self.timers, pattern)
+        delete_matching(&mut self.timers, pattern, |e| Self::release(&self.budgets, e.owner))
     }
 }
 
-fn delete_matching<V>(map: &mut Map<V>, pattern: &str) -> Vec<String> {
+/// Deletes the series `pattern` names (see [`Store::delete_counters`]), handing each deleted
+/// entry to `gone` (its budget charge is given back).
+fn delete_matching<V>(map: &mut Map<V>, pattern: &str, mut gone: impl FnMut(&V)) -> Vec<String> {
     // Deleting only shrinks the set; shards admitting a deleted series until the next
     // flush is harmless.
     let mut deleted = Vec::new();
     let p = pattern.as_bytes();
-    if map.remove(p).is_some() {
+    if let Some(entry) = map.remove(p) {
+        gone(&entry);
         deleted.push(pattern.to_string());
     }
     if let Some(folder) = pattern.strip_suffix('*').filter(|_| pattern.ends_with(".*")) {
         let folder = folder.as_bytes();
-        map.retain(|k, _| {
+        map.retain(|k, v| {
             let hit = k.starts_with(folder);
             if hit {
+                gone(v);
                 deleted.push(String::from_utf8_lossy(k).into_owned());
             }
             !hit

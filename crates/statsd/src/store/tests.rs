@@ -529,6 +529,25 @@ mod series_budgets {
         assert_eq!(budgets.get(sender(3)).live, 0);
     }
 
+    /// Series deleted from the console (`delcounters`, `deltimers`) give their charge back too,
+    /// and the store answers who made a series and when.
+    #[test]
+    fn series_deleted_from_the_console_give_their_charge_back() {
+        let limits =
+            BudgetLimits { series_per_sender: 10, new_series_per_minute: 0, fold: false, loopback_as_one: false };
+        let (mut store, budgets) = budgeted(limits, AggregationConfig::default());
+        store.set_clock(1_800_000_000);
+        let mut shard = feed_from(&mut store, sender(4), "app.a:1|c\napp.b:1|c\nother:1|c\nt:4|ms\n");
+        store.merge(&mut shard);
+        assert_eq!(budgets.get(sender(4)).live, 4);
+        let owner = store.owner(crate::Kind::Counter, b"app.a").expect("an owner");
+        assert_eq!((owner.sender, owner.first_seen), (sender(4), 1_800_000_000));
+        assert_eq!(store.delete_counters("app.*").len(), 2);
+        assert_eq!(store.delete_timers("t"), vec!["t".to_string()]);
+        assert_eq!(budgets.get(sender(4)).live, 1);
+        assert_eq!(store.top_prefixes_by_sender(&[sender(4)], 5)[0], vec![("other".to_string(), 1)]);
+    }
+
     /// Folded, a sender's series past its budget go to one overflow series per metric: every
     /// value is still counted, so totals (what Graphite sums) stay exact.
     #[test]

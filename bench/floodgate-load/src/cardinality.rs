@@ -8,7 +8,6 @@
 //! - the memory of attribution as distinct names grow to 10M.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::sender::{send_pool, Datagram};
@@ -35,6 +34,20 @@ fn cpu_ns(pid: u32) -> u64 {
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// floodgate for one trial, in a folder of its own (removed by the caller): `statsd_extra` in
+/// `[statsd]`, `limits` as `[limits]`, connection tracking off (not what is measured).
+fn start(
+    opts: &BenchOptions,
+    name: &str,
+    statsd_extra: &str,
+    limits: &str,
+) -> (crate::targets::Running, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("floodgate-cardinality-{name}-{}", crate::targets::free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fg = spawn_with(&opts.floodgate, &dir, name, statsd_extra, &format!("{limits}[conntrack]\nenabled = false\n"));
+    (fg, dir)
 }
 
 /// StatsD lines floodgate's UDP listener has received.
@@ -87,17 +100,9 @@ fn pool_of(count: usize, new_per_second: usize) -> Vec<Datagram> {
 /// One trial: floodgate with `limits`, the pool sent at [`RATE`], then drained and flushed
 /// (the merge is where new series are attributed). Returns (lines received, CPU seconds).
 fn trial(opts: &BenchOptions, pool: &[Datagram], limits: &str) -> (f64, f64) {
-    let dir = std::env::temp_dir().join(format!("floodgate-cardinality-{}", crate::targets::free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
     // A flush a second, so every new series is merged (and attributed) inside the measured
-    // window; conntrack off (not what is measured).
-    let fg = spawn_with(
-        &opts.floodgate,
-        &dir,
-        "cardinality",
-        "flush_interval = \"1s\"\nreceive_buffer = \"256MiB\"",
-        &format!("{limits}[conntrack]\nenabled = false\n"),
-    );
+    // window.
+    let (fg, dir) = start(opts, "paced", "flush_interval = \"1s\"\nreceive_buffer = \"256MiB\"", limits);
     let http = fg.http.unwrap_or(0);
     let pid = fg.child.id();
     let target = SocketAddr::from(([127, 0, 0, 1], fg.port));
@@ -220,24 +225,17 @@ fn drained(opts: &BenchOptions) {
 /// One drain: lines per CPU-second (every thread's `schedstat`) floodgate with `limits` takes to
 /// read `pool`, queued while it was stopped, and merge it.
 fn drain_trial(opts: &BenchOptions, pool: &[Datagram], limits: &str) -> f64 {
-    let dir = std::env::temp_dir().join(format!("floodgate-cardinality-drain-{}", crate::targets::free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let fg = spawn_with(
-        &opts.floodgate,
-        &dir,
-        "drain",
-        "flush_interval = \"250ms\"\nreceive_threads = 1\nreceive_buffer = \"1GiB\"",
-        &format!("{limits}[conntrack]\nenabled = false\n"),
-    );
+    let (fg, dir) =
+        start(opts, "drain", "flush_interval = \"250ms\"\nreceive_threads = 1\nreceive_buffer = \"1GiB\"", limits);
     let http = fg.http.unwrap_or(0);
     let pid = fg.child.id();
-    let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+    crate::hostile::signal(pid, "STOP");
     let socket = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
     for d in pool {
         let _ = socket.send_to(&d.bytes, ("127.0.0.1", fg.port));
     }
     let before = cpu_ns(pid);
-    let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+    crate::hostile::signal(pid, "CONT");
     let last = settled(|| lines_received(http), Duration::from_millis(400));
     let cpu = (cpu_ns(pid) - before) as f64 / 1e9;
     drop(fg);

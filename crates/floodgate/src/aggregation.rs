@@ -120,15 +120,7 @@ const TOP_LABELLED: usize = 5;
 impl crate::metrics::Report for Aggregation {
     fn report(&self, out: &mut crate::metrics::Families) {
         use crate::metrics::Describe;
-        let limits = self.budgets.limits();
-        let top = self.budgets.top(floodgate_statsd::budget::MAX_SENDERS);
-        let over = top
-            .iter()
-            .filter(|(_, s)| {
-                (limits.series_per_sender > 0 && s.live >= limits.series_per_sender)
-                    || (limits.new_series_per_minute > 0 && s.new_this_minute >= limits.new_series_per_minute)
-            })
-            .count();
+        let over = self.budgets.at_budget();
         out.one(
             Describe::gauge(
                 "floodgate_statsd_senders_over_series_budget",
@@ -141,8 +133,8 @@ impl crate::metrics::Report for Aggregation {
             "Live StatsD series created by each of the 5 senders holding the most (see /api/cardinality).",
         );
         out.family(live);
-        for (sender, s) in top.iter().take(TOP_LABELLED) {
-            out.add(live, &[("sender", self.budgets.describe(*sender).as_str())], s.live);
+        for (sender, s) in self.budgets.top(TOP_LABELLED) {
+            out.add(live, &[("sender", self.budgets.describe(sender).as_str())], s.live);
         }
         let new = Describe::gauge(
             "floodgate_statsd_new_series_by_name",

@@ -57,6 +57,12 @@ impl BudgetLimits {
     pub fn any(&self) -> bool {
         self.series_per_sender > 0 || self.new_series_per_minute > 0
     }
+
+    /// Whether a sender with `series` is at one of its budgets (its next new series refused).
+    pub fn reached(&self, series: &SenderSeries) -> bool {
+        (self.series_per_sender > 0 && series.live >= self.series_per_sender)
+            || (self.new_series_per_minute > 0 && series.new_this_minute >= self.new_series_per_minute)
+    }
 }
 
 /// One sender's series.
@@ -287,6 +293,15 @@ impl SeriesBudgets {
         all.sort_by(|a, b| b.1.live.cmp(&a.1.live).then(b.1.refused.cmp(&a.1.refused)).then(a.0.cmp(&b.0)));
         all.truncate(n);
         all
+    }
+
+    /// Senders at one of their budgets now.
+    pub fn at_budget(&self) -> usize {
+        let limits = self.limits();
+        self.table
+            .iter()
+            .map(|shard| shard.lock().unwrap_or_else(|e| e.into_inner()).values().filter(|s| limits.reached(s)).count())
+            .sum()
     }
 
     /// One sender's series.

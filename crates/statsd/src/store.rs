@@ -1076,10 +1076,9 @@ impl Store {
             .sum();
         let sets: u64 = self.sets.iter().map(|(k, s)| per_key(k) + s.members.bytes()).sum();
         let sent: u64 = self.sent_names.iter().map(|(k, v)| per_key(k) + v.len() as u64).sum();
-        // An owner is a field of each entry (in SERIES_OVERHEAD).
-        let owners: u64 = 0;
+        // A series' owner is a field of its entry (in SERIES_OVERHEAD).
         let attribution = if self.budgets.is_some() { self.attribution.bytes() } else { 0 };
-        counters + gauges + timers + sets + sent + owners + attribution
+        counters + gauges + timers + sets + sent + attribution
     }
 
     /// The name a series name (a key's part before its tags) was sent as, when sanitising

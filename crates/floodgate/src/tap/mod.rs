@@ -160,8 +160,7 @@ impl Filter {
         let mut filter =
             Filter { listener: listener.filter(|l| !l.is_empty()).map(str::to_string), ..Filter::default() };
         if let Some(l) = &filter.listener {
-            let known = ["statsd", "syslog"];
-            if !known.iter().any(|k| l == k || l.strip_prefix(k).is_some_and(|t| t.starts_with('_'))) {
+            if !["statsd", "syslog"].iter().any(|k| names_listener(l, k)) {
                 return Err(format!(
                     "listener `{l}`: a tap sees statsd and syslog listeners (`statsd`, `statsd_udp`, `syslog_tcp`...)"
                 ));
@@ -174,16 +173,13 @@ impl Filter {
             Some(s) => filter.source = Some(AllowList::parse(&[s]).map_err(|e| format!("source: {e}"))?),
             None => {}
         }
-        filter.name = name.filter(|n| !n.is_empty()).map(wildmatch::WildMatch::new);
+        filter.name = name.filter(|n| !n.is_empty()).map(|n| glob(n).map_err(|e| format!("name: {e}"))).transpose()?;
         Ok(filter)
     }
 
     fn sees(&self, kind: Kind, source: TapSource) -> bool {
-        if let Some(l) = &self.listener {
-            let k = kind.as_str();
-            if !(k == l || k.strip_prefix(l.as_str()).is_some_and(|t| t.starts_with('_'))) {
-                return false;
-            }
+        if self.listener.as_deref().is_some_and(|l| !names_listener(kind.as_str(), l)) {
+            return false;
         }
         if let Some(list) = &self.source {
             if !source.ip().is_some_and(|ip| list.allows(ip)) {
@@ -429,6 +425,24 @@ impl Watchers {
     }
 }
 
+/// Whether `kind` (`statsd_udp`) is `wanted`: the same kind, or its protocol (`statsd`).
+fn names_listener(kind: &str, wanted: &str) -> bool {
+    kind == wanted || kind.strip_prefix(wanted).is_some_and(|rest| rest.starts_with('_'))
+}
+
+/// Longest name glob taken (the tap's `name`, `/api/series?match`): a metric name is at most
+/// `max_key_length` (a few hundred bytes), and a glob is matched against every line a viewer
+/// sees or every series a search walks.
+pub const MAX_GLOB: usize = 512;
+
+/// A name glob (`*` any run, `?` one character), refused past [`MAX_GLOB`] bytes.
+pub fn glob(pattern: &str) -> Result<wildmatch::WildMatch, String> {
+    if pattern.len() > MAX_GLOB {
+        return Err(format!("a glob of {} bytes; at most {MAX_GLOB}", pattern.len()));
+    }
+    Ok(wildmatch::WildMatch::new(pattern))
+}
+
 /// A StatsD line's metric name: up to its first `:` (or `|`; the whole line if neither).
 pub fn statsd_name(line: &[u8]) -> &[u8] {
     let end = memchr::memchr2(b':', b'|', line).unwrap_or(line.len());
@@ -487,6 +501,8 @@ mod tests {
         assert!(Filter::parse(Some("conntrack"), None, None).is_err());
         assert!(Filter::parse(None, Some("10.0.0.0/33"), None).is_err());
         assert!(Filter::parse(None, Some("uid:x"), None).is_err());
+        assert!(Filter::parse(None, None, Some(&"*".repeat(MAX_GLOB + 1))).is_err(), "a glob too long");
+        assert!(Filter::parse(Some("statsdx"), None, None).is_err());
         assert_eq!(Filter::parse(Some("syslog_tcp"), Some("uid:1000"), Some("a*")).unwrap().uid, Some(1000));
         assert_eq!(statsd_name(b"a.b:1|c"), b"a.b");
         assert_eq!(syslog_name(b"<13>1 2024-01-01T00:00:00Z h billing 1 - - hi"), "billing");

@@ -31,14 +31,16 @@ pub struct TapQuery {
     pub rate: Option<u32>,
 }
 
-/// The response to `GET /api/tap` from `peer`: the stream, or why not.
+/// The response to `GET /api/tap` from `peer`: the stream, or why not. `tap_from` and
+/// `max_viewers` are `[http]`'s.
 pub fn respond(
     peer: Option<std::net::IpAddr>,
     query: TapQuery,
-    config: &crate::config::Config,
+    tap_from: &[String],
+    max_viewers: usize,
 ) -> axum::response::Response {
-    let allowed = floodgate_guard::AllowList::parse(&config.http.tap_from).unwrap_or_default();
-    let permitted = !config.http.tap_from.is_empty() && peer.is_some_and(|ip| allowed.allows(ip));
+    let allowed = floodgate_guard::AllowList::parse(tap_from).unwrap_or_default();
+    let permitted = !tap_from.is_empty() && peer.is_some_and(|ip| allowed.allows(ip));
     if !permitted {
         let who = peer.map_or("this client".to_string(), |p| p.to_string());
         return (StatusCode::FORBIDDEN, format!("the tap shows what senders send; {who} is not in [http] tap_from\n"))
@@ -48,7 +50,7 @@ pub fn respond(
         Ok(f) => f,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    match TAP.subscribe(filter, query.rate.unwrap_or(100), config.http.tap_viewers) {
+    match TAP.subscribe(filter, query.rate.unwrap_or(100), max_viewers) {
         Ok((subscription, events)) => {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -132,6 +132,13 @@ fn the_cardinality_api_names_the_metric_and_the_sender_behind_new_series() {
     assert_eq!(second["senders"][0]["sender"], "127.0.0.3");
     let live = &report["by_live_series"]["names"][0];
     assert_eq!((live["name"].as_str(), live["series"].as_u64()), (Some("api.requests.by_id"), Some(3000)));
+    // The series browser counts them by glob, and refuses a glob longer than any name.
+    let (code, body) = http_get(fg.http, "/api/series?match=db.pool.*&limit=5").unwrap();
+    let found: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((code, found["matched"].as_u64(), found["rows"].as_array().map(Vec::len)), (200, Some(40), Some(5)));
+    assert_eq!(found["rows"][0]["sender"], "127.0.0.3", "{found}");
+    let (code, _) = http_get(fg.http, &format!("/api/series?match={}", "*".repeat(600))).unwrap();
+    assert_eq!(code, 400, "a 600-byte glob");
     let metrics = fg.self_metrics();
     assert_eq!(sample(&metrics, "floodgate_statsd_new_series_by_name", &["name=\"api.requests.by_id\""]), 3000.0);
     assert_eq!(sample(&metrics, "floodgate_statsd_new_series_by_name", &["name=\"db.pool.size\""]), 40.0);

@@ -1,6 +1,8 @@
 //! What `/ui` reads besides `/api/status`: the series browser (`/api/series`) and the
 //! configuration as a table with what differs from the defaults (`/api/config`).
 
+use floodgate_statsd::budget::Sender;
+use floodgate_statsd::store::Owner;
 use floodgate_statsd::Kind;
 use serde_json::{json, Value};
 
@@ -13,25 +15,23 @@ pub const MAX_ROWS: usize = 1000;
 /// character; every series without one), and the newest `limit` of them (100 by default):
 /// name, type, value, first seen and sender (for series charged to a sender's budget).
 /// Receive shards are merged first, so a series sent a moment ago is there.
-pub fn series_json(shared: &Shared, pattern: &str, limit: usize) -> Vec<u8> {
-    let glob = wildmatch::WildMatch::new(if pattern.is_empty() { "*" } else { pattern });
+pub fn series_json(shared: &Shared, pattern: &str, limit: usize) -> Result<Vec<u8>, String> {
+    let glob = crate::tap::glob(if pattern.is_empty() { "*" } else { pattern })?;
     let matches = |k: &[u8]| std::str::from_utf8(k).is_ok_and(|k| glob.matches(k));
     let limit = limit.min(MAX_ROWS);
     let mut store = shared.aggregation.store.lock();
     shared.aggregation.merge_shards(&mut store);
     let store = &*store;
-    // (first seen, key, kind) of every match, then the newest `limit`. Each type's map on its
-    // own: a name may be a counter and a gauge.
-    let all = (store.counters().map(|(k, _)| (Kind::Counter, k)))
-        .chain(store.gauges().map(|(k, _)| (Kind::Gauge, k)))
-        .chain(store.timers().map(|(k, _)| (Kind::Timer, k)))
-        .chain(store.sets().map(|(k, _)| (Kind::Set, k)));
-    let mut found: Vec<(u32, &[u8], Kind)> = all
-        .filter(|(_, key)| matches(key))
-        .map(|(kind, key)| (store.owner(kind, key).map_or(0, |o| o.first_seen), key, kind))
-        .collect();
+    // (owner, key, kind) of every match, then the newest `limit`. Each type's map on its own: a
+    // name may be a counter and a gauge. The owner comes with the entry walked.
+    let all = (store.counters().map(|(k, e)| (e.owner, k, Kind::Counter)))
+        .chain(store.gauges().map(|(k, e)| (e.owner, k, Kind::Gauge)))
+        .chain(store.timers().map(|(k, e)| (e.owner, k, Kind::Timer)))
+        .chain(store.sets().map(|(k, e)| (e.owner, k, Kind::Set)));
+    let mut found: Vec<(Owner, &[u8], Kind)> = all.filter(|(_, key, _)| matches(key)).collect();
     let matched = found.len();
-    let newest_first = |a: &(u32, &[u8], Kind), b: &(u32, &[u8], Kind)| b.0.cmp(&a.0).then(a.1.cmp(b.1));
+    let newest_first =
+        |a: &(Owner, &[u8], Kind), b: &(Owner, &[u8], Kind)| b.0.first_seen.cmp(&a.0.first_seen).then(a.1.cmp(b.1));
     if found.len() > limit && limit > 0 {
         found.select_nth_unstable_by(limit - 1, newest_first);
     }
@@ -40,7 +40,7 @@ pub fn series_json(shared: &Shared, pattern: &str, limit: usize) -> Vec<u8> {
     let budgets = &shared.aggregation.budgets;
     let rows: Vec<Value> = found
         .iter()
-        .map(|&(first, key, kind)| {
+        .map(|&(owner, key, kind)| {
             let (value, total) = store.value_of(kind, key).unwrap_or((0.0, None));
             let kind_name = match kind {
                 Kind::Counter => "counter",
@@ -48,19 +48,19 @@ pub fn series_json(shared: &Shared, pattern: &str, limit: usize) -> Vec<u8> {
                 Kind::Timer => "timer",
                 Kind::Set => "set",
             };
-            let owner = store.owner(kind, key);
+            let known = owner.sender != Sender::Unknown;
             json!({
                 "name": String::from_utf8_lossy(key),
                 "type": kind_name,
                 "value": value,
                 "total": total,
-                "first_seen": (first > 0).then_some(first),
-                "sender": owner.map(|o| budgets.describe(o.sender)),
+                "first_seen": known.then_some(owner.first_seen),
+                "sender": known.then(|| budgets.describe(owner.sender)),
             })
         })
         .collect();
     let body = json!({ "pattern": pattern, "series": store.series(), "matched": matched, "rows": rows });
-    serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec())
+    Ok(serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec()))
 }
 
 /// `/api/config`: every key of the configuration in force, dotted (`limits.udp_per_source`),

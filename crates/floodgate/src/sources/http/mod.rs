@@ -329,8 +329,7 @@ fn series_offenders(shared: &Shared, limit: usize) -> serde_json::Value {
                 "live_series": s.live,
                 "new_series_this_minute": s.new_this_minute,
                 "refused": s.refused,
-                "over_budget": (limits.series_per_sender > 0 && s.live >= limits.series_per_sender)
-                    || (limits.new_series_per_minute > 0 && s.new_this_minute >= limits.new_series_per_minute),
+                "over_budget": limits.reached(&s),
             })
         })
         .collect();
@@ -409,7 +408,8 @@ async fn series(
     .ok()
     .flatten();
     match body {
-        Some(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Some(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Some(Err(e)) => (StatusCode::BAD_REQUEST, format!("match: {e}\n")).into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
@@ -446,8 +446,11 @@ async fn tap(
     query: axum::extract::Query<crate::tap::sse::TapQuery>,
 ) -> axum::response::Response {
     let peer = client.and_then(|c| c.0 .0);
-    let config = shared.config.read().clone();
-    crate::tap::sse::respond(peer, query.0, &config)
+    let (tap_from, viewers) = {
+        let config = shared.config.read();
+        (config.http.tap_from.clone(), config.http.tap_viewers)
+    };
+    crate::tap::sse::respond(peer, query.0, &tap_from, viewers)
 }
 
 async fn index() -> impl IntoResponse {

@@ -118,7 +118,7 @@ pub fn write_json_after(prefix: &[u8], record: &Record, raw: Option<&[u8]>, out:
     for (key, code) in [(&b",\"facility_code\":"[..], record.facility), (b",\"severity_code\":", record.severity)] {
         out.extend_from_slice(key);
         match code {
-            Some(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            Some(n) => json_u8(out, n),
             None => out.extend_from_slice(b"null"),
         }
     }
@@ -247,6 +247,17 @@ fn word_needs_escape(w: u64) -> bool {
     below_space | has_zero(w ^ (ONES * u64::from(b'"'))) | has_zero(w ^ (ONES * u64::from(b'\\'))) != 0
 }
 
+/// A number in decimal, without the allocation of `to_string` (two a message, before).
+fn json_u8(out: &mut Vec<u8>, n: u8) {
+    if n >= 100 {
+        out.push(b'0' + n / 100);
+    }
+    if n >= 10 {
+        out.push(b'0' + n / 10 % 10);
+    }
+    out.push(b'0' + n % 10);
+}
+
 /// A JSON string: unescaped runs copied whole.
 fn json_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -256,15 +267,16 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        if let Some(word) = bytes.get(i..i + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(word);
-            if !word_needs_escape(u64::from_le_bytes(w)) {
-                i += 8;
-                continue;
-            }
+        // A word at a time; the last, short one padded with spaces (nothing to escape), so
+        // short fields (a host, a program, a timestamp's tail) skip the byte loop too.
+        let mut w = [b' '; 8];
+        let take = (bytes.len() - i).min(8);
+        w[..take].copy_from_slice(&bytes[i..i + take]);
+        if !word_needs_escape(u64::from_le_bytes(w)) {
+            i += take;
+            continue;
         }
-        let end = (i + 8).min(bytes.len());
+        let end = i + take;
         while i < end {
             let b = bytes[i];
             if ESCAPE[usize::from(b)] {
@@ -350,6 +362,26 @@ mod tests {
             json_str(&mut out, s);
             assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), s);
             assert_eq!(out, serde_json::to_vec(s).unwrap());
+        }
+    }
+
+    proptest::proptest! {
+        /// The word-at-a-time escaper (short tails padded) against serde_json, on strings
+        /// made of the bytes it must tell apart, at every length and position.
+        #[test]
+        fn any_string_escapes_like_serde_json(s in "[a \"\\\\\\n\\t\u{1}\u{1f}\u{7f}é\u{2028}]{0,40}") {
+            let mut out = Vec::new();
+            json_str(&mut out, &s);
+            proptest::prop_assert_eq!(out, serde_json::to_vec(&s).unwrap());
+        }
+    }
+
+    #[test]
+    fn codes_print_like_to_string() {
+        for n in 0..=u8::MAX {
+            let mut out = Vec::new();
+            json_u8(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
         }
     }
 

@@ -63,6 +63,13 @@ impl<'a> Admitted<'a> {
     pub fn received(&self) -> usize {
         self.n
     }
+
+    /// The read took as many datagrams as a batch holds: more are probably queued. A handler
+    /// that gathers its output over batches hands it on when this is false (the queue was
+    /// drained) or at [`DatagramHandler::idle`].
+    pub fn full(&self) -> bool {
+        self.n == BATCH
+    }
 }
 
 /// What a listener does with the datagrams the guard lets in.
@@ -76,6 +83,9 @@ pub trait DatagramHandler: Send + 'static {
     /// it exactly once, before the decoded values become visible to readers that also read
     /// those counters.
     fn handle(&mut self, datagrams: Admitted<'_>, now: u64, publish: &mut dyn FnMut());
+
+    /// Nothing arrived for the socket's read timeout: hand on anything held.
+    fn idle(&mut self) {}
 
     /// The thread is stopping (after the shutdown drain): hand on anything held.
     fn finish(&mut self) {}
@@ -136,9 +146,11 @@ impl<H: DatagramHandler> UdpWorker<H> {
             } else {
                 match batch.recv(fd) {
                     Ok(n) => n,
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {
-                        continue
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        self.handler.idle();
+                        continue;
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         tracing::error!(error = %e, "udp receive failed");
                         std::thread::sleep(Duration::from_millis(100));

@@ -14,11 +14,20 @@ use crate::record::{Chunk, Encoding};
 /// Flag on a datagram cut at the slot size.
 const TRUNCATED: &str = "datagram longer than max_message; truncated";
 
+/// Records gathered over full batches before they go to the output. One hand-over per batch
+/// woke the output's thread 64 messages at a time; the wake-ups (both threads' scheduler
+/// work) cost about a seventh of the CPU per message under load (profiled). A batch that
+/// drained the queue, or a read that timed out, hands over at once, so a quiet listener's
+/// records wait no longer than before.
+const GATHER_BYTES: usize = 256 * 1024;
+
 /// Decodes one receive thread's datagrams into output chunks.
 pub struct SyslogDatagrams {
     encoder: Encoder,
     output: mpsc::Sender<Chunk>,
     counters: Arc<Counters>,
+    /// Records not handed to the output yet.
+    pending: Chunk,
 }
 
 impl SyslogDatagrams {
@@ -30,7 +39,16 @@ impl SyslogDatagrams {
         counters: Arc<Counters>,
         zone: jiff::tz::TimeZone,
     ) -> SyslogDatagrams {
-        SyslogDatagrams { encoder: Encoder::new(encoding, kind, zone), output, counters }
+        SyslogDatagrams { encoder: Encoder::new(encoding, kind, zone), output, counters, pending: Chunk::default() }
+    }
+
+    /// Hands the gathered records to the output. Blocks while the output is behind: the
+    /// socket buffer then fills and the kernel drops (counted as `kernel_receive_buffer`),
+    /// rather than this thread dropping what it has accepted.
+    fn hand_over(&mut self) {
+        if self.pending.messages > 0 {
+            let _ = self.output.blocking_send(std::mem::take(&mut self.pending));
+        }
     }
 }
 
@@ -41,7 +59,9 @@ impl DatagramHandler for SyslogDatagrams {
 
     fn handle(&mut self, datagrams: Admitted<'_>, _now: u64, publish: &mut dyn FnMut()) {
         self.encoder.stamp();
-        let mut chunk = Chunk { bytes: Vec::with_capacity(datagrams.received() * 512), messages: 0 };
+        let chunk = &mut self.pending;
+        chunk.bytes.reserve(datagrams.received() * 512);
+        let before = chunk.messages;
         let mut bad = 0;
         for d in datagrams.iter() {
             if let Some(source) = d.source {
@@ -50,18 +70,25 @@ impl DatagramHandler for SyslogDatagrams {
             if let Some(peer) = d.peer {
                 self.encoder.set_peer(peer);
             }
-            if self.encoder.encode(d.data, d.truncated.then_some(TRUNCATED), &mut chunk) == Some(false) {
+            if self.encoder.encode(d.data, d.truncated.then_some(TRUNCATED), chunk) == Some(false) {
                 bad += 1;
             }
         }
+        let messages = chunk.messages - before;
+        let gathered = chunk.bytes.len();
         publish();
-        Counters::add(&self.counters.lines, chunk.messages);
+        Counters::add(&self.counters.lines, messages);
         Counters::add(&self.counters.bad_lines, bad);
-        if chunk.messages > 0 {
-            // Blocks while the output is behind: the socket buffer then fills and the kernel
-            // drops (counted as `kernel_receive_buffer`), rather than this thread dropping
-            // what it has accepted.
-            let _ = self.output.blocking_send(chunk);
+        if !datagrams.full() || gathered >= GATHER_BYTES {
+            self.hand_over();
         }
+    }
+
+    fn idle(&mut self) {
+        self.hand_over();
+    }
+
+    fn finish(&mut self) {
+        self.hand_over();
     }
 }

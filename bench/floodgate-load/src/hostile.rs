@@ -38,7 +38,7 @@ pub(crate) struct Drain {
 
 /// The drain method: stops `pid`, queues `n` datagrams (`payloads` in turn) from 127.0.0.2 to
 /// `port`, resumes it, and waits until `count()` stops moving.
-pub(crate) fn drain(pid: u32, port: u16, payloads: &[&[u8]], n: usize, count: impl Fn() -> f64) -> Drain {
+pub(crate) fn drain(pid: u32, port: u16, payloads: &[&[u8]], n: usize, mut count: impl FnMut() -> f64) -> Drain {
     signal(pid, "STOP");
     let socket = UdpSocket::bind("127.0.0.2:0").unwrap();
     let own = cpu_ticks(std::process::id());

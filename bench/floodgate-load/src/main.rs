@@ -126,8 +126,8 @@ enum Command {
         /// Which parts: sink, floodgate, etsy, headroom (two senders), memory, cpu, guard (its
         /// cost and drop path), sources (memory with 1M spoofed sources; root, netns),
         /// aggregator (merge rate from 10 agents over TLS), forward (3 agents → aggregator →
-        /// Carbon stand-in at 1M metrics/s), syslog (TCP/TLS against rsyslog, UDP against the
-        /// raw sink), proxy (syslog TCP with and without PROXY headers), conntrack (100k
+        /// Carbon stand-in at 1M metrics/s), syslog (TCP/TLS against rsyslog), syslogudp (UDP against
+        /// the raw sink, sustained and drained), proxy (syslog TCP with and without PROXY headers), conntrack (100k
         /// entries, 5k new/s; root, netns), hotpath (lines per
         /// CPU-second draining a full 1 GiB socket buffer; root), attack (what each listener's
         /// attacks cost in memory), uds (StatsD over a Unix datagram socket vs loopback UDP),
@@ -141,7 +141,7 @@ enum Command {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,proxy,nats,shared,paced,conntrack,hotpath,attack,uds,prometheus,kernel,fanout,cthealth"
+            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,syslogudp,proxy,nats,shared,paced,conntrack,hotpath,attack,uds,prometheus,kernel,fanout,cthealth"
         )]
         only: Vec<String>,
         /// Lines per datagram to measure.

@@ -425,6 +425,9 @@ pub fn bench(opts: &BenchOptions) {
     if want("syslog") {
         crate::syslog::syslog(opts);
     }
+    if want("syslogudp") {
+        crate::syslog::syslog_udp(opts);
+    }
     if want("conntrack") {
         crate::conntrack::conntrack(opts);
     }

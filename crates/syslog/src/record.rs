@@ -266,13 +266,12 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let mut start = 0;
     let mut i = 0;
+    let clean = |w: &[u8]| w.first_chunk::<8>().is_some_and(|w| !word_needs_escape(u64::from_le_bytes(*w)));
     while i < bytes.len() {
-        // A word at a time; the last, short one padded with spaces (nothing to escape), so
-        // short fields (a host, a program, a timestamp's tail) skip the byte loop too.
-        let mut w = [b' '; 8];
+        // A word at a time; the last short stretch as the string's last word (it overlaps
+        // bytes already found clean), so short fields skip the byte loop too.
         let take = (bytes.len() - i).min(8);
-        w[..take].copy_from_slice(&bytes[i..i + take]);
-        if !word_needs_escape(u64::from_le_bytes(w)) {
+        if clean(&bytes[i..]) || (take < 8 && clean(&bytes[bytes.len().saturating_sub(8)..])) {
             i += take;
             continue;
         }

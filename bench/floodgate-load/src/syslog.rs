@@ -301,22 +301,33 @@ pub fn syslog_udp(opts: &BenchOptions) {
         let got = sink.finish();
         (sent.datagrams as f64 / sent.elapsed.as_secs_f64(), 1.0 - got as f64 / sent.datagrams.max(1) as f64)
     });
-    let udp_port = free_port();
-    let fg = floodgate(
-        opts,
-        &dir,
-        "floodgate-syslog-udp",
-        &format!("udp = [\"127.0.0.1:{udp_port}\"]\ntcp = []\nreceive_buffer = \"64MiB\"\noutput = {{ kind = \"file\", path = \"{}\" }}\n", dir.join("udp.jsonl").display()),
-    );
-    let mut counter = LineCounter::new(&dir.join("udp.jsonl"));
+    // Records go to tmpfs, a fresh file each trial: a trial writes gigabytes, and on the disk
+    // the kernel's dirty-page writeback, not floodgate, set the figure (and filled the disk).
+    let shm = Path::new("/dev/shm").join(format!("floodgate-bench-syslogudp-{}", free_port()));
+    std::fs::create_dir_all(&shm).unwrap();
+    let mut trial = 0;
     let floodgate_udp = sustained_udp("floodgate", |rate| {
-        let before = counter.count();
+        trial += 1;
+        let udp_port = free_port();
+        let out = shm.join(format!("udp-{trial}.jsonl"));
+        let fg = floodgate(
+            opts,
+            &dir,
+            &format!("floodgate-syslog-udp-{trial}"),
+            &format!(
+                "udp = [\"127.0.0.1:{udp_port}\"]\ntcp = []\nreceive_buffer = \"64MiB\"\noutput = {{ kind = \"file\", path = \"{}\" }}\n",
+                out.display()
+            ),
+        );
+        let mut counter = LineCounter::new(&out);
         let dest = SocketAddr::from(([127, 0, 0, 1], udp_port));
         let sent = sender::send_pool(dest, &pool, 1, rate, 1, 1, opts.trial, "syslog udp → floodgate");
-        let (_, got) = counter.wait(before + sent.datagrams, Duration::from_millis(700));
-        (sent.datagrams as f64 / sent.elapsed.as_secs_f64(), 1.0 - (got - before) as f64 / sent.datagrams.max(1) as f64)
+        let (_, got) = counter.wait(sent.datagrams, Duration::from_millis(700));
+        drop(fg);
+        let _ = std::fs::remove_file(&out);
+        (sent.datagrams as f64 / sent.elapsed.as_secs_f64(), 1.0 - got as f64 / sent.datagrams.max(1) as f64)
     });
-    drop(fg);
+    let _ = std::fs::remove_dir_all(&shm);
     println!("\n| target | UDP messages/s (< 0.1% loss) | vs raw sink |");
     println!("|---|---|---|");
     println!("| raw recvmmsg sink | {sink:.0} | 100% |");
@@ -337,7 +348,7 @@ fn drained(opts: &BenchOptions, dir: &Path, pool: &[Datagram]) {
         let d = crate::hostile::drain(r.pid(), r.port, &refs, DRAINED, || r.count());
         drop(r);
         raw.push(d.receiver_cpu / d.datagrams.max(1.0));
-        let out = dir.join(format!("drained-{round}.jsonl"));
+        let out = Path::new("/dev/shm").join(format!("floodgate-bench-drained-{round}-{}.jsonl", free_port()));
         let port = free_port();
         let f = floodgate(
             opts,
@@ -352,6 +363,7 @@ fn drained(opts: &BenchOptions, dir: &Path, pool: &[Datagram]) {
         let mut counter = LineCounter::new(&out);
         let d = crate::hostile::drain(pid, port, &refs, DRAINED, || counter.count() as f64);
         drop(f);
+        let _ = std::fs::remove_file(&out);
         fg.push(d.receiver_cpu / d.datagrams.max(1.0));
         eprintln!(
             "  round {round}: raw {:.0} ns, floodgate {:.0} ns a message ({} of {DRAINED} written)",

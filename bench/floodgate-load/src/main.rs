@@ -23,6 +23,7 @@ mod otlp;
 mod prometheus;
 mod sender;
 mod spoof;
+mod spread;
 mod syslog;
 mod targets;
 mod unix;
@@ -129,7 +130,9 @@ enum Command {
         /// Carbon stand-in at 1M metrics/s), syslog (TCP/TLS against rsyslog), syslogudp (UDP against
         /// the raw sink, sustained and drained), proxy (syslog TCP with and without PROXY headers), conntrack (100k
         /// entries, 5k new/s; root, netns), hotpath (lines per
-        /// CPU-second draining a full 1 GiB socket buffer; root), attack (what each listener's
+        /// CPU-second draining a full 1 GiB socket buffer; root), spread (one client
+        /// socket drained by one receive thread, by two, by two with `receive_spread`; root),
+        /// attack (what each listener's
         /// attacks cost in memory), uds (StatsD over a Unix datagram socket vs loopback UDP),
         /// prometheus (a 50-rule mapping file's cost per line; scraping 100k histogram series),
         /// scrape (scrapes that merge the receive shards, against `--baseline`),
@@ -141,7 +144,7 @@ enum Command {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,syslogudp,proxy,nats,shared,paced,conntrack,hotpath,attack,uds,prometheus,kernel,fanout,cthealth"
+            default_value = "sink,floodgate,etsy,headroom,memory,cpu,guard,sources,aggregator,forward,syslog,syslogudp,proxy,nats,shared,paced,conntrack,hotpath,spread,attack,uds,prometheus,kernel,fanout,cthealth"
         )]
         only: Vec<String>,
         /// Lines per datagram to measure.

@@ -440,6 +440,9 @@ pub fn bench(opts: &BenchOptions) {
     if want("hotpath") {
         crate::hostile::hot_path(opts);
     }
+    if want("spread") {
+        crate::spread::spread(opts);
+    }
     if want("attack") {
         crate::hostile::attack_cost(opts);
     }

@@ -97,6 +97,8 @@ pub struct Listener {
     pub extra: Option<ExtraFamilies>,
     /// Its guard (UDP: the kernel layer's drops are read from it).
     pub guard: Option<Arc<crate::guard::ListenerGuard>>,
+    /// Its receive spread (UDP, when attached), shared by its sockets.
+    pub spread: Option<Arc<crate::net::spread::Spread>>,
 }
 
 impl Listener {
@@ -146,6 +148,7 @@ impl Listeners {
             datagram_queue: 0,
             extra,
             guard: None,
+            spread: None,
         });
         counters
     }
@@ -197,6 +200,10 @@ const QUEUE_FULL: Describe = Describe::counter(
     "floodgate_unix_queue_full_total",
     "Reads of a Unix datagram socket that found its kernel queue full (counted when the queue holds at most 64): senders then waited, or dropped on their side.",
 );
+const SPREAD: Describe = Describe::counter(
+    "floodgate_udp_spread_datagrams_total",
+    "Datagrams of a hot client socket the receive spread sent to a receive thread at random (receive_spread = \"auto\").",
+);
 const RECEIVE_BUFFER: Describe = Describe::gauge(
     "floodgate_udp_receive_buffer_bytes",
     "Socket receive buffer granted by the kernel, summed over the listener's sockets.",
@@ -221,11 +228,13 @@ impl Report for Listeners {
             QUEUE_LIMIT,
             QUEUE_FULL,
             RECEIVE_BUFFER,
+            SPREAD,
             DROPPED,
         ] {
             out.family(d);
         }
         let mut kernel_ports: BTreeMap<(Kind, &str), (u16, Option<&GuardRef>)> = BTreeMap::new();
+        let mut spreads: BTreeMap<(Kind, &str), &crate::net::spread::Spread> = BTreeMap::new();
         for l in &listeners {
             let (c, labels, kind) = (&l.counters, l.labels(), l.kind);
             out.add(PACKETS, &labels, c.packets.load(Relaxed));
@@ -271,9 +280,16 @@ impl Report for Listeners {
                 out.add(RECEIVE_BUFFER, &labels, l.receive_buffer as u64);
                 kernel_ports.insert((kind, &l.address), (port, l.guard.as_ref()));
             }
+            if let Some(spread) = &l.spread {
+                spreads.insert((kind, &l.address), spread);
+            }
             if let Some(extra) = l.extra {
                 extra(l, out);
             }
+        }
+        // One program per listener, shared by its sockets: reported once.
+        for ((kind, address), spread) in spreads {
+            out.add(SPREAD, &[("listener", kind.as_str()), ("address", address)], spread.spread_datagrams());
         }
         for ((kind, address), (port, guard)) in kernel_ports {
             // The kernel counts per socket; every socket on the port is ours (SO_REUSEPORT). Its
@@ -332,6 +348,8 @@ mod tests {
                 datagram_queue: 0,
                 extra: None,
                 guard: None,
+                spread: None,
+                spread: None,
             });
         }
         let mut out = Families::default();

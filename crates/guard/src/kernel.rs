@@ -172,71 +172,11 @@ impl Stat {
     pub const ALL: [Stat; 4] = [Stat::Passed, Stat::SourceLimit, Stat::PortLimit, Stat::NotAllowed];
 }
 
-/// One instruction, as the kernel reads it (`struct bpf_insn`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Insn {
-    /// Opcode.
-    pub code: u8,
-    /// Destination register (low 4 bits) and source register (high 4 bits).
-    pub regs: u8,
-    /// Offset.
-    pub off: i16,
-    /// Immediate.
-    pub imm: i32,
-}
-
-impl Insn {
-    /// Its 8 bytes.
-    pub fn to_bytes(self) -> [u8; 8] {
-        let mut b = [0u8; 8];
-        b[0] = self.code;
-        b[1] = self.regs;
-        b[2..4].copy_from_slice(&self.off.to_le_bytes());
-        b[4..8].copy_from_slice(&self.imm.to_le_bytes());
-        b
-    }
-}
-
-// Opcode parts (include/uapi/linux/bpf.h, bpf_common.h).
-const LD: u8 = 0x00;
-const LDX: u8 = 0x01;
-const ST: u8 = 0x02;
-const STX: u8 = 0x03;
-const JMP: u8 = 0x05;
-const ALU: u8 = 0x04;
-const ALU64: u8 = 0x07;
-/// Byte swap (`BPF_END`), to big-endian with `BPF_TO_BE`.
-const END: u8 = 0xd0;
-const TO_BE: u8 = 0x08;
-const W: u8 = 0x00;
-const DW: u8 = 0x18;
-const IMM: u8 = 0x00;
-const ABS: u8 = 0x20;
-const MEM: u8 = 0x60;
-const ATOMIC: u8 = 0xc0;
-const K: u8 = 0x00;
-const X: u8 = 0x08;
-const ADD: u8 = 0x00;
-const SUB: u8 = 0x10;
-const OR: u8 = 0x40;
-const LSH: u8 = 0x60;
-const RSH: u8 = 0x70;
-const MOV: u8 = 0xb0;
-const JA: u8 = 0x00;
-const JEQ: u8 = 0x10;
-const JGT: u8 = 0x20;
-const JNE: u8 = 0x50;
-const CALL: u8 = 0x80;
-const EXIT: u8 = 0x90;
+use crate::asm::{Asm, JEQ, JGT, JNE, KTIME_GET_NS, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM};
+pub use crate::asm::{Insn, R};
 
 /// `SKF_NET_OFF`: absolute loads from here on read the network header.
 const NET_OFF: i32 = -0x100000;
-/// `BPF_PSEUDO_MAP_FD`: a 64-bit immediate load of a map.
-const PSEUDO_MAP_FD: u8 = 1;
-// Helpers.
-const MAP_LOOKUP_ELEM: i32 = 1;
-const MAP_UPDATE_ELEM: i32 = 2;
-const KTIME_GET_NS: i32 = 5;
 /// `BPF_NOEXIST`: insert only if absent.
 const NOEXIST: i32 = 1;
 // `struct __sk_buff` fields.
@@ -247,141 +187,6 @@ const SKB_INGRESS_IFINDEX: i16 = 36;
 /// `htons(ETH_P_IP)` and `htons(ETH_P_IPV6)` as the `protocol` field reads on little-endian.
 const PROTO_IPV4: i32 = 0x0008;
 const PROTO_IPV6: i32 = 0xdd86;
-
-/// Registers.
-#[derive(Clone, Copy)]
-#[allow(missing_docs)]
-pub enum R {
-    R0 = 0,
-    R1,
-    R2,
-    R3,
-    R4,
-    R5,
-    R6,
-    R7,
-    R8,
-    R9,
-    R10,
-}
-
-/// A jump target not yet placed.
-#[derive(Clone, Copy)]
-struct Label(usize);
-
-/// Instructions with labels for jumps, resolved at the end.
-#[derive(Default)]
-struct Asm {
-    insns: Vec<Insn>,
-    /// (instruction index, label) for jumps to patch.
-    fixups: Vec<(usize, usize)>,
-    /// Label → instruction index.
-    labels: Vec<Option<usize>>,
-}
-
-impl Asm {
-    fn raw(&mut self, code: u8, dst: R, src: R, off: i16, imm: i32) {
-        self.insns.push(Insn { code, regs: (dst as u8) | ((src as u8) << 4), off, imm });
-    }
-    fn label(&mut self) -> Label {
-        self.labels.push(None);
-        Label(self.labels.len() - 1)
-    }
-    fn place(&mut self, l: Label) {
-        self.labels[l.0] = Some(self.insns.len());
-    }
-    fn mov(&mut self, dst: R, src: R) {
-        self.raw(ALU64 | MOV | X, dst, src, 0, 0);
-    }
-    fn mov_imm(&mut self, dst: R, imm: i32) {
-        self.raw(ALU64 | MOV | K, dst, R::R0, 0, imm);
-    }
-    fn add(&mut self, dst: R, src: R) {
-        self.raw(ALU64 | ADD | X, dst, src, 0, 0);
-    }
-    fn add_imm(&mut self, dst: R, imm: i32) {
-        self.raw(ALU64 | ADD | K, dst, R::R0, 0, imm);
-    }
-    fn sub(&mut self, dst: R, src: R) {
-        self.raw(ALU64 | SUB | X, dst, src, 0, 0);
-    }
-    fn or(&mut self, dst: R, src: R) {
-        self.raw(ALU64 | OR | X, dst, src, 0, 0);
-    }
-    fn lsh_imm(&mut self, dst: R, imm: i32) {
-        self.raw(ALU64 | LSH | K, dst, R::R0, 0, imm);
-    }
-    fn rsh_imm(&mut self, dst: R, imm: i32) {
-        self.raw(ALU64 | RSH | K, dst, R::R0, 0, imm);
-    }
-    /// `dst = *(u64 *)(src + off)`.
-    fn load64(&mut self, dst: R, src: R, off: i16) {
-        self.raw(LDX | MEM | DW, dst, src, off, 0);
-    }
-    /// `*(u32 *)(dst + off) = src`.
-    fn store32(&mut self, dst: R, off: i16, src: R) {
-        self.raw(STX | MEM | W, dst, src, off, 0);
-    }
-    /// `*(u32 *)(dst + off) = imm`.
-    fn store32_imm(&mut self, dst: R, off: i16, imm: i32) {
-        self.raw(ST | MEM | W, dst, R::R0, off, imm);
-    }
-    /// `dst = htobe32(dst)`.
-    fn swap_to_be32(&mut self, dst: R) {
-        self.raw(ALU | END | TO_BE, dst, R::R0, 0, 32);
-    }
-    /// `dst = *(u32 *)(src + off)`.
-    fn load32(&mut self, dst: R, src: R, off: i16) {
-        self.raw(LDX | MEM | W, dst, src, off, 0);
-    }
-    /// `*(u64 *)(dst + off) = src`.
-    fn store64(&mut self, dst: R, off: i16, src: R) {
-        self.raw(STX | MEM | DW, dst, src, off, 0);
-    }
-    /// `*(u64 *)(dst + off) = imm`.
-    fn store64_imm(&mut self, dst: R, off: i16, imm: i32) {
-        self.raw(ST | MEM | DW, dst, R::R0, off, imm);
-    }
-    /// `lock *(u64 *)(dst + off) += src`.
-    fn atomic_add64(&mut self, dst: R, off: i16, src: R) {
-        self.raw(STX | ATOMIC | DW, dst, src, off, ADD as i32);
-    }
-    /// `r0 = ntohl(*(u32 *)(packet + off))`, from the network header with [`NET_OFF`]; a load
-    /// past the packet ends the program (the datagram is dropped: it is not a whole IP packet).
-    fn load_abs32(&mut self, off: i32) {
-        self.raw(LD | ABS | W, R::R0, R::R0, 0, off);
-    }
-    fn load_map(&mut self, dst: R, fd: i32) {
-        self.raw(LD | DW | IMM, dst, R::R0, 0, fd);
-        self.insns.push(Insn { code: 0, regs: 0, off: 0, imm: 0 });
-        let last = self.insns.len() - 2;
-        self.insns[last].regs |= PSEUDO_MAP_FD << 4;
-    }
-    fn call(&mut self, helper: i32) {
-        self.raw(JMP | CALL, R::R0, R::R0, 0, helper);
-    }
-    fn exit(&mut self) {
-        self.raw(JMP | EXIT, R::R0, R::R0, 0, 0);
-    }
-    fn jump(&mut self, op: u8, dst: R, src: Option<R>, imm: i32, to: Label) {
-        let (mode, src) = match src {
-            Some(s) => (X, s),
-            None => (K, R::R0),
-        };
-        self.fixups.push((self.insns.len(), to.0));
-        self.raw(JMP | op | mode, dst, src, 0, imm);
-    }
-    fn goto(&mut self, to: Label) {
-        self.jump(JA, R::R0, None, 0, to);
-    }
-    fn finish(mut self) -> Vec<Insn> {
-        for (at, label) in self.fixups {
-            let target = self.labels[label].expect("every label placed");
-            self.insns[at].off = (target as i64 - at as i64 - 1) as i16;
-        }
-        self.insns
-    }
-}
 
 /// Stack slots (offsets from r10).
 const KEY: i16 = -16; // 16 bytes: addr, family
@@ -551,7 +356,7 @@ pub fn program(maps: Maps) -> Vec<Insn> {
     // Passed.
     a.place(pass);
     a.mov_imm(R1, Stat::Passed as i32);
-    count(&mut a, maps.stats);
+    a.count(maps.stats, INDEX);
     a.load32(R0, R6, SKB_LEN);
     a.exit();
     // Dropped by the source limit: counted in the source's entry (r5) too.
@@ -559,36 +364,20 @@ pub fn program(maps: Maps) -> Vec<Insn> {
     a.mov_imm(R1, 1);
     a.atomic_add64(R5, 8, R1);
     a.mov_imm(R1, Stat::SourceLimit as i32);
-    count(&mut a, maps.stats);
+    a.count(maps.stats, INDEX);
     a.mov_imm(R0, 0);
     a.exit();
     a.place(drop_port);
     a.mov_imm(R1, Stat::PortLimit as i32);
-    count(&mut a, maps.stats);
+    a.count(maps.stats, INDEX);
     a.mov_imm(R0, 0);
     a.exit();
     a.place(drop_allow);
     a.mov_imm(R1, Stat::NotAllowed as i32);
-    count(&mut a, maps.stats);
+    a.count(maps.stats, INDEX);
     a.mov_imm(R0, 0);
     a.exit();
     a.finish()
-}
-
-/// Adds one to the per-CPU stat whose index is in r1 (clobbers r0–r5).
-fn count(a: &mut Asm, stats: i32) {
-    use R::*;
-    let done = a.label();
-    a.store64(R10, INDEX, R1);
-    a.load_map(R1, stats);
-    a.mov(R2, R10);
-    a.add_imm(R2, INDEX as i32);
-    a.call(MAP_LOOKUP_ELEM);
-    a.jump(JEQ, R0, None, 0, done);
-    a.load64(R1, R0, 0);
-    a.add_imm(R1, 1);
-    a.store64(R0, 0, R1);
-    a.place(done);
 }
 
 /// The limits `rate` (per second, 0: none) and `burst_ns` as the program's interval and
@@ -608,18 +397,7 @@ mod tests {
     #[test]
     fn every_jump_lands_inside_the_program() {
         let p = program(Maps { config: 3, sources: 4, port: 5, stats: 6, allow: 7, host: 8 });
-        for (i, insn) in p.iter().enumerate() {
-            let class = insn.code & 0x07;
-            let op = insn.code & 0xf0;
-            if class == JMP && op != CALL && op != EXIT {
-                let target = i as i64 + 1 + i64::from(insn.off);
-                assert!((0..p.len() as i64).contains(&target), "insn {i} jumps to {target}");
-            }
-        }
-        // Map loads carry the fd and the pseudo flag.
-        let loads: Vec<&Insn> = p.iter().filter(|i| i.code == (LD | DW | IMM)).collect();
-        assert!(loads.iter().all(|i| i.regs >> 4 == PSEUDO_MAP_FD && (3..=8).contains(&i.imm)));
-        assert_eq!(p.last().map(|i| i.code), Some(JMP | EXIT));
+        crate::asm::check(&p, 3..=8);
     }
 
     #[test]

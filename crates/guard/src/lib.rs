@@ -11,10 +11,12 @@
 #![warn(missing_docs)]
 
 pub mod allow;
+mod asm;
 pub mod gcra;
 pub mod kernel;
 pub mod port;
 pub mod shared;
+pub mod spread;
 pub mod table;
 
 pub use allow::{AllowList, BadCidr};

@@ -16,7 +16,7 @@ const ALLOW_MAX: u32 = 4096;
 const HOST_MAX: u32 = 256;
 
 use super::config::LimitsConfig;
-use crate::sys::bpf::{self, Map, MapKind, Program};
+use crate::sys::bpf::{Map, MapKind, Program};
 
 /// One listener's program and maps.
 #[derive(Debug)]
@@ -152,16 +152,9 @@ impl KernelGuard {
 
     /// Datagrams passed and dropped so far, by [`Stat`] (summed over CPUs).
     pub fn stats(&self) -> [u64; Stat::COUNT as usize] {
-        let cpus = bpf::possible_cpus();
         let mut out = [0u64; Stat::COUNT as usize];
-        let mut values = vec![0u8; 8 * cpus];
         for stat in Stat::ALL {
-            if let Ok(true) = self.stats.lookup(&(stat as u32).to_ne_bytes(), &mut values) {
-                out[stat as usize] = values
-                    .chunks_exact(8)
-                    .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
-                    .fold(0u64, u64::saturating_add);
-            }
+            out[stat as usize] = self.stats.per_cpu_sum(stat as u32);
         }
         out
     }

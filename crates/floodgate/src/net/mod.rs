@@ -4,6 +4,7 @@
 
 pub mod datagram;
 pub mod shared_response;
+pub mod spread;
 pub mod stream;
 pub mod tls;
 pub mod unix;

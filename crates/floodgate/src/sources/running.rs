@@ -227,6 +227,8 @@ pub struct DatagramSizes {
     pub buffer: u64,
     /// Longest datagram read whole.
     pub max_datagram: usize,
+    /// Whether a hot client socket is spread over the threads.
+    pub spread: crate::net::spread::ReceiveSpread,
 }
 
 /// Binds a datagram listener (a UDP address as a `SO_REUSEPORT` group, or a Unix socket path)
@@ -286,9 +288,11 @@ pub fn start_datagrams<H: DatagramHandler>(
     // A socket file has no source addresses: its senders are limited by uid (the file's mode
     // says who may send at all).
     let listener = shared.guard.listener(*kind, &bound, 0);
-    if udp_port.is_some() {
+    let mut spread = None;
+    if let (Some(_), Address::Inet(addr)) = (udp_port, &bound) {
         let fds: Vec<std::os::fd::RawFd> = sockets.iter().map(|s| s.fd()).collect();
         listener.attach_kernel(&fds);
+        spread = crate::net::spread::start(sizes.spread, addr, &fds).map(Arc::new);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let mut running = Vec::new();
@@ -303,6 +307,7 @@ pub fn start_datagrams<H: DatagramHandler>(
             datagram_queue,
             extra: Some(extra),
             guard: Some(listener.clone()),
+            spread: spread.clone(),
         });
         let worker = UdpWorker {
             socket,

@@ -1,5 +1,6 @@
-//! The `bpf(2)` calls the kernel guard needs: create maps, read and write their entries, load
-//! a socket filter (with the verifier's log when it refuses), attach it to a socket.
+//! The `bpf(2)` calls the kernel guard and the receive spread need: create maps, read and
+//! write their entries, load a socket filter or a `SO_REUSEPORT` selector (with the verifier's
+//! log when it refuses), attach it to a socket.
 //!
 //! Written against the raw syscall with libc: the attribute block is a 128-byte buffer whose
 //! fields are set at their `union bpf_attr` offsets (include/uapi/linux/bpf.h), so nothing
@@ -17,7 +18,9 @@ const MAP_GET_NEXT_KEY: libc::c_long = 4;
 const NO_PREALLOC: u32 = 1;
 const PROG_LOAD: libc::c_long = 5;
 const PROG_TYPE_SOCKET_FILTER: u32 = 1;
+const PROG_TYPE_SK_REUSEPORT: u32 = 21;
 const SO_ATTACH_BPF: libc::c_int = 50;
+const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
 
 /// Map kinds used.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +33,8 @@ pub enum MapKind {
     LruHash = 9,
     /// `BPF_MAP_TYPE_LPM_TRIE`.
     LpmTrie = 11,
+    /// `BPF_MAP_TYPE_REUSEPORT_SOCKARRAY`: sockets of a `SO_REUSEPORT` group (set by fd).
+    ReuseportSockarray = 20,
 }
 
 /// The attribute block.
@@ -146,6 +151,18 @@ impl Map {
         }
     }
 
+    /// A per-CPU array's entry `index`, summed over the CPUs (0 when it cannot be read).
+    pub fn per_cpu_sum(&self, index: u32) -> u64 {
+        let mut values = vec![0u8; self.value_size * possible_cpus()];
+        match self.lookup(&index.to_ne_bytes(), &mut values) {
+            Ok(true) => values
+                .chunks_exact(8)
+                .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+                .fold(0u64, u64::saturating_add),
+            _ => 0,
+        }
+    }
+
     /// Every key, at most as many as the map holds. A walk whose current key was removed
     /// meanwhile starts again from the first key, so under churn (an LRU map evicting during a
     /// flood) an unbounded walk might never end: this one stops at the map's size.
@@ -200,10 +217,19 @@ pub struct LoadError {
 impl Program {
     /// Loads `insns` (8 bytes each) as a socket filter.
     pub fn load_socket_filter(insns: &[u8], name: &str) -> Result<Program, LoadError> {
+        Program::load(PROG_TYPE_SOCKET_FILTER, insns, name)
+    }
+
+    /// Loads `insns` as a `SO_REUSEPORT` group's socket selector (`BPF_PROG_TYPE_SK_REUSEPORT`).
+    pub fn load_reuseport(insns: &[u8], name: &str) -> Result<Program, LoadError> {
+        Program::load(PROG_TYPE_SK_REUSEPORT, insns, name)
+    }
+
+    fn load(kind: u32, insns: &[u8], name: &str) -> Result<Program, LoadError> {
         let license = b"GPL\0";
         let mut log = vec![0u8; 1 << 16];
         let r = Attr::new()
-            .u32(0, PROG_TYPE_SOCKET_FILTER)
+            .u32(0, kind)
             .u32(4, (insns.len() / 8) as u32)
             .u64(8, insns.as_ptr() as u64)
             .u64(16, license.as_ptr() as u64)
@@ -223,6 +249,16 @@ impl Program {
 
     /// Attaches it to socket `socket` (`SO_ATTACH_BPF`); it stays until the socket closes.
     pub fn attach(&self, socket: RawFd) -> io::Result<()> {
+        self.set_on(socket, SO_ATTACH_BPF)
+    }
+
+    /// Attaches it as the selector of the `SO_REUSEPORT` group `socket` is in
+    /// (`SO_ATTACH_REUSEPORT_EBPF`); it stays while the group has sockets.
+    pub fn attach_reuseport(&self, socket: RawFd) -> io::Result<()> {
+        self.set_on(socket, SO_ATTACH_REUSEPORT_EBPF)
+    }
+
+    fn set_on(&self, socket: RawFd, option: libc::c_int) -> io::Result<()> {
         let fd: libc::c_int = self.fd.as_raw_fd();
         // SAFETY: `fd` is a valid c_int for the duration of the call and the length given is
         // its size; the kernel only reads it.
@@ -230,7 +266,7 @@ impl Program {
             libc::setsockopt(
                 socket,
                 libc::SOL_SOCKET,
-                SO_ATTACH_BPF,
+                option,
                 (&fd as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )

@@ -113,6 +113,10 @@ pub struct StatsdConfig {
     pub max_memory: u64,
     /// Receive threads (and `SO_REUSEPORT` sockets) per UDP address; 0 = one per core.
     pub receive_threads: usize,
+    /// `auto`: a client socket sending more than 25,600 datagrams a second is read by every
+    /// receive thread (an eBPF `SO_REUSEPORT` program), where the kernel takes it; `off`: the
+    /// kernel's 4-tuple hash alone, one client socket to one thread.
+    pub receive_spread: crate::net::spread::ReceiveSpread,
     /// Socket receive buffer asked of the kernel (`SO_RCVBUFFORCE` as root, else up to
     /// `net.core.rmem_max`).
     #[serde(with = "size")]
@@ -165,6 +169,7 @@ impl Default for StatsdConfig {
             max_set_members: 100_000,
             max_memory: 512 << 20,
             receive_threads: 0,
+            receive_spread: Default::default(),
             receive_buffer: 32 << 20,
             max_datagram: 65_536,
             max_line_length: 65_536,

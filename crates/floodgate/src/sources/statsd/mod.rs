@@ -139,6 +139,7 @@ impl StatsdSource {
                     threads: if kind.transport == Transport::Unix { 1 } else { s.receive_threads },
                     buffer: s.receive_buffer,
                     max_datagram: s.max_datagram as usize,
+                    spread: s.receive_spread,
                 };
                 let tags = OriginTags::new(&s.origin_tags, s.origin_max);
                 if kind.transport == Transport::Unix {

@@ -51,6 +51,10 @@ pub struct SyslogConfig {
     pub timezone: String,
     /// Receive threads (and `SO_REUSEPORT` sockets) per UDP address; 0 = one per core.
     pub receive_threads: usize,
+    /// `auto`: a client socket sending more than 25,600 datagrams a second is read by every
+    /// receive thread (its messages then interleave between threads' records); `off`: one
+    /// client socket to one thread.
+    pub receive_spread: crate::net::spread::ReceiveSpread,
     /// Socket receive buffer asked of the kernel for each UDP socket.
     #[serde(with = "size")]
     pub receive_buffer: u64,
@@ -80,6 +84,7 @@ impl Default for SyslogConfig {
             raw: false,
             timezone: "local".into(),
             receive_threads: 0,
+            receive_spread: Default::default(),
             receive_buffer: 32 << 20,
             tcp_max_connections: 10_000,
             tcp_idle_timeout: Duration::from_secs(300),

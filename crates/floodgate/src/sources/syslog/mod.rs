@@ -250,6 +250,7 @@ impl SyslogSource {
                 threads: if unix { 1 } else { y.receive_threads },
                 buffer: y.receive_buffer,
                 max_datagram: y.max_message.min(65_535) as usize,
+                spread: y.receive_spread,
             };
             let running = start_datagrams(shared, spec, sizes, listener_families, |counters| {
                 udp::SyslogDatagrams::new(*kind, pipe.encoding, pipe.sender.clone(), counters, zone.clone())

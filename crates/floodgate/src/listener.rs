@@ -349,7 +349,6 @@ mod tests {
                 extra: None,
                 guard: None,
                 spread: None,
-                spread: None,
             });
         }
         let mut out = Families::default();

@@ -202,7 +202,7 @@ const QUEUE_FULL: Describe = Describe::counter(
 );
 const SPREAD: Describe = Describe::counter(
     "floodgate_udp_spread_datagrams_total",
-    "Datagrams of a hot client socket the receive spread sent to a receive thread at random (receive_spread = \"auto\").",
+    "Datagrams of a hot client socket the receive spread sent to the next receive thread in turn (receive_spread = \"auto\").",
 );
 const RECEIVE_BUFFER: Describe = Describe::gauge(
     "floodgate_udp_receive_buffer_bytes",

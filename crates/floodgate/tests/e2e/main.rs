@@ -30,6 +30,7 @@ mod remote_write;
 mod restart;
 mod shared_limits;
 mod soak;
+mod spread;
 mod statsd_e2e;
 mod syslog;
 mod tap;

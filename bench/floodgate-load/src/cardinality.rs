@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::sender::{send_pool, Datagram};
-use crate::targets::{http_get, metric_sum, spawn_with, BenchOptions, GUARD_OFF};
+use crate::targets::{cpu_ns, http_get, metric_sum, spawn_with, BenchOptions, GUARD_OFF};
 
 /// Lines a second sent.
 const RATE: u64 = 1_000_000;
@@ -24,17 +24,6 @@ const SECONDS: u64 = 8;
 const NEW_PER_SECOND: [usize; 3] = [0, 1_000, 3_125];
 /// Trials of each configuration.
 const ROUNDS: usize = 5;
-
-/// CPU time of every thread of `pid` so far, in nanoseconds (`schedstat`: finer than the
-/// 10 ms ticks of `/proc/PID/stat`, which would be ±2 % of a trial).
-fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    tasks
-        .filter_map(|t| t.ok())
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
 
 /// floodgate for one trial, in a folder of its own (removed by the caller): `statsd_extra` in
 /// `[statsd]`, `limits` as `[limits]`, connection tracking off (not what is measured).

@@ -32,7 +32,7 @@ pub(crate) struct Drain {
     /// This process's CPU-seconds to queue them (on loopback the kernel's receive path runs in
     /// the send call).
     pub sender_cpu: f64,
-    /// The receiver's CPU-seconds to drain them.
+    /// The receiver's CPU-seconds to drain them (every thread's `schedstat`, in ns).
     pub receiver_cpu: f64,
 }
 
@@ -46,7 +46,7 @@ pub(crate) fn drain(pid: u32, port: u16, payloads: &[&[u8]], n: usize, mut count
         let _ = socket.send_to(payloads[i % payloads.len()], ("127.0.0.1", port));
     }
     let sender_cpu = (cpu_ticks(std::process::id()) - own) as f64 / 100.0;
-    let before = cpu_ticks(pid);
+    let before = crate::targets::cpu_ns(pid);
     signal(pid, "CONT");
     let mut last = -1.0;
     loop {
@@ -57,7 +57,8 @@ pub(crate) fn drain(pid: u32, port: u16, payloads: &[&[u8]], n: usize, mut count
         }
         last = now;
     }
-    Drain { datagrams: last, sender_cpu, receiver_cpu: (cpu_ticks(pid) - before) as f64 / 100.0 }
+    let receiver_cpu = crate::targets::cpu_ns(pid).saturating_sub(before) as f64 / 1e9;
+    Drain { datagrams: last, sender_cpu, receiver_cpu }
 }
 
 /// `floodgate-load raw-recv` on a free port: the raw receive loop, its count read from a file.
@@ -109,15 +110,15 @@ impl Drop for RawRecv {
     }
 }
 
-/// The same 1,000 counters as the throughput trials, `lines` a datagram.
-fn payloads(lines: usize) -> Vec<Vec<u8>> {
-    let load = crate::sender::Load::counters(0, lines, 1000, 1, "load");
+/// `names` counters (the throughput trials use 1,000), `lines` a datagram.
+fn payloads(lines: usize, names: usize) -> Vec<Vec<u8>> {
+    let load = crate::sender::Load::counters(0, lines, names, 1, "load");
     crate::sender::pool(&load).into_iter().map(|d| d.bytes).collect()
 }
 
 /// Lines per CPU-second floodgate `bin` takes to drain `datagrams` datagrams of `lines` lines
 /// each, queued while it was stopped.
-fn drain_rate(bin: &Path, lines: usize, datagrams: usize, limits: &str) -> f64 {
+fn drain_rate(bin: &Path, lines: usize, names: usize, datagrams: usize, limits: &str) -> f64 {
     let dir = std::env::temp_dir().join(format!("floodgate-hotpath-{}", free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     let fg = spawn_with(
@@ -128,7 +129,7 @@ fn drain_rate(bin: &Path, lines: usize, datagrams: usize, limits: &str) -> f64 {
         &format!("{limits}[conntrack]\nenabled = false\n"),
     );
     let http = fg.http.unwrap_or(0);
-    let pool = payloads(lines);
+    let pool = payloads(lines, names);
     let refs: Vec<&[u8]> = pool.iter().map(Vec::as_slice).collect();
     let d = drain(fg.child.id(), fg.port, &refs, datagrams, || read_datagrams(http));
     let _ = std::fs::remove_dir_all(&dir);
@@ -139,9 +140,9 @@ fn drain_rate(bin: &Path, lines: usize, datagrams: usize, limits: &str) -> f64 {
 
 /// Lines per CPU-second of the raw receive loop draining the same queue: what reading alone
 /// costs.
-fn raw_drain_rate(lines: usize, datagrams: usize) -> f64 {
+fn raw_drain_rate(lines: usize, names: usize, datagrams: usize) -> f64 {
     let raw = RawRecv::start();
-    let pool = payloads(lines);
+    let pool = payloads(lines, names);
     let refs: Vec<&[u8]> = pool.iter().map(Vec::as_slice).collect();
     let d = drain(raw.pid(), raw.port, &refs, datagrams, || raw.count());
     eprintln!("  raw: {} of {datagrams} datagrams drained in {:.2} CPU-s", d.datagrams, d.receiver_cpu);
@@ -162,17 +163,18 @@ pub fn hot_path(opts: &BenchOptions) {
     builds.push(("this build, kernel layer attached", Some(opts.floodgate.clone()), KERNEL_PASSING));
     builds.push(("this build", Some(opts.floodgate.clone()), GUARD_OFF));
     builds.push(("this build, budgets off", Some(opts.floodgate.clone()), "[limits]\nudp_per_source = 0\nudp_per_port = 0\nkernel = \"off\"\nseries_per_source = 0\nnew_series_per_source = 0\n"));
-    // As many datagrams as a 1 GiB buffer holds (about 2 KiB each, whatever their size).
-    let cases = [(1usize, 450_000usize), (20, 450_000)];
+    // As many datagrams as a 1 GiB buffer holds (about 2 KiB each, whatever their size); 1,000
+    // names as the throughput trials, and 100,000 (the shard's map no longer in the caches).
+    let cases = [(1usize, 1000usize, 450_000usize), (20, 1000, 450_000), (20, 100_000, 450_000)];
     let mut results: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); cases.len()]; builds.len()];
     for round in 0..5 {
-        for (c, (lines, datagrams)) in cases.iter().enumerate() {
+        for (c, (lines, names, datagrams)) in cases.iter().enumerate() {
             for (b, (name, bin, limits)) in builds.iter().enumerate() {
                 let rate = match bin {
-                    Some(bin) => drain_rate(bin, *lines, *datagrams, limits),
-                    None => raw_drain_rate(*lines, *datagrams),
+                    Some(bin) => drain_rate(bin, *lines, *names, *datagrams, limits),
+                    None => raw_drain_rate(*lines, *names, *datagrams),
                 };
-                eprintln!("round {round}: {name}, {lines} line(s)/datagram: {rate:.0} lines/CPU-s");
+                eprintln!("round {round}: {name}, {lines} line(s)/datagram, {names} names: {rate:.0} lines/CPU-s");
                 results[b][c].push(rate);
             }
         }
@@ -182,7 +184,7 @@ pub fn hot_path(opts: &BenchOptions) {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    let mut header = String::from("| lines/datagram |");
+    let mut header = String::from("| lines/datagram | names |");
     for (name, _, _) in &builds {
         header += &format!(" {name}: lines/CPU-s (median of 5) |");
     }
@@ -191,12 +193,13 @@ pub fn hot_path(opts: &BenchOptions) {
         header += " this build ÷ baseline |";
     }
     println!("\n{header}");
-    println!("|---|{}---|{}", "---|".repeat(builds.len()), if opts.baseline.is_some() { "---|" } else { "" });
-    for (c, (lines, _)) in cases.iter().enumerate() {
+    println!("|---|---|{}---|{}", "---|".repeat(builds.len()), if opts.baseline.is_some() { "---|" } else { "" });
+    for (c, (lines, names, _)) in cases.iter().enumerate() {
         let medians: Vec<f64> = (0..builds.len()).map(|b| median(&results[b][c])).collect();
-        let this = medians[medians.len() - 1];
+        // "this build" (guard off), the column before "budgets off".
+        let this = medians[medians.len() - 2];
         let cells: Vec<String> = medians.iter().map(|m| format!("{:.2}M", m / 1e6)).collect();
-        let mut row = format!("| {lines} | {} | {:.1} % |", cells.join(" | "), this / medians[0] * 100.0);
+        let mut row = format!("| {lines} | {names} | {} | {:.1} % |", cells.join(" | "), this / medians[0] * 100.0);
         if opts.baseline.is_some() {
             row += &format!(" {:.1} % |", this / medians[1] * 100.0);
         }

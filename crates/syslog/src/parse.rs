@@ -192,7 +192,7 @@ impl<'a> Src<'a> {
         let mut out = Vec::new();
         let mut s = s;
         while let Some(rest) = s.strip_prefix(b"[") {
-            let id_end = rest.iter().position(|b| *b == b' ' || *b == b']').ok_or("unterminated structured data")?;
+            let id_end = memchr::memchr2(b' ', b']', rest).ok_or("unterminated structured data")?;
             if id_end == 0 {
                 return Err("structured data element without an id");
             }
@@ -206,7 +206,7 @@ impl<'a> Src<'a> {
                     }
                     Some(b' ') => {
                         r = &r[1..];
-                        let eq = r.iter().position(|b| *b == b'=').ok_or("structured data parameter without '='")?;
+                        let eq = memchr::memchr(b'=', r).ok_or("structured data parameter without '='")?;
                         let name = &r[..eq];
                         if name.is_empty() || name.iter().any(|b| matches!(b, b' ' | b']' | b'"')) {
                             return Err("bad structured data parameter name");
@@ -216,14 +216,15 @@ impl<'a> Src<'a> {
                         let mut escaped = false;
                         let mut i = 0;
                         loop {
+                            // The next quote or backslash (memchr: values run to tens of bytes).
+                            i += memchr::memchr2(b'"', b'\\', &r[i..]).ok_or("unterminated structured data value")?;
                             match r.get(i) {
-                                None => return Err("unterminated structured data value"),
                                 Some(b'\\') if matches!(r.get(i + 1), Some(b'"' | b'\\' | b']')) => {
                                     escaped = true;
                                     i += 2;
                                 }
                                 Some(b'"') => break,
-                                Some(_) => i += 1,
+                                _ => i += 1,
                             }
                         }
                         let value =
@@ -421,7 +422,7 @@ fn pri(input: &[u8]) -> Result<(Option<u32>, &[u8]), &'static str> {
 
 /// Splits off the next space-separated field.
 fn field(s: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = s.iter().position(|b| *b == b' ')?;
+    let end = memchr::memchr(b' ', s)?;
     Some((&s[..end], &s[end + 1..]))
 }
 

@@ -2,8 +2,9 @@
 //! (`receive_spread`). The drain method of `hotpath`: floodgate is stopped with a 1 GiB buffer
 //! per socket, one socket of the sender queues the datagrams (the spread program chooses the
 //! socket as each is queued), then floodgate is resumed; the figure is datagrams per
-//! wall-second from the resume to the last datagram read, so what counts is how many threads
-//! read at once. Lines counted by floodgate are checked against lines sent.
+//! wall-second from the resume to the last CPU the receive threads used (watched in `/proc`),
+//! so what counts is how many threads read at once. Datagrams and lines counted by floodgate
+//! are checked against those sent.
 
 use std::time::{Duration, Instant};
 
@@ -41,25 +42,41 @@ fn trial(opts: &BenchOptions, lines: usize, threads: usize, spread: &str) -> Tri
     }
     let start = Instant::now();
     signal(pid, "CONT");
-    let mut last = (start, 0.0);
+    // The drain has ended when the receive threads stop using CPU: watched in /proc every
+    // millisecond (a scrape that often would take the threads' CPU), then the count checked.
+    // (An idle thread wakes every 200 ms for a few microseconds: a millisecond with less than
+    // 100 µs of CPU is idle.)
+    let (mut busy_until, mut before) = (start, receive_threads_cpu(pid));
     loop {
-        // Each look is a scrape: not so often that it takes the threads' time.
-        std::thread::sleep(Duration::from_millis(20));
-        let n = read_datagrams(http);
-        if n != last.1 {
-            last = (Instant::now(), n);
+        std::thread::sleep(Duration::from_millis(1));
+        let cpu = receive_threads_cpu(pid);
+        if cpu.saturating_sub(before) > 100_000 {
+            busy_until = Instant::now();
         }
-        if n >= DATAGRAMS as f64 || last.0.elapsed() > Duration::from_millis(500) {
+        before = cpu;
+        if busy_until.elapsed() > Duration::from_millis(300) {
             break;
         }
     }
+    let read = read_datagrams(http);
     let lines_read = metric_sum(http, "floodgate_received_lines_total{", &["statsd_udp"]);
     let spread_count = metric_sum(http, "floodgate_udp_spread_datagrams_total{", &[]);
     drop(fg);
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(last.1 as usize, DATAGRAMS, "datagrams read");
+    assert_eq!(read as usize, DATAGRAMS, "datagrams read");
     assert_eq!(lines_read as usize, DATAGRAMS * lines, "lines counted");
-    Trial { wall: last.0.duration_since(start).as_secs_f64(), spread: spread_count }
+    Trial { wall: busy_until.duration_since(start).as_secs_f64(), spread: spread_count }
+}
+
+/// CPU-ns so far of `pid`'s StatsD UDP receive threads.
+fn receive_threads_cpu(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("statsd_udp")))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// One sender socket: 1 receive thread, 2 without the spread, 2 with it.

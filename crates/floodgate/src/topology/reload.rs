@@ -27,6 +27,14 @@ pub fn reload(shared: &Arc<Shared>, components: &mut Components) -> Result<(), S
     if new.otlp != old.otlp || new.prometheus_remote_write != old.prometheus_remote_write {
         tracing::warn!("SIGHUP: changes to [otlp] and [prometheus_remote_write] take effect at the next restart");
     }
+    let receiving = |c: &Config| {
+        let (s, y) = (&c.statsd, &c.syslog);
+        (s.receive_threads, s.receive_buffer, s.receive_spread, y.receive_threads, y.receive_buffer, y.receive_spread)
+    };
+    if receiving(&new) != receiving(&old) {
+        // A UDP listener's sockets are made at its start: a kept address keeps them.
+        tracing::warn!("SIGHUP: changes to receive_threads, receive_buffer and receive_spread take effect when a listener starts (a new address, or the next restart)");
+    }
     shared.aggregation.reconfigure(new.aggregation());
     if new.limits != old.limits {
         shared.guard.reconfigure(&new.limits);

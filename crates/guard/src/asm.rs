@@ -65,7 +65,7 @@ const EXIT: u8 = 0x90;
 /// `BPF_PSEUDO_MAP_FD`: a 64-bit immediate load of a map.
 const PSEUDO_MAP_FD: u8 = 1;
 // Helpers.
-pub(crate) const MAP_LOOKUP_ELEM: i32 = 1;
+const MAP_LOOKUP_ELEM: i32 = 1;
 pub(crate) const MAP_UPDATE_ELEM: i32 = 2;
 pub(crate) const KTIME_GET_NS: i32 = 5;
 pub(crate) const SK_SELECT_REUSEPORT: i32 = 82;
@@ -203,16 +203,20 @@ impl Asm {
     pub(crate) fn goto(&mut self, to: Label) {
         self.jump(JA, R::R0, None, 0, to);
     }
+    /// `r0 = bpf_map_lookup_elem(map, r10 + key)`: the entry, or 0 (clobbers r1–r5).
+    pub(crate) fn lookup(&mut self, map: i32, key: i16) {
+        self.load_map(R::R1, map);
+        self.mov(R::R2, R::R10);
+        self.add_imm(R::R2, i32::from(key));
+        self.call(MAP_LOOKUP_ELEM);
+    }
     /// Adds one to the per-CPU array `stats` at the index in r1, through the 8-byte stack
     /// slot `slot` (clobbers r0–r5).
     pub(crate) fn count(&mut self, stats: i32, slot: i16) {
         use R::*;
         let done = self.label();
         self.store64(R10, slot, R1);
-        self.load_map(R1, stats);
-        self.mov(R2, R10);
-        self.add_imm(R2, slot as i32);
-        self.call(MAP_LOOKUP_ELEM);
+        self.lookup(stats, slot);
         self.jump(JEQ, R0, None, 0, done);
         self.load64(R1, R0, 0);
         self.add_imm(R1, 1);

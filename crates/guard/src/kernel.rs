@@ -172,7 +172,7 @@ impl Stat {
     pub const ALL: [Stat; 4] = [Stat::Passed, Stat::SourceLimit, Stat::PortLimit, Stat::NotAllowed];
 }
 
-use crate::asm::{Asm, JEQ, JGT, JNE, KTIME_GET_NS, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM};
+use crate::asm::{Asm, JEQ, JGT, JNE, KTIME_GET_NS, MAP_UPDATE_ELEM};
 pub use crate::asm::{Insn, R};
 
 /// `SKF_NET_OFF`: absolute loads from here on read the network header.
@@ -226,10 +226,7 @@ pub fn program(maps: Maps) -> Vec<Insn> {
     a.mov(R7, R0);
     // r8: the config.
     a.store64_imm(R10, INDEX, 0);
-    a.load_map(R1, maps.config);
-    a.mov(R2, R10);
-    a.add_imm(R2, INDEX as i32);
-    a.call(MAP_LOOKUP_ELEM);
+    a.lookup(maps.config, INDEX);
     a.jump(JEQ, R0, None, 0, pass);
     a.mov(R8, R0);
     // The source's whole address (IPv4-mapped), as the allow and host maps' key: built when
@@ -265,10 +262,7 @@ pub fn program(maps: Maps) -> Vec<Insn> {
     // The allow-list: the address in the longest-prefix map of the listed blocks.
     a.load64(R1, R8, 32);
     a.jump(JEQ, R1, None, 0, allowed);
-    a.load_map(R1, maps.allow);
-    a.mov(R2, R10);
-    a.add_imm(R2, ALLOW as i32);
-    a.call(MAP_LOOKUP_ELEM);
+    a.lookup(maps.allow, ALLOW);
     a.jump(JEQ, R0, None, 0, drop_allow);
     a.place(allowed);
     // This host's processes as one source: came over loopback from one of the host's
@@ -278,10 +272,7 @@ pub fn program(maps: Maps) -> Vec<Insn> {
     a.jump(JEQ, R1, None, 0, local_done);
     a.load32(R1, R6, SKB_INGRESS_IFINDEX);
     a.jump(JNE, R1, None, LOOPBACK_IFINDEX, local_done);
-    a.load_map(R1, maps.host);
-    a.mov(R2, R10);
-    a.add_imm(R2, ALLOW as i32);
-    a.call(MAP_LOOKUP_ELEM);
+    a.lookup(maps.host, ALLOW);
     a.jump(JEQ, R0, None, 0, local_done);
     a.store64_imm(R10, KEY, 0);
     a.store64_imm(R10, KEY + 8, i32::from(LOCAL_FAMILY));
@@ -291,10 +282,7 @@ pub fn program(maps: Maps) -> Vec<Insn> {
     // Per source: no limit, no lookup.
     a.load64(R1, R8, 0);
     a.jump(JEQ, R1, None, 0, port);
-    a.load_map(R1, maps.sources);
-    a.mov(R2, R10);
-    a.add_imm(R2, KEY as i32);
-    a.call(MAP_LOOKUP_ELEM);
+    a.lookup(maps.sources, KEY);
     a.jump(JNE, R0, None, 0, have_source);
     // New source: its cell starts as if it had just sent one datagram.
     a.place(new_source);
@@ -330,10 +318,7 @@ pub fn program(maps: Maps) -> Vec<Insn> {
     a.load64(R1, R8, 16);
     a.jump(JEQ, R1, None, 0, pass);
     a.store64_imm(R10, INDEX, 0);
-    a.load_map(R1, maps.port);
-    a.mov(R2, R10);
-    a.add_imm(R2, INDEX as i32);
-    a.call(MAP_LOOKUP_ELEM);
+    a.lookup(maps.port, INDEX);
     a.jump(JEQ, R0, None, 0, pass);
     a.mov(R5, R0);
     a.load64(R1, R5, 0);

@@ -20,7 +20,7 @@
 //! selection fails (a socket closing) or a map is missing, the program selects nothing and
 //! the kernel falls back to its hash. Counters per outcome in a per-CPU array ([`SpreadStat`]).
 
-use crate::asm::{Asm, Insn, JEQ, JGT, JNE, KTIME_GET_NS, MAP_LOOKUP_ELEM, SK_SELECT_REUSEPORT};
+use crate::asm::{Asm, Insn, JEQ, JGT, JNE, KTIME_GET_NS, SK_SELECT_REUSEPORT};
 
 /// The maps the program uses, by file descriptor.
 #[derive(Debug, Clone, Copy)]
@@ -84,10 +84,7 @@ pub fn program(maps: SpreadMaps, sockets: u32) -> Vec<Insn> {
     a.load32(R7, R6, MD_HASH);
     a.and_imm(R7, (FLOWS - 1) as i32);
     a.store64(R10, INDEX, R7);
-    a.load_map(R1, maps.flows);
-    a.mov(R2, R10);
-    a.add_imm(R2, INDEX as i32);
-    a.call(MAP_LOOKUP_ELEM);
+    a.lookup(maps.flows, INDEX);
     a.jump(JEQ, R0, None, 0, keep);
     a.mov(R8, R0);
     // r9: now. A window over: this datagram starts the next.

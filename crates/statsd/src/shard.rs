@@ -40,6 +40,79 @@ pub fn owner_hash(key: &[u8]) -> u64 {
     foldhash::fast::FixedState::with_seed(0x6f77_6e65_7273).hash_one(key)
 }
 
+/// A shard's counters: one lookup per counter line on the receive path, so its own table.
+/// A key is hashed from its bytes alone (`Hash for [u8]` adds its length first, one more
+/// multiply per line in foldhash; the length is in the compare), the table seeded per map
+/// as [`Map`] is, keys compared by [`same_bytes`].
+#[derive(Default)]
+pub struct CounterMap {
+    table: hashbrown::HashTable<(Key, f64)>,
+    state: foldhash::fast::RandomState,
+}
+
+impl std::fmt::Debug for CounterMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterMap").field("len", &self.table.len()).finish()
+    }
+}
+
+/// A key's bytes, hashed without a length prefix.
+struct Bytes<'a>(&'a [u8]);
+
+impl std::hash::Hash for Bytes<'_> {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.0);
+    }
+}
+
+impl CounterMap {
+    #[inline(always)]
+    fn hash(state: &foldhash::fast::RandomState, key: &[u8]) -> u64 {
+        state.hash_one(Bytes(key))
+    }
+
+    /// The value of `key`, to add to.
+    #[inline(always)]
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut f64> {
+        let hash = Self::hash(&self.state, key);
+        self.table.find_mut(hash, |(k, _)| same_bytes(key, k)).map(|(_, v)| v)
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<f64> {
+        let hash = Self::hash(&self.state, key);
+        self.table.find(hash, |(k, _)| same_bytes(key, k)).map(|(_, v)| *v)
+    }
+
+    /// Adds `key`, which is not held, with `value`.
+    pub fn insert_new(&mut self, key: &[u8], value: f64) {
+        let hash = Self::hash(&self.state, key);
+        let state = &self.state;
+        self.table.insert_unique(hash, (key.into(), value), |(k, _)| Self::hash(state, k));
+    }
+
+    /// Counters held.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when none is held.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Empties it, keeping its capacity.
+    pub fn clear(&mut self) {
+        self.table.clear();
+    }
+
+    /// Every counter, taken out.
+    pub fn drain(&mut self) -> impl Iterator<Item = (Key, f64)> + '_ {
+        self.table.drain()
+    }
+}
+
 /// A key to look up in a [`Map`]: hashes as the key does, and compares short keys with two
 /// word loads instead of a `memcmp` call (the receive path looks one up per line).
 #[derive(Clone, Copy)]
@@ -313,7 +386,7 @@ pub struct TimerUpdate {
 /// One receive thread's aggregation since the last flush.
 #[derive(Debug, Default)]
 pub struct Shard {
-    pub(crate) counters: Map<f64>,
+    pub(crate) counters: CounterMap,
     pub(crate) gauges: Map<GaugeUpdate>,
     pub(crate) timers: Map<TimerUpdate>,
     pub(crate) sets: Map<MemberSet>,
@@ -504,7 +577,7 @@ impl Shard {
     /// of every counter value, sampled or not.
     #[inline(always)]
     fn add_counter(&mut self, key: &[u8], add: f64) {
-        match self.counters.get_mut(&KeyRef(key)) {
+        match self.counters.get_mut(key) {
             Some(v) => *v += add,
             None => self.new_counter(key, add),
         }
@@ -514,7 +587,7 @@ impl Shard {
     #[inline(never)]
     fn new_counter(&mut self, key: &[u8], add: f64) {
         if self.has_room(Kind::Counter, key) {
-            self.counters.insert(key.into(), 0.0 + add);
+            self.counters.insert_new(key, 0.0 + add);
         }
     }
 
@@ -535,11 +608,11 @@ impl Shard {
     fn fold_counter(&mut self, key: &[u8], add: f64) {
         let k = self.overflow_key(key);
         let sender = std::mem::replace(&mut self.sender, Sender::Unknown);
-        match self.counters.get_mut(&KeyRef(&k)) {
+        match self.counters.get_mut(&k) {
             Some(v) => *v += add,
             None => {
                 if self.has_room(Kind::Counter, &k) {
-                    self.counters.insert(k.as_slice().into(), 0.0 + add);
+                    self.counters.insert_new(&k, 0.0 + add);
                 }
             }
         }
@@ -736,7 +809,7 @@ mod tests {
     fn counters_scale_by_rate() {
         let mut s = Shard::new(100);
         feed(&mut s, "a:1|c\na:2|c|@0.5\na:1|c|@0.1");
-        assert_eq!(s.counters[&b"a"[..]], 1.0 + 2.0 * 2.0 + 10.0);
+        assert_eq!(s.counters.get(b"a").unwrap(), 1.0 + 2.0 * 2.0 + 10.0);
     }
 
     #[test]
@@ -755,7 +828,7 @@ mod tests {
         feed(&mut s, "a:1|c\nb:1|ms\nc:1|g\nd:1|s\na:1|c\nb:2|ms");
         assert_eq!(s.series(), 3);
         assert_eq!(s.dropped_max_series, 1);
-        assert_eq!(s.counters[&b"a"[..]], 2.0);
+        assert_eq!(s.counters.get(b"a").unwrap(), 2.0);
         // Series the store holds still get in when the shard is full.
         let mut known = KnownSeries::new(1);
         known.insert(Kind::Set, b"d");
@@ -798,7 +871,7 @@ mod tests {
         assert_eq!(s.dropped_max_series, 0);
         // Existing series still count; a timer's values go into its sketch.
         feed(&mut s, "c0:1|c\nc0:1|c");
-        assert_eq!(s.counters[&b"c0"[..]], 3.0);
+        assert_eq!(s.counters.get(b"c0").unwrap(), 3.0);
         let before = s.bytes();
         let mut s2 = Shard::with_limits(ShardLimits { memory_allowance: 200, ..Default::default() });
         feed(&mut s2, &(0..100).map(|i| format!("t:{i}|ms\n")).collect::<String>());

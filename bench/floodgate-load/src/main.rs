@@ -82,6 +82,14 @@ enum Command {
         #[arg(long, default_value_t = 3.0)]
         duration: f64,
     },
+    /// Parse and encode prebuilt syslog messages (the `syslog` part's RFC 5424 messages) into
+    /// JSON records in this process, on one core: the record path's CPU without sockets,
+    /// threads or the file in the way (the socket trials vary ±8 % with where threads land).
+    ParseSyslog {
+        /// Seconds to run.
+        #[arg(long, default_value_t = 3.0)]
+        duration: f64,
+    },
     /// The raw receive loop the hot path is measured against: binds `127.0.0.1:PORT` with a
     /// receive buffer of `buffer` bytes and reads with floodgate's own `recvmmsg` batches (64
     /// slots of 64 KiB), counting datagrams and nothing else; the count goes to `count` (a
@@ -171,6 +179,10 @@ fn main() {
             let load = sender::Load::counters(0, lines, cardinality, 1, "load");
             let rate = targets::parse_capacity(&load, Duration::from_secs_f64(duration));
             println!("{{\"lines_per_datagram\": {lines}, \"lines_per_second_one_core\": {rate:.0}}}");
+        }
+        Command::ParseSyslog { duration } => {
+            let rate = syslog::parse_capacity(Duration::from_secs_f64(duration));
+            println!("{{\"messages_per_second_one_core\": {rate:.0}, \"ns_per_message\": {:.1}}}", 1e9 / rate);
         }
         Command::RawRecv { port, buffer, count } => raw_recv(port, buffer, &count),
         Command::CaptureCtnetlink { out, seconds } => capture_ctnetlink(&out, Duration::from_secs_f64(seconds)),

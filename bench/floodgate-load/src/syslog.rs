@@ -38,6 +38,36 @@ fn message(i: usize) -> String {
     )
 }
 
+/// Messages a second one core parses and encodes as JSON records (`parse-syslog`).
+pub(crate) fn parse_capacity(duration: Duration) -> f64 {
+    use floodgate_syslog::record::{json_prefix, write_json_after, Received};
+    let messages: Vec<String> = (0..4096).map(message).collect();
+    let now = floodgate_syslog::Now { year: 2026, month: 11, offset_minutes: 0 };
+    let received = Received {
+        at: "2026-11-22T10:00:00.000Z",
+        source: "127.0.0.1:40000",
+        listener: "syslog_tcp",
+        transport: "tcp",
+        peer: None,
+    };
+    let mut prefix = Vec::new();
+    json_prefix(&received, &mut prefix);
+    let mut out = Vec::with_capacity(2 << 20);
+    let (start, mut done) = (Instant::now(), 0u64);
+    while start.elapsed() < duration {
+        for m in &messages {
+            let record = floodgate_syslog::parse(m.as_bytes(), now);
+            write_json_after(&prefix, &record, None, &mut out);
+            if out.len() > 1 << 20 {
+                out.clear();
+            }
+        }
+        done += messages.len() as u64;
+    }
+    std::hint::black_box(&out);
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
 /// `count` octet-counted messages.
 pub(crate) fn octet_counted(count: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(count * 170);

@@ -115,11 +115,13 @@ fn the_cardinality_api_names_the_metric_and_the_sender_behind_new_series() {
     let steady: Vec<String> = (0..40).map(|i| format!("db.pool.size:{i}|g|#pool:p{i}")).collect();
     send_from("127.0.0.2", fg.statsd, &requests);
     send_from("127.0.0.3", fg.statsd, &steady);
+    // Ready when both senders' lines are all in: the requests are a burst that may be spread
+    // over the receive threads, and the gauges, sent after them, read after them.
     let report: Value = wait_for("attribution of 3,040 new series", WAIT, || {
         let (_, body) = http_get(fg.http, "/api/cardinality").ok()?;
         let v: Value = serde_json::from_str(&body).ok()?;
-        let top = &v["by_new_series_a_minute"]["names"][0];
-        (top["series"] == 3000).then_some(v)
+        let names = &v["by_new_series_a_minute"]["names"];
+        (names[0]["series"] == 3000 && names[1]["series"] == 40).then_some(v)
     });
     let top = &report["by_new_series_a_minute"]["names"][0];
     assert_eq!(top["name"], "api.requests.by_id");

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::targets::{cpu_ticks, free_port, metric_sum, proc_status, spawn_with, BenchOptions, Running, GUARD_OFF};
+use crate::targets::{free_port, metric_sum, proc_status, spawn_with, BenchOptions, Running, GUARD_OFF};
 
 pub(crate) fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
@@ -36,16 +36,22 @@ pub(crate) struct Drain {
     pub receiver_cpu: f64,
 }
 
-/// The drain method: stops `pid`, queues `n` datagrams (`payloads` in turn) from 127.0.0.2 to
-/// `port`, resumes it, and waits until `count()` stops moving.
-pub(crate) fn drain(pid: u32, port: u16, payloads: &[&[u8]], n: usize, mut count: impl FnMut() -> f64) -> Drain {
+/// Stops `pid` and queues `n` datagrams (`payloads` in turn) from one socket at 127.0.0.2 to
+/// `port`; returns this process's CPU-seconds to queue them (on loopback the kernel's receive
+/// path, socket filters and `SO_REUSEPORT` programs included, runs in the send call).
+pub(crate) fn queue(pid: u32, port: u16, payloads: &[&[u8]], n: usize) -> f64 {
     signal(pid, "STOP");
     let socket = UdpSocket::bind("127.0.0.2:0").unwrap();
-    let own = cpu_ticks(std::process::id());
+    let own = crate::targets::cpu_ns(std::process::id());
     for i in 0..n {
         let _ = socket.send_to(payloads[i % payloads.len()], ("127.0.0.1", port));
     }
-    let sender_cpu = (cpu_ticks(std::process::id()) - own) as f64 / 100.0;
+    crate::targets::cpu_ns(std::process::id()).saturating_sub(own) as f64 / 1e9
+}
+
+/// The drain method: [`queue`], then resumes `pid` and waits until `count()` stops moving.
+pub(crate) fn drain(pid: u32, port: u16, payloads: &[&[u8]], n: usize, mut count: impl FnMut() -> f64) -> Drain {
+    let sender_cpu = queue(pid, port, payloads, n);
     let before = crate::targets::cpu_ns(pid);
     signal(pid, "CONT");
     let mut last = -1.0;

@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::hostile::{read_datagrams, signal};
-use crate::targets::{free_port, metric_sum, spawn_with, BenchOptions, GUARD_OFF};
+use crate::hostile::{queue, read_datagrams, signal};
+use crate::targets::{free_port, metric_sum, spawn_with, threads_cpu_ns, BenchOptions, GUARD_OFF};
 
 /// Datagrams per trial (a 1 GiB buffer holds about 450,000 whatever their size).
 const DATAGRAMS: usize = 400_000;
@@ -17,6 +17,8 @@ const DATAGRAMS: usize = 400_000;
 struct Trial {
     wall: f64,
     spread: f64,
+    /// CPU-seconds to queue the datagrams (the kernel's receive path, the program included).
+    queue: f64,
 }
 
 fn trial(opts: &BenchOptions, lines: usize, threads: usize, spread: &str) -> Trial {
@@ -34,22 +36,19 @@ fn trial(opts: &BenchOptions, lines: usize, threads: usize, spread: &str) -> Tri
     let http = fg.http.unwrap_or(0);
     let load = crate::sender::Load::counters(0, lines, 1000, 1, "load");
     let pool = crate::sender::pool(&load);
+    let payloads: Vec<&[u8]> = pool.iter().map(|d| d.bytes.as_slice()).collect();
     let pid = fg.child.id();
-    signal(pid, "STOP");
-    let socket = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
-    for i in 0..DATAGRAMS {
-        let _ = socket.send_to(&pool[i % pool.len()].bytes, ("127.0.0.1", fg.port));
-    }
+    let queue_cpu = queue(pid, fg.port, &payloads, DATAGRAMS);
     let start = Instant::now();
     signal(pid, "CONT");
     // The drain has ended when the receive threads stop using CPU: watched in /proc every
     // millisecond (a scrape that often would take the threads' CPU), then the count checked.
     // (An idle thread wakes every 200 ms for a few microseconds: a millisecond with less than
     // 100 µs of CPU is idle.)
-    let (mut busy_until, mut before) = (start, receive_threads_cpu(pid));
+    let (mut busy_until, mut before) = (start, threads_cpu_ns(pid, "statsd_udp"));
     loop {
         std::thread::sleep(Duration::from_millis(1));
-        let cpu = receive_threads_cpu(pid);
+        let cpu = threads_cpu_ns(pid, "statsd_udp");
         if cpu.saturating_sub(before) > 100_000 {
             busy_until = Instant::now();
         }
@@ -65,18 +64,7 @@ fn trial(opts: &BenchOptions, lines: usize, threads: usize, spread: &str) -> Tri
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(read as usize, DATAGRAMS, "datagrams read");
     assert_eq!(lines_read as usize, DATAGRAMS * lines, "lines counted");
-    Trial { wall: busy_until.duration_since(start).as_secs_f64(), spread: spread_count }
-}
-
-/// CPU-ns so far of `pid`'s StatsD UDP receive threads.
-fn receive_threads_cpu(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    tasks
-        .filter_map(|t| t.ok())
-        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("statsd_udp")))
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    Trial { wall: busy_until.duration_since(start).as_secs_f64(), spread: spread_count, queue: queue_cpu }
 }
 
 /// One sender socket: 1 receive thread, 2 without the spread, 2 with it.
@@ -88,7 +76,7 @@ pub fn spread(opts: &BenchOptions) {
         (2, "auto", "2 threads, receive_spread = \"auto\""),
     ];
     for &lines in &opts.lines {
-        let mut walls = vec![Vec::new(); setups.len()];
+        let (mut walls, mut queues) = (vec![Vec::new(); setups.len()], vec![Vec::new(); setups.len()]);
         let mut spread_share = 0.0;
         for round in 0..5 {
             for (s, (threads, mode, name)) in setups.iter().enumerate() {
@@ -98,6 +86,7 @@ pub fn spread(opts: &BenchOptions) {
                     spread_share = t.spread / DATAGRAMS as f64;
                 }
                 walls[s].push(t.wall);
+                queues[s].push(t.queue);
             }
         }
         let median = |v: &mut Vec<f64>| {
@@ -105,13 +94,15 @@ pub fn spread(opts: &BenchOptions) {
             v[v.len() / 2]
         };
         let medians: Vec<f64> = walls.iter_mut().map(median).collect();
-        println!("| lines/datagram | setup | datagrams per wall-second (median of 5) | vs 1 thread |");
-        println!("|---|---|---|---|");
+        let queued: Vec<f64> = queues.iter_mut().map(median).collect();
+        println!("| lines/datagram | setup | datagrams per wall-second (median of 5) | vs 1 thread | sender's CPU to queue a datagram (kernel receive path, program included) |");
+        println!("|---|---|---|---|---|");
         for (s, (_, _, name)) in setups.iter().enumerate() {
             println!(
-                "| {lines} | {name} | {:.2}M | {:.2}× |",
+                "| {lines} | {name} | {:.2}M | {:.2}× | {:.0} ns |",
                 DATAGRAMS as f64 / medians[s] / 1e6,
-                medians[0] / medians[s]
+                medians[0] / medians[s],
+                queued[s] / DATAGRAMS as f64 * 1e9
             );
         }
         println!(

@@ -502,9 +502,18 @@ pub(crate) fn cpu_ticks(pid: u32) -> u64 {
 /// CPU time of every thread of `pid` so far, in nanoseconds (`schedstat`: finer than the
 /// 10 ms ticks of `/proc/PID/stat`, which would be ±2 % of a trial).
 pub(crate) fn cpu_ns(pid: u32) -> u64 {
+    threads_cpu_ns(pid, "")
+}
+
+/// [`cpu_ns`] of the threads of `pid` whose name starts with `name` (`statsd_udp`: the StatsD
+/// receive threads).
+pub(crate) fn threads_cpu_ns(pid: u32, name: &str) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
     tasks
         .filter_map(|t| t.ok())
+        .filter(|t| {
+            name.is_empty() || std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(name))
+        })
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()

@@ -18,7 +18,7 @@
 //! threshold, or when the window before was hot (so a hot flow's first datagrams of each
 //! window are spread too), the next socket in turn from the socket array (`bpf_sk_select_reuseport`). When the
 //! selection fails (a socket closing) or a map is missing, the program selects nothing and
-//! the kernel falls back to its hash. Counters per outcome in a per-CPU array ([`SpreadStat`]).
+//! the kernel falls back to its hash. The datagrams spread are counted in a per-CPU array.
 
 use crate::asm::{Asm, Insn, JEQ, JGT, JNE, KTIME_GET_NS, SK_SELECT_REUSEPORT};
 
@@ -31,7 +31,7 @@ pub struct SpreadMaps {
     pub flows: i32,
     /// `BPF_MAP_TYPE_REUSEPORT_SOCKARRAY`: index → the listener's socket.
     pub sockets: i32,
-    /// `BPF_MAP_TYPE_PERCPU_ARRAY`, [`SpreadStat::COUNT`] `u64` entries.
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY`, one `u64` entry ([`SPREAD_COUNTED`]).
     pub stats: i32,
 }
 
@@ -53,19 +53,10 @@ pub const HOT_DATAGRAMS: u64 = 256;
 const _: () = assert!(2 * WINDOW_NS < i32::MAX as u64 && FLOWS.is_power_of_two());
 const _: () = assert!(HOT_DATAGRAMS < i32::MAX as u64);
 
-/// What the program counts, the index in the stats map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpreadStat {
-    /// Left to the kernel's hash.
-    Kept = 0,
-    /// Sent to the next socket in turn (its flow was hot).
-    Spread = 1,
-}
-
-impl SpreadStat {
-    /// Entries in the stats map.
-    pub const COUNT: u32 = 2;
-}
+/// The stats map's one entry (index 0): datagrams sent to the next socket in turn (their
+/// flow was hot). What the kernel's hash places is not counted: that would be a map lookup
+/// for every datagram of every flow.
+pub const SPREAD_COUNTED: u32 = 0;
 
 /// `struct sk_reuseport_md`'s `hash`: the kernel's hash of the 4-tuple.
 const MD_HASH: i16 = 32;
@@ -133,13 +124,9 @@ pub fn program(maps: SpreadMaps, sockets: u32) -> Vec<Insn> {
     a.mov_imm(R4, 0);
     a.call(SK_SELECT_REUSEPORT);
     a.jump(JNE, R0, None, 0, keep);
-    a.mov_imm(R1, SpreadStat::Spread as i32);
+    a.mov_imm(R1, SPREAD_COUNTED as i32);
     a.count(maps.stats, INDEX);
-    a.mov_imm(R0, SK_PASS);
-    a.exit();
     a.place(keep);
-    a.mov_imm(R1, SpreadStat::Kept as i32);
-    a.count(maps.stats, INDEX);
     a.mov_imm(R0, SK_PASS);
     a.exit();
     a.finish()

@@ -6,7 +6,7 @@
 
 use std::os::fd::RawFd;
 
-use floodgate_guard::spread::{self, SpreadMaps, SpreadStat, FLOWS, FLOW_VALUE_SIZE};
+use floodgate_guard::spread::{self, SpreadMaps, FLOWS, FLOW_VALUE_SIZE, SPREAD_COUNTED};
 use serde::{Deserialize, Serialize};
 
 use crate::sys::bpf::{Map, MapKind, Program};
@@ -42,7 +42,7 @@ impl Spread {
         };
         let flows = map(MapKind::Array, 4, FLOW_VALUE_SIZE, FLOWS, "fg_flows")?;
         let group = map(MapKind::ReuseportSockarray, 4, 8, n, "fg_sockets")?;
-        let stats = map(MapKind::PerCpuArray, 4, 8, SpreadStat::COUNT, "fg_spread")?;
+        let stats = map(MapKind::PerCpuArray, 4, 8, 1, "fg_spread")?;
         for (i, fd) in (0u32..).zip(sockets) {
             group.update(&i.to_ne_bytes(), &(*fd as u64).to_ne_bytes()).map_err(|e| format!("fg_sockets: {e}"))?;
         }
@@ -57,9 +57,9 @@ impl Spread {
         Ok(Spread { stats, _program: program, _flows: flows, _sockets: group })
     }
 
-    /// Datagrams the program sent to a socket at random (their flow was hot).
+    /// Datagrams the program sent to the next socket in turn (their flow was hot).
     pub fn spread_datagrams(&self) -> u64 {
-        self.stats.per_cpu_sum(SpreadStat::Spread as u32)
+        self.stats.per_cpu_sum(SPREAD_COUNTED)
     }
 }
 

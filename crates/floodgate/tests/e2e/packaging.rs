@@ -353,11 +353,13 @@ fn the_package_runs_under_systemd_as_shipped() {
         }
     });
 
-    // The journal: the kernel guard attached on both UDP listeners, connection tracking from
+    // The journal: the kernel guard and the receive spread attached on both UDP listeners (the
+    // unit's CAP_BPF and its bpf(2) in the syscall filter), connection tracking from
     // ctnetlink, the receive buffer the unit's CAP_NET_ADMIN forces (32 MiB, read back as
     // twice that), no config printed by ExecStartPre, nothing at warning or above.
     let journal = c.journal();
     assert_eq!(journal.matches("kernel guard attached").count(), 2, "{journal}");
+    assert_eq!(journal.matches("receive spread attached").count(), 2, "{journal}");
     assert!(journal.contains("connection tracking on source=\"ctnetlink\""), "{journal}");
     assert!(
         journal.contains("statsd udp listening address=127.0.0.1:8125 sockets=2 receive_buffer=67108864"),

@@ -229,6 +229,30 @@ fn sigterm_hands_on_everything_held() {
     assert_exactly_once(&r, "term", N);
 }
 
+/// Records gathered over whole receive batches are handed on when the listener goes quiet:
+/// 640 datagrams queued while floodgate is stopped are read as ten full batches of 64 (one
+/// receive thread, so every read is whole), and nothing follows them. Every record reaches the
+/// file without another datagram or a shutdown to push it out.
+#[test]
+fn records_of_full_batches_are_written_when_the_listener_goes_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let port = free_port();
+    // One receive thread: the test needs whole batches of 64 on one socket.
+    let fg = start(port, &out, "receive_threads = 1\n", "");
+    const N: usize = 640;
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    fg.signal("STOP");
+    for i in 0..N {
+        let msg = format!("<134>1 2026-11-22T10:00:00Z host app 1 - - quiet-{i}");
+        socket.send_to(msg.as_bytes(), ("127.0.0.1", port)).unwrap();
+    }
+    fg.signal("CONT");
+    let r = wait_records(&out, N);
+    assert_exactly_once(&r, "quiet", N);
+    wait_sample(&fg, "floodgate_received_packets_total", &["listener=\"syslog_udp\""], N as f64);
+}
+
 /// A running rsyslogd with its own config, work directory and pid file.
 struct Rsyslog {
     child: Child,

@@ -171,9 +171,18 @@ pub fn hot_path(opts: &BenchOptions) {
     builds.push(("this build, budgets off", Some(opts.floodgate.clone()), "[limits]\nudp_per_source = 0\nudp_per_port = 0\nkernel = \"off\"\nseries_per_source = 0\nnew_series_per_source = 0\n"));
     // As many datagrams as a 1 GiB buffer holds (about 2 KiB each, whatever their size); 1,000
     // names as the throughput trials, and 100,000 (the shard's map no longer in the caches).
-    let cases = [(1usize, 1000usize, 450_000usize), (20, 1000, 450_000), (20, 100_000, 450_000)];
+    let mut cases = vec![(1usize, 1000usize, 450_000usize), (20, 1000, 450_000), (20, 100_000, 450_000)];
+    // `--lines` picks the cases; `FLOODGATE_HOTPATH_QUICK=1` keeps 1,000 names, raw and this
+    // build (budgets on) and three rounds: a quick check while working on the hot path.
+    cases.retain(|(lines, _, _)| opts.lines.contains(lines));
+    let quick = std::env::var_os("FLOODGATE_HOTPATH_QUICK").is_some();
+    let rounds = if quick { 3 } else { 5 };
+    if quick {
+        cases.retain(|(_, names, _)| *names == 1000);
+        builds.retain(|(name, _, _)| *name == "raw recvmmsg loop" || *name == "baseline" || *name == "this build");
+    }
     let mut results: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); cases.len()]; builds.len()];
-    for round in 0..5 {
+    for round in 0..rounds {
         for (c, (lines, names, datagrams)) in cases.iter().enumerate() {
             for (b, (name, bin, limits)) in builds.iter().enumerate() {
                 let rate = match bin {
@@ -192,7 +201,7 @@ pub fn hot_path(opts: &BenchOptions) {
     };
     let mut header = String::from("| lines/datagram | names |");
     for (name, _, _) in &builds {
-        header += &format!(" {name}: lines/CPU-s (median of 5) |");
+        header += &format!(" {name}: lines/CPU-s (median of {rounds}) |");
     }
     header += " this build ÷ raw |";
     if opts.baseline.is_some() {
@@ -202,8 +211,8 @@ pub fn hot_path(opts: &BenchOptions) {
     println!("|---|---|{}---|{}", "---|".repeat(builds.len()), if opts.baseline.is_some() { "---|" } else { "" });
     for (c, (lines, names, _)) in cases.iter().enumerate() {
         let medians: Vec<f64> = (0..builds.len()).map(|b| median(&results[b][c])).collect();
-        // "this build" (guard off), the column before "budgets off".
-        let this = medians[medians.len() - 2];
+        // "this build" (guard off, budgets on: the defaults but for the guard).
+        let this = medians[builds.iter().position(|(name, _, _)| *name == "this build").unwrap_or(0)];
         let cells: Vec<String> = medians.iter().map(|m| format!("{:.2}M", m / 1e6)).collect();
         let mut row = format!("| {lines} | {names} | {} | {:.1} % |", cells.join(" | "), this / medians[0] * 100.0);
         if opts.baseline.is_some() {

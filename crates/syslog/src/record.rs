@@ -248,10 +248,51 @@ fn word_needs_escape(w: u64) -> bool {
     below_space | has_zero(w ^ (ONES * u64::from(b'"'))) | has_zero(w ^ (ONES * u64::from(b'\\'))) != 0
 }
 
-/// A JSON string: unescaped runs copied whole.
+/// Whether `b` has nothing a JSON string must escape, a word at a time (the last word
+/// overlapping the one before it; strings under 8 bytes as one word, see [`short_word`]).
+#[inline]
+fn is_clean(b: &[u8]) -> bool {
+    let Some(last) = b.last_chunk::<8>() else { return !word_needs_escape(short_word(b)) };
+    let (words, _) = b.as_chunks::<8>();
+    // Accumulated without a branch a word: fields are short, and almost all are clean.
+    let dirty = words.iter().fold(word_needs_escape(u64::from_le_bytes(*last)), |dirty, w| {
+        dirty | word_needs_escape(u64::from_le_bytes(*w))
+    });
+    !dirty
+}
+
+/// A string under 8 bytes as one word that holds each of its bytes at least once (4 to 7:
+/// two overlapping halves; 1 to 3: the first, middle and last bytes), padded with `a`. Most
+/// fields are this short (an app name, a process id, structured-data names and values).
+#[inline]
+fn short_word(b: &[u8]) -> u64 {
+    if let (Some(head), Some(tail)) = (b.first_chunk::<4>(), b.last_chunk::<4>()) {
+        return u64::from(u32::from_le_bytes(*head)) | u64::from(u32::from_le_bytes(*tail)) << 32;
+    }
+    match b {
+        [] => u64::from_le_bytes([b'a'; 8]),
+        [first, .., last] => u64::from_le_bytes([*first, b[b.len() / 2], *last, b'a', b'a', b'a', b'a', b'a']),
+        [only] => u64::from_le_bytes([*only, b'a', b'a', b'a', b'a', b'a', b'a', b'a']),
+    }
+}
+
+/// A JSON string: a clean one (almost all) copied whole, others through [`json_escaped`].
+#[inline]
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
+    if !is_clean(bytes) {
+        return json_escaped(out, bytes);
+    }
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(bytes);
+    out.push(b'"');
+}
+
+/// A JSON string with something to escape: unescaped runs copied whole.
+#[inline(never)]
+fn json_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut start = 0;

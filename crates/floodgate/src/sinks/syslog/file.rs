@@ -140,6 +140,7 @@ pub(super) fn write_lines(
                 counters.dropped_messages.fetch_add(c.messages, Relaxed);
                 tracing::error!(messages = c.messages, "stopping: syslog output still failing; records dropped");
             }
+            c.recycle();
         }
         flush_retrying(&mut out, &mut retry);
         if let (Some(s), Out::File(f)) = (&file_sync, out.get_ref()) {

@@ -87,6 +87,8 @@ async fn read_frames(mut conn: Connection, peer: Peer, mut opts: TcpOptions) -> 
     // Paced (`tcp_per_source`): smaller reads, so the waits between them stay short.
     let paced = peer.pacer.as_ref().is_some_and(|p| p.is_on());
     let read_size = if paced { PACED_READ } else { buf.len() };
+    // Bytes of records per byte read, as far as this connection has shown.
+    let mut expansion = 2;
     loop {
         if draining.is_none() && *opts.shutdown.borrow() {
             draining = Some(Instant::now() + DRAIN_LIMIT);
@@ -127,7 +129,9 @@ async fn read_frames(mut conn: Connection, peer: Peer, mut opts: TcpOptions) -> 
         }
         Counters::add(&c.bytes, n as u64);
         encoder.stamp();
-        let mut chunk = Chunk { bytes: Vec::with_capacity(n + n / 2 + 256), messages: 0 };
+        // Room for what the last read made per byte read (JSON records are about three times
+        // their messages; octet-counted frames their size), so the chunk rarely grows.
+        let mut chunk = Chunk::with_room(n * expansion + 4096);
         let mut bad = 0;
         let mut take = |result: Result<&[u8], FrameError>, chunk: &mut Chunk| match result {
             Ok(frame) => {
@@ -160,6 +164,9 @@ async fn read_frames(mut conn: Connection, peer: Peer, mut opts: TcpOptions) -> 
         Counters::add(&c.lines, chunk.messages);
         Counters::add(&c.bad_lines, bad);
         let messages = chunk.messages;
+        // At most 4: a reservation is a guess, and tiny messages (a few bytes each, several
+        // hundred as records) must not make every later read reserve a hundred times its size.
+        expansion = chunk.bytes.len().div_ceil(n.max(1)).clamp(1, 4);
         if chunk.messages > 0 && opts.output.send(chunk).await.is_err() {
             return Ok(()); // The output is gone: shutting down.
         }

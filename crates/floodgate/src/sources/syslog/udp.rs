@@ -47,7 +47,8 @@ impl SyslogDatagrams {
     /// rather than this thread dropping what it has accepted.
     fn hand_over(&mut self) {
         if self.pending.messages > 0 {
-            let _ = self.output.blocking_send(std::mem::take(&mut self.pending));
+            // The next records go into a written chunk's buffer when one is spare.
+            let _ = self.output.blocking_send(std::mem::replace(&mut self.pending, Chunk::with_room(0)));
         }
     }
 }

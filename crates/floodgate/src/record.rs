@@ -67,3 +67,28 @@ pub struct RecordPipe {
     /// How to encode.
     pub encoding: Encoding,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_chunks_buffers_are_filled_again_empty_and_bounded() {
+        let mut chunk = Chunk::with_room(100_000);
+        chunk.bytes.extend_from_slice(b"{\"message\":\"a\"}\n");
+        chunk.messages = 1;
+        let at = chunk.bytes.as_ptr();
+        chunk.recycle();
+        let again = Chunk::with_room(10);
+        assert_eq!((again.bytes.as_ptr(), again.bytes.len(), again.messages), (at, 0, 0));
+        assert!(again.bytes.capacity() >= 100_000);
+        // One too large to keep idle is let go; the next chunk starts fresh.
+        Chunk { bytes: Vec::with_capacity(SPARE_CAPACITY + 1), messages: 0 }.recycle();
+        assert!(Chunk::with_room(0).bytes.capacity() < SPARE_CAPACITY);
+        // No more than SPARE_BUFFERS are kept.
+        let written: Vec<Chunk> = (0..SPARE_BUFFERS * 2).map(|_| Chunk::with_room(64)).collect();
+        written.into_iter().for_each(Chunk::recycle);
+        let held: Vec<Chunk> = (0..SPARE_BUFFERS * 2).map(|_| Chunk::with_room(0)).collect();
+        assert_eq!(held.iter().filter(|c| c.bytes.capacity() > 0).count(), SPARE_BUFFERS);
+    }
+}

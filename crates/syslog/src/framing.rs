@@ -60,9 +60,13 @@ const MAX_LEN_DIGITS: usize = 10;
 pub struct Framer {
     framing: Option<Framing>,
     max: usize,
+    /// Bytes held are `buf[pos..end]`; past `end`, room a connection reads into
+    /// ([`Framer::spare`]), so what it reads is framed where it landed, not copied.
     buf: Vec<u8>,
     /// Start of unread bytes in `buf`.
     pos: usize,
+    /// End of the bytes held.
+    end: usize,
     /// Bytes of an oversize message still to skip (octet counting), or `usize::MAX` while
     /// skipping to the end of an oversize line.
     skip: usize,
@@ -73,7 +77,7 @@ pub struct Framer {
 impl Framer {
     /// A framer for one connection, refusing messages longer than `max` bytes.
     pub fn new(max: usize) -> Framer {
-        Framer { framing: None, max, buf: Vec::new(), pos: 0, skip: 0, broken: false }
+        Framer { framing: None, max, buf: Vec::new(), pos: 0, end: 0, skip: 0, broken: false }
     }
 
     /// The framing chosen (after the first byte).
@@ -88,34 +92,56 @@ impl Framer {
 
     /// Bytes held, waiting for the rest of a message.
     pub fn pending(&self) -> usize {
-        self.buf.len() - self.pos
+        self.end - self.pos
     }
 
     /// Adds received bytes; call [`next_frame`](Self::next_frame) until it returns `None`.
     pub fn push(&mut self, data: &[u8]) {
+        self.spare(data.len()).copy_from_slice(data);
+        self.filled(data.len());
+    }
+
+    /// Room for `want` more bytes after those held, to read into; then call
+    /// [`filled`](Self::filled) with how many were read. The room stays allocated between
+    /// reads (it is the connection's read buffer).
+    pub fn spare(&mut self, want: usize) -> &mut [u8] {
+        if self.pos == self.end {
+            (self.pos, self.end) = (0, 0);
+        } else if self.pos > 64 * 1024 && self.pos * 2 > self.end {
+            self.buf.copy_within(self.pos..self.end, 0);
+            (self.pos, self.end) = (0, self.end - self.pos);
+        }
+        if self.buf.len() < self.end + want {
+            if self.end == 0 {
+                // Nothing held: a fresh zeroed buffer (`calloc`: a large one's pages are only
+                // touched as reads fill them, so an idle connection holds little).
+                self.buf = vec![0; want];
+            } else {
+                self.buf.resize(self.end + want, 0);
+            }
+        }
+        &mut self.buf[self.end..self.end + want]
+    }
+
+    /// `n` bytes were read into [`spare`](Self::spare)'s room.
+    pub fn filled(&mut self, n: usize) {
         if self.broken {
             return;
         }
-        let mut data = data;
+        let n = n.min(self.buf.len() - self.end);
         // Skipping an oversize octet-counted message: drop its bytes as they come.
+        let mut skipped = 0;
         if self.skip > 0 && self.skip != usize::MAX {
-            let n = self.skip.min(data.len());
-            self.skip -= n;
-            data = &data[n..];
+            skipped = self.skip.min(n);
+            self.skip -= skipped;
+            self.buf.copy_within(self.end + skipped..self.end + n, self.end);
         }
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > 64 * 1024 && self.pos * 2 > self.buf.len() {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        self.buf.extend_from_slice(data);
+        self.end += n - skipped;
     }
 
     /// The next message, an error, or `None` when more bytes are needed.
     pub fn next_frame(&mut self) -> Option<Result<&[u8], FrameError>> {
-        if self.broken || self.pos >= self.buf.len() {
+        if self.broken || self.pos >= self.end {
             return None;
         }
         let framing = *self.framing.get_or_insert(match self.buf[self.pos] {
@@ -132,7 +158,7 @@ impl Framer {
         if self.skip > 0 {
             return None;
         }
-        let rest = &self.buf[self.pos..];
+        let rest = &self.buf[self.pos..self.end];
         let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
         if digits == rest.len() && digits <= MAX_LEN_DIGITS {
             return None; // The length field is still arriving.
@@ -146,16 +172,16 @@ impl Framer {
         let length = rest[..digits].iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')) as usize;
         let body = self.pos + digits + 1;
         if length > self.max {
-            let have = self.buf.len() - body;
+            let have = self.end - body;
             if have >= length {
                 self.pos = body + length;
             } else {
                 self.skip = length - have;
-                self.pos = self.buf.len();
+                self.pos = self.end;
             }
             return Some(Err(FrameError::TooLong { length }));
         }
-        if self.buf.len() - body < length {
+        if self.end - body < length {
             return None;
         }
         self.pos = body + length;
@@ -165,14 +191,14 @@ impl Framer {
     fn next_line(&mut self) -> Option<Result<&[u8], FrameError>> {
         // A loop, not recursion: a stream of empty lines must not grow the stack.
         loop {
-            let rest = &self.buf[self.pos..];
+            let rest = &self.buf[self.pos..self.end];
             let Some(end) = memchr::memchr2(b'\n', 0, rest) else {
                 if self.skip == usize::MAX {
-                    self.pos = self.buf.len(); // Still inside the oversize line.
+                    self.pos = self.end; // Still inside the oversize line.
                 } else if rest.len() > self.max {
                     self.skip = usize::MAX;
                     let length = rest.len();
-                    self.pos = self.buf.len();
+                    self.pos = self.end;
                     return Some(Err(FrameError::TooLong { length }));
                 }
                 return None;
@@ -203,7 +229,7 @@ impl Framer {
         if self.broken {
             return None;
         }
-        let rest = &self.buf[self.pos..];
+        let rest = &self.buf[self.pos..self.end];
         match self.framing {
             _ if self.skip == usize::MAX => None,
             Some(Framing::OctetCounting) if self.skip > 0 => None,
@@ -211,14 +237,14 @@ impl Framer {
             Some(Framing::NonTransparent) => {
                 let start = self.pos;
                 let len = rest.strip_suffix(b"\r").unwrap_or(rest).len();
-                self.pos = self.buf.len();
+                self.pos = self.end;
                 (len > 0 && len <= self.max).then_some(Ok(&self.buf[start..start + len]))
             }
             Some(Framing::OctetCounting) | None => {
                 let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
                 let want = std::str::from_utf8(&rest[..digits]).ok().and_then(|d| d.parse().ok()).unwrap_or(0);
                 let have = rest.len().saturating_sub(digits + 1);
-                self.pos = self.buf.len();
+                self.pos = self.end;
                 Some(Err(FrameError::Truncated { have, want }))
             }
         }
@@ -290,6 +316,38 @@ mod tests {
         assert_eq!(got.len(), 3);
         let got = frames(b"5 abc", 100, 100);
         assert_eq!(got, vec![Err(FrameError::Truncated { have: 3, want: 5 })]);
+    }
+
+    /// As [`frames`], but as a connection reads: into the framer's room, larger than what
+    /// each read brings.
+    fn frames_read(input: &[u8], max: usize, chunk: usize, room: usize) -> Vec<Result<Vec<u8>, FrameError>> {
+        let mut f = Framer::new(max);
+        let mut out = Vec::new();
+        for piece in input.chunks(chunk.max(1)) {
+            let spare = f.spare(room.max(piece.len()));
+            spare[..piece.len()].copy_from_slice(piece);
+            f.filled(piece.len());
+            while let Some(r) = f.next_frame() {
+                out.push(r.map(<[u8]>::to_vec));
+            }
+        }
+        out.extend(f.finish().map(|r| r.map(<[u8]>::to_vec)));
+        out
+    }
+
+    #[test]
+    fn reads_into_the_framers_room_frame_as_pushed_bytes_do() {
+        let mut counted = b"3 abc".to_vec();
+        counted.extend_from_slice(format!("20 {}", "x".repeat(20)).as_bytes());
+        counted.extend_from_slice(b"2 ok11 hello world");
+        let lines = format!("<1>short\r\n<1>{}\n\n<1>after\n<1>last", "y".repeat(50));
+        for (input, max) in [(&counted[..], 10), (lines.as_bytes(), 20), (b"2 ok4 fine<13>bad".as_slice(), 100)] {
+            for chunk in [1, 3, 7, 64] {
+                for room in [1, 16, 4096] {
+                    assert_eq!(frames_read(input, max, chunk, room), frames(input, max, chunk), "{chunk} {room}");
+                }
+            }
+        }
     }
 
     #[test]

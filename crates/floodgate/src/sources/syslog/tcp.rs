@@ -77,8 +77,6 @@ async fn read_frames(mut conn: Connection, peer: Peer, mut opts: TcpOptions) -> 
         encoder.set_peer(credentials);
     }
     let mut framer = Framer::new(opts.max_message);
-    // Large reads: fewer hand-offs to the output per message at high rates.
-    let mut buf = vec![0u8; 256 * 1024];
     // When the message now arriving began (None between messages).
     let mut started: Option<Instant> = None;
     // Shutting down: read on until the sender pauses or this deadline passes.
@@ -86,24 +84,27 @@ async fn read_frames(mut conn: Connection, peer: Peer, mut opts: TcpOptions) -> 
     let c = opts.counters.clone();
     // Paced (`tcp_per_source`): smaller reads, so the waits between them stay short.
     let paced = peer.pacer.as_ref().is_some_and(|p| p.is_on());
-    let read_size = if paced { PACED_READ } else { buf.len() };
+    // Large reads: fewer hand-offs to the output per message at high rates. Read into the
+    // framer's own room, so frames are cut where the bytes landed.
+    let read_size = if paced { PACED_READ } else { READ };
     // Bytes of records per byte read, as far as this connection has shown.
     let mut expansion = 2;
     loop {
         if draining.is_none() && *opts.shutdown.borrow() {
             draining = Some(Instant::now() + DRAIN_LIMIT);
         }
+        let buf = framer.spare(read_size);
         let n = if let Some(until) = draining {
             // What the sender already wrote is in our socket buffer: take it, then stop.
             let deadline = until.min(Instant::now() + DRAIN_PAUSE);
-            match tokio::time::timeout_at(deadline, conn.read(&mut buf[..read_size])).await {
+            match tokio::time::timeout_at(deadline, conn.read(&mut *buf)).await {
                 Ok(r) => r?,
                 Err(_) => return Ok(()),
             }
         } else {
             let deadline = started.unwrap_or_else(Instant::now) + opts.idle_timeout;
             tokio::select! {
-                r = tokio::time::timeout_at(deadline, conn.read(&mut buf[..read_size])) => match r {
+                r = tokio::time::timeout_at(deadline, conn.read(&mut *buf)) => match r {
                     Ok(r) => r?,
                     Err(_) => {
                         c.idle_closed.fetch_add(1, Relaxed);
@@ -147,7 +148,7 @@ async fn read_frames(mut conn: Connection, peer: Peer, mut opts: TcpOptions) -> 
                 tracing::debug!(%peer, error = %e, "syslog framing error");
             }
         };
-        framer.push(&buf[..n]);
+        framer.filled(n);
         while let Some(result) = framer.next_frame() {
             take(result, &mut chunk);
         }
@@ -182,6 +183,9 @@ async fn read_frames(mut conn: Connection, peer: Peer, mut opts: TcpOptions) -> 
         }
     }
 }
+
+/// A connection's reads.
+const READ: usize = 256 * 1024;
 
 /// A paced connection's reads (`tcp_per_source`): small, so it waits little at a time.
 const PACED_READ: usize = 16 * 1024;

@@ -81,6 +81,9 @@ enum Command {
         /// Seconds to run.
         #[arg(long, default_value_t = 3.0)]
         duration: f64,
+        /// Also each stage on its own (split, parse, hash, aggregate), in ns a line.
+        #[arg(long)]
+        stages: bool,
     },
     /// Parse and encode prebuilt syslog messages (the `syslog` part's RFC 5424 messages) into
     /// JSON records in this process, on one core: the record path's CPU without sockets,
@@ -175,8 +178,14 @@ fn main() {
                 stats.lines as f64 / stats.elapsed.as_secs_f64()
             );
         }
-        Command::Parse { lines, cardinality, duration } => {
+        Command::Parse { lines, cardinality, duration, stages } => {
             let load = sender::Load::counters(0, lines, cardinality, 1, "load");
+            if stages {
+                for (stage, ns) in targets::parse_stages(&load, Duration::from_secs_f64(duration)) {
+                    println!("{{\"stage\": \"{stage}\", \"ns_per_line\": {ns:.2}}}");
+                }
+                return;
+            }
             let rate = targets::parse_capacity(&load, Duration::from_secs_f64(duration));
             println!("{{\"lines_per_datagram\": {lines}, \"lines_per_second_one_core\": {rate:.0}}}");
         }

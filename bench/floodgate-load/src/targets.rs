@@ -710,6 +710,58 @@ fn cpu(opts: &BenchOptions) {
     println!("| {idle:.2}% | {busy:.2}% |");
 }
 
+/// Where a line's time goes in memory, stage by stage: nanoseconds a line to split the
+/// datagrams into lines (`memchr`), to parse them (into a sink that keeps nothing), to parse
+/// them and hash each key (foldhash, as the shard's table does), and to parse and aggregate
+/// them (the shard: [`parse_capacity`]). The floor under the receive thread's own work.
+pub fn parse_stages(load: &Load, duration: Duration) -> Vec<(&'static str, f64)> {
+    use floodgate_statsd::{Metric, MetricSink, Parser, Shard};
+    use std::hash::BuildHasher;
+    /// Keeps nothing but a sum the compiler cannot drop.
+    #[derive(Default)]
+    struct Discard(u64, Option<foldhash::fast::RandomState>);
+    impl MetricSink for Discard {
+        fn metric(&mut self, m: &Metric<'_>) {
+            self.counter(m.key, m.value);
+        }
+        fn bad_line(&mut self, _: &[u8]) {}
+        #[inline]
+        fn counter(&mut self, key: &[u8], value: f64) {
+            let h = match &self.1 {
+                Some(state) => state.hash_one(key),
+                None => key.len() as u64,
+            };
+            self.0 = self.0.wrapping_add(h ^ value.to_bits());
+        }
+    }
+    let pool = sender::pool(load);
+    let per_line = |f: &mut dyn FnMut(&[u8]) -> u64| {
+        let start = Instant::now();
+        let mut lines = 0u64;
+        while start.elapsed() < duration {
+            for d in &pool {
+                lines += f(&d.bytes);
+            }
+        }
+        start.elapsed().as_nanos() as f64 / lines.max(1) as f64
+    };
+    let split = per_line(&mut |d| memchr::memchr_iter(b'\n', d).count() as u64 + 1);
+    let mut parser = Parser::new(true);
+    let mut discard = Discard::default();
+    let parse = per_line(&mut |d| parser.parse_packet(d, &mut discard).lines);
+    let mut hashed = Discard(0, Some(foldhash::fast::RandomState::default()));
+    let hash = per_line(&mut |d| parser.parse_packet(d, &mut hashed).lines);
+    std::hint::black_box((discard.0, hashed.0));
+    let mut shard = Shard::new(10_000_000);
+    let aggregate = per_line(&mut |d| parser.parse_packet(d, &mut shard).lines);
+    vec![
+        ("split into lines", split),
+        ("parse", parse),
+        ("parse and hash the key", hash),
+        ("parse and aggregate (the shard)", aggregate),
+    ]
+}
+
 /// Lines per second one thread parses and aggregates from memory (the receive thread's work
 /// minus the syscall).
 pub fn parse_capacity(load: &Load, duration: Duration) -> f64 {

@@ -1,7 +1,8 @@
 //! Reload: SIGHUP adds a StatsD listener and raises a limit while counters flow,
 //! `POST /-/reload` (when enabled) refuses a broken config and the old one keeps serving, and
 //! every increment sent reaches Carbon (a real carbon-cache) exactly once; a listener the new
-//! file drops stops taking connections but drains what its socket and open connections hold.
+//! file drops stops taking connections but drains what its socket and open connections hold;
+//! a changed `receive_threads` applies to listeners that start, and the log says so.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -161,4 +162,37 @@ fn sighup_applies_a_unix_sockets_mode_and_owner() {
     wait_for("the new modes", WAIT, || (mode(&statsd) == 0o620 && mode(&syslog) == 0o620).then_some(()));
     assert_eq!(std::fs::metadata(&statsd).unwrap().gid(), 65534);
     assert_eq!(std::fs::metadata(&syslog).unwrap().gid(), 65534);
+}
+
+/// UDP sockets bound to `port` on loopback (`SO_REUSEPORT`: one a receive thread).
+fn udp_sockets(port: u16) -> usize {
+    let out = std::process::Command::new("ss").args(["-H", "-uln", &format!("sport = :{port}")]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// A reload that changes `receive_threads`: the running listener keeps its sockets (they are
+/// made at its start), a listener the same reload adds starts with the new count, and the log
+/// says so rather than leaving the key silently ignored.
+#[test]
+fn receive_threads_changed_by_a_reload_apply_to_listeners_that_start() {
+    let (a, b) = (free_port(), free_port());
+    // Two threads (the default is one a core), reload over HTTP on for a synchronous answer.
+    let udp = |ports: &[u16], threads: u32| {
+        let udp: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        format!("udp = [{}]\ntcp = []\nreceive_threads = {threads}\n", udp.join(", "))
+    };
+    let fg = Floodgate::start(&udp(&[a], 2), "[http]\nreload = true\n");
+    assert_eq!(udp_sockets(a), 2);
+    assert!(!fg.stderr().contains("take effect when a listener starts"), "{}", fg.stderr());
+
+    fg.rewrite_config(&udp(&[a, b], 3), "[http]\nreload = true\n");
+    let (code, body) = post_reload(&fg);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        fg.stderr().contains("receive_threads, receive_buffer and receive_spread take effect when a listener starts"),
+        "{}",
+        fg.stderr()
+    );
+    wait_for(&format!("127.0.0.1:{b} listening"), WAIT, || (udp_sockets(b) > 0).then_some(()));
+    assert_eq!((udp_sockets(a), udp_sockets(b)), (2, 3), "the kept listener's sockets, the new one's");
 }

@@ -167,15 +167,18 @@ fn every_record_reaches_jetstream_once_and_in_order_through_an_outage() {
     send(syslog_port, 0, 5_000);
     fg.wait_sample("floodgate_syslog_output_messages_total", &[], |v| v >= 5_000.0);
 
-    // Ten seconds without NATS: records keep coming, and spill.
+    // Ten seconds without NATS: records keep coming, and spill. Enough of them (1.1 MB) to
+    // make at least five chunks (a connection reads 256 KiB at most): while a publish is in
+    // flight the memory queue takes one more chunk past its bound, so with two chunks
+    // everything could wait in memory and nothing need spill (it happened, 1 run in 12).
     nats.stop();
-    send(syslog_port, 5_000, 25_000);
+    send(syslog_port, 5_000, 65_000);
     fg.wait_sample("floodgate_syslog_output_spill_bytes", &[], |v| v > 0.0);
     std::thread::sleep(Duration::from_secs(10));
     assert_eq!(fg.sample("floodgate_syslog_output_dropped_total", &[]), 0.0);
     nats.restart(port);
-    fg.wait_sample("floodgate_syslog_output_messages_total", &[], |v| v >= 25_000.0);
-    assert_exactly_once_in_order(&format!("nats://127.0.0.1:{port}"), "LOGS", 25_000);
+    fg.wait_sample("floodgate_syslog_output_messages_total", &[], |v| v >= 65_000.0);
+    assert_exactly_once_in_order(&format!("nats://127.0.0.1:{port}"), "LOGS", 65_000);
     assert!(fg.sample("floodgate_syslog_output_errors_total", &[]) > 0.0, "the outage was seen");
 }
 

@@ -13,8 +13,8 @@ pub struct Chunk {
 
 /// Buffers of written chunks, for listeners to fill again. A TCP read of 256 KiB makes close
 /// to a megabyte of JSON: a fresh buffer that size each time is fresh pages from the kernel
-/// (`mmap`, a page fault and a zeroed page every 4 KiB, `munmap` after the write), which cost
-/// the syslog path about a tenth of its CPU.
+/// (`mmap`, a page fault and a zeroed page every 4 KiB, `munmap` after the write): several
+/// per cent of the syslog TCP path's CPU.
 static SPARE: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 /// Spare buffers kept at most (one per listener thread or busy connection is enough)...
 const SPARE_BUFFERS: usize = 8;

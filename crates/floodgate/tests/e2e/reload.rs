@@ -166,7 +166,11 @@ fn sighup_applies_a_unix_sockets_mode_and_owner() {
 
 /// UDP sockets bound to `port` on loopback (`SO_REUSEPORT`: one a receive thread).
 fn udp_sockets(port: u16) -> usize {
-    let out = std::process::Command::new("ss").args(["-H", "-uln", &format!("sport = :{port}")]).output().unwrap();
+    let out = std::process::Command::new(require_tool("ss"))
+        .args(["-H", "-uln", &format!("sport = :{port}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 

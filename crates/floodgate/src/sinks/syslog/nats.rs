@@ -240,7 +240,10 @@ fn stamp(run: &str, next: &mut u64, chunk: Chunk) -> Chunk {
     let mut bytes = format!("#{run}.{next}\n").into_bytes();
     *next += 1;
     bytes.extend_from_slice(&chunk.bytes);
-    Chunk { bytes, messages: chunk.messages }
+    let messages = chunk.messages;
+    // Copied: its buffer goes back to the listeners, as the file output's do.
+    chunk.recycle();
+    Chunk { bytes, messages }
 }
 
 /// What one chunk's publishing came to.
